@@ -1,0 +1,109 @@
+"""Model registry: ``register_model`` decorator, ``create_model`` factory and ``list_models``.
+
+Every model file ends with entrypoints decorated by :func:`register_model`. An entrypoint is a
+function ``fn(num_classes=1, in_chans=3, **kwargs) -> nn.Module``. The factory records how the model
+was built on ``model.mambaseg_spec`` so checkpoints can rebuild it (name + init kwargs).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch.nn as nn
+
+__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info", "is_model"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Metadata of a registered model entrypoint."""
+
+    name: str
+    fn: Callable[..., nn.Module]
+    paper: str = ""
+    description: str = ""
+    default_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, paper: str = "", description: str = ""
+):
+    """Register a model entrypoint (usable as ``@register_model`` or ``@register_model(paper=...)``)."""
+
+    def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or f.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is registered twice")
+        desc = description or (inspect.getdoc(f) or "").split("\n")[0]
+        _REGISTRY[key] = ModelInfo(name=key, fn=f, paper=paper, description=desc)
+        return f
+
+    if fn is not None:
+        return deco(fn)
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # importing the package registers every model file
+    import mambaseg.models  # noqa: F401
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted names of the registered models, optionally filtered by a shell-style ``pattern``."""
+    _ensure_loaded()
+    names = sorted(_REGISTRY)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def is_model(name: str) -> bool:
+    _ensure_loaded()
+    return name in _REGISTRY
+
+
+def model_info(name: str) -> ModelInfo:
+    """Metadata of one model; raises ``ValueError`` listing the valid names if unknown."""
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        valid = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown model {name!r}; valid names: {valid}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        num_classes: output channels (1 = binary with a sigmoid applied by losses/metrics, never by the model).
+        in_chans: input image channels.
+        **kwargs: model-specific options. ``img_size`` is forwarded only to models whose entrypoint
+            accepts it (so generic code may always pass it); other unknown options raise ``TypeError``.
+
+    Returns:
+        The model (``nn.Module``) whose ``forward`` returns logits of shape (B, num_classes, H, W).
+
+    Example:
+        >>> m = create_model("vmunet_tiny", num_classes=1)
+    """
+    info = model_info(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+    sig = inspect.signature(info.fn)
+    accepts_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    if "img_size" in kwargs and "img_size" not in sig.parameters and not accepts_var_kw:
+        kwargs.pop("img_size")
+    if "img_size" in kwargs and kwargs["img_size"] is None and "img_size" not in sig.parameters:
+        kwargs.pop("img_size")
+    model = info.fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model.mambaseg_spec = {"name": name, "num_classes": num_classes, "in_chans": in_chans, "kwargs": dict(kwargs)}
+    return model
