@@ -1,0 +1,384 @@
+"""Typed run configuration: dataclasses for every section of a training recipe.
+
+A run is described by one :class:`RunConfig` with the sections ``model``, ``data``, ``optim``, ``schedule``,
+``train`` and ``loss``. Recipes are small YAML files holding a subset of these fields (the rest keep their
+defaults); the command line overrides single fields with ``--set section.field=value``. Every field has a
+type, and values coming from YAML or the command line are converted and checked against it, so a typo or a
+wrong type fails with a message naming the field.
+
+Example:
+    >>> from mambaseg.configs import RunConfig, apply_overrides
+    >>> cfg = apply_overrides(RunConfig(), ["optim.lr=5e-4", "train.epochs=3"])
+    >>> cfg.optim.lr, cfg.train.epochs
+    (0.0005, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "LossConfig",
+    "RunConfig",
+    "ConfigError",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+    "merge_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build.
+
+    Attributes:
+        name: a registered model name (see ``mambaseg.list_models()``).
+        num_classes: output channels; ``None`` = derived from the data (1 for binary tasks).
+        in_chans: input channels; ``None`` = derived from the data.
+        kwargs: extra keyword arguments for the model entrypoint (e.g. ``depths``, ``drop_path_rate``).
+        arch: optional architecture description (e.g. a SliceMamba gene list) passed as ``arch=``.
+    """
+
+    name: str = "vmunet"
+    num_classes: int | None = None
+    in_chans: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    arch: Any = None
+
+
+@dataclass
+class DataConfig:
+    """Where the data lives and how it is read.
+
+    Attributes:
+        path: dataset root; its layout is detected by :func:`mambaseg.engine.open_data`.
+        layout: force a registered layout name instead of auto-detection (``None`` = detect).
+        image_size: training/evaluation size (H, W); images are resized to it.
+        augment: apply the layout's default training augmentation.
+        val_fraction: fraction of ``train`` carved out as ``val`` when the dataset has no ``val`` split.
+        split_file: JSON split file to use (or write) when ``val`` is carved from ``train``.
+        split_seed: seed of the carved split.
+        skip_bad: skip (and list) broken samples instead of stopping at the validation pass.
+        validate: run the dataset validation pass before training.
+        num_workers: DataLoader worker processes.
+        binary: treat masks as foreground/background (True) or as label indices (False).
+        label_values: for multi-class folder masks, the pixel value of each class index.
+        cache: optional ``.npz`` cache written by ``benchmarks/make_cache.py`` (overrides ``path``'s files).
+    """
+
+    path: str | None = None
+    layout: str | None = None
+    image_size: list[int] = field(default_factory=lambda: [256, 256])
+    augment: bool = True
+    val_fraction: float = 0.2
+    split_file: str | None = None
+    split_seed: int = 42
+    skip_bad: bool = False
+    validate: bool = True
+    num_workers: int = 0
+    binary: bool = True
+    label_values: list[int] | None = None
+    cache: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer (``name`` one of ``adamw``, ``adam``, ``sgd``).
+
+    Attributes:
+        name: optimizer name.
+        lr: peak learning rate.
+        weight_decay: decoupled (AdamW) or L2 (Adam/SGD) weight decay.
+        betas: Adam betas.
+        eps: Adam epsilon.
+        momentum: SGD momentum.
+    """
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule.
+
+    ``name``: ``cosine`` (PyTorch ``CosineAnnealingLR``; periodic beyond ``t_max``, as in VM-UNet),
+    ``cosine_restarts`` (``CosineAnnealingWarmRestarts`` with ``t_max`` as T_0 and ``t_mult``),
+    ``poly`` (``(1 - t/total)**power``), ``plateau`` (``ReduceLROnPlateau`` on the selection metric) or
+    ``constant``.
+
+    Attributes:
+        name: schedule name.
+        interval: ``epoch`` (step the schedule once per epoch) or ``step`` (once per optimizer step).
+        t_max: cosine period in ``interval`` units; ``None`` = the whole run.
+        eta_min: floor of the cosine schedules.
+        t_mult: period multiplier of ``cosine_restarts``.
+        power: exponent of ``poly``.
+        warmup: linear warm-up length in ``interval`` units (0 = none).
+        factor: ``plateau`` decay factor.
+        patience: ``plateau`` patience (in validations).
+    """
+
+    name: str = "cosine"
+    interval: str = "epoch"
+    t_max: int | None = 50
+    eta_min: float = 1e-5
+    t_mult: int = 1
+    power: float = 0.9
+    warmup: int = 0
+    factor: float = 0.5
+    patience: int = 5
+
+
+@dataclass
+class TrainConfig:
+    """Training loop.
+
+    Attributes:
+        epochs: number of epochs.
+        max_steps: stop after this many optimizer steps (``None`` = no cap).
+        batch_size: GLOBAL batch size (split evenly across DDP processes).
+        val_batch_size: evaluation batch size per process.
+        val_every: validate every N epochs (the last epoch is always validated).
+        seed: seed of weights init, shuffling and augmentation.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        amp: ``auto`` (bf16 autocast on CUDA, off on CPU), ``bf16``, ``fp16`` or ``off``. The scan kernels run in
+            fp32 whatever this says.
+        grad_clip: max global gradient norm (``None`` or 0 = no clipping).
+        best_metric: metric that chooses ``best.pt`` on the validation split, a key or dotted path of the
+            evaluator's result (``dice``, ``pooled.iou``, ``loss``, ...).
+        best_mode: ``max`` or ``min`` for ``best_metric``.
+        out: run directory.
+        log_every: log the running loss every N steps.
+        deterministic: request deterministic algorithms from PyTorch (``torch.use_deterministic_algorithms``).
+        find_unused_parameters: passed to DDP.
+    """
+
+    epochs: int = 300
+    max_steps: int | None = None
+    batch_size: int = 32
+    val_batch_size: int = 8
+    val_every: int = 1
+    seed: int = 42
+    device: str = "auto"
+    amp: str = "auto"
+    grad_clip: float | None = 1.0
+    best_metric: str = "dice"
+    best_mode: str = "max"
+    out: str = "runs/run"
+    log_every: int = 10
+    deterministic: bool = False
+    find_unused_parameters: bool = False
+
+
+@dataclass
+class LossConfig:
+    """Loss: a name from ``mambaseg.losses.list_losses()`` and its keyword arguments."""
+
+    name: str = "bce_dice"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to reproduce a training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    description: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# conversion helpers
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string already parsed by YAML) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot interpret {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, where)
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown field(s) {', '.join(repr(f'{where}.{k}'.lstrip('.')) for k in unknown)}; "
+            f"valid fields of {where or 'the config'}: {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> RunConfig:
+    """Build a :class:`RunConfig` from a (possibly partial) nested dict, checking names and types."""
+    return _from_dict(RunConfig, dict(data or {}), "")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (only str/int/float/bool/None/list/dict) of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def merge_dict(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (mappings merge, other values replace)."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("kwargs",):
+            out[k] = merge_dict(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...] | dict[str, Any]) -> RunConfig:
+    """Return a copy of ``cfg`` with dotted-path overrides applied.
+
+    Args:
+        cfg: the base configuration.
+        overrides: ``["section.field=value", ...]`` (values are parsed as YAML, so ``3``, ``1e-3``, ``[2,2]``,
+            ``true`` and ``null`` work) or a mapping ``{"section.field": value}``. Keys under ``model.kwargs`` and
+            ``loss.kwargs`` may be new (``model.kwargs.drop_path_rate=0.1``).
+
+    Returns:
+        A new, type-checked :class:`RunConfig`.
+
+    Raises:
+        ConfigError: an override is malformed, names an unknown field or has the wrong type.
+    """
+    data = config_to_dict(cfg)
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for ov in overrides:
+            if "=" not in ov:
+                raise ConfigError(f"override {ov!r} must look like section.field=value")
+            key, _, raw = ov.partition("=")
+            items.append((key.strip(), _parse_value(raw.strip())))
+    for key, value in items:
+        parts = key.split(".")
+        if len(parts) < 1 or not all(parts):
+            raise ConfigError(f"override key {key!r} must be a dotted path such as train.epochs")
+        node: Any = data
+        for i, p in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or p not in node:
+                raise ConfigError(f"unknown config section {'.'.join(parts[: i + 1])!r} in override {key!r}")
+            if node[p] is None and parts[i] in ("kwargs",):
+                node[p] = {}
+            node = node[p]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parts[:-1])!r} is not a section; cannot set {key!r}")
+        free_form = len(parts) >= 2 and parts[-2] == "kwargs"
+        if parts[-1] not in node and not free_form:
+            raise ConfigError(f"unknown config field {key!r}; valid fields: {', '.join(sorted(node))}")
+        node[parts[-1]] = value
+    return config_from_dict(data)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    """YAML text of a config (stable key order)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
