@@ -1,0 +1,186 @@
+"""Selective-scan backend selection: explicit, inspectable, never a silent fallback.
+
+Resolution order for ``backend=None``:
+
+1. the ``backend=`` argument of :func:`mambaseg.ops.selective_scan` (or of a layer),
+2. the innermost :func:`use_backend` context,
+3. the environment variable ``MAMBASEG_SCAN_BACKEND`` (read, never written, by the library),
+4. the auto rule: on CUDA tensors ``"triton"`` if Triton is importable, else ``"mamba_ssm"`` if installed, else
+   ``"torch"`` with one warning that says how to get a fast kernel; on CPU ``"torch"``.
+
+An explicitly requested backend that is unavailable raises :class:`BackendUnavailableError` naming the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "BackendUnavailableError",
+    "BackendStatus",
+    "available_backends",
+    "use_backend",
+    "get_backend",
+    "resolve_backend",
+    "explain_backend",
+]
+
+ENV_VAR = "MAMBASEG_SCAN_BACKEND"
+BACKENDS = ("ref", "torch", "triton", "mamba_ssm")
+
+_FIX = {
+    "triton": "pip install 'triton>=3.0' (ships with CUDA builds of torch on Linux) and run on a CUDA GPU",
+    "mamba_ssm": "pip install mamba-ssm (needs a CUDA toolchain matching your torch build)",
+}
+
+_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("mambaseg_scan_backend", default=None)
+_warned_slow_gpu = False
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a scan backend is requested explicitly but cannot run here."""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    reason: str
+    cuda_only: bool
+
+
+def _check(name: str) -> tuple[bool, str]:
+    if name in ("ref", "torch"):
+        return True, "pure PyTorch, always available"
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return False, "triton is not installed"
+        try:
+            mod = importlib.import_module("mambaseg.ops.selective_scan_triton")
+        except ImportError as exc:  # the kernel module itself failed to import: report why
+            return False, f"mambaseg.ops.selective_scan_triton failed to import: {exc}"
+        return mod.is_available()
+    if name == "mamba_ssm":
+        if importlib.util.find_spec("mamba_ssm") is None:
+            return False, "mamba_ssm is not installed"
+        return True, "mamba_ssm selective_scan_fn importable"
+    raise ValueError(f"unknown scan backend {name!r}; valid: {', '.join(BACKENDS)}")
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """Every known backend with whether it can run here and why (CUDA-only backends need a CUDA tensor too)."""
+    out = {}
+    for name in BACKENDS:
+        ok, why = _check(name)
+        out[name] = BackendStatus(name, ok, why, cuda_only=name in ("triton", "mamba_ssm"))
+    return out
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Context manager selecting the scan backend for code run inside it (``None`` = auto)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown scan backend {name!r}; valid: {', '.join(BACKENDS)}")
+    token = _context.set(name)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def get_backend() -> str | None:
+    """The backend requested by context or environment (``None`` = auto), without resolving it."""
+    ctx = _context.get()
+    if ctx is not None:
+        return ctx
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    if env and env != "auto":
+        if env not in BACKENDS:
+            raise ValueError(f"{ENV_VAR}={env!r} is not a scan backend; valid: {', '.join(BACKENDS)} or 'auto'")
+        return env
+    return None
+
+
+def _auto(is_cuda: bool) -> tuple[str, str]:
+    if not is_cuda:
+        return "torch", "CPU tensors: the chunked PyTorch scan is the CPU/export path"
+    ok, why = _check("triton")
+    if ok:
+        return "triton", "CUDA tensors and Triton importable"
+    ok2, why2 = _check("mamba_ssm")
+    if ok2:
+        return "mamba_ssm", f"CUDA tensors, Triton unavailable ({why}), mamba_ssm installed"
+    return "torch", f"CUDA tensors but no fast kernel: triton: {why}; mamba_ssm: {why2}"
+
+
+def resolve_backend(name: str | None, is_cuda: bool) -> str:
+    """Resolve a requested backend (or ``None``) to a concrete, runnable backend name."""
+    global _warned_slow_gpu
+    requested = name if name is not None else get_backend()
+    if requested is None or requested == "auto":
+        chosen, why = _auto(is_cuda)
+        if is_cuda and chosen == "torch" and not _warned_slow_gpu:
+            _warned_slow_gpu = True
+            warnings.warn(
+                f"mambaseg: selective scan on CUDA falls back to the slow PyTorch path ({why}). "
+                f"Fix: {_FIX['triton']}. Set {ENV_VAR}=torch to choose it explicitly.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return chosen
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown scan backend {requested!r}; valid: {', '.join(BACKENDS)}")
+    ok, why = _check(requested)
+    if not ok:
+        raise BackendUnavailableError(f"scan backend {requested!r} is unavailable: {why}. Fix: {_FIX.get(requested, '')}")
+    if requested in ("triton", "mamba_ssm") and not is_cuda:
+        # the Triton interpreter (TRITON_INTERPRET=1) runs kernels on CPU tensors; allow it for tests
+        if not (requested == "triton" and os.environ.get("TRITON_INTERPRET") == "1"):
+            raise BackendUnavailableError(
+                f"scan backend {requested!r} needs CUDA tensors; use backend='torch' on CPU"
+            )
+    return requested
+
+
+def explain_backend(is_cuda: bool | None = None) -> str:
+    """Human-readable account of which backend ``backend=None`` resolves to, and why (used by ``mambaseg doctor``)."""
+    if is_cuda is None:
+        import torch
+
+        is_cuda = torch.cuda.is_available()
+    req = get_backend()
+    if req is not None:
+        src = "use_backend() context" if _context.get() is not None else f"environment {ENV_VAR}"
+        return f"{req} (requested by {src})"
+    chosen, why = _auto(is_cuda)
+    return f"{chosen} (auto: {why})"
+
+
+def load_backend_fn(name: str) -> Callable:
+    """Import and return the scan function of a concrete backend."""
+    if name == "ref":
+        from mambaseg.ops.selective_scan_ref import selective_scan_ref
+
+        return selective_scan_ref
+    if name == "torch":
+        from mambaseg.ops.selective_scan_torch import selective_scan_torch
+
+        return selective_scan_torch
+    if name == "triton":
+        from mambaseg.ops.selective_scan_triton import selective_scan_triton
+
+        return selective_scan_triton
+    if name == "mamba_ssm":
+        from mambaseg.ops.selective_scan_mamba_ssm import selective_scan_mamba_ssm
+
+        return selective_scan_mamba_ssm
+    raise ValueError(f"unknown scan backend {name!r}; valid: {', '.join(BACKENDS)}")

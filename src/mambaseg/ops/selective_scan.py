@@ -1,0 +1,45 @@
+"""Public selective-scan entry point dispatching to an explicitly resolved backend."""
+
+from __future__ import annotations
+
+import torch
+
+from mambaseg.ops.backend import load_backend_fn, resolve_backend
+
+__all__ = ["selective_scan"]
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    *,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Mamba-1 selective scan as SS2D calls it.
+
+    Args:
+        u: inputs (batch, K*d_inner, L).
+        delta: time steps before bias/softplus (batch, K*d_inner, L).
+        A: state matrix (K*d_inner, N), real and negative.
+        B: input projections, grouped (batch, K, N, L) (channel c uses group c // d_inner) or shared (batch, N, L).
+        C: output projections, same layouts as ``B``.
+        D: skip weights (K*d_inner,) or None.
+        delta_bias: added to ``delta`` before the softplus, (K*d_inner,) or None.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        backend: "ref", "torch", "triton", "mamba_ssm" or None (context > env ``MAMBASEG_SCAN_BACKEND`` > auto).
+
+    Returns:
+        y (batch, K*d_inner, L) in ``u``'s dtype; state math runs in float32 (float64 for float64 inputs).
+
+    Example:
+        >>> y = selective_scan(u, dt, A, B, C, D, delta_bias=b, delta_softplus=True, backend="torch")
+    """
+    name = resolve_backend(backend, u.is_cuda)
+    fn = load_backend_fn(name)
+    return fn(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=delta_softplus)

@@ -1,0 +1,240 @@
+"""Triton backend of :func:`mambaseg.ops.selective_scan`.
+
+The kernels live in :mod:`mambaseg.ops._triton_scan` and are imported on first use, so this
+module imports cleanly without Triton; :func:`is_available` says whether the backend can run.
+
+Semantics (identical to the ``"ref"`` backend), with ``K*D`` channels split into ``G`` groups::
+
+    delta' = softplus(delta + delta_bias)            (if delta_softplus, else delta + delta_bias)
+    h_t    = exp(delta'_t * A) * h_{t-1} + delta'_t * B_t * u_t      (h_{-1} = 0)
+    y_t    = C_t . h_t + D * u_t
+
+State math is fp32 whatever the input dtype; the output has ``u``'s dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Any
+
+import torch
+
+__all__ = ["selective_scan_triton", "is_available", "pick_config"]
+
+
+def _interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def is_available() -> tuple[bool, str]:
+    """Whether the Triton backend can run here.
+
+    Returns:
+        ``(True, "")`` when Triton is importable and a CUDA device is visible, else ``(False, reason)``.
+    """
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (pip install triton, or mambaseg[gpu])"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # pragma: no cover - broken installs only
+        return False, f"triton failed to import: {exc!r}"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device visible to torch"
+    return True, ""
+
+
+def _kernels():
+    from mambaseg.ops import _triton_scan
+
+    return _triton_scan
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=256)
+def pick_config(d_group: int, seqlen: int, d_state: int, backward: bool) -> dict[str, int]:
+    """Tile sizes for one problem shape (cached heuristic table).
+
+    The tile of one chunk step holds ``BLOCK_D * BLOCK_N * BLOCK_L`` fp32 elements in registers; the
+    table keeps it near 2k elements (backward: more live tiles, so the same element count with 4
+    warps) and spends the budget on channels when N is small.
+
+    Args:
+        d_group: channels per B/C group.
+        seqlen: sequence length L.
+        d_state: state size N.
+        backward: whether the configuration is for the backward kernel.
+
+    Returns:
+        dict with ``BLOCK_D``, ``BLOCK_N``, ``BLOCK_L``, ``num_warps``.
+    """
+    block_n = _next_pow2(d_state)
+    block_l = min(_next_pow2(seqlen), 64 if block_n >= 8 else 128)
+    budget = 2048
+    block_d = max(1, budget // (block_n * block_l))
+    block_d = min(block_d, _next_pow2(d_group), 32)
+    return {"BLOCK_D": block_d, "BLOCK_N": block_n, "BLOCK_L": block_l, "num_warps": 4}
+
+
+_CONFIG_OVERRIDE: dict[str, Any] = {}
+
+
+def _config(d_group: int, seqlen: int, d_state: int, backward: bool) -> dict[str, int]:
+    cfg = dict(pick_config(d_group, seqlen, d_state, backward))
+    cfg.update(_CONFIG_OVERRIDE.get("bwd" if backward else "fwd", {}))
+    return cfg
+
+
+def _check_inputs(u, delta, A, B, C, D, delta_bias):
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, channels, L), got shape {tuple(u.shape)}")
+    batch, kd, seqlen = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != kd:
+        raise ValueError(f"A must be (channels={kd}, N), got {tuple(A.shape)}")
+    n = A.shape[1]
+    if not 1 <= n <= 16:
+        raise ValueError(f"the Triton scan supports d_state N in 1..16, got N={n}")
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 3:
+            ok = t.shape == (batch, n, seqlen)
+        elif t.dim() == 4:
+            ok = t.shape[0] == batch and t.shape[2:] == (n, seqlen) and t.shape[1] >= 1 and kd % t.shape[1] == 0
+        else:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{name} must be (batch, N, L)=({batch}, {n}, {seqlen}) or (batch, G, N, L) with G dividing "
+                f"{kd} channels, got {tuple(t.shape)}"
+            )
+    if B.dim() != C.dim() or (B.dim() == 4 and B.shape[1] != C.shape[1]):
+        raise ValueError(f"B and C must have the same grouping, got {tuple(B.shape)} and {tuple(C.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (kd,):
+            raise ValueError(f"{name} must be ({kd},), got {tuple(t.shape)}")
+    if not (u.is_cuda or _interpreter_on()):
+        raise ValueError(
+            "the Triton selective scan needs CUDA tensors (u is on "
+            f"{u.device}); use backend='torch' or 'ref' on CPU"
+        )
+
+
+class _SelectiveScanTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
+        k = _kernels()
+        batch, kd, seqlen = u.shape
+        n = A.shape[1]
+        grouped = B.dim() == 4
+        groups = B.shape[1] if grouped else 1
+        d_group = kd // groups
+        u_c, delta_c = u.contiguous(), delta.contiguous()
+        A_c, B_c, C_c = A.contiguous(), B.contiguous(), C.contiguous()
+        D_c = D.contiguous() if D is not None else None
+        bias_c = delta_bias.contiguous() if delta_bias is not None else None
+
+        needs_grad = any(ctx.needs_input_grad[:7])
+        cfg = _config(d_group, seqlen, n, backward=True) if needs_grad else _config(d_group, seqlen, n, False)
+        bl = cfg["BLOCK_L"]
+        n_chunks = -(-seqlen // bl)
+        n_dblocks = -(-d_group // cfg["BLOCK_D"])
+        y = torch.empty_like(u_c)
+        states = (
+            torch.empty(batch, kd, n_chunks, n, device=u.device, dtype=torch.float32)
+            if needs_grad
+            else torch.empty(1, device=u.device, dtype=torch.float32)
+        )
+        grid = (batch * groups * n_dblocks,)
+        k._selective_scan_fwd_kernel[grid](
+            u_c, delta_c, A_c, B_c, C_c,
+            D_c if D_c is not None else u_c,
+            bias_c if bias_c is not None else u_c,
+            y, states,
+            kd, seqlen, groups, d_group, n_dblocks, n_chunks,
+            N=n, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl,
+            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+            STORE_STATES=needs_grad, num_warps=cfg["num_warps"],
+        )  # fmt: skip
+        if needs_grad:
+            ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, states)
+            ctx.meta = (bool(delta_softplus), grouped, groups, d_group, bl, n_chunks)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        k = _kernels()
+        u, delta, A, B, C, D, bias, states = ctx.saved_tensors
+        softplus, grouped, groups, d_group, bl, n_chunks = ctx.meta
+        batch, kd, seqlen = u.shape
+        n = A.shape[1]
+        cfg = _config(d_group, seqlen, n, backward=True)
+        if cfg["BLOCK_L"] != bl:  # the boundary states were stored at the forward chunk size
+            cfg["BLOCK_L"] = bl
+        n_dblocks = -(-d_group // cfg["BLOCK_D"])
+        dy = dy.contiguous()
+        dev = u.device
+        du = torch.empty_like(u)
+        ddelta = torch.empty_like(delta)
+        dA = torch.empty(batch, kd, n, device=dev, dtype=torch.float32)
+        dB = torch.zeros(batch, groups, n, seqlen, device=dev, dtype=torch.float32)
+        dC = torch.zeros(batch, groups, n, seqlen, device=dev, dtype=torch.float32)
+        dD = torch.empty(batch, kd, device=dev, dtype=torch.float32) if D is not None else None
+        dbias = torch.empty(batch, kd, device=dev, dtype=torch.float32) if bias is not None else None
+        grid = (batch * groups * n_dblocks,)
+        k._selective_scan_bwd_kernel[grid](
+            u, delta, A, B, C,
+            D if D is not None else u,
+            bias if bias is not None else u,
+            dy, states, du, ddelta, dA, dB, dC,
+            dD if dD is not None else dA,
+            dbias if dbias is not None else dA,
+            kd, seqlen, groups, d_group, n_dblocks, n_chunks,
+            N=n, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl,
+            HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+            num_warps=cfg["num_warps"],
+        )  # fmt: skip
+        dA = dA.sum(0).to(A.dtype)
+        if not grouped:
+            dB, dC = dB[:, 0], dC[:, 0]
+        dB, dC = dB.to(B.dtype), dC.to(C.dtype)
+        dD_out = dD.sum(0).to(D.dtype) if D is not None else None
+        dbias_out = dbias.sum(0).to(bias.dtype) if bias is not None else None
+        return du, ddelta, dA, dB, dC, dD_out, dbias_out, None
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """Selective scan with Triton kernels (differentiable).
+
+    Args:
+        u: (batch, K*D, L) input, fp32 / bf16 / fp16.
+        delta: (batch, K*D, L) step sizes before bias / softplus.
+        A: (K*D, N) state matrix (diagonal, usually negative), 1 <= N <= 16.
+        B: (batch, K, N, L) grouped (channel c uses group c // D) or (batch, N, L).
+        C: same layout as ``B``.
+        D: optional (K*D,) skip weights.
+        delta_bias: optional (K*D,) bias added to ``delta``.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+
+    Returns:
+        y: (batch, K*D, L) in ``u``'s dtype.
+
+    Raises:
+        ValueError: on shapes that do not match, N outside 1..16, or non-CUDA tensors (unless Triton's
+            interpreter is switched on by the caller's environment).
+    """
+    _check_inputs(u, delta, A, B, C, D, delta_bias)
+    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
