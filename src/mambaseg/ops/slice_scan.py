@@ -15,11 +15,19 @@ and flattening each strip so that spatial neighbours stay close in the 1-D seque
 The four sequences are ``[horizontal, reversed horizontal, vertical, reversed vertical]``. ``merge``
 maps every sequence back to its spatial positions and sums the four (the adjoint of ``scan``).
 
-When ``H`` is not a multiple of ``m`` or ``W`` not a multiple of ``n`` the map is zero-padded at the
-bottom/right to ``Hp = ceil(H / m) * m`` and ``Wp = ceil(W / n) * n`` (one common padded grid so the
-four sequences have the same length ``Lp = Hp * Wp``); ``merge`` drops the padded positions again
-(crop). On divisible maps ``Lp == H * W`` and no padding happens. Unlike the original code, non-square
-maps are supported.
+When ``H`` is not a multiple of ``m`` or ``W`` not a multiple of ``n`` the map is padded at the
+bottom/right to ``Hp = ceil(H / m) * m`` and ``Wp = ceil(W / n) * n`` (one common padded grid), the strips
+and orders are formed on the padded grid, and ``merge`` crops the padded positions away again. Two
+padding modes:
+
+* ``pad_mode="drop"`` (default): the padded positions are removed from the sequences, so every sequence
+  has length ``L = H * W`` and no artificial token enters the state-space recurrence (the last strip is
+  simply shorter). This keeps the ``(B, K, D, H*W)`` contract of :class:`mambaseg.layers.SS2D`.
+* ``pad_mode="zeros"``: the padded positions stay in the sequences as zeros (length ``Hp * Wp``), the
+  literal pad-scan-crop; it needs a mixer that accepts sequences longer than ``H * W``.
+
+On divisible maps both modes are identical to the original definition. Unlike the original code,
+non-square maps are supported.
 
 All orders are precomputed gather index maps (LongTensors) cached per ``(H, W, m, n)`` (and per
 device), so ``scan`` and ``merge`` are each a single ``index_select`` and are exactly invertible.
@@ -27,8 +35,9 @@ device), so ``scan`` and ``merge`` are each a single ``index_select`` and are ex
 Example:
     >>> x = torch.randn(2, 8, 14, 10)
     >>> sc = SliceScan(4, 2)
-    >>> xs = sc.scan(x)                    # (2, 4, 8, 16 * 10): H padded 14 -> 16
+    >>> xs = sc.scan(x)                    # (2, 4, 8, 140): strips formed on the 16 x 10 padded grid
     >>> y = sc.merge(xs, 14, 10)           # (2, 8, 140) == 4 * x.flatten(2)
+    >>> SliceScan(4, 2, pad_mode="zeros").scan(x).shape[-1]   # 160 = 16 * 10, zeros at padded places
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import torch
 
 __all__ = [
     "SLICE_CHOICES",
+    "PAD_MODES",
     "SliceScan",
     "slice_scan",
     "slice_merge",
@@ -87,8 +97,17 @@ def slice_order(h: int, w: int, size: int, direction: str) -> torch.Tensor:
     raise ValueError(f"direction must be 'horizontal' or 'vertical', got {direction!r}")
 
 
+PAD_MODES = ("drop", "zeros")
+
+
+def _check_pad_mode(pad_mode: str) -> str:
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+    return pad_mode
+
+
 @lru_cache(maxsize=256)
-def _indices_cpu(h: int, w: int, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _indices_cpu(h: int, w: int, m: int, n: int, pad_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     hp, wp = _padded(h, w, m, n)
     lp = hp * wp
     # flat index of each padded-grid pixel in the zero-extended input (h*w = the appended zero element)
@@ -101,42 +120,48 @@ def _indices_cpu(h: int, w: int, m: int, n: int) -> tuple[torch.Tensor, torch.Te
         t = slice_order(hp, wp, size, direction).reshape(-1)
         seq = torch.empty(lp, dtype=torch.long)
         seq[t] = src  # seq[t] = source pixel read at sequence position t
+        if pad_mode == "drop":
+            seq = seq[seq < h * w]
         gathers += [seq, seq.flip(0)]
-    gather = torch.stack(gathers)  # (4, Lp)
-    # inverse: for every real pixel p and sequence k, the position in the concatenated (4 * Lp) output
+    gather = torch.stack(gathers)  # (4, L)
+    length = gather.shape[1]
+    # inverse: for every real pixel p and sequence k, the position in the concatenated (4 * L) sequences
     inv = torch.empty(4, h * w, dtype=torch.long)
-    pos = torch.arange(lp)
+    pos = torch.arange(length)
     for k in range(4):
         keep = gather[k] < h * w
-        inv[k, gather[k][keep]] = pos[keep] + k * lp
+        inv[k, gather[k][keep]] = pos[keep] + k * length
     return gather.contiguous(), inv.reshape(-1).contiguous()
 
 
-_DEVICE_CACHE: dict[tuple[int, int, int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+_DEVICE_CACHE: dict[tuple[int, int, int, int, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def slice_scan_indices(
-    h: int, w: int, m: int, n: int, device: torch.device | str | None = None
+    h: int, w: int, m: int, n: int, device: torch.device | str | None = None, pad_mode: str = "drop"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached gather/scatter index maps of the four BSS sequences.
 
     Args:
         h: map height. w: map width. m: horizontal strip height. n: vertical strip width.
         device: where the index tensors should live (cached per device).
+        pad_mode: ``"drop"`` (sequences of length ``h * w``) or ``"zeros"`` (length ``Hp * Wp``).
 
     Returns:
-        ``(gather, inverse)``: ``gather`` LongTensor (4, Lp) with ``Lp = Hp * Wp``; entry ``[k, t]`` is
-        the flat index (``i * w + j``) of the pixel read at position ``t`` of sequence ``k``, or ``h * w``
-        for a padded position (reads a zero). ``inverse`` LongTensor (4 * h * w,); entry ``k * h*w + p``
-        is the position of pixel ``p`` in the four sequences concatenated (``k * Lp + t``).
+        ``(gather, inverse)``: ``gather`` LongTensor (4, L); entry ``[k, t]`` is the flat index
+        (``i * w + j``) of the pixel read at position ``t`` of sequence ``k``, or ``h * w`` for a padded
+        position (reads a zero; only with ``pad_mode="zeros"``). ``inverse`` LongTensor (4 * h * w,);
+        entry ``k * h*w + p`` is the position of pixel ``p`` in the four sequences concatenated
+        (``k * L + t``).
     """
     for name, v in (("h", h), ("w", w), ("m", m), ("n", n)):
         _check_size(name, v)
+    _check_pad_mode(pad_mode)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    key = (h, w, m, n, str(dev))
+    key = (h, w, m, n, pad_mode, str(dev))
     hit = _DEVICE_CACHE.get(key)
     if hit is None:
-        g, inv = _indices_cpu(h, w, m, n)
+        g, inv = _indices_cpu(h, w, m, n, pad_mode)
         hit = (g.to(dev), inv.to(dev))
         if len(_DEVICE_CACHE) > 512:
             _DEVICE_CACHE.clear()
@@ -144,49 +169,51 @@ def slice_scan_indices(
     return hit
 
 
-def slice_scan(x: torch.Tensor, m: int, n: int) -> torch.Tensor:
+def slice_scan(x: torch.Tensor, m: int, n: int, pad_mode: str = "drop") -> torch.Tensor:
     """Gather the four BSS sequences of a feature map.
 
     Args:
         x: (B, D, H, W) feature map.
         m: horizontal strip height. n: vertical strip width.
+        pad_mode: ``"drop"`` or ``"zeros"`` (see the module docstring).
 
     Returns:
-        (B, 4, D, Lp) sequences, ``Lp = ceil(H/m)*m * ceil(W/n)*n`` (``H*W`` when divisible); padded
-        positions hold zeros.
+        (B, 4, D, L) sequences: ``L = H * W`` with ``pad_mode="drop"``, ``L = ceil(H/m)*m * ceil(W/n)*n``
+        with ``"zeros"`` (padded positions hold zeros).
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"slice_scan expects x of shape (B, D, H, W), got {getattr(x, 'shape', type(x))}")
     b, d, h, w = x.shape
-    gather, _ = slice_scan_indices(h, w, m, n, x.device)
+    gather, _ = slice_scan_indices(h, w, m, n, x.device, pad_mode)
     flat = x.reshape(b, d, h * w)
-    if gather.shape[1] != h * w:  # padded grid: padded positions read the appended zero
+    if gather.shape[1] != h * w:  # zero-padded sequences: padded positions read the appended zero
         flat = torch.cat([flat, flat.new_zeros(b, d, 1)], dim=-1)
-    lp = gather.shape[1]
-    out = flat.index_select(-1, gather.reshape(-1)).view(b, d, 4, lp)
+    length = gather.shape[1]
+    out = flat.index_select(-1, gather.reshape(-1)).view(b, d, 4, length)
     return out.transpose(1, 2).contiguous()
 
 
-def slice_merge(y: torch.Tensor, h: int, w: int, m: int, n: int) -> torch.Tensor:
+def slice_merge(y: torch.Tensor, h: int, w: int, m: int, n: int, pad_mode: str = "drop") -> torch.Tensor:
     """Map the four BSS sequences back to their pixels and sum them (adjoint of :func:`slice_scan`).
 
     Args:
-        y: (B, 4, D, Lp) sequences as produced by :func:`slice_scan` (or a selective scan of them).
+        y: (B, 4, D, L) sequences as produced by :func:`slice_scan` (or a selective scan of them).
         h: original map height. w: original map width. m, n: the slice setting used by the scan.
+        pad_mode: the padding mode used by the scan.
 
     Returns:
         (B, D, h * w), row-major flattened map; padded positions are dropped.
     """
     if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[1] != 4:
-        raise ValueError(f"slice_merge expects y of shape (B, 4, D, Lp), got {getattr(y, 'shape', type(y))}")
-    gather, inv = slice_scan_indices(h, w, m, n, y.device)
-    b, _, d, lp = y.shape
-    if lp != gather.shape[1]:
+        raise ValueError(f"slice_merge expects y of shape (B, 4, D, L), got {getattr(y, 'shape', type(y))}")
+    gather, inv = slice_scan_indices(h, w, m, n, y.device, pad_mode)
+    b, _, d, length = y.shape
+    if length != gather.shape[1]:
         raise ValueError(
-            f"slice_merge: y has sequence length {lp} but a ({h}, {w}) map with slices ({m}, {n}) "
-            f"gives {gather.shape[1]}"
+            f"slice_merge: y has sequence length {length} but a ({h}, {w}) map with slices ({m}, {n}) and "
+            f"pad_mode={pad_mode!r} gives {gather.shape[1]}"
         )
-    flat = y.transpose(1, 2).reshape(b, d, 4 * lp)
+    flat = y.transpose(1, 2).reshape(b, d, 4 * length)
     return flat.index_select(-1, inv).view(b, d, 4, h * w).sum(dim=2)
 
 
@@ -196,6 +223,7 @@ class SliceScan:
     Args:
         m: horizontal strip height (rows per horizontal slice).
         n: vertical strip width (columns per vertical slice).
+        pad_mode: ``"drop"`` (default; sequences of length H*W) or ``"zeros"`` (see the module docstring).
 
     Attributes:
         k: number of sequences (4).
@@ -203,35 +231,39 @@ class SliceScan:
 
     k: int = 4
 
-    def __init__(self, m: int, n: int) -> None:
+    def __init__(self, m: int, n: int, pad_mode: str = "drop") -> None:
         self.m = _check_size("m", m)
         self.n = _check_size("n", n)
+        self.pad_mode = _check_pad_mode(pad_mode)
 
     @classmethod
-    def from_choice(cls, choice: int) -> SliceScan:
+    def from_choice(cls, choice: int, pad_mode: str = "drop") -> SliceScan:
         """Build from a search-space gene (index into :data:`SLICE_CHOICES`)."""
         if isinstance(choice, bool) or not isinstance(choice, int) or not 0 <= choice < len(SLICE_CHOICES):
             raise ValueError(f"slice choice must be an int in 0..{len(SLICE_CHOICES) - 1}, got {choice!r}")
-        return cls(*SLICE_CHOICES[choice])
+        return cls(*SLICE_CHOICES[choice], pad_mode=pad_mode)
 
     def seq_len(self, h: int, w: int) -> int:
-        """Length ``Lp`` of the sequences for an ``h`` x ``w`` map (padding included)."""
+        """Length ``L`` of the sequences for an ``h`` x ``w`` map."""
+        if self.pad_mode == "drop":
+            return h * w
         hp, wp = _padded(h, w, self.m, self.n)
         return hp * wp
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) -> (B, 4, D, Lp); see :func:`slice_scan`."""
-        return slice_scan(x, self.m, self.n)
+        """(B, D, H, W) -> (B, 4, D, L); see :func:`slice_scan`."""
+        return slice_scan(x, self.m, self.n, self.pad_mode)
 
     def merge(self, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(B, 4, D, Lp) -> (B, D, H*W); see :func:`slice_merge`."""
-        return slice_merge(y, h, w, self.m, self.n)
+        """(B, 4, D, L) -> (B, D, H*W); see :func:`slice_merge`."""
+        return slice_merge(y, h, w, self.m, self.n, self.pad_mode)
 
     def __repr__(self) -> str:
-        return f"SliceScan(m={self.m}, n={self.n})"
+        extra = "" if self.pad_mode == "drop" else f", pad_mode={self.pad_mode!r}"
+        return f"SliceScan(m={self.m}, n={self.n}{extra})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SliceScan) and (self.m, self.n) == (other.m, other.n)
+        return isinstance(other, SliceScan) and (self.m, self.n, self.pad_mode) == (other.m, other.n, other.pad_mode)
 
     def __hash__(self) -> int:
-        return hash((SliceScan, self.m, self.n))
+        return hash((SliceScan, self.m, self.n, self.pad_mode))
