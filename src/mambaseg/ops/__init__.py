@@ -16,6 +16,7 @@ from mambaseg.ops.cross_scan import RasterScan, cross_merge, cross_scan
 from mambaseg.ops.selective_scan import selective_scan
 from mambaseg.ops.selective_scan_ref import selective_scan_ref
 from mambaseg.ops.selective_scan_torch import selective_scan_torch
+from mambaseg.ops.slice_scan import SLICE_CHOICES, SliceScan, slice_merge, slice_scan, slice_scan_indices  # noqa: F401
 
 __all__ = [
     "BACKENDS",
