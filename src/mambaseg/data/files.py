@@ -1,0 +1,246 @@
+"""File discovery, reading and mask interpretation for 2-D folder datasets.
+
+Layout: ``ROOT/<split>/images/<id>.<ext>`` and ``ROOT/<split>/masks/<id>[_segmentation|_mask].<ext>``.
+Pairs are matched by file stem; a mask stem may carry the ISIC suffix ``_segmentation`` (or ``_mask``).
+Images and masks are read with Pillow, which raises on truncated or corrupt files instead of returning
+partial pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "DatasetError",
+    "IMAGE_EXTENSIONS",
+    "LOSSY_EXTENSIONS",
+    "IMAGE_DIR_NAMES",
+    "MASK_DIR_NAMES",
+    "MASK_SUFFIXES",
+    "Pair",
+    "FolderListing",
+    "list_split",
+    "read_image",
+    "read_mask",
+    "mask_to_labels",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+IMAGE_DIR_NAMES = ("images", "image", "imgs", "img")
+MASK_DIR_NAMES = ("masks", "mask", "labels", "label", "gt", "annotations")
+MASK_SUFFIXES = ("", "_segmentation", "_Segmentation", "_mask")
+
+
+class DatasetError(ValueError):
+    """A dataset on disk does not have the expected layout or content; the message names the files."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its mask (``mask`` is None when no mask was found)."""
+
+    id: str
+    image: Path
+    mask: Path | None
+
+
+@dataclass
+class FolderListing:
+    """Result of scanning one split folder."""
+
+    split_dir: Path
+    pairs: list[Pair] = field(default_factory=list)
+    orphan_masks: list[Path] = field(default_factory=list)
+    duplicates: list[tuple[str, list[Path]]] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.id for p in self.pairs]
+
+    def by_id(self) -> dict[str, Pair]:
+        return {p.id: p for p in self.pairs}
+
+
+def _find_subdir(split_dir: Path, names: tuple[str, ...], what: str) -> Path:
+    for n in names:
+        d = split_dir / n
+        if d.is_dir():
+            return d
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
+    raise DatasetError(
+        f"{split_dir}: no {what} folder; expected one of {'/'.join(names)} (found folders: {found or 'none'})"
+    )
+
+
+def _image_files(d: Path) -> list[Path]:
+    return sorted(
+        p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def list_split(split_dir: str | Path) -> FolderListing:
+    """Scan ``split_dir/{images,masks}`` and match images to masks by stem.
+
+    Args:
+        split_dir: e.g. ``ROOT/train``.
+
+    Returns:
+        :class:`FolderListing` with the pairs sorted by id, masks that match no image, and ids that occur
+        more than once among the images (e.g. ``a.png`` and ``a.jpg``).
+
+    Raises:
+        DatasetError: the folder or its ``images``/``masks`` sub-folder does not exist.
+    """
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise DatasetError(f"split folder {split_dir} does not exist")
+    img_dir = _find_subdir(split_dir, IMAGE_DIR_NAMES, "images")
+    mask_dir = _find_subdir(split_dir, MASK_DIR_NAMES, "masks")
+    listing = FolderListing(split_dir=split_dir)
+
+    images: dict[str, list[Path]] = {}
+    for p in _image_files(img_dir):
+        images.setdefault(p.stem, []).append(p)
+    masks: dict[str, list[Path]] = {}
+    for p in _image_files(mask_dir):
+        masks.setdefault(p.stem, []).append(p)
+
+    used: set[str] = set()
+    for stem in sorted(images):
+        paths = images[stem]
+        if len(paths) > 1:
+            listing.duplicates.append((stem, paths))
+        mask = None
+        for suffix in MASK_SUFFIXES:
+            cand = masks.get(stem + suffix)
+            if cand:
+                mask = cand[0]
+                used.add(stem + suffix)
+                if len(cand) > 1:
+                    listing.duplicates.append((stem + suffix, cand))
+                break
+        listing.pairs.append(Pair(id=stem, image=paths[0], mask=mask))
+    for stem in sorted(set(masks) - used):
+        listing.orphan_masks.extend(masks[stem])
+    return listing
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()  # decode fully: truncated/corrupt files raise here
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: {what} file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{path}: unreadable or corrupt {what} ({exc}); expected a valid image file") from None
+    return img
+
+
+def read_image(path: str | Path, in_chans: int = 3) -> np.ndarray:
+    """Read an image as uint8 (H, W, in_chans).
+
+    Grey images are replicated to 3 channels when ``in_chans == 3``; colour images are converted to grey
+    (ITU-R 601 luma) when ``in_chans == 1``; 16-bit images are scaled to 8 bits (divided by 257).
+    """
+    path = Path(path)
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 or 3 for image files, got {in_chans}")
+    img = _open(path, "image")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        if arr.ndim == 3:
+            arr = arr[..., 0]
+        img = Image.fromarray(arr, mode="L")
+    elif img.mode == "F":
+        raise DatasetError(f"{path}: floating-point image; expected 8- or 16-bit integer pixels")
+    img = img.convert("RGB" if in_chans == 3 else "L")
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return np.ascontiguousarray(arr)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask's raw values as an (H, W) integer array.
+
+    Grey (``L``), 1-bit and palette (``P``: the palette indices) masks are returned as stored; 16-bit masks
+    as int32; RGB/RGBA masks are converted to grey luma first.
+    """
+    path = Path(path)
+    img = _open(path, "mask")
+    if img.mode == "1":
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("L", "P"):
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return np.asarray(img).astype(np.int32)
+    if img.mode == "F":
+        raise DatasetError(f"{path}: floating-point mask; expected integer labels or a 0/255 binary mask")
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def _values(raw: np.ndarray) -> np.ndarray:
+    if raw.dtype == np.uint8:
+        counts = np.bincount(raw.ravel(), minlength=256)
+        return np.flatnonzero(counts)
+    return np.unique(raw)
+
+
+def _fmt_values(vals: np.ndarray, limit: int = 8) -> str:
+    v = [int(x) for x in vals[:limit]]
+    more = f", ... ({len(vals)} distinct)" if len(vals) > limit else ""
+    return "{" + ", ".join(map(str, v)) + more + "}"
+
+
+def mask_to_labels(
+    raw: np.ndarray,
+    *,
+    binary: bool,
+    label_values: list[int] | tuple[int, ...] | None = None,
+    lossy: bool = False,
+    path: str | Path = "<mask>",
+) -> np.ndarray:
+    """Convert raw mask values to class indices (uint8 (H, W), or int64 if there are > 256 classes).
+
+    Binary (``binary=True``): values in {0, 1} are used as they are; values in {0, 255} become ``> 127``.
+    Other values are accepted only for lossy files (``lossy=True``, JPEG masks carry compression noise),
+    which are thresholded at ``> 127``; otherwise a :class:`DatasetError` names the file and the values.
+
+    Multi-class (``binary=False``): with ``label_values`` the raw value ``label_values[k]`` becomes class
+    ``k`` and any other value is an error; without it the raw values are the class indices.
+    """
+    vals = _values(raw)
+    if binary:
+        if label_values is not None:
+            raise ValueError("label_values is only used for multi-class masks (binary=False)")
+        if vals.size == 0 or vals.max() <= 1:
+            return (raw > 0).astype(np.uint8)
+        if set(vals.tolist()) <= {0, 255} or lossy:
+            return (raw > 127).astype(np.uint8)
+        raise DatasetError(
+            f"{path}: unexpected mask values {_fmt_values(vals)}; a binary mask must hold {{0, 255}} or {{0, 1}} "
+            "(for a label-indexed multi-class mask use binary=False)"
+        )
+    if label_values is None:
+        if vals.size and vals.min() < 0:
+            raise DatasetError(f"{path}: negative mask values {_fmt_values(vals)}; expected class indices >= 0")
+        return raw.astype(np.uint8 if raw.dtype == np.uint8 else np.int64)
+    lv = [int(v) for v in label_values]
+    if len(set(lv)) != len(lv):
+        raise ValueError(f"label_values must be distinct, got {label_values}")
+    unexpected = sorted(set(vals.tolist()) - set(lv))
+    if unexpected:
+        raise DatasetError(
+            f"{path}: unexpected mask values {_fmt_values(np.asarray(unexpected))}; expected only the "
+            f"label_values {lv}"
+        )
+    out = np.zeros(raw.shape, dtype=np.uint8 if len(lv) <= 256 else np.int64)
+    for k, v in enumerate(lv):
+        out[raw == v] = k
+    return out

@@ -1,0 +1,331 @@
+"""Joint image/mask transforms on numpy arrays (OpenCV for the geometry).
+
+Why not albumentations or torchvision v2: neither is usable on both machines this library must train
+on. torchvision's PyPI wheel is built against a specific torch release and breaks beside the local CPU
+torch build, and the GPU machine has no albumentations. The geometric operations needed by the recipes
+(flips, rotation, resize) are a few lines on top of OpenCV, which both machines have; keeping them here
+also lets us test each one exactly.
+
+Conventions:
+    * ``image`` is channels-last (H, W, C), uint8 or float; ``mask`` is (H, W) of integer class indices.
+    * Every random transform draws from the ``rng`` (a :class:`numpy.random.Generator`) passed in the call,
+      never from global state, so a sample is reproducible from its generator's seed.
+    * Masks are only moved with nearest-neighbour sampling (flips, rotation, resize) and stay hard labels.
+    * Pixels that a rotation brings in from outside the image get ``fill`` (image) and 0 (mask, background).
+
+Example:
+    >>> import numpy as np
+    >>> t = vmunet_isic_transforms((64, 64), train=True)
+    >>> img, mask = t(np.zeros((90, 120, 3), np.uint8), np.zeros((90, 120), np.uint8), np.random.default_rng(0))
+    >>> img.shape, mask.shape
+    ((64, 64, 3), (64, 64))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "Transform",
+    "Compose",
+    "HorizontalFlip",
+    "VerticalFlip",
+    "RandomRotation",
+    "Resize",
+    "GaussianNoise",
+    "GaussianBlur",
+    "RandomContrast",
+    "vmunet_isic_transforms",
+    "build_transforms",
+    "as_size",
+]
+
+
+class Transform(Protocol):
+    """A joint transform: ``(image, mask, rng) -> (image, mask)``."""
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def as_size(size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
+    """Normalise ``size`` to an ``(H, W)`` tuple of positive ints (an int means a square)."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        h = w = int(size)
+    else:
+        try:
+            h, w = (int(s) for s in size)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an int or a pair (H, W) of ints, got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"{name} must be positive, got {(h, w)}")
+    return h, w
+
+
+def _check_pair(image: np.ndarray, mask: np.ndarray) -> None:
+    if image.ndim != 3:
+        raise ValueError(f"transforms expect a channels-last (H, W, C) image, got shape {image.shape}")
+    if mask.ndim != 2 or mask.shape != image.shape[:2]:
+        raise ValueError(f"transforms expect an (H, W) mask matching the image {image.shape[:2]}, got {mask.shape}")
+
+
+def _keep_channels(out: np.ndarray, channels: int) -> np.ndarray:
+    # OpenCV drops a trailing singleton channel axis.
+    return out[..., None] if out.ndim == 2 and channels == 1 else out
+
+
+class Compose:
+    """Apply transforms in order, all drawing from the same generator."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        _check_pair(image, mask)
+        for t in self.transforms:
+            image, mask = t(image, mask, rng)
+        return image, mask
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(t) for t in self.transforms)
+        return f"Compose([{inner}])"
+
+
+def _check_p(p: float) -> float:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"probability p must be in [0, 1], got {p}")
+    return float(p)
+
+
+class HorizontalFlip:
+    """Mirror left-right (along W) with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() < self.p:
+            return np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"HorizontalFlip(p={self.p})"
+
+
+class VerticalFlip:
+    """Mirror top-bottom (along H) with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() < self.p:
+            return np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"VerticalFlip(p={self.p})"
+
+
+def rotate(image: np.ndarray, mask: np.ndarray, angle: float, *, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate image and mask by ``angle`` degrees counter-clockwise about the image centre.
+
+    The canvas keeps its size (corners are cut, new pixels are ``fill`` / 0). The image is sampled
+    bilinearly, the mask with nearest neighbour so it keeps hard labels.
+    """
+    h, w = mask.shape
+    m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), float(angle), 1.0)
+    c = image.shape[-1]
+    img = cv2.warpAffine(
+        image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * min(c, 4)
+    )
+    msk = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return _keep_channels(img, c), msk
+
+
+class RandomRotation:
+    """With probability ``p`` rotate by an angle drawn uniformly from ``degrees``.
+
+    Args:
+        p: probability of rotating a sample.
+        degrees: ``(low, high)`` range of angles in degrees (``high`` excluded); a single number ``d``
+            means ``(-d, d)``. Default ``(0, 360)`` as in VM-UNet's ISIC pipeline.
+        per_sample: draw a fresh angle for every rotated sample (default). ``False`` reproduces the
+            original VM-UNet behaviour where one angle is drawn once (here: at the first call, from that
+            call's generator) and reused for every rotated sample of the run.
+        fill: value for image pixels rotated in from outside the canvas.
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        degrees: float | tuple[float, float] = (0.0, 360.0),
+        *,
+        per_sample: bool = True,
+        fill: float = 0.0,
+    ) -> None:
+        self.p = _check_p(p)
+        if isinstance(degrees, (int, float)):
+            degrees = (-abs(float(degrees)), abs(float(degrees)))
+        lo, hi = (float(d) for d in degrees)
+        if hi < lo:
+            raise ValueError(f"RandomRotation: degrees must be (low, high) with low <= high, got {degrees}")
+        self.degrees = (lo, hi)
+        self.per_sample = bool(per_sample)
+        self.fill = float(fill)
+        self._fixed_angle: float | None = None
+
+    def __call__(self, image, mask, rng):
+        if rng.random() >= self.p:
+            return image, mask
+        if self.per_sample:
+            angle = rng.uniform(*self.degrees)
+        else:
+            if self._fixed_angle is None:
+                self._fixed_angle = float(rng.uniform(*self.degrees))
+            angle = self._fixed_angle
+        return rotate(image, mask, angle, fill=self.fill)
+
+    def __repr__(self) -> str:
+        return f"RandomRotation(p={self.p}, degrees={self.degrees}, per_sample={self.per_sample})"
+
+
+class Resize:
+    """Resize to ``size = (H, W)``: image with area averaging when shrinking and bilinear when growing,
+    mask with nearest neighbour."""
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        self.size = as_size(size, "Resize size")
+
+    def __call__(self, image, mask, rng=None):
+        h, w = self.size
+        if mask.shape == (h, w):
+            return image, mask
+        shrink = h * w < mask.shape[0] * mask.shape[1]
+        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        img = _keep_channels(cv2.resize(image, (w, h), interpolation=interp), image.shape[-1])
+        msk = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        return img, msk
+
+    def __repr__(self) -> str:
+        return f"Resize(size={self.size})"
+
+
+class GaussianNoise:
+    """With probability ``p`` add i.i.d. Gaussian noise of standard deviation ``std`` (in image units:
+    0..255 for uint8 images, whose result is clipped and rounded back to uint8)."""
+
+    def __init__(self, std: float, p: float = 0.5) -> None:
+        if std < 0:
+            raise ValueError(f"GaussianNoise: std must be >= 0, got {std}")
+        self.std = float(std)
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() >= self.p:
+            return image, mask
+        out = image.astype(np.float32) + rng.normal(0.0, self.std, size=image.shape).astype(np.float32)
+        if image.dtype == np.uint8:
+            out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out, mask
+
+    def __repr__(self) -> str:
+        return f"GaussianNoise(std={self.std}, p={self.p})"
+
+
+class GaussianBlur:
+    """With probability ``p`` blur the image with a Gaussian of standard deviation ``sigma`` pixels."""
+
+    def __init__(self, sigma: float = 1.0, p: float = 0.5) -> None:
+        if sigma <= 0:
+            raise ValueError(f"GaussianBlur: sigma must be > 0, got {sigma}")
+        self.sigma = float(sigma)
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() >= self.p:
+            return image, mask
+        out = cv2.GaussianBlur(image, (0, 0), sigmaX=self.sigma, sigmaY=self.sigma, borderType=cv2.BORDER_REFLECT_101)
+        return _keep_channels(out, image.shape[-1]), mask
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(sigma={self.sigma}, p={self.p})"
+
+
+class RandomContrast:
+    """With probability ``p`` scale the image's deviation from its per-channel mean by a factor drawn
+    uniformly from ``factor`` (``x' = mean + f * (x - mean)``)."""
+
+    def __init__(self, factor: tuple[float, float] = (0.5, 1.5), p: float = 0.5) -> None:
+        lo, hi = (float(f) for f in factor)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"RandomContrast: factor must be (low, high) with 0 <= low <= high, got {factor}")
+        self.factor = (lo, hi)
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() >= self.p:
+            return image, mask
+        f = rng.uniform(*self.factor)
+        x = image.astype(np.float32)
+        mean = x.reshape(-1, x.shape[-1]).mean(axis=0)
+        out = mean + f * (x - mean)
+        if image.dtype == np.uint8:
+            out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out.astype(image.dtype, copy=False), mask
+
+    def __repr__(self) -> str:
+        return f"RandomContrast(factor={self.factor}, p={self.p})"
+
+
+def vmunet_isic_transforms(
+    image_size: int | Sequence[int], *, train: bool, per_sample_rotation: bool = True
+) -> Compose:
+    """The VM-UNet ISIC pipeline (spec §2.6) without its normalisation step.
+
+    Train: horizontal flip p 0.5 -> vertical flip p 0.5 -> rotation p 0.5 by an angle uniform in
+    [0, 360) -> resize to ``image_size``. Evaluation: resize only. Differences from the original code,
+    on purpose: the rotation angle is drawn per sample (the original draws it once per run; pass
+    ``per_sample_rotation=False`` for that), the image is rotated bilinearly rather than nearest, and the
+    mask is resized with nearest neighbour (the original resizes it bilinearly, giving soft targets).
+    """
+    size = as_size(image_size)
+    if not train:
+        return Compose([Resize(size)])
+    return Compose(
+        [
+            HorizontalFlip(0.5),
+            VerticalFlip(0.5),
+            RandomRotation(0.5, (0.0, 360.0), per_sample=per_sample_rotation),
+            Resize(size),
+        ]
+    )
+
+
+_PRESETS = ("vmunet_isic", "flips", "none")
+
+
+def build_transforms(image_size: int | Sequence[int], *, augment: bool, preset: str = "vmunet_isic") -> Compose:
+    """Transforms by preset name.
+
+    Args:
+        image_size: output (H, W) (or an int for a square).
+        augment: training-time augmentation on/off; off = resize only, for every preset.
+        preset: ``"vmunet_isic"`` (flips + rotation + resize, the default for 2-D binary tasks),
+            ``"flips"`` (horizontal/vertical flips + resize) or ``"none"`` (resize only).
+    """
+    size = as_size(image_size)
+    if preset not in _PRESETS:
+        raise ValueError(f"unknown transform preset {preset!r}; valid: {', '.join(_PRESETS)}")
+    if not augment or preset == "none":
+        return Compose([Resize(size)])
+    if preset == "vmunet_isic":
+        return vmunet_isic_transforms(size, train=True)
+    return Compose([HorizontalFlip(0.5), VerticalFlip(0.5), Resize(size)])
