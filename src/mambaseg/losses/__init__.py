@@ -17,6 +17,9 @@ from mambaseg.losses.ce_dice import CeDiceLoss
 from mambaseg.losses.dice import DiceLoss, soft_dice
 from mambaseg.losses.registry import create_loss, list_losses, loss_description, register_loss
 
+# losses registered by other modules (one import line each)
+from mambaseg.losses import boundary, guide_fusion  # noqa: E402,F401  (VMB-UNet, DermoMamba)
+
 __all__ = [
     "BceDiceLoss",
     "CeDiceLoss",
