@@ -85,7 +85,7 @@ def synthetic_sample(size: tuple[int, int], rng: np.random.Generator) -> tuple[n
         cv2.line(hair, p0, p1, 1, thickness=1)
         img[hair.astype(bool)] *= rng.uniform(0.4, 0.7)
 
-    img += rng.normal(0, 8.0, size=img.shape).astype(np.float32)
+    img += rng.normal(0, 24.0, size=img.shape).astype(np.float32)
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return image, mask.astype(np.uint8) * 255
 

@@ -80,11 +80,10 @@ def confusion_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int) 
     target = target.to(pred.device)
     k = 2 if num_classes == 1 else int(num_classes)
     for name, t in (("pred", pred), ("target", target)):
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= k):
-            raise ValueError(
-                f"{name} values must be in [0, {k - 1}] for num_classes={num_classes}, got "
-                f"[{int(t.min())}, {int(t.max())}]"
-            )
+        if t.numel():
+            lo, hi = (int(v) for v in torch.aminmax(t))
+            if lo < 0 or hi >= k:
+                raise ValueError(f"{name} values must be in [0, {k - 1}] for num_classes={num_classes}, got [{lo}, {hi}]")
     n = pred.shape[0]
     flat = (target.reshape(n, -1) * k + pred.reshape(n, -1)) + torch.arange(n, device=pred.device)[:, None] * (k * k)
     cm = torch.bincount(flat.reshape(-1), minlength=n * k * k).reshape(n, k, k)  # [image, true, pred]

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mambaseg.data.transforms import (
+    Compose,
+    GaussianBlur,
+    GaussianNoise,
+    HorizontalFlip,
+    RandomContrast,
+    RandomRotation,
+    Resize,
+    VerticalFlip,
+    as_size,
+    build_transforms,
+    rotate,
+    vmunet_isic_transforms,
+)
+
+
+def _pair(h=9, w=9, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, size=(h, w, c), dtype=np.uint8)
+    mask = rng.integers(0, 3, size=(h, w)).astype(np.uint8)
+    return img, mask
+
+
+def test_flips_exact_and_probability():
+    img, mask = _pair(5, 7)
+    rng = np.random.default_rng(0)
+    i2, m2 = HorizontalFlip(1.0)(img, mask, rng)
+    np.testing.assert_array_equal(i2, img[:, ::-1])
+    np.testing.assert_array_equal(m2, mask[:, ::-1])
+    assert i2.flags["C_CONTIGUOUS"] and m2.flags["C_CONTIGUOUS"]
+    i3, m3 = VerticalFlip(1.0)(img, mask, rng)
+    np.testing.assert_array_equal(i3, img[::-1])
+    np.testing.assert_array_equal(m3, mask[::-1])
+    i4, m4 = HorizontalFlip(0.0)(img, mask, rng)
+    assert i4 is img and m4 is mask
+
+
+def test_flip_probability_is_respected():
+    img, mask = _pair(4, 6)
+    rng = np.random.default_rng(1)
+    t = HorizontalFlip(0.5)
+    flipped = sum(not np.array_equal(t(img, mask, rng)[0], img) for _ in range(400))
+    assert 150 < flipped < 250
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_rotation_by_right_angles_matches_rot90(k):
+    # square image with an exact pixel centre: multiples of 90 degrees are exact permutations
+    img, mask = _pair(9, 9)
+    i2, m2 = rotate(img, mask, 90.0 * k)
+    np.testing.assert_array_equal(m2, np.rot90(mask, k))
+    np.testing.assert_array_equal(i2, np.rot90(img, k))
+
+
+def test_rotation_keeps_hard_labels_and_fills_background():
+    img, mask = _pair(20, 30)
+    mask = mask.copy()
+    mask[mask == 0] = 1  # no background inside the image: any 0 after rotation comes from outside
+    i2, m2 = rotate(img, mask, 37.0, fill=0)
+    assert set(np.unique(m2)) <= {0, 1, 2}
+    assert (m2 == 0).any()  # the corners were filled with background
+    assert i2.shape == img.shape and i2.dtype == np.uint8
+    assert (i2[m2 == 0] == 0).mean() > 0.5  # filled corners are mostly the fill value
+
+
+def test_rotation_fresh_angle_per_sample_vs_fixed():
+    img, mask = _pair(16, 16)
+    rng = np.random.default_rng(3)
+    t = RandomRotation(1.0, per_sample=True)
+    outs = [t(img, mask, rng)[1] for _ in range(4)]
+    assert len({o.tobytes() for o in outs}) > 1
+    fixed = RandomRotation(1.0, per_sample=False)
+    outs = [fixed(img, mask, rng)[1] for _ in range(4)]
+    assert len({o.tobytes() for o in outs}) == 1
+    assert fixed._fixed_angle is not None
+
+
+def test_rotation_degrees_argument():
+    t = RandomRotation(0.5, 20)
+    assert t.degrees == (-20.0, 20.0)
+    with pytest.raises(ValueError, match="low <= high"):
+        RandomRotation(0.5, (10, -10))
+    with pytest.raises(ValueError, match="probability"):
+        RandomRotation(1.5)
+
+
+def test_resize_shapes_interpolation_and_single_channel():
+    img, mask = _pair(40, 60, c=1)
+    i2, m2 = Resize((16, 24))(img, mask)
+    assert i2.shape == (16, 24, 1) and m2.shape == (16, 24)
+    assert set(np.unique(m2)) <= set(np.unique(mask))
+    # upscaling a constant image stays constant; nearest keeps labels
+    const = np.full((4, 4, 3), 77, np.uint8)
+    i3, m3 = Resize(8)(const, np.ones((4, 4), np.uint8))
+    assert (i3 == 77).all() and (m3 == 1).all()
+    # no-op when already the right size
+    i4, m4 = Resize((40, 60))(img, mask)
+    assert i4 is img and m4 is mask
+
+
+def test_compose_deterministic_given_seed():
+    img, mask = _pair(50, 70)
+    t = vmunet_isic_transforms((32, 32), train=True)
+    a = t(img, mask, np.random.default_rng(123))
+    b = t(img, mask, np.random.default_rng(123))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[0].shape == (32, 32, 3) and a[1].shape == (32, 32)
+    outs = {t(img, mask, np.random.default_rng(s))[1].tobytes() for s in range(8)}
+    assert len(outs) > 1
+
+
+def test_compose_checks_inputs():
+    t = Compose([Resize(8)])
+    with pytest.raises(ValueError, match="channels-last"):
+        t(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="mask"):
+        t(np.zeros((8, 8, 3), np.uint8), np.zeros((7, 8), np.uint8), np.random.default_rng(0))
+
+
+def test_eval_pipeline_is_resize_only():
+    img, mask = _pair(30, 40)
+    t = vmunet_isic_transforms(16, train=False)
+    assert len(t.transforms) == 1 and isinstance(t.transforms[0], Resize)
+    for preset in ("vmunet_isic", "flips", "none"):
+        t = build_transforms(16, augment=False, preset=preset)
+        assert [type(x) for x in t.transforms] == [Resize]
+    with pytest.raises(ValueError, match="preset"):
+        build_transforms(16, augment=True, preset="bogus")
+
+
+def test_photometric_transforms():
+    img = np.full((32, 32, 3), 100, np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    rng = np.random.default_rng(0)
+    noisy, m = GaussianNoise(10.0, p=1.0)(img, mask, rng)
+    assert noisy.dtype == np.uint8 and m is mask
+    assert 7 < noisy.astype(float).std() < 13
+    blurred, _ = GaussianBlur(1.5, p=1.0)(noisy, mask, rng)
+    assert blurred.astype(float).std() < noisy.astype(float).std()
+    x = np.zeros((8, 8, 1), np.float32)
+    x[:, :4] = 1.0
+    out, _ = RandomContrast((0.5, 0.5), p=1.0)(x, np.zeros((8, 8), np.uint8), rng)
+    np.testing.assert_allclose(out[:, :4], 0.75)
+    np.testing.assert_allclose(out[:, 4:], 0.25)
+
+
+def test_as_size():
+    assert as_size(5) == (5, 5)
+    assert as_size((3, 4)) == (3, 4)
+    for bad in [(0, 4), "ab", (1, 2, 3), -1]:
+        with pytest.raises(ValueError, match="image_size"):
+            as_size(bad)
