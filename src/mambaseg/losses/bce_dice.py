@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaseg.losses.dice import binary_target, check_logits_target, soft_dice
+from mambaseg.losses.dice import binary_target, check_logits_target, soft_dice, upcast
 from mambaseg.losses.registry import register_loss
 
 __all__ = ["BceDiceLoss"]
@@ -60,8 +60,8 @@ class BceDiceLoss(nn.Module):
                 f"BceDiceLoss expects single-channel logits (B, 1, ...) for binary segmentation, got "
                 f"{logits.shape[1]} channels; use 'ce_dice' for multi-class outputs"
             )
-        z = logits[:, 0].float()
-        y = binary_target(target, "BceDiceLoss")
+        z = upcast(logits[:, 0])
+        y = binary_target(target, "BceDiceLoss").to(z.dtype)
         pw = None if self.pos_weight is None else torch.tensor(self.pos_weight, device=z.device, dtype=z.dtype)
         bce = F.binary_cross_entropy_with_logits(z, y, pos_weight=pw, reduction="mean")
         dice = soft_dice(torch.sigmoid(z).unsqueeze(1), y.unsqueeze(1), smooth=self.smooth, batch_dice=self.batch_dice)

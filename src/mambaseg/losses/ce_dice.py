@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaseg.losses.dice import DiceLoss, check_logits_target
+from mambaseg.losses.dice import DiceLoss, check_logits_target, upcast
 from mambaseg.losses.registry import register_loss
 
 __all__ = ["CeDiceLoss"]
@@ -77,8 +77,9 @@ class CeDiceLoss(nn.Module):
                 f"CeDiceLoss: target class indices must be in [0, {c - 1}] for {c} output channels, got values "
                 f"in [{int(target.min())}, {int(target.max())}]"
             )
-        z = logits.float()
-        ce = F.cross_entropy(z, target.long(), weight=self.class_weights, reduction="mean")
+        z = upcast(logits)
+        w = None if self.class_weights is None else self.class_weights.to(z)
+        ce = F.cross_entropy(z, target.long(), weight=w, reduction="mean")
         return self.ce_weight * ce + self.dice_weight * self.dice(z, target)
 
     def extra_repr(self) -> str:

@@ -19,7 +19,12 @@ import torch.nn.functional as F
 
 from mambaseg.losses.registry import register_loss
 
-__all__ = ["DiceLoss", "soft_dice", "check_logits_target", "binary_target", "one_hot_target"]
+__all__ = ["DiceLoss", "soft_dice", "check_logits_target", "binary_target", "one_hot_target", "upcast"]
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 -> float32 (losses are computed in at least single precision); others unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def check_logits_target(logits: torch.Tensor, target: torch.Tensor, name: str = "loss") -> torch.Tensor:
@@ -56,7 +61,7 @@ def binary_target(target: torch.Tensor, name: str = "loss") -> torch.Tensor:
                 f"{name}: a single-channel (binary) output needs targets in {{0, 1}}, got values in "
                 f"[{int(target.min())}, {int(target.max())}]"
             )
-    return target.float()
+    return target.to(torch.float64 if target.dtype == torch.float64 else torch.float32)
 
 
 def one_hot_target(target: torch.Tensor, num_classes: int, name: str = "loss") -> torch.Tensor:
@@ -135,13 +140,13 @@ class DiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = check_logits_target(logits, target, "DiceLoss")
         c = logits.shape[1]
-        logits = logits.float()
+        logits = upcast(logits)
         if c == 1:
             probs = torch.sigmoid(logits)
-            tgt = binary_target(target, "DiceLoss").unsqueeze(1)
+            tgt = binary_target(target, "DiceLoss").unsqueeze(1).to(probs.dtype)
         else:
             probs = torch.softmax(logits, dim=1)
-            tgt = one_hot_target(target, c, "DiceLoss")
+            tgt = one_hot_target(target, c, "DiceLoss").to(probs.dtype)
             if not self.include_background:
                 probs, tgt = probs[:, 1:], tgt[:, 1:]
         dice = soft_dice(probs, tgt, smooth=self.smooth, squared=self.squared, batch_dice=self.batch_dice)
