@@ -1,0 +1,77 @@
+"""Training engine: data tasks, evaluators, checkpoints and the training loop.
+
+Example:
+    >>> from mambaseg.configs import load_recipe, apply_overrides
+    >>> from mambaseg.engine import train
+    >>> cfg = apply_overrides(load_recipe("vmunet_ph2"), ["data.path=data/ph2", "train.out=runs/ph2"])
+    >>> result = train(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from mambaseg.engine.checkpoint import (
+    CheckpointError,
+    build_model,
+    export_safetensors,
+    load_checkpoint,
+    save_checkpoint,
+    unwrap_model,
+)
+from mambaseg.engine.evaluator import EvalContext, Evaluator, SegmentationEvaluator2D, flatten_metrics, lookup_metric
+from mambaseg.engine.optim import build_optimizer, build_scheduler
+from mambaseg.engine.run_logger import RunLogger, plot_progress
+from mambaseg.engine.tasks import (
+    ArrayDataset2D,
+    DataLayout,
+    DataTask,
+    DataTaskError,
+    detect_layout,
+    list_layouts,
+    open_data,
+    register_layout,
+)
+from mambaseg.engine import volumetric as _volumetric  # noqa: F401  (registers acdc/synapse/nnunet/volcache)
+from mambaseg.engine.trainer import (
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainResult,
+    build_model_from_config,
+    evaluate_checkpoint,
+    resolve_amp,
+    resolve_device,
+    train,
+)
+
+__all__ = [
+    "ArrayDataset2D",
+    "CheckpointError",
+    "DataLayout",
+    "DataTask",
+    "DataTaskError",
+    "EvalContext",
+    "Evaluator",
+    "RunLogger",
+    "SegmentationEvaluator2D",
+    "TrainResult",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "build_model",
+    "build_model_from_config",
+    "build_optimizer",
+    "build_scheduler",
+    "detect_layout",
+    "evaluate_checkpoint",
+    "export_safetensors",
+    "flatten_metrics",
+    "list_layouts",
+    "load_checkpoint",
+    "lookup_metric",
+    "open_data",
+    "plot_progress",
+    "register_layout",
+    "resolve_amp",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+    "unwrap_model",
+]

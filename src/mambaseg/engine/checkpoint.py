@@ -1,0 +1,232 @@
+"""Self-describing checkpoints: atomic writes, ``weights_only`` loading, safetensors export.
+
+A checkpoint is a plain dict of tensors and primitive containers (str/int/float/bool/None/list/tuple/dict), so it
+loads with ``torch.load(weights_only=True)`` (no pickled code is ever executed). It carries everything needed to
+rebuild and use the model without the training code:
+
+===================  ==========================================================================================
+key                  content
+===================  ==========================================================================================
+``format``           ``"mambaseg-checkpoint"`` and ``format_version`` (int)
+``library_version``  ``mambaseg.__version__`` that wrote it
+``model``            ``{"name", "num_classes", "in_chans", "kwargs"}`` = ``model.mambaseg_spec``
+``state_dict``       the model weights
+``normalization``    ``{"mean": [...], "std": [...]}`` of the inputs (or ``None``)
+``label_map``        ``{class name: mask pixel value}`` in class-index order
+``image_size``       ``[H, W]`` the network was trained at
+``task``             data-layout name and ``num_classes``/``in_chans`` of the task
+``config``           the resolved :class:`~mambaseg.configs.RunConfig` as a dict
+``epoch``/``step``   completed epochs / optimizer steps
+``best``             ``{"metric", "mode", "value", "epoch"}``
+``metrics``          validation metrics of this checkpoint's weights (nested dict of floats)
+``history``          per-epoch records (train loss, lr, val metrics)
+``optimizer`` ...    ``optimizer``, ``scheduler``, ``scaler`` states and ``rng`` (training checkpoints only)
+===================  ==========================================================================================
+
+Example:
+    >>> ckpt = load_checkpoint("runs/x/checkpoints/best.pt")  # doctest: +SKIP
+    >>> model = build_model(ckpt)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mambaseg.utils.files import atomic_path
+from mambaseg.version import __version__
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "to_primitive",
+    "save_checkpoint",
+    "load_checkpoint",
+    "export_safetensors",
+    "build_model",
+    "unwrap_model",
+]
+
+CHECKPOINT_FORMAT = "mambaseg-checkpoint"
+FORMAT_VERSION = 1
+_SAFETENSORS_META_KEY = "mambaseg"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not a mambaseg checkpoint."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP / ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def to_primitive(obj: Any, where: str = "checkpoint") -> Any:
+    """Convert ``obj`` to tensors and primitive containers accepted by ``torch.load(weights_only=True)``.
+
+    NumPy arrays become tensors, NumPy scalars Python numbers, paths strings; anything else that is not a
+    primitive raises ``TypeError`` naming where it was found.
+    """
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, (str, int)) else str(k)): to_primitive(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        conv = [to_primitive(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return conv if isinstance(obj, list) else tuple(conv)
+    if isinstance(obj, torch.Size):
+        return tuple(obj)
+    raise TypeError(f"{where}: cannot store an object of type {type(obj).__name__} in a weights-only checkpoint")
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically (temporary file in the same folder, then ``os.replace``).
+
+    Args:
+        path: destination ``.pt`` file; parent folders are created.
+        payload: checkpoint content (see the module docstring); ``format``, ``format_version`` and
+            ``library_version`` are added.
+
+    Returns:
+        The path written.
+    """
+    data = dict(payload)
+    data.setdefault("format", CHECKPOINT_FORMAT)
+    data.setdefault("format_version", FORMAT_VERSION)
+    data.setdefault("library_version", __version__)
+    data = to_primitive(data)
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+    return Path(path)
+
+
+def _load_safetensors(p: Path, map_location: str | torch.device) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if _SAFETENSORS_META_KEY not in meta:
+        raise CheckpointError(
+            f"{p} is a safetensors file without mambaseg metadata; it holds bare weights only, load them with "
+            "safetensors.torch.load_file and build the model yourself"
+        )
+    info = json.loads(meta[_SAFETENSORS_META_KEY])
+    info["state_dict"] = {k: v.to(map_location) for k, v in state.items()}
+    return info
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``.pt``) or :func:`export_safetensors`.
+
+    ``.pt`` files are read with ``torch.load(weights_only=True)``: no code is unpickled.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or not a mambaseg checkpoint.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    if p.suffix == ".safetensors":
+        try:
+            return _load_safetensors(p, map_location)
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"cannot read safetensors checkpoint {str(p)!r}: {e}") from e
+    try:
+        data = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError/RuntimeError/EOFError for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {str(p)!r} (corrupt, truncated or not a torch file): {first}") from e
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{str(p)!r} is not a mambaseg checkpoint (no 'format': {CHECKPOINT_FORMAT!r} entry); "
+            "only files written by mambaseg train can be loaded"
+        )
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(p)!r} has checkpoint format version {data['format_version']}, newer than this mambaseg "
+            f"({__version__}) understands; upgrade mambaseg"
+        )
+    return data
+
+
+def export_safetensors(path: str | os.PathLike[str], ckpt: dict[str, Any]) -> Path:
+    """Write the weights of ``ckpt`` as safetensors, with the model description in the file's metadata.
+
+    The metadata entry ``"mambaseg"`` holds JSON with ``model``, ``normalization``, ``label_map``, ``image_size``,
+    ``task``, ``metrics`` and ``library_version``, so :func:`load_checkpoint` and :func:`mambaseg.load` can rebuild
+    the model from this file alone.
+    """
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["state_dict"].items()}
+    keys = ("format", "format_version", "library_version", "model", "normalization", "label_map", "image_size",
+            "task", "metrics", "epoch", "best")
+    info = {k: ckpt.get(k) for k in keys}
+    info["format"] = CHECKPOINT_FORMAT
+    info.setdefault("format_version", FORMAT_VERSION)
+    info["library_version"] = info.get("library_version") or __version__
+    meta = {_SAFETENSORS_META_KEY: json.dumps(_json_safe(info))}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def build_model(ckpt: dict[str, Any], *, strict: bool = True) -> nn.Module:
+    """Rebuild the model described by a loaded checkpoint and load its weights (on CPU, in eval mode).
+
+    Raises:
+        CheckpointError: the model name is not registered in this installation, or the weights do not fit.
+    """
+    from mambaseg.models import create_model, is_model
+
+    spec = ckpt.get("model") or {}
+    name = spec.get("name")
+    if not name:
+        raise CheckpointError("checkpoint has no model description ('model' entry with a 'name')")
+    if not is_model(name):
+        raise CheckpointError(
+            f"checkpoint needs model {name!r}, which this mambaseg ({__version__}) does not provide; "
+            f"it was written by mambaseg {ckpt.get('library_version', '?')}"
+        )
+    kwargs = dict(spec.get("kwargs") or {})
+    model = create_model(name, num_classes=int(spec.get("num_classes", 1)), in_chans=int(spec.get("in_chans", 3)),
+                         **kwargs)
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=strict)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in the checkpoint do not fit model {name!r}: {str(e).splitlines()[0]}") from e
+    return model.eval()

@@ -1,0 +1,120 @@
+"""Optimizers and learning-rate schedules built from :class:`~mambaseg.configs.OptimConfig` / ``ScheduleConfig``.
+
+Schedules are expressed as a factor of the base learning rate per schedule step (``torch.optim.lr_scheduler.LambdaLR``),
+stepped once per epoch or once per optimizer step (``schedule.interval``); ``plateau`` wraps
+``ReduceLROnPlateau`` and is stepped with the selection metric after each validation. All scheduler states are
+plain dicts, so they fit in weights-only checkpoints.
+
+``cosine`` follows PyTorch's ``CosineAnnealingLR`` closed form
+``eta_min + (lr - eta_min) * (1 + cos(pi * t / T)) / 2``, which keeps oscillating beyond ``T`` (with VM-UNet's
+T_max 50 over 300 epochs the rate returns to its peak at epochs 100 and 200, as in the original).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from mambaseg.configs import OptimConfig, ScheduleConfig
+
+__all__ = ["build_optimizer", "build_scheduler", "schedule_factor", "OPTIMIZERS", "SCHEDULES"]
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "cosine_restarts", "poly", "constant", "plateau")
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """One parameter group with every trainable parameter (the recipes of the papers decay all weights)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    name = cfg.name.lower()
+    if cfg.lr <= 0:
+        raise ValueError(f"optim.lr must be > 0, got {cfg.lr}")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer optim.name={cfg.name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+def schedule_factor(cfg: ScheduleConfig, base_lr: float, total: int) -> Callable[[int], float]:
+    """Factor of ``base_lr`` at schedule step ``t`` (0-based) for the non-plateau schedules.
+
+    Args:
+        cfg: schedule section.
+        base_lr: the optimizer's peak learning rate.
+        total: number of schedule steps in the run (epochs or optimizer steps); used when ``t_max`` is None.
+    """
+    name = cfg.name.lower()
+    warm = max(int(cfg.warmup), 0)
+    period = int(cfg.t_max) if cfg.t_max else max(total - warm, 1)
+    floor = cfg.eta_min / base_lr
+
+    def cosine(t: int) -> float:
+        return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * t / period)) / 2.0
+
+    def restarts(t: int) -> float:
+        t_i, t_cur = period, t
+        while t_cur >= t_i:
+            t_cur -= t_i
+            t_i *= max(int(cfg.t_mult), 1)
+        return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * t_cur / t_i)) / 2.0
+
+    def poly(t: int) -> float:
+        span = max(total - warm, 1)
+        return max(1.0 - t / span, 0.0) ** cfg.power
+
+    shapes: dict[str, Callable[[int], float]] = {
+        "cosine": cosine,
+        "cosine_restarts": restarts,
+        "poly": poly,
+        "constant": lambda t: 1.0,
+    }
+    if name not in shapes:
+        raise ValueError(f"unknown schedule schedule.name={cfg.name!r}; valid: {', '.join(SCHEDULES)}")
+    shape = shapes[name]
+
+    def factor(t: int) -> float:
+        if t < warm:
+            return (t + 1) / warm
+        return shape(t - warm)
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, epochs: int, steps_per_epoch: int,
+    max_steps: int | None = None, best_mode: str = "max",
+) -> Any:
+    """Scheduler for the run; see the module docstring.
+
+    Args:
+        optimizer: the optimizer.
+        cfg: schedule section (``interval`` ``epoch`` or ``step``).
+        epochs: planned epochs.
+        steps_per_epoch: optimizer steps per epoch.
+        max_steps: optional cap on optimizer steps.
+        best_mode: ``max``/``min`` direction of the selection metric (for ``plateau``).
+    """
+    if cfg.interval not in ("epoch", "step"):
+        raise ValueError(f"schedule.interval must be 'epoch' or 'step', got {cfg.interval!r}")
+    if cfg.name.lower() == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=best_mode, factor=cfg.factor, patience=cfg.patience, min_lr=cfg.eta_min
+        )
+    if cfg.interval == "epoch":
+        total = epochs
+        if max_steps:
+            total = min(total, math.ceil(max_steps / max(steps_per_epoch, 1)))
+    else:
+        total = epochs * steps_per_epoch
+        if max_steps:
+            total = min(total, max_steps)
+    base = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(cfg, base, max(total, 1)))

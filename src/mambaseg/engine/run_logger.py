@@ -1,0 +1,129 @@
+"""Run-directory logging: a text log, TensorBoard events, ``history.json`` and an nnU-Net-like ``progress.png``.
+
+Only the main process (rank 0) creates a :class:`RunLogger` that writes; other ranks use ``RunLogger(None)``,
+whose methods do nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from pathlib import Path
+from typing import Any
+
+from mambaseg.utils.files import atomic_path, atomic_write_json
+
+__all__ = ["RunLogger", "plot_progress"]
+
+
+class RunLogger:
+    """Writes ``train.log``, TensorBoard events (``tb/``), ``history.json`` and ``progress.png`` in ``run_dir``.
+
+    Args:
+        run_dir: run directory, or ``None`` for a logger that writes nothing (non-main DDP ranks).
+        tensorboard: write TensorBoard events (skipped with a log line if the ``tensorboard`` package is missing).
+    """
+
+    def __init__(self, run_dir: str | Path | None, *, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._log = None
+        self._tb = None
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.run_dir / "train.log", "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            except ImportError as e:  # tensorboard is a declared dependency, but keep training if it is absent
+                self.log(f"TensorBoard disabled: {e}")
+
+    @property
+    def active(self) -> bool:
+        return self.run_dir is not None
+
+    def log(self, message: str) -> None:
+        """Append a time-stamped line to ``train.log``."""
+        if self._log is None:
+            return
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        for line in str(message).splitlines() or [""]:
+            self._log.write(f"{stamp} {line}\n")
+        self._log.flush()
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        """Add scalars to TensorBoard (non-finite values are skipped)."""
+        if self._tb is None:
+            return
+        for k, v in values.items():
+            if v is None or not math.isfinite(float(v)):
+                continue
+            self._tb.add_scalar(f"{prefix}{k}", float(v), step)
+        self._tb.flush()
+
+    def history(self, records: list[dict[str, Any]]) -> None:
+        """Write ``history.json`` and redraw ``progress.png`` from the per-epoch records."""
+        if self.run_dir is None:
+            return
+        atomic_write_json(self.run_dir / "history.json", records)
+        plot_progress(records, self.run_dir / "progress.png")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def plot_progress(records: list[dict[str, Any]], path: str | Path, metric: str | None = None) -> Path:
+    """Draw training curves like nnU-Net's ``progress.png``.
+
+    Top panel: train loss and validation loss per epoch (left axis) and the validation metric (right axis);
+    middle: epoch duration; bottom: learning rate.
+
+    Args:
+        records: per-epoch dicts with ``epoch``, ``train_loss``, ``lr``, ``time`` and optionally ``val`` (a dict
+            of scalar validation metrics) and ``best_metric`` (the selection metric's name).
+        path: output PNG.
+        metric: validation metric to plot (default: each record's ``best_metric`` or ``dice``).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 10), dpi=80)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_time, ax_lr = fig.subplots(3, 1, gridspec_kw={"height_ratios": [2, 1, 1]})
+    ep = [r["epoch"] for r in records]
+    ax_loss.plot(ep, [r.get("train_loss") for r in records], color="tab:blue", label="train loss")
+    vals = [(r["epoch"], r["val"]) for r in records if isinstance(r.get("val"), dict)]
+    if any("loss" in v for _, v in vals):
+        ax_loss.plot([e for e, v in vals if "loss" in v], [v["loss"] for _, v in vals if "loss" in v],
+                     color="tab:red", marker=".", label="val loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    name = metric or (records[-1].get("best_metric") if records else None) or "dice"
+    if name == "loss":
+        name = "dice"
+    pts = [(e, v[name]) for e, v in vals if isinstance(v.get(name), (int, float))]
+    ax_m = ax_loss.twinx()
+    if pts:
+        ax_m.plot([e for e, _ in pts], [m for _, m in pts], color="tab:green", marker="o", ms=3,
+                  label=f"val {name}")
+    ax_m.set_ylabel(f"val {name}")
+    lines = ax_loss.get_legend_handles_labels()
+    lines2 = ax_m.get_legend_handles_labels()
+    ax_loss.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right")
+    ax_time.plot(ep, [r.get("time") for r in records], color="tab:purple")
+    ax_time.set_ylabel("epoch time [s]")
+    ax_lr.plot(ep, [r.get("lr") for r in records], color="tab:orange")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("epoch")
+    fig.tight_layout()
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        fig.savefig(tmp, format="png")
+    return p

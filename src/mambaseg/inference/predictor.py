@@ -1,0 +1,306 @@
+"""2-D prediction from a trained checkpoint: one image, a batch, or a whole folder.
+
+The predictor repeats the evaluation preprocessing of training exactly (read -> resize to the checkpoint's
+``image_size`` -> scale to [0, 1] -> the stored normalisation), runs the model, upsamples the logits back to each
+image's ORIGINAL size (bilinear) and thresholds them (sigmoid > 0.5 for binary, argmax for multi-class).
+
+Example:
+    >>> import mambaseg
+    >>> predictor = mambaseg.load("runs/ph2/checkpoints/best.pt")  # doctest: +SKIP
+    >>> mask = predictor.predict("lesion.jpg")          # (H, W) int64 class indices at the image's size
+    >>> predictor.predict_folder("images/", "predictions/")  # masks/*.png + overlays/*.png
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["Predictor", "load", "list_images", "IMAGE_EXTENSIONS", "overlay_mask", "PALETTE"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+#: overlay colours of classes 1, 2, ... (RGB)
+PALETTE = (
+    (255, 0, 0), (0, 200, 0), (0, 90, 255), (255, 200, 0), (255, 0, 255), (0, 220, 220),
+    (255, 128, 0), (128, 0, 255), (128, 128, 0),
+)
+
+ImageInput = Any  # path (str/Path), (H, W[, C]) numpy array, PIL image, or (C, H, W) torch tensor
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:
+    """Blend class colours over an image.
+
+    Args:
+        image: (H, W, C) uint8 (C = 1 or 3) original image.
+        mask: (H, W) class indices (0 = background, left unchanged).
+        alpha: opacity of the colours.
+
+    Returns:
+        (H, W, 3) uint8 RGB image.
+    """
+    if image.ndim == 2:
+        image = image[..., None]
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+    out = rgb.astype(np.float32).copy()
+    for c in np.unique(mask):
+        if c == 0:
+            continue
+        color = np.asarray(PALETTE[(int(c) - 1) % len(PALETTE)], dtype=np.float32)
+        sel = mask == c
+        out[sel] = (1 - alpha) * out[sel] + alpha * color
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+class Predictor:
+    """Applies a trained 2-D segmentation model to images of any size.
+
+    Build it with :func:`mambaseg.load` (or :meth:`from_checkpoint`); the constructor is for models you built
+    yourself.
+
+    Args:
+        model: network returning logits (B, num_classes, H, W).
+        image_size: (H, W) the network runs at.
+        normalization: ``mambaseg.data.Normalization`` used in training (or ``None`` for [0, 1] inputs).
+        label_map: class name -> pixel value written in mask files (class-index order).
+        device: ``auto``/``cpu``/``cuda``/``cuda:N`` or a ``torch.device``.
+        threshold: probability threshold of binary models.
+        amp_dtype: optional autocast dtype on CUDA (e.g. ``torch.bfloat16``).
+        info: free-form facts about the checkpoint (shown by ``repr``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        image_size: Sequence[int],
+        normalization: Any = None,
+        label_map: dict[str, int] | None = None,
+        device: str | torch.device = "auto",
+        threshold: float = 0.5,
+        amp_dtype: torch.dtype | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        from mambaseg.data.transforms import as_size, build_transforms
+        from mambaseg.engine.trainer import resolve_device
+
+        self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
+        self.model = model.to(self.device).eval()
+        self.image_size = as_size(tuple(image_size))
+        self.normalization = normalization
+        spec = getattr(model, "mambaseg_spec", None) or {}
+        self.num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
+        self.in_chans = int(spec.get("in_chans", getattr(model, "in_chans", 3)))
+        self.label_map = dict(label_map) if label_map else {"background": 0, "foreground": 255}
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.threshold = threshold
+        self.amp_dtype = amp_dtype
+        self.info = dict(info or {})
+        self._transform = build_transforms(self.image_size, augment=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, *, device: str | torch.device = "auto",
+                        threshold: float = 0.5) -> Predictor:
+        """Load a ``.pt`` or ``.safetensors`` checkpoint written by ``mambaseg train``."""
+        from mambaseg.data import Normalization
+        from mambaseg.engine.checkpoint import CheckpointError, build_model, load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint, map_location="cpu")
+        if not ckpt.get("image_size"):
+            raise CheckpointError(f"{checkpoint}: no 'image_size' entry; cannot preprocess inputs")
+        model = build_model(ckpt)
+        norm = Normalization.from_dict(ckpt["normalization"]) if ckpt.get("normalization") else None
+        info = {"checkpoint": str(checkpoint), "model": (ckpt.get("model") or {}).get("name"),
+                "epoch": ckpt.get("epoch"), "library_version": ckpt.get("library_version")}
+        return cls(model, image_size=ckpt["image_size"], normalization=norm, label_map=ckpt.get("label_map"),
+                   device=device, threshold=threshold, info=info)
+
+    def __repr__(self) -> str:
+        return (f"Predictor(model={self.info.get('model', type(self.model).__name__)!r}, "
+                f"image_size={self.image_size}, classes={list(self.label_map)}, device={self.device})")
+
+    # ------------------------------------------------------------------ input handling
+    def read(self, image: ImageInput) -> np.ndarray:
+        """Any supported input as a uint8 (H, W, in_chans) array (float inputs are taken as [0, 1])."""
+        from mambaseg.data import read_image
+
+        if isinstance(image, (str, Path)):
+            p = Path(image)
+            if not p.is_file():
+                raise FileNotFoundError(f"input image {str(p)!r} does not exist")
+            return read_image(p, self.in_chans)
+        if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
+            image = np.asarray(image.convert("RGB" if self.in_chans == 3 else "L"))
+        if isinstance(image, torch.Tensor):
+            t = image.detach().cpu()
+            if t.dim() != 3:
+                raise ValueError(f"a tensor input must be (C, H, W), got shape {tuple(t.shape)}")
+            image = t.permute(1, 2, 0).numpy()
+        arr = np.asarray(image)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3:
+            raise ValueError(f"an image array must be (H, W) or (H, W, C), got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            if np.issubdtype(arr.dtype, np.floating):
+                if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
+                    raise ValueError("float image arrays must hold values in [0, 1]; pass uint8 for 0..255 data")
+                arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+            else:
+                raise ValueError(f"image arrays must be uint8 or float in [0, 1], got dtype {arr.dtype}")
+        c = arr.shape[-1]
+        if c == 4:
+            arr, c = arr[..., :3], 3
+        if c != self.in_chans:
+            if c == 1 and self.in_chans == 3:
+                arr = np.repeat(arr, 3, axis=-1)
+            elif c == 3 and self.in_chans == 1:
+                luma = arr.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+                arr = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
+            else:
+                raise ValueError(f"the model expects {self.in_chans} channel(s), the image has {c}")
+        return np.ascontiguousarray(arr)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, C) -> normalised float32 (C, h, w) at the network size (as in evaluation)."""
+        dummy = np.zeros(image.shape[:2], dtype=np.uint8)
+        img, _ = self._transform(image, dummy, np.random.default_rng(0))
+        x = img.astype(np.float32) / 255.0
+        if self.normalization is not None:
+            x = self.normalization.apply(x)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+    # ------------------------------------------------------------------ prediction
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        import contextlib
+
+        amp = (torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+               if self.amp_dtype is not None else contextlib.nullcontext())
+        with torch.inference_mode(), amp:
+            return self.model(batch.to(self.device)).float()
+
+    def _labels(self, logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:
+            return (logits[:, 0] > math.log(self.threshold / (1.0 - self.threshold))).long()
+        return logits.argmax(dim=1)
+
+    def predict_logits(self, images: Sequence[ImageInput]) -> list[torch.Tensor]:
+        """Logits (num_classes, H, W) of each image at its original size (bilinear upsampling)."""
+        arrays = [self.read(im) for im in images]
+        if not arrays:
+            return []
+        batch = torch.stack([self.preprocess(a) for a in arrays])
+        logits = self._logits(batch)
+        out = []
+        for a, lg in zip(arrays, logits):
+            h, w = a.shape[:2]
+            out.append(F.interpolate(lg[None], size=(h, w), mode="bilinear", align_corners=False)[0].cpu())
+        return out
+
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """Masks (H, W) int64 of class indices, one per image, each at its image's original size."""
+        return [self._labels(lg[None])[0].numpy() for lg in self.predict_logits(images)]
+
+    def predict(self, image: ImageInput) -> np.ndarray:
+        """Mask (H, W) int64 of class indices (0/1 for binary) at the input's original size.
+
+        Args:
+            image: an image path, an (H, W[, C]) uint8 (or [0, 1] float) array, a PIL image or a (C, H, W) tensor.
+        """
+        return self.predict_batch([image])[0]
+
+    def predict_proba(self, image: ImageInput) -> np.ndarray:
+        """Probabilities at the original size: (H, W) foreground probability (binary) or (C, H, W) softmax."""
+        lg = self.predict_logits([image])[0]
+        if lg.shape[0] == 1:
+            return torch.sigmoid(lg[0]).numpy()
+        return torch.softmax(lg, dim=0).numpy()
+
+    def to_pixel_values(self, mask: np.ndarray) -> np.ndarray:
+        """Class indices -> the label map's pixel values (binary: 0/255), as uint8 (or uint16 if needed)."""
+        values = np.asarray(list(self.label_map.values()), dtype=np.int64)
+        if mask.size and int(mask.max()) >= len(values):
+            raise ValueError(f"mask holds class {int(mask.max())} but the label map has {len(values)} classes")
+        out = values[mask]
+        return out.astype(np.uint8 if values.max(initial=0) <= 255 else np.uint16)
+
+    def predict_folder(
+        self,
+        input_path: str | Path,
+        out_dir: str | Path,
+        *,
+        batch_size: int = 4,
+        overlays: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Path]:
+        """Predict every image of a folder (or one image file) and write PNGs.
+
+        Writes ``OUT/masks/<stem>.png`` (pixel values from the label map, e.g. 0/255 for binary, at the image's
+        original size) and, with ``overlays``, ``OUT/overlays/<stem>.png`` (colours blended over the image).
+        A folder holding an ``images/`` sub-folder (a dataset split) is read from that sub-folder.
+
+        Returns:
+            Paths of the written mask files.
+        """
+        from PIL import Image
+
+        files = list_images(input_path)
+        out = Path(out_dir)
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+        if overlays:
+            (out / "overlays").mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for i in range(0, len(files), max(batch_size, 1)):
+            chunk = files[i : i + batch_size]
+            arrays = [self.read(f) for f in chunk]
+            masks = self.predict_batch(arrays)
+            for f, a, m in zip(chunk, arrays, masks):
+                mp = out / "masks" / f"{f.stem}.png"
+                Image.fromarray(self.to_pixel_values(m)).save(mp)
+                written.append(mp)
+                if overlays:
+                    Image.fromarray(overlay_mask(a, m)).save(out / "overlays" / f"{f.stem}.png")
+            if progress is not None:
+                progress(len(written), len(files))
+        return written
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """Image files of a folder (sorted; its ``images/`` sub-folder if present) or ``[path]`` for one file.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: a file with an unsupported extension, or a folder without images.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"input {str(p)!r} does not exist")
+    if p.is_file():
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(f"input {str(p)!r} is not an image file; expected one of {', '.join(IMAGE_EXTENSIONS)}")
+        return [p]
+    if (p / "images").is_dir():
+        p = p / "images"
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {str(p)!r}")
+    return files
+
+
+def load(checkpoint: str | Path, *, device: str | torch.device = "auto", threshold: float = 0.5) -> Predictor:
+    """Load a checkpoint (``.pt`` or ``.safetensors``) as a :class:`Predictor`.
+
+    Example:
+        >>> predictor = load("runs/ph2/checkpoints/best.pt")  # doctest: +SKIP
+        >>> mask = predictor.predict("image.jpg")  # doctest: +SKIP
+    """
+    return Predictor.from_checkpoint(checkpoint, device=device, threshold=threshold)
