@@ -97,7 +97,7 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) after conv+SiLU -> merged scan output (B, H, W, D) in float32."""
+        """(B, D, H, W) after conv+SiLU -> merged scan output (B, H, W, D) in float32 (float64 for float64 inputs)."""
         b, d, h, w = x.shape
         L = h * w
         k = self.scan.k
@@ -105,14 +105,16 @@ class SS2D(nn.Module):
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
+        # the scan always runs in float32 (float64 when the module is float64), also under autocast
+        f = torch.float64 if xs.dtype == torch.float64 else torch.float32
         y = selective_scan(
-            xs.float().reshape(b, k * d, L),
-            dts.float().reshape(b, k * d, L),
-            -torch.exp(self.A_logs.float()),
-            Bs.float(),
-            Cs.float(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.float().reshape(-1),
+            xs.to(f).reshape(b, k * d, L),
+            dts.to(f).reshape(b, k * d, L),
+            -torch.exp(self.A_logs.to(f)),
+            Bs.to(f),
+            Cs.to(f),
+            self.Ds.to(f),
+            delta_bias=self.dt_projs_bias.to(f).reshape(-1),
             delta_softplus=True,
             backend=self.backend,
         )

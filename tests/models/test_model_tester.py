@@ -1,0 +1,97 @@
+"""One tester for every registered model (SMP/timm style): shapes, logits, gradients, channels, size errors, determinism.
+
+Models are built with their registered defaults; only the spatial size is kept small (two strides, or the model's own
+minimum). Models that need to know the input size at construction accept ``img_size`` (forwarded by create_model).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mambaseg
+from mambaseg.models.base import SegmentationModel
+
+MODELS = mambaseg.list_models()
+
+
+def _size(model) -> int:
+    s = int(getattr(model, "stride", 32))
+    return max(64, 2 * s)
+
+
+def _build(name, num_classes=1, in_chans=3, size=None):
+    torch.manual_seed(0)
+    probe = mambaseg.create_model(name, num_classes=num_classes, in_chans=in_chans)
+    size = size or _size(probe)
+    if getattr(probe, "fixed_size", None) is not None:
+        probe = mambaseg.create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=(size, size))
+    return probe, size
+
+
+def test_registry_lists_and_rejects_unknown():
+    assert "vmunet" in MODELS and "vmunet_tiny" in MODELS
+    assert mambaseg.list_models("vmunet*")[0].startswith("vmunet")
+    with pytest.raises(ValueError, match="valid names: .*vmunet"):
+        mambaseg.create_model("no_such_model")
+    with pytest.raises(ValueError, match="num_classes"):
+        mambaseg.create_model("vmunet_tiny", num_classes=0)
+
+
+def test_vmunet_parameter_count_matches_spec():
+    n = sum(p.numel() for p in mambaseg.create_model("vmunet", num_classes=1).parameters())
+    assert abs(n - 27.43e6) / 27.43e6 < 0.002, n
+    n = sum(p.numel() for p in mambaseg.create_model("vmunet_code_default", num_classes=1).parameters())
+    assert abs(n - 44.27e6) / 44.27e6 < 0.002, n
+    assert sum(p.numel() for p in mambaseg.create_model("vmunet_tiny").parameters()) < 2_000_000
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_backward_logits(name):
+    model, size = _build(name, num_classes=1)
+    assert isinstance(model, SegmentationModel)
+    assert model.mambaseg_spec["name"] == name
+    model.train()
+    x = torch.randn(2, 3, size, size)
+    y = model(x)
+    assert y.shape == (2, 1, size, size)
+    assert torch.isfinite(y).all()
+    # logits, never probabilities: negative values exist and nothing squashes into [0, 1]
+    assert (y < 0).any() or (y > 1).any()
+    (y.float().square().mean() + y.float().mean()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None)]
+    assert not missing, f"parameters without gradient: {missing[:10]}"
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_odd_channels_and_classes(name):
+    model, size = _build(name, num_classes=3, in_chans=1)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, size, size)).shape == (1, 3, size, size)
+    model5, size = _build(name, num_classes=2, in_chans=5)
+    with torch.no_grad():
+        assert model5.eval()(torch.randn(1, 5, size, size)).shape == (1, 2, size, size)
+    with pytest.raises(ValueError, match="in_chans"):
+        model(torch.randn(1, 3, size, size))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_wrong_size_is_a_clear_error(name):
+    model, size = _build(name)
+    stride = int(getattr(model, "stride", 32))
+    bad = size + stride // 2 if stride > 1 else size + 1
+    with pytest.raises(ValueError, match=r"nearest valid size|img_size|divisible"):
+        with torch.no_grad():
+            model.eval()(torch.randn(1, 3, bad, bad))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_is_deterministic(name):
+    model, size = _build(name)
+    model.eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
