@@ -6,6 +6,7 @@ from mambaseg.models._registry import ModelInfo, create_model, is_model, list_mo
 
 # Each import registers that file's entrypoints.
 from mambaseg.models import vmunet  # noqa: E402,F401
+from mambaseg.models import slicemamba  # noqa: E402,F401
 from mambaseg.models import vmbunet  # noqa: E402,F401
 from mambaseg.models import dermomamba  # noqa: E402,F401
 
