@@ -102,7 +102,8 @@ def test_ce_dice_hand_computed_and_defaults():
     assert out == pytest.approx(0.4 * ce + 0.6 * dice, abs=1e-6)
     # default smoothing 1e-5 changes the value only by ~1e-5
     assert CeDiceLoss()(logits, target).item() == pytest.approx(0.4 * ce + 0.6 * dice, abs=1e-4)
-    assert CeDiceLoss(ce_weight=1.0, dice_weight=1.0, smooth=0.0)(logits, target).item() == pytest.approx(ce + dice, abs=1e-6)
+    equal = CeDiceLoss(ce_weight=1.0, dice_weight=1.0, smooth=0.0)(logits, target).item()
+    assert equal == pytest.approx(ce + dice, abs=1e-6)
     w = CeDiceLoss(dice_weight=0.0, ce_weight=1.0, class_weights=[1.0, 3.0])(logits, target).item()
     assert w == pytest.approx((math.log(2) + 3 * math.log(4)) / 4, abs=1e-6)
 

@@ -110,7 +110,8 @@ def test_empty_case_policies():
     pred[0, 0, 0] = 1
     fp = reduce_stats(confusion_stats(pred[:1], target[:1], 1), "per_case")
     assert fp["dsc"] == 0.0 and fp["sen"] == 1.0 and fp["spe"] == pytest.approx(15 / 16)
-    all_nan = reduce_stats(confusion_stats(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long), 1), "pooled", empty="nan")
+    zeros = torch.zeros(1, 2, 2, dtype=torch.long)
+    all_nan = reduce_stats(confusion_stats(zeros, zeros, 1), "pooled", empty="nan")
     assert math.isnan(all_nan["dsc"]) and all_nan["acc"] == 1.0
 
 

@@ -95,9 +95,9 @@ class FolderDataset2D(Dataset):
         self.in_chans = in_chans
         self.seed = seed
         self.epoch = 0
-        self.transforms: Transform = (
-            transforms if transforms is not None else build_transforms(self.image_size, augment=self.augment, preset=preset)
-        )
+        if transforms is None:
+            transforms = build_transforms(self.image_size, augment=self.augment, preset=preset)
+        self.transforms: Transform = transforms
         self._eval_transforms: Transform = build_transforms(self.image_size, augment=False)
         self.skipped: list[Problem] = []
 
@@ -106,7 +106,9 @@ class FolderDataset2D(Dataset):
         if skip_bad:
             good = []
             for p in pairs:
-                problems = check_pair(p, self.split, binary=self.binary, label_values=self.label_values, in_chans=in_chans)
+                problems = check_pair(
+                    p, self.split, binary=self.binary, label_values=self.label_values, in_chans=in_chans
+                )
                 if problems:
                     self.skipped.extend(problems)
                 else:

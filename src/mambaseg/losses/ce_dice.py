@@ -58,7 +58,9 @@ class CeDiceLoss(nn.Module):
             raise ValueError(f"loss weights must be >= 0, got ce_weight={ce_weight}, dice_weight={dice_weight}")
         self.ce_weight = float(ce_weight)
         self.dice_weight = float(dice_weight)
-        self.dice = DiceLoss(smooth=smooth, squared=squared, include_background=include_background, batch_dice=batch_dice)
+        self.dice = DiceLoss(
+            smooth=smooth, squared=squared, include_background=include_background, batch_dice=batch_dice
+        )
         w = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
         self.register_buffer("class_weights", w, persistent=False)
 

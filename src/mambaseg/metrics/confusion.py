@@ -83,7 +83,9 @@ def confusion_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int) 
         if t.numel():
             lo, hi = (int(v) for v in torch.aminmax(t))
             if lo < 0 or hi >= k:
-                raise ValueError(f"{name} values must be in [0, {k - 1}] for num_classes={num_classes}, got [{lo}, {hi}]")
+                raise ValueError(
+                    f"{name} values must be in [0, {k - 1}] for num_classes={num_classes}, got [{lo}, {hi}]"
+                )
     n = pred.shape[0]
     flat = (target.reshape(n, -1) * k + pred.reshape(n, -1)) + torch.arange(n, device=pred.device)[:, None] * (k * k)
     cm = torch.bincount(flat.reshape(-1), minlength=n * k * k).reshape(n, k, k)  # [image, true, pred]
