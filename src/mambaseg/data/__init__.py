@@ -16,8 +16,27 @@ from mambaseg.data.splits import Splits, resolve_splits
 from mambaseg.data.synthetic import make_synthetic_dataset
 from mambaseg.data.transforms import build_transforms, vmunet_isic_transforms
 from mambaseg.data.validation import Problem, ValidationReport, validate_dataset
+from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset, paper_normalization
+from mambaseg.data.acdc import ACDC_LABELS, acdc_slices, acdc_volumes
+from mambaseg.data.synapse import SYNAPSE_LABELS, synapse_slices, synapse_volumes
+from mambaseg.data.nnunet import NnUNetRaw, nnunet_slices, nnunet_volumes, read_nifti, write_nifti
 
 __all__ = [
+    "ACDC_LABELS",
+    "NnUNetRaw",
+    "SYNAPSE_LABELS",
+    "SliceDataset2D",
+    "Volume",
+    "VolumeDataset",
+    "acdc_slices",
+    "acdc_volumes",
+    "nnunet_slices",
+    "nnunet_volumes",
+    "paper_normalization",
+    "read_nifti",
+    "synapse_slices",
+    "synapse_volumes",
+    "write_nifti",
     "DatasetError",
     "FolderDataset2D",
     "Normalization",

@@ -213,6 +213,13 @@ class VolumeEvaluator:
         else:
             self._items.append(volume_class_stats(*args, **kw))
 
+    def add_stats(self, stats: VolumeStats) -> None:
+        """Add statistics computed elsewhere (e.g. gathered from other processes)."""
+        missing = sorted(set(self.label_names) - set(stats.classes))
+        if missing:
+            raise ValueError(f"statistics of case {stats.case_id!r} lack classes {missing}")
+        self._items.append(stats)
+
     def stats(self) -> list[VolumeStats]:
         """Raw statistics of every added volume (waits for pending workers)."""
         out = [it.result() if isinstance(it, Future) else it for it in self._items]

@@ -1,0 +1,155 @@
+"""ACDC cardiac MRI in the SSL4MIS h5 layout: 2-D training slices and 3-D evaluation volumes.
+
+Layout (``root``)::
+
+    train_slices.list            one slice name per line (no suffix) -> data/slices/<name>.h5
+    val.list, test.list          one volume name per line            -> data/<name>.h5
+    data/slices/*.h5             keys image (H, W) float32 in [0, 1], label (H, W) uint8
+    data/*.h5                    keys image (D, H, W) float32 in [0, 1], label (D, H, W) uint8
+
+Classes: 0 background, 1 right ventricle (RV), 2 myocardium (Myo), 3 left ventricle (LV). The h5 files store no
+voxel spacing, so HD95 is reported in voxels (as in the papers).
+
+Example:
+    >>> train = acdc_slices("../shared/data/acdc", image_size=224, augment=True)
+    >>> val = acdc_volumes("../shared/data/acdc", "val")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mambaseg.data.files import DatasetError
+from mambaseg.data.normalization import Normalization
+from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset
+
+__all__ = [
+    "ACDC_LABELS",
+    "acdc_slices",
+    "acdc_volumes",
+    "is_acdc_root",
+    "read_h5_pair",
+    "read_list_file",
+]
+
+#: foreground class names of ACDC, by label value
+ACDC_LABELS: dict[int, str] = {1: "RV", 2: "Myo", 3: "LV"}
+
+
+def read_list_file(path: str | Path) -> list[str]:
+    """Non-empty, stripped lines of a split list file (``*.list`` / ``*.txt``); ``DatasetError`` if missing."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"split list {p} not found")
+    names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+    if not names:
+        raise DatasetError(f"split list {p} is empty")
+    return names
+
+
+def read_h5_pair(
+    path: str | Path, *, image_key: str = "image", label_key: str | None = "label", ndim: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read ``image`` (float32) and ``label`` arrays from an h5 file, checking keys, rank and shapes.
+
+    Args:
+        path: h5 file.
+        image_key: dataset name of the image.
+        label_key: dataset name of the label; ``None`` to read the image only.
+        ndim: expected rank (2 for slices, 3 for volumes) or ``None``.
+
+    Raises:
+        DatasetError: missing file/keys, wrong rank or image/label shape mismatch (the message names the file).
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: file not found")
+    try:
+        with h5py.File(p, "r") as f:
+            keys = list(f.keys())
+            for k in [image_key] + ([label_key] if label_key else []):
+                if k not in f:
+                    raise DatasetError(f"{p}: missing dataset {k!r} (found keys {keys})")
+            image = np.asarray(f[image_key][()], dtype=np.float32)
+            label = np.asarray(f[label_key][()]) if label_key else None
+    except OSError as e:
+        raise DatasetError(f"{p}: cannot read as HDF5 ({e})") from None
+    if ndim is not None and image.ndim != ndim:
+        raise DatasetError(f"{p}: {image_key!r} has shape {image.shape}; expected {ndim} dimensions")
+    if label is not None and label.shape != image.shape:
+        raise DatasetError(f"{p}: image shape {image.shape} differs from label shape {label.shape}")
+    return image, label
+
+
+def is_acdc_root(path: str | Path) -> bool:
+    """True when ``path`` looks like the SSL4MIS ACDC layout (``data/`` and ``train_slices.list``)."""
+    p = Path(path)
+    return p.is_dir() and (p / "data").is_dir() and (p / "train_slices.list").is_file()
+
+
+def _resolve(root: Path, names: list[str], folder: Path, list_file: Path) -> list[Path]:
+    paths = [folder / f"{n}.h5" for n in names]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DatasetError(f"{list_file}: {len(missing)} listed file(s) not found: {', '.join(missing[:5])}{more}")
+    return paths
+
+
+def acdc_slices(
+    root: str | Path,
+    list_name: str = "train_slices.list",
+    *,
+    image_size: int | tuple[int, int] = 224,
+    augment: bool = True,
+    normalization: Normalization | None | str = "paper",
+    preset: str = "msvmunet",
+    seed: int | None = None,
+) -> SliceDataset2D:
+    """Training slices of ACDC listed in ``root/list_name`` (2-D item contract, see :class:`SliceDataset2D`)."""
+    root = Path(root)
+    list_file = root / list_name
+    names = read_list_file(list_file)
+    paths = _resolve(root, names, root / "data" / "slices", list_file)
+
+    def load(i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = read_h5_pair(paths[i], ndim=2)
+        assert label is not None
+        return image, label
+
+    return SliceDataset2D(
+        names,
+        load,
+        image_size=image_size,
+        augment=augment,
+        num_classes=4,
+        label_names=ACDC_LABELS,
+        normalization=normalization,
+        paths=[str(p) for p in paths],
+        preset=preset,
+        seed=seed,
+    )
+
+
+def acdc_volumes(root: str | Path, split: str = "val") -> VolumeDataset:
+    """3-D ACDC volumes of ``split`` (``root/<split>.list`` -> ``root/data/<name>.h5``)."""
+    root = Path(root)
+    list_file = root / f"{split}.list"
+    names = read_list_file(list_file)
+    paths = _resolve(root, names, root / "data", list_file)
+
+    def load(i: int) -> Volume:
+        image, label = read_h5_pair(paths[i], ndim=3)
+        return Volume(id=names[i], image=image, label=label, spacing=None, path=str(paths[i]), source_format="h5")
+
+    return VolumeDataset(names, load, label_names=ACDC_LABELS, num_classes=4, paths=[str(p) for p in paths])
+
+
+def acdc_info() -> dict[str, Any]:
+    """Static facts about the ACDC task (used by the layout dispatch)."""
+    return {"num_classes": 4, "in_chans": 1, "label_names": dict(ACDC_LABELS), "spacing": None}

@@ -1,0 +1,353 @@
+"""nnU-Net raw datasets (``dataset.json`` + ``imagesTr``/``labelsTr`` NIfTI) and NIfTI input/output.
+
+Layout (nnU-Net v2; the v1 ``dataset.json`` keys ``modality`` and ``{"0": "background"}``-style labels are also
+read)::
+
+    root/dataset.json          {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, ...},
+                                "numTraining": N, "file_ending": ".nii.gz"}
+    root/imagesTr/<case>_0000.nii.gz, <case>_0001.nii.gz ...   one file per channel (4-digit suffix)
+    root/labelsTr/<case>.nii.gz
+    root/imagesTs/...          (unlabelled test cases, optional)
+    root/splits_final.json     (optional, nnU-Net's folds: fold 0's train/val lists are used)
+
+NIfTI files are read with nibabel (optional dependency: ``pip install mambaseg[medical]``); arrays come as
+(X, Y, Z) and are transposed to the library's (D, H, W) = (Z, Y, X) order, with the voxel spacing reordered to
+match. Affine and header are kept so predictions are written back with the source geometry.
+
+Intensities are mapped to [0, 1] like the preprocessed sets the papers used: CT channels are clipped to the
+TransUNet abdomen window [-125, 275] HU and scaled; other channels (MRI, ...) are min-max normalised per volume.
+
+Example:
+    >>> raw = NnUNetRaw("Dataset027_ACDC")
+    >>> splits = raw.splits(val_fraction=0.2, seed=0)
+    >>> train = nnunet_slices(raw, splits["train"], image_size=224)
+    >>> val = nnunet_volumes(raw, splits["val"])
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mambaseg.data.files import DatasetError
+from mambaseg.data.normalization import Normalization
+from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset, _LRU, check_labels
+
+__all__ = [
+    "CT_WINDOW",
+    "NnUNetRaw",
+    "is_nnunet_root",
+    "nnunet_slices",
+    "nnunet_volumes",
+    "read_nifti",
+    "require_nibabel",
+    "scale_intensity",
+    "write_nifti",
+]
+
+#: TransUNet Synapse preprocessing window (HU)
+CT_WINDOW: tuple[float, float] = (-125.0, 275.0)
+
+
+def require_nibabel() -> Any:
+    """Import nibabel or raise an ImportError that says how to install it."""
+    try:
+        import nibabel
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "reading/writing NIfTI needs nibabel: pip install 'mambaseg[medical]' (or pip install nibabel)"
+        ) from e
+    return nibabel
+
+
+def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, Any]:
+    """Read a 3-D NIfTI file.
+
+    Returns:
+        ``(array, spacing, affine, header)``: array (D, H, W) = the file's (Z, Y, X), spacing per (D, H, W) axis,
+        the 4x4 affine and the header of the file.
+
+    Raises:
+        DatasetError: unreadable file or not 3-D (a trailing singleton 4th axis is dropped).
+    """
+    nib = require_nibabel()
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: file not found")
+    try:
+        img = nib.load(str(p))
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # nibabel raises several exception types for corrupt files
+        raise DatasetError(f"{p}: cannot read as NIfTI ({e})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DatasetError(f"{p}: expected a 3-D volume, got shape {data.shape}")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0]), np.asarray(img.affine), img.header
+
+
+def write_nifti(
+    path: str | Path,
+    array: np.ndarray,
+    *,
+    affine: np.ndarray | None = None,
+    header: Any = None,
+    spacing: Sequence[float] | None = None,
+    dtype: Any = np.uint8,
+) -> Path:
+    """Write a (D, H, W) array as NIfTI (transposed back to (X, Y, Z)) with the given geometry.
+
+    Args:
+        path: output file (``.nii`` or ``.nii.gz``).
+        array: (D, H, W) array.
+        affine: 4x4 voxel-to-world matrix (default: diagonal from ``spacing`` or identity).
+        header: source header whose orientation codes and units are copied (never its intensity scaling).
+        spacing: per (D, H, W) axis, used when ``affine`` is None.
+        dtype: on-disk data type (uint8 for label maps).
+    """
+    nib = require_nibabel()
+    arr = np.asarray(array)
+    if arr.ndim != 3:
+        raise ValueError(f"write_nifti expects a (D, H, W) array, got shape {arr.shape}")
+    if affine is None:
+        affine = np.eye(4)
+        if spacing is not None:
+            affine[0, 0], affine[1, 1], affine[2, 2] = spacing[2], spacing[1], spacing[0]
+    data = np.ascontiguousarray(arr.transpose(2, 1, 0)).astype(dtype)
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    if header is not None:
+        try:
+            img.header.set_xyzt_units(*header.get_xyzt_units())
+            sform, scode = header.get_sform(coded=True)
+            qform, qcode = header.get_qform(coded=True)
+            if scode:
+                img.set_sform(sform, int(scode))
+            if qcode:
+                img.set_qform(qform, int(qcode))
+        except AttributeError:  # non-NIfTI1 headers: keep the affine only
+            pass
+    img.header.set_data_dtype(dtype)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(out))
+    return out
+
+
+def scale_intensity(volume: np.ndarray, channel_name: str) -> np.ndarray:
+    """Map one channel to [0, 1]: CT -> clip to :data:`CT_WINDOW` and scale; otherwise per-volume min-max."""
+    v = np.asarray(volume, dtype=np.float32)
+    if channel_name.strip().upper() == "CT":
+        lo, hi = CT_WINDOW
+        return ((np.clip(v, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return np.zeros_like(v, dtype=np.float32)
+    return ((v - lo) / (hi - lo)).astype(np.float32)
+
+
+def is_nnunet_root(path: str | Path) -> bool:
+    """True when ``path`` holds ``dataset.json`` and ``imagesTr/``."""
+    p = Path(path)
+    return p.is_dir() and (p / "dataset.json").is_file() and (p / "imagesTr").is_dir()
+
+
+def _parse_labels(labels: Any, where: Path) -> dict[int, str]:
+    if not isinstance(labels, dict) or not labels:
+        raise DatasetError(f"{where}: 'labels' must be a non-empty mapping")
+    out: dict[int, str] = {}
+    for k, v in labels.items():
+        if isinstance(v, (list, tuple)):
+            raise DatasetError(f"{where}: region-based label {k!r}: {v} is not supported (one value per class only)")
+        try:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):  # v2: {"name": value}
+                out[int(v)] = str(k)
+            else:  # v1: {"value": "name"}
+                out[int(k)] = str(v)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{where}: cannot read label entry {k!r}: {v!r}") from None
+    values = sorted(out)
+    if values != list(range(len(values))):
+        raise DatasetError(f"{where}: label values must be consecutive from 0, got {values}")
+    return out
+
+
+class NnUNetRaw:
+    """An nnU-Net raw dataset folder.
+
+    Args:
+        root: folder with ``dataset.json``, ``imagesTr`` and ``labelsTr``.
+
+    Attributes:
+        labels: ``{value: name}`` of all classes incl. background.
+        channel_names: one name per input channel (``"CT"``, ``"MRI"``, ...).
+        file_ending: e.g. ``".nii.gz"``.
+        cases: sorted training case names (with a label file).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        ds_json = self.root / "dataset.json"
+        if not ds_json.is_file():
+            raise DatasetError(f"{self.root}: no dataset.json (expected an nnU-Net raw dataset folder)")
+        try:
+            meta = json.loads(ds_json.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{ds_json}: invalid JSON ({e})") from None
+        self.meta = meta
+        if "labels" not in meta:
+            raise DatasetError(f"{ds_json}: missing key 'labels'")
+        self.labels = _parse_labels(meta["labels"], ds_json)
+        channels = meta.get("channel_names", meta.get("modality"))
+        if not isinstance(channels, dict) or not channels:
+            raise DatasetError(f"{ds_json}: missing 'channel_names' (v2) or 'modality' (v1)")
+        self.channel_names = [str(channels[k]) for k in sorted(channels, key=lambda s: int(s))]
+        self.file_ending = str(meta.get("file_ending", ".nii.gz"))
+        if self.file_ending not in (".nii.gz", ".nii"):
+            raise DatasetError(f"{ds_json}: file_ending {self.file_ending!r} is not NIfTI; only .nii/.nii.gz are read")
+        self.cases = self._discover()
+        n = meta.get("numTraining")
+        if isinstance(n, int) and n != len(self.cases):
+            raise DatasetError(
+                f"{ds_json}: numTraining is {n} but {len(self.cases)} labelled cases were found in imagesTr/labelsTr"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """Foreground classes ``{value: name}``."""
+        return {k: v for k, v in self.labels.items() if k != 0}
+
+    def _discover(self) -> list[str]:
+        img_dir, lab_dir = self.root / "imagesTr", self.root / "labelsTr"
+        if not lab_dir.is_dir():
+            raise DatasetError(f"{self.root}: missing labelsTr/ folder")
+        end = self.file_ending
+        first = sorted(p.name[: -len(end)][:-5] for p in img_dir.glob(f"*_0000{end}"))
+        if not first:
+            raise DatasetError(f"{img_dir}: no '<case>_0000{end}' files")
+        for case in first:
+            for c in range(len(self.channel_names)):
+                f = img_dir / f"{case}_{c:04d}{end}"
+                if not f.is_file():
+                    raise DatasetError(f"{f}: channel {c} ({self.channel_names[c]}) of case {case!r} not found")
+            if not (lab_dir / f"{case}{end}").is_file():
+                raise DatasetError(f"{lab_dir / (case + end)}: label of case {case!r} not found")
+        return first
+
+    def image_files(self, case: str, folder: str = "imagesTr") -> list[Path]:
+        """The channel files of ``case``."""
+        return [self.root / folder / f"{case}_{c:04d}{self.file_ending}" for c in range(len(self.channel_names))]
+
+    def label_file(self, case: str) -> Path:
+        return self.root / "labelsTr" / f"{case}{self.file_ending}"
+
+    def load_case(self, case: str, *, with_label: bool = True, folder: str = "imagesTr") -> Volume:
+        """Read one case: image (D, H, W) or (C, D, H, W) scaled to [0, 1], labels, spacing, affine, header."""
+        files = self.image_files(case, folder)
+        chans, spacing, affine, header = [], None, None, None
+        for c, f in enumerate(files):
+            arr, sp, aff, hdr = read_nifti(f)
+            if chans and arr.shape != chans[0].shape:
+                raise DatasetError(f"{f}: shape {arr.shape} differs from channel 0 {chans[0].shape} of case {case!r}")
+            chans.append(scale_intensity(arr, self.channel_names[c]))
+            if spacing is None:
+                spacing, affine, header = sp, aff, hdr
+        image = chans[0] if len(chans) == 1 else np.stack(chans)
+        label = None
+        if with_label:
+            lf = self.label_file(case)
+            lab, _, _, _ = read_nifti(lf)
+            if lab.shape != chans[0].shape:
+                raise DatasetError(f"{lf}: label shape {lab.shape} differs from image shape {chans[0].shape}")
+            check_labels(lab, self.num_classes, str(lf))
+            label = lab.astype(np.int64)
+        return Volume(
+            id=case, image=image, label=label, spacing=spacing, affine=affine, path=str(files[0]),
+            header=header, source_format="nifti",
+        )
+
+    def splits(self, *, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
+        """Train/val case lists: fold 0 of ``splits_final.json`` when present, else a seeded carve of the cases."""
+        sf = self.root / "splits_final.json"
+        if sf.is_file():
+            folds = json.loads(sf.read_text())
+            if not isinstance(folds, list) or not folds or not {"train", "val"} <= set(folds[0]):
+                raise DatasetError(f"{sf}: expected a list of {{'train': [...], 'val': [...]}} folds")
+            unknown = sorted((set(folds[0]["train"]) | set(folds[0]["val"])) - set(self.cases))
+            if unknown:
+                raise DatasetError(f"{sf}: cases {unknown[:5]} are not in imagesTr/labelsTr")
+            return {"train": list(folds[0]["train"]), "val": list(folds[0]["val"])}
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if len(self.cases) < 2:
+            raise DatasetError(f"{self.root}: need at least 2 labelled cases to carve a validation split")
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(self.cases))
+        n_val = min(len(self.cases) - 1, max(1, round(val_fraction * len(self.cases))))
+        val = sorted(self.cases[i] for i in order[:n_val])
+        return {"train": [c for c in self.cases if c not in set(val)], "val": val}
+
+
+def nnunet_volumes(raw: NnUNetRaw, cases: Sequence[str]) -> VolumeDataset:
+    """Evaluation volumes of ``cases``."""
+    cases = list(cases)
+    unknown = [c for c in cases if c not in set(raw.cases)]
+    if unknown:
+        raise DatasetError(f"{raw.root}: cases {unknown[:5]} not found in imagesTr/labelsTr")
+    return VolumeDataset(
+        cases,
+        lambda i: raw.load_case(cases[i]),
+        label_names=raw.label_names,
+        num_classes=raw.num_classes,
+        paths=[str(raw.image_files(c)[0]) for c in cases],
+    )
+
+
+def nnunet_slices(
+    raw: NnUNetRaw,
+    cases: Sequence[str],
+    *,
+    image_size: int | tuple[int, int] = 224,
+    augment: bool = True,
+    normalization: Normalization | None | str = "paper",
+    preset: str = "msvmunet",
+    seed: int | None = None,
+    cache_volumes: int = 4,
+) -> SliceDataset2D:
+    """2-D training slices (along D) of ``cases``; volumes are read on demand and kept in a small LRU cache."""
+    cases = list(cases)
+    depths = []
+    nib = require_nibabel()
+    for c in cases:
+        f = raw.image_files(c)[0]
+        shape = nib.load(str(f)).shape
+        depths.append(int(shape[2]))
+    index = [(c, z) for c, d in zip(cases, depths) for z in range(d)]
+    cache = _LRU(max(1, cache_volumes))
+
+    def load(i: int) -> tuple[np.ndarray, np.ndarray]:
+        case, z = index[i]
+        vol = cache.get(case, lambda: raw.load_case(case))
+        assert vol.label is not None
+        return vol.slice_image(z), vol.label[z]
+
+    return SliceDataset2D(
+        [f"{c}_slice{z:03d}" for c, z in index],
+        load,
+        image_size=image_size,
+        augment=augment,
+        num_classes=raw.num_classes,
+        label_names=raw.label_names,
+        normalization=normalization,
+        paths=[str(raw.image_files(c)[0]) for c, _ in index],
+        preset=preset,
+        seed=seed,
+        in_chans=len(raw.channel_names),
+    )

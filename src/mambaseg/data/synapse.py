@@ -1,0 +1,195 @@
+"""Synapse multi-organ CT in the TransUNet preprocessed layout.
+
+Layout (``root``)::
+
+    train_npz/<case>_slice<k>.npz      keys image (H, W) float in [0, 1], label (H, W) integer
+    test_vol_h5/<case>.npy.h5          keys image (D, H, W), label (D, H, W)
+    lists/train.txt                    slice names (no suffix); lists/test_vol.txt: volume names
+    (the lists may also sit in lists/lists_Synapse/)
+
+Classes (TransUNet order): 1 aorta, 2 gallbladder, 3 kidney(L), 4 kidney(R), 5 liver, 6 pancreas, 7 spleen,
+8 stomach. The h5 volumes store no spacing, so HD95 is in voxels (as reported by the papers).
+
+The TransUNet protocol has no validation split. Model selection must not use the test volumes, so a validation
+set is either ``lists/val_vol.txt`` (volumes in ``test_vol_h5/``) when present, or whole training cases held out
+from ``train.txt``: their slices are removed from training and stacked (by slice number) into volumes
+(:func:`synapse_volumes_from_slices`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from mambaseg.data.acdc import read_h5_pair, read_list_file
+from mambaseg.data.files import DatasetError
+from mambaseg.data.normalization import Normalization
+from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset
+
+__all__ = [
+    "SYNAPSE_LABELS",
+    "is_synapse_root",
+    "read_npz_pair",
+    "synapse_list",
+    "synapse_slices",
+    "synapse_volumes",
+    "synapse_volumes_from_slices",
+]
+
+#: foreground class names of Synapse (TransUNet label order)
+SYNAPSE_LABELS: dict[int, str] = {
+    1: "aorta",
+    2: "gallbladder",
+    3: "kidney(L)",
+    4: "kidney(R)",
+    5: "liver",
+    6: "pancreas",
+    7: "spleen",
+    8: "stomach",
+}
+
+_SLICE_RE = re.compile(r"^(?P<case>.+?)_slice(?P<k>\d+)$")
+
+
+def is_synapse_root(path: str | Path) -> bool:
+    """True when ``path`` has ``train_npz/`` or ``test_vol_h5/`` and a ``lists`` folder."""
+    p = Path(path)
+    return p.is_dir() and ((p / "train_npz").is_dir() or (p / "test_vol_h5").is_dir()) and (p / "lists").is_dir()
+
+
+def synapse_list(root: str | Path, name: str) -> Path:
+    """Path of list ``name`` in ``root/lists/`` or ``root/lists/lists_Synapse/``."""
+    root = Path(root)
+    for cand in (root / "lists" / name, root / "lists" / "lists_Synapse" / name):
+        if cand.is_file():
+            return cand
+    raise DatasetError(f"{root}: list file {name!r} not found in lists/ or lists/lists_Synapse/")
+
+
+def read_npz_pair(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (float32) and ``label`` of a 2-D npz slice; ``DatasetError`` naming the file on problems."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: file not found")
+    try:
+        with np.load(p) as z:
+            keys = list(z.keys())
+            if "image" not in z or "label" not in z:
+                raise DatasetError(f"{p}: expected keys 'image' and 'label', found {keys}")
+            image = np.asarray(z["image"], dtype=np.float32)
+            label = np.asarray(z["label"])
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{p}: cannot read as npz ({e})") from None
+    if image.ndim != 2:
+        raise DatasetError(f"{p}: image has shape {image.shape}; expected (H, W)")
+    if label.shape != image.shape:
+        raise DatasetError(f"{p}: image shape {image.shape} differs from label shape {label.shape}")
+    return image, label
+
+
+def _slice_case(name: str) -> tuple[str, int]:
+    m = _SLICE_RE.match(name)
+    if m is None:
+        raise DatasetError(f"slice name {name!r} does not look like '<case>_slice<k>'")
+    return m.group("case"), int(m.group("k"))
+
+
+def synapse_slices(
+    root: str | Path,
+    list_name: str = "train.txt",
+    *,
+    exclude_cases: tuple[str, ...] | list[str] = (),
+    image_size: int | tuple[int, int] = 224,
+    augment: bool = True,
+    normalization: Normalization | None | str = "paper",
+    preset: str = "msvmunet",
+    seed: int | None = None,
+) -> SliceDataset2D:
+    """Training slices listed in ``list_name`` (minus ``exclude_cases``), in the 2-D item contract."""
+    root = Path(root)
+    lf = synapse_list(root, list_name)
+    names = read_list_file(lf)
+    excl = set(exclude_cases)
+    if excl:
+        names = [n for n in names if _slice_case(n)[0] not in excl]
+    paths = [root / "train_npz" / f"{n}.npz" for n in names]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{lf}: {len(missing)} listed slice(s) not found: {', '.join(missing[:5])}")
+    if not names:
+        raise DatasetError(f"{lf}: no training slices left after excluding {sorted(excl)}")
+    return SliceDataset2D(
+        names,
+        lambda i: read_npz_pair(paths[i]),
+        image_size=image_size,
+        augment=augment,
+        num_classes=9,
+        label_names=SYNAPSE_LABELS,
+        normalization=normalization,
+        paths=[str(p) for p in paths],
+        preset=preset,
+        seed=seed,
+    )
+
+
+def synapse_volumes(root: str | Path, list_name: str = "test_vol.txt") -> VolumeDataset:
+    """Evaluation volumes ``test_vol_h5/<name>.npy.h5`` listed in ``list_name``."""
+    root = Path(root)
+    lf = synapse_list(root, list_name)
+    names = read_list_file(lf)
+    paths = []
+    for n in names:
+        cands = [root / "test_vol_h5" / f"{n}.npy.h5", root / "test_vol_h5" / f"{n}.npz.h5", root / "test_vol_h5" / f"{n}.h5"]
+        found = next((c for c in cands if c.is_file()), None)
+        if found is None:
+            raise DatasetError(f"{lf}: volume {n!r} not found (looked for {cands[0]})")
+        paths.append(found)
+
+    def load(i: int) -> Volume:
+        image, label = read_h5_pair(paths[i], ndim=3)
+        return Volume(id=names[i], image=image, label=label, spacing=None, path=str(paths[i]), source_format="h5")
+
+    return VolumeDataset(names, load, label_names=SYNAPSE_LABELS, num_classes=9, paths=[str(p) for p in paths])
+
+
+def synapse_volumes_from_slices(root: str | Path, cases: list[str], list_name: str = "train.txt") -> VolumeDataset:
+    """Volumes rebuilt from the ``train_npz`` slices of ``cases`` (stacked by slice number; gaps are an error)."""
+    root = Path(root)
+    lf = synapse_list(root, list_name)
+    by_case: dict[str, list[tuple[int, Path]]] = {c: [] for c in cases}
+    for n in read_list_file(lf):
+        case, k = _slice_case(n)
+        if case in by_case:
+            by_case[case].append((k, root / "train_npz" / f"{n}.npz"))
+    for case, items in by_case.items():
+        if not items:
+            raise DatasetError(f"{lf}: no slices of case {case!r}")
+        ks = sorted(k for k, _ in items)
+        if ks != list(range(ks[0], ks[0] + len(ks))):
+            raise DatasetError(f"{lf}: slices of case {case!r} are not consecutive ({ks[:3]}...{ks[-3:]})")
+
+    def load(i: int) -> Volume:
+        case = cases[i]
+        imgs, labs = [], []
+        for _, p in sorted(by_case[case]):
+            im, lb = read_npz_pair(p)
+            if imgs and im.shape != imgs[0].shape:
+                raise DatasetError(f"{p}: slice shape {im.shape} differs from the case's first slice {imgs[0].shape}")
+            imgs.append(im)
+            labs.append(lb)
+        return Volume(
+            id=case, image=np.stack(imgs), label=np.stack(labs), spacing=None,
+            path=str(sorted(by_case[case])[0][1]), source_format="npz",
+        )
+
+    return VolumeDataset(cases, load, label_names=SYNAPSE_LABELS, num_classes=9)
+
+
+def synapse_train_cases(root: str | Path, list_name: str = "train.txt") -> list[str]:
+    """Training case names in order of first appearance in ``list_name``."""
+    seen: dict[str, None] = {}
+    for n in read_list_file(synapse_list(root, list_name)):
+        seen.setdefault(_slice_case(n)[0], None)
+    return list(seen)

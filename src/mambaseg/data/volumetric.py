@@ -1,0 +1,427 @@
+"""Volumes and 2-D slice datasets shared by the ACDC, Synapse and nnU-Net readers.
+
+Two objects make up a volumetric task (2-D networks trained on slices, evaluated per 3-D volume):
+
+* :class:`SliceDataset2D`: training slices in the 2-D item contract of :class:`~mambaseg.data.FolderDataset2D`
+  (``{"image": float32 (C, H, W), "mask": int64 (H, W), "id", "orig_size", "path"}``), augmented and resized to the
+  network size. Resizing follows the TransUNet / MSVM-UNet / HeteroMedSeg code: the image is zoomed with a cubic
+  spline (``scipy.ndimage.zoom`` order 3) and the label with nearest neighbour (order 0).
+* :class:`VolumeDataset`: evaluation volumes (:class:`Volume`: image (D, H, W) or (C, D, H, W), label (D, H, W),
+  optional spacing and affine), evaluated slice by slice by :mod:`mambaseg.inference.volume`.
+
+Array convention: volumes are (D, H, W) = (slice, row, column); ``spacing`` follows the same axis order. NIfTI
+volumes (stored (X, Y, Z) by nibabel) are transposed to (Z, Y, X) when read and back when written.
+
+Augmentation preset ``"msvmunet"`` (MSVM-UNet / HeteroMedSeg imgaug pipeline, spec msvmunet-slicemamba §1.4 and
+dermomamba-heteromedseg B7): 0 to 4 of {vertical flip, horizontal flip, Gaussian noise, Gaussian blur sigma 1,
+linear contrast 0.5-1.5, rotation +-40 deg} in random order, then the resize. The original also draws affine
+scale/shear/translation and piecewise-affine warps; those are left out here (documented simplification).
+``"flips_rotate"`` is the SSL4MIS ACDC pipeline (random 90-degree rotation + flip, or a rotation in +-20 deg).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from mambaseg.data.normalization import Normalization
+from mambaseg.data.transforms import (
+    GaussianBlur,
+    GaussianNoise,
+    HorizontalFlip,
+    RandomContrast,
+    VerticalFlip,
+    as_size,
+    rotate,
+)
+
+__all__ = [
+    "AUGMENT_PRESETS",
+    "SliceDataset2D",
+    "SliceAugment",
+    "Volume",
+    "VolumeDataset",
+    "check_labels",
+    "paper_normalization",
+    "zoom_image",
+    "zoom_labels",
+]
+
+AUGMENT_PRESETS = ("msvmunet", "flips_rotate", "none")
+
+
+def paper_normalization(in_chans: int = 1) -> Normalization:
+    """``(x - 0.5) / 0.5`` per channel: the ToTensor + Normalize(0.5, 0.5) of the MSVM-UNet/HeteroMedSeg code."""
+    return Normalization(mean=(0.5,) * in_chans, std=(0.5,) * in_chans)
+
+
+def zoom_image(image: np.ndarray, size: tuple[int, int], order: int = 3) -> np.ndarray:
+    """Resize the two leading axes of a (H, W) or (H, W, C) array to ``size`` with a spline of ``order``.
+
+    Uses ``scipy.ndimage.zoom`` (order 3 = the papers' cubic zoom) with factors chosen so the output has exactly
+    ``size``. Returns float32 for float input, the input dtype for order 0.
+    """
+    h, w = image.shape[:2]
+    th, tw = size
+    if (h, w) == (th, tw):
+        return image
+    factors = (th / h, tw / w)
+    if image.ndim == 3:  # channel by channel: a 3-D spline over a singleton axis is several times slower
+        out = np.stack([ndimage.zoom(image[..., c], factors, order=order) for c in range(image.shape[2])], axis=-1)
+    else:
+        out = ndimage.zoom(image, factors, order=order)  # scipy defaults, as the papers' ``zoom(x, f, order=3)``
+    if out.shape[:2] != (th, tw):  # guard against rounding of the output shape
+        raise RuntimeError(f"zoom produced {out.shape[:2]} instead of {(th, tw)}")
+    return out
+
+
+def zoom_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour (order 0) zoom of an (H, W) label map to ``size`` (hard labels stay hard)."""
+    return zoom_image(labels, size, order=0)
+
+
+def check_labels(label: np.ndarray, num_classes: int, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` when ``label`` holds values outside ``0..num_classes-1``."""
+    if label.size == 0:
+        return
+    lo, hi = int(label.min()), int(label.max())
+    if lo < 0 or hi >= num_classes:
+        bad = sorted(v for v in np.unique(label).tolist() if v < 0 or v >= num_classes)
+        raise ValueError(
+            f"{where}: label values {bad[:10]} are outside the label map (expected 0..{num_classes - 1})"
+        )
+    if not np.issubdtype(label.dtype, np.integer):
+        if not np.all(label == np.round(label)):
+            raise ValueError(f"{where}: label array of dtype {label.dtype} holds non-integer values")
+
+
+@dataclass
+class Volume:
+    """One 3-D case.
+
+    Attributes:
+        id: case name.
+        image: float32 (D, H, W) or (C, D, H, W).
+        label: integer (D, H, W) or ``None`` (unlabelled input).
+        spacing: voxel size per (D, H, W) axis (mm), or ``None`` when the source has none (ACDC/Synapse h5).
+        affine: 4x4 voxel-to-world matrix of the source NIfTI (in the file's own axis order), or ``None``.
+        path: source file (the first channel file for multi-file NIfTI cases).
+        header: source NIfTI header (used to write predictions with the same geometry), or ``None``.
+        source_format: ``"nifti"``, ``"h5"``, ``"npz"`` or ``"npy"``.
+        target_hw: in-plane size of labels and predictions when the image was stored already resized (caches);
+            ``None`` = the image's own (H, W).
+    """
+
+    id: str
+    image: np.ndarray
+    label: np.ndarray | None = None
+    spacing: tuple[float, ...] | None = None
+    affine: np.ndarray | None = None
+    path: str = ""
+    header: Any = None
+    source_format: str = "h5"
+    target_hw: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image.ndim not in (3, 4):
+            raise ValueError(f"{self.path or self.id}: volume image must be (D, H, W) or (C, D, H, W), got {self.image.shape}")
+        if self.target_hw is not None:
+            self.target_hw = (int(self.target_hw[0]), int(self.target_hw[1]))
+        if self.label is not None and self.label.shape != self.label_shape:
+            raise ValueError(
+                f"{self.path or self.id}: label shape {self.label.shape} differs from the expected {self.label_shape}"
+            )
+        if self.spacing is not None and len(self.spacing) != 3:
+            raise ValueError(f"{self.path or self.id}: spacing must have 3 values (D, H, W), got {self.spacing}")
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """(D, H, W)."""
+        return tuple(int(s) for s in self.image.shape[-3:])  # type: ignore[return-value]
+
+    @property
+    def label_shape(self) -> tuple[int, int, int]:
+        """(D, H, W) of labels and predictions: the image's, or (D, *target_hw) for pre-resized caches."""
+        d, h, w = self.spatial_shape
+        return (d, *self.target_hw) if self.target_hw is not None else (d, h, w)
+
+    @property
+    def num_channels(self) -> int:
+        return 1 if self.image.ndim == 3 else int(self.image.shape[0])
+
+    def slice_image(self, z: int) -> np.ndarray:
+        """Channels-last (H, W, C) float32 slice ``z``."""
+        s = self.image[z] if self.image.ndim == 3 else self.image[:, z]
+        s = np.asarray(s, dtype=np.float32)
+        return s[..., None] if s.ndim == 2 else np.moveaxis(s, 0, -1)
+
+
+class VolumeDataset(Dataset):
+    """Lazily loaded evaluation volumes.
+
+    Args:
+        ids: case names, in order.
+        loader: ``loader(i) -> Volume`` for index ``i``.
+        label_names: ``{class_value: name}`` of the foreground classes (background 0 excluded).
+        num_classes: classes incl. background.
+        paths: source path of each case (for messages and reports).
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        loader: Callable[[int], Volume],
+        *,
+        label_names: Mapping[int, str],
+        num_classes: int,
+        paths: Sequence[str] | None = None,
+    ) -> None:
+        self.ids = [str(i) for i in ids]
+        self._loader = loader
+        self.label_names = {int(k): str(v) for k, v in label_names.items() if int(k) != 0}
+        self.num_classes = int(num_classes)
+        self.paths = [str(p) for p in paths] if paths is not None else ["" for _ in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Volume:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} volumes")
+        vol = self._loader(index % len(self))
+        if vol.label is not None:
+            check_labels(vol.label, self.num_classes, vol.path or vol.id)
+        return vol
+
+    def __iter__(self) -> Iterator[Volume]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def label_map(self) -> dict[str, Any]:
+        """Label map for checkpoints: class names by value and the class count."""
+        names = {0: "background", **self.label_names}
+        return {"binary": False, "num_classes": self.num_classes, "names": {str(k): v for k, v in names.items()}}
+
+    def __repr__(self) -> str:
+        return f"VolumeDataset(n={len(self)}, classes={self.label_names})"
+
+
+class _SomeOf:
+    """Apply between ``lo`` and ``hi`` of ``ops`` (each with probability 1) in random order."""
+
+    def __init__(self, ops: Sequence[Callable], lo: int, hi: int) -> None:
+        self.ops = list(ops)
+        self.lo, self.hi = lo, min(hi, len(self.ops))
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        k = int(rng.integers(self.lo, self.hi + 1))
+        for j in rng.permutation(len(self.ops))[:k]:
+            image, mask = self.ops[int(j)](image, mask, rng)
+        return image, mask
+
+
+def _rotate_range(degrees: float) -> Callable:
+    def op(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return rotate(image, mask, float(rng.uniform(-degrees, degrees)), fill=0.0)
+
+    return op
+
+
+def _rot90_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    k = int(rng.integers(0, 4))
+    axis = int(rng.integers(0, 2))
+    image = np.flip(np.rot90(image, k, axes=(0, 1)), axis=axis)
+    mask = np.flip(np.rot90(mask, k, axes=(0, 1)), axis=axis)
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+class SliceAugment:
+    """Augmentation of one (H, W, C) float slice in [0, 1] and its (H, W) labels (no resize).
+
+    Args:
+        preset: ``"msvmunet"``, ``"flips_rotate"`` or ``"none"`` (see the module docstring).
+    """
+
+    def __init__(self, preset: str = "msvmunet") -> None:
+        if preset not in AUGMENT_PRESETS:
+            raise ValueError(f"unknown slice augmentation preset {preset!r}; valid: {', '.join(AUGMENT_PRESETS)}")
+        self.preset = preset
+        if preset == "msvmunet":
+            self._op: Callable | None = _SomeOf(
+                [
+                    VerticalFlip(1.0),
+                    HorizontalFlip(1.0),
+                    GaussianNoise(0.005, p=1.0),  # 0.005 * 255 on the 8-bit scale of the original
+                    GaussianBlur(1.0, p=1.0),
+                    RandomContrast((0.5, 1.5), p=1.0),
+                    _rotate_range(40.0),
+                ],
+                0,
+                4,
+            )
+        elif preset == "flips_rotate":
+            rot = _rotate_range(20.0)
+
+            def op(image, mask, rng):
+                if rng.random() > 0.5:
+                    return _rot90_flip(image, mask, rng)
+                if rng.random() > 0.5:
+                    return rot(image, mask, rng)
+                return image, mask
+
+            self._op = op
+        else:
+            self._op = None
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if self._op is None:
+            return image, mask
+        return self._op(image, mask, rng)
+
+    def __repr__(self) -> str:
+        return f"SliceAugment({self.preset!r})"
+
+
+@dataclass
+class _LRU:
+    size: int
+    data: OrderedDict = field(default_factory=OrderedDict)
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key in self.data:
+            self.data.move_to_end(key)
+            return self.data[key]
+        value = make()
+        self.data[key] = value
+        while len(self.data) > self.size:
+            self.data.popitem(last=False)
+        return value
+
+
+class SliceDataset2D(Dataset):
+    """2-D training slices in the :class:`~mambaseg.data.FolderDataset2D` item contract.
+
+    Args:
+        ids: slice names, in order.
+        loader: ``loader(i) -> (image, label)`` with image (H, W) or (H, W, C) float in [0, 1] and label (H, W)
+            integer, at the original resolution.
+        image_size: network input (H, W) (an int means square).
+        augment: apply ``preset`` augmentation.
+        normalization: per-channel mean/std applied after augmentation (default: :func:`paper_normalization`);
+            ``None`` keeps [0, 1] inputs.
+        num_classes: classes incl. background; labels outside ``0..num_classes-1`` raise naming the file.
+        label_names: ``{class_value: name}`` of the foreground classes.
+        paths: source path per slice (reported in items and errors).
+        preset: augmentation preset (``"msvmunet"`` default).
+        seed: when set, slice ``i`` in epoch ``e`` uses ``numpy.random.default_rng([seed, e, i])``; otherwise the
+            generator is seeded from torch's RNG (deterministic after ``torch.manual_seed``, per worker).
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        loader: Callable[[int], tuple[np.ndarray, np.ndarray]],
+        *,
+        image_size: int | tuple[int, int],
+        augment: bool,
+        num_classes: int,
+        label_names: Mapping[int, str],
+        normalization: Normalization | None | str = "paper",
+        paths: Sequence[str] | None = None,
+        preset: str = "msvmunet",
+        seed: int | None = None,
+        in_chans: int = 1,
+    ) -> None:
+        self.ids = [str(i) for i in ids]
+        if not self.ids:
+            raise ValueError("SliceDataset2D needs at least one slice")
+        self._loader = loader
+        self.image_size = as_size(image_size)
+        self.augment = bool(augment)
+        self.in_chans = int(in_chans)
+        if isinstance(normalization, str):
+            if normalization != "paper":
+                raise ValueError(f"normalization must be a Normalization, None or 'paper', got {normalization!r}")
+            normalization = paper_normalization(self.in_chans)
+        self.normalization = normalization
+        self.num_classes = int(num_classes)
+        self.label_names = {int(k): str(v) for k, v in label_names.items() if int(k) != 0}
+        self.paths = [str(p) for p in paths] if paths is not None else ["" for _ in self.ids]
+        self.transforms = SliceAugment(preset if augment else "none")
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def label_map(self) -> dict[str, Any]:
+        """Label map for checkpoints: class names by value and the class count."""
+        names = {0: "background", **self.label_names}
+        return {"binary": False, "num_classes": self.num_classes, "names": {str(k): v for k, v in names.items()}}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch used in the augmentation seed (only matters when ``seed`` is set)."""
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.seed is not None:
+            return np.random.default_rng([int(self.seed), self.epoch, int(index)])
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Original-resolution (H, W, C) float32 image and (H, W) int64 labels of slice ``index``, checked."""
+        image, label = self._loader(index)
+        where = self.paths[index] or self.ids[index]
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3:
+            raise ValueError(f"{where}: slice image must be (H, W) or (H, W, C), got shape {image.shape}")
+        if image.shape[-1] != self.in_chans:
+            raise ValueError(f"{where}: slice has {image.shape[-1]} channel(s) but in_chans={self.in_chans}")
+        label = np.asarray(label)
+        if label.shape != image.shape[:2]:
+            raise ValueError(f"{where}: image shape {image.shape[:2]} differs from label shape {label.shape}")
+        check_labels(label, self.num_classes, where)
+        return image, label.astype(np.int64)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} slices")
+        index = index % len(self)
+        image, label = self.load(index)
+        orig = (int(label.shape[0]), int(label.shape[1]))
+        if self.augment:
+            image, label = self.transforms(image, label.astype(np.uint8), self._rng(index))
+        image = zoom_image(np.asarray(image, np.float32), self.image_size, order=3)
+        label = zoom_labels(np.asarray(label), self.image_size)
+        if self.normalization is not None:
+            image = self.normalization.apply(image)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            "mask": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)),
+            "id": self.ids[index],
+            "orig_size": orig,
+            "path": self.paths[index],
+        }
+
+    def iter_unnormalized_images(self) -> Iterator[np.ndarray]:
+        """Each slice resized to ``image_size`` (H, W, C) in [0, 1], without augmentation or normalisation."""
+        for i in range(len(self)):
+            image, _ = self.load(i)
+            yield zoom_image(image, self.image_size, order=3)
+
+    def __repr__(self) -> str:
+        return (
+            f"SliceDataset2D(n={len(self)}, image_size={self.image_size}, augment={self.augment}, "
+            f"classes={self.label_names})"
+        )
