@@ -248,3 +248,48 @@ def test_list_split_reports_orphans_and_duplicates(tmp_path):
     with pytest.raises(DatasetError, match="no masks folder"):
         (tmp_path / "x/images").mkdir(parents=True)
         list_split(tmp_path / "x")
+
+
+def test_image_and_mask_modes(tmp_path):
+    # 16-bit grey image, palette (P) label mask, RGB grey mask, 1-bit mask
+    img16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    (tmp_path / "train/images").mkdir(parents=True)
+    (tmp_path / "train/masks").mkdir(parents=True)
+    Image.fromarray(img16).save(tmp_path / "train/images/a.png")
+    pal = Image.fromarray(np.tile(np.array([0, 1, 2, 1], np.uint8), (8, 2)), mode="L").convert("P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
+    pal.save(tmp_path / "train/masks/a.png")
+    _write(tmp_path / "train/images/b.png", np.zeros((8, 8, 3), np.uint8))
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[:4] = 255
+    _write(tmp_path / "train/masks/b.png", rgb)
+    _write(tmp_path / "train/images/c.png", np.zeros((8, 8, 3), np.uint8))
+    Image.fromarray(np.eye(8, dtype=bool)).save(tmp_path / "train/masks/c.png")
+    _make(tmp_path, "val", ["v"], size=(8, 8))
+
+    mc = FolderDataset2D(tmp_path, "train", image_size=8, augment=False, normalization=None, binary=False,
+                         ids=["a"], in_chans=1)
+    item = mc[0]
+    np.testing.assert_allclose(item["image"][0].numpy(), np.rint(img16 / 257.0) / 255.0, atol=1e-6)
+    assert item["mask"][0].tolist() == [0, 1, 2, 1, 0, 1, 2, 1]
+    rgb_item = FolderDataset2D(tmp_path, "train", image_size=8, augment=False, normalization=None, ids=["b"])[0]
+    assert rgb_item["mask"][:4].eq(1).all() and rgb_item["mask"][4:].eq(0).all()
+    assert rgb_item["image"].shape == (3, 8, 8)
+    bit = FolderDataset2D(tmp_path, "train", image_size=8, augment=False, normalization=None, ids=["c"])[0]
+    assert torch.equal(bit["mask"], torch.eye(8, dtype=torch.int64))
+
+
+def test_constructor_argument_errors(tmp_path):
+    _make(tmp_path, "train", ["a"])
+    _make(tmp_path, "val", ["v"])
+    kw = dict(image_size=8, augment=False)
+    with pytest.raises(ValueError, match="label_values is only used"):
+        FolderDataset2D(tmp_path, "train", normalization=None, label_values=[0, 255], **kw)
+    with pytest.raises(TypeError, match="Normalization"):
+        FolderDataset2D(tmp_path, "train", normalization={"mean": [0.5]}, **kw)
+    with pytest.raises(ValueError, match="in_chans"):
+        FolderDataset2D(tmp_path, "train", normalization=None, in_chans=4, **kw)
+    with pytest.raises(ValueError, match="image_size"):
+        FolderDataset2D(tmp_path, "train", normalization=None, image_size=(0, 8), augment=False)
+    with pytest.raises(IndexError):
+        FolderDataset2D(tmp_path, "train", normalization=None, **kw)[5]
