@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from mambaseg.losses.dice import upcast
 from mambaseg.losses.distance_maps import boundary_distance
 from mambaseg.losses.registry import create_loss, register_loss
 
@@ -114,8 +115,9 @@ class BoundaryDistanceLoss(nn.Module):
         """The distance-weighted squared error ``mean(W * (sigmoid(z) - y)^2)`` (scalar)."""
         with torch.no_grad():
             w = boundary_weight_map(target, mode=self.mode, backend=self.edt_backend)
-        err = torch.sigmoid(logits[:, 0].float()) - target.to(torch.float32)
-        return (w * err * err).mean()
+        z = upcast(logits[:, 0])
+        err = torch.sigmoid(z) - target.to(z.dtype)
+        return (w.to(z.dtype) * err * err).mean()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = _binary_target(logits, target, "BoundaryDistanceLoss")

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mambaseg.losses.boundary import _binary_target
+from mambaseg.losses.dice import upcast
 from mambaseg.losses.distance_maps import boundary_distance
 from mambaseg.losses.registry import register_loss
 
@@ -72,10 +73,10 @@ class GuideFusionLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = _binary_target(logits, target, "GuideFusionLoss")
-        z = logits[:, 0].float()
-        g = target.to(torch.float32)
+        z = upcast(logits[:, 0])
+        g = target.to(z.dtype)
         with torch.no_grad():
-            a = boundary_attention_map(target, backend=self.edt_backend)
+            a = boundary_attention_map(target, backend=self.edt_backend).to(z.dtype)
         bce = F.binary_cross_entropy_with_logits(z, g)
         p = torch.sigmoid(z)
         s = self.smooth
