@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 
 from mambaseg.data.transforms import (
+    PRESETS,
     Compose,
+    Either,
     GaussianBlur,
     GaussianNoise,
     HorizontalFlip,
     RandomContrast,
+    RandomResizedCrop,
+    RandomRot90Flip,
     RandomRotation,
     Resize,
     VerticalFlip,
@@ -156,3 +160,57 @@ def test_as_size():
     for bad in [(0, 4), "ab", (1, 2, 3), -1]:
         with pytest.raises(ValueError, match="image_size"):
             as_size(bad)
+
+
+def test_rot90_flip_is_a_symmetry_of_the_square():
+    img, mask = _pair(6, 6)
+    t = RandomRot90Flip(1.0)
+    rng = np.random.default_rng(0)
+    allowed = set()
+    for k in range(4):
+        for axis in (0, 1):
+            allowed.add(np.flip(np.rot90(mask, k), axis).tobytes())
+    seen = {t(img, mask, rng)[1].tobytes() for _ in range(64)}
+    # a flip always follows the rotation, so the outcomes are the 4 reflections of the square (as in VMB-UNet)
+    assert len(allowed) == 4 and seen == allowed
+    # image and mask move together
+    i2, m2 = t(np.repeat(mask[..., None], 3, -1), mask, rng)
+    np.testing.assert_array_equal(i2[..., 0], m2)
+    # non-square inputs change orientation
+    i3, m3 = RandomRot90Flip(1.0)(*_pair(4, 6), np.random.default_rng(1))
+    assert m3.shape in {(4, 6), (6, 4)} and i3.shape[:2] == m3.shape
+
+
+def test_random_resized_crop_geometry():
+    h, w = 40, 60
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = (yy * w + xx).astype(np.int32)  # unique value per pixel: tells where the crop came from
+    img = np.repeat((mask % 251).astype(np.uint8)[..., None], 3, -1)
+    t = RandomResizedCrop((20, 30), scale=(0.8, 0.95), p=1.0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        top, left, ch, cw = t._region(h, w, rng)
+        assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+        assert 0.75 <= ch * cw / (h * w) <= 1.0
+    i2, m2 = t(img, mask, rng)
+    assert i2.shape == (20, 30, 3) and m2.shape == (20, 30)
+    rows, cols = m2 // w, m2 % w
+    assert (np.diff(rows[:, 0]) >= 0).all() and (np.diff(cols[0]) >= 0).all()  # nearest keeps the order
+    assert RandomResizedCrop(8, p=0.0)(img, mask, rng)[1] is mask
+    with pytest.raises(ValueError, match="scale"):
+        RandomResizedCrop(8, scale=(0.0, 1.0))
+
+
+def test_either_and_presets():
+    img, mask = _pair(8, 8)
+    marker = lambda tag: (lambda i, m, r: (i, np.full_like(m, tag)))  # noqa: E731
+    rng = np.random.default_rng(0)
+    tags = [int(Either(marker(1), marker(2), p=0.3)(img, mask, rng)[1][0, 0]) for _ in range(400)]
+    assert 80 < tags.count(1) < 160 and tags.count(1) + tags.count(2) == 400
+    big, bmask = _pair(30, 45)
+    for preset in PRESETS:
+        t = build_transforms((16, 24), augment=True, preset=preset)
+        for s in range(5):
+            a, b = t(big, bmask, np.random.default_rng(s))
+            assert a.shape == (16, 24, 3) and b.shape == (16, 24)
+            assert set(np.unique(b)) <= set(np.unique(bmask))

@@ -39,9 +39,13 @@ __all__ = [
     "GaussianNoise",
     "GaussianBlur",
     "RandomContrast",
+    "RandomRot90Flip",
+    "RandomResizedCrop",
+    "Either",
     "vmunet_isic_transforms",
     "build_transforms",
     "as_size",
+    "PRESETS",
 ]
 
 
@@ -285,6 +289,102 @@ class RandomContrast:
         return f"RandomContrast(factor={self.factor}, p={self.p})"
 
 
+class RandomRot90Flip:
+    """With probability ``p`` rotate by ``k * 90`` degrees (k uniform in 0..3) and then mirror along a random
+    axis (rows or columns), as VMB-UNet's ``random_rot_flip``: the result is always one of the 4 reflections
+    of the input (never the input itself). A non-square image may change orientation."""
+
+    def __init__(self, p: float = 1.0) -> None:
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() >= self.p:
+            return image, mask
+        k = int(rng.integers(0, 4))
+        axis = int(rng.integers(0, 2))
+        image, mask = np.rot90(image, k, axes=(0, 1)), np.rot90(mask, k)
+        image, mask = np.flip(image, axis=axis), np.flip(mask, axis=axis)
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+    def __repr__(self) -> str:
+        return f"RandomRot90Flip(p={self.p})"
+
+
+class RandomResizedCrop:
+    """With probability ``p`` crop a random region and resize it to ``size`` (torchvision semantics).
+
+    The region covers a fraction of the image area drawn uniformly from ``scale`` with an aspect ratio
+    (w/h) drawn log-uniformly from ``ratio``; after 10 failed draws the central crop of the closest valid
+    ratio is used. Image: area/bilinear resize; mask: nearest.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        p: float = 1.0,
+    ) -> None:
+        self.size = as_size(size, "RandomResizedCrop size")
+        lo, hi = (float(v) for v in scale)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"RandomResizedCrop: scale must satisfy 0 < low <= high <= 1, got {scale}")
+        rlo, rhi = (float(v) for v in ratio)
+        if not 0 < rlo <= rhi:
+            raise ValueError(f"RandomResizedCrop: ratio must satisfy 0 < low <= high, got {ratio}")
+        self.scale, self.ratio = (lo, hi), (rlo, rhi)
+        self.p = _check_p(p)
+        self._resize = Resize(self.size)
+
+    def _region(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        area = h * w
+        log_r = (np.log(self.ratio[0]), np.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            ar = float(np.exp(rng.uniform(*log_r)))
+            cw = int(round(np.sqrt(target * ar)))
+            ch = int(round(np.sqrt(target / ar)))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(rng.integers(0, h - ch + 1))
+                left = int(rng.integers(0, w - cw + 1))
+                return top, left, ch, cw
+        in_ratio = w / h
+        if in_ratio < self.ratio[0]:
+            cw, ch = w, int(round(w / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            ch, cw = h, int(round(h * self.ratio[1]))
+        else:
+            cw, ch = w, h
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+    def __call__(self, image, mask, rng):
+        if rng.random() >= self.p:
+            return image, mask
+        top, left, ch, cw = self._region(*mask.shape, rng)
+        image = np.ascontiguousarray(image[top : top + ch, left : left + cw])
+        mask = np.ascontiguousarray(mask[top : top + ch, left : left + cw])
+        return self._resize(image, mask)
+
+    def __repr__(self) -> str:
+        return f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, p={self.p})"
+
+
+class Either:
+    """With probability ``p`` apply ``first``, otherwise apply ``second``."""
+
+    def __init__(self, first: Transform, second: Transform, p: float = 0.5) -> None:
+        self.first, self.second = first, second
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() < self.p:
+            return self.first(image, mask, rng)
+        return self.second(image, mask, rng)
+
+    def __repr__(self) -> str:
+        return f"Either({self.first!r}, {self.second!r}, p={self.p})"
+
+
 def vmunet_isic_transforms(
     image_size: int | Sequence[int], *, train: bool, per_sample_rotation: bool = True
 ) -> Compose:
@@ -309,23 +409,41 @@ def vmunet_isic_transforms(
     )
 
 
-_PRESETS = ("vmunet_isic", "flips", "none")
+PRESETS = ("vmunet_isic", "vmbunet_isic", "dermomamba_isic", "flips", "none")
 
 
 def build_transforms(image_size: int | Sequence[int], *, augment: bool, preset: str = "vmunet_isic") -> Compose:
-    """Transforms by preset name.
+    """Transforms by preset name (every pipeline ends at ``image_size``).
 
     Args:
         image_size: output (H, W) (or an int for a square).
         augment: training-time augmentation on/off; off = resize only, for every preset.
-        preset: ``"vmunet_isic"`` (flips + rotation + resize, the default for 2-D binary tasks),
-            ``"flips"`` (horizontal/vertical flips + resize) or ``"none"`` (resize only).
+        preset:
+            * ``"vmunet_isic"`` (default for 2-D binary tasks): VM-UNet's flips + rotation in [0, 360) + resize
+              (see :func:`vmunet_isic_transforms`);
+            * ``"vmbunet_isic"``: VMB-UNet's pipeline: with p 0.5 a random 90-degree rotation and flip, else
+              with p 0.5 a rotation in [-20, 20) degrees (continuous here, integer in the original); resize;
+            * ``"dermomamba_isic"``: DermoMamba's: random resized crop (scale 0.8-0.95) with p 0.1, rotation
+              in [-15, 15] with p 0.5, horizontal and vertical flips with p 0.5; resize;
+            * ``"flips"``: horizontal/vertical flips + resize; ``"none"``: resize only.
     """
     size = as_size(image_size)
-    if preset not in _PRESETS:
-        raise ValueError(f"unknown transform preset {preset!r}; valid: {', '.join(_PRESETS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown transform preset {preset!r}; valid: {', '.join(PRESETS)}")
     if not augment or preset == "none":
         return Compose([Resize(size)])
     if preset == "vmunet_isic":
         return vmunet_isic_transforms(size, train=True)
+    if preset == "vmbunet_isic":
+        return Compose([Either(RandomRot90Flip(1.0), RandomRotation(0.5, (-20.0, 20.0)), p=0.5), Resize(size)])
+    if preset == "dermomamba_isic":
+        return Compose(
+            [
+                RandomResizedCrop(size, scale=(0.8, 0.95), p=0.1),
+                RandomRotation(0.5, (-15.0, 15.0)),
+                HorizontalFlip(0.5),
+                VerticalFlip(0.5),
+                Resize(size),
+            ]
+        )
     return Compose([HorizontalFlip(0.5), VerticalFlip(0.5), Resize(size)])
