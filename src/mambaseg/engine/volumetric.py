@@ -37,7 +37,7 @@ from mambaseg.utils.distributed import all_gather_objects
 if TYPE_CHECKING:
     from mambaseg.configs import RunConfig
 
-__all__ = ["SlicewiseVolumeEvaluator", "VOLCACHE_FORMAT", "open_volcache", "write_volcache"]
+__all__ = ["SlicewiseVolumeEvaluator", "VOLCACHE_FORMAT", "dataset_family", "open_volcache", "write_volcache"]
 
 VOLCACHE_FORMAT = "mambaseg-volcache/1"
 
@@ -473,3 +473,19 @@ def open_volcache(path: Path, cfg: RunConfig, *, splits: tuple[str, ...], normal
         info_size = f"{stored}"
     return _task("volcache", ds, label_names, num_classes, 1, cfg, norm,
                  {"root": str(path), "cache": meta.get("name"), "cache_image_size": info_size})
+
+
+def dataset_family(path: str | Path) -> str | None:
+    """Dataset family of a path for recipe lookup: the detected layout name (``acdc``, ``synapse``, ``nnunet``,
+    ``folder2d``...), or for a ``volcache`` file the name of the cached dataset; ``None`` when undetectable."""
+    from mambaseg.engine.tasks import detect_layout
+
+    p = Path(path).expanduser()
+    try:
+        layout = detect_layout(p)
+    except (ValueError, OSError):
+        return None
+    if layout == "volcache":
+        with np.load(p, allow_pickle=False) as z:
+            return str(json.loads(str(z["vol_meta"])).get("name") or layout)
+    return layout
