@@ -80,10 +80,13 @@ def to_primitive(obj: Any, where: str = "checkpoint") -> Any:
     NumPy arrays become tensors, NumPy scalars Python numbers, paths strings; anything else that is not a
     primitive raises ``TypeError`` naming where it was found.
     """
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+    if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, torch.Tensor):
         return obj
-    if isinstance(obj, np.generic):
+    if isinstance(obj, np.generic):  # before the subclass checks: np.float64 is a float subclass
         return obj.item()
+    for base in (bool, int, float, str):  # other subclasses (IntEnum, str enums, ...) as their base type
+        if isinstance(obj, base):
+            return base(obj)
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj.copy())
     if isinstance(obj, os.PathLike):

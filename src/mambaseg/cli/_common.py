@@ -1,0 +1,94 @@
+"""Shared CLI helpers: the one-line error policy, consoles, option parsers."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class _State:
+    debug: bool = False
+
+
+state = _State()
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CLIError(Exception):
+    """An error with a message meant for the user as is."""
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip()
+    if isinstance(exc, KeyError) and msg.startswith(("'", '"')) and msg.endswith(("'", '"')):
+        msg = msg[1:-1]
+    first = msg.splitlines()[0] if msg else ""
+    name = type(exc).__name__
+    if not first:
+        return name
+    if isinstance(exc, (CLIError, ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError, OSError)):
+        return first
+    return f"{name}: {first}"
+
+
+def handle_errors(fn: F) -> F:
+    """Run a command; print expected failures as ``error: <one line>`` and exit 1 (traceback with ``--debug``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            if state.debug:
+                raise
+            err_console.print("error: interrupted", style="bold red", highlight=False, markup=False)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # the CLI boundary: every error becomes one line
+            if state.debug:
+                raise
+            err_console.print(f"error: {_one_line(exc)}", style="bold red", highlight=False, markup=False,
+                              soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_image_size(text: str | None) -> list[int] | None:
+    """``"256"`` -> [256, 256]; ``"192,256"`` or ``"192x256"`` -> [192, 256] (H, W)."""
+    if text is None:
+        return None
+    parts = [p for p in text.replace("x", ",").replace("X", ",").split(",") if p.strip()]
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise CLIError(f"--image-size must be S or H,W with integers, got {text!r}") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) <= 0:
+        raise CLIError(f"--image-size must be S or H,W with positive integers, got {text!r}")
+    return vals
+
+
+def read_arch(path: str | None) -> Any:
+    """Content of an ``--arch`` JSON file."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"--arch file {str(p)!r} does not exist")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--arch file {str(p)!r} is not valid JSON: {e}") from None

@@ -1,0 +1,34 @@
+"""``mambaseg evaluate``: metrics of a checkpoint on a dataset split, with the training preprocessing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mambaseg.cli._common import console, handle_errors
+
+
+@handle_errors
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-k", help="best.pt / last.pt / best.safetensors of a run."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset path (default: the one the run used)."),
+    split: str = typer.Option("val", "--split", help="Split to evaluate: val, test or train."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Evaluation batch size."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Evaluate a checkpoint (pooled and per-case Dice/IoU/Acc/Sen/Spe; the run's evaluator for other tasks)."""
+    from mambaseg.engine import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data, split=split, out=out, device=device, batch_size=batch_size,
+                                 console=None if as_json else console)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        console.print(f"{split}: dice {result.get('dice', float('nan')):.4f}  iou {result.get('iou', float('nan')):.4f}"
+                      f"  per-case dice {result.get('per_case_dice', float('nan')):.4f}  ({result.get('n_images')} images)"
+                      + (f"  -> {Path(out) / 'metrics.json'}" if out else ""), highlight=False)

@@ -1,0 +1,93 @@
+"""``mambaseg search``: SliceMamba architecture search (SPOS supernet + evolutionary search) -> ``OUT/arch.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mambaseg.cli._common import CLIError, console, handle_errors, parse_image_size
+
+
+@handle_errors
+def search(
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset folder (ROOT/{train,val}/{images,masks}) or .npz cache."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (an existing one is resumed)."),
+    supernet_epochs: int = typer.Option(300, "--supernet-epochs", help="SPOS supernet training epochs."),
+    generations: int = typer.Option(20, "--generations", help="Evolution generations."),
+    population: int = typer.Option(50, "--population", help="Candidates per generation."),
+    select_num: int = typer.Option(10, "--select-num", help="Parent pool size (top-k of all scored)."),
+    mutation_num: Optional[int] = typer.Option(None, "--mutation-num", help="Mutants per generation (default population/2)."),
+    crossover_num: Optional[int] = typer.Option(None, "--crossover-num", help="Crossover children per generation (default population/2)."),
+    mutation_prob: float = typer.Option(0.1, "--mutation-prob", help="Per-gene mutation probability."),
+    search_fraction: float = typer.Option(0.2, "--search-fraction", help="Fraction of train carved out as the search split."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="Size: S or H,W (recipe default 256)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Supernet training batch size."),
+    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", help="Batch size of validation and fitness evaluation."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap on supernet optimizer steps."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Supernet peak learning rate."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of training, search split, path sampler and evolution."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader workers."),
+    recipe: str = typer.Option("slicemamba_polyp", "--recipe", "-r", help="Recipe giving optimizer/schedule/loss."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file instead of the recipe."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any config field: section.field=value (repeatable)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+) -> None:
+    """Search a SliceMamba architecture; writes OUT/arch.json, OUT/search_log.jsonl and the supernet checkpoints.
+
+    Retrain the result with `mambaseg train --model slicemamba --arch OUT/arch.json --data ...`.
+    """
+    from rich.table import Table
+
+    from mambaseg.configs import apply_overrides, load_config, load_recipe
+    from mambaseg.nas.evolution import EvolutionConfig
+    from mambaseg.nas.runner import SearchSettings, run_search
+
+    cfg = load_config(config) if config is not None else load_recipe(recipe)
+    explicit: dict[str, object] = {"train.out": str(out)}
+    if data is not None:
+        explicit["data.path"] = str(data)
+    size = parse_image_size(image_size)
+    if size is not None:
+        explicit["data.image_size"] = size
+    if batch_size is not None:
+        explicit["train.batch_size"] = batch_size
+    if eval_batch_size is not None:
+        explicit["train.val_batch_size"] = eval_batch_size
+    if max_steps is not None:
+        explicit["train.max_steps"] = max_steps
+    if lr is not None:
+        explicit["optim.lr"] = lr
+    if seed is not None:
+        explicit["train.seed"] = seed
+    if device is not None:
+        explicit["train.device"] = device
+    if num_workers is not None:
+        explicit["data.num_workers"] = num_workers
+    cfg = apply_overrides(cfg, explicit)
+    if overrides:
+        cfg = apply_overrides(cfg, list(overrides))
+    if cfg.data.path is None:
+        raise CLIError("no dataset given: pass --data PATH")
+    if supernet_epochs < 1:
+        raise CLIError(f"--supernet-epochs must be >= 1, got {supernet_epochs}")
+    evo = EvolutionConfig(generations=generations, population=population, select_num=select_num,
+                          mutation_num=mutation_num, crossover_num=crossover_num, mutation_prob=mutation_prob,
+                          seed=int(cfg.train.seed))
+    evo.resolved()  # check the values before any work
+    settings = SearchSettings(supernet_epochs=supernet_epochs, evolution=evo, search_fraction=search_fraction,
+                              eval_batch_size=eval_batch_size, model_kwargs=dict(cfg.model.kwargs or {}),
+                              progress=not no_progress)
+    result = run_search(cfg, settings, out, log=lambda m: console.print(m, highlight=False))
+    table = Table(title="SliceMamba search result", show_header=False)
+    table.add_row("architecture", " ".join(str(g) for g in result["arch"]))
+    table.add_row("slices (m, n)", " ".join(f"{m}x{n}" for m, n in result["slices"]))
+    table.add_row("search fitness", f"pooled IoU {result['fitness']['iou']:.4f}, pooled DSC {result['fitness']['dsc']:.4f}")
+    table.add_row("candidates scored", str(result["num_evaluated"]))
+    table.add_row("search split", f"{result['search_split']['n_search']} images (seed {result['search_split']['seed']})")
+    table.add_row("written", str(Path(out) / "arch.json"))
+    console.print(table)
+    console.print(f"retrain: mambaseg train --model slicemamba --arch {Path(out) / 'arch.json'} --data {cfg.data.path}",
+                  highlight=False)

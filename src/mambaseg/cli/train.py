@@ -1,0 +1,136 @@
+"""``mambaseg train``: train a model on a dataset (recipe / config file / options, all overridable)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mambaseg.cli._common import CLIError, console, handle_errors, parse_image_size, read_arch
+
+
+def _auto_recipe(model: Optional[str], data: Optional[str]) -> Optional[str]:
+    """The shipped recipe ``<model>_<dataset family>`` (e.g. ``msvmunet_acdc``) when neither --recipe nor --config
+    is given and one exists for the data's layout; ``None`` otherwise."""
+    if model is None or data is None:
+        return None
+    from mambaseg.configs import list_recipes
+    from mambaseg.engine.volumetric import dataset_family
+
+    family = dataset_family(data)
+    name = f"{model}_{family}" if family else None
+    return name if name is not None and name in list_recipes() else None
+
+
+def build_config(
+    *,
+    recipe: Optional[str] = None,
+    config: Optional[Path] = None,
+    resume_from: Optional[Path] = None,
+    model: Optional[str] = None,
+    data: Optional[str] = None,
+    epochs: Optional[int] = None,
+    max_steps: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    image_size: Optional[str] = None,
+    lr: Optional[float] = None,
+    seed: Optional[int] = None,
+    out: Optional[str] = None,
+    device: Optional[str] = None,
+    arch: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+):
+    """Resolve the run config: base (checkpoint being resumed > --config > --recipe > defaults), then the
+    explicit options, then ``--set`` overrides (last wins)."""
+    from mambaseg.configs import RunConfig, apply_overrides, config_from_dict, load_config, load_recipe
+    from mambaseg.engine import load_checkpoint
+
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from)
+        cfg = config_from_dict(ckpt.get("config") or {})
+    elif config is not None:
+        cfg = load_config(config)
+    elif recipe is not None:
+        cfg = load_recipe(recipe)
+    elif (auto := _auto_recipe(model, data)) is not None:
+        console.print(f"using the shipped recipe {auto!r} for model {model!r} on this dataset", highlight=False)
+        cfg = load_recipe(auto)
+    else:
+        cfg = RunConfig()
+    explicit: dict[str, object] = {}
+    if model is not None:
+        explicit["model.name"] = model
+    if data is not None:
+        explicit["data.path"] = str(data)
+    if epochs is not None:
+        explicit["train.epochs"] = epochs
+    if max_steps is not None:
+        explicit["train.max_steps"] = max_steps
+    if batch_size is not None:
+        explicit["train.batch_size"] = batch_size
+    size = parse_image_size(image_size)
+    if size is not None:
+        explicit["data.image_size"] = size
+    if lr is not None:
+        explicit["optim.lr"] = lr
+    if seed is not None:
+        explicit["train.seed"] = seed
+    if out is not None:
+        explicit["train.out"] = str(out)
+    if device is not None:
+        explicit["train.device"] = device
+    if arch is not None:
+        explicit["model.arch"] = read_arch(arch)
+    cfg = apply_overrides(cfg, explicit)
+    if overrides:
+        cfg = apply_overrides(cfg, list(overrides))
+    return cfg
+
+
+@handle_errors
+def train(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (see `mambaseg models`)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset folder (ROOT/{train,val}/{images,masks}) or .npz cache."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Global batch size."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="Training size: S or H,W."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<model>_<time>)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (e.g. a run's config.yaml)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="JSON file whose content is passed to the model as arch=."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Shipped recipe name (e.g. vmunet_ph2)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any config field: section.field=value (repeatable)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (per-epoch lines only)."),
+) -> None:
+    """Train a model; writes config.yaml, metrics.json, checkpoints/, progress.png, train.log and TensorBoard events."""
+    from mambaseg.engine import train as run_training
+
+    resume_from = None
+    if resume:
+        if out is None:
+            raise CLIError("--resume needs --out RUN_DIR (the run to continue)")
+        resume_from = Path(out) / "checkpoints" / "last.pt"
+        if not resume_from.is_file():
+            raise CLIError(f"cannot resume: {resume_from} does not exist")
+    cfg = build_config(recipe=recipe, config=config, resume_from=resume_from, model=model, data=data, epochs=epochs,
+                       max_steps=max_steps, batch_size=batch_size, image_size=image_size, lr=lr, seed=seed, out=out,
+                       device=device, arch=arch, overrides=overrides)
+    if cfg.data.path is None:
+        raise CLIError("no dataset given: pass --data PATH")
+    if out is None and cfg.train.out == "runs/run":
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.train.out = f"runs/{cfg.model.name}_{stamp}"
+    run_dir = Path(cfg.train.out)
+    if not resume and (run_dir / "checkpoints" / "last.pt").is_file():
+        raise CLIError(f"{run_dir} already holds a run (checkpoints/last.pt); pass --resume to continue it or "
+                       "choose another --out")
+    result = run_training(cfg, resume=resume_from if resume else None, console=console,
+                          show_progress=not no_progress)
+    console.print(f"run directory: {result.run_dir}  (best {cfg.train.best_metric} = {result.best_value:.4f} "
+                  f"at epoch {result.best_epoch})", highlight=False)

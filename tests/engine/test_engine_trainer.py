@@ -1,0 +1,102 @@
+"""Trainer: run-directory outputs, resume equality, NaN stop, max-steps, best-checkpoint selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from engine_helpers import tiny_config
+from mambaseg.engine import TrainingDiverged, TrainingInterrupted, evaluate_checkpoint, load_checkpoint, train
+
+
+def _weights(path):
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_run_directory_outputs(tiny_model, synthetic_data, tmp_path):
+    out = tmp_path / "run"
+    res = train(tiny_config(synthetic_data, out, **{"train.epochs": 2}))
+    for name in ("config.yaml", "metrics.json", "history.json", "progress.png", "train.log",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/best.safetensors"):
+        assert (out / name).is_file(), name
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["dice"] <= 1.0
+    assert metrics["dice"] == pytest.approx(metrics["pooled"]["dsc"])
+    assert {"pooled", "per_case", "best_epoch", "train"} <= set(metrics)
+    assert metrics["per_case"]["reduction"] == "per_case"
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["name"] == tiny_model and cfg["train"]["epochs"] == 2
+    ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["epoch"] == 2 and ck["model"]["name"] == tiny_model
+    assert ck["normalization"] is not None and len(ck["normalization"]["mean"]) == 3
+    assert ck["label_map"] == {"background": 0, "foreground": 255}
+    assert {"optimizer", "scheduler", "scaler", "rng", "config", "library_version"} <= set(ck)
+    assert len(res.history) == 2 and res.steps == 4
+
+
+def test_resume_equals_uninterrupted(tiny_model, synthetic_data, tmp_path):
+    full = tmp_path / "full"
+    train(tiny_config(synthetic_data, full))
+
+    part = tmp_path / "part"
+
+    def kill_after_first_epoch(state):
+        if state["epoch"] == 1:
+            raise TrainingInterrupted("simulated kill")
+
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(synthetic_data, part), callbacks=[kill_after_first_epoch])
+    assert load_checkpoint(part / "checkpoints" / "last.pt")["epoch"] == 1
+    # scramble the global RNG: resume must not depend on the state of the resuming process
+    torch.manual_seed(12345)
+    train(tiny_config(synthetic_data, part), resume=True)
+    a, b = _weights(full / "checkpoints" / "last.pt"), _weights(part / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma = json.loads((full / "metrics.json").read_text())
+    mb = json.loads((part / "metrics.json").read_text())
+    assert ma["dice"] == mb["dice"] and ma["best_epoch"] == mb["best_epoch"]
+    assert len(load_checkpoint(part / "checkpoints" / "last.pt")["history"]) == 3
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model, synthetic_data, tmp_path):
+    out = tmp_path / "nan"
+    # 2 steps per epoch: the 4th training forward (epoch 2, step 2) returns NaN
+    cfg = tiny_config(synthetic_data, out, **{"model.kwargs": {"nan_after": 4}})
+    with pytest.raises(TrainingDiverged, match=r"NaN/inf at epoch 2, step 4.*last good checkpoint"):
+        train(cfg)
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert "diverged" in (out / "train.log").read_text()
+
+
+def test_max_steps_caps_optimizer_steps(tiny_model, synthetic_data, tmp_path):
+    res = train(tiny_config(synthetic_data, tmp_path / "cap", **{"train.max_steps": 3, "train.epochs": 10}))
+    assert res.steps == 3 and res.epochs == 2
+    m = json.loads((tmp_path / "cap" / "metrics.json").read_text())
+    assert "max_steps" in m["train"]["stop_reason"]
+
+
+def test_best_checkpoint_tracks_validation_metric(tiny_model, synthetic_data, tmp_path):
+    out = tmp_path / "best"
+    res = train(tiny_config(synthetic_data, out, **{"train.best_metric": "loss", "train.best_mode": "min"}))
+    vals = [r["val"]["loss"] for r in res.history]
+    assert res.best_epoch == 1 + vals.index(min(vals))
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["epoch"] == res.best_epoch and "optimizer" not in best
+    # the evaluator reproduces the numbers stored for the best checkpoint
+    ev = evaluate_checkpoint(out / "checkpoints" / "best.pt", synthetic_data, device="cpu")
+    m = json.loads((out / "metrics.json").read_text())
+    assert ev["dice"] == m["dice"] and ev["per_case"]["dsc"] == m["per_case"]["dsc"]
+    assert ev["loss"] == pytest.approx(m["loss"], rel=1e-6)
+
+
+def test_unknown_best_metric_is_a_clear_error(tiny_model, synthetic_data, tmp_path):
+    with pytest.raises(KeyError, match="available"):
+        train(tiny_config(synthetic_data, tmp_path / "x", **{"train.best_metric": "nope", "train.epochs": 1}))
