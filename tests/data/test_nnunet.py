@@ -127,3 +127,17 @@ def test_missing_nibabel_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(ImportError, match=r"pip install 'mambaseg\[medical\]'"):
         nnunet.require_nibabel()
+
+
+def test_layout_dispatch(tmp_path: Path) -> None:
+    from mambaseg.configs import RunConfig, apply_overrides
+    from mambaseg.engine import DataTaskError, detect_layout, open_data
+
+    root = make_nnunet(tmp_path / "ds", n_cases=3)
+    assert detect_layout(root) == "nnunet"
+    cfg = apply_overrides(RunConfig(), ["data.image_size=[16,16]"])
+    task = open_data(root, cfg, splits=("train", "val"))
+    assert task.label_map == {"background": 0, "liver": 1, "tumour": 2} and task.num_classes == 3
+    assert len(task.datasets["val"]) == 1 and task.datasets["val"][0].spacing == pytest.approx((2.5, 0.9, 0.8))
+    with pytest.raises(DataTaskError, match="imagesTs has no labels"):
+        open_data(root, cfg, splits=("test",))

@@ -81,3 +81,20 @@ def test_errors(tmp_path: Path) -> None:
         ds[2]
     with pytest.raises(DatasetError, match="val_vol.txt"):
         synapse_volumes(root, "val_vol.txt")
+
+
+def test_layout_dispatch_holds_out_training_cases_for_val(tmp_path: Path) -> None:
+    from mambaseg.configs import RunConfig, apply_overrides
+    from mambaseg.engine import detect_layout, open_data
+
+    root = make_synapse(tmp_path / "syn")
+    assert detect_layout(root) == "synapse"
+    cfg = apply_overrides(RunConfig(), ["data.image_size=[16,16]", "data.val_fraction=0.3", "data.split_seed=0"])
+    task = open_data(root, cfg, splits=("train", "val", "test"))
+    assert task.num_classes == 9 and task.in_chans == 1 and task.label_map["stomach"] == 8
+    val_ids = task.datasets["val"].ids
+    assert len(val_ids) == 1 and not any(i.startswith(val_ids[0]) for i in task.datasets["train"].ids)
+    assert len(task.datasets["train"]) == 6 and task.datasets["test"].ids == ["case0001", "case0002"]
+    (root / "lists" / "val_vol.txt").write_text("case0002\n")
+    task = open_data(root, cfg, splits=("train", "val"))
+    assert task.datasets["val"].ids == ["case0002"] and len(task.datasets["train"]) == 9

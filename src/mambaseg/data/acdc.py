@@ -18,8 +18,6 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from mambaseg.data.files import DatasetError
@@ -149,7 +147,3 @@ def acdc_volumes(root: str | Path, split: str = "val") -> VolumeDataset:
 
     return VolumeDataset(names, load, label_names=ACDC_LABELS, num_classes=4, paths=[str(p) for p in paths])
 
-
-def acdc_info() -> dict[str, Any]:
-    """Static facts about the ACDC task (used by the layout dispatch)."""
-    return {"num_classes": 4, "in_chans": 1, "label_names": dict(ACDC_LABELS), "spacing": None}
