@@ -50,7 +50,8 @@ def test_bad_config(kw):
 
 
 def test_finds_target_and_logs_every_candidate(tmp_path):
-    s = make(tmp_path, generations=15, population=30, select_num=6, mutation_num=12, crossover_num=12)
+    s = make(tmp_path, fitness=match_fitness, generations=12, population=24, select_num=6, mutation_num=10,
+             crossover_num=10)
     res = s.run()
     assert res.best == TARGET
     assert res.fitness == match_fitness(TARGET)
@@ -58,13 +59,13 @@ def test_finds_target_and_logs_every_candidate(tmp_path):
     archs = [tuple(r["arch"]) for r in log]
     assert len(archs) == len(set(archs)) == res.num_evaluated  # no duplicates, all logged
     gens = {r["generation"] for r in log}
-    assert gens == set(range(15))
+    assert gens == set(range(12))
     for r in log:
         assert tuple(r["fitness"]) == match_fitness(tuple(r["arch"]))
         assert r["match"] == r["fitness"][0]
     # each generation scores `population` new genomes while the space is large
     per_gen = [sum(r["generation"] == k for r in log) for k in range(3)]
-    assert per_gen == [30, 30, 30]
+    assert per_gen == [24, 24, 24]
 
 
 def test_top_is_lexicographic():

@@ -154,3 +154,11 @@ def test_plugin_interface_and_errors():
         SliceScan(2, 2, pad_mode="reflect")
     with pytest.raises(ValueError, match="direction"):
         slice_order(4, 4, 2, "diagonal")
+
+
+def test_indices_built_in_inference_mode_are_usable_for_training():
+    with torch.inference_mode():
+        slice_scan(torch.randn(1, 2, 9, 11), 4, 2)  # first use (builds the cache) under inference mode
+    x = torch.randn(1, 2, 9, 11, requires_grad=True)
+    slice_merge(slice_scan(x, 4, 2).square(), 9, 11, 4, 2).sum().backward()
+    assert x.grad is not None

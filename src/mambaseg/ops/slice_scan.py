@@ -161,8 +161,11 @@ def slice_scan_indices(
     key = (h, w, m, n, pad_mode, str(dev))
     hit = _DEVICE_CACHE.get(key)
     if hit is None:
-        g, inv = _indices_cpu(h, w, m, n, pad_mode)
-        hit = (g.to(dev), inv.to(dev))
+        # cached tensors must be normal tensors even when first built under torch.inference_mode(), or a later
+        # training step could not save them for backward
+        with torch.inference_mode(False):
+            g, inv = _indices_cpu(h, w, m, n, pad_mode)
+            hit = (g.to(dev), inv.to(dev))
         if len(_DEVICE_CACHE) > 512:
             _DEVICE_CACHE.clear()
         _DEVICE_CACHE[key] = hit

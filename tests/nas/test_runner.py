@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mambaseg.cli import app
+from mambaseg.nas.runner import carve_search_split
+
+TINY_SET = "model.kwargs={dims: 8, depths: [1, 1, 1, 1], depths_decoder: [1, 1, 1, 1], d_state: 4, drop_path_rate: 0.0}"
+
+
+def test_carve_search_split_reproducible_and_disjoint():
+    ids = [f"img{i:03d}" for i in range(50)]
+    tr, se = carve_search_split(list(reversed(ids)), 0.2, seed=3)
+    assert len(se) == 10 and len(tr) == 40 and not set(tr) & set(se) and sorted(tr + se) == ids
+    assert carve_search_split(ids, 0.2, seed=3) == (tr, se)
+    assert carve_search_split(ids, 0.2, seed=4)[1] != se
+    assert len(carve_search_split(ids[:2], 0.01, 0)[1]) == 1
+    with pytest.raises(ValueError, match="search_fraction"):
+        carve_search_split(ids, 1.0, 0)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from mambaseg.data import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("syn") / "data", n_train=12, n_val=4, size=(40, 40), seed=1)
+
+
+def _search(out, synth, extra=()):
+    args = ["search", "--data", str(synth), "--supernet-epochs", "1", "--generations", "2", "--population", "4",
+            "--image-size", "32", "--batch-size", "4", "--out", str(out), "--device", "cpu", "--num-workers", "0",
+            "--seed", "7", "--set", TINY_SET, *extra]
+    return CliRunner().invoke(app, args)
+
+
+def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth):
+    out = tmp_path / "OUT"
+    r = _search(out, synth)
+    assert r.exit_code == 0, r.output
+    arch = json.loads((out / "arch.json").read_text())
+    assert len(arch["arch"]) == 8 and set(arch["arch"]) <= {0, 1, 2, 3}
+    assert arch["slices"] == [[[2, 2], [2, 4], [4, 2], [4, 4]][g] for g in arch["arch"]]
+    split = json.loads((out / "search_split.json").read_text())
+    assert arch["search_split"]["search_ids"] == split["search"] and len(split["search"]) == 2
+    assert not set(split["search"]) & set(split["train"])
+    assert arch["seeds"] == {"train": 7, "search_split": 7, "path_sampler": 7, "evolution": 7}
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    assert len(log) == arch["num_evaluated"] == 8
+    best = max(log, key=lambda r: (r["iou"], r["dsc"]))
+    assert best["arch"] == arch["arch"] and best["iou"] == arch["fitness"]["iou"]
+    assert (out / "supernet" / "best.pt").is_file() and (out / "supernet" / "last.pt").is_file()
+    # a second call resumes: nothing is trained or scored again, same result
+    r2 = _search(out, synth)
+    assert r2.exit_code == 0, r2.output
+    assert "resuming" in r2.output
+    assert json.loads((out / "arch.json").read_text())["arch"] == arch["arch"]
+    assert len((out / "search_log.jsonl").read_text().splitlines()) == 8
+
+    # retrain the found architecture through `mambaseg train --arch`
+    run = tmp_path / "RUN"
+    r3 = CliRunner().invoke(app, ["train", "--model", "slicemamba_tiny", "--arch", str(out / "arch.json"), "--data",
+                                  str(synth), "--epochs", "1", "--image-size", "32", "--batch-size", "4", "--out",
+                                  str(run), "--device", "cpu", "--no-progress", "--set", "data.num_workers=0"])
+    assert r3.exit_code == 0, r3.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["dice"] <= 1.0
+    ck = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert ck["model"]["kwargs"]["arch"]["arch"] == arch["arch"]
+
+
+def test_search_cli_errors(tmp_path, synth):
+    r = _search(tmp_path / "o", synth, ["--population", "0"])
+    assert r.exit_code != 0 and "population" in r.output
+    r = CliRunner().invoke(app, ["search", "--out", str(tmp_path / "o2")])
+    assert r.exit_code != 0 and "--data" in r.output
