@@ -26,7 +26,11 @@ class MultiScaleDWConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
         for conv in self.dw_convs:
-            out = out + conv(x)
+            if conv.kernel_size == (1, 1):
+                # a 1x1 depthwise conv is a per-channel scale; the multiply avoids slow grouped-conv paths on CPU
+                out = out + x * conv.weight.view(1, -1, 1, 1)
+            else:
+                out = out + conv(x)
         return out
 
 

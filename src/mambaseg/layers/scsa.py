@@ -56,6 +56,12 @@ class SCSA(nn.Module):
         parts = prof.split(self.group_chans, dim=1)
         return torch.sigmoid(norm(torch.cat([conv(p) for conv, p in zip(self.dwconvs, parts)], dim=1)))
 
+    @staticmethod
+    def _pointwise(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
+        """A depthwise 1x1 conv computed as a per-channel affine map (avoids slow grouped-conv paths on CPU)."""
+        out = y * conv.weight.view(1, -1, 1, 1)
+        return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.dim:
             raise ValueError(f"SCSA expects (B, {self.dim}, H, W), got {tuple(x.shape)}")
@@ -67,9 +73,9 @@ class SCSA(nn.Module):
         kh, kw = min(self.window_size, h), min(self.window_size, w)
         y = self.norm(F.avg_pool2d(x, (kh, kw), stride=(kh, kw)))
         m, d = self.num_heads, self.head_dim
-        q = self.q(y).flatten(2).view(b, m, d, -1)  # (B, m, d, N): channels are the tokens
-        k = self.k(y).flatten(2).view(b, m, d, -1)
-        v = self.v(y).flatten(2).view(b, m, d, -1)
+        q = self._pointwise(self.q, y).flatten(2).view(b, m, d, -1)  # (B, m, d, N): channels are the tokens
+        k = self._pointwise(self.k, y).flatten(2).view(b, m, d, -1)
+        v = self._pointwise(self.v, y).flatten(2).view(b, m, d, -1)
         attn = F.scaled_dot_product_attention(q, k, v, scale=d ** -0.5)  # (B, m, d, N)
         weight = torch.sigmoid(attn.mean(-1).reshape(b, c, 1, 1))
         return x * weight

@@ -102,14 +102,15 @@ class SS2Dv2(nn.Module):
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
+        work = torch.float64 if xs.dtype == torch.float64 else torch.float32  # SSM parameters kept in >= fp32
         y = selective_scan(
             xs.reshape(b, k * d, L),
             dts.reshape(b, k * d, L),
-            -torch.exp(self.A_logs.float()),
+            -torch.exp(self.A_logs.to(work)),
             Bs.contiguous(),
             Cs.contiguous(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.float().reshape(-1),
+            self.Ds.to(work),
+            delta_bias=self.dt_projs_bias.to(work).reshape(-1),
             delta_softplus=True,
             backend=self.backend,
         )

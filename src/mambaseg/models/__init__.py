@@ -9,5 +9,7 @@ from mambaseg.models import vmunet  # noqa: E402,F401
 from mambaseg.models import slicemamba  # noqa: E402,F401
 from mambaseg.models import vmbunet  # noqa: E402,F401
 from mambaseg.models import dermomamba  # noqa: E402,F401
+from mambaseg.models import msvmunet  # noqa: E402,F401
+from mambaseg.models import heteromedseg  # noqa: E402,F401
 
 __all__ = ["ModelInfo", "create_model", "is_model", "list_models", "model_info", "register_model"]
