@@ -83,3 +83,26 @@ def test_mixer_changes_the_function_not_the_parameters():
         assert not torch.allclose(a(x), b(x))
     with pytest.raises(ValueError, match="mode"):
         HeteroMedSeg(mixer="sideways", **TINY)
+
+
+@pytest.mark.parametrize("name,classes", [("heteromedseg_acdc", 4), ("heteromedseg_synapse", 9)])
+def test_recipes(name, classes):
+    from mambaseg.configs import load_recipe
+
+    cfg = load_recipe(name)
+    assert cfg.model.name == "heteromedseg" and cfg.model.num_classes == classes
+    assert cfg.model.kwargs == {"n_win": 7, "mixer": "noncausal"}
+    assert cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 1e-2
+    assert (cfg.schedule.name, cfg.schedule.interval, cfg.schedule.t_max, cfg.schedule.t_mult) == (
+        "cosine_restarts", "step", 50, 2)
+    assert cfg.loss.name == "ce_dice" and cfg.loss.kwargs == {"ce_weight": 0.4, "dice_weight": 0.6}
+    m = mambaseg.create_model(cfg.model.name, num_classes=classes, in_chans=1, **dict(cfg.model.kwargs, **TINY))
+    assert m.n_win == 7 and m.stride == 112
+
+
+def test_vmunet_synapse_recipe():
+    from mambaseg.configs import load_recipe
+
+    cfg = load_recipe("vmunet_synapse")
+    assert (cfg.model.name, cfg.model.num_classes, cfg.optim.lr, cfg.schedule.t_max) == ("vmunet", 9, 1e-3, 100)
+    assert cfg.loss.kwargs == {"ce_weight": 1.0, "dice_weight": 1.0}

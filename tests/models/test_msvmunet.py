@@ -94,3 +94,20 @@ def test_freeze_encoder():
     assert all(p.requires_grad for p in m.decoder.parameters())
     m.freeze_encoder(False)
     assert all(p.requires_grad for p in m.parameters())
+
+
+@pytest.mark.parametrize("name,classes,wd", [("msvmunet_acdc", 4, 1e-4), ("msvmunet_synapse", 9, 1e-3)])
+def test_recipes(name, classes, wd):
+    from mambaseg.configs import load_recipe
+    from mambaseg.losses import create_loss
+
+    cfg = load_recipe(name)
+    assert cfg.model.name == "msvmunet" and cfg.model.num_classes == classes and cfg.model.in_chans == 1
+    assert cfg.optim.name == "adamw" and cfg.optim.lr == 5e-4 and cfg.optim.weight_decay == wd
+    assert cfg.schedule.name == "cosine" and cfg.schedule.t_max == 300 and cfg.schedule.eta_min == 1e-6
+    assert cfg.loss.name == "ce_dice" and cfg.loss.kwargs == {"ce_weight": 0.4, "dice_weight": 0.6}
+    assert cfg.train.best_metric == "dice" and cfg.data.image_size == [224, 224]
+    loss = create_loss(cfg.loss.name, **cfg.loss.kwargs)
+    logits = torch.zeros(2, classes, 8, 8, requires_grad=True)
+    target = torch.randint(0, classes, (2, 8, 8))
+    assert torch.isfinite(loss(logits, target))
