@@ -161,3 +161,12 @@ def test_auto_on_cuda_without_kernels_warns_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert be.resolve_backend(None, is_cuda=True) == "torch"  # second time: no warning
+
+
+def test_torch_inference_path_matches_training_path():
+    """Under no_grad the chunked scan updates its state in place; results must be identical."""
+    u, delta, A, B, C, D, bias = _inputs(2, 4, 3, 77, 8, True)
+    y_grad = selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, backend="torch")
+    with torch.no_grad():
+        y_inf = selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, backend="torch")
+    assert torch.allclose(y_grad, y_inf, rtol=0, atol=1e-12)
