@@ -264,12 +264,30 @@ def train_supernet(
             "history": history}
 
 
+class _MemoryDataset(Dataset):
+    """The items of a dataset read once and kept in memory (the search split is scored hundreds of times with
+    the deterministic evaluation transform, so decoding it once is enough)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.items = [{k: v for k, v in dataset[i].items() if k in ("image", "mask", "id")} for i in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
 def supernet_fitness(net: SliceMambaSupernet, dataset: Dataset, evaluator: Any, *, device: torch.device,
-                     amp_dtype: torch.dtype | None, batch_size: int, num_workers: int = 0):
-    """Fitness function ``arch -> (pooled IoU, pooled DSC)`` of the frozen supernet on ``dataset``."""
+                     amp_dtype: torch.dtype | None, batch_size: int):
+    """Fitness function ``arch -> (pooled IoU, pooled DSC)`` of the frozen supernet on ``dataset``.
+
+    ``dataset`` must use a deterministic transform; it is read once into memory.
+    """
     from mambaseg.engine.evaluator import EvalContext
 
-    ctx = EvalContext(device=device, amp_dtype=amp_dtype, batch_size=batch_size, num_workers=num_workers)
+    dataset = _MemoryDataset(dataset)
+    ctx = EvalContext(device=device, amp_dtype=amp_dtype, batch_size=batch_size, num_workers=0)
 
     def fitness(arch: tuple[int, ...]) -> tuple[float, float]:
         with net.use_arch(arch):
@@ -323,8 +341,7 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
     device, amp_dtype = _resolve(cfg)
     net.to(device)
     fitness = supernet_fitness(net, search_sub, task.evaluator, device=device, amp_dtype=amp_dtype,
-                               batch_size=int(settings.eval_batch_size or cfg.train.val_batch_size),
-                               num_workers=int(cfg.data.num_workers))
+                               batch_size=int(settings.eval_batch_size or cfg.train.val_batch_size))
     search = EvolutionSearch(fitness, num_genes=net.num_positions, num_choices=net.num_choices, config=evo,
                              state_path=out / "search_state.json", log_path=out / "search_log.jsonl",
                              fitness_names=("iou", "dsc"), progress=settings.progress)
