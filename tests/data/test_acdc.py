@@ -124,3 +124,13 @@ def test_real_acdc_files(shared_data: Path) -> None:
     v = test[0]
     assert v.image.ndim == 3 and v.label.shape == v.image.shape and 0.0 <= float(v.image.min())
     assert set(np.unique(v.label).tolist()) <= {0, 1, 2, 3}
+
+
+def test_datasets_pickle_for_spawned_workers(tmp_path: Path) -> None:
+    import pickle
+
+    root = make_acdc(tmp_path / "acdc")
+    ds = pickle.loads(pickle.dumps(acdc_slices(root, image_size=16, augment=False)))
+    assert ds[0]["image"].shape == (1, 16, 16)
+    vols = pickle.loads(pickle.dumps(acdc_volumes(root, "val")))
+    assert vols[1].id == "patient002_frame02"

@@ -141,3 +141,13 @@ def test_layout_dispatch(tmp_path: Path) -> None:
     assert len(task.datasets["val"]) == 1 and task.datasets["val"][0].spacing == pytest.approx((2.5, 0.9, 0.8))
     with pytest.raises(DataTaskError, match="imagesTs has no labels"):
         open_data(root, cfg, splits=("test",))
+
+
+def test_datasets_pickle(tmp_path: Path) -> None:
+    import pickle
+
+    raw = NnUNetRaw(make_nnunet(tmp_path / "ds", n_cases=2))
+    sl = pickle.loads(pickle.dumps(nnunet_slices(raw, raw.cases, image_size=16, augment=False)))
+    assert sl[3]["mask"].shape == (16, 16)
+    vols = pickle.loads(pickle.dumps(nnunet_volumes(raw, raw.cases)))
+    assert vols[1].id == "case_001"

@@ -98,3 +98,18 @@ def test_layout_dispatch_holds_out_training_cases_for_val(tmp_path: Path) -> Non
     (root / "lists" / "val_vol.txt").write_text("case0002\n")
     task = open_data(root, cfg, splits=("train", "val"))
     assert task.datasets["val"].ids == ["case0002"] and len(task.datasets["train"]) == 9
+
+
+def test_datasets_pickle(tmp_path: Path) -> None:
+    import pickle
+
+    root = make_synapse(tmp_path / "syn")
+    for ds in (synapse_slices(root, image_size=16, augment=False), synapse_volumes(root),
+               synapse_volumes_from_slices(root, ["case0007"])):
+        back = pickle.loads(pickle.dumps(ds))
+        assert len(back) == len(ds)
+        a, b = back[0], ds[0]
+        if isinstance(a, dict):
+            assert torch.equal(a["mask"], b["mask"])
+        else:
+            np.testing.assert_array_equal(a.label, b.label)

@@ -69,7 +69,8 @@ def test_normalisation_applied_and_channels_repeated() -> None:
     img, lab = _volume(1)
     # centres in normalised units: (x - 0.5) / 0.5 maps {0, .5, 1} to {-1, 0, 1}
     model = NearestCentre((-1.0, 0.0, 1.0), in_chans=3)
-    pred = predict_volume(model, Volume("v", img), image_size=(40, 24), normalization=Normalization((0.5,) * 3, (0.5,) * 3))
+    norm = Normalization((0.5,) * 3, (0.5,) * 3)
+    pred = predict_volume(model, Volume("v", img), image_size=(40, 24), normalization=norm)
     assert all(c[1] == 3 for c in model.calls)
     assert (pred == lab).mean() > 0.97
 

@@ -66,3 +66,8 @@ def test_cache_roundtrip_and_evaluation(tmp_path: Path) -> None:
     for name in ("RV", "Myo", "LV"):
         assert abs(r_src["classes"][name]["dice"] - r_c["classes"][name]["dice"]) < 0.02
     assert zoom_labels(vs.label[0].astype(np.uint8), (32, 32)).shape == (32, 32)
+    import pickle
+
+    for split in ("train", "val"):
+        back = pickle.loads(pickle.dumps(cached.datasets[split]))
+        assert len(back) == len(cached.datasets[split])

@@ -84,6 +84,30 @@ def read_h5_pair(
     return image, label
 
 
+class H5SliceLoader:
+    """Picklable ``loader(i) -> (image, label)`` over 2-D h5 slice files (works with any DataLoader start method)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = read_h5_pair(self.paths[i], ndim=2)
+        assert label is not None
+        return image, label
+
+
+class H5VolumeLoader:
+    """Picklable ``loader(i) -> Volume`` over 3-D h5 volume files (keys image/label, no spacing)."""
+
+    def __init__(self, names: list[str], paths: list[Path]) -> None:
+        self.names, self.paths = list(names), list(paths)
+
+    def __call__(self, i: int) -> Volume:
+        image, label = read_h5_pair(self.paths[i], ndim=3)
+        return Volume(id=self.names[i], image=image, label=label, spacing=None, path=str(self.paths[i]),
+                      source_format="h5")
+
+
 def is_acdc_root(path: str | Path) -> bool:
     """True when ``path`` looks like the SSL4MIS ACDC layout (``data/`` and ``train_slices.list``)."""
     p = Path(path)
@@ -115,14 +139,9 @@ def acdc_slices(
     names = read_list_file(list_file)
     paths = _resolve(root, names, root / "data" / "slices", list_file)
 
-    def load(i: int) -> tuple[np.ndarray, np.ndarray]:
-        image, label = read_h5_pair(paths[i], ndim=2)
-        assert label is not None
-        return image, label
-
     return SliceDataset2D(
         names,
-        load,
+        H5SliceLoader(paths),
         image_size=image_size,
         augment=augment,
         num_classes=4,
@@ -141,9 +160,5 @@ def acdc_volumes(root: str | Path, split: str = "val") -> VolumeDataset:
     names = read_list_file(list_file)
     paths = _resolve(root, names, root / "data", list_file)
 
-    def load(i: int) -> Volume:
-        image, label = read_h5_pair(paths[i], ndim=3)
-        return Volume(id=names[i], image=image, label=label, spacing=None, path=str(paths[i]), source_format="h5")
-
-    return VolumeDataset(names, load, label_names=ACDC_LABELS, num_classes=4, paths=[str(p) for p in paths])
+    return VolumeDataset(names, H5VolumeLoader(names, paths), label_names=ACDC_LABELS, num_classes=4, paths=[str(p) for p in paths])
 

@@ -87,7 +87,8 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]
     if data.ndim != 3:
         raise DatasetError(f"{p}: expected a 3-D volume, got shape {data.shape}")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return np.ascontiguousarray(data.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0]), np.asarray(img.affine), img.header
+    array = np.ascontiguousarray(data.transpose(2, 1, 0))
+    return array, (zooms[2], zooms[1], zooms[0]), np.asarray(img.affine), img.header
 
 
 def write_nifti(
@@ -295,6 +296,30 @@ class NnUNetRaw:
         return {"train": [c for c in self.cases if c not in set(val)], "val": val}
 
 
+class _CaseLoader:
+    """Picklable ``loader(i) -> Volume`` of labelled cases."""
+
+    def __init__(self, raw: NnUNetRaw, cases: list[str]) -> None:
+        self.raw, self.cases = raw, list(cases)
+
+    def __call__(self, i: int) -> Volume:
+        return self.raw.load_case(self.cases[i])
+
+
+class _CaseSliceLoader:
+    """Picklable ``loader(i) -> (image (H, W, C), label)`` of slice ``z`` of a case, with a small volume cache."""
+
+    def __init__(self, raw: NnUNetRaw, index: list[tuple[str, int]], cache_size: int) -> None:
+        self.raw, self.index = raw, list(index)
+        self.cache = _LRU(cache_size)
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        case, z = self.index[i]
+        vol = self.cache.get(case, lambda: self.raw.load_case(case))
+        assert vol.label is not None
+        return vol.slice_image(z), vol.label[z]
+
+
 def nnunet_volumes(raw: NnUNetRaw, cases: Sequence[str]) -> VolumeDataset:
     """Evaluation volumes of ``cases``."""
     cases = list(cases)
@@ -303,7 +328,7 @@ def nnunet_volumes(raw: NnUNetRaw, cases: Sequence[str]) -> VolumeDataset:
         raise DatasetError(f"{raw.root}: cases {unknown[:5]} not found in imagesTr/labelsTr")
     return VolumeDataset(
         cases,
-        lambda i: raw.load_case(cases[i]),
+        _CaseLoader(raw, cases),
         label_names=raw.label_names,
         num_classes=raw.num_classes,
         paths=[str(raw.image_files(c)[0]) for c in cases],
@@ -330,17 +355,9 @@ def nnunet_slices(
         shape = nib.load(str(f)).shape
         depths.append(int(shape[2]))
     index = [(c, z) for c, d in zip(cases, depths) for z in range(d)]
-    cache = _LRU(max(1, cache_volumes))
-
-    def load(i: int) -> tuple[np.ndarray, np.ndarray]:
-        case, z = index[i]
-        vol = cache.get(case, lambda: raw.load_case(case))
-        assert vol.label is not None
-        return vol.slice_image(z), vol.label[z]
-
     return SliceDataset2D(
         [f"{c}_slice{z:03d}" for c, z in index],
-        load,
+        _CaseSliceLoader(raw, index, max(1, cache_volumes)),
         image_size=image_size,
         augment=augment,
         num_classes=raw.num_classes,

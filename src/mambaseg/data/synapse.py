@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mambaseg.data.acdc import read_h5_pair, read_list_file
+from mambaseg.data.acdc import H5VolumeLoader, read_list_file
 from mambaseg.data.files import DatasetError
 from mambaseg.data.normalization import Normalization
 from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset
@@ -89,6 +89,36 @@ def read_npz_pair(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
+class _NpzSliceLoader:
+    """Picklable ``loader(i) -> (image, label)`` over npz slice files."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return read_npz_pair(self.paths[i])
+
+
+class _StackedSliceLoader:
+    """Picklable ``loader(i) -> Volume`` stacking a case's npz slices in slice order."""
+
+    def __init__(self, cases: list[str], by_case: dict[str, list[tuple[int, Path]]]) -> None:
+        self.cases = list(cases)
+        self.by_case = {c: sorted(v) for c, v in by_case.items()}
+
+    def __call__(self, i: int) -> Volume:
+        case = self.cases[i]
+        imgs, labs = [], []
+        for _, p in self.by_case[case]:
+            im, lb = read_npz_pair(p)
+            if imgs and im.shape != imgs[0].shape:
+                raise DatasetError(f"{p}: slice shape {im.shape} differs from the case's first slice {imgs[0].shape}")
+            imgs.append(im)
+            labs.append(lb)
+        return Volume(id=case, image=np.stack(imgs), label=np.stack(labs), spacing=None,
+                      path=str(self.by_case[case][0][1]), source_format="npz")
+
+
 def _slice_case(name: str) -> tuple[str, int]:
     m = _SLICE_RE.match(name)
     if m is None:
@@ -122,7 +152,7 @@ def synapse_slices(
         raise DatasetError(f"{lf}: no training slices left after excluding {sorted(excl)}")
     return SliceDataset2D(
         names,
-        lambda i: read_npz_pair(paths[i]),
+        _NpzSliceLoader(paths),
         image_size=image_size,
         augment=augment,
         num_classes=9,
@@ -141,17 +171,14 @@ def synapse_volumes(root: str | Path, list_name: str = "test_vol.txt") -> Volume
     names = read_list_file(lf)
     paths = []
     for n in names:
-        cands = [root / "test_vol_h5" / f"{n}.npy.h5", root / "test_vol_h5" / f"{n}.npz.h5", root / "test_vol_h5" / f"{n}.h5"]
+        folder = root / "test_vol_h5"
+        cands = [folder / f"{n}.npy.h5", folder / f"{n}.npz.h5", folder / f"{n}.h5"]
         found = next((c for c in cands if c.is_file()), None)
         if found is None:
             raise DatasetError(f"{lf}: volume {n!r} not found (looked for {cands[0]})")
         paths.append(found)
 
-    def load(i: int) -> Volume:
-        image, label = read_h5_pair(paths[i], ndim=3)
-        return Volume(id=names[i], image=image, label=label, spacing=None, path=str(paths[i]), source_format="h5")
-
-    return VolumeDataset(names, load, label_names=SYNAPSE_LABELS, num_classes=9, paths=[str(p) for p in paths])
+    return VolumeDataset(names, H5VolumeLoader(names, paths), label_names=SYNAPSE_LABELS, num_classes=9, paths=[str(p) for p in paths])
 
 
 def synapse_volumes_from_slices(root: str | Path, cases: list[str], list_name: str = "train.txt") -> VolumeDataset:
@@ -170,21 +197,7 @@ def synapse_volumes_from_slices(root: str | Path, cases: list[str], list_name: s
         if ks != list(range(ks[0], ks[0] + len(ks))):
             raise DatasetError(f"{lf}: slices of case {case!r} are not consecutive ({ks[:3]}...{ks[-3:]})")
 
-    def load(i: int) -> Volume:
-        case = cases[i]
-        imgs, labs = [], []
-        for _, p in sorted(by_case[case]):
-            im, lb = read_npz_pair(p)
-            if imgs and im.shape != imgs[0].shape:
-                raise DatasetError(f"{p}: slice shape {im.shape} differs from the case's first slice {imgs[0].shape}")
-            imgs.append(im)
-            labs.append(lb)
-        return Volume(
-            id=case, image=np.stack(imgs), label=np.stack(labs), spacing=None,
-            path=str(sorted(by_case[case])[0][1]), source_format="npz",
-        )
-
-    return VolumeDataset(cases, load, label_names=SYNAPSE_LABELS, num_classes=9)
+    return VolumeDataset(cases, _StackedSliceLoader(cases, by_case), label_names=SYNAPSE_LABELS, num_classes=9)
 
 
 def synapse_train_cases(root: str | Path, list_name: str = "train.txt") -> list[str]:

@@ -131,7 +131,9 @@ class Volume:
 
     def __post_init__(self) -> None:
         if self.image.ndim not in (3, 4):
-            raise ValueError(f"{self.path or self.id}: volume image must be (D, H, W) or (C, D, H, W), got {self.image.shape}")
+            raise ValueError(
+                f"{self.path or self.id}: volume image must be (D, H, W) or (C, D, H, W), got {self.image.shape}"
+            )
         if self.target_hw is not None:
             self.target_hw = (int(self.target_hw[0]), int(self.target_hw[1]))
         if self.label is not None and self.label.shape != self.label_shape:

@@ -280,7 +280,8 @@ def open_synapse(root: Path, cfg: RunConfig, *, splits: tuple[str, ...], normali
             ds[s] = synapse_slices(root, exclude_cases=val_cases, image_size=_size(cfg), augment=cfg.data.augment,
                                    normalization=norm)
         elif s == "val":
-            ds[s] = synapse_volumes(root, "val_vol.txt") if val_from_list else synapse_volumes_from_slices(root, val_cases)
+            ds[s] = (synapse_volumes(root, "val_vol.txt") if val_from_list
+                     else synapse_volumes_from_slices(root, val_cases))
         elif s == "test":
             ds[s] = synapse_volumes(root, "test_vol.txt")
         else:
@@ -406,6 +407,36 @@ def write_volcache(
     return out
 
 
+class _CacheSliceLoader:
+    """Picklable ``loader(i) -> (image in [0, 1], label)`` over the cached uint8 training slices."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[i].astype(np.float32) / 255.0, self.labels[i]
+
+
+class _CacheVolumeLoader:
+    """Picklable ``loader(i) -> Volume`` over cached volumes (images at network size, labels at original size)."""
+
+    def __init__(self, images: np.ndarray, labels_flat: np.ndarray, shapes: np.ndarray, ids: list[str],
+                 source: str) -> None:
+        self.images, self.flat, self.shapes, self.ids, self.source = images, labels_flat, shapes, ids, source
+        self.zoff = np.concatenate([[0], np.cumsum(shapes[:, 0])])
+        self.loff = np.concatenate([[0], np.cumsum(np.prod(shapes, axis=1))])
+
+    def __call__(self, i: int) -> Volume:
+        from mambaseg.data.volumetric import Volume
+
+        d, h, w = (int(v) for v in self.shapes[i])
+        return Volume(
+            id=self.ids[i], image=self.images[self.zoff[i]:self.zoff[i + 1]].astype(np.float32) / 255.0,
+            label=self.flat[self.loff[i]:self.loff[i + 1]].reshape(d, h, w), spacing=None,
+            path=f"{self.source}#{self.ids[i]}", source_format="npz", target_hw=(h, w),
+        )
+
+
 def _detect_volcache(path: Path) -> bool:
     if not (path.is_file() and path.suffix == ".npz"):
         return False
@@ -424,7 +455,7 @@ def _detect_volcache(path: Path) -> bool:
 )
 def open_volcache(path: Path, cfg: RunConfig, *, splits: tuple[str, ...], normalization: Any) -> DataTask:
     """Volumetric ``.npz`` cache: training slices and evaluation volumes stored at the network size."""
-    from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset
+    from mambaseg.data.volumetric import SliceDataset2D, VolumeDataset
 
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -443,10 +474,7 @@ def open_volcache(path: Path, cfg: RunConfig, *, splits: tuple[str, ...], normal
             imgs, labs = arrays["train_images"], arrays["train_labels"]
             ids = [str(i) for i in arrays["train_ids"]]
 
-            def load(i: int, imgs: np.ndarray = imgs, labs: np.ndarray = labs) -> tuple[np.ndarray, np.ndarray]:
-                return imgs[i].astype(np.float32) / 255.0, labs[i]
-
-            ds[s] = SliceDataset2D(ids, load, image_size=_size(cfg), augment=cfg.data.augment,
+            ds[s] = SliceDataset2D(ids, _CacheSliceLoader(imgs, labs), image_size=_size(cfg), augment=cfg.data.augment,
                                    num_classes=num_classes, label_names=label_names, normalization=norm,
                                    paths=[f"{path}#{i}" for i in ids])
         else:
@@ -455,18 +483,8 @@ def open_volcache(path: Path, cfg: RunConfig, *, splits: tuple[str, ...], normal
                 raise DataTaskError(f"{path}: no split {s!r} in the cache (it has {have})")
             imgs, flat, shapes = arrays[f"{s}_images"], arrays[f"{s}_labels_flat"], arrays[f"{s}_shapes"]
             ids = [str(i) for i in arrays[f"{s}_ids"]]
-            zoff = np.concatenate([[0], np.cumsum(shapes[:, 0])])
-            loff = np.concatenate([[0], np.cumsum(np.prod(shapes, axis=1))])
-
-            def load_vol(i: int, imgs=imgs, flat=flat, shapes=shapes, zoff=zoff, loff=loff, ids=ids) -> Volume:
-                d, h, w = (int(v) for v in shapes[i])
-                return Volume(
-                    id=ids[i], image=imgs[zoff[i]:zoff[i + 1]].astype(np.float32) / 255.0,
-                    label=flat[loff[i]:loff[i + 1]].reshape(d, h, w), spacing=None, path=f"{path}#{ids[i]}",
-                    source_format="npz", target_hw=(h, w),
-                )
-
-            ds[s] = VolumeDataset(ids, load_vol, label_names=label_names, num_classes=num_classes)
+            loader = _CacheVolumeLoader(imgs, flat, shapes, ids, str(path))
+            ds[s] = VolumeDataset(ids, loader, label_names=label_names, num_classes=num_classes)
     if _size(cfg) != stored:
         info_size = f"cache stored at {stored}, resized to {_size(cfg)}"
     else:
