@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work) if args.work else out  # checkpoints and run folders (large) go here
+    work = Path(args.work) if args.work else out / "work"  # checkpoints and run folders (large) go here
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     # --smoke: a tiny network for a quick end-to-end check of this script on the CPU
@@ -199,16 +199,14 @@ def run(args: argparse.Namespace) -> None:
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
     (out / "slicemamba_endotect_gpu.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if work != out:  # bring back the small files only
-        import shutil
+    # small files next to the summary, flat (the device returns at most 8 files, 2 folders deep)
+    import shutil
 
-        for rel in ("search/arch.json", "search/search_log.jsonl", "search/search_split.json",
-                    "search/supernet/history.json", *(f"{k}/metrics.json" for k in variants)):
-            src = work / rel
-            if src.is_file():
-                dst = out / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
+    for rel, name in (("search/arch.json", "arch.json"), ("search/search_log.jsonl", "search_log.jsonl"),
+                      ("search/search_split.json", "search_split.json"),
+                      ("search/supernet/history.json", "supernet_history.json")):
+        if (work / rel).is_file() and (work / rel).resolve() != (out / name).resolve():
+            shutil.copyfile(work / rel, out / name)
     print(json.dumps({k: {"last": v["val_last_epoch"], "best": v["val_best_epoch"]} for k, v in results.items()},
                      indent=1), flush=True)
 
@@ -223,7 +221,7 @@ def main() -> None:
     r = sub.add_parser("run", help="search + retrain on the GPU")
     r.add_argument("--cache", required=True)
     r.add_argument("--out", required=True, help="folder for the JSON summaries")
-    r.add_argument("--work", default=None, help="folder for checkpoints/run folders (default: --out)")
+    r.add_argument("--work", default=None, help="folder for checkpoints/run folders (default: OUT/work)")
     r.add_argument("--budget-s", type=float, default=420.0)
     r.add_argument("--size", type=int, default=256)
     r.add_argument("--batch-size", type=int, default=16)
