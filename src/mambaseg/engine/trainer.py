@@ -267,7 +267,8 @@ def train(
         console: a ``rich.console.Console`` for progress bars, per-epoch lines and the summary table (``None`` =
             silent).
         callbacks: functions called on every process after each epoch with a state dict (``epoch``, ``step``,
-            ``history``, ``model``); raising :class:`TrainingInterrupted` stops the run there.
+            ``history``, ``model``); returning ``True`` stops the run cleanly after this epoch (``metrics.json`` is
+            written; e.g. a time budget), raising :class:`TrainingInterrupted` aborts it (as a crash would).
         show_progress: draw rich progress bars (needs ``console``).
 
     Returns:
@@ -338,6 +339,11 @@ def _train(
         if "optimizer" not in state:
             raise CheckpointError(f"{rpath} holds weights only (no optimizer state); resume needs a last.pt")
     amp_dtype, use_scaler = resolve_amp(tc.amp, device)
+    # fail fast on names before touching the data
+    from mambaseg.models import model_info
+
+    model_info(cfg.model.name)
+    loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
 
     # ---- data
     norm = Normalization.from_dict(state["normalization"]) if state and state.get("normalization") else None
@@ -354,7 +360,6 @@ def _train(
     seed_everything(tc.seed)
     model = build_model_from_config(cfg, num_classes, in_chans).to(device)
     spec = dict(getattr(model, "mambaseg_spec", {}) or {})
-    loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(device)
     per_rank_bs = tc.batch_size // ctx.world_size
@@ -541,9 +546,14 @@ def _train(
                     bar.print(line)
                 bar.epoch_done(f"best {tc.best_metric} {best_value:.4f}" if best_value is not None else "")
                 barrier(ctx)
-                for cb in callbacks:
-                    cb({"epoch": epoch + 1, "step": step, "history": history, "model": model,
-                        "metrics": last_metrics, "run_dir": run_dir})
+                cb_state = {"epoch": epoch + 1, "step": step, "history": history, "model": model,
+                            "metrics": last_metrics, "run_dir": run_dir}
+                want_stop = any([cb(cb_state) is True for cb in callbacks])
+                # every process must take the same decision (a time budget may differ between processes)
+                want_stop = bool(all_reduce_sum(torch.tensor([float(want_stop)]), ctx)[0] > 0)
+                if want_stop and epoch + 1 < tc.epochs:
+                    stop_reason = "stopped by a callback (e.g. a time budget)"
+                    break
                 if capped:
                     stop_reason = f"max_steps={tc.max_steps} reached"
                     break

@@ -1,0 +1,174 @@
+"""The mambaseg command line: verbs, train/evaluate/predict on real data, resume, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from mambaseg.cli import app
+from mambaseg.cli._common import state
+
+runner = CliRunner()
+VERBS = ("demo", "train", "evaluate", "predict", "models", "doctor")
+SMALL = ["--set", "model.kwargs.dims=8", "--set", "model.kwargs.d_state=2"]
+
+
+@pytest.fixture(autouse=True)
+def _no_debug():
+    state.debug = False
+    yield
+    state.debug = False
+
+
+def _run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _error_line(result) -> str:
+    text = (result.stderr if result.stderr else result.output).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1, text
+    assert lines[0].startswith("error: "), text
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_help_lists_every_verb():
+    res = _run("--help")
+    assert res.exit_code == 0
+    for verb in VERBS:
+        assert verb in res.output
+    proc = subprocess.run([sys.executable, "-m", "mambaseg", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and all(v in proc.stdout for v in VERBS)
+    train_help = _run("train", "--help").output
+    for opt in ("--model", "--data", "--epochs", "--max-steps", "--batch-size", "--image-size", "--lr", "--seed",
+                "--out", "--device", "--resume", "--config", "--arch"):
+        assert opt in train_help, opt
+    for verb, opts in (("evaluate", ("--checkpoint", "--data", "--split", "--out")),
+                       ("predict", ("--checkpoint", "--input", "--out"))):
+        h = _run(verb, "--help").output
+        assert all(o in h for o in opts), verb
+
+
+def test_models_json_and_table():
+    res = _run("models", "vmunet*", "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    names = {r["name"]: r for r in rows}
+    assert {"vmunet", "vmunet_tiny"} <= set(names)
+    assert all({"name", "params", "paper"} <= set(r) for r in rows)
+    assert names["vmunet_tiny"]["params"] < 2_000_000
+    assert abs(names["vmunet"]["params"] - 27.43e6) / 27.43e6 < 0.01
+    assert "vmunet_tiny" in _run("models", "vmunet_t*").output
+
+
+def test_doctor_reports_backends():
+    res = _run("doctor", "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["torch"] == torch.__version__
+    assert {"ref", "torch", "triton"} <= set(info["scan_backends"])
+    assert info["auto_backend_cpu"].startswith("torch")
+    res = _run("doctor")
+    assert res.exit_code == 0 and "scan backend" in res.output
+
+
+def test_train_evaluate_predict_on_ph2(shared_data, tmp_path):
+    data = shared_data / "ph2_dev"
+    run = tmp_path / "RUN"
+    res = _run("train", "--model", "vmunet_tiny", "--data", data, "--epochs", 1, "--image-size", 64,
+               "--batch-size", 8, "--out", run, "--device", "cpu", "--no-progress")
+    assert res.exit_code == 0, res.output
+    for name in ("config.yaml", "metrics.json", "history.json", "progress.png", "train.log",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/best.safetensors"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_images"] == 20 and 0 <= metrics["dice"] <= 1
+    assert metrics["dice"] == metrics["pooled"]["dsc"]
+    assert "per_case" in metrics and "pooled" in metrics
+
+    ev = tmp_path / "EV"
+    res = _run("evaluate", "--checkpoint", run / "checkpoints" / "best.pt", "--data", data, "--out", ev,
+               "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    em = json.loads((ev / "metrics.json").read_text())
+    for key in ("dice", "iou", "per_case_dice", "n_images"):
+        assert em[key] == metrics[key], key
+    assert em["pooled"] == metrics["pooled"] and em["per_case"] == metrics["per_case"]
+
+    pred = tmp_path / "PRED"
+    res = _run("predict", "--checkpoint", run / "checkpoints" / "best.safetensors", "--input", data / "val" / "images",
+               "--out", pred, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    images = sorted((data / "val" / "images").iterdir())
+    masks = sorted((pred / "masks").glob("*.png"))
+    assert len(masks) == len(images) == 20
+    for img_path in images[:5]:
+        w, h = Image.open(img_path).size
+        m = np.asarray(Image.open(pred / "masks" / f"{img_path.stem}.png"))
+        assert m.shape == (h, w) and set(np.unique(m)) <= {0, 255}
+        assert (pred / "overlays" / f"{img_path.stem}.png").is_file()
+
+
+def test_resume_and_overwrite_protection(tmp_path):
+    from mambaseg.data import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "syn", n_train=4, n_val=2, size=(32, 32), seed=0)
+    run = tmp_path / "run"
+    base = ["train", "--model", "vmunet_tiny", "--data", data, "--image-size", "32", "--batch-size", 4,
+            "--out", run, "--device", "cpu", "--no-progress", *SMALL]
+    assert _run(*base, "--epochs", 1).exit_code == 0
+    line = _error_line(_run(*base, "--epochs", 1))
+    assert "--resume" in line
+    res = _run("train", "--out", run, "--resume", "--epochs", 2, "--no-progress")
+    assert res.exit_code == 0, res.output
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["epoch"] == 2 and ck["config"]["model"]["kwargs"]["dims"] == 8
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--model", "vmunet_tiny", "--data", "/nonexistent/data", "--device", "cpu"], "does not exist"),
+        (["train", "--model", "no_such_model", "--data", "{data}", "--device", "cpu", "--out", "{tmp}/r"],
+         "unknown model"),
+        (["train", "--data", "{data}", "--image-size", "abc"], "--image-size"),
+        (["train", "--data", "{data}", "--set", "train.epoch=3"], "train.epoch"),
+        (["train", "--data", "{data}", "--arch", "{tmp}/missing.json"], "--arch"),
+        (["evaluate", "--checkpoint", "{tmp}/missing.pt"], "does not exist"),
+        (["predict", "--checkpoint", "{tmp}/missing.pt", "--input", "{data}", "--out", "{tmp}/p"], "does not exist"),
+        (["train", "--resume", "--out", "{tmp}/none"], "cannot resume"),
+    ],
+)
+def test_errors_print_one_line_and_fail(args, needle, tmp_path):
+    data = tmp_path / "data"
+    (data / "train" / "images").mkdir(parents=True)
+    args = [a.format(data=data, tmp=tmp_path) for a in args]
+    res = _run(*args)
+    assert res.exit_code != 0
+    assert needle in _error_line(res)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    res = _run("--debug", "evaluate", "--checkpoint", tmp_path / "missing.pt")
+    assert res.exit_code != 0 and res.exception is not None and not isinstance(res.exception, SystemExit)
+    proc = subprocess.run([sys.executable, "-m", "mambaseg", "evaluate", "--checkpoint", str(tmp_path / "x.pt"),
+                           "--debug"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_demo_fast_variant(tmp_path):
+    out = tmp_path / "demo"
+    res = _run("demo", "--out", out, "--epochs", 1, "--n-train", 8, "--n-val", 4, "--no-progress")
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= m["dice"] <= 1.0 and (out / "data" / "train" / "images").is_dir()
+    assert "validation Dice" in res.output

@@ -1,0 +1,123 @@
+"""2-D Predictor: original-size masks, equivalence with the evaluation pipeline, folder output, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import mambaseg
+from mambaseg.data import Normalization
+from mambaseg.data.transforms import build_transforms
+from mambaseg.engine import export_safetensors, load_checkpoint, save_checkpoint
+from mambaseg.inference import Predictor, overlay_mask
+
+
+def _ckpt(tmp_path, num_classes=1, label_map=None):
+    torch.manual_seed(0)
+    model = mambaseg.create_model("vmunet_tiny", num_classes=num_classes, dims=8, d_state=2)
+    payload = {
+        "model": model.mambaseg_spec,
+        "state_dict": model.state_dict(),
+        "normalization": {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]},
+        "label_map": label_map or {"background": 0, "foreground": 255},
+        "image_size": [32, 32],
+        "epoch": 1,
+    }
+    return save_checkpoint(tmp_path / f"c{num_classes}.pt", payload), model.eval()
+
+
+@pytest.fixture()
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    sizes = {"a.png": (45, 70), "b.jpg": (64, 48), "c.bmp": (33, 33)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(d / name)
+    (d / "notes.txt").write_text("not an image")
+    return d, sizes
+
+
+def test_predict_returns_original_size_and_matches_eval_pipeline(tmp_path, images):
+    path, model = _ckpt(tmp_path)
+    pred = mambaseg.load(path, device="cpu")
+    d, sizes = images
+    img = np.asarray(Image.open(d / "a.png").convert("RGB"))
+    mask = pred.predict(d / "a.png")
+    assert mask.shape == sizes["a.png"] and mask.dtype == np.int64 and set(np.unique(mask)) <= {0, 1}
+    # reference: eval transform -> [0,1] -> stored normalisation -> model -> bilinear upsample -> sigmoid > 0.5
+    x, _ = build_transforms((32, 32), augment=False)(img, np.zeros(img.shape[:2], np.uint8), None)
+    x = Normalization((0.4, 0.5, 0.6), (0.2, 0.25, 0.3)).apply(x.astype(np.float32) / 255.0)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x.transpose(2, 0, 1).copy())[None])
+    ref = (torch.sigmoid(F.interpolate(logits, size=img.shape[:2], mode="bilinear", align_corners=False))[0, 0] > 0.5)
+    np.testing.assert_array_equal(mask, ref.numpy().astype(np.int64))
+    # same result from an array, a PIL image and a float array in [0, 1]
+    np.testing.assert_array_equal(pred.predict(img), mask)
+    np.testing.assert_array_equal(pred.predict(Image.open(d / "a.png")), mask)
+    assert pred.predict(img.astype(np.float32) / 255.0).shape == mask.shape
+    prob = pred.predict_proba(img)
+    assert prob.shape == mask.shape and np.array_equal(prob > 0.5, mask.astype(bool))
+    # grey input is replicated to the model's 3 channels
+    assert pred.predict(img[..., 0]).shape == mask.shape
+
+
+def test_safetensors_predicts_the_same(tmp_path, images):
+    path, _ = _ckpt(tmp_path)
+    st = export_safetensors(tmp_path / "best.safetensors", load_checkpoint(path))
+    d, _ = images
+    a = mambaseg.load(path, device="cpu").predict(d / "b.jpg")
+    b = mambaseg.load(st, device="cpu").predict(d / "b.jpg")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_predict_folder_writes_masks_and_overlays(tmp_path, images):
+    path, _ = _ckpt(tmp_path)
+    d, sizes = images
+    out = tmp_path / "pred"
+    written = mambaseg.load(path, device="cpu").predict_folder(d, out, batch_size=2)
+    assert sorted(p.name for p in written) == ["a.png", "b.png", "c.png"]
+    for name, (h, w) in sizes.items():
+        stem = name.rsplit(".", 1)[0]
+        m = np.asarray(Image.open(out / "masks" / f"{stem}.png"))
+        assert m.shape == (h, w) and set(np.unique(m)) <= {0, 255}
+        ov = np.asarray(Image.open(out / "overlays" / f"{stem}.png"))
+        assert ov.shape == (h, w, 3)
+
+
+def test_multiclass_label_values(tmp_path, images):
+    lm = {"background": 0, "a": 100, "b": 200}
+    path, _ = _ckpt(tmp_path, num_classes=3, label_map=lm)
+    pred = mambaseg.load(path, device="cpu")
+    d, sizes = images
+    m = pred.predict(d / "c.bmp")
+    assert m.shape == sizes["c.bmp"] and set(np.unique(m)) <= {0, 1, 2}
+    vals = pred.to_pixel_values(m)
+    assert vals.dtype == np.uint8 and set(np.unique(vals)) <= {0, 100, 200}
+    np.testing.assert_array_equal(vals, np.asarray([0, 100, 200])[m])
+
+
+def test_overlay_mask_blends_only_foreground():
+    img = np.full((4, 4, 3), 100, np.uint8)
+    m = np.zeros((4, 4), np.int64)
+    m[0, 0] = 1
+    ov = overlay_mask(img, m, alpha=0.5)
+    assert (ov[1:, :] == 100).all() and tuple(ov[0, 0]) == (178, 50, 50)
+
+
+def test_input_errors(tmp_path, images):
+    path, _ = _ckpt(tmp_path)
+    pred = mambaseg.load(path, device="cpu")
+    d, _ = images
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pred.predict(d / "missing.png")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pred.predict(np.full((8, 8, 3), 3.0, np.float32))
+    with pytest.raises(ValueError, match="channel"):
+        pred.predict(np.zeros((8, 8, 2), np.uint8))
+    with pytest.raises(ValueError, match="not an image file"):
+        pred.predict_folder(d / "notes.txt", tmp_path / "o")
+    assert isinstance(pred, Predictor) and "vmunet_tiny" in repr(pred)
