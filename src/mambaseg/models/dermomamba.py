@@ -16,6 +16,11 @@ Input size: the Sweep Mamba bottleneck uses the bottleneck height and width as S
 one ``img_size=(H, W)`` (default (192, 256), as the released code, which hard-coded the widths 6 and 8). Any H and W
 divisible by 32 can be chosen at construction; a different input size raises a ``ValueError`` naming the expected
 size. 4,953,425 parameters at the defaults.
+
+From the CLI the training size is the model's size: ``mambaseg train --model dermomamba --image-size 192,256 ...``
+(``H,W``; a single number ``S`` means S x S, e.g. ``--image-size 64`` builds the model for 64 x 64). The trainer passes
+``img_size=(H, W)`` to :func:`mambaseg.create_model`, and the checkpoint records it, so evaluation and prediction
+resize inputs to the same size.
 """
 
 from __future__ import annotations
