@@ -157,13 +157,40 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     found = run_search(cfg, settings, work / "search", log=lambda m: print(m, flush=True))
     search_seconds = time.perf_counter() - t0
+    results: dict = {}
+
+    def write_summary() -> None:
+        """Write what is known so far (after the search and after every retraining)."""
+        import shutil
+
+        summary = {
+            "what": "SliceMamba search + retraining on endotect_polyp (160 train / 40 val), GPU",
+            "environment": environment(),
+            "scan_backend": backend,
+            "plan": plan,
+            "search": {"arch": found["arch"], "slices": found["slices"], "fitness": found["fitness"],
+                       "top": found["top"][:5], "num_evaluated": found["num_evaluated"],
+                       "supernet": found["supernet"],
+                       "search_split": {k: v for k, v in found["search_split"].items() if k != "search_ids"},
+                       "seconds": round(search_seconds, 1)},
+            "retrain": results,
+            "total_seconds": round(time.perf_counter() - t_start, 1),
+        }
+        (out / "slicemamba_endotect_gpu.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # small files next to the summary, flat (the device returns at most 8 files, 2 folders deep)
+        for rel, name in (("search/arch.json", "arch.json"), ("search/search_log.jsonl", "search_log.jsonl"),
+                          ("search/search_split.json", "search_split.json"),
+                          ("search/supernet/history.json", "supernet_history.json")):
+            if (work / rel).is_file() and (work / rel).resolve() != (out / name).resolve():
+                shutil.copyfile(work / rel, out / name)
+
+    write_summary()
     # ---- retrain the three networks with the same recipe, epochs, batch and seed
     variants = {
         "a_searched_slicemamba": ("slicemamba", {"arch": found["arch"]}),
         "b_all44_slicemamba": ("slicemamba", {"arch": [3] * n_genes}),
         "c_vmunet_same_depths": ("vmunet", {"depths": [2, 2, 9, 2], "depths_decoder": [2, 2, 2, 1]}),
     }
-    results = {}
     for key, (name, kw) in variants.items():
         ov = common + [f"train.out={work / key}", f"model.name={name}", f"train.epochs={rt_epochs}",
                        "train.best_metric=dice", "train.best_mode=max"]
@@ -183,30 +210,10 @@ def run(args: argparse.Namespace) -> None:
             "history": [{"epoch": h.get("epoch"), "train_loss": h.get("train_loss", h.get("loss")),
                          "val": h.get("val")} for h in res.history],
         }
+        write_summary()
         print(f"{key}: last-epoch val DSC {last.get('dice')}, IoU {last.get('iou')}; best-epoch DSC "
               f"{res.metrics.get('dice')} (epoch {res.best_epoch}); {results[key]['seconds']} s", flush=True)
-    summary = {
-        "what": "SliceMamba search + retraining on endotect_polyp (160 train / 40 val), GPU",
-        "environment": environment(),
-        "scan_backend": backend,
-        "plan": plan,
-        "search": {"arch": found["arch"], "slices": found["slices"], "fitness": found["fitness"],
-                   "top": found["top"][:5], "num_evaluated": found["num_evaluated"],
-                   "supernet": found["supernet"], "search_split": {k: v for k, v in found["search_split"].items()
-                                                                    if k != "search_ids"},
-                   "seconds": round(search_seconds, 1)},
-        "retrain": results,
-        "total_seconds": round(time.perf_counter() - t_start, 1),
-    }
-    (out / "slicemamba_endotect_gpu.json").write_text(json.dumps(summary, indent=2) + "\n")
-    # small files next to the summary, flat (the device returns at most 8 files, 2 folders deep)
-    import shutil
-
-    for rel, name in (("search/arch.json", "arch.json"), ("search/search_log.jsonl", "search_log.jsonl"),
-                      ("search/search_split.json", "search_split.json"),
-                      ("search/supernet/history.json", "supernet_history.json")):
-        if (work / rel).is_file() and (work / rel).resolve() != (out / name).resolve():
-            shutil.copyfile(work / rel, out / name)
+    write_summary()
     print(json.dumps({k: {"last": v["val_last_epoch"], "best": v["val_best_epoch"]} for k, v in results.items()},
                      indent=1), flush=True)
 
