@@ -28,7 +28,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -53,6 +53,44 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _load_chunk_fwd(u_ptr, delta_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, c, BLOCK_L: tl.constexpr):
+    """Raw (input dtype) u, delta (BLOCK_L, BLOCK_D) and B, C (BLOCK_L, BLOCK_N) tiles of chunk ``c`` (zeros
+    outside [0, L))."""
+    offs_l = c * BLOCK_L + offs_c
+    mask_l = (offs_l < L) & (offs_l >= 0)
+    m2 = mask_l[:, None] & mask_d[None, :]
+    mbc = mask_l[:, None] & mask_n[None, :]
+    u = tl.load(u_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0)
+    dt = tl.load(delta_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0)
+    Bm = tl.load(B_ptr + bc_base + offs_l[:, None], mask=mbc, other=0.0)
+    Cm = tl.load(C_ptr + bc_base + offs_l[:, None], mask=mbc, other=0.0)
+    return u, dt, Bm, Cm
+
+
+@triton.jit
+def _load_chunk_bwd(
+    u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, states_ptr, ud_base, bc_base, st_base, offs_c, offs_n, mask_d, mask_n,
+    mask_nd, L, c, N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Tiles of chunk ``c`` for the backward pass: u, delta, delta shifted by one position, dy, B, C and the
+    stored state entering the chunk (zeros outside [0, L) and for the first chunk)."""
+    offs_l = c * BLOCK_L + offs_c
+    mask_l = (offs_l < L) & (offs_l >= 0)
+    m2 = mask_l[:, None] & mask_d[None, :]
+    mbc = mask_l[:, None] & mask_n[None, :]
+    m2n = ((offs_l + 1 < L) & (offs_l >= 0))[:, None] & mask_d[None, :]
+    u = tl.load(u_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0)
+    xdt = tl.load(delta_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0)
+    xdt1 = tl.load(delta_ptr + ud_base + offs_l[:, None] + 1, mask=m2n, other=0.0)
+    dy = tl.load(dy_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0)
+    Bm = tl.load(B_ptr + bc_base + offs_l[:, None], mask=mbc, other=0.0)
+    Cm = tl.load(C_ptr + bc_base + offs_l[:, None], mask=mbc, other=0.0)
+    has_prev = (offs_n[:, None] * 0 + c) > 0
+    h0 = tl.load(states_ptr + st_base + (c - 1) * N, mask=mask_nd & has_prev, other=0.0)
+    return u, xdt, xdt1, dy, Bm, Cm, h0
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr,
     delta_ptr,
@@ -69,15 +107,18 @@ def _selective_scan_fwd_kernel(
     Dg,
     n_dblocks,
     n_chunks,
+    n_seg,
     N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    STORE_EVERY: tl.constexpr,
     HAS_D: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     STORE_STATES: tl.constexpr,
 ):
+    """Forward scan over (BLOCK_L, BLOCK_N, BLOCK_D) register tiles (see the module docstring)."""
     pid = tl.program_id(0)
     pid_d = pid % n_dblocks
     pid_bg = pid // n_dblocks
@@ -89,46 +130,52 @@ def _selective_scan_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_c = tl.arange(0, BLOCK_L)
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_nd = mask_n[:, None] & mask_d[None, :]
 
-    A2 = tl.load(A_ptr + ch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + ch[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32) * _LOG2E
     if HAS_D:
         Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
 
-    row = (pid_bg // G).to(tl.int64) * KD + ch.to(tl.int64)  # (BLOCK_D,) row index into (B*KD, L)
-    ud_base = row[:, None] * L
-    bc_base = (pid_bg.to(tl.int64) * N + offs_n.to(tl.int64))[:, None] * L
-    st_base = (row[:, None] * n_chunks) * N + offs_n[None, :]
+    row = (pid_bg // G).to(tl.int64) * KD + ch.to(tl.int64)  # row of the (batch * KD, L) views
+    ud_base = row[None, :] * L  # (1, BLOCK_D)
+    bc_base = (pid_bg.to(tl.int64) * N + offs_n.to(tl.int64))[None, :] * L  # (1, BLOCK_N)
+    st_base = (row[None, :] * n_seg) * N + offs_n[:, None]  # (BLOCK_N, BLOCK_D)
 
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    # software pipelining by hand: the loads of chunk c + 1 are issued before chunk c is computed
+    u_n, dt_n, B_n, C_n = _load_chunk_fwd(u_ptr, delta_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, 0, BLOCK_L)
     for c in range(0, n_chunks):
         offs_l = c * BLOCK_L + offs_c
         mask_l = offs_l < L
-        m2 = mask_d[:, None] & mask_l[None, :]
-        mbc = mask_n[:, None] & mask_l[None, :]
-        u = tl.load(u_ptr + ud_base + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + ud_base + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        m2 = mask_l[:, None] & mask_d[None, :]  # (BLOCK_L, BLOCK_D)
+        u = u_n.to(tl.float32)
+        dt = dt_n.to(tl.float32)
+        Bm = B_n.to(tl.float32)
+        Cm = C_n.to(tl.float32)
+        u_n, dt_n, B_n, C_n = _load_chunk_fwd(
+            u_ptr, delta_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, c + 1, BLOCK_L
+        )
         if HAS_BIAS:
-            dt = dt + bias[:, None]
+            dt = dt + bias[None, :]
         if SOFTPLUS:
             dt = _softplus(dt)
-        dt = tl.where(m2, dt, 0.0)
-        Bm = tl.load(B_ptr + bc_base + offs_l[None, :], mask=mbc, other=0.0).to(tl.float32)
-        Cm = tl.load(C_ptr + bc_base + offs_l[None, :], mask=mbc, other=0.0).to(tl.float32)
+        dt = tl.where(m2, dt, 0.0)  # padded positions: decay 1, input 0 -> the state passes through
 
-        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        dBu = (dt * u)[:, None, :] * Bm[None, :, :]
-        a_s, b_s = tl.associative_scan((dA, dBu), axis=2, combine_fn=_scan_combine)
-        hs = a_s * h[:, :, None] + b_s
-        y = tl.sum(hs * Cm[None, :, :], axis=1)
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (BLOCK_L, BLOCK_N, BLOCK_D)
+        dBu = (dt * u)[:, None, :] * Bm[:, :, None]
+        a_s, b_s = tl.associative_scan((dA, dBu), axis=0, combine_fn=_scan_combine)
+        hs = a_s * h[None, :, :] + b_s
+        y = tl.sum(hs * Cm[:, :, None], axis=1)  # (BLOCK_L, BLOCK_D)
         if HAS_D:
-            y = y + Dv[:, None] * u
-        tl.store(y_ptr + ud_base + offs_l[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
-        h = tl.sum(tl.where((offs_c == BLOCK_L - 1)[None, None, :], hs, 0.0), axis=2)
+            y = y + Dv[None, :] * u
+        tl.store(y_ptr + ud_base + offs_l[:, None], y.to(y_ptr.dtype.element_ty), mask=m2)
+        # -0.0 filler: x + (-0.0) == x folds away, so picking the last row costs no arithmetic
+        h = tl.sum(tl.where((offs_c == BLOCK_L - 1)[:, None, None], hs, -0.0), axis=0)
         if STORE_STATES:
-            tl.store(states_ptr + st_base + c * N, h, mask=mask_dn)
+            if (c + 1) % STORE_EVERY == 0:
+                tl.store(states_ptr + st_base + ((c + 1) // STORE_EVERY - 1) * N, h, mask=mask_nd)
 
 
 @triton.jit
@@ -163,6 +210,8 @@ def _selective_scan_bwd_kernel(
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
 ):
+    """Backward scan over chunks in reverse order; ``states`` holds the state at the end of every chunk
+    of ``BLOCK_L`` positions (row-major (batch * KD, n_chunks, N))."""
     pid = tl.program_id(0)
     pid_d = pid % n_dblocks
     pid_bg = pid // n_dblocks
@@ -174,40 +223,50 @@ def _selective_scan_bwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_c = tl.arange(0, BLOCK_L)
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_nd = mask_n[:, None] & mask_d[None, :]
 
-    A = tl.load(A_ptr + ch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
+    A = tl.load(A_ptr + ch[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
+    A2 = A * _LOG2E
     if HAS_D:
         Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
 
     row = (pid_bg // G).to(tl.int64) * KD + ch.to(tl.int64)
-    ud_base = row[:, None] * L
-    bc_base = (pid_bg.to(tl.int64) * N + offs_n.to(tl.int64))[:, None] * L
-    st_base = (row[:, None] * n_chunks) * N + offs_n[None, :]
+    ud_base = row[None, :] * L
+    bc_base = (pid_bg.to(tl.int64) * N + offs_n.to(tl.int64))[None, :] * L
+    st_base = (row[None, :] * n_chunks) * N + offs_n[:, None]
 
-    x_carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    x_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # adjoint at the first position of the next chunk
+    dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    # software pipelining by hand: the loads of chunk c - 1 are issued before chunk c is computed
+    u_n, xdt_n, xdt1_n, dy_n, B_n, C_n, h0_n = _load_chunk_bwd(
+        u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, states_ptr, ud_base, bc_base, st_base, offs_c, offs_n, mask_d,
+        mask_n, mask_nd, L, n_chunks - 1, N, BLOCK_L,
+    )  # fmt: skip
     for i in range(0, n_chunks):
         c = n_chunks - 1 - i
         offs_l = c * BLOCK_L + offs_c
         mask_l = offs_l < L
-        m2 = mask_d[:, None] & mask_l[None, :]
-        mbc = mask_n[:, None] & mask_l[None, :]
-        offs_l1 = offs_l + 1
-        m2n = mask_d[:, None] & (offs_l1 < L)[None, :]
-
-        u = tl.load(u_ptr + ud_base + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        xdt = tl.load(delta_ptr + ud_base + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
-        xdt1 = tl.load(delta_ptr + ud_base + offs_l1[None, :], mask=m2n, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + ud_base + offs_l[None, :], mask=m2, other=0.0).to(tl.float32)
+        m2 = mask_l[:, None] & mask_d[None, :]
+        mbc = mask_l[:, None] & mask_n[None, :]
+        m2n = (offs_l + 1 < L)[:, None] & mask_d[None, :]
+        u = u_n.to(tl.float32)
+        xdt = xdt_n.to(tl.float32)
+        xdt1 = xdt1_n.to(tl.float32)
+        dy = dy_n.to(tl.float32)
+        Bm = B_n.to(tl.float32)
+        Cm = C_n.to(tl.float32)
+        h0 = h0_n
+        u_n, xdt_n, xdt1_n, dy_n, B_n, C_n, h0_n = _load_chunk_bwd(
+            u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, states_ptr, ud_base, bc_base, st_base, offs_c, offs_n, mask_d,
+            mask_n, mask_nd, L, c - 1, N, BLOCK_L,
+        )  # fmt: skip
         if HAS_BIAS:
-            xdt = xdt + bias[:, None]
-            xdt1 = xdt1 + bias[:, None]
+            xdt = xdt + bias[None, :]
+            xdt1 = xdt1 + bias[None, :]
         if SOFTPLUS:
             dt = _softplus(xdt)
             dt1 = _softplus(xdt1)
@@ -216,45 +275,43 @@ def _selective_scan_bwd_kernel(
             dt1 = xdt1
         dt = tl.where(m2, dt, 0.0)
         dt1 = tl.where(m2n, dt1, 0.0)
-        Bm = tl.load(B_ptr + bc_base + offs_l[None, :], mask=mbc, other=0.0).to(tl.float32)
-        Cm = tl.load(C_ptr + bc_base + offs_l[None, :], mask=mbc, other=0.0).to(tl.float32)
-        h0 = tl.load(states_ptr + st_base + (c - 1) * N, mask=mask_dn & (c > 0), other=0.0)
 
-        # recompute the forward states of this chunk
-        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        # recompute the states of this chunk from the stored boundary state
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
         dtu = dt * u
-        dBu = dtu[:, None, :] * Bm[None, :, :]
-        a_s, b_s = tl.associative_scan((dA, dBu), axis=2, combine_fn=_scan_combine)
-        hs = a_s * h0[:, :, None] + b_s
-        # adjoint: x_t = C_t dy_t + exp(dt_{t+1} A) x_{t+1}
-        alpha = tl.exp2(dt1[:, None, :] * A2[:, :, None])
-        cdy = Cm[None, :, :] * dy[:, None, :]
-        ra, rb = tl.associative_scan((alpha, cdy), axis=2, combine_fn=_scan_combine, reverse=True)
-        xs = ra * x_carry[:, :, None] + rb
+        dBu = dtu[:, None, :] * Bm[:, :, None]
+        a_s, b_s = tl.associative_scan((dA, dBu), axis=0, combine_fn=_scan_combine)
+        hs = a_s * h0[None, :, :] + b_s
+        # adjoint of the states: x_t = C_t dy_t + exp(dt_{t+1} A) x_{t+1}
+        # (Triton lowers reverse=True scans with cross-lane shuffles even when the axis is inside the thread,
+        # so the reverse scan runs as a forward scan over flipped tiles; in-thread flips are free.)
+        alpha = tl.exp2(tl.flip(dt1, 0)[:, None, :] * A2[None, :, :])
+        cdy = tl.flip(Cm, 0)[:, :, None] * tl.flip(dy, 0)[:, None, :]
+        ra, rb = tl.associative_scan((alpha, cdy), axis=0, combine_fn=_scan_combine)
+        xs = tl.flip(ra * x_carry[None, :, :] + rb, 0)
 
-        # gradients
-        dC_part = tl.sum(hs * dy[:, None, :], axis=0)
-        dB_part = tl.sum(xs * dtu[:, None, :], axis=0)
-        tl.atomic_add(dC_ptr + bc_base + offs_l[None, :], dC_part, mask=mbc)
-        tl.atomic_add(dB_ptr + bc_base + offs_l[None, :], dB_part, mask=mbc)
-        xdec = xs * (hs - dBu)  # x_t * exp(dt_t A) h_{t-1}
-        xB = tl.sum(xs * Bm[None, :, :], axis=1)
-        ddt = xB * u + tl.sum(xdec * A[:, :, None], axis=1)
-        dA_acc += tl.sum(xdec * dt[:, None, :], axis=2)
+        dC_part = tl.sum(hs * dy[:, None, :], axis=2)  # (BLOCK_L, BLOCK_N)
+        dB_part = tl.sum(xs * dtu[:, None, :], axis=2)
+        tl.atomic_add(dC_ptr + bc_base + offs_l[:, None], dC_part, mask=mbc, sem="relaxed")
+        tl.atomic_add(dB_ptr + bc_base + offs_l[:, None], dB_part, mask=mbc, sem="relaxed")
+        xdec = xs * (hs - dBu)  # x_t * exp(dt_t A) * h_{t-1}
+        xB = tl.sum(xs * Bm[:, :, None], axis=1)  # (BLOCK_L, BLOCK_D)
+        ddt = xB * u + tl.sum(xdec * A[None, :, :], axis=1)
+        dA_acc += tl.sum(xdec * dt[:, None, :], axis=0)
         du = xB * dt
         if HAS_D:
-            du = du + Dv[:, None] * dy
-            dD_acc += tl.sum(dy * u, axis=1)
+            du = du + Dv[None, :] * dy
+            dD_acc += tl.sum(dy * u, axis=0)
         if SOFTPLUS:
             ddt = ddt * _sigmoid(xdt)
         ddt = tl.where(m2, ddt, 0.0)
         if HAS_BIAS:
-            dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + ud_base + offs_l[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddelta_ptr + ud_base + offs_l[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
-        x_carry = tl.sum(tl.where((offs_c == 0)[None, None, :], xs, 0.0), axis=2)
+            dbias_acc += tl.sum(ddt, axis=0)
+        tl.store(du_ptr + ud_base + offs_l[:, None], du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddelta_ptr + ud_base + offs_l[:, None], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+        x_carry = tl.sum(tl.where((offs_c == 0)[:, None, None], xs, -0.0), axis=0)
 
-    tl.store(dA_ptr + row[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.store(dA_ptr + row[None, :] * N + offs_n[:, None], dA_acc, mask=mask_nd)
     if HAS_D:
         tl.store(dD_ptr + row, dD_acc, mask=mask_d)
     if HAS_BIAS:

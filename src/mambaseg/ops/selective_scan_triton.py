@@ -32,7 +32,9 @@ def is_available() -> tuple[bool, str]:
     """Whether the Triton backend can run here.
 
     Returns:
-        ``(True, "")`` when Triton is importable and a CUDA device is visible, else ``(False, reason)``.
+        ``(True, "")`` when Triton is importable and a CUDA device is visible (or Triton's interpreter is
+        switched on by the caller's ``TRITON_INTERPRET=1``, which runs the kernels on CPU tensors), else
+        ``(False, reason)``.
     """
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed (pip install triton, or mambaseg[gpu])"
@@ -41,6 +43,8 @@ def is_available() -> tuple[bool, str]:
     except Exception as exc:  # pragma: no cover - broken installs only
         return False, f"triton failed to import: {exc!r}"
     if not torch.cuda.is_available():
+        if _interpreter_on():
+            return True, "Triton interpreter (TRITON_INTERPRET=1): runs on CPU tensors, slowly"
         return False, "no CUDA device visible to torch"
     return True, ""
 
@@ -56,36 +60,41 @@ def _next_pow2(x: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def pick_config(d_group: int, seqlen: int, d_state: int, backward: bool) -> dict[str, int]:
-    """Tile sizes for one problem shape (cached heuristic table).
+def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
+    """Tile sizes for one problem shape (cached heuristic table, measured on an H100; see docs/triton_kernel.md).
 
-    The tile of one chunk step holds ``BLOCK_D * BLOCK_N * BLOCK_L`` fp32 elements in registers; the
-    table keeps it near 2k elements (backward: more live tiles, so the same element count with 4
-    warps) and spends the budget on channels when N is small.
+    A program is one warp. Its register tile is (BLOCK_L, BLOCK_N, BLOCK_D): the lanes cover the channels
+    first, then the states, so each thread holds ``BLOCK_L`` positions (the scan axis) times a few states
+    of one channel. When gradients are needed, the forward kernel stores the state every ``BLOCK_L_BWD``
+    positions and runs with ``BLOCK_L_FWD`` only if that divides ``BLOCK_L_BWD`` (else with ``BLOCK_L_BWD``).
 
     Args:
         d_group: channels per B/C group.
         seqlen: sequence length L.
         d_state: state size N.
-        backward: whether the configuration is for the backward kernel.
 
     Returns:
-        dict with ``BLOCK_D``, ``BLOCK_N``, ``BLOCK_L``, ``num_warps``.
+        dict with ``BLOCK_N``, ``BLOCK_D_FWD``, ``BLOCK_L_FWD``, ``BLOCK_D_BWD``, ``BLOCK_L_BWD``, ``num_warps``.
     """
     block_n = _next_pow2(d_state)
-    block_l = min(_next_pow2(seqlen), 64 if block_n >= 8 else 128)
-    budget = 2048
-    block_d = max(1, budget // (block_n * block_l))
-    block_d = min(block_d, _next_pow2(d_group), 32)
-    return {"BLOCK_D": block_d, "BLOCK_N": block_n, "BLOCK_L": block_l, "num_warps": 4}
+    if block_n >= 8:  # lanes: 8 channels x 4 state groups
+        cfg = {"BLOCK_D_FWD": 16, "BLOCK_L_FWD": 8, "BLOCK_D_BWD": 8, "BLOCK_L_BWD": 8}
+    elif block_n >= 2:
+        cfg = {"BLOCK_D_FWD": 16, "BLOCK_L_FWD": 16, "BLOCK_D_BWD": 8, "BLOCK_L_BWD": 16}
+    else:
+        cfg = {"BLOCK_D_FWD": 8, "BLOCK_L_FWD": 32, "BLOCK_D_BWD": 4, "BLOCK_L_BWD": 16}
+    cfg["BLOCK_L_FWD"] = min(cfg["BLOCK_L_FWD"], max(2, _next_pow2(seqlen)))
+    cfg["BLOCK_L_BWD"] = min(cfg["BLOCK_L_BWD"], max(2, _next_pow2(seqlen)))
+    cfg.update(BLOCK_N=block_n, num_warps=1)
+    return cfg
 
 
 _CONFIG_OVERRIDE: dict[str, Any] = {}
 
 
-def _config(d_group: int, seqlen: int, d_state: int, backward: bool) -> dict[str, int]:
-    cfg = dict(pick_config(d_group, seqlen, d_state, backward))
-    cfg.update(_CONFIG_OVERRIDE.get("bwd" if backward else "fwd", {}))
+def _config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
+    cfg = dict(pick_config(d_group, seqlen, d_state))
+    cfg.update(_CONFIG_OVERRIDE)
     return cfg
 
 
@@ -139,13 +148,18 @@ class _SelectiveScanTriton(torch.autograd.Function):
         bias_c = delta_bias.contiguous() if delta_bias is not None else None
 
         needs_grad = any(ctx.needs_input_grad[:7])
-        cfg = _config(d_group, seqlen, n, backward=True) if needs_grad else _config(d_group, seqlen, n, False)
-        bl = cfg["BLOCK_L"]
+        cfg = _config(d_group, seqlen, n)
+        bl, bl_bwd = cfg["BLOCK_L_FWD"], cfg["BLOCK_L_BWD"]
+        if needs_grad and bl_bwd % bl:
+            bl = bl_bwd
+        elif not needs_grad:
+            bl_bwd = bl
         n_chunks = -(-seqlen // bl)
-        n_dblocks = -(-d_group // cfg["BLOCK_D"])
+        n_seg = -(-seqlen // bl_bwd)
+        n_dblocks = -(-d_group // cfg["BLOCK_D_FWD"])
         y = torch.empty_like(u_c)
         states = (
-            torch.empty(batch, kd, n_chunks, n, device=u.device, dtype=torch.float32)
+            torch.empty(batch, kd, n_seg, n, device=u.device, dtype=torch.float32)
             if needs_grad
             else torch.empty(1, device=u.device, dtype=torch.float32)
         )
@@ -155,27 +169,26 @@ class _SelectiveScanTriton(torch.autograd.Function):
             D_c if D_c is not None else u_c,
             bias_c if bias_c is not None else u_c,
             y, states,
-            kd, seqlen, groups, d_group, n_dblocks, n_chunks,
-            N=n, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl,
+            kd, seqlen, groups, d_group, n_dblocks, n_chunks, n_seg,
+            N=n, BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl, STORE_EVERY=bl_bwd // bl,
             HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
             STORE_STATES=needs_grad, num_warps=cfg["num_warps"],
         )  # fmt: skip
         if needs_grad:
             ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, states)
-            ctx.meta = (bool(delta_softplus), grouped, groups, d_group, bl, n_chunks)
+            ctx.meta = (bool(delta_softplus), grouped, groups, d_group, cfg)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         k = _kernels()
         u, delta, A, B, C, D, bias, states = ctx.saved_tensors
-        softplus, grouped, groups, d_group, bl, n_chunks = ctx.meta
+        softplus, grouped, groups, d_group, cfg = ctx.meta
         batch, kd, seqlen = u.shape
         n = A.shape[1]
-        cfg = _config(d_group, seqlen, n, backward=True)
-        if cfg["BLOCK_L"] != bl:  # the boundary states were stored at the forward chunk size
-            cfg["BLOCK_L"] = bl
-        n_dblocks = -(-d_group // cfg["BLOCK_D"])
+        bl = cfg["BLOCK_L_BWD"]  # the forward pass stored the state every ``bl`` positions
+        n_chunks = -(-seqlen // bl)
+        n_dblocks = -(-d_group // cfg["BLOCK_D_BWD"])
         dy = dy.contiguous()
         dev = u.device
         du = torch.empty_like(u)
@@ -194,7 +207,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
             dD if dD is not None else dA,
             dbias if dbias is not None else dA,
             kd, seqlen, groups, d_group, n_dblocks, n_chunks,
-            N=n, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl,
+            N=n, BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl,
             HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
             num_warps=cfg["num_warps"],
         )  # fmt: skip

@@ -1,0 +1,270 @@
+"""Selective-scan GPU benchmark: Triton vs the chunked PyTorch backend on the anchor shapes.
+
+Times forward (no autograd) and forward+backward with CUDA events (median of ``--reps`` runs after
+``--warmup`` runs), on random non-zero inputs shaped as SS2D calls the scan, checks Triton against the
+torch backend (fp32) and against a float64 evaluation of the torch backend on a slice of the batch,
+and writes ``benchmarks/results/scan_gpu_<device>.json``.
+
+Usage (on a CUDA machine)::
+
+    PYTHONUNBUFFERED=1 python benchmarks/scan_gpu.py                 # full table, writes the JSON
+    python benchmarks/scan_gpu.py --sweep --no-torch --shapes 0,3    # try tile configurations
+
+Anchor shapes (batch, K, d_inner, L, N) and the official CUDA kernel's times on an H100 are in
+``spec/performance-anchors.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+ANCHORS = [
+    # batch, K, d_inner, L, N, official fwd ms, official fwd+bwd ms
+    (32, 4, 192, 4096, 16, 3.49, 12.05),
+    (32, 4, 384, 1024, 16, 1.62, 5.88),
+    (32, 4, 768, 256, 16, 0.68, 2.91),
+    (24, 4, 96, 3136, 1, 0.234, 0.77),
+    (24, 4, 192, 784, 1, 0.127, 0.418),
+]
+
+
+def make_inputs(batch: int, k: int, d: int, seqlen: int, n: int, dtype=torch.float32, seed: int = 0) -> dict[str, Any]:
+    """Random SS2D-like scan inputs on the GPU (never zeros): dt bias in softplus range [1e-3, 0.1], A = -(1..N)."""
+    dev = DEVICE
+    g = torch.Generator(device=dev).manual_seed(seed)
+    kd = k * d
+    u = torch.randn(batch, kd, seqlen, device=dev, generator=g).to(dtype)
+    delta = (0.5 * torch.randn(batch, kd, seqlen, device=dev, generator=g)).to(dtype)
+    dt0 = torch.exp(torch.rand(kd, device=dev, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    delta_bias = dt0 + torch.log(-torch.expm1(-dt0))
+    A = -torch.arange(1, n + 1, device=dev, dtype=torch.float32).repeat(kd, 1) * (
+        1 + 0.1 * torch.rand(kd, n, device=dev, generator=g)
+    )
+    Bs = torch.randn(batch, k, n, seqlen, device=dev, generator=g).to(dtype)
+    Cs = torch.randn(batch, k, n, seqlen, device=dev, generator=g).to(dtype)
+    D = torch.randn(kd, device=dev, generator=g)
+    return dict(u=u, delta=delta, A=A, B=Bs, C=Cs, D=D, delta_bias=delta_bias)
+
+
+def _fn(backend: str) -> Callable:
+    from mambaseg.ops import selective_scan
+
+    def run(inp: dict[str, Any]) -> torch.Tensor:
+        return selective_scan(
+            inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"],
+            delta_bias=inp["delta_bias"], delta_softplus=True, backend=backend,
+        )  # fmt: skip
+
+    return run
+
+
+def cuda_time(fn: Callable[[], Any], warmup: int, reps: int) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` runs (CUDA events), after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times)
+
+
+DEVICE = "cuda"
+GRAD_KEYS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def fwd_bwd(fn: Callable, inp: dict[str, Any], gy: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    leaves = {key: inp[key].detach().requires_grad_(True) for key in GRAD_KEYS}
+    y = fn({**inp, **leaves})
+    grads = torch.autograd.grad(y, [leaves[k_] for k_ in GRAD_KEYS], gy)
+    return y.detach(), list(grads)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def time_backend(backend: str, inp: dict[str, Any], gy: torch.Tensor, warmup: int, reps: int) -> tuple[float, float]:
+    fn = _fn(backend)
+
+    def f() -> None:
+        with torch.no_grad():
+            fn(inp)
+
+    def fb() -> None:
+        fwd_bwd(fn, inp, gy)
+
+    return cuda_time(f, warmup, reps), cuda_time(fb, warmup, reps)
+
+
+def check(inp: dict[str, Any], gy: torch.Tensor, fp64_batch: int) -> dict[str, float]:
+    """Relative L2 errors of Triton vs torch (fp32, full batch) and vs torch in float64 (first ``fp64_batch``)."""
+    yt, gt = fwd_bwd(_fn("triton"), inp, gy)
+    out: dict[str, float] = {}
+    yr, gr = fwd_bwd(_fn("torch"), inp, gy)
+    out["rel_err"] = rel(yt, yr)
+    out["rel_err_grads"] = max(rel(a, b) for a, b in zip(gt, gr))
+    del yr, gr
+    nb = fp64_batch
+    sub = {key: (v[:nb] if key in ("u", "delta", "B", "C") else v) for key, v in inp.items()}
+    sub64 = {key: v.double() for key, v in sub.items()}
+    yt_s, gt_s = fwd_bwd(_fn("triton"), sub, gy[:nb])
+    y64, g64 = fwd_bwd(_fn("torch"), sub64, gy[:nb].double())
+    out["rel_err_fp64"] = rel(yt_s, y64)
+    out["rel_err_grads_fp64"] = max(rel(a, b) for a, b in zip(gt_s, g64))
+    out["rel_err_grads_fp64_each"] = {key: rel(a, b) for key, a, b in zip(GRAD_KEYS, gt_s, g64)}
+    return out
+
+
+def device_tag() -> str:
+    name = torch.cuda.get_device_name()
+    m = re.search(r"(H100|H200|A100|L40S|L4|A10G|B200|RTX \w+)", name)
+    return (m.group(1) if m else name).replace(" ", "_").lower()
+
+
+def sweep(shapes: list[int], warmup: int, reps: int) -> list[dict[str, Any]]:
+    """Time a grid of tile configurations per shape (fwd, and fwd+bwd) and print the best."""
+    from mambaseg.ops import selective_scan_triton as sst
+
+    rows = []
+    for i in shapes:
+        b, k, d, seqlen, n, _, _ = ANCHORS[i]
+        inp = make_inputs(b, k, d, seqlen, n)
+        gy = torch.randn(b, k * d, seqlen, device="cuda")
+        base = dict(sst.pick_config(d, seqlen, n))
+        if n > 4:
+            fwd_c = [(16, 1, 8), (8, 1, 16), (32, 1, 4)]
+            bwd_c = [(8, 1, 8), (4, 1, 16), (16, 1, 4)]
+        else:
+            fwd_c = [(bd, 1, bl) for bd in (1, 2, 4, 8) for bl in (32, 64, 128, 256)]
+            bwd_c = [(bd, 1, bl) for bd in (1, 2, 4) for bl in (16, 32, 64, 128)]
+        for mode, cands in (("fwd", fwd_c), ("fwdbwd", bwd_c)):
+            for bd, nw, bl in cands:
+                cand = {"num_warps": nw, "BLOCK_L_FWD": bl, "BLOCK_L_BWD": bl}
+                cand["BLOCK_D_FWD" if mode == "fwd" else "BLOCK_D_BWD"] = bd
+                sst._CONFIG_OVERRIDE.clear()
+                sst._CONFIG_OVERRIDE.update(cand)
+                try:
+                    fn = _fn("triton")
+                    if mode == "fwd":
+
+                        def f() -> None:
+                            with torch.no_grad():
+                                fn(inp)
+
+                    else:
+
+                        def f() -> None:
+                            fwd_bwd(fn, inp, gy)
+
+                    ms = cuda_time(f, warmup, reps)
+                except Exception as exc:  # compilation failures (e.g. out of registers / shared memory)
+                    print(f"shape {i} {mode} {cand} failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+                    continue
+                rows.append({"shape": i, "mode": mode, **cand, "ms": ms})
+                print(f"shape {i} {mode} {cand} {ms:.3f} ms", flush=True)
+        sst._CONFIG_OVERRIDE.clear()
+        mine = [r for r in rows if r["shape"] == i]
+        if mine:
+            bf = min((r for r in mine if r["mode"] == "fwd"), key=lambda r: r["ms"], default=None)
+            bb = min((r for r in mine if r["mode"] == "fwdbwd"), key=lambda r: r["ms"], default=None)
+            print(f"shape {i} default {base}\n  best fwd {bf}\n  best fwd+bwd {bb}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="0,1,2,3,4", help="comma-separated indices into the anchor table")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--no-torch", action="store_true", help="skip timing the torch backend")
+    ap.add_argument("--fp64-batch", type=int, default=2, help="batch slice checked against float64")
+    ap.add_argument("--sweep", action="store_true", help="time tile configurations instead of the table")
+    ap.add_argument("--out", default=None, help="output JSON (default benchmarks/results/scan_gpu_<device>.json)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("scan_gpu.py needs a CUDA device", file=sys.stderr)
+        return 2
+    import triton
+
+    shapes = [int(s) for s in args.shapes.split(",") if s.strip()]
+    if args.sweep:
+        rows = sweep(shapes, args.warmup, args.reps)
+        if args.out:
+            Path(args.out).write_text(json.dumps(rows, indent=1))
+        return 0
+
+    rows = []
+    for i in shapes:
+        b, k, d, seqlen, n, off_f, off_fb = ANCHORS[i]
+        inp = make_inputs(b, k, d, seqlen, n, seed=i)
+        gy = torch.randn(b, k * d, seqlen, device="cuda")
+        errs = check(inp, gy, args.fp64_batch)
+        tf, tfb = time_backend("triton", inp, gy, args.warmup, args.reps)
+        if args.no_torch:
+            pf = pfb = None
+        else:
+            pf, pfb = time_backend("torch", inp, gy, 2, args.reps)
+        row = {
+            "batch": b, "k": k, "d_inner": d, "seqlen": seqlen, "d_state": n,
+            "triton_fwd_ms": round(tf, 4), "triton_fwdbwd_ms": round(tfb, 4),
+            "torch_fwd_ms": None if pf is None else round(pf, 3), "torch_fwdbwd_ms": None if pfb is None else round(pfb, 3),
+            "rel_err": errs["rel_err"], "rel_err_grads": errs["rel_err_grads"],
+            "rel_err_fp64": errs["rel_err_fp64"], "rel_err_grads_fp64": errs["rel_err_grads_fp64"],
+            "rel_err_grads_fp64_each": errs["rel_err_grads_fp64_each"],
+            "official_cuda_fwd_ms": off_f, "official_cuda_fwdbwd_ms": off_fb,
+            "fwdbwd_vs_official": round(tfb / off_fb, 3),
+        }  # fmt: skip
+        rows.append(row)
+        print(
+            f"({b},{k},{d},{seqlen},{n}) triton fwd {tf:.3f} fwd+bwd {tfb:.3f} ms "
+            f"({tfb / off_fb:.2f}x official {off_fb}) | torch fwd {pf} fwd+bwd {pfb} | "
+            f"rel_err {errs['rel_err']:.1e} grads {errs['rel_err_grads']:.1e} | fp64: {errs['rel_err_fp64']:.1e} "
+            f"grads {errs['rel_err_grads_fp64']:.1e}",
+            flush=True,
+        )
+        del inp, gy
+        torch.cuda.empty_cache()
+
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "timing": f"CUDA events, median of {args.reps} after {args.warmup} warm-up runs; inputs fp32",
+        "rows": rows,
+    }
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"scan_gpu_{device_tag()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    print("\n| batch, K, d_inner, L, N | triton fwd | triton fwd+bwd | official fwd+bwd | ratio | torch fwd+bwd | rel_err |")
+    for r in rows:
+        print(
+            f"| {r['batch']}, {r['k']}, {r['d_inner']}, {r['seqlen']}, {r['d_state']} | {r['triton_fwd_ms']:.3f} | "
+            f"{r['triton_fwdbwd_ms']:.3f} | {r['official_cuda_fwdbwd_ms']} | {r['fwdbwd_vs_official']:.2f}x | "
+            f"{r['torch_fwdbwd_ms']} | {r['rel_err']:.1e} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

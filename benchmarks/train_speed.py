@@ -1,0 +1,160 @@
+"""End-to-end VM-UNet training / inference speed on one GPU.
+
+VM-UNet ISIC configuration (``create_model("vmunet")``), batch 32, 3x256x256 inputs, AdamW, BCE+Dice
+loss; fp32 and bf16 autocast. Each timed training step is forward + loss + backward + optimizer step;
+an inference step is a forward pass under ``torch.inference_mode``. Times come from CUDA events around
+each step; img/s = batch / median step time over ``--steps`` steps after ``--warmup`` steps. Peak memory is
+``torch.cuda.max_memory_allocated`` over the training steps. Writes
+``benchmarks/results/train_speed_<device>.json``.
+
+Usage (on a CUDA machine)::
+
+    PYTHONUNBUFFERED=1 python benchmarks/train_speed.py
+    python benchmarks/train_speed.py --model vmunet_code_default --precisions bf16 --backend triton
+
+The official VM-UNet code with the compiled ``selective_scan_cuda`` kernel reaches 134.9 (fp32) and 166.8
+(bf16) train img/s and 481.6 / 535.3 infer img/s on an H100, peak 15.38 / 12.13 GiB
+(``spec/performance-anchors.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+OFFICIAL = {  # model -> precision -> (train img/s, infer img/s, train peak GiB), H100, official code + CUDA kernel
+    "vmunet": {"fp32": (134.9, 481.6, 15.38), "bf16": (166.8, 535.3, 12.13)},
+    "vmunet_code_default": {"fp32": (84.2, 300.9, 25.17), "bf16": (104.0, 339.6, 19.66)},
+}
+
+
+def _steps_ms(step, warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(steps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        step()
+        e.record()
+        torch.cuda.synchronize()
+        out.append(s.elapsed_time(e))
+    return out
+
+
+def bench(model_name: str, precision: str, batch: int, size: int, warmup: int, steps: int, backend: str | None) -> dict[str, Any]:
+    import mambaseg
+    from mambaseg.losses.bce_dice import BceDiceLoss
+    from mambaseg.ops import use_backend
+
+    torch.manual_seed(0)
+    model = mambaseg.create_model(model_name, num_classes=1, in_chans=3).cuda()
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    crit = BceDiceLoss()
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    y = (torch.rand(batch, size, size, device="cuda") > 0.5).long()
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    )
+
+    def train_step() -> None:
+        with amp:
+            loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def infer_step() -> None:
+        with torch.inference_mode(), amp:
+            model(x)
+
+    with use_backend(backend):
+        model.train()
+        torch.cuda.reset_peak_memory_stats()
+        tr = _steps_ms(train_step, warmup, steps)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        model.eval()
+        inf = _steps_ms(infer_step, warmup, steps)
+    tr_ms, inf_ms = statistics.median(tr), statistics.median(inf)
+    off = OFFICIAL.get(model_name, {}).get(precision)
+    row = {
+        "model": model_name,
+        "params_m": round(n_params / 1e6, 2),
+        "precision": precision,
+        "batch": batch,
+        "img_size": size,
+        "scan_backend": backend or "auto",
+        "train_step_ms": round(tr_ms, 2),
+        "train_img_s": round(batch / tr_ms * 1e3, 1),
+        "infer_step_ms": round(inf_ms, 2),
+        "infer_img_s": round(batch / inf_ms * 1e3, 1),
+        "train_peak_gib": round(peak, 2),
+    }
+    if off:
+        row.update(official_train_img_s=off[0], official_infer_img_s=off[1], official_train_peak_gib=off[2])
+    del model, opt
+    torch.cuda.empty_cache()
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="vmunet")
+    ap.add_argument("--precisions", default="bf16,fp32")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--backend", default="triton", help="scan backend (triton, torch, mamba_ssm, or auto)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("train_speed.py needs a CUDA device", file=sys.stderr)
+        return 2
+    import triton
+
+    backend = None if args.backend == "auto" else args.backend
+    rows = []
+    for prec in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+        if prec not in ("fp32", "bf16"):
+            raise SystemExit(f"--precisions: expected fp32 and/or bf16, got {prec!r}")
+        row = bench(args.model, prec, args.batch, args.size, args.warmup, args.steps, backend)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    tag = torch.cuda.get_device_name().lower()
+    tag = next((t for t in ("h100", "h200", "a100", "b200", "l40s") if t in tag), tag.replace(" ", "_"))
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "timing": f"CUDA events per step, median of {args.steps} after {args.warmup} warm-up steps",
+        "rows": rows,
+    }
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"train_speed_{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    print("\n| model | precision | train img/s | infer img/s | peak GiB | official train / infer / peak |")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['precision']} | {r['train_img_s']} | {r['infer_img_s']} | {r['train_peak_gib']} | "
+            f"{r.get('official_train_img_s')} / {r.get('official_infer_img_s')} / {r.get('official_train_peak_gib')} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
