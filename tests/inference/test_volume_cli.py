@@ -17,11 +17,11 @@ from mambaseg.cli import app  # noqa: E402
 
 
 def test_train_evaluate_predict_volumes(tmp_path: Path) -> None:
-    root = make_acdc(tmp_path / "acdc", n_train=4)
+    root = make_acdc(tmp_path / "acdc", n_train=2)
     run = tmp_path / "run"
     runner = CliRunner()
     res = runner.invoke(app, [
-        "train", "--model", "vmunet_tiny", "--data", str(root), "--epochs", "1", "--max-steps", "2",
+        "train", "--model", "vmunet_tiny", "--data", str(root), "--epochs", "1", "--max-steps", "1",
         "--batch-size", "2", "--image-size", "32", "--out", str(run), "--device", "cpu", "--no-progress",
         "--set", "loss.name=ce_dice",
     ])
