@@ -85,6 +85,25 @@ def cuda_time(fn: Callable[[], Any], warmup: int, reps: int) -> float:
 
 
 DEVICE = "cuda"
+def graph_time(fn: Callable[[], Any], reps: int) -> float | None:
+    """Median milliseconds of one replay of a CUDA graph capturing ``fn`` (GPU time without host launch
+    overhead); None if the capture fails."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return cuda_time(graph.replay, 3, reps)
+    except Exception as exc:  # capture is best effort: report why and go on
+        print(f"CUDA graph capture failed: {type(exc).__name__}: {exc}", flush=True)
+        return None
+
+
 GRAD_KEYS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
@@ -111,6 +130,19 @@ def time_backend(backend: str, inp: dict[str, Any], gy: torch.Tensor, warmup: in
         fwd_bwd(fn, inp, gy)
 
     return cuda_time(f, warmup, reps), cuda_time(fb, warmup, reps)
+
+
+def graph_times(backend: str, inp: dict[str, Any], gy: torch.Tensor, reps: int) -> tuple[float | None, float | None]:
+    fn = _fn(backend)
+
+    def f() -> None:
+        with torch.no_grad():
+            fn(inp)
+
+    def fb() -> None:
+        fwd_bwd(fn, inp, gy)
+
+    return graph_time(f, reps), graph_time(fb, reps)
 
 
 def check(inp: dict[str, Any], gy: torch.Tensor, fp64_batch: int) -> dict[str, float]:
@@ -217,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         gy = torch.randn(b, k * d, seqlen, device="cuda")
         errs = check(inp, gy, args.fp64_batch)
         tf, tfb = time_backend("triton", inp, gy, args.warmup, args.reps)
+        gf, gfb = graph_times("triton", inp, gy, args.reps)
         if args.no_torch:
             pf = pfb = None
         else:
@@ -224,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {
             "batch": b, "k": k, "d_inner": d, "seqlen": seqlen, "d_state": n,
             "triton_fwd_ms": round(tf, 4), "triton_fwdbwd_ms": round(tfb, 4),
+            "triton_fwd_graph_ms": None if gf is None else round(gf, 4),
+            "triton_fwdbwd_graph_ms": None if gfb is None else round(gfb, 4),
             "torch_fwd_ms": None if pf is None else round(pf, 3), "torch_fwdbwd_ms": None if pfb is None else round(pfb, 3),
             "rel_err": errs["rel_err"], "rel_err_grads": errs["rel_err_grads"],
             "rel_err_fp64": errs["rel_err_fp64"], "rel_err_grads_fp64": errs["rel_err_grads_fp64"],
@@ -234,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(
             f"({b},{k},{d},{seqlen},{n}) triton fwd {tf:.3f} fwd+bwd {tfb:.3f} ms "
-            f"({tfb / off_fb:.2f}x official {off_fb}) | torch fwd {pf} fwd+bwd {pfb} | "
+            f"({tfb / off_fb:.2f}x official {off_fb}) | graph fwd {gf} fwd+bwd {gfb} | torch fwd {pf} fwd+bwd {pfb} | "
             f"rel_err {errs['rel_err']:.1e} grads {errs['rel_err_grads']:.1e} | fp64: {errs['rel_err_fp64']:.1e} "
             f"grads {errs['rel_err_grads_fp64']:.1e}",
             flush=True,
@@ -249,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "timing": f"CUDA events, median of {args.reps} after {args.warmup} warm-up runs; inputs fp32",
+        "timing": (
+            f"CUDA events, median of {args.reps} after {args.warmup} warm-up runs, one eager call per timing "
+            "(host launch overhead included); *_graph_ms: replays of a CUDA graph of the same call; inputs fp32"
+        ),
         "rows": rows,
     }
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"scan_gpu_{device_tag()}.json"

@@ -69,11 +69,10 @@ def _load_chunk_fwd(u_ptr, delta_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, ma
 
 @triton.jit
 def _load_chunk_bwd(
-    u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, states_ptr, ud_base, bc_base, st_base, offs_c, offs_n, mask_d, mask_n,
-    mask_nd, L, c, N: tl.constexpr, BLOCK_L: tl.constexpr,
+    u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, c, BLOCK_L: tl.constexpr,
 ):
-    """Tiles of chunk ``c`` for the backward pass: u, delta, delta shifted by one position, dy, B, C and the
-    stored state entering the chunk (zeros outside [0, L) and for the first chunk)."""
+    """Raw tiles of chunk ``c`` for the backward pass: u, delta, delta shifted by one position, dy, B, C
+    (zeros outside [0, L))."""
     offs_l = c * BLOCK_L + offs_c
     mask_l = (offs_l < L) & (offs_l >= 0)
     m2 = mask_l[:, None] & mask_d[None, :]
@@ -85,9 +84,7 @@ def _load_chunk_bwd(
     dy = tl.load(dy_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0)
     Bm = tl.load(B_ptr + bc_base + offs_l[:, None], mask=mbc, other=0.0)
     Cm = tl.load(C_ptr + bc_base + offs_l[:, None], mask=mbc, other=0.0)
-    has_prev = (offs_n[:, None] * 0 + c) > 0
-    h0 = tl.load(states_ptr + st_base + (c - 1) * N, mask=mask_nd & has_prev, other=0.0)
-    return u, xdt, xdt1, dy, Bm, Cm, h0
+    return u, xdt, xdt1, dy, Bm, Cm
 
 
 @triton.jit
@@ -189,6 +186,7 @@ def _selective_scan_bwd_kernel(
     bias_ptr,
     dy_ptr,
     states_ptr,
+    scratch_ptr,
     du_ptr,
     ddelta_ptr,
     dA_ptr,
@@ -201,7 +199,9 @@ def _selective_scan_bwd_kernel(
     G,
     Dg,
     n_dblocks,
-    n_chunks,
+    n_seg,
+    R,
+    part_stride,
     N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -210,14 +210,18 @@ def _selective_scan_bwd_kernel(
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
 ):
-    """Backward scan over chunks in reverse order; ``states`` holds the state at the end of every chunk
-    of ``BLOCK_L`` positions (row-major (batch * KD, n_chunks, N))."""
+    """Backward pass over segments of ``R`` chunks of ``BLOCK_L`` positions, last segment first.
+
+    ``states`` holds the state at the end of every segment (row-major (batch * KD, n_seg, N)). For each
+    segment a forward sweep recomputes the state entering each of its chunks into this program's slice of
+    ``scratch`` (R, BLOCK_N, BLOCK_D), then the chunks are processed in reverse order."""
     pid = tl.program_id(0)
     pid_d = pid % n_dblocks
     pid_bg = pid // n_dblocks
     g = pid_bg % G
 
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_d_loc = tl.arange(0, BLOCK_D)
+    offs_d = pid_d * BLOCK_D + offs_d_loc
     mask_d = offs_d < Dg
     ch = g * Dg + offs_d
     offs_n = tl.arange(0, BLOCK_N)
@@ -235,84 +239,111 @@ def _selective_scan_bwd_kernel(
     row = (pid_bg // G).to(tl.int64) * KD + ch.to(tl.int64)
     ud_base = row[None, :] * L
     bc_base = (pid_bg.to(tl.int64) * N + offs_n.to(tl.int64))[None, :] * L
-    st_base = (row[None, :] * n_chunks) * N + offs_n[:, None]
+    st_base = (row[None, :] * n_seg) * N + offs_n[:, None]
+    scr_base = scratch_ptr + pid.to(tl.int64) * R * (BLOCK_N * BLOCK_D) + offs_n[:, None] * BLOCK_D + offs_d_loc[None, :]
 
     x_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # adjoint at the first position of the next chunk
     dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     # software pipelining by hand: the loads of chunk c - 1 are issued before chunk c is computed
-    u_n, xdt_n, xdt1_n, dy_n, B_n, C_n, h0_n = _load_chunk_bwd(
-        u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, states_ptr, ud_base, bc_base, st_base, offs_c, offs_n, mask_d,
-        mask_n, mask_nd, L, n_chunks - 1, N, BLOCK_L,
-    )  # fmt: skip
-    for i in range(0, n_chunks):
-        c = n_chunks - 1 - i
-        offs_l = c * BLOCK_L + offs_c
-        mask_l = offs_l < L
-        m2 = mask_l[:, None] & mask_d[None, :]
-        mbc = mask_l[:, None] & mask_n[None, :]
-        m2n = (offs_l + 1 < L)[:, None] & mask_d[None, :]
-        u = u_n.to(tl.float32)
-        xdt = xdt_n.to(tl.float32)
-        xdt1 = xdt1_n.to(tl.float32)
-        dy = dy_n.to(tl.float32)
-        Bm = B_n.to(tl.float32)
-        Cm = C_n.to(tl.float32)
-        h0 = h0_n
-        u_n, xdt_n, xdt1_n, dy_n, B_n, C_n, h0_n = _load_chunk_bwd(
-            u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, states_ptr, ud_base, bc_base, st_base, offs_c, offs_n, mask_d,
-            mask_n, mask_nd, L, c - 1, N, BLOCK_L,
-        )  # fmt: skip
-        if HAS_BIAS:
-            xdt = xdt + bias[None, :]
-            xdt1 = xdt1 + bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(xdt)
-            dt1 = _softplus(xdt1)
-        else:
-            dt = xdt
-            dt1 = xdt1
-        dt = tl.where(m2, dt, 0.0)
-        dt1 = tl.where(m2n, dt1, 0.0)
+    u_n, xdt_n, xdt1_n, dy_n, B_n, C_n = _load_chunk_bwd(
+        u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, n_seg * R - 1, BLOCK_L
+    )
+    for s_i in range(0, n_seg):
+        s = n_seg - 1 - s_i
+        # forward sweep: the state entering every chunk of the segment, from the stored segment boundary
+        has_prev = (offs_n[:, None] * 0 + s) > 0
+        h = tl.load(states_ptr + st_base + (s - 1) * N, mask=mask_nd & has_prev, other=0.0)
+        for r in range(0, R):
+            tl.store(scr_base + r * (BLOCK_N * BLOCK_D), h)
+            offs_l = (s * R + r) * BLOCK_L + offs_c
+            m2 = (offs_l < L)[:, None] & mask_d[None, :]
+            mbc = (offs_l < L)[:, None] & mask_n[None, :]
+            u = tl.load(u_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0).to(tl.float32)
+            dt = tl.load(delta_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0).to(tl.float32)
+            Bm = tl.load(B_ptr + bc_base + offs_l[:, None], mask=mbc, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt = dt + bias[None, :]
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(m2, dt, 0.0)
+            dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+            dBu = (dt * u)[:, None, :] * Bm[:, :, None]
+            a_t, b_t = tl.reduce((dA, dBu), axis=0, combine_fn=_scan_combine)
+            h = a_t * h + b_t
+        tl.debug_barrier()  # scratch written by the sweep is read back in other threads' layout
 
-        # recompute the states of this chunk from the stored boundary state
-        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
-        dtu = dt * u
-        dBu = dtu[:, None, :] * Bm[:, :, None]
-        a_s, b_s = tl.associative_scan((dA, dBu), axis=0, combine_fn=_scan_combine)
-        hs = a_s * h0[None, :, :] + b_s
-        # adjoint of the states: x_t = C_t dy_t + exp(dt_{t+1} A) x_{t+1}
-        # (Triton lowers reverse=True scans with cross-lane shuffles even when the axis is inside the thread,
-        # so the reverse scan runs as a forward scan over flipped tiles; in-thread flips are free.)
-        alpha = tl.exp2(tl.flip(dt1, 0)[:, None, :] * A2[None, :, :])
-        cdy = tl.flip(Cm, 0)[:, :, None] * tl.flip(dy, 0)[:, None, :]
-        ra, rb = tl.associative_scan((alpha, cdy), axis=0, combine_fn=_scan_combine)
-        xs = tl.flip(ra * x_carry[None, :, :] + rb, 0)
+        for r_i in range(0, R):
+            r = R - 1 - r_i
+            c = s * R + r
+            offs_l = c * BLOCK_L + offs_c
+            mask_l = offs_l < L
+            m2 = mask_l[:, None] & mask_d[None, :]
+            mbc = mask_l[:, None] & mask_n[None, :]
+            m2n = (offs_l + 1 < L)[:, None] & mask_d[None, :]
+            u = u_n.to(tl.float32)
+            xdt = xdt_n.to(tl.float32)
+            xdt1 = xdt1_n.to(tl.float32)
+            dy = dy_n.to(tl.float32)
+            Bm = B_n.to(tl.float32)
+            Cm = C_n.to(tl.float32)
+            h0 = tl.load(scr_base + r * (BLOCK_N * BLOCK_D))
+            u_n, xdt_n, xdt1_n, dy_n, B_n, C_n = _load_chunk_bwd(
+                u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, c - 1, BLOCK_L
+            )
+            if HAS_BIAS:
+                xdt = xdt + bias[None, :]
+                xdt1 = xdt1 + bias[None, :]
+            if SOFTPLUS:
+                dt = _softplus(xdt)
+                dt1 = _softplus(xdt1)
+            else:
+                dt = xdt
+                dt1 = xdt1
+            dt = tl.where(m2, dt, 0.0)
+            dt1 = tl.where(m2n, dt1, 0.0)
 
-        dC_part = tl.sum(hs * dy[:, None, :], axis=2)  # (BLOCK_L, BLOCK_N)
-        dB_part = tl.sum(xs * dtu[:, None, :], axis=2)
-        tl.atomic_add(dC_ptr + bc_base + offs_l[:, None], dC_part, mask=mbc, sem="relaxed")
-        tl.atomic_add(dB_ptr + bc_base + offs_l[:, None], dB_part, mask=mbc, sem="relaxed")
-        xdec = xs * (hs - dBu)  # x_t * exp(dt_t A) * h_{t-1}
-        xB = tl.sum(xs * Bm[:, :, None], axis=1)  # (BLOCK_L, BLOCK_D)
-        ddt = xB * u + tl.sum(xdec * A[None, :, :], axis=1)
-        dA_acc += tl.sum(xdec * dt[:, None, :], axis=0)
-        du = xB * dt
-        if HAS_D:
-            du = du + Dv[None, :] * dy
-            dD_acc += tl.sum(dy * u, axis=0)
-        if SOFTPLUS:
-            ddt = ddt * _sigmoid(xdt)
-        ddt = tl.where(m2, ddt, 0.0)
-        if HAS_BIAS:
-            dbias_acc += tl.sum(ddt, axis=0)
-        tl.store(du_ptr + ud_base + offs_l[:, None], du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddelta_ptr + ud_base + offs_l[:, None], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
-        x_carry = tl.sum(tl.where((offs_c == 0)[:, None, None], xs, -0.0), axis=0)
+            # recompute the states of this chunk from the state entering it
+            dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+            dtu = dt * u
+            dBu = dtu[:, None, :] * Bm[:, :, None]
+            a_s, b_s = tl.associative_scan((dA, dBu), axis=0, combine_fn=_scan_combine)
+            hs = a_s * h0[None, :, :] + b_s
+            # adjoint of the states: x_t = C_t dy_t + exp(dt_{t+1} A) x_{t+1}
+            # (Triton lowers reverse=True scans with cross-lane shuffles even when the axis is inside the
+            # thread, so the reverse scan runs as a forward scan over flipped tiles; in-thread flips are free.)
+            alpha = tl.exp2(tl.flip(dt1, 0)[:, None, :] * A2[None, :, :])
+            cdy = tl.flip(Cm, 0)[:, :, None] * tl.flip(dy, 0)[:, None, :]
+            ra, rb = tl.associative_scan((alpha, cdy), axis=0, combine_fn=_scan_combine)
+            xs = tl.flip(ra * x_carry[None, :, :] + rb, 0)
 
-    tl.store(dA_ptr + row[None, :] * N + offs_n[:, None], dA_acc, mask=mask_nd)
+            dC_part = tl.sum(hs * dy[:, None, :], axis=2)  # (BLOCK_L, BLOCK_N)
+            dB_part = tl.sum(xs * dtu[:, None, :], axis=2)
+            tl.atomic_add(dC_ptr + bc_base + offs_l[:, None], dC_part, mask=mbc, sem="relaxed")
+            tl.atomic_add(dB_ptr + bc_base + offs_l[:, None], dB_part, mask=mbc, sem="relaxed")
+            xdec = xs * (hs - dBu)  # x_t * exp(dt_t A) * h_{t-1}
+            xB = tl.sum(xs * Bm[:, :, None], axis=1)  # (BLOCK_L, BLOCK_D)
+            ddt = xB * u + tl.sum(xdec * A[None, :, :], axis=1)
+            dA_acc += tl.sum(xdec * dt[:, None, :], axis=0)
+            du = xB * dt
+            if HAS_D:
+                du = du + Dv[None, :] * dy
+                dD_acc += tl.sum(dy * u, axis=0)
+            if SOFTPLUS:
+                ddt = ddt * _sigmoid(xdt)
+            ddt = tl.where(m2, ddt, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(du_ptr + ud_base + offs_l[:, None], du.to(du_ptr.dtype.element_ty), mask=m2)
+            tl.store(ddelta_ptr + ud_base + offs_l[:, None], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+            x_carry = tl.sum(tl.where((offs_c == 0)[:, None, None], xs, -0.0), axis=0)
+        tl.debug_barrier()  # all reads of this segment's scratch precede the next sweep's writes
+
+    # per-batch partial sums (rows of ``part_stride`` floats; summed over the batch on the host)
+    prow = (pid_bg // G).to(tl.int64) * part_stride
+    tl.store(dA_ptr + prow + ch[None, :] * N + offs_n[:, None], dA_acc, mask=mask_nd)
     if HAS_D:
-        tl.store(dD_ptr + row, dD_acc, mask=mask_d)
+        tl.store(dD_ptr + prow + ch, dD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.store(dbias_ptr + row, dbias_acc, mask=mask_d)
+        tl.store(dbias_ptr + prow + ch, dbias_acc, mask=mask_d)

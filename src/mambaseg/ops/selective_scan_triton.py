@@ -29,13 +29,18 @@ def _interpreter_on() -> bool:
 
 
 def is_available() -> tuple[bool, str]:
-    """Whether the Triton backend can run here.
+    """Whether the Triton backend can run here (cached; see :func:`_availability`).
 
     Returns:
-        ``(True, "")`` when Triton is importable and a CUDA device is visible (or Triton's interpreter is
+        ``(True, reason)`` when Triton is importable and a CUDA device is visible (or Triton's interpreter is
         switched on by the caller's ``TRITON_INTERPRET=1``, which runs the kernels on CPU tensors), else
         ``(False, reason)``.
     """
+    return _availability(_interpreter_on())
+
+
+@functools.lru_cache(maxsize=2)
+def _availability(interpreter: bool) -> tuple[bool, str]:
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed (pip install triton, or mambaseg[gpu])"
     try:
@@ -43,7 +48,7 @@ def is_available() -> tuple[bool, str]:
     except Exception as exc:  # pragma: no cover - broken installs only
         return False, f"triton failed to import: {exc!r}"
     if not torch.cuda.is_available():
-        if _interpreter_on():
+        if interpreter:
             return True, "Triton interpreter (TRITON_INTERPRET=1): runs on CPU tensors, slowly"
         return False, "no CUDA device visible to torch"
     return True, ""
@@ -74,7 +79,8 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
         d_state: state size N.
 
     Returns:
-        dict with ``BLOCK_N``, ``BLOCK_D_FWD``, ``BLOCK_L_FWD``, ``BLOCK_D_BWD``, ``BLOCK_L_BWD``, ``num_warps``.
+        dict with ``BLOCK_N``, ``BLOCK_D_FWD``, ``BLOCK_L_FWD``, ``BLOCK_D_BWD``, ``BLOCK_L_BWD``, ``SEGMENT``
+        (positions between stored states), ``num_warps``.
     """
     block_n = _next_pow2(d_state)
     if block_n >= 8:  # lanes: 8 channels x 4 state groups
@@ -85,7 +91,7 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
         cfg = {"BLOCK_D_FWD": 8, "BLOCK_L_FWD": 32, "BLOCK_D_BWD": 4, "BLOCK_L_BWD": 16}
     cfg["BLOCK_L_FWD"] = min(cfg["BLOCK_L_FWD"], max(2, _next_pow2(seqlen)))
     cfg["BLOCK_L_BWD"] = min(cfg["BLOCK_L_BWD"], max(2, _next_pow2(seqlen)))
-    cfg.update(BLOCK_N=block_n, num_warps=1)
+    cfg.update(BLOCK_N=block_n, num_warps=1, SEGMENT=64)
     return cfg
 
 
@@ -149,13 +155,17 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
         needs_grad = any(ctx.needs_input_grad[:7])
         cfg = _config(d_group, seqlen, n)
-        bl, bl_bwd = cfg["BLOCK_L_FWD"], cfg["BLOCK_L_BWD"]
-        if needs_grad and bl_bwd % bl:
-            bl = bl_bwd
+        bl = cfg["BLOCK_L_FWD"]
+        # the backward pass works on segments of ``seg_chunks`` chunks of BLOCK_L_BWD positions; the forward
+        # pass stores the state at the end of every segment (1/4 of u's size for N=16, 64-position segments)
+        seg_chunks = max(1, min(cfg["SEGMENT"] // cfg["BLOCK_L_BWD"], -(-seqlen // cfg["BLOCK_L_BWD"])))
+        seg = seg_chunks * cfg["BLOCK_L_BWD"]
+        if needs_grad and seg % bl:
+            bl = cfg["BLOCK_L_BWD"]
         elif not needs_grad:
-            bl_bwd = bl
+            seg = bl
         n_chunks = -(-seqlen // bl)
-        n_seg = -(-seqlen // bl_bwd)
+        n_seg = -(-seqlen // seg)
         n_dblocks = -(-d_group // cfg["BLOCK_D_FWD"])
         y = torch.empty_like(u_c)
         states = (
@@ -170,53 +180,52 @@ class _SelectiveScanTriton(torch.autograd.Function):
             bias_c if bias_c is not None else u_c,
             y, states,
             kd, seqlen, groups, d_group, n_dblocks, n_chunks, n_seg,
-            N=n, BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl, STORE_EVERY=bl_bwd // bl,
+            N=n, BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl, STORE_EVERY=seg // bl,
             HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
             STORE_STATES=needs_grad, num_warps=cfg["num_warps"],
         )  # fmt: skip
         if needs_grad:
             ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, states)
-            ctx.meta = (bool(delta_softplus), grouped, groups, d_group, cfg)
+            ctx.meta = (bool(delta_softplus), grouped, groups, d_group, cfg, seg_chunks, n_seg)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         k = _kernels()
         u, delta, A, B, C, D, bias, states = ctx.saved_tensors
-        softplus, grouped, groups, d_group, cfg = ctx.meta
+        softplus, grouped, groups, d_group, cfg, seg_chunks, n_seg = ctx.meta
         batch, kd, seqlen = u.shape
         n = A.shape[1]
-        bl = cfg["BLOCK_L_BWD"]  # the forward pass stored the state every ``bl`` positions
-        n_chunks = -(-seqlen // bl)
-        n_dblocks = -(-d_group // cfg["BLOCK_D_BWD"])
+        bl, bd = cfg["BLOCK_L_BWD"], cfg["BLOCK_D_BWD"]
+        n_dblocks = -(-d_group // bd)
+        n_prog = batch * groups * n_dblocks
         dy = dy.contiguous()
         dev = u.device
         du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
-        dA = torch.empty(batch, kd, n, device=dev, dtype=torch.float32)
-        dB = torch.zeros(batch, groups, n, seqlen, device=dev, dtype=torch.float32)
-        dC = torch.zeros(batch, groups, n, seqlen, device=dev, dtype=torch.float32)
-        dD = torch.empty(batch, kd, device=dev, dtype=torch.float32) if D is not None else None
-        dbias = torch.empty(batch, kd, device=dev, dtype=torch.float32) if bias is not None else None
-        grid = (batch * groups * n_dblocks,)
-        k._selective_scan_bwd_kernel[grid](
+        # one zeroed buffer for the atomically accumulated B/C gradients, one for the per-batch partial sums
+        dBC = torch.zeros(2, batch, groups, n, seqlen, device=dev, dtype=torch.float32)
+        part = torch.empty(batch, kd * (n + 2), device=dev, dtype=torch.float32)
+        scratch = torch.empty(n_prog * seg_chunks * cfg["BLOCK_N"] * bd, device=dev, dtype=torch.float32)
+        k._selective_scan_bwd_kernel[(n_prog,)](
             u, delta, A, B, C,
             D if D is not None else u,
             bias if bias is not None else u,
-            dy, states, du, ddelta, dA, dB, dC,
-            dD if dD is not None else dA,
-            dbias if dbias is not None else dA,
-            kd, seqlen, groups, d_group, n_dblocks, n_chunks,
-            N=n, BLOCK_D=cfg["BLOCK_D_BWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl,
+            dy, states, scratch, du, ddelta,
+            part, dBC[0], dBC[1], part[:, kd * n:], part[:, kd * (n + 1):],
+            kd, seqlen, groups, d_group, n_dblocks, n_seg, seg_chunks, kd * (n + 2),
+            N=n, BLOCK_D=bd, BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl,
             HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
             num_warps=cfg["num_warps"],
         )  # fmt: skip
-        dA = dA.sum(0).to(A.dtype)
+        psum = part.sum(0)
+        dA = psum[: kd * n].view(kd, n).to(A.dtype)
+        dB, dC = dBC[0], dBC[1]
         if not grouped:
             dB, dC = dB[:, 0], dC[:, 0]
         dB, dC = dB.to(B.dtype), dC.to(C.dtype)
-        dD_out = dD.sum(0).to(D.dtype) if D is not None else None
-        dbias_out = dbias.sum(0).to(bias.dtype) if bias is not None else None
+        dD_out = psum[kd * n : kd * (n + 1)].to(D.dtype) if D is not None else None
+        dbias_out = psum[kd * (n + 1) :].to(bias.dtype) if bias is not None else None
         return du, ddelta, dA, dB, dC, dD_out, dbias_out, None
 
 
