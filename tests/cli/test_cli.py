@@ -80,11 +80,10 @@ def test_doctor_reports_backends():
     assert res.exit_code == 0 and "scan backend" in res.output
 
 
-def test_train_evaluate_predict_on_ph2(shared_data, tmp_path):
-    data = shared_data / "ph2_dev"
+def _train_evaluate_predict(data, tmp_path, *train_args):
     run = tmp_path / "RUN"
     res = _run("train", "--model", "vmunet_tiny", "--data", data, "--epochs", 1, "--image-size", 64,
-               "--batch-size", 8, "--out", run, "--device", "cpu", "--no-progress")
+               "--out", run, "--device", "cpu", "--no-progress", *train_args)
     assert res.exit_code == 0, res.output
     for name in ("config.yaml", "metrics.json", "history.json", "progress.png", "train.log",
                  "checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/best.safetensors"):
@@ -116,6 +115,17 @@ def test_train_evaluate_predict_on_ph2(shared_data, tmp_path):
         m = np.asarray(Image.open(pred / "masks" / f"{img_path.stem}.png"))
         assert m.shape == (h, w) and set(np.unique(m)) <= {0, 255}
         assert (pred / "overlays" / f"{img_path.stem}.png").is_file()
+
+
+def test_train_evaluate_predict_on_ph2(shared_data, tmp_path):
+    # one epoch at 64x64 on the real PH2 images; a narrower vmunet_tiny keeps it to seconds of CPU
+    _train_evaluate_predict(shared_data / "ph2_dev", tmp_path, "--batch-size", 8, *SMALL)
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict_on_ph2_must_show_command(shared_data, tmp_path):
+    # exactly the documented command (minutes of CPU)
+    _train_evaluate_predict(shared_data / "ph2_dev", tmp_path, "--batch-size", 2)
 
 
 def test_resume_and_overwrite_protection(tmp_path):

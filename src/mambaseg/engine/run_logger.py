@@ -98,7 +98,7 @@ def plot_progress(records: list[dict[str, Any]], path: str | Path, metric: str |
     FigureCanvasAgg(fig)
     ax_loss, ax_time, ax_lr = fig.subplots(3, 1, gridspec_kw={"height_ratios": [2, 1, 1]})
     ep = [r["epoch"] for r in records]
-    ax_loss.plot(ep, [r.get("train_loss") for r in records], color="tab:blue", label="train loss")
+    ax_loss.plot(ep, [r.get("train_loss") for r in records], color="tab:blue", marker=".", label="train loss")
     vals = [(r["epoch"], r["val"]) for r in records if isinstance(r.get("val"), dict)]
     if any("loss" in v for _, v in vals):
         ax_loss.plot([e for e, v in vals if "loss" in v], [v["loss"] for _, v in vals if "loss" in v],
@@ -117,9 +117,9 @@ def plot_progress(records: list[dict[str, Any]], path: str | Path, metric: str |
     lines = ax_loss.get_legend_handles_labels()
     lines2 = ax_m.get_legend_handles_labels()
     ax_loss.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right")
-    ax_time.plot(ep, [r.get("time") for r in records], color="tab:purple")
+    ax_time.plot(ep, [r.get("time") for r in records], color="tab:purple", marker=".")
     ax_time.set_ylabel("epoch time [s]")
-    ax_lr.plot(ep, [r.get("lr") for r in records], color="tab:orange")
+    ax_lr.plot(ep, [r.get("lr") for r in records], color="tab:orange", marker=".")
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("epoch")
     fig.tight_layout()

@@ -579,7 +579,7 @@ def _train(
     }
     if ctx.is_main:
         atomic_write_json(run_dir / "metrics.json", summary)
-        logger.log(f"done: {len(history)} epochs, {step} steps, {seconds:.1f} s, {ips:.1f} img/s; "
+        logger.log(f"done: {len(history)} epochs, {step} steps, {seconds:.1f} s, {ips:.3g} img/s; "
                    f"best {tc.best_metric} = {best_value} at epoch {best_epoch}")
         logger.close()
         if console is not None:
@@ -646,9 +646,12 @@ def _summary_table(summary: dict[str, Any], run_dir: Path) -> Any:
             v = _fg_value(block, c)
             row.append(f"{v:.4f}" if v is not None else "-")
         table.add_row(red, *row)
-    tr = summary.get("train", {})
-    table.caption = (f"{tr.get('epochs')} epochs, {tr.get('steps')} steps, {tr.get('seconds')} s, "
-                     f"{tr.get('images_per_second')} img/s — {run_dir}")
+    tr = summary.get("train") or {}
+    if tr:
+        table.caption = (f"{tr.get('epochs')} epochs, {tr.get('steps')} steps, {tr.get('seconds')} s, "
+                         f"{tr.get('images_per_second')} img/s — {run_dir}")
+    else:
+        table.caption = f"{summary.get('n_images')} images — {run_dir}"
     return table
 
 
@@ -715,5 +718,7 @@ def evaluate_checkpoint(
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out) / "metrics.json", result)
     if console is not None:
-        console.print(_summary_table({**result, "best_epoch": ckpt.get("epoch"), "train": {}}, Path(str(checkpoint))))
+        table = _summary_table({**result, "best_epoch": ckpt.get("epoch"), "train": {}}, Path(str(checkpoint)))
+        table.title = f"{split} metrics of {checkpoint} (epoch {ckpt.get('epoch')})"
+        console.print(table)
     return result
