@@ -142,6 +142,23 @@ def test_resume_and_overwrite_protection(tmp_path):
     assert res.exit_code == 0, res.output
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["epoch"] == 2 and ck["config"]["model"]["kwargs"]["dims"] == 8
+    # a run's config.yaml is a valid --config: same data and model, new run directory
+    res = _run("train", "--config", run / "config.yaml", "--out", tmp_path / "run2", "--max-steps", 1, "--no-progress")
+    assert res.exit_code == 0, res.output
+    ck2 = torch.load(tmp_path / "run2" / "checkpoints" / "last.pt", weights_only=True)
+    assert ck2["step"] == 1 and ck2["config"]["data"]["path"] == str(data) and ck2["model"]["kwargs"]["dims"] == 8
+
+
+def test_build_config_precedence(tmp_path):
+    from mambaseg.cli.train import build_config
+
+    arch = tmp_path / "arch.json"
+    arch.write_text('{"genes": [0, 1, 2]}')
+    cfg = build_config(recipe="vmunet_ph2", data="d", epochs=3, lr=0.01, image_size="192,256", arch=str(arch),
+                       overrides=["optim.lr=0.02", "train.seed=7"], seed=5)
+    assert cfg.model.name == "vmunet" and cfg.train.epochs == 3 and cfg.data.image_size == [192, 256]
+    assert cfg.optim.lr == 0.02 and cfg.train.seed == 7  # --set wins over the explicit options
+    assert cfg.model.arch == {"genes": [0, 1, 2]} and cfg.schedule.t_max == 50
 
 
 @pytest.mark.parametrize(
