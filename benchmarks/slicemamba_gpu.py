@@ -13,8 +13,10 @@ Two steps:
        PYTHONPATH=src python benchmarks/slicemamba_gpu.py run --cache .gpucache/endotect_256.npz \
            --budget-s 420 --out "$OUT/slicemamba" --work /tmp/slicemamba_runs
 
-``run`` times a few training steps first and derives every phase's length from ``--budget-s`` (supernet
-training ~30 %, search ~14 %, each of the three retrainings ~17 %). The three retrainings use the
+``run`` splits ``--budget-s`` by time: supernet training ~32 % (SPOS, checkpoints written once at the end),
+evolution ~14 % (whole generations, population ``--population``), retraining of the searched network ~15 %;
+the all-(4,4) SliceMamba and VM-UNet are then trained for exactly the epochs the searched one reached (so
+allow ~50 % more for them and the overheads). The three retrainings use the
 ``slicemamba_polyp`` recipe (AdamW 1e-3 wd 1e-2, cosine T_max 50, BCE + Dice, VM-UNet flips/rotation) with
 the SAME number of epochs, batch size and seed; VM-UNet is built with SliceMamba's depths (2,2,9,2 / 2,2,2,1)
 so the three networks have identical parameter counts and differ only in the scan. Reported metrics are
@@ -64,41 +66,6 @@ def build_cache(data: str, size: int, out: str) -> None:
           f"{len(arrays['train_ids'])} train / {len(arrays['val_ids'])} val at {size}x{size}")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _step_time(model_name: str, kwargs: dict, batch: int, size: int, device: torch.device, steps: int = 3) -> float:
-    """Seconds per bf16 training step (forward + backward + AdamW) after two warm-up steps."""
-    from mambaseg import create_model
-    from mambaseg.losses import create_loss
-
-    torch.manual_seed(0)
-    m = create_model(model_name, **kwargs).to(device)
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-    loss_fn = create_loss("bce_dice")
-    x = torch.randn(batch, 3, size, size, device=device)
-    y = (torch.rand(batch, size, size, device=device) > 0.8).long()
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    for i in range(steps + 2):
-        if i == 2:
-            _sync(device)
-            t0 = time.perf_counter()
-        with amp:
-            out = m(x)
-        loss = loss_fn(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    _sync(device)
-    dt = (time.perf_counter() - t0) / steps
-    del m, opt
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return dt
-
-
 def run(args: argparse.Namespace) -> None:
     from _common import environment
 
@@ -120,26 +87,17 @@ def run(args: argparse.Namespace) -> None:
     size, bs = args.size, args.batch_size
     with np.load(args.cache, allow_pickle=False) as z:
         n_train, n_val = len(z["train_ids"]), len(z["val_ids"])
-    n_search = max(1, round(args.search_fraction * n_train))
+    print(f"data: {n_train} train / {n_val} val images at {size}px from {args.cache}", flush=True)
     backend = explain_backend(device.type == "cuda")
     print(f"scan backend: {backend}", flush=True)
 
-    t_step = _step_time("slicemamba", net_kw, bs, size, device)
-    t_fwd_img = t_step / bs / 3.0  # forward only ~ 1/3 of a training step
-    print(f"calibration: {t_step:.3f} s per training step (batch {bs}, {size}px)", flush=True)
     budget = args.budget_s - (time.perf_counter() - t_start)
-    overhead = 1.25  # data loading, validation, checkpoints
-    sup_steps_per_epoch = max(1, (n_train - n_search) // bs)
-    sup_epochs = max(2, int(0.30 * budget / (overhead * (sup_steps_per_epoch * t_step + n_val * t_fwd_img))))
-    cand_time = n_search * t_fwd_img * overhead + 0.05
-    n_cand = max(16, int(0.14 * budget / cand_time))
-    population = int(min(50, max(8, n_cand // 6)))
-    generations = int(min(20, max(2, n_cand // population)))
-    rt_steps_per_epoch = max(1, n_train // bs)
-    rt_epochs = max(2, int(0.17 * budget / (overhead * (rt_steps_per_epoch * t_step + n_val * t_fwd_img))))
-    plan = {"budget_s": args.budget_s, "step_time_s": t_step, "supernet_epochs": sup_epochs,
-            "generations": generations, "population": population, "retrain_epochs": rt_epochs,
-            "batch_size": bs, "image_size": size}
+    # time-based phases: the supernet trains and the evolution runs until their share of the budget is used;
+    # the searched network is retrained for its share, and the two baselines get exactly as many epochs
+    plan = {"budget_s": args.budget_s, "supernet_time_s": round(0.32 * budget, 1),
+            "search_time_s": round(0.14 * budget, 1), "retrain_a_time_s": round(0.15 * budget, 1),
+            "batch_size": bs, "image_size": size, "supernet_max_epochs": 300, "generations_max": 20,
+            "population": args.population}
     print(f"plan: {plan}", flush=True)
 
     base = load_recipe("slicemamba_polyp")
@@ -149,11 +107,14 @@ def run(args: argparse.Namespace) -> None:
               "train.amp=auto"]
     # ---- search
     cfg = apply_overrides(copy.deepcopy(base), common + [f"train.out={work / 'search'}"])
-    evo = EvolutionConfig(generations=generations, population=population, select_num=min(10, population),
+    population = args.population
+    evo = EvolutionConfig(generations=20, population=population, select_num=min(10, population),
                           mutation_num=population // 2, crossover_num=population // 2, mutation_prob=0.1,
                           seed=args.seed)
-    settings = SearchSettings(supernet_epochs=sup_epochs, evolution=evo, search_fraction=args.search_fraction,
-                              eval_batch_size=20, model_kwargs=dict(net_kw), progress=False)
+    settings = SearchSettings(supernet_epochs=300, evolution=evo, search_fraction=args.search_fraction,
+                              eval_batch_size=20, model_kwargs=dict(net_kw), progress=False,
+                              save_every=10**6, supernet_time_limit_s=plan["supernet_time_s"],
+                              search_time_limit_s=plan["search_time_s"])
     t0 = time.perf_counter()
     found = run_search(cfg, settings, work / "search", log=lambda m: print(m, flush=True))
     search_seconds = time.perf_counter() - t0
@@ -191,6 +152,7 @@ def run(args: argparse.Namespace) -> None:
         "b_all44_slicemamba": ("slicemamba", {"arch": [3] * n_genes}),
         "c_vmunet_same_depths": ("vmunet", {"depths": [2, 2, 9, 2], "depths_decoder": [2, 2, 2, 1]}),
     }
+    rt_epochs = 300  # (a) runs until its time share is used; (b) and (c) then get the same number of epochs
     for key, (name, kw) in variants.items():
         ov = common + [f"train.out={work / key}", f"model.name={name}", f"train.epochs={rt_epochs}",
                        "train.best_metric=dice", "train.best_mode=max"]
@@ -199,7 +161,14 @@ def run(args: argparse.Namespace) -> None:
         if "arch" in kw:
             rcfg.model.arch = kw["arch"]
         t0 = time.perf_counter()
-        res = train(rcfg, console=None, show_progress=False)
+        callbacks = []
+        if key == "a_searched_slicemamba":
+            limit = plan["retrain_a_time_s"]
+            callbacks = [lambda state, t0=t0, limit=limit: time.perf_counter() - t0 > limit]
+        res = train(rcfg, console=None, show_progress=False, callbacks=callbacks)
+        if key == "a_searched_slicemamba":
+            rt_epochs = res.epochs
+            plan["retrain_epochs"] = rt_epochs
         last = res.metrics.get("last") or {}
         results[key] = {
             "model": name, "model_kwargs": kw, "params": res.metrics.get("model", {}).get("params"),
@@ -233,6 +202,7 @@ def main() -> None:
     r.add_argument("--size", type=int, default=256)
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--search-fraction", type=float, default=0.2)
+    r.add_argument("--population", type=int, default=50)
     r.add_argument("--seed", type=int, default=42)
     r.add_argument("--device", default="cuda")
     r.add_argument("--workers", type=int, default=4)

@@ -161,3 +161,17 @@ def test_nan_fitness_is_an_error():
                                                crossover_num=1))
     with pytest.raises(ValueError, match="NaN"):
         s.run()
+
+
+def test_time_limit_stops_after_a_whole_generation_and_stays_resumable(tmp_path):
+    import time as _time
+
+    def slow(g):
+        _time.sleep(0.002)
+        return match_fitness(g)
+
+    s = make(tmp_path, fitness=slow)
+    res = s.run(time_limit_s=0.0)  # the first generation always completes
+    assert res.generations_done == 1 and s.stopped_early and not s.done
+    full = make(tmp_path / "full").run()
+    assert make(tmp_path).run().top == full.top  # resumed to the end

@@ -77,3 +77,15 @@ def test_search_cli_errors(tmp_path, synth):
     assert r.exit_code != 0 and "population" in r.output
     r = CliRunner().invoke(app, ["search", "--out", str(tmp_path / "o2")])
     assert r.exit_code != 0 and "--data" in r.output
+
+
+def test_search_cli_time_limits(tmp_path, synth):
+    out = tmp_path / "T"
+    r = _search(out, synth, ["--supernet-epochs", "3", "--supernet-time-limit", "0", "--search-time-limit", "0",
+                             "--generations", "5", "--save-every", "2"])
+    assert r.exit_code == 0, r.output
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["supernet"]["epochs"] == 1 and arch["supernet"]["stopped_early"]
+    assert arch["generations"] == 1 and arch["search_stopped_early"] and arch["num_evaluated"] == 4
+    ck = torch.load(out / "supernet" / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 1  # written although 1 is not a multiple of --save-every: training stopped there

@@ -30,6 +30,9 @@ def search(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of training, search split, path sampler and evolution."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader workers."),
+    supernet_time_limit: Optional[float] = typer.Option(None, "--supernet-time-limit", help="Stop supernet training after the epoch that passes this many seconds."),
+    search_time_limit: Optional[float] = typer.Option(None, "--search-time-limit", help="Stop the evolution after the generation that passes this many seconds."),
+    save_every: int = typer.Option(1, "--save-every", help="Write the supernet checkpoints every N epochs (and at the end)."),
     recipe: str = typer.Option("slicemamba_polyp", "--recipe", "-r", help="Recipe giving optimizer/schedule/loss."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file instead of the recipe."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any config field: section.field=value (repeatable)."),
@@ -79,7 +82,8 @@ def search(
     evo.resolved()  # check the values before any work
     settings = SearchSettings(supernet_epochs=supernet_epochs, evolution=evo, search_fraction=search_fraction,
                               eval_batch_size=eval_batch_size, model_kwargs=dict(cfg.model.kwargs or {}),
-                              progress=not no_progress)
+                              progress=not no_progress, save_every=save_every,
+                              supernet_time_limit_s=supernet_time_limit, search_time_limit_s=search_time_limit)
     result = run_search(cfg, settings, out, log=lambda m: console.print(m, highlight=False))
     table = Table(title="SliceMamba search result", show_header=False)
     table.add_row("architecture", " ".join(str(g) for g in result["arch"]))

@@ -182,6 +182,7 @@ class EvolutionSearch:
         self.candidates: list[Genome] = []
         self.history: list[dict[str, Any]] = []
         self.done = False
+        self.stopped_early = False
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -298,13 +299,16 @@ class EvolutionSearch:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def run(self, resume: bool = True, max_generations: int | None = None) -> SearchResult:
+    def run(self, resume: bool = True, max_generations: int | None = None,
+            time_limit_s: float | None = None) -> SearchResult:
         """Run (or continue) the search.
 
         Args:
             resume: continue from ``state_path`` when it exists.
             max_generations: stop after this many generations in this call (to test resuming); the
                 state stays resumable.
+            time_limit_s: stop after the first generation that ends past this many seconds of this call
+                (the result is the best genome so far; the state stays resumable).
 
         Returns:
             The :class:`SearchResult` over everything scored so far.
@@ -331,9 +335,15 @@ class EvolutionSearch:
                                 gens=cfg.generations, best="-")
             bar.update(task, completed=self.generation * cfg.population)
         ran = 0
+        t_start = time.perf_counter()
+        self.stopped_early = False
         try:
             while not self.done:
                 if max_generations is not None and ran >= max_generations:
+                    self.stopped_early = True
+                    break
+                if time_limit_s is not None and ran > 0 and time.perf_counter() - t_start > time_limit_s:
+                    self.stopped_early = True
                     break
                 for g in self.candidates:
                     if g in self.scores:

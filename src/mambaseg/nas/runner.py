@@ -55,6 +55,10 @@ class SearchSettings:
         eval_batch_size: batch size of the fitness evaluation (default: ``train.val_batch_size``).
         model_kwargs: extra supernet options (``dims``, ``depths``, ``d_state``, ... for small test runs).
         progress: show rich progress bars.
+        save_every: write the supernet checkpoints every N epochs (and at the end); the supernet with its
+            optimizer state is 4x a SliceMamba, so writing it every epoch can dominate short epochs.
+        supernet_time_limit_s: stop supernet training after the first epoch that ends past this budget.
+        search_time_limit_s: stop the evolution after the first generation that ends past this budget.
     """
 
     supernet_epochs: int = 300
@@ -65,6 +69,9 @@ class SearchSettings:
     eval_batch_size: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    save_every: int = 1
+    supernet_time_limit_s: float | None = None
+    search_time_limit_s: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------- split
@@ -158,12 +165,19 @@ def train_supernet(
     evaluator: Any,
     progress: bool = True,
     log: Any = print,
+    save_every: int = 1,
+    time_limit_s: float | None = None,
 ) -> dict[str, Any]:
     """SPOS training of ``net`` (one random path per iteration), resumable from ``out_dir/last.pt``.
 
+    Args:
+        save_every: write ``last.pt``/``best.pt`` every N epochs and at the end (a resumed run restarts after
+            the last written epoch).
+        time_limit_s: stop after the first epoch that ends past this many seconds of this call.
+
     Returns:
-        ``{"epochs", "steps", "best_epoch", "best_val_loss", "history"}``; ``out_dir/best.pt`` holds the
-        weights with the lowest validation loss (random path).
+        ``{"epochs", "steps", "best_epoch", "best_val_loss", "history", "stopped_early"}``; ``out_dir/best.pt``
+        holds the weights with the lowest validation loss (random path).
     """
     from mambaseg.engine.evaluator import EvalContext, autocast_for
     from mambaseg.engine.optim import build_optimizer, build_scheduler
@@ -189,6 +203,10 @@ def train_supernet(
         start, step, history, best = int(ck["epoch"]), int(ck["step"]), list(ck["history"]), dict(ck["best"])
         log(f"supernet: resuming after epoch {start}/{epochs}")
     gclip = cfg.train.grad_clip
+    save_every = max(1, int(save_every))
+    t_call = time.perf_counter()
+    best_state: dict[str, torch.Tensor] | None = None
+    stopped_early = False
     bar = None
     if progress and start < epochs:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -248,20 +266,30 @@ def train_supernet(
             history.append(rec)
             if res["loss"] < best["val_loss"]:
                 best = {"epoch": epoch + 1, "val_loss": float(res["loss"])}
-                _save(best_path, {"state_dict": net.state_dict(), "epoch": epoch + 1, "val_loss": float(res["loss"])})
-            _save(last_path, {"state_dict": net.state_dict(), "optimizer": opt.state_dict(),
-                              "scheduler": sched.state_dict(), "sampler": net.sampler.state_dict(),
-                              "epoch": epoch + 1, "step": step, "history": history, "best": best})
-            atomic_write_json(out_dir / "history.json", history)
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            capped = cfg.train.max_steps is not None and step >= cfg.train.max_steps
+            if time_limit_s is not None and time.perf_counter() - t_call > time_limit_s and epoch + 1 < epochs:
+                stopped_early = True
+            if stopped_early or capped or (epoch + 1) % save_every == 0 or epoch + 1 == epochs:
+                if best_state is not None:
+                    _save(best_path, {"state_dict": best_state, "epoch": best["epoch"], "val_loss": best["val_loss"]})
+                    best_state = None
+                _save(last_path, {"state_dict": net.state_dict(), "optimizer": opt.state_dict(),
+                                  "scheduler": sched.state_dict(), "sampler": net.sampler.state_dict(),
+                                  "epoch": epoch + 1, "step": step, "history": history, "best": best})
+                atomic_write_json(out_dir / "history.json", history)
             log(f"supernet epoch {epoch + 1}/{epochs}: train loss {rec['train_loss']:.4f}, val loss "
                 f"{rec['val_loss']:.4f}, val dice (random path) {rec['val_dice_random_path']:.4f}")
             if bar is not None:
                 bar.update(tid, ep=min(epoch + 2, epochs))
+            if stopped_early:
+                log(f"supernet: time budget of {time_limit_s:.0f} s used after epoch {epoch + 1}; stopping")
+                break
     finally:
         if bar is not None:
             bar.stop()
     return {"epochs": len(history), "steps": step, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
-            "history": history}
+            "history": history, "stopped_early": stopped_early}
 
 
 class _MemoryDataset(Dataset):
@@ -332,7 +360,8 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
                              **settings.model_kwargs)
     sn_dir = out / "supernet"
     sn = train_supernet(net, train_sub, val_ds, cfg, int(settings.supernet_epochs), sn_dir,
-                        evaluator=task.evaluator, progress=settings.progress, log=log)
+                        evaluator=task.evaluator, progress=settings.progress, log=log,
+                        save_every=settings.save_every, time_limit_s=settings.supernet_time_limit_s)
     best = torch.load(sn_dir / "best.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(best["state_dict"])
     net.eval()
@@ -346,7 +375,7 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
                              state_path=out / "search_state.json", log_path=out / "search_log.jsonl",
                              fitness_names=("iou", "dsc"), progress=settings.progress)
     t0 = time.perf_counter()
-    res = search.run()
+    res = search.run(time_limit_s=settings.search_time_limit_s)
     log(f"search: best {list(res.best)} with pooled IoU {res.fitness[0]:.4f}, DSC {res.fitness[1]:.4f} "
         f"({res.num_evaluated} candidates, {res.generations_done} generations, {time.perf_counter() - t0:.1f} s)")
     result = {
@@ -358,6 +387,7 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
         "top": [{"arch": list(g), "iou": f[0], "dsc": f[1]} for g, f in res.top],
         "num_evaluated": res.num_evaluated,
         "generations": res.generations_done,
+        "search_stopped_early": bool(search.stopped_early),
         "model": "slicemamba",
         "model_kwargs": dict(settings.model_kwargs),
         "search_split": {"file": "search_split.json", "seed": search_seed, "fraction": settings.search_fraction,
@@ -366,7 +396,8 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
         "seeds": {"train": seed, "search_split": search_seed, "path_sampler": sampler_seed, "evolution": evo.seed},
         "evolution": asdict(evo),
         "supernet": {"epochs": sn["epochs"], "steps": sn["steps"], "best_epoch": sn["best_epoch"],
-                     "best_val_loss": sn["best_val_loss"], "checkpoint": "supernet/best.pt"},
+                     "best_val_loss": sn["best_val_loss"], "stopped_early": sn["stopped_early"],
+                     "checkpoint": "supernet/best.pt"},
         "data": {"path": str(cfg.data.path), "image_size": list(cfg.data.image_size), "layout": task.name,
                  "n_val": len(val_ds)},
         "log": "search_log.jsonl",
