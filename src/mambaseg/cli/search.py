@@ -12,30 +12,50 @@ from mambaseg.cli._common import CLIError, console, handle_errors, parse_image_s
 
 @handle_errors
 def search(
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset folder (ROOT/{train,val}/{images,masks}) or .npz cache."),
+    data: Optional[str] = typer.Option(
+        None, "--data", "-d", help="Dataset folder (ROOT/{train,val}/{images,masks}) or .npz cache.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (an existing one is resumed)."),
     supernet_epochs: int = typer.Option(300, "--supernet-epochs", help="SPOS supernet training epochs."),
     generations: int = typer.Option(20, "--generations", help="Evolution generations."),
     population: int = typer.Option(50, "--population", help="Candidates per generation."),
     select_num: int = typer.Option(10, "--select-num", help="Parent pool size (top-k of all scored)."),
-    mutation_num: Optional[int] = typer.Option(None, "--mutation-num", help="Mutants per generation (default population/2)."),
-    crossover_num: Optional[int] = typer.Option(None, "--crossover-num", help="Crossover children per generation (default population/2)."),
+    mutation_num: Optional[int] = typer.Option(
+        None, "--mutation-num", help="Mutants per generation (default population/2).",
+    ),
+    crossover_num: Optional[int] = typer.Option(
+        None, "--crossover-num", help="Crossover children per generation (default population/2).",
+    ),
     mutation_prob: float = typer.Option(0.1, "--mutation-prob", help="Per-gene mutation probability."),
-    search_fraction: float = typer.Option(0.2, "--search-fraction", help="Fraction of train carved out as the search split."),
+    search_fraction: float = typer.Option(
+        0.2, "--search-fraction", help="Fraction of train carved out as the search split.",
+    ),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Size: S or H,W (recipe default 256)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Supernet training batch size."),
-    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", help="Batch size of validation and fitness evaluation."),
+    eval_batch_size: Optional[int] = typer.Option(
+        None, "--eval-batch-size", help="Batch size of validation and fitness evaluation.",
+    ),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap on supernet optimizer steps."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Supernet peak learning rate."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of training, search split, path sampler and evolution."),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Seed of training, search split, path sampler and evolution.",
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader workers."),
-    supernet_time_limit: Optional[float] = typer.Option(None, "--supernet-time-limit", help="Stop supernet training after the epoch that passes this many seconds."),
-    search_time_limit: Optional[float] = typer.Option(None, "--search-time-limit", help="Stop the evolution after the generation that passes this many seconds."),
-    save_every: int = typer.Option(1, "--save-every", help="Write the supernet checkpoints every N epochs (and at the end)."),
+    supernet_time_limit: Optional[float] = typer.Option(
+        None, "--supernet-time-limit", help="Stop supernet training after the epoch that passes this many seconds.",
+    ),
+    search_time_limit: Optional[float] = typer.Option(
+        None, "--search-time-limit", help="Stop the evolution after the generation that passes this many seconds.",
+    ),
+    save_every: int = typer.Option(
+        1, "--save-every", help="Write the supernet checkpoints every N epochs (and at the end).",
+    ),
     recipe: str = typer.Option("slicemamba_polyp", "--recipe", "-r", help="Recipe giving optimizer/schedule/loss."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file instead of the recipe."),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any config field: section.field=value (repeatable)."),
+    overrides: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override any config field: section.field=value (repeatable).",
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
     """Search a SliceMamba architecture; writes OUT/arch.json, OUT/search_log.jsonl and the supernet checkpoints.
@@ -88,9 +108,10 @@ def search(
     table = Table(title="SliceMamba search result", show_header=False)
     table.add_row("architecture", " ".join(str(g) for g in result["arch"]))
     table.add_row("slices (m, n)", " ".join(f"{m}x{n}" for m, n in result["slices"]))
-    table.add_row("search fitness", f"pooled IoU {result['fitness']['iou']:.4f}, pooled DSC {result['fitness']['dsc']:.4f}")
+    fit, split = result["fitness"], result["search_split"]
+    table.add_row("search fitness", f"pooled IoU {fit['iou']:.4f}, pooled DSC {fit['dsc']:.4f}")
     table.add_row("candidates scored", str(result["num_evaluated"]))
-    table.add_row("search split", f"{result['search_split']['n_search']} images (seed {result['search_split']['seed']})")
+    table.add_row("search split", f"{split['n_search']} images (seed {split['seed']})")
     table.add_row("written", str(Path(out) / "arch.json"))
     console.print(table)
     console.print(f"retrain: mambaseg train --model slicemamba --arch {Path(out) / 'arch.json'} --data {cfg.data.path}",

@@ -59,7 +59,8 @@ class S3Block(VSSBlock):
         if "scan" in ss2d_kwargs:
             raise TypeError("S3Block sets the scan itself; pass slice_size=(m, n) instead of scan=")
         m, n = _slice_pair(slice_size)
-        super().__init__(hidden_dim, drop_path=drop_path, d_state=d_state, scan=SliceScan(m, n, pad_mode), **ss2d_kwargs)
+        super().__init__(hidden_dim, drop_path=drop_path, d_state=d_state, scan=SliceScan(m, n, pad_mode),
+                         **ss2d_kwargs)
         self.slice_size = (m, n)
 
     def extra_repr(self) -> str:

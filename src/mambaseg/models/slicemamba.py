@@ -35,7 +35,9 @@ DEFAULT_DEPTHS_DECODER: tuple[int, ...] = (2, 2, 2, 1)
 DEFAULT_GENE = 3  # (4, 4)
 
 
-def num_positions(depths: Sequence[int] = DEFAULT_DEPTHS, depths_decoder: Sequence[int] = DEFAULT_DEPTHS_DECODER) -> int:
+def num_positions(
+    depths: Sequence[int] = DEFAULT_DEPTHS, depths_decoder: Sequence[int] = DEFAULT_DEPTHS_DECODER
+) -> int:
     """Number of searchable blocks (genes) of a network with these depths (22 for SliceMamba)."""
     return int(sum(depths) + sum(depths_decoder))
 
@@ -66,10 +68,14 @@ def parse_arch(arch: Any, positions: int = 22) -> tuple[int, ...]:
         return parse_arch(data, positions)
     if isinstance(arch, Mapping):
         if "arch" not in arch:
-            raise ValueError(f"arch: a mapping must hold the genes under key 'arch' (as arch.json does), got keys {sorted(arch)}")
+            raise ValueError(
+                f"arch: a mapping must hold the genes under key 'arch' (as arch.json does), got keys {sorted(arch)}"
+            )
         return parse_arch(arch["arch"], positions)
     if not isinstance(arch, Sequence):
-        raise ValueError(f"arch: expected a list of {positions} genes, a dict with 'arch' or a JSON path, got {type(arch).__name__}")
+        raise ValueError(
+            f"arch: expected a list of {positions} genes, a dict with 'arch' or a JSON path, got {type(arch).__name__}"
+        )
     genes = []
     for i, g in enumerate(arch):
         if isinstance(g, Sequence) and not isinstance(g, str) and len(g) == 2:

@@ -204,7 +204,9 @@ class EvolutionSearch:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state written by :meth:`state_dict`; the configuration must match."""
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"search state version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
+            raise ValueError(
+                f"search state version {state.get('version')!r} is not supported (expected {STATE_VERSION})"
+            )
         if state["num_genes"] != self.num_genes or state["num_choices"] != self.num_choices:
             raise ValueError(
                 f"search state is for {state['num_genes']} genes x {state['num_choices']} choices, "

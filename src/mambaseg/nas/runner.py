@@ -145,7 +145,9 @@ def _resolve(cfg: RunConfig) -> tuple[torch.device, torch.dtype | None]:
     device = resolve_device(cfg.train.device)
     amp_dtype, use_scaler = resolve_amp(cfg.train.amp, device)
     if use_scaler:
-        raise ValueError("the supernet search supports train.amp auto/bf16/off (fp16 with a GradScaler is not supported)")
+        raise ValueError(
+            "the supernet search supports train.amp auto/bf16/off (fp16 with a GradScaler is not supported)"
+        )
     return device, amp_dtype
 
 
@@ -297,7 +299,8 @@ class _MemoryDataset(Dataset):
     the deterministic evaluation transform, so decoding it once is enough)."""
 
     def __init__(self, dataset: Dataset) -> None:
-        self.items = [{k: v for k, v in dataset[i].items() if k in ("image", "mask", "id")} for i in range(len(dataset))]
+        keep = ("image", "mask", "id")
+        self.items = [{k: v for k, v in dataset[i].items() if k in keep} for i in range(len(dataset))]
 
     def __len__(self) -> int:
         return len(self.items)
