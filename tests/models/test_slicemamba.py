@@ -112,3 +112,31 @@ def test_full_size_256_224_and_param_count():
     with torch.no_grad():
         for s in (256, 224):
             assert m(torch.randn(1, 3, s, s)).shape == (1, 1, s, s)
+
+
+def test_s3_block_matches_raster_ss2d_when_one_strip_covers_the_map():
+    """Reference check of the BSS plumbing: with m = H and n = W there is a single horizontal strip (read
+    column-major) and a single vertical strip (read row-major), i.e. SS2D's raster orders in another order.
+    With the per-direction parameters permuted accordingly the S3 block must equal the VSS block."""
+    from mambaseg.layers import VSSBlock
+
+    torch.manual_seed(0)
+    h, w, c = 4, 6, 8
+    vss = VSSBlock(c, d_state=4).double()
+    s3 = S3Block(c, d_state=4, slice_size=(h, w)).double()
+    perm = [1, 3, 0, 2]  # slice sequence k <-> raster sequence perm[k] (raster: row, col, rev row, rev col)
+    sd = vss.state_dict()
+    d_inner = vss.self_attention.d_inner
+    for key in ("x_proj_weight", "dt_projs_weight", "dt_projs_bias"):
+        full = f"self_attention.{key}"
+        sd[full] = sd[full][perm]
+    for key in ("A_logs", "Ds"):
+        full = f"self_attention.{key}"
+        sd[full] = sd[full].view(4, d_inner, *sd[full].shape[1:])[perm].reshape(sd[full].shape)
+    s3.load_state_dict(sd)
+    x = torch.randn(2, h, w, c, dtype=torch.float64)
+    torch.testing.assert_close(s3(x), vss(x))
+    # and a genuinely different slicing changes the result
+    s3b = S3Block(c, d_state=4, slice_size=(2, 2)).double()
+    s3b.load_state_dict(sd)
+    assert not torch.allclose(s3b(x), vss(x))
