@@ -365,6 +365,9 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
     sn = train_supernet(net, train_sub, val_ds, cfg, int(settings.supernet_epochs), sn_dir,
                         evaluator=task.evaluator, progress=settings.progress, log=log,
                         save_every=settings.save_every, time_limit_s=settings.supernet_time_limit_s)
+    if not (sn_dir / "best.pt").is_file():
+        raise RuntimeError(f"{sn_dir / 'best.pt'} was not written: the supernet never reached a finite validation "
+                           "loss; check the data and lower the learning rate")
     best = torch.load(sn_dir / "best.pt", map_location="cpu", weights_only=True)
     net.load_state_dict(best["state_dict"])
     net.eval()
