@@ -136,6 +136,9 @@ def test_resume_and_overwrite_protection(tmp_path):
     base = ["train", "--model", "vmunet_tiny", "--data", data, "--image-size", "32", "--batch-size", 4,
             "--out", run, "--device", "cpu", "--no-progress", *SMALL]
     assert _run(*base, "--epochs", 1).exit_code == 0
+    bad_size = _run("train", "--model", "vmunet_tiny", "--data", data, "--image-size", "40", "--out", tmp_path / "bad",
+                    "--device", "cpu", "--no-progress", *SMALL)
+    assert "--image-size 32,32" in _error_line(bad_size)
     line = _error_line(_run(*base, "--epochs", 1))
     assert "--resume" in line
     res = _run("train", "--out", run, "--resume", "--epochs", 2, "--no-progress")

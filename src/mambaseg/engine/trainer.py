@@ -359,6 +359,7 @@ def _train(
     # ---- model, loss, optimisation
     seed_everything(tc.seed)
     model = build_model_from_config(cfg, num_classes, in_chans).to(device)
+    _check_image_size(model, cfg)
     spec = dict(getattr(model, "mambaseg_spec", {}) or {})
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(device)
@@ -588,6 +589,21 @@ def _train(
     return TrainResult(run_dir=run_dir, metrics=summary, best_epoch=best_epoch,
                        best_value=float(best_value) if best_value is not None else float("nan"),
                        epochs=len(history), steps=step, seconds=seconds, images_per_second=ips, history=history)
+
+
+def _check_image_size(model: nn.Module, cfg: RunConfig) -> None:
+    """Fail before training when ``data.image_size`` does not suit the model (clear message with a valid size)."""
+    from mambaseg.models.base import nearest_valid_size
+
+    stride = int(getattr(model, "stride", 1) or 1)
+    h, w = (int(v) for v in cfg.data.image_size)
+    fixed = getattr(model, "fixed_size", None)
+    if fixed is not None and (h, w) != tuple(fixed):
+        raise ValueError(f"model {cfg.model.name!r} was built for {tuple(fixed)} inputs but data.image_size is {(h, w)}")
+    if h % stride or w % stride:
+        hh, ww = nearest_valid_size(h, stride), nearest_valid_size(w, stride)
+        raise ValueError(f"--image-size {h},{w} does not suit {cfg.model.name!r}: H and W must be multiples of "
+                         f"{stride}; use --image-size {hh},{ww}")
 
 
 def _deterministic(enabled: bool):

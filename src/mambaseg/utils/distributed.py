@@ -75,6 +75,12 @@ def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum ``t`` over all processes (no-op in a single process); returns a new tensor."""
     out = t.clone()
     if ctx.enabled:
+        if dist.get_backend() == "nccl" and out.device.type != "cuda":
+            # NCCL reduces CUDA tensors only: go through the device this process was given
+            dev = torch.device("cuda", torch.cuda.current_device())
+            red = out.to(dev)
+            dist.all_reduce(red, op=dist.ReduceOp.SUM)
+            return red.to(t.device)
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
 
