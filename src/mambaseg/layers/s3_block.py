@@ -5,7 +5,9 @@ selective scans -> LayerNorm -> gate SiLU(z) -> out_proj) with the four raster o
 bidirectional slicing orders of :class:`mambaseg.ops.SliceScan` (horizontal strips of ``m`` rows, vertical
 strips of ``n`` columns, both directions). No MLP branch. Parameter shapes do not depend on the slice
 setting, so an S3 block has exactly the parameters (and state-dict keys ``ln_1``, ``self_attention``) of a
-VMamba-v0 VSS block of the same width. See spec ``msvmunet-slicemamba.md`` §2.2–2.3.
+VMamba-v0 VSS block of the same width. Maps not divisible by the slice size use the scan's ``"drop"`` padding (strips
+formed on the padded grid, padded positions left out of the sequences; see :mod:`mambaseg.ops.slice_scan`).
+See spec ``msvmunet-slicemamba.md`` §2.2–2.3.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ class S3Block(VSSBlock):
         drop_path: stochastic-depth probability of the residual branch.
         d_state: SSM state size.
         slice_size: ``(m, n)`` = (horizontal-strip height, vertical-strip width), or one int for both.
-        pad_mode: how maps not divisible by the slice size are handled (see :mod:`mambaseg.ops.slice_scan`).
         **ss2d_kwargs: further :class:`mambaseg.layers.SS2D` options (``ssm_ratio``, ``backend``, ...).
 
     Example:
@@ -53,13 +54,12 @@ class S3Block(VSSBlock):
         drop_path: float = 0.0,
         d_state: int = 16,
         slice_size: int | Sequence[int] = (4, 4),
-        pad_mode: str = "drop",
         **ss2d_kwargs: Any,
     ) -> None:
         if "scan" in ss2d_kwargs:
             raise TypeError("S3Block sets the scan itself; pass slice_size=(m, n) instead of scan=")
         m, n = _slice_pair(slice_size)
-        super().__init__(hidden_dim, drop_path=drop_path, d_state=d_state, scan=SliceScan(m, n, pad_mode),
+        super().__init__(hidden_dim, drop_path=drop_path, d_state=d_state, scan=SliceScan(m, n),
                          **ss2d_kwargs)
         self.slice_size = (m, n)
 

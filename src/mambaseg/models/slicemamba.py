@@ -10,7 +10,8 @@ fixed slice size of the paper's first version. Parameter shapes do not depend on
 count equals VM-UNet's with the same depths/dims.
 
 Maps whose size does not divide by a slice size (e.g. the 7 x 7 bottleneck of a 224 input) are handled by
-the slicing scan's padding (``pad_mode``) instead of failing as the original code does. The model returns
+the slicing scan's padding (strips formed on the padded grid, padded positions left out of the sequences;
+:mod:`mambaseg.ops.slice_scan`) instead of failing as the original code does. The model returns
 logits; the original wrapper applied a sigmoid for one class.
 """
 
@@ -109,7 +110,6 @@ class SliceMamba(VMUNet):
         dims: encoder widths; an int C means (C, 2C, 4C, 8C).
         d_state: SSM state size.
         drop_path_rate: stochastic depth (encoder linspace(0, rate), decoder reversed).
-        pad_mode: slicing-scan padding for maps not divisible by a slice size (``"drop"`` or ``"zeros"``).
         **ssm_kwargs: further SS2D options (``backend``, ...).
 
     Attributes:
@@ -131,7 +131,6 @@ class SliceMamba(VMUNet):
         dims: int | Sequence[int] = 96,
         d_state: int = 16,
         drop_path_rate: float = 0.2,
-        pad_mode: str = "drop",
         **ssm_kwargs: Any,
     ) -> None:
         if "block" in ssm_kwargs:
@@ -140,8 +139,7 @@ class SliceMamba(VMUNet):
         it: Iterator[int] = iter(genes)
 
         def make_block(dim: int, drop_path: float = 0.0, d_state: int = 16, **kw: Any) -> nn.Module:
-            return S3Block(dim, drop_path=drop_path, d_state=d_state, slice_size=SLICE_CHOICES[next(it)],
-                           pad_mode=pad_mode, **kw)
+            return S3Block(dim, drop_path=drop_path, d_state=d_state, slice_size=SLICE_CHOICES[next(it)], **kw)
 
         super().__init__(num_classes=num_classes, in_chans=in_chans, depths=depths, depths_decoder=depths_decoder,
                          dims=dims, d_state=d_state, drop_path_rate=drop_path_rate, block=make_block, **ssm_kwargs)

@@ -48,7 +48,6 @@ class SliceMambaSupernet(VMUNet):
         dims: encoder widths (int C -> C, 2C, 4C, 8C).
         d_state: SSM state size.
         drop_path_rate: stochastic depth.
-        pad_mode: slicing-scan padding mode.
         seed: seed of the path sampler.
         **ssm_kwargs: further SS2D options.
 
@@ -71,7 +70,6 @@ class SliceMambaSupernet(VMUNet):
         dims: int | Sequence[int] = 96,
         d_state: int = 16,
         drop_path_rate: float = 0.2,
-        pad_mode: str = "drop",
         seed: int = 0,
         **ssm_kwargs: Any,
     ) -> None:
@@ -79,8 +77,7 @@ class SliceMambaSupernet(VMUNet):
             raise TypeError("SliceMambaSupernet builds its own blocks; 'block' cannot be passed")
 
         def make_block(dim: int, drop_path: float = 0.0, d_state: int = 16, **kw: Any) -> nn.Module:
-            return S3ChoiceBlock(dim, drop_path=drop_path, d_state=d_state, choices=SLICE_CHOICES, pad_mode=pad_mode,
-                                 **kw)
+            return S3ChoiceBlock(dim, drop_path=drop_path, d_state=d_state, choices=SLICE_CHOICES, **kw)
 
         super().__init__(num_classes=num_classes, in_chans=in_chans, depths=depths, depths_decoder=depths_decoder,
                          dims=dims, d_state=d_state, drop_path_rate=drop_path_rate, block=make_block, **ssm_kwargs)
@@ -90,8 +87,9 @@ class SliceMambaSupernet(VMUNet):
         self.fixed_arch: tuple[int, ...] | None = None
         self.last_arch: tuple[int, ...] | None = None
         self.subnet_kwargs = dict(depths=tuple(depths), depths_decoder=tuple(depths_decoder), dims=dims,
-                                  d_state=d_state, drop_path_rate=drop_path_rate, pad_mode=pad_mode, **ssm_kwargs)
-        assert len(self.choice_blocks()) == self.num_positions
+                                  d_state=d_state, drop_path_rate=drop_path_rate, **ssm_kwargs)
+        if len(self.choice_blocks()) != self.num_positions:  # pragma: no cover - guards the VM-UNet block layout
+            raise RuntimeError("SliceMambaSupernet: the VM-UNet block layout changed; positions do not match genes")
 
     def choice_blocks(self) -> list[S3ChoiceBlock]:
         """The searchable positions in gene order (encoder stages, then decoder stages)."""
