@@ -5,14 +5,16 @@ the steady epoch time; the real run then gets as many epochs as fit in the model
 cosine schedules (VM-UNet, VMB-UNet) stretched to that length (``schedule.t_max = epochs``: one decay instead of the
 ISIC recipes' period of 50 epochs over 300; DermoMamba's plateau schedule is unchanged). A time-budget callback stops
 a run that goes over. Everything else is the recipe (``<model>_ph2``). Results (pooled and per-case DSC/IoU of the
-best-by-val-Dice checkpoint on ph2_dev/val, wall time, img/s, history) go to ``benchmarks/results/<model>_ph2_gpu.json``.
+best-by-val-Dice checkpoint on ph2_dev/val, wall time, img/s, history) go to
+``benchmarks/results/skin_ph2_gpu_<model>.json`` (three files: keep ``$OUT`` small on the device machine).
 
 Metrics are computed at the training size (256x256; 192x256 for DermoMamba) on the cached val images.
 
 Usage (caches built here, carried to the GPU machine; ``../shared`` does not travel):
     python benchmarks/make_cache.py --data ../shared/data/ph2_dev --size 256 --out .gpucache/ph2_256.npz
     python benchmarks/make_cache.py --data ../shared/data/ph2_dev --size 192,256 --out .gpucache/ph2_192x256.npz
-    python benchmarks/train_skin_ph2_gpu.py --minutes 2.2,2.4,2.4
+    # on the GPU machine (carry both caches); write the results straight under $OUT, nothing else
+    PYTHONPATH=src python benchmarks/train_skin_ph2_gpu.py --minutes 2.2,2.4,2.4 --results-dir $OUT --out-dir /tmp/runs
 """
 
 from __future__ import annotations
@@ -31,17 +33,20 @@ WHAT = {
 }
 
 
-def _run(cfg, seconds_budget: float | None):
+def _run(cfg, seconds_budget: float | None) -> tuple:
+    """Train; returns (result, wall-clock times at the end of each epoch, validation and checkpointing included)."""
     from rich.console import Console
 
     from mambaseg.engine import train
 
     t0 = time.perf_counter()
+    ends: list[float] = []
 
     def budget(state) -> bool:
-        return seconds_budget is not None and time.perf_counter() - t0 > seconds_budget
+        ends.append(time.perf_counter() - t0)
+        return seconds_budget is not None and ends[-1] > seconds_budget
 
-    return train(cfg, console=Console(), callbacks=[budget], show_progress=False)
+    return train(cfg, console=Console(), callbacks=[budget], show_progress=False), ends
 
 
 def run_model(name: str, minutes: float, probe_epochs: int, out_dir: Path, results_dir: Path, extra: list[str]) -> dict:
@@ -55,8 +60,9 @@ def run_model(name: str, minutes: float, probe_epochs: int, out_dir: Path, resul
     t_start = time.perf_counter()
     probe_cfg = apply_overrides(load_recipe(recipe), [*base, f"train.out={out_dir / (name + '_probe')}",
                                                       f"train.epochs={probe_epochs}"])
-    probe = _run(probe_cfg, None)
-    epoch_s = float(probe.history[-1]["time"])
+    probe, ends = _run(probe_cfg, None)
+    # steady epoch time = wall time of the last probe epoch (train + validation + checkpoint; compilation is in epoch 1)
+    epoch_s = ends[-1] - ends[-2] if len(ends) > 1 else ends[-1]
     left = 60 * minutes - (time.perf_counter() - t_start)
     epochs = max(1, int(left / epoch_s * 0.95))
     cfg = load_recipe(recipe)
@@ -64,7 +70,7 @@ def run_model(name: str, minutes: float, probe_epochs: int, out_dir: Path, resul
     if cfg.schedule.name == "cosine":
         overrides.append(f"schedule.t_max={epochs}")
     cfg = apply_overrides(cfg, [*base, f"train.out={out_dir / name}", *overrides])
-    res = _run(cfg, max(30.0, left))
+    res, _ = _run(cfg, max(30.0, left))
     m = res.metrics
     out = {
         "what": WHAT[name] + "; trained on ph2_dev/train from scratch, evaluated on ph2_dev/val, best checkpoint "
@@ -97,7 +103,7 @@ def run_model(name: str, minutes: float, probe_epochs: int, out_dir: Path, resul
         "history": [{k: r.get(k) for k in ("epoch", "train_loss", "lr", "time", "val")} for r in res.history],
     }
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{name}_ph2_gpu.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (results_dir / f"skin_ph2_gpu_{name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     return out
 
 

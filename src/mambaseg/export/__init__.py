@@ -1,0 +1,1 @@
+"""mambaseg.export."""
