@@ -162,3 +162,14 @@ def test_indices_built_in_inference_mode_are_usable_for_training():
     x = torch.randn(1, 2, 9, 11, requires_grad=True)
     slice_merge(slice_scan(x, 4, 2).square(), 9, 11, 4, 2).sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("pad_mode", ["drop", "zeros"])
+def test_each_sequence_alone_inverts_exactly(pad_mode):
+    x = torch.randn(2, 3, 7, 10, dtype=torch.float64)
+    for m, n in SLICE_CHOICES:
+        xs = slice_scan(x, m, n, pad_mode)
+        for k in range(4):
+            only = torch.zeros_like(xs)
+            only[:, k] = xs[:, k]
+            assert torch.equal(slice_merge(only, 7, 10, m, n, pad_mode), x.flatten(2))
