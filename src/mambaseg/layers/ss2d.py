@@ -99,9 +99,9 @@ class SS2D(nn.Module):
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) after conv+SiLU -> merged scan output (B, H, W, D) in float32 (float64 for float64 inputs)."""
         b, d, h, w = x.shape
-        L = h * w
         k = self.scan.k
-        xs = self.scan.scan(x)  # (B, K, D, L)
+        xs = self.scan.scan(x)  # (B, K, D, L); L = H*W for permutations, more for padded scan patterns
+        L = xs.shape[-1]
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
