@@ -24,7 +24,7 @@ def demo(
     n_train: int = typer.Option(64, "--n-train", help="Synthetic training images."),
     n_val: int = typer.Option(16, "--n-val", help="Synthetic validation images."),
     target: float = typer.Option(0.85, "--target-dice", help="Stop after the epoch whose validation Dice reaches this."),
-    budget: float = typer.Option(240.0, "--budget", help="Stop after the epoch that crosses this many seconds of training."),
+    budget: float = typer.Option(250.0, "--budget", help="Stop after the epoch that crosses this many seconds of training."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
     """Train vmunet_tiny on synthetic blobs and report the validation Dice (writes DIR/metrics.json).
