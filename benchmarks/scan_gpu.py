@@ -242,7 +242,22 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).write_text(json.dumps(rows, indent=1))
         return 0
 
-    rows = []
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"scan_gpu_{device_tag()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "timing": (
+            f"CUDA events, median of {args.reps} after {args.warmup} warm-up runs, one eager call per timing "
+            "(host launch overhead included); *_graph_ms: replays of a CUDA graph of the same call; inputs fp32"
+        ),
+        "rows": [],
+    }
+    rows = result["rows"]
     for i in shapes:
         b, k, d, seqlen, n, off_f, off_fb = ANCHORS[i]
         inp = make_inputs(b, k, d, seqlen, n, seed=i)
@@ -276,23 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         del inp, gy
         torch.cuda.empty_cache()
+        out.write_text(json.dumps(result, indent=1))  # after every row, so partial runs keep their numbers
 
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "timing": (
-            f"CUDA events, median of {args.reps} after {args.warmup} warm-up runs, one eager call per timing "
-            "(host launch overhead included); *_graph_ms: replays of a CUDA graph of the same call; inputs fp32"
-        ),
-        "rows": rows,
-    }
-    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"scan_gpu_{device_tag()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
     print("\n| batch, K, d_inner, L, N | triton fwd | triton fwd+bwd | official fwd+bwd | ratio | torch fwd+bwd | rel_err |")
     for r in rows:

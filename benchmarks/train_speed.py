@@ -124,15 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     backend = None if args.backend == "auto" else args.backend
-    rows = []
-    for prec in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    for prec in precisions:
         if prec not in ("fp32", "bf16"):
             raise SystemExit(f"--precisions: expected fp32 and/or bf16, got {prec!r}")
-        row = bench(args.model, prec, args.batch, args.size, args.warmup, args.steps, backend)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
     tag = torch.cuda.get_device_name().lower()
     tag = next((t for t in ("h100", "h200", "a100", "b200", "l40s") if t in tag), tag.replace(" ", "_"))
+    rows: list[dict[str, Any]] = []
     result = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -145,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"train_speed_{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    for prec in precisions:
+        row = bench(args.model, prec, args.batch, args.size, args.warmup, args.steps, backend)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        out.write_text(json.dumps(result, indent=1))  # after every row, so partial runs keep their numbers
     print(f"wrote {out}")
     print("\n| model | precision | train img/s | infer img/s | peak GiB | official train / infer / peak |")
     for r in rows:

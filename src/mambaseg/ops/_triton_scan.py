@@ -255,8 +255,8 @@ def _selective_scan_bwd_kernel(
         # forward sweep: the state entering every chunk of the segment, from the stored segment boundary
         has_prev = (offs_n[:, None] * 0 + s) > 0
         h = tl.load(states_ptr + st_base + (s - 1) * N, mask=mask_nd & has_prev, other=0.0)
-        for r in range(0, R):
-            tl.store(scr_base + r * (BLOCK_N * BLOCK_D), h)
+        tl.store(scr_base, h)
+        for r in range(0, R - 1):  # the last chunk's end state is not needed
             offs_l = (s * R + r) * BLOCK_L + offs_c
             m2 = (offs_l < L)[:, None] & mask_d[None, :]
             mbc = (offs_l < L)[:, None] & mask_n[None, :]
@@ -272,6 +272,7 @@ def _selective_scan_bwd_kernel(
             dBu = (dt * u)[:, None, :] * Bm[:, :, None]
             a_t, b_t = tl.reduce((dA, dBu), axis=0, combine_fn=_scan_combine)
             h = a_t * h + b_t
+            tl.store(scr_base + (r + 1) * (BLOCK_N * BLOCK_D), h)
         tl.debug_barrier()  # scratch written by the sweep is read back in other threads' layout
 
         for r_i in range(0, R):

@@ -83,15 +83,17 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
         (positions between stored states), ``num_warps``.
     """
     block_n = _next_pow2(d_state)
+    # SEGMENT: positions between the states stored by the forward pass (the backward kernel re-runs the
+    # recurrence inside a segment); N >= 2: 64 (stored states are N/64 of u's size), N = 1: one chunk (1/16).
     if block_n >= 8:  # lanes: 8 channels x 4 state groups
-        cfg = {"BLOCK_D_FWD": 16, "BLOCK_L_FWD": 8, "BLOCK_D_BWD": 8, "BLOCK_L_BWD": 8}
+        cfg = {"BLOCK_D_FWD": 16, "BLOCK_L_FWD": 8, "BLOCK_D_BWD": 8, "BLOCK_L_BWD": 8, "SEGMENT": 64}
     elif block_n >= 2:
-        cfg = {"BLOCK_D_FWD": 16, "BLOCK_L_FWD": 16, "BLOCK_D_BWD": 8, "BLOCK_L_BWD": 16}
+        cfg = {"BLOCK_D_FWD": 16, "BLOCK_L_FWD": 16, "BLOCK_D_BWD": 8, "BLOCK_L_BWD": 16, "SEGMENT": 64}
     else:
-        cfg = {"BLOCK_D_FWD": 8, "BLOCK_L_FWD": 32, "BLOCK_D_BWD": 4, "BLOCK_L_BWD": 16}
+        cfg = {"BLOCK_D_FWD": 8, "BLOCK_L_FWD": 32, "BLOCK_D_BWD": 4, "BLOCK_L_BWD": 16, "SEGMENT": 16}
     cfg["BLOCK_L_FWD"] = min(cfg["BLOCK_L_FWD"], max(2, _next_pow2(seqlen)))
     cfg["BLOCK_L_BWD"] = min(cfg["BLOCK_L_BWD"], max(2, _next_pow2(seqlen)))
-    cfg.update(BLOCK_N=block_n, num_warps=1, SEGMENT=64)
+    cfg.update(BLOCK_N=block_n, num_warps=1)
     return cfg
 
 
@@ -157,7 +159,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         cfg = _config(d_group, seqlen, n)
         bl = cfg["BLOCK_L_FWD"]
         # the backward pass works on segments of ``seg_chunks`` chunks of BLOCK_L_BWD positions; the forward
-        # pass stores the state at the end of every segment (1/4 of u's size for N=16, 64-position segments)
+        # pass stores the state at the end of every segment (N/64 of u's size for 64-position segments)
         seg_chunks = max(1, min(cfg["SEGMENT"] // cfg["BLOCK_L_BWD"], -(-seqlen // cfg["BLOCK_L_BWD"])))
         seg = seg_chunks * cfg["BLOCK_L_BWD"]
         if needs_grad and seg % bl:
