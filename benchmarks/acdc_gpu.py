@@ -1,0 +1,253 @@
+"""Train MSVM-UNet and HeteroMedSeg on ACDC within a wall-clock budget; select on val, report on test.
+
+For every model (each in its own process, all sharing the GPU): a short timing probe (forward + loss + backward +
+AdamW step on random 224x224 batches, bf16 autocast, after warm-up) sets the number of epochs that fit the budget;
+then :func:`mambaseg.engine.train` runs the model's ACDC recipe (``<model>_acdc``) on the volcache built by
+``benchmarks/make_acdc_cache.py`` (the 35 training patients' slices, 20 val and 40 test volumes) with the schedule
+changed to a per-step cosine over the whole (short) run with a linear warm-up (the recipes' 300-epoch schedules do
+not fit a few-minute budget). ``best.pt`` is chosen on the VALIDATION volumes by mean Dice; the best checkpoint is
+then evaluated once on the TEST volumes with :func:`mambaseg.engine.evaluate_checkpoint` (per-class Dice and HD95 in
+voxels under the ``transunet`` and ``nan`` empty-mask policies). Writes ``benchmarks/results/acdc_<model>.json``.
+
+Usage (GPU machine, cache carried in ``.gpucache``)::
+
+    python benchmarks/make_acdc_cache.py --data ../shared/data/acdc --out .gpucache/acdc_224.npz   # here, once
+    # on the GPU machine (carry .gpucache; about 8 minutes for both models side by side; results also in $OUT):
+    PYTHONUNBUFFERED=1 python benchmarks/acdc_gpu.py --cache .gpucache/acdc_224.npz --budget-s 330 --copy-to $OUT
+
+Smoke test on CPU (tiny batch, two steps): ``--device cpu --batch-size 2 --max-steps 2 --workers 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, environment, write_json  # noqa: E402
+
+
+def probe_step_time(model_name: str, num_classes: int, batch: int, size: int, device: str, kwargs: dict,
+                    steps: int = 6, warmup: int = 3, barrier: Any = None) -> float:
+    """Median seconds per training step (fwd + CE/Dice loss + bwd + AdamW) on random data.
+
+    With a ``barrier`` (models trained side by side), every process finishes its warm-up (kernel compilation)
+    before the timed steps, so the timing includes the other processes' load on the GPU.
+    """
+    import torch
+
+    import mambaseg
+    from mambaseg.losses import create_loss
+
+    torch.manual_seed(0)
+    model = mambaseg.create_model(model_name, num_classes=num_classes, in_chans=1, **kwargs).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    loss_fn = create_loss("ce_dice")
+    x = torch.randn(batch, 1, size, size, device=device)
+    y = torch.randint(0, num_classes, (batch, size, size), device=device)
+    times = []
+    for i in range(warmup + steps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            out = model(x)
+        loss = loss_fn(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+        if i == warmup - 1 and barrier is not None:
+            barrier.wait(timeout=600)
+    del model, opt
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    times.sort()
+    return times[len(times) // 2]
+
+
+def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> dict[str, Any]:
+    import torch
+
+    from mambaseg.configs import apply_overrides, load_recipe
+    from mambaseg.engine import evaluate_checkpoint, train
+
+    t_start = time.perf_counter()
+    cfg = load_recipe(f"{model_name}_acdc")
+    if args.batch_size:
+        cfg = apply_overrides(cfg, [f"train.batch_size={args.batch_size}"])
+    n_train = 658
+    steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
+    n_val = max(1, args.validations)
+    import os
+
+    from mambaseg.ops import ENV_VAR, resolve_backend
+
+    backend_note = ""
+    if args.epochs is None:
+        try:
+            step_s = probe_step_time(model_name, 4, cfg.train.batch_size, 224, args.device, dict(cfg.model.kwargs),
+                                     barrier=barrier)
+        except Exception as exc:  # e.g. a scan-kernel failure: retry once with the pure-PyTorch scan
+            if os.environ.get(ENV_VAR) == "torch":
+                raise
+            backend_note = f"default scan backend failed in the probe ({type(exc).__name__}: {exc}); used 'torch'"
+            print(f"[{model_name}] {backend_note}", flush=True)
+            os.environ[ENV_VAR] = "torch"  # this benchmark process only
+            step_s = probe_step_time(model_name, 4, cfg.train.batch_size, 224, args.device, dict(cfg.model.kwargs))
+        # data loading, logging and checkpointing add to the compute: keep a margin; validations budgeted apart
+        epoch_s = steps_per_epoch * step_s * args.overhead
+        epochs = max(2, int((args.budget_s - n_val * args.val_s) // epoch_s))
+    else:
+        step_s, epochs = float("nan"), args.epochs
+    val_every = max(1, epochs // n_val)
+    out_dir = Path(args.runs) / f"acdc_{model_name}"
+    overrides = [
+        f"data.path={args.cache}", f"train.out={out_dir}", f"train.epochs={epochs}", f"train.val_every={val_every}",
+        f"train.device={args.device}", f"data.num_workers={args.workers}", "schedule.name=cosine",
+        "schedule.interval=step", "schedule.t_max=null", f"schedule.warmup={args.warmup}",
+        f"schedule.eta_min={args.eta_min}", "train.log_every=50",
+    ]
+    if args.max_steps:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    cfg = apply_overrides(cfg, overrides)
+    print(f"[{model_name}] probe {step_s * 1000:.0f} ms/step (batch {cfg.train.batch_size}) -> {epochs} epochs, "
+          f"validation every {val_every}", flush=True)
+    t_train = time.perf_counter()
+    from rich.console import Console
+
+    res = train(cfg, console=Console(width=200, force_terminal=False, log_path=False), show_progress=False)
+    train_s = time.perf_counter() - t_train
+    best = out_dir / "checkpoints" / "best.pt"
+    t_eval = time.perf_counter()
+    test = evaluate_checkpoint(best, split="test", device=args.device, batch_size=32)
+    eval_s = time.perf_counter() - t_eval
+    history = json.loads((out_dir / "history.json").read_text()) if (out_dir / "history.json").is_file() else None
+    n_params = sum(p.numel() for p in __import__("mambaseg").create_model(
+        model_name, num_classes=4, in_chans=1, **dict(cfg.model.kwargs)).parameters())
+    return {
+        "model": model_name,
+        "recipe": f"{model_name}_acdc",
+        "params": n_params,
+        "data": {"cache": args.cache, "train": "train_slices (658 slices of 35 patients)",
+                 "selection": "val (20 volumes), mean Dice, transunet policy", "report": "test (40 volumes)"},
+        "overrides": overrides,
+        "probe_ms_per_step": step_s * 1000,
+        "scan_backend": resolve_backend(None, args.device.startswith("cuda")),
+        "scan_backend_note": backend_note,
+        "epochs": epochs,
+        "epochs_done": res.epochs,
+        "steps": res.steps,
+        "train_images_per_second": res.images_per_second,
+        "best_epoch": res.best_epoch,
+        "best_val": res.metrics,
+        "test": test,
+        "history": history,
+        "wall_s": {"probe_and_setup": t_train - t_start, "train_incl_val": train_s, "test_eval": eval_s,
+                   "total": time.perf_counter() - t_start},
+        "gpu_shared_with": [m for m in args.models.split(",") if m != model_name] if args.parallel else [],
+        "environment": environment(),
+        "torch_cuda_max_mem_gib": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None,
+    }
+
+
+def _save(model_name: str, res: dict[str, Any], args: argparse.Namespace) -> Path:
+    """Write the result JSON (and copy it with the run's logs to ``--copy-to``) as soon as a model is done."""
+    import shutil
+
+    path = write_json(f"acdc_{model_name}{args.tag}.json", res)
+    if args.copy_to:
+        dst = Path(args.copy_to)
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dst / path.name)
+        run = Path(args.runs) / f"acdc_{model_name}"
+        for f in ("train.log", "history.json", "metrics.json", "config.yaml", "progress.png"):
+            if (run / f).is_file():
+                shutil.copy2(run / f, dst / f"acdc_{model_name}{args.tag}_{f}")
+    return path
+
+
+def _run_and_save(model_name: str, args: argparse.Namespace, barrier: Any = None) -> dict[str, Any]:
+    try:
+        res = run_one(model_name, args, barrier)
+    except Exception:
+        if barrier is not None:
+            barrier.abort()  # do not leave the other process waiting
+        res = {"model": model_name, "error": traceback.format_exc()}
+    res["result_file"] = str(_save(model_name, res, args))
+    return res
+
+
+def _worker(model_name: str, args: argparse.Namespace, barrier: Any, q: Any) -> None:
+    q.put((model_name, _run_and_save(model_name, args, barrier)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", default=".gpucache/acdc_224.npz")
+    ap.add_argument("--models", default="msvmunet,heteromedseg")
+    ap.add_argument("--budget-s", type=float, default=330.0, help="training wall-clock budget per model")
+    ap.add_argument("--epochs", type=int, default=None, help="fix the epochs instead of the probe")
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    ap.add_argument("--validations", type=int, default=5, help="validations during training")
+    ap.add_argument("--val-s", type=float, default=8.0, help="budgeted seconds per validation")
+    ap.add_argument("--overhead", type=float, default=1.2, help="epoch time = steps x probe x overhead")
+    ap.add_argument("--warmup", type=int, default=50, help="warm-up optimizer steps")
+    ap.add_argument("--eta-min", type=float, default=1e-6)
+    ap.add_argument("--workers", type=int, default=5)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
+                    help="train the models at the same time on the one GPU (separate processes)")
+    ap.add_argument("--tag", default="", help="suffix of the result file names")
+    ap.add_argument("--copy-to", default=None, help="also copy each result JSON and the run logs here")
+    args = ap.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    results: dict[str, Any] = {}
+    if args.parallel and len(models) > 1:
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        barrier = ctx.Barrier(len(models)) if args.epochs is None else None
+        procs = [ctx.Process(target=_worker, args=(m, args, barrier, q)) for m in models]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            name, res = q.get()
+            results[name] = res
+        for p in procs:
+            p.join()
+    else:
+        for m in models:
+            results[m] = _run_and_save(m, args)
+    rc = 0
+    for m, res in results.items():
+        path = res["result_file"]
+        if "error" in res:
+            rc = 1
+            print(f"[{m}] FAILED:\n{res['error']}")
+            continue
+        t = res["test"]
+        per = {c: (round(v.get("dice", float("nan")), 4), round(v.get("hd95", float("nan")), 2))
+               for c, v in (t.get("classes") or {}).items()}
+        nan_pol = (t.get("policies") or {}).get("nan", {})
+        print(f"[{m}] test mean Dice {t.get('dice'):.4f} HD95 {t.get('hd95'):.2f} ({t.get('empty_policy')}); "
+              f"nan-policy Dice {nan_pol.get('mean_dice')} HD95 {nan_pol.get('mean_hd95')}; per class {per}; "
+              f"best epoch {res['best_epoch']}/{res['epochs']}; wall {res['wall_s']['total']:.0f} s -> {path}")
+    print(f"results in {RESULTS}")
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
