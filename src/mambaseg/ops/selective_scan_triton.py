@@ -70,8 +70,9 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
 
     A program is one warp. Its register tile is (BLOCK_L, BLOCK_N, BLOCK_D): the lanes cover the channels
     first, then the states, so each thread holds ``BLOCK_L`` positions (the scan axis) times a few states
-    of one channel. When gradients are needed, the forward kernel stores the state every ``BLOCK_L_BWD``
-    positions and runs with ``BLOCK_L_FWD`` only if that divides ``BLOCK_L_BWD`` (else with ``BLOCK_L_BWD``).
+    of one channel. When gradients are needed, the forward kernel stores the state every ``SEGMENT``
+    positions (rounded to whole backward chunks) and runs with ``BLOCK_L_FWD`` only if that divides the segment
+    (else with ``BLOCK_L_BWD``); the backward kernel re-runs the recurrence inside each segment.
 
     Args:
         d_group: channels per B/C group.
