@@ -1,4 +1,4 @@
-"""SSD2D: the Mamba-2 (SSD) token mixer of VSSD blocks on 2-D maps, with a causal / non-causal / bidirectional switch."""
+"""SSD2D: the Mamba-2 (SSD) token mixer of VSSD blocks on 2-D maps (causal / non-causal / bidirectional switch)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ class SSD2D(nn.Module):
         super().__init__()
         if mode not in SSD_MODES:
             raise ValueError(f"mode must be one of {SSD_MODES}, got {mode!r}")
-        self.d_model, self.d_state, self.ngroups, self.mode, self.chunk_size = d_model, d_state, ngroups, mode, chunk_size
+        self.d_model, self.d_state, self.ngroups = d_model, d_state, ngroups
+        self.mode, self.chunk_size = mode, chunk_size
         self.d_inner = d_inner = int(expand * d_model)
         if d_inner % headdim:
             raise ValueError(f"expand * d_model ({d_inner}) must be divisible by headdim ({headdim})")

@@ -8,7 +8,8 @@ Layout (spec ``msvmunet-slicemamba.md`` §1, following the released code):
   The stage outputs (before each downsample) are the features f1..f4 at H/4 .. H/32.
 * Decoder: 3 up-blocks, each LKPE (x2, halves the width) -> concat skip -> 1x1 linear 2C -> C -> 2 VSS blocks whose MLP
   is the multi-scale FFN (kernels 1, 3, 5); drop path linspace(0.2, 0, 6). Head: FLKPE (x4) + 1x1 classifier.
-* A 1-channel input is repeated to 3 channels (as the released code), so the RGB stem of the ImageNet checkpoint applies.
+* A 1-channel input is repeated to 3 channels (as the released code), so the RGB stem of the ImageNet checkpoint
+  applies.
 
 Encoder parameter names are those of VMamba's release checkpoints prefixed with ``encoder.``
 (``encoder.patch_embed.{0,2,5,7}``, ``encoder.layers.{i}.blocks.{j}.{norm,op,norm2,mlp}``,
@@ -199,7 +200,8 @@ class MSVMUNet(SegmentationModel):
             p.requires_grad_(not frozen)
 
 
-def convert_vmamba_checkpoint(state_dict: Mapping[str, torch.Tensor], prefix: str = "encoder.") -> dict[str, torch.Tensor]:
+def convert_vmamba_checkpoint(state_dict: Mapping[str, torch.Tensor],
+                              prefix: str = "encoder.") -> dict[str, torch.Tensor]:
     """Map a VMamba-v2 release checkpoint (e.g. ``vssm1_tiny_0230s_ckpt_epoch_264.pth``) onto MSVM-UNet keys.
 
     Accepts the raw checkpoint dict or its ``"model"`` entry. Drops the classifier (``classifier.*``, ``head.*``,

@@ -1,8 +1,9 @@
 """Bi-level routing attention (BiFormer) as a pure function, plus a dense masked reference.
 
-The map is cut into ``nh x nw`` regions. Region-level queries/keys are the means of the pixel queries/keys of each region;
-every region routes to the ``topk`` regions with the largest region-to-region affinity (a hard, non-differentiable
-choice), and each pixel query then attends to all pixels of those ``topk`` regions (token-to-token attention).
+The map is cut into ``nh x nw`` regions. Region-level queries/keys are the means of the pixel queries/keys of each
+region; every region routes to the ``topk`` regions with the largest region-to-region affinity (a hard,
+non-differentiable choice), and each pixel query then attends to all pixels of those ``topk`` regions (token-to-token
+attention).
 """
 
 from __future__ import annotations

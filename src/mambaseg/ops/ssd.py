@@ -1,13 +1,15 @@
 """State-space duality (SSD, Mamba-2) scans in plain PyTorch: causal, non-causal and bidirectional.
 
-Notation (Mamba-2): a sequence of length ``L`` with ``nheads`` heads of ``headdim`` channels each, a scalar decay per head
-and token ``dA_t = dt_t * A`` (``A < 0``), input/output projections ``B_t, C_t`` of size ``d_state`` shared by the heads of
-a group (``ngroups`` divides ``nheads``; head ``h`` uses group ``h // (nheads // ngroups)``).
+Notation (Mamba-2): a sequence of length ``L`` with ``nheads`` heads of ``headdim`` channels each, a scalar decay per
+head and token ``dA_t = dt_t * A`` (``A < 0``), input/output projections ``B_t, C_t`` of size ``d_state`` shared by the
+heads of a group (``ngroups`` divides ``nheads``; head ``h`` uses group ``h // (nheads // ngroups)``).
 
 * causal (Mamba-2 SSD):   ``S_t = exp(dA_t) S_{t-1} + dt_t B_t x_t^T``,  ``y_t = C_t^T S_t + D x_t``.
 * non-causal (VSSD NC-SSD): no decay, one global state ``S = sum_s a_s B_s x_s^T`` with ``a_s = -dt_s * A > 0`` (the
   magnitude of the decay), ``y_t = C_t^T S + D x_t`` -- linear attention with ``Q = C``, ``K = B``, ``V = a * x``.
-* bidirectional: the causal scan plus the causal scan of the reversed sequence (same parameters), ``D x_t`` counted once.
+* bidirectional: the causal scan plus the causal scan of the reversed sequence (same parameters), ``D x_t`` counted
+  once. (The released HeteroMedSeg code has an unused path that splits the heads in two halves instead; it cannot run
+  with one B/C group or an odd head count, e.g. the 3 heads of the first stage.)
 
 :func:`ssd_scan` is the fast chunked closed form (what models call); :func:`ssd_scan_ref` is the step-by-step
 recurrence used as the specification in tests (float64-capable).
