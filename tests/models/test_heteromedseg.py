@@ -106,3 +106,15 @@ def test_vmunet_synapse_recipe():
     cfg = load_recipe("vmunet_synapse")
     assert (cfg.model.name, cfg.model.num_classes, cfg.optim.lr, cfg.schedule.t_max) == ("vmunet", 9, 1e-3, 100)
     assert cfg.loss.kwargs == {"ce_weight": 1.0, "dice_weight": 1.0}
+
+
+def test_final_expand_x4_matches_rearrange():
+    from einops import rearrange
+
+    from mambaseg.models.heteromedseg import _FinalExpandX4
+
+    m = _FinalExpandX4(8)
+    x = torch.randn(2, 3, 5, 8)
+    t = rearrange(m.expand(x), "b h w (p1 p2 c) -> b (h p1) (w p2) c", p1=4, p2=4)
+    torch.testing.assert_close(m(x), torch.nn.functional.layer_norm(t, (8,), m.norm.weight, m.norm.bias))
+    assert m(x).shape == (2, 12, 20, 8)
