@@ -95,9 +95,9 @@ class SS2Dv2(nn.Module):
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) after conv + SiLU -> merged scan output (B, D, H, W) in float32."""
         b, d, h, w = x.shape
-        L = h * w
         k = self.scan.k
-        xs = self.scan.scan(x)  # (B, K, D, L)
+        xs = self.scan.scan(x)  # (B, K, D, L); L = H*W for permutations, more for padded scan patterns
+        L = xs.shape[-1]
         # grouped per-direction projections (VMamba v05 computes them as grouped 1x1 conv1d; same maths)
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
