@@ -202,3 +202,15 @@ def test_demo_fast_variant(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= m["dice"] <= 1.0 and (out / "data" / "train" / "images").is_dir()
     assert "validation Dice" in res.output
+
+
+@pytest.mark.slow
+def test_demo_reaches_target_dice(tmp_path):
+    # the full demo (a few minutes of CPU); the 300 s limit is for an otherwise idle 2-core machine
+    import time
+
+    t0 = time.perf_counter()
+    res = _run("demo", "--out", tmp_path / "demo", "--no-progress")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert m["dice"] >= 0.8, (m["dice"], time.perf_counter() - t0)
