@@ -6,6 +6,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tests use tiny tensors and some start child processes (torchrun, the Triton interpreter); one intra-op thread per
+# process avoids OpenMP oversubscription on small CI machines (this is test configuration, not library behaviour).
+torch.set_num_threads(1)
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
 
