@@ -119,3 +119,20 @@ def test_resume_equals_uninterrupted_with_vmunet(synthetic_data, tmp_path):
     a, b = _weights(full / "checkpoints" / "last.pt"), _weights(part / "checkpoints" / "last.pt")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoint_every_and_callback_stop(tiny_model, synthetic_data, tmp_path):
+    out = tmp_path / "every"
+    saved_epochs = []
+
+    def watch(state):
+        p = out / "checkpoints" / "last.pt"
+        saved_epochs.append(load_checkpoint(p)["epoch"] if p.is_file() else None)
+        return state["epoch"] == 3  # a clean stop request (e.g. a time budget) after epoch 3
+
+    res = train(tiny_config(synthetic_data, out, **{"train.epochs": 5, "train.checkpoint_every": 2}),
+                callbacks=[watch])
+    assert saved_epochs == [None, 2, 2]
+    assert res.epochs == 3 and "callback" in res.metrics["train"]["stop_reason"]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 3  # written when stopping
+    assert (out / "progress.png").is_file() and (out / "metrics.json").is_file()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ class RunLogger:
 
     def __init__(self, run_dir: str | Path | None, *, tensorboard: bool = True) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.plot_interval = 30.0
+        self._last_plot: float | None = None
         self._log = None
         self._tb = None
         if self.run_dir is None:
@@ -61,14 +64,22 @@ class RunLogger:
             if v is None or not math.isfinite(float(v)):
                 continue
             self._tb.add_scalar(f"{prefix}{k}", float(v), step)
-        self._tb.flush()
 
-    def history(self, records: list[dict[str, Any]]) -> None:
-        """Write ``history.json`` and redraw ``progress.png`` from the per-epoch records."""
+    def history(self, records: list[dict[str, Any]], *, final: bool = False) -> None:
+        """Write ``history.json`` and redraw ``progress.png`` from the per-epoch records.
+
+        The plot is redrawn at most every ``plot_interval`` seconds (drawing costs ~0.2 s, more than a short GPU
+        epoch) and always when ``final`` is set.
+        """
         if self.run_dir is None:
             return
         atomic_write_json(self.run_dir / "history.json", records)
-        plot_progress(records, self.run_dir / "progress.png")
+        now = time.monotonic()
+        if final or self._last_plot is None or now - self._last_plot >= self.plot_interval:
+            plot_progress(records, self.run_dir / "progress.png")
+            self._last_plot = now
+        if self._tb is not None:
+            self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:

@@ -535,13 +535,16 @@ def _train(
                             export_safetensors(ckpt_dir / "best.safetensors", ck)
                 record["time"] = time.perf_counter() - te
                 history.append(record)
-                if ctx.is_main:
+                final_epoch = last_epoch or epoch + 1 == tc.epochs
+                saved = (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or final_epoch
+                if ctx.is_main and saved:
                     save_checkpoint(ckpt_dir / "last.pt", payload(epoch + 1, last_metrics, training=True))
+                if ctx.is_main:
                     logger.scalars({"loss": train_loss, "lr": lr_used, "epoch_time": record["time"]}, epoch + 1,
                                    prefix="train/")
                     if "val" in record:
                         logger.scalars(flatten_metrics(last_metrics), epoch + 1, prefix="val/")
-                    logger.history(history)
+                    logger.history(history, final=final_epoch)
                     line = _epoch_line(record, tc.epochs)
                     logger.log(line)
                     bar.print(line)
@@ -554,6 +557,10 @@ def _train(
                 want_stop = bool(all_reduce_sum(torch.tensor([float(want_stop)]), ctx)[0] > 0)
                 if want_stop and epoch + 1 < tc.epochs:
                     stop_reason = "stopped by a callback (e.g. a time budget)"
+                    if ctx.is_main:
+                        if not saved:
+                            save_checkpoint(ckpt_dir / "last.pt", payload(epoch + 1, last_metrics, training=True))
+                        logger.history(history, final=True)
                     break
                 if capped:
                     stop_reason = f"max_steps={tc.max_steps} reached"
