@@ -12,7 +12,8 @@ What it does, in order:
    a finite-loss/gradient check every step (a NaN/inf stops the run with a clear message and leaves the last good
    checkpoint untouched), and an optional cap on optimizer steps (``train.max_steps``);
 5. validates every ``train.val_every`` epochs (and after the last one) with the task's evaluator on the
-   VALIDATION split, keeps ``best.pt`` (+ ``best.safetensors``) by ``train.best_metric`` and ``last.pt`` every epoch;
+   VALIDATION split, keeps ``best.pt`` by ``train.best_metric`` (exported to ``best.safetensors`` at the end) and
+   ``last.pt`` every ``train.checkpoint_every`` epochs;
 6. writes ``config.yaml``, ``metrics.json``, ``history.json``, ``progress.png``, ``train.log`` and TensorBoard events.
 
 Reproducibility: every epoch reseeds Python/NumPy/torch from ``(seed, epoch, rank)`` and the shuffling comes from a
@@ -530,9 +531,7 @@ def _train(
                         best_value, best_epoch, best_metrics = value, epoch + 1, metrics
                         record["best"] = True
                         if ctx.is_main:
-                            ck = payload(epoch + 1, metrics, training=False)
-                            save_checkpoint(ckpt_dir / "best.pt", ck)
-                            export_safetensors(ckpt_dir / "best.safetensors", ck)
+                            save_checkpoint(ckpt_dir / "best.pt", payload(epoch + 1, metrics, training=False))
                 record["time"] = time.perf_counter() - te
                 history.append(record)
                 final_epoch = last_epoch or epoch + 1 == tc.epochs
@@ -586,6 +585,8 @@ def _train(
         "model": {"name": cfg.model.name, "params": sum(p.numel() for p in model.parameters())},
     }
     if ctx.is_main:
+        if (ckpt_dir / "best.pt").is_file():  # exported once at the end: best.pt changes often early in a run
+            export_safetensors(ckpt_dir / "best.safetensors", load_checkpoint(ckpt_dir / "best.pt"))
         atomic_write_json(run_dir / "metrics.json", summary)
         logger.log(f"done: {len(history)} epochs, {step} steps, {seconds:.1f} s, {ips:.3g} img/s; "
                    f"best {tc.best_metric} = {best_value} at epoch {best_epoch}")
