@@ -66,6 +66,14 @@ def test_cache_roundtrip_and_evaluation(tmp_path: Path) -> None:
     for name in ("RV", "Myo", "LV"):
         assert abs(r_src["classes"][name]["dice"] - r_c["classes"][name]["dice"]) < 0.02
     assert zoom_labels(vs.label[0].astype(np.uint8), (32, 32)).shape == (32, 32)
+    from rich.console import Console
+
+    from mambaseg.engine.volumetric import volume_summary_table
+
+    con = Console(width=160, record=True)
+    con.print(volume_summary_table({**r_c, "best_epoch": 1}, tmp_path))
+    text = con.export_text()
+    assert "HD95 (voxels)" in text and "transunet" in text and "nan" in text and "Myo" in text
     import pickle
 
     for split in ("train", "val"):

@@ -507,3 +507,31 @@ def dataset_family(path: str | Path) -> str | None:
         with np.load(p, allow_pickle=False) as z:
             return str(json.loads(str(z["vol_meta"])).get("name") or layout)
     return layout
+
+
+def volume_summary_table(summary: dict[str, Any], run_dir: Path) -> Any:
+    """Rich table of a per-volume result: Dice / HD95 per class (by name) and the mean, for every policy."""
+    from rich.table import Table
+
+    units = summary.get("hd95_units", "voxels")
+    table = Table(title=f"per-volume metrics of the best checkpoint (epoch {summary.get('best_epoch')}), "
+                        f"{summary.get('n_volumes')} volumes")
+    table.add_column("policy")
+    table.add_column("metric")
+    names = list((summary.get("classes") or {}).keys())
+    for n in names + ["mean"]:
+        table.add_column(n, justify="right")
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, (int, float)) else str(v if v is not None else "-")
+
+    policies = summary.get("policies") or {summary.get("empty_policy", "transunet"): summary}
+    for pol, rep in policies.items():
+        cls = rep.get("classes") or {}
+        table.add_row(pol, "Dice", *[fmt(cls.get(n, {}).get("dice")) for n in names], fmt(rep.get("mean_dice")))
+        table.add_row(pol, f"HD95 ({units})", *[fmt(cls.get(n, {}).get("hd95")) for n in names],
+                      fmt(rep.get("mean_hd95")))
+    tr = summary.get("train") or {}
+    cap = f"{tr.get('epochs')} epochs, {tr.get('steps')} steps, {tr.get('seconds')} s — " if tr else ""
+    table.caption = cap + str(run_dir)
+    return table
