@@ -143,3 +143,26 @@ def test_errors(tmp_path: Path) -> None:
         write_prediction(tmp_path / "x.png", np.zeros((2, 3, 3), np.uint8))
     with pytest.raises(ValueError, match="channel"):
         predict_volume(NearestCentre(in_chans=2), np.zeros((3, 2, 8, 8), np.float32), image_size=8)
+
+
+def test_single_channel_not_repeated_for_multimodal_models() -> None:
+    with pytest.raises(ValueError, match="repeated only for 3-channel"):
+        predict_volume(NearestCentre(in_chans=2), np.zeros((2, 8, 8), np.float32), image_size=8)
+
+
+def test_intensity_for_checkpoint(tmp_path: Path) -> None:
+    pytest.importorskip("nibabel")
+    sys_path = str(Path(__file__).resolve().parents[1] / "data")
+    import sys
+
+    sys.path.insert(0, sys_path)
+    from test_nnunet import make_nnunet
+
+    from mambaseg.inference.volume import intensity_for_checkpoint
+
+    ct = make_nnunet(tmp_path / "ct", n_cases=2)
+    mr = make_nnunet(tmp_path / "mr", channels=("T1",), n_cases=2)
+    assert intensity_for_checkpoint({"task": {"layout": "nnunet"}, "config": {"data": {"path": str(ct)}}}) == "ct"
+    assert intensity_for_checkpoint({"task": {"layout": "nnunet"}, "config": {"data": {"path": str(mr)}}}) == "minmax"
+    assert intensity_for_checkpoint({"task": {"layout": "nnunet"}, "config": {"data": {"path": "/gone"}}}) == "minmax"
+    assert intensity_for_checkpoint({"task": {"layout": "acdc"}}) == "auto"

@@ -9,7 +9,7 @@ import typer
 from mambaseg.cli._common import console, handle_errors
 
 
-def _predict_volumes(predictor, input: Path, out: Path, batch_size: int) -> bool:
+def _predict_volumes(predictor, checkpoint: Path, input: Path, out: Path, batch_size: int, intensity: str) -> bool:
     """3-D inputs (NIfTI/h5/npz/npy volume, or a folder holding only such files): slice-wise prediction written
     as label volumes with the source geometry (:mod:`mambaseg.inference.volume`). Returns False for 2-D inputs."""
     from mambaseg.inference.volume import is_volume_path, predict_volume_file
@@ -26,11 +26,16 @@ def _predict_volumes(predictor, input: Path, out: Path, batch_size: int) -> bool
     if not vols:
         return False
     values = list(predictor.label_map.values())
+    if intensity == "auto":
+        from mambaseg.engine import load_checkpoint
+        from mambaseg.inference.volume import intensity_for_checkpoint
+
+        intensity = intensity_for_checkpoint(load_checkpoint(checkpoint, map_location="cpu"))
     for v in vols:
         target = out if len(vols) == 1 or not is_volume_path(out) else out.parent
         written = predict_volume_file(predictor.model, v, target, image_size=predictor.image_size,
                                       normalization=predictor.normalization, batch_size=batch_size,
-                                      device=predictor.device, label_values=values)
+                                      device=predictor.device, label_values=values, scale=intensity)
         console.print(f"wrote {written}", highlight=False)
     return True
 
@@ -44,6 +49,8 @@ def predict(
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Images per forward pass."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Also write colour overlays."),
     threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold (binary models)."),
+    intensity: str = typer.Option("auto", "--intensity", help="3-D inputs: intensity mapping to [0, 1] "
+                                  "(auto = as the training data, minmax, ct, none)."),
 ) -> None:
     """Predict masks; writes OUT/masks/<name>.png (label-map values, e.g. 0/255) and OUT/overlays/<name>.png.
 
@@ -54,7 +61,7 @@ def predict(
     from mambaseg.inference import list_images, load
 
     predictor = load(checkpoint, device=device, threshold=threshold)
-    if _predict_volumes(predictor, input, out, batch_size):
+    if _predict_volumes(predictor, checkpoint, input, out, batch_size, intensity):
         return
     files = list_images(input)
     with Progress(console=console, transient=True) as bar:

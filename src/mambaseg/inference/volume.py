@@ -31,6 +31,7 @@ from mambaseg.data.volumetric import Volume, zoom_image, zoom_labels
 
 __all__ = [
     "VOLUME_SUFFIXES",
+    "intensity_for_checkpoint",
     "is_volume_path",
     "iter_slice_batches",
     "predict_volume",
@@ -139,6 +140,28 @@ def read_volume(
     )
 
 
+def intensity_for_checkpoint(ckpt: dict[str, Any]) -> str:
+    """The :func:`read_volume` ``scale`` matching a checkpoint's training data.
+
+    Runs trained on an nnU-Net raw dataset scaled CT channels with the CT window and other channels per volume;
+    when that dataset's ``dataset.json`` is still readable the same scheme is returned (``"ct"`` or ``"minmax"``).
+    Everything else gets ``"auto"`` (arrays already in [0, 1] kept, others min-max scaled).
+    """
+    task = ckpt.get("task") or {}
+    if task.get("layout") != "nnunet":
+        return "auto"
+    path = ((ckpt.get("config") or {}).get("data") or {}).get("path")
+    if not path:
+        return "minmax"
+    try:
+        from mambaseg.data.nnunet import NnUNetRaw
+
+        names = NnUNetRaw(path).channel_names
+    except (ValueError, OSError):
+        return "minmax"
+    return "ct" if names and all(n.strip().upper() == "CT" for n in names) else "minmax"
+
+
 def write_prediction(path: str | Path, labels: np.ndarray, reference: Volume | None = None) -> Path:
     """Write a (D, H, W) label volume; NIfTI gets the geometry of ``reference`` (affine, orientation, spacing).
 
@@ -206,8 +229,11 @@ def iter_slice_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     chans = in_chans or vol.num_channels
-    if vol.num_channels not in (1, chans):
-        raise ValueError(f"the volume has {vol.num_channels} channel(s) but the model expects {chans}")
+    if vol.num_channels != chans and not (vol.num_channels == 1 and chans == 3):
+        raise ValueError(
+            f"the volume has {vol.num_channels} channel(s) but the model expects {chans} (a single-channel volume is "
+            "repeated only for 3-channel models)"
+        )
     depth = vol.spatial_shape[0]
     for start in range(0, depth, batch_size):
         idx = list(range(start, min(depth, start + batch_size)))
