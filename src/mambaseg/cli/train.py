@@ -132,5 +132,6 @@ def train(
                        "choose another --out")
     result = run_training(cfg, resume=resume_from if resume else None, console=console,
                           show_progress=not no_progress)
-    console.print(f"run directory: {result.run_dir}  (best {cfg.train.best_metric} = {result.best_value:.4f} "
-                  f"at epoch {result.best_epoch})", highlight=False)
+    if result.rank == 0:
+        console.print(f"run directory: {result.run_dir}  (best {cfg.train.best_metric} = {result.best_value:.4f} "
+                      f"at epoch {result.best_epoch})", highlight=False)

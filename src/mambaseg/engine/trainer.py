@@ -88,6 +88,8 @@ class TrainResult:
         steps: optimizer steps done.
         seconds: wall time of the training loop.
         images_per_second: training throughput over all processes.
+        history: per-epoch records.
+        rank: this process's rank (0 in a single process).
     """
 
     run_dir: Path
@@ -99,6 +101,7 @@ class TrainResult:
     seconds: float
     images_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    rank: int = 0
 
 
 def resolve_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
@@ -596,7 +599,8 @@ def _train(
     barrier(ctx)
     return TrainResult(run_dir=run_dir, metrics=summary, best_epoch=best_epoch,
                        best_value=float(best_value) if best_value is not None else float("nan"),
-                       epochs=len(history), steps=step, seconds=seconds, images_per_second=ips, history=history)
+                       epochs=len(history), steps=step, seconds=seconds, images_per_second=ips, history=history,
+                       rank=ctx.rank)
 
 
 def _check_image_size(model: nn.Module, cfg: RunConfig) -> None:
@@ -656,6 +660,10 @@ def _epoch_line(rec: dict[str, Any], epochs: int) -> str:
 def _summary_table(summary: dict[str, Any], run_dir: Path) -> Any:
     from rich.table import Table
 
+    if isinstance(summary.get("classes"), dict):  # per-volume evaluator (mambaseg.engine.volumetric)
+        from mambaseg.engine.volumetric import volume_summary_table
+
+        return volume_summary_table(summary, run_dir)
     table = Table(title=f"validation metrics of the best checkpoint (epoch {summary.get('best_epoch')})")
     table.add_column("reduction")
     cols = ["dsc", "iou", "acc", "sen", "spe"]
