@@ -122,3 +122,18 @@ def test_full_size_paper_and_square():
     m = mambaseg.create_model("dermomamba", num_classes=1, img_size=(256, 256)).eval()
     with torch.no_grad():
         assert m(torch.randn(1, 3, 256, 256)).shape == (1, 1, 256, 256)
+
+
+@pytest.mark.parametrize("recipe", ["dermomamba_isic18", "dermomamba_ph2"])
+def test_recipes_load_and_build(recipe):
+    from mambaseg.configs import load_recipe
+    from mambaseg.losses import create_loss
+
+    cfg = load_recipe(recipe)
+    assert cfg.model.name == "dermomamba" and list(cfg.data.image_size) == [192, 256]
+    assert cfg.optim.name == "adam" and cfg.optim.lr == 1e-4 and cfg.optim.weight_decay == 0.0
+    assert cfg.schedule.name == "plateau" and cfg.schedule.factor == 0.5 and cfg.schedule.patience == 5
+    assert cfg.train.batch_size == 4 and cfg.train.epochs == 200 and cfg.train.best_metric == "dice"
+    assert create_loss(cfg.loss.name, **cfg.loss.kwargs).mode == "intent"
+    m = mambaseg.create_model(cfg.model.name, img_size=tuple(cfg.data.image_size), **{**cfg.model.kwargs, **SMALL})
+    assert m.img_size == (192, 256)

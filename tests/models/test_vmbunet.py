@@ -199,3 +199,18 @@ def test_full_width(variant, size):
         assert not missing
     else:
         assert missing and all(n.startswith("layers_up.1.bsf.") for n in missing)
+
+
+@pytest.mark.parametrize("recipe", ["vmbunet_isic17", "vmbunet_isic18", "vmbunet_ph2"])
+def test_recipes_load_and_build(recipe):
+    from mambaseg.configs import load_recipe
+    from mambaseg.losses import create_loss
+
+    cfg = load_recipe(recipe)
+    assert cfg.model.name == "vmbunet" and cfg.loss.name == "boundary"
+    assert cfg.optim.name == "adamw" and cfg.optim.lr == 1e-3 and cfg.schedule.t_max == 50
+    assert cfg.train.batch_size == 8 and cfg.train.epochs == 300 and list(cfg.data.image_size) == [256, 256]
+    loss = create_loss(cfg.loss.name, **cfg.loss.kwargs)
+    assert (loss.alpha, loss.beta, loss.mode) == (1.0, 0.1, "boundary")
+    model = mambaseg.create_model(cfg.model.name, **{**cfg.model.kwargs, **TINY})
+    assert model.variant == "paper"
