@@ -45,7 +45,7 @@ def models(
     table.add_column("name", style="bold")
     table.add_column("params", justify="right")
     table.add_column("paper")
-    table.add_column("description")
     for r in rows:
-        table.add_row(r["name"], f"{r['params'] / 1e6:.2f} M", r["paper"], r["description"])
+        table.add_row(r["name"], f"{r['params'] / 1e6:.2f} M", r["paper"])
     console.print(table)
+    console.print("descriptions: mambaseg models --json", style="dim")
