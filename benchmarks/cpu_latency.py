@@ -22,7 +22,10 @@ def main() -> None:
     ap.add_argument("--model", default="vmunet")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = mambaseg.create_model(args.model, num_classes=1).eval()
     x = torch.randn(1, 3, args.size, args.size)
     times = []
@@ -33,9 +36,9 @@ def main() -> None:
             model(x)
             times.append(time.perf_counter() - t0)
     # time spent in the scan alone: wrap the op and re-run once
-    import mambaseg.ops.selective_scan as ss
+    import mambaseg.layers.ss2d as ss2d_mod
 
-    orig = ss.selective_scan
+    orig = ss2d_mod.selective_scan
     scan_time = [0.0]
 
     def timed(*a, **k):
@@ -43,8 +46,6 @@ def main() -> None:
         out = orig(*a, **k)
         scan_time[0] += time.perf_counter() - t0
         return out
-
-    import mambaseg.layers.ss2d as ss2d_mod
 
     ss2d_mod.selective_scan = timed
     try:

@@ -35,7 +35,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ref-repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     g = torch.Generator().manual_seed(0)
     for batch, K, d, L, N in SHAPES:
