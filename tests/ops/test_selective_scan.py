@@ -166,7 +166,14 @@ def test_auto_on_cuda_without_kernels_warns_once(monkeypatch):
 def test_torch_inference_path_matches_training_path():
     """Under no_grad the chunked scan updates its state in place; results must be identical."""
     u, delta, A, B, C, D, bias = _inputs(2, 4, 3, 77, 8, True)
+    u.requires_grad_()  # forces the autograd path
     y_grad = selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, backend="torch")
     with torch.no_grad():
         y_inf = selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, backend="torch")
     assert torch.allclose(y_grad, y_inf, rtol=0, atol=1e-12)
+    for nc_len in (40 * 64, 5):  # many chunks (mat-vec readout) and a single chunk
+        u, delta, A, B, C, D, bias = _inputs(1, 2, 3, nc_len, 4, True)
+        ref = selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, backend="ref")
+        with torch.no_grad():
+            y = selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, backend="torch")
+        assert _rel(y, ref) < 1e-10

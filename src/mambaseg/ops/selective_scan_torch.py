@@ -68,24 +68,39 @@ def selective_scan_torch(
         B_ = B_.repeat_interleave(dim // groups, dim=1)
         C_ = C_.repeat_interleave(dim // cgroups, dim=1)
     dpg = dim // g
-    # time-major copies so that every step reads contiguous slabs
-    dtc = dt.view(batch, g, dpg, nc, T).permute(4, 0, 1, 2, 3).contiguous()  # (T, b, g, dpg, nc)
-    xc = x_in.view(batch, g, dpg, nc, T).permute(4, 0, 1, 2, 3).contiguous()
-    Bc = B_.view(batch, g, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()  # (T, b, g, 1, nc, n)
-    Cc = C_.view(batch, g, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()
-    Ag = A_.view(g, dpg, n)[None, :, :, None, :]  # (1, g, dpg, 1, n)
-    inplace = not torch.is_grad_enabled() or not any(
-        t.requires_grad for t in (dtc, xc, Bc, Cc, Ag)
-    )  # inference: update the state in place (fewer allocations); training: out-of-place for autograd
+    inference = not torch.is_grad_enabled() or not any(t.requires_grad for t in (dt, x_in, B_, C_, A_))
+    if inference:
+        # time-major, chunk-before-channel layout: the readout C . h is a batched matrix-vector product
+        dtc = dt.view(batch, g, dpg, nc, T).permute(4, 0, 1, 3, 2).contiguous()  # (T, b, g, nc, dpg)
+        xc = x_in.view(batch, g, dpg, nc, T).permute(4, 0, 1, 3, 2).contiguous()
+        Bc = B_.view(batch, g, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(4).contiguous()  # (T, b, g, nc, 1, n)
+        Cc = C_.view(batch, g, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(-1).contiguous()  # (T, b, g, nc, n, 1)
+        Ag = A_.view(g, dpg, n)[None, :, None, :, :]  # (1, g, 1, dpg, n)
+        y = _chunked_scan_inplace(dtc, xc, Bc, Cc, Ag)  # (T, b, g, nc, dpg)
+        y = y.permute(1, 2, 4, 3, 0)
+    else:
+        # time-major copies so that every step reads contiguous slabs
+        dtc = dt.view(batch, g, dpg, nc, T).permute(4, 0, 1, 2, 3).contiguous()  # (T, b, g, dpg, nc)
+        xc = x_in.view(batch, g, dpg, nc, T).permute(4, 0, 1, 2, 3).contiguous()
+        Bc = B_.view(batch, g, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()  # (T, b, g, 1, nc, n)
+        Cc = C_.view(batch, g, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()
+        Ag = A_.view(g, dpg, n)[None, :, :, None, :]  # (1, g, dpg, 1, n)
+        y = _chunked_scan_autograd(dtc, xc, Bc, Cc, Ag)  # (b, g, dpg, nc, T)
+    y = y.reshape(batch, dim, nc * T)[:, :, :seqlen]
+    if D is not None:
+        y = y + D.to(cdt)[None, :, None] * u_
+    return y.to(out_dtype)
+
+
+def _chunked_scan_autograd(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:
+    """Training path (out-of-place, differentiable). Layouts: dtc, xc (T, b, g, dpg, nc); Bc, Cc (T, b, g, 1, nc, n);
+    Ag (1, g, dpg, 1, n). Returns y (b, g, dpg, nc, T)."""
+    T, batch, g, dpg, nc = dtc.shape
+    n = Ag.shape[-1]
     # pass 1: chunk-end states of every chunk started from zero (all chunks at once, T steps)
-    h = None
-    for t in range(T):
-        if h is None:
-            h = xc[0, ..., None] * Bc[0]
-        elif inplace:
-            h.mul_(torch.exp(dtc[t, ..., None] * Ag)).addcmul_(xc[t, ..., None], Bc[t])
-        else:
-            h = torch.exp(dtc[t, ..., None] * Ag) * h + xc[t, ..., None] * Bc[t]
+    h = xc[0, ..., None] * Bc[0]
+    for t in range(1, T):
+        h = torch.exp(dtc[t, ..., None] * Ag) * h + xc[t, ..., None] * Bc[t]
     # carry across chunks: state entering chunk c; chunk decay exp(A * sum dt) <= 1
     if nc > 1:
         chunk_decay = torch.exp(dtc.sum(0)[..., None] * Ag)  # (b, g, dpg, nc, n)
@@ -98,13 +113,37 @@ def selective_scan_torch(
     # pass 2: rerun every chunk from its true entering state and read out y = C . h
     ys = []
     for t in range(T):
-        if inplace:
-            h.mul_(torch.exp(dtc[t, ..., None] * Ag)).addcmul_(xc[t, ..., None], Bc[t])
-        else:
-            h = torch.exp(dtc[t, ..., None] * Ag) * h + xc[t, ..., None] * Bc[t]
+        h = torch.exp(dtc[t, ..., None] * Ag) * h + xc[t, ..., None] * Bc[t]
         ys.append((h * Cc[t]).sum(-1))
-    y = torch.stack(ys, dim=-1)  # (b, g, dpg, nc, T)
-    y = y.reshape(batch, dim, nc * T)[:, :, :seqlen]
-    if D is not None:
-        y = y + D.to(cdt)[None, :, None] * u_
-    return y.to(out_dtype)
+    return torch.stack(ys, dim=-1)
+
+
+def _chunked_scan_inplace(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:
+    """Inference path: the same three loops with a preallocated buffer and in-place state updates (no autograd).
+
+    Layouts: dtc, xc (T, b, g, nc, dpg); Bc (T, b, g, nc, 1, n); Cc (T, b, g, nc, n, 1); Ag (1, g, 1, dpg, n).
+    Returns y (T, b, g, nc, dpg).
+    """
+    T, batch, g, nc, dpg = dtc.shape
+    buf = torch.empty(torch.broadcast_shapes(dtc.shape[1:] + (1,), Ag.shape), dtype=dtc.dtype, device=dtc.device)
+    h = xc[0, ..., None] * Bc[0]  # (b, g, nc, dpg, n)
+    for t in range(1, T):
+        torch.mul(dtc[t, ..., None], Ag, out=buf).exp_()
+        h.mul_(buf).addcmul_(xc[t, ..., None], Bc[t])
+    H = torch.empty_like(h)
+    H[:, :, 0].zero_()
+    if nc > 1:
+        chunk_decay = torch.exp(dtc.sum(0)[..., None] * Ag)
+        for c in range(nc - 1):
+            torch.addcmul(h[:, :, c], chunk_decay[:, :, c], H[:, :, c], out=H[:, :, c + 1])
+    h = H
+    y = torch.empty((T,) + tuple(h.shape[:-1]) + (1,), dtype=h.dtype, device=h.device)
+    use_matmul = nc >= 32  # batched mat-vec pays off with many chunks; otherwise multiply and reduce
+    for t in range(T):
+        torch.mul(dtc[t, ..., None], Ag, out=buf).exp_()
+        h.mul_(buf).addcmul_(xc[t, ..., None], Bc[t])
+        if use_matmul:
+            torch.matmul(h, Cc[t], out=y[t])
+        else:
+            torch.sum(torch.mul(h, Cc[t].transpose(-1, -2), out=buf), -1, keepdim=True, out=y[t])
+    return y.squeeze(-1)
