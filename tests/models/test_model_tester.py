@@ -106,3 +106,10 @@ def test_eval_is_deterministic(name):
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
+
+
+def test_img_size_goes_only_to_models_that_take_it():
+    m = mambaseg.create_model("vmunet_tiny", img_size=(64, 64))
+    assert "img_size" not in m.mambaseg_spec["kwargs"]
+    with pytest.raises(TypeError):
+        mambaseg.create_model("vmunet_tiny", no_such_option=1)

@@ -84,8 +84,9 @@ def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **kwargs: A
         name: a name from :func:`list_models`.
         num_classes: output channels (1 = binary with a sigmoid applied by losses/metrics, never by the model).
         in_chans: input image channels.
-        **kwargs: model-specific options. ``img_size`` is forwarded only to models whose entrypoint
-            accepts it (so generic code may always pass it); other unknown options raise ``TypeError``.
+        **kwargs: model-specific options. ``img_size`` is forwarded only to models whose entrypoint names it
+            (models built for a fixed input size); size-agnostic models ignore it, so generic code may always pass
+            it. Other unknown options raise ``TypeError``.
 
     Returns:
         The model (``nn.Module``) whose ``forward`` returns logits of shape (B, num_classes, H, W).
@@ -99,10 +100,9 @@ def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **kwargs: A
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
     sig = inspect.signature(info.fn)
-    accepts_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
-    if "img_size" in kwargs and "img_size" not in sig.parameters and not accepts_var_kw:
-        kwargs.pop("img_size")
-    if "img_size" in kwargs and kwargs["img_size"] is None and "img_size" not in sig.parameters:
+    if "img_size" in kwargs and "img_size" not in sig.parameters:
+        # size-agnostic models (any H, W divisible by their stride) take no img_size: generic callers such as the
+        # trainer may pass it for every model, and it carries no information for these, so it is not forwarded
         kwargs.pop("img_size")
     model = info.fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.mambaseg_spec = {"name": name, "num_classes": num_classes, "in_chans": in_chans, "kwargs": dict(kwargs)}
