@@ -267,7 +267,7 @@ def open_folder2d(root: Path, cfg: RunConfig, *, splits: tuple[str, ...], normal
     def make(split: str, augment: bool, norm: Any) -> FolderDataset2D:
         return FolderDataset2D(root, split, image_size=size, augment=augment, normalization=norm,
                                binary=cfg.data.binary, label_values=label_values, skip_bad=cfg.data.skip_bad,
-                               ids=ids.get(split), seed=cfg.train.seed)
+                               ids=ids.get(split), seed=cfg.train.seed, preset=cfg.data.augmentation)
 
     if normalization is None:
         if "train" not in splits:
@@ -300,7 +300,7 @@ class ArrayDataset2D(Dataset):
         masks: (N, H, W) uint8 class indices (0/1 for binary).
         ids: N sample ids.
         image_size: output (H, W); the arrays are usually stored at this size already.
-        augment: apply the VM-UNet ISIC training augmentation (flips, rotation).
+        augment: apply the training augmentation ``preset`` (default the VM-UNet ISIC set: flips, rotation).
         normalization: ``mambaseg.data.Normalization`` applied to the ``[0, 1]``-scaled image, or ``None``.
         orig_sizes: (N, 2) original (H, W) of each image (defaults to the array size).
 
@@ -322,6 +322,7 @@ class ArrayDataset2D(Dataset):
         orig_sizes: np.ndarray | None = None,
         source: str = "",
         seed: int | None = None,
+        preset: str = "vmunet_isic",
     ) -> None:
         from mambaseg.data.transforms import build_transforms
 
@@ -334,7 +335,7 @@ class ArrayDataset2D(Dataset):
         self.images, self.masks, self.ids = images, masks, list(ids)
         self.orig_sizes = orig_sizes if orig_sizes is not None else np.tile(images.shape[1:3], (len(ids), 1))
         self.normalization = normalization
-        self.transform = build_transforms(image_size, augment=augment)
+        self.transform = build_transforms(image_size, augment=augment, preset=preset)
         self.source = source
         self.seed = seed
         self.epoch = 0
@@ -409,6 +410,7 @@ def open_npz2d(path: Path, cfg: RunConfig, *, splits: tuple[str, ...], normaliza
             orig_sizes=arrays.get(f"{split}_orig_sizes"),
             source=str(path),
             seed=cfg.train.seed,
+            preset=cfg.data.augmentation,
         )
 
     if normalization is None:
