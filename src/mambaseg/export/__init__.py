@@ -1,1 +1,0 @@
-"""mambaseg.export."""
