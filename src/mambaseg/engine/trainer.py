@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -739,7 +740,10 @@ def evaluate_checkpoint(
         from mambaseg.losses import create_loss
 
         loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
-    except Exception:  # a loss registered by a plugin that is not importable here: report metrics without loss
+    except (ValueError, KeyError, TypeError, ImportError) as exc:
+        # e.g. a loss registered by a plugin that is not importable here: metrics are still exact, say so loudly
+        warnings.warn(f"evaluating without a loss value: loss {cfg.loss.name!r} cannot be built here ({exc})",
+                      RuntimeWarning, stacklevel=2)
         loss_fn = None
     ectx = EvalContext(device=dev, amp_dtype=amp_dtype, batch_size=batch_size or cfg.train.val_batch_size,
                        num_workers=cfg.data.num_workers, loss_fn=loss_fn)
