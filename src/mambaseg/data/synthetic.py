@@ -98,7 +98,7 @@ def make_synthetic_dataset(
     size: int | tuple[int, int] = (96, 96),
     seed: int = 0,
 ) -> Path:
-    """Write a synthetic folder dataset ``out_dir/{train,val}/{images,masks}/syn_XXXX.png``.
+    """Write a synthetic folder dataset ``out_dir/{train,val}/{images,masks}/syn_<4-digit index>.png``.
 
     Sample ``i`` of split ``s`` depends only on ``(seed, s, i)``, so changing ``n_train`` does not change
     the validation images. Files of the same names are overwritten; a ``dataset.json`` records the

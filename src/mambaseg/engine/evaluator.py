@@ -17,6 +17,7 @@ reduced twice, ``pooled`` (one confusion matrix over the whole split, the papers
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from dataclasses import dataclass, field
@@ -61,15 +62,15 @@ class EvalContext:
     progress: Callable[[int, int], None] | None = None
 
 
-class Evaluator:
-    """Interface of task evaluators (subclass and implement :meth:`evaluate`)."""
+class Evaluator(abc.ABC):
+    """Abstract interface of task evaluators (subclasses implement :meth:`evaluate`)."""
 
     #: short name recorded in metrics files
     name: str = "evaluator"
 
+    @abc.abstractmethod
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: EvalContext) -> dict[str, Any]:
         """Evaluate ``model`` on ``dataset``; same result on every process. Must not change ``model``'s mode."""
-        raise NotImplementedError
 
     def headline(self, result: dict[str, Any]) -> dict[str, float]:
         """A few scalars to show in progress lines and summary tables (default: flattened top-level scalars)."""
