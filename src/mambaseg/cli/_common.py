@@ -65,6 +65,11 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def given_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides from CLI options: ``{"section.field": value}`` minus the options left unset (``None``)."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def parse_image_size(text: str | None) -> list[int] | None:
     """``"256"`` -> [256, 256]; ``"192,256"`` or ``"192x256"`` -> [192, 256] (H, W)."""
     if text is None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mambaseg.cli._common import CLIError, console, handle_errors, parse_image_size
+from mambaseg.cli._common import CLIError, console, given_options, handle_errors, parse_image_size
 
 
 @handle_errors
@@ -69,26 +69,18 @@ def search(
     from mambaseg.nas.runner import SearchSettings, run_search
 
     cfg = load_config(config) if config is not None else load_recipe(recipe)
-    explicit: dict[str, object] = {"train.out": str(out)}
-    if data is not None:
-        explicit["data.path"] = str(data)
-    size = parse_image_size(image_size)
-    if size is not None:
-        explicit["data.image_size"] = size
-    if batch_size is not None:
-        explicit["train.batch_size"] = batch_size
-    if eval_batch_size is not None:
-        explicit["train.val_batch_size"] = eval_batch_size
-    if max_steps is not None:
-        explicit["train.max_steps"] = max_steps
-    if lr is not None:
-        explicit["optim.lr"] = lr
-    if seed is not None:
-        explicit["train.seed"] = seed
-    if device is not None:
-        explicit["train.device"] = device
-    if num_workers is not None:
-        explicit["data.num_workers"] = num_workers
+    explicit = given_options({
+        "train.out": str(out),
+        "data.path": None if data is None else str(data),
+        "data.image_size": parse_image_size(image_size),
+        "train.batch_size": batch_size,
+        "train.val_batch_size": eval_batch_size,
+        "train.max_steps": max_steps,
+        "optim.lr": lr,
+        "train.seed": seed,
+        "train.device": device,
+        "data.num_workers": num_workers,
+    })
     cfg = apply_overrides(cfg, explicit)
     if overrides:
         cfg = apply_overrides(cfg, list(overrides))

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from mambaseg.cli._common import CLIError, console, handle_errors, parse_image_size, read_arch
+from mambaseg.cli._common import CLIError, console, given_options, handle_errors, parse_image_size, read_arch
 
 
 def _auto_recipe(model: Optional[str], data: Optional[str]) -> Optional[str]:
@@ -59,30 +59,19 @@ def build_config(
         cfg = load_recipe(auto)
     else:
         cfg = RunConfig()
-    explicit: dict[str, object] = {}
-    if model is not None:
-        explicit["model.name"] = model
-    if data is not None:
-        explicit["data.path"] = str(data)
-    if epochs is not None:
-        explicit["train.epochs"] = epochs
-    if max_steps is not None:
-        explicit["train.max_steps"] = max_steps
-    if batch_size is not None:
-        explicit["train.batch_size"] = batch_size
-    size = parse_image_size(image_size)
-    if size is not None:
-        explicit["data.image_size"] = size
-    if lr is not None:
-        explicit["optim.lr"] = lr
-    if seed is not None:
-        explicit["train.seed"] = seed
-    if out is not None:
-        explicit["train.out"] = str(out)
-    if device is not None:
-        explicit["train.device"] = device
-    if arch is not None:
-        explicit["model.arch"] = read_arch(arch)
+    explicit = given_options({
+        "model.name": model,
+        "data.path": None if data is None else str(data),
+        "train.epochs": epochs,
+        "train.max_steps": max_steps,
+        "train.batch_size": batch_size,
+        "data.image_size": parse_image_size(image_size),
+        "optim.lr": lr,
+        "train.seed": seed,
+        "train.out": None if out is None else str(out),
+        "train.device": device,
+        "model.arch": None if arch is None else read_arch(arch),
+    })
     cfg = apply_overrides(cfg, explicit)
     if overrides:
         cfg = apply_overrides(cfg, list(overrides))
