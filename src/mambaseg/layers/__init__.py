@@ -17,7 +17,7 @@ from mambaseg.layers.pcam import PCAM
 from mambaseg.layers.routing_attention import BiLevelRoutingAttention
 from mambaseg.layers.s3_block import S3Block, S3ChoiceBlock
 from mambaseg.layers.scsa import SCSA
-from mambaseg.layers.ss2d import SS2D, ScanPattern
+from mambaseg.layers.ss2d import SS2D, SSMScanBase, ScanPattern
 from mambaseg.layers.ss2d_v2 import SS2Dv2
 from mambaseg.layers.ssd_mixer import SSD2D
 from mambaseg.layers.sweep_mamba import SweepMamba
@@ -53,6 +53,7 @@ __all__ = [
     "SS2D",
     "SS2Dv2",
     "SSD2D",
+    "SSMScanBase",
     "ScanPattern",
     "SweepMamba",
     "VSSBlock",

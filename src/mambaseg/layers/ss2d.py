@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mambaseg.ops import RasterScan, selective_scan
 
-__all__ = ["SS2D", "ScanPattern"]
+__all__ = ["SS2D", "SSMScanBase", "ScanPattern"]
 
 
 class ScanPattern(Protocol):
@@ -36,7 +36,72 @@ def dt_bias_init(d: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float
     return dt + torch.log(-torch.expm1(-dt))
 
 
-class SS2D(nn.Module):
+class SSMScanBase(nn.Module):
+    """Per-direction SSM parameters and the scan -> merge core shared by SS2D (v0) and SS2Dv2.
+
+    Parameter names follow VMamba (``x_proj_weight``, ``dt_projs_weight``, ``dt_projs_bias``, ``A_logs``, ``Ds``);
+    subclasses set ``scan``, ``backend``, ``d_state`` and ``dt_rank`` and call :meth:`init_ssm_parameters`.
+    """
+
+    scan: ScanPattern
+    backend: str | None
+    d_state: int
+    dt_rank: int
+
+    def init_ssm_parameters(
+        self, k: int, d_inner: int, dt_min: float, dt_max: float, dt_init_floor: float
+    ) -> None:
+        """Create the stacked per-direction parameters with VMamba's initialisation (spec §1.4)."""
+        dt_rank, d_state = self.dt_rank, self.d_state
+        # per-direction projections stored stacked as raw parameters; default nn.Linear init
+        bound = 1.0 / math.sqrt(d_inner)
+        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
+        std = dt_rank**-0.5
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank).uniform_(-std, std))
+        self.dt_projs_bias = nn.Parameter(
+            torch.stack([dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor) for _ in range(k)])
+        )
+        # S4D-real: A_n = -n for every channel and direction
+        a = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(k * d_inner, 1)
+        self.A_logs = nn.Parameter(torch.log(a))
+        self.Ds = nn.Parameter(torch.ones(k * d_inner))
+        self.A_logs._no_weight_decay = True  # type: ignore[attr-defined]
+        self.Ds._no_weight_decay = True  # type: ignore[attr-defined]
+
+    def scan_merge(self, x: torch.Tensor, upcast_inputs: bool) -> torch.Tensor:
+        """(B, D, H, W) -> merged scan output (B, D, L), L = H*W.
+
+        The SSM parameters always enter the scan in float32 (float64 for float64 inputs). ``upcast_inputs`` also
+        casts u, delta, B, C to that precision before the call (v0); otherwise they keep their dtype (e.g. bf16
+        under autocast) and the backend upcasts internally (v2).
+        """
+        b, d, h, w = x.shape
+        k = self.scan.k
+        xs = self.scan.scan(x)  # (B, K, D, L); L = H*W for permutations, more for padded scan patterns
+        L = xs.shape[-1]
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
+        f = torch.float64 if xs.dtype == torch.float64 else torch.float32
+        if upcast_inputs:
+            xs, dts, Bs, Cs = xs.to(f), dts.to(f), Bs.to(f), Cs.to(f)
+        else:
+            Bs, Cs = Bs.contiguous(), Cs.contiguous()
+        y = selective_scan(
+            xs.reshape(b, k * d, L),
+            dts.reshape(b, k * d, L),
+            -torch.exp(self.A_logs.to(f)),
+            Bs,
+            Cs,
+            self.Ds.to(f),
+            delta_bias=self.dt_projs_bias.to(f).reshape(-1),
+            delta_softplus=True,
+            backend=self.backend,
+        )
+        return self.scan.merge(y.view(b, k, d, L), h, w)
+
+
+class SS2D(SSMScanBase):
     """2-D selective-scan mixer, channels-last (B, H, W, C) -> (B, H, W, C).
 
     Args:
@@ -81,44 +146,15 @@ class SS2D(nn.Module):
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
         self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias)
         self.act = nn.SiLU()
-        # per-direction projections stored stacked as raw parameters (VMamba v0 layout); default nn.Linear init
-        bound = 1.0 / math.sqrt(d_inner)
-        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
-        std = dt_rank**-0.5
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank).uniform_(-std, std))
-        self.dt_projs_bias = nn.Parameter(torch.stack([dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor) for _ in range(k)]))
-        # S4D-real: A_n = -n for every channel and direction
-        a = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(k * d_inner, 1)
-        self.A_logs = nn.Parameter(torch.log(a))
-        self.Ds = nn.Parameter(torch.ones(k * d_inner))
-        self.A_logs._no_weight_decay = True  # type: ignore[attr-defined]
-        self.Ds._no_weight_decay = True  # type: ignore[attr-defined]
+        self.init_ssm_parameters(k, d_inner, dt_min, dt_max, dt_init_floor)
         self.out_norm = nn.LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) after conv+SiLU -> merged scan output (B, H, W, D) in float32 (float64 for float64 inputs)."""
         b, d, h, w = x.shape
-        k = self.scan.k
-        xs = self.scan.scan(x)  # (B, K, D, L); L = H*W for permutations, more for padded scan patterns
-        L = xs.shape[-1]
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
         # the scan always runs in float32 (float64 when the module is float64), also under autocast
-        f = torch.float64 if xs.dtype == torch.float64 else torch.float32
-        y = selective_scan(
-            xs.to(f).reshape(b, k * d, L),
-            dts.to(f).reshape(b, k * d, L),
-            -torch.exp(self.A_logs.to(f)),
-            Bs.to(f),
-            Cs.to(f),
-            self.Ds.to(f),
-            delta_bias=self.dt_projs_bias.to(f).reshape(-1),
-            delta_softplus=True,
-            backend=self.backend,
-        )
-        y = self.scan.merge(y.view(b, k, d, L), h, w)  # (B, D, L) float32
+        y = self.scan_merge(x, upcast_inputs=True)  # (B, D, L) float32
         return y.transpose(1, 2).reshape(b, h, w, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,13 +17,13 @@ import torch.nn as nn
 
 from mambaseg.layers.linear2d import Linear2d
 from mambaseg.layers.norm import LayerNorm2d
-from mambaseg.layers.ss2d import ScanPattern, dt_bias_init
-from mambaseg.ops import RasterScan, selective_scan
+from mambaseg.layers.ss2d import ScanPattern, SSMScanBase
+from mambaseg.ops import RasterScan
 
 __all__ = ["SS2Dv2"]
 
 
-class SS2Dv2(nn.Module):
+class SS2Dv2(SSMScanBase):
     """Gate-free channels-first 2-D selective-scan mixer (VMamba v2, ``v05_noz``).
 
     Args:
@@ -76,18 +76,7 @@ class SS2Dv2(nn.Module):
             if d_conv > 1 else None
         )
         self.act = nn.SiLU()
-        bound = 1.0 / math.sqrt(d_inner)
-        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
-        std = dt_rank ** -0.5
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank).uniform_(-std, std))
-        self.dt_projs_bias = nn.Parameter(
-            torch.stack([dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor) for _ in range(k)])
-        )
-        a = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(k * d_inner, 1)
-        self.A_logs = nn.Parameter(torch.log(a))
-        self.Ds = nn.Parameter(torch.ones(k * d_inner))
-        self.A_logs._no_weight_decay = True  # type: ignore[attr-defined]
-        self.Ds._no_weight_decay = True  # type: ignore[attr-defined]
+        self.init_ssm_parameters(k, d_inner, dt_min, dt_max, dt_init_floor)
         self.out_norm = LayerNorm2d(d_inner)
         self.out_proj = Linear2d(d_inner, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -95,26 +84,8 @@ class SS2Dv2(nn.Module):
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W) after conv + SiLU -> merged scan output (B, D, H, W) in float32."""
         b, d, h, w = x.shape
-        k = self.scan.k
-        xs = self.scan.scan(x)  # (B, K, D, L); L = H*W for permutations, more for padded scan patterns
-        L = xs.shape[-1]
-        # grouped per-direction projections (VMamba v05 computes them as grouped 1x1 conv1d; same maths)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
-        work = torch.float64 if xs.dtype == torch.float64 else torch.float32  # SSM parameters kept in >= fp32
-        y = selective_scan(
-            xs.reshape(b, k * d, L),
-            dts.reshape(b, k * d, L),
-            -torch.exp(self.A_logs.to(work)),
-            Bs.contiguous(),
-            Cs.contiguous(),
-            self.Ds.to(work),
-            delta_bias=self.dt_projs_bias.to(work).reshape(-1),
-            delta_softplus=True,
-            backend=self.backend,
-        )
-        return self.scan.merge(y.view(b, k, d, L), h, w).view(b, d, h, w)
+        # inputs keep their dtype (the backend computes in fp32); SSM parameters enter in >= fp32
+        return self.scan_merge(x, upcast_inputs=False).view(b, d, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.d_model:
