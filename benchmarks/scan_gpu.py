@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import torch
 
+from _common import cuda_event_times
+
 ANCHORS = [
     # batch, K, d_inner, L, N, official fwd ms, official fwd+bwd ms
     (32, 4, 192, 4096, 16, 3.49, 12.05),
@@ -70,18 +72,7 @@ def _fn(backend: str) -> Callable:
 
 def cuda_time(fn: Callable[[], Any], warmup: int, reps: int) -> float:
     """Median milliseconds of ``fn`` over ``reps`` runs (CUDA events), after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
+    return statistics.median(cuda_event_times(fn, warmup, reps))
 
 
 DEVICE = "cuda"

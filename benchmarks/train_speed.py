@@ -30,25 +30,12 @@ from typing import Any
 
 import torch
 
+from _common import cuda_event_times
+
 OFFICIAL = {  # model -> precision -> (train img/s, infer img/s, train peak GiB), H100, official code + CUDA kernel
     "vmunet": {"fp32": (134.9, 481.6, 15.38), "bf16": (166.8, 535.3, 12.13)},
     "vmunet_code_default": {"fp32": (84.2, 300.9, 25.17), "bf16": (104.0, 339.6, 19.66)},
 }
-
-
-def _steps_ms(step, warmup: int, steps: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(steps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        step()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e))
-    return out
 
 
 def bench(model_name: str, precision: str, batch: int, size: int, warmup: int, steps: int, backend: str | None) -> dict[str, Any]:
@@ -81,10 +68,10 @@ def bench(model_name: str, precision: str, batch: int, size: int, warmup: int, s
     with use_backend(backend):
         model.train()
         torch.cuda.reset_peak_memory_stats()
-        tr = _steps_ms(train_step, warmup, steps)
+        tr = cuda_event_times(train_step, warmup, steps)
         peak = torch.cuda.max_memory_allocated() / 2**30
         model.eval()
-        inf = _steps_ms(infer_step, warmup, steps)
+        inf = cuda_event_times(infer_step, warmup, steps)
     tr_ms, inf_ms = statistics.median(tr), statistics.median(inf)
     off = OFFICIAL.get(model_name, {}).get(precision)
     row = {
