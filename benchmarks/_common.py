@@ -57,6 +57,29 @@ def cuda_event_times(fn, warmup: int, reps: int) -> list[float]:
     return times
 
 
+def training_summary(res) -> dict:
+    """Shared fields of a GPU training result: schedule actually run, speed, and val metrics of the best checkpoint.
+
+    ``res`` is the result of :func:`mambaseg.engine.train` (its ``metrics`` hold ``pooled``/``per_case``).
+    """
+    m = res.metrics
+    return {
+        "amp": m["train"]["amp"],
+        "epochs_run": res.epochs,
+        "stop_reason": m["train"]["stop_reason"],
+        "steps": res.steps,
+        "wall_seconds": round(res.seconds, 1),
+        "train_images_per_second": round(res.images_per_second, 1),
+        "best_epoch": res.best_epoch,
+        "val_pooled_dsc": m["pooled"]["dsc"],
+        "val_pooled_iou": m["pooled"]["iou"],
+        "val_per_case_dsc": m["per_case"]["dsc"],
+        "val_per_case_iou": m["per_case"]["iou"],
+        "val_pooled": {k: m["pooled"].get(k) for k in ("acc", "sen", "spe", "dsc", "iou")},
+        "history": [{k: r.get(k) for k in ("epoch", "train_loss", "lr", "time", "val")} for r in res.history],
+    }
+
+
 def write_json(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

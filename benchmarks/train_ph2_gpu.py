@@ -20,6 +20,8 @@ import json
 import time
 from pathlib import Path
 
+from _common import training_summary
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -59,21 +61,9 @@ def main() -> None:
         "device": device,
         "torch": torch.__version__,
         "scan_backend": explain_backend(torch.cuda.is_available()),
-        "amp": m["train"]["amp"],
-        "epochs_run": res.epochs,
+        **training_summary(res),
         "epochs_planned": cfg.train.epochs,
-        "stop_reason": m["train"]["stop_reason"],
-        "steps": res.steps,
-        "wall_seconds": round(res.seconds, 1),
-        "train_images_per_second": round(res.images_per_second, 1),
-        "best_epoch": res.best_epoch,
-        "val_pooled_dsc": m["pooled"]["dsc"],
-        "val_pooled_iou": m["pooled"]["iou"],
-        "val_per_case_dsc": m["per_case"]["dsc"],
-        "val_per_case_iou": m["per_case"]["iou"],
-        "val_pooled": {k: m["pooled"][k] for k in ("acc", "sen", "spe", "dsc", "iou")},
         "last_epoch_val_dice": (m.get("last") or {}).get("dice"),
-        "history": [{k: r.get(k) for k in ("epoch", "train_loss", "lr", "time", "val")} for r in res.history],
     }
     p = Path(args.results)
     p.parent.mkdir(parents=True, exist_ok=True)

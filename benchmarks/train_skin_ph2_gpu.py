@@ -25,6 +25,8 @@ import json
 import time
 from pathlib import Path
 
+from _common import training_summary
+
 CACHES = {"vmunet": ".gpucache/ph2_256.npz", "vmbunet": ".gpucache/ph2_256.npz", "dermomamba": ".gpucache/ph2_192x256.npz"}
 WHAT = {
     "vmunet": "VM-UNet (27.4 M params), recipe vmunet_ph2 (ISIC recipe), 256x256",
@@ -85,22 +87,10 @@ def run_model(name: str, minutes: float, probe_epochs: int, out_dir: Path, resul
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
         "scan_backend": explain_backend(torch.cuda.is_available()),
-        "amp": m["train"]["amp"],
+        **training_summary(res),
         "image_size": list(cfg.data.image_size),
-        "epochs_run": res.epochs,
         "epochs_planned": epochs,
-        "stop_reason": m["train"]["stop_reason"],
-        "steps": res.steps,
-        "wall_seconds": round(res.seconds, 1),
-        "train_images_per_second": round(res.images_per_second, 1),
-        "best_epoch": res.best_epoch,
-        "val_pooled_dsc": m["pooled"]["dsc"],
-        "val_pooled_iou": m["pooled"]["iou"],
-        "val_per_case_dsc": m["per_case"]["dsc"],
-        "val_per_case_iou": m["per_case"]["iou"],
-        "val_pooled": {k: m["pooled"].get(k) for k in ("acc", "sen", "spe", "dsc", "iou")},
         "last_epoch_val": {k: (m.get("last") or {}).get(k) for k in ("dice",)},
-        "history": [{k: r.get(k) for k in ("epoch", "train_loss", "lr", "time", "val")} for r in res.history],
     }
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"skin_ph2_gpu_{name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
