@@ -224,6 +224,19 @@ def _label_map(cfg: RunConfig) -> tuple[dict[str, int], int]:
     return {("background" if i == 0 else f"class_{i}"): int(v) for i, v in enumerate(values)}, len(values)
 
 
+def _open_splits(make: Callable[[str, bool, Any], Any], splits: tuple[str, ...], normalization: Any,
+                 augment: bool) -> tuple[Any, dict[str, Any]]:
+    """Build every split with ``make(split, augment, normalization)``; the normalisation, when not given, is
+    computed on the un-augmented training split (only the training split is augmented)."""
+    from mambaseg.data import compute_normalization
+
+    if normalization is None:
+        if "train" not in splits:
+            raise DataTaskError("the input normalisation must be given when the training split is not opened")
+        normalization = compute_normalization(make("train", False, None))
+    return normalization, {s: make(s, augment and s == "train", normalization) for s in splits}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # layout: folder2d
 
@@ -242,7 +255,7 @@ def _looks_like_folder2d(root: Path) -> bool:
 )
 def open_folder2d(root: Path, cfg: RunConfig, *, splits: tuple[str, ...], normalization: Any) -> DataTask:
     """2-D folder dataset (``mambaseg.data.FolderDataset2D``)."""
-    from mambaseg.data import FolderDataset2D, compute_normalization, resolve_splits, validate_dataset
+    from mambaseg.data import FolderDataset2D, resolve_splits, validate_dataset
 
     size = tuple(int(s) for s in cfg.data.image_size)
     label_map, num_classes = _label_map(cfg)
@@ -269,11 +282,7 @@ def open_folder2d(root: Path, cfg: RunConfig, *, splits: tuple[str, ...], normal
                                binary=cfg.data.binary, label_values=label_values, skip_bad=cfg.data.skip_bad,
                                ids=ids.get(split), seed=cfg.train.seed, preset=cfg.data.augmentation)
 
-    if normalization is None:
-        if "train" not in splits:
-            raise DataTaskError("the input normalisation must be given when the training split is not opened")
-        normalization = compute_normalization(make("train", False, None))
-    datasets = {s: make(s, cfg.data.augment and s == "train", normalization) for s in splits}
+    normalization, datasets = _open_splits(make, splits, normalization, cfg.data.augment)
     in_chans = normalization.num_channels if normalization is not None else 3
     info.update({f"n_{s}": len(d) for s, d in datasets.items()})
     return DataTask(
@@ -387,8 +396,6 @@ def _looks_like_npz(path: Path) -> bool:
 )
 def open_npz2d(path: Path, cfg: RunConfig, *, splits: tuple[str, ...], normalization: Any) -> DataTask:
     """Training-size uint8 cache written by ``benchmarks/make_cache.py``."""
-    from mambaseg.data import compute_normalization
-
     size = tuple(int(s) for s in cfg.data.image_size)
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -413,11 +420,7 @@ def open_npz2d(path: Path, cfg: RunConfig, *, splits: tuple[str, ...], normaliza
             preset=cfg.data.augmentation,
         )
 
-    if normalization is None:
-        if "train" not in splits:
-            raise DataTaskError("the input normalisation must be given when the training split is not opened")
-        normalization = compute_normalization(make("train", False, None))
-    datasets = {s: make(s, cfg.data.augment and s == "train", normalization) for s in splits}
+    normalization, datasets = _open_splits(make, splits, normalization, cfg.data.augment)
     in_chans = int(arrays[f"{splits[0]}_images"].shape[-1])
     return DataTask(
         name="npz2d",
