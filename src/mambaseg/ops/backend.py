@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import importlib.util
 import os
@@ -58,11 +59,17 @@ class BackendStatus:
     cuda_only: bool
 
 
+@functools.lru_cache(maxsize=None)
+def _installed(package: str) -> bool:
+    """Whether ``package`` is importable (looked up once per process: the scan dispatch calls this on every call)."""
+    return importlib.util.find_spec(package) is not None
+
+
 def _check(name: str) -> tuple[bool, str]:
     if name in ("ref", "torch"):
         return True, "pure PyTorch, always available"
     if name == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if not _installed("triton"):
             return False, "triton is not installed"
         try:
             mod = importlib.import_module("mambaseg.ops.selective_scan_triton")
@@ -70,7 +77,7 @@ def _check(name: str) -> tuple[bool, str]:
             return False, f"mambaseg.ops.selective_scan_triton failed to import: {exc}"
         return mod.is_available()
     if name == "mamba_ssm":
-        if importlib.util.find_spec("mamba_ssm") is None:
+        if not _installed("mamba_ssm"):
             return False, "mamba_ssm is not installed"
         return True, "mamba_ssm selective_scan_fn importable"
     raise ValueError(f"unknown scan backend {name!r}; valid: {', '.join(BACKENDS)}")
