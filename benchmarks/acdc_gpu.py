@@ -122,6 +122,8 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
         f"train.device={args.device}", f"data.num_workers={args.workers}", "schedule.name=cosine",
         "schedule.interval=step", "schedule.t_max=null", f"schedule.warmup={args.warmup}",
         f"schedule.eta_min={args.eta_min}", "train.log_every=50",
+        # short GPU epochs: keep the loader workers, write last.pt only at the end (best.pt as it improves)
+        "data.persistent_workers=true", "train.checkpoint_every=1000000",
     ]
     if args.max_steps:
         overrides.append(f"train.max_steps={args.max_steps}")
@@ -131,7 +133,14 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
     t_train = time.perf_counter()
     from rich.console import Console
 
-    res = train(cfg, console=Console(width=200, force_terminal=False, log_path=False), show_progress=False)
+    # a hard stop in case the GPU gets slower than at the probe (other jobs sharing it): best.pt stays valid
+    hard_stop = args.budget_s * args.hard_stop
+
+    def over_time(state) -> bool:
+        return time.perf_counter() - t_train > hard_stop
+
+    res = train(cfg, console=Console(width=200, force_terminal=False, log_path=False), show_progress=False,
+                callbacks=[over_time])
     train_s = time.perf_counter() - t_train
     best = out_dir / "checkpoints" / "best.pt"
     t_eval = time.perf_counter()
@@ -152,6 +161,7 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
         "scan_backend_note": backend_note,
         "epochs": epochs,
         "epochs_done": res.epochs,
+        "stop_reason": (res.metrics.get("train") or {}).get("stop_reason"),
         "steps": res.steps,
         "train_images_per_second": res.images_per_second,
         "best_epoch": res.best_epoch,
@@ -209,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-s", type=float, default=8.0, help="budgeted seconds per validation")
     ap.add_argument("--overhead", type=float, default=1.2, help="epoch time = steps x probe x overhead")
     ap.add_argument("--warmup", type=int, default=50, help="warm-up optimizer steps")
+    ap.add_argument("--hard-stop", type=float, default=1.3,
+                    help="stop training after this multiple of --budget-s even if epochs remain")
     ap.add_argument("--eta-min", type=float, default=1e-6)
     ap.add_argument("--workers", type=int, default=5)
     ap.add_argument("--device", default="cuda")

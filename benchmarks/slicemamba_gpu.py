@@ -103,8 +103,9 @@ def run(args: argparse.Namespace) -> None:
     base = load_recipe("slicemamba_polyp")
     common = [f"data.path={args.cache}", f"data.image_size=[{size},{size}]", f"train.batch_size={bs}",
               f"train.seed={args.seed}", f"train.device={args.device}", f"data.num_workers={args.workers}",
-              "train.val_batch_size=20",
-              "train.amp=auto"]
+              "train.val_batch_size=20", "train.amp=auto",
+              # short GPU epochs: keep the loader workers, write last.pt only at the end (best.pt as it improves)
+              "data.persistent_workers=true", "train.checkpoint_every=1000000"]
     # ---- search
     cfg = apply_overrides(copy.deepcopy(base), common + [f"train.out={work / 'search'}"])
     population = args.population

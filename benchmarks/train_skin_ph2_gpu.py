@@ -15,6 +15,9 @@ Usage (caches built here, carried to the GPU machine; ``../shared`` does not tra
     python benchmarks/make_cache.py --data ../shared/data/ph2_dev --size 192,256 --out .gpucache/ph2_192x256.npz
     # on the GPU machine (carry both caches); write the results straight under $OUT, nothing else
     PYTHONPATH=src python benchmarks/train_skin_ph2_gpu.py --minutes 2.2,2.4,2.4 --results-dir $OUT --out-dir /tmp/runs
+    # the recipes at full length (300 / 300 / 200 epochs), one model per process so they can share the GPU:
+    PYTHONPATH=src python benchmarks/train_skin_ph2_gpu.py --full --models vmbunet --minutes 20 \
+        --set train.checkpoint_every=50 --set data.persistent_workers=true
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def _run(cfg, seconds_budget: float | None) -> tuple:
     return train(cfg, console=Console(), callbacks=[budget], show_progress=False), ends
 
 
-def run_model(name: str, minutes: float, probe_epochs: int, out_dir: Path, results_dir: Path, extra: list[str]) -> dict:
+def run_model(name: str, minutes: float, probe_epochs: int, out_dir: Path, results_dir: Path, extra: list[str],
+              full: bool = False) -> dict:
     import torch
 
     from mambaseg.configs import apply_overrides, load_recipe
@@ -60,18 +64,24 @@ def run_model(name: str, minutes: float, probe_epochs: int, out_dir: Path, resul
     recipe = f"{name}_ph2"
     base = [f"data.path={CACHES[name]}", "train.device=auto", "data.num_workers=4", *extra]
     t_start = time.perf_counter()
-    probe_cfg = apply_overrides(load_recipe(recipe), [*base, f"train.out={out_dir / (name + '_probe')}",
-                                                      f"train.epochs={probe_epochs}"])
-    probe, ends = _run(probe_cfg, None)
-    # steady epoch time = wall time of the last probe epoch (train + validation + checkpoint; compilation is in epoch 1)
-    epoch_s = ends[-1] - ends[-2] if len(ends) > 1 else ends[-1]
-    left = 60 * minutes - (time.perf_counter() - t_start)
-    epochs = max(1, int(left / epoch_s * 0.95))
-    cfg = load_recipe(recipe)
-    overrides = [f"train.epochs={epochs}"]
-    if cfg.schedule.name == "cosine":
-        overrides.append(f"schedule.t_max={epochs}")
-    cfg = apply_overrides(cfg, [*base, f"train.out={out_dir / name}", *overrides])
+    if full:  # the recipe as it is (epochs, schedule); ``minutes`` is only a safety stop
+        probe, epoch_s, overrides = None, None, []
+        cfg = apply_overrides(load_recipe(recipe), [*base, f"train.out={out_dir / name}"])
+        epochs, left = cfg.train.epochs, 60 * minutes
+    else:
+        probe_cfg = apply_overrides(load_recipe(recipe), [*base, f"train.out={out_dir / (name + '_probe')}",
+                                                          f"train.epochs={probe_epochs}"])
+        probe, ends = _run(probe_cfg, None)
+        # steady epoch time = wall time of the last probe epoch (train + validation + checkpoint; compilation is
+        # in epoch 1)
+        epoch_s = ends[-1] - ends[-2] if len(ends) > 1 else ends[-1]
+        left = 60 * minutes - (time.perf_counter() - t_start)
+        epochs = max(1, int(left / epoch_s * 0.95))
+        cfg = load_recipe(recipe)
+        overrides = [f"train.epochs={epochs}"]
+        if cfg.schedule.name == "cosine":
+            overrides.append(f"schedule.t_max={epochs}")
+        cfg = apply_overrides(cfg, [*base, f"train.out={out_dir / name}", *overrides])
     res, _ = _run(cfg, max(30.0, left))
     m = res.metrics
     out = {
@@ -81,8 +91,10 @@ def run_model(name: str, minutes: float, probe_epochs: int, out_dir: Path, resul
         "params": m["model"]["params"],
         "recipe": recipe,
         "overrides": [*base, *overrides],
-        "probe": {"epochs": probe_epochs, "steady_epoch_seconds": round(epoch_s, 3),
-                  "seconds_incl_compile": round(probe.seconds, 1)},
+        "mode": "full recipe" if full else "time-budgeted (epochs from a probe, cosine stretched to them)",
+        "safety_budget_minutes": minutes if full else None,
+        "probe": None if probe is None else {"epochs": probe_epochs, "steady_epoch_seconds": round(epoch_s, 3),
+                                             "seconds_incl_compile": round(probe.seconds, 1)},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
@@ -102,6 +114,8 @@ def main() -> None:
     ap.add_argument("--models", default="vmunet,vmbunet,dermomamba")
     ap.add_argument("--minutes", default="2.2,2.4,2.4", help="per-model wall-time budgets (comma-separated)")
     ap.add_argument("--probe-epochs", type=int, default=2)
+    ap.add_argument("--full", action="store_true",
+                    help="run each recipe as written (its epochs and schedule); --minutes become safety stops")
     ap.add_argument("--out-dir", type=Path, default=Path("runs/skin_ph2"))
     ap.add_argument("--results-dir", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override a.b=value")
@@ -118,7 +132,7 @@ def main() -> None:
     summary = []
     for name, mins in zip(models, minutes):
         try:
-            r = run_model(name, mins, args.probe_epochs, args.out_dir, args.results_dir, args.overrides)
+            r = run_model(name, mins, args.probe_epochs, args.out_dir, args.results_dir, args.overrides, args.full)
             summary.append({k: r[k] for k in ("model", "epochs_run", "best_epoch", "wall_seconds",
                                               "train_images_per_second", "val_pooled_dsc", "val_pooled_iou",
                                               "val_per_case_dsc", "val_per_case_iou")})

@@ -136,3 +136,27 @@ def test_checkpoint_every_and_callback_stop(tiny_model, synthetic_data, tmp_path
     assert res.epochs == 3 and "callback" in res.metrics["train"]["stop_reason"]
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 3  # written when stopping
     assert (out / "progress.png").is_file() and (out / "metrics.json").is_file()
+
+
+def test_persistent_workers_reach_the_loader_and_stay_deterministic(tiny_model, synthetic_data, tmp_path, monkeypatch):
+    import mambaseg.engine.trainer as trainer_mod
+
+    seen = []
+    real = trainer_mod.DataLoader
+
+    def recording_loader(*args, **kwargs):
+        seen.append(kwargs.get("persistent_workers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "DataLoader", recording_loader)
+    sets = {"train.epochs": 3, "data.num_workers": 1, "data.persistent_workers": True}
+    a = train(tiny_config(synthetic_data, tmp_path / "a", **sets))
+    b = train(tiny_config(synthetic_data, tmp_path / "b", **sets))
+    assert seen == [True, True]  # the training loader of both runs; evaluation loaders are built elsewhere
+    assert a.epochs == b.epochs == 3
+    wa, wb = _weights(tmp_path / "a" / "checkpoints" / "last.pt"), _weights(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # without workers the option is ignored (a DataLoader refuses persistent_workers with num_workers=0)
+    seen.clear()
+    train(tiny_config(synthetic_data, tmp_path / "c", **{"train.epochs": 1, "data.persistent_workers": True}))
+    assert seen == [False]

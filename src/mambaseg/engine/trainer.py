@@ -374,7 +374,7 @@ def _train(
     loader = DataLoader(
         train_ds, batch_size=per_rank_bs, sampler=sampler, num_workers=cfg.data.num_workers,
         collate_fn=_collate_train, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
-        drop_last=False, persistent_workers=False,
+        drop_last=False, persistent_workers=bool(cfg.data.persistent_workers and cfg.data.num_workers > 0),
     )
     steps_per_epoch = len(loader)
     optimizer = build_optimizer(model, cfg.optim)

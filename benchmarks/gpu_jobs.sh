@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Long GPU trainings as background jobs that outlive one device call (a call may last 10 minutes; a held machine
+# keeps running processes started in their own session until it is given back).
+#
+#   bash benchmarks/gpu_jobs.sh start JOB...   # snapshot src/ + benchmarks/ + the caches, start each JOB (setsid)
+#   bash benchmarks/gpu_jobs.sh status         # one line per job: running/exit code, last log line
+#   bash benchmarks/gpu_jobs.sh wait SECONDS   # wait until no job runs (or SECONDS pass), then status
+#   bash benchmarks/gpu_jobs.sh collect DEST   # DEST/gpujobs.tgz: result JSONs, run logs/histories, job logs
+#
+# Jobs (each reads its cache from .gpucache/, built here beforehand, see the scripts' docstrings):
+#   ph2_vmunet ph2_vmbunet ph2_dermomamba  full-length PH2 recipes  (train_skin_ph2_gpu.py --full)
+#   slicemamba                             supernet + search + 3 retrainings on EndoTect (slicemamba_gpu.py run)
+#   acdc                                   MSVM-UNet and HeteroMedSeg on ACDC, side by side (acdc_gpu.py)
+# Budgets (seconds) via the environment: SM_BUDGET (default 1200), ACDC_BUDGET (900, per model),
+# PH2_SAFETY_MIN (26, a stop for runs that would not finish).
+# All jobs share one GPU: the wall times and img/s they report include that sharing.
+set -euo pipefail
+ROOT=${GPUJOBS_DIR:-/tmp/gpujobs}
+mkdir -p "$ROOT/logs" "$ROOT/results" "$ROOT/runs"
+
+start_job() {
+  local job=$1 snap cmd
+  snap="$ROOT/snap_${job}"
+  rm -rf "$snap" && mkdir -p "$snap/.gpucache"
+  cp -r src benchmarks "$snap/"
+  case $job in
+    ph2_vmunet|ph2_vmbunet)
+      cp .gpucache/ph2_256.npz "$snap/.gpucache/"
+      cmd="${PYTHON:-python} benchmarks/train_skin_ph2_gpu.py --full --models ${job#ph2_} --minutes ${PH2_SAFETY_MIN:-26} \
+--set train.checkpoint_every=50 --set data.persistent_workers=true --set data.num_workers=3 \
+--out-dir $ROOT/runs --results-dir $ROOT/results" ;;
+    ph2_dermomamba)
+      cp .gpucache/ph2_192x256.npz "$snap/.gpucache/"
+      cmd="${PYTHON:-python} benchmarks/train_skin_ph2_gpu.py --full --models dermomamba --minutes ${PH2_SAFETY_MIN:-26} \
+--set train.checkpoint_every=50 --set data.persistent_workers=true --set data.num_workers=3 \
+--out-dir $ROOT/runs --results-dir $ROOT/results" ;;
+    slicemamba)
+      cp .gpucache/endotect_256.npz "$snap/.gpucache/"
+      cmd="${PYTHON:-python} benchmarks/slicemamba_gpu.py run --cache .gpucache/endotect_256.npz --budget-s ${SM_BUDGET:-1200} \
+--population 20 --workers 3 --out $ROOT/results/slicemamba --work $ROOT/runs/slicemamba" ;;
+    acdc)
+      cp .gpucache/acdc_224.npz "$snap/.gpucache/"
+      cmd="${PYTHON:-python} benchmarks/acdc_gpu.py --cache .gpucache/acdc_224.npz --budget-s ${ACDC_BUDGET:-900} --workers 3 \
+--runs $ROOT/runs --copy-to $ROOT/results/acdc" ;;
+    *) echo "unknown job '$job' (ph2_vmunet ph2_vmbunet ph2_dermomamba slicemamba acdc)" >&2; return 2 ;;
+  esac
+  echo "$cmd" > "$ROOT/logs/$job.cmd"
+  rm -f "$ROOT/logs/$job.rc"
+  # own session (setsid): the job survives the end of the device call that started it
+  ( cd "$snap" && PYTHONPATH="$snap/src" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 \
+      setsid nohup bash -c "$cmd; echo \$? > $ROOT/logs/$job.rc" > "$ROOT/logs/$job.log" 2>&1 < /dev/null & )
+  echo "started $job: $cmd"
+}
+
+status() {
+  for f in "$ROOT"/logs/*.cmd; do
+    [ -e "$f" ] || continue
+    local job; job=$(basename "$f" .cmd)
+    local st="running"
+    [ -f "$ROOT/logs/$job.rc" ] && st="exit $(cat "$ROOT/logs/$job.rc")"
+    echo "== $job [$st] $(tail -c 300 "$ROOT/logs/$job.log" | tr '\n' ' ' | tail -c 240)"
+  done
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true
+}
+
+running() {
+  for f in "$ROOT"/logs/*.cmd; do
+    [ -e "$f" ] || continue
+    [ -f "${f%.cmd}.rc" ] || return 0
+  done
+  return 1
+}
+
+case ${1:-status} in
+  start) shift; for j in "$@"; do start_job "$j"; done ;;
+  status) status ;;
+  wait)
+    end=$(( $(date +%s) + ${2:-540} ))
+    while running && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
+    status ;;
+  collect)
+    dest=${2:?collect needs a destination folder}
+    mkdir -p "$dest"
+    ( cd "$ROOT" && find runs -maxdepth 3 \( -name 'history.json' -o -name 'metrics.json' -o -name 'train.log' \
+        -o -name 'config.yaml' -o -name '*.jsonl' -o -name 'arch.json' \) -print0 \
+      | tar czf "$dest/gpujobs.tgz" --null -T - results logs )
+    ls -la "$dest" ;;
+  *) echo "usage: $0 start JOB... | status | wait SECONDS | collect DEST" >&2; exit 2 ;;
+esac
