@@ -214,3 +214,21 @@ def test_either_and_presets():
             a, b = t(big, bmask, np.random.default_rng(s))
             assert a.shape == (16, 24, 3) and b.shape == (16, 24)
             assert set(np.unique(b)) <= set(np.unique(bmask))
+
+
+@pytest.mark.parametrize("preset", ["msvmunet", "flips_rotate", "none"])
+def test_slice_augment_pickles_for_spawned_workers(preset):
+    """DataLoader workers started with ``spawn`` (macOS/Windows default) pickle the dataset and its augmentation."""
+    import pickle
+
+    import numpy as np
+
+    from mambaseg.data.volumetric import SliceAugment
+
+    aug = SliceAugment(preset)
+    clone = pickle.loads(pickle.dumps(aug))
+    image = np.random.default_rng(0).random((24, 24, 1)).astype(np.float32)
+    mask = (np.arange(24 * 24).reshape(24, 24) % 3).astype(np.int64)
+    a = aug(image, mask, np.random.default_rng(5))
+    b = clone(image, mask, np.random.default_rng(5))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

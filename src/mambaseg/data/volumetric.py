@@ -230,11 +230,15 @@ class _SomeOf:
         return image, mask
 
 
-def _rotate_range(degrees: float) -> Callable:
-    def op(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        return rotate(image, mask, float(rng.uniform(-degrees, degrees)), fill=0.0)
+class _RotateRange:
+    """Rotation by an angle drawn uniformly in [-degrees, degrees] (a class, not a closure: DataLoader workers
+    started with ``spawn`` pickle the augmentation)."""
 
-    return op
+    def __init__(self, degrees: float) -> None:
+        self.degrees = float(degrees)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return rotate(image, mask, float(rng.uniform(-self.degrees, self.degrees)), fill=0.0)
 
 
 def _rot90_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -243,6 +247,20 @@ def _rot90_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
     image = np.flip(np.rot90(image, k, axes=(0, 1)), axis=axis)
     mask = np.flip(np.rot90(mask, k, axes=(0, 1)), axis=axis)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+class _FlipsOrRotate:
+    """With p=0.5 a random 90-degree rotation + flip, else with p=0.5 a small rotation, else nothing."""
+
+    def __init__(self, rot: _RotateRange) -> None:
+        self.rot = rot
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if rng.random() > 0.5:
+            return _rot90_flip(image, mask, rng)
+        if rng.random() > 0.5:
+            return self.rot(image, mask, rng)
+        return image, mask
 
 
 class SliceAugment:
@@ -264,22 +282,13 @@ class SliceAugment:
                     GaussianNoise(0.005, p=1.0),  # 0.005 * 255 on the 8-bit scale of the original
                     GaussianBlur(1.0, p=1.0),
                     RandomContrast((0.5, 1.5), p=1.0),
-                    _rotate_range(40.0),
+                    _RotateRange(40.0),
                 ],
                 0,
                 4,
             )
         elif preset == "flips_rotate":
-            rot = _rotate_range(20.0)
-
-            def op(image, mask, rng):
-                if rng.random() > 0.5:
-                    return _rot90_flip(image, mask, rng)
-                if rng.random() > 0.5:
-                    return rot(image, mask, rng)
-                return image, mask
-
-            self._op = op
+            self._op = _FlipsOrRotate(_RotateRange(20.0))
         else:
             self._op = None
 
