@@ -177,10 +177,19 @@ def sweep(shapes: list[int], warmup: int, reps: int) -> list[dict[str, Any]]:
         else:
             fwd_c = [(bd, 1, bl) for bd in (1, 2, 4, 8) for bl in (32, 64, 128, 256)]
             bwd_c = [(bd, 1, bl) for bd in (1, 2, 4) for bl in (16, 32, 64, 128)]
+        cands_by_mode = {}
         for mode, cands in (("fwd", fwd_c), ("fwdbwd", bwd_c)):
+            lst = []
             for bd, nw, bl in cands:
-                cand = {"num_warps": nw, "BLOCK_L_FWD": bl, "BLOCK_L_BWD": bl}
+                cand = {"num_warps": nw, "BLOCK_L_FWD": bl, "BLOCK_L_BWD": bl, "SEG1": 0}
                 cand["BLOCK_D_FWD" if mode == "fwd" else "BLOCK_D_BWD"] = bd
+                lst.append(cand)
+            if n == 1:  # the channel-per-lane kernels with their table tiles, then the segment-parallel grid
+                lst = [{"SEG1": 0}] + [{"SEG1": seg, "BLOCK_D1": bd, "num_warps1": nw}
+                                       for seg in (64, 128, 256) for bd in (8, 16) for nw in (4, 8)]
+            cands_by_mode[mode] = lst
+        for mode, cands in cands_by_mode.items():
+            for cand in cands:
                 sst._CONFIG_OVERRIDE.clear()
                 sst._CONFIG_OVERRIDE.update(cand)
                 try:

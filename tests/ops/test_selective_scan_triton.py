@@ -30,11 +30,21 @@ CASES: dict[str, tuple[dict, dict]] = {
     ),
     "n1_ungrouped_no_options": (
         dict(batch=1, groups=2, d_group=4, seqlen=13, n=1, grouped=False, has_d=False, has_bias=False, softplus=False),
-        dict(BLOCK_L_FWD=4, BLOCK_L_BWD=4, SEGMENT=8),
+        dict(BLOCK_L_FWD=4, BLOCK_L_BWD=4, SEGMENT=8, SEG1=0),  # SEG1=0: the channel-per-lane kernels at N=1
+    ),
+    # N=1 segment-parallel kernels: 5 segments (partial last), channel blocks that do not divide d_group
+    "n1_segments_all_options": (dict(batch=2, groups=2, d_group=5, seqlen=19, n=1), dict(SEG1=4, BLOCK_D1=4)),
+    "n1_segments_ungrouped_no_options": (
+        dict(batch=1, groups=2, d_group=4, seqlen=13, n=1, grouped=False, has_d=False, has_bias=False, softplus=False),
+        dict(SEG1=4, BLOCK_D1=4),
+    ),
+    "n1_segments_d_only": (
+        dict(batch=1, groups=2, d_group=3, seqlen=21, n=1, has_d=True, has_bias=False, softplus=True),
+        dict(SEG1=8, BLOCK_D1=2),
     ),
     # the GPU tile table itself: N=16 (forward chunk 8 inside a multi-chunk backward segment) ...
     "default_tiles_n16": (dict(batch=1, groups=1, d_group=8, seqlen=37, n=16), {}),
-    # ... and N=1 (one chunk per segment, three segments, partial last chunk)
+    # ... and N=1 (the segment-parallel kernels with their default tiles: one segment)
     "default_tiles_n1": (dict(batch=1, groups=2, d_group=3, seqlen=40, n=1), {}),
     "three_chunk_segments_n4": (
         dict(batch=1, groups=1, d_group=4, seqlen=30, n=4),
@@ -126,6 +136,28 @@ def _run_extra() -> dict[str, float]:
     y_ref = selective_scan_ref(u.double(), delta.double(), A.double(), B.double(), C.double(), D.double(),
                                delta_bias=bias.double(), delta_softplus=True)  # fmt: skip
     out["dispatch_rel"] = _rel(y, y_ref)
+    # bf16 inputs with an fp32 output (SS2D v0 under autocast): fp32 math on the bf16 values, gradients in the
+    # inputs' dtypes; N=4 (channel-per-lane kernels) and N=1 (segment-parallel kernels, 3 segments)
+    for n, tiles in ((4, {}), (1, {"SEG1": 4, "BLOCK_D1": 2})):
+        u, delta, A, B, C, D, bias = _inputs(1, 2, 3, 11, n, seed=4)
+        leaves = [t.bfloat16().requires_grad_(True) for t in (u, delta, B, C)]
+        sst._CONFIG_OVERRIDE.clear()
+        sst._CONFIG_OVERRIDE.update(tiles)
+        try:
+            y = selective_scan(leaves[0], leaves[1], A, leaves[2], leaves[3], D, delta_bias=bias, delta_softplus=True,
+                               backend="triton", out_dtype=torch.float32)  # fmt: skip
+            gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
+            grads = torch.autograd.grad(y, leaves, gy)
+        finally:
+            sst._CONFIG_OVERRIDE.clear()
+        l64 = [t.detach().double().requires_grad_(True) for t in leaves]
+        y_ref = selective_scan_ref(l64[0], l64[1], A.double(), l64[2], l64[3], D.double(), delta_bias=bias.double(),
+                                   delta_softplus=True)  # fmt: skip
+        g_ref = torch.autograd.grad(y_ref, l64, gy.double())
+        out[f"f32out_n{n}_dtype_ok"] = float(y.dtype == torch.float32 and all(g.dtype == torch.bfloat16 for g in grads))
+        out[f"f32out_n{n}_rel"] = _rel(y, y_ref)
+        # gradients are rounded to bf16 on the way out: compare at bf16 precision
+        out[f"f32out_n{n}_grad_rel"] = max(_rel(g.float(), r) for g, r in zip(grads, g_ref))
     return out
 
 
@@ -137,7 +169,8 @@ spec.loader.exec_module(mod)
 from triton.runtime.interpreter import InterpretedFunction
 from mambaseg.ops import _triton_scan
 res = {"interpreted": all(isinstance(f, InterpretedFunction) for f in
-                          (_triton_scan._selective_scan_fwd_kernel, _triton_scan._selective_scan_bwd_kernel))}
+                          (_triton_scan._selective_scan_fwd_kernel, _triton_scan._selective_scan_bwd_kernel,
+                           _triton_scan._selective_scan1_fwd_kernel, _triton_scan._selective_scan1_bwd_kernel))}
 for name in mod.CASES:
     try:
         res[name] = mod._run_case(name)
@@ -184,6 +217,10 @@ def test_bf16_inputs_and_backend_dispatch(interp):
     assert res["bf16_dtype_ok"] == 1.0
     assert res["bf16_rel"] < 1e-2
     assert res["dispatch_rel"] < 1e-4
+    for n in (4, 1):
+        assert res[f"f32out_n{n}_dtype_ok"] == 1.0
+        assert res[f"f32out_n{n}_rel"] < 1e-5  # fp32 math on exactly the bf16 input values
+        assert res[f"f32out_n{n}_grad_rel"] < 1e-2
 
 
 def test_bad_inputs_raise():

@@ -71,9 +71,10 @@ class SSMScanBase(nn.Module):
     def scan_merge(self, x: torch.Tensor, upcast_inputs: bool) -> torch.Tensor:
         """(B, D, H, W) -> merged scan output (B, D, L), L = H*W.
 
-        The SSM parameters always enter the scan in float32 (float64 for float64 inputs). ``upcast_inputs`` also
-        casts u, delta, B, C to that precision before the call (v0); otherwise they keep their dtype (e.g. bf16
-        under autocast) and the backend upcasts internally (v2).
+        The SSM parameters always enter the scan in float32 (float64 for float64 inputs), and the state math runs
+        in that precision. ``upcast_inputs`` (v0) asks for the scan output in that precision too; u, delta, B, C
+        keep their dtype either way (e.g. bf16 under autocast: upcasting them first would give the kernel the same
+        numbers but keep fp32 copies alive for the backward pass). Without it (v2) the output has u's dtype.
         """
         b, d, h, w = x.shape
         k = self.scan.k
@@ -83,10 +84,7 @@ class SSMScanBase(nn.Module):
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
         f = torch.float64 if xs.dtype == torch.float64 else torch.float32
-        if upcast_inputs:
-            xs, dts, Bs, Cs = xs.to(f), dts.to(f), Bs.to(f), Cs.to(f)
-        else:
-            Bs, Cs = Bs.contiguous(), Cs.contiguous()
+        Bs, Cs = Bs.contiguous(), Cs.contiguous()
         y = selective_scan(
             xs.reshape(b, k * d, L),
             dts.reshape(b, k * d, L),
@@ -97,6 +95,7 @@ class SSMScanBase(nn.Module):
             delta_bias=self.dt_projs_bias.to(f).reshape(-1),
             delta_softplus=True,
             backend=self.backend,
+            out_dtype=f if upcast_inputs else None,
         )
         return self.scan.merge(y.view(b, k, d, L), h, w)
 

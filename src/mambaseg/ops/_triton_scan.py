@@ -348,3 +348,220 @@ def _selective_scan_bwd_kernel(
         tl.store(dD_ptr + prow + ch, dD_acc, mask=mask_d)
     if HAS_BIAS:
         tl.store(dbias_ptr + prow + ch, dbias_acc, mask=mask_d)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# N = 1: the sequence split into segments that run in parallel (the state is one number per channel, so a program
+# per (channel block, segment) is cheap, and the channels alone give too few programs to keep an H100 busy).
+#
+# Each program owns a (BLOCK_D channels, SEG positions) tile, positions across the lanes (coalesced loads), and
+# scans it with cross-lane associative scans. A segment is summarised by the affine map it applies to the state
+# (forward: h_out = P h_in + H; backward adjoint: x_in = X + Q x_out); a first kernel writes every segment's map,
+# the main kernel folds the maps of the segments before (forward) or after (backward) its own and then runs its
+# segment exactly. The forward pass keeps the state entering every segment (one float per channel and segment)
+# for the backward pass.
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _seg1_setup(pid_rb, n_dblocks, G, Dg, KD, L, BLOCK_D: tl.constexpr):
+    """Channel offsets/masks and base offsets of row block ``pid_rb`` (one (batch, group) pair, BLOCK_D channels)."""
+    pid_d = pid_rb % n_dblocks
+    pid_bg = pid_rb // n_dblocks
+    g = pid_bg % G
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < Dg
+    ch = g * Dg + offs_d
+    row = (pid_bg // G).to(tl.int64) * KD + ch.to(tl.int64)
+    return pid_bg, ch, mask_d, row
+
+
+@triton.jit
+def _seg1_bias(bias_ptr, ch, mask_d, like, HAS_BIAS: tl.constexpr):
+    """delta_bias of the block's channels (``like``, unused, when there is none)."""
+    if HAS_BIAS:
+        out = tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        out = like
+    return out
+
+
+@triton.jit
+def _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(raw + bias, processed) time steps of a tile; processed steps are 0 outside the mask (decay 1, input 0)."""
+    xdt = tl.load(delta_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        xdt = xdt + bias[:, None]
+    dt = xdt
+    if SOFTPLUS:
+        dt = _softplus(xdt)
+    return xdt, tl.where(m2, dt, 0.0)
+
+
+@triton.jit
+def _selective_scan1_fwd_summary_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, sumP_ptr, sumH_ptr,
+    KD, L, G, Dg, n_dblocks, n_seg,
+    BLOCK_D: tl.constexpr, SEG: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """Map of every segment on the state: h_end = P h_start + H (written as (rows, n_seg))."""
+    pid_rb = tl.program_id(0)
+    s = tl.program_id(1)
+    pid_bg, ch, mask_d, row = _seg1_setup(pid_rb, n_dblocks, G, Dg, KD, L, BLOCK_D)
+    offs_l = s * SEG + tl.arange(0, SEG)
+    mask_l = offs_l < L
+    m2 = mask_d[:, None] & mask_l[None, :]
+    A2 = tl.load(A_ptr + ch, mask=mask_d, other=0.0).to(tl.float32) * _LOG2E
+    bias = _seg1_bias(bias_ptr, ch, mask_d, A2, HAS_BIAS)
+    ud_off = row[:, None] * L + offs_l[None, :]
+    u = tl.load(u_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
+    _, dt = _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS, SOFTPLUS)
+    Bv = tl.load(B_ptr + pid_bg.to(tl.int64) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+    a = tl.exp2(dt * A2[:, None])
+    b = dt * u * Bv[None, :]
+    a_s, b_s = tl.associative_scan((a, b), axis=1, combine_fn=_scan_combine)
+    last = (offs_l == s * SEG + SEG - 1)[None, :]
+    P = tl.sum(tl.where(last, a_s, 0.0), axis=1)
+    H = tl.sum(tl.where(last, b_s, 0.0), axis=1)
+    tl.store(sumP_ptr + row * n_seg + s, P, mask=mask_d)
+    tl.store(sumH_ptr + row * n_seg + s, H, mask=mask_d)
+
+
+@triton.jit
+def _selective_scan1_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, sumP_ptr, sumH_ptr, states_ptr,
+    KD, L, G, Dg, n_dblocks, n_seg,
+    BLOCK_D: tl.constexpr, SEG: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
+):
+    """y of one segment: the state entering it from the maps of the segments before, then an exact scan."""
+    pid_rb = tl.program_id(0)
+    s = tl.program_id(1)
+    pid_bg, ch, mask_d, row = _seg1_setup(pid_rb, n_dblocks, G, Dg, KD, L, BLOCK_D)
+    h = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for s2 in range(0, s):
+        P = tl.load(sumP_ptr + row * n_seg + s2, mask=mask_d, other=1.0)
+        H = tl.load(sumH_ptr + row * n_seg + s2, mask=mask_d, other=0.0)
+        h = P * h + H
+    if STORE_STATES:
+        tl.store(states_ptr + row * n_seg + s, h, mask=mask_d)
+    offs_l = s * SEG + tl.arange(0, SEG)
+    mask_l = offs_l < L
+    m2 = mask_d[:, None] & mask_l[None, :]
+    A2 = tl.load(A_ptr + ch, mask=mask_d, other=0.0).to(tl.float32) * _LOG2E
+    bias = _seg1_bias(bias_ptr, ch, mask_d, A2, HAS_BIAS)
+    ud_off = row[:, None] * L + offs_l[None, :]
+    u = tl.load(u_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
+    _, dt = _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS, SOFTPLUS)
+    bc_off = pid_bg.to(tl.int64) * L + offs_l
+    Bv = tl.load(B_ptr + bc_off, mask=mask_l, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + bc_off, mask=mask_l, other=0.0).to(tl.float32)
+    a = tl.exp2(dt * A2[:, None])
+    b = dt * u * Bv[None, :]
+    a_s, b_s = tl.associative_scan((a, b), axis=1, combine_fn=_scan_combine)
+    hs = a_s * h[:, None] + b_s
+    y = hs * Cv[None, :]
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+        y = y + Dv[:, None] * u
+    tl.store(y_ptr + ud_off, y.to(y_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _seg1_adjoint_inputs(delta_ptr, dy_ptr, C_ptr, row, pid_bg, mask_d, offs_l, L, A2, bias,
+                         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """alpha_t = exp(dt'_{t+1} A) (1 past the end) and C_t dy_t of a tile: x_t = C_t dy_t + alpha_t x_{t+1}."""
+    mask_l = offs_l < L
+    m2 = mask_d[:, None] & mask_l[None, :]
+    m2n = mask_d[:, None] & (offs_l + 1 < L)[None, :]
+    ud_off = row[:, None] * L + offs_l[None, :]
+    _, dt1 = _seg1_delta(delta_ptr, ud_off + 1, m2n, bias, HAS_BIAS, SOFTPLUS)
+    dy = tl.load(dy_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + pid_bg.to(tl.int64) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
+    alpha = tl.exp2(dt1 * A2[:, None])
+    return alpha, Cv[None, :] * dy, dy, Cv
+
+
+@triton.jit
+def _selective_scan1_bwd_summary_kernel(
+    delta_ptr, dy_ptr, A_ptr, C_ptr, bias_ptr, sumX_ptr, sumQ_ptr,
+    KD, L, G, Dg, n_dblocks, n_seg,
+    BLOCK_D: tl.constexpr, SEG: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """Map of every segment on the adjoint: x_start = X + Q x_after (x_after: adjoint at the next segment's start)."""
+    pid_rb = tl.program_id(0)
+    s = tl.program_id(1)
+    pid_bg, ch, mask_d, row = _seg1_setup(pid_rb, n_dblocks, G, Dg, KD, L, BLOCK_D)
+    offs_l = s * SEG + tl.arange(0, SEG)
+    A2 = tl.load(A_ptr + ch, mask=mask_d, other=0.0).to(tl.float32) * _LOG2E
+    bias = _seg1_bias(bias_ptr, ch, mask_d, A2, HAS_BIAS)
+    alpha, cdy, _, _ = _seg1_adjoint_inputs(delta_ptr, dy_ptr, C_ptr, row, pid_bg, mask_d, offs_l, L, A2, bias,
+                                            HAS_BIAS, SOFTPLUS)
+    ra, rb = tl.associative_scan((alpha, cdy), axis=1, combine_fn=_scan_combine, reverse=True)
+    first = (offs_l == s * SEG)[None, :]
+    tl.store(sumQ_ptr + row * n_seg + s, tl.sum(tl.where(first, ra, 0.0), axis=1), mask=mask_d)
+    tl.store(sumX_ptr + row * n_seg + s, tl.sum(tl.where(first, rb, 0.0), axis=1), mask=mask_d)
+
+
+@triton.jit
+def _selective_scan1_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, sumX_ptr, sumQ_ptr,
+    du_ptr, ddelta_ptr, dB_ptr, dC_ptr, part_ptr,
+    KD, L, G, Dg, n_dblocks, n_seg, part_stride,
+    BLOCK_D: tl.constexpr, SEG: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+):
+    """Every gradient of one segment: the adjoint entering from the maps of the later segments, the state from
+    the forward pass; dB/dC reduced over the block's channels and added atomically; dA/dD/dbias written as
+    per-(batch, segment) partial sums (``part``: rows of ``part_stride`` = 3 KD floats, summed on the host)."""
+    pid_rb = tl.program_id(0)
+    s = tl.program_id(1)
+    pid_bg, ch, mask_d, row = _seg1_setup(pid_rb, n_dblocks, G, Dg, KD, L, BLOCK_D)
+    x_after = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for s_i in range(0, n_seg - 1 - s):
+        s2 = n_seg - 1 - s_i
+        X = tl.load(sumX_ptr + row * n_seg + s2, mask=mask_d, other=0.0)
+        Q = tl.load(sumQ_ptr + row * n_seg + s2, mask=mask_d, other=1.0)
+        x_after = X + Q * x_after
+    h = tl.load(states_ptr + row * n_seg + s, mask=mask_d, other=0.0)
+    offs_l = s * SEG + tl.arange(0, SEG)
+    mask_l = offs_l < L
+    m2 = mask_d[:, None] & mask_l[None, :]
+    A = tl.load(A_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+    A2 = A * _LOG2E
+    bias = _seg1_bias(bias_ptr, ch, mask_d, A2, HAS_BIAS)
+    ud_off = row[:, None] * L + offs_l[None, :]
+    u = tl.load(u_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
+    xdt, dt = _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS, SOFTPLUS)
+    bc_off = pid_bg.to(tl.int64) * L + offs_l
+    Bv = tl.load(B_ptr + bc_off, mask=mask_l, other=0.0).to(tl.float32)
+    alpha, cdy, dy, _ = _seg1_adjoint_inputs(delta_ptr, dy_ptr, C_ptr, row, pid_bg, mask_d, offs_l, L, A2, bias,
+                                             HAS_BIAS, SOFTPLUS)
+    # states h_t of the segment, recomputed from the state entering it
+    a = tl.exp2(dt * A2[:, None])
+    dtu = dt * u
+    b = dtu * Bv[None, :]
+    a_s, b_s = tl.associative_scan((a, b), axis=1, combine_fn=_scan_combine)
+    hs = a_s * h[:, None] + b_s
+    # adjoint x_t = C_t dy_t + exp(dt'_{t+1} A) x_{t+1}
+    ra, rb = tl.associative_scan((alpha, cdy), axis=1, combine_fn=_scan_combine, reverse=True)
+    xs = ra * x_after[:, None] + rb
+    tl.atomic_add(dC_ptr + bc_off, tl.sum(hs * dy, axis=0), mask=mask_l, sem="relaxed")
+    tl.atomic_add(dB_ptr + bc_off, tl.sum(xs * dtu, axis=0), mask=mask_l, sem="relaxed")
+    xdec = xs * (hs - b)  # x_t exp(dt'_t A) h_{t-1}
+    xB = xs * Bv[None, :]
+    ddt = xB * u + A[:, None] * xdec
+    du = xB * dt
+    prow = (pid_bg // G).to(tl.int64) * n_seg + s
+    tl.store(part_ptr + prow * part_stride + ch, tl.sum(xdec * dt, axis=1), mask=mask_d)
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+        du = du + Dv[:, None] * dy
+        tl.store(part_ptr + prow * part_stride + KD + ch, tl.sum(dy * u, axis=1), mask=mask_d)
+    if SOFTPLUS:
+        ddt = ddt * _sigmoid(xdt)
+    ddt = tl.where(m2, ddt, 0.0)
+    if HAS_BIAS:
+        tl.store(part_ptr + prow * part_stride + 2 * KD + ch, tl.sum(ddt, axis=1), mask=mask_d)
+    tl.store(du_ptr + ud_off, du.to(du_ptr.dtype.element_ty), mask=m2)
+    tl.store(ddelta_ptr + ud_off, ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)

@@ -20,6 +20,7 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     backend: str | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Mamba-1 selective scan as SS2D calls it.
 
@@ -33,13 +34,16 @@ def selective_scan(
         delta_bias: added to ``delta`` before the softplus, (K*d_inner,) or None.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         backend: "ref", "torch", "triton", "mamba_ssm" or None (context > env ``MAMBASEG_SCAN_BACKEND`` > auto).
+        out_dtype: dtype of ``y`` (default ``u``'s). With bf16 ``u``/``delta`` and ``out_dtype=torch.float32`` the
+            Triton backend reads the bf16 inputs directly (and keeps them, not fp32 copies, for the backward pass)
+            and writes an fp32 ``y``: the same numbers as upcasting the inputs first, with half the saved memory.
 
     Returns:
-        y (batch, K*d_inner, L) in ``u``'s dtype; state math runs in float32 (float64 for float64 inputs).
+        y (batch, K*d_inner, L) in ``out_dtype`` (default ``u``'s dtype); state math runs in float32 (float64 for float64 inputs).
 
     Example:
         >>> y = selective_scan(u, dt, A, B, C, D, delta_bias=b, delta_softplus=True, backend="torch")
     """
     name = resolve_backend(backend, u.is_cuda)
     fn = load_backend_fn(name)
-    return fn(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    return fn(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=delta_softplus, out_dtype=out_dtype)

@@ -16,6 +16,7 @@ def selective_scan_mamba_ssm(
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Call mamba_ssm's kernel with our argument convention (identical layout: grouped B/C are (b, G, N, L))."""
     from mambaseg.ops.selective_scan_ref import prepare_scan_inputs
@@ -33,4 +34,4 @@ def selective_scan_mamba_ssm(
         delta_bias=None if delta_bias is None else delta_bias.float(),
         delta_softplus=delta_softplus,
     )
-    return y.to(u.dtype)
+    return y.to(out_dtype or u.dtype)

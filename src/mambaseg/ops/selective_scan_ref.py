@@ -78,9 +78,10 @@ def selective_scan_ref(
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Sequential selective scan (see module docstring). Shapes as :func:`mambaseg.ops.selective_scan`."""
-    out_dtype = u.dtype
+    out_dtype = out_dtype or u.dtype
     u_, dt, A_, B_, C_, cdt = prepare_scan_inputs(u, delta, A, B, C, D, delta_bias, delta_softplus)
     batch, dim, seqlen = u_.shape
     groups = B_.shape[1]

@@ -40,9 +40,10 @@ def selective_scan_torch(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     chunk_size: int | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Chunked selective scan. Shapes as :func:`mambaseg.ops.selective_scan`."""
-    out_dtype = u.dtype
+    out_dtype = out_dtype or u.dtype
     u_, dt, A_, B_, C_, cdt = prepare_scan_inputs(u, delta, A, B, C, D, delta_bias, delta_softplus)
     batch, dim, seqlen = u_.shape
     n = A_.shape[1]

@@ -81,7 +81,9 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
 
     Returns:
         dict with ``BLOCK_N``, ``BLOCK_D_FWD``, ``BLOCK_L_FWD``, ``BLOCK_D_BWD``, ``BLOCK_L_BWD``, ``SEGMENT``
-        (positions between stored states), ``num_warps``.
+        (positions between stored states), ``num_warps``; and for N = 1 the segment-parallel kernels' ``SEG1``
+        (positions per program, a power of two; 0 = use the kernels above), ``BLOCK_D1`` (channels per program),
+        ``num_warps1``.
     """
     block_n = _next_pow2(d_state)
     # SEGMENT: positions between the states stored by the forward pass (the backward kernel re-runs the
@@ -92,6 +94,10 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
         cfg = {"BLOCK_D_FWD": 16, "BLOCK_L_FWD": 16, "BLOCK_D_BWD": 8, "BLOCK_L_BWD": 16, "SEGMENT": 64}
     else:
         cfg = {"BLOCK_D_FWD": 8, "BLOCK_L_FWD": 32, "BLOCK_D_BWD": 4, "BLOCK_L_BWD": 16, "SEGMENT": 16}
+    # N = 1: the segment-parallel kernels (positions over the lanes, one program per (16 channels, SEG1 positions));
+    # SEG1 = 0 selects the channel-per-lane kernels above for N = 1 too
+    cfg.update(SEG1=128 if block_n == 1 else 0, BLOCK_D1=16, num_warps1=4)
+    cfg["SEG1"] = min(cfg["SEG1"], max(16, _next_pow2(seqlen))) if cfg["SEG1"] else 0
     cfg["BLOCK_L_FWD"] = min(cfg["BLOCK_L_FWD"], max(2, _next_pow2(seqlen)))
     cfg["BLOCK_L_BWD"] = min(cfg["BLOCK_L_BWD"], max(2, _next_pow2(seqlen)))
     cfg.update(BLOCK_N=block_n, num_warps=1)
@@ -144,7 +150,7 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias):
 
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
         k = _kernels()
         batch, kd, seqlen = u.shape
         n = A.shape[1]
@@ -158,6 +164,13 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
         needs_grad = any(ctx.needs_input_grad[:7])
         cfg = _config(d_group, seqlen, n)
+        if n == 1 and cfg.get("SEG1"):
+            y, states, n_seg = _fwd_seg1(k, u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, bool(delta_softplus), groups,
+                                         d_group, cfg, needs_grad, out_dtype or u.dtype)
+            if needs_grad:
+                ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, states)
+                ctx.meta = (bool(delta_softplus), grouped, groups, d_group, cfg, 0, n_seg)
+            return y
         bl = cfg["BLOCK_L_FWD"]
         # the backward pass works on segments of ``seg_chunks`` chunks of BLOCK_L_BWD positions; the forward
         # pass stores the state at the end of every segment (N/64 of u's size for 64-position segments)
@@ -170,7 +183,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         n_chunks = -(-seqlen // bl)
         n_seg = -(-seqlen // seg)
         n_dblocks = -(-d_group // cfg["BLOCK_D_FWD"])
-        y = torch.empty_like(u_c)
+        y = torch.empty_like(u_c, dtype=out_dtype or u.dtype)
         states = (
             torch.empty(batch, kd, n_seg, n, device=u.device, dtype=torch.float32)
             if needs_grad
@@ -199,6 +212,9 @@ class _SelectiveScanTriton(torch.autograd.Function):
         softplus, grouped, groups, d_group, cfg, seg_chunks, n_seg = ctx.meta
         batch, kd, seqlen = u.shape
         n = A.shape[1]
+        if seg_chunks == 0:  # the N = 1 segment-parallel kernels
+            return (*_bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, grouped, groups, d_group, cfg,
+                               n_seg), None, None)
         bl, bd = cfg["BLOCK_L_BWD"], cfg["BLOCK_D_BWD"]
         n_dblocks = -(-d_group // bd)
         n_prog = batch * groups * n_dblocks
@@ -229,7 +245,72 @@ class _SelectiveScanTriton(torch.autograd.Function):
         dB, dC = dB.to(B.dtype), dC.to(C.dtype)
         dD_out = psum[kd * n : kd * (n + 1)].to(D.dtype) if D is not None else None
         dbias_out = psum[kd * (n + 1) :].to(bias.dtype) if bias is not None else None
-        return du, ddelta, dA, dB, dC, dD_out, dbias_out, None
+        return du, ddelta, dA, dB, dC, dD_out, dbias_out, None, None
+
+
+def _seg1_grid(batch: int, groups: int, d_group: int, seqlen: int, cfg: dict[str, int]) -> tuple[int, int, int]:
+    n_dblocks = -(-d_group // cfg["BLOCK_D1"])
+    n_seg = -(-seqlen // cfg["SEG1"])
+    return n_dblocks, n_seg, batch * groups * n_dblocks
+
+
+def _fwd_seg1(k, u, delta, A, B, C, D, bias, softplus, groups, d_group, cfg, needs_grad, out_dtype):
+    """N = 1 forward with the segment-parallel kernels: segment maps, then every segment from its entering state."""
+    batch, kd, seqlen = u.shape
+    n_dblocks, n_seg, n_rb = _seg1_grid(batch, groups, d_group, seqlen, cfg)
+    dev = u.device
+    y = torch.empty_like(u, dtype=out_dtype)
+    sums = torch.empty(2, batch * kd, n_seg, device=dev, dtype=torch.float32)
+    states = torch.empty(batch * kd, n_seg, device=dev, dtype=torch.float32) if needs_grad else sums[0]
+    meta = dict(BLOCK_D=cfg["BLOCK_D1"], SEG=cfg["SEG1"], HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+                num_warps=cfg["num_warps1"])
+    grid = (n_rb, n_seg)
+    if n_seg > 1:
+        k._selective_scan1_fwd_summary_kernel[grid](
+            u, delta, A, B, bias if bias is not None else u, sums[0], sums[1],
+            kd, seqlen, groups, d_group, n_dblocks, n_seg, **meta,
+        )  # fmt: skip
+    k._selective_scan1_fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, y, sums[0], sums[1], states,
+        kd, seqlen, groups, d_group, n_dblocks, n_seg, HAS_D=D is not None, STORE_STATES=needs_grad, **meta,
+    )  # fmt: skip
+    return y, states, n_seg
+
+
+def _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, grouped, groups, d_group, cfg, n_seg):
+    """N = 1 backward with the segment-parallel kernels; returns the 7 input gradients."""
+    batch, kd, seqlen = u.shape
+    n_dblocks, n_seg_now, n_rb = _seg1_grid(batch, groups, d_group, seqlen, cfg)
+    assert n_seg_now == n_seg, "the tile configuration changed between forward and backward"
+    dev = u.device
+    dy = dy.contiguous()
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    dBC = torch.zeros(2, batch, groups, 1, seqlen, device=dev, dtype=torch.float32)
+    sums = torch.empty(2, batch * kd, n_seg, device=dev, dtype=torch.float32)
+    part = torch.zeros(batch * n_seg, 3 * kd, device=dev, dtype=torch.float32)
+    meta = dict(BLOCK_D=cfg["BLOCK_D1"], SEG=cfg["SEG1"], HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+                num_warps=cfg["num_warps1"])
+    grid = (n_rb, n_seg)
+    if n_seg > 1:
+        k._selective_scan1_bwd_summary_kernel[grid](
+            delta, dy, A, C, bias if bias is not None else u, sums[0], sums[1],
+            kd, seqlen, groups, d_group, n_dblocks, n_seg, **meta,
+        )  # fmt: skip
+    k._selective_scan1_bwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, dy, states, sums[0],
+        sums[1], du, ddelta, dBC[0], dBC[1], part,
+        kd, seqlen, groups, d_group, n_dblocks, n_seg, 3 * kd, HAS_D=D is not None, **meta,
+    )  # fmt: skip
+    psum = part.sum(0)  # [dA | dD | dbias]; the thirds of absent D / bias stay zero
+    dA = psum[:kd].view(kd, 1).to(A.dtype)
+    dB, dC = dBC[0], dBC[1]
+    if not grouped:
+        dB, dC = dB[:, 0], dC[:, 0]
+    dB, dC = dB.to(B.dtype), dC.to(C.dtype)
+    dD = psum[kd : 2 * kd].to(D.dtype) if D is not None else None
+    dbias = psum[2 * kd :].to(bias.dtype) if bias is not None else None
+    return du, ddelta, dA, dB, dC, dD, dbias
 
 
 def selective_scan_triton(
@@ -241,6 +322,7 @@ def selective_scan_triton(
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Selective scan with Triton kernels (differentiable).
 
@@ -253,13 +335,14 @@ def selective_scan_triton(
         D: optional (K*D,) skip weights.
         delta_bias: optional (K*D,) bias added to ``delta``.
         delta_softplus: apply softplus to ``delta + delta_bias``.
+        out_dtype: dtype of ``y`` (default ``u``'s); e.g. bf16 inputs with an fp32 output.
 
     Returns:
-        y: (batch, K*D, L) in ``u``'s dtype.
+        y: (batch, K*D, L) in ``out_dtype``.
 
     Raises:
         ValueError: on shapes that do not match, N outside 1..16, or non-CUDA tensors (unless Triton's
             interpreter is switched on by the caller's environment).
     """
     _check_inputs(u, delta, A, B, C, D, delta_bias)
-    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
