@@ -46,6 +46,8 @@ CASES: dict[str, tuple[dict, dict]] = {
     "default_tiles_n16": (dict(batch=1, groups=1, d_group=8, seqlen=37, n=16), {}),
     # ... and N=1 (the segment-parallel kernels with their default tiles: one segment)
     "default_tiles_n1": (dict(batch=1, groups=2, d_group=3, seqlen=40, n=1), {}),
+    # ... and the channel-per-lane kernels' N=1 tiles (one chunk per segment, three segments, partial last chunk)
+    "default_tiles_n1_channel_kernels": (dict(batch=1, groups=2, d_group=3, seqlen=40, n=1), {"SEG1_MAX_ROWS": 0}),
     "three_chunk_segments_n4": (
         dict(batch=1, groups=1, d_group=4, seqlen=30, n=4),
         dict(BLOCK_L_FWD=4, BLOCK_L_BWD=4, SEGMENT=12),
@@ -168,6 +170,14 @@ mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
 from triton.runtime.interpreter import InterpretedFunction
 from mambaseg.ops import _triton_scan
+from mambaseg.ops import selective_scan_triton as sst
+_orig_launch, _bad = sst._launch, []
+def _checked_launch(kernel, grid, *args, num_warps, **cx):
+    # the fast launch path fills the arguments after the positional ones from the keywords by name
+    if set(cx) != set(kernel.arg_names[len(args):]):
+        _bad.append([kernel.arg_names[0], sorted(cx), kernel.arg_names[len(args):]])
+    return _orig_launch(kernel, grid, *args, num_warps=num_warps, **cx)
+sst._launch = _checked_launch
 res = {"interpreted": all(isinstance(f, InterpretedFunction) for f in
                           (_triton_scan._selective_scan_fwd_kernel, _triton_scan._selective_scan_bwd_kernel,
                            _triton_scan._selective_scan1_fwd_kernel, _triton_scan._selective_scan1_bwd_kernel))}
@@ -180,6 +190,7 @@ try:
     res["extra"] = mod._run_extra()
 except Exception as exc:
     res["extra"] = {"error": repr(exc)}
+res["launch_arg_mismatches"] = _bad
 print("RESULTS" + json.dumps(res))
 """
 
@@ -198,6 +209,53 @@ def interp() -> dict:
 
 def test_kernels_run_in_the_interpreter(interp):
     assert interp["interpreted"] is True
+
+
+def test_every_launch_passes_all_remaining_kernel_arguments_by_name(interp):
+    assert interp["launch_arg_mismatches"] == []
+
+
+def test_fast_launch_caches_the_compiled_kernel_per_specialisation(monkeypatch):
+    """The launch cache (CUDA only) with a stand-in for Triton's JITFunction / CompiledKernel API."""
+    from mambaseg.ops import selective_scan_triton as sst
+
+    class Compiled:
+        def __init__(self):
+            self.calls = []
+
+        def __getitem__(self, grid):
+            return lambda *args: self.calls.append((grid, args))
+
+    class Kernel:
+        arg_names = ["x_ptr", "n", "BLOCK", "FLAG"]
+
+        def __init__(self):
+            self.jit_calls = 0
+
+        def __getitem__(self, grid):
+            def run(*args, num_warps, **cx):
+                self.jit_calls += 1
+                return Compiled()
+
+            return run
+
+    monkeypatch.setattr(sst, "_interpreter_on", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(sst, "_LAUNCH_CACHE", {})
+    kern = Kernel()
+    x = torch.zeros(64)
+    sst._launch(kern, (3,), x, 7, num_warps=1, BLOCK=16, FLAG=True)  # compiles (normal path) and caches
+    sst._launch(kern, (5,), x, 7, num_warps=1, FLAG=True, BLOCK=16)  # cached: direct launch, args in order
+    assert kern.jit_calls == 1 and len(sst._LAUNCH_CACHE) == 1
+    compiled = next(iter(sst._LAUNCH_CACHE.values()))
+    assert compiled.calls == [((5,), (x, 7, 16, True))]
+    # another int value, dtype, alignment, constexpr or num_warps is another specialisation
+    sst._launch(kern, (5,), x, 8, num_warps=1, BLOCK=16, FLAG=True)
+    sst._launch(kern, (5,), x.double(), 7, num_warps=1, BLOCK=16, FLAG=True)
+    sst._launch(kern, (5,), x[1:], 7, num_warps=1, BLOCK=16, FLAG=True)
+    sst._launch(kern, (5,), x, 7, num_warps=1, BLOCK=32, FLAG=True)
+    sst._launch(kern, (5,), x, 7, num_warps=2, BLOCK=16, FLAG=True)
+    assert kern.jit_calls == 6 and len(sst._LAUNCH_CACHE) == 6
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -83,7 +83,7 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
         dict with ``BLOCK_N``, ``BLOCK_D_FWD``, ``BLOCK_L_FWD``, ``BLOCK_D_BWD``, ``BLOCK_L_BWD``, ``SEGMENT``
         (positions between stored states), ``num_warps``; and for N = 1 the segment-parallel kernels' ``SEG1``
         (positions per program, a power of two; 0 = use the kernels above), ``BLOCK_D1`` (channels per program),
-        ``num_warps1``.
+        ``num_warps1`` and ``SEG1_MAX_ROWS`` (the most batch x channels rows for which they are used).
     """
     block_n = _next_pow2(d_state)
     # SEGMENT: positions between the states stored by the forward pass (the backward kernel re-runs the
@@ -94,9 +94,11 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
         cfg = {"BLOCK_D_FWD": 16, "BLOCK_L_FWD": 16, "BLOCK_D_BWD": 8, "BLOCK_L_BWD": 16, "SEGMENT": 64}
     else:
         cfg = {"BLOCK_D_FWD": 8, "BLOCK_L_FWD": 32, "BLOCK_D_BWD": 4, "BLOCK_L_BWD": 16, "SEGMENT": 16}
-    # N = 1: the segment-parallel kernels (positions over the lanes, one program per (16 channels, SEG1 positions));
-    # SEG1 = 0 selects the channel-per-lane kernels above for N = 1 too
-    cfg.update(SEG1=128 if block_n == 1 else 0, BLOCK_D1=16, num_warps1=4)
+    # N = 1: the segment-parallel kernels (positions over the lanes, one program per (16 channels, SEG1 positions))
+    # when batch * channels <= SEG1_MAX_ROWS (too few rows to fill the GPU with the channel-per-lane kernels,
+    # e.g. batch-1 inference); with a training batch the channel-per-lane kernels were faster on the H100
+    # (benchmarks/results/scan_gpu_h100_n1_sweep.json). SEG1 = 0 never uses them.
+    cfg.update(SEG1=128 if block_n == 1 else 0, BLOCK_D1=16, num_warps1=4, SEG1_MAX_ROWS=4096)
     cfg["SEG1"] = min(cfg["SEG1"], max(16, _next_pow2(seqlen))) if cfg["SEG1"] else 0
     cfg["BLOCK_L_FWD"] = min(cfg["BLOCK_L_FWD"], max(2, _next_pow2(seqlen)))
     cfg["BLOCK_L_BWD"] = min(cfg["BLOCK_L_BWD"], max(2, _next_pow2(seqlen)))
@@ -105,6 +107,45 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
 
 
 _CONFIG_OVERRIDE: dict[str, Any] = {}
+
+# compiled kernels by (kernel, argument specialization, constexprs, num_warps, device); see _launch
+_LAUNCH_CACHE: dict[tuple, Any] = {}
+_LAUNCH_CACHE_MAX = 4096
+
+
+def _arg_key(a: Any) -> Any:
+    """What a compiled kernel depends on for one runtime argument: a tensor's dtype and 16-byte alignment (Triton
+    specialises pointers on it), the exact value of anything else (ints are shapes here; Triton specialises them
+    on ``== 1`` and divisibility by 16, which an exact value covers)."""
+    if isinstance(a, torch.Tensor):
+        return (a.dtype, a.data_ptr() % 16 == 0)
+    return (type(a), a)
+
+
+def _launch(kernel: Any, grid: tuple, *args: Any, num_warps: int, **constexprs: Any) -> None:
+    """``kernel[grid](*args, num_warps=..., **constexprs)``, minus most of Triton's per-call host overhead.
+
+    Triton's ``JITFunction.run`` binds and specialises every argument and looks the compiled kernel up on each
+    call (about 0.1 ms of host time per launch measured on the H100 machine, as much as the GPU time of a small
+    N = 1 scan). The first call for a specialisation goes through it (compiling if needed) and the returned
+    ``CompiledKernel`` is kept; later calls with the same specialisation launch it directly with all arguments in
+    signature order (Triton's launcher drops the constexpr ones). Under the interpreter every call takes the
+    normal path.
+    """
+    if _interpreter_on():
+        kernel[grid](*args, num_warps=num_warps, **constexprs)
+        return
+    key = (kernel, tuple(_arg_key(a) for a in args), tuple(sorted(constexprs.items())), num_warps,
+           torch.cuda.current_device())
+    compiled = _LAUNCH_CACHE.get(key)
+    if compiled is None:
+        compiled = kernel[grid](*args, num_warps=num_warps, **constexprs)
+        if compiled is not None and hasattr(compiled, "__getitem__"):
+            if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_MAX:
+                _LAUNCH_CACHE.clear()
+            _LAUNCH_CACHE[key] = compiled
+        return
+    compiled[grid](*args, *(constexprs[name] for name in kernel.arg_names[len(args):]))
 
 
 def _config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
@@ -164,7 +205,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
         needs_grad = any(ctx.needs_input_grad[:7])
         cfg = _config(d_group, seqlen, n)
-        if n == 1 and cfg.get("SEG1"):
+        if n == 1 and cfg.get("SEG1") and batch * kd <= cfg["SEG1_MAX_ROWS"]:
             y, states, n_seg = _fwd_seg1(k, u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, bool(delta_softplus), groups,
                                          d_group, cfg, needs_grad, out_dtype or u.dtype)
             if needs_grad:
@@ -190,7 +231,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
             else torch.empty(1, device=u.device, dtype=torch.float32)
         )
         grid = (batch * groups * n_dblocks,)
-        k._selective_scan_fwd_kernel[grid](
+        _launch(k._selective_scan_fwd_kernel, grid,
             u_c, delta_c, A_c, B_c, C_c,
             D_c if D_c is not None else u_c,
             bias_c if bias_c is not None else u_c,
@@ -226,7 +267,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         dBC = torch.zeros(2, batch, groups, n, seqlen, device=dev, dtype=torch.float32)
         part = torch.empty(batch, kd * (n + 2), device=dev, dtype=torch.float32)
         scratch = torch.empty(n_prog * seg_chunks * cfg["BLOCK_N"] * bd, device=dev, dtype=torch.float32)
-        k._selective_scan_bwd_kernel[(n_prog,)](
+        _launch(k._selective_scan_bwd_kernel, (n_prog,),
             u, delta, A, B, C,
             D if D is not None else u,
             bias if bias is not None else u,
@@ -266,11 +307,11 @@ def _fwd_seg1(k, u, delta, A, B, C, D, bias, softplus, groups, d_group, cfg, nee
                 num_warps=cfg["num_warps1"])
     grid = (n_rb, n_seg)
     if n_seg > 1:
-        k._selective_scan1_fwd_summary_kernel[grid](
+        _launch(k._selective_scan1_fwd_summary_kernel, grid,
             u, delta, A, B, bias if bias is not None else u, sums[0], sums[1],
             kd, seqlen, groups, d_group, n_dblocks, n_seg, **meta,
         )  # fmt: skip
-    k._selective_scan1_fwd_kernel[grid](
+    _launch(k._selective_scan1_fwd_kernel, grid,
         u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, y, sums[0], sums[1], states,
         kd, seqlen, groups, d_group, n_dblocks, n_seg, HAS_D=D is not None, STORE_STATES=needs_grad, **meta,
     )  # fmt: skip
@@ -293,11 +334,11 @@ def _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, grouped, grou
                 num_warps=cfg["num_warps1"])
     grid = (n_rb, n_seg)
     if n_seg > 1:
-        k._selective_scan1_bwd_summary_kernel[grid](
+        _launch(k._selective_scan1_bwd_summary_kernel, grid,
             delta, dy, A, C, bias if bias is not None else u, sums[0], sums[1],
             kd, seqlen, groups, d_group, n_dblocks, n_seg, **meta,
         )  # fmt: skip
-    k._selective_scan1_bwd_kernel[grid](
+    _launch(k._selective_scan1_bwd_kernel, grid,
         u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, dy, states, sums[0],
         sums[1], du, ddelta, dBC[0], dBC[1], part,
         kd, seqlen, groups, d_group, n_dblocks, n_seg, 3 * kd, HAS_D=D is not None, **meta,
