@@ -145,7 +145,8 @@ def _launch(kernel: Any, grid: tuple, *args: Any, num_warps: int, **constexprs: 
                 _LAUNCH_CACHE.clear()
             _LAUNCH_CACHE[key] = compiled
         return
-    compiled[grid](*args, *(constexprs[name] for name in kernel.arg_names[len(args):]))
+    # a CompiledKernel's launcher indexes all three grid dimensions
+    compiled[(*grid, *(1,) * (3 - len(grid)))](*args, *(constexprs[name] for name in kernel.arg_names[len(args):]))
 
 
 def _config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
