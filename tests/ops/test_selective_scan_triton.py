@@ -247,7 +247,8 @@ def test_fast_launch_caches_the_compiled_kernel_per_specialisation(monkeypatch):
     sst._launch(kern, (3,), x, 7, num_warps=1, BLOCK=16, FLAG=True)  # compiles (normal path) and caches
     sst._launch(kern, (5,), x, 7, num_warps=1, FLAG=True, BLOCK=16)  # cached: direct launch, args in order
     assert kern.jit_calls == 1 and len(sst._LAUNCH_CACHE) == 1
-    compiled = next(iter(sst._LAUNCH_CACHE.values()))
+    compiled, tail = next(iter(sst._LAUNCH_CACHE.values()))
+    assert tail == (16, True)  # the constexprs in signature order
     assert compiled.calls == [((5, 1, 1), (x, 7, 16, True))]  # the launcher takes a 3-D grid
     # another int value, dtype, alignment, constexpr or num_warps is another specialisation
     sst._launch(kern, (5,), x, 8, num_warps=1, BLOCK=16, FLAG=True)

@@ -113,40 +113,48 @@ _LAUNCH_CACHE: dict[tuple, Any] = {}
 _LAUNCH_CACHE_MAX = 4096
 
 
-def _arg_key(a: Any) -> Any:
-    """What a compiled kernel depends on for one runtime argument: a tensor's dtype and 16-byte alignment (Triton
-    specialises pointers on it), the exact value of anything else (ints are shapes here; Triton specialises them
-    on ``== 1`` and divisibility by 16, which an exact value covers)."""
-    if isinstance(a, torch.Tensor):
-        return (a.dtype, a.data_ptr() % 16 == 0)
-    return (type(a), a)
-
-
 def _launch(kernel: Any, grid: tuple, *args: Any, num_warps: int, **constexprs: Any) -> None:
     """``kernel[grid](*args, num_warps=..., **constexprs)``, minus most of Triton's per-call host overhead.
 
     Triton's ``JITFunction.run`` binds and specialises every argument and looks the compiled kernel up on each
-    call (about 0.1 ms of host time per launch measured on the H100 machine, as much as the GPU time of a small
-    N = 1 scan). The first call for a specialisation goes through it (compiling if needed) and the returned
-    ``CompiledKernel`` is kept; later calls with the same specialisation launch it directly with all arguments in
-    signature order (Triton's launcher drops the constexpr ones). Under the interpreter every call takes the
-    normal path.
+    call (about 0.1 ms of host time per launch on the H100 machine, as much as the GPU time of a small N = 1 scan).
+    The first call for a specialisation goes through it (compiling if needed) and the returned ``CompiledKernel``
+    is kept; later calls launch it directly with all arguments in signature order (Triton's launcher drops the
+    constexpr ones) on the current stream. The key holds what a compiled kernel depends on: each tensor's dtype
+    and 16-byte alignment (Triton specialises pointers on it) and the exact value of each other positional
+    argument (ints: the shapes, which Triton specialises on ``== 1`` and divisibility by 16). Triton's launch
+    hooks are passed on as Triton itself does; under the interpreter every call takes the normal path.
     """
     if _interpreter_on():
         kernel[grid](*args, num_warps=num_warps, **constexprs)
         return
-    key = (kernel, tuple(_arg_key(a) for a in args), tuple(sorted(constexprs.items())), num_warps,
-           torch.cuda.current_device())
-    compiled = _LAUNCH_CACHE.get(key)
-    if compiled is None:
+    key = (kernel, tuple((x.dtype, x.data_ptr() % 16 == 0) if isinstance(x, torch.Tensor) else x for x in args),
+           tuple(sorted(constexprs.items())), num_warps, torch.cuda.current_device())
+    entry = _LAUNCH_CACHE.get(key)
+    if entry is None:
         compiled = kernel[grid](*args, num_warps=num_warps, **constexprs)
         if compiled is not None and hasattr(compiled, "__getitem__"):
             if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_MAX:
                 _LAUNCH_CACHE.clear()
-            _LAUNCH_CACHE[key] = compiled
+            _LAUNCH_CACHE[key] = (compiled, tuple(constexprs[name] for name in kernel.arg_names[len(args):]))
         return
-    # a CompiledKernel's launcher indexes all three grid dimensions
-    compiled[(*grid, *(1,) * (3 - len(grid)))](*args, *(constexprs[name] for name in kernel.arg_names[len(args):]))
+    compiled, tail = entry
+    g = (*grid, *(1,) * (3 - len(grid)))  # the compiled kernel's launcher takes all three grid dimensions
+    full = (*args, *tail)
+    if hasattr(compiled, "packed_metadata"):  # what CompiledKernel's own runner does, minus its device lookups
+        from triton import knobs
+
+        stream = torch.cuda.current_stream().cuda_stream
+        compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata,
+                     compiled.launch_metadata(g, stream, *full), knobs.runtime.launch_enter_hook,
+                     knobs.runtime.launch_exit_hook, *full)  # fmt: skip
+    else:
+        compiled[g](*full)
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without the dispatcher round trip when it already has that dtype (backward hot path)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
@@ -280,13 +288,13 @@ class _SelectiveScanTriton(torch.autograd.Function):
             num_warps=cfg["num_warps"],
         )  # fmt: skip
         psum = part.sum(0)
-        dA = psum[: kd * n].view(kd, n).to(A.dtype)
+        dA = _as(psum[: kd * n].view(kd, n), A.dtype)
         dB, dC = dBC[0], dBC[1]
         if not grouped:
             dB, dC = dB[:, 0], dC[:, 0]
-        dB, dC = dB.to(B.dtype), dC.to(C.dtype)
-        dD_out = psum[kd * n : kd * (n + 1)].to(D.dtype) if D is not None else None
-        dbias_out = psum[kd * (n + 1) :].to(bias.dtype) if bias is not None else None
+        dB, dC = _as(dB, B.dtype), _as(dC, C.dtype)
+        dD_out = _as(psum[kd * n : kd * (n + 1)], D.dtype) if D is not None else None
+        dbias_out = _as(psum[kd * (n + 1) :], bias.dtype) if bias is not None else None
         return du, ddelta, dA, dB, dC, dD_out, dbias_out, None, None
 
 
@@ -345,13 +353,13 @@ def _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, grouped, grou
         kd, seqlen, groups, d_group, n_dblocks, n_seg, 3 * kd, HAS_D=D is not None, **meta,
     )  # fmt: skip
     psum = part.sum(0)  # [dA | dD | dbias]; the thirds of absent D / bias stay zero
-    dA = psum[:kd].view(kd, 1).to(A.dtype)
+    dA = _as(psum[:kd].view(kd, 1), A.dtype)
     dB, dC = dBC[0], dBC[1]
     if not grouped:
         dB, dC = dB[:, 0], dC[:, 0]
-    dB, dC = dB.to(B.dtype), dC.to(C.dtype)
-    dD = psum[kd : 2 * kd].to(D.dtype) if D is not None else None
-    dbias = psum[2 * kd :].to(bias.dtype) if bias is not None else None
+    dB, dC = _as(dB, B.dtype), _as(dC, C.dtype)
+    dD = _as(psum[kd : 2 * kd], D.dtype) if D is not None else None
+    dbias = _as(psum[2 * kd :], bias.dtype) if bias is not None else None
     return du, ddelta, dA, dB, dC, dD, dbias
 
 
