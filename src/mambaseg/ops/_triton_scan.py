@@ -377,6 +377,20 @@ def _seg1_setup(pid_rb, n_dblocks, G, Dg, KD, L, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _seg1_prologue(A_ptr, bias_ptr, n_dblocks, G, Dg, KD, L, BLOCK_D: tl.constexpr, SEG: tl.constexpr,
+                   HAS_BIAS: tl.constexpr):
+    """What every segment-parallel program starts with: its (batch, group), channels, rows, segment, positions,
+    and the channels' A (natural and log2-scaled) and delta_bias."""
+    s = tl.program_id(1)
+    pid_bg, ch, mask_d, row = _seg1_setup(tl.program_id(0), n_dblocks, G, Dg, KD, L, BLOCK_D)
+    offs_l = s * SEG + tl.arange(0, SEG)
+    A = tl.load(A_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+    A2 = A * _LOG2E
+    bias = _seg1_bias(bias_ptr, ch, mask_d, A2, HAS_BIAS)
+    return s, pid_bg, ch, mask_d, row, offs_l, A, A2, bias
+
+
+@triton.jit
 def _seg1_bias(bias_ptr, ch, mask_d, like, HAS_BIAS: tl.constexpr):
     """delta_bias of the block's channels (``like``, unused, when there is none)."""
     if HAS_BIAS:
@@ -405,14 +419,10 @@ def _selective_scan1_fwd_summary_kernel(
     BLOCK_D: tl.constexpr, SEG: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
     """Map of every segment on the state: h_end = P h_start + H (written as (rows, n_seg))."""
-    pid_rb = tl.program_id(0)
-    s = tl.program_id(1)
-    pid_bg, ch, mask_d, row = _seg1_setup(pid_rb, n_dblocks, G, Dg, KD, L, BLOCK_D)
-    offs_l = s * SEG + tl.arange(0, SEG)
+    s, pid_bg, ch, mask_d, row, offs_l, _, A2, bias = _seg1_prologue(A_ptr, bias_ptr, n_dblocks, G, Dg, KD, L,
+                                                                     BLOCK_D, SEG, HAS_BIAS)
     mask_l = offs_l < L
     m2 = mask_d[:, None] & mask_l[None, :]
-    A2 = tl.load(A_ptr + ch, mask=mask_d, other=0.0).to(tl.float32) * _LOG2E
-    bias = _seg1_bias(bias_ptr, ch, mask_d, A2, HAS_BIAS)
     ud_off = row[:, None] * L + offs_l[None, :]
     u = tl.load(u_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
     _, dt = _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS, SOFTPLUS)
@@ -435,9 +445,8 @@ def _selective_scan1_fwd_kernel(
     SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
 ):
     """y of one segment: the state entering it from the maps of the segments before, then an exact scan."""
-    pid_rb = tl.program_id(0)
-    s = tl.program_id(1)
-    pid_bg, ch, mask_d, row = _seg1_setup(pid_rb, n_dblocks, G, Dg, KD, L, BLOCK_D)
+    s, pid_bg, ch, mask_d, row, offs_l, _, A2, bias = _seg1_prologue(A_ptr, bias_ptr, n_dblocks, G, Dg, KD, L,
+                                                                     BLOCK_D, SEG, HAS_BIAS)
     h = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for s2 in range(0, s):
         P = tl.load(sumP_ptr + row * n_seg + s2, mask=mask_d, other=1.0)
@@ -445,11 +454,8 @@ def _selective_scan1_fwd_kernel(
         h = P * h + H
     if STORE_STATES:
         tl.store(states_ptr + row * n_seg + s, h, mask=mask_d)
-    offs_l = s * SEG + tl.arange(0, SEG)
     mask_l = offs_l < L
     m2 = mask_d[:, None] & mask_l[None, :]
-    A2 = tl.load(A_ptr + ch, mask=mask_d, other=0.0).to(tl.float32) * _LOG2E
-    bias = _seg1_bias(bias_ptr, ch, mask_d, A2, HAS_BIAS)
     ud_off = row[:, None] * L + offs_l[None, :]
     u = tl.load(u_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
     _, dt = _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS, SOFTPLUS)
@@ -489,12 +495,8 @@ def _selective_scan1_bwd_summary_kernel(
     BLOCK_D: tl.constexpr, SEG: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
     """Map of every segment on the adjoint: x_start = X + Q x_after (x_after: adjoint at the next segment's start)."""
-    pid_rb = tl.program_id(0)
-    s = tl.program_id(1)
-    pid_bg, ch, mask_d, row = _seg1_setup(pid_rb, n_dblocks, G, Dg, KD, L, BLOCK_D)
-    offs_l = s * SEG + tl.arange(0, SEG)
-    A2 = tl.load(A_ptr + ch, mask=mask_d, other=0.0).to(tl.float32) * _LOG2E
-    bias = _seg1_bias(bias_ptr, ch, mask_d, A2, HAS_BIAS)
+    s, pid_bg, ch, mask_d, row, offs_l, _, A2, bias = _seg1_prologue(A_ptr, bias_ptr, n_dblocks, G, Dg, KD, L,
+                                                                     BLOCK_D, SEG, HAS_BIAS)
     alpha, cdy, _, _ = _seg1_adjoint_inputs(delta_ptr, dy_ptr, C_ptr, row, pid_bg, mask_d, offs_l, L, A2, bias,
                                             HAS_BIAS, SOFTPLUS)
     ra, rb = tl.associative_scan((alpha, cdy), axis=1, combine_fn=_scan_combine, reverse=True)
@@ -514,9 +516,8 @@ def _selective_scan1_bwd_kernel(
     """Every gradient of one segment: the adjoint entering from the maps of the later segments, the state from
     the forward pass; dB/dC reduced over the block's channels and added atomically; dA/dD/dbias written as
     per-(batch, segment) partial sums (``part``: rows of ``part_stride`` = 3 KD floats, summed on the host)."""
-    pid_rb = tl.program_id(0)
-    s = tl.program_id(1)
-    pid_bg, ch, mask_d, row = _seg1_setup(pid_rb, n_dblocks, G, Dg, KD, L, BLOCK_D)
+    s, pid_bg, ch, mask_d, row, offs_l, A, A2, bias = _seg1_prologue(A_ptr, bias_ptr, n_dblocks, G, Dg, KD, L,
+                                                                     BLOCK_D, SEG, HAS_BIAS)
     x_after = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for s_i in range(0, n_seg - 1 - s):
         s2 = n_seg - 1 - s_i
@@ -524,12 +525,8 @@ def _selective_scan1_bwd_kernel(
         Q = tl.load(sumQ_ptr + row * n_seg + s2, mask=mask_d, other=1.0)
         x_after = X + Q * x_after
     h = tl.load(states_ptr + row * n_seg + s, mask=mask_d, other=0.0)
-    offs_l = s * SEG + tl.arange(0, SEG)
     mask_l = offs_l < L
     m2 = mask_d[:, None] & mask_l[None, :]
-    A = tl.load(A_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
-    A2 = A * _LOG2E
-    bias = _seg1_bias(bias_ptr, ch, mask_d, A2, HAS_BIAS)
     ud_off = row[:, None] * L + offs_l[None, :]
     u = tl.load(u_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
     xdt, dt = _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS, SOFTPLUS)

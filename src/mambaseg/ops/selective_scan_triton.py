@@ -304,6 +304,12 @@ def _seg1_grid(batch: int, groups: int, d_group: int, seqlen: int, cfg: dict[str
     return n_dblocks, n_seg, batch * groups * n_dblocks
 
 
+def _seg1_meta(cfg: dict[str, int], bias: torch.Tensor | None, softplus: bool) -> dict[str, Any]:
+    """Compile-time arguments shared by the four segment-parallel kernels."""
+    return dict(BLOCK_D=cfg["BLOCK_D1"], SEG=cfg["SEG1"], HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+                num_warps=cfg["num_warps1"])
+
+
 def _fwd_seg1(k, u, delta, A, B, C, D, bias, softplus, groups, d_group, cfg, needs_grad, out_dtype):
     """N = 1 forward with the segment-parallel kernels: segment maps, then every segment from its entering state."""
     batch, kd, seqlen = u.shape
@@ -312,8 +318,7 @@ def _fwd_seg1(k, u, delta, A, B, C, D, bias, softplus, groups, d_group, cfg, nee
     y = torch.empty_like(u, dtype=out_dtype)
     sums = torch.empty(2, batch * kd, n_seg, device=dev, dtype=torch.float32)
     states = torch.empty(batch * kd, n_seg, device=dev, dtype=torch.float32) if needs_grad else sums[0]
-    meta = dict(BLOCK_D=cfg["BLOCK_D1"], SEG=cfg["SEG1"], HAS_BIAS=bias is not None, SOFTPLUS=softplus,
-                num_warps=cfg["num_warps1"])
+    meta = _seg1_meta(cfg, bias, softplus)
     grid = (n_rb, n_seg)
     if n_seg > 1:
         _launch(k._selective_scan1_fwd_summary_kernel, grid,
@@ -339,8 +344,7 @@ def _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, grouped, grou
     dBC = torch.zeros(2, batch, groups, 1, seqlen, device=dev, dtype=torch.float32)
     sums = torch.empty(2, batch * kd, n_seg, device=dev, dtype=torch.float32)
     part = torch.zeros(batch * n_seg, 3 * kd, device=dev, dtype=torch.float32)
-    meta = dict(BLOCK_D=cfg["BLOCK_D1"], SEG=cfg["SEG1"], HAS_BIAS=bias is not None, SOFTPLUS=softplus,
-                num_warps=cfg["num_warps1"])
+    meta = _seg1_meta(cfg, bias, softplus)
     grid = (n_rb, n_seg)
     if n_seg > 1:
         _launch(k._selective_scan1_bwd_summary_kernel, grid,
