@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 
-__all__ = ["SegmentationModel", "nearest_valid_size"]
+__all__ = ["SegmentationModel", "nearest_valid_size", "pyramid_dims", "split_per_stage", "stage_drop_rates"]
+
+
+def pyramid_dims(dims: int | Sequence[int], n: int) -> list[int]:
+    """Stage widths: an int C means (C, 2C, 4C, ...) over ``n`` stages; a sequence is taken as given (its length is
+    checked by the caller, which knows what it needs)."""
+    return [int(dims * 2**i) for i in range(n)] if isinstance(dims, int) else list(dims)
+
+
+def split_per_stage(values: Sequence[float], depths: Sequence[int]) -> list[list[float]]:
+    """Split a flat per-block list (e.g. drop-path rates) into consecutive per-stage lists of ``depths`` blocks."""
+    out, start = [], 0
+    for depth in depths:
+        out.append(list(values[start : start + depth]))
+        start += depth
+    return out
+
+
+def stage_drop_rates(rate: float, depths: Sequence[int], *, reverse: bool = False) -> list[list[float]]:
+    """Stochastic-depth rates ``linspace(0, rate)`` over all blocks of all stages (reversed with ``reverse``, the
+    VM-UNet decoder schedule), split per stage."""
+    n = sum(depths)
+    rates = torch.linspace(0, rate, n) if n else torch.zeros(0)
+    return split_per_stage((rates.flip(0) if reverse else rates).tolist(), depths)
 
 
 def nearest_valid_size(size: int, stride: int) -> int:

@@ -31,7 +31,7 @@ from mambaseg.layers.patch import PatchExpand2D
 from mambaseg.layers.scsa import SCSA
 from mambaseg.layers.vssd_block import VSSDBlock
 from mambaseg.models._registry import register_model
-from mambaseg.models.base import SegmentationModel
+from mambaseg.models.base import SegmentationModel, stage_drop_rates
 from mambaseg.models.vmunet import init_vmamba_weights
 
 __all__ = ["HeteroMedSeg"]
@@ -63,7 +63,7 @@ class _DecoderStage(nn.Module):
         super().__init__()
         self.scsa = SCSA(2 * dim, scsa_heads)
         self.concat_back_dim = nn.Linear(2 * dim, dim)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+        dpr = stage_drop_rates(drop_path_rate, [depth])[0]
         self.blocks = nn.ModuleList(
             BiFormerBlock(dim, num_heads=num_heads, topk=topk, mlp_ratio=mlp_ratio, drop_path=dpr[i],
                           faithful=faithful_block)
@@ -133,13 +133,12 @@ class HeteroMedSeg(SegmentationModel):
             self.downsample_layers.append(nn.Sequential(
                 nn.Conv2d(dims[i], dims[i + 1], 3, stride=2, padding=1), nn.BatchNorm2d(dims[i + 1])
             ))
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = stage_drop_rates(drop_path_rate, depths)  # over all 4 stages, also when the bottleneck is not built
         n_stages = 4 if bottleneck else 3
         self.stages = nn.ModuleList()
         for i in range(n_stages):
-            start = sum(depths[:i])
             self.stages.append(nn.Sequential(*[
-                VSSDBlock(dims[i], num_heads=dims[i] // head_dim, mlp_ratio=mlp_ratio, drop_path=dpr[start + j],
+                VSSDBlock(dims[i], num_heads=dims[i] // head_dim, mlp_ratio=mlp_ratio, drop_path=dpr[i][j],
                           mode=mixer, d_state=d_state, chunk_size=chunk_size)
                 for j in range(depths[i])
             ]))

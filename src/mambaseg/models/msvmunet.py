@@ -32,7 +32,7 @@ from mambaseg.layers.lkpe import FLKPE, LKPE
 from mambaseg.layers.norm import LayerNorm2d
 from mambaseg.layers.vss_block_v2 import VSSBlockV2
 from mambaseg.models._registry import register_model
-from mambaseg.models.base import SegmentationModel
+from mambaseg.models.base import SegmentationModel, pyramid_dims, split_per_stage, stage_drop_rates
 from mambaseg.models.vmunet import init_vmamba_weights
 
 __all__ = ["MSVMUNet", "VMambaV2Encoder", "MSVMDecoder", "convert_vmamba_checkpoint"]
@@ -59,7 +59,7 @@ class VMambaV2Encoder(nn.Module):
                  d_conv: int = 3, conv_bias: bool = False, mlp_ratio: float = 4.0, backend: str | None = None) -> None:
         super().__init__()
         n = len(depths)
-        dims = [int(dims * 2 ** i) for i in range(n)] if isinstance(dims, int) else list(dims)
+        dims = pyramid_dims(dims, n)
         if len(dims) != n:
             raise ValueError(f"dims ({dims}) and depths ({tuple(depths)}) must have the same length")
         self.dims = dims
@@ -69,12 +69,11 @@ class VMambaV2Encoder(nn.Module):
             nn.Conv2d(in_chans, c0 // 2, 3, stride=2, padding=1), nn.Identity(), LayerNorm2d(c0 // 2), nn.Identity(),
             nn.GELU(), nn.Conv2d(c0 // 2, c0, 3, stride=2, padding=1), nn.Identity(), LayerNorm2d(c0),
         )
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist() if sum(depths) else []
+        dpr = stage_drop_rates(drop_path_rate, depths)
         self.layers = nn.ModuleList()
         for i in range(n):
-            start = sum(depths[:i])
             blocks = nn.Sequential(*[
-                VSSBlockV2(dims[i], drop_path=dpr[start + j], mlp_ratio=mlp_ratio, ffn="mlp", d_state=d_state,
+                VSSBlockV2(dims[i], drop_path=dpr[i][j], mlp_ratio=mlp_ratio, ffn="mlp", d_state=d_state,
                            ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias, backend=backend)
                 for j in range(depths[i])
             ])
@@ -135,11 +134,11 @@ class MSVMDecoder(nn.Module):
         rdims = list(dims)[::-1]
         if len(depths) != len(rdims) - 1:
             raise ValueError(f"decoder depths needs {len(rdims) - 1} entries, got {tuple(depths)}")
-        dpr = torch.linspace(drop_path_rate, 0, sum(depths)).tolist() if sum(depths) else []
+        # linspace(rate, 0) over the decoder blocks (as released; not the same floats as a flipped linspace(0, rate))
+        dpr = split_per_stage(torch.linspace(drop_path_rate, 0, sum(depths)).tolist(), depths)
         self.layers = nn.ModuleList()
         for i in range(1, len(rdims)):
-            start = sum(depths[: i - 1])
-            self.layers.append(MSVMUpBlock(rdims[i - 1], rdims[i], depths[i - 1], dpr[start:start + depths[i - 1]],
+            self.layers.append(MSVMUpBlock(rdims[i - 1], rdims[i], depths[i - 1], dpr[i - 1],
                                            d_state, ssm_ratio, mlp_ratio, ms_kernel_sizes, backend))
         self.head = FLKPE(rdims[-1], num_classes, scale=4)
 

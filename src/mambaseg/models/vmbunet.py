@@ -36,7 +36,7 @@ from mambaseg.layers.boundary_attention import BoundaryCrossAttention
 from mambaseg.layers.boundary_skip_fusion import BoundarySkipFusion
 from mambaseg.layers.cbam import CBAM
 from mambaseg.models._registry import register_model
-from mambaseg.models.base import SegmentationModel
+from mambaseg.models.base import SegmentationModel, pyramid_dims
 from mambaseg.models.vmunet import encoder_decoder_drop_rates, init_vmamba_weights
 
 __all__ = ["SSCBlock", "SSCLayer", "SSCLayerUp", "VMBUNet"]
@@ -190,7 +190,7 @@ class VMBUNet(SegmentationModel):
                 f"VMBUNet: the boundary wiring needs 4 encoder and 4 decoder stages, got depths={list(depths)}, "
                 f"depths_decoder={list(depths_decoder)}"
             )
-        dims = [dims * 2**i for i in range(4)] if isinstance(dims, int) else list(dims)
+        dims = pyramid_dims(dims, 4)
         if len(dims) != 4:
             raise ValueError(f"VMBUNet: dims must have 4 entries, got {dims}")
         self.num_classes = num_classes
@@ -204,33 +204,30 @@ class VMBUNet(SegmentationModel):
 
         self.patch_embed = PatchEmbed2D(patch_size, in_chans, dims[0])
         self.layers = nn.ModuleList()
-        o = 0
         for i, depth in enumerate(depths):
             self.layers.append(
                 SSCLayer(
                     dims[i],
                     depth,
-                    enc_dp[o : o + depth],
+                    enc_dp[i],
                     downsample=i < 3,
                     bca=bca if i < 2 else None,
                     d_state=d_state,
                     **ssm_kwargs,
                 )
             )
-            o += depth
         # BSF encoder widths per decoder stage: up2 fuses S2 (dims[2]), up3 fuses S1 (dims[1])
         if variant == "official":
             bsf = [None, dims_dec[1], dims[2], None]  # up1's BSF(768/2) is built but never called, as released
         else:
             bsf = [None, None, dims[2], dims[1]]
         self.layers_up = nn.ModuleList()
-        o = 0
         for i, depth in enumerate(depths_decoder):
             self.layers_up.append(
                 SSCLayerUp(
                     dims_dec[i],
                     depth,
-                    dec_dp[o : o + depth],
+                    dec_dp[i],
                     upsample=i > 0,
                     bca=bca if i >= 2 else None,
                     bsf_enc_dim=bsf[i],
@@ -238,7 +235,6 @@ class VMBUNet(SegmentationModel):
                     **ssm_kwargs,
                 )
             )
-            o += depth
         self.final_up = FinalPatchExpand2D(dims_dec[-1], scale=patch_size)
         self.final_conv = nn.Conv2d(dims_dec[-1] // patch_size, num_classes, 1)
         self.apply(init_vmamba_weights)

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from mambaseg.layers import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer, VSSLayerUp
 from mambaseg.models._registry import register_model
-from mambaseg.models.base import SegmentationModel
+from mambaseg.models.base import SegmentationModel, pyramid_dims, stage_drop_rates
 
 __all__ = ["VMUNet", "init_vmamba_weights"]
 
@@ -31,11 +31,10 @@ def init_vmamba_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def encoder_decoder_drop_rates(depths: Sequence[int], depths_decoder: Sequence[int], rate: float) -> tuple[list, list]:
-    """Per-block drop-path rates: encoder linspace(0, rate) in order; decoder the same schedule reversed."""
-    enc = torch.linspace(0, rate, sum(depths)).tolist() if sum(depths) else []
-    dec = torch.linspace(0, rate, sum(depths_decoder)).flip(0).tolist() if sum(depths_decoder) else []
-    return enc, dec
+def encoder_decoder_drop_rates(depths: Sequence[int], depths_decoder: Sequence[int],
+                               rate: float) -> tuple[list[list[float]], list[list[float]]]:
+    """Per-stage drop-path rates: encoder linspace(0, rate) in order; decoder the same schedule reversed."""
+    return stage_drop_rates(rate, depths), stage_drop_rates(rate, depths_decoder, reverse=True)
 
 
 class VMUNet(SegmentationModel):
@@ -70,9 +69,7 @@ class VMUNet(SegmentationModel):
         **ssm_kwargs: Any,
     ) -> None:
         super().__init__()
-        if isinstance(dims, int):
-            dims = [dims * 2**i for i in range(len(depths))]
-        dims = list(dims)
+        dims = pyramid_dims(dims, len(depths))
         if len(dims) != len(depths) or len(depths_decoder) != len(depths):
             raise ValueError(f"depths {list(depths)}, depths_decoder {list(depths_decoder)} and dims {dims} must have equal length")
         self.num_classes = num_classes
@@ -84,33 +81,29 @@ class VMUNet(SegmentationModel):
 
         self.patch_embed = PatchEmbed2D(patch_size, in_chans, dims[0])
         self.layers = nn.ModuleList()
-        o = 0
         for i, depth in enumerate(depths):
             self.layers.append(
                 VSSLayer(
                     dims[i],
                     depth,
-                    drop_path=enc_dp[o : o + depth],
+                    drop_path=enc_dp[i],
                     downsample=PatchMerging2D(dims[i]) if i < len(depths) - 1 else None,
                     d_state=d_state,
                     **ssm_kwargs,
                 )
             )
-            o += depth
         self.layers_up = nn.ModuleList()
-        o = 0
         for i, depth in enumerate(depths_decoder):
             self.layers_up.append(
                 VSSLayerUp(
                     dims_dec[i],
                     depth,
-                    drop_path=dec_dp[o : o + depth],
+                    drop_path=dec_dp[i],
                     upsample=PatchExpand2D(dims_dec[i]) if i > 0 else None,
                     d_state=d_state,
                     **ssm_kwargs,
                 )
             )
-            o += depth
         self.final_up = FinalPatchExpand2D(dims_dec[-1], scale=patch_size)
         self.final_conv = nn.Conv2d(dims_dec[-1] // patch_size, num_classes, 1)
         self.apply(init_vmamba_weights)
