@@ -40,13 +40,26 @@ class SSMScanBase(nn.Module):
     """Per-direction SSM parameters and the scan -> merge core shared by SS2D (v0) and SS2Dv2.
 
     Parameter names follow VMamba (``x_proj_weight``, ``dt_projs_weight``, ``dt_projs_bias``, ``A_logs``, ``Ds``);
-    subclasses set ``scan``, ``backend``, ``d_state`` and ``dt_rank`` and call :meth:`init_ssm_parameters`.
+    subclasses call :meth:`init_dims` and then :meth:`init_ssm_parameters`.
     """
 
     scan: ScanPattern
     backend: str | None
     d_state: int
     dt_rank: int
+
+    def init_dims(self, d_model: int, d_state: int, ssm_ratio: float, dt_rank: int | str, scan: ScanPattern | None,
+                  backend: str | None) -> int:
+        """Set the widths, the scan pattern (default: the 4 raster orders) and the backend; returns D = d_inner."""
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = d_inner = int(ssm_ratio * d_model)
+        if d_inner < 1:
+            raise ValueError(f"ssm_ratio * d_model must be >= 1, got {ssm_ratio} * {d_model}")
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan = scan if scan is not None else RasterScan()
+        self.backend = backend
+        return d_inner
 
     def init_ssm_parameters(
         self, k: int, d_inner: int, dt_min: float, dt_max: float, dt_init_floor: float
@@ -135,12 +148,7 @@ class SS2D(SSMScanBase):
         super().__init__()
         if unused:
             raise TypeError(f"SS2D got unexpected options: {sorted(unused)}")
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_inner = d_inner = int(ssm_ratio * d_model)
-        self.dt_rank = dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.scan = scan if scan is not None else RasterScan()
-        self.backend = backend
+        d_inner = self.init_dims(d_model, d_state, ssm_ratio, dt_rank, scan, backend)
         k = self.scan.k
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
         self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias)

@@ -10,7 +10,6 @@ Parameter names and shapes follow VMamba's ``SS2D`` (``in_proj``, ``conv2d``, ``
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
@@ -18,7 +17,6 @@ import torch.nn as nn
 from mambaseg.layers.linear2d import Linear2d
 from mambaseg.layers.norm import LayerNorm2d
 from mambaseg.layers.ss2d import ScanPattern, SSMScanBase
-from mambaseg.ops import RasterScan
 
 __all__ = ["SS2Dv2"]
 
@@ -61,14 +59,7 @@ class SS2Dv2(SSMScanBase):
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_inner = d_inner = int(ssm_ratio * d_model)
-        if d_inner < 1:
-            raise ValueError(f"ssm_ratio * d_model must be >= 1, got {ssm_ratio} * {d_model}")
-        self.dt_rank = dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.scan = scan if scan is not None else RasterScan()
-        self.backend = backend
+        d_inner = self.init_dims(d_model, d_state, ssm_ratio, dt_rank, scan, backend)
         k = self.scan.k
         self.in_proj = Linear2d(d_model, d_inner, bias=bias)
         self.conv2d = (
