@@ -13,6 +13,15 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def device_tag() -> str:
+    """Short lower-case GPU name for result file names (``h100``, ``h200``, ...; else the full name)."""
+    import re
+
+    name = torch.cuda.get_device_name()
+    m = re.search(r"(H100|H200|A100|L40S|L4|A10G|B200|RTX \w+)", name)
+    return (m.group(1) if m else name).replace(" ", "_").lower()
+
+
 def environment() -> dict:
     """Device, versions, thread count and the exact command that produced a result."""
     env = {

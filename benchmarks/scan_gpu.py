@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from _common import cuda_event_times
+from _common import cuda_event_times, device_tag, environment
 
 ANCHORS = [
     # batch, K, d_inner, L, N, official fwd ms, official fwd+bwd ms
@@ -110,7 +108,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def time_backend(backend: str, inp: dict[str, Any], gy: torch.Tensor, warmup: int, reps: int) -> tuple[float, float]:
+def calls(backend: str, inp: dict[str, Any], gy: torch.Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The two timed calls of a backend: forward without autograd, and forward + backward of every input."""
     fn = _fn(backend)
 
     def f() -> None:
@@ -120,19 +119,16 @@ def time_backend(backend: str, inp: dict[str, Any], gy: torch.Tensor, warmup: in
     def fb() -> None:
         fwd_bwd(fn, inp, gy)
 
+    return f, fb
+
+
+def time_backend(backend: str, inp: dict[str, Any], gy: torch.Tensor, warmup: int, reps: int) -> tuple[float, float]:
+    f, fb = calls(backend, inp, gy)
     return cuda_time(f, warmup, reps), cuda_time(fb, warmup, reps)
 
 
 def graph_times(backend: str, inp: dict[str, Any], gy: torch.Tensor, reps: int) -> tuple[float | None, float | None]:
-    fn = _fn(backend)
-
-    def f() -> None:
-        with torch.no_grad():
-            fn(inp)
-
-    def fb() -> None:
-        fwd_bwd(fn, inp, gy)
-
+    f, fb = calls(backend, inp, gy)
     return graph_time(f, reps), graph_time(fb, reps)
 
 
@@ -153,12 +149,6 @@ def check(inp: dict[str, Any], gy: torch.Tensor, fp64_batch: int) -> dict[str, f
     out["rel_err_grads_fp64"] = max(rel(a, b) for a, b in zip(gt_s, g64))
     out["rel_err_grads_fp64_each"] = {key: rel(a, b) for key, a, b in zip(GRAD_KEYS, gt_s, g64)}
     return out
-
-
-def device_tag() -> str:
-    name = torch.cuda.get_device_name()
-    m = re.search(r"(H100|H200|A100|L40S|L4|A10G|B200|RTX \w+)", name)
-    return (m.group(1) if m else name).replace(" ", "_").lower()
 
 
 def sweep(shapes: list[int], warmup: int, reps: int) -> list[dict[str, Any]]:
@@ -188,24 +178,13 @@ def sweep(shapes: list[int], warmup: int, reps: int) -> list[dict[str, Any]]:
                 lst = [{"SEG1": 0}] + [{"SEG1": seg, "BLOCK_D1": bd, "num_warps1": nw}
                                        for seg in (64, 128, 256) for bd in (8, 16) for nw in (4, 8)]
             cands_by_mode[mode] = lst
+        f, fb = calls("triton", inp, gy)  # the tile configuration is read on every call
         for mode, cands in cands_by_mode.items():
             for cand in cands:
                 sst._CONFIG_OVERRIDE.clear()
                 sst._CONFIG_OVERRIDE.update(cand)
                 try:
-                    fn = _fn("triton")
-                    if mode == "fwd":
-
-                        def f() -> None:
-                            with torch.no_grad():
-                                fn(inp)
-
-                    else:
-
-                        def f() -> None:
-                            fwd_bwd(fn, inp, gy)
-
-                    ms = cuda_time(f, warmup, reps)
+                    ms = cuda_time(f if mode == "fwd" else fb, warmup, reps)
                 except Exception as exc:  # compilation failures (e.g. out of registers / shared memory)
                     print(f"shape {i} {mode} {cand} failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
                     continue
@@ -233,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("scan_gpu.py needs a CUDA device", file=sys.stderr)
         return 2
-    import triton
 
     shapes = [int(s) for s in args.shapes.split(",") if s.strip()]
     if args.sweep:
@@ -245,12 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"scan_gpu_{device_tag()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        **environment(),
         "timing": (
             f"CUDA events, median of {args.reps} after {args.warmup} warm-up runs, one eager call per timing "
             "(host launch overhead included); *_graph_ms: replays of a CUDA graph of the same call; inputs fp32"

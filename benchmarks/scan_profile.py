@@ -11,10 +11,10 @@ import json
 
 import torch
 
-from scan_gpu import ANCHORS, cuda_time, fwd_bwd, graph_time, make_inputs, _fn
+from scan_gpu import ANCHORS, calls, cuda_time, graph_time, make_inputs
 
 
-def host_profile(configs: list[str], calls: int = 300) -> None:
+def host_profile(configs: list[str], n_calls: int = 300) -> None:
     """Host (Python + launch) time of one fwd and one fwd+bwd call on a problem whose GPU time is negligible."""
     import cProfile
     import pstats
@@ -24,23 +24,23 @@ def host_profile(configs: list[str], calls: int = 300) -> None:
 
     inp = make_inputs(1, 4, 8, 64, 1, seed=0)
     gy = torch.randn(1, 32, 64, device="cuda")
-    fn = _fn("triton")
+    f, fb = calls("triton", inp, gy)  # the tile configuration is read on every call
     for cfg in configs:
         sst._CONFIG_OVERRIDE.clear()
         sst._CONFIG_OVERRIDE.update(json.loads(cfg))
-        for name, call in (("fwd", lambda: fn(inp)), ("fwdbwd", lambda: fwd_bwd(fn, inp, gy))):
+        for name, call in (("fwd", f), ("fwdbwd", fb)):
             for _ in range(20):
                 call()
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            for _ in range(calls):
+            for _ in range(n_calls):
                 call()
             torch.cuda.synchronize()
-            print(f"host {cfg} {name}: {(time.perf_counter() - t0) / calls * 1e6:.1f} us per call", flush=True)
+            print(f"host {cfg} {name}: {(time.perf_counter() - t0) / n_calls * 1e6:.1f} us per call", flush=True)
         prof = cProfile.Profile()
         prof.enable()
-        for _ in range(calls):
-            fwd_bwd(fn, inp, gy)
+        for _ in range(n_calls):
+            fb()
         prof.disable()
         torch.cuda.synchronize()
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
@@ -68,18 +68,10 @@ def main() -> None:
             b, k, d, seqlen, n, off_f, off_fb = ANCHORS[int(i)]
         inp = make_inputs(b, k, d, seqlen, n, seed=0)
         gy = torch.randn(b, k * d, seqlen, device="cuda")
-        fn = _fn("triton")
+        f, fb = calls("triton", inp, gy)
         for cfg in args.configs:
             sst._CONFIG_OVERRIDE.clear()
             sst._CONFIG_OVERRIDE.update(json.loads(cfg))
-
-            def f() -> None:
-                with torch.no_grad():
-                    fn(inp)
-
-            def fb() -> None:
-                fwd_bwd(fn, inp, gy)
-
             t = {"fwd": cuda_time(f, 5, args.reps), "fwdbwd": cuda_time(fb, 5, args.reps),
                  "fwd_graph": graph_time(f, args.reps), "fwdbwd_graph": graph_time(fb, args.reps)}
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import torch
 
-from _common import cuda_event_times
+from _common import cuda_event_times, device_tag, environment
 
 OFFICIAL = {  # model -> precision -> (train img/s, infer img/s, train peak GiB), H100, official code + CUDA kernel
     "vmunet": {"fp32": (134.9, 481.6, 15.38), "bf16": (166.8, 535.3, 12.13)},
@@ -108,27 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("train_speed.py needs a CUDA device", file=sys.stderr)
         return 2
-    import triton
 
     backend = None if args.backend == "auto" else args.backend
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     for prec in precisions:
         if prec not in ("fp32", "bf16"):
             raise SystemExit(f"--precisions: expected fp32 and/or bf16, got {prec!r}")
-    tag = torch.cuda.get_device_name().lower()
-    tag = next((t for t in ("h100", "h200", "a100", "b200", "l40s") if t in tag), tag.replace(" ", "_"))
     rows: list[dict[str, Any]] = []
     result = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        **environment(),
         "timing": f"CUDA events per step, median of {args.steps} after {args.warmup} warm-up steps",
         "rows": rows,
     }
-    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"train_speed_{tag}.json"
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"train_speed_{device_tag()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     for prec in precisions:
         row = bench(args.model, prec, args.batch, args.size, args.warmup, args.steps, backend)
