@@ -24,14 +24,11 @@ start_job() {
   rm -rf "$snap" && mkdir -p "$snap/.gpucache"
   cp -r src benchmarks "$snap/"
   case $job in
-    ph2_vmunet|ph2_vmbunet)
-      cp .gpucache/ph2_256.npz "$snap/.gpucache/"
+    ph2_vmunet|ph2_vmbunet|ph2_dermomamba)
+      local cache=ph2_256.npz
+      [ "$job" = ph2_dermomamba ] && cache=ph2_192x256.npz  # DermoMamba's recipe trains at 192x256
+      cp ".gpucache/$cache" "$snap/.gpucache/"
       cmd="${PYTHON:-python} benchmarks/train_skin_ph2_gpu.py --full --models ${job#ph2_} --minutes ${PH2_SAFETY_MIN:-26} \
---set train.checkpoint_every=50 --set data.persistent_workers=true --set data.num_workers=3 \
---out-dir $ROOT/runs --results-dir $ROOT/results" ;;
-    ph2_dermomamba)
-      cp .gpucache/ph2_192x256.npz "$snap/.gpucache/"
-      cmd="${PYTHON:-python} benchmarks/train_skin_ph2_gpu.py --full --models dermomamba --minutes ${PH2_SAFETY_MIN:-26} \
 --set train.checkpoint_every=50 --set data.persistent_workers=true --set data.num_workers=3 \
 --out-dir $ROOT/runs --results-dir $ROOT/results" ;;
     slicemamba)
