@@ -124,6 +124,8 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
         f"schedule.eta_min={args.eta_min}", "train.log_every=50",
         # short GPU epochs: keep the loader workers, write last.pt only at the end (best.pt as it improves)
         "data.persistent_workers=true", "train.checkpoint_every=1000000",
+        # a hard stop in case the GPU gets slower than at the probe (other jobs sharing it): best.pt stays valid
+        f"train.time_limit_s={args.budget_s * args.hard_stop}",
     ]
     if args.max_steps:
         overrides.append(f"train.max_steps={args.max_steps}")
@@ -133,14 +135,7 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
     t_train = time.perf_counter()
     from rich.console import Console
 
-    # a hard stop in case the GPU gets slower than at the probe (other jobs sharing it): best.pt stays valid
-    hard_stop = args.budget_s * args.hard_stop
-
-    def over_time(state) -> bool:
-        return time.perf_counter() - t_train > hard_stop
-
-    res = train(cfg, console=Console(width=200, force_terminal=False, log_path=False), show_progress=False,
-                callbacks=[over_time])
+    res = train(cfg, console=Console(width=200, force_terminal=False, log_path=False), show_progress=False)
     train_s = time.perf_counter() - t_train
     best = out_dir / "checkpoints" / "best.pt"
     t_eval = time.perf_counter()

@@ -161,12 +161,10 @@ def run(args: argparse.Namespace) -> None:
         rcfg.model.kwargs = {**{k: v for k, v in kw.items() if k != "arch"}, **net_kw}
         if "arch" in kw:
             rcfg.model.arch = kw["arch"]
-        t0 = time.perf_counter()
-        callbacks = []
         if key == "a_searched_slicemamba":
-            limit = plan["retrain_a_time_s"]
-            callbacks = [lambda state, t0=t0, limit=limit: time.perf_counter() - t0 > limit]
-        res = train(rcfg, console=None, show_progress=False, callbacks=callbacks)
+            rcfg.train.time_limit_s = plan["retrain_a_time_s"]
+        t0 = time.perf_counter()
+        res = train(rcfg, console=None, show_progress=False)
         if key == "a_searched_slicemamba":
             rt_epochs = res.epochs
             plan["retrain_epochs"] = rt_epochs

@@ -160,3 +160,14 @@ def test_persistent_workers_reach_the_loader_and_stay_deterministic(tiny_model, 
     seen.clear()
     train(tiny_config(synthetic_data, tmp_path / "c", **{"train.epochs": 1, "data.persistent_workers": True}))
     assert seen == [False]
+
+
+def test_time_limit_stops_after_the_epoch_that_crosses_it(tiny_model, synthetic_data, tmp_path):
+    out = tmp_path / "timed"
+    res = train(tiny_config(synthetic_data, out, **{"train.epochs": 4, "train.time_limit_s": 1e-6}))
+    assert res.epochs == 1  # the first epoch already ends past the limit
+    assert "time_limit_s" in res.metrics["train"]["stop_reason"]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert (out / "metrics.json").is_file()
+    with pytest.raises(ValueError, match="time_limit_s"):
+        train(tiny_config(synthetic_data, tmp_path / "bad", **{"train.time_limit_s": 0}))

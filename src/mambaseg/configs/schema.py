@@ -185,6 +185,9 @@ class TrainConfig:
         checkpoint_every: write ``last.pt`` every N epochs (and always after the last one); ``--resume`` restarts
             from the last one written. Raise it for short epochs on a GPU, where a 300 MB optimizer state per epoch
             costs more than the epoch.
+        time_limit_s: stop after the first epoch that ends more than this many seconds after training started
+            (``None`` = no limit); the run then ends like any early stop: ``last.pt``, ``best.pt`` and
+            ``metrics.json`` are written and ``metrics.json`` names the reason.
     """
 
     epochs: int = 300
@@ -203,6 +206,7 @@ class TrainConfig:
     deterministic: bool = False
     find_unused_parameters: bool = False
     checkpoint_every: int = 1
+    time_limit_s: float | None = None
 
 
 @dataclass

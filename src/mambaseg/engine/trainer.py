@@ -333,6 +333,8 @@ def _train(
         )
     if tc.val_every < 1:
         raise ValueError(f"train.val_every must be >= 1, got {tc.val_every}")
+    if tc.time_limit_s is not None and tc.time_limit_s <= 0:
+        raise ValueError(f"train.time_limit_s must be a positive number of seconds (or null), got {tc.time_limit_s}")
     run_dir = Path(tc.out)
     ckpt_dir = run_dir / "checkpoints"
 
@@ -556,10 +558,13 @@ def _train(
                 cb_state = {"epoch": epoch + 1, "step": step, "history": history, "model": model,
                             "metrics": last_metrics, "run_dir": run_dir}
                 want_stop = any([cb(cb_state) is True for cb in callbacks])
+                over_time = tc.time_limit_s is not None and time.perf_counter() - t0 > tc.time_limit_s
                 # every process must take the same decision (a time budget may differ between processes)
-                want_stop = bool(all_reduce_sum(torch.tensor([float(want_stop)]), ctx)[0] > 0)
-                if want_stop and epoch + 1 < tc.epochs:
-                    stop_reason = "stopped by a callback (e.g. a time budget)"
+                votes = all_reduce_sum(torch.tensor([float(want_stop), float(over_time)]), ctx)
+                want_stop, over_time = bool(votes[0] > 0), bool(votes[1] > 0)
+                if (want_stop or over_time) and epoch + 1 < tc.epochs:
+                    stop_reason = (f"train.time_limit_s={tc.time_limit_s:g} reached" if over_time
+                                   else "stopped by a callback (e.g. a time budget)")
                     if ctx.is_main:
                         if not saved:
                             save_checkpoint(ckpt_dir / "last.pt", payload(epoch + 1, last_metrics, training=True))
