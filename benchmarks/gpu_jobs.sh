@@ -11,7 +11,8 @@
 #   ph2_vmunet ph2_vmbunet ph2_dermomamba  full-length PH2 recipes  (train_skin_ph2_gpu.py --full)
 #   slicemamba                             supernet + search + 3 retrainings on EndoTect (slicemamba_gpu.py run)
 #   acdc                                   MSVM-UNet and HeteroMedSeg on ACDC, side by side (acdc_gpu.py)
-# Budgets (seconds) via the environment: SM_BUDGET (default 1200), ACDC_BUDGET (900, per model),
+# Budgets (seconds) via the environment: SM_BUDGET (default 1200), ACDC_BUDGET (900, per model; more acdc_gpu.py
+# options in ACDC_ARGS, e.g. ACDC_ARGS='--validations 15 --hard-stop 1.04 --tag _full'),
 # PH2_SAFETY_MIN (26, a stop for runs that would not finish).
 # All jobs share one GPU: the wall times and img/s they report include that sharing.
 set -euo pipefail
@@ -38,7 +39,7 @@ start_job() {
     acdc)
       cp .gpucache/acdc_224.npz "$snap/.gpucache/"
       cmd="${PYTHON:-python} benchmarks/acdc_gpu.py --cache .gpucache/acdc_224.npz --budget-s ${ACDC_BUDGET:-900} --workers 3 \
---runs $ROOT/runs --copy-to $ROOT/results/acdc" ;;
+--runs $ROOT/runs --copy-to $ROOT/results/acdc ${ACDC_ARGS:-}" ;;
     *) echo "unknown job '$job' (ph2_vmunet ph2_vmbunet ph2_dermomamba slicemamba acdc)" >&2; return 2 ;;
   esac
   echo "$cmd" > "$ROOT/logs/$job.cmd"
