@@ -8,43 +8,129 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
 from scan_gpu import ANCHORS, calls, cuda_time, graph_time, make_inputs
 
 
-def host_profile(configs: list[str], n_calls: int = 300) -> None:
-    """Host (Python + launch) time of one fwd and one fwd+bwd call on a problem whose GPU time is negligible."""
-    import cProfile
-    import pstats
+class _Trivial(torch.autograd.Function):
+    """Baseline for the autograd engine's own cost: 7 inputs, one output, gradients preallocated."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, bias, grads):
+        ctx.grads = grads
+        return u.view_as(u)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return (dy, *ctx.grads, None)
+
+
+def _wall_us(call, n_calls: int) -> float:
     import time
+
+    for _ in range(20):
+        call()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n_calls):
+        call()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n_calls * 1e6
+
+
+def host_profile(configs: list[str], n_calls: int = 300, shape: str = "1:4:8:64:1", out: str | None = None) -> None:
+    """Host (Python + launch) time of fwd and fwd+bwd calls on a problem whose GPU time is negligible, split into
+    the autograd engine's floor (a trivial Function with the same inputs), the wrapper without kernel launches, and
+    the launches; then cProfile and the torch profiler's CPU op table of fwd+bwd."""
+    import cProfile
+    import io
+    import pstats
+
+    from scan_gpu import GRAD_KEYS
 
     from mambaseg.ops import selective_scan_triton as sst
 
-    inp = make_inputs(1, 4, 8, 64, 1, seed=0)
-    gy = torch.randn(1, 32, 64, device="cuda")
+    b, k, d, seqlen, n = (int(v) for v in shape.split(":"))
+    inp = make_inputs(b, k, d, seqlen, n, seed=0)
+    gy = torch.randn(b, k * d, seqlen, device="cuda")
     f, fb = calls("triton", inp, gy)  # the tile configuration is read on every call
+    leaves = {key: inp[key].detach().requires_grad_(True) for key in GRAD_KEYS}
+    pre = tuple(torch.zeros_like(inp[key]) for key in GRAD_KEYS[1:])
+
+    def trivial() -> None:
+        y = _Trivial.apply(*(leaves[key] for key in GRAD_KEYS), pre)
+        torch.autograd.grad(y, [leaves[key] for key in GRAD_KEYS], gy)
+
+    def fwd_grad() -> None:
+        f_in = {**inp, **leaves}
+        from mambaseg.ops import selective_scan
+
+        selective_scan(f_in["u"], f_in["delta"], f_in["A"], f_in["B"], f_in["C"], f_in["D"],
+                       delta_bias=f_in["delta_bias"], delta_softplus=True, backend="triton")
+
+    report: dict = {"shape": shape, "n_calls": n_calls}
+    report["trivial_function_fwdbwd_us"] = _wall_us(trivial, n_calls)
+    print(f"host trivial autograd Function (7 inputs) fwd+bwd: {report['trivial_function_fwdbwd_us']:.1f} us",
+          flush=True)
+    real_launch = sst._launch
     for cfg in configs:
         sst._CONFIG_OVERRIDE.clear()
         sst._CONFIG_OVERRIDE.update(json.loads(cfg))
-        for name, call in (("fwd", f), ("fwdbwd", fb)):
-            for _ in range(20):
-                call()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(n_calls):
-                call()
-            torch.cuda.synchronize()
-            print(f"host {cfg} {name}: {(time.perf_counter() - t0) / n_calls * 1e6:.1f} us per call", flush=True)
+        row = {}
+        for name, call in (("fwd", f), ("fwd_with_grad", fwd_grad), ("fwdbwd", fb)):
+            row[name] = _wall_us(call, n_calls)
+        try:
+            sst._launch = lambda *a, **kw: None  # the same calls without any kernel launch
+            for name, call in (("fwd", f), ("fwdbwd", fb)):
+                row[name + "_no_launch"] = _wall_us(call, n_calls)
+        finally:
+            sst._launch = real_launch
+        report[cfg] = row
+        print(f"host {cfg}: " + " ".join(f"{key} {v:.1f}us" for key, v in row.items()), flush=True)
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(n_calls):
             fb()
         prof.disable()
         torch.cuda.synchronize()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+        print(buf.getvalue(), flush=True)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as tprof:
+            for _ in range(50):
+                fb()
+        print(tprof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60),
+              flush=True)
     sst._CONFIG_OVERRIDE.clear()
+    if out:
+        Path(out).write_text(json.dumps(report, indent=1))
+
+
+def check_shapes(shapes: str, out: str | None, config: str = "{}") -> None:
+    """Triton vs the torch backend (full batch) and vs float64 (batch slice 1), forward and every gradient, on
+    batch:k:d:L:N shapes (small batches take the N = 1 segment-parallel kernels), under a tile configuration."""
+    from scan_gpu import check
+
+    from _common import environment
+    from mambaseg.ops import selective_scan_triton as sst
+
+    sst._CONFIG_OVERRIDE.clear()
+    sst._CONFIG_OVERRIDE.update(json.loads(config))
+    res = {"what": check_shapes.__doc__, **environment(), "config": json.loads(config), "rel_err": {}}
+    for spec in shapes.split(","):
+        b, k, d, seqlen, n = (int(v) for v in spec.split(":"))
+        inp = make_inputs(b, k, d, seqlen, n, seed=1)
+        gy = torch.randn(b, k * d, seqlen, device="cuda")
+        r = check(inp, gy, 1)
+        res["rel_err"][spec] = r
+        print(f"check {spec}: y {r['rel_err']:.2e} grads {r['rel_err_grads']:.2e} "
+              f"y_fp64 {r['rel_err_fp64']:.2e} grads_fp64 {r['rel_err_grads_fp64']:.2e}", flush=True)
+    sst._CONFIG_OVERRIDE.clear()
+    if out:
+        Path(out).write_text(json.dumps(res, indent=1))
 
 
 def main() -> None:
@@ -54,9 +140,17 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--host", action="store_true",
                     help="host overhead: wall time per call on a tiny problem (GPU time negligible) + cProfile")
+    ap.add_argument("--host-shape", default="1:4:8:64:1", help="batch:k:d:L:N of the --host problem")
+    ap.add_argument("--host-out", default=None, help="write the --host wall times (JSON) here")
+    ap.add_argument("--check", default=None, help="batch:k:d:L:N shapes (comma-separated) to check numerically")
+    ap.add_argument("--check-out", default=None, help="write the --check errors (JSON) here")
+    ap.add_argument("--check-config", default="{}", help="tile configuration (JSON) for --check")
     args = ap.parse_args()
+    if args.check:
+        check_shapes(args.check, args.check_out, args.check_config)
+        return
     if args.host:
-        host_profile(args.configs)
+        host_profile(args.configs, shape=args.host_shape, out=args.host_out)
         return
     from mambaseg.ops import selective_scan_triton as sst
 
@@ -72,8 +166,12 @@ def main() -> None:
         for cfg in args.configs:
             sst._CONFIG_OVERRIDE.clear()
             sst._CONFIG_OVERRIDE.update(json.loads(cfg))
-            t = {"fwd": cuda_time(f, 5, args.reps), "fwdbwd": cuda_time(fb, 5, args.reps),
-                 "fwd_graph": graph_time(f, args.reps), "fwdbwd_graph": graph_time(fb, args.reps)}
+            try:
+                t = {"fwd": cuda_time(f, 5, args.reps), "fwdbwd": cuda_time(fb, 5, args.reps),
+                     "fwd_graph": graph_time(f, args.reps), "fwdbwd_graph": graph_time(fb, args.reps)}
+            except Exception as exc:  # a tile configuration that does not compile (registers, shared memory)
+                print(f"shape {i} cfg {cfg} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                continue
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
                                                     torch.profiler.ProfilerActivity.CPU]) as prof:
                 for _ in range(5):

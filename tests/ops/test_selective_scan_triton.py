@@ -172,11 +172,11 @@ from triton.runtime.interpreter import InterpretedFunction
 from mambaseg.ops import _triton_scan
 from mambaseg.ops import selective_scan_triton as sst
 _orig_launch, _bad = sst._launch, []
-def _checked_launch(kernel, grid, *args, num_warps, **cx):
-    # the fast launch path fills the arguments after the positional ones from the keywords by name
-    if set(cx) != set(kernel.arg_names[len(args):]):
-        _bad.append([kernel.arg_names[0], sorted(cx), kernel.arg_names[len(args):]])
-    return _orig_launch(kernel, grid, *args, num_warps=num_warps, **cx)
+def _checked_launch(kernel, grid, tensors, scalars, *, num_warps, **cx):
+    # the fast launch path fills the arguments after the tensors and ints from the keywords by name
+    if set(cx) != set(kernel.arg_names[len(tensors) + len(scalars):]):
+        _bad.append([kernel.arg_names[0], sorted(cx), kernel.arg_names[len(tensors) + len(scalars):]])
+    return _orig_launch(kernel, grid, tensors, scalars, num_warps=num_warps, **cx)
 sst._launch = _checked_launch
 res = {"interpreted": all(isinstance(f, InterpretedFunction) for f in
                           (_triton_scan._selective_scan_fwd_kernel, _triton_scan._selective_scan_bwd_kernel,
@@ -216,7 +216,8 @@ def test_every_launch_passes_all_remaining_kernel_arguments_by_name(interp):
 
 
 def test_fast_launch_caches_the_compiled_kernel_per_specialisation(monkeypatch):
-    """The launch cache (CUDA only) with a stand-in for Triton's JITFunction / CompiledKernel API."""
+    """The launch cache with a stand-in for Triton's JITFunction / CompiledKernel API (an object without the
+    CompiledKernel launch attributes is launched through its ``[grid]`` runner)."""
     from mambaseg.ops import selective_scan_triton as sst
 
     class Compiled:
@@ -239,24 +240,55 @@ def test_fast_launch_caches_the_compiled_kernel_per_specialisation(monkeypatch):
 
             return run
 
-    monkeypatch.setattr(sst, "_interpreter_on", lambda: False)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(sst, "_LAUNCH_CACHE", {})
     kern = Kernel()
     x = torch.zeros(64)
-    sst._launch(kern, (3,), x, 7, num_warps=1, BLOCK=16, FLAG=True)  # compiles (normal path) and caches
-    sst._launch(kern, (5,), x, 7, num_warps=1, FLAG=True, BLOCK=16)  # cached: direct launch, args in order
+    sst._launch(kern, (3,), (x,), (7,), num_warps=1, BLOCK=16, FLAG=True)  # compiles (normal path) and caches
+    sst._launch(kern, (5,), (x,), (7,), num_warps=1, BLOCK=16, FLAG=True)  # cached: direct launch, args in order
     assert kern.jit_calls == 1 and len(sst._LAUNCH_CACHE) == 1
-    compiled, tail = next(iter(sst._LAUNCH_CACHE.values()))
+    run, tail = next(iter(sst._LAUNCH_CACHE.values()))
     assert tail == (16, True)  # the constexprs in signature order
-    assert compiled.calls == [((5, 1, 1), (x, 7, 16, True))]  # the launcher takes a 3-D grid
-    # another int value, dtype, alignment, constexpr or num_warps is another specialisation
-    sst._launch(kern, (5,), x, 8, num_warps=1, BLOCK=16, FLAG=True)
-    sst._launch(kern, (5,), x.double(), 7, num_warps=1, BLOCK=16, FLAG=True)
-    sst._launch(kern, (5,), x[1:], 7, num_warps=1, BLOCK=16, FLAG=True)
-    sst._launch(kern, (5,), x, 7, num_warps=1, BLOCK=32, FLAG=True)
-    sst._launch(kern, (5,), x, 7, num_warps=2, BLOCK=16, FLAG=True)
-    assert kern.jit_calls == 6 and len(sst._LAUNCH_CACHE) == 6
+    # another int value, dtype, constexpr or num_warps is another specialisation
+    sst._launch(kern, (5,), (x,), (8,), num_warps=1, BLOCK=16, FLAG=True)
+    sst._launch(kern, (5,), (x.double(),), (7,), num_warps=1, BLOCK=16, FLAG=True)
+    sst._launch(kern, (5,), (x,), (7,), num_warps=1, BLOCK=32, FLAG=True)
+    sst._launch(kern, (5,), (x,), (7,), num_warps=2, BLOCK=16, FLAG=True)
+    assert kern.jit_calls == 5 and len(sst._LAUNCH_CACHE) == 5
+
+
+def test_direct_runner_launches_in_signature_order_with_a_3d_grid(monkeypatch):
+    from mambaseg.ops import selective_scan_triton as sst
+
+    calls = []
+
+    class Compiled:
+        def __getitem__(self, grid):
+            return lambda *args: calls.append((grid, args))
+
+    monkeypatch.setattr(sst, "_LAUNCH_CACHE", {})
+
+    class Kernel:
+        arg_names = ["x_ptr", "y_ptr", "n", "BLOCK"]
+
+        def __getitem__(self, grid):
+            return lambda *args, num_warps, **cx: Compiled()
+
+    kern, x = Kernel(), torch.zeros(8)
+    sst._launch(kern, (2, 3), (x, x), (4,), num_warps=1, BLOCK=8)
+    sst._launch(kern, (2, 3), (x, x), (4,), num_warps=1, BLOCK=8)
+    assert calls == [((2, 3, 1), (x, x, 4, 8))]
+
+
+def test_misaligned_inputs_are_copied_to_aligned_storage():
+    from mambaseg.ops import selective_scan_triton as sst
+
+    base = torch.arange(65, dtype=torch.float32)
+    view = base[1:]  # 4 bytes past a 16-byte boundary
+    assert view.data_ptr() % 16 != 0
+    fixed = sst._aligned(view)
+    assert fixed.data_ptr() % 16 == 0 and torch.equal(fixed, view)
+    aligned = base[4:]
+    assert sst._aligned(aligned) is aligned and sst._aligned(None) is None
 
 
 @pytest.mark.parametrize("name", list(CASES))

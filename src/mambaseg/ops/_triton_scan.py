@@ -189,11 +189,7 @@ def _selective_scan_bwd_kernel(
     scratch_ptr,
     du_ptr,
     ddelta_ptr,
-    dA_ptr,
-    dB_ptr,
-    dC_ptr,
-    dD_ptr,
-    dbias_ptr,
+    grad_ptr,
     KD,
     L,
     G,
@@ -201,7 +197,7 @@ def _selective_scan_bwd_kernel(
     n_dblocks,
     n_seg,
     R,
-    part_stride,
+    BGNL,
     N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -214,7 +210,13 @@ def _selective_scan_bwd_kernel(
 
     ``states`` holds the state at the end of every segment (row-major (batch * KD, n_seg, N)). For each
     segment a forward sweep recomputes the state entering each of its chunks into this program's slice of
-    ``scratch`` (R, BLOCK_N, BLOCK_D), then the chunks are processed in reverse order."""
+    ``scratch`` (R, BLOCK_N, BLOCK_D), then the chunks are processed in reverse order.
+
+    ``grad`` (fp32, zeroed) receives every gradient summed over programs, atomically: [dB | dC | dA | dD | dbias]
+    with dB, dC of ``BGNL`` = batch * G * N * L floats each, dA of KD * N, dD and dbias of KD."""
+    dB_ptr = grad_ptr
+    dC_ptr = dB_ptr + BGNL
+    dA_ptr = dC_ptr + BGNL
     pid = tl.program_id(0)
     pid_d = pid % n_dblocks
     pid_bg = pid // n_dblocks
@@ -341,13 +343,12 @@ def _selective_scan_bwd_kernel(
             x_carry = tl.sum(tl.where((offs_c == 0)[:, None, None], xs, -0.0), axis=0)
         tl.debug_barrier()  # all reads of this segment's scratch precede the next sweep's writes
 
-    # per-batch partial sums (rows of ``part_stride`` floats; summed over the batch on the host)
-    prow = (pid_bg // G).to(tl.int64) * part_stride
-    tl.store(dA_ptr + prow + ch[None, :] * N + offs_n[:, None], dA_acc, mask=mask_nd)
+    # this program's share of the sums over the batch
+    tl.atomic_add(dA_ptr + ch[None, :] * N + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
     if HAS_D:
-        tl.store(dD_ptr + prow + ch, dD_acc, mask=mask_d)
+        tl.atomic_add(dA_ptr + KD * N + ch, dD_acc, mask=mask_d, sem="relaxed")
     if HAS_BIAS:
-        tl.store(dbias_ptr + prow + ch, dbias_acc, mask=mask_d)
+        tl.atomic_add(dA_ptr + KD * (N + 1) + ch, dbias_acc, mask=mask_d, sem="relaxed")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -414,11 +415,11 @@ def _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: t
 
 @triton.jit
 def _selective_scan1_fwd_summary_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, sumP_ptr, sumH_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, sums_ptr,
     KD, L, G, Dg, n_dblocks, n_seg,
     BLOCK_D: tl.constexpr, SEG: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
-    """Map of every segment on the state: h_end = P h_start + H (written as (rows, n_seg))."""
+    """Map of every segment on the state: h_end = P h_start + H (``sums``: (rows, n_seg, 2) holding (P, H))."""
     s, pid_bg, ch, mask_d, row, offs_l, _, A2, bias = _seg1_prologue(A_ptr, bias_ptr, n_dblocks, G, Dg, KD, L,
                                                                      BLOCK_D, SEG, HAS_BIAS)
     mask_l = offs_l < L
@@ -433,13 +434,13 @@ def _selective_scan1_fwd_summary_kernel(
     last = (offs_l == s * SEG + SEG - 1)[None, :]
     P = tl.sum(tl.where(last, a_s, 0.0), axis=1)
     H = tl.sum(tl.where(last, b_s, 0.0), axis=1)
-    tl.store(sumP_ptr + row * n_seg + s, P, mask=mask_d)
-    tl.store(sumH_ptr + row * n_seg + s, H, mask=mask_d)
+    tl.store(sums_ptr + (row * n_seg + s) * 2, P, mask=mask_d)
+    tl.store(sums_ptr + (row * n_seg + s) * 2 + 1, H, mask=mask_d)
 
 
 @triton.jit
 def _selective_scan1_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, sumP_ptr, sumH_ptr, states_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, sums_ptr, states_ptr,
     KD, L, G, Dg, n_dblocks, n_seg,
     BLOCK_D: tl.constexpr, SEG: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
@@ -449,8 +450,8 @@ def _selective_scan1_fwd_kernel(
                                                                      BLOCK_D, SEG, HAS_BIAS)
     h = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for s2 in range(0, s):
-        P = tl.load(sumP_ptr + row * n_seg + s2, mask=mask_d, other=1.0)
-        H = tl.load(sumH_ptr + row * n_seg + s2, mask=mask_d, other=0.0)
+        P = tl.load(sums_ptr + (row * n_seg + s2) * 2, mask=mask_d, other=1.0)
+        H = tl.load(sums_ptr + (row * n_seg + s2) * 2 + 1, mask=mask_d, other=0.0)
         h = P * h + H
     if STORE_STATES:
         tl.store(states_ptr + row * n_seg + s, h, mask=mask_d)
@@ -490,39 +491,43 @@ def _seg1_adjoint_inputs(delta_ptr, dy_ptr, C_ptr, row, pid_bg, mask_d, offs_l, 
 
 @triton.jit
 def _selective_scan1_bwd_summary_kernel(
-    delta_ptr, dy_ptr, A_ptr, C_ptr, bias_ptr, sumX_ptr, sumQ_ptr,
+    delta_ptr, dy_ptr, A_ptr, C_ptr, bias_ptr, sums_ptr,
     KD, L, G, Dg, n_dblocks, n_seg,
     BLOCK_D: tl.constexpr, SEG: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
-    """Map of every segment on the adjoint: x_start = X + Q x_after (x_after: adjoint at the next segment's start)."""
+    """Map of every segment on the adjoint: x_start = X + Q x_after (x_after: adjoint at the next segment's start;
+    ``sums``: (rows, n_seg, 2) holding (X, Q))."""
     s, pid_bg, ch, mask_d, row, offs_l, _, A2, bias = _seg1_prologue(A_ptr, bias_ptr, n_dblocks, G, Dg, KD, L,
                                                                      BLOCK_D, SEG, HAS_BIAS)
     alpha, cdy, _, _ = _seg1_adjoint_inputs(delta_ptr, dy_ptr, C_ptr, row, pid_bg, mask_d, offs_l, L, A2, bias,
                                             HAS_BIAS, SOFTPLUS)
     ra, rb = tl.associative_scan((alpha, cdy), axis=1, combine_fn=_scan_combine, reverse=True)
     first = (offs_l == s * SEG)[None, :]
-    tl.store(sumQ_ptr + row * n_seg + s, tl.sum(tl.where(first, ra, 0.0), axis=1), mask=mask_d)
-    tl.store(sumX_ptr + row * n_seg + s, tl.sum(tl.where(first, rb, 0.0), axis=1), mask=mask_d)
+    tl.store(sums_ptr + (row * n_seg + s) * 2, tl.sum(tl.where(first, rb, 0.0), axis=1), mask=mask_d)
+    tl.store(sums_ptr + (row * n_seg + s) * 2 + 1, tl.sum(tl.where(first, ra, 0.0), axis=1), mask=mask_d)
 
 
 @triton.jit
 def _selective_scan1_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, sumX_ptr, sumQ_ptr,
-    du_ptr, ddelta_ptr, dB_ptr, dC_ptr, part_ptr,
-    KD, L, G, Dg, n_dblocks, n_seg, part_stride,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, sums_ptr,
+    du_ptr, ddelta_ptr, grad_ptr,
+    KD, L, G, Dg, n_dblocks, n_seg, BGL,
     BLOCK_D: tl.constexpr, SEG: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
 ):
     """Every gradient of one segment: the adjoint entering from the maps of the later segments, the state from
-    the forward pass; dB/dC reduced over the block's channels and added atomically; dA/dD/dbias written as
-    per-(batch, segment) partial sums (``part``: rows of ``part_stride`` = 3 KD floats, summed on the host)."""
+    the forward pass; every sum over programs added atomically to ``grad`` (fp32, zeroed): [dB | dC | dA | dD |
+    dbias] with dB, dC of ``BGL`` = batch * G * L floats each (N = 1) and dA, dD, dbias of KD."""
+    dB_ptr = grad_ptr
+    dC_ptr = dB_ptr + BGL
+    dA_ptr = dC_ptr + BGL
     s, pid_bg, ch, mask_d, row, offs_l, A, A2, bias = _seg1_prologue(A_ptr, bias_ptr, n_dblocks, G, Dg, KD, L,
                                                                      BLOCK_D, SEG, HAS_BIAS)
     x_after = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for s_i in range(0, n_seg - 1 - s):
         s2 = n_seg - 1 - s_i
-        X = tl.load(sumX_ptr + row * n_seg + s2, mask=mask_d, other=0.0)
-        Q = tl.load(sumQ_ptr + row * n_seg + s2, mask=mask_d, other=1.0)
+        X = tl.load(sums_ptr + (row * n_seg + s2) * 2, mask=mask_d, other=0.0)
+        Q = tl.load(sums_ptr + (row * n_seg + s2) * 2 + 1, mask=mask_d, other=1.0)
         x_after = X + Q * x_after
     h = tl.load(states_ptr + row * n_seg + s, mask=mask_d, other=0.0)
     mask_l = offs_l < L
@@ -549,16 +554,15 @@ def _selective_scan1_bwd_kernel(
     xB = xs * Bv[None, :]
     ddt = xB * u + A[:, None] * xdec
     du = xB * dt
-    prow = (pid_bg // G).to(tl.int64) * n_seg + s
-    tl.store(part_ptr + prow * part_stride + ch, tl.sum(xdec * dt, axis=1), mask=mask_d)
+    tl.atomic_add(dA_ptr + ch, tl.sum(xdec * dt, axis=1), mask=mask_d, sem="relaxed")
     if HAS_D:
         Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
         du = du + Dv[:, None] * dy
-        tl.store(part_ptr + prow * part_stride + KD + ch, tl.sum(dy * u, axis=1), mask=mask_d)
+        tl.atomic_add(dA_ptr + KD + ch, tl.sum(dy * u, axis=1), mask=mask_d, sem="relaxed")
     if SOFTPLUS:
         ddt = ddt * _sigmoid(xdt)
     ddt = tl.where(m2, ddt, 0.0)
     if HAS_BIAS:
-        tl.store(part_ptr + prow * part_stride + 2 * KD + ch, tl.sum(ddt, axis=1), mask=mask_d)
+        tl.atomic_add(dA_ptr + 2 * KD + ch, tl.sum(ddt, axis=1), mask=mask_d, sem="relaxed")
     tl.store(du_ptr + ud_off, du.to(du_ptr.dtype.element_ty), mask=m2)
     tl.store(ddelta_ptr + ud_off, ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)

@@ -108,48 +108,87 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
 
 _CONFIG_OVERRIDE: dict[str, Any] = {}
 
-# compiled kernels by (kernel, argument specialization, constexprs, num_warps, device); see _launch
-_LAUNCH_CACHE: dict[tuple, Any] = {}
+# launchers of compiled kernels by (kernel, int arguments, tensor dtypes, constexprs, num_warps, device); see _launch
+_LAUNCH_CACHE: dict[tuple, tuple] = {}
 _LAUNCH_CACHE_MAX = 4096
 
 
-def _launch(kernel: Any, grid: tuple, *args: Any, num_warps: int, **constexprs: Any) -> None:
-    """``kernel[grid](*args, num_warps=..., **constexprs)``, minus most of Triton's per-call host overhead.
+def _aligned(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t``, or a copy of it if its data does not start on a 16-byte boundary.
 
+    Triton compiles a kernel for 16-byte aligned pointers when the first call passes such pointers, and the launch
+    cache (:func:`_launch`) keys a compiled kernel on everything but alignment; so every tensor handed to a kernel
+    is aligned: fresh allocations are, and user tensors that are not (views at odd offsets) are copied here.
+    """
+    if t is None or t.data_ptr() % 16 == 0:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def _direct_runner(compiled: Any) -> Any:
+    """``run(grid3, args)`` launching ``compiled`` (a Triton ``CompiledKernel``) with the least host work.
+
+    Triton's own runner looks the device and stream up through its driver layer and builds launch metadata for
+    profiler hooks on every call; here the launcher, function handle and packed metadata are taken once, the
+    stream getter of Triton's driver is bound once, and the hooks (with their metadata) are passed
+    only while a profiler has registered one, as Triton does. Objects without that API (other Triton versions)
+    are launched through their ``[grid]`` runner.
+    """
+    needed = ("run", "function", "packed_metadata", "launch_metadata")
+    if not all(hasattr(compiled, name) for name in needed):
+        return lambda grid, args: compiled[grid](*args)
+    from triton import knobs
+    from triton.runtime import driver
+
+    active = driver.active
+    if not (hasattr(active, "get_current_stream") and hasattr(active, "get_current_device")):
+        return lambda grid, args: compiled[grid](*args)
+    launcher, function, packed = compiled.run, compiled.function, compiled.packed_metadata
+    runtime = knobs.runtime
+    raw_stream, current_device = active.get_current_stream, active.get_current_device
+
+    def hook_set(hook: Any) -> bool:
+        return hook is not None and bool(getattr(hook, "calls", True))  # an empty HookChain is no hook
+
+    def run(grid: tuple, args: tuple) -> None:
+        stream = raw_stream(current_device())
+        enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+        if hook_set(enter) or hook_set(leave):
+            launcher(grid[0], grid[1], grid[2], stream, function, packed,
+                     compiled.launch_metadata(grid, stream, *args), enter, leave, *args)  # fmt: skip
+        else:
+            launcher(grid[0], grid[1], grid[2], stream, function, packed, None, None, None, *args)
+
+    return run
+
+
+def _launch(kernel: Any, grid: tuple, tensors: tuple, scalars: tuple, *, num_warps: int, **constexprs: Any) -> None:
+    """``kernel[grid](*tensors, *scalars, num_warps=..., **constexprs)``, minus most of Triton's per-call host work.
+
+    The kernels take their tensor arguments first, then their int arguments, then the compile-time ones.
     Triton's ``JITFunction.run`` binds and specialises every argument and looks the compiled kernel up on each
     call (about 0.1 ms of host time per launch on the H100 machine, as much as the GPU time of a small N = 1 scan).
-    The first call for a specialisation goes through it (compiling if needed) and the returned ``CompiledKernel``
-    is kept; later calls launch it directly with all arguments in signature order (Triton's launcher drops the
-    constexpr ones) on the current stream. The key holds what a compiled kernel depends on: each tensor's dtype
-    and 16-byte alignment (Triton specialises pointers on it) and the exact value of each other positional
-    argument (ints: the shapes, which Triton specialises on ``== 1`` and divisibility by 16). Triton's launch
-    hooks are passed on as Triton itself does; under the interpreter every call takes the normal path.
+    The first call for a specialisation goes through it (compiling if needed) and a direct launcher of the returned
+    ``CompiledKernel`` is kept (:func:`_direct_runner`); later calls launch it with all arguments in signature order
+    (Triton's launcher drops the constexpr ones). The key holds what a compiled kernel depends on: the exact int
+    arguments (Triton specialises on ``== 1`` and divisibility by 16), each tensor's dtype, the constexprs,
+    ``num_warps`` and the device. Pointer alignment is not in the key: the callers pass 16-byte aligned tensors only
+    (:func:`_aligned`). Under Triton's interpreter the ``[grid]`` call returns no compiled kernel and every call
+    takes the normal path.
     """
-    if _interpreter_on():
-        kernel[grid](*args, num_warps=num_warps, **constexprs)
-        return
-    key = (kernel, tuple((x.dtype, x.data_ptr() % 16 == 0) if isinstance(x, torch.Tensor) else x for x in args),
-           tuple(sorted(constexprs.items())), num_warps, torch.cuda.current_device())
+    key = (kernel, scalars, tuple([t.dtype for t in tensors]), tuple(constexprs.values()), num_warps,
+           tensors[0].get_device())  # fmt: skip
     entry = _LAUNCH_CACHE.get(key)
-    if entry is None:
-        compiled = kernel[grid](*args, num_warps=num_warps, **constexprs)
-        if compiled is not None and hasattr(compiled, "__getitem__"):
-            if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_MAX:
-                _LAUNCH_CACHE.clear()
-            _LAUNCH_CACHE[key] = (compiled, tuple(constexprs[name] for name in kernel.arg_names[len(args):]))
+    if entry is not None:
+        run, tail = entry
+        run((*grid, *(1,) * (3 - len(grid))), (*tensors, *scalars, *tail))
         return
-    compiled, tail = entry
-    g = (*grid, *(1,) * (3 - len(grid)))  # the compiled kernel's launcher takes all three grid dimensions
-    full = (*args, *tail)
-    if hasattr(compiled, "packed_metadata"):  # what CompiledKernel's own runner does, minus its device lookups
-        from triton import knobs
-
-        stream = torch.cuda.current_stream().cuda_stream
-        compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata,
-                     compiled.launch_metadata(g, stream, *full), knobs.runtime.launch_enter_hook,
-                     knobs.runtime.launch_exit_hook, *full)  # fmt: skip
-    else:
-        compiled[g](*full)
+    compiled = kernel[grid](*tensors, *scalars, num_warps=num_warps, **constexprs)
+    if compiled is not None and hasattr(compiled, "__getitem__"):
+        if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_MAX:
+            _LAUNCH_CACHE.clear()
+        names = kernel.arg_names[len(tensors) + len(scalars):]
+        _LAUNCH_CACHE[key] = (_direct_runner(compiled), tuple(constexprs[name] for name in names))
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -158,8 +197,10 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
-    cfg = dict(pick_config(d_group, seqlen, d_state))
-    cfg.update(_CONFIG_OVERRIDE)
+    """The tile configuration (the cached table entry itself, not a copy: callers only read it)."""
+    cfg = pick_config(d_group, seqlen, d_state)
+    if _CONFIG_OVERRIDE:
+        cfg = {**cfg, **_CONFIG_OVERRIDE}
     return cfg
 
 
@@ -198,6 +239,24 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias):
         )
 
 
+def _grad_buffer(batch: int, groups: int, n: int, seqlen: int, kd: int, device: torch.device) -> torch.Tensor:
+    """One zeroed fp32 buffer for every gradient the kernels add up atomically: [dB | dC | dA | dD | dbias] with
+    dB, dC of (batch, G, N, L) and dA (KD, N), dD, dbias (KD,); the kernels find each part from ``BGNL``."""
+    return torch.zeros(2 * batch * groups * n * seqlen + kd * (n + 2), device=device, dtype=torch.float32)
+
+
+def _split_grads(buf, A, B, C, D, bias, bgnl: int, kd: int, n: int) -> tuple:
+    """(dA, dB, dC, dD, dbias) as views of the buffer (converted to the inputs' dtypes where they differ)."""
+    dB, dC, dA, dD, dbias = buf.split((bgnl, bgnl, kd * n, kd, kd))
+    return (
+        _as(dA.view(kd, n), A.dtype),
+        _as(dB.view(B.shape), B.dtype),
+        _as(dC.view(C.shape), C.dtype),
+        _as(dD, D.dtype) if D is not None else None,
+        _as(dbias, bias.dtype) if bias is not None else None,
+    )
+
+
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
@@ -207,19 +266,20 @@ class _SelectiveScanTriton(torch.autograd.Function):
         grouped = B.dim() == 4
         groups = B.shape[1] if grouped else 1
         d_group = kd // groups
-        u_c, delta_c = u.contiguous(), delta.contiguous()
-        A_c, B_c, C_c = A.contiguous(), B.contiguous(), C.contiguous()
-        D_c = D.contiguous() if D is not None else None
-        bias_c = delta_bias.contiguous() if delta_bias is not None else None
+        u_c, delta_c = _aligned(u.contiguous()), _aligned(delta.contiguous())
+        A_c, B_c, C_c = _aligned(A.contiguous()), _aligned(B.contiguous()), _aligned(C.contiguous())
+        D_c = _aligned(D.contiguous()) if D is not None else None
+        bias_c = _aligned(delta_bias.contiguous()) if delta_bias is not None else None
+        softplus = bool(delta_softplus)
 
         needs_grad = any(ctx.needs_input_grad[:7])
         cfg = _config(d_group, seqlen, n)
         if n == 1 and cfg.get("SEG1") and batch * kd <= cfg["SEG1_MAX_ROWS"]:
-            y, states, n_seg = _fwd_seg1(k, u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, bool(delta_softplus), groups,
+            y, states, n_seg = _fwd_seg1(k, u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, softplus, groups,
                                          d_group, cfg, needs_grad, out_dtype or u.dtype)
             if needs_grad:
                 ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, states)
-                ctx.meta = (bool(delta_softplus), grouped, groups, d_group, cfg, 0, n_seg)
+                ctx.meta = (softplus, groups, d_group, cfg, 0, n_seg)
             return y
         bl = cfg["BLOCK_L_FWD"]
         # the backward pass works on segments of ``seg_chunks`` chunks of BLOCK_L_BWD positions; the forward
@@ -239,63 +299,49 @@ class _SelectiveScanTriton(torch.autograd.Function):
             if needs_grad
             else torch.empty(1, device=u.device, dtype=torch.float32)
         )
-        grid = (batch * groups * n_dblocks,)
-        _launch(k._selective_scan_fwd_kernel, grid,
-            u_c, delta_c, A_c, B_c, C_c,
-            D_c if D_c is not None else u_c,
-            bias_c if bias_c is not None else u_c,
-            y, states,
-            kd, seqlen, groups, d_group, n_dblocks, n_chunks, n_seg,
+        _launch(k._selective_scan_fwd_kernel, (batch * groups * n_dblocks,),
+            (u_c, delta_c, A_c, B_c, C_c, D_c if D_c is not None else u_c, bias_c if bias_c is not None else u_c,
+             y, states),
+            (kd, seqlen, groups, d_group, n_dblocks, n_chunks, n_seg),
             N=n, BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl, STORE_EVERY=seg // bl,
-            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
             STORE_STATES=needs_grad, num_warps=cfg["num_warps"],
         )  # fmt: skip
         if needs_grad:
             ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, states)
-            ctx.meta = (bool(delta_softplus), grouped, groups, d_group, cfg, seg_chunks, n_seg)
+            ctx.meta = (softplus, groups, d_group, cfg, seg_chunks, n_seg)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         k = _kernels()
         u, delta, A, B, C, D, bias, states = ctx.saved_tensors
-        softplus, grouped, groups, d_group, cfg, seg_chunks, n_seg = ctx.meta
+        softplus, groups, d_group, cfg, seg_chunks, n_seg = ctx.meta
         batch, kd, seqlen = u.shape
         n = A.shape[1]
+        dy = _aligned(dy.contiguous())
+        bgnl = batch * groups * n * seqlen
         if seg_chunks == 0:  # the N = 1 segment-parallel kernels
-            return (*_bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, grouped, groups, d_group, cfg,
-                               n_seg), None, None)
-        bl, bd = cfg["BLOCK_L_BWD"], cfg["BLOCK_D_BWD"]
-        n_dblocks = -(-d_group // bd)
-        n_prog = batch * groups * n_dblocks
-        dy = dy.contiguous()
-        dev = u.device
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
-        # one zeroed buffer for the atomically accumulated B/C gradients, one for the per-batch partial sums
-        dBC = torch.zeros(2, batch, groups, n, seqlen, device=dev, dtype=torch.float32)
-        part = torch.empty(batch, kd * (n + 2), device=dev, dtype=torch.float32)
-        scratch = torch.empty(n_prog * seg_chunks * cfg["BLOCK_N"] * bd, device=dev, dtype=torch.float32)
-        _launch(k._selective_scan_bwd_kernel, (n_prog,),
-            u, delta, A, B, C,
-            D if D is not None else u,
-            bias if bias is not None else u,
-            dy, states, scratch, du, ddelta,
-            part, dBC[0], dBC[1], part[:, kd * n:], part[:, kd * (n + 1):],
-            kd, seqlen, groups, d_group, n_dblocks, n_seg, seg_chunks, kd * (n + 2),
-            N=n, BLOCK_D=bd, BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl,
-            HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
-            num_warps=cfg["num_warps"],
-        )  # fmt: skip
-        psum = part.sum(0)
-        dA = _as(psum[: kd * n].view(kd, n), A.dtype)
-        dB, dC = dBC[0], dBC[1]
-        if not grouped:
-            dB, dC = dB[:, 0], dC[:, 0]
-        dB, dC = _as(dB, B.dtype), _as(dC, C.dtype)
-        dD_out = _as(psum[kd * n : kd * (n + 1)], D.dtype) if D is not None else None
-        dbias_out = _as(psum[kd * (n + 1) :], bias.dtype) if bias is not None else None
-        return du, ddelta, dA, dB, dC, dD_out, dbias_out, None, None
+            du, ddelta, buf = _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, groups, d_group, cfg,
+                                        n_seg, bgnl)
+        else:
+            bl, bd = cfg["BLOCK_L_BWD"], cfg["BLOCK_D_BWD"]
+            n_dblocks = -(-d_group // bd)
+            n_prog = batch * groups * n_dblocks
+            du = torch.empty_like(u)
+            ddelta = torch.empty_like(delta)
+            buf = _grad_buffer(batch, groups, n, seqlen, kd, u.device)
+            scratch = torch.empty(n_prog * seg_chunks * cfg["BLOCK_N"] * bd, device=u.device, dtype=torch.float32)
+            _launch(k._selective_scan_bwd_kernel, (n_prog,),
+                (u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, dy, states, scratch,
+                 du, ddelta, buf),
+                (kd, seqlen, groups, d_group, n_dblocks, n_seg, seg_chunks, bgnl),
+                N=n, BLOCK_D=bd, BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl,
+                HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+                num_warps=cfg["num_warps"],
+            )  # fmt: skip
+        dA, dB, dC, dD, dbias = _split_grads(buf, A, B, C, D, bias, bgnl, kd, n)
+        return du, ddelta, dA, dB, dC, dD, dbias, None, None
 
 
 def _seg1_grid(batch: int, groups: int, d_group: int, seqlen: int, cfg: dict[str, int]) -> tuple[int, int, int]:
@@ -316,55 +362,41 @@ def _fwd_seg1(k, u, delta, A, B, C, D, bias, softplus, groups, d_group, cfg, nee
     n_dblocks, n_seg, n_rb = _seg1_grid(batch, groups, d_group, seqlen, cfg)
     dev = u.device
     y = torch.empty_like(u, dtype=out_dtype)
-    sums = torch.empty(2, batch * kd, n_seg, device=dev, dtype=torch.float32)
-    states = torch.empty(batch * kd, n_seg, device=dev, dtype=torch.float32) if needs_grad else sums[0]
+    sums = torch.empty(2 * batch * kd * n_seg, device=dev, dtype=torch.float32)
+    states = torch.empty(batch * kd * n_seg, device=dev, dtype=torch.float32) if needs_grad else sums
     meta = _seg1_meta(cfg, bias, softplus)
     grid = (n_rb, n_seg)
+    bias_arg = bias if bias is not None else u
+    scalars = (kd, seqlen, groups, d_group, n_dblocks, n_seg)
     if n_seg > 1:
-        _launch(k._selective_scan1_fwd_summary_kernel, grid,
-            u, delta, A, B, bias if bias is not None else u, sums[0], sums[1],
-            kd, seqlen, groups, d_group, n_dblocks, n_seg, **meta,
-        )  # fmt: skip
+        _launch(k._selective_scan1_fwd_summary_kernel, grid, (u, delta, A, B, bias_arg, sums), scalars, **meta)
     _launch(k._selective_scan1_fwd_kernel, grid,
-        u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, y, sums[0], sums[1], states,
-        kd, seqlen, groups, d_group, n_dblocks, n_seg, HAS_D=D is not None, STORE_STATES=needs_grad, **meta,
+        (u, delta, A, B, C, D if D is not None else u, bias_arg, y, sums, states), scalars,
+        HAS_D=D is not None, STORE_STATES=needs_grad, **meta,
     )  # fmt: skip
     return y, states, n_seg
 
 
-def _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, grouped, groups, d_group, cfg, n_seg):
-    """N = 1 backward with the segment-parallel kernels; returns the 7 input gradients."""
+def _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, groups, d_group, cfg, n_seg, bgnl):
+    """N = 1 backward with the segment-parallel kernels; returns du, ddelta and the gradient buffer."""
     batch, kd, seqlen = u.shape
     n_dblocks, n_seg_now, n_rb = _seg1_grid(batch, groups, d_group, seqlen, cfg)
     assert n_seg_now == n_seg, "the tile configuration changed between forward and backward"
-    dev = u.device
-    dy = dy.contiguous()
     du = torch.empty_like(u)
     ddelta = torch.empty_like(delta)
-    dBC = torch.zeros(2, batch, groups, 1, seqlen, device=dev, dtype=torch.float32)
-    sums = torch.empty(2, batch * kd, n_seg, device=dev, dtype=torch.float32)
-    part = torch.zeros(batch * n_seg, 3 * kd, device=dev, dtype=torch.float32)
+    buf = _grad_buffer(batch, groups, 1, seqlen, kd, u.device)
+    sums = torch.empty(2 * batch * kd * n_seg, device=u.device, dtype=torch.float32)
     meta = _seg1_meta(cfg, bias, softplus)
     grid = (n_rb, n_seg)
+    bias_arg = bias if bias is not None else u
+    scalars = (kd, seqlen, groups, d_group, n_dblocks, n_seg)
     if n_seg > 1:
-        _launch(k._selective_scan1_bwd_summary_kernel, grid,
-            delta, dy, A, C, bias if bias is not None else u, sums[0], sums[1],
-            kd, seqlen, groups, d_group, n_dblocks, n_seg, **meta,
-        )  # fmt: skip
+        _launch(k._selective_scan1_bwd_summary_kernel, grid, (delta, dy, A, C, bias_arg, sums), scalars, **meta)
     _launch(k._selective_scan1_bwd_kernel, grid,
-        u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, dy, states, sums[0],
-        sums[1], du, ddelta, dBC[0], dBC[1], part,
-        kd, seqlen, groups, d_group, n_dblocks, n_seg, 3 * kd, HAS_D=D is not None, **meta,
+        (u, delta, A, B, C, D if D is not None else u, bias_arg, dy, states, sums, du, ddelta, buf),
+        (*scalars, bgnl), HAS_D=D is not None, **meta,
     )  # fmt: skip
-    psum = part.sum(0)  # [dA | dD | dbias]; the thirds of absent D / bias stay zero
-    dA = _as(psum[:kd].view(kd, 1), A.dtype)
-    dB, dC = dBC[0], dBC[1]
-    if not grouped:
-        dB, dC = dB[:, 0], dC[:, 0]
-    dB, dC = _as(dB, B.dtype), _as(dC, C.dtype)
-    dD = _as(psum[kd : 2 * kd], D.dtype) if D is not None else None
-    dbias = _as(psum[2 * kd :], bias.dtype) if bias is not None else None
-    return du, ddelta, dA, dB, dC, dD, dbias
+    return du, ddelta, buf
 
 
 def selective_scan_triton(
