@@ -204,7 +204,15 @@ def _config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
     return cfg
 
 
+# input shapes already validated on CUDA (the checks below cost as much host time as a kernel launch)
+_CHECKED: set[tuple] = set()
+
+
 def _check_inputs(u, delta, A, B, C, D, delta_bias):
+    key = (u.shape, delta.shape, A.shape, B.shape, C.shape, D.shape if D is not None else None,
+           delta_bias.shape if delta_bias is not None else None)  # fmt: skip
+    if u.is_cuda and key in _CHECKED:
+        return
     if u.dim() != 3:
         raise ValueError(f"u must be (batch, channels, L), got shape {tuple(u.shape)}")
     batch, kd, seqlen = u.shape
@@ -237,6 +245,10 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias):
             "the Triton selective scan needs CUDA tensors (u is on "
             f"{u.device}); use backend='torch' or 'ref' on CPU"
         )
+    if u.is_cuda:
+        if len(_CHECKED) >= 4096:
+            _CHECKED.clear()
+        _CHECKED.add(key)
 
 
 def _grad_buffer(batch: int, groups: int, n: int, seqlen: int, kd: int, device: torch.device) -> torch.Tensor:
