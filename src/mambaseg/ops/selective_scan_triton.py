@@ -443,4 +443,8 @@ def selective_scan_triton(
             interpreter is switched on by the caller's environment).
     """
     _check_inputs(u, delta, A, B, C, D, delta_bias)
+    if u.is_cuda and u.get_device() != torch.cuda.current_device():
+        # kernels launch on the current device (Triton's rule, and the launch cache keys on the tensors' device)
+        with torch.cuda.device(u.device):
+            return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
     return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
