@@ -414,6 +414,23 @@ def _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: t
 
 
 @triton.jit
+def _seg1_state_scan(u_ptr, delta_ptr, B_ptr, row, pid_bg, mask_d, offs_l, L, A2, bias,
+                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """The tile of a segment (masks, offsets, u, time steps, B) and the scan of its state map from a zero state:
+    (a_s, b_s) with h_t = a_s[t] h_start + b_s[t]; b = delta' u B is the input term of every position."""
+    mask_l = offs_l < L
+    m2 = mask_d[:, None] & mask_l[None, :]
+    ud_off = row[:, None] * L + offs_l[None, :]
+    bc_off = pid_bg.to(tl.int64) * L + offs_l
+    u = tl.load(u_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
+    xdt, dt = _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS, SOFTPLUS)
+    Bv = tl.load(B_ptr + bc_off, mask=mask_l, other=0.0).to(tl.float32)
+    b = dt * u * Bv[None, :]
+    a_s, b_s = tl.associative_scan((tl.exp2(dt * A2[:, None]), b), axis=1, combine_fn=_scan_combine)
+    return mask_l, m2, ud_off, bc_off, u, xdt, dt, Bv, b, a_s, b_s
+
+
+@triton.jit
 def _selective_scan1_fwd_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, sums_ptr,
     KD, L, G, Dg, n_dblocks, n_seg,
@@ -422,15 +439,8 @@ def _selective_scan1_fwd_summary_kernel(
     """Map of every segment on the state: h_end = P h_start + H (``sums``: (rows, n_seg, 2) holding (P, H))."""
     s, pid_bg, ch, mask_d, row, offs_l, _, A2, bias = _seg1_prologue(A_ptr, bias_ptr, n_dblocks, G, Dg, KD, L,
                                                                      BLOCK_D, SEG, HAS_BIAS)
-    mask_l = offs_l < L
-    m2 = mask_d[:, None] & mask_l[None, :]
-    ud_off = row[:, None] * L + offs_l[None, :]
-    u = tl.load(u_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
-    _, dt = _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS, SOFTPLUS)
-    Bv = tl.load(B_ptr + pid_bg.to(tl.int64) * L + offs_l, mask=mask_l, other=0.0).to(tl.float32)
-    a = tl.exp2(dt * A2[:, None])
-    b = dt * u * Bv[None, :]
-    a_s, b_s = tl.associative_scan((a, b), axis=1, combine_fn=_scan_combine)
+    _, _, _, _, _, _, _, _, _, a_s, b_s = _seg1_state_scan(u_ptr, delta_ptr, B_ptr, row, pid_bg, mask_d, offs_l, L,
+                                                           A2, bias, HAS_BIAS, SOFTPLUS)
     last = (offs_l == s * SEG + SEG - 1)[None, :]
     P = tl.sum(tl.where(last, a_s, 0.0), axis=1)
     H = tl.sum(tl.where(last, b_s, 0.0), axis=1)
@@ -455,17 +465,10 @@ def _selective_scan1_fwd_kernel(
         h = P * h + H
     if STORE_STATES:
         tl.store(states_ptr + row * n_seg + s, h, mask=mask_d)
-    mask_l = offs_l < L
-    m2 = mask_d[:, None] & mask_l[None, :]
-    ud_off = row[:, None] * L + offs_l[None, :]
-    u = tl.load(u_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
-    _, dt = _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS, SOFTPLUS)
-    bc_off = pid_bg.to(tl.int64) * L + offs_l
-    Bv = tl.load(B_ptr + bc_off, mask=mask_l, other=0.0).to(tl.float32)
+    mask_l, m2, ud_off, bc_off, u, _, _, _, _, a_s, b_s = _seg1_state_scan(
+        u_ptr, delta_ptr, B_ptr, row, pid_bg, mask_d, offs_l, L, A2, bias, HAS_BIAS, SOFTPLUS
+    )
     Cv = tl.load(C_ptr + bc_off, mask=mask_l, other=0.0).to(tl.float32)
-    a = tl.exp2(dt * A2[:, None])
-    b = dt * u * Bv[None, :]
-    a_s, b_s = tl.associative_scan((a, b), axis=1, combine_fn=_scan_combine)
     hs = a_s * h[:, None] + b_s
     y = hs * Cv[None, :]
     if HAS_D:
@@ -530,21 +533,14 @@ def _selective_scan1_bwd_kernel(
         Q = tl.load(sums_ptr + (row * n_seg + s2) * 2 + 1, mask=mask_d, other=1.0)
         x_after = X + Q * x_after
     h = tl.load(states_ptr + row * n_seg + s, mask=mask_d, other=0.0)
-    mask_l = offs_l < L
-    m2 = mask_d[:, None] & mask_l[None, :]
-    ud_off = row[:, None] * L + offs_l[None, :]
-    u = tl.load(u_ptr + ud_off, mask=m2, other=0.0).to(tl.float32)
-    xdt, dt = _seg1_delta(delta_ptr, ud_off, m2, bias, HAS_BIAS, SOFTPLUS)
-    bc_off = pid_bg.to(tl.int64) * L + offs_l
-    Bv = tl.load(B_ptr + bc_off, mask=mask_l, other=0.0).to(tl.float32)
+    # states h_t of the segment, recomputed from the state entering it
+    mask_l, m2, ud_off, bc_off, u, xdt, dt, Bv, b, a_s, b_s = _seg1_state_scan(
+        u_ptr, delta_ptr, B_ptr, row, pid_bg, mask_d, offs_l, L, A2, bias, HAS_BIAS, SOFTPLUS
+    )
+    hs = a_s * h[:, None] + b_s
+    dtu = dt * u
     alpha, cdy, dy, _ = _seg1_adjoint_inputs(delta_ptr, dy_ptr, C_ptr, row, pid_bg, mask_d, offs_l, L, A2, bias,
                                              HAS_BIAS, SOFTPLUS)
-    # states h_t of the segment, recomputed from the state entering it
-    a = tl.exp2(dt * A2[:, None])
-    dtu = dt * u
-    b = dtu * Bv[None, :]
-    a_s, b_s = tl.associative_scan((a, b), axis=1, combine_fn=_scan_combine)
-    hs = a_s * h[:, None] + b_s
     # adjoint x_t = C_t dy_t + exp(dt'_{t+1} A) x_{t+1}
     ra, rb = tl.associative_scan((alpha, cdy), axis=1, combine_fn=_scan_combine, reverse=True)
     xs = ra * x_after[:, None] + rb

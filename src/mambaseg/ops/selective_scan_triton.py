@@ -114,15 +114,16 @@ _LAUNCH_CACHE_MAX = 4096
 
 
 def _aligned(t: torch.Tensor | None) -> torch.Tensor | None:
-    """``t``, or a copy of it if its data does not start on a 16-byte boundary.
+    """``t`` made contiguous, copied if its data does not start on a 16-byte boundary (None stays None).
 
     Triton compiles a kernel for 16-byte aligned pointers when the first call passes such pointers, and the launch
     cache (:func:`_launch`) keys a compiled kernel on everything but alignment; so every tensor handed to a kernel
     is aligned: fresh allocations are, and user tensors that are not (views at odd offsets) are copied here.
     """
-    if t is None or t.data_ptr() % 16 == 0:
-        return t
-    return t.clone(memory_format=torch.contiguous_format)
+    if t is None:
+        return None
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def _direct_runner(compiled: Any) -> Any:
@@ -251,14 +252,9 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias):
         _CHECKED.add(key)
 
 
-def _grad_buffer(batch: int, groups: int, n: int, seqlen: int, kd: int, device: torch.device) -> torch.Tensor:
-    """One zeroed fp32 buffer for every gradient the kernels add up atomically: [dB | dC | dA | dD | dbias] with
-    dB, dC of (batch, G, N, L) and dA (KD, N), dD, dbias (KD,); the kernels find each part from ``BGNL``."""
-    return torch.zeros(2 * batch * groups * n * seqlen + kd * (n + 2), device=device, dtype=torch.float32)
-
-
 def _split_grads(buf, A, B, C, D, bias, bgnl: int, kd: int, n: int) -> tuple:
-    """(dA, dB, dC, dD, dbias) as views of the buffer (converted to the inputs' dtypes where they differ)."""
+    """(dA, dB, dC, dD, dbias) as views of the gradient buffer [dB | dC | dA | dD | dbias] (dB, dC of
+    ``bgnl`` = batch * G * N * L floats, dA of KD * N, dD and dbias of KD), in the inputs' dtypes."""
     dB, dC, dA, dD, dbias = buf.split((bgnl, bgnl, kd * n, kd, kd))
     return (
         _as(dA.view(kd, n), A.dtype),
@@ -278,47 +274,18 @@ class _SelectiveScanTriton(torch.autograd.Function):
         grouped = B.dim() == 4
         groups = B.shape[1] if grouped else 1
         d_group = kd // groups
-        u_c, delta_c = _aligned(u.contiguous()), _aligned(delta.contiguous())
-        A_c, B_c, C_c = _aligned(A.contiguous()), _aligned(B.contiguous()), _aligned(C.contiguous())
-        D_c = _aligned(D.contiguous()) if D is not None else None
-        bias_c = _aligned(delta_bias.contiguous()) if delta_bias is not None else None
+        u_c, delta_c, A_c, B_c, C_c, D_c, bias_c = map(_aligned, (u, delta, A, B, C, D, delta_bias))
         softplus = bool(delta_softplus)
 
         needs_grad = any(ctx.needs_input_grad[:7])
         cfg = _config(d_group, seqlen, n)
+        args = (k, u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, softplus, groups, d_group, cfg, needs_grad,
+                out_dtype or u.dtype)  # fmt: skip
         if n == 1 and cfg.get("SEG1") and batch * kd <= cfg["SEG1_MAX_ROWS"]:
-            y, states, n_seg = _fwd_seg1(k, u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, softplus, groups,
-                                         d_group, cfg, needs_grad, out_dtype or u.dtype)
-            if needs_grad:
-                ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, states)
-                ctx.meta = (softplus, groups, d_group, cfg, 0, n_seg)
-            return y
-        bl = cfg["BLOCK_L_FWD"]
-        # the backward pass works on segments of ``seg_chunks`` chunks of BLOCK_L_BWD positions; the forward
-        # pass stores the state at the end of every segment (N/64 of u's size for 64-position segments)
-        seg_chunks = max(1, min(cfg["SEGMENT"] // cfg["BLOCK_L_BWD"], -(-seqlen // cfg["BLOCK_L_BWD"])))
-        seg = seg_chunks * cfg["BLOCK_L_BWD"]
-        if needs_grad and seg % bl:
-            bl = cfg["BLOCK_L_BWD"]
-        elif not needs_grad:
-            seg = bl
-        n_chunks = -(-seqlen // bl)
-        n_seg = -(-seqlen // seg)
-        n_dblocks = -(-d_group // cfg["BLOCK_D_FWD"])
-        y = torch.empty_like(u_c, dtype=out_dtype or u.dtype)
-        states = (
-            torch.empty(batch, kd, n_seg, n, device=u.device, dtype=torch.float32)
-            if needs_grad
-            else torch.empty(1, device=u.device, dtype=torch.float32)
-        )
-        _launch(k._selective_scan_fwd_kernel, (batch * groups * n_dblocks,),
-            (u_c, delta_c, A_c, B_c, C_c, D_c if D_c is not None else u_c, bias_c if bias_c is not None else u_c,
-             y, states),
-            (kd, seqlen, groups, d_group, n_dblocks, n_chunks, n_seg),
-            N=n, BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl, STORE_EVERY=seg // bl,
-            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-            STORE_STATES=needs_grad, num_warps=cfg["num_warps"],
-        )  # fmt: skip
+            y, states, n_seg = _fwd_seg1(*args)
+            seg_chunks = 0  # tells the backward pass to use the segment-parallel kernels
+        else:
+            y, states, seg_chunks, n_seg = _fwd_chunked(*args)
         if needs_grad:
             ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, states)
             ctx.meta = (softplus, groups, d_group, cfg, seg_chunks, n_seg)
@@ -331,18 +298,18 @@ class _SelectiveScanTriton(torch.autograd.Function):
         softplus, groups, d_group, cfg, seg_chunks, n_seg = ctx.meta
         batch, kd, seqlen = u.shape
         n = A.shape[1]
-        dy = _aligned(dy.contiguous())
+        dy = _aligned(dy)
         bgnl = batch * groups * n * seqlen
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        # one zeroed fp32 buffer for every gradient the kernels add up atomically: [dB | dC | dA | dD | dbias]
+        buf = torch.zeros(2 * bgnl + kd * (n + 2), device=u.device, dtype=torch.float32)
         if seg_chunks == 0:  # the N = 1 segment-parallel kernels
-            du, ddelta, buf = _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, groups, d_group, cfg,
-                                        n_seg, bgnl)
+            _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, du, ddelta, buf, softplus, groups, d_group, cfg,
+                      n_seg, bgnl)
         else:
             bl, bd = cfg["BLOCK_L_BWD"], cfg["BLOCK_D_BWD"]
             n_dblocks = -(-d_group // bd)
             n_prog = batch * groups * n_dblocks
-            du = torch.empty_like(u)
-            ddelta = torch.empty_like(delta)
-            buf = _grad_buffer(batch, groups, n, seqlen, kd, u.device)
             scratch = torch.empty(n_prog * seg_chunks * cfg["BLOCK_N"] * bd, device=u.device, dtype=torch.float32)
             _launch(k._selective_scan_bwd_kernel, (n_prog,),
                 (u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, dy, states, scratch,
@@ -356,30 +323,54 @@ class _SelectiveScanTriton(torch.autograd.Function):
         return du, ddelta, dA, dB, dC, dD, dbias, None, None
 
 
-def _seg1_grid(batch: int, groups: int, d_group: int, seqlen: int, cfg: dict[str, int]) -> tuple[int, int, int]:
+def _fwd_chunked(k, u, delta, A, B, C, D, bias, softplus, groups, d_group, cfg, needs_grad, out_dtype):
+    """Forward with the channel-per-lane kernel; returns y, the stored states and the backward segmentation."""
+    batch, kd, seqlen = u.shape
+    n = A.shape[1]
+    bl = cfg["BLOCK_L_FWD"]
+    # the backward pass works on segments of ``seg_chunks`` chunks of BLOCK_L_BWD positions; the forward
+    # pass stores the state at the end of every segment (N/64 of u's size for 64-position segments)
+    seg_chunks = max(1, min(cfg["SEGMENT"] // cfg["BLOCK_L_BWD"], -(-seqlen // cfg["BLOCK_L_BWD"])))
+    seg = seg_chunks * cfg["BLOCK_L_BWD"]
+    if needs_grad and seg % bl:
+        bl = cfg["BLOCK_L_BWD"]
+    elif not needs_grad:
+        seg = bl
+    n_chunks = -(-seqlen // bl)
+    n_seg = -(-seqlen // seg)
+    n_dblocks = -(-d_group // cfg["BLOCK_D_FWD"])
+    y = torch.empty_like(u, dtype=out_dtype)
+    states = torch.empty((batch, kd, n_seg, n) if needs_grad else (1,), device=u.device, dtype=torch.float32)
+    _launch(k._selective_scan_fwd_kernel, (batch * groups * n_dblocks,),
+        (u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, y, states),
+        (kd, seqlen, groups, d_group, n_dblocks, n_chunks, n_seg),
+        N=n, BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl, STORE_EVERY=seg // bl,
+        HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+        STORE_STATES=needs_grad, num_warps=cfg["num_warps"],
+    )  # fmt: skip
+    return y, states, seg_chunks, n_seg
+
+
+def _seg1_plan(u: torch.Tensor, bias: torch.Tensor | None, softplus: bool, groups: int, d_group: int,
+               cfg: dict[str, int]) -> tuple:
+    """What the forward and the backward launches of the segment-parallel kernels share: the number of segments,
+    the grid, the int and compile-time arguments, the bias argument (``u`` stands in for an absent one) and a
+    buffer for the per-segment maps (rows, n_seg, 2)."""
+    batch, kd, seqlen = u.shape
     n_dblocks = -(-d_group // cfg["BLOCK_D1"])
     n_seg = -(-seqlen // cfg["SEG1"])
-    return n_dblocks, n_seg, batch * groups * n_dblocks
-
-
-def _seg1_meta(cfg: dict[str, int], bias: torch.Tensor | None, softplus: bool) -> dict[str, Any]:
-    """Compile-time arguments shared by the four segment-parallel kernels."""
-    return dict(BLOCK_D=cfg["BLOCK_D1"], SEG=cfg["SEG1"], HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+    meta = dict(BLOCK_D=cfg["BLOCK_D1"], SEG=cfg["SEG1"], HAS_BIAS=bias is not None, SOFTPLUS=softplus,
                 num_warps=cfg["num_warps1"])
+    sums = torch.empty(2 * batch * kd * n_seg, device=u.device, dtype=torch.float32)
+    grid = (batch * groups * n_dblocks, n_seg)
+    return n_seg, grid, (kd, seqlen, groups, d_group, n_dblocks, n_seg), meta, bias if bias is not None else u, sums
 
 
 def _fwd_seg1(k, u, delta, A, B, C, D, bias, softplus, groups, d_group, cfg, needs_grad, out_dtype):
     """N = 1 forward with the segment-parallel kernels: segment maps, then every segment from its entering state."""
-    batch, kd, seqlen = u.shape
-    n_dblocks, n_seg, n_rb = _seg1_grid(batch, groups, d_group, seqlen, cfg)
-    dev = u.device
+    n_seg, grid, scalars, meta, bias_arg, sums = _seg1_plan(u, bias, softplus, groups, d_group, cfg)
     y = torch.empty_like(u, dtype=out_dtype)
-    sums = torch.empty(2 * batch * kd * n_seg, device=dev, dtype=torch.float32)
-    states = torch.empty(batch * kd * n_seg, device=dev, dtype=torch.float32) if needs_grad else sums
-    meta = _seg1_meta(cfg, bias, softplus)
-    grid = (n_rb, n_seg)
-    bias_arg = bias if bias is not None else u
-    scalars = (kd, seqlen, groups, d_group, n_dblocks, n_seg)
+    states = torch.empty(u.shape[0] * u.shape[1] * n_seg, device=u.device, dtype=torch.float32) if needs_grad else sums
     if n_seg > 1:
         _launch(k._selective_scan1_fwd_summary_kernel, grid, (u, delta, A, B, bias_arg, sums), scalars, **meta)
     _launch(k._selective_scan1_fwd_kernel, grid,
@@ -389,26 +380,17 @@ def _fwd_seg1(k, u, delta, A, B, C, D, bias, softplus, groups, d_group, cfg, nee
     return y, states, n_seg
 
 
-def _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, softplus, groups, d_group, cfg, n_seg, bgnl):
-    """N = 1 backward with the segment-parallel kernels; returns du, ddelta and the gradient buffer."""
-    batch, kd, seqlen = u.shape
-    n_dblocks, n_seg_now, n_rb = _seg1_grid(batch, groups, d_group, seqlen, cfg)
+def _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, du, ddelta, buf, softplus, groups, d_group, cfg, n_seg,
+              bgnl) -> None:
+    """N = 1 backward with the segment-parallel kernels into ``du``, ``ddelta`` and the gradient buffer."""
+    n_seg_now, grid, scalars, meta, bias_arg, sums = _seg1_plan(u, bias, softplus, groups, d_group, cfg)
     assert n_seg_now == n_seg, "the tile configuration changed between forward and backward"
-    du = torch.empty_like(u)
-    ddelta = torch.empty_like(delta)
-    buf = _grad_buffer(batch, groups, 1, seqlen, kd, u.device)
-    sums = torch.empty(2 * batch * kd * n_seg, device=u.device, dtype=torch.float32)
-    meta = _seg1_meta(cfg, bias, softplus)
-    grid = (n_rb, n_seg)
-    bias_arg = bias if bias is not None else u
-    scalars = (kd, seqlen, groups, d_group, n_dblocks, n_seg)
     if n_seg > 1:
         _launch(k._selective_scan1_bwd_summary_kernel, grid, (delta, dy, A, C, bias_arg, sums), scalars, **meta)
     _launch(k._selective_scan1_bwd_kernel, grid,
         (u, delta, A, B, C, D if D is not None else u, bias_arg, dy, states, sums, du, ddelta, buf),
         (*scalars, bgnl), HAS_D=D is not None, **meta,
     )  # fmt: skip
-    return du, ddelta, buf
 
 
 def selective_scan_triton(
