@@ -14,9 +14,11 @@ State math is fp32 whatever the input dtype; the output has ``u``'s dtype.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -107,6 +109,20 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
 
 
 _CONFIG_OVERRIDE: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def tile_override(cfg: dict[str, Any]) -> Iterator[None]:
+    """Within the block every call uses the entries of ``cfg`` over :func:`pick_config`'s (tile sweeps, tests);
+    the previous override is restored on exit."""
+    saved = dict(_CONFIG_OVERRIDE)
+    _CONFIG_OVERRIDE.clear()
+    _CONFIG_OVERRIDE.update(cfg)
+    try:
+        yield
+    finally:
+        _CONFIG_OVERRIDE.clear()
+        _CONFIG_OVERRIDE.update(saved)
 
 # launchers of compiled kernels by (kernel, int arguments, tensor dtypes, constexprs, num_warps, device); see _launch
 _LAUNCH_CACHE: dict[tuple, tuple] = {}
