@@ -9,7 +9,7 @@ import typer
 from mambaseg.cli._common import console, handle_errors
 
 
-def _predict_volumes(predictor, checkpoint: Path, input: Path, out: Path, batch_size: int, intensity: str) -> bool:
+def _predict_volumes(predictor, input: Path, out: Path, batch_size: int, intensity: str) -> bool:
     """3-D inputs (NIfTI/h5/npz/npy volume, or a folder holding only such files): slice-wise prediction written
     as label volumes with the source geometry (:mod:`mambaseg.inference.volume`). Returns False for 2-D inputs."""
     from mambaseg.inference.volume import is_volume_path, predict_volume_file
@@ -27,10 +27,9 @@ def _predict_volumes(predictor, checkpoint: Path, input: Path, out: Path, batch_
         return False
     values = list(predictor.label_map.values())
     if intensity == "auto":
-        from mambaseg.engine import load_checkpoint
         from mambaseg.inference.volume import intensity_for_checkpoint
 
-        intensity = intensity_for_checkpoint(load_checkpoint(checkpoint, map_location="cpu"))
+        intensity = intensity_for_checkpoint(predictor.info.get("training") or {})
     for v in vols:
         target = out if len(vols) == 1 or not is_volume_path(out) else out.parent
         written = predict_volume_file(predictor.model, v, target, image_size=predictor.image_size,
@@ -61,7 +60,7 @@ def predict(
     from mambaseg.inference import list_images, load
 
     predictor = load(checkpoint, device=device, threshold=threshold)
-    if _predict_volumes(predictor, checkpoint, input, out, batch_size, intensity):
+    if _predict_volumes(predictor, input, out, batch_size, intensity):
         return
     files = list_images(input)
     with Progress(console=console, transient=True) as bar:

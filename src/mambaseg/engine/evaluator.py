@@ -76,6 +76,19 @@ class Evaluator(abc.ABC):
         """A few scalars to show in progress lines and summary tables (default: flattened top-level scalars)."""
         return {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
+    def summary_table(self, summary: dict[str, Any], run_dir: Any) -> Any:
+        """Rich table of a result (plus ``best_epoch`` and the ``train`` record) printed at the end of a run and by
+        ``evaluate`` (default: the :meth:`headline` scalars)."""
+        from rich.table import Table
+
+        table = Table(title=f"validation metrics of the best checkpoint (epoch {summary.get('best_epoch')})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in self.headline(summary).items():
+            table.add_row(k, f"{v:.4f}")
+        table.caption = str(run_dir)
+        return table
+
 
 def lookup_metric(result: dict[str, Any], name: str) -> float:
     """Value of a metric by key or dotted path (``"dice"``, ``"pooled.iou"``).
@@ -233,3 +246,29 @@ class SegmentationEvaluator2D(Evaluator):
     def headline(self, result: dict[str, Any]) -> dict[str, float]:
         keys = ("loss", "dice", "iou", "per_case_dice")
         return {k: float(result[k]) for k in keys if isinstance(result.get(k), (int, float))}
+
+    def summary_table(self, summary: dict[str, Any], run_dir: Any) -> Any:
+        """Pooled and per-case DSC / IoU / accuracy / sensitivity / specificity, caption with the run's speed."""
+        from rich.table import Table
+
+        table = Table(title=f"validation metrics of the best checkpoint (epoch {summary.get('best_epoch')})")
+        table.add_column("reduction")
+        cols = ["dsc", "iou", "acc", "sen", "spe"]
+        for c in cols:
+            table.add_column(c, justify="right")
+        for red in ("pooled", "per_case"):
+            block = summary.get(red)
+            if not isinstance(block, dict):
+                continue
+            row = []
+            for c in cols:
+                v = block.get(c)
+                row.append(f"{float(v):.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-")
+            table.add_row(red, *row)
+        tr = summary.get("train") or {}
+        if tr:
+            table.caption = (f"{tr.get('epochs')} epochs, {tr.get('steps')} steps, {tr.get('seconds')} s, "
+                             f"{tr.get('images_per_second')} img/s — {run_dir}")
+        else:
+            table.caption = f"{summary.get('n_images')} images — {run_dir}"
+        return table

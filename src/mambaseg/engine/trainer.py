@@ -490,11 +490,12 @@ def _train(
                         logits = train_model(x)
                     loss = loss_fn(logits.float(), y)
                     bs = x.shape[0]
-                    # one small all-reduce per step: global loss sum, sample count and a non-finite flag
-                    lv = loss.detach().double().cpu()
-                    finite = bool(torch.isfinite(lv))
-                    red = all_reduce_sum(torch.tensor([lv.item() * bs if finite else 0.0, bs,
-                                                       0.0 if finite else 1.0], dtype=torch.float64), ctx)
+                    # one small all-reduce per step, on the device: global loss sum, sample count and a non-finite
+                    # flag; then one copy to the host
+                    lv = loss.detach().double()
+                    finite = torch.isfinite(lv)
+                    red = all_reduce_sum(torch.stack([torch.where(finite, lv * bs, 0.0), torch.full_like(lv, bs),
+                                                      (~finite).double()]), ctx).cpu()
                     if red[2] > 0:
                         _diverged(logger, bar, ckpt_dir, epoch, step, "loss", optimizer)
                     optimizer.zero_grad(set_to_none=True)
@@ -540,8 +541,7 @@ def _train(
                             save_checkpoint(ckpt_dir / "best.pt", payload(epoch + 1, metrics, training=False))
                 record["time"] = time.perf_counter() - te
                 history.append(record)
-                final_epoch = last_epoch or epoch + 1 == tc.epochs
-                saved = (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or final_epoch
+                saved = (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or last_epoch
                 if ctx.is_main and saved:
                     save_checkpoint(ckpt_dir / "last.pt", payload(epoch + 1, last_metrics, training=True))
                 if ctx.is_main:
@@ -549,7 +549,7 @@ def _train(
                                    prefix="train/")
                     if "val" in record:
                         logger.scalars(flatten_metrics(last_metrics), epoch + 1, prefix="val/")
-                    logger.history(history, final=final_epoch)
+                    logger.history(history, final=last_epoch)
                     line = _epoch_line(record, tc.epochs)
                     logger.log(line)
                     bar.print(line)
@@ -601,7 +601,7 @@ def _train(
                    f"best {tc.best_metric} = {best_value} at epoch {best_epoch}")
         logger.close()
         if console is not None:
-            console.print(_summary_table(summary, run_dir))
+            console.print(task.evaluator.summary_table(summary, run_dir))
     barrier(ctx)
     return TrainResult(run_dir=run_dir, metrics=summary, best_epoch=best_epoch,
                        best_value=float(best_value) if best_value is not None else float("nan"),
@@ -611,17 +611,16 @@ def _train(
 
 def _check_image_size(model: nn.Module, cfg: RunConfig) -> None:
     """Fail before training when ``data.image_size`` does not suit the model (clear message with a valid size)."""
-    from mambaseg.models.base import nearest_valid_size
-
-    stride = int(getattr(model, "stride", 1) or 1)
+    check = getattr(model, "check_size", None)
+    if check is None:
+        return
     h, w = (int(v) for v in cfg.data.image_size)
-    fixed = getattr(model, "fixed_size", None)
-    if fixed is not None and (h, w) != tuple(fixed):
-        raise ValueError(f"model {cfg.model.name!r} was built for {tuple(fixed)} inputs but data.image_size is {(h, w)}")
-    if h % stride or w % stride:
-        hh, ww = nearest_valid_size(h, stride), nearest_valid_size(w, stride)
-        raise ValueError(f"--image-size {h},{w} does not suit {cfg.model.name!r}: H and W must be multiples of "
-                         f"{stride}; use --image-size {hh},{ww}")
+    try:
+        check(h, w)
+    except ValueError as exc:
+        hh, ww = model.valid_size(h, w)
+        raise ValueError(f"--image-size {h},{w} does not suit {cfg.model.name!r}: {exc}; "
+                         f"use --image-size {hh},{ww}") from None
 
 
 def _deterministic(enabled: bool):
@@ -661,41 +660,6 @@ def _epoch_line(rec: dict[str, Any], epochs: int) -> str:
     if rec.get("best"):
         parts.append("(best)")
     return " | ".join(parts)
-
-
-def _summary_table(summary: dict[str, Any], run_dir: Path) -> Any:
-    from rich.table import Table
-
-    if isinstance(summary.get("classes"), dict):  # per-volume evaluator (mambaseg.engine.volumetric)
-        from mambaseg.engine.volumetric import volume_summary_table
-
-        return volume_summary_table(summary, run_dir)
-    table = Table(title=f"validation metrics of the best checkpoint (epoch {summary.get('best_epoch')})")
-    table.add_column("reduction")
-    cols = ["dsc", "iou", "acc", "sen", "spe"]
-    for c in cols:
-        table.add_column(c, justify="right")
-    for red in ("pooled", "per_case"):
-        block = summary.get(red)
-        if not isinstance(block, dict):
-            continue
-        row = []
-        for c in cols:
-            v = _fg_value(block, c)
-            row.append(f"{v:.4f}" if v is not None else "-")
-        table.add_row(red, *row)
-    tr = summary.get("train") or {}
-    if tr:
-        table.caption = (f"{tr.get('epochs')} epochs, {tr.get('steps')} steps, {tr.get('seconds')} s, "
-                         f"{tr.get('images_per_second')} img/s — {run_dir}")
-    else:
-        table.caption = f"{summary.get('n_images')} images — {run_dir}"
-    return table
-
-
-def _fg_value(block: dict[str, Any], key: str) -> float | None:
-    v = block.get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def evaluate_checkpoint(
@@ -759,7 +723,8 @@ def evaluate_checkpoint(
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out) / "metrics.json", result)
     if console is not None:
-        table = _summary_table({**result, "best_epoch": ckpt.get("epoch"), "train": {}}, Path(str(checkpoint)))
+        table = task.evaluator.summary_table({**result, "best_epoch": ckpt.get("epoch"), "train": {}},
+                                             Path(str(checkpoint)))
         table.title = f"{split} metrics of {checkpoint} (epoch {ckpt.get('epoch')})"
         console.print(table)
     return result

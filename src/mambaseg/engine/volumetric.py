@@ -140,6 +140,9 @@ class SlicewiseVolumeEvaluator(Evaluator):
             out["loss"] = float(loss)
         return out
 
+    def summary_table(self, summary: dict[str, Any], run_dir: Any) -> Any:
+        return volume_summary_table(summary, run_dir)
+
     def headline(self, result: dict[str, Any]) -> dict[str, float]:
         out: dict[str, float] = {}
         for k in ("loss", "dice", "hd95"):

@@ -120,7 +120,9 @@ class Predictor:
         model = build_model(ckpt)
         norm = Normalization.from_dict(ckpt["normalization"]) if ckpt.get("normalization") else None
         info = {"checkpoint": str(checkpoint), "model": (ckpt.get("model") or {}).get("name"),
-                "epoch": ckpt.get("epoch"), "library_version": ckpt.get("library_version")}
+                "epoch": ckpt.get("epoch"), "library_version": ckpt.get("library_version"),
+                # the training data's description (layout, config), e.g. for the intensity mapping of volumes
+                "training": {"task": ckpt.get("task"), "config": ckpt.get("config")}}
         return cls(model, image_size=ckpt["image_size"], normalization=norm, label_map=ckpt.get("label_map"),
                    device=device, threshold=threshold, info=info)
 

@@ -309,9 +309,10 @@ class MetricAccumulator:
 
         if not (dist.is_available() and dist.is_initialized()):
             return
-        backend = dist.get_backend(group)
-        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        st = self.state().to(device)
+        from mambaseg.utils.distributed import collective_device
+
+        st = self.state()
+        st = st.to(collective_device(st.device, group))
         dist.all_reduce(st, op=dist.ReduceOp.SUM, group=group)
         keep, ids = self._cases, self._ids
         self.load_state(st)

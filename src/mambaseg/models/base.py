@@ -62,7 +62,16 @@ class SegmentationModel(nn.Module):
                 f"{type(self).__name__} was built with in_chans={self.in_chans} but the input has {x.shape[1]} "
                 "channels; rebuild with create_model(..., in_chans=...)"
             )
-        h, w = int(x.shape[-2]), int(x.shape[-1])
+        self.check_size(int(x.shape[-2]), int(x.shape[-1]))
+
+    def valid_size(self, h: int, w: int) -> tuple[int, int]:
+        """The input size nearest to (h, w) that the model takes (its fixed size, if it has one)."""
+        if self.fixed_size is not None:
+            return (int(self.fixed_size[0]), int(self.fixed_size[1]))
+        return nearest_valid_size(h, self.stride), nearest_valid_size(w, self.stride)
+
+    def check_size(self, h: int, w: int) -> None:
+        """Raise ``ValueError`` naming a valid size if the model cannot take (h, w) inputs."""
         if self.fixed_size is not None and (h, w) != tuple(self.fixed_size):
             raise ValueError(
                 f"{type(self).__name__} was built for img_size={tuple(self.fixed_size)} (H, W) but got {(h, w)}; "
@@ -72,5 +81,5 @@ class SegmentationModel(nn.Module):
         if h % s or w % s:
             raise ValueError(
                 f"{type(self).__name__} needs H and W divisible by {s}, got {(h, w)}; "
-                f"nearest valid size is {(nearest_valid_size(h, s), nearest_valid_size(w, s))}"
+                f"nearest valid size is {self.valid_size(h, w)}"
             )

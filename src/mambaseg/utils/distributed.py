@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "all_reduce_sum", "all_gather_objects", "barrier"]
+__all__ = ["DistContext", "init_distributed", "all_reduce_sum", "all_gather_objects", "barrier", "collective_device"]
 
 
 @dataclass
@@ -71,18 +71,21 @@ def init_distributed(device_type: str) -> DistContext:
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, initialized_here=here)
 
 
+def collective_device(device: torch.device, group: Any = None) -> torch.device:
+    """Where a tensor on ``device`` must be for a collective: NCCL reduces CUDA tensors only (this process's
+    current CUDA device); other backends take it where it is."""
+    if dist.get_backend(group) == "nccl" and device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Sum ``t`` over all processes (no-op in a single process); returns a new tensor."""
-    out = t.clone()
-    if ctx.enabled:
-        if dist.get_backend() == "nccl" and out.device.type != "cuda":
-            # NCCL reduces CUDA tensors only: go through the device this process was given
-            dev = torch.device("cuda", torch.cuda.current_device())
-            red = out.to(dev)
-            dist.all_reduce(red, op=dist.ReduceOp.SUM)
-            return red.to(t.device)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    """Sum ``t`` over all processes (no-op in a single process); returns a new tensor on ``t``'s device."""
+    if not ctx.enabled:
+        return t.clone()
+    out = t.to(collective_device(t.device), copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(t.device)
 
 
 def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
