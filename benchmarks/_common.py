@@ -89,10 +89,11 @@ def training_summary(res) -> dict:
     }
 
 
-def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
+def write_json(name: str | Path, payload: dict | list, indent: int = 2) -> Path:
+    """Write ``payload`` as JSON atomically; ``name`` is a file name in :data:`RESULTS` or (a ``Path``) any file."""
+    path = name if isinstance(name, Path) else RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.write_text(json.dumps(payload, indent=indent) + "\n")
     os.replace(tmp, path)
     return path

@@ -21,9 +21,9 @@ Smoke test on CPU (tiny batch, two steps): ``--device cpu --batch-size 2 --max-s
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing as mp
+import os
 import sys
 import threading
 import time
@@ -81,6 +81,14 @@ def probe_step_time(model_name: str, num_classes: int, batch: int, size: int, de
     return times[len(times) // 2]
 
 
+def _train_slices(cache: str) -> int:
+    """Number of training slices in a volcache ``.npz`` (read from its id array only)."""
+    import numpy as np
+
+    with np.load(cache, allow_pickle=False) as z:
+        return len(z["train_ids"])
+
+
 def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> dict[str, Any]:
     import torch
 
@@ -91,25 +99,23 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
     cfg = load_recipe(f"{model_name}_acdc")
     if args.batch_size:
         cfg = apply_overrides(cfg, [f"train.batch_size={args.batch_size}"])
-    n_train = 658
+    n_train = _train_slices(args.cache)
     steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
     n_val = max(1, args.validations)
-    import os
-
     from mambaseg.ops import ENV_VAR, resolve_backend
 
     backend_note = ""
     if args.epochs is None:
+        probe_args = (model_name, 4, cfg.train.batch_size, 224, args.device, dict(cfg.model.kwargs))
         try:
-            step_s = probe_step_time(model_name, 4, cfg.train.batch_size, 224, args.device, dict(cfg.model.kwargs),
-                                     barrier=barrier)
+            step_s = probe_step_time(*probe_args, barrier=barrier)
         except Exception as exc:  # e.g. a scan-kernel failure: retry once with the pure-PyTorch scan
             if os.environ.get(ENV_VAR) == "torch":
                 raise
             backend_note = f"default scan backend failed in the probe ({type(exc).__name__}: {exc}); used 'torch'"
             print(f"[{model_name}] {backend_note}", flush=True)
             os.environ[ENV_VAR] = "torch"  # this benchmark process only
-            step_s = probe_step_time(model_name, 4, cfg.train.batch_size, 224, args.device, dict(cfg.model.kwargs))
+            step_s = probe_step_time(*probe_args)
         # data loading, logging and checkpointing add to the compute: keep a margin; validations budgeted apart
         epoch_s = steps_per_epoch * step_s * args.overhead
         epochs = max(2, int((args.budget_s - n_val * args.val_s) // epoch_s))
@@ -141,14 +147,11 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
     t_eval = time.perf_counter()
     test = evaluate_checkpoint(best, split="test", device=args.device, batch_size=32)
     eval_s = time.perf_counter() - t_eval
-    history = json.loads((out_dir / "history.json").read_text()) if (out_dir / "history.json").is_file() else None
-    n_params = sum(p.numel() for p in __import__("mambaseg").create_model(
-        model_name, num_classes=4, in_chans=1, **dict(cfg.model.kwargs)).parameters())
     return {
         "model": model_name,
         "recipe": f"{model_name}_acdc",
-        "params": n_params,
-        "data": {"cache": args.cache, "train": "train_slices (658 slices of 35 patients)",
+        "params": res.metrics["model"]["params"],
+        "data": {"cache": args.cache, "train": f"train_slices ({n_train} slices of 35 patients)",
                  "selection": "val (20 volumes), mean Dice, transunet policy", "report": "test (40 volumes)"},
         "overrides": overrides,
         "probe_ms_per_step": step_s * 1000,
@@ -162,7 +165,7 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
         "best_epoch": res.best_epoch,
         "best_val": res.metrics,
         "test": test,
-        "history": history,
+        "history": res.history,
         "wall_s": {"probe_and_setup": t_train - t_start, "train_incl_val": train_s, "test_eval": eval_s,
                    "total": time.perf_counter() - t_start},
         "gpu_shared_with": [m for m in args.models.split(",") if m != model_name] if args.parallel else [],

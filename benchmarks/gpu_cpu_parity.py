@@ -10,7 +10,7 @@ import torch
 
 import mambaseg
 from _common import environment, write_json
-from mambaseg.ops import available_backends
+from mambaseg.ops import available_backends, use_backend
 
 
 def main() -> None:
@@ -28,10 +28,7 @@ def main() -> None:
     for name, st in available_backends().items():
         if name == "ref" or not st.available:
             continue
-        for m in model.modules():
-            if hasattr(m, "backend") and hasattr(m, "scan"):
-                m.backend = name
-        with torch.inference_mode():
+        with use_backend(name), torch.inference_mode():  # the SS2D layers' backend is None: the context applies
             y = model(x.cuda()).cpu()
         rows.append({
             "backend": name,

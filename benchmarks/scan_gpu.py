@@ -17,7 +17,6 @@ Anchor shapes (batch, K, d_inner, L, N) and the official CUDA kernel's times on 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -26,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from _common import cuda_event_times, device_tag, environment
+from _common import RESULTS, cuda_event_times, device_tag, environment, write_json
 
 ANCHORS = [
     # batch, K, d_inner, L, N, official fwd ms, official fwd+bwd ms
@@ -161,36 +160,33 @@ def sweep(shapes: list[int], warmup: int, reps: int) -> list[dict[str, Any]]:
         inp = make_inputs(b, k, d, seqlen, n)
         gy = torch.randn(b, k * d, seqlen, device="cuda")
         base = dict(sst.pick_config(d, seqlen, n))
-        if n > 4:
-            fwd_c = [(16, 1, 8), (8, 1, 16), (32, 1, 4)]
-            bwd_c = [(8, 1, 8), (4, 1, 16), (16, 1, 4)]
+        if n == 1:  # the channel-per-lane kernels with their table tiles, then the segment-parallel grid
+            n1 = [{"SEG1": 0}] + [{"SEG1": seg, "BLOCK_D1": bd, "num_warps1": nw}
+                                  for seg in (64, 128, 256) for bd in (8, 16) for nw in (4, 8)]
+            cands_by_mode = {"fwd": n1, "fwdbwd": n1}
         else:
-            fwd_c = [(bd, 1, bl) for bd in (1, 2, 4, 8) for bl in (32, 64, 128, 256)]
-            bwd_c = [(bd, 1, bl) for bd in (1, 2, 4) for bl in (16, 32, 64, 128)]
-        cands_by_mode = {}
-        for mode, cands in (("fwd", fwd_c), ("fwdbwd", bwd_c)):
-            lst = []
-            for bd, nw, bl in cands:
-                cand = {"num_warps": nw, "BLOCK_L_FWD": bl, "BLOCK_L_BWD": bl, "SEG1": 0}
-                cand["BLOCK_D_FWD" if mode == "fwd" else "BLOCK_D_BWD"] = bd
-                lst.append(cand)
-            if n == 1:  # the channel-per-lane kernels with their table tiles, then the segment-parallel grid
-                lst = [{"SEG1": 0}] + [{"SEG1": seg, "BLOCK_D1": bd, "num_warps1": nw}
-                                       for seg in (64, 128, 256) for bd in (8, 16) for nw in (4, 8)]
-            cands_by_mode[mode] = lst
+            if n > 4:
+                fwd_c = [(16, 1, 8), (8, 1, 16), (32, 1, 4)]
+                bwd_c = [(8, 1, 8), (4, 1, 16), (16, 1, 4)]
+            else:
+                fwd_c = [(bd, 1, bl) for bd in (1, 2, 4, 8) for bl in (32, 64, 128, 256)]
+                bwd_c = [(bd, 1, bl) for bd in (1, 2, 4) for bl in (16, 32, 64, 128)]
+            cands_by_mode = {
+                mode: [{"num_warps": nw, "BLOCK_L_FWD": bl, "BLOCK_L_BWD": bl, "SEG1": 0, block_d: bd}
+                       for bd, nw, bl in cands]
+                for mode, block_d, cands in (("fwd", "BLOCK_D_FWD", fwd_c), ("fwdbwd", "BLOCK_D_BWD", bwd_c))
+            }
         f, fb = calls("triton", inp, gy)  # the tile configuration is read on every call
         for mode, cands in cands_by_mode.items():
             for cand in cands:
-                sst._CONFIG_OVERRIDE.clear()
-                sst._CONFIG_OVERRIDE.update(cand)
-                try:
-                    ms = cuda_time(f if mode == "fwd" else fb, warmup, reps)
-                except Exception as exc:  # compilation failures (e.g. out of registers / shared memory)
-                    print(f"shape {i} {mode} {cand} failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
-                    continue
+                with sst.tile_override(cand):
+                    try:
+                        ms = cuda_time(f if mode == "fwd" else fb, warmup, reps)
+                    except Exception as exc:  # compilation failures (e.g. out of registers / shared memory)
+                        print(f"shape {i} {mode} {cand} failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+                        continue
                 rows.append({"shape": i, "mode": mode, **cand, "ms": ms})
                 print(f"shape {i} {mode} {cand} {ms:.3f} ms", flush=True)
-        sst._CONFIG_OVERRIDE.clear()
         mine = [r for r in rows if r["shape"] == i]
         if mine:
             bf = min((r for r in mine if r["mode"] == "fwd"), key=lambda r: r["ms"], default=None)
@@ -217,11 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         rows = sweep(shapes, args.warmup, args.reps)
         if args.out:
-            Path(args.out).write_text(json.dumps(rows, indent=1))
+            write_json(Path(args.out), rows, indent=1)
         return 0
 
-    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"scan_gpu_{device_tag()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else RESULTS / f"scan_gpu_{device_tag()}.json"
     result = {
         **environment(),
         "timing": (
@@ -264,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         del inp, gy
         torch.cuda.empty_cache()
-        out.write_text(json.dumps(result, indent=1))  # after every row, so partial runs keep their numbers
+        write_json(out, result, indent=1)  # after every row, so partial runs keep their numbers
 
     print(f"wrote {out}")
     print("\n| batch, K, d_inner, L, N | triton fwd | triton fwd+bwd | official fwd+bwd | ratio | torch fwd+bwd | rel_err |")

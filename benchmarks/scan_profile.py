@@ -9,10 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
-from scan_gpu import ANCHORS, calls, cuda_time, graph_time, make_inputs
+from _common import environment
+from scan_gpu import ANCHORS, GRAD_KEYS, _fn, calls, check, cuda_time, graph_time, make_inputs
+
+
+def _problem(spec: str | Sequence[int], seed: int) -> tuple[tuple[int, ...], dict[str, Any], torch.Tensor]:
+    """(batch, k, d, L, N), the scan inputs (``make_inputs`` with ``seed``) and an output gradient of a problem
+    given as a ``batch:k:d:L:N`` string or as those five numbers."""
+    dims = tuple(int(v) for v in spec.split(":")) if isinstance(spec, str) else tuple(spec)
+    b, k, d, seqlen, n = dims
+    inp = make_inputs(b, k, d, seqlen, n, seed=seed)
+    gy = torch.randn(b, k * d, seqlen, device="cuda")
+    return dims, inp, gy
 
 
 class _Trivial(torch.autograd.Function):
@@ -49,13 +61,9 @@ def host_profile(configs: list[str], n_calls: int = 300, shape: str = "1:4:8:64:
     import io
     import pstats
 
-    from scan_gpu import GRAD_KEYS
-
     from mambaseg.ops import selective_scan_triton as sst
 
-    b, k, d, seqlen, n = (int(v) for v in shape.split(":"))
-    inp = make_inputs(b, k, d, seqlen, n, seed=0)
-    gy = torch.randn(b, k * d, seqlen, device="cuda")
+    _, inp, gy = _problem(shape, seed=0)
     f, fb = calls("triton", inp, gy)  # the tile configuration is read on every call
     leaves = {key: inp[key].detach().requires_grad_(True) for key in GRAD_KEYS}
     pre = tuple(torch.zeros_like(inp[key]) for key in GRAD_KEYS[1:])
@@ -64,12 +72,10 @@ def host_profile(configs: list[str], n_calls: int = 300, shape: str = "1:4:8:64:
         y = _Trivial.apply(*(leaves[key] for key in GRAD_KEYS), pre)
         torch.autograd.grad(y, [leaves[key] for key in GRAD_KEYS], gy)
 
-    def fwd_grad() -> None:
-        f_in = {**inp, **leaves}
-        from mambaseg.ops import selective_scan
+    fn = _fn("triton")
 
-        selective_scan(f_in["u"], f_in["delta"], f_in["A"], f_in["B"], f_in["C"], f_in["D"],
-                       delta_bias=f_in["delta_bias"], delta_softplus=True, backend="triton")
+    def fwd_grad() -> None:
+        fn({**inp, **leaves})
 
     report: dict = {"shape": shape, "n_calls": n_calls}
     report["trivial_function_fwdbwd_us"] = _wall_us(trivial, n_calls)
@@ -77,34 +83,32 @@ def host_profile(configs: list[str], n_calls: int = 300, shape: str = "1:4:8:64:
           flush=True)
     real_launch = sst._launch
     for cfg in configs:
-        sst._CONFIG_OVERRIDE.clear()
-        sst._CONFIG_OVERRIDE.update(json.loads(cfg))
-        row = {}
-        for name, call in (("fwd", f), ("fwd_with_grad", fwd_grad), ("fwdbwd", fb)):
-            row[name] = _wall_us(call, n_calls)
-        try:
-            sst._launch = lambda *a, **kw: None  # the same calls without any kernel launch
-            for name, call in (("fwd", f), ("fwdbwd", fb)):
-                row[name + "_no_launch"] = _wall_us(call, n_calls)
-        finally:
-            sst._launch = real_launch
-        report[cfg] = row
-        print(f"host {cfg}: " + " ".join(f"{key} {v:.1f}us" for key, v in row.items()), flush=True)
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(n_calls):
-            fb()
-        prof.disable()
-        torch.cuda.synchronize()
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
-        print(buf.getvalue(), flush=True)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as tprof:
-            for _ in range(50):
+        with sst.tile_override(json.loads(cfg)):
+            row = {}
+            for name, call in (("fwd", f), ("fwd_with_grad", fwd_grad), ("fwdbwd", fb)):
+                row[name] = _wall_us(call, n_calls)
+            try:
+                sst._launch = lambda *a, **kw: None  # the same calls without any kernel launch
+                for name, call in (("fwd", f), ("fwdbwd", fb)):
+                    row[name + "_no_launch"] = _wall_us(call, n_calls)
+            finally:
+                sst._launch = real_launch
+            report[cfg] = row
+            print(f"host {cfg}: " + " ".join(f"{key} {v:.1f}us" for key, v in row.items()), flush=True)
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(n_calls):
                 fb()
-        print(tprof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60),
-              flush=True)
-    sst._CONFIG_OVERRIDE.clear()
+            prof.disable()
+            torch.cuda.synchronize()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+            print(buf.getvalue(), flush=True)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as tprof:
+                for _ in range(50):
+                    fb()
+            print(tprof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60),
+                  flush=True)
     if out:
         Path(out).write_text(json.dumps(report, indent=1))
 
@@ -112,23 +116,16 @@ def host_profile(configs: list[str], n_calls: int = 300, shape: str = "1:4:8:64:
 def check_shapes(shapes: str, out: str | None, config: str = "{}") -> None:
     """Triton vs the torch backend (full batch) and vs float64 (batch slice 1), forward and every gradient, on
     batch:k:d:L:N shapes (small batches take the N = 1 segment-parallel kernels), under a tile configuration."""
-    from scan_gpu import check
-
-    from _common import environment
     from mambaseg.ops import selective_scan_triton as sst
 
-    sst._CONFIG_OVERRIDE.clear()
-    sst._CONFIG_OVERRIDE.update(json.loads(config))
     res = {"what": check_shapes.__doc__, **environment(), "config": json.loads(config), "rel_err": {}}
-    for spec in shapes.split(","):
-        b, k, d, seqlen, n = (int(v) for v in spec.split(":"))
-        inp = make_inputs(b, k, d, seqlen, n, seed=1)
-        gy = torch.randn(b, k * d, seqlen, device="cuda")
-        r = check(inp, gy, 1)
-        res["rel_err"][spec] = r
-        print(f"check {spec}: y {r['rel_err']:.2e} grads {r['rel_err_grads']:.2e} "
-              f"y_fp64 {r['rel_err_fp64']:.2e} grads_fp64 {r['rel_err_grads_fp64']:.2e}", flush=True)
-    sst._CONFIG_OVERRIDE.clear()
+    with sst.tile_override(json.loads(config)):
+        for spec in shapes.split(","):
+            _, inp, gy = _problem(spec, seed=1)
+            r = check(inp, gy, 1)
+            res["rel_err"][spec] = r
+            print(f"check {spec}: y {r['rel_err']:.2e} grads {r['rel_err_grads']:.2e} "
+                  f"y_fp64 {r['rel_err_fp64']:.2e} grads_fp64 {r['rel_err_grads_fp64']:.2e}", flush=True)
     if out:
         Path(out).write_text(json.dumps(res, indent=1))
 
@@ -156,32 +153,28 @@ def main() -> None:
 
     for i in args.shapes.split(","):
         if ":" in i:
-            b, k, d, seqlen, n = (int(v) for v in i.split(":"))
-            off_f = off_fb = float("nan")
+            spec, off_f, off_fb = i, float("nan"), float("nan")
         else:
-            b, k, d, seqlen, n, off_f, off_fb = ANCHORS[int(i)]
-        inp = make_inputs(b, k, d, seqlen, n, seed=0)
-        gy = torch.randn(b, k * d, seqlen, device="cuda")
+            *spec, off_f, off_fb = ANCHORS[int(i)]
+        (b, k, d, seqlen, n), inp, gy = _problem(spec, seed=0)
         f, fb = calls("triton", inp, gy)
         for cfg in args.configs:
-            sst._CONFIG_OVERRIDE.clear()
-            sst._CONFIG_OVERRIDE.update(json.loads(cfg))
-            try:
-                t = {"fwd": cuda_time(f, 5, args.reps), "fwdbwd": cuda_time(fb, 5, args.reps),
-                     "fwd_graph": graph_time(f, args.reps), "fwdbwd_graph": graph_time(fb, args.reps)}
-            except Exception as exc:  # a tile configuration that does not compile (registers, shared memory)
-                print(f"shape {i} cfg {cfg} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-                continue
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
-                                                    torch.profiler.ProfilerActivity.CPU]) as prof:
-                for _ in range(5):
-                    fb()
-                torch.cuda.synchronize()
+            with sst.tile_override(json.loads(cfg)):
+                try:
+                    t = {"fwd": cuda_time(f, 5, args.reps), "fwdbwd": cuda_time(fb, 5, args.reps),
+                         "fwd_graph": graph_time(f, args.reps), "fwdbwd_graph": graph_time(fb, args.reps)}
+                except Exception as exc:  # a tile configuration that does not compile (registers, shared memory)
+                    print(f"shape {i} cfg {cfg} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                    continue
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
+                                                        torch.profiler.ProfilerActivity.CPU]) as prof:
+                    for _ in range(5):
+                        fb()
+                    torch.cuda.synchronize()
             print(f"shape {i} ({b},{k},{d},{seqlen},{n}) official {off_f}/{off_fb} cfg {cfg}: "
                   + " ".join(f"{key} {v:.3f}" for key, v in t.items() if v is not None), flush=True)
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50),
                   flush=True)
-        sst._CONFIG_OVERRIDE.clear()
 
 
 if __name__ == "__main__":

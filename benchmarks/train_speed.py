@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from _common import cuda_event_times, device_tag, environment
+from _common import RESULTS, cuda_event_times, device_tag, environment, write_json
 
 OFFICIAL = {  # model -> precision -> (train img/s, infer img/s, train peak GiB), H100, official code + CUDA kernel
     "vmunet": {"fp32": (134.9, 481.6, 15.38), "bf16": (166.8, 535.3, 12.13)},
@@ -119,13 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         "timing": f"CUDA events per step, median of {args.steps} after {args.warmup} warm-up steps",
         "rows": rows,
     }
-    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"train_speed_{device_tag()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else RESULTS / f"train_speed_{device_tag()}.json"
     for prec in precisions:
         row = bench(args.model, prec, args.batch, args.size, args.warmup, args.steps, backend)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        out.write_text(json.dumps(result, indent=1))  # after every row, so partial runs keep their numbers
+        write_json(out, result, indent=1)  # after every row, so partial runs keep their numbers
     print(f"wrote {out}")
     print("\n| model | precision | train img/s | infer img/s | peak GiB | official train / infer / peak |")
     for r in rows:

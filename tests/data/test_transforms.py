@@ -221,8 +221,6 @@ def test_slice_augment_pickles_for_spawned_workers(preset):
     """DataLoader workers started with ``spawn`` (macOS/Windows default) pickle the dataset and its augmentation."""
     import pickle
 
-    import numpy as np
-
     from mambaseg.data.volumetric import SliceAugment
 
     aug = SliceAugment(preset)

@@ -38,22 +38,33 @@ def test_run_directory_outputs(tiny_model, synthetic_data, tmp_path):
     assert len(res.history) == 2 and res.steps == 4
 
 
-def test_resume_equals_uninterrupted(tiny_model, synthetic_data, tmp_path):
-    full = tmp_path / "full"
-    train(tiny_config(synthetic_data, full))
-
-    part = tmp_path / "part"
+def _full_and_resumed_runs(data, tmp_path, sets=None, *, resume_from_file=False, before_resume=None):
+    """Train ``full`` uninterrupted; train ``part`` with the same settings, killed after epoch 1, call
+    ``before_resume(part)``, then resume it (``resume=True``, or its ``last.pt`` path) to the end. Returns both
+    run directories."""
+    sets = sets or {}
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(tiny_config(data, full, **sets))
 
     def kill_after_first_epoch(state):
         if state["epoch"] == 1:
             raise TrainingInterrupted("simulated kill")
 
     with pytest.raises(TrainingInterrupted):
-        train(tiny_config(synthetic_data, part), callbacks=[kill_after_first_epoch])
-    assert load_checkpoint(part / "checkpoints" / "last.pt")["epoch"] == 1
-    # scramble the global RNG: resume must not depend on the state of the resuming process
-    torch.manual_seed(12345)
-    train(tiny_config(synthetic_data, part), resume=True)
+        train(tiny_config(data, part, **sets), callbacks=[kill_after_first_epoch])
+    if before_resume is not None:
+        before_resume(part)
+    train(tiny_config(data, part, **sets), resume=part / "checkpoints" / "last.pt" if resume_from_file else True)
+    return full, part
+
+
+def test_resume_equals_uninterrupted(tiny_model, synthetic_data, tmp_path):
+    def check_then_scramble_rng(part):
+        assert load_checkpoint(part / "checkpoints" / "last.pt")["epoch"] == 1
+        # scramble the global RNG: resume must not depend on the state of the resuming process
+        torch.manual_seed(12345)
+
+    full, part = _full_and_resumed_runs(synthetic_data, tmp_path, before_resume=check_then_scramble_rng)
     a, b = _weights(full / "checkpoints" / "last.pt"), _weights(part / "checkpoints" / "last.pt")
     assert a.keys() == b.keys()
     for k in a:
@@ -106,16 +117,7 @@ def test_resume_equals_uninterrupted_with_vmunet(synthetic_data, tmp_path):
     # the same check with a real (narrow) VM-UNet: drop path on, so RNG restoration matters
     sets = {"model.name": "vmunet_tiny", "model.kwargs": {"dims": 8, "d_state": 2, "drop_path_rate": 0.2},
             "train.epochs": 2}
-    full, part = tmp_path / "full", tmp_path / "part"
-    train(tiny_config(synthetic_data, full, **sets))
-
-    def kill(state):
-        if state["epoch"] == 1:
-            raise TrainingInterrupted("simulated kill")
-
-    with pytest.raises(TrainingInterrupted):
-        train(tiny_config(synthetic_data, part, **sets), callbacks=[kill])
-    train(tiny_config(synthetic_data, part, **sets), resume=part / "checkpoints" / "last.pt")
+    full, part = _full_and_resumed_runs(synthetic_data, tmp_path, sets, resume_from_file=True)
     a, b = _weights(full / "checkpoints" / "last.pt"), _weights(part / "checkpoints" / "last.pt")
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import h5py
@@ -13,6 +14,8 @@ from scipy import ndimage
 
 from mambaseg.data import Normalization, Volume
 from mambaseg.inference.volume import predict_volume, predict_volume_file, read_volume, write_prediction
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))  # the data tests' fixture builders
 
 
 class NearestCentre(nn.Module):
@@ -152,10 +155,6 @@ def test_single_channel_not_repeated_for_multimodal_models() -> None:
 
 def test_intensity_for_checkpoint(tmp_path: Path) -> None:
     pytest.importorskip("nibabel")
-    sys_path = str(Path(__file__).resolve().parents[1] / "data")
-    import sys
-
-    sys.path.insert(0, sys_path)
     from test_nnunet import make_nnunet
 
     from mambaseg.inference.volume import intensity_for_checkpoint

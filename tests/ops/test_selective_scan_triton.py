@@ -82,6 +82,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+def _ref64(u, delta, A, B, C, D, bias) -> torch.Tensor:
+    """The float64 reference scan (softplus on) of the inputs converted to float64 (float64 ones pass as they are)."""
+    from mambaseg.ops.selective_scan_ref import selective_scan_ref
+
+    return selective_scan_ref(u.double(), delta.double(), A.double(), B.double(), C.double(), D.double(),
+                              delta_bias=bias.double(), delta_softplus=True)  # fmt: skip
+
+
 def _run_case(name: str) -> dict[str, float]:
     """Forward and every gradient of the Triton backend vs the float64 reference (runs in the child)."""
     from mambaseg.ops import selective_scan_triton as sst
@@ -100,14 +108,10 @@ def _run_case(name: str) -> dict[str, float]:
         return fn(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw.get("D"), delta_bias=kw.get("delta_bias"),
                   delta_softplus=softplus)  # fmt: skip
 
-    sst._CONFIG_OVERRIDE.clear()
-    sst._CONFIG_OVERRIDE.update(tiles)
-    try:
+    with sst.tile_override(tiles):
         y = call(sst.selective_scan_triton, leaves)
         gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
         grads = torch.autograd.grad(y, leaves, gy)
-    finally:
-        sst._CONFIG_OVERRIDE.clear()
     y_ref = call(selective_scan_ref, leaves64)
     grads_ref = torch.autograd.grad(y_ref, leaves64, gy.double())
     out = {"y": _rel(y, y_ref) if torch.isfinite(y).all() and y.dtype == u.dtype else float("inf")}
@@ -121,40 +125,32 @@ def _run_extra() -> dict[str, float]:
     """bf16 inputs and dispatch through ``selective_scan(backend="triton")`` (runs in the child)."""
     from mambaseg.ops import selective_scan
     from mambaseg.ops import selective_scan_triton as sst
-    from mambaseg.ops.selective_scan_ref import selective_scan_ref
 
     out = {}
     u, delta, A, B, C, D, bias = _inputs(1, 2, 4, 11, 4, seed=3)
     ub, db, Bb, Cb = (t.bfloat16() for t in (u, delta, B, C))
     y = sst.selective_scan_triton(ub, db, A, Bb, Cb, D, delta_bias=bias, delta_softplus=True)
     # the kernel reads bf16 and computes in fp32: compare with the reference on the same bf16-rounded inputs
-    y_ref = selective_scan_ref(ub.double(), db.double(), A.double(), Bb.double(), Cb.double(), D.double(),
-                               delta_bias=bias.double(), delta_softplus=True)  # fmt: skip
+    y_ref = _ref64(ub, db, A, Bb, Cb, D, bias)
     out["bf16_dtype_ok"] = float(y.dtype == torch.bfloat16)
     out["bf16_rel"] = _rel(y.float(), y_ref)
     ok, _ = sst.is_available()
     out["available"] = float(ok)
     y = selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, backend="triton")
-    y_ref = selective_scan_ref(u.double(), delta.double(), A.double(), B.double(), C.double(), D.double(),
-                               delta_bias=bias.double(), delta_softplus=True)  # fmt: skip
+    y_ref = _ref64(u, delta, A, B, C, D, bias)
     out["dispatch_rel"] = _rel(y, y_ref)
     # bf16 inputs with an fp32 output (SS2D v0 under autocast): fp32 math on the bf16 values, gradients in the
     # inputs' dtypes; N=4 (channel-per-lane kernels) and N=1 (segment-parallel kernels, 3 segments)
     for n, tiles in ((4, {}), (1, {"SEG1": 4, "BLOCK_D1": 2})):
         u, delta, A, B, C, D, bias = _inputs(1, 2, 3, 11, n, seed=4)
         leaves = [t.bfloat16().requires_grad_(True) for t in (u, delta, B, C)]
-        sst._CONFIG_OVERRIDE.clear()
-        sst._CONFIG_OVERRIDE.update(tiles)
-        try:
+        with sst.tile_override(tiles):
             y = selective_scan(leaves[0], leaves[1], A, leaves[2], leaves[3], D, delta_bias=bias, delta_softplus=True,
                                backend="triton", out_dtype=torch.float32)  # fmt: skip
             gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
             grads = torch.autograd.grad(y, leaves, gy)
-        finally:
-            sst._CONFIG_OVERRIDE.clear()
         l64 = [t.detach().double().requires_grad_(True) for t in leaves]
-        y_ref = selective_scan_ref(l64[0], l64[1], A.double(), l64[2], l64[3], D.double(), delta_bias=bias.double(),
-                                   delta_softplus=True)  # fmt: skip
+        y_ref = _ref64(l64[0], l64[1], A, l64[2], l64[3], D, bias)
         g_ref = torch.autograd.grad(y_ref, l64, gy.double())
         out[f"f32out_n{n}_dtype_ok"] = float(y.dtype == torch.float32 and all(g.dtype == torch.bfloat16 for g in grads))
         out[f"f32out_n{n}_rel"] = _rel(y, y_ref)
@@ -195,6 +191,34 @@ print("RESULTS" + json.dumps(res))
 """
 
 
+class _FakeCompiled:
+    """Stand-in for a Triton ``CompiledKernel`` without its launch attributes: launched through ``[grid]``, each
+    launch appended to ``log`` as ``(grid, args)``."""
+
+    def __init__(self, log: list):
+        self.log = log
+
+    def __getitem__(self, grid):
+        return lambda *args: self.log.append((grid, args))
+
+
+class _FakeKernel:
+    """Stand-in for a Triton ``JITFunction``: ``kernel[grid](*args, num_warps=..., **constexprs)`` counts a
+    compilation in ``jit_calls`` and returns a :class:`_FakeCompiled` that logs its launches in ``calls``."""
+
+    def __init__(self, arg_names: list[str]):
+        self.arg_names = arg_names
+        self.jit_calls = 0
+        self.calls: list = []
+
+    def __getitem__(self, grid):
+        def run(*args, num_warps, **cx):
+            self.jit_calls += 1
+            return _FakeCompiled(self.calls)
+
+        return run
+
+
 @pytest.fixture(scope="module")
 def interp() -> dict:
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -220,28 +244,8 @@ def test_fast_launch_caches_the_compiled_kernel_per_specialisation(monkeypatch):
     CompiledKernel launch attributes is launched through its ``[grid]`` runner)."""
     from mambaseg.ops import selective_scan_triton as sst
 
-    class Compiled:
-        def __init__(self):
-            self.calls = []
-
-        def __getitem__(self, grid):
-            return lambda *args: self.calls.append((grid, args))
-
-    class Kernel:
-        arg_names = ["x_ptr", "n", "BLOCK", "FLAG"]
-
-        def __init__(self):
-            self.jit_calls = 0
-
-        def __getitem__(self, grid):
-            def run(*args, num_warps, **cx):
-                self.jit_calls += 1
-                return Compiled()
-
-            return run
-
     monkeypatch.setattr(sst, "_LAUNCH_CACHE", {})
-    kern = Kernel()
+    kern = _FakeKernel(["x_ptr", "n", "BLOCK", "FLAG"])
     x = torch.zeros(64)
     sst._launch(kern, (3,), (x,), (7,), num_warps=1, BLOCK=16, FLAG=True)  # compiles (normal path) and caches
     sst._launch(kern, (5,), (x,), (7,), num_warps=1, BLOCK=16, FLAG=True)  # cached: direct launch, args in order
@@ -259,24 +263,11 @@ def test_fast_launch_caches_the_compiled_kernel_per_specialisation(monkeypatch):
 def test_direct_runner_launches_in_signature_order_with_a_3d_grid(monkeypatch):
     from mambaseg.ops import selective_scan_triton as sst
 
-    calls = []
-
-    class Compiled:
-        def __getitem__(self, grid):
-            return lambda *args: calls.append((grid, args))
-
     monkeypatch.setattr(sst, "_LAUNCH_CACHE", {})
-
-    class Kernel:
-        arg_names = ["x_ptr", "y_ptr", "n", "BLOCK"]
-
-        def __getitem__(self, grid):
-            return lambda *args, num_warps, **cx: Compiled()
-
-    kern, x = Kernel(), torch.zeros(8)
+    kern, x = _FakeKernel(["x_ptr", "y_ptr", "n", "BLOCK"]), torch.zeros(8)
     sst._launch(kern, (2, 3), (x, x), (4,), num_warps=1, BLOCK=8)
     sst._launch(kern, (2, 3), (x, x), (4,), num_warps=1, BLOCK=8)
-    assert calls == [((2, 3, 1), (x, x, 4, 8))]
+    assert kern.calls == [((2, 3, 1), (x, x, 4, 8))]
 
 
 def test_misaligned_inputs_are_copied_to_aligned_storage():
