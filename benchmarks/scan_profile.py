@@ -81,18 +81,18 @@ def host_profile(configs: list[str], n_calls: int = 300, shape: str = "1:4:8:64:
     report["trivial_function_fwdbwd_us"] = _wall_us(trivial, n_calls)
     print(f"host trivial autograd Function (7 inputs) fwd+bwd: {report['trivial_function_fwdbwd_us']:.1f} us",
           flush=True)
-    real_launch = sst._launch
+    real_fire = sst._fire
     for cfg in configs:
         with sst.tile_override(json.loads(cfg)):
             row = {}
             for name, call in (("fwd", f), ("fwd_with_grad", fwd_grad), ("fwdbwd", fb)):
                 row[name] = _wall_us(call, n_calls)
             try:
-                sst._launch = lambda *a, **kw: None  # the same calls without any kernel launch
+                sst._fire = lambda *a, **kw: None  # the same calls without any kernel launch
                 for name, call in (("fwd", f), ("fwdbwd", fb)):
                     row[name + "_no_launch"] = _wall_us(call, n_calls)
             finally:
-                sst._launch = real_launch
+                sst._fire = real_fire
             report[cfg] = row
             print(f"host {cfg}: " + " ".join(f"{key} {v:.1f}us" for key, v in row.items()), flush=True)
             prof = cProfile.Profile()

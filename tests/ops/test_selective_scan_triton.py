@@ -270,6 +270,40 @@ def test_direct_runner_launches_in_signature_order_with_a_3d_grid(monkeypatch):
     assert kern.calls == [((2, 3, 1), (x, x, 4, 8))]
 
 
+def test_plan_step_launches_directly_after_the_first_call(monkeypatch):
+    """A plan's launch goes through ``_launch`` (compile, cache) once, then straight to the kept launcher with the
+    grid padded to 3-D and the arguments in signature order."""
+    from mambaseg.ops import selective_scan_triton as sst
+
+    monkeypatch.setattr(sst, "_LAUNCH_CACHE", {})
+    kern, x = _FakeKernel(["x_ptr", "y_ptr", "n", "m", "BLOCK"]), torch.zeros(8)
+    step = sst._Step(kern, (6,), (4, 5), 1, BLOCK=8)
+    seen = []
+    real = sst._launch
+    monkeypatch.setattr(sst, "_launch", lambda *a, **kw: seen.append(a[1]) or real(*a, **kw))
+    for _ in range(3):
+        sst._fire(step, (x, x))
+    assert seen == [(6, 1, 1)] and kern.jit_calls == 1  # only the first call took the slow path
+    assert kern.calls == [((6, 1, 1), (x, x, 4, 5, 8))] * 2
+
+
+def test_tile_override_drops_the_cached_plans():
+    from mambaseg.ops import selective_scan_triton as sst
+
+    sst._PLANS[("sentinel",)] = {}
+    with sst.tile_override({"BLOCK_L_FWD": 8}):
+        assert ("sentinel",) not in sst._PLANS
+        sst._PLANS[("inside",)] = {}
+    assert ("inside",) not in sst._PLANS  # plans built under an override are not reused after it
+
+
+def test_row_major_strides():
+    from mambaseg.ops.selective_scan_triton import _strides
+
+    for shape in [(3,), (2, 5), (4, 1, 3, 7)]:
+        assert _strides(shape) == torch.empty(shape).stride()
+
+
 def test_misaligned_inputs_are_copied_to_aligned_storage():
     from mambaseg.ops import selective_scan_triton as sst
 

@@ -118,11 +118,13 @@ def tile_override(cfg: dict[str, Any]) -> Iterator[None]:
     saved = dict(_CONFIG_OVERRIDE)
     _CONFIG_OVERRIDE.clear()
     _CONFIG_OVERRIDE.update(cfg)
+    _PLANS.clear()  # plans hold the tiles they were built with
     try:
         yield
     finally:
         _CONFIG_OVERRIDE.clear()
         _CONFIG_OVERRIDE.update(saved)
+        _PLANS.clear()
 
 # launchers of compiled kernels by (kernel, int arguments, tensor dtypes, constexprs, num_warps, device); see _launch
 _LAUNCH_CACHE: dict[tuple, tuple] = {}
@@ -179,7 +181,7 @@ def _direct_runner(compiled: Any) -> Any:
     return run
 
 
-def _launch(kernel: Any, grid: tuple, tensors: tuple, scalars: tuple, *, num_warps: int, **constexprs: Any) -> None:
+def _launch(kernel: Any, grid: tuple, tensors: tuple, scalars: tuple, *, num_warps: int, **constexprs: Any) -> tuple | None:
     """``kernel[grid](*tensors, *scalars, num_warps=..., **constexprs)``, minus most of Triton's per-call host work.
 
     The kernels take their tensor arguments first, then their int arguments, then the compile-time ones.
@@ -192,6 +194,9 @@ def _launch(kernel: Any, grid: tuple, tensors: tuple, scalars: tuple, *, num_war
     ``num_warps`` and the device. Pointer alignment is not in the key: the callers pass 16-byte aligned tensors only
     (:func:`_aligned`). Under Triton's interpreter the ``[grid]`` call returns no compiled kernel and every call
     takes the normal path.
+
+    Returns the cache entry ``(run, tail)`` (``run(grid3, (*tensors, *scalars, *tail))`` launches again), or None
+    when the call produced no compiled kernel (interpreter).
     """
     key = (kernel, scalars, tuple([t.dtype for t in tensors]), tuple(constexprs.values()), num_warps,
            tensors[0].get_device())  # fmt: skip
@@ -199,18 +204,15 @@ def _launch(kernel: Any, grid: tuple, tensors: tuple, scalars: tuple, *, num_war
     if entry is not None:
         run, tail = entry
         run((*grid, *(1,) * (3 - len(grid))), (*tensors, *scalars, *tail))
-        return
+        return entry
     compiled = kernel[grid](*tensors, *scalars, num_warps=num_warps, **constexprs)
-    if compiled is not None and hasattr(compiled, "__getitem__"):
-        if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_MAX:
-            _LAUNCH_CACHE.clear()
-        names = kernel.arg_names[len(tensors) + len(scalars):]
-        _LAUNCH_CACHE[key] = (_direct_runner(compiled), tuple(constexprs[name] for name in names))
-
-
-def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t.to(dtype)`` without the dispatcher round trip when it already has that dtype (backward hot path)."""
-    return t if t.dtype == dtype else t.to(dtype)
+    if compiled is None or not hasattr(compiled, "__getitem__"):
+        return None
+    if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_MAX:
+        _LAUNCH_CACHE.clear()
+    names = kernel.arg_names[len(tensors) + len(scalars):]
+    entry = _LAUNCH_CACHE[key] = (_direct_runner(compiled), tuple(constexprs[name] for name in names))
+    return entry
 
 
 def _config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
@@ -221,15 +223,7 @@ def _config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
     return cfg
 
 
-# input shapes already validated on CUDA (the checks below cost as much host time as a kernel launch)
-_CHECKED: set[tuple] = set()
-
-
-def _check_inputs(u, delta, A, B, C, D, delta_bias):
-    key = (u.shape, delta.shape, A.shape, B.shape, C.shape, D.shape if D is not None else None,
-           delta_bias.shape if delta_bias is not None else None)  # fmt: skip
-    if u.is_cuda and key in _CHECKED:
-        return
+def _check_inputs(u, delta, A, B, C, D, delta_bias) -> None:
     if u.dim() != 3:
         raise ValueError(f"u must be (batch, channels, L), got shape {tuple(u.shape)}")
     batch, kd, seqlen = u.shape
@@ -262,151 +256,190 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias):
             "the Triton selective scan needs CUDA tensors (u is on "
             f"{u.device}); use backend='torch' or 'ref' on CPU"
         )
-    if u.is_cuda:
-        if len(_CHECKED) >= 4096:
-            _CHECKED.clear()
-        _CHECKED.add(key)
 
 
-def _split_grads(buf, A, B, C, D, bias, bgnl: int, kd: int, n: int) -> tuple:
-    """(dA, dB, dC, dD, dbias) as views of the gradient buffer [dB | dC | dA | dD | dbias] (dB, dC of
-    ``bgnl`` = batch * G * N * L floats, dA of KD * N, dD and dbias of KD), in the inputs' dtypes."""
-    dB, dC, dA, dD, dbias = buf.split((bgnl, bgnl, kd * n, kd, kd))
-    return (
-        _as(dA.view(kd, n), A.dtype),
-        _as(dB.view(B.shape), B.dtype),
-        _as(dC.view(C.shape), C.dtype),
-        _as(dD, D.dtype) if D is not None else None,
-        _as(dbias, bias.dtype) if bias is not None else None,
-    )
+class _Step:
+    """One kernel launch of a :class:`_Plan`: what is the same on every call (grid, int arguments, compile-time
+    arguments, warps) and, once a first call through :func:`_launch` has compiled it, the direct launcher."""
+
+    __slots__ = ("kernel", "grid", "scalars", "constexprs", "num_warps", "entry")
+
+    def __init__(self, kernel: Any, grid: tuple, scalars: tuple, num_warps: int, **constexprs: Any):
+        self.kernel, self.grid, self.scalars = kernel, (*grid, *(1,) * (3 - len(grid))), scalars
+        self.num_warps, self.constexprs, self.entry = num_warps, constexprs, None
+
+
+def _fire(step: _Step, tensors: tuple) -> None:
+    """Launch ``step`` on ``tensors``: directly once its compiled kernel is known, else through :func:`_launch`."""
+    entry = step.entry
+    if entry is not None:
+        run, tail = entry
+        run(step.grid, (*tensors, *step.scalars, *tail))
+    else:
+        step.entry = _launch(step.kernel, step.grid, tensors, step.scalars, num_warps=step.num_warps,
+                             **step.constexprs)  # fmt: skip
+
+
+class _Plan:
+    """Everything one call needs besides its tensors, worked out once per problem: (shapes, dtypes, flags, device)
+    and whether gradients are needed. The kernels are the N = 1 segment-parallel pair (``seg1``) or the
+    channel-per-lane forward and backward kernels; ``fwd`` and ``bwd`` are their launches in order, and ``grads``
+    places (dA, dB, dC, dD, dbias) in the zeroed fp32 gradient buffer ``[dB | dC | dA | dD | dbias]`` of
+    ``buf_numel`` floats as (size, stride, offset) views."""
+
+    __slots__ = ("seg1", "n_seg", "out_dtype", "states_shape", "sums_numel", "scratch_numel", "buf_numel", "fwd",
+                 "bwd", "grads")  # fmt: skip
+
+    def __init__(self, u, A, B, C, D, bias, softplus: bool, out_dtype: torch.dtype, needs_grad: bool):
+        k = _kernels()
+        batch, kd, seqlen = u.shape
+        n = A.shape[1]
+        groups = B.shape[1] if B.dim() == 4 else 1
+        d_group = kd // groups
+        cfg = _config(d_group, seqlen, n)
+        self.out_dtype = out_dtype
+        self.seg1 = n == 1 and bool(cfg.get("SEG1")) and batch * kd <= cfg["SEG1_MAX_ROWS"]
+        flags = dict(HAS_BIAS=bias is not None, SOFTPLUS=softplus)
+        if self.seg1:
+            # segment-parallel N = 1 kernels: a program per (BLOCK_D1 channels, SEG1 positions); the forward pass
+            # keeps the state entering every segment (one float per row and segment)
+            n_dblocks = -(-d_group // cfg["BLOCK_D1"])
+            self.n_seg = n_seg = -(-seqlen // cfg["SEG1"])
+            grid = (batch * groups * n_dblocks, n_seg)
+            ints = (kd, seqlen, groups, d_group, n_dblocks, n_seg)
+            meta = dict(BLOCK_D=cfg["BLOCK_D1"], SEG=cfg["SEG1"], num_warps=cfg["num_warps1"], **flags)
+            self.sums_numel = 2 * batch * kd * n_seg
+            self.states_shape = (batch * kd * n_seg,) if needs_grad else None
+            self.scratch_numel = 0
+            self.fwd = (_Step(k._selective_scan1_fwd_summary_kernel, grid, ints, **meta) if n_seg > 1 else None,
+                        _Step(k._selective_scan1_fwd_kernel, grid, ints, HAS_D=D is not None,
+                              STORE_STATES=needs_grad, **meta))  # fmt: skip
+            bgnl = batch * groups * n * seqlen
+            self.bwd = (_Step(k._selective_scan1_bwd_summary_kernel, grid, ints, **meta) if n_seg > 1 else None,
+                        _Step(k._selective_scan1_bwd_kernel, grid, (*ints, bgnl), HAS_D=D is not None, **meta))
+        else:
+            # the backward pass works on segments of ``seg_chunks`` chunks of BLOCK_L_BWD positions; the forward
+            # pass stores the state at the end of every segment (N/64 of u's size for 64-position segments)
+            bl = cfg["BLOCK_L_FWD"]
+            seg_chunks = max(1, min(cfg["SEGMENT"] // cfg["BLOCK_L_BWD"], -(-seqlen // cfg["BLOCK_L_BWD"])))
+            seg = seg_chunks * cfg["BLOCK_L_BWD"]
+            if needs_grad and seg % bl:
+                bl = cfg["BLOCK_L_BWD"]
+            elif not needs_grad:
+                seg = bl
+            self.n_seg = n_seg = -(-seqlen // seg)
+            n_dblocks = -(-d_group // cfg["BLOCK_D_FWD"])
+            self.states_shape = (batch, kd, n_seg, n) if needs_grad else (1,)
+            self.sums_numel = 0
+            common = dict(N=n, BLOCK_N=cfg["BLOCK_N"], HAS_D=D is not None, num_warps=cfg["num_warps"], **flags)
+            self.fwd = (_Step(k._selective_scan_fwd_kernel, (batch * groups * n_dblocks,),
+                              (kd, seqlen, groups, d_group, n_dblocks, -(-seqlen // bl), n_seg),
+                              BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_L=bl, STORE_EVERY=seg // bl,
+                              STORE_STATES=needs_grad, **common),)  # fmt: skip
+            bd = cfg["BLOCK_D_BWD"]
+            n_dblocks = -(-d_group // bd)
+            n_prog = batch * groups * n_dblocks
+            self.scratch_numel = n_prog * seg_chunks * cfg["BLOCK_N"] * bd
+            bgnl = batch * groups * n * seqlen
+            self.bwd = (_Step(k._selective_scan_bwd_kernel, (n_prog,),
+                              (kd, seqlen, groups, d_group, n_dblocks, n_seg, seg_chunks, bgnl),
+                              BLOCK_D=bd, BLOCK_L=cfg["BLOCK_L_BWD"], **common),)  # fmt: skip
+        self.buf_numel = 2 * bgnl + kd * (n + 2)
+        self.grads = (((kd, n), (n, 1), 2 * bgnl), (tuple(B.shape), _strides(B.shape), 0),
+                      (tuple(C.shape), _strides(C.shape), bgnl), ((kd,), (1,), 2 * bgnl + kd * n),
+                      ((kd,), (1,), 2 * bgnl + kd * (n + 1)))  # fmt: skip
+
+
+def _strides(shape: tuple) -> tuple:
+    """Row-major strides of ``shape``."""
+    out, acc = [], 1
+    for size in reversed(shape):
+        out.append(acc)
+        acc *= size
+    return tuple(reversed(out))
+
+
+# plans by (shapes, dtypes, flags, device) of CUDA calls; the shape checks ran when a plan was made
+_PLANS: dict[tuple, dict[bool, _Plan]] = {}
+_PLANS_MAX = 1024
+
+
+def _plans_for(u, delta, A, B, C, D, bias, softplus: bool, out_dtype: torch.dtype | None) -> dict[bool, _Plan]:
+    """The plans of this problem by ``needs_grad`` (built by the forward pass on first use); validates the inputs
+    (with :func:`_check_inputs`) the first time a CUDA problem is seen and on every CPU (interpreter) call."""
+    key = (u.shape, delta.shape, A.shape, B.shape, C.shape, None if D is None else D.shape,
+           None if bias is None else bias.shape, u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype,
+           None if D is None else D.dtype, None if bias is None else bias.dtype, softplus, out_dtype,
+           u.get_device())  # fmt: skip
+    plans = _PLANS.get(key)
+    if plans is None:
+        _check_inputs(u, delta, A, B, C, D, bias)
+        plans = {}
+        if u.is_cuda:
+            if len(_PLANS) >= _PLANS_MAX:
+                _PLANS.clear()
+            _PLANS[key] = plans
+    return plans
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without the dispatcher round trip when it already has that dtype (backward hot path)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
-        k = _kernels()
-        batch, kd, seqlen = u.shape
-        n = A.shape[1]
-        grouped = B.dim() == 4
-        groups = B.shape[1] if grouped else 1
-        d_group = kd // groups
-        u_c, delta_c, A_c, B_c, C_c, D_c, bias_c = map(_aligned, (u, delta, A, B, C, D, delta_bias))
-        softplus = bool(delta_softplus)
-
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, plans):
+        u, delta, A, B, C, D, bias = map(_aligned, (u, delta, A, B, C, D, delta_bias))
         needs_grad = any(ctx.needs_input_grad[:7])
-        cfg = _config(d_group, seqlen, n)
-        args = (k, u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, softplus, groups, d_group, cfg, needs_grad,
-                out_dtype or u.dtype)  # fmt: skip
-        if n == 1 and cfg.get("SEG1") and batch * kd <= cfg["SEG1_MAX_ROWS"]:
-            y, states, n_seg = _fwd_seg1(*args)
-            seg_chunks = 0  # tells the backward pass to use the segment-parallel kernels
+        plan = plans.get(needs_grad)
+        if plan is None:
+            plan = plans[needs_grad] = _Plan(u, A, B, C, D, bias, bool(delta_softplus), out_dtype or u.dtype,
+                                             needs_grad)  # fmt: skip
+        dev = u.device
+        y = torch.empty(u.shape, device=dev, dtype=plan.out_dtype)
+        D_arg = u if D is None else D  # absent optional inputs: ``u`` stands in (never read)
+        bias_arg = u if bias is None else bias
+        if plan.seg1:
+            sums = torch.empty(plan.sums_numel, device=dev, dtype=torch.float32)
+            states = torch.empty(plan.states_shape, device=dev, dtype=torch.float32) if needs_grad else sums
+            if plan.fwd[0] is not None:
+                _fire(plan.fwd[0], (u, delta, A, B, bias_arg, sums))
+            _fire(plan.fwd[1], (u, delta, A, B, C, D_arg, bias_arg, y, sums, states))
         else:
-            y, states, seg_chunks, n_seg = _fwd_chunked(*args)
+            states = torch.empty(plan.states_shape, device=dev, dtype=torch.float32)
+            _fire(plan.fwd[0], (u, delta, A, B, C, D_arg, bias_arg, y, states))
         if needs_grad:
-            ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, states)
-            ctx.meta = (softplus, groups, d_group, cfg, seg_chunks, n_seg)
+            ctx.save_for_backward(u, delta, A, B, C, D, bias, states)
+            ctx.plan = plan
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        k = _kernels()
         u, delta, A, B, C, D, bias, states = ctx.saved_tensors
-        softplus, groups, d_group, cfg, seg_chunks, n_seg = ctx.meta
-        batch, kd, seqlen = u.shape
-        n = A.shape[1]
+        plan = ctx.plan
         dy = _aligned(dy)
-        bgnl = batch * groups * n * seqlen
+        dev = u.device
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         # one zeroed fp32 buffer for every gradient the kernels add up atomically: [dB | dC | dA | dD | dbias]
-        buf = torch.zeros(2 * bgnl + kd * (n + 2), device=u.device, dtype=torch.float32)
-        if seg_chunks == 0:  # the N = 1 segment-parallel kernels
-            _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, du, ddelta, buf, softplus, groups, d_group, cfg,
-                      n_seg, bgnl)
+        buf = torch.zeros(plan.buf_numel, device=dev, dtype=torch.float32)
+        D_arg = u if D is None else D
+        bias_arg = u if bias is None else bias
+        if plan.seg1:
+            sums = torch.empty(plan.sums_numel, device=dev, dtype=torch.float32)
+            if plan.bwd[0] is not None:
+                _fire(plan.bwd[0], (delta, dy, A, C, bias_arg, sums))
+            _fire(plan.bwd[1], (u, delta, A, B, C, D_arg, bias_arg, dy, states, sums, du, ddelta, buf))
         else:
-            bl, bd = cfg["BLOCK_L_BWD"], cfg["BLOCK_D_BWD"]
-            n_dblocks = -(-d_group // bd)
-            n_prog = batch * groups * n_dblocks
-            scratch = torch.empty(n_prog * seg_chunks * cfg["BLOCK_N"] * bd, device=u.device, dtype=torch.float32)
-            _launch(k._selective_scan_bwd_kernel, (n_prog,),
-                (u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, dy, states, scratch,
-                 du, ddelta, buf),
-                (kd, seqlen, groups, d_group, n_dblocks, n_seg, seg_chunks, bgnl),
-                N=n, BLOCK_D=bd, BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl,
-                HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
-                num_warps=cfg["num_warps"],
-            )  # fmt: skip
-        dA, dB, dC, dD, dbias = _split_grads(buf, A, B, C, D, bias, bgnl, kd, n)
-        return du, ddelta, dA, dB, dC, dD, dbias, None, None
-
-
-def _fwd_chunked(k, u, delta, A, B, C, D, bias, softplus, groups, d_group, cfg, needs_grad, out_dtype):
-    """Forward with the channel-per-lane kernel; returns y, the stored states and the backward segmentation."""
-    batch, kd, seqlen = u.shape
-    n = A.shape[1]
-    bl = cfg["BLOCK_L_FWD"]
-    # the backward pass works on segments of ``seg_chunks`` chunks of BLOCK_L_BWD positions; the forward
-    # pass stores the state at the end of every segment (N/64 of u's size for 64-position segments)
-    seg_chunks = max(1, min(cfg["SEGMENT"] // cfg["BLOCK_L_BWD"], -(-seqlen // cfg["BLOCK_L_BWD"])))
-    seg = seg_chunks * cfg["BLOCK_L_BWD"]
-    if needs_grad and seg % bl:
-        bl = cfg["BLOCK_L_BWD"]
-    elif not needs_grad:
-        seg = bl
-    n_chunks = -(-seqlen // bl)
-    n_seg = -(-seqlen // seg)
-    n_dblocks = -(-d_group // cfg["BLOCK_D_FWD"])
-    y = torch.empty_like(u, dtype=out_dtype)
-    states = torch.empty((batch, kd, n_seg, n) if needs_grad else (1,), device=u.device, dtype=torch.float32)
-    _launch(k._selective_scan_fwd_kernel, (batch * groups * n_dblocks,),
-        (u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, y, states),
-        (kd, seqlen, groups, d_group, n_dblocks, n_chunks, n_seg),
-        N=n, BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=bl, STORE_EVERY=seg // bl,
-        HAS_D=D is not None, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
-        STORE_STATES=needs_grad, num_warps=cfg["num_warps"],
-    )  # fmt: skip
-    return y, states, seg_chunks, n_seg
-
-
-def _seg1_plan(u: torch.Tensor, bias: torch.Tensor | None, softplus: bool, groups: int, d_group: int,
-               cfg: dict[str, int]) -> tuple:
-    """What the forward and the backward launches of the segment-parallel kernels share: the number of segments,
-    the grid, the int and compile-time arguments, the bias argument (``u`` stands in for an absent one) and a
-    buffer for the per-segment maps (rows, n_seg, 2)."""
-    batch, kd, seqlen = u.shape
-    n_dblocks = -(-d_group // cfg["BLOCK_D1"])
-    n_seg = -(-seqlen // cfg["SEG1"])
-    meta = dict(BLOCK_D=cfg["BLOCK_D1"], SEG=cfg["SEG1"], HAS_BIAS=bias is not None, SOFTPLUS=softplus,
-                num_warps=cfg["num_warps1"])
-    sums = torch.empty(2 * batch * kd * n_seg, device=u.device, dtype=torch.float32)
-    grid = (batch * groups * n_dblocks, n_seg)
-    return n_seg, grid, (kd, seqlen, groups, d_group, n_dblocks, n_seg), meta, bias if bias is not None else u, sums
-
-
-def _fwd_seg1(k, u, delta, A, B, C, D, bias, softplus, groups, d_group, cfg, needs_grad, out_dtype):
-    """N = 1 forward with the segment-parallel kernels: segment maps, then every segment from its entering state."""
-    n_seg, grid, scalars, meta, bias_arg, sums = _seg1_plan(u, bias, softplus, groups, d_group, cfg)
-    y = torch.empty_like(u, dtype=out_dtype)
-    states = torch.empty(u.shape[0] * u.shape[1] * n_seg, device=u.device, dtype=torch.float32) if needs_grad else sums
-    if n_seg > 1:
-        _launch(k._selective_scan1_fwd_summary_kernel, grid, (u, delta, A, B, bias_arg, sums), scalars, **meta)
-    _launch(k._selective_scan1_fwd_kernel, grid,
-        (u, delta, A, B, C, D if D is not None else u, bias_arg, y, sums, states), scalars,
-        HAS_D=D is not None, STORE_STATES=needs_grad, **meta,
-    )  # fmt: skip
-    return y, states, n_seg
-
-
-def _bwd_seg1(k, u, delta, A, B, C, D, bias, states, dy, du, ddelta, buf, softplus, groups, d_group, cfg, n_seg,
-              bgnl) -> None:
-    """N = 1 backward with the segment-parallel kernels into ``du``, ``ddelta`` and the gradient buffer."""
-    n_seg_now, grid, scalars, meta, bias_arg, sums = _seg1_plan(u, bias, softplus, groups, d_group, cfg)
-    assert n_seg_now == n_seg, "the tile configuration changed between forward and backward"
-    if n_seg > 1:
-        _launch(k._selective_scan1_bwd_summary_kernel, grid, (delta, dy, A, C, bias_arg, sums), scalars, **meta)
-    _launch(k._selective_scan1_bwd_kernel, grid,
-        (u, delta, A, B, C, D if D is not None else u, bias_arg, dy, states, sums, du, ddelta, buf),
-        (*scalars, bgnl), HAS_D=D is not None, **meta,
-    )  # fmt: skip
+            scratch = torch.empty(plan.scratch_numel, device=dev, dtype=torch.float32)
+            _fire(plan.bwd[0], (u, delta, A, B, C, D_arg, bias_arg, dy, states, scratch, du, ddelta, buf))
+        (sa, ta, oa), (sb, tb, ob), (sc, tc, oc), (sd, td, od), (se, te, oe) = plan.grads
+        dA = _as(buf.as_strided(sa, ta, oa), A.dtype)
+        dB = _as(buf.as_strided(sb, tb, ob), B.dtype)
+        dC = _as(buf.as_strided(sc, tc, oc), C.dtype)
+        dD = None if D is None else _as(buf.as_strided(sd, td, od), D.dtype)
+        dbias = None if bias is None else _as(buf.as_strided(se, te, oe), bias.dtype)
+        return du, ddelta, dA, dB, dC, dD, dbias, None, None, None
 
 
 def selective_scan_triton(
@@ -440,9 +473,10 @@ def selective_scan_triton(
         ValueError: on shapes that do not match, N outside 1..16, or non-CUDA tensors (unless Triton's
             interpreter is switched on by the caller's environment).
     """
-    _check_inputs(u, delta, A, B, C, D, delta_bias)
+    softplus = bool(delta_softplus)
+    plans = _plans_for(u, delta, A, B, C, D, delta_bias, softplus, out_dtype)
     if u.is_cuda and u.get_device() != torch.cuda.current_device():
         # kernels launch on the current device (Triton's rule, and the launch cache keys on the tensors' device)
         with torch.cuda.device(u.device):
-            return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
-    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+            return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, softplus, out_dtype, plans)
+    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, softplus, out_dtype, plans)
