@@ -11,6 +11,7 @@ Usage (on a CUDA machine)::
 
     PYTHONUNBUFFERED=1 python benchmarks/train_speed.py
     python benchmarks/train_speed.py --model vmunet_code_default --precisions bf16 --backend triton
+    python benchmarks/train_speed.py --precisions bf16 --compile     # torch.compile (train.compile)
 
 The official VM-UNet code with the compiled ``selective_scan_cuda`` kernel reaches 134.9 (fp32) and 166.8
 (bf16) train img/s and 481.6 / 535.3 infer img/s on an H100, peak 15.38 / 12.13 GiB
@@ -24,6 +25,7 @@ import contextlib
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,8 @@ OFFICIAL = {  # model -> precision -> (train img/s, infer img/s, train peak GiB)
 }
 
 
-def bench(model_name: str, precision: str, batch: int, size: int, warmup: int, steps: int, backend: str | None) -> dict[str, Any]:
+def bench(model_name: str, precision: str, batch: int, size: int, warmup: int, steps: int, backend: str | None,
+          compile_model: bool = False) -> dict[str, Any]:
     import mambaseg
     from mambaseg.losses.bce_dice import BceDiceLoss
     from mambaseg.ops import use_backend
@@ -52,24 +55,33 @@ def bench(model_name: str, precision: str, batch: int, size: int, warmup: int, s
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     )
+    net = torch.compile(model) if compile_model else model  # compiled during the warm-up steps
 
     def train_step() -> None:
         with amp:
-            loss = crit(model(x), y)
+            loss = crit(net(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     def infer_step() -> None:
         with torch.inference_mode(), amp:
-            model(x)
+            net(x)
 
     with use_backend(backend):
         model.train()
         torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        train_step()  # the first step (it compiles with --compile) is timed on its own
+        torch.cuda.synchronize()
+        first_train_s = time.perf_counter() - t0
         tr = cuda_event_times(train_step, warmup, steps)
         peak = torch.cuda.max_memory_allocated() / 2**30
         model.eval()
+        t0 = time.perf_counter()
+        infer_step()
+        torch.cuda.synchronize()
+        first_infer_s = time.perf_counter() - t0
         inf = cuda_event_times(infer_step, warmup, steps)
     tr_ms, inf_ms = statistics.median(tr), statistics.median(inf)
     off = OFFICIAL.get(model_name, {}).get(precision)
@@ -80,6 +92,9 @@ def bench(model_name: str, precision: str, batch: int, size: int, warmup: int, s
         "batch": batch,
         "img_size": size,
         "scan_backend": backend or "auto",
+        "compiled": compile_model,
+        "first_train_step_s": round(first_train_s, 1),
+        "first_infer_step_s": round(first_infer_s, 1),
         "train_step_ms": round(tr_ms, 2),
         "train_img_s": round(batch / tr_ms * 1e3, 1),
         "infer_step_ms": round(inf_ms, 2),
@@ -88,7 +103,7 @@ def bench(model_name: str, precision: str, batch: int, size: int, warmup: int, s
     }
     if off:
         row.update(official_train_img_s=off[0], official_infer_img_s=off[1], official_train_peak_gib=off[2])
-    del model, opt
+    model = net = opt = None  # free the GPU memory before the next precision
     torch.cuda.empty_cache()
     return row
 
@@ -102,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--backend", default="triton", help="scan backend (triton, torch, mamba_ssm, or auto)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (the train.compile option)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -121,15 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out) if args.out else RESULTS / f"train_speed_{device_tag()}.json"
     for prec in precisions:
-        row = bench(args.model, prec, args.batch, args.size, args.warmup, args.steps, backend)
+        row = bench(args.model, prec, args.batch, args.size, args.warmup, args.steps, backend, args.compile)
         rows.append(row)
         print(json.dumps(row), flush=True)
         write_json(out, result, indent=1)  # after every row, so partial runs keep their numbers
     print(f"wrote {out}")
-    print("\n| model | precision | train img/s | infer img/s | peak GiB | official train / infer / peak |")
+    print("\n| model | precision | compiled | train img/s | infer img/s | peak GiB | official train / infer / peak |")
     for r in rows:
         print(
-            f"| {r['model']} | {r['precision']} | {r['train_img_s']} | {r['infer_img_s']} | {r['train_peak_gib']} | "
+            f"| {r['model']} | {r['precision']} | {r['compiled']} | {r['train_img_s']} | {r['infer_img_s']} | "
+            f"{r['train_peak_gib']} | "
             f"{r.get('official_train_img_s')} / {r.get('official_infer_img_s')} / {r.get('official_train_peak_gib')} |"
         )
     return 0

@@ -188,6 +188,9 @@ class TrainConfig:
         time_limit_s: stop after the first epoch that ends more than this many seconds after training started
             (``None`` = no limit); the run then ends like any early stop: ``last.pt``, ``best.pt`` and
             ``metrics.json`` are written and ``metrics.json`` names the reason.
+        compile: run the training forward and backward through ``torch.compile`` (default mode; the Triton scan
+            enters the graph as a custom operator, so VM-UNet compiles to one graph). The first steps compile
+            for minutes; evaluation runs the model uncompiled.
     """
 
     epochs: int = 300
@@ -207,6 +210,7 @@ class TrainConfig:
     find_unused_parameters: bool = False
     checkpoint_every: int = 1
     time_limit_s: float | None = None
+    compile: bool = False
 
 
 @dataclass

@@ -415,6 +415,8 @@ def _train(
         train_model: nn.Module = DDP(model, **ddp_kw)
     else:
         train_model = model
+    if tc.compile:
+        train_model = torch.compile(train_model)
     eval_ctx = EvalContext(device=device, dist=ctx, amp_dtype=amp_dtype, batch_size=tc.val_batch_size,
                            num_workers=cfg.data.num_workers, loss_fn=loss_fn)
 

@@ -9,6 +9,13 @@ from mambaseg.ops.backend import load_backend_fn, resolve_backend
 __all__ = ["selective_scan"]
 
 
+@torch.compiler.assume_constant_result
+def _backend_for_compile(backend: str | None, is_cuda: bool) -> str:
+    """The backend a call resolves to, run by torch.compile at trace time and baked into the compiled graph (a
+    later change of context or environment does not re-trace it); the dispatch code itself is not traceable."""
+    return resolve_backend(backend, is_cuda)
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -44,6 +51,15 @@ def selective_scan(
     Example:
         >>> y = selective_scan(u, dt, A, B, C, D, delta_bias=b, delta_softplus=True, backend="torch")
     """
-    name = resolve_backend(backend, u.is_cuda)
-    fn = load_backend_fn(name)
+    if torch.compiler.is_compiling():
+        from mambaseg.ops.selective_scan_ref import selective_scan_ref
+        from mambaseg.ops.selective_scan_torch import selective_scan_torch
+        from mambaseg.ops.selective_scan_triton import selective_scan_triton
+
+        name = _backend_for_compile(backend, u.is_cuda)
+        fn = {"ref": selective_scan_ref, "torch": selective_scan_torch, "triton": selective_scan_triton}.get(name)
+        if fn is None:  # mamba_ssm: its own autograd.Function (a graph break)
+            fn = load_backend_fn(name)
+    else:
+        fn = load_backend_fn(resolve_backend(backend, u.is_cuda))
     return fn(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=delta_softplus, out_dtype=out_dtype)

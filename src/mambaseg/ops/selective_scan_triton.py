@@ -283,12 +283,12 @@ def _fire(step: _Step, tensors: tuple) -> None:
 class _Plan:
     """Everything one call needs besides its tensors, worked out once per problem: (shapes, dtypes, flags, device)
     and whether gradients are needed. The kernels are the N = 1 segment-parallel pair (``seg1``) or the
-    channel-per-lane forward and backward kernels; ``fwd`` and ``bwd`` are their launches in order, and ``grads``
-    places (dA, dB, dC, dD, dbias) in the zeroed fp32 gradient buffer ``[dB | dC | dA | dD | dbias]`` of
-    ``buf_numel`` floats as (size, stride, offset) views."""
+    channel-per-lane forward and backward kernels; ``fwd`` and ``bwd`` are their launches in order, and the
+    backward pass adds dA, dB, dC, dD, dbias into one zeroed fp32 buffer of ``buf_numel`` floats (see
+    :func:`_grad_views`)."""
 
     __slots__ = ("seg1", "n_seg", "out_dtype", "states_shape", "sums_numel", "scratch_numel", "buf_numel", "fwd",
-                 "bwd", "grads")  # fmt: skip
+                 "bwd")  # fmt: skip
 
     def __init__(self, u, A, B, C, D, bias, softplus: bool, out_dtype: torch.dtype, needs_grad: bool):
         k = _kernels()
@@ -309,7 +309,7 @@ class _Plan:
             ints = (kd, seqlen, groups, d_group, n_dblocks, n_seg)
             meta = dict(BLOCK_D=cfg["BLOCK_D1"], SEG=cfg["SEG1"], num_warps=cfg["num_warps1"], **flags)
             self.sums_numel = 2 * batch * kd * n_seg
-            self.states_shape = (batch * kd * n_seg,) if needs_grad else None
+            self.states_shape = (batch * kd * n_seg,) if needs_grad else (self.sums_numel,)  # else: the sums
             self.scratch_numel = 0
             self.fwd = (_Step(k._selective_scan1_fwd_summary_kernel, grid, ints, **meta) if n_seg > 1 else None,
                         _Step(k._selective_scan1_fwd_kernel, grid, ints, HAS_D=D is not None,
@@ -345,18 +345,6 @@ class _Plan:
                               (kd, seqlen, groups, d_group, n_dblocks, n_seg, seg_chunks, bgnl),
                               BLOCK_D=bd, BLOCK_L=cfg["BLOCK_L_BWD"], **common),)  # fmt: skip
         self.buf_numel = 2 * bgnl + kd * (n + 2)
-        self.grads = (((kd, n), (n, 1), 2 * bgnl), (tuple(B.shape), _strides(B.shape), 0),
-                      (tuple(C.shape), _strides(C.shape), bgnl), ((kd,), (1,), 2 * bgnl + kd * n),
-                      ((kd,), (1,), 2 * bgnl + kd * (n + 1)))  # fmt: skip
-
-
-def _strides(shape: tuple) -> tuple:
-    """Row-major strides of ``shape``."""
-    out, acc = [], 1
-    for size in reversed(shape):
-        out.append(acc)
-        acc *= size
-    return tuple(reversed(out))
 
 
 # plans by (shapes, dtypes, flags, device) of CUDA calls; the shape checks ran when a plan was made
@@ -387,59 +375,146 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def _run_forward(plans: dict[bool, _Plan], u, delta, A, B, C, D, bias, softplus: bool, out_dtype: torch.dtype | None,
+                 needs_grad: bool) -> tuple:
+    """Launch the forward kernels of ``plans[needs_grad]`` (built on first use); returns ``y``, the stored states
+    (the backward pass's input), the plan and the inputs as handed to the kernels (contiguous, aligned)."""
+    u, delta, A, B, C, D, bias = map(_aligned, (u, delta, A, B, C, D, bias))
+    plan = plans.get(needs_grad)
+    if plan is None:
+        plan = plans[needs_grad] = _Plan(u, A, B, C, D, bias, softplus, out_dtype or u.dtype, needs_grad)
+    dev = u.device
+    y = torch.empty(u.shape, device=dev, dtype=plan.out_dtype)
+    D_arg = u if D is None else D  # absent optional inputs: ``u`` stands in (never read)
+    bias_arg = u if bias is None else bias
+    if plan.seg1:
+        sums = torch.empty(plan.sums_numel, device=dev, dtype=torch.float32)
+        states = torch.empty(plan.states_shape, device=dev, dtype=torch.float32) if needs_grad else sums
+        if plan.fwd[0] is not None:
+            _fire(plan.fwd[0], (u, delta, A, B, bias_arg, sums))
+        _fire(plan.fwd[1], (u, delta, A, B, C, D_arg, bias_arg, y, sums, states))
+    else:
+        states = torch.empty(plan.states_shape, device=dev, dtype=torch.float32)
+        _fire(plan.fwd[0], (u, delta, A, B, C, D_arg, bias_arg, y, states))
+    return y, states, plan, (u, delta, A, B, C, D, bias)
+
+
+def _run_backward(plan: _Plan, u, delta, A, B, C, D, bias, states, dy) -> tuple:
+    """Launch the backward kernels of ``plan`` (inputs as :func:`_run_forward` returned them); returns ``du``,
+    ``ddelta`` and the fp32 buffer ``[dB | dC | dA | dD | dbias]`` the kernels add the other gradients into."""
+    dy = _aligned(dy)
+    dev = u.device
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    buf = torch.zeros(plan.buf_numel, device=dev, dtype=torch.float32)
+    D_arg = u if D is None else D
+    bias_arg = u if bias is None else bias
+    if plan.seg1:
+        sums = torch.empty(plan.sums_numel, device=dev, dtype=torch.float32)
+        if plan.bwd[0] is not None:
+            _fire(plan.bwd[0], (delta, dy, A, C, bias_arg, sums))
+        _fire(plan.bwd[1], (u, delta, A, B, C, D_arg, bias_arg, dy, states, sums, du, ddelta, buf))
+    else:
+        scratch = torch.empty(plan.scratch_numel, device=dev, dtype=torch.float32)
+        _fire(plan.bwd[0], (u, delta, A, B, C, D_arg, bias_arg, dy, states, scratch, du, ddelta, buf))
+    return du, ddelta, buf
+
+
+def _grad_views(buf: torch.Tensor, A, B, C, D, bias) -> tuple:
+    """(dA, dB, dC, dD, dbias) from the gradient buffer ``[dB | dC | dA | dD | dbias]`` (dB, dC of B's size, dA of
+    A's, dD and dbias of KD floats): views where the input is fp32, else converted to the input's dtype."""
+    bgnl = B.numel()
+    kd, n = A.shape
+    return (
+        _as(buf.as_strided((kd, n), (n, 1), 2 * bgnl), A.dtype),
+        _as(buf.narrow(0, 0, bgnl).view(B.shape), B.dtype),
+        _as(buf.narrow(0, bgnl, bgnl).view(C.shape), C.dtype),
+        None if D is None else _as(buf.as_strided((kd,), (1,), 2 * bgnl + kd * n), D.dtype),
+        None if bias is None else _as(buf.as_strided((kd,), (1,), 2 * bgnl + kd * (n + 1)), bias.dtype),
+    )
+
+
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, plans):
-        u, delta, A, B, C, D, bias = map(_aligned, (u, delta, A, B, C, D, delta_bias))
         needs_grad = any(ctx.needs_input_grad[:7])
-        plan = plans.get(needs_grad)
-        if plan is None:
-            plan = plans[needs_grad] = _Plan(u, A, B, C, D, bias, bool(delta_softplus), out_dtype or u.dtype,
-                                             needs_grad)  # fmt: skip
-        dev = u.device
-        y = torch.empty(u.shape, device=dev, dtype=plan.out_dtype)
-        D_arg = u if D is None else D  # absent optional inputs: ``u`` stands in (never read)
-        bias_arg = u if bias is None else bias
-        if plan.seg1:
-            sums = torch.empty(plan.sums_numel, device=dev, dtype=torch.float32)
-            states = torch.empty(plan.states_shape, device=dev, dtype=torch.float32) if needs_grad else sums
-            if plan.fwd[0] is not None:
-                _fire(plan.fwd[0], (u, delta, A, B, bias_arg, sums))
-            _fire(plan.fwd[1], (u, delta, A, B, C, D_arg, bias_arg, y, sums, states))
-        else:
-            states = torch.empty(plan.states_shape, device=dev, dtype=torch.float32)
-            _fire(plan.fwd[0], (u, delta, A, B, C, D_arg, bias_arg, y, states))
+        y, states, plan, inputs = _run_forward(plans, u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype,
+                                               needs_grad)  # fmt: skip
         if needs_grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, bias, states)
+            ctx.save_for_backward(*inputs, states)
             ctx.plan = plan
         return y
 
     @staticmethod
     def backward(ctx, dy):
         u, delta, A, B, C, D, bias, states = ctx.saved_tensors
-        plan = ctx.plan
-        dy = _aligned(dy)
-        dev = u.device
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        # one zeroed fp32 buffer for every gradient the kernels add up atomically: [dB | dC | dA | dD | dbias]
-        buf = torch.zeros(plan.buf_numel, device=dev, dtype=torch.float32)
-        D_arg = u if D is None else D
-        bias_arg = u if bias is None else bias
-        if plan.seg1:
-            sums = torch.empty(plan.sums_numel, device=dev, dtype=torch.float32)
-            if plan.bwd[0] is not None:
-                _fire(plan.bwd[0], (delta, dy, A, C, bias_arg, sums))
-            _fire(plan.bwd[1], (u, delta, A, B, C, D_arg, bias_arg, dy, states, sums, du, ddelta, buf))
-        else:
-            scratch = torch.empty(plan.scratch_numel, device=dev, dtype=torch.float32)
-            _fire(plan.bwd[0], (u, delta, A, B, C, D_arg, bias_arg, dy, states, scratch, du, ddelta, buf))
-        (sa, ta, oa), (sb, tb, ob), (sc, tc, oc), (sd, td, od), (se, te, oe) = plan.grads
-        dA = _as(buf.as_strided(sa, ta, oa), A.dtype)
-        dB = _as(buf.as_strided(sb, tb, ob), B.dtype)
-        dC = _as(buf.as_strided(sc, tc, oc), C.dtype)
-        dD = None if D is None else _as(buf.as_strided(sd, td, od), D.dtype)
-        dbias = None if bias is None else _as(buf.as_strided(se, te, oe), bias.dtype)
-        return du, ddelta, dA, dB, dC, dD, dbias, None, None, None
+        du, ddelta, buf = _run_backward(ctx.plan, u, delta, A, B, C, D, bias, states, dy)
+        return (du, ddelta, *_grad_views(buf, A, B, C, D, bias), None, None, None)
+
+
+# ---- the same computation as two custom operators, for torch.compile -------------------------------------------
+# Dynamo cannot trace the launches above: it would break the graph at every scan (and re-trace the code after each
+# break for every distinct module constant, e.g. each block's drop-path rate). As opaque operators with fake
+# (shape-only) implementations and a registered backward, the scans sit inside one compiled graph.
+
+
+def _on_device(t: torch.Tensor) -> Any:
+    """Context making ``t``'s GPU the current device when it is not (kernels launch on the current device)."""
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+@torch.library.custom_op("mambaseg::selective_scan_triton_fwd", mutates_args=())
+def _op_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool, out_dtype: torch.dtype,
+            needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(y, states): the forward pass; ``states`` is the backward pass's input (unused without ``needs_grad``)."""
+    plans = _plans_for(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+    with _on_device(u):
+        y, states, _, _ = _run_forward(plans, u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, needs_grad)
+    return y, states
+
+
+@_op_fwd.register_fake
+def _op_fwd_fake(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, needs_grad):
+    _check_inputs(u, delta, A, B, C, D, delta_bias)
+    plan = _Plan(u, A, B, C, D, delta_bias, delta_softplus, out_dtype, needs_grad)
+    return u.new_empty(u.shape, dtype=out_dtype), u.new_empty(plan.states_shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("mambaseg::selective_scan_triton_bwd", mutates_args=())
+def _op_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: torch.Tensor | None, delta_bias: torch.Tensor | None, states: torch.Tensor, dy: torch.Tensor,
+            delta_softplus: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(du, ddelta, gradient buffer ``[dB | dC | dA | dD | dbias]``)."""
+    plans = _plans_for(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+    plan = plans.get(True)
+    if plan is None:
+        plan = plans[True] = _Plan(u, A, B, C, D, delta_bias, delta_softplus, out_dtype, True)
+    u, delta, A, B, C, D, delta_bias, states = map(_aligned, (u, delta, A, B, C, D, delta_bias, states))
+    with _on_device(u):
+        return _run_backward(plan, u, delta, A, B, C, D, delta_bias, states, dy)
+
+
+@_op_bwd.register_fake
+def _op_bwd_fake(u, delta, A, B, C, D, delta_bias, states, dy, delta_softplus, out_dtype):
+    plan = _Plan(u, A, B, C, D, delta_bias, delta_softplus, out_dtype, True)
+    return torch.empty_like(u), torch.empty_like(delta), u.new_empty((plan.buf_numel,), dtype=torch.float32)
+
+
+def _op_setup_context(ctx, inputs, output) -> None:
+    u, delta, A, B, C, D, bias, softplus, out_dtype, _ = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, bias, output[1])
+    ctx.softplus, ctx.out_dtype = softplus, out_dtype
+
+
+def _op_backward(ctx, dy, _dstates):
+    u, delta, A, B, C, D, bias, states = ctx.saved_tensors
+    du, ddelta, buf = _op_bwd(u, delta, A, B, C, D, bias, states, dy, ctx.softplus, ctx.out_dtype)
+    return (du, ddelta, *_grad_views(buf, A, B, C, D, bias), None, None, None)
+
+
+_op_fwd.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
 def selective_scan_triton(
@@ -474,6 +549,11 @@ def selective_scan_triton(
             interpreter is switched on by the caller's environment).
     """
     softplus = bool(delta_softplus)
+    if torch.compiler.is_compiling():  # traced by torch.compile: the custom operators (one graph, no breaks)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)
+        )
+        return _op_fwd(u, delta, A, B, C, D, delta_bias, softplus, out_dtype or u.dtype, needs_grad)[0]
     plans = _plans_for(u, delta, A, B, C, D, delta_bias, softplus, out_dtype)
     if u.is_cuda and u.get_device() != torch.cuda.current_device():
         # kernels launch on the current device (Triton's rule, and the launch cache keys on the tensors' device)
