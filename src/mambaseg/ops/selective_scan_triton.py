@@ -296,7 +296,9 @@ class _Plan:
         n = A.shape[1]
         groups = B.shape[1] if B.dim() == 4 else 1
         d_group = kd // groups
-        cfg = _config(d_group, seqlen, n)
+        # int(): under torch.compile with dynamic shapes (fake implementations) the sizes can be symbolic; the tile
+        # table is looked up for their current values (a guard: another length or width compiles again)
+        cfg = _config(int(d_group), int(seqlen), int(n))
         self.out_dtype = out_dtype
         self.seg1 = n == 1 and bool(cfg.get("SEG1")) and batch * kd <= cfg["SEG1_MAX_ROWS"]
         flags = dict(HAS_BIAS=bias is not None, SOFTPLUS=softplus)
