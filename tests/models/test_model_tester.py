@@ -113,3 +113,14 @@ def test_img_size_goes_only_to_models_that_take_it():
     assert "img_size" not in m.mambaseg_spec["kwargs"]
     with pytest.raises(TypeError):
         mambaseg.create_model("vmunet_tiny", no_such_option=1)
+
+
+@pytest.mark.slow
+def test_traces_into_one_graph_for_torch_compile(name):
+    """torch.compile sees the whole model as one graph (CPU, torch scan backend): train.compile then compiles
+    forward and backward without graph breaks."""
+    model, size = _build(name)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model.train())(torch.randn(1, 3, size, size))
+    reasons = sorted({b.reason.splitlines()[0] for b in explanation.break_reasons})
+    assert explanation.graph_break_count == 0, reasons
