@@ -162,6 +162,11 @@ def test_build_config_precedence(tmp_path):
     assert cfg.model.name == "vmunet" and cfg.train.epochs == 3 and cfg.data.image_size == [192, 256]
     assert cfg.optim.lr == 0.02 and cfg.train.seed == 7  # --set wins over the explicit options
     assert cfg.model.arch == {"genes": [0, 1, 2]} and cfg.schedule.t_max == 50
+    assert cfg.train.compile is False
+    assert build_config(recipe="vmunet_ph2", data="d", compile_model=True).train.compile is True
+    # --set still wins over the flag
+    assert build_config(recipe="vmunet_ph2", data="d", compile_model=True,
+                        overrides=["train.compile=false"]).train.compile is False
 
 
 @pytest.mark.parametrize(

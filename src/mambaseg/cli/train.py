@@ -40,6 +40,7 @@ def build_config(
     out: Optional[str] = None,
     device: Optional[str] = None,
     arch: Optional[str] = None,
+    compile_model: bool = False,
     overrides: Optional[list[str]] = None,
 ):
     """Resolve the run config: base (checkpoint being resumed > --config > --recipe > defaults), then the
@@ -71,6 +72,7 @@ def build_config(
         "train.out": None if out is None else str(out),
         "train.device": device,
         "model.arch": None if arch is None else read_arch(arch),
+        "train.compile": True if compile_model else None,
     })
     cfg = apply_overrides(cfg, explicit)
     if overrides:
@@ -96,6 +98,8 @@ def train(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Shipped recipe name (e.g. vmunet_ph2)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any config field: section.field=value (repeatable)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (per-epoch lines only)."),
+    compile_model: bool = typer.Option(False, "--compile", help="Train through torch.compile (train.compile; "
+                                       "the first steps compile for minutes)."),
 ) -> None:
     """Train a model; writes config.yaml, metrics.json, checkpoints/, progress.png, train.log and TensorBoard events."""
     from mambaseg.engine import train as run_training
@@ -109,7 +113,7 @@ def train(
             raise CLIError(f"cannot resume: {resume_from} does not exist")
     cfg = build_config(recipe=recipe, config=config, resume_from=resume_from, model=model, data=data, epochs=epochs,
                        max_steps=max_steps, batch_size=batch_size, image_size=image_size, lr=lr, seed=seed, out=out,
-                       device=device, arch=arch, overrides=overrides)
+                       device=device, arch=arch, compile_model=compile_model, overrides=overrides)
     if cfg.data.path is None:
         raise CLIError("no dataset given: pass --data PATH")
     if out is None and cfg.train.out == "runs/run":
