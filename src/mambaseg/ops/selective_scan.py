@@ -10,9 +10,9 @@ __all__ = ["selective_scan"]
 
 
 @torch.compiler.assume_constant_result
-def _backend_for_compile(backend: str | None, is_cuda: bool) -> str:
-    """The backend a call resolves to, run by torch.compile at trace time and baked into the compiled graph (a
-    later change of context or environment does not re-trace it); the dispatch code itself is not traceable."""
+def _resolve(backend: str | None, is_cuda: bool) -> str:
+    """:func:`resolve_backend`; under torch.compile it runs at trace time and its answer is baked into the compiled
+    graph (the dispatch code is not traceable; a later change of context or environment does not re-trace)."""
     return resolve_backend(backend, is_cuda)
 
 
@@ -51,15 +51,5 @@ def selective_scan(
     Example:
         >>> y = selective_scan(u, dt, A, B, C, D, delta_bias=b, delta_softplus=True, backend="torch")
     """
-    if torch.compiler.is_compiling():
-        from mambaseg.ops.selective_scan_ref import selective_scan_ref
-        from mambaseg.ops.selective_scan_torch import selective_scan_torch
-        from mambaseg.ops.selective_scan_triton import selective_scan_triton
-
-        name = _backend_for_compile(backend, u.is_cuda)
-        fn = {"ref": selective_scan_ref, "torch": selective_scan_torch, "triton": selective_scan_triton}.get(name)
-        if fn is None:  # mamba_ssm: its own autograd.Function (a graph break)
-            fn = load_backend_fn(name)
-    else:
-        fn = load_backend_fn(resolve_backend(backend, u.is_cuda))
+    fn = load_backend_fn(_resolve(backend, u.is_cuda))
     return fn(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=delta_softplus, out_dtype=out_dtype)

@@ -302,6 +302,7 @@ class _Plan:
         self.out_dtype = out_dtype
         self.seg1 = n == 1 and bool(cfg.get("SEG1")) and batch * kd <= cfg["SEG1_MAX_ROWS"]
         flags = dict(HAS_BIAS=bias is not None, SOFTPLUS=softplus)
+        bgnl = batch * groups * n * seqlen  # floats of dB (and of dC) in the gradient buffer
         if self.seg1:
             # segment-parallel N = 1 kernels: a program per (BLOCK_D1 channels, SEG1 positions); the forward pass
             # keeps the state entering every segment (one float per row and segment)
@@ -316,7 +317,6 @@ class _Plan:
             self.fwd = (_Step(k._selective_scan1_fwd_summary_kernel, grid, ints, **meta) if n_seg > 1 else None,
                         _Step(k._selective_scan1_fwd_kernel, grid, ints, HAS_D=D is not None,
                               STORE_STATES=needs_grad, **meta))  # fmt: skip
-            bgnl = batch * groups * n * seqlen
             self.bwd = (_Step(k._selective_scan1_bwd_summary_kernel, grid, ints, **meta) if n_seg > 1 else None,
                         _Step(k._selective_scan1_bwd_kernel, grid, (*ints, bgnl), HAS_D=D is not None, **meta))
         else:
@@ -342,7 +342,6 @@ class _Plan:
             n_dblocks = -(-d_group // bd)
             n_prog = batch * groups * n_dblocks
             self.scratch_numel = n_prog * seg_chunks * cfg["BLOCK_N"] * bd
-            bgnl = batch * groups * n * seqlen
             self.bwd = (_Step(k._selective_scan_bwd_kernel, (n_prog,),
                               (kd, seqlen, groups, d_group, n_dblocks, n_seg, seg_chunks, bgnl),
                               BLOCK_D=bd, BLOCK_L=cfg["BLOCK_L_BWD"], **common),)  # fmt: skip
@@ -372,6 +371,15 @@ def _plans_for(u, delta, A, B, C, D, bias, softplus: bool, out_dtype: torch.dtyp
     return plans
 
 
+def _plan(plans: dict[bool, _Plan], needs_grad: bool, u, A, B, C, D, bias, softplus: bool,
+          out_dtype: torch.dtype | None) -> _Plan:
+    """``plans[needs_grad]``, built on first use."""
+    plan = plans.get(needs_grad)
+    if plan is None:
+        plan = plans[needs_grad] = _Plan(u, A, B, C, D, bias, softplus, out_dtype or u.dtype, needs_grad)
+    return plan
+
+
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t.to(dtype)`` without the dispatcher round trip when it already has that dtype (backward hot path)."""
     return t if t.dtype == dtype else t.to(dtype)
@@ -382,9 +390,7 @@ def _run_forward(plans: dict[bool, _Plan], u, delta, A, B, C, D, bias, softplus:
     """Launch the forward kernels of ``plans[needs_grad]`` (built on first use); returns ``y``, the stored states
     (the backward pass's input), the plan and the inputs as handed to the kernels (contiguous, aligned)."""
     u, delta, A, B, C, D, bias = map(_aligned, (u, delta, A, B, C, D, bias))
-    plan = plans.get(needs_grad)
-    if plan is None:
-        plan = plans[needs_grad] = _Plan(u, A, B, C, D, bias, softplus, out_dtype or u.dtype, needs_grad)
+    plan = _plan(plans, needs_grad, u, A, B, C, D, bias, softplus, out_dtype)
     dev = u.device
     y = torch.empty(u.shape, device=dev, dtype=plan.out_dtype)
     D_arg = u if D is None else D  # absent optional inputs: ``u`` stands in (never read)
@@ -460,7 +466,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
 
 def _on_device(t: torch.Tensor) -> Any:
-    """Context making ``t``'s GPU the current device when it is not (kernels launch on the current device)."""
+    """Context making ``t``'s GPU the current device when it is not: kernels launch on the current device (Triton's
+    rule), and the launch cache keys on the tensors' device."""
     if t.is_cuda and t.get_device() != torch.cuda.current_device():
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
@@ -490,9 +497,7 @@ def _op_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tens
             delta_softplus: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(du, ddelta, gradient buffer ``[dB | dC | dA | dD | dbias]``)."""
     plans = _plans_for(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
-    plan = plans.get(True)
-    if plan is None:
-        plan = plans[True] = _Plan(u, A, B, C, D, delta_bias, delta_softplus, out_dtype, True)
+    plan = _plan(plans, True, u, A, B, C, D, delta_bias, delta_softplus, out_dtype)
     u, delta, A, B, C, D, delta_bias, states = map(_aligned, (u, delta, A, B, C, D, delta_bias, states))
     with _on_device(u):
         return _run_backward(plan, u, delta, A, B, C, D, delta_bias, states, dy)
@@ -557,8 +562,5 @@ def selective_scan_triton(
         )
         return _op_fwd(u, delta, A, B, C, D, delta_bias, softplus, out_dtype or u.dtype, needs_grad)[0]
     plans = _plans_for(u, delta, A, B, C, D, delta_bias, softplus, out_dtype)
-    if u.is_cuda and u.get_device() != torch.cuda.current_device():
-        # kernels launch on the current device (Triton's rule, and the launch cache keys on the tensors' device)
-        with torch.cuda.device(u.device):
-            return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, softplus, out_dtype, plans)
-    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, softplus, out_dtype, plans)
+    with _on_device(u):
+        return _SelectiveScanTriton.apply(u, delta, A, B, C, D, delta_bias, softplus, out_dtype, plans)
