@@ -3,7 +3,7 @@
 For every model (each in its own process, all sharing the GPU): a short timing probe (forward + loss + backward +
 AdamW step on random 224x224 batches, bf16 autocast, after warm-up) sets the number of epochs that fit the budget;
 then :func:`mambaseg.engine.train` runs the model's ACDC recipe (``<model>_acdc``) on the volcache built by
-``benchmarks/make_acdc_cache.py`` (the 35 training patients' slices, 20 val and 40 test volumes) with the schedule
+``mambaseg cache`` (the 35 training patients' slices, 20 val and 40 test volumes) with the schedule
 changed to a per-step cosine over the whole (short) run with a linear warm-up (the recipes' 300-epoch schedules do
 not fit a few-minute budget). ``best.pt`` is chosen on the VALIDATION volumes by mean Dice; the best checkpoint is
 then evaluated once on the TEST volumes with :func:`mambaseg.engine.evaluate_checkpoint` (per-class Dice and HD95 in
@@ -11,7 +11,7 @@ voxels under the ``transunet`` and ``nan`` empty-mask policies). Writes ``benchm
 
 Usage (GPU machine, cache carried in ``.gpucache``)::
 
-    python benchmarks/make_acdc_cache.py --data ../shared/data/acdc --out .gpucache/acdc_224.npz   # here, once
+    mambaseg cache --data ../shared/data/acdc --image-size 224 --out .gpucache/acdc_224.npz --splits train,val,test   # here, once
     # on the GPU machine (carry .gpucache; about 8 minutes for both models side by side; results also in $OUT):
     PYTHONUNBUFFERED=1 python benchmarks/acdc_gpu.py --cache .gpucache/acdc_224.npz --budget-s 330 --copy-to $OUT
 

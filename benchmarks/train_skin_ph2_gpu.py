@@ -11,8 +11,8 @@ best-by-val-Dice checkpoint on ph2_dev/val, wall time, img/s, history) go to
 Metrics are computed at the training size (256x256; 192x256 for DermoMamba) on the cached val images.
 
 Usage (caches built here, carried to the GPU machine; ``../shared`` does not travel):
-    python benchmarks/make_cache.py --data ../shared/data/ph2_dev --size 256 --out .gpucache/ph2_256.npz
-    python benchmarks/make_cache.py --data ../shared/data/ph2_dev --size 192,256 --out .gpucache/ph2_192x256.npz
+    mambaseg cache --data ../shared/data/ph2_dev --image-size 256 --out .gpucache/ph2_256.npz
+    mambaseg cache --data ../shared/data/ph2_dev --image-size 192,256 --out .gpucache/ph2_192x256.npz
     # on the GPU machine (carry both caches); write the results straight under $OUT, nothing else
     PYTHONPATH=src python benchmarks/train_skin_ph2_gpu.py --minutes 2.2,2.4,2.4 --results-dir $OUT --out-dir /tmp/runs
     # the recipes at full length (300 / 300 / 200 epochs), one model per process so they can share the GPU:
@@ -130,7 +130,7 @@ def main() -> None:
         if name not in CACHES:
             raise SystemExit(f"unknown model {name!r}; this script runs {', '.join(CACHES)}")
         if not Path(CACHES[name]).is_file():
-            raise SystemExit(f"missing cache {CACHES[name]} (build it with benchmarks/make_cache.py, see --help)")
+            raise SystemExit(f"missing cache {CACHES[name]} (build it with mambaseg cache, see --help)")
     summary = []
     for name, mins in zip(models, minutes):
         try:

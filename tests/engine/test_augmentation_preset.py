@@ -7,7 +7,7 @@ import pytest
 
 from mambaseg.configs import apply_overrides, load_recipe
 from mambaseg.data.transforms import build_transforms
-from mambaseg.engine.tasks import ArrayDataset2D
+from mambaseg.data.cache import ArrayDataset2D
 
 
 def test_recipes_pick_their_papers_augmentation():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mambaseg
-from mambaseg.engine import checkpoint as ckmod
+from mambaseg import checkpoint as ckmod
 from mambaseg.engine import (
     CheckpointError,
     build_model,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +20,10 @@ from mambaseg.engine import (
     register_layout,
     train,
 )
-from mambaseg.engine import tasks as tasks_mod
+from mambaseg.data import layouts as tasks_mod
+from mambaseg.data.cache import write_npz2d
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _make_cache_module():
-    spec = importlib.util.spec_from_file_location("make_cache", REPO / "benchmarks" / "make_cache.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _cfg(**sets):
@@ -99,8 +92,7 @@ def test_layout_errors_and_registration(tmp_path):
 
 
 def test_npz_cache_round_trip(tiny_model, synthetic_data, tmp_path):
-    mc = _make_cache_module()
-    cache = mc.build_cache(synthetic_data, (32, 32), tmp_path / "c" / "syn_32.npz")
+    cache = write_npz2d(synthetic_data, (32, 32), tmp_path / "c" / "syn_32.npz")
     assert detect_layout(cache) == "npz2d"
     folder = open_data(synthetic_data, _cfg(**{"data.augment": False}))
     npz = open_data(cache, _cfg(**{"data.augment": False}))

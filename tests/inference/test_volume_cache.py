@@ -16,7 +16,8 @@ from mambaseg.configs import RunConfig, apply_overrides  # noqa: E402
 from mambaseg.data import ACDC_LABELS, acdc_slices, acdc_volumes  # noqa: E402
 from mambaseg.data.volumetric import zoom_image, zoom_labels  # noqa: E402
 from mambaseg.engine import EvalContext, open_data  # noqa: E402
-from mambaseg.engine.volumetric import dataset_family, write_volcache  # noqa: E402
+from mambaseg.data.cache import write_volcache  # noqa: E402
+from mambaseg.data.layouts import dataset_family  # noqa: E402
 
 
 class Smooth(nn.Module):
@@ -68,7 +69,7 @@ def test_cache_roundtrip_and_evaluation(tmp_path: Path) -> None:
     assert zoom_labels(vs.label[0].astype(np.uint8), (32, 32)).shape == (32, 32)
     from rich.console import Console
 
-    from mambaseg.engine.volumetric import volume_summary_table
+    from mambaseg.engine.evaluator import volume_summary_table
 
     con = Console(width=160, record=True)
     con.print(volume_summary_table({**r_c, "best_epoch": 1}, tmp_path))

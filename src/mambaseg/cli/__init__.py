@@ -38,6 +38,7 @@ def _root(
 
 
 # ---- verbs: one registration line each
+from mambaseg.cli import cache as _cache  # noqa: E402
 from mambaseg.cli import demo as _demo  # noqa: E402
 from mambaseg.cli import doctor as _doctor  # noqa: E402
 from mambaseg.cli import evaluate as _evaluate  # noqa: E402
@@ -51,6 +52,7 @@ app.command("train")(_train.train)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("predict")(_predict.predict)
 app.command("search")(_search.search)
+app.command("cache")(_cache.cache)
 app.command("models")(_models.models)
 app.command("doctor")(_doctor.doctor)
 

@@ -1,4 +1,4 @@
-"""``mambaseg predict``: masks (and overlays) for an image or a folder of images, at their original size."""
+"""``mambaseg predict``: masks (and overlays) for an image, a folder of images, or 3-D volumes."""
 
 from __future__ import annotations
 
@@ -7,36 +7,6 @@ from pathlib import Path
 import typer
 
 from mambaseg.cli._common import console, handle_errors
-
-
-def _predict_volumes(predictor, input: Path, out: Path, batch_size: int, intensity: str) -> bool:
-    """3-D inputs (NIfTI/h5/npz/npy volume, or a folder holding only such files): slice-wise prediction written
-    as label volumes with the source geometry (:mod:`mambaseg.inference.volume`). Returns False for 2-D inputs."""
-    from mambaseg.inference.volume import is_volume_path, predict_volume_file
-
-    if input.is_file():
-        vols = [input] if is_volume_path(input) else []
-    elif input.is_dir():
-        entries = sorted(p for p in input.iterdir() if p.is_file() and not p.name.startswith("."))
-        vols = [p for p in entries if is_volume_path(p)]
-        if len(vols) != len(entries):
-            vols = []
-    else:
-        vols = []
-    if not vols:
-        return False
-    values = list(predictor.label_map.values())
-    if intensity == "auto":
-        from mambaseg.inference.volume import intensity_for_checkpoint
-
-        intensity = intensity_for_checkpoint(predictor.info.get("training") or {})
-    for v in vols:
-        target = out if len(vols) == 1 or not is_volume_path(out) else out.parent
-        written = predict_volume_file(predictor.model, v, target, image_size=predictor.image_size,
-                                      normalization=predictor.normalization, batch_size=batch_size,
-                                      device=predictor.device, label_values=values, scale=intensity)
-        console.print(f"wrote {written}", highlight=False)
-    return True
 
 
 @handle_errors
@@ -57,15 +27,16 @@ def predict(
     (NIfTI keeps the source geometry), or to OUT itself when OUT is a volume file name."""
     from rich.progress import Progress
 
-    from mambaseg.inference import list_images, load
+    from mambaseg.inference import load
 
     predictor = load(checkpoint, device=device, threshold=threshold)
-    if _predict_volumes(predictor, input, out, batch_size, intensity):
-        return
-    files = list_images(input)
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("predicting", total=len(files))
-        written = predictor.predict_folder(input, out, batch_size=batch_size, overlays=overlays,
-                                           progress=lambda done, total: bar.update(task, completed=done))
-    console.print(f"wrote {len(written)} mask(s) to {Path(out) / 'masks'}"
-                  + (f" and overlays to {Path(out) / 'overlays'}" if overlays else ""), highlight=False)
+        task = bar.add_task("predicting", total=None)
+        written = predictor.predict_path(input, out, batch_size=batch_size, overlays=overlays, intensity=intensity,
+                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if written and written[0].parent.name == "masks":
+        console.print(f"wrote {len(written)} mask(s) to {Path(out) / 'masks'}"
+                      + (f" and overlays to {Path(out) / 'overlays'}" if overlays else ""), highlight=False)
+    else:
+        for w in written:
+            console.print(f"wrote {w}", highlight=False)

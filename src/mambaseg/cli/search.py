@@ -96,7 +96,7 @@ def search(
                               eval_batch_size=eval_batch_size, model_kwargs=dict(cfg.model.kwargs or {}),
                               progress=not no_progress, save_every=save_every,
                               supernet_time_limit_s=supernet_time_limit, search_time_limit_s=search_time_limit)
-    result = run_search(cfg, settings, out, log=lambda m: console.print(m, highlight=False))
+    result = run_search(cfg, settings, out, log=lambda m: console.print(m, highlight=False), console=console)
     table = Table(title="SliceMamba search result", show_header=False)
     table.add_row("architecture", " ".join(str(g) for g in result["arch"]))
     table.add_row("slices (m, n)", " ".join(f"{m}x{n}" for m, n in result["slices"]))

@@ -17,7 +17,7 @@ def _auto_recipe(model: Optional[str], data: Optional[str]) -> Optional[str]:
     if model is None or data is None:
         return None
     from mambaseg.configs import list_recipes
-    from mambaseg.engine.volumetric import dataset_family
+    from mambaseg.data.layouts import dataset_family
 
     family = dataset_family(data)
     name = f"{model}_{family}" if family else None
@@ -46,7 +46,7 @@ def build_config(
     """Resolve the run config: base (checkpoint being resumed > --config > --recipe > defaults), then the
     explicit options, then ``--set`` overrides (last wins)."""
     from mambaseg.configs import RunConfig, apply_overrides, config_from_dict, load_config, load_recipe
-    from mambaseg.engine import load_checkpoint
+    from mambaseg.checkpoint import load_checkpoint
 
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from)

@@ -87,7 +87,6 @@ class DataConfig:
             uninterrupted one (with the default ``False`` the resumed weights are identical).
         binary: treat masks as foreground/background (True) or as label indices (False).
         label_values: for multi-class folder masks, the pixel value of each class index.
-        cache: optional ``.npz`` cache written by ``benchmarks/make_cache.py`` (overrides ``path``'s files).
     """
 
     path: str | None = None
@@ -104,7 +103,6 @@ class DataConfig:
     persistent_workers: bool = False
     binary: bool = True
     label_values: list[int] | None = None
-    cache: str | None = None
 
 
 @dataclass
@@ -191,6 +189,9 @@ class TrainConfig:
         compile: run the training forward and backward through ``torch.compile`` (default mode; the Triton scan
             enters the graph as a custom operator, so VM-UNet compiles to one graph). The first steps compile
             for minutes; evaluation runs the model uncompiled.
+        scan_backend: selective-scan backend used around the model during training and validation (``auto``,
+            ``torch``, ``triton``, ``ref``, ...; see :func:`mambaseg.ops.use_backend`). A runtime choice: it is
+            not stored in the model or in its checkpoint's model description.
     """
 
     epochs: int = 300
@@ -211,6 +212,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     time_limit_s: float | None = None
     compile: bool = False
+    scan_backend: str = "auto"
 
 
 @dataclass
@@ -314,9 +316,25 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+#: fields that older versions wrote and that no longer exist; dropped when reading a stored config
+_RETIRED = {"data": ("cache",)}
+
+
 def config_from_dict(data: dict[str, Any] | None) -> RunConfig:
-    """Build a :class:`RunConfig` from a (possibly partial) nested dict, checking names and types."""
-    return _from_dict(RunConfig, dict(data or {}), "")
+    """Build a :class:`RunConfig` from a (possibly partial) nested dict, checking names and types.
+
+    Fields retired since an older version (``data.cache``, never used) are dropped when unset, so configs stored
+    in older checkpoints still load; a retired field holding a value is an error naming it.
+    """
+    data = dict(data or {})
+    for section, names in _RETIRED.items():
+        if isinstance(data.get(section), dict):
+            sec = dict(data[section])
+            for name in names:
+                if name in sec and sec[name] is None:
+                    del sec[name]
+            data[section] = sec
+    return _from_dict(RunConfig, data, "")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

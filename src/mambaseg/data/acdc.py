@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 import numpy as np
 
 from mambaseg.data.files import DatasetError
@@ -162,3 +163,22 @@ def acdc_volumes(root: str | Path, split: str = "val") -> VolumeDataset:
 
     return VolumeDataset(names, H5VolumeLoader(names, paths), label_names=ACDC_LABELS, num_classes=4, paths=[str(p) for p in paths])
 
+
+
+def open_acdc(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
+    """ACDC (SSL4MIS h5) layout opener: slices for training, volumes for val/test."""
+    from mambaseg.data.layouts import DataTask, DataTaskError, image_size_of, volume_label_map
+    from mambaseg.data.volumetric import paper_normalization
+
+    norm = normalization if normalization is not None else paper_normalization(1)
+    ds: dict[str, Any] = {}
+    for s in splits:
+        if s == "train":
+            ds[s] = acdc_slices(root, image_size=image_size_of(cfg), augment=cfg.data.augment, normalization=norm)
+        elif s in ("val", "test"):
+            ds[s] = acdc_volumes(root, s)
+        else:
+            raise DataTaskError(f"ACDC has splits train, val and test; got {s!r}")
+    return DataTask(name="acdc", datasets=ds, evaluation="volume_slicewise", label_map=volume_label_map(ACDC_LABELS),
+                    num_classes=4, in_chans=1, normalization=norm,
+                    info={"root": str(root), **{f"n_{s}": len(d) for s, d in ds.items()}})

@@ -254,3 +254,66 @@ class FolderDataset2D(Dataset):
             f"FolderDataset2D(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
             f"image_size={self.image_size}, augment={self.augment}, binary={self.binary})"
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# layout opener (see mambaseg.data.layouts)
+
+
+def is_folder2d_root(root: Path) -> bool:
+    """Whether ``root`` looks like ``ROOT/{train,val[,test]}/{images,masks}/``."""
+    if not root.is_dir():
+        return False
+    return any((root / s / "images").is_dir() or (root / s).is_dir() for s in ("train", "val", "test"))
+
+
+def folder_label_map(cfg: Any) -> tuple[dict[str, int], int]:
+    """``(label map, model output channels)`` of a 2-D folder task from ``data.binary`` / ``data.label_values``."""
+    from mambaseg.data.layouts import DataTaskError, binary_label_map
+
+    if cfg.data.binary:
+        return binary_label_map(), 1
+    values = cfg.data.label_values
+    if not values:
+        raise DataTaskError(
+            "multi-class folder data needs data.label_values (the mask pixel value of each class index, "
+            "e.g. --set data.label_values=[0,1,2,3])"
+        )
+    return {("background" if i == 0 else f"class_{i}"): int(v) for i, v in enumerate(values)}, len(values)
+
+
+def open_folder2d(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
+    """2-D folder dataset (:class:`FolderDataset2D`); a missing ``val`` is carved from ``train`` with a saved split."""
+    from mambaseg.data.layouts import DataTask, image_size_of, open_splits
+    from mambaseg.data.validation import validate_dataset
+
+    size = image_size_of(cfg)
+    label_map, num_classes = folder_label_map(cfg)
+    info: dict[str, Any] = {"root": str(root)}
+    ids: dict[str, list[str]] = {}
+    if any(s in ("train", "val") for s in splits):
+        sp = resolve_splits(root, val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed,
+                            split_file=cfg.data.split_file)
+        ids = {k: list(v) for k, v in sp.items() if k in ("train", "val")}
+        if getattr(sp, "path", None) is not None:
+            info["split_file"] = str(sp.path)
+    label_values = None if cfg.data.binary else cfg.data.label_values
+    if cfg.data.validate:
+        check = list(splits)
+        if "val" in check and "train" not in check and not (root / "val").is_dir():
+            check.append("train")  # a carved val lives in the train folder
+        report = validate_dataset(root, splits=tuple(check), binary=cfg.data.binary, skip_bad=cfg.data.skip_bad,
+                                  label_values=label_values)
+        if report.problems:
+            info["skipped"] = [str(x) for x in report.problems]
+
+    def make(split: str, augment: bool, norm: Any) -> FolderDataset2D:
+        return FolderDataset2D(root, split, image_size=size, augment=augment, normalization=norm,
+                               binary=cfg.data.binary, label_values=label_values, skip_bad=cfg.data.skip_bad,
+                               ids=ids.get(split), seed=cfg.train.seed, preset=cfg.data.augmentation)
+
+    normalization, datasets = open_splits(make, splits, normalization, cfg.data.augment)
+    in_chans = normalization.num_channels if normalization is not None else 3
+    info.update({f"n_{s}": len(d) for s, d in datasets.items()})
+    return DataTask(name="folder2d", datasets=datasets, evaluation="pixels2d", label_map=label_map,
+                    num_classes=num_classes, in_chans=in_chans, normalization=normalization, info=info)

@@ -368,3 +368,29 @@ def nnunet_slices(
         seed=seed,
         in_chans=len(raw.channel_names),
     )
+
+
+def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
+    """nnU-Net raw (NIfTI) layout opener: slices of the training cases, volumes of the validation cases."""
+    from mambaseg.data.layouts import DataTask, DataTaskError, image_size_of, volume_label_map
+    from mambaseg.data.volumetric import paper_normalization
+
+    raw = NnUNetRaw(root)
+    sp = raw.splits(val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
+    in_chans = len(raw.channel_names)
+    norm = normalization if normalization is not None else paper_normalization(in_chans)
+    ds: dict[str, Any] = {}
+    for s in splits:
+        if s == "train":
+            ds[s] = nnunet_slices(raw, sp["train"], image_size=image_size_of(cfg), augment=cfg.data.augment,
+                                  normalization=norm)
+        elif s == "val":
+            ds[s] = nnunet_volumes(raw, sp["val"])
+        else:
+            raise DataTaskError(
+                f"nnU-Net raw datasets have labelled splits train and val only (imagesTs has no labels); got {s!r}"
+            )
+    return DataTask(name="nnunet", datasets=ds, evaluation="volume_slicewise",
+                    label_map=volume_label_map(raw.label_names), num_classes=raw.num_classes, in_chans=in_chans,
+                    normalization=norm, info={"root": str(root), "val_cases": sp["val"],
+                                              **{f"n_{s}": len(d) for s, d in ds.items()}})

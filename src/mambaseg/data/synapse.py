@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -206,3 +207,47 @@ def synapse_train_cases(root: str | Path, list_name: str = "train.txt") -> list[
     for n in read_list_file(synapse_list(root, list_name)):
         seen.setdefault(_slice_case(n)[0], None)
     return list(seen)
+
+
+def _held_out_cases(root: Path, cfg: Any) -> list[str]:
+    """Training cases held out for validation (seeded) when the dataset has no ``lists/val_vol.txt``."""
+    from mambaseg.data.layouts import DataTaskError
+
+    cases = synapse_train_cases(root)
+    if len(cases) < 2:
+        raise DataTaskError(f"{root}: need >= 2 training cases to hold one out for validation (or lists/val_vol.txt)")
+    rng = np.random.default_rng(cfg.data.split_seed)
+    n_val = min(len(cases) - 1, max(1, round(cfg.data.val_fraction * len(cases))))
+    return sorted(cases[i] for i in rng.permutation(len(cases))[:n_val])
+
+
+def open_synapse(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
+    """Synapse (TransUNet npz/h5) layout opener: slices for training, volumes for val (held out) and test."""
+    from mambaseg.data.layouts import DataTask, DataTaskError, image_size_of, volume_label_map
+    from mambaseg.data.volumetric import paper_normalization
+
+    norm = normalization if normalization is not None else paper_normalization(1)
+    try:
+        synapse_list(root, "val_vol.txt")
+        val_from_list = True
+    except ValueError:
+        val_from_list = False
+    val_cases: list[str] = [] if val_from_list else _held_out_cases(root, cfg)
+    info: dict[str, Any] = {"root": str(root), "val": "lists/val_vol.txt" if val_from_list else
+                            f"held-out training cases {val_cases}"}
+    ds: dict[str, Any] = {}
+    for s in splits:
+        if s == "train":
+            ds[s] = synapse_slices(root, exclude_cases=val_cases, image_size=image_size_of(cfg),
+                                   augment=cfg.data.augment, normalization=norm)
+        elif s == "val":
+            ds[s] = (synapse_volumes(root, "val_vol.txt") if val_from_list
+                     else synapse_volumes_from_slices(root, val_cases))
+        elif s == "test":
+            ds[s] = synapse_volumes(root, "test_vol.txt")
+        else:
+            raise DataTaskError(f"Synapse has splits train, val and test; got {s!r}")
+    info.update({f"n_{s}": len(d) for s, d in ds.items()})
+    return DataTask(name="synapse", datasets=ds, evaluation="volume_slicewise",
+                    label_map=volume_label_map(SYNAPSE_LABELS), num_classes=9, in_chans=1, normalization=norm,
+                    info=info)

@@ -1,4 +1,4 @@
-"""Training engine: data tasks, evaluators, checkpoints and the training loop.
+"""Training engine: the training loop, evaluators and checkpoint evaluation.
 
 Example:
     >>> from mambaseg.configs import load_recipe, apply_overrides
@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from mambaseg.engine.checkpoint import (
+from mambaseg.checkpoint import (
     CheckpointError,
     build_model,
     export_safetensors,
@@ -17,33 +17,30 @@ from mambaseg.engine.checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
-from mambaseg.engine.evaluator import EvalContext, Evaluator, SegmentationEvaluator2D, flatten_metrics, lookup_metric
+from mambaseg.data.layouts import DataLayout, DataTask, DataTaskError, detect_layout, list_layouts, register_layout
+from mambaseg.engine.evaluate import evaluate_checkpoint, open_data
+from mambaseg.engine.evaluator import (
+    EvalContext,
+    Evaluator,
+    SegmentationEvaluator2D,
+    SlicewiseVolumeEvaluator,
+    evaluator_for,
+    flatten_metrics,
+    lookup_metric,
+)
 from mambaseg.engine.optim import build_optimizer, build_scheduler
 from mambaseg.engine.run_logger import RunLogger, plot_progress
-from mambaseg.engine.tasks import (
-    ArrayDataset2D,
-    DataLayout,
-    DataTask,
-    DataTaskError,
-    detect_layout,
-    list_layouts,
-    open_data,
-    register_layout,
-)
-from mambaseg.engine import volumetric as _volumetric  # noqa: F401  (registers acdc/synapse/nnunet/volcache)
 from mambaseg.engine.trainer import (
+    TrainHooks,
     TrainingDiverged,
     TrainingInterrupted,
     TrainResult,
     build_model_from_config,
-    evaluate_checkpoint,
-    resolve_amp,
-    resolve_device,
     train,
 )
+from mambaseg.runtime import resolve_amp, resolve_device
 
 __all__ = [
-    "ArrayDataset2D",
     "CheckpointError",
     "DataLayout",
     "DataTask",
@@ -52,6 +49,8 @@ __all__ = [
     "Evaluator",
     "RunLogger",
     "SegmentationEvaluator2D",
+    "SlicewiseVolumeEvaluator",
+    "TrainHooks",
     "TrainResult",
     "TrainingDiverged",
     "TrainingInterrupted",
@@ -61,6 +60,7 @@ __all__ = [
     "build_scheduler",
     "detect_layout",
     "evaluate_checkpoint",
+    "evaluator_for",
     "export_safetensors",
     "flatten_metrics",
     "list_layouts",

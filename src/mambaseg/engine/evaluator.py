@@ -13,30 +13,38 @@ their own class. The trainer and ``mambaseg evaluate`` only rely on the :class:`
 statistics (:func:`mambaseg.metrics.confusion_stats`) are gathered from all processes, ordered by sample id and
 reduced twice, ``pooled`` (one confusion matrix over the whole split, the papers' convention) and ``per_case``
 (mean of per-image values); see :mod:`mambaseg.metrics` for the definitions and the empty-case policy.
+
+:class:`SlicewiseVolumeEvaluator` is the evaluator of volumetric tasks: each validation volume is predicted slice by
+slice (:func:`mambaseg.inference.volume.predict_volume`: cubic zoom to the network size, logits to labels, nearest
+zoom back), then per-class Dice and HD95 are computed on the 3-D volume (:mod:`mambaseg.metrics.volume`) under
+the named empty-mask policies. :func:`evaluator_for` picks the evaluator of a task's protocol.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import numpy as np
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from mambaseg.runtime import autocast_for
 from mambaseg.utils.distributed import DistContext, all_gather_objects
 
-__all__ = ["EvalContext", "Evaluator", "SegmentationEvaluator2D", "lookup_metric", "flatten_metrics", "autocast_for"]
-
-
-def autocast_for(device: torch.device, amp_dtype: torch.dtype | None):
-    """``torch.autocast`` for ``device`` when ``amp_dtype`` is set, else a null context."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+__all__ = [
+    "EvalContext",
+    "Evaluator",
+    "SegmentationEvaluator2D",
+    "SlicewiseVolumeEvaluator",
+    "evaluator_for",
+    "flatten_metrics",
+    "lookup_metric",
+    "volume_summary_table",
+]
 
 
 @dataclass
@@ -170,10 +178,10 @@ class SegmentationEvaluator2D(Evaluator):
         self.class_names = class_names
 
     def predict_labels(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class indices (B, H, W) int64 from logits (B, C, H, W)."""
-        if logits.shape[1] == 1:
-            return (logits[:, 0] > math.log(self.threshold / (1.0 - self.threshold))).long()
-        return logits.argmax(dim=1)
+        """Class indices (B, H, W) int64 from logits (B, C, H, W) (:func:`mambaseg.metrics.labels_from_logits`)."""
+        from mambaseg.metrics import labels_from_logits
+
+        return labels_from_logits(logits, self.threshold)
 
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: EvalContext) -> dict[str, Any]:
         from mambaseg.metrics import confusion_stats
@@ -272,3 +280,160 @@ class SegmentationEvaluator2D(Evaluator):
         else:
             table.caption = f"{summary.get('n_images')} images — {run_dir}"
         return table
+
+
+class SlicewiseVolumeEvaluator(Evaluator):
+    """Per-volume, per-class Dice / HD95 of a 2-D model applied slice by slice.
+
+    Args:
+        label_names: ``{class_value: name}`` of the foreground classes.
+        num_classes: classes incl. background (model output channels).
+        image_size: network input (H, W).
+        normalization: input normalisation of the slices (``mambaseg.data.Normalization``) or ``None``.
+        policies: empty-mask policies to report (``"transunet"``, ``"nan"``).
+        primary: the policy of the top-level ``dice``/``hd95`` (used for model selection).
+        metric_workers: processes computing the HD95 while the model predicts the next volume (0 = inline).
+    """
+
+    name = "volume_slicewise"
+
+    def __init__(
+        self,
+        label_names: Mapping[int, str],
+        num_classes: int,
+        *,
+        image_size: Sequence[int],
+        normalization: Any = None,
+        policies: Sequence[str] = ("transunet", "nan"),
+        primary: str = "transunet",
+        metric_workers: int = 0,
+    ) -> None:
+        from mambaseg.metrics.hd95 import check_empty_policy
+
+        self.label_names = {int(k): str(v) for k, v in label_names.items() if int(k) != 0}
+        self.num_classes = int(num_classes)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.normalization = normalization
+        self.policies = [check_empty_policy(p) for p in policies]
+        self.primary = check_empty_policy(primary)
+        if self.primary not in self.policies:
+            self.policies.insert(0, self.primary)
+        self.metric_workers = int(metric_workers)
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, ctx: EvalContext) -> dict[str, Any]:
+        from mambaseg.data.volumetric import zoom_labels
+        from mambaseg.inference.volume import predict_volume
+        from mambaseg.metrics.volume import VolumeEvaluator
+
+        n = len(dataset)  # type: ignore[arg-type]
+        if n == 0:
+            raise ValueError("cannot evaluate on an empty dataset (0 volumes)")
+        indices = list(range(ctx.dist.rank, n, ctx.dist.world_size))
+        local = VolumeEvaluator(self.label_names, self.num_classes, num_workers=self.metric_workers)
+        loss_sum = [0.0]
+        n_slices = [0]
+        for done, i in enumerate(indices, 1):
+            vol = dataset[i]
+            if vol.label is None:
+                raise ValueError(f"volume {vol.id!r} ({vol.path}) has no label; cannot evaluate")
+            label = vol.label
+
+            def on_batch(idx: list[int], x: torch.Tensor, logits: torch.Tensor) -> None:
+                if ctx.loss_fn is None:
+                    return
+                y = np.stack([zoom_labels(label[z], self.image_size) for z in idx]).astype(np.int64)
+                yt = torch.from_numpy(y).to(logits.device)
+                loss_sum[0] += float(ctx.loss_fn(logits, yt)) * len(idx)
+                n_slices[0] += len(idx)
+
+            pred = predict_volume(
+                model, vol, image_size=self.image_size, normalization=self.normalization,
+                batch_size=max(1, ctx.batch_size), device=ctx.device, amp_dtype=ctx.amp_dtype, on_batch=on_batch,
+            )
+            local.add(vol.id, pred, label, vol.spacing)
+            if ctx.progress is not None:
+                ctx.progress(done, len(indices))
+        gathered = all_gather_objects((local.stats(), loss_sum[0], n_slices[0]), ctx.dist)
+        ev = VolumeEvaluator(self.label_names, self.num_classes)
+        for st in sorted((s for g in gathered for s in g[0]), key=lambda s: s.case_id):
+            ev.add_stats(st)
+        total_loss = sum(g[1] for g in gathered)
+        total_slices = sum(g[2] for g in gathered)
+        return self.summarize(ev, loss=total_loss / max(total_slices, 1) if ctx.loss_fn is not None else None)
+
+    def summarize(self, ev: Any, *, loss: float | None = None) -> dict[str, Any]:
+        """Result dict from a filled :class:`mambaseg.metrics.VolumeEvaluator`."""
+        rep = ev.report(self.primary)
+        out: dict[str, Any] = {
+            "dice": rep["mean_dice"],
+            "hd95": rep["mean_hd95"],
+            "empty_policy": self.primary,
+            "empty_policy_rule": rep["empty_policy_rule"],
+            "hd95_units": rep["hd95_units"],
+            "protocol": rep["protocol"],
+            "n_volumes": rep["num_volumes"],
+            "classes": rep["classes"],
+            "per_volume": rep["per_volume"],
+            "policies": {p: ev.report(p, per_volume=False) for p in self.policies},
+        }
+        if loss is not None:
+            out["loss"] = float(loss)
+        return out
+
+    def summary_table(self, summary: dict[str, Any], run_dir: Any) -> Any:
+        return volume_summary_table(summary, run_dir)
+
+    def headline(self, result: dict[str, Any]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for k in ("loss", "dice", "hd95"):
+            v = result.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out[k] = float(v)
+        for name, vals in (result.get("classes") or {}).items():
+            v = vals.get("dice")
+            if isinstance(v, (int, float)):
+                out[f"dice_{name}"] = float(v)
+        return out
+
+
+def volume_summary_table(summary: dict[str, Any], run_dir: Any) -> Any:
+    """Rich table of a per-volume result: Dice / HD95 per class (by name) and the mean, for every policy."""
+    from rich.table import Table
+
+    units = summary.get("hd95_units", "voxels")
+    table = Table(title=f"per-volume metrics of the best checkpoint (epoch {summary.get('best_epoch')}), "
+                        f"{summary.get('n_volumes')} volumes")
+    table.add_column("policy")
+    table.add_column("metric")
+    names = list((summary.get("classes") or {}).keys())
+    for n in names + ["mean"]:
+        table.add_column(n, justify="right")
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, (int, float)) else str(v if v is not None else "-")
+
+    policies = summary.get("policies") or {summary.get("empty_policy", "transunet"): summary}
+    for pol, rep in policies.items():
+        cls = rep.get("classes") or {}
+        table.add_row(pol, "Dice", *[fmt(cls.get(n, {}).get("dice")) for n in names], fmt(rep.get("mean_dice")))
+        table.add_row(pol, f"HD95 ({units})", *[fmt(cls.get(n, {}).get("hd95")) for n in names],
+                      fmt(rep.get("mean_hd95")))
+    tr = summary.get("train") or {}
+    cap = f"{tr.get('epochs')} epochs, {tr.get('steps')} steps, {tr.get('seconds')} s — " if tr else ""
+    table.caption = cap + str(run_dir)
+    return table
+
+
+def evaluator_for(task: Any, image_size: Sequence[int]) -> Evaluator:
+    """The evaluator of a :class:`~mambaseg.data.layouts.DataTask`'s protocol (``task.evaluation``).
+
+    Args:
+        task: the opened task.
+        image_size: network input (H, W) (slice-wise volume evaluation resizes each slice to it).
+    """
+    if task.evaluation == "pixels2d":
+        return SegmentationEvaluator2D(task.num_classes, class_names=list(task.label_map))
+    if task.evaluation == "volume_slicewise":
+        return SlicewiseVolumeEvaluator(task.label_names, task.num_classes, image_size=image_size,
+                                        normalization=task.normalization)
+    raise ValueError(f"no evaluator for evaluation protocol {task.evaluation!r}")

@@ -1,26 +1,28 @@
-"""The training loop: one function, :func:`train`, driven by a :class:`~mambaseg.configs.RunConfig`.
+"""The training loop: :func:`train`, driven by a :class:`~mambaseg.configs.RunConfig`.
 
-What it does, in order:
+Read it top to bottom: :func:`train` joins the process group, :func:`_setup` builds everything a run needs (data,
+model, loss, optimizer, schedule, resume state, run directory) into one :class:`_Run`, and the epoch loop in
+:func:`_loop` calls :func:`_train_epoch` (the optimizer steps), :func:`_validate` (the task's evaluator on the
+VALIDATION split, ``best.pt`` by ``train.best_metric``) and :func:`_save` (``last.pt`` every
+``train.checkpoint_every`` epochs and after the last one); :func:`_finish` writes ``metrics.json``,
+``best.safetensors`` and the summary.
 
-1. picks the device (``train.device``; under ``torchrun`` the CUDA device named by ``LOCAL_RANK``) and joins the
-   process group started by the launcher (gloo on CPU, NCCL on CUDA); it never sets environment variables;
-2. opens the data with :func:`mambaseg.engine.open_data` (the layout's datasets, evaluator and label map; the
-   input normalisation is computed from the training split, or taken from the checkpoint when resuming);
-3. builds the model with ``create_model`` (seeded), the loss (``mambaseg.losses.create_loss``), AdamW/Adam/SGD and
-   the schedule (:mod:`mambaseg.engine.optim`);
-4. trains with bf16 autocast on CUDA (the scan kernels compute in fp32 whatever autocast says), gradient clipping,
-   a finite-loss/gradient check every step (a NaN/inf stops the run with a clear message and leaves the last good
-   checkpoint untouched), and an optional cap on optimizer steps (``train.max_steps``);
-5. validates every ``train.val_every`` epochs (and after the last one) with the task's evaluator on the
-   VALIDATION split, keeps ``best.pt`` by ``train.best_metric`` (exported to ``best.safetensors`` at the end) and
-   ``last.pt`` every ``train.checkpoint_every`` epochs;
-6. writes ``config.yaml``, ``metrics.json``, ``history.json``, ``progress.png``, ``train.log`` and TensorBoard events.
+Details that matter:
 
-Reproducibility: every epoch reseeds Python/NumPy/torch from ``(seed, epoch, rank)`` and the shuffling comes from a
-``DistributedSampler`` seeded with ``seed`` (also in a single process), so an interrupted run resumed from
-``last.pt`` ends with the same weights as an uninterrupted one on CPU. Under DDP ``train.batch_size`` is the GLOBAL
-batch (each of the N processes takes ``batch_size / N`` samples), so N processes follow the same optimisation as
-one process up to floating-point summation order (when augmentation and stochastic layers are off).
+* device: ``train.device``; under ``torchrun`` the CUDA device named by ``LOCAL_RANK``, process group gloo on CPU
+  / NCCL on CUDA. Nothing here sets environment variables.
+* precision: bf16 autocast on CUDA (the scan kernels compute in fp32 whatever autocast says), gradient clipping, a
+  finite-loss/gradient check every step (a NaN/inf stops the run with a clear message and leaves the last good
+  checkpoint untouched), an optional cap on optimizer steps (``train.max_steps``) and on wall time
+  (``train.time_limit_s``).
+* scan backend: ``train.scan_backend`` is applied around the model for the whole run (runtime choice; never stored
+  in the model or the checkpoint's model description).
+* reproducibility: every epoch reseeds Python/NumPy/torch from ``(seed, epoch, rank)`` and the shuffling comes from
+  a ``DistributedSampler`` seeded with ``seed`` (also in a single process), so an interrupted run resumed from
+  ``last.pt`` ends with the same weights as an uninterrupted one on CPU. Under DDP ``train.batch_size`` is the
+  GLOBAL batch (each of the N processes takes ``batch_size / N`` samples).
+* hooks: :class:`TrainHooks` lets a caller replace the model, the training split, or act before each step and each
+  validation, with its own state saved in ``last.pt`` (the SliceMamba supernet search trains through this loop).
 """
 
 from __future__ import annotations
@@ -28,38 +30,32 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from mambaseg.checkpoint import CheckpointError, export_safetensors, load_checkpoint, save_checkpoint, unwrap_model
 from mambaseg.configs import RunConfig, config_from_dict, config_to_dict, save_config
-from mambaseg.engine.checkpoint import (
-    CheckpointError,
-    export_safetensors,
-    load_checkpoint,
-    save_checkpoint,
-    unwrap_model,
-)
-from mambaseg.engine.evaluator import EvalContext, autocast_for, flatten_metrics, lookup_metric
+from mambaseg.data.layouts import DataTask
+from mambaseg.engine.evaluate import open_data
+from mambaseg.engine.evaluator import EvalContext, flatten_metrics, lookup_metric
 from mambaseg.engine.optim import build_optimizer, build_scheduler
 from mambaseg.engine.run_logger import RunLogger
-from mambaseg.engine.tasks import DataTask, open_data
+from mambaseg.runtime import autocast_for, env_int, resolve_amp, resolve_device, scan_backend
 from mambaseg.utils.distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from mambaseg.utils.files import atomic_write_json
 from mambaseg.utils.seed import get_rng_state, seed_everything, seed_worker, set_rng_state
 
 __all__ = [
     "train",
+    "TrainHooks",
     "TrainResult",
     "TrainingDiverged",
     "TrainingInterrupted",
-    "resolve_device",
-    "resolve_amp",
     "build_model_from_config",
 ]
 
@@ -74,6 +70,39 @@ class TrainingInterrupted(RuntimeError):
 
 class EpochCallback(Protocol):
     def __call__(self, state: dict[str, Any]) -> None: ...
+
+
+class TrainHooks:
+    """Extension points of :func:`train`; every method's default does nothing.
+
+    Subclass it to train something other than a registered model through the same loop (same checkpoint format,
+    resume, divergence handling and progress output). ``state_dict``/``load_state_dict`` are saved in and
+    restored from ``last.pt`` (weights-only-safe content: tensors and primitive containers).
+    """
+
+    def build_model(self, cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module | None:
+        """The model to train (``None``: ``create_model`` from ``cfg.model``). Set ``model.mambaseg_spec``."""
+        return None
+
+    def prepare_task(self, task: DataTask) -> DataTask:
+        """Adjust the opened task (e.g. train on a subset of the training split)."""
+        return task
+
+    def before_step(self, model: nn.Module, step: int) -> None:
+        """Called before every training forward pass."""
+
+    def before_validation(self, model: nn.Module, epoch: int) -> None:
+        """Called before every validation."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def checkpoint_dir(self, run_dir: Path) -> Path:
+        """Folder of ``last.pt`` / ``best.pt`` / ``best.safetensors`` (default ``RUN/checkpoints``)."""
+        return run_dir / "checkpoints"
 
 
 @dataclass
@@ -103,61 +132,6 @@ class TrainResult:
     images_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
     rank: int = 0
-
-
-def resolve_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """Device for ``spec`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
-
-    Under ``torchrun`` with ``cuda``/``auto`` the device is ``cuda:LOCAL_RANK`` (the one the launcher gave this
-    process). Raises ``ValueError`` with the fix when CUDA is requested but unavailable.
-    """
-    s = (spec or "auto").strip().lower()
-    if s == "auto":
-        s = "cuda" if torch.cuda.is_available() else "cpu"
-    if s.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {spec!r} requested but CUDA is not available (torch {torch.__version__}, "
-                f"built with CUDA {torch.version.cuda or 'none'}); use --device cpu or install a CUDA build of torch"
-            )
-        if s == "cuda":
-            index = local_rank if world_size > 1 else torch.cuda.current_device()
-        else:
-            try:
-                index = int(s.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"device {spec!r} is not valid; use cuda or cuda:N") from None
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-        return torch.device("cuda", index)
-    if s == "cpu":
-        return torch.device("cpu")
-    if s == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise ValueError("device 'mps' requested but MPS is not available; use --device cpu")
-        return torch.device("mps")
-    raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
-
-
-def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """``(autocast dtype or None, use GradScaler)`` for ``train.amp`` on ``device``.
-
-    ``auto`` = bf16 on CUDA devices that support it, off elsewhere; ``fp16`` uses a GradScaler.
-    """
-    a = (amp or "auto").lower()
-    if a == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16, False
-        return None, False
-    if a in ("off", "none", "fp32", "false", "no"):
-        return None, False
-    if a == "bf16":
-        return torch.bfloat16, False
-    if a == "fp16":
-        if device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs a CUDA device; use bf16 or off on CPU")
-        return torch.float16, True
-    raise ValueError(f"unknown train.amp {amp!r}; valid: auto, bf16, fp16, off")
 
 
 def build_model_from_config(cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
@@ -260,6 +234,7 @@ def train(
     console: Any = None,
     callbacks: tuple[EpochCallback, ...] | list[EpochCallback] = (),
     show_progress: bool = True,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Train a model as described by ``cfg`` and write the run directory ``cfg.train.out``.
 
@@ -275,6 +250,7 @@ def train(
             ``history``, ``model``); returning ``True`` stops the run cleanly after this epoch (``metrics.json`` is
             written; e.g. a time budget), raising :class:`TrainingInterrupted` aborts it (as a crash would).
         show_progress: draw rich progress bars (needs ``console``).
+        hooks: :class:`TrainHooks` (a different model, a subset of the training split, per-step actions).
 
     Returns:
         :class:`TrainResult` (metrics of the best checkpoint).
@@ -283,42 +259,23 @@ def train(
         TrainingDiverged: non-finite loss/gradients; ``last.pt`` still holds the last good epoch.
         ValueError: invalid configuration (device, batch size, metric name, ...).
     """
-    tc = cfg.train
-    local_rank = _env_int("LOCAL_RANK", 0)
-    world_env = _env_int("WORLD_SIZE", 1)
-    device = resolve_device(tc.device, local_rank, world_env)
+    local_rank, world_env = env_int("LOCAL_RANK", 0), env_int("WORLD_SIZE", 1)
+    device = resolve_device(cfg.train.device, local_rank, world_env)
     if device.type == "cuda" and world_env > 1:
         torch.cuda.set_device(device)
     ctx = init_distributed(device.type)
     try:
-        return _train(cfg, ctx, device, resume=resume, console=console if ctx.is_main else None,
-                      callbacks=callbacks, show_progress=show_progress)
+        with scan_backend(cfg.train.scan_backend):
+            run = _setup(cfg, ctx, device, resume=resume, hooks=hooks or TrainHooks(),
+                         console=console if ctx.is_main else None)
+            _loop(run, callbacks, show_progress)
+            return _finish(run)
     finally:
         ctx.close()
 
 
-def _env_int(name: str, default: int) -> int:
-    import os
-
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-def _train(
-    cfg: RunConfig,
-    ctx: DistContext,
-    device: torch.device,
-    *,
-    resume: str | Path | bool | None,
-    console: Any,
-    callbacks: Any,
-    show_progress: bool,
-) -> TrainResult:
-    from mambaseg.data import Normalization
-    from mambaseg.losses import create_loss
-
+def _check_config(cfg: RunConfig, ctx: DistContext) -> None:
+    """Reject invalid training options before anything is built."""
     tc = cfg.train
     if tc.epochs < 1:
         raise ValueError(f"train.epochs must be >= 1, got {tc.epochs}")
@@ -335,13 +292,63 @@ def _train(
         raise ValueError(f"train.val_every must be >= 1, got {tc.val_every}")
     if tc.time_limit_s is not None and tc.time_limit_s <= 0:
         raise ValueError(f"train.time_limit_s must be a positive number of seconds (or null), got {tc.time_limit_s}")
-    run_dir = Path(tc.out)
-    ckpt_dir = run_dir / "checkpoints"
 
-    # ---- resume state
+
+@dataclass
+class _Run:
+    """Everything one training run holds; built by :func:`_setup`, advanced by the epoch loop."""
+
+    cfg: RunConfig
+    ctx: DistContext
+    device: torch.device
+    task: DataTask
+    model: nn.Module
+    train_model: nn.Module  # model wrapped for training (DDP, torch.compile)
+    loss_fn: Any
+    loader: DataLoader
+    sampler: DistributedSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    eval_ctx: EvalContext
+    logger: RunLogger
+    hooks: TrainHooks
+    base_payload: dict[str, Any]
+    console: Any
+    resumed: bool = False
+    start_epoch: int = 0
+    step: int = 0
+    best_value: float | None = None
+    best_epoch: int = 0
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    n_seen: int = 0
+    seconds: float = 0.0
+    stop_reason: str = ""
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.hooks.checkpoint_dir(Path(self.cfg.train.out))
+
+    @property
+    def plateau(self) -> bool:
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: Any, hooks: TrainHooks,
+           console: Any) -> _Run:
+    """Data, model, loss, optimisation and resume state of a run; the run directory and its config."""
+    from mambaseg.data import Normalization
+    from mambaseg.losses import create_loss
+
+    _check_config(cfg, ctx)
+    tc = cfg.train
+    run_dir = Path(tc.out)
     state: dict[str, Any] | None = None
     if resume:
-        rpath = ckpt_dir / "last.pt" if resume is True else Path(resume)
+        rpath = hooks.checkpoint_dir(run_dir) / "last.pt" if resume is True else Path(resume)
         state = load_checkpoint(rpath, map_location="cpu")
         if "optimizer" not in state:
             raise CheckpointError(f"{rpath} holds weights only (no optimizer state); resume needs a last.pt")
@@ -354,260 +361,309 @@ def _train(
 
     # ---- data
     norm = Normalization.from_dict(state["normalization"]) if state and state.get("normalization") else None
-    task: DataTask = open_data(cfg.data.path, cfg, splits=("train", "val"), normalization=norm)
+    task = hooks.prepare_task(open_data(cfg.data.path, cfg, splits=("train", "val"), normalization=norm))
     num_classes = cfg.model.num_classes or task.num_classes
     in_chans = cfg.model.in_chans or task.in_chans
     if num_classes != task.num_classes:
         raise ValueError(f"model.num_classes={num_classes} but the data has {task.num_classes} output channel(s)")
-    train_ds, val_ds = task.train, task.val
+    train_ds = task.train
     if train_ds is None or len(train_ds) == 0:  # type: ignore[arg-type]
         raise ValueError(f"the training split of {cfg.data.path} is empty")
 
     # ---- model, loss, optimisation
     seed_everything(tc.seed)
-    model = build_model_from_config(cfg, num_classes, in_chans).to(device)
+    model = hooks.build_model(cfg, num_classes, in_chans)
+    if model is None:
+        model = build_model_from_config(cfg, num_classes, in_chans)
+    model = model.to(device)
     _check_image_size(model, cfg)
-    spec = dict(getattr(model, "mambaseg_spec", {}) or {})
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(device)
-    per_rank_bs = tc.batch_size // ctx.world_size
     sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=tc.seed, drop_last=False)
     loader = DataLoader(
-        train_ds, batch_size=per_rank_bs, sampler=sampler, num_workers=cfg.data.num_workers,
+        train_ds, batch_size=tc.batch_size // ctx.world_size, sampler=sampler, num_workers=cfg.data.num_workers,
         collate_fn=_collate_train, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
         drop_last=False, persistent_workers=bool(cfg.data.persistent_workers and cfg.data.num_workers > 0),
     )
-    steps_per_epoch = len(loader)
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, epochs=tc.epochs, steps_per_epoch=steps_per_epoch,
+    scheduler = build_scheduler(optimizer, cfg.schedule, epochs=tc.epochs, steps_per_epoch=len(loader),
                                 max_steps=tc.max_steps, best_mode=tc.best_mode)
-    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=use_scaler)
-
-    start_epoch, step = 0, 0
-    best_value: float | None = None
-    best_epoch = 0
-    best_metrics: dict[str, Any] = {}
-    history: list[dict[str, Any]] = []
-    if state is not None:
-        unwrap_model(model).load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        best = state.get("best") or {}
-        best_value = best.get("value")
-        best_epoch = int(best.get("epoch", 0))
-        history = list(state.get("history") or [])
-        best_metrics = dict(state.get("best_metrics") or {})
-        if state.get("rng"):
-            set_rng_state(state["rng"])
-
+    train_model: nn.Module = model
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ddp_kw: dict[str, Any] = {"find_unused_parameters": tc.find_unused_parameters}
         if device.type == "cuda":
             ddp_kw["device_ids"] = [device.index]
-        train_model: nn.Module = DDP(model, **ddp_kw)
-    else:
-        train_model = model
+        train_model = DDP(model, **ddp_kw)
     if tc.compile:
         train_model = torch.compile(train_model)
-    eval_ctx = EvalContext(device=device, dist=ctx, amp_dtype=amp_dtype, batch_size=tc.val_batch_size,
-                           num_workers=cfg.data.num_workers, loss_fn=loss_fn)
 
     # ---- run directory
-    logger = RunLogger(run_dir if ctx.is_main else None)
     resolved = config_from_dict(config_to_dict(cfg))
+    logger = RunLogger(run_dir if ctx.is_main else None)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(resolved, run_dir / "config.yaml")
-        n_params = sum(p.numel() for p in model.parameters())
-        logger.log(
-            f"{'resume' if state else 'start'}: model {cfg.model.name} ({n_params:,} params), data {cfg.data.path} "
-            f"[{task.name}: {task.info}], device {device}, amp {amp_dtype}, processes {ctx.world_size}, "
-            f"global batch {tc.batch_size}, {steps_per_epoch} steps/epoch"
-        )
-    base_payload = {
-        "model": spec,
-        "normalization": task.normalization.to_dict() if task.normalization is not None else None,
-        "label_map": dict(task.label_map),
-        "image_size": [int(s) for s in cfg.data.image_size],
-        "task": {"layout": task.name, "num_classes": num_classes, "in_chans": in_chans,
-                 "evaluator": getattr(task.evaluator, "name", "")},
-        "config": config_to_dict(resolved),
-    }
+    run = _Run(
+        cfg=cfg, ctx=ctx, device=device, task=task, model=model, train_model=train_model, loss_fn=loss_fn,
+        loader=loader, sampler=sampler, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        amp_dtype=amp_dtype, logger=logger, hooks=hooks, console=console,
+        eval_ctx=EvalContext(device=device, dist=ctx, amp_dtype=amp_dtype, batch_size=tc.val_batch_size,
+                             num_workers=cfg.data.num_workers, loss_fn=loss_fn),
+        base_payload={
+            "model": dict(getattr(model, "mambaseg_spec", {}) or {}),
+            "normalization": task.normalization.to_dict() if task.normalization is not None else None,
+            "label_map": dict(task.label_map),
+            "image_size": [int(s) for s in cfg.data.image_size],
+            "task": {"layout": task.name, "num_classes": num_classes, "in_chans": in_chans,
+                     "evaluator": getattr(task.evaluator, "name", "")},
+            "config": config_to_dict(resolved),
+        },
+    )
+    if state is not None:
+        _restore(run, state)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.log(
+        f"{'resume' if state else 'start'}: model {cfg.model.name} ({n_params:,} params), data {cfg.data.path} "
+        f"[{task.name}: {task.info}], device {device}, amp {amp_dtype}, processes {ctx.world_size}, "
+        f"global batch {tc.batch_size}, {len(loader)} steps/epoch"
+    )
+    return run
 
-    def payload(epoch_done: int, metrics: dict[str, Any], *, training: bool) -> dict[str, Any]:
-        p = dict(base_payload)
-        p.update({
-            "state_dict": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
-            "epoch": epoch_done,
-            "step": step,
-            "metrics": metrics,
-            "best": {"metric": tc.best_metric, "mode": tc.best_mode, "value": best_value, "epoch": best_epoch},
-        })
-        if training:
-            p.update({
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": get_rng_state(),
-                "history": history,
-                "best_metrics": best_metrics,
-            })
-        return p
 
-    n_seen = 0
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    """Continue from a ``last.pt``: weights, optimizer, schedule, scaler, counters, history, RNG, hooks."""
+    unwrap_model(run.model).load_state_dict(state["state_dict"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scheduler"):
+        run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.step = int(state["epoch"]), int(state["step"])
+    best = state.get("best") or {}
+    run.best_value = best.get("value")
+    run.best_epoch = int(best.get("epoch", 0))
+    run.history = list(state.get("history") or [])
+    run.best_metrics = dict(state.get("best_metrics") or {})
+    if state.get("hooks"):
+        run.hooks.load_state_dict(state["hooks"])
+    if state.get("rng"):
+        set_rng_state(state["rng"])
+    run.resumed = True
+
+
+def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
+    """The epoch loop: train, validate, save, log; stops on epochs, max_steps, time limit or a callback."""
+    tc = run.cfg.train
     t0 = time.perf_counter()
-    stop_reason = ""
-    last_metrics: dict[str, Any] = {}
-    clip = float(tc.grad_clip) if tc.grad_clip else math.inf
-    params = [p for p in model.parameters() if p.requires_grad]
-    det_ctx = _deterministic(tc.deterministic)
     try:
-        with det_ctx, _Progress(console, show_progress, tc.epochs, start_epoch) as bar:
-            for epoch in range(start_epoch, tc.epochs):
-                if tc.max_steps is not None and step >= tc.max_steps:
-                    stop_reason = f"max_steps={tc.max_steps} reached"
+        with _deterministic(tc.deterministic), _Progress(run.console, show_progress, tc.epochs,
+                                                          run.start_epoch) as bar:
+            for epoch in range(run.start_epoch, tc.epochs):
+                if tc.max_steps is not None and run.step >= tc.max_steps:
+                    run.stop_reason = f"max_steps={tc.max_steps} reached"
                     break
-                seed_everything(_epoch_seed(tc.seed, epoch, ctx.rank))
-                sampler.set_epoch(epoch)
-                if hasattr(train_ds, "set_epoch"):
-                    train_ds.set_epoch(epoch)  # per-(seed, epoch, sample) augmentation, same for any process count
-                train_model.train()
                 te = time.perf_counter()
-                bar.new_epoch(epoch + 1, steps_per_epoch)
-                loss_sum = torch.zeros((), dtype=torch.float64)
-                count = 0
-                capped = False
-                for batch in loader:
-                    x = batch["image"].to(device, non_blocking=True)
-                    y = batch["mask"].to(device, non_blocking=True).long()
-                    with autocast_for(device, amp_dtype):
-                        logits = train_model(x)
-                    loss = loss_fn(logits.float(), y)
-                    bs = x.shape[0]
-                    # one small all-reduce per step, on the device: global loss sum, sample count and a non-finite
-                    # flag; then one copy to the host
-                    lv = loss.detach().double()
-                    finite = torch.isfinite(lv)
-                    red = all_reduce_sum(torch.stack([torch.where(finite, lv * bs, 0.0), torch.full_like(lv, bs),
-                                                      (~finite).double()]), ctx).cpu()
-                    if red[2] > 0:
-                        _diverged(logger, bar, ckpt_dir, epoch, step, "loss", optimizer)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
-                    if not use_scaler and not bool(torch.isfinite(gnorm)):
-                        _diverged(logger, bar, ckpt_dir, epoch, step, "gradient norm", optimizer)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if not plateau and cfg.schedule.interval == "step":
-                        scheduler.step()
-                    step += 1
-                    loss_sum += red[0]
-                    count += int(red[1])
-                    n_seen += int(red[1])
-                    if ctx.is_main and step % max(tc.log_every, 1) == 0:
-                        logger.scalars({"loss": float(red[0] / red[1]), "lr": optimizer.param_groups[0]["lr"],
-                                        "grad_norm": float(gnorm)}, step, prefix="train_step/")
-                    bar.step(f"loss {float(red[0] / max(red[1], 1)):.4f}")
-                    if tc.max_steps is not None and step >= tc.max_steps:
-                        capped = True
-                        break
-                lr_used = optimizer.param_groups[0]["lr"]
-                if not plateau and cfg.schedule.interval == "epoch":
-                    scheduler.step()
-                train_loss = float(loss_sum / max(count, 1))
+                train_loss, lr_used, capped = _train_epoch(run, epoch, bar)
                 last_epoch = epoch + 1 == tc.epochs or capped
-                record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
+                record: dict[str, Any] = {"epoch": epoch + 1, "step": run.step, "train_loss": train_loss,
                                           "lr": lr_used, "best_metric": tc.best_metric}
                 if (epoch + 1) % tc.val_every == 0 or last_epoch:
-                    metrics = task.evaluator.evaluate(model, val_ds, eval_ctx)  # type: ignore[arg-type]
-                    value = lookup_metric(metrics, tc.best_metric)
-                    if plateau:
-                        scheduler.step(value)
-                    last_metrics = metrics
-                    record["val"] = task.evaluator.headline(metrics)
-                    record["val"][tc.best_metric] = value
-                    if _better(value, best_value, tc.best_mode):
-                        best_value, best_epoch, best_metrics = value, epoch + 1, metrics
-                        record["best"] = True
-                        if ctx.is_main:
-                            save_checkpoint(ckpt_dir / "best.pt", payload(epoch + 1, metrics, training=False))
+                    record.update(_validate(run, epoch))
                 record["time"] = time.perf_counter() - te
-                history.append(record)
+                run.history.append(record)
                 saved = (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or last_epoch
-                if ctx.is_main and saved:
-                    save_checkpoint(ckpt_dir / "last.pt", payload(epoch + 1, last_metrics, training=True))
-                if ctx.is_main:
-                    logger.scalars({"loss": train_loss, "lr": lr_used, "epoch_time": record["time"]}, epoch + 1,
-                                   prefix="train/")
-                    if "val" in record:
-                        logger.scalars(flatten_metrics(last_metrics), epoch + 1, prefix="val/")
-                    logger.history(history, final=last_epoch)
-                    line = _epoch_line(record, tc.epochs)
-                    logger.log(line)
-                    bar.print(line)
-                bar.epoch_done(f"best {tc.best_metric} {best_value:.4f}" if best_value is not None else "")
-                barrier(ctx)
-                cb_state = {"epoch": epoch + 1, "step": step, "history": history, "model": model,
-                            "metrics": last_metrics, "run_dir": run_dir}
-                want_stop = any([cb(cb_state) is True for cb in callbacks])
-                over_time = tc.time_limit_s is not None and time.perf_counter() - t0 > tc.time_limit_s
-                # every process must take the same decision (a time budget may differ between processes)
-                votes = all_reduce_sum(torch.tensor([float(want_stop), float(over_time)]), ctx)
-                want_stop, over_time = bool(votes[0] > 0), bool(votes[1] > 0)
-                if (want_stop or over_time) and epoch + 1 < tc.epochs:
-                    stop_reason = (f"train.time_limit_s={tc.time_limit_s:g} reached" if over_time
-                                   else "stopped by a callback (e.g. a time budget)")
-                    if ctx.is_main:
-                        if not saved:
-                            save_checkpoint(ckpt_dir / "last.pt", payload(epoch + 1, last_metrics, training=True))
-                        logger.history(history, final=True)
+                if saved:
+                    _save(run, "last.pt", epoch + 1, run.last_metrics, training=True)
+                _log_epoch(run, record, bar, final=last_epoch)
+                barrier(run.ctx)
+                stop = _should_stop(run, epoch, callbacks, t0)
+                if stop and epoch + 1 < tc.epochs:
+                    run.stop_reason = stop
+                    if not saved:
+                        _save(run, "last.pt", epoch + 1, run.last_metrics, training=True)
+                    run.logger.history(run.history, final=True)
                     break
                 if capped:
-                    stop_reason = f"max_steps={tc.max_steps} reached"
+                    run.stop_reason = f"max_steps={tc.max_steps} reached"
                     break
     except BaseException:
-        logger.close()
+        run.logger.close()
         raise
-    seconds = time.perf_counter() - t0
-    ips = n_seen / seconds if seconds > 0 else 0.0
-    result_metrics = dict(best_metrics)
+    run.seconds = time.perf_counter() - t0
+
+
+def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, bool]:
+    """One epoch of optimizer steps; returns (mean training loss, lr used, whether max_steps was reached)."""
+    tc, ctx, device = run.cfg.train, run.ctx, run.device
+    seed_everything(_epoch_seed(tc.seed, epoch, ctx.rank))
+    run.sampler.set_epoch(epoch)
+    train_ds = run.task.train
+    if hasattr(train_ds, "set_epoch"):
+        train_ds.set_epoch(epoch)  # per-(seed, epoch, sample) augmentation, same for any process count
+    run.train_model.train()
+    bar.new_epoch(epoch + 1, len(run.loader))
+    clip = float(tc.grad_clip) if tc.grad_clip else math.inf
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    count = 0
+    capped = False
+    for batch in run.loader:
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["mask"].to(device, non_blocking=True).long()
+        run.hooks.before_step(run.model, run.step)
+        with autocast_for(device, run.amp_dtype):
+            logits = run.train_model(x)
+        loss = run.loss_fn(logits.float(), y)
+        bs = x.shape[0]
+        # one small all-reduce per step, on the device: global loss sum, sample count and a non-finite flag;
+        # then one copy to the host
+        lv = loss.detach().double()
+        finite = torch.isfinite(lv)
+        red = all_reduce_sum(torch.stack([torch.where(finite, lv * bs, 0.0), torch.full_like(lv, bs),
+                                          (~finite).double()]), ctx).cpu()
+        if red[2] > 0:
+            _diverged(run, bar, epoch, "loss")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if not run.scaler.is_enabled() and not bool(torch.isfinite(gnorm)):
+            _diverged(run, bar, epoch, "gradient norm")
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        if not run.plateau and run.cfg.schedule.interval == "step":
+            run.scheduler.step()
+        run.step += 1
+        loss_sum += red[0]
+        count += int(red[1])
+        run.n_seen += int(red[1])
+        if ctx.is_main and run.step % max(tc.log_every, 1) == 0:
+            run.logger.scalars({"loss": float(red[0] / red[1]), "lr": run.optimizer.param_groups[0]["lr"],
+                                "grad_norm": float(gnorm)}, run.step, prefix="train_step/")
+        bar.step(f"loss {float(red[0] / max(red[1], 1)):.4f}")
+        if tc.max_steps is not None and run.step >= tc.max_steps:
+            capped = True
+            break
+    lr_used = run.optimizer.param_groups[0]["lr"]
+    if not run.plateau and run.cfg.schedule.interval == "epoch":
+        run.scheduler.step()
+    return float(loss_sum / max(count, 1)), lr_used, capped
+
+
+def _validate(run: _Run, epoch: int) -> dict[str, Any]:
+    """Evaluate on the validation split; keeps ``best.pt``. Returns the epoch record's ``val``/``best`` entries."""
+    tc = run.cfg.train
+    run.hooks.before_validation(run.model, epoch)
+    metrics = run.task.evaluator.evaluate(run.model, run.task.val, run.eval_ctx)  # type: ignore[arg-type]
+    value = lookup_metric(metrics, tc.best_metric)
+    if run.plateau:
+        run.scheduler.step(value)
+    run.last_metrics = metrics
+    out: dict[str, Any] = {"val": {**run.task.evaluator.headline(metrics), tc.best_metric: value}}
+    if _better(value, run.best_value, tc.best_mode):
+        run.best_value, run.best_epoch, run.best_metrics = value, epoch + 1, metrics
+        out["best"] = True
+        _save(run, "best.pt", epoch + 1, metrics, training=False)
+    return out
+
+
+def _save(run: _Run, name: str, epoch_done: int, metrics: dict[str, Any], *, training: bool) -> None:
+    """Write ``checkpoints/<name>`` atomically (main process only); ``training`` adds the resume state."""
+    if not run.ctx.is_main:
+        return
+    tc = run.cfg.train
+    payload = dict(run.base_payload)
+    payload.update({
+        "state_dict": {k: v.detach().cpu() for k, v in unwrap_model(run.model).state_dict().items()},
+        "epoch": epoch_done,
+        "step": run.step,
+        "metrics": metrics,
+        "best": {"metric": tc.best_metric, "mode": tc.best_mode, "value": run.best_value, "epoch": run.best_epoch},
+    })
+    if training:
+        payload.update({
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "rng": get_rng_state(),
+            "history": run.history,
+            "best_metrics": run.best_metrics,
+            "hooks": run.hooks.state_dict(),
+        })
+    save_checkpoint(run.ckpt_dir / name, payload)
+
+
+def _log_epoch(run: _Run, record: dict[str, Any], bar: _Progress, *, final: bool) -> None:
+    """TensorBoard scalars, ``history.json``/``progress.png``, ``train.log`` and the console line of an epoch."""
+    if run.ctx.is_main:
+        epoch = record["epoch"]
+        run.logger.scalars({"loss": record["train_loss"], "lr": record["lr"], "epoch_time": record["time"]}, epoch,
+                           prefix="train/")
+        if "val" in record:
+            run.logger.scalars(flatten_metrics(run.last_metrics), epoch, prefix="val/")
+        run.logger.history(run.history, final=final)
+        line = _epoch_line(record, run.cfg.train.epochs)
+        run.logger.log(line)
+        bar.print(line)
+    best = run.best_value
+    bar.epoch_done(f"best {run.cfg.train.best_metric} {best:.4f}" if best is not None else "")
+
+
+def _should_stop(run: _Run, epoch: int, callbacks: Any, t0: float) -> str:
+    """Reason to stop after this epoch (callbacks, time limit), the same on every process; ``""`` = go on."""
+    tc = run.cfg.train
+    cb_state = {"epoch": epoch + 1, "step": run.step, "history": run.history, "model": run.model,
+                "metrics": run.last_metrics, "run_dir": Path(tc.out)}
+    want_stop = any([cb(cb_state) is True for cb in callbacks])
+    over_time = tc.time_limit_s is not None and time.perf_counter() - t0 > tc.time_limit_s
+    # every process must take the same decision (a time budget may differ between processes)
+    votes = all_reduce_sum(torch.tensor([float(want_stop), float(over_time)]), run.ctx)
+    if votes[1] > 0:
+        return f"train.time_limit_s={tc.time_limit_s:g} reached"
+    if votes[0] > 0:
+        return "stopped by a callback (e.g. a time budget)"
+    return ""
+
+
+def _finish(run: _Run) -> TrainResult:
+    """``metrics.json`` (best checkpoint's validation metrics + run facts), ``best.safetensors``, summary table."""
+    cfg, tc, ctx = run.cfg, run.cfg.train, run.ctx
+    run_dir = Path(tc.out)
+    ips = run.n_seen / run.seconds if run.seconds > 0 else 0.0
     summary = {
-        **result_metrics,
+        **dict(run.best_metrics),
         "checkpoint": "checkpoints/best.pt",
         "best_metric": tc.best_metric,
         "best_mode": tc.best_mode,
-        "best_value": best_value,
-        "best_epoch": best_epoch,
-        "last": last_metrics,
-        "train": {"epochs": len(history), "steps": step, "seconds": round(seconds, 3),
-                  "images_per_second": round(ips, 3), "processes": ctx.world_size, "device": str(device),
-                  "amp": str(amp_dtype) if amp_dtype else "off", "stop_reason": stop_reason or "completed"},
-        "data": {"path": str(cfg.data.path), "layout": task.name, "split": "val", **task.info},
-        "model": {"name": cfg.model.name, "params": sum(p.numel() for p in model.parameters())},
+        "best_value": run.best_value,
+        "best_epoch": run.best_epoch,
+        "last": run.last_metrics,
+        "train": {"epochs": len(run.history), "steps": run.step, "seconds": round(run.seconds, 3),
+                  "images_per_second": round(ips, 3), "processes": ctx.world_size, "device": str(run.device),
+                  "amp": str(run.amp_dtype) if run.amp_dtype else "off",
+                  "stop_reason": run.stop_reason or "completed"},
+        "data": {"path": str(cfg.data.path), "layout": run.task.name, "split": "val", **run.task.info},
+        "model": {"name": cfg.model.name, "params": sum(p.numel() for p in run.model.parameters())},
     }
     if ctx.is_main:
-        if (ckpt_dir / "best.pt").is_file():  # exported once at the end: best.pt changes often early in a run
-            export_safetensors(ckpt_dir / "best.safetensors", load_checkpoint(ckpt_dir / "best.pt"))
+        best_pt = run.ckpt_dir / "best.pt"
+        if best_pt.is_file():  # exported once at the end: best.pt changes often early in a run
+            export_safetensors(run.ckpt_dir / "best.safetensors", load_checkpoint(best_pt))
         atomic_write_json(run_dir / "metrics.json", summary)
-        logger.log(f"done: {len(history)} epochs, {step} steps, {seconds:.1f} s, {ips:.3g} img/s; "
-                   f"best {tc.best_metric} = {best_value} at epoch {best_epoch}")
-        logger.close()
-        if console is not None:
-            console.print(task.evaluator.summary_table(summary, run_dir))
+        run.logger.log(f"done: {len(run.history)} epochs, {run.step} steps, {run.seconds:.1f} s, {ips:.3g} img/s; "
+                       f"best {tc.best_metric} = {run.best_value} at epoch {run.best_epoch}")
+        run.logger.close()
+        if run.console is not None:
+            run.console.print(run.task.evaluator.summary_table(summary, run_dir))
     barrier(ctx)
-    return TrainResult(run_dir=run_dir, metrics=summary, best_epoch=best_epoch,
-                       best_value=float(best_value) if best_value is not None else float("nan"),
-                       epochs=len(history), steps=step, seconds=seconds, images_per_second=ips, history=history,
+    best = run.best_value
+    return TrainResult(run_dir=run_dir, metrics=summary, best_epoch=run.best_epoch,
+                       best_value=float(best) if best is not None else float("nan"), epochs=len(run.history),
+                       steps=run.step, seconds=run.seconds, images_per_second=ips, history=run.history,
                        rank=ctx.rank)
 
 
@@ -641,16 +697,15 @@ def _deterministic(enabled: bool):
     return cm()
 
 
-def _diverged(logger: RunLogger, bar: _Progress, ckpt_dir: Path, epoch: int, step: int, what: str,
-              optimizer: torch.optim.Optimizer) -> None:
-    last = ckpt_dir / "last.pt"
+def _diverged(run: _Run, bar: _Progress, epoch: int, what: str) -> None:
+    last = run.ckpt_dir / "last.pt"
     keep = (f"the last good checkpoint {last} (end of the previous epoch) is kept" if last.is_file()
             else "no checkpoint was written yet")
-    msg = (f"training diverged: the {what} became NaN/inf at epoch {epoch + 1}, step {step + 1} "
-           f"(lr {optimizer.param_groups[0]['lr']:.3g}); stopped; {keep}. Lower the learning rate (--lr), "
+    msg = (f"training diverged: the {what} became NaN/inf at epoch {epoch + 1}, step {run.step + 1} "
+           f"(lr {run.optimizer.param_groups[0]['lr']:.3g}); stopped; {keep}. Lower the learning rate (--lr), "
            f"enable gradient clipping (--set train.grad_clip=1.0) or turn AMP off (--set train.amp=off)")
-    logger.log(msg)
-    logger.close()
+    run.logger.log(msg)
+    run.logger.close()
     raise TrainingDiverged(msg)
 
 
@@ -662,71 +717,3 @@ def _epoch_line(rec: dict[str, Any], epochs: int) -> str:
     if rec.get("best"):
         parts.append("(best)")
     return " | ".join(parts)
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    data: str | Path | None = None,
-    *,
-    split: str = "val",
-    out: str | Path | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    console: Any = None,
-) -> dict[str, Any]:
-    """Evaluate a checkpoint on a split of a dataset with the same preprocessing as training.
-
-    Args:
-        checkpoint: ``best.pt``/``last.pt``/``best.safetensors`` written by :func:`train`.
-        data: dataset path (default: the one recorded in the checkpoint's config).
-        split: ``val``, ``test`` or ``train``.
-        out: folder for ``metrics.json`` (optional).
-        device: ``auto``/``cpu``/``cuda``/...
-        batch_size: evaluation batch size (default: the run's ``train.val_batch_size``).
-        console: optional rich console for a summary table.
-
-    Returns:
-        The evaluator's metrics dict (plus ``checkpoint``, ``split`` and ``data``).
-    """
-    from mambaseg.data import Normalization
-    from mambaseg.engine.checkpoint import build_model
-
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    if ckpt.get("config"):
-        cfg = config_from_dict(ckpt["config"])
-    else:  # safetensors export: rebuild a minimal config from the metadata
-        cfg = RunConfig()
-        cfg.data.image_size = list(ckpt.get("image_size") or cfg.data.image_size)
-    if data is not None:
-        cfg.data.path = str(data)
-    cfg.data.augment = False
-    dev = resolve_device(device)
-    norm = Normalization.from_dict(ckpt["normalization"]) if ckpt.get("normalization") else None
-    layout = (ckpt.get("task") or {}).get("layout")
-    task = open_data(cfg.data.path, cfg, splits=(split,), normalization=norm, layout=layout)
-    model = build_model(ckpt).to(dev)
-    amp_dtype, _ = resolve_amp(cfg.train.amp, dev)
-    loss_fn = None
-    try:
-        from mambaseg.losses import create_loss
-
-        loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
-    except (ValueError, KeyError, TypeError, ImportError) as exc:
-        # e.g. a loss registered by a plugin that is not importable here: metrics are still exact, say so loudly
-        warnings.warn(f"evaluating without a loss value: loss {cfg.loss.name!r} cannot be built here ({exc})",
-                      RuntimeWarning, stacklevel=2)
-        loss_fn = None
-    ectx = EvalContext(device=dev, amp_dtype=amp_dtype, batch_size=batch_size or cfg.train.val_batch_size,
-                       num_workers=cfg.data.num_workers, loss_fn=loss_fn)
-    metrics = task.evaluator.evaluate(model, task.datasets[split], ectx)
-    result = {**metrics, "checkpoint": str(checkpoint), "split": split, "data": str(cfg.data.path),
-              "epoch": ckpt.get("epoch"), "model": (ckpt.get("model") or {}).get("name")}
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(out) / "metrics.json", result)
-    if console is not None:
-        table = task.evaluator.summary_table({**result, "best_epoch": ckpt.get("epoch"), "train": {}},
-                                             Path(str(checkpoint)))
-        table.title = f"{split} metrics of {checkpoint} (epoch {ckpt.get('epoch')})"
-        console.print(table)
-    return result

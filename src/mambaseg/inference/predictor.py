@@ -2,7 +2,8 @@
 
 The predictor repeats the evaluation preprocessing of training exactly (read -> resize to the checkpoint's
 ``image_size`` -> scale to [0, 1] -> the stored normalisation), runs the model, upsamples the logits back to each
-image's ORIGINAL size (bilinear) and thresholds them (sigmoid > 0.5 for binary, argmax for multi-class).
+image's ORIGINAL size (bilinear) and turns them into labels with the library's one rule
+(:func:`mambaseg.metrics.labels_from_logits`: sigmoid >= threshold for binary, argmax for multi-class).
 
 Example:
     >>> import mambaseg
@@ -13,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,6 +21,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mambaseg.metrics import labels_from_logits
+from mambaseg.runtime import autocast_for, resolve_device
 
 __all__ = ["Predictor", "load", "list_images", "IMAGE_EXTENSIONS", "overlay_mask", "PALETTE"]
 
@@ -89,7 +92,6 @@ class Predictor:
         info: dict[str, Any] | None = None,
     ) -> None:
         from mambaseg.data.transforms import as_size, build_transforms
-        from mambaseg.engine.trainer import resolve_device
 
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
         self.model = model.to(self.device).eval()
@@ -112,7 +114,7 @@ class Predictor:
                         threshold: float = 0.5) -> Predictor:
         """Load a ``.pt`` or ``.safetensors`` checkpoint written by ``mambaseg train``."""
         from mambaseg.data import Normalization
-        from mambaseg.engine.checkpoint import CheckpointError, build_model, load_checkpoint
+        from mambaseg.checkpoint import CheckpointError, build_model, load_checkpoint
 
         ckpt = load_checkpoint(checkpoint, map_location="cpu")
         if not ckpt.get("image_size"):
@@ -183,17 +185,11 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
-        import contextlib
-
-        amp = (torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-               if self.amp_dtype is not None else contextlib.nullcontext())
-        with torch.inference_mode(), amp:
+        with torch.inference_mode(), autocast_for(self.device, self.amp_dtype):
             return self.model(batch.to(self.device)).float()
 
     def _labels(self, logits: torch.Tensor) -> torch.Tensor:
-        if logits.shape[1] == 1:
-            return (logits[:, 0] > math.log(self.threshold / (1.0 - self.threshold))).long()
-        return logits.argmax(dim=1)
+        return labels_from_logits(logits, self.threshold)
 
     def predict_logits(self, images: Sequence[ImageInput]) -> list[torch.Tensor]:
         """Logits (num_classes, H, W) of each image at its original size (bilinear upsampling)."""
@@ -274,6 +270,65 @@ class Predictor:
             if progress is not None:
                 progress(len(written), len(files))
         return written
+
+
+    def predict_path(
+        self,
+        input_path: str | Path,
+        out_dir: str | Path,
+        *,
+        batch_size: int = 4,
+        overlays: bool = True,
+        intensity: str = "auto",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Path]:
+        """Predict whatever ``input_path`` holds: one image, a folder of images, one volume or a folder of volumes.
+
+        2-D images go through :meth:`predict_folder` (PNG masks and overlays at the original size); 3-D volumes
+        (``.nii``/``.nii.gz``/``.h5``/``.npz``/``.npy``) are predicted slice by slice
+        (:func:`mambaseg.inference.volume.predict_volume_file`) and written as label volumes with the source
+        geometry, to ``OUT/<id>_pred.<ext>`` (or to ``OUT`` itself when it is a volume file name).
+
+        Args:
+            intensity: 3-D inputs: intensity mapping to [0, 1] (``auto`` = as the training data, ``minmax``,
+                ``ct``, ``none``).
+
+        Returns:
+            The written files.
+        """
+        from mambaseg.inference.volume import intensity_for_checkpoint, is_volume_path, predict_volume_file
+
+        vols = _volume_inputs(Path(input_path))
+        if not vols:
+            return self.predict_folder(input_path, out_dir, batch_size=batch_size, overlays=overlays,
+                                       progress=progress)
+        if intensity == "auto":
+            intensity = intensity_for_checkpoint(self.info.get("training") or {})
+        out = Path(out_dir)
+        written = []
+        for v in vols:
+            target = out if len(vols) == 1 or not is_volume_path(out) else out.parent
+            written.append(predict_volume_file(
+                self.model, v, target, image_size=self.image_size, normalization=self.normalization,
+                batch_size=batch_size, device=self.device, label_values=list(self.label_map.values()),
+                scale=intensity,
+            ))
+            if progress is not None:
+                progress(len(written), len(vols))
+        return written
+
+
+def _volume_inputs(path: Path) -> list[Path]:
+    """Volume files named by ``path`` (a volume file, or a folder holding only volume files); else ``[]``."""
+    from mambaseg.inference.volume import is_volume_path
+
+    if path.is_file():
+        return [path] if is_volume_path(path) else []
+    if path.is_dir():
+        entries = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        vols = [p for p in entries if is_volume_path(p)]
+        return vols if vols and len(vols) == len(entries) else []
+    return []
 
 
 def list_images(path: str | Path) -> list[Path]:

@@ -2,9 +2,9 @@
 
 The procedure of the TransUNet / MSVM-UNet / HeteroMedSeg test code (spec msvmunet-slicemamba §1.6,
 dermomamba-heteromedseg B8): every slice along D is zoomed to the network size with a cubic spline (order 3),
-normalised, passed through the network in batches, turned into labels by softmax + argmax (sigmoid > 0.5 for a
-one-channel binary model), and the label slice is zoomed back to the original in-plane size with nearest
-neighbour (order 0). The label slices are stacked into a (D, H, W) volume.
+normalised, passed through the network in batches, turned into labels by the library's one rule
+(:func:`mambaseg.metrics.labels_from_logits`: argmax, or sigmoid >= 0.5 for a one-channel binary model), and the
+label slice is zoomed back to the original in-plane size with nearest neighbour (order 0). The label slices are stacked into a (D, H, W) volume.
 
 Files: ``.nii``/``.nii.gz`` (nibabel, geometry kept: predictions are written with the source affine and
 orientation codes), ``.h5`` (dataset ``image``; predictions written as dataset ``label``), ``.npz`` (key ``image``
@@ -28,6 +28,8 @@ import torch.nn as nn
 
 from mambaseg.data.normalization import Normalization
 from mambaseg.data.volumetric import Volume, zoom_image, zoom_labels
+from mambaseg.metrics import labels_from_logits
+from mambaseg.runtime import autocast_for
 
 __all__ = [
     "VOLUME_SUFFIXES",
@@ -241,12 +243,6 @@ def iter_slice_batches(
         yield idx, torch.from_numpy(x)
 
 
-def _labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
-    return torch.softmax(logits.float(), dim=1).argmax(dim=1)
-
-
 @torch.no_grad()
 def predict_volume(
     model: nn.Module,
@@ -293,15 +289,11 @@ def predict_volume(
             vol, image_size=size, normalization=normalization, batch_size=batch_size, in_chans=in_chans
         ):
             x = x.to(dev)
-            if amp_dtype is not None:
-                with torch.autocast(device_type=dev.type, dtype=amp_dtype):
-                    logits = model(x)
-            else:
-                logits = model(x)
-            logits = logits.float()
+            with autocast_for(dev, amp_dtype):
+                logits = model(x).float()
             if on_batch is not None:
                 on_batch(idx, x, logits)
-            lab = _labels_from_logits(logits).cpu().numpy()
+            lab = labels_from_logits(logits).cpu().numpy()
             for j, z in enumerate(idx):
                 out[z] = zoom_labels(lab[j], (h, w))
     finally:
@@ -351,8 +343,3 @@ def predict_volume_file(
         suffix = _suffix(input_path)
         o = o / f"{vol.id}_pred{suffix if suffix != '.npy' else '.npy'}"
     return write_prediction(o, labels, vol)
-
-
-def describe_volume(vol: Volume) -> dict[str, Any]:
-    """Small JSON-able description (id, shape, spacing, format) for logs."""
-    return {"id": vol.id, "shape": list(vol.spatial_shape), "spacing": vol.spacing, "format": vol.source_format}

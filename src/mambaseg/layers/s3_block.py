@@ -40,7 +40,7 @@ class S3Block(VSSBlock):
         drop_path: stochastic-depth probability of the residual branch.
         d_state: SSM state size.
         slice_size: ``(m, n)`` = (horizontal-strip height, vertical-strip width), or one int for both.
-        **ss2d_kwargs: further :class:`mambaseg.layers.SS2D` options (``ssm_ratio``, ``backend``, ...).
+        **ss2d_kwargs: further :class:`mambaseg.layers.SS2D` options (``ssm_ratio``, ...).
 
     Example:
         >>> blk = S3Block(96, slice_size=(2, 4))

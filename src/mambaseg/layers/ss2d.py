@@ -44,13 +44,16 @@ class SSMScanBase(nn.Module):
     """
 
     scan: ScanPattern
-    backend: str | None
     d_state: int
     dt_rank: int
 
-    def init_dims(self, d_model: int, d_state: int, ssm_ratio: float, dt_rank: int | str, scan: ScanPattern | None,
-                  backend: str | None) -> int:
-        """Set the widths, the scan pattern (default: the 4 raster orders) and the backend; returns D = d_inner."""
+    def init_dims(self, d_model: int, d_state: int, ssm_ratio: float, dt_rank: int | str,
+                  scan: ScanPattern | None) -> int:
+        """Set the widths and the scan pattern (default: the 4 raster orders); returns D = d_inner.
+
+        The scan backend is not a layer setting: it is resolved per call (``mambaseg.ops.use_backend``, the
+        environment, auto), so one model runs with any backend and its checkpoint records none.
+        """
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = d_inner = int(ssm_ratio * d_model)
@@ -58,7 +61,6 @@ class SSMScanBase(nn.Module):
             raise ValueError(f"ssm_ratio * d_model must be >= 1, got {ssm_ratio} * {d_model}")
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.scan = scan if scan is not None else RasterScan()
-        self.backend = backend
         return d_inner
 
     def init_ssm_parameters(
@@ -107,7 +109,6 @@ class SSMScanBase(nn.Module):
             self.Ds.to(f),
             delta_bias=self.dt_projs_bias.to(f).reshape(-1),
             delta_softplus=True,
-            backend=self.backend,
             out_dtype=f if upcast_inputs else None,
         )
         return self.scan.merge(y.view(b, k, d, L), h, w)
@@ -126,7 +127,6 @@ class SS2D(SSMScanBase):
         bias: bias of in_proj / out_proj.
         dt_min, dt_max, dt_init_floor: dt bias initialisation range.
         scan: scan pattern object (``.k``, ``.scan``, ``.merge``); default the 4 SS2D raster orders.
-        backend: selective-scan backend (None = context / env / auto).
     """
 
     def __init__(
@@ -142,13 +142,12 @@ class SS2D(SSMScanBase):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         scan: ScanPattern | None = None,
-        backend: str | None = None,
         **unused: Any,
     ) -> None:
         super().__init__()
         if unused:
             raise TypeError(f"SS2D got unexpected options: {sorted(unused)}")
-        d_inner = self.init_dims(d_model, d_state, ssm_ratio, dt_rank, scan, backend)
+        d_inner = self.init_dims(d_model, d_state, ssm_ratio, dt_rank, scan)
         k = self.scan.k
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
         self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias)

@@ -36,7 +36,6 @@ class SS2Dv2(SSMScanBase):
         dt_min, dt_max, dt_init_floor: dt bias initialisation range.
         scan: scan pattern (``.k``, ``.scan``, ``.merge``); default the 4 raster orders of
             :func:`mambaseg.ops.cross_scan` / :func:`mambaseg.ops.cross_merge`.
-        backend: selective-scan backend (None = context / env / auto).
 
     Shape:
         (B, C, H, W) -> (B, C, H, W).
@@ -56,10 +55,9 @@ class SS2Dv2(SSMScanBase):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         scan: ScanPattern | None = None,
-        backend: str | None = None,
     ) -> None:
         super().__init__()
-        d_inner = self.init_dims(d_model, d_state, ssm_ratio, dt_rank, scan, backend)
+        d_inner = self.init_dims(d_model, d_state, ssm_ratio, dt_rank, scan)
         k = self.scan.k
         self.in_proj = Linear2d(d_model, d_inner, bias=bias)
         self.conv2d = (

@@ -43,7 +43,7 @@ class VSSBlockV2(nn.Module):
         ffn: ``"mlp"`` (VMamba) or ``"msffn"`` (MSVM-UNet's multi-scale FFN).
         ms_kernel_sizes: depthwise kernels of the MS-FFN.
         mlp_drop: dropout inside the FFN.
-        **ss2d_kw: options of :class:`SS2Dv2` (d_state, ssm_ratio, dt_rank, d_conv, conv_bias, scan, backend, ...).
+        **ss2d_kw: options of :class:`SS2Dv2` (d_state, ssm_ratio, dt_rank, d_conv, conv_bias, scan, ...).
 
     Shape:
         (B, C, H, W) -> (B, C, H, W).

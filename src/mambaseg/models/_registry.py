@@ -99,6 +99,11 @@ def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **kwargs: A
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+    if "backend" in kwargs:
+        raise TypeError(
+            "create_model() takes no 'backend': the scan backend is a runtime choice applied around the model "
+            "(with mambaseg.ops.use_backend(name): ..., the MAMBASEG_SCAN_BACKEND variable, or train.scan_backend)"
+        )
     sig = inspect.signature(info.fn)
     if "img_size" in kwargs and "img_size" not in sig.parameters:
         # size-agnostic models (any H, W divisible by their stride) take no img_size: generic callers such as the

@@ -48,7 +48,6 @@ class VMambaV2Encoder(nn.Module):
         drop_path_rate: stochastic depth, linspace(0, rate) over all blocks.
         d_state, ssm_ratio, dt_rank, d_conv, conv_bias: SS2Dv2 options (VMamba-v2 tiny: 1, 1.0, "auto", 3, False).
         mlp_ratio: MLP width ratio of the blocks.
-        backend: selective-scan backend.
 
     Shape:
         (B, in_chans, H, W) -> [(B, dims[i], H / 2^(i+2), W / 2^(i+2)) for i in 0..3].
@@ -56,7 +55,7 @@ class VMambaV2Encoder(nn.Module):
 
     def __init__(self, in_chans: int = 3, dims: int | Sequence[int] = 96, depths: Sequence[int] = (2, 2, 8, 2),
                  drop_path_rate: float = 0.2, d_state: int = 1, ssm_ratio: float = 1.0, dt_rank: int | str = "auto",
-                 d_conv: int = 3, conv_bias: bool = False, mlp_ratio: float = 4.0, backend: str | None = None) -> None:
+                 d_conv: int = 3, conv_bias: bool = False, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         n = len(depths)
         dims = pyramid_dims(dims, n)
@@ -74,7 +73,7 @@ class VMambaV2Encoder(nn.Module):
         for i in range(n):
             blocks = nn.Sequential(*[
                 VSSBlockV2(dims[i], drop_path=dpr[i][j], mlp_ratio=mlp_ratio, ffn="mlp", d_state=d_state,
-                           ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias, backend=backend)
+                           ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias)
                 for j in range(depths[i])
             ])
             if i < n - 1:
@@ -101,14 +100,13 @@ class MSVMUpBlock(nn.Module):
     """LKPE (x2) -> concat skip -> 1x1 linear (2*out -> out) -> VSS blocks with MS-FFN."""
 
     def __init__(self, in_dim: int, out_dim: int, depth: int, drop_path: Sequence[float], d_state: int,
-                 ssm_ratio: float, mlp_ratio: float, ms_kernel_sizes: Sequence[int], backend: str | None) -> None:
+                 ssm_ratio: float, mlp_ratio: float, ms_kernel_sizes: Sequence[int]) -> None:
         super().__init__()
         self.up = LKPE(in_dim, out_dim=out_dim, scale=2)
         self.concat_layer = Linear2d(2 * out_dim, out_dim)
         self.vss_layer = nn.Sequential(OrderedDict(blocks=nn.Sequential(*[
             VSSBlockV2(out_dim, drop_path=drop_path[j], mlp_ratio=mlp_ratio, ffn="msffn",
-                       ms_kernel_sizes=ms_kernel_sizes, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=False,
-                       backend=backend)
+                       ms_kernel_sizes=ms_kernel_sizes, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=False)
             for j in range(depth)
         ])))
 
@@ -129,7 +127,7 @@ class MSVMDecoder(nn.Module):
 
     def __init__(self, dims: Sequence[int], num_classes: int, depths: Sequence[int] = (2, 2, 2),
                  drop_path_rate: float = 0.2, d_state: int = 1, ssm_ratio: float = 1.0, mlp_ratio: float = 4.0,
-                 ms_kernel_sizes: Sequence[int] = (1, 3, 5), backend: str | None = None) -> None:
+                 ms_kernel_sizes: Sequence[int] = (1, 3, 5)) -> None:
         super().__init__()
         rdims = list(dims)[::-1]
         if len(depths) != len(rdims) - 1:
@@ -139,7 +137,7 @@ class MSVMDecoder(nn.Module):
         self.layers = nn.ModuleList()
         for i in range(1, len(rdims)):
             self.layers.append(MSVMUpBlock(rdims[i - 1], rdims[i], depths[i - 1], dpr[i - 1],
-                                           d_state, ssm_ratio, mlp_ratio, ms_kernel_sizes, backend))
+                                           d_state, ssm_ratio, mlp_ratio, ms_kernel_sizes))
         self.head = FLKPE(rdims[-1], num_classes, scale=4)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -164,7 +162,6 @@ class MSVMUNet(SegmentationModel):
         d_state, ssm_ratio: SS2Dv2 options shared by encoder and decoder.
         mlp_ratio: FFN width ratio.
         ms_kernel_sizes: MS-FFN depthwise kernels.
-        backend: selective-scan backend (None = context / env / auto).
 
     Example:
         >>> m = MSVMUNet(num_classes=9, in_chans=1); m(torch.randn(1, 1, 224, 224)).shape
@@ -176,16 +173,15 @@ class MSVMUNet(SegmentationModel):
     def __init__(self, num_classes: int = 9, in_chans: int = 3, dims: int | Sequence[int] = 96,
                  depths: Sequence[int] = (2, 2, 8, 2), decoder_depths: Sequence[int] = (2, 2, 2),
                  drop_path_rate: float = 0.2, decoder_drop_path_rate: float = 0.2, d_state: int = 1,
-                 ssm_ratio: float = 1.0, mlp_ratio: float = 4.0, ms_kernel_sizes: Sequence[int] = (1, 3, 5),
-                 backend: str | None = None) -> None:
+                 ssm_ratio: float = 1.0, mlp_ratio: float = 4.0, ms_kernel_sizes: Sequence[int] = (1, 3, 5)) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.stride = 2 ** (len(depths) + 1)
         self.encoder = VMambaV2Encoder(3 if in_chans == 1 else in_chans, dims, depths, drop_path_rate, d_state,
-                                       ssm_ratio, mlp_ratio=mlp_ratio, backend=backend)
+                                       ssm_ratio, mlp_ratio=mlp_ratio)
         self.decoder = MSVMDecoder(self.encoder.dims, num_classes, decoder_depths, decoder_drop_path_rate, d_state,
-                                   ssm_ratio, mlp_ratio, ms_kernel_sizes, backend)
+                                   ssm_ratio, mlp_ratio, ms_kernel_sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -110,7 +110,7 @@ class SliceMamba(VMUNet):
         dims: encoder widths; an int C means (C, 2C, 4C, 8C).
         d_state: SSM state size.
         drop_path_rate: stochastic depth (encoder linspace(0, rate), decoder reversed).
-        **ssm_kwargs: further SS2D options (``backend``, ...).
+        **ssm_kwargs: further SS2D options (``ssm_ratio``, ...).
 
     Attributes:
         arch: the gene tuple.

@@ -162,7 +162,7 @@ class VMBUNet(SegmentationModel):
         drop_path_rate: stochastic depth (encoder increasing, decoder reversed, as VM-UNet).
         patch_size: stem stride.
         variant: ``"paper"`` (default) or ``"official"`` (released wiring, see the module docstring).
-        **ssm_kwargs: extra SS2D options (e.g. ``backend``).
+        **ssm_kwargs: extra SS2D options (e.g. ``ssm_ratio``).
 
     Example:
         >>> m = VMBUNet(num_classes=1); m(torch.randn(1, 3, 256, 256)).shape

@@ -49,7 +49,7 @@ class VMUNet(SegmentationModel):
         d_state: SSM state size.
         drop_path_rate: stochastic depth (see :func:`encoder_decoder_drop_rates`).
         patch_size: stem stride.
-        ssm_kwargs: extra SS2D options (e.g. ``backend``, ``ssm_ratio``).
+        ssm_kwargs: extra SS2D options (e.g. ``ssm_ratio``).
 
     Example:
         >>> m = VMUNet(num_classes=1); m(torch.randn(1, 3, 256, 256)).shape

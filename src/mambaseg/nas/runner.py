@@ -6,11 +6,12 @@
    normalisation comes from the training split;
 2. carves a **search split** out of the training ids with a seed (never touching val/test) and saves it to
    ``OUT/search_split.json`` (reused when present); the supernet trains on the rest of ``train``;
-3. trains the :class:`~mambaseg.nas.supernet.SliceMambaSupernet` with single-path one-shot sampling (a new
+3. trains the :class:`~mambaseg.nas.supernet.SliceMambaSupernet` through the engine's training loop
+   (:func:`mambaseg.engine.train` with :class:`SupernetHooks`) with single-path one-shot sampling (a new
    uniformly random path every iteration; only that path runs and is updated) using the run config's
    optimizer, schedule and loss (the SliceMamba recipe: AdamW 1e-3, cosine T_max 50, BCE + Dice), validating
-   every epoch on the val split with a random path; ``OUT/supernet/last.pt`` (resumable) and ``best.pt``
-   (lowest val loss, as the original) are written each epoch;
+   every epoch on the val split with a random path; ``OUT/supernet/last.pt`` (resumable, same format as any
+   run's) and ``best.pt`` (lowest val loss, as the original) are written as in any run;
 4. freezes the best supernet and runs :class:`~mambaseg.nas.evolution.EvolutionSearch` with fitness
    ``(pooled IoU, pooled DSC)`` (lexicographic) on the search split, evaluated with the deterministic
    evaluation transform (resize only); the state is saved after every candidate
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,15 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from mambaseg.configs import RunConfig, config_to_dict
+from mambaseg.engine.trainer import TrainHooks
 from mambaseg.models.slicemamba import arch_slices
 from mambaseg.nas.evolution import EvolutionConfig, EvolutionSearch
 from mambaseg.nas.supernet import SliceMambaSupernet
-from mambaseg.utils.files import atomic_path, atomic_write_json
+from mambaseg.runtime import resolve_amp, resolve_device
+from mambaseg.utils.files import atomic_write_json
 
-__all__ = ["SearchSettings", "carve_search_split", "run_search", "train_supernet", "supernet_fitness"]
+__all__ = ["SearchSettings", "SupernetHooks", "carve_search_split", "run_search", "supernet_fitness", "train_supernet"]
 
 
 @dataclass
@@ -114,16 +116,16 @@ def _load_or_make_split(path: Path, ids: list[str], fraction: float, seed: int) 
 
 
 # ----------------------------------------------------------------------------------------------- data
-def _open_search_data(cfg: RunConfig) -> tuple[Any, Dataset, Dataset, Dataset]:
-    """(task, augmented train dataset, eval-transform train dataset, val dataset)."""
-    from mambaseg.engine.tasks import open_data
+def _open_search_data(cfg: RunConfig) -> tuple[Any, Dataset]:
+    """(task with the un-augmented train and val splits, the training split with the evaluation transform).
 
-    task = open_data(cfg.data.path, cfg, splits=("train", "val"))
+    The normalisation is computed on the un-augmented training split, as the engine does for the supernet."""
+    from mambaseg.engine import open_data
+
     cfg_eval = copy.deepcopy(cfg)
     cfg_eval.data.augment = False
-    cfg_eval.data.validate = False
-    plain = open_data(cfg.data.path, cfg_eval, splits=("train",), normalization=task.normalization)
-    return task, task.train, plain.train, task.val
+    task = open_data(cfg.data.path, cfg_eval, splits=("train", "val"))
+    return task, task.train
 
 
 def _ids(ds: Dataset) -> list[str]:
@@ -133,165 +135,109 @@ def _ids(ds: Dataset) -> list[str]:
     return [str(i) for i in ids]
 
 
-def _collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    return {"image": torch.stack([b["image"] for b in batch]),
-            "mask": torch.stack([torch.as_tensor(b["mask"]) for b in batch]).long()}
-
-
 # ------------------------------------------------------------------------------------------- supernet
-def _resolve(cfg: RunConfig) -> tuple[torch.device, torch.dtype | None]:
-    from mambaseg.engine.trainer import resolve_amp, resolve_device
+class SupernetHooks(TrainHooks):
+    """Trains the SPOS supernet through :func:`mambaseg.engine.train`.
 
-    device = resolve_device(cfg.train.device)
-    amp_dtype, use_scaler = resolve_amp(cfg.train.amp, device)
-    if use_scaler:
-        raise ValueError(
-            "the supernet search supports train.amp auto/bf16/off (fp16 with a GradScaler is not supported)"
-        )
-    return device, amp_dtype
+    The engine's loop does the optimisation, validation, checkpoints, resume and divergence handling; these hooks
+    build the supernet instead of a registered model, restrict the training split to the supernet-training ids,
+    draw a new uniformly random path before every step and validate on a random path (one per batch, as the
+    original), and keep the path sampler's state in ``last.pt`` so a resumed run draws the same paths.
 
+    Args:
+        sampler_seed: seed of the path sampler.
+        train_ids: ids of the training split the supernet trains on (the rest is the search split).
+        model_kwargs: extra :class:`~mambaseg.nas.supernet.SliceMambaSupernet` options.
+    """
 
-def _save(path: Path, obj: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    def __init__(self, sampler_seed: int, train_ids: list[str], model_kwargs: dict[str, Any]) -> None:
+        self.sampler_seed = int(sampler_seed)
+        self.train_ids = list(train_ids)
+        self.model_kwargs = dict(model_kwargs)
+        self.net: SliceMambaSupernet | None = None
+
+    def build_model(self, cfg: RunConfig, num_classes: int, in_chans: int) -> SliceMambaSupernet:
+        self.net = SliceMambaSupernet(num_classes=num_classes, in_chans=in_chans, seed=self.sampler_seed,
+                                      **self.model_kwargs)
+        self.net.mambaseg_spec = {"name": "slicemamba_supernet", "num_classes": num_classes, "in_chans": in_chans,
+                                  "kwargs": {**self.model_kwargs, "seed": self.sampler_seed}}
+        return self.net
+
+    def prepare_task(self, task: Any) -> Any:
+        index = {i: k for k, i in enumerate(_ids(task.train))}
+        task.datasets["train"] = Subset(task.train, [index[i] for i in self.train_ids])
+        return task
+
+    def before_step(self, model: Any, step: int) -> None:
+        model.set_arch(None)  # a fresh uniformly random path at every forward call
+
+    def before_validation(self, model: Any, epoch: int) -> None:
+        model.set_arch(None)  # validation on a random path, one per batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.net.sampler.state_dict()} if self.net is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.net is not None and state.get("sampler"):
+            self.net.sampler.load_state_dict(state["sampler"])
+
+    def checkpoint_dir(self, run_dir: Path) -> Path:
+        return run_dir  # OUT/supernet/{last,best}.pt
 
 
 def train_supernet(
-    net: SliceMambaSupernet,
-    train_ds: Dataset,
-    val_ds: Dataset,
     cfg: RunConfig,
-    epochs: int,
     out_dir: Path,
+    hooks: SupernetHooks,
+    epochs: int,
     *,
-    evaluator: Any,
     progress: bool = True,
     log: Any = print,
     save_every: int = 1,
     time_limit_s: float | None = None,
+    console: Any = None,
 ) -> dict[str, Any]:
-    """SPOS training of ``net`` (one random path per iteration), resumable from ``out_dir/last.pt``.
+    """SPOS training of the supernet with the engine's loop, resumable from ``out_dir/last.pt``.
 
     Args:
-        save_every: write ``last.pt``/``best.pt`` every N epochs and at the end (a resumed run restarts after
-            the last written epoch).
-        time_limit_s: stop after the first epoch that ends past this many seconds of this call.
+        cfg: the run configuration (optimizer, schedule, loss, batch size, device, ...).
+        out_dir: run directory of the supernet (``last.pt``, ``best.pt``, ``history.json``, ``train.log``).
+        hooks: :class:`SupernetHooks`.
+        epochs: training epochs.
+        save_every: write ``last.pt`` every N epochs and at the end (a resumed run restarts after the last
+            written epoch).
+        time_limit_s: stop after the first epoch that ends past this many seconds of this call (0 = after one).
 
     Returns:
         ``{"epochs", "steps", "best_epoch", "best_val_loss", "history", "stopped_early"}``; ``out_dir/best.pt``
         holds the weights with the lowest validation loss (random path).
     """
-    from mambaseg.engine.evaluator import EvalContext, autocast_for
-    from mambaseg.engine.optim import build_optimizer, build_scheduler
-    from mambaseg.losses import create_loss
+    from mambaseg.engine import train
 
-    device, amp_dtype = _resolve(cfg)
-    net.to(device)
-    loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
-    bs = int(cfg.train.batch_size)
-    steps_per_epoch = max(1, len(train_ds) // bs) if len(train_ds) >= bs else 1
-    opt = build_optimizer(net, cfg.optim)
-    sched = build_scheduler(opt, cfg.schedule, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                            max_steps=cfg.train.max_steps)
-    start, step, history = 0, 0, []
-    best = {"epoch": None, "val_loss": math.inf}
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if last_path.is_file():
-        ck = torch.load(last_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        net.sampler.load_state_dict(ck["sampler"])
-        start, step, history, best = int(ck["epoch"]), int(ck["step"]), list(ck["history"]), dict(ck["best"])
-        log(f"supernet: resuming after epoch {start}/{epochs}")
-    gclip = cfg.train.grad_clip
-    save_every = max(1, int(save_every))
+    sn_cfg = copy.deepcopy(cfg)
+    sn_cfg.train.out = str(out_dir)
+    sn_cfg.train.epochs = int(epochs)
+    sn_cfg.train.best_metric, sn_cfg.train.best_mode = "loss", "min"
+    sn_cfg.train.checkpoint_every = max(1, int(save_every))
+    sn_cfg.train.time_limit_s = None
+    last = Path(out_dir) / "last.pt"
+    resume = last.is_file()
+    if resume:
+        from mambaseg.checkpoint import load_checkpoint
+
+        log(f"supernet: resuming after epoch {int(load_checkpoint(last)['epoch'])}/{epochs}")
     t_call = time.perf_counter()
-    best_state: dict[str, torch.Tensor] | None = None
-    stopped_early = False
-    bar = None
-    if progress and start < epochs:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        bar = Progress(TextColumn("[bold]supernet[/] epoch {task.fields[ep]}/{task.fields[eps]}"), BarColumn(),
-                       MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
-        bar.start()
-        tid = bar.add_task("supernet", total=(epochs - start) * steps_per_epoch, ep=start + 1, eps=epochs, loss="-")
-    try:
-        for epoch in range(start, epochs):
-            if cfg.train.max_steps is not None and step >= cfg.train.max_steps:
-                break
-            net.train()
-            net.set_arch(None)
-            g = torch.Generator().manual_seed(int(cfg.train.seed) * 100003 + epoch)
-            torch.manual_seed(int(cfg.train.seed) * 1000003 + epoch)  # drop-path masks; reproducible on resume
-            if hasattr(train_ds, "set_epoch"):
-                train_ds.set_epoch(epoch)
-            loader = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=g, drop_last=len(train_ds) >= bs,
-                                num_workers=int(cfg.data.num_workers), collate_fn=_collate,
-                                pin_memory=device.type == "cuda")
-            t0, loss_sum, n = time.perf_counter(), 0.0, 0
-            for batch in loader:
-                x = batch["image"].to(device, non_blocking=True)
-                y = batch["mask"].to(device, non_blocking=True)
-                with autocast_for(device, amp_dtype):
-                    logits = net(x)  # a fresh uniformly random path
-                loss = loss_fn(logits.float(), y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"supernet loss is {float(loss)} at epoch {epoch + 1}, step {step + 1} "
-                                             f"(path {net.last_arch}); lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if gclip:
-                    torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.grad is not None], float(gclip))
-                opt.step()
-                if cfg.schedule.interval == "step":
-                    sched.step()
-                step += 1
-                loss_sum += float(loss.detach()) * x.shape[0]
-                n += x.shape[0]
-                if bar is not None:
-                    bar.update(tid, advance=1, loss=f"{loss_sum / max(n, 1):.4f}")
-                if cfg.train.max_steps is not None and step >= cfg.train.max_steps:
-                    break
-            if cfg.schedule.interval == "epoch":
-                sched.step()
-            net.eval()
-            net.set_arch(None)  # validation on a random path (one per batch), as the original
-            torch.manual_seed(int(cfg.train.seed) * 7919 + epoch)
-            ctx = EvalContext(device=device, amp_dtype=amp_dtype, batch_size=int(cfg.train.val_batch_size),
-                              num_workers=int(cfg.data.num_workers), loss_fn=loss_fn)
-            res = evaluator.evaluate(net, val_ds, ctx)
-            rec = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(n, 1), "val_loss": res["loss"],
-                   "val_dice_random_path": res["dice"], "val_iou_random_path": res["iou"],
-                   "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
-            history.append(rec)
-            if res["loss"] < best["val_loss"]:
-                best = {"epoch": epoch + 1, "val_loss": float(res["loss"])}
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-            capped = cfg.train.max_steps is not None and step >= cfg.train.max_steps
-            if time_limit_s is not None and time.perf_counter() - t_call > time_limit_s and epoch + 1 < epochs:
-                stopped_early = True
-            if stopped_early or capped or (epoch + 1) % save_every == 0 or epoch + 1 == epochs:
-                if best_state is not None:
-                    _save(best_path, {"state_dict": best_state, "epoch": best["epoch"], "val_loss": best["val_loss"]})
-                    best_state = None
-                _save(last_path, {"state_dict": net.state_dict(), "optimizer": opt.state_dict(),
-                                  "scheduler": sched.state_dict(), "sampler": net.sampler.state_dict(),
-                                  "epoch": epoch + 1, "step": step, "history": history, "best": best})
-                atomic_write_json(out_dir / "history.json", history)
-            log(f"supernet epoch {epoch + 1}/{epochs}: train loss {rec['train_loss']:.4f}, val loss "
-                f"{rec['val_loss']:.4f}, val dice (random path) {rec['val_dice_random_path']:.4f}")
-            if bar is not None:
-                bar.update(tid, ep=min(epoch + 2, epochs))
-            if stopped_early:
-                log(f"supernet: time budget of {time_limit_s:.0f} s used after epoch {epoch + 1}; stopping")
-                break
-    finally:
-        if bar is not None:
-            bar.stop()
-    return {"epochs": len(history), "steps": step, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
-            "history": history, "stopped_early": stopped_early}
+    def budget(state: dict[str, Any]) -> bool:
+        return time_limit_s is not None and time.perf_counter() - t_call >= time_limit_s
+
+    res = train(sn_cfg, resume=resume, hooks=hooks, callbacks=[budget], console=console,
+                show_progress=progress and console is not None)
+    stopped = res.metrics["train"]["stop_reason"].startswith("stopped by a callback")
+    if stopped:
+        log(f"supernet: time budget of {time_limit_s:.0f} s used after epoch {res.epochs}; stopping")
+    return {"epochs": res.epochs, "steps": res.steps, "best_epoch": res.best_epoch, "best_val_loss": res.best_value,
+            "history": res.history, "stopped_early": stopped}
 
 
 class _MemoryDataset(Dataset):
@@ -329,7 +275,8 @@ def supernet_fitness(net: SliceMambaSupernet, dataset: Dataset, evaluator: Any, 
 
 
 # ---------------------------------------------------------------------------------------------- search
-def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log: Any = print) -> dict[str, Any]:
+def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log: Any = print,
+               console: Any = None) -> dict[str, Any]:
     """Full search (see the module docstring); returns the content written to ``OUT/arch.json``.
 
     Args:
@@ -338,6 +285,7 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
         settings: search settings.
         out: output folder (an existing one is resumed).
         log: callable receiving one-line progress messages.
+        console: optional rich console for the supernet's per-epoch lines and progress bars.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -347,33 +295,33 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
     evo = settings.evolution.resolved()
     atomic_write_json(out / "search_config.json", {"run_config": config_to_dict(cfg),
                                                     "settings": {**asdict(settings), "evolution": asdict(evo)}})
-    task, train_aug, train_plain, val_ds = _open_search_data(cfg)
+    task, train_plain = _open_search_data(cfg)
+    val_ds = task.val
     ids = _ids(train_plain)
-    if _ids(train_aug) != ids:
-        raise RuntimeError("augmented and plain training datasets list different ids")
     split = _load_or_make_split(out / "search_split.json", ids, settings.search_fraction, search_seed)
     index = {i: k for k, i in enumerate(ids)}
-    train_sub = Subset(train_aug, [index[i] for i in split["train"]])
     search_sub = Subset(train_plain, [index[i] for i in split["search"]])
-    log(f"data: {len(train_sub)} supernet-training images, {len(search_sub)} search images, "
+    log(f"data: {len(split['train'])} supernet-training images, {len(search_sub)} search images, "
         f"{len(val_ds)} validation images ({task.name})")
 
-    torch.manual_seed(seed)
-    net = SliceMambaSupernet(num_classes=task.num_classes, in_chans=task.in_chans, seed=sampler_seed,
-                             **settings.model_kwargs)
+    hooks = SupernetHooks(sampler_seed, split["train"], settings.model_kwargs)
     sn_dir = out / "supernet"
-    sn = train_supernet(net, train_sub, val_ds, cfg, int(settings.supernet_epochs), sn_dir,
-                        evaluator=task.evaluator, progress=settings.progress, log=log,
-                        save_every=settings.save_every, time_limit_s=settings.supernet_time_limit_s)
+    sn = train_supernet(cfg, sn_dir, hooks, int(settings.supernet_epochs), progress=settings.progress, log=log,
+                        save_every=settings.save_every, time_limit_s=settings.supernet_time_limit_s,
+                        console=console)
     if not (sn_dir / "best.pt").is_file():
         raise RuntimeError(f"{sn_dir / 'best.pt'} was not written: the supernet never reached a finite validation "
                            "loss; check the data and lower the learning rate")
-    best = torch.load(sn_dir / "best.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict(best["state_dict"])
+    from mambaseg.checkpoint import load_checkpoint
+
+    net = SliceMambaSupernet(num_classes=task.num_classes, in_chans=task.in_chans, seed=sampler_seed,
+                             **settings.model_kwargs)
+    net.load_state_dict(load_checkpoint(sn_dir / "best.pt")["state_dict"])
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    device, amp_dtype = _resolve(cfg)
+    device = resolve_device(cfg.train.device)
+    amp_dtype, _ = resolve_amp(cfg.train.amp, device)
     net.to(device)
     fitness = supernet_fitness(net, search_sub, task.evaluator, device=device, amp_dtype=amp_dtype,
                                batch_size=int(settings.eval_batch_size or cfg.train.val_batch_size))

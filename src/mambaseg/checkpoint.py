@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,14 @@ def build_model(ckpt: dict[str, Any], *, strict: bool = True) -> nn.Module:
             f"it was written by mambaseg {ckpt.get('library_version', '?')}"
         )
     kwargs = dict(spec.get("kwargs") or {})
+    if "backend" in kwargs:
+        # checkpoints of mambaseg <= 0.1 recorded the scan backend as a model option; it is a runtime choice now
+        stored = kwargs.pop("backend")
+        warnings.warn(
+            f"checkpoint model {name!r} records scan backend {stored!r} (written by an older mambaseg); it is "
+            "ignored: the backend is chosen at run time (mambaseg.ops.use_backend, MAMBASEG_SCAN_BACKEND, auto)",
+            UserWarning, stacklevel=2,
+        )
     model = create_model(name, num_classes=int(spec.get("num_classes", 1)), in_chans=int(spec.get("in_chans", 3)),
                          **kwargs)
     try:

@@ -1,0 +1,460 @@
+"""Compact ``.npz`` caches of datasets, each format's writer beside its reader.
+
+A cache holds a dataset at the network's input size, so training and evaluation can run where the original files
+are not (e.g. on a GPU machine that only receives a checkout). ``mambaseg cache --data PATH --image-size S --out
+FILE.npz`` writes one; ``--data FILE.npz`` reads it back. Two formats:
+
+* ``npz2d`` (:func:`write_npz2d` / :func:`open_npz2d`): a 2-D folder dataset. Per split ``{split}_images``
+  (N, H, W, C) uint8 resized with the evaluation resize, ``{split}_masks`` (N, H, W) uint8 class indices (nearest),
+  ``{split}_ids``, ``{split}_orig_sizes``, plus a JSON ``meta`` entry (source, size, label map). Augmentation runs on
+  the stored images (:class:`ArrayDataset2D`).
+* ``volcache`` (:func:`write_volcache` / :func:`open_volcache`): a volumetric task (ACDC, Synapse, nnU-Net).
+  Training slices zoomed to the network size; evaluation volumes with every slice zoomed to the network size and
+  the labels at their ORIGINAL size, so per-volume metrics are those of the source data up to the 8-bit
+  quantisation of the intensities.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mambaseg.data.layouts import (
+    DataTask,
+    DataTaskError,
+    binary_label_map,
+    image_size_of,
+    open_splits,
+    volume_label_map,
+)
+from mambaseg.data.volumetric import Volume
+
+__all__ = [
+    "ArrayDataset2D",
+    "VOLCACHE_FORMAT",
+    "is_npz2d",
+    "is_volcache",
+    "open_npz2d",
+    "open_volcache",
+    "write_npz2d",
+    "write_volcache",
+]
+
+VOLCACHE_FORMAT = "mambaseg-volcache/1"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# npz2d: 2-D folder datasets at training size
+
+
+def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
+                splits: Sequence[str] = ("train", "val")) -> Path:
+    """Write the ``npz2d`` cache of a 2-D folder dataset and return its path.
+
+    Args:
+        data: dataset root ``ROOT/{train,val[,test]}/{images,masks}``.
+        image_size: stored (H, W).
+        out: output ``.npz`` (compressed; written atomically).
+        splits: splits to store.
+    """
+    from mambaseg.data.folder2d import FolderDataset2D
+    from mambaseg.data.transforms import Resize
+    from mambaseg.utils.files import atomic_path
+
+    data, size = Path(data), (int(image_size[0]), int(image_size[-1]))
+    arrays: dict[str, np.ndarray] = {}
+    counts = {}
+    resize = Resize(size)
+    for split in splits:
+        ds = FolderDataset2D(data, split, image_size=size, augment=False, normalization=None)
+        imgs, masks, sizes = [], [], []
+        for i in range(len(ds)):
+            img, mask = ds.load_pair(i)
+            sizes.append(img.shape[:2])
+            img, mask = resize(img, mask.astype(np.uint8))
+            imgs.append(img)
+            masks.append(mask)
+        arrays[f"{split}_images"] = np.stack(imgs).astype(np.uint8)
+        arrays[f"{split}_masks"] = np.stack(masks).astype(np.uint8)
+        arrays[f"{split}_ids"] = np.asarray(ds.ids)
+        arrays[f"{split}_orig_sizes"] = np.asarray(sizes, dtype=np.int32)
+        counts[split] = len(ds)
+    meta = {
+        "source": str(data.resolve()),
+        "image_size": list(size),
+        "label_map": binary_label_map(),
+        "num_classes": 1,
+        "counts": counts,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return Path(out)
+
+
+class ArrayDataset2D(Dataset):
+    """2-D dataset over in-memory uint8 arrays (the ``npz2d`` cache of :func:`write_npz2d`).
+
+    Args:
+        images: (N, H, W, C) uint8.
+        masks: (N, H, W) uint8 class indices (0/1 for binary).
+        ids: N sample ids.
+        image_size: output (H, W); the arrays are usually stored at this size already.
+        augment: apply the training augmentation ``preset`` (default the VM-UNet ISIC set: flips, rotation).
+        normalization: ``mambaseg.data.Normalization`` applied to the ``[0, 1]``-scaled image, or ``None``.
+        orig_sizes: (N, 2) original (H, W) of each image (defaults to the array size).
+
+    Items follow ``FolderDataset2D``: ``{"image": float32 (C, H, W), "mask": int64 (H, W), "id", "orig_size",
+    "path"}``. Each augmentation draws from a NumPy generator seeded from torch's RNG, so the DataLoader's
+    per-worker torch seeds (and the trainer's per-epoch seeds) make it reproducible; with ``seed`` set, sample
+    ``i`` of epoch ``e`` uses ``numpy.random.default_rng([seed, e, i])`` whatever the worker or process.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        ids: list[str],
+        *,
+        image_size: tuple[int, int],
+        augment: bool,
+        normalization: Any = None,
+        orig_sizes: np.ndarray | None = None,
+        source: str = "",
+        seed: int | None = None,
+        preset: str = "vmunet_isic",
+    ) -> None:
+        from mambaseg.data.transforms import build_transforms
+
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+        if masks.shape != images.shape[:3]:
+            raise ValueError(f"masks must be (N, H, W) = {images.shape[:3]}, got {masks.shape}")
+        if len(ids) != images.shape[0]:
+            raise ValueError(f"{len(ids)} ids for {images.shape[0]} images")
+        self.images, self.masks, self.ids = images, masks, list(ids)
+        self.orig_sizes = orig_sizes if orig_sizes is not None else np.tile(images.shape[1:3], (len(ids), 1))
+        self.normalization = normalization
+        self.transform = build_transforms(image_size, augment=augment, preset=preset)
+        self.source = source
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used in the augmentation seed (only matters when ``seed`` is set)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def iter_unnormalized_images(self) -> Iterator[np.ndarray]:
+        """Resized, un-augmented images in ``[0, 1]`` units (for ``compute_normalization``)."""
+        from mambaseg.data.transforms import Resize
+
+        size = self.transform.transforms[-1].size if hasattr(self.transform, "transforms") else None
+        for img, m in zip(self.images, self.masks):
+            if size is not None and tuple(img.shape[:2]) != tuple(size):
+                img, _ = Resize(size)(img, m)
+            yield img.astype(np.float32) / 255.0
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.seed is not None:
+            rng = np.random.default_rng([int(self.seed), self.epoch, int(i)])
+        else:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        img, mask = self.transform(self.images[i], self.masks[i], rng)
+        x = img.astype(np.float32) / 255.0
+        if self.normalization is not None:
+            x = self.normalization.apply(x)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+            "id": self.ids[i],
+            "orig_size": tuple(int(v) for v in self.orig_sizes[i]),
+            "path": f"{self.source}#{self.ids[i]}",
+        }
+
+
+def is_npz2d(path: Path) -> bool:
+    """Whether ``path`` is a ``.npz`` file (the volumetric cache is detected first, by its ``vol_meta``)."""
+    return path.is_file() and path.suffix == ".npz"
+
+
+def open_npz2d(path: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> DataTask:
+    """``npz2d`` layout opener: the training-size uint8 cache written by :func:`write_npz2d`."""
+    size = image_size_of(cfg)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    label_map = {str(k): int(v) for k, v in meta.get("label_map", binary_label_map()).items()}
+    num_classes = int(meta.get("num_classes", 1))
+
+    def make(split: str, augment: bool, norm: Any) -> ArrayDataset2D:
+        if f"{split}_images" not in arrays:
+            have = sorted({k.rsplit("_", 1)[0] for k in arrays if k.endswith("_images")})
+            raise DataTaskError(f"{path}: no split {split!r} in the cache (it has {have})")
+        return ArrayDataset2D(
+            arrays[f"{split}_images"],
+            arrays[f"{split}_masks"],
+            [str(s) for s in arrays[f"{split}_ids"]],
+            image_size=size,
+            augment=augment,
+            normalization=norm,
+            orig_sizes=arrays.get(f"{split}_orig_sizes"),
+            source=str(path),
+            seed=cfg.train.seed,
+            preset=cfg.data.augmentation,
+        )
+
+    normalization, datasets = open_splits(make, splits, normalization, cfg.data.augment)
+    in_chans = int(arrays[f"{splits[0]}_images"].shape[-1])
+    return DataTask(
+        name="npz2d",
+        datasets=datasets,
+        evaluation="pixels2d",
+        label_map=label_map,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        normalization=normalization,
+        info={"root": str(path), "cache_meta": meta, **{f"n_{s}": len(d) for s, d in datasets.items()}},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# volcache: volumetric tasks at network size
+
+
+def write_volcache(
+    path: str | Path,
+    *,
+    name: str,
+    label_names: Mapping[int, str],
+    num_classes: int,
+    image_size: Sequence[int],
+    train: Dataset | None,
+    eval_splits: Mapping[str, Dataset],
+) -> Path:
+    """Write a compact ``.npz`` cache of a volumetric task (uint8 images at ``image_size``).
+
+    Training slices are stored resized (order-3 image zoom, order-0 labels) without augmentation or normalisation;
+    evaluation volumes store each slice zoomed to ``image_size`` and the labels at their ORIGINAL size, so the
+    per-volume evaluation (predict at network size, zoom back, compare) is the one on the source data up to the
+    8-bit quantisation of the intensities.
+
+    Args:
+        path: output ``.npz`` (compressed).
+        name: dataset name recorded in the metadata.
+        label_names: foreground ``{value: name}``.
+        num_classes: classes incl. background.
+        image_size: (H, W) of the stored images.
+        train: a :class:`~mambaseg.data.volumetric.SliceDataset2D` (or ``None``).
+        eval_splits: ``{"val": VolumeDataset, "test": VolumeDataset}``.
+    """
+    from mambaseg.data.volumetric import zoom_image, zoom_labels
+
+    size = (int(image_size[0]), int(image_size[1]))
+    arrays: dict[str, np.ndarray] = {}
+
+    def q(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+    splits_meta: dict[str, Any] = {}
+    if train is not None:
+        imgs, labs, ids = [], [], []
+        for i in range(len(train)):  # type: ignore[arg-type]
+            image, label = train.load(i)  # type: ignore[attr-defined]
+            imgs.append(q(zoom_image(image, size, order=3)[..., 0]))
+            labs.append(zoom_labels(label.astype(np.uint8), size))
+            ids.append(train.ids[i])  # type: ignore[attr-defined]
+        arrays["train_images"] = np.stack(imgs)
+        arrays["train_labels"] = np.stack(labs)
+        arrays["train_ids"] = np.asarray(ids)
+        splits_meta["train"] = len(ids)
+    for split, vols in eval_splits.items():
+        imgs, flat, shapes, ids = [], [], [], []
+        for vol in vols:  # type: ignore[attr-defined]
+            if vol.num_channels != 1:
+                raise ValueError("write_volcache stores single-channel volumes only")
+            imgs.extend(q(zoom_image(vol.slice_image(z), size, order=3)[..., 0]) for z in range(vol.spatial_shape[0]))
+            flat.append(np.asarray(vol.label, dtype=np.uint8).ravel())
+            shapes.append(vol.label_shape)
+            ids.append(vol.id)
+        arrays[f"{split}_images"] = np.stack(imgs)
+        arrays[f"{split}_labels_flat"] = np.concatenate(flat)
+        arrays[f"{split}_shapes"] = np.asarray(shapes, dtype=np.int64)
+        arrays[f"{split}_ids"] = np.asarray(ids)
+        splits_meta[split] = len(ids)
+    meta = {
+        "format": VOLCACHE_FORMAT,
+        "name": name,
+        "label_names": {str(k): v for k, v in label_names.items()},
+        "num_classes": int(num_classes),
+        "image_size": list(size),
+        "splits": splits_meta,
+        "image_encoding": "uint8 = round(255 * intensity in [0, 1])",
+    }
+    arrays["vol_meta"] = np.asarray(json.dumps(meta))
+    from mambaseg.utils.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return Path(path)
+
+
+class _CacheSliceLoader:
+    """Picklable ``loader(i) -> (image in [0, 1], label)`` over the cached uint8 training slices."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[i].astype(np.float32) / 255.0, self.labels[i]
+
+
+class _CacheVolumeLoader:
+    """Picklable ``loader(i) -> Volume`` over cached volumes (images at network size, labels at original size)."""
+
+    def __init__(self, images: np.ndarray, labels_flat: np.ndarray, shapes: np.ndarray, ids: list[str],
+                 source: str) -> None:
+        self.images, self.flat, self.shapes, self.ids, self.source = images, labels_flat, shapes, ids, source
+        self.zoff = np.concatenate([[0], np.cumsum(shapes[:, 0])])
+        self.loff = np.concatenate([[0], np.cumsum(np.prod(shapes, axis=1))])
+
+    def __call__(self, i: int) -> Volume:
+        from mambaseg.data.volumetric import Volume
+
+        d, h, w = (int(v) for v in self.shapes[i])
+        return Volume(
+            id=self.ids[i], image=self.images[self.zoff[i]:self.zoff[i + 1]].astype(np.float32) / 255.0,
+            label=self.flat[self.loff[i]:self.loff[i + 1]].reshape(d, h, w), spacing=None,
+            path=f"{self.source}#{self.ids[i]}", source_format="npz", target_hw=(h, w),
+        )
+
+
+def is_volcache(path: Path) -> bool:
+    """Whether ``path`` is a ``.npz`` holding a ``vol_meta`` entry."""
+    if not (path.is_file() and path.suffix == ".npz"):
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "vol_meta" in z.files
+    except (OSError, ValueError):
+        return False
+
+
+def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> DataTask:
+    """``volcache`` layout opener: training slices and evaluation volumes stored at the network size."""
+    from mambaseg.data.volumetric import SliceDataset2D, VolumeDataset, paper_normalization
+
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["vol_meta"]))
+    if meta.get("format") != VOLCACHE_FORMAT:
+        raise DataTaskError(f"{path}: cache format {meta.get('format')!r}, expected {VOLCACHE_FORMAT!r}")
+    label_names = {int(k): str(v) for k, v in meta["label_names"].items()}
+    num_classes = int(meta["num_classes"])
+    stored = tuple(int(s) for s in meta["image_size"])
+    norm = normalization if normalization is not None else paper_normalization(1)
+    ds: dict[str, Dataset] = {}
+    for s in splits:
+        if s == "train":
+            if "train_images" not in arrays:
+                raise DataTaskError(f"{path}: the cache has no training slices")
+            imgs, labs = arrays["train_images"], arrays["train_labels"]
+            ids = [str(i) for i in arrays["train_ids"]]
+
+            ds[s] = SliceDataset2D(ids, _CacheSliceLoader(imgs, labs), image_size=image_size_of(cfg), augment=cfg.data.augment,
+                                   num_classes=num_classes, label_names=label_names, normalization=norm,
+                                   paths=[f"{path}#{i}" for i in ids])
+        else:
+            if f"{s}_images" not in arrays:
+                have = sorted(k[: -len("_shapes")] for k in arrays if k.endswith("_shapes"))
+                raise DataTaskError(f"{path}: no split {s!r} in the cache (it has {have})")
+            imgs, flat, shapes = arrays[f"{s}_images"], arrays[f"{s}_labels_flat"], arrays[f"{s}_shapes"]
+            ids = [str(i) for i in arrays[f"{s}_ids"]]
+            loader = _CacheVolumeLoader(imgs, flat, shapes, ids, str(path))
+            ds[s] = VolumeDataset(ids, loader, label_names=label_names, num_classes=num_classes)
+    if image_size_of(cfg) != stored:
+        info_size = f"cache stored at {stored}, resized to {image_size_of(cfg)}"
+    else:
+        info_size = f"{stored}"
+    return DataTask(name="volcache", datasets=ds, evaluation="volume_slicewise",
+                    label_map=volume_label_map(label_names), num_classes=num_classes, in_chans=1, normalization=norm,
+                    info={"root": str(path), "cache": meta.get("name"), "cache_image_size": info_size,
+                          **{f"n_{s}": len(d) for s, d in ds.items()}})
+
+
+def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
+                splits: Sequence[str] | None = None) -> tuple[Path, dict[str, int]]:
+    """Write the cache of any dataset layout: ``npz2d`` for 2-D folders, ``volcache`` for volumetric layouts.
+
+    Args:
+        data: dataset root (its layout is detected).
+        image_size: network input (H, W) the cache is stored at.
+        out: output ``.npz``.
+        splits: splits to store (default: ``train`` and ``val``, plus ``test`` where the layout has one).
+
+    Returns:
+        ``(path, {split: number of images or volumes})``.
+    """
+    from mambaseg.configs import RunConfig
+    from mambaseg.data.layouts import detect_layout, open_task
+
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataTaskError(f"dataset path {str(root)!r} does not exist")
+    size = (int(image_size[0]), int(image_size[-1]))
+    layout = detect_layout(root)
+    if layout in ("npz2d", "volcache"):
+        raise DataTaskError(f"{root} is already a cache ({layout}); pass the original dataset folder")
+    explicit = splits is not None
+    wanted = list(splits) if explicit else ["train", "val", "test"]
+    if layout == "folder2d":
+        have = [s for s in wanted if (root / s).is_dir() or (s == "val" and (root / "train").is_dir())]
+        if explicit and have != wanted:
+            raise DataTaskError(f"{root}: split(s) {[s for s in wanted if s not in have]} not found")
+        written = write_npz2d(root, size, out, have)
+        with np.load(written, allow_pickle=False) as z:
+            counts = {s: int(z[f"{s}_ids"].shape[0]) for s in have}
+        return written, counts
+    cfg = RunConfig()
+    cfg.data.image_size = list(size)
+    cfg.data.augment = False
+    cfg.data.validate = False
+    opened: dict[str, Any] = {}
+    task = None
+    for s in wanted:
+        try:
+            task = open_task(root, cfg, splits=(s,), normalization=_IDENTITY)
+        except (DataTaskError, ValueError, OSError):
+            if explicit:
+                raise
+            continue
+        opened[s] = task.datasets[s]
+    if task is None or "train" not in opened and not opened:
+        raise DataTaskError(f"{root}: none of the splits {wanted} could be opened as layout {layout!r}")
+    evals = {s: d for s, d in opened.items() if s != "train"}
+    written = write_volcache(out, name=layout, label_names=task.label_names, num_classes=task.num_classes,
+                             image_size=size, train=opened.get("train"), eval_splits=evals)
+    return written, {s: len(d) for s, d in opened.items()}
+
+
+class _Identity:
+    """Normalisation placeholder: the cache stores raw intensities, so none needs to be computed to open a split."""
+
+    num_channels = 1
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
+_IDENTITY = _Identity()

@@ -1,0 +1,102 @@
+"""Runtime choices applied around a model, never stored in it: device, autocast dtype, selective-scan backend.
+
+Used by both :mod:`mambaseg.engine` (training, evaluation) and :mod:`mambaseg.inference` (prediction), so it sits
+below both. Nothing here sets environment variables or picks GPUs on its own: ``cuda`` under ``torchrun`` means
+the device ``LOCAL_RANK`` names, read (never written) from the launcher's environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+
+__all__ = ["autocast_for", "env_int", "resolve_amp", "resolve_device", "scan_backend"]
+
+
+def env_int(name: str, default: int) -> int:
+    """Integer value of a launcher variable (``LOCAL_RANK``, ``WORLD_SIZE``); ``default`` when unset or invalid."""
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def resolve_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """Device for ``spec`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
+
+    Under ``torchrun`` with ``cuda``/``auto`` the device is ``cuda:LOCAL_RANK`` (the one the launcher gave this
+    process). Raises ``ValueError`` with the fix when CUDA is requested but unavailable.
+    """
+    s = (spec or "auto").strip().lower()
+    if s == "auto":
+        s = "cuda" if torch.cuda.is_available() else "cpu"
+    if s.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {spec!r} requested but CUDA is not available (torch {torch.__version__}, "
+                f"built with CUDA {torch.version.cuda or 'none'}); use --device cpu or install a CUDA build of torch"
+            )
+        if s == "cuda":
+            index = local_rank if world_size > 1 else torch.cuda.current_device()
+        else:
+            try:
+                index = int(s.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"device {spec!r} is not valid; use cuda or cuda:N") from None
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return torch.device("cuda", index)
+    if s == "cpu":
+        return torch.device("cpu")
+    if s == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError("device 'mps' requested but MPS is not available; use --device cpu")
+        return torch.device("mps")
+    raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None, use GradScaler)`` for ``train.amp`` on ``device``.
+
+    ``auto`` = bf16 on CUDA devices that support it, off elsewhere; ``fp16`` uses a GradScaler.
+    """
+    a = (amp or "auto").lower()
+    if a == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16, False
+        return None, False
+    if a in ("off", "none", "fp32", "false", "no"):
+        return None, False
+    if a == "bf16":
+        return torch.bfloat16, False
+    if a == "fp16":
+        if device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs a CUDA device; use bf16 or off on CPU")
+        return torch.float16, True
+    raise ValueError(f"unknown train.amp {amp!r}; valid: auto, bf16, fp16, off")
+
+
+def autocast_for(device: torch.device, amp_dtype: torch.dtype | None):
+    """``torch.autocast`` for ``device`` when ``amp_dtype`` is set, else a null context."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+@contextlib.contextmanager
+def scan_backend(name: str | None) -> Iterator[None]:
+    """Run the enclosed code with the selective-scan backend ``name`` (``None``/``"auto"``: the usual resolution).
+
+    The choice is applied around the model (:func:`mambaseg.ops.use_backend`), so a model trained with one
+    backend runs with any other and its checkpoint records none.
+    """
+    if name in (None, "", "auto"):
+        yield
+        return
+    from mambaseg.ops import use_backend
+
+    with use_backend(name):
+        yield
