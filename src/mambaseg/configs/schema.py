@@ -71,10 +71,10 @@ class DataConfig:
         layout: force a registered layout name instead of auto-detection (``None`` = detect).
         image_size: training/evaluation size (H, W); images are resized to it.
         augment: apply the training augmentation (``augmentation``) to the training split.
-        augmentation: 2-D augmentation preset of :func:`mambaseg.data.transforms.build_transforms`:
-            ``vmunet_isic`` (flips + rotation, the default), ``vmbunet_isic`` (90-degree rotations + flips or a small
-            rotation, as VMB-UNet), ``dermomamba_isic`` (resized crop, rotation, flips, as DermoMamba), ``flips``,
-            ``none``.
+        augmentation: training augmentation, a preset of the one table
+            :data:`mambaseg.data.transforms.AUGMENTATIONS`, honoured by every layout: ``auto`` (the layout's
+            paper default: ``vmunet_isic`` for 2-D images, ``msvmunet`` for slices of volumes), ``vmunet_isic``,
+            ``vmbunet_isic``, ``dermomamba_isic``, ``msvmunet``, ``flips_rotate``, ``flips``, ``none``.
         val_fraction: fraction of ``train`` carved out as ``val`` when the dataset has no ``val`` split.
         split_file: JSON split file to use (or write) when ``val`` is carved from ``train``.
         split_seed: seed of the carved split.
@@ -93,7 +93,7 @@ class DataConfig:
     layout: str | None = None
     image_size: list[int] = field(default_factory=lambda: [256, 256])
     augment: bool = True
-    augmentation: str = "vmunet_isic"
+    augmentation: str = "auto"
     val_fraction: float = 0.2
     split_file: str | None = None
     split_seed: int = 42

@@ -168,13 +168,15 @@ def acdc_volumes(root: str | Path, split: str = "val") -> VolumeDataset:
 def open_acdc(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
     """ACDC (SSL4MIS h5) layout opener: slices for training, volumes for val/test."""
     from mambaseg.data.layouts import DataTask, DataTaskError, image_size_of, volume_label_map
+    from mambaseg.data.transforms import resolve_augmentation
     from mambaseg.data.volumetric import paper_normalization
 
     norm = normalization if normalization is not None else paper_normalization(1)
     ds: dict[str, Any] = {}
     for s in splits:
         if s == "train":
-            ds[s] = acdc_slices(root, image_size=image_size_of(cfg), augment=cfg.data.augment, normalization=norm)
+            ds[s] = acdc_slices(root, image_size=image_size_of(cfg), augment=cfg.data.augment,
+                                preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"), normalization=norm)
         elif s in ("val", "test"):
             ds[s] = acdc_volumes(root, s)
         else:

@@ -33,6 +33,7 @@ from mambaseg.data.layouts import (
     open_splits,
     volume_label_map,
 )
+from mambaseg.data.transforms import resolve_augmentation
 from mambaseg.data.volumetric import Volume
 
 __all__ = [
@@ -330,8 +331,6 @@ class _CacheVolumeLoader:
         self.loff = np.concatenate([[0], np.cumsum(np.prod(shapes, axis=1))])
 
     def __call__(self, i: int) -> Volume:
-        from mambaseg.data.volumetric import Volume
-
         d, h, w = (int(v) for v in self.shapes[i])
         return Volume(
             id=self.ids[i], image=self.images[self.zoff[i]:self.zoff[i + 1]].astype(np.float32) / 255.0,
@@ -372,7 +371,9 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
             imgs, labs = arrays["train_images"], arrays["train_labels"]
             ids = [str(i) for i in arrays["train_ids"]]
 
-            ds[s] = SliceDataset2D(ids, _CacheSliceLoader(imgs, labs), image_size=image_size_of(cfg), augment=cfg.data.augment,
+            ds[s] = SliceDataset2D(ids, _CacheSliceLoader(imgs, labs), image_size=image_size_of(cfg),
+                                   augment=cfg.data.augment,
+                                   preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"),
                                    num_classes=num_classes, label_names=label_names, normalization=norm,
                                    paths=[f"{path}#{i}" for i in ids])
         else:

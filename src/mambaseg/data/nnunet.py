@@ -373,6 +373,7 @@ def nnunet_slices(
 def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
     """nnU-Net raw (NIfTI) layout opener: slices of the training cases, volumes of the validation cases."""
     from mambaseg.data.layouts import DataTask, DataTaskError, image_size_of, volume_label_map
+    from mambaseg.data.transforms import resolve_augmentation
     from mambaseg.data.volumetric import paper_normalization
 
     raw = NnUNetRaw(root)
@@ -383,6 +384,7 @@ def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization:
     for s in splits:
         if s == "train":
             ds[s] = nnunet_slices(raw, sp["train"], image_size=image_size_of(cfg), augment=cfg.data.augment,
+                                  preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"),
                                   normalization=norm)
         elif s == "val":
             ds[s] = nnunet_volumes(raw, sp["val"])

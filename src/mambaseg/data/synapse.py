@@ -224,6 +224,7 @@ def _held_out_cases(root: Path, cfg: Any) -> list[str]:
 def open_synapse(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
     """Synapse (TransUNet npz/h5) layout opener: slices for training, volumes for val (held out) and test."""
     from mambaseg.data.layouts import DataTask, DataTaskError, image_size_of, volume_label_map
+    from mambaseg.data.transforms import resolve_augmentation
     from mambaseg.data.volumetric import paper_normalization
 
     norm = normalization if normalization is not None else paper_normalization(1)
@@ -239,7 +240,8 @@ def open_synapse(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization
     for s in splits:
         if s == "train":
             ds[s] = synapse_slices(root, exclude_cases=val_cases, image_size=image_size_of(cfg),
-                                   augment=cfg.data.augment, normalization=norm)
+                                   augment=cfg.data.augment,
+                                   preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"), normalization=norm)
         elif s == "val":
             ds[s] = (synapse_volumes(root, "val_vol.txt") if val_from_list
                      else synapse_volumes_from_slices(root, val_cases))

@@ -23,7 +23,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import cv2
@@ -409,41 +409,134 @@ def vmunet_isic_transforms(
     )
 
 
-PRESETS = ("vmunet_isic", "vmbunet_isic", "dermomamba_isic", "flips", "none")
+class RangeNoise:
+    """Gaussian noise whose standard deviation is a fraction of the image's full range (1 for float images in
+    [0, 1], 255 for uint8), so a preset means the same on both kinds of input."""
+
+    def __init__(self, fraction: float, p: float = 1.0) -> None:
+        self.fraction = float(fraction)
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        return GaussianNoise(self.fraction * scale, p=self.p)(image, mask, rng)
+
+    def __repr__(self) -> str:
+        return f"RangeNoise(fraction={self.fraction}, p={self.p})"
+
+
+def _dermomamba_isic(size: tuple[int, int]) -> Transform:
+    return Compose([RandomResizedCrop(size, scale=(0.8, 0.95), p=0.1), RandomRotation(0.5, (-15.0, 15.0)),
+                    HorizontalFlip(0.5), VerticalFlip(0.5)])
+
+
+def _msvmunet(size: tuple[int, int]) -> Transform:
+    ops = [VerticalFlip(1.0), HorizontalFlip(1.0), RangeNoise(0.005), GaussianBlur(1.0, p=1.0),
+           RandomContrast((0.5, 1.5), p=1.0), RotateRange(40.0)]
+    return SomeOf(ops, 0, 4)
+
+
+#: THE augmentation preset table: name -> (description, builder(image_size) -> augmentation without resize, or
+#: None). Every layout honours ``data.augmentation`` through it (2-D datasets append their resize, slice datasets
+#: their zoom); ``"auto"`` picks the layout's paper default (``vmunet_isic`` for 2-D images, ``msvmunet`` for
+#: slices of volumes).
+AUGMENTATIONS: dict[str, tuple[str, Callable[[tuple[int, int]], Transform | None]]] = {
+    "vmunet_isic": ("VM-UNet: horizontal and vertical flips p 0.5, rotation p 0.5 by an angle in [0, 360) drawn per "
+                    "sample (the original draws one angle per run)",
+                    lambda size: Compose([HorizontalFlip(0.5), VerticalFlip(0.5),
+                                          RandomRotation(0.5, (0.0, 360.0), per_sample=True)])),
+    "vmbunet_isic": ("VMB-UNet: with p 0.5 a random 90-degree rotation and flip, else with p 0.5 a rotation in "
+                     "[-20, 20) degrees (continuous here, integer in the original)",
+                     lambda size: Either(RandomRot90Flip(1.0), RandomRotation(0.5, (-20.0, 20.0)), p=0.5)),
+    "dermomamba_isic": ("DermoMamba: random resized crop (scale 0.8-0.95) p 0.1, rotation in [-15, 15] p 0.5, "
+                        "horizontal and vertical flips p 0.5", _dermomamba_isic),
+    "msvmunet": ("MSVM-UNet / HeteroMedSeg (imgaug SomeOf): 0 to 4 of vertical flip, horizontal flip, Gaussian "
+                 "noise 0.005 of the range, Gaussian blur sigma 1, contrast 0.5-1.5, rotation +-40 degrees, in random "
+                 "order (the original's affine and piecewise-affine warps are left out)", _msvmunet),
+    "flips_rotate": ("SSL4MIS ACDC: with p 0.5 a random 90-degree rotation and flip, else with p 0.5 a rotation in "
+                     "+-20 degrees", lambda size: FlipsOrRotate(RotateRange(20.0))),
+    "flips": ("horizontal and vertical flips p 0.5", lambda size: Compose([HorizontalFlip(0.5), VerticalFlip(0.5)])),
+    "none": ("no augmentation", lambda size: None),
+}
+
+#: the names of :data:`AUGMENTATIONS`
+PRESETS = tuple(AUGMENTATIONS)
+
+
+def build_augmentation(preset: str, image_size: int | Sequence[int] = 256) -> Transform | None:
+    """The augmentation (no resize) of a preset of :data:`AUGMENTATIONS`; ``None`` for ``"none"``.
+
+    Raises:
+        ValueError: unknown preset name (the message lists the valid ones).
+    """
+    if preset not in AUGMENTATIONS:
+        valid = ", ".join(AUGMENTATIONS)
+        raise ValueError(f"unknown transform preset {preset!r}; valid augmentation presets: {valid} or auto")
+    return AUGMENTATIONS[preset][1](as_size(image_size))
+
+
+def resolve_augmentation(preset: str | None, default: str) -> str:
+    """``preset`` with ``"auto"`` (or empty) replaced by the layout's ``default``."""
+    return default if preset in ("auto", "", None) else str(preset)
 
 
 def build_transforms(image_size: int | Sequence[int], *, augment: bool, preset: str = "vmunet_isic") -> Compose:
-    """Transforms by preset name (every pipeline ends at ``image_size``).
+    """The 2-D pipeline of a preset of :data:`AUGMENTATIONS`, ending at ``image_size``.
 
     Args:
         image_size: output (H, W) (or an int for a square).
         augment: training-time augmentation on/off; off = resize only, for every preset.
-        preset:
-            * ``"vmunet_isic"`` (default for 2-D binary tasks): VM-UNet's flips + rotation in [0, 360) + resize
-              (see :func:`vmunet_isic_transforms`);
-            * ``"vmbunet_isic"``: VMB-UNet's pipeline: with p 0.5 a random 90-degree rotation and flip, else
-              with p 0.5 a rotation in [-20, 20) degrees (continuous here, integer in the original); resize;
-            * ``"dermomamba_isic"``: DermoMamba's: random resized crop (scale 0.8-0.95) with p 0.1, rotation
-              in [-15, 15] with p 0.5, horizontal and vertical flips with p 0.5; resize;
-            * ``"flips"``: horizontal/vertical flips + resize; ``"none"``: resize only.
+        preset: a name of :data:`AUGMENTATIONS` (``"auto"`` = ``"vmunet_isic"``).
     """
     size = as_size(image_size)
-    if preset not in PRESETS:
-        raise ValueError(f"unknown transform preset {preset!r}; valid: {', '.join(PRESETS)}")
-    if not augment or preset == "none":
+    op = build_augmentation(resolve_augmentation(preset, "vmunet_isic"), size)
+    if not augment or op is None:
         return Compose([Resize(size)])
-    if preset == "vmunet_isic":
-        return vmunet_isic_transforms(size, train=True)
-    if preset == "vmbunet_isic":
-        return Compose([Either(RandomRot90Flip(1.0), RandomRotation(0.5, (-20.0, 20.0)), p=0.5), Resize(size)])
-    if preset == "dermomamba_isic":
-        return Compose(
-            [
-                RandomResizedCrop(size, scale=(0.8, 0.95), p=0.1),
-                RandomRotation(0.5, (-15.0, 15.0)),
-                HorizontalFlip(0.5),
-                VerticalFlip(0.5),
-                Resize(size),
-            ]
-        )
-    return Compose([HorizontalFlip(0.5), VerticalFlip(0.5), Resize(size)])
+    return Compose([op, Resize(size)])
+
+
+class SomeOf:
+    """Apply between ``lo`` and ``hi`` of ``ops`` (each with probability 1) in random order."""
+
+    def __init__(self, ops: Sequence[Callable], lo: int, hi: int) -> None:
+        self.ops = list(ops)
+        self.lo, self.hi = lo, min(hi, len(self.ops))
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        k = int(rng.integers(self.lo, self.hi + 1))
+        for j in rng.permutation(len(self.ops))[:k]:
+            image, mask = self.ops[int(j)](image, mask, rng)
+        return image, mask
+
+
+class RotateRange:
+    """Rotation by an angle drawn uniformly in [-degrees, degrees] (a class, not a closure: DataLoader workers
+    started with ``spawn`` pickle the augmentation)."""
+
+    def __init__(self, degrees: float) -> None:
+        self.degrees = float(degrees)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return rotate(image, mask, float(rng.uniform(-self.degrees, self.degrees)), fill=0.0)
+
+
+def rot90_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    k = int(rng.integers(0, 4))
+    axis = int(rng.integers(0, 2))
+    image = np.flip(np.rot90(image, k, axes=(0, 1)), axis=axis)
+    mask = np.flip(np.rot90(mask, k, axes=(0, 1)), axis=axis)
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+class FlipsOrRotate:
+    """With p=0.5 a random 90-degree rotation + flip, else with p=0.5 a small rotation, else nothing."""
+
+    def __init__(self, rot: RotateRange) -> None:
+        self.rot = rot
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if rng.random() > 0.5:
+            return rot90_flip(image, mask, rng)
+        if rng.random() > 0.5:
+            return self.rot(image, mask, rng)
+        return image, mask

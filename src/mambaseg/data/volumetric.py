@@ -12,11 +12,9 @@ Two objects make up a volumetric task (2-D networks trained on slices, evaluated
 Array convention: volumes are (D, H, W) = (slice, row, column); ``spacing`` follows the same axis order. NIfTI
 volumes (stored (X, Y, Z) by nibabel) are transposed to (Z, Y, X) when read and back when written.
 
-Augmentation preset ``"msvmunet"`` (MSVM-UNet / HeteroMedSeg imgaug pipeline, spec msvmunet-slicemamba §1.4 and
-dermomamba-heteromedseg B7): 0 to 4 of {vertical flip, horizontal flip, Gaussian noise, Gaussian blur sigma 1,
-linear contrast 0.5-1.5, rotation +-40 deg} in random order, then the resize. The original also draws affine
-scale/shear/translation and piecewise-affine warps; those are left out here (documented simplification).
-``"flips_rotate"`` is the SSL4MIS ACDC pipeline (random 90-degree rotation + flip, or a rotation in +-20 deg).
+Training slices are augmented with a preset of the one table :data:`mambaseg.data.transforms.AUGMENTATIONS`
+(``"msvmunet"`` by default, the MSVM-UNet / HeteroMedSeg pipeline, spec msvmunet-slicemamba §1.4 and
+dermomamba-heteromedseg B7), then zoomed to the network size.
 """
 
 from __future__ import annotations
@@ -32,18 +30,9 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from mambaseg.data.normalization import Normalization
-from mambaseg.data.transforms import (
-    GaussianBlur,
-    GaussianNoise,
-    HorizontalFlip,
-    RandomContrast,
-    VerticalFlip,
-    as_size,
-    rotate,
-)
+from mambaseg.data.transforms import as_size, build_augmentation
 
 __all__ = [
-    "AUGMENT_PRESETS",
     "SliceDataset2D",
     "SliceAugment",
     "Volume",
@@ -53,9 +42,6 @@ __all__ = [
     "zoom_image",
     "zoom_labels",
 ]
-
-AUGMENT_PRESETS = ("msvmunet", "flips_rotate", "none")
-
 
 def paper_normalization(in_chans: int = 1) -> Normalization:
     """``(x - 0.5) / 0.5`` per channel: the ToTensor + Normalize(0.5, 0.5) of the MSVM-UNet/HeteroMedSeg code."""
@@ -216,81 +202,17 @@ class VolumeDataset(Dataset):
         return f"VolumeDataset(n={len(self)}, classes={self.label_names})"
 
 
-class _SomeOf:
-    """Apply between ``lo`` and ``hi`` of ``ops`` (each with probability 1) in random order."""
-
-    def __init__(self, ops: Sequence[Callable], lo: int, hi: int) -> None:
-        self.ops = list(ops)
-        self.lo, self.hi = lo, min(hi, len(self.ops))
-
-    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        k = int(rng.integers(self.lo, self.hi + 1))
-        for j in rng.permutation(len(self.ops))[:k]:
-            image, mask = self.ops[int(j)](image, mask, rng)
-        return image, mask
-
-
-class _RotateRange:
-    """Rotation by an angle drawn uniformly in [-degrees, degrees] (a class, not a closure: DataLoader workers
-    started with ``spawn`` pickle the augmentation)."""
-
-    def __init__(self, degrees: float) -> None:
-        self.degrees = float(degrees)
-
-    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        return rotate(image, mask, float(rng.uniform(-self.degrees, self.degrees)), fill=0.0)
-
-
-def _rot90_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    k = int(rng.integers(0, 4))
-    axis = int(rng.integers(0, 2))
-    image = np.flip(np.rot90(image, k, axes=(0, 1)), axis=axis)
-    mask = np.flip(np.rot90(mask, k, axes=(0, 1)), axis=axis)
-    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
-
-
-class _FlipsOrRotate:
-    """With p=0.5 a random 90-degree rotation + flip, else with p=0.5 a small rotation, else nothing."""
-
-    def __init__(self, rot: _RotateRange) -> None:
-        self.rot = rot
-
-    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        if rng.random() > 0.5:
-            return _rot90_flip(image, mask, rng)
-        if rng.random() > 0.5:
-            return self.rot(image, mask, rng)
-        return image, mask
-
-
 class SliceAugment:
     """Augmentation of one (H, W, C) float slice in [0, 1] and its (H, W) labels (no resize).
 
     Args:
-        preset: ``"msvmunet"``, ``"flips_rotate"`` or ``"none"`` (see the module docstring).
+        preset: a name of :data:`mambaseg.data.transforms.AUGMENTATIONS` (the one preset table; ``"msvmunet"``
+            is the default of volumetric layouts).
     """
 
     def __init__(self, preset: str = "msvmunet") -> None:
-        if preset not in AUGMENT_PRESETS:
-            raise ValueError(f"unknown slice augmentation preset {preset!r}; valid: {', '.join(AUGMENT_PRESETS)}")
         self.preset = preset
-        if preset == "msvmunet":
-            self._op: Callable | None = _SomeOf(
-                [
-                    VerticalFlip(1.0),
-                    HorizontalFlip(1.0),
-                    GaussianNoise(0.005, p=1.0),  # 0.005 * 255 on the 8-bit scale of the original
-                    GaussianBlur(1.0, p=1.0),
-                    RandomContrast((0.5, 1.5), p=1.0),
-                    _RotateRange(40.0),
-                ],
-                0,
-                4,
-            )
-        elif preset == "flips_rotate":
-            self._op = _FlipsOrRotate(_RotateRange(20.0))
-        else:
-            self._op = None
+        self._op = build_augmentation(preset)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if self._op is None:
