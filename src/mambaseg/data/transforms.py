@@ -388,7 +388,7 @@ class Either:
 def vmunet_isic_transforms(
     image_size: int | Sequence[int], *, train: bool, per_sample_rotation: bool = True
 ) -> Compose:
-    """The VM-UNet ISIC pipeline (spec §2.6) without its normalisation step.
+    """The VM-UNet ISIC pipeline without its normalisation step.
 
     Train: horizontal flip p 0.5 -> vertical flip p 0.5 -> rotation p 0.5 by an angle uniform in
     [0, 360) -> resize to ``image_size``. Evaluation: resize only. Differences from the original code,

@@ -13,8 +13,7 @@ Array convention: volumes are (D, H, W) = (slice, row, column); ``spacing`` foll
 volumes (stored (X, Y, Z) by nibabel) are transposed to (Z, Y, X) when read and back when written.
 
 Training slices are augmented with a preset of the one table :data:`mambaseg.data.transforms.AUGMENTATIONS`
-(``"msvmunet"`` by default, the MSVM-UNet / HeteroMedSeg pipeline, spec msvmunet-slicemamba §1.4 and
-dermomamba-heteromedseg B7), then zoomed to the network size.
+(``"msvmunet"`` by default, the MSVM-UNet / HeteroMedSeg pipeline), then zoomed to the network size.
 """
 
 from __future__ import annotations

@@ -136,14 +136,10 @@ class TrainResult:
 
 def build_model_from_config(cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module:
     """``create_model`` with the model section, the task's classes/channels and the training image size."""
-    import inspect
-
-    from mambaseg.models import create_model, model_info
+    from mambaseg.models import create_model
 
     kwargs = dict(cfg.model.kwargs or {})
-    # models built for one input size (their entrypoint names ``img_size``) get the training size
-    if "img_size" in inspect.signature(model_info(cfg.model.name).fn).parameters:
-        kwargs.setdefault("img_size", tuple(int(s) for s in cfg.data.image_size))
+    kwargs.setdefault("image_size", tuple(int(s) for s in cfg.data.image_size))
     if cfg.model.arch is not None:
         kwargs["arch"] = cfg.model.arch
     return create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans, **kwargs)

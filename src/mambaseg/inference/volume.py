@@ -1,7 +1,6 @@
 """Slice-wise inference of 2-D networks on 3-D volumes, and volume file input/output.
 
-The procedure of the TransUNet / MSVM-UNet / HeteroMedSeg test code (spec msvmunet-slicemamba §1.6,
-dermomamba-heteromedseg B8): every slice along D is zoomed to the network size with a cubic spline (order 3),
+The procedure of the TransUNet / MSVM-UNet / HeteroMedSeg test code: every slice along D is zoomed to the network size with a cubic spline (order 3),
 normalised, passed through the network in batches, turned into labels by the library's one rule
 (:func:`mambaseg.metrics.labels_from_logits`: argmax, or sigmoid >= 0.5 for a one-channel binary model), and the
 label slice is zoomed back to the original in-plane size with nearest neighbour (order 0). The label slices are stacked into a (D, H, W) volume.

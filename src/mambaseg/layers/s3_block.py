@@ -7,7 +7,7 @@ strips of ``n`` columns, both directions). No MLP branch. Parameter shapes do no
 setting, so an S3 block has exactly the parameters (and state-dict keys ``ln_1``, ``self_attention``) of a
 VMamba-v0 VSS block of the same width. Maps not divisible by the slice size use the scan's ``"drop"`` padding (strips
 formed on the padded grid, padded positions left out of the sequences; see :mod:`mambaseg.ops.slice_scan`).
-See spec ``msvmunet-slicemamba.md`` §2.2–2.3.
+See the SliceMamba paper, §III.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Forward on a channels-last map X (B, H, W, C), with D = ssm_ratio * C and K scan sequences (4 raster orders by default):
 in_proj -> [x, z]; x -> depthwise 3x3 conv -> SiLU -> K sequences -> per-direction x_proj (dt, B, C) and dt_proj ->
 selective scan (softplus(dt + dt_bias), A = -exp(A_logs), D skip) in float32 -> merge back -> LayerNorm(D) ->
-* SiLU(z) -> out_proj. See ``spec/vmunet-vmbunet.md`` §1.
+* SiLU(z) -> out_proj.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class SSMScanBase(nn.Module):
     def init_ssm_parameters(
         self, k: int, d_inner: int, dt_min: float, dt_max: float, dt_init_floor: float
     ) -> None:
-        """Create the stacked per-direction parameters with VMamba's initialisation (spec §1.4)."""
+        """Create the stacked per-direction parameters with VMamba's initialisation."""
         dt_rank, d_state = self.dt_rank, self.d_state
         # per-direction projections stored stacked as raw parameters; default nn.Linear init
         bound = 1.0 / math.sqrt(d_inner)

@@ -3,7 +3,7 @@
 ``loss = bce_weight * BCE + dice_weight * (1 - mean_b dice_b)`` where BCE is the mean over every pixel of
 the batch (computed with ``binary_cross_entropy_with_logits``, stable for large logits) and ``dice_b`` is
 the per-sample soft Dice of ``sigmoid(logits)`` with smoothing 1: ``(2 sum p*y + 1) / (sum p + sum y + 1)``
-(spec vmunet-vmbunet §2.6; weights 1 and 1 there). The original applies BCE to probabilities produced
+(VM-UNet's released recipe; weights 1 and 1 there). The original applies BCE to probabilities produced
 by the model; here the model returns logits and the loss applies the sigmoid, which is the same function
 but numerically safe.
 """

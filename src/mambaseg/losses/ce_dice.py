@@ -4,7 +4,7 @@
 
 * CE: ``F.cross_entropy`` on the logits, mean over all pixels of the batch (optional class weights).
 * Dice (defaults = the TransUNet-style ``DiceLoss`` used by MSVM-UNet, HeteroMedSeg and VM-UNet's Synapse
-  recipe, spec msvmunet-slicemamba §1.4 and vmunet-vmbunet §2.6): softmax probabilities, one-hot target,
+  recipe): softmax probabilities, one-hot target,
   per class ``1 - (2 sum p g + eps) / (sum p^2 + sum g^2 + eps)`` with ``eps = 1e-5``, squared sums,
   sums over the whole batch, averaged over ALL classes including background.
 

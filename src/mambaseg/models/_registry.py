@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -25,7 +25,6 @@ class ModelInfo:
     fn: Callable[..., nn.Module]
     paper: str = ""
     description: str = ""
-    default_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -84,9 +83,10 @@ def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **kwargs: A
         name: a name from :func:`list_models`.
         num_classes: output channels (1 = binary with a sigmoid applied by losses/metrics, never by the model).
         in_chans: input image channels.
-        **kwargs: model-specific options. ``img_size`` is forwarded only to models whose entrypoint names it
-            (models built for a fixed input size); size-agnostic models ignore it, so generic code may always pass
-            it. Other unknown options raise ``TypeError``.
+        **kwargs: model-specific options. ``image_size`` (H, W) (the library's name for the input size, as in
+            ``data.image_size``) is mapped to the paper's ``img_size`` of models built for a fixed input size and
+            dropped for size-agnostic ones, so generic code may always pass it. Other unknown options raise
+            ``TypeError``.
 
     Returns:
         The model (``nn.Module``) whose ``forward`` returns logits of shape (B, num_classes, H, W).
@@ -105,9 +105,12 @@ def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **kwargs: A
             "(with mambaseg.ops.use_backend(name): ..., the MAMBASEG_SCAN_BACKEND variable, or train.scan_backend)"
         )
     sig = inspect.signature(info.fn)
+    if "image_size" in kwargs:
+        size = kwargs.pop("image_size")
+        if "img_size" in sig.parameters:  # the paper's name of the input size, kept by the models that take one
+            kwargs.setdefault("img_size", tuple(size) if isinstance(size, (list, tuple)) else size)
     if "img_size" in kwargs and "img_size" not in sig.parameters:
-        # size-agnostic models (any H, W divisible by their stride) take no img_size: generic callers such as the
-        # trainer may pass it for every model, and it carries no information for these, so it is not forwarded
+        # size-agnostic models (any H, W divisible by their stride) take no size: it carries no information here
         kwargs.pop("img_size")
     model = info.fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.mambaseg_spec = {"name": name, "num_classes": num_classes, "in_chans": in_chans, "kwargs": dict(kwargs)}

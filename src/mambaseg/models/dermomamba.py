@@ -1,7 +1,7 @@
 """DermoMamba: a cross-scale Mamba-based model with guide fusion loss for skin lesion segmentation.
 
-Hoang et al., Pattern Analysis and Applications 28:128 (2025); code github.com/hnkhai25/DermoMamba. Spec:
-``dermomamba-heteromedseg.md`` Part A. Layout (widths for the default ``channels=(16, 32, 64, 128, 256, 512)``):
+Hoang et al., Pattern Analysis and Applications 28:128 (2025); code github.com/hnkhai25/DermoMamba.
+Layout (widths for the default ``channels=(16, 32, 64, 128, 256, 512)``):
 
 * stem: 1x1 conv in_chans -> 16;
 * 5 encoder blocks (16->32, 32->64, ..., 256->512), each: ResMamba block at the input width

@@ -1,7 +1,7 @@
 """HeteroMedSeg ("Bidirectional Mamba and routing-attention synergistic network", Bin et al.): VSSD encoder,
 bi-level-routing-attention decoder, SCSA on the skip concatenations.
 
-Layout (spec ``dermomamba-heteromedseg.md`` Part B, following the released code):
+Layout (following the released code):
 
 * Encoder: conv stem (3x3/2 3->48, BN, GELU, 3x3/2 48->96, BN), 3 stages of 2 VSSD blocks (96@H/4, 192@H/8, 384@H/16;
   heads 3/6/12, MLP ratio 3, SSD d_state 64, head width 64) with conv3x3/2 + BN downsampling, then conv3x3/2 + BN to

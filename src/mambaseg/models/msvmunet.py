@@ -1,6 +1,6 @@
 """MSVM-UNet (Chen et al., arXiv 2408.13735): VMamba-v2 encoder, multi-scale VSS decoder, LKPE upsampling.
 
-Layout (spec ``msvmunet-slicemamba.md`` §1, following the released code):
+Layout (following the released code):
 
 * Encoder = VMamba-v2 tiny ``vssm1_tiny_0230s``: overlapping stem (conv3x3/2 3->C/2, LN2d, GELU, conv3x3/2 -> C, LN2d),
   4 stages of channels-first VSS blocks (depths 2, 2, 8, 2; SS2D with d_state 1, ssm_ratio 1, no gate, dw-conv without

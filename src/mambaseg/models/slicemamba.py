@@ -1,6 +1,6 @@
 """SliceMamba (Fan et al., JBHI 2025; arXiv 2407.08481): VM-UNet with per-block searched slicing scans.
 
-Layout (spec ``msvmunet-slicemamba.md`` §2.1): the VM-UNet U-Net (4x4 patch embedding, encoder depths
+Layout: the VM-UNet U-Net (4x4 patch embedding, encoder depths
 (2, 2, 9, 2) with PatchMerging2D, decoder depths (2, 2, 2, 1) with PatchExpand2D, additive skips, x4 final
 expand, 1x1 conv) where every block is an :class:`~mambaseg.layers.s3_block.S3Block`. The slice setting of
 each of the ``sum(depths) + sum(depths_decoder)`` = 22 blocks is a gene in ``{0, 1, 2, 3}`` indexing

@@ -1,6 +1,6 @@
 """VMB-UNet: a boundary-guided cross-level feature fusion Mamba-UNet for dermoscopic image segmentation.
 
-Code base: github.com/jyBieber/vmbu_net (a fork of VM-UNet). Spec: ``vmunet-vmbunet.md`` §3. Layout for a 256 x 256
+Code base: github.com/jyBieber/vmbu_net (a fork of VM-UNet). Layout for a 256 x 256
 input (C = 96):
 
 * PatchEmbed 4x4 -> ``S0`` (64 x 64 x 96);

@@ -1,6 +1,6 @@
 """VM-UNet (Ruan & Xiang, 2024): a pure-Mamba U-Net of VSS blocks with additive skips.
 
-Layout (spec ``vmunet-vmbunet.md`` §2): PatchEmbed (4x4) -> 4 encoder stages of VSS blocks with PatchMerging2D ->
+Layout: PatchEmbed (4x4) -> 4 encoder stages of VSS blocks with PatchMerging2D ->
 4 decoder stages (stage 0 at H/32 without upsampling; stages 1..3: x + skip, PatchExpand2D, blocks) -> x4 final
 expand -> 1x1 conv. Skips are the inputs of encoder stages 1..3 (the patch-embedding output is not used as a skip).
 Returns logits (the original wrapper applied a sigmoid for one class; we never do).

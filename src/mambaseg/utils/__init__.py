@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from mambaseg.utils.distributed import DistContext, all_gather_objects, all_reduce_sum, init_distributed
-from mambaseg.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mambaseg.utils.files import atomic_path, atomic_write_json
 from mambaseg.utils.seed import get_rng_state, seed_everything, seed_worker, set_rng_state
 
 __all__ = [
     "DistContext",
     "all_gather_objects",
     "all_reduce_sum",
-    "atomic_write_bytes",
+    "atomic_path",
     "atomic_write_json",
-    "atomic_write_text",
     "get_rng_state",
     "init_distributed",
     "seed_everything",

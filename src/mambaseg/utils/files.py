@@ -1,4 +1,8 @@
-"""Atomic file writes: write to a temporary file in the same folder, then ``os.replace`` it into place."""
+"""The one atomic writer: write to a temporary file in the same folder, then ``os.replace`` it into place.
+
+Every file the library writes (checkpoints, caches, JSON, plots) goes through :class:`atomic_path`;
+:func:`atomic_write_json` is its JSON shorthand.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_path"]
+__all__ = ["atomic_path", "atomic_write_json"]
 
 
 class atomic_path:
@@ -44,21 +48,11 @@ class atomic_path:
                 pass
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` through :class:`atomic_path` (flushed and synced first)."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
     return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
