@@ -89,3 +89,31 @@ def test_search_cli_time_limits(tmp_path, synth):
     assert arch["generations"] == 1 and arch["search_stopped_early"] and arch["num_evaluated"] == 4
     ck = torch.load(out / "supernet" / "last.pt", map_location="cpu", weights_only=True)
     assert ck["epoch"] == 1  # written although 1 is not a multiple of --save-every: training stopped there
+
+
+def test_supernet_trains_through_the_engine_and_resumes_bit_identically(tmp_path, synth):
+    from mambaseg.checkpoint import load_checkpoint
+    from mambaseg.configs import RunConfig, apply_overrides
+    from mambaseg.engine import open_data
+    from mambaseg.nas.runner import SupernetHooks, train_supernet
+
+    cfg = apply_overrides(RunConfig(), {
+        "data.path": str(synth), "data.image_size": [32, 32], "data.num_workers": 0,
+        "train.batch_size": 4, "train.device": "cpu", "train.seed": 5, "loss.name": "bce_dice",
+    })
+    train_ids = list(open_data(synth, apply_overrides(cfg, {"data.augment": False}), splits=("train",)).train.ids)[:8]
+    kw = {"dims": 8, "depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 1], "d_state": 4, "drop_path_rate": 0.1}
+
+    full = train_supernet(cfg, tmp_path / "full", SupernetHooks(3, train_ids, kw), 3, progress=False, log=print)
+    assert full["epochs"] == 3 and not full["stopped_early"]
+    # interrupted after one epoch (time budget 0 s), then resumed by a second call
+    part = train_supernet(cfg, tmp_path / "part", SupernetHooks(3, train_ids, kw), 3, progress=False, log=print,
+                          time_limit_s=0)
+    assert part["epochs"] == 1 and part["stopped_early"]
+    rest = train_supernet(cfg, tmp_path / "part", SupernetHooks(3, train_ids, kw), 3, progress=False, log=print)
+    assert rest["epochs"] == 3
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    assert a["format"] == "mambaseg-checkpoint" and a["model"]["name"] == "slicemamba_supernet"
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["hooks"]["sampler"] == b["hooks"]["sampler"]
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]

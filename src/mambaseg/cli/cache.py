@@ -23,7 +23,7 @@ def cache(
     2-D folders become an npz2d cache (images and masks per split); volumetric datasets a volcache (training
     slices and evaluation volumes, labels of the volumes at their original size). Train and evaluate on it with
     ``--data OUT.npz``."""
-    from mambaseg.data.cache import write_cache
+    from mambaseg.data.layouts import write_cache
 
     size = parse_image_size(image_size)
     if size is None:

@@ -1,4 +1,5 @@
-"""mambaseg.data: folder datasets, splits, validation, transforms, normalisation, synthetic data.
+"""mambaseg.data: every dataset layout (table in :mod:`mambaseg.data.layouts`), caches, splits, validation,
+transforms, normalisation, synthetic data.
 
 Example:
     >>> from mambaseg.data import FolderDataset2D, resolve_splits, validate_dataset
@@ -20,9 +21,18 @@ from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset, pape
 from mambaseg.data.acdc import ACDC_LABELS, acdc_slices, acdc_volumes
 from mambaseg.data.synapse import SYNAPSE_LABELS, synapse_slices, synapse_volumes
 from mambaseg.data.nnunet import NnUNetRaw, nnunet_slices, nnunet_volumes, read_nifti, write_nifti
+from mambaseg.data.task import DataTask, DataTaskError
+from mambaseg.data.layouts import detect_layout, list_layouts, open_task, register_layout, write_cache
 
 __all__ = [
     "ACDC_LABELS",
+    "DataTask",
+    "DataTaskError",
+    "detect_layout",
+    "list_layouts",
+    "open_task",
+    "register_layout",
+    "write_cache",
     "NnUNetRaw",
     "SYNAPSE_LABELS",
     "SliceDataset2D",

@@ -167,7 +167,7 @@ def acdc_volumes(root: str | Path, split: str = "val") -> VolumeDataset:
 
 def open_acdc(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
     """ACDC (SSL4MIS h5) layout opener: slices for training, volumes for val/test."""
-    from mambaseg.data.layouts import DataTask, DataTaskError, image_size_of, volume_label_map
+    from mambaseg.data.task import DataTask, DataTaskError, image_size_of, volume_label_map
     from mambaseg.data.transforms import resolve_augmentation
     from mambaseg.data.volumetric import paper_normalization
 

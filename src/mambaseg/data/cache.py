@@ -2,7 +2,7 @@
 
 A cache holds a dataset at the network's input size, so training and evaluation can run where the original files
 are not (e.g. on a GPU machine that only receives a checkout). ``mambaseg cache --data PATH --image-size S --out
-FILE.npz`` writes one; ``--data FILE.npz`` reads it back. Two formats:
+FILE.npz`` (:func:`mambaseg.data.layouts.write_cache`) writes one; ``--data FILE.npz`` reads it back. Two formats:
 
 * ``npz2d`` (:func:`write_npz2d` / :func:`open_npz2d`): a 2-D folder dataset. Per split ``{split}_images``
   (N, H, W, C) uint8 resized with the evaluation resize, ``{split}_masks`` (N, H, W) uint8 class indices (nearest),
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mambaseg.data.layouts import (
+from mambaseg.data.task import (
     DataTask,
     DataTaskError,
     binary_label_map,
@@ -392,70 +392,3 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
                     label_map=volume_label_map(label_names), num_classes=num_classes, in_chans=1, normalization=norm,
                     info={"root": str(path), "cache": meta.get("name"), "cache_image_size": info_size,
                           **{f"n_{s}": len(d) for s, d in ds.items()}})
-
-
-def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
-                splits: Sequence[str] | None = None) -> tuple[Path, dict[str, int]]:
-    """Write the cache of any dataset layout: ``npz2d`` for 2-D folders, ``volcache`` for volumetric layouts.
-
-    Args:
-        data: dataset root (its layout is detected).
-        image_size: network input (H, W) the cache is stored at.
-        out: output ``.npz``.
-        splits: splits to store (default: ``train`` and ``val``, plus ``test`` where the layout has one).
-
-    Returns:
-        ``(path, {split: number of images or volumes})``.
-    """
-    from mambaseg.configs import RunConfig
-    from mambaseg.data.layouts import detect_layout, open_task
-
-    root = Path(data).expanduser()
-    if not root.exists():
-        raise DataTaskError(f"dataset path {str(root)!r} does not exist")
-    size = (int(image_size[0]), int(image_size[-1]))
-    layout = detect_layout(root)
-    if layout in ("npz2d", "volcache"):
-        raise DataTaskError(f"{root} is already a cache ({layout}); pass the original dataset folder")
-    explicit = splits is not None
-    wanted = list(splits) if explicit else ["train", "val", "test"]
-    if layout == "folder2d":
-        have = [s for s in wanted if (root / s).is_dir() or (s == "val" and (root / "train").is_dir())]
-        if explicit and have != wanted:
-            raise DataTaskError(f"{root}: split(s) {[s for s in wanted if s not in have]} not found")
-        written = write_npz2d(root, size, out, have)
-        with np.load(written, allow_pickle=False) as z:
-            counts = {s: int(z[f"{s}_ids"].shape[0]) for s in have}
-        return written, counts
-    cfg = RunConfig()
-    cfg.data.image_size = list(size)
-    cfg.data.augment = False
-    cfg.data.validate = False
-    opened: dict[str, Any] = {}
-    task = None
-    for s in wanted:
-        try:
-            task = open_task(root, cfg, splits=(s,), normalization=_IDENTITY)
-        except (DataTaskError, ValueError, OSError):
-            if explicit:
-                raise
-            continue
-        opened[s] = task.datasets[s]
-    if task is None or "train" not in opened and not opened:
-        raise DataTaskError(f"{root}: none of the splits {wanted} could be opened as layout {layout!r}")
-    evals = {s: d for s, d in opened.items() if s != "train"}
-    written = write_volcache(out, name=layout, label_names=task.label_names, num_classes=task.num_classes,
-                             image_size=size, train=opened.get("train"), eval_splits=evals)
-    return written, {s: len(d) for s, d in opened.items()}
-
-
-class _Identity:
-    """Normalisation placeholder: the cache stores raw intensities, so none needs to be computed to open a split."""
-
-    num_channels = 1
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        return x
-
-
-_IDENTITY = _Identity()

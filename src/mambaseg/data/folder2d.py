@@ -269,7 +269,7 @@ def is_folder2d_root(root: Path) -> bool:
 
 def folder_label_map(cfg: Any) -> tuple[dict[str, int], int]:
     """``(label map, model output channels)`` of a 2-D folder task from ``data.binary`` / ``data.label_values``."""
-    from mambaseg.data.layouts import DataTaskError, binary_label_map
+    from mambaseg.data.task import DataTaskError, binary_label_map
 
     if cfg.data.binary:
         return binary_label_map(), 1
@@ -284,7 +284,7 @@ def folder_label_map(cfg: Any) -> tuple[dict[str, int], int]:
 
 def open_folder2d(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
     """2-D folder dataset (:class:`FolderDataset2D`); a missing ``val`` is carved from ``train`` with a saved split."""
-    from mambaseg.data.layouts import DataTask, image_size_of, open_splits
+    from mambaseg.data.task import DataTask, image_size_of, open_splits
     from mambaseg.data.validation import validate_dataset
 
     size = image_size_of(cfg)

@@ -17,7 +17,8 @@ folder2d    ``ROOT/{train,val[,test]}/{images,masks}``  :func:`mambaseg.data.fol
 
 A layout of your own is one call (no import side effects; call it before :func:`open_task`)::
 
-    from mambaseg.data.layouts import DataTask, register_layout
+    from mambaseg.data.layouts import register_layout
+    from mambaseg.data.task import DataTask
 
     @register_layout("mine", detect=lambda root: (root / "MINE").is_file(), priority=30)
     def open_mine(root, cfg, *, splits, normalization):
@@ -37,12 +38,13 @@ the engine applies: ``"pixels2d"`` (confusion matrix over pixels, pooled and per
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
+
+from mambaseg.data.task import DataTask, DataTaskError, binary_label_map
 
 if TYPE_CHECKING:
     from mambaseg.configs import RunConfig
@@ -51,7 +53,6 @@ __all__ = [
     "DataLayout",
     "DataTask",
     "DataTaskError",
-    "EVALUATIONS",
     "LAYOUTS",
     "binary_label_map",
     "dataset_family",
@@ -59,66 +60,8 @@ __all__ = [
     "list_layouts",
     "open_task",
     "register_layout",
+    "write_cache",
 ]
-
-EVALUATIONS = ("pixels2d", "volume_slicewise")
-
-
-class DataTaskError(ValueError):
-    """The data path cannot be opened as any known layout (or the chosen layout rejects it)."""
-
-
-@dataclass
-class DataTask:
-    """Everything training and evaluation need from a dataset.
-
-    Unpacks as ``train_ds, val_ds, evaluator, label_map = task``.
-
-    Attributes:
-        name: layout name.
-        datasets: split name -> dataset (only the splits asked for).
-        evaluation: the evaluation protocol (one of :data:`EVALUATIONS`).
-        label_map: class name -> mask pixel value, in class-index order (written predictions use these values).
-        num_classes: model output channels (1 for binary tasks).
-        in_chans: image channels.
-        normalization: input normalisation (``mambaseg.data.Normalization``) or ``None``.
-        info: facts to record in logs/checkpoints (split file, counts, skipped files, ...).
-        evaluator: the evaluator object, attached by the engine's ``open_data`` (``None`` at this tier).
-    """
-
-    name: str
-    datasets: dict[str, Dataset]
-    label_map: dict[str, int]
-    num_classes: int
-    in_chans: int
-    evaluation: str = "pixels2d"
-    normalization: Any = None
-    info: dict[str, Any] = field(default_factory=dict)
-    evaluator: Any = None
-
-    def __post_init__(self) -> None:
-        if self.evaluation not in EVALUATIONS:
-            raise DataTaskError(f"layout {self.name!r}: unknown evaluation {self.evaluation!r}; valid: {EVALUATIONS}")
-
-    @property
-    def train(self) -> Dataset | None:
-        return self.datasets.get("train")
-
-    @property
-    def val(self) -> Dataset | None:
-        return self.datasets.get("val")
-
-    @property
-    def label_names(self) -> dict[int, str]:
-        """``{class index: name}`` of the foreground classes."""
-        return {i: n for i, n in enumerate(self.label_map) if i != 0}
-
-    def __iter__(self) -> Iterator[Any]:
-        yield self.train
-        yield self.val
-        yield self.evaluator
-        yield self.label_map
-
 
 Opener = Callable[..., DataTask]
 
@@ -262,30 +205,68 @@ def dataset_family(path: str | Path) -> str | None:
     return layout
 
 
-def binary_label_map() -> dict[str, int]:
-    """Label map of binary tasks: background written as 0, foreground as 255."""
-    return {"background": 0, "foreground": 255}
+def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
+                splits: Sequence[str] | None = None) -> tuple[Path, dict[str, int]]:
+    """Write the cache of any dataset layout: ``npz2d`` for 2-D folders, ``volcache`` for volumetric layouts.
+
+    Args:
+        data: dataset root (its layout is detected).
+        image_size: network input (H, W) the cache is stored at.
+        out: output ``.npz``.
+        splits: splits to store (default: ``train`` and ``val``, plus ``test`` where the layout has one).
+
+    Returns:
+        ``(path, {split: number of images or volumes})``.
+    """
+    from mambaseg.configs import RunConfig
+    from mambaseg.data.cache import write_npz2d, write_volcache
+
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataTaskError(f"dataset path {str(root)!r} does not exist")
+    size = (int(image_size[0]), int(image_size[-1]))
+    layout = detect_layout(root)
+    if layout in ("npz2d", "volcache"):
+        raise DataTaskError(f"{root} is already a cache ({layout}); pass the original dataset folder")
+    explicit = splits is not None
+    wanted = list(splits) if explicit else ["train", "val", "test"]
+    if layout == "folder2d":
+        have = [s for s in wanted if (root / s).is_dir() or (s == "val" and (root / "train").is_dir())]
+        if explicit and have != wanted:
+            raise DataTaskError(f"{root}: split(s) {[s for s in wanted if s not in have]} not found")
+        written = write_npz2d(root, size, out, have)
+        with np.load(written, allow_pickle=False) as z:
+            counts = {s: int(z[f"{s}_ids"].shape[0]) for s in have}
+        return written, counts
+    cfg = RunConfig()
+    cfg.data.image_size = list(size)
+    cfg.data.augment = False
+    cfg.data.validate = False
+    opened: dict[str, Any] = {}
+    task = None
+    for s in wanted:
+        try:
+            task = open_task(root, cfg, splits=(s,), normalization=_IDENTITY)
+        except (DataTaskError, ValueError, OSError):
+            if explicit:
+                raise
+            continue
+        opened[s] = task.datasets[s]
+    if task is None or "train" not in opened and not opened:
+        raise DataTaskError(f"{root}: none of the splits {wanted} could be opened as layout {layout!r}")
+    evals = {s: d for s, d in opened.items() if s != "train"}
+    written = write_volcache(out, name=layout, label_names=task.label_names, num_classes=task.num_classes,
+                             image_size=size, train=opened.get("train"), eval_splits=evals)
+    return written, {s: len(d) for s, d in opened.items()}
 
 
-def volume_label_map(label_names: Mapping[int, str]) -> dict[str, int]:
-    """Label map of a volumetric task from its foreground ``{value: name}``."""
-    return {"background": 0, **{str(v): int(k) for k, v in sorted(label_names.items())}}
+class _Identity:
+    """Normalisation placeholder: the cache stores raw intensities, so none needs to be computed to open a split."""
+
+    num_channels = 1
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return x
 
 
-def image_size_of(cfg: RunConfig) -> tuple[int, int]:
-    """``data.image_size`` as an (H, W) tuple of ints."""
-    s = cfg.data.image_size
-    return (int(s[0]), int(s[-1]))
-
-
-def open_splits(make: Callable[[str, bool, Any], Any], splits: tuple[str, ...], normalization: Any,
-                augment: bool) -> tuple[Any, dict[str, Any]]:
-    """Build every split with ``make(split, augment, normalization)``; the normalisation, when not given, is
-    computed on the un-augmented training split (only the training split is augmented)."""
-    from mambaseg.data.normalization import compute_normalization
-
-    if normalization is None:
-        if "train" not in splits:
-            raise DataTaskError("the input normalisation must be given when the training split is not opened")
-        normalization = compute_normalization(make("train", False, None))
-    return normalization, {s: make(s, augment and s == "train", normalization) for s in splits}
+_IDENTITY = _Identity()

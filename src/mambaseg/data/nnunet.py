@@ -372,7 +372,7 @@ def nnunet_slices(
 
 def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
     """nnU-Net raw (NIfTI) layout opener: slices of the training cases, volumes of the validation cases."""
-    from mambaseg.data.layouts import DataTask, DataTaskError, image_size_of, volume_label_map
+    from mambaseg.data.task import DataTask, DataTaskError, image_size_of, volume_label_map
     from mambaseg.data.transforms import resolve_augmentation
     from mambaseg.data.volumetric import paper_normalization
 

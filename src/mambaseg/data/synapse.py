@@ -211,7 +211,7 @@ def synapse_train_cases(root: str | Path, list_name: str = "train.txt") -> list[
 
 def _held_out_cases(root: Path, cfg: Any) -> list[str]:
     """Training cases held out for validation (seeded) when the dataset has no ``lists/val_vol.txt``."""
-    from mambaseg.data.layouts import DataTaskError
+    from mambaseg.data.task import DataTaskError
 
     cases = synapse_train_cases(root)
     if len(cases) < 2:
@@ -223,7 +223,7 @@ def _held_out_cases(root: Path, cfg: Any) -> list[str]:
 
 def open_synapse(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
     """Synapse (TransUNet npz/h5) layout opener: slices for training, volumes for val (held out) and test."""
-    from mambaseg.data.layouts import DataTask, DataTaskError, image_size_of, volume_label_map
+    from mambaseg.data.task import DataTask, DataTaskError, image_size_of, volume_label_map
     from mambaseg.data.transforms import resolve_augmentation
     from mambaseg.data.volumetric import paper_normalization
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from mambaseg.checkpoint import build_model, load_checkpoint
 from mambaseg.configs import RunConfig, config_from_dict
-from mambaseg.data.layouts import DataTask, image_size_of, open_task
+from mambaseg.data.layouts import open_task
+from mambaseg.data.task import DataTask, image_size_of
 from mambaseg.engine.evaluator import EvalContext, evaluator_for
 from mambaseg.runtime import resolve_amp, resolve_device, scan_backend
 from mambaseg.utils.files import atomic_write_json
@@ -21,20 +22,10 @@ from mambaseg.utils.files import atomic_write_json
 __all__ = ["evaluate_checkpoint", "open_data"]
 
 
-def open_data(
-    path: str | Path | None,
-    cfg: RunConfig,
-    *,
-    splits: tuple[str, ...] = ("train", "val"),
-    normalization: Any = None,
-    layout: str | None = None,
-) -> DataTask:
-    """Open a dataset (see :func:`mambaseg.data.layouts.open_task`) and attach its evaluator.
-
-    Returns:
-        A :class:`~mambaseg.data.layouts.DataTask` whose ``evaluator`` is set (a layout may bring its own).
-    """
-    task = open_task(path, cfg, splits=splits, normalization=normalization, layout=layout)
+def open_data(path: str | Path | None, cfg: RunConfig, **options: Any) -> DataTask:
+    """Open a dataset with :func:`mambaseg.data.layouts.open_task` (same arguments: ``splits``,
+    ``normalization``, ``layout``) and attach the evaluator of its protocol (unless the layout brought its own)."""
+    task = open_task(path, cfg, **options)
     if task.evaluator is None:
         task.evaluator = evaluator_for(task, image_size_of(cfg))
     return task

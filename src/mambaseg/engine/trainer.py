@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mambaseg.checkpoint import CheckpointError, export_safetensors, load_checkpoint, save_checkpoint, unwrap_model
 from mambaseg.configs import RunConfig, config_from_dict, config_to_dict, save_config
-from mambaseg.data.layouts import DataTask
+from mambaseg.data.task import DataTask
 from mambaseg.engine.evaluate import open_data
 from mambaseg.engine.evaluator import EvalContext, flatten_metrics, lookup_metric
 from mambaseg.engine.optim import build_optimizer, build_scheduler
