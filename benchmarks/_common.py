@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -23,8 +24,9 @@ def device_tag() -> str:
 
 
 def environment() -> dict:
-    """Device, versions, thread count and the exact command that produced a result."""
+    """Device, versions, thread count, the exact command that produced a result and the date (UTC) it ran."""
     env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),

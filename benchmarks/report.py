@@ -1,0 +1,494 @@
+"""Generate docs/RESULTS.md from the result files in benchmarks/results/.
+
+Usage::
+
+    python benchmarks/report.py             # (re)write docs/RESULTS.md
+    python benchmarks/report.py --check     # exit 1 if docs/RESULTS.md is not what this script writes
+    python benchmarks/report.py --results DIR --out FILE
+
+One section per measurement family (chosen by file name); each table holds the headline numbers of its files,
+and every row ends with the device, the date and the command recorded in the JSON. A field a file does not hold
+is shown as "not recorded"; a date taken from git history (the ``date_from_git`` field) is labelled as such.
+Files that match no family, or whose layout their family does not know, are listed under "Other results" with
+their top-level scalar fields. Standard library only; the output depends only on the files (sorted by name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "RESULTS.md"
+NOT_RECORDED = "not recorded"
+PROVENANCE = ("device", "date", "command")  # the last three columns of every table
+INTRO = (
+    "Every result file under `benchmarks/results/` (the current result of each measurement; superseded runs live in "
+    "git history), one section per kind of measurement. Every row ends with the device, the date and the command its "
+    "file records. \"not recorded\" marks a field the file does not hold; \"file committed\" gives the date of the "
+    "last commit that changed a file whose run recorded no date (the run took place on or before it). Commands are as "
+    "recorded: `python X.py` ran inside `benchmarks/`. Regenerate with `python benchmarks/report.py`; `--check` fails "
+    "when this file is out of date."
+)
+
+# -----------------------------------------------------------------------------
+# small helpers
+
+
+def fmt(x, spec: str = ".3g") -> str:
+    """A number in format ``spec``; "-" for a missing value, anything else as text."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int, float)):
+        return format(x, spec)
+    return str(x)
+
+
+def dims(seq) -> str:
+    """[1, 3, 256, 256] -> '1x3x256x256'."""
+    return "x".join(map(str, seq))
+
+
+def shape(r: dict) -> str:
+    """'B,K,D,L,N' of a scan row (a ``shape`` entry, or the keys batch/k/d_inner/seqlen/d_state)."""
+    if "shape" in r:
+        s = r["shape"]
+        if isinstance(s, int):  # an index into scan_gpu.ANCHORS
+            return f"anchor #{s}"
+        return ",".join(map(str, s)) if isinstance(s, list) else str(s)
+    return ",".join(str(r[k]) for k in ("batch", "k", "d_inner", "seqlen", "d_state"))
+
+
+def numbers(x, path: tuple = ()) -> list[tuple[tuple, float]]:
+    """(path, value) of every number in nested dicts (lists are skipped)."""
+    if isinstance(x, bool):
+        return []
+    if isinstance(x, (int, float)):
+        return [(path, x)]
+    if isinstance(x, dict):
+        return [item for k, v in x.items() for item in numbers(v, path + (str(k),))]
+    return []
+
+
+def scalars(d: dict, width: int = 100) -> str:
+    """'key: value' of the top-level scalar fields (long strings shortened)."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, (dict, list)) or k in PROVENANCE:
+            continue
+        text = fmt(v)
+        out.append(f"{k}: {text if len(text) <= width else text[: width - 3] + '...'}")
+    return "; ".join(out)
+
+
+def _env(d: dict) -> dict:
+    env = d.get("environment")
+    return env if isinstance(env, dict) else {}
+
+
+def _when(text: str) -> str:
+    """An ISO time as 'YYYY-MM-DD HH:MM UTC' (unparseable text is kept as it is)."""
+    try:
+        t = datetime.datetime.fromisoformat(str(text))
+    except ValueError:
+        return str(text)
+    if t.tzinfo is None:
+        return t.strftime("%Y-%m-%d %H:%M")
+    return t.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# -----------------------------------------------------------------------------
+# provenance: command, device, date of a file (or of a part of it that has its own command)
+
+
+def command_of(d: dict) -> str:
+    for src in (d, _env(d)):
+        if src.get("command"):
+            return str(src["command"])
+        if src.get("commands"):
+            return "; ".join(map(str, src["commands"]))
+    return NOT_RECORDED
+
+
+def device_of(d: dict) -> str:
+    device = d.get("device") or _env(d).get("device")
+    if not device:
+        return NOT_RECORDED
+    # a few files add a machine-pool label after the GPU name, e.g. "NVIDIA H100 80GB HBM3 (pool-x1)": drop it
+    return re.sub(r" \([a-z0-9-]+\)$", "", str(device))
+
+
+def date_of(d: dict) -> str:
+    date = d.get("date") or _env(d).get("date")
+    if date:
+        return _when(date)
+    git = d.get("date_from_git")
+    if isinstance(git, dict) and git.get("committed"):
+        return f"{NOT_RECORDED}; file committed {_when(git['committed'])} ({git.get('commit', '?')})"
+    return NOT_RECORDED
+
+
+# -----------------------------------------------------------------------------
+# one function per family: (file name, parsed JSON) -> table rows (dicts of column -> text, in column order).
+# A row may carry its own "command" (a part of the file run by another command).
+
+
+def scan_cpu_rows(name, d):
+    return [{"shape (B,K,D,L,N)": shape(r), "torch fwd ms": fmt(r["torch_fwd_ms"], ".1f"),
+             "ref fwd ms": fmt(r["ref_fwd_ms"], ".0f"), "torch vs ref": fmt(r["speedup_torch_vs_ref"], ".1f") + "x"}
+            for r in d["rows"]]
+
+
+def cpu_latency_rows(name, d):
+    return [{"model": d["model"], "input": dims(d["input"]), "median s": fmt(d["median_s"], ".2f"),
+             "min s": fmt(d["min_s"], ".2f"), "share in the scan": fmt(100 * d["scan_share"], ".0f") + " %"}]
+
+
+def scan_vs_official_rows(name, d):
+    rows = []
+    for r in d["rows"]:
+        rounds = r["fwdbwd_ratio_rounds"]
+        rows.append({
+            "shape (B,K,D,L,N)": shape(r),
+            "ours fwd+bwd ms": fmt(r["ours_fwdbwd_ms"]),
+            "official fwd+bwd ms": fmt(r["official_fwdbwd_ms"]),
+            "ratio (median)": fmt(r["fwdbwd_ratio"], ".2f"),
+            "ratio range": f"{min(rounds):.2f}-{max(rounds):.2f}",
+            "rounds ours <= official": f"{r['rounds_at_or_under_official_fwdbwd']}/{len(rounds)}",
+            "graph ratio": fmt(r["ours_fwdbwd_graph_ms"] / r["official_fwdbwd_graph_ms"], ".2f"),
+            "fwd ratio": fmt(r["fwd_ratio"], ".2f"),
+            "max rel. diff": fmt(max(v for _, v in numbers(r["rel_diff_vs_official"])), ".1e"),
+        })
+    return rows
+
+
+def scan_gpu_rows(name, d):
+    return [{"shape (B,K,D,L,N)": shape(r), "fwd ms": fmt(r["triton_fwd_ms"]),
+             "fwd+bwd ms": fmt(r["triton_fwdbwd_ms"]), "fwd+bwd graph ms": fmt(r.get("triton_fwdbwd_graph_ms")),
+             "official fwd+bwd ms (anchor)": fmt(r["official_cuda_fwdbwd_ms"]),
+             "ratio": fmt(r["fwdbwd_vs_official"], ".2f"), "max rel. err grads": fmt(r["rel_err_grads"], ".1e")}
+            for r in d["rows"]]
+
+
+def _config(c: dict) -> str:
+    return "default" if not c else json.dumps(c, separators=(",", ":"))
+
+
+def _sweep(rows: list[dict]) -> str:
+    """Best time per shape (and mode) of a configuration sweep, with its configuration."""
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        if "fwdbwd_graph_ms" in r:  # scan_profile.py rows: the GPU (graph) time of fwd+bwd
+            key, t, config = (shape(r), "fwd+bwd graph"), r["fwdbwd_graph_ms"], r.get("config", {})
+        else:  # scan_gpu.py --sweep rows: one eager time per mode
+            key, t = (shape(r), r["mode"]), r["ms"]
+            config = {k: v for k, v in r.items() if k not in ("shape", "mode", "ms")}
+        groups.setdefault(key, []).append((t, config))
+    out = []
+    for (s, mode), runs in groups.items():
+        t, config = min(runs, key=lambda run: run[0])
+        default = [t0 for t0, c in runs if not c]
+        extra = f", default {default[0]:.3g}" if default and config else ""
+        out.append(f"{s} {mode}: best {t:.3g} ms ({_config(config)}, {len(runs)} configs{extra})")
+    return "; ".join(out)
+
+
+def _host(part: dict, label: str = "", empty=None) -> list[str]:
+    """Host time per fwd+bwd call (us) of every dict with a "fwdbwd" time (scan_profile.py --host)."""
+    empty = part.get("trivial_function_fwdbwd_us", empty)  # an autograd.Function that launches nothing
+    out = []
+    if isinstance(part.get("fwdbwd"), (int, float)):
+        extra = [f"{part['fwdbwd_no_launch']:.0f} without launches"] if "fwdbwd_no_launch" in part else []
+        extra += [f"empty autograd Function {empty:.0f}"] if empty else []
+        out.append(f"{label or 'fwd+bwd'} {part['fwdbwd']:.0f} us" + (f" ({', '.join(extra)})" if extra else ""))
+    for k, v in part.items():
+        if isinstance(v, dict):
+            out += _host(v, label if k == "{}" else f"{label} {k}".strip(), empty)
+    return out
+
+
+def _headline(part: dict) -> str:
+    """Headline numbers of one part of a sweep / profile file."""
+    if "best_per_shape" in part:
+        return "; ".join(f"{shape(r)} {r['mode']}: {r['triton_ms']:.3g} ms ({r['ratio_vs_official']:.2f}x official)"
+                         for r in part["best_per_shape"])
+    rows = part.get("rows")
+    if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+        if "fwdbwd_vs_official" in rows[0]:
+            return "fwd+bwd / official anchor: " + ", ".join(
+                f"{shape(r)} {r['fwdbwd_vs_official']:.2f}" for r in rows)
+        return _sweep(rows)
+    if isinstance(part.get("rel_err"), dict):
+        return f"max relative error {max(v for _, v in numbers(part['rel_err'])):.2g} ({len(part['rel_err'])} shapes)"
+    if isinstance(part.get("fwdbwd_eager_ms"), dict):
+        out = []
+        for s, runs in part["fwdbwd_eager_ms"].items():
+            ab = ", ".join(f"{k} {min(v):.3g}-{max(v):.3g}" for k, v in runs.items() if isinstance(v, list))
+            out.append(f"{s}: {ab} ms")
+        return "fwd+bwd eager " + "; ".join(out)
+    if _host(part):
+        return "host time per call: " + "; ".join(_host(part))
+    return ", ".join(f"{' '.join(p for p in path if p != '{}')} {v:.3g}" for path, v in numbers(part)) or "-"
+
+
+def _parts(d: dict, path: str = "") -> list[tuple[str, dict]]:
+    """(name, part) of every dict in ``d`` that records its own command, outermost first."""
+    found = [(path or "whole file", d)] if command_of(d) != NOT_RECORDED else []
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "environment":
+            found += _parts(v, f"{path} / {k}" if path else k)
+    return found
+
+
+def scan_profile_rows(name, d):
+    parts = _parts(d)
+    if ("rows" in d or "best_per_shape" in d) and not any(part is d for _, part in parts):
+        parts.insert(0, ("whole file", d))
+    rows = []
+    for part_name, part in parts:
+        # the file itself: its headline comes from its top-level rows only (its other parts get rows of their own)
+        own = {k: v for k, v in d.items() if k in ("rows", "best_per_shape")} if part is d else part
+        rows.append({"part": part_name, "headline": _headline(own), "command": command_of(part)})
+    return rows
+
+
+def train_speed_rows(name, d):
+    runs = [(d["rows"], "-", command_of(d))]
+    runs += [(c["rows"], f"later check, {c.get('code', 'code not recorded')}", command_of(c))
+             for c in d.get("later_checks", [])]
+    return [{
+        "run": run,
+        "model": r["model"],
+        "precision": r["precision"],
+        "compiled": fmt(r.get("compiled", "--compile" in command)),
+        "batch": fmt(r["batch"]),
+        "train img/s": fmt(r["train_img_s"], ".1f"),
+        "infer img/s": fmt(r["infer_img_s"], ".1f"),
+        "train peak GiB": fmt(r["train_peak_gib"], ".2f"),
+        "official train / infer img/s, peak GiB":
+            f"{r['official_train_img_s']} / {r['official_infer_img_s']} / {r['official_train_peak_gib']}",
+        "train vs official": fmt(r["train_img_s"] / r["official_train_img_s"], ".2f") + "x",
+        "command": command,
+    } for rows, run, command in runs for r in rows]
+
+
+def parity_rows(name, d):
+    return [{
+        "model": d["model"],
+        "input": dims(d["input"]),
+        "backend": r["backend"],
+        "max abs diff": fmt(r["max_abs_diff"], ".1e"),
+        "relative L2": fmt(r["rel_l2"], ".1e"),
+    } for r in d["rows"]]
+
+
+def flops_rows(name, d):
+    return [{
+        "model": d["model"],
+        "input (HxW)": dims(r["img_size"]),
+        "params M": fmt(r["params"] / 1e6, ".2f"),
+        "GMACs conv/linear": fmt(r["gmacs_conv_linear"], ".2f"),
+        "GMACs scans": fmt(r["gmacs_scan_vmamba_ref_count"], ".2f"),
+        "GMACs total": fmt(r["gmacs_total"], ".2f"),
+        "paper GFLOPs": fmt(d.get("paper", {}).get("gflops")),
+    } for r in d["results"]]
+
+
+def ph2_rows(name, d):
+    return [{
+        "model": d["model"],
+        "recipe": d["recipe"],
+        "input": dims(d["image_size"]),
+        "epochs run / planned": f"{d['epochs_run']} / {d['epochs_planned']}",
+        "best epoch": fmt(d["best_epoch"]),
+        "val pooled DSC": fmt(d["val_pooled_dsc"], ".3f"),
+        "val pooled IoU": fmt(d["val_pooled_iou"], ".3f"),
+        "val per-case DSC": fmt(d["val_per_case_dsc"], ".3f"),
+        "train img/s": fmt(d["train_images_per_second"], ".1f"),
+        "wall min": fmt(d["wall_seconds"] / 60, ".1f"),
+    }]
+
+
+def acdc_rows(name, d):
+    if "test" not in d:  # a CPU smoke run (acdc_cpu_smoke_<model>.json): validation metrics only
+        m = d["metrics"]
+        return [{
+            "model": name.removesuffix(".json").split("_")[-1],
+            "run": d.get("what", "-"),
+            "val Dice": fmt(m["dice"], ".3f"),
+            "val HD95 vox": fmt(m["hd95"], ".1f"),
+        }]
+    val, test = d["best_val"], d["test"]
+    return [{
+        "model": d["model"],
+        "run": f"recipe {d['recipe']}, {d['epochs_done']} epochs (best {d['best_epoch']})",
+        "val Dice": fmt(val["dice"], ".3f"),
+        "val HD95 vox": fmt(val["hd95"], ".1f"),
+        "test Dice": fmt(test["dice"], ".3f"),
+        "test RV / Myo / LV Dice": " / ".join(f"{test['classes'][c]['dice']:.3f}" for c in ("RV", "Myo", "LV")),
+        "test HD95 vox": fmt(test["hd95"], ".1f"),
+        "train img/s": fmt(d["train_images_per_second"], ".1f"),
+        "wall min": fmt(d["wall_s"]["total"] / 60, ".1f"),
+    }]
+
+
+def endotect_rows(name, d):
+    def fitness(s):
+        return f"{s['fitness']['dsc']:.3f} / {s['fitness']['iou']:.3f} ({s['num_evaluated']} evaluated)"
+
+    if "retrain" not in d:  # the searched architecture (arch.json of a search)
+        return [{"part": "searched architecture", "search fitness DSC / IoU": fitness(d)}]
+    s = d["search"]
+    rows = [{"part": "search", "model": "supernet", "epochs": fmt(s["supernet"]["epochs"]),
+             "search fitness DSC / IoU": fitness(s)}]
+    for part, r in d["retrain"].items():
+        rows.append({
+            "part": part,
+            "model": r["model"],
+            "params M": fmt(r["params"] / 1e6, ".1f"),
+            "epochs": fmt(r["epochs"]),
+            "val DSC (last epoch)": fmt(r["val_last_epoch"]["dsc"], ".3f"),
+            "val IoU (last epoch)": fmt(r["val_last_epoch"]["iou"], ".3f"),
+            "best val DSC (epoch)": f"{r['val_best_epoch']['dsc']:.3f} ({r['val_best_epoch']['epoch']})",
+        })
+    return rows
+
+
+def mustshow_rows(name, d):
+    metrics = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = v.get("fitness", v)
+            picked = [f"{m} {v[m]:.3f}" for m in ("dice", "dsc", "iou") if isinstance(v.get(m), (int, float))]
+            if picked:
+                metrics.append(f"{k}: {', '.join(picked)}")
+    seconds = [f"{k} {fmt(v)}" for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return [{"what": d.get("what", "-"), "headline": "; ".join(metrics + seconds)}]
+
+
+# (title, file-name pattern, rows function, what the section shows); a file belongs to the first family it matches
+FAMILIES = [
+    ("Selective scan on the CPU", r"scan_cpu.*", scan_cpu_rows,
+     "`benchmarks/scan_cpu.py`: forward of the torch (chunked) backend against the sequential reference."),
+    ("Selective scan on the GPU against the official kernel", r"scan_vs_official_.*", scan_vs_official_rows,
+     "`benchmarks/scan_vs_official.py`: ours and the official CUDA kernel timed round by round in one process "
+     "(eager forward+backward, median over rounds; graph = CUDA-graph replay, GPU time only)."),
+    ("Selective scan on the GPU against the fixed anchor numbers", r"scan_gpu_[^_]+\.json", scan_gpu_rows,
+     "`benchmarks/scan_gpu.py`: eager times against the official kernel's fixed anchor numbers, and the relative "
+     "error of the gradients against the torch backend."),
+    ("Selective scan on the GPU: sweeps, host time and probes", r"scan_gpu_.*", scan_profile_rows,
+     "`benchmarks/scan_gpu.py --sweep` and `benchmarks/scan_profile.py`: tile sweeps, host-time breakdowns and A/B "
+     "repeats; one row per part of a file that records its own command (best time per shape and mode)."),
+    ("Training speed", r"train_speed_.*", train_speed_rows,
+     "`benchmarks/train_speed.py`: VM-UNet training and inference throughput and peak memory, next to the official "
+     "code's anchor numbers."),
+    ("GPU / CPU parity", r"gpu_cpu_parity.*", parity_rows,
+     "`benchmarks/gpu_cpu_parity.py`: logits on the GPU against the CPU (torch backend), same weights, fp32."),
+    ("CPU latency", r"cpu_latency_.*", cpu_latency_rows,
+     "`benchmarks/cpu_latency.py`: forward latency on the CPU and the share of it spent in the selective scan."),
+    ("Model size (MACs)", r"flops_.*", flops_rows, "`benchmarks/flops_dermomamba.py`: MACs per image."),
+    ("PH2 training", r"skin_ph2_.*", ph2_rows,
+     "`benchmarks/train_skin_ph2_gpu.py`: full recipes trained from scratch, scored on `ph2_dev/val` (pooled = one "
+     "confusion matrix over the split)."),
+    ("ACDC training", r"acdc_.*", acdc_rows,
+     "`benchmarks/acdc_gpu.py` (and a CPU smoke run): mean of per-volume per-class Dice / HD95, selection on 20 val "
+     "volumes, report on 40 test volumes."),
+    ("EndoTect: SliceMamba search and retraining", r"slicemamba_.*", endotect_rows,
+     "`benchmarks/slicemamba_gpu.py`: supernet, evolutionary search, then the searched model, the all-(4,4) model "
+     "and VM-UNet of the same depths retrained on the same budget (160 train / 40 val images, pooled)."),
+    ("CPU must-show runs", r"cpu_mustshow_.*", mustshow_rows,
+     "Short end-to-end runs of the command-line interface on the CPU."),
+]
+
+# -----------------------------------------------------------------------------
+# rendering
+
+
+def cell(text: str) -> str:
+    return str(text).replace("\n", " ").replace("|", "\\|")
+
+
+def table(rows: list[dict]) -> list[str]:
+    """Markdown table; columns in order of first appearance, provenance last."""
+    columns = []
+    for r in rows:
+        columns += [c for c in r if c not in columns and c not in PROVENANCE]
+    columns += list(PROVENANCE)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        values = [r.get(c, "-") for c in columns]
+        values[-1] = f"`{values[-1]}`" if values[-1] != NOT_RECORDED else values[-1]
+        lines.append("| " + " | ".join(cell(v) for v in values) + " |")
+    return lines
+
+
+def load(path: Path):
+    """Parsed JSON, or None with the reason when the file cannot be read as JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"not readable as JSON ({type(e).__name__})"
+
+
+def render(results: Path = RESULTS) -> str:
+    sections = {title: [] for title, *_ in FAMILIES}
+    other = []
+    for path in sorted(results.glob("*.json")):
+        link = f"[{path.name}](../benchmarks/results/{path.name})"
+        d, error = load(path)
+        if not isinstance(d, dict):
+            what = error or f"top-level {type(d).__name__} of {len(d) if isinstance(d, list) else 1} item(s)"
+            other.append({"file": link, "fields": what, "device": NOT_RECORDED, "date": NOT_RECORDED,
+                          "command": NOT_RECORDED})
+            continue
+        provenance = {"device": device_of(d), "date": date_of(d), "command": command_of(d)}
+        family = next((f for f in FAMILIES if re.fullmatch(f[1], path.name)), None)
+        try:
+            rows = family[2](path.name, d) if family else None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as e:
+            rows, error = None, f"layout not known to the section '{family[0]}' ({type(e).__name__}: {e})"
+        if rows:
+            sections[family[0]] += [{"file": link, **r, **{k: v for k, v in provenance.items() if k not in r}}
+                                    for r in rows]
+        else:
+            fields = scalars(d) or "no top-level scalar fields"
+            other.append({"file": link, "fields": f"{error}; {fields}" if error else fields, **provenance})
+
+    out = ["<!-- generated by `python benchmarks/report.py` from benchmarks/results/*.json; do not edit by hand -->",
+           "", "# Measured results", "", textwrap.fill(INTRO, 120), ""]
+    for title, _, _, about in FAMILIES:
+        if sections[title]:
+            out += [f"## {title}", "", textwrap.fill(about, 120), "", *table(sections[title]), ""]
+    if other:
+        out += ["## Other results", "", "Files no section above knows: their top-level scalar fields.", "",
+                *table(other), ""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of result JSONs")
+    ap.add_argument("--out", type=Path, default=DOC, help="Markdown file to write (or to check)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if --out differs from what would be written")
+    args = ap.parse_args()
+    text = render(args.results)
+    if args.check:
+        current = args.out.read_text(encoding="utf-8") if args.out.exists() else None
+        if current != text:
+            sys.exit(f"{args.out} is out of date: run python benchmarks/report.py")
+        print(f"{args.out} is up to date")
+        return
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
