@@ -53,6 +53,8 @@ __all__ = [
     "export_safetensors",
     "build_model",
     "unwrap_model",
+    "snapshot",
+    "CheckpointWriter",
 ]
 
 CHECKPOINT_FORMAT = "mambaseg-checkpoint"
@@ -242,3 +244,105 @@ def build_model(ckpt: dict[str, Any], *, strict: bool = True) -> nn.Module:
     except RuntimeError as e:
         raise CheckpointError(f"weights in the checkpoint do not fit model {name!r}: {str(e).splitlines()[0]}") from e
     return model.eval()
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of ``obj`` whose tensors no longer alias the live ones (cloned on their own device: cheap on a GPU).
+
+    Training goes on while a :class:`CheckpointWriter` saves the snapshot, so weights and optimizer moments must not
+    change under it.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [snapshot(v) for v in obj]
+        return out if isinstance(obj, list) else tuple(out)
+    return obj
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_to_cpu(v) for v in obj]
+        return out if isinstance(obj, list) else tuple(out)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, in submission order, each one atomically.
+
+    ``submit(path, payload)`` returns at once (the payload must be a :func:`snapshot`); the thread copies it to the
+    CPU and calls :func:`save_checkpoint` (and, for ``export=...``, :func:`export_safetensors`). ``flush()`` waits
+    until everything submitted is on disk and re-raises a write error (e.g. a full disk) in the caller's thread;
+    a later ``submit`` re-raises it too. Order matters: ``best.pt`` submitted before ``last.pt`` is on disk before
+    it, so a ``last.pt`` never names a best checkpoint that is not there.
+
+    Args:
+        background: ``False`` writes synchronously inside ``submit`` (same files, same order).
+    """
+
+    def __init__(self, background: bool = True) -> None:
+        import queue
+        import threading
+
+        self.background = background
+        self._error: BaseException | None = None
+        self._queue: Any = queue.Queue() if background else None
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._work, name="mambaseg-checkpoint-writer", daemon=True)
+            self._thread.start()
+
+    def _write(self, path: Path, payload: dict[str, Any], export: Path | None) -> None:
+        data = _to_cpu(payload)
+        save_checkpoint(path, data)
+        if export is not None:
+            export_safetensors(export, data)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._write(*item)
+            except BaseException as e:  # kept and re-raised in the training thread (flush/submit)
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def submit(self, path: str | os.PathLike[str], payload: dict[str, Any], *,
+               export: str | os.PathLike[str] | None = None) -> None:
+        """Queue ``payload`` (a snapshot) for ``path``; also export ``best.safetensors``-style weights to ``export``."""
+        self._raise()
+        item = (Path(path), payload, Path(export) if export is not None else None)
+        if self.background:
+            self._queue.put(item)
+        else:
+            self._write(*item)
+
+    def flush(self) -> None:
+        """Block until every submitted checkpoint is written; re-raise a write error."""
+        if self.background:
+            self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Flush and stop the thread (re-raises a write error)."""
+        try:
+            self.flush()
+        finally:
+            if self.background and self._thread is not None and self._thread.is_alive():
+                self._queue.put(None)
+                self._thread.join()

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["autocast_for", "env_int", "resolve_amp", "resolve_device", "scan_backend"]
+__all__ = ["autocast_for", "env_int", "resolve_amp", "resolve_device", "scan_backend", "seconds_since_process_start"]
 
 
 def env_int(name: str, default: int) -> int:
@@ -100,3 +100,35 @@ def scan_backend(name: str | None) -> Iterator[None]:
 
     with use_backend(name):
         yield
+
+
+def _boot_time_of_process() -> float | None:
+    """Wall-clock time (``time.time()`` scale) at which this process started, read from ``/proc`` (Linux)."""
+    import time
+
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of stat(5): start time in clock ticks after boot
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _first_import_time() -> float:
+    import time
+
+    return time.time()
+
+
+#: when this process started (``/proc`` on Linux; elsewhere the first import of this module)
+PROCESS_START = _boot_time_of_process() or _first_import_time()
+
+
+def seconds_since_process_start() -> float:
+    """Seconds since this process started (the clock of "time to first step")."""
+    import time
+
+    return time.time() - PROCESS_START

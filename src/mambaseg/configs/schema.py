@@ -180,9 +180,14 @@ class TrainConfig:
         log_every: log the running loss every N steps.
         deterministic: request deterministic algorithms from PyTorch (``torch.use_deterministic_algorithms``).
         find_unused_parameters: passed to DDP.
-        checkpoint_every: write ``last.pt`` every N epochs (and always after the last one); ``--resume`` restarts
-            from the last one written. Raise it for short epochs on a GPU, where a 300 MB optimizer state per epoch
-            costs more than the epoch.
+        checkpoint_every: write ``last.pt`` every N epochs (and always after the last one); ``None`` (default) =
+            by time: after the first epoch, then whenever ``checkpoint_interval_s`` has passed since the last write.
+            ``--resume`` restarts from the last one written. ``best.pt`` is kept in memory when validation improves
+            and written just before each ``last.pt`` (so the two always agree) and at the end.
+        checkpoint_interval_s: the time interval of the default checkpoint policy (at most this much training is
+            lost to a crash).
+        async_checkpoints: write checkpoints on a background thread (training goes on while a snapshot of the
+            weights and optimizer state is saved; every write is still atomic and ordered).
         time_limit_s: stop after the first epoch that ends more than this many seconds after training started
             (``None`` = no limit); the run then ends like any early stop: ``last.pt``, ``best.pt`` and
             ``metrics.json`` are written and ``metrics.json`` names the reason.
@@ -209,7 +214,9 @@ class TrainConfig:
     log_every: int = 10
     deterministic: bool = False
     find_unused_parameters: bool = False
-    checkpoint_every: int = 1
+    checkpoint_every: int | None = None
+    checkpoint_interval_s: float = 300.0
+    async_checkpoints: bool = True
     time_limit_s: float | None = None
     compile: bool = False
     scan_backend: str = "auto"

@@ -3,9 +3,11 @@
 Read it top to bottom: :func:`train` joins the process group, :func:`_setup` builds everything a run needs (data,
 model, loss, optimizer, schedule, resume state, run directory) into one :class:`_Run`, and the epoch loop in
 :func:`_loop` calls :func:`_train_epoch` (the optimizer steps), :func:`_validate` (the task's evaluator on the
-VALIDATION split, ``best.pt`` by ``train.best_metric``) and :func:`_save` (``last.pt`` every
-``train.checkpoint_every`` epochs and after the last one); :func:`_finish` writes ``metrics.json``,
-``best.safetensors`` and the summary.
+VALIDATION split; the best weights are kept by ``train.best_metric``) and :func:`_checkpoint` (``best.pt`` then
+``last.pt``, on a background thread, after the first epoch and then every ``train.checkpoint_interval_s`` seconds
+or ``train.checkpoint_every`` epochs, and after the last one); :func:`_finish` writes ``metrics.json``,
+``best.safetensors`` and the summary. Each epoch record times its parts (``time_data``, ``time_step``,
+``time_val``, ``time_ckpt``) and ``metrics.json`` the seconds from process start to the first optimizer step.
 
 Details that matter:
 
@@ -38,14 +40,21 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mambaseg.checkpoint import CheckpointError, export_safetensors, load_checkpoint, save_checkpoint, unwrap_model
+from mambaseg.checkpoint import (
+    CheckpointError,
+    CheckpointWriter,
+    export_safetensors,
+    load_checkpoint,
+    snapshot,
+    unwrap_model,
+)
 from mambaseg.configs import RunConfig, config_from_dict, config_to_dict, save_config
 from mambaseg.data.task import DataTask
 from mambaseg.engine.evaluate import open_data
 from mambaseg.engine.evaluator import EvalContext, flatten_metrics, lookup_metric
 from mambaseg.engine.optim import build_optimizer, build_scheduler
 from mambaseg.engine.run_logger import RunLogger
-from mambaseg.runtime import autocast_for, env_int, resolve_amp, resolve_device, scan_backend
+from mambaseg.runtime import autocast_for, env_int, resolve_amp, resolve_device, scan_backend, seconds_since_process_start
 from mambaseg.utils.distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from mambaseg.utils.files import atomic_write_json
 from mambaseg.utils.seed import get_rng_state, seed_everything, seed_worker, set_rng_state
@@ -323,6 +332,11 @@ class _Run:
     n_seen: int = 0
     seconds: float = 0.0
     stop_reason: str = ""
+    writer: CheckpointWriter | None = None
+    best_payload: dict[str, Any] | None = None  # snapshot of the best weights, written before the next last.pt
+    last_write: float | None = None  # perf_counter() of the last checkpoint write
+    first_step_s: float | None = None
+    epoch_times: dict[str, float] = field(default_factory=dict)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -421,6 +435,8 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     )
     if state is not None:
         _restore(run, state)
+    if ctx.is_main:
+        run.writer = CheckpointWriter(background=tc.async_checkpoints)
     n_params = sum(p.numel() for p in model.parameters())
     logger.log(
         f"{'resume' if state else 'start'}: model {cfg.model.name} ({n_params:,} params), data {cfg.data.path} "
@@ -466,21 +482,25 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
                 train_loss, lr_used, capped = _train_epoch(run, epoch, bar)
                 last_epoch = epoch + 1 == tc.epochs or capped
                 record: dict[str, Any] = {"epoch": epoch + 1, "step": run.step, "train_loss": train_loss,
-                                          "lr": lr_used, "best_metric": tc.best_metric}
+                                          "lr": lr_used, "best_metric": tc.best_metric, **run.epoch_times}
+                tv = time.perf_counter()
                 if (epoch + 1) % tc.val_every == 0 or last_epoch:
                     record.update(_validate(run, epoch))
-                record["time"] = time.perf_counter() - te
+                record["time_val"] = time.perf_counter() - tv
                 run.history.append(record)
-                saved = (epoch + 1) % max(tc.checkpoint_every, 1) == 0 or last_epoch
+                saved = _checkpoint_due(run, epoch + 1, last_epoch)
+                tc0 = time.perf_counter()
                 if saved:
-                    _save(run, "last.pt", epoch + 1, run.last_metrics, training=True)
+                    _checkpoint(run, epoch + 1)
+                record["time_ckpt"] = time.perf_counter() - tc0
+                record["time"] = time.perf_counter() - te
                 _log_epoch(run, record, bar, final=last_epoch)
                 barrier(run.ctx)
                 stop = _should_stop(run, epoch, callbacks, t0)
                 if stop and epoch + 1 < tc.epochs:
                     run.stop_reason = stop
                     if not saved:
-                        _save(run, "last.pt", epoch + 1, run.last_metrics, training=True)
+                        _checkpoint(run, epoch + 1)
                     run.logger.history(run.history, final=True)
                     break
                 if capped:
@@ -488,6 +508,9 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
                     break
     except BaseException:
         run.logger.close()
+        if run.writer is not None:
+            with contextlib.suppress(Exception):  # finish the writes already queued; the original error wins
+                run.writer.close()
         raise
     run.seconds = time.perf_counter() - t0
 
@@ -507,7 +530,15 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
     loss_sum = torch.zeros((), dtype=torch.float64)
     count = 0
     capped = False
-    for batch in run.loader:
+    t_data = 0.0
+    t_epoch = time.perf_counter()
+    batches = iter(run.loader)
+    while True:
+        t_wait = time.perf_counter()
+        batch = next(batches, None)
+        t_data += time.perf_counter() - t_wait
+        if batch is None:
+            break
         x = batch["image"].to(device, non_blocking=True)
         y = batch["mask"].to(device, non_blocking=True).long()
         run.hooks.before_step(run.model, run.step)
@@ -534,6 +565,8 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
         if not run.plateau and run.cfg.schedule.interval == "step":
             run.scheduler.step()
         run.step += 1
+        if run.first_step_s is None:
+            run.first_step_s = seconds_since_process_start()
         loss_sum += red[0]
         count += int(red[1])
         run.n_seen += int(red[1])
@@ -547,11 +580,14 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
     lr_used = run.optimizer.param_groups[0]["lr"]
     if not run.plateau and run.cfg.schedule.interval == "epoch":
         run.scheduler.step()
+    run.epoch_times = {"time_data": t_data, "time_step": time.perf_counter() - t_epoch - t_data}
     return float(loss_sum / max(count, 1)), lr_used, capped
 
 
 def _validate(run: _Run, epoch: int) -> dict[str, Any]:
-    """Evaluate on the validation split; keeps ``best.pt``. Returns the epoch record's ``val``/``best`` entries."""
+    """Evaluate on the validation split; a better result keeps a snapshot of the weights for ``best.pt``.
+
+    Returns the epoch record's ``val``/``best`` entries."""
     tc = run.cfg.train
     run.hooks.before_validation(run.model, epoch)
     metrics = run.task.evaluator.evaluate(run.model, run.task.val, run.eval_ctx)  # type: ignore[arg-type]
@@ -563,18 +599,17 @@ def _validate(run: _Run, epoch: int) -> dict[str, Any]:
     if _better(value, run.best_value, tc.best_mode):
         run.best_value, run.best_epoch, run.best_metrics = value, epoch + 1, metrics
         out["best"] = True
-        _save(run, "best.pt", epoch + 1, metrics, training=False)
+        if run.ctx.is_main:
+            run.best_payload = _payload(run, epoch + 1, metrics, training=False)
     return out
 
 
-def _save(run: _Run, name: str, epoch_done: int, metrics: dict[str, Any], *, training: bool) -> None:
-    """Write ``checkpoints/<name>`` atomically (main process only); ``training`` adds the resume state."""
-    if not run.ctx.is_main:
-        return
+def _payload(run: _Run, epoch_done: int, metrics: dict[str, Any], *, training: bool) -> dict[str, Any]:
+    """Checkpoint content with a snapshot of the weights; ``training`` adds the resume state."""
     tc = run.cfg.train
     payload = dict(run.base_payload)
     payload.update({
-        "state_dict": {k: v.detach().cpu() for k, v in unwrap_model(run.model).state_dict().items()},
+        "state_dict": snapshot(unwrap_model(run.model).state_dict()),
         "epoch": epoch_done,
         "step": run.step,
         "metrics": metrics,
@@ -582,15 +617,36 @@ def _save(run: _Run, name: str, epoch_done: int, metrics: dict[str, Any], *, tra
     })
     if training:
         payload.update({
-            "optimizer": run.optimizer.state_dict(),
+            "optimizer": snapshot(run.optimizer.state_dict()),
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(),
             "rng": get_rng_state(),
-            "history": run.history,
+            "history": [dict(r) for r in run.history],
             "best_metrics": run.best_metrics,
             "hooks": run.hooks.state_dict(),
         })
-    save_checkpoint(run.ckpt_dir / name, payload)
+    return payload
+
+
+def _checkpoint_due(run: _Run, epoch_done: int, last_epoch: bool) -> bool:
+    """Whether ``last.pt`` is written after this epoch (see ``train.checkpoint_every`` / ``checkpoint_interval_s``)."""
+    tc = run.cfg.train
+    if last_epoch:
+        return True
+    if tc.checkpoint_every:
+        return epoch_done % tc.checkpoint_every == 0
+    return run.last_write is None or time.perf_counter() - run.last_write >= tc.checkpoint_interval_s
+
+
+def _checkpoint(run: _Run, epoch_done: int) -> None:
+    """Queue ``best.pt`` (when the best changed) and then ``last.pt`` (main process only; written in order)."""
+    run.last_write = time.perf_counter()
+    if not run.ctx.is_main or run.writer is None:
+        return
+    if run.best_payload is not None:
+        run.writer.submit(run.ckpt_dir / "best.pt", run.best_payload)
+        run.best_payload = None
+    run.writer.submit(run.ckpt_dir / "last.pt", _payload(run, epoch_done, run.last_metrics, training=True))
 
 
 def _log_epoch(run: _Run, record: dict[str, Any], bar: _Progress, *, final: bool) -> None:
@@ -612,6 +668,8 @@ def _log_epoch(run: _Run, record: dict[str, Any], bar: _Progress, *, final: bool
 def _should_stop(run: _Run, epoch: int, callbacks: Any, t0: float) -> str:
     """Reason to stop after this epoch (callbacks, time limit), the same on every process; ``""`` = go on."""
     tc = run.cfg.train
+    if callbacks and run.writer is not None:
+        run.writer.flush()  # callbacks may read the run directory: let them see the checkpoints of this epoch
     cb_state = {"epoch": epoch + 1, "step": run.step, "history": run.history, "model": run.model,
                 "metrics": run.last_metrics, "run_dir": Path(tc.out)}
     want_stop = any([cb(cb_state) is True for cb in callbacks])
@@ -641,13 +699,18 @@ def _finish(run: _Run) -> TrainResult:
         "train": {"epochs": len(run.history), "steps": run.step, "seconds": round(run.seconds, 3),
                   "images_per_second": round(ips, 3), "processes": ctx.world_size, "device": str(run.device),
                   "amp": str(run.amp_dtype) if run.amp_dtype else "off",
-                  "stop_reason": run.stop_reason or "completed"},
+                  "stop_reason": run.stop_reason or "completed",
+                  "first_step_s": round(run.first_step_s, 3) if run.first_step_s is not None else None},
         "data": {"path": str(cfg.data.path), "layout": run.task.name, "split": "val", **run.task.info},
         "model": {"name": cfg.model.name, "params": sum(p.numel() for p in run.model.parameters())},
     }
     if ctx.is_main:
+        if run.best_payload is not None:  # a best found after the last checkpoint (e.g. a run ended by max_steps)
+            run.writer.submit(run.ckpt_dir / "best.pt", run.best_payload)
+            run.best_payload = None
+        run.writer.close()
         best_pt = run.ckpt_dir / "best.pt"
-        if best_pt.is_file():  # exported once at the end: best.pt changes often early in a run
+        if best_pt.is_file():  # exported once at the end: the best weights change often early in a run
             export_safetensors(run.ckpt_dir / "best.safetensors", load_checkpoint(best_pt))
         atomic_write_json(run_dir / "metrics.json", summary)
         run.logger.log(f"done: {len(run.history)} epochs, {run.step} steps, {run.seconds:.1f} s, {ips:.3g} img/s; "
@@ -694,6 +757,8 @@ def _deterministic(enabled: bool):
 
 
 def _diverged(run: _Run, bar: _Progress, epoch: int, what: str) -> None:
+    if run.writer is not None:
+        run.writer.flush()  # the last good checkpoint is on disk before the message names it
     last = run.ckpt_dir / "last.pt"
     keep = (f"the last good checkpoint {last} (end of the previous epoch) is kept" if last.is_file()
             else "no checkpoint was written yet")
@@ -701,7 +766,6 @@ def _diverged(run: _Run, bar: _Progress, epoch: int, what: str) -> None:
            f"(lr {run.optimizer.param_groups[0]['lr']:.3g}); stopped; {keep}. Lower the learning rate (--lr), "
            f"enable gradient clipping (--set train.grad_clip=1.0) or turn AMP off (--set train.amp=off)")
     run.logger.log(msg)
-    run.logger.close()
     raise TrainingDiverged(msg)
 
 
