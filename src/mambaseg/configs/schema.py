@@ -81,10 +81,10 @@ class DataConfig:
         skip_bad: skip (and list) broken samples instead of stopping at the validation pass.
         validate: run the dataset validation pass before training.
         num_workers: DataLoader worker processes.
-        persistent_workers: keep the training loader's workers alive between epochs (with ``num_workers > 0``):
-            saves the worker start-up of every epoch, which dominates short epochs on a GPU. The workers' random
-            streams then run on across epochs, so a ``--resume``-d run draws different augmentations than an
-            uninterrupted one (with the default ``False`` the resumed weights are identical).
+        persistent_workers: keep the training loader's workers alive between epochs (with ``num_workers > 0``;
+            default on): saves the worker start-up of every epoch, which dominates short epochs on a GPU. The
+            sampler hands every worker the epoch with each index, so augmentation draws (and a ``--resume``-d run)
+            are the same as with fresh workers.
         binary: treat masks as foreground/background (True) or as label indices (False).
         label_values: for multi-class folder masks, the pixel value of each class index.
     """
@@ -100,7 +100,7 @@ class DataConfig:
     skip_bad: bool = False
     validate: bool = True
     num_workers: int = 0
-    persistent_workers: bool = False
+    persistent_workers: bool = True
     binary: bool = True
     label_values: list[int] | None = None
 

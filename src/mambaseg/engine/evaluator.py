@@ -59,6 +59,10 @@ class EvalContext:
         num_workers: DataLoader workers.
         loss_fn: optional loss ``(logits, target) -> scalar``; its per-sample mean is reported as ``"loss"``.
         progress: optional callable ``(done, total)`` called after each batch (on every process).
+        keep_inputs: keep the (deterministic) evaluation inputs on the device after the first evaluation and
+            reuse them (the trainer validates the same split every epoch); only when they fit in
+            ``keep_inputs_bytes``.
+        keep_inputs_bytes: memory budget of the kept inputs.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -68,6 +72,8 @@ class EvalContext:
     num_workers: int = 0
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     progress: Callable[[int, int], None] | None = None
+    keep_inputs: bool = False
+    keep_inputs_bytes: int = 1 << 30
 
 
 class Evaluator(abc.ABC):
@@ -176,6 +182,7 @@ class SegmentationEvaluator2D(Evaluator):
         self.num_classes = num_classes
         self.threshold = threshold
         self.class_names = class_names
+        self._kept: tuple[Any, list] | None = None
 
     def predict_labels(self, logits: torch.Tensor) -> torch.Tensor:
         """Class indices (B, H, W) int64 from logits (B, C, H, W) (:func:`mambaseg.metrics.labels_from_logits`)."""
@@ -183,44 +190,53 @@ class SegmentationEvaluator2D(Evaluator):
 
         return labels_from_logits(logits, self.threshold)
 
+    def _batches(self, dataset: Dataset, indices: list[int], ctx: EvalContext) -> Any:
+        """``(x, y, ids)`` batches on ``ctx.device``; with ``ctx.keep_inputs`` read once and kept."""
+        key = (id(dataset), len(indices), str(ctx.device), ctx.batch_size)
+        if ctx.keep_inputs and self._kept is not None and self._kept[0] == key:
+            return self._kept[1]
+        loader = DataLoader(Subset(dataset, indices), batch_size=ctx.batch_size, shuffle=False,
+                            num_workers=ctx.num_workers, collate_fn=_collate_eval,
+                            pin_memory=ctx.device.type == "cuda")
+        gen = ((b["image"].to(ctx.device, non_blocking=True), b["mask"].to(ctx.device, non_blocking=True).long(),
+                b["id"]) for b in loader)
+        if not ctx.keep_inputs:
+            return gen
+        kept, size = [], 0
+        for x, y, ids in gen:
+            size += x.numel() * x.element_size() + y.numel() * y.element_size()
+            kept.append((x, y, ids))
+        self._kept = (key, kept) if size <= ctx.keep_inputs_bytes else None
+        return kept
+
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: EvalContext) -> dict[str, Any]:
         from mambaseg.metrics import confusion_stats
 
         indices = _shard(len(dataset), ctx.dist)  # type: ignore[arg-type]
-        loader = DataLoader(
-            Subset(dataset, indices),
-            batch_size=ctx.batch_size,
-            shuffle=False,
-            num_workers=ctx.num_workers,
-            collate_fn=_collate_eval,
-            pin_memory=ctx.device.type == "cuda",
-        )
         was_training = model.training
         model.eval()
         ids: list[str] = []
         stats: list[torch.Tensor] = []
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         done = 0
         try:
             with torch.inference_mode():
-                for batch in loader:
-                    x = batch["image"].to(ctx.device, non_blocking=True)
-                    y = batch["mask"].to(ctx.device, non_blocking=True).long()
+                # no host synchronisation inside the loop: statistics and loss stay on the device until the end
+                for x, y, batch_ids in self._batches(dataset, indices, ctx):
                     with autocast_for(ctx.device, ctx.amp_dtype):
                         logits = model(x)
                     logits = logits.float()
                     if ctx.loss_fn is not None:
-                        loss_sum += float(ctx.loss_fn(logits, y)) * x.shape[0]
-                    pred = self.predict_labels(logits)
-                    stats.append(confusion_stats(pred, y, self.num_classes).cpu())
-                    ids.extend(batch["id"])
+                        loss_sum += ctx.loss_fn(logits, y).detach().double() * x.shape[0]
+                    stats.append(confusion_stats(self.predict_labels(logits), y, self.num_classes, check=False))
+                    ids.extend(batch_ids)
                     done += x.shape[0]
                     if ctx.progress is not None:
                         ctx.progress(done, len(indices))
         finally:
             model.train(was_training)
-        local = torch.cat(stats) if stats else torch.zeros(0, self.num_classes, 4, dtype=torch.long)
-        gathered = all_gather_objects((ids, local, loss_sum), ctx.dist)
+        local = torch.cat(stats).cpu() if stats else torch.zeros(0, self.num_classes, 4, dtype=torch.long)
+        gathered = all_gather_objects((ids, local, float(loss_sum)), ctx.dist)
         all_ids = [i for g in gathered for i in g[0]]
         all_stats = torch.cat([g[1] for g in gathered])
         total_loss = sum(g[2] for g in gathered)

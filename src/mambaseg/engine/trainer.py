@@ -161,6 +161,45 @@ def _collate_train(batch: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)`` pairs of a ``DistributedSampler`` (the epoch travels with every index)."""
+
+    def __init__(self, base: DistributedSampler) -> None:
+        self.base = base
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.base.set_epoch(epoch)
+
+    def __iter__(self) -> Any:
+        return ((self.epoch, i) for i in self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+class _EpochDataset(torch.utils.data.Dataset):
+    """Reads ``(epoch, index)`` keys: sets the epoch of the wrapped dataset (its augmentation seed) in whichever
+    process reads the item, so persistent loader workers draw the same augmentations as fresh ones."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        inner = dataset
+        while not hasattr(inner, "set_epoch") and hasattr(inner, "dataset"):  # Subset and similar wrappers
+            inner = inner.dataset
+        self._epoch_target = inner if hasattr(inner, "set_epoch") else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if self._epoch_target is not None:
+            self._epoch_target.set_epoch(epoch)
+        return self.dataset[index]
+
+
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 10_007 + int(rank) * 101) % (2**63 - 1)
 
@@ -311,7 +350,7 @@ class _Run:
     train_model: nn.Module  # model wrapped for training (DDP, torch.compile)
     loss_fn: Any
     loader: DataLoader
-    sampler: DistributedSampler
+    sampler: _EpochSampler
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -389,10 +428,11 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     _check_image_size(model, cfg)
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(device)
-    sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=tc.seed, drop_last=False)
+    sampler = _EpochSampler(DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                               seed=tc.seed, drop_last=False))
     loader = DataLoader(
-        train_ds, batch_size=tc.batch_size // ctx.world_size, sampler=sampler, num_workers=cfg.data.num_workers,
+        _EpochDataset(train_ds), batch_size=tc.batch_size // ctx.world_size, sampler=sampler,
+        num_workers=cfg.data.num_workers,
         collate_fn=_collate_train, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
         drop_last=False, persistent_workers=bool(cfg.data.persistent_workers and cfg.data.num_workers > 0),
     )
@@ -422,7 +462,7 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
         loader=loader, sampler=sampler, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         amp_dtype=amp_dtype, logger=logger, hooks=hooks, console=console,
         eval_ctx=EvalContext(device=device, dist=ctx, amp_dtype=amp_dtype, batch_size=tc.val_batch_size,
-                             num_workers=cfg.data.num_workers, loss_fn=loss_fn),
+                             num_workers=cfg.data.num_workers, loss_fn=loss_fn, keep_inputs=True),
         base_payload={
             "model": dict(getattr(model, "mambaseg_spec", {}) or {}),
             "normalization": task.normalization.to_dict() if task.normalization is not None else None,
@@ -519,10 +559,7 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
     """One epoch of optimizer steps; returns (mean training loss, lr used, whether max_steps was reached)."""
     tc, ctx, device = run.cfg.train, run.ctx, run.device
     seed_everything(_epoch_seed(tc.seed, epoch, ctx.rank))
-    run.sampler.set_epoch(epoch)
-    train_ds = run.task.train
-    if hasattr(train_ds, "set_epoch"):
-        train_ds.set_epoch(epoch)  # per-(seed, epoch, sample) augmentation, same for any process count
+    run.sampler.set_epoch(epoch)  # every index carries its epoch: per-(seed, epoch, sample) augmentation
     run.train_model.train()
     bar.new_epoch(epoch + 1, len(run.loader))
     clip = float(tc.grad_clip) if tc.grad_clip else math.inf

@@ -53,7 +53,7 @@ def _as_labels(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.long()
 
 
-def confusion_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+def confusion_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int, *, check: bool = True) -> torch.Tensor:
     """TP, FP, FN, TN per image and class.
 
     Args:
@@ -61,6 +61,8 @@ def confusion_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int) 
         target: same shape as ``pred``.
         num_classes: 1 for binary {0, 1} masks (the single reported class is the foreground), else the
             number of classes C (class indices in [0, C)).
+        check: verify that the values are in range (one host synchronisation on a GPU); evaluators that made
+            ``pred`` themselves and validated the targets on reading skip it so a GPU batch never waits.
 
     Returns:
         LongTensor (N, C', 4) on ``pred``'s device, C' = 1 if ``num_classes == 1`` else ``num_classes``,
@@ -79,7 +81,7 @@ def confusion_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int) 
         raise ValueError(f"pred must be (N, *spatial) with a batch axis, got shape {tuple(pred.shape)}")
     target = target.to(pred.device)
     k = 2 if num_classes == 1 else int(num_classes)
-    for name, t in (("pred", pred), ("target", target)):
+    for name, t in (("pred", pred), ("target", target)) if check else ():
         if t.numel():
             lo, hi = (int(v) for v in torch.aminmax(t))
             if lo < 0 or hi >= k:
@@ -88,7 +90,10 @@ def confusion_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int) 
                 )
     n = pred.shape[0]
     flat = (target.reshape(n, -1) * k + pred.reshape(n, -1)) + torch.arange(n, device=pred.device)[:, None] * (k * k)
-    cm = torch.bincount(flat.reshape(-1), minlength=n * k * k).reshape(n, k, k)  # [image, true, pred]
+    flat = flat.reshape(-1)
+    # counts by index_add_ (bincount would read the maximum back to the host on a GPU)
+    cm = torch.zeros(n * k * k, dtype=torch.long, device=pred.device)
+    cm = cm.index_add_(0, flat, torch.ones_like(flat, dtype=torch.long)).reshape(n, k, k)  # [image, true, pred]
     tp = cm.diagonal(dim1=1, dim2=2)
     fp = cm.sum(dim=1) - tp
     fn = cm.sum(dim=2) - tp
