@@ -522,7 +522,7 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
         red = all_reduce_sum(torch.stack([torch.where(finite, lv * bs, 0.0), torch.full_like(lv, bs),
                                           (~finite).double()]), ctx).cpu()
         if red[2] > 0:
-            _diverged(run, bar, epoch, "loss")
+            _diverged(run, bar, epoch, "loss", inputs=x)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(run.optimizer)
@@ -693,10 +693,18 @@ def _deterministic(enabled: bool):
     return cm()
 
 
-def _diverged(run: _Run, bar: _Progress, epoch: int, what: str) -> None:
+def _diverged(run: _Run, bar: _Progress, epoch: int, what: str, inputs: torch.Tensor | None = None) -> None:
     last = run.ckpt_dir / "last.pt"
     keep = (f"the last good checkpoint {last} (end of the previous epoch) is kept" if last.is_file()
             else "no checkpoint was written yet")
+    n_bad = int((~torch.isfinite(inputs)).sum()) if inputs is not None and inputs.is_floating_point() else 0
+    if n_bad:  # a data problem, not an optimisation one
+        msg = (f"training stopped: the input batch at epoch {epoch + 1}, step {run.step + 1} holds {n_bad} NaN/inf "
+               f"value(s), so the {what} became NaN/inf; {keep}. Check the training files (a NaN-free dataset "
+               f"passes the pre-flight check), not the learning rate")
+        run.logger.log(msg)
+        run.logger.close()
+        raise TrainingDiverged(msg)
     msg = (f"training diverged: the {what} became NaN/inf at epoch {epoch + 1}, step {run.step + 1} "
            f"(lr {run.optimizer.param_groups[0]['lr']:.3g}); stopped; {keep}. Lower the learning rate (--lr), "
            f"enable gradient clipping (--set train.grad_clip=1.0) or turn AMP off (--set train.amp=off)")

@@ -156,6 +156,10 @@ class Predictor:
             raise ValueError(f"an image array must be (H, W) or (H, W, C), got shape {arr.shape}")
         if arr.dtype != np.uint8:
             if np.issubdtype(arr.dtype, np.floating):
+                n_bad = int(np.count_nonzero(~np.isfinite(arr)))
+                if n_bad:
+                    raise ValueError(f"the image array holds {n_bad} NaN/inf value(s) of {arr.size}; expected "
+                                     "finite values in [0, 1]")
                 if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
                     raise ValueError("float image arrays must hold values in [0, 1]; pass uint8 for 0..255 data")
                 arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)

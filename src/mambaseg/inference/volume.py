@@ -78,9 +78,11 @@ def read_volume(
             are kept, others min-max scaled), ``"minmax"``, ``"ct"`` (clip to the TransUNet window) or ``"none"``.
 
     Raises:
-        ValueError / DatasetError: unknown suffix, missing keys, wrong rank (the message names the file).
+        ValueError / DatasetError: unknown suffix, unreadable file, missing keys, wrong rank, or NaN/inf voxels
+            (the message names the file and the number of non-finite voxels; such volumes are never scaled, as
+            one NaN would make the whole min-max-scaled volume NaN).
     """
-    from mambaseg.data.files import DatasetError
+    from mambaseg.data.files import DatasetError, require_finite
     from mambaseg.data.nnunet import read_nifti, scale_intensity
 
     p = Path(path)
@@ -97,35 +99,45 @@ def read_volume(
     elif suf == ".h5":
         import h5py
 
-        with h5py.File(p, "r") as f:
-            key = image_key or "image"
-            if key not in f:
-                raise DatasetError(f"{p}: no dataset {key!r} (found {list(f.keys())}); pass image_key=")
-            image = np.asarray(f[key][()])
-            if label_key:
-                if label_key not in f:
-                    raise DatasetError(f"{p}: no dataset {label_key!r} (found {list(f.keys())})")
-                label = np.asarray(f[label_key][()])
+        try:
+            with h5py.File(p, "r") as f:
+                key = image_key or "image"
+                if key not in f:
+                    raise DatasetError(f"{p}: no dataset {key!r} (found {list(f.keys())}); pass image_key=")
+                image = np.asarray(f[key][()])
+                if label_key:
+                    if label_key not in f:
+                        raise DatasetError(f"{p}: no dataset {label_key!r} (found {list(f.keys())})")
+                    label = np.asarray(f[label_key][()])
+        except OSError as e:
+            raise DatasetError(f"{p}: cannot read as HDF5 ({e})") from None
         fmt = "h5"
-    elif suf == ".npz":
-        with np.load(p) as z:
-            key = image_key or ("image" if "image" in z.files else "img")
-            if key not in z.files:
-                raise DatasetError(f"{p}: no key {key!r} (found {z.files}); pass image_key=")
-            image = np.asarray(z[key])
-            if label_key:
-                if label_key not in z.files:
-                    raise DatasetError(f"{p}: no key {label_key!r} (found {z.files})")
-                label = np.asarray(z[label_key])
-        fmt = "npz"
-    elif suf == ".npy":
-        image = np.load(p)
-        fmt = "npy"
+    elif suf in (".npz", ".npy"):
+        try:
+            if suf == ".npz":
+                with np.load(p, allow_pickle=False) as z:
+                    key = image_key or ("image" if "image" in z.files else "img")
+                    if key not in z.files:
+                        raise DatasetError(f"{p}: no key {key!r} (found {z.files}); pass image_key=")
+                    image = np.asarray(z[key])
+                    if label_key:
+                        if label_key not in z.files:
+                            raise DatasetError(f"{p}: no key {label_key!r} (found {z.files})")
+                        label = np.asarray(z[label_key])
+            else:
+                image = np.load(p, allow_pickle=False)
+        except DatasetError:
+            raise
+        except (OSError, ValueError, EOFError) as e:
+            raise DatasetError(f"{p}: cannot read as {suf[1:]} ({e})") from None
+        fmt = suf[1:]
     else:
         raise ValueError(f"{p}: unsupported volume file type {suf!r}; expected one of {', '.join(VOLUME_SUFFIXES)}")
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
+        raise DatasetError(f"{p}: the image has dtype {image.dtype}; expected numbers")
     if image.ndim != 3:
         raise DatasetError(f"{p}: expected a 3-D (D, H, W) image, got shape {image.shape}")
-    image = image.astype(np.float32)
+    image = require_finite(image.astype(np.float32), p, "the image")
     if scale == "auto":
         inside = float(image.min()) >= 0.0 and float(image.max()) <= 1.0
         scale = "none" if inside else "minmax"
