@@ -38,6 +38,7 @@ __all__ = [
     "predict_volume",
     "predict_volume_file",
     "read_volume",
+    "volume_output_path",
     "write_prediction",
 ]
 
@@ -349,8 +350,13 @@ def predict_volume_file(
         if int(labels.max(initial=0)) >= lut.size:
             raise ValueError(f"the model predicted class {int(labels.max())} but label_values has {lut.size} entries")
         labels = lut[labels]
+    return write_prediction(volume_output_path(input_path, out), labels, vol)
+
+
+def volume_output_path(input_path: str | Path, out: str | Path) -> Path:
+    """Where :func:`predict_volume_file` writes the prediction of ``input_path``: ``out`` itself when it is a
+    volume file name, else ``out/<id>_pred.<input type>``."""
     o = Path(out)
-    if not is_volume_path(o):
-        suffix = _suffix(input_path)
-        o = o / f"{vol.id}_pred{suffix if suffix != '.npy' else '.npy'}"
-    return write_prediction(o, labels, vol)
+    if is_volume_path(o):
+        return o
+    return o / f"{_volume_id(Path(input_path))}_pred{_suffix(input_path)}"
