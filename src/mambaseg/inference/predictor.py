@@ -119,7 +119,10 @@ class Predictor:
         ckpt = load_checkpoint(checkpoint, map_location="cpu")
         if not ckpt.get("image_size"):
             raise CheckpointError(f"{checkpoint}: no 'image_size' entry; cannot preprocess inputs")
-        model = build_model(ckpt)
+        try:
+            model = build_model(ckpt)
+        except CheckpointError as e:
+            raise CheckpointError(f"{checkpoint}: {e}") from e
         norm = Normalization.from_dict(ckpt["normalization"]) if ckpt.get("normalization") else None
         info = {"checkpoint": str(checkpoint), "model": (ckpt.get("model") or {}).get("name"),
                 "epoch": ckpt.get("epoch"), "library_version": ckpt.get("library_version"),
