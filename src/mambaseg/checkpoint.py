@@ -47,6 +47,7 @@ from mambaseg.version import __version__
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "CheckpointWriteError",
     "to_primitive",
     "save_checkpoint",
     "load_checkpoint",
@@ -120,9 +121,53 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     data.setdefault("format_version", FORMAT_VERSION)
     data.setdefault("library_version", __version__)
     data = to_primitive(data)
-    with atomic_path(path) as tmp:
+    with _write_errors(path, "checkpoint"), atomic_path(path) as tmp:
         torch.save(data, tmp)
     return Path(path)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message names the file and the cause (e.g. no space left)."""
+
+
+class _write_errors:
+    """Turn a failed write of ``path`` into :class:`CheckpointWriteError` naming the file and the cause.
+
+    ``torch.save`` reports a full disk as ``[enforce fail at inline_container.cc] unexpected pos ...``
+    (a ``RuntimeError`` without a path or cause); the free space of the folder tells the cause then.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str) -> None:
+        self.path, self.what = Path(path), what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, (OSError, RuntimeError)) or isinstance(exc, CheckpointWriteError):
+            return False
+        import errno as _errno
+        import shutil
+
+        code = exc.errno if isinstance(exc, OSError) else None
+        if code is None:
+            try:
+                free = shutil.disk_usage(self.path.parent).free
+            except OSError:
+                free = None
+            if free is not None and free < 64 * 2**20:
+                code = _errno.ENOSPC
+        if code is None:
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        else:
+            cause = os.strerror(code).lower()
+        hint = {
+            _errno.ENOSPC: "; free some space (the previous version of the file, if any, is unchanged)",
+            _errno.EDQUOT: "; free some space (the previous version of the file, if any, is unchanged)",
+            _errno.EACCES: "; the folder is not writable for this user",
+            _errno.EROFS: "; the folder is on a read-only file system",
+        }.get(code, "")
+        raise CheckpointWriteError(code, f"cannot write {self.what} {str(self.path)!r}: {cause}{hint}") from exc
 
 
 def _load_safetensors(p: Path, map_location: str | torch.device) -> dict[str, Any]:
@@ -150,15 +195,21 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         CheckpointError: the file is missing, unreadable, or not a mambaseg checkpoint.
     """
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {str(p)!r} is a folder; expected a checkpoint file such as "
+                              f"{str(p / 'checkpoints' / 'best.pt')!r} or best.safetensors")
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
     if p.suffix == ".safetensors":
         try:
-            return _load_safetensors(p, map_location)
+            data = _load_safetensors(p, map_location)
         except CheckpointError:
             raise
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"cannot read safetensors checkpoint {str(p)!r}: {e}") from e
+        _check_format_version(data, p)
+        _check_finite_weights(data, p)
+        return data
     try:
         data = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError/RuntimeError/EOFError for bad files
@@ -169,12 +220,38 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             f"{str(p)!r} is not a mambaseg checkpoint (no 'format': {CHECKPOINT_FORMAT!r} entry); "
             "only files written by mambaseg train can be loaded"
         )
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{str(p)!r} has checkpoint format version {data['format_version']}, newer than this mambaseg "
-            f"({__version__}) understands; upgrade mambaseg"
-        )
+    _check_format_version(data, p)
+    _check_finite_weights(data, p)
     return data
+
+
+def _check_format_version(data: dict[str, Any], p: Path) -> None:
+    version = data.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise CheckpointError(f"{str(p)!r}: invalid checkpoint 'format_version' {version!r}; expected an integer "
+                              f"from 0 to {FORMAT_VERSION}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(p)!r} has checkpoint format version {version}, newer than this mambaseg "
+            f"({__version__}) understands (version {FORMAT_VERSION}); upgrade mambaseg"
+        )
+
+
+def _check_finite_weights(data: dict[str, Any], p: Path, limit: int = 8) -> None:
+    """Refuse weights holding NaN/inf: such a model predicts garbage (usually all background) without a sign."""
+    state = data.get("state_dict")
+    if not isinstance(state, dict):
+        return
+    bad = []
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            n = int((~torch.isfinite(v)).sum())
+            if n:
+                bad.append(f"{k} ({n} of {v.numel()} values)")
+    if bad:
+        more = f", ... ({len(bad)} tensors)" if len(bad) > limit else ""
+        raise CheckpointError(f"{str(p)!r}: the weights hold NaN/inf values in {', '.join(bad[:limit])}{more}; "
+                              "the run that wrote it diverged: use an earlier checkpoint (e.g. best.pt) or retrain")
 
 
 def export_safetensors(path: str | os.PathLike[str], ckpt: dict[str, Any]) -> Path:
@@ -194,7 +271,7 @@ def export_safetensors(path: str | os.PathLike[str], ckpt: dict[str, Any]) -> Pa
     info.setdefault("format_version", FORMAT_VERSION)
     info["library_version"] = info.get("library_version") or __version__
     meta = {_SAFETENSORS_META_KEY: json.dumps(_json_safe(info))}
-    with atomic_path(path) as tmp:
+    with _write_errors(path, "safetensors file"), atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
 
@@ -242,7 +319,7 @@ def build_model(ckpt: dict[str, Any], *, strict: bool = True) -> nn.Module:
     try:
         model.load_state_dict(ckpt["state_dict"], strict=strict)
     except RuntimeError as e:
-        raise CheckpointError(f"weights in the checkpoint do not fit model {name!r}: {str(e).splitlines()[0]}") from e
+        raise CheckpointError(f"weights in the checkpoint do not fit model {name!r}: {str(e).strip()}") from e
     return model.eval()
 
 

@@ -105,11 +105,11 @@ def test_empty_case_policies():
     nan = reduce_stats(stats, "per_case", empty="nan")
     assert one["dsc"] == pytest.approx((1.0 + 2 / 3) / 2)
     assert nan["dsc"] == pytest.approx(2 / 3)  # the empty image is left out
-    assert one["sen"] == pytest.approx((1.0 + 0.5) / 2)
-    # a false positive on an image without ground truth: DSC 0 (not empty), Sen vacuous
+    assert one["sen"] == pytest.approx(0.5)  # sensitivity of the image without ground truth is undefined (NaN)
+    # a false positive on an image without ground truth: DSC 0 (not empty), Sen undefined (never 0/0 = 1.0)
     pred[0, 0, 0] = 1
     fp = reduce_stats(confusion_stats(pred[:1], target[:1], 1), "per_case")
-    assert fp["dsc"] == 0.0 and fp["sen"] == 1.0 and fp["spe"] == pytest.approx(15 / 16)
+    assert fp["dsc"] == 0.0 and math.isnan(fp["sen"]) and fp["spe"] == pytest.approx(15 / 16)
     zeros = torch.zeros(1, 2, 2, dtype=torch.long)
     all_nan = reduce_stats(confusion_stats(zeros, zeros, 1), "pooled", empty="nan")
     assert math.isnan(all_nan["dsc"]) and all_nan["acc"] == 1.0

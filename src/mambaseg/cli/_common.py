@@ -1,4 +1,4 @@
-"""Shared CLI helpers: the one-line error policy, consoles, option parsers."""
+"""Shared CLI helpers: the error policy, consoles, option parsers."""
 
 from __future__ import annotations
 
@@ -28,21 +28,49 @@ class CLIError(Exception):
     """An error with a message meant for the user as is."""
 
 
-def _one_line(exc: BaseException) -> str:
-    msg = str(exc).strip()
+#: most lines of one error message the CLI prints; the rest is counted
+MAX_ERROR_LINES = 40
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``<path>: <cause>`` of an OS error (disk full, permission denied, read-only file system, ...)."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename is not None else None
+    if where is None:
+        return cause
+    return f"{where}: {cause} ({type(exc).__name__}, errno {exc.errno})"
+
+
+def _message(exc: BaseException, max_lines: int = MAX_ERROR_LINES) -> str:
+    """The whole message of a library error (every problem line; capped at ``max_lines`` with a count)."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        msg = _os_error_text(exc)
+    else:
+        msg = str(exc).strip()
     if isinstance(exc, KeyError) and msg.startswith(("'", '"')) and msg.endswith(("'", '"')):
         msg = msg[1:-1]
-    first = msg.splitlines()[0] if msg else ""
+    lines = [ln.rstrip() for ln in msg.splitlines()] if msg else []
     name = type(exc).__name__
-    if not first:
+    if not lines:
         return name
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 1] + [f"... and {len(lines) - max_lines + 1} more line(s)"]
+    text = "\n".join(lines)
     if isinstance(exc, (CLIError, ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError, OSError)):
-        return first
-    return f"{name}: {first}"
+        return text
+    return f"{name}: {text}"
+
+
+def _one_line(exc: BaseException) -> str:
+    """First line of :func:`_message` (kept for callers that need a single line)."""
+    return _message(exc).splitlines()[0]
 
 
 def handle_errors(fn: F) -> F:
-    """Run a command; print expected failures as ``error: <one line>`` and exit 1 (traceback with ``--debug``)."""
+    """Run a command; print expected failures as ``error: <message>`` and exit 1 (traceback with ``--debug``).
+
+    The whole message is printed (a dataset check lists every problem, a checkpoint mismatch every tensor),
+    capped at :data:`MAX_ERROR_LINES` lines."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -55,10 +83,10 @@ def handle_errors(fn: F) -> F:
                 raise
             err_console.print("error: interrupted", style="bold red", highlight=False, markup=False)
             raise typer.Exit(130) from None
-        except Exception as exc:  # the CLI boundary: every error becomes one line
+        except Exception as exc:  # the CLI boundary: every error becomes one message
             if state.debug:
                 raise
-            err_console.print(f"error: {_one_line(exc)}", style="bold red", highlight=False, markup=False,
+            err_console.print(f"error: {_message(exc)}", style="bold red", highlight=False, markup=False,
                               soft_wrap=True)
             raise typer.Exit(1) from None
 

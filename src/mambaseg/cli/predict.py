@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mambaseg.cli._common import console, handle_errors
+from mambaseg.cli._common import CLIError, console, handle_errors
 
 
 @handle_errors
@@ -20,12 +20,21 @@ def predict(
     threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold (binary models)."),
     intensity: str = typer.Option("auto", "--intensity", help="3-D inputs: intensity mapping to [0, 1] "
                                   "(auto = as the training data, minmax, ct, none)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (refused otherwise)."),
 ) -> None:
     """Predict masks; writes OUT/masks/<name>.png (label-map values, e.g. 0/255) and OUT/overlays/<name>.png.
 
     A 3-D volume (.nii/.nii.gz/.h5/.npz/.npy) is predicted slice by slice and written as OUT/<id>_pred.<ext>
-    (NIfTI keeps the source geometry), or to OUT itself when OUT is a volume file name."""
+    (NIfTI keeps the source geometry), or to OUT itself when OUT is a volume file name.
+
+    Existing output files are never replaced without --overwrite; OUT/masks may not be the input data's own masks
+    folder; inputs sharing a name (a.jpg, a.png) are written as a_jpg.png and a_png.png."""
     from rich.progress import Progress
+
+    if batch_size < 1:
+        raise CLIError(f"--batch-size must be a positive integer, got {batch_size}")
+    if not input.exists():
+        raise CLIError(f"--input {str(input)!r} does not exist")
 
     from mambaseg.inference import load
 
@@ -33,7 +42,7 @@ def predict(
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("predicting", total=None)
         written = predictor.predict_path(input, out, batch_size=batch_size, overlays=overlays, intensity=intensity,
-                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                         overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total))
     if written and written[0].parent.name == "masks":
         console.print(f"wrote {len(written)} mask(s) to {Path(out) / 'masks'}"
                       + (f" and overlays to {Path(out) / 'overlays'}" if overlays else ""), highlight=False)

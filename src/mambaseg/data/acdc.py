@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 import numpy as np
 
-from mambaseg.data.files import DatasetError
+from mambaseg.data.files import DatasetError, require_finite
 from mambaseg.data.normalization import Normalization
 from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset
 
@@ -78,6 +78,9 @@ def read_h5_pair(
             label = np.asarray(f[label_key][()]) if label_key else None
     except OSError as e:
         raise DatasetError(f"{p}: cannot read as HDF5 ({e})") from None
+    require_finite(image, p, repr(image_key))
+    if label is not None:
+        require_finite(label, p, repr(label_key))
     if ndim is not None and image.ndim != ndim:
         raise DatasetError(f"{p}: {image_key!r} has shape {image.shape}; expected {ndim} dimensions")
     if label is not None and label.shape != image.shape:

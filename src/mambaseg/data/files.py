@@ -3,7 +3,7 @@
 Layout: ``ROOT/<split>/images/<id>.<ext>`` and ``ROOT/<split>/masks/<id>[_segmentation|_mask].<ext>``.
 Pairs are matched by file stem; a mask stem may carry the ISIC suffix ``_segmentation`` (or ``_mask``).
 Images and masks are read with Pillow, which raises on truncated or corrupt files instead of returning
-partial pixels.
+partial pixels; the EXIF ``Orientation`` tag is applied on read (images and masks alike).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DatasetError",
@@ -27,6 +27,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "mask_to_labels",
+    "require_finite",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -131,14 +132,41 @@ def list_split(split_dir: str | Path) -> FolderListing:
 
 
 def _open(path: Path, what: str) -> Image.Image:
+    """Decode an image file fully, in its DISPLAY orientation (the EXIF ``Orientation`` tag applied), so an image
+    and its mask line up whichever of them a camera or editor stored rotated."""
     try:
         img = Image.open(path)
         img.load()  # decode fully: truncated/corrupt files raise here
+        img = ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise DatasetError(f"{path}: {what} file not found") from None
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{path}: {what} refused as a possible decompression bomb ({exc}); expected an image "
+                           f"of at most {Image.MAX_IMAGE_PIXELS} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: unreadable or corrupt {what} ({exc}); expected a valid image file") from None
     return img
+
+
+def require_finite(array: np.ndarray, path: str | Path, what: str = "image") -> np.ndarray:
+    """Return ``array`` if every value is finite; else raise :class:`DatasetError` naming the file and the count.
+
+    A few NaN voxels would otherwise turn a whole min-max-scaled volume into NaN (predicted as background without
+    a sign) or stop training with a misleading "diverged" message; such files are refused, never repaired.
+    """
+    arr = np.asarray(array)
+    if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+        return array
+    bad = ~np.isfinite(arr)
+    n = int(np.count_nonzero(bad))
+    if n:
+        n_nan = int(np.count_nonzero(np.isnan(arr)))
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(
+            f"{path}: {what} holds {n} non-finite value(s) of {arr.size} ({n_nan} NaN, {n - n_nan} inf; first at "
+            f"index {first}); expected finite values everywhere: fix or re-export the file, or leave it out"
+        )
+    return array
 
 
 def read_image(path: str | Path, in_chans: int = 3) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mambaseg.data.files import DatasetError
+from mambaseg.data.files import DatasetError, require_finite
 from mambaseg.data.normalization import Normalization
 from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset, _LRU, check_labels
 
@@ -82,6 +82,7 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # nibabel raises several exception types for corrupt files
         raise DatasetError(f"{p}: cannot read as NIfTI ({e})") from None
+    require_finite(data, p, "volume")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

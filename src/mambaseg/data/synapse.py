@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mambaseg.data.acdc import H5VolumeLoader, read_list_file
-from mambaseg.data.files import DatasetError
+from mambaseg.data.files import DatasetError, require_finite
 from mambaseg.data.normalization import Normalization
 from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset
 
@@ -83,6 +83,8 @@ def read_npz_pair(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             label = np.asarray(z["label"])
     except (OSError, ValueError) as e:
         raise DatasetError(f"{p}: cannot read as npz ({e})") from None
+    require_finite(image, p, "'image'")
+    require_finite(label, p, "'label'")
     if image.ndim != 2:
         raise DatasetError(f"{p}: image has shape {image.shape}; expected (H, W)")
     if label.shape != image.shape:

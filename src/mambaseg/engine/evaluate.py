@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mambaseg.checkpoint import build_model, load_checkpoint
+from mambaseg.checkpoint import CheckpointError, build_model, load_checkpoint
 from mambaseg.configs import RunConfig, config_from_dict
 from mambaseg.data.layouts import open_task
 from mambaseg.data.task import DataTask, image_size_of
@@ -72,7 +72,10 @@ def evaluate_checkpoint(
     norm = Normalization.from_dict(ckpt["normalization"]) if ckpt.get("normalization") else None
     layout = (ckpt.get("task") or {}).get("layout")
     task = open_data(cfg.data.path, cfg, splits=(split,), normalization=norm, layout=layout)
-    model = build_model(ckpt).to(dev)
+    try:
+        model = build_model(ckpt).to(dev)
+    except CheckpointError as e:
+        raise CheckpointError(f"{checkpoint}: {e}") from e
     amp_dtype, _ = resolve_amp(cfg.train.amp, dev)
     loss_fn = None
     try:

@@ -86,6 +86,11 @@ class Evaluator(abc.ABC):
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: EvalContext) -> dict[str, Any]:
         """Evaluate ``model`` on ``dataset``; same result on every process. Must not change ``model``'s mode."""
 
+    def dry_result(self) -> dict[str, Any] | None:
+        """A result of the same shape as :meth:`evaluate`'s, computed from placeholder statistics without a model
+        (``None`` when unknown): the trainer checks ``train.best_metric`` against it before the first step."""
+        return None
+
     def headline(self, result: dict[str, Any]) -> dict[str, float]:
         """A few scalars to show in progress lines and summary tables (default: flattened top-level scalars)."""
         return {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -117,6 +122,8 @@ def lookup_metric(result: dict[str, Any], name: str) -> float:
         else:
             avail = ", ".join(sorted(flatten_metrics(result)))
             raise KeyError(f"metric {name!r} is not produced by this evaluator; available: {avail}")
+    if node is None:  # an undefined value (NaN is stored as None, e.g. sensitivity without ground truth)
+        return float("nan")
     if not isinstance(node, (int, float)) or isinstance(node, bool):
         raise KeyError(f"metric {name!r} is not a scalar (got {type(node).__name__})")
     return float(node)
@@ -131,6 +138,8 @@ def flatten_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, float
             out.update(flatten_metrics(v, key + "."))
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[key] = float(v)
+        elif v is None and prefix:  # an undefined metric value (NaN stored as None)
+            out[key] = float("nan")
     return out
 
 
@@ -243,6 +252,9 @@ class SegmentationEvaluator2D(Evaluator):
         order = sorted(range(len(all_ids)), key=lambda i: (all_ids[i], i))
         all_stats = all_stats[order]
         return self.summarize(all_stats, loss=total_loss / max(len(all_ids), 1) if ctx.loss_fn else None)
+
+    def dry_result(self) -> dict[str, Any] | None:
+        return self.summarize(torch.zeros(1, self.num_classes, 4, dtype=torch.long), loss=0.0)
 
     def summarize(self, stats: torch.Tensor, *, loss: float | None = None) -> dict[str, Any]:
         """Metrics dict from per-image statistics (N, C, 4)."""
@@ -376,6 +388,14 @@ class SlicewiseVolumeEvaluator(Evaluator):
         total_loss = sum(g[1] for g in gathered)
         total_slices = sum(g[2] for g in gathered)
         return self.summarize(ev, loss=total_loss / max(total_slices, 1) if ctx.loss_fn is not None else None)
+
+    def dry_result(self) -> dict[str, Any] | None:
+        from mambaseg.metrics.volume import VolumeEvaluator
+
+        ev = VolumeEvaluator(self.label_names, self.num_classes)
+        empty = np.zeros((1, 2, 2), dtype=np.int64)
+        ev.add("dry", empty, empty, None)
+        return self.summarize(ev, loss=0.0)
 
     def summarize(self, ev: Any, *, loss: float | None = None) -> dict[str, Any]:
         """Result dict from a filled :class:`mambaseg.metrics.VolumeEvaluator`."""

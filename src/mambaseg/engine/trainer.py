@@ -53,10 +53,12 @@ from mambaseg.data.task import DataTask
 from mambaseg.engine.evaluate import open_data
 from mambaseg.engine.evaluator import EvalContext, flatten_metrics, lookup_metric
 from mambaseg.engine.optim import build_optimizer, build_scheduler
+from mambaseg.engine.preflight import check_best_metric, check_label_map, check_resume_config, check_samples
 from mambaseg.engine.run_logger import RunLogger
 from mambaseg.runtime import autocast_for, env_int, resolve_amp, resolve_device, scan_backend, seconds_since_process_start
 from mambaseg.utils.distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from mambaseg.utils.files import atomic_write_json
+from mambaseg.utils.runlock import RunLock, remove_stale_temporaries
 from mambaseg.utils.seed import get_rng_state, seed_everything, seed_worker, set_rng_state
 
 __all__ = [
@@ -308,14 +310,67 @@ def train(
     if device.type == "cuda" and world_env > 1:
         torch.cuda.set_device(device)
     ctx = init_distributed(device.type)
+    hooks = hooks or TrainHooks()
+    claim: _Claim | None = None
     try:
         with scan_backend(cfg.train.scan_backend):
-            run = _setup(cfg, ctx, device, resume=resume, hooks=hooks or TrainHooks(),
-                         console=console if ctx.is_main else None)
+            claim = _claim_run_dir(cfg, ctx, resume, hooks, console if ctx.is_main else None)
+            run = _setup(cfg, ctx, device, resume=resume, hooks=hooks, console=console if ctx.is_main else None)
+            for note in claim.notes:
+                run.logger.log(note)
             _loop(run, callbacks, show_progress)
             return _finish(run)
     finally:
+        if claim is not None:
+            claim.release()
         ctx.close()
+
+
+@dataclass
+class _Claim:
+    """The run directory's lock (main process) and what taking the directory over found."""
+
+    lock: RunLock | None
+    run_dir: Path
+    created: bool
+    notes: list[str] = field(default_factory=list)
+
+    def release(self) -> None:
+        if self.lock is None:
+            return
+        self.lock.release()
+        if self.created:  # a run that failed before writing anything leaves no empty folder behind
+            try:
+                self.run_dir.rmdir()
+            except OSError:
+                pass
+
+
+def _claim_run_dir(cfg: RunConfig, ctx: DistContext, resume: Any, hooks: TrainHooks, console: Any) -> _Claim:
+    """Lock ``train.out`` for the life of the run (main process), refuse to start a new run over an existing one,
+    and remove the temporary files of a writer killed in the middle of a write."""
+    run_dir = Path(cfg.train.out)
+    if not ctx.is_main:
+        return _Claim(lock=None, run_dir=run_dir, created=False)
+    created = not run_dir.exists()
+    lock = RunLock(run_dir, command="mambaseg train").acquire()
+    claim = _Claim(lock=lock, run_dir=run_dir, created=created)
+    try:
+        ckpt_dir = hooks.checkpoint_dir(run_dir)
+        if not resume and (ckpt_dir / "last.pt").is_file():
+            raise ValueError(f"{run_dir} already holds a run ({ckpt_dir / 'last.pt'}); resume it (--resume) or "
+                             "choose another --out: starting over would overwrite its checkpoints and metrics")
+        if lock.stale:
+            claim.notes.append(f"took over the stale lock of a run that is no longer running ({lock.stale})")
+        for p in remove_stale_temporaries(run_dir, ckpt_dir):
+            claim.notes.append(f"removed {p}, a temporary file left by a run killed while writing")
+    except BaseException:
+        claim.release()
+        raise
+    if console is not None:
+        for note in claim.notes:
+            console.print(note, highlight=False, markup=False)
+    return claim
 
 
 def _check_config(cfg: RunConfig, ctx: DistContext) -> None:
@@ -396,11 +451,13 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     tc = cfg.train
     run_dir = Path(tc.out)
     state: dict[str, Any] | None = None
+    resume_changes: list[str] = []
     if resume:
         rpath = hooks.checkpoint_dir(run_dir) / "last.pt" if resume is True else Path(resume)
         state = load_checkpoint(rpath, map_location="cpu")
         if "optimizer" not in state:
             raise CheckpointError(f"{rpath} holds weights only (no optimizer state); resume needs a last.pt")
+        resume_changes = check_resume_config(state.get("config"), config_to_dict(cfg), rpath)
     amp_dtype, use_scaler = resolve_amp(tc.amp, device)
     # fail fast on names before touching the data
     from mambaseg.models import model_info
@@ -418,6 +475,7 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     train_ds = task.train
     if train_ds is None or len(train_ds) == 0:  # type: ignore[arg-type]
         raise ValueError(f"the training split of {cfg.data.path} is empty")
+    preflight_notes = _preflight(cfg, task, num_classes, console)
 
     # ---- model, loss, optimisation
     seed_everything(tc.seed)
@@ -475,8 +533,11 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     )
     if state is not None:
         _restore(run, state)
+        preflight_notes += [f"resume: {c} applied" for c in resume_changes]
     if ctx.is_main:
         run.writer = CheckpointWriter(background=tc.async_checkpoints)
+    for note in preflight_notes:
+        logger.log(note)
     n_params = sum(p.numel() for p in model.parameters())
     logger.log(
         f"{'resume' if state else 'start'}: model {cfg.model.name} ({n_params:,} params), data {cfg.data.path} "
@@ -484,6 +545,25 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
         f"global batch {tc.batch_size}, {len(loader)} steps/epoch"
     )
     return run
+
+
+def _preflight(cfg: RunConfig, task: DataTask, num_classes: int, console: Any) -> list[str]:
+    """Everything checkable before the first step: metric name, label map, every training and validation
+    sample (with ``data.validate``); prints the files ``data.skip_bad`` left out and warnings. Returns log lines."""
+    check_best_metric(task.evaluator, cfg.train.best_metric)
+    check_label_map(task.label_map, num_classes, cfg.data.path)
+    notes: list[str] = []
+    skipped = list(task.info.get("skipped") or [])
+    if skipped:
+        notes.append(f"data.skip_bad: left out {len(skipped)} problem file(s) of {cfg.data.path}:")
+        notes += [f"  - {s}" for s in skipped]
+    if cfg.data.validate:
+        notes += check_samples({"train": task.train, "val": task.val}, cfg.data.path)
+    if console is not None:
+        for line in notes:
+            console.print(line, highlight=False, markup=False,
+                          style="yellow" if line.startswith(("warning", "data.skip_bad")) else None)
+    return notes
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
@@ -590,7 +670,7 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
         red = all_reduce_sum(torch.stack([torch.where(finite, lv * bs, 0.0), torch.full_like(lv, bs),
                                           (~finite).double()]), ctx).cpu()
         if red[2] > 0:
-            _diverged(run, bar, epoch, "loss")
+            _diverged(run, bar, epoch, "loss", inputs=x)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(run.optimizer)
@@ -793,12 +873,20 @@ def _deterministic(enabled: bool):
     return cm()
 
 
-def _diverged(run: _Run, bar: _Progress, epoch: int, what: str) -> None:
+def _diverged(run: _Run, bar: _Progress, epoch: int, what: str, inputs: torch.Tensor | None = None) -> None:
     if run.writer is not None:
         run.writer.flush()  # the last good checkpoint is on disk before the message names it
     last = run.ckpt_dir / "last.pt"
     keep = (f"the last good checkpoint {last} (end of the previous epoch) is kept" if last.is_file()
             else "no checkpoint was written yet")
+    n_bad = int((~torch.isfinite(inputs)).sum()) if inputs is not None and inputs.is_floating_point() else 0
+    if n_bad:  # a data problem, not an optimisation one
+        msg = (f"training stopped: the input batch at epoch {epoch + 1}, step {run.step + 1} holds {n_bad} NaN/inf "
+               f"value(s), so the {what} became NaN/inf; {keep}. Check the training files (a NaN-free dataset "
+               f"passes the pre-flight check), not the learning rate")
+        run.logger.log(msg)
+        run.logger.close()
+        raise TrainingDiverged(msg)
     msg = (f"training diverged: the {what} became NaN/inf at epoch {epoch + 1}, step {run.step + 1} "
            f"(lr {run.optimizer.param_groups[0]['lr']:.3g}); stopped; {keep}. Lower the learning rate (--lr), "
            f"enable gradient clipping (--set train.grad_clip=1.0) or turn AMP off (--set train.amp=off)")

@@ -119,7 +119,10 @@ class Predictor:
         ckpt = load_checkpoint(checkpoint, map_location="cpu")
         if not ckpt.get("image_size"):
             raise CheckpointError(f"{checkpoint}: no 'image_size' entry; cannot preprocess inputs")
-        model = build_model(ckpt)
+        try:
+            model = build_model(ckpt)
+        except CheckpointError as e:
+            raise CheckpointError(f"{checkpoint}: {e}") from e
         norm = Normalization.from_dict(ckpt["normalization"]) if ckpt.get("normalization") else None
         info = {"checkpoint": str(checkpoint), "model": (ckpt.get("model") or {}).get("name"),
                 "epoch": ckpt.get("epoch"), "library_version": ckpt.get("library_version"),
@@ -156,6 +159,10 @@ class Predictor:
             raise ValueError(f"an image array must be (H, W) or (H, W, C), got shape {arr.shape}")
         if arr.dtype != np.uint8:
             if np.issubdtype(arr.dtype, np.floating):
+                n_bad = int(np.count_nonzero(~np.isfinite(arr)))
+                if n_bad:
+                    raise ValueError(f"the image array holds {n_bad} NaN/inf value(s) of {arr.size}; expected "
+                                     "finite values in [0, 1]")
                 if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
                     raise ValueError("float image arrays must hold values in [0, 1]; pass uint8 for 0..255 data")
                 arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
@@ -239,6 +246,7 @@ class Predictor:
         batch_size: int = 4,
         overlays: bool = True,
         progress: Callable[[int, int], None] | None = None,
+        overwrite: bool = False,
     ) -> list[Path]:
         """Predict every image of a folder (or one image file) and write PNGs.
 
@@ -246,31 +254,45 @@ class Predictor:
         original size) and, with ``overlays``, ``OUT/overlays/<stem>.png`` (colours blended over the image).
         A folder holding an ``images/`` sub-folder (a dataset split) is read from that sub-folder.
 
+        Nothing is lost: images sharing a stem (``a.jpg`` and ``a.png``) get ``<stem>_<ext>.png``; existing
+        output files are refused (all of them named) unless ``overwrite``; ``OUT/masks`` may never be the input
+        data's own masks folder (its ground truth) nor the input folder. All of this is checked before the first
+        file is written.
+
         Returns:
             Paths of the written mask files.
         """
         from PIL import Image
 
+        from mambaseg.utils.files import atomic_path
+
+        _check_batch_size(batch_size)
         files = list_images(input_path)
         out = Path(out_dir)
+        _refuse_input_folders(Path(input_path), files, out / "masks")
+        names = output_names(files)
+        targets = [out / "masks" / n for n in names] + ([out / "overlays" / n for n in names] if overlays else [])
+        if not overwrite:
+            _refuse_existing(targets)
         (out / "masks").mkdir(parents=True, exist_ok=True)
         if overlays:
             (out / "overlays").mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
-        for i in range(0, len(files), max(batch_size, 1)):
+        for i in range(0, len(files), batch_size):
             chunk = files[i : i + batch_size]
             arrays = [self.read(f) for f in chunk]
             masks = self.predict_batch(arrays)
-            for f, a, m in zip(chunk, arrays, masks):
-                mp = out / "masks" / f"{f.stem}.png"
-                Image.fromarray(self.to_pixel_values(m)).save(mp)
+            for name, a, m in zip(names[i : i + batch_size], arrays, masks):
+                mp = out / "masks" / name
+                with atomic_path(mp) as tmp:
+                    Image.fromarray(self.to_pixel_values(m)).save(tmp, format="PNG")
                 written.append(mp)
                 if overlays:
-                    Image.fromarray(overlay_mask(a, m)).save(out / "overlays" / f"{f.stem}.png")
+                    with atomic_path(out / "overlays" / name) as tmp:
+                        Image.fromarray(overlay_mask(a, m)).save(tmp, format="PNG")
             if progress is not None:
                 progress(len(written), len(files))
         return written
-
 
     def predict_path(
         self,
@@ -281,6 +303,7 @@ class Predictor:
         overlays: bool = True,
         intensity: str = "auto",
         progress: Callable[[int, int], None] | None = None,
+        overwrite: bool = False,
     ) -> list[Path]:
         """Predict whatever ``input_path`` holds: one image, a folder of images, one volume or a folder of volumes.
 
@@ -292,22 +315,38 @@ class Predictor:
         Args:
             intensity: 3-D inputs: intensity mapping to [0, 1] (``auto`` = as the training data, ``minmax``,
                 ``ct``, ``none``).
+            overwrite: replace existing output files (otherwise they are refused before anything is written).
 
         Returns:
             The written files.
         """
-        from mambaseg.inference.volume import intensity_for_checkpoint, is_volume_path, predict_volume_file
+        from mambaseg.inference.volume import (
+            intensity_for_checkpoint,
+            is_volume_path,
+            predict_volume_file,
+            volume_output_path,
+        )
 
+        _check_batch_size(batch_size)
         vols = _volume_inputs(Path(input_path))
         if not vols:
             return self.predict_folder(input_path, out_dir, batch_size=batch_size, overlays=overlays,
-                                       progress=progress)
+                                       progress=progress, overwrite=overwrite)
         if intensity == "auto":
             intensity = intensity_for_checkpoint(self.info.get("training") or {})
         out = Path(out_dir)
+        targets = [volume_output_path(v, out if len(vols) == 1 or not is_volume_path(out) else out.parent)
+                   for v in vols]
+        clashes = _duplicates(zip(targets, vols))
+        if clashes:
+            raise ValueError("two inputs would be written to the same output file; rename one of them:\n"
+                             + "\n".join(f"  - {t}: from {', '.join(map(str, srcs))}" for t, srcs in clashes))
+        if any(t.resolve() == v.resolve() for t, v in zip(targets, vols)):
+            raise ValueError(f"--out {out} would overwrite an input volume; choose another output path")
+        if not overwrite:
+            _refuse_existing(targets)
         written = []
-        for v in vols:
-            target = out if len(vols) == 1 or not is_volume_path(out) else out.parent
+        for v, target in zip(vols, targets):
             written.append(predict_volume_file(
                 self.model, v, target, image_size=self.image_size, normalization=self.normalization,
                 batch_size=batch_size, device=self.device, label_values=list(self.label_map.values()),
@@ -316,6 +355,67 @@ class Predictor:
             if progress is not None:
                 progress(len(written), len(vols))
         return written
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size (--batch-size) must be a positive integer, got {batch_size!r}")
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """Output file name (``<stem>.png``) of each input image; inputs sharing a stem get ``<stem>_<ext>.png``.
+
+    Raises:
+        ValueError: two inputs would still get one name (the message names both files).
+    """
+    stems: dict[str, int] = {}
+    for f in files:
+        stems[f.stem] = stems.get(f.stem, 0) + 1
+    names = [f"{f.stem}_{f.suffix.lstrip('.').lower()}.png" if stems[f.stem] > 1 else f"{f.stem}.png" for f in files]
+    clashes = _duplicates(zip(names, files))
+    if clashes:
+        raise ValueError("several inputs would be written to the same output file; rename them:\n"
+                         + "\n".join(f"  - {n}: from {', '.join(map(str, srcs))}" for n, srcs in clashes))
+    return names
+
+
+def _duplicates(pairs: Any) -> list[tuple[Any, list[Path]]]:
+    seen: dict[str, tuple[Any, list[Path]]] = {}
+    for target, src in pairs:
+        seen.setdefault(str(target).lower(), (target, []))[1].append(src)
+    return [(t, srcs) for t, srcs in seen.values() if len(srcs) > 1]
+
+
+def _refuse_existing(targets: Sequence[Path], limit: int = 10) -> None:
+    existing = [t for t in targets if t.exists()]
+    if existing:
+        listed = "\n".join(f"  - {t}" for t in existing[:limit])
+        more = f"\n  ... and {len(existing) - limit} more" if len(existing) > limit else ""
+        raise FileExistsError(f"{len(existing)} output file(s) already exist and would be overwritten:\n{listed}{more}\n"
+                              "pass --overwrite (overwrite=True) to replace them, or choose another --out")
+
+
+def _refuse_input_folders(input_path: Path, files: Sequence[Path], mask_out: Path) -> None:
+    """Refuse an output ``masks`` folder that is the input folder or the input data's ground-truth folder."""
+    from mambaseg.data.files import IMAGE_DIR_NAMES, MASK_DIR_NAMES
+
+    target = mask_out.resolve()
+    image_dirs = {f.parent.resolve() for f in files}
+    if target in image_dirs:
+        raise ValueError(f"--out {mask_out.parent} would write masks into the input folder {target}; choose "
+                         "another --out")
+    splits = set()
+    for d in image_dirs:
+        if d.name.lower() in IMAGE_DIR_NAMES:
+            splits.add(d.parent)
+    if input_path.is_dir():
+        splits.add(input_path.resolve())
+    for split in splits:
+        for name in MASK_DIR_NAMES:
+            gt = split / name
+            if gt.resolve() == target:
+                raise ValueError(f"--out {mask_out.parent} would write predicted masks into {gt}, the ground-truth "
+                                 "masks of the input data; choose another --out")
 
 
 def _volume_inputs(path: Path) -> list[Path]:

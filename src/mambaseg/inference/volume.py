@@ -38,6 +38,7 @@ __all__ = [
     "predict_volume",
     "predict_volume_file",
     "read_volume",
+    "volume_output_path",
     "write_prediction",
 ]
 
@@ -78,9 +79,11 @@ def read_volume(
             are kept, others min-max scaled), ``"minmax"``, ``"ct"`` (clip to the TransUNet window) or ``"none"``.
 
     Raises:
-        ValueError / DatasetError: unknown suffix, missing keys, wrong rank (the message names the file).
+        ValueError / DatasetError: unknown suffix, unreadable file, missing keys, wrong rank, or NaN/inf voxels
+            (the message names the file and the number of non-finite voxels; such volumes are never scaled, as
+            one NaN would make the whole min-max-scaled volume NaN).
     """
-    from mambaseg.data.files import DatasetError
+    from mambaseg.data.files import DatasetError, require_finite
     from mambaseg.data.nnunet import read_nifti, scale_intensity
 
     p = Path(path)
@@ -97,35 +100,45 @@ def read_volume(
     elif suf == ".h5":
         import h5py
 
-        with h5py.File(p, "r") as f:
-            key = image_key or "image"
-            if key not in f:
-                raise DatasetError(f"{p}: no dataset {key!r} (found {list(f.keys())}); pass image_key=")
-            image = np.asarray(f[key][()])
-            if label_key:
-                if label_key not in f:
-                    raise DatasetError(f"{p}: no dataset {label_key!r} (found {list(f.keys())})")
-                label = np.asarray(f[label_key][()])
+        try:
+            with h5py.File(p, "r") as f:
+                key = image_key or "image"
+                if key not in f:
+                    raise DatasetError(f"{p}: no dataset {key!r} (found {list(f.keys())}); pass image_key=")
+                image = np.asarray(f[key][()])
+                if label_key:
+                    if label_key not in f:
+                        raise DatasetError(f"{p}: no dataset {label_key!r} (found {list(f.keys())})")
+                    label = np.asarray(f[label_key][()])
+        except OSError as e:
+            raise DatasetError(f"{p}: cannot read as HDF5 ({e})") from None
         fmt = "h5"
-    elif suf == ".npz":
-        with np.load(p) as z:
-            key = image_key or ("image" if "image" in z.files else "img")
-            if key not in z.files:
-                raise DatasetError(f"{p}: no key {key!r} (found {z.files}); pass image_key=")
-            image = np.asarray(z[key])
-            if label_key:
-                if label_key not in z.files:
-                    raise DatasetError(f"{p}: no key {label_key!r} (found {z.files})")
-                label = np.asarray(z[label_key])
-        fmt = "npz"
-    elif suf == ".npy":
-        image = np.load(p)
-        fmt = "npy"
+    elif suf in (".npz", ".npy"):
+        try:
+            if suf == ".npz":
+                with np.load(p, allow_pickle=False) as z:
+                    key = image_key or ("image" if "image" in z.files else "img")
+                    if key not in z.files:
+                        raise DatasetError(f"{p}: no key {key!r} (found {z.files}); pass image_key=")
+                    image = np.asarray(z[key])
+                    if label_key:
+                        if label_key not in z.files:
+                            raise DatasetError(f"{p}: no key {label_key!r} (found {z.files})")
+                        label = np.asarray(z[label_key])
+            else:
+                image = np.load(p, allow_pickle=False)
+        except DatasetError:
+            raise
+        except (OSError, ValueError, EOFError) as e:
+            raise DatasetError(f"{p}: cannot read as {suf[1:]} ({e})") from None
+        fmt = suf[1:]
     else:
         raise ValueError(f"{p}: unsupported volume file type {suf!r}; expected one of {', '.join(VOLUME_SUFFIXES)}")
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
+        raise DatasetError(f"{p}: the image has dtype {image.dtype}; expected numbers")
     if image.ndim != 3:
         raise DatasetError(f"{p}: expected a 3-D (D, H, W) image, got shape {image.shape}")
-    image = image.astype(np.float32)
+    image = require_finite(image.astype(np.float32), p, "the image")
     if scale == "auto":
         inside = float(image.min()) >= 0.0 and float(image.max()) <= 1.0
         scale = "none" if inside else "minmax"
@@ -337,8 +350,13 @@ def predict_volume_file(
         if int(labels.max(initial=0)) >= lut.size:
             raise ValueError(f"the model predicted class {int(labels.max())} but label_values has {lut.size} entries")
         labels = lut[labels]
+    return write_prediction(volume_output_path(input_path, out), labels, vol)
+
+
+def volume_output_path(input_path: str | Path, out: str | Path) -> Path:
+    """Where :func:`predict_volume_file` writes the prediction of ``input_path``: ``out`` itself when it is a
+    volume file name, else ``out/<id>_pred.<input type>``."""
     o = Path(out)
-    if not is_volume_path(o):
-        suffix = _suffix(input_path)
-        o = o / f"{vol.id}_pred{suffix if suffix != '.npy' else '.npy'}"
-    return write_prediction(o, labels, vol)
+    if is_volume_path(o):
+        return o
+    return o / f"{_volume_id(Path(input_path))}_pred{_suffix(input_path)}"

@@ -10,9 +10,11 @@ Statistics are separated from reduction:
   - ``"per_case"``: the metrics are computed for every image, then averaged over images.
 
 Empty-case policy (``empty="one"``, the default): a metric whose denominator is zero is 1.0. For DSC/IoU
-that is an image (or class) with no ground truth and no prediction, which is a perfect result; for Sen
-(no ground-truth pixel) and Spe (no negative pixel) it is vacuously perfect (any false positives are
-still penalised by DSC, IoU and Spe). ``empty="nan"`` instead gives NaN and the per-case mean skips it
+that is an image (or class) with no ground truth and no prediction, which is a perfect result; for Spe
+(no negative pixel) it is vacuously perfect (any false positives are still penalised by DSC and IoU).
+Sensitivity is the exception: without a ground-truth pixel it is undefined and always NaN (0/0 is never
+reported as 1.0); the per-case mean leaves such images out, and a class without any ground-truth pixel in
+the whole split has a NaN pooled sensitivity. ``empty="nan"`` instead gives NaN and the per-case mean skips it
 (MONAI's convention). Under ``"pooled"`` a zero denominator only happens when a class is absent from
 every image and never predicted.
 
@@ -123,7 +125,7 @@ def scores_from_stats(stats: torch.Tensor, *, empty: str = "one") -> dict[str, t
     tp, fp, fn, tn = s.unbind(-1)
     return {
         "acc": _div(tp + tn, tp + fp + fn + tn, empty),
-        "sen": _div(tp, tp + fn, empty),
+        "sen": _div(tp, tp + fn, "nan"),  # undefined without ground-truth pixels, under either policy
         "spe": _div(tn, tn + fp, empty),
         "dsc": _div(2 * tp, 2 * tp + fp + fn, empty),
         "iou": _div(tp, tp + fp + fn, empty),
