@@ -197,7 +197,7 @@ def convert_msvmunet_official(state_dict: Mapping[str, torch.Tensor], *, in_chan
                 "small_0229, base_0229) -> msvmunet encoder",
     source=_VMAMBA_SOURCE,
 )
-def convert_vmamba_v2(state_dict: Mapping[str, torch.Tensor], *, num_classes: int = 9, in_chans: int = 3,
+def convert_vmamba_v2(state_dict: Mapping[str, torch.Tensor], *, num_classes: int = 1, in_chans: int = 3,
                       **options: Any) -> Converted:
     """VMamba-v2 ImageNet checkpoint -> the encoder of ``msvmunet`` (as MSVM-UNet loads it; decoder stays random).
 
