@@ -72,7 +72,7 @@ def convert_dermomamba_official(state_dict: Mapping[str, torch.Tensor], **option
     if options:
         raise TypeError(f"dermomamba_official: unknown options {sorted(options)}; it takes none (the size is fixed "
                         "by the released bottleneck: 192 x 256)")
-    sd = _strip_prefix(unwrap_state_dict(state_dict, what="DermoMamba checkpoint"), ("model.", "module."))
+    sd, pre = _strip_prefix(unwrap_state_dict(state_dict, what="DermoMamba checkpoint"), ("model.", "module."))
     for need in ("pw_in.weight", "conv_out.weight", "b1.mamba2.in_proj.weight", "b1.mamba3.in_proj.weight"):
         if need not in sd:
             raise ValueError(f"DermoMamba checkpoint: no {need!r}; expected the state_dict of the official DermoMamba "
@@ -88,7 +88,7 @@ def convert_dermomamba_official(state_dict: Mapping[str, torch.Tensor], **option
     for k, v in sd.items():
         nk = _key(k)
         if nk is None:
-            dropped.append(k)
+            dropped.append(pre + k)
         else:
             out[nk] = v
     kwargs = {"num_classes": int(sd["conv_out.weight"].shape[0]), "in_chans": int(sd["pw_in.weight"].shape[1]),

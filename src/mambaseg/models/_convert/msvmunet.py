@@ -61,12 +61,15 @@ def unwrap_state_dict(obj: Any, *, what: str) -> dict[str, torch.Tensor]:
                      f"got {type(obj).__name__}")
 
 
-def _strip_prefix(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Remove the first of ``prefixes`` that every key carries (Lightning ``_model.``, DataParallel ``module.``)."""
+def _strip_prefix(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], str]:
+    """Remove the first of ``prefixes`` that every key carries (Lightning ``_model.``, DataParallel ``module.``).
+
+    Returns the renamed dict and the removed prefix ("" if none), so dropped keys can be reported as in the file.
+    """
     for prefix in prefixes:
         if sd and all(k.startswith(prefix) for k in sd):
-            return {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
+            return {k[len(prefix):]: v for k, v in sd.items()}, prefix
+    return sd, ""
 
 
 def _count_blocks(sd: Mapping[str, torch.Tensor], pattern: str) -> list[int]:
@@ -159,7 +162,8 @@ def convert_msvmunet_official(state_dict: Mapping[str, torch.Tensor], *, in_chan
         raise TypeError(f"msvmunet_official: unknown options {sorted(options)}; accepted: in_chans")
     if in_chans not in (1, 3):
         raise ValueError(f"msvmunet_official: in_chans must be 1 or 3 (the stem is RGB), got {in_chans}")
-    sd = _strip_prefix(unwrap_state_dict(state_dict, what="MSVM-UNet checkpoint"), ("_model.", "model.", "module."))
+    raw = unwrap_state_dict(state_dict, what="MSVM-UNet checkpoint")
+    sd, pre = _strip_prefix(raw, ("_model.", "model.", "module."))
     if "decoder.out_layers.0.out.weight" not in sd:
         raise ValueError("MSVM-UNet checkpoint: no 'decoder.out_layers.0.out.weight'; expected the state_dict of the "
                          "official MSVMUNet (keys 'encoder.*', 'decoder.*', optionally prefixed '_model.')")
@@ -176,7 +180,7 @@ def convert_msvmunet_official(state_dict: Mapping[str, torch.Tensor], *, in_chan
     for k, v in sd.items():
         nk = _official_key(k)
         if nk is None:
-            dropped.append(k)
+            dropped.append(pre + k)
         else:
             out[nk] = v
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "dims": enc["dims"],
@@ -215,13 +219,13 @@ def convert_vmamba_v2(state_dict: Mapping[str, torch.Tensor], *, num_classes: in
         raise TypeError(f"vmamba_v2: unknown options {sorted(options)}; accepted: num_classes, in_chans")
     if in_chans not in (1, 3):
         raise ValueError(f"vmamba_v2: in_chans must be 1 or 3 (the ImageNet stem is RGB), got {in_chans}")
-    sd = _strip_prefix(unwrap_state_dict(state_dict, what="VMamba-v2 checkpoint"), ("module.", "backbone."))
+    sd, pre = _strip_prefix(unwrap_state_dict(state_dict, what="VMamba-v2 checkpoint"), ("module.", "backbone."))
     cfg = vmamba_v2_config(sd)
     out: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for k, v in sd.items():
         if k.startswith(("classifier.", "head.", "norm.")):
-            dropped.append(k)
+            dropped.append(pre + k)
             continue
         nk = k.replace("ln_1", "norm").replace("self_attention", "op")
         nk = re.sub(r"^downsamples\.(\d+)\.", r"layers.\1.downsample.", nk)
