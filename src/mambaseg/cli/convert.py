@@ -41,8 +41,8 @@ def convert_checkpoint(
     Args:
         src: the official file (``.pth`` / ``.pt`` / ``.ckpt`` / ``.safetensors``).
         fmt: converter name, e.g. ``"vmamba_v0_small"``, ``"vmunet"`` (``mambaseg convert --list``).
-        out: the checkpoint to write (``.pt``; loadable by ``create_model(..., pretrained=out)``, ``mambaseg.load``,
-            ``mambaseg train --init-from``).
+        out: the checkpoint to write (``.pt``; loadable by ``create_model(..., pretrained=out)``,
+            ``mambaseg.init_from`` / ``mambaseg train --init-from``).
         partial: accept the gaps the converter documents (e.g. the decoder of an ImageNet encoder); without it any
             missing key is an error.
         num_classes, in_chans: build for another task (classifier re-initialised / stem adapted, both reported).
@@ -140,5 +140,5 @@ def convert(
     if as_json:
         typer.echo(json.dumps({**report.to_dict(), "out": str(out)}, indent=2))
         return
-    console.print(report.summary(), highlight=False, markup=False)
-    console.print(f"wrote {out}", highlight=False, markup=False)
+    console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"wrote {out}", highlight=False, markup=False, soft_wrap=True)
