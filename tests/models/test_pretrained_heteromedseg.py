@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mambaseg
-from mambaseg.models._convert.heteromedseg import convert_biformer, convert_heteromedseg_official
+from mambaseg.models._convert.heteromedseg import convert_biformer, convert_heteromedseg_official, convert_vssd
 from mambaseg.models._pretrained import load_weights
 
 from _synth_checkpoint import checksum, decode_tensor, load_fixture, seeded_input, synth_state_dict
@@ -77,6 +77,33 @@ def test_official_key_mapping(converted_model):
     assert sd["decoder.1.concat_back_dim.weight"] is official["bra_unet.concat_back_dim.2.weight"]
     assert sd["expand_bottleneck.expand.weight"] is official["bra_unet.layers_up.0.expand.weight"]
     assert sd["stages.1.0.mlp.0.weight"] is official["bra_unet.stages.1.0.mlp.fc1.weight"]
+
+
+def test_vssd_base_blocks_replay():
+    fx = load_fixture("heteromedseg", "vssd_base")
+    conv = convert_vssd(_synth(fx), **fx["options"])
+    assert conv.model_kwargs["mixer"] == "noncausal" and conv.model_kwargs["mlp_ratio"] == 4.0
+    model = mambaseg.create_model(conv.model_name, **conv.model_kwargs).eval()
+    rep = load_weights(model, conv.state_dict, strict=True, partial=True, expected_missing=conv.expected_missing)
+    assert len(rep.loaded) == 126 and rep.unexpected == [] and rep.undocumented_missing == []
+    h, w = fx["token_map"]
+    outs = []
+    for i in range(3):
+        c = 96 * 2**i
+        x = seeded_input([1, h * w, c], fx["input"]["seed"] + i)
+        with torch.no_grad():
+            outs.append(model.stages[i](x.view(1, h, w, c)).reshape(1, h * w, c)[..., :: fx["channel_stride"]])
+    got = torch.cat([o.flatten() for o in outs])
+    assert (got - decode_tensor(fx["logits"])).abs().max().item() <= TOL
+
+
+def test_vssd_narrow_variants_are_refused_with_the_reason():
+    sd = {f"layers.{i}.blocks.0.norm1.weight": torch.ones(64 * 2**i) for i in range(3)}
+    sd.update({f"layers.{i}.blocks.0.attn.A_log": torch.ones(2 * 2**i) for i in range(3)})
+    sd.update({"layers.0.blocks.0.attn.conv2d.weight": torch.ones(256, 1, 3, 3),
+               "layers.0.blocks.0.mlp.fc1.weight": torch.ones(256, 64)})
+    with pytest.raises(ValueError, match="only VSSD-Base matches"):
+        convert_vssd(sd)
 
 
 def test_biformer_tiny_small_are_refused_with_the_reason():

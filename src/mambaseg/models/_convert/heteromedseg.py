@@ -9,6 +9,10 @@ Sources (read for key layout, not copied):
   ``upsample``), ``concat_back_dim.{1,2,3}``, SCSA ``sccsa3`` / ``sccsa2`` / ``sccsa1`` (deep to shallow, with
   ``local_dwc`` / ``global_dwc_{s,m,l}``), ``norm_up``, ``up4``, ``output``. Its training scripts save
   ``model.state_dict()`` directly.
+* VSSD ImageNet-1k checkpoints, github.com/YuHengsss/VSSD @ 87b753b (``classification/models/mamba2.py``): blocks
+  ``layers.{i}.blocks.{j}`` with the same inner names as HeteroMedSeg's VSSD blocks, a different conv stem
+  (``patch_embed.conv1..3``) and downsampling (``layers.{i}.downsample.conv``). HeteroMedSeg's code never loads VSSD
+  weights; :func:`convert_vssd` is our mapping of VSSD-Base blocks onto its encoder.
 * BiFormer ImageNet-1k checkpoints, github.com/rayleizhu/BiFormer @ 1697bbb (``{"model": ...}``). HeteroMedSeg's
   ``BRAUnet.load_from`` loads ``biformer_base_best.pth`` by name into ``bra_unet`` after deleting every tensor whose
   shape differs, with ``strict=False``: only the conv stem / downsampling layers and the ``stages.{i}.{j}.norm1/norm2``
@@ -26,10 +30,12 @@ import torch
 from mambaseg.models._convert import Converted, register_converter
 from mambaseg.models._convert.msvmunet import _count_blocks, _strip_prefix, unwrap_state_dict
 
-__all__ = ["convert_heteromedseg_official", "convert_biformer"]
+__all__ = ["convert_heteromedseg_official", "convert_biformer", "convert_vssd"]
 
 _HMS_SOURCE = "github.com/Yuyan-Bin/Synergistic-Network @ 1a70e62 (networks/ as of 866f8dc)"
 _BIFORMER_SOURCE = "github.com/rayleizhu/BiFormer @ 1697bbb (biformer_{tiny,small,base} ImageNet-1k)"
+_VSSD_SOURCE = ("github.com/YuHengsss/VSSD @ 87b753b, huggingface.co/YuhengSSS/VSSD vssd_base_best_ema.pth "
+                "(micro/tiny/small are rejected: their widths do not fit)")
 
 _SCSA = {"sccsa3": 0, "sccsa2": 1, "sccsa1": 2}  # official SCSA module -> our decoder step (deep to shallow)
 _SCSA_CONV = {"local_dwc": 0, "global_dwc_s": 1, "global_dwc_m": 2, "global_dwc_l": 3}
@@ -189,4 +195,67 @@ def convert_biformer(state_dict: Mapping[str, torch.Tensor], *, num_classes: int
     notes = ["as HeteroMedSeg's load_from: same-name, same-shape tensors only (stem, downsampling, block LayerNorms)",
              f"{len(dropped)} BiFormer tensors have no counterpart (attention, MLP, pos-embed, blocks >= 2, stage 3, "
              "classifier)", "mixer='causal' as the released code"]
+    return Converted("heteromedseg", kwargs, out, expected_missing=expected, notes=notes, dropped=dropped)
+
+
+@register_converter(
+    "vssd",
+    description="VSSD-Base ImageNet-1k (NC-SSD) -> heteromedseg encoder blocks (stages 0-2, blocks 0-1); "
+                "not done by the released code, which never loads VSSD weights",
+    source=_VSSD_SOURCE,
+)
+def convert_vssd(state_dict: Mapping[str, torch.Tensor], *, num_classes: int = 1, in_chans: int = 3,
+                 n_win: int | None = None, **options: Any) -> Converted:
+    """VSSD ImageNet weights -> the VSSD blocks of ``heteromedseg`` (our mapping; the released code loads no VSSD file).
+
+    HeteroMedSeg's encoder stages 0-2 are two VSSD blocks each at widths 96 / 192 / 384 with 3 / 6 / 12 SSD heads of
+    width 64 and state size 64: exactly VSSD-Base's first three stages. Blocks ``layers.{i}.blocks.{0,1}`` (i < 3) map
+    to ``stages.{i}.{0,1}`` (``mlp.fc1/fc2`` -> ``mlp.0/2``); VSSD-Base's deeper blocks, its stem and downsampling
+    (a different conv design), its attention stage 3 and its classifier have no counterpart. The model is built with
+    ``mixer="noncausal"`` (the NC-SSD these weights were trained with; the released HeteroMedSeg runs a causal scan) and
+    ``mlp_ratio=4`` (VSSD's MLP width; HeteroMedSeg's released ratio is 3, which also sets the decoder's MLPs here).
+    VSSD-Micro/Tiny/Small (widths 48 / 64) do not fit the 96-wide encoder and are refused.
+
+    Args:
+        state_dict: the release file's ``"model"`` entry (or the whole file).
+        num_classes, in_chans: the segmentation task of the model to build.
+        n_win: routing regions per side (None: input size / 32).
+    """
+    if options:
+        raise TypeError(f"vssd: unknown options {sorted(options)}; accepted: num_classes, in_chans, n_win")
+    sd, pre = _strip_prefix(unwrap_state_dict(state_dict, what="VSSD checkpoint"), ("module.",))
+    try:
+        widths = [int(sd[f"layers.{i}.blocks.0.norm1.weight"].shape[0]) for i in range(3)]
+        heads = [int(sd[f"layers.{i}.blocks.0.attn.A_log"].shape[0]) for i in range(3)]
+        conv_dim = int(sd["layers.0.blocks.0.attn.conv2d.weight"].shape[0])
+        mlp_hidden = int(sd["layers.0.blocks.0.mlp.fc1.weight"].shape[0])
+    except KeyError as e:
+        raise ValueError(f"VSSD checkpoint: missing {e.args[0]!r}; expected the VSSD layout ('layers.<i>.blocks.<j>."
+                         "{cpe1,norm1,attn,cpe2,norm2,mlp}.*' with a Mamba-2 'attn')") from None
+    if widths != [96, 192, 384] or heads != [3, 6, 12]:
+        raise ValueError(f"VSSD checkpoint with stage widths {widths} and SSD heads {heads}: HeteroMedSeg's encoder "
+                         "stages are 96 / 192 / 384 wide with 3 / 6 / 12 heads, which only VSSD-Base matches "
+                         "(VSSD-Micro/Tiny/Small are 48 / 64 wide)")
+    d_state = (conv_dim - 2 * widths[0]) // 2
+    depths = _count_blocks(sd, r"^layers\.(\d+)\.blocks\.(\d+)\.")
+    if min(depths[:3]) < 2:
+        raise ValueError(f"VSSD checkpoint: stages 0-2 need at least 2 blocks each, found {depths}")
+    rename = {"mlp.fc1.weight": "mlp.0.weight", "mlp.fc1.bias": "mlp.0.bias", "mlp.fc2.weight": "mlp.2.weight",
+              "mlp.fc2.bias": "mlp.2.bias"}
+    out: dict[str, torch.Tensor] = {}
+    dropped: list[str] = []
+    for k, v in sd.items():
+        m = re.match(r"^layers\.([0-2])\.blocks\.([01])\.(.*)$", k)
+        if m:
+            out[f"stages.{m.group(1)}.{m.group(2)}.{rename.get(m.group(3), m.group(3))}"] = v
+        else:
+            dropped.append(pre + k)
+    expected = ["downsample_layers.", "expand_bottleneck.", "decoder.", "norm_up.", "up4.", "output."]
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "mixer": "noncausal",
+                              "mlp_ratio": mlp_hidden / widths[0], "d_state": d_state, "n_win": n_win}
+    notes = ["our mapping (the released HeteroMedSeg code loads no VSSD weights): VSSD-Base layers.i.blocks.0-1 -> "
+             "stages.i.0-1 for i < 3",
+             f"mixer='noncausal' (VSSD's NC-SSD) and mlp_ratio={kwargs['mlp_ratio']:g} (VSSD's MLP width)",
+             "stem and downsampling keep their initialisation: VSSD's conv stem has another design",
+             f"{len(dropped)} VSSD tensors have no counterpart (deeper blocks, stem, downsampling, stage 3, classifier)"]
     return Converted("heteromedseg", kwargs, out, expected_missing=expected, notes=notes, dropped=dropped)
