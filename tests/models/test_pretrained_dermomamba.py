@@ -61,3 +61,19 @@ def test_errors_name_what_was_expected():
         convert_dermomamba_official({"conv_out.weight": torch.ones(1, 16, 1, 1)})
     with pytest.raises(TypeError, match="unknown options"):
         convert_dermomamba_official({}, img_size=128)
+
+
+def test_lightning_file_through_convert_checkpoint(official_sd, tmp_path):
+    """An official Lightning checkpoint file -> ``mambaseg.convert_checkpoint`` -> ``create_model(pretrained=)``."""
+    fx = load_fixture("dermomamba", "dermomamba_official")
+    src = tmp_path / "epoch=12-val_dice=0.9.ckpt"
+    torch.save({"epoch": 12, "state_dict": {"model." + k: v for k, v in official_sd.items()}}, src)
+    out = tmp_path / "dermomamba_isic.pt"
+    report = mambaseg.convert_checkpoint(src, "dermomamba_official", out)
+    assert report.missing == [] and report.unexpected == [] and len(report.reshaped) == 10
+    model = mambaseg.create_model("dermomamba", pretrained=out).eval()
+    x = seeded_input(fx["input"]["shape"], fx["input"]["seed"])
+    with torch.no_grad():
+        y = model(x)
+    sy, sx = fx["logits_stride"]
+    assert (y[..., ::sy, ::sx] - decode_tensor(fx["logits"])).abs().max().item() <= TOL

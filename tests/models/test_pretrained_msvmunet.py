@@ -83,3 +83,15 @@ def test_errors_name_what_was_expected():
         convert_vmamba_v2([1, 2])
     with pytest.raises(TypeError, match="unknown options"):
         convert_vmamba_v2({}, variant="x")
+
+
+def test_sized_formats_check_the_size():
+    from mambaseg.models._convert import get_converter, list_converters
+
+    sd = _official_sd(load_fixture("msvmunet", "vmamba_v2_vmamba_tiny_s1l8"))
+    conv = get_converter("vmamba_v2_tiny_0230s")(sd)
+    assert conv.model_kwargs["depths"] == (2, 2, 8, 2) and conv.model_kwargs["ssm_ratio"] == 1.0
+    with pytest.raises(ValueError, match="expected vssm1_base_0229s but the weights are vssm1_tiny_0230s"):
+        get_converter("vmamba_v2_base_0229s")(sd)
+    names = {c.name for c in list_converters()}
+    assert {"msvmunet_official", "vmamba_v2", "vmamba_v2_tiny_0230", "vmamba_v2_small_0229s"} <= names

@@ -195,12 +195,6 @@ def convert_msvmunet_official(state_dict: Mapping[str, torch.Tensor], *, in_chan
     return Converted("msvmunet", kwargs, out, notes=notes, dropped=dropped)
 
 
-@register_converter(
-    "vmamba_v2",
-    description="VMamba v2 ImageNet-1k encoder (vssm1_tiny_0230s, small_0229s, base_0229s; vssm_tiny_0230, "
-                "small_0229, base_0229) -> msvmunet encoder",
-    source=_VMAMBA_SOURCE,
-)
 def convert_vmamba_v2(state_dict: Mapping[str, torch.Tensor], *, num_classes: int = 1, in_chans: int = 3,
                       **options: Any) -> Converted:
     """VMamba-v2 ImageNet checkpoint -> the encoder of ``msvmunet`` (as MSVM-UNet loads it; decoder stays random).
@@ -215,12 +209,17 @@ def convert_vmamba_v2(state_dict: Mapping[str, torch.Tensor], *, num_classes: in
         num_classes: classes of the segmentation head to build (randomly initialised).
         in_chans: 1 or 3 (1-channel inputs are repeated to RGB; the stem is RGB).
     """
+    expect = options.pop("_expect", None)
     if options:
         raise TypeError(f"vmamba_v2: unknown options {sorted(options)}; accepted: num_classes, in_chans")
     if in_chans not in (1, 3):
         raise ValueError(f"vmamba_v2: in_chans must be 1 or 3 (the ImageNet stem is RGB), got {in_chans}")
     sd, pre = _strip_prefix(unwrap_state_dict(state_dict, what="VMamba-v2 checkpoint"), ("module.", "backbone."))
     cfg = vmamba_v2_config(sd)
+    if expect is not None and cfg["name"] != expect:
+        raise ValueError(f"VMamba-v2 checkpoint: expected {expect} but the weights are "
+                         f"{cfg['name'] or 'another configuration'} (dims {cfg['dims']}, depths {cfg['depths']}, "
+                         f"ssm_ratio {cfg['ssm_ratio']}); use the format of that file or 'vmamba_v2' (detected)")
     out: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for k, v in sd.items():
@@ -237,3 +236,39 @@ def convert_vmamba_v2(state_dict: Mapping[str, torch.Tensor], *, num_classes: in
     notes = [f"{cfg['name'] or 'unreleased v2 configuration'}: dims {cfg['dims']}, depths {cfg['depths']}, "
              f"ssm_ratio {cfg['ssm_ratio']}", "ImageNet classifier dropped; decoder keeps its initialisation"]
     return Converted("msvmunet", kwargs, out, expected_missing=["decoder."], notes=notes, dropped=dropped)
+
+
+register_converter(
+    "vmamba_v2",
+    description="VMamba v2 ImageNet-1k encoder of any released size (detected from the weights) -> msvmunet "
+                "encoder, loaded as MSVM-UNet does",
+    source=_VMAMBA_SOURCE,
+)(convert_vmamba_v2)
+
+_V2_RELEASE = "https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/"
+_V2_FILES = {
+    "vssm1_tiny_0230s": "vssm1_tiny_0230s_ckpt_epoch_264.pth",
+    "vssm1_small_0229s": "vssm1_small_0229s_ckpt_epoch_240.pth",
+    "vssm1_base_0229s": "vssm1_base_0229s_ckpt_epoch_225.pth",
+    "vssm_tiny_0230": "vssm_tiny_0230_ckpt_epoch_262.pth",
+    "vssm_small_0229": "vssm_small_0229_ckpt_epoch_222.pth",
+    "vssm_base_0229": "vssm_base_0229_ckpt_epoch_237.pth",
+}
+
+
+def _v2_sized(name: str):
+    def convert(state_dict: Mapping[str, torch.Tensor], **options: Any) -> Converted:
+        return convert_vmamba_v2(state_dict, _expect=name, **options)
+
+    convert.__name__ = f"convert_vmamba_v2_{name}"
+    convert.__doc__ = f"VMamba v2 {name} ImageNet-1k encoder -> msvmunet encoder (size checked; see convert_vmamba_v2)."
+    return convert
+
+
+for _name, _file in _V2_FILES.items():
+    register_converter(
+        "vmamba_v2_" + _name.split("_", 1)[1],
+        description=f"VMamba v2 {_name} ImageNet-1k encoder -> msvmunet encoder"
+                    + (" (MSVM-UNet's default)" if _name == "vssm1_tiny_0230s" else ""),
+        source=_V2_RELEASE + _file,
+    )(_v2_sized(_name))
