@@ -6,8 +6,9 @@ deterministic values of ``tests/models/_synth_checkpoint.py``, records the offic
 converts the state dict with our converter and compares our logits. ``--write`` stores the fixture the replay tests
 use. Nothing from the official repositories is copied into this repo.
 
-The helper package ``--shim`` (default ``/tmp/b2/shim``) only has to provide the few ``timm`` names the official
-files import (``DropPath``, ``trunc_normal_``, ``to_2tuple``, ``register_model``); any timm install works too.
+The optional ``--shim`` folder only has to provide the few ``timm`` / ``fvcore`` / ``fairscale`` names the official
+files import (``DropPath``, ``trunc_normal_``, ``to_2tuple``, ``register_model``, FLOP counters, a checkpoint
+wrapper); installed packages work too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ __all__ = ["ROOT", "synth", "parse_args", "ref_selective_scan", "ref_ssd_causal"
 def parse_args(default_repo: str, extra: list[tuple[str, dict[str, Any]]] = ()) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=default_repo, help="checkout of the official repository (outside this repo)")
-    ap.add_argument("--shim", default="/tmp/b2/shim", help="folder with a minimal timm stand-in (or empty)")
+    ap.add_argument("--shim", default="", help="folder put first on the import path (stand-ins for the timm / "
+                    "fvcore / fairscale helpers the official files import); empty: the installed packages")
     ap.add_argument("--write", action="store_true", help="write the fixture JSON under tests/models/fixtures")
     for name, kw in extra:
         ap.add_argument(name, **kw)

@@ -1,6 +1,6 @@
 """Parity: official DermoMamba (hnkhai25/DermoMamba) vs ``dermomamba`` after ``dermomamba_official`` conversion.
 
-    PYTHONPATH=$PWD/src python benchmarks/parity/dermomamba_parity.py --repo /tmp/b2/hnkhai25+DermoMamba [--write]
+    PYTHONPATH=$PWD/src python benchmarks/parity/dermomamba_parity.py --repo /tmp/official/DermoMamba [--write]
 
 Environment fixes for the released files (no model code is changed): ``mamba_ssm.ops.selective_scan_interface`` is
 provided by a stand-in module whose ``selective_scan_fn`` is the float32 reference scan; ``module/VSSBlock.py`` uses
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from _official_env import ROOT, compare, fill_official, fixture_record, parse_args, ref_selective_scan, synth
 
-args = parse_args("/tmp/b2/hnkhai25+DermoMamba")
+args = parse_args("/tmp/official/DermoMamba")
 sys.path.insert(0, f"{args.repo}/module")
 
 

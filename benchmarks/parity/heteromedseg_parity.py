@@ -2,10 +2,10 @@
 ``heteromedseg_official`` conversion, and the official ``BRAUnet.load_from`` of a BiFormer-Base checkpoint
 (rayleizhu/BiFormer) vs the ``biformer`` converter loaded on top of the same weights.
 
-    git clone <Synergistic-Network> /tmp/b2/hms && git -C /tmp/b2/hms checkout 866f8dc -- \
+    git clone <Synergistic-Network> /tmp/official/hms && git -C /tmp/official/hms checkout 866f8dc -- \
         networks/bra.py networks/bra_block.py networks/bra_unet.py
-    PYTHONPATH=$PWD/src python benchmarks/parity/heteromedseg_parity.py --repo /tmp/b2/hms \
-        --biformer-repo /tmp/b2/rayleizhu+BiFormer [--write]
+    PYTHONPATH=$PWD/src python benchmarks/parity/heteromedseg_parity.py --repo /tmp/official/hms \
+        --biformer-repo /tmp/official/BiFormer [--write]
 
 Environment fixes (no model code changed): the HEAD versions of ``networks/bra.py``, ``bra_block.py`` and
 ``bra_unet.py`` do not import (syntax errors, deleted names), so their first-commit versions are used; the Triton
@@ -26,7 +26,7 @@ import torch
 
 from _official_env import ROOT, compare, fill_official, fixture_record, parse_args, ref_ssd_causal, state_entries, synth
 
-args = parse_args("/tmp/b2/hms", [("--biformer-repo", {"default": "/tmp/b2/rayleizhu+BiFormer"})])
+args = parse_args("/tmp/official/hms", [("--biformer-repo", {"default": "/tmp/official/BiFormer"})])
 
 
 def _chunk_scan(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None, initial_states=None, seq_idx=None,

@@ -1,6 +1,6 @@
 """Parity: official MSVM-UNet (gndlwch2w/msvm-unet) vs ``msvmunet`` after ``msvmunet_official`` conversion.
 
-    PYTHONPATH=$PWD/src python benchmarks/parity/msvmunet_parity.py --repo /tmp/b2/gndlwch2w+msvm-unet [--write]
+    PYTHONPATH=$PWD/src python benchmarks/parity/msvmunet_parity.py --repo /tmp/official/msvm-unet [--write]
 
 The official VMamba copy calls a compiled selective-scan extension and Triton cross-scan kernels; both are replaced by
 float32 reference functions (the official pure-torch CrossScan/CrossMerge of the same file and a sequential scan).
@@ -14,7 +14,7 @@ import torch
 
 from _official_env import ROOT, compare, fill_official, fixture_record, parse_args, ref_selective_scan, synth
 
-args = parse_args("/tmp/b2/gndlwch2w+msvm-unet", [("--enc", {"default": "tiny_0230s"})])
+args = parse_args("/tmp/official/msvm-unet", [("--enc", {"default": "tiny_0230s"})])
 
 import model.vmamba.vmamba as vm  # noqa: E402  (official)
 

@@ -1,7 +1,7 @@
 """Parity: VMamba-v2 ImageNet encoders (MzeroMiko/VMamba classification models) vs ``msvmunet``'s encoder after
 ``vmamba_v2`` conversion. Compares the four stage outputs (what MSVM-UNet's decoder consumes).
 
-    PYTHONPATH=$PWD/src python benchmarks/parity/vmamba_v2_parity.py --repo /tmp/b2/MzeroMiko+VMamba/classification \
+    PYTHONPATH=$PWD/src python benchmarks/parity/vmamba_v2_parity.py --repo /tmp/official/VMamba/classification \
         [--variants vmamba_tiny_s1l8,...] [--write]
 
 VMamba's own code runs on CPU with its pure-torch cross scan and selective scan (``csms6s.selective_scan_torch``);
@@ -28,7 +28,7 @@ RELEASES = {
 }
 FIXTURE_VARIANTS = ("vmamba_tiny_s1l8", "vmamba_base_s1l20", "vmamba_tiny_s2l5")
 
-args = parse_args("/tmp/b2/MzeroMiko+VMamba/classification",
+args = parse_args("/tmp/official/VMamba/classification",
                   [("--variants", {"default": ",".join(RELEASES)})])
 _real_cuda_device = torch.cuda.device
 torch.cuda.device = lambda d: contextlib.nullcontext() if torch.device(d).type == "cpu" else _real_cuda_device(d)

@@ -3,7 +3,7 @@ after ``vssd`` conversion. For each of stages 0-2, a seeded token map goes throu
 (NC-SSD path, ``linear_attn_duality=True``, ``ssd_positve_dA=True`` as the VSSD configs) and through our
 ``stages[i]``; the outputs are compared.
 
-    PYTHONPATH=$PWD/src python benchmarks/parity/vssd_parity.py --repo /tmp/b2/YuHengsss+VSSD/classification [--write]
+    PYTHONPATH=$PWD/src python benchmarks/parity/vssd_parity.py --repo /tmp/official/VSSD/classification [--write]
 
 Environment: the official file imports Triton kernels of mamba_ssm at module level (not used by the NC-SSD path);
 stand-in modules provide those names and raise if called.
@@ -19,7 +19,7 @@ import torch
 
 from _official_env import ROOT, compare, fill_official, fixture_record, parse_args, synth
 
-args = parse_args("/tmp/b2/YuHengsss+VSSD/classification")
+args = parse_args("/tmp/official/VSSD/classification")
 
 
 def _unused(*a, **k):
