@@ -121,8 +121,15 @@ def run_trained(name: str, wrapper, fmt: str, official_repo: str, options: dict,
     return diff
 
 
-def run_encoder(size: str, root: Path, vmunet_mod, write: bool) -> float:
+def run_encoder(size: str, root: Path, make_official, prefix: str, options: dict, name: str, official_repo: str,
+                write: bool) -> float:
+    """ImageNet v0 classifier weights -> the official wrapper's ``load_from()`` vs our ``vmamba_v0_<size>`` conversion.
+
+    ``make_official(path)`` builds the official wrapper with ``load_ckpt_path=path``; ``prefix`` is its attribute name
+    (``vmunet.``, ``vmbunet.``, ``smunet.``); ``options`` are our converter options (``target``, ``arch``).
+    """
     from mambaseg.models._convert.vmamba_v0 import V0_SIZES
+    from mambaseg.models._pretrained import convert_weights
 
     dims, depths = V0_SIZES[size]
     cls_mod = import_official(root / "vmamba_d769", "classification_models", "vmamba_v0")
@@ -133,46 +140,36 @@ def run_encoder(size: str, root: Path, vmunet_mod, write: bool) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"vmamba_v0_{size}.pth"
         torch.save({"model": enc_sd}, path)
-        # official: VM-UNet as configured for ISIC ([2,2,2,2] / [2,2,2,1]); width 96 only (the wrapper passes no dims)
-        official = vmunet_mod.VMUNet(num_classes=NUM_CLASSES, depths=[2, 2, 2, 2], depths_decoder=[2, 2, 2, 1],
-                                     load_ckpt_path=str(path))
-        if dims != 96:
-            official.vmunet = vmunet_mod.VSSM(in_chans=3, num_classes=NUM_CLASSES, depths=[2, 2, 2, 2],
-                                              depths_decoder=[2, 2, 2, 1], dims=[dims * 2**i for i in range(4)],
-                                              dims_decoder=[dims * 2**i for i in range(4)][::-1])
-        fill(official, base_seed=1)
+        official = make_official(str(path))
+        fill(official, base_seed=1)  # what load_from leaves alone keeps these values
         official.load_from()
         official.eval()
-        from mambaseg.models._pretrained import convert_weights
-
-        ours, report = convert_weights(path, f"vmamba_v0_{size}", partial=True, num_classes=NUM_CLASSES)
+        ours, report = convert_weights(path, f"vmamba_v0_{size}", partial=True, num_classes=NUM_CLASSES, **options)
     ours.eval()
     off_sd = official.state_dict()
     gaps = [k for k in ours.state_dict() if any(k.startswith(p) for p in report.expected_missing)]
     assert sorted(gaps) == sorted(report.missing), (gaps, report.missing)
     with torch.no_grad():
         for k in gaps:  # the documented gaps: same (seed-1) values as the official model's non-loaded weights
-            ours.state_dict()[k].copy_(synth.synth_tensor("vmunet." + k, tuple(off_sd["vmunet." + k].shape),
-                                                          base_seed=1))
+            ours.state_dict()[k].copy_(synth.synth_tensor(prefix + k, tuple(off_sd[prefix + k].shape), base_seed=1))
         # every weight our converter loaded equals the official load_from result
         for k in report.loaded:
-            assert torch.equal(ours.state_dict()[k], off_sd["vmunet." + k]), k
+            assert torch.equal(ours.state_dict()[k], off_sd[prefix + k]), k
     x = synth.seeded_input(SHAPE, SEED)
     with torch.no_grad():
         ref = official(x)
         out = ours(x)
-    diff = compare(f"vmamba_v0_{size} -> vmunet (load_from)", out, ref)
+    diff = compare(f"vmamba_v0_{size} -> {options.get('target', 'vmunet')} (load_from)", out, ref)
     if write:
-        rec = fixture_record(source=f"github.com/MzeroMiko/VMamba@d769bdb + github.com/JCruan519/VM-UNet@"
-                             f"{commit_of(root / 'VM-UNet')}", converter=f"vmamba_v0_{size}",
-                             options={"num_classes": NUM_CLASSES}, entries=entries, sd=enc_sd, input_shape=SHAPE,
-                             input_seed=SEED, logits=ref, max_abs_diff=diff, stride=STRIDE,
-                             notes=f"VMamba v0 {size} classifier {{'model': state_dict}} -> official VMUNet(depths "
-                                   "[2,2,2,2], decoder [2,2,2,1]).load_from(); gaps = synth base seed 1 of the "
-                                   "'vmunet.'-prefixed key")
-        rec["gaps"] = {"base_seed": 1, "key_prefix": "vmunet.", "expected_missing": report.expected_missing,
+        rec = fixture_record(source=f"github.com/MzeroMiko/VMamba@d769bdb + {official_repo}",
+                             converter=f"vmamba_v0_{size}", options={"num_classes": NUM_CLASSES, **options},
+                             entries=entries, sd=enc_sd, input_shape=SHAPE, input_seed=SEED, logits=ref,
+                             max_abs_diff=diff, stride=STRIDE,
+                             notes=f"VMamba v0 {size} classifier {{'model': state_dict}} -> the official wrapper's "
+                                   f"load_from(); gaps = synth base seed 1 of the {prefix!r}-prefixed key")
+        rec["gaps"] = {"base_seed": 1, "key_prefix": prefix, "expected_missing": report.expected_missing,
                        "loaded": len(report.loaded)}
-        synth.save_fixture(FIX / f"vmamba_v0_{size}.json", rec)
+        synth.save_fixture(FIX / f"{name}.json", rec)
     return diff
 
 
@@ -194,9 +191,23 @@ def main() -> None:
             "vmunet", vmunet_mod.VMUNet(num_classes=NUM_CLASSES, depths=[2, 2, 2, 2], depths_decoder=[2, 2, 2, 1]),
             "vmunet", f"github.com/JCruan519/VM-UNet@{commit_of(root / 'VM-UNet')}", {}, args.write,
             "official VMUNet(num_classes=2, depths=[2,2,2,2], depths_decoder=[2,2,2,1]) (configs/config_setting.py)")
-    for size in ("tiny", "small", "base"):
+    vmu_repo = f"github.com/JCruan519/VM-UNet@{commit_of(root / 'VM-UNet')}"
+
+    def official_vmunet(dims: int):
+        def make(path: str):
+            net = vmunet_mod.VMUNet(num_classes=NUM_CLASSES, depths=[2, 2, 2, 2], depths_decoder=[2, 2, 2, 1],
+                                    load_ckpt_path=path)
+            if dims != 96:  # the wrapper passes no dims: build its VSSM at the encoder's width
+                widths = [dims * 2**i for i in range(4)]
+                net.vmunet = vmunet_mod.VSSM(in_chans=3, num_classes=NUM_CLASSES, depths=[2, 2, 2, 2],
+                                             depths_decoder=[2, 2, 2, 1], dims=widths, dims_decoder=widths[::-1])
+            return net
+        return make
+
+    for size, dims in (("tiny", 96), ("small", 96), ("base", 128)):
         if not only or f"vmamba_v0_{size}" in only:
-            results[f"vmamba_v0_{size}"] = run_encoder(size, root, vmunet_mod, args.write)
+            results[f"vmamba_v0_{size}"] = run_encoder(size, root, official_vmunet(dims), "vmunet.", {},
+                                                       f"vmamba_v0_{size}", vmu_repo, args.write)
 
     if not only or "vmbunet" in only:
         vmb = import_official(root / "vmbu_net" / "models", "vmunet", "vmbunet")
@@ -205,7 +216,20 @@ def main() -> None:
             "vmbunet", f"github.com/jyBieber/vmbu_net@{commit_of(root / 'vmbu_net')}", {}, args.write,
             "official VMBUNet(num_classes=2, depths=[2,2,2,2], depths_decoder=[2,2,2,2]) (configs/config_setting.py)")
 
+    if not only or "vmamba_v0_tiny_vmbunet" in only:
+        vmb = import_official(root / "vmbu_net" / "models", "vmunet", "vmbunet")
+        results["vmamba_v0_tiny_vmbunet"] = run_encoder(
+            "tiny", root, lambda p: vmb.VMBUNet(num_classes=NUM_CLASSES, depths=[2, 2, 2, 2],
+                                                depths_decoder=[2, 2, 2, 2], load_ckpt_path=p),
+            "vmbunet.", {"target": "vmbunet"}, "vmamba_v0_tiny_vmbunet",
+            f"github.com/jyBieber/vmbu_net@{commit_of(root / 'vmbu_net')}", args.write)
+
     sm_repo = f"github.com/fAnchao1/SliceMamba@{commit_of(root / 'SliceMamba')}"
+    if not only or "vmamba_v0_tiny_slicemamba" in only:
+        smt = import_official(root / "SliceMamba" / "Evaluation" / "template" / "models", "smunet", "smunet")
+        results["vmamba_v0_tiny_slicemamba"] = run_encoder(
+            "tiny", root, lambda p: smt.SMUNet(num_classes=NUM_CLASSES, architecture=SLICE_ARCH, load_ckpt_path=p),
+            "smunet.", {"target": "slicemamba", "arch": SLICE_ARCH}, "vmamba_v0_tiny_slicemamba", sm_repo, args.write)
     if not only or "slicemamba" in only:
         sm = import_official(root / "SliceMamba" / "Evaluation" / "template" / "models", "smunet", "smunet")
         results["slicemamba"] = run_trained(

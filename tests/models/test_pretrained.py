@@ -24,8 +24,8 @@ from _synth_checkpoint import checksum, decode_tensor, load_fixture, seeded_inpu
 
 TOL = 1e-4
 TRAINED = ["vmunet", "vmbunet", "slicemamba", pytest.param("slicemamba_supernet", marks=pytest.mark.slow)]
-ENCODERS = ["vmamba_v0_tiny", pytest.param("vmamba_v0_small", marks=pytest.mark.slow),
-            pytest.param("vmamba_v0_base", marks=pytest.mark.slow)]
+ENCODERS = ["vmamba_v0_tiny", "vmamba_v0_tiny_vmbunet", "vmamba_v0_tiny_slicemamba",
+            pytest.param("vmamba_v0_small", marks=pytest.mark.slow), pytest.param("vmamba_v0_base", marks=pytest.mark.slow)]
 
 
 def _official_sd(fx: dict) -> dict[str, torch.Tensor]:
@@ -58,7 +58,8 @@ def test_trained_network_replay(name, tmp_path):
 
 @pytest.mark.parametrize("name", ENCODERS)
 def test_imagenet_encoder_replay(name, tmp_path):
-    """The official VMUNet.load_from: encoder by name + decoder mirrored; the gaps are the documented ones."""
+    """The official wrappers' load_from (VM-UNet's, copied by VMB-UNet and SliceMamba): encoder by name + decoder
+    mirrored; the gaps are the documented ones."""
     fx = load_fixture("vmamba_v0", name)
     path = tmp_path / "encoder.pth"
     torch.save({"model": _official_sd(fx), "epoch": 238}, path)
