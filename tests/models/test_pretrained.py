@@ -25,7 +25,8 @@ from _synth_checkpoint import checksum, decode_tensor, load_fixture, seeded_inpu
 TOL = 1e-4
 TRAINED = ["vmunet", "vmbunet", "slicemamba", pytest.param("slicemamba_supernet", marks=pytest.mark.slow)]
 ENCODERS = ["vmamba_v0_tiny", "vmamba_v0_tiny_vmbunet", "vmamba_v0_tiny_slicemamba",
-            pytest.param("vmamba_v0_small", marks=pytest.mark.slow), pytest.param("vmamba_v0_base", marks=pytest.mark.slow)]
+            pytest.param("vmamba_v0_small", marks=pytest.mark.slow),
+            pytest.param("vmamba_v0_base", marks=pytest.mark.slow)]
 
 
 def _official_sd(fx: dict) -> dict[str, torch.Tensor]:
@@ -257,7 +258,8 @@ def test_save_pretrained_folder_round_trip(tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["model_name"] == "slicemamba_tiny" and cfg["model_kwargs"]["arch"] == [0, 1, 2, 3, 3, 2, 1, 0]
     readme = (d / "README.md").read_text()
-    assert readme.startswith("---\nlibrary_name: mambaseg") and "| dice | 0.91 |" in readme and card["command"] in readme
+    assert readme.startswith("---\nlibrary_name: mambaseg") and "| dice | 0.91 |" in readme
+    assert card["command"] in readme
     back = mambaseg.from_pretrained(d)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():

@@ -2,12 +2,14 @@
 
 All four code bases share VMamba's January-2024 ("vanilla", v0) key layout, which our VM-UNet / VMB-UNet / SliceMamba
 modules keep (``patch_embed.proj``, ``layers.{i}.blocks.{j}.ln_1``, ``...self_attention.{in_proj, conv2d, x_proj_weight,
-dt_projs_weight, dt_projs_bias, A_logs, Ds, out_norm, out_proj}``, ``layers.{i}.downsample``, ``layers_up.{i}.upsample``,
+dt_projs_weight, dt_projs_bias, A_logs, Ds, out_norm, out_proj}``, ``layers.{i}.downsample``,
+``layers_up.{i}.upsample``,
 ``final_up``, ``final_conv``). What differs between the published files:
 
 * trained networks are saved from the authors' wrappers, so every key carries the wrapper's attribute name
   (``vmunet.``, ``vmbunet.``, ``smunet.``); ``torch.nn.DataParallel`` adds ``module.`` in front;
-* VMamba's later code renamed the v0 modules (``patch_embed.0/2``, ``blocks.{j}.norm``/``.op``, ``classifier.norm/head``)
+* VMamba's later code renamed the v0 modules (``patch_embed.0/2``, ``blocks.{j}.norm``/``.op``,
+  ``classifier.norm/head``)
   and its re-released v0 files use those names; both spellings are accepted here;
 * ImageNet encoders have no decoder. VM-UNet, VMB-UNet and SliceMamba all initialise from them with the same
   two-pass ``load_from`` of VM-UNet: (1) every encoder key whose name exists in the segmentation network is copied
@@ -259,7 +261,7 @@ def convert_slicemamba(state_dict: dict[str, torch.Tensor], **options: Any) -> C
     source="github.com/fAnchao1/SliceMamba @ 44c61b4 (no trained weights are published)",
 )
 def convert_slicemamba_supernet(state_dict: dict[str, torch.Tensor], **options: Any) -> Converted:
-    """Supernet keys ``smunet.layers.{i}.blocks.{j}.{c}.*`` -> the sub-network whose position p uses candidate arch[p]."""
+    """Supernet keys ``smunet.layers.{i}.blocks.{j}.{c}.*`` -> the sub-network using candidate arch[p] at position p."""
     arch = _arch_option(options, "slicemamba_supernet")
     _no_options("slicemamba_supernet", options)
     sd = strip_wrapper(state_dict, "smunet.", "a SliceMamba supernet saved by train.py")
@@ -285,7 +287,8 @@ def convert_slicemamba_supernet(state_dict: dict[str, torch.Tensor], **options: 
     for (group, stage, block), gene in zip(positions, genes):
         cands = by_position[(group, stage, block)]
         if gene not in cands:
-            raise ValueError(f"{group}.{stage}.blocks.{block}: candidate {gene} is not in the supernet (has {sorted(cands)})")
+            raise ValueError(f"{group}.{stage}.blocks.{block}: candidate {gene} is not in the supernet "
+                             f"(has {sorted(cands)})")
         for rest, value in cands[gene].items():
             flat[f"{group}.{stage}.blocks.{block}.{rest}"] = value
         dropped += [f"{group}.{stage}.blocks.{block}.{c}." for c in sorted(cands) if c != gene]
@@ -436,7 +439,8 @@ def _convert_v0_encoder(state_dict: dict[str, torch.Tensor], size: str | None, *
     if target == "slicemamba":
         kwargs["arch"] = list(model.arch)
     notes.insert(0, f"VMamba v0 {size} ImageNet-1k encoder (dims {layout['dims']}, depths {layout['depths']})"
-                    + (f"; {renamed} keys renamed from VMamba's later spelling (norm/op/classifier)" if renamed else ""))
+                    + (f"; {renamed} keys renamed from VMamba's later spelling (norm/op/classifier)"
+                       if renamed else ""))
     if layout["dims"] != 96 and target != "vmbunet":
         notes.append(f"embed dim {layout['dims']}: the official wrappers build width 96 only; this network is built "
                      f"with dims={layout['dims']} to take the encoder")
