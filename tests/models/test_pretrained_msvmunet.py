@@ -77,6 +77,8 @@ def test_sizes_read_from_the_weights():
 def test_errors_name_what_was_expected():
     with pytest.raises(ValueError, match="decoder.out_layers.0.out.weight"):
         convert_msvmunet_official({"encoder.layers.0.blocks.0.norm.weight": torch.ones(3)})
+    with pytest.raises(ValueError, match="deep supervision"):
+        convert_msvmunet_official({"decoder.out_layers.0.0.weight": torch.ones(3)})
     with pytest.raises(ValueError, match="4 stages"):
         convert_vmamba_v2({"patch_embed.0.weight": torch.ones(3)})
     with pytest.raises(ValueError, match="state_dict"):

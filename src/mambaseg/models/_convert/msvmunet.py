@@ -2,7 +2,8 @@
 
 Sources (read for key layout, not copied):
 
-* MSVM-UNet, github.com/gndlwch2w/msvm-unet @ abb1a8e. The network is ``MSVMUNet(encoder, decoder)``; the encoder
+* MSVM-UNet, github.com/gndlwch2w/msvm-unet @ abb1a8e (the 2025 restructuring up to d08c2f5 keeps the same module
+  names and the ``_model`` attribute). The network is ``MSVMUNet(encoder, decoder)``; the encoder
   splits VMamba's stem into ``encoder.layer0`` (``patch_embed[0:5]``) and ``encoder.layer1`` (``patch_embed[5:8]``)
   and keeps the stage downsamplings in ``encoder.downsamples.{i}``; the decoder keeps its final x4 expansion in
   ``decoder.out_layers.0``. Training runs through a Lightning module whose attribute is ``_model``, so a trained
@@ -164,6 +165,9 @@ def convert_msvmunet_official(state_dict: Mapping[str, torch.Tensor], *, in_chan
         raise ValueError(f"msvmunet_official: in_chans must be 1 or 3 (the stem is RGB), got {in_chans}")
     raw = unwrap_state_dict(state_dict, what="MSVM-UNet checkpoint")
     sd, pre = _strip_prefix(raw, ("_model.", "model.", "module."))
+    if "decoder.out_layers.0.0.weight" in sd:
+        raise ValueError("MSVM-UNet checkpoint: trained with deep supervision (decoder.out_layers.<i>.0..3, the 2025 "
+                         "code's deep_supervision=True); msvmunet has the FLKPE head only, as both released configs")
     if "decoder.out_layers.0.out.weight" not in sd:
         raise ValueError("MSVM-UNet checkpoint: no 'decoder.out_layers.0.out.weight'; expected the state_dict of the "
                          "official MSVMUNet (keys 'encoder.*', 'decoder.*', optionally prefixed '_model.')")
