@@ -55,7 +55,8 @@ STUB_INSTANCES = {"fwd": [("at::Half", "float"), ("at::Half", "complex_t"), ("at
 
 def stub_source() -> str:
     """Explicit specialisations (same symbols as the official explicit instantiations) that raise when called."""
-    lines = ['#include <c10/util/Exception.h>', '#include "selective_scan.h"', '#include "selective_scan_common.h"',
+    lines = ['#include <c10/util/BFloat16.h>', '#include <c10/util/Half.h>', '#include <c10/util/Exception.h>',
+             '#include "selective_scan.h"', '#include "selective_scan_common.h"',
              "template<typename input_t, typename weight_t>",
              "void selective_scan_fwd_cuda(SSMParamsBase &params, cudaStream_t stream);",
              "template<typename input_t, typename weight_t>",

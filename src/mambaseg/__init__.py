@@ -11,13 +11,46 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mambaseg.models import create_model, list_models, model_info
+from mambaseg.models import (
+    LoadReport,
+    create_model,
+    from_pretrained,
+    init_from,
+    list_models,
+    load_pretrained,
+    model_info,
+    save_pretrained,
+)
 from mambaseg.version import __version__
 
 if TYPE_CHECKING:
     from mambaseg.inference.predictor import Predictor
 
-__all__ = ["__version__", "create_model", "list_models", "load", "model_info"]
+__all__ = [
+    "LoadReport",
+    "__version__",
+    "convert_checkpoint",
+    "create_model",
+    "from_pretrained",
+    "init_from",
+    "list_models",
+    "load",
+    "load_pretrained",
+    "model_info",
+    "save_pretrained",
+]
+
+
+def convert_checkpoint(src: Any, fmt: str, out: Any, partial: bool = False, **opts: Any) -> LoadReport:
+    """Convert an official checkpoint (``fmt``: ``mambaseg convert --list``) into a mambaseg checkpoint at ``out``.
+
+    ``partial=True`` accepts the gaps the format documents (e.g. the decoder of an ImageNet encoder). Options:
+    ``num_classes``, ``in_chans``, ``stem``, ``key`` and the converter's own (``target``, ``variant``, ``arch``, ...).
+    Returns the :class:`LoadReport`. See :func:`mambaseg.cli.convert.convert_checkpoint`.
+    """
+    from mambaseg.cli.convert import convert_checkpoint as _convert
+
+    return _convert(src, fmt, out, partial, **opts)
 
 
 def load(checkpoint: Any, *, device: Any = "auto", threshold: float = 0.5) -> Predictor:

@@ -39,6 +39,7 @@ def _root(
 
 # ---- verbs: one registration line each
 from mambaseg.cli import cache as _cache  # noqa: E402
+from mambaseg.cli import convert as _convert  # noqa: E402
 from mambaseg.cli import demo as _demo  # noqa: E402
 from mambaseg.cli import doctor as _doctor  # noqa: E402
 from mambaseg.cli import evaluate as _evaluate  # noqa: E402
@@ -55,6 +56,7 @@ app.command("search")(_search.search)
 app.command("cache")(_cache.cache)
 app.command("models")(_models.models)
 app.command("doctor")(_doctor.doctor)
+app.command("convert")(_convert.convert)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,7 @@ def build_config(
     device: Optional[str] = None,
     arch: Optional[str] = None,
     compile_model: bool = False,
+    init_from: Optional[str] = None,
     overrides: Optional[list[str]] = None,
 ):
     """Resolve the run config: base (checkpoint being resumed > --config > --recipe > defaults), then the
@@ -73,6 +74,7 @@ def build_config(
         "train.device": device,
         "model.arch": None if arch is None else read_arch(arch),
         "train.compile": True if compile_model else None,
+        "train.init_from": None if init_from is None else str(init_from),
     })
     cfg = apply_overrides(cfg, explicit)
     if overrides:
@@ -100,6 +102,9 @@ def train(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (per-epoch lines only)."),
     compile_model: bool = typer.Option(False, "--compile", help="Train through torch.compile (train.compile; "
                                        "the first steps compile for minutes)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from the weights of a checkpoint "
+                                            "(ours or converted; train.init_from): what fits is loaded, another "
+                                            "head is re-initialised, a report is printed."),
 ) -> None:
     """Train a model; writes config.yaml, metrics.json, checkpoints/, progress.png, train.log and TensorBoard events."""
     from mambaseg.engine import train as run_training
@@ -113,7 +118,8 @@ def train(
             raise CLIError(f"cannot resume: {resume_from} does not exist")
     cfg = build_config(recipe=recipe, config=config, resume_from=resume_from, model=model, data=data, epochs=epochs,
                        max_steps=max_steps, batch_size=batch_size, image_size=image_size, lr=lr, seed=seed, out=out,
-                       device=device, arch=arch, compile_model=compile_model, overrides=overrides)
+                       device=device, arch=arch, compile_model=compile_model, init_from=init_from,
+                       overrides=overrides)
     if cfg.data.path is None:
         raise CLIError("no dataset given: pass --data PATH")
     if out is None and cfg.train.out == "runs/run":

@@ -194,6 +194,10 @@ class TrainConfig:
         compile: run the training forward and backward through ``torch.compile`` (default mode; the Triton scan
             enters the graph as a custom operator, so VM-UNet compiles to one graph). The first steps compile
             for minutes; evaluation runs the model uncompiled.
+        init_from: start from the weights of this checkpoint (a mambaseg checkpoint, a converted official
+            one, or a ``save_pretrained`` folder) with ``strict=False`` semantics: what fits is loaded, a head of
+            another ``num_classes`` is re-initialised, a stem of another ``in_chans`` adapted; the report goes to
+            ``train.log`` and the console. Ignored when resuming (the run's own weights are restored).
         scan_backend: selective-scan backend used around the model during training and validation (``auto``,
             ``torch``, ``triton``, ``ref``, ...; see :func:`mambaseg.ops.use_backend`). A runtime choice: it is
             not stored in the model or in its checkpoint's model description.
@@ -219,6 +223,7 @@ class TrainConfig:
     async_checkpoints: bool = True
     time_limit_s: float | None = None
     compile: bool = False
+    init_from: str | None = None
     scan_backend: str = "auto"
 
 

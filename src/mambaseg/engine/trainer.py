@@ -482,6 +482,13 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     model = hooks.build_model(cfg, num_classes, in_chans)
     if model is None:
         model = build_model_from_config(cfg, num_classes, in_chans)
+    if tc.init_from and state is None:
+        from mambaseg.models._pretrained import init_from
+
+        report = init_from(model, tc.init_from)
+        preflight_init = f"init from {tc.init_from}:\n{report.summary()}"
+    else:
+        preflight_init = ""
     model = model.to(device)
     _check_image_size(model, cfg)
     if isinstance(loss_fn, nn.Module):
@@ -536,6 +543,10 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
         preflight_notes += [f"resume: {c} applied" for c in resume_changes]
     if ctx.is_main:
         run.writer = CheckpointWriter(background=tc.async_checkpoints)
+    if preflight_init:
+        preflight_notes.append(preflight_init)
+        if console is not None:
+            console.print(preflight_init, highlight=False)
     for note in preflight_notes:
         logger.log(note)
     n_params = sum(p.numel() for p in model.parameters())

@@ -12,4 +12,20 @@ from mambaseg.models import dermomamba  # noqa: E402,F401
 from mambaseg.models import msvmunet  # noqa: E402,F401
 from mambaseg.models import heteromedseg  # noqa: E402,F401
 
-__all__ = ["ModelInfo", "create_model", "is_model", "list_models", "model_info", "register_model"]
+from mambaseg.models._hub import from_pretrained, save_pretrained  # noqa: E402
+from mambaseg.models._pretrained import LoadReport, PretrainedError, init_from, load_pretrained  # noqa: E402
+
+__all__ = [
+    "LoadReport",
+    "ModelInfo",
+    "PretrainedError",
+    "create_model",
+    "from_pretrained",
+    "init_from",
+    "is_model",
+    "list_models",
+    "load_pretrained",
+    "model_info",
+    "register_model",
+    "save_pretrained",
+]

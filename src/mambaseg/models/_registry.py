@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -76,13 +77,30 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **kwargs: Any) -> nn.Module:
-    """Build a registered model.
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    *,
+    pretrained: str | os.PathLike[str] | None = None,
+    pretrained_format: str | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model, optionally initialised from pretrained weights.
 
     Args:
         name: a name from :func:`list_models`.
         num_classes: output channels (1 = binary with a sigmoid applied by losses/metrics, never by the model).
-        in_chans: input image channels.
+            Default: the pretrained checkpoint's, else 1. Another value than the checkpoint's re-initialises the
+            classifier only.
+        in_chans: input image channels. Default: the checkpoint's, else 3. Another value than the checkpoint's adapts
+            the stem convolution (summed for 1 channel, as timm does).
+        pretrained: a checkpoint written by mambaseg (``mambaseg convert``, ``mambaseg train``), a
+            :func:`save_pretrained` folder, or an official file together with ``pretrained_format``. The
+            architecture options stored in a mambaseg checkpoint (``depths``, ``arch``, ``variant``, ...) are used
+            unless given here. The load is strict except for the gaps a converted checkpoint documents; the
+            report is kept on ``model.pretrained_report``.
+        pretrained_format: converter name for an official file (see ``mambaseg convert --help``).
         **kwargs: model-specific options. ``image_size`` (H, W) (the library's name for the input size, as in
             ``data.image_size``) is mapped to the paper's ``img_size`` of models built for a fixed input size and
             dropped for size-agnostic ones, so generic code may always pass it. Other unknown options raise
@@ -93,11 +111,25 @@ def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **kwargs: A
 
     Example:
         >>> m = create_model("vmunet_tiny", num_classes=1)
+        >>> m = create_model("vmunet", num_classes=3, pretrained="vmunet_from_vmamba_small.pt")  # doctest: +SKIP
     """
     info = model_info(name)
-    if not isinstance(num_classes, int) or num_classes < 1:
+    wf = None
+    if pretrained is not None and pretrained_format is None:
+        from mambaseg.models._pretrained import read_weights
+
+        wf = read_weights(pretrained)
+        if wf.model:
+            stored = dict(wf.model.get("kwargs") or {})
+            stored.pop("backend", None)  # older checkpoints recorded the scan backend; it is a runtime choice now
+            kwargs = {**stored, **kwargs}
+            num_classes = int(wf.model.get("num_classes", 1)) if num_classes is None else num_classes
+            in_chans = int(wf.model.get("in_chans", 3)) if in_chans is None else in_chans
+    num_classes = 1 if num_classes is None else num_classes
+    in_chans = 3 if in_chans is None else in_chans
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if not isinstance(in_chans, int) or in_chans < 1:
+    if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
     if "backend" in kwargs:
         raise TypeError(
@@ -114,4 +146,9 @@ def create_model(name: str, num_classes: int = 1, in_chans: int = 3, **kwargs: A
         kwargs.pop("img_size")
     model = info.fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.mambaseg_spec = {"name": name, "num_classes": num_classes, "in_chans": in_chans, "kwargs": dict(kwargs)}
+    if pretrained is not None:
+        from mambaseg.models._pretrained import load_pretrained
+
+        model.pretrained_report = load_pretrained(model, wf if wf is not None else pretrained,
+                                                  fmt=pretrained_format)
     return model

@@ -45,12 +45,17 @@ class SegmentationModel(nn.Module):
 
     Subclasses set ``num_classes``, ``in_chans`` and ``stride`` (H and W must be multiples of it) and call
     :meth:`check_input` at the top of ``forward``. Models with a fixed input size set ``fixed_size``.
+    ``first_conv`` / ``classifier`` name the stem convolution and the output layer (module paths), which pretrained
+    loading adapts to another ``in_chans`` / re-initialises for another ``num_classes``; when left ``None`` they are
+    taken to be the first 4-D weight and the last weight of the state dict.
     """
 
     num_classes: int = 1
     in_chans: int = 3
     stride: int = 32
     fixed_size: tuple[int, int] | None = None
+    first_conv: str | None = None
+    classifier: str | None = None
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` with an actionable message if ``x`` is not a valid input."""

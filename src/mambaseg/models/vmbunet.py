@@ -169,6 +169,9 @@ class VMBUNet(SegmentationModel):
         torch.Size([1, 1, 256, 256])
     """
 
+    first_conv = "patch_embed.proj"
+    classifier = "final_conv"
+
     def __init__(
         self,
         num_classes: int = 1,

@@ -1,0 +1,144 @@
+"""``mambaseg convert``: official checkpoints (ImageNet encoders, the papers' trained networks) -> our checkpoint.
+
+Also home of :func:`convert_checkpoint` (re-exported as ``mambaseg.convert_checkpoint``): the checkpoint writer is
+imported here, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mambaseg.cli._common import CLIError, console, handle_errors
+
+__all__ = ["convert", "convert_checkpoint"]
+
+
+def _save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    from mambaseg.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, payload)
+
+
+def convert_checkpoint(
+    src: str | os.PathLike[str],
+    fmt: str,
+    out: str | os.PathLike[str],
+    partial: bool = False,
+    *,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    stem: str = "auto",
+    key: str | None = None,
+    **opts: Any,
+) -> Any:
+    """Convert an official weights file into a self-describing mambaseg checkpoint.
+
+    Args:
+        src: the official file (``.pth`` / ``.pt`` / ``.ckpt`` / ``.safetensors``).
+        fmt: converter name, e.g. ``"vmamba_v0_small"``, ``"vmunet"`` (``mambaseg convert --list``).
+        out: the checkpoint to write (``.pt``; loadable by ``create_model(..., pretrained=out)``,
+            ``mambaseg.init_from`` / ``mambaseg train --init-from``).
+        partial: accept the gaps the converter documents (e.g. the decoder of an ImageNet encoder); without it any
+            missing key is an error.
+        num_classes, in_chans: build for another task (classifier re-initialised / stem adapted, both reported).
+        stem: stem adaptation when ``in_chans`` differs: ``auto`` (sum for 1 channel), ``sum``, ``mean``, ``repeat``.
+        key: the file's container entry holding the weights (e.g. ``"model_ema"``).
+        **opts: converter options (``target=``, ``variant=``, ``arch=``, ...).
+
+    Returns:
+        The :class:`mambaseg.models.LoadReport` (``print(report)`` shows loaded / missing / unexpected / reshaped keys).
+
+    Example:
+        >>> report = mambaseg.convert_checkpoint("vmamba_small_e238_ema.pth", "vmamba_v0_small",
+        ...                                      "vmunet_vmamba_s.pt", partial=True)  # doctest: +SKIP
+    """
+    from mambaseg.models._pretrained import convert_weights
+
+    model, report = convert_weights(src, fmt, partial=partial, num_classes=num_classes, in_chans=in_chans, stem=stem,
+                                    key=key, **opts)
+    payload = {
+        "model": model.mambaseg_spec,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "normalization": None,
+        "label_map": None,
+        "image_size": None,
+        "pretrained": {
+            "source": str(src),
+            "format": fmt,
+            "expected_missing": report.expected_missing,
+            "reinitialized": report.reinitialized,
+            "notes": report.notes,
+        },
+    }
+    _save_checkpoint(out, payload)
+    return report
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise CLIError(f"--option expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            opts[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k.strip()] = v
+    return opts
+
+
+def _print_formats() -> None:
+    from rich.table import Table
+
+    from mambaseg.models._convert import list_converters
+
+    table = Table(title="checkpoint formats (--from)")
+    table.add_column("format", style="bold")
+    table.add_column("converts")
+    table.add_column("published at")
+    for info in list_converters():
+        table.add_row(info.name, info.description, info.source)
+    console.print(table)
+
+
+@handle_errors
+def convert(
+    src: Optional[Path] = typer.Argument(None, help="Official weights file (.pth/.pt/.ckpt/.safetensors)."),
+    fmt: Optional[str] = typer.Option(None, "--from", help="Source format (see --list)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Checkpoint to write (.pt)."),
+    partial: bool = typer.Option(False, "--partial", help="Accept the gaps the format documents (e.g. a decoder)."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Re-initialise the classifier for N."),
+    in_chans: Optional[int] = typer.Option(None, "--in-chans", help="Adapt the stem to C input channels."),
+    stem: str = typer.Option("auto", "--stem", help="Stem adaptation: auto (sum for 1 channel), sum, mean, repeat."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="SliceMamba genes: arch.pkl, a JSON file or '3,3,1,...'."),
+    key: Optional[str] = typer.Option(None, "--key", help="Container entry holding the weights (e.g. model_ema)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Converter option key=value (repeatable), e.g. "
+                                      "target=vmbunet."),
+    list_formats: bool = typer.Option(False, "--list", help="List the formats and where they are published."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Convert an official checkpoint into a mambaseg checkpoint, printing loaded/missing/unexpected/reshaped keys."""
+    if list_formats:
+        _print_formats()
+        return
+    if src is None or fmt is None or out is None:
+        raise CLIError("convert needs IN, --from FORMAT and --out OUT (mambaseg convert --list shows the formats)")
+    opts = _parse_options(option)
+    if arch is not None:
+        arch_path = Path(arch)
+        if arch_path.suffix == ".json" and arch_path.is_file():
+            opts["arch"] = json.loads(arch_path.read_text())
+        else:
+            opts["arch"] = arch
+    report = convert_checkpoint(src, fmt, out, partial, num_classes=num_classes, in_chans=in_chans, stem=stem,
+                                key=key, **opts)
+    if as_json:
+        typer.echo(json.dumps({**report.to_dict(), "out": str(out)}, indent=2))
+        return
+    console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"wrote {out}", highlight=False, markup=False, soft_wrap=True)
