@@ -80,3 +80,23 @@ def test_old_checkpoint_with_backend_loads_with_one_warning(trained, tmp_path):
 def test_create_model_rejects_backend():
     with pytest.raises(TypeError, match="runtime choice"):
         mambaseg.create_model("vmunet_tiny", backend="torch")
+
+
+def test_train_init_from_a_checkpoint_reports_and_keeps_the_weights(trained, tmp_path):
+    """``mambaseg train --init-from`` starts from another run's weights and prints the load report."""
+    from mambaseg.data import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=4, n_val=2, size=(32, 32), seed=4)
+    src = trained / "checkpoints" / "best.pt"
+    r = CliRunner().invoke(app, ["train", "--model", "vmunet_tiny", "--data", str(data), "--epochs", "1",
+                                 "--max-steps", "1", "--image-size", "32", "--batch-size", "2",
+                                 "--out", str(tmp_path / "ft"), "--device", "cpu", "--no-progress",
+                                 "--set", "optim.lr=1e-12", "--init-from", str(src)])
+    assert r.exit_code == 0, r.output
+    assert "init from" in r.output and "loaded" in r.output
+    before = load_checkpoint(src)["state_dict"]
+    after = load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")["state_dict"]
+    # one step at a negligible learning rate: every weight is the source's (up to that step)
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-6) for k in before)
+    cfg = (tmp_path / "ft" / "config.yaml").read_text()
+    assert "init_from" in cfg and str(src) in cfg
