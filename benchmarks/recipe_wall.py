@@ -213,7 +213,8 @@ def compare(entry: dict[str, Any]) -> dict[str, Any]:
 SIDE_COLS = [("wall s", "wall_s", ".1f"), ("first step s", "first_step_s", ".2f"),
              ("s/epoch (median)", "epoch_s_median", ".3f"), ("data", "share_data", ".0%"),
              ("fwd/bwd", "share_step", ".0%"), ("val", "share_val", ".0%"), ("ckpt", "share_ckpt", ".0%"),
-             ("other", "share_other", ".0%"), ("epochs", "epochs_run", "d"), ("val pooled DSC", "pooled_dsc_final", ".4f")]
+             ("other", "share_other", ".0%"), ("epochs", "epochs_run", "d"),
+             ("val pooled DSC", "pooled_dsc_final", ".4f")]
 
 
 def fmt(v: Any, spec: str) -> str:
@@ -257,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scan-build", type=Path, default=None, help="selective_scan_cuda build folder "
                     "(default WORK/ss_build; reused when it already holds a loadable build)")
     ap.add_argument("--scan-dtypes", choices=["all", "fp32"], default="fp32",
-                    help="build_selective_scan.py --dtypes (fp32: only the kernels both models call; falls back to all)")
+                    help="build_selective_scan.py --dtypes (fp32: only the kernels both models call; "
+                         "falls back to all)")
     ap.add_argument("--jobs", type=int, default=16, help="MAX_JOBS of the extension build")
     ap.add_argument("--official-epochs", default="",
                     help="e.g. dermomamba=60: cut that official run and extrapolate its wall to the full recipe "
