@@ -13,7 +13,15 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["autocast_for", "env_int", "resolve_amp", "resolve_device", "scan_backend", "seconds_since_process_start"]
+__all__ = [
+    "autocast_for",
+    "env_int",
+    "resolve_amp",
+    "resolve_device",
+    "resolve_workers",
+    "scan_backend",
+    "seconds_since_process_start",
+]
 
 
 def env_int(name: str, default: int) -> int:
@@ -132,3 +140,18 @@ def seconds_since_process_start() -> float:
     import time
 
     return time.time() - PROCESS_START
+
+
+def resolve_workers(num_workers: int | None, device: torch.device) -> int:
+    """DataLoader worker processes for ``data.num_workers`` (``None`` = auto).
+
+    Auto: on a GPU, up to 8 workers (one core left to the training process), so augmentation keeps pace with the
+    device; on a CPU none, since workers would compete with the compute threads for the same cores.
+    """
+    if num_workers is not None:
+        if int(num_workers) < 0:
+            raise ValueError(f"data.num_workers must be >= 0 (or null for auto), got {num_workers}")
+        return int(num_workers)
+    if device.type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))

@@ -80,7 +80,7 @@ class DataConfig:
         split_seed: seed of the carved split.
         skip_bad: skip (and list) broken samples instead of stopping at the validation pass.
         validate: run the dataset validation pass before training.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (``None`` = auto: up to 8 on a GPU, none on a CPU).
         persistent_workers: keep the training loader's workers alive between epochs (with ``num_workers > 0``;
             default on): saves the worker start-up of every epoch, which dominates short epochs on a GPU. The
             sampler hands every worker the epoch with each index, so augmentation draws (and a ``--resume``-d run)
@@ -99,7 +99,7 @@ class DataConfig:
     split_seed: int = 42
     skip_bad: bool = False
     validate: bool = True
-    num_workers: int = 0
+    num_workers: int | None = None
     persistent_workers: bool = True
     binary: bool = True
     label_values: list[int] | None = None

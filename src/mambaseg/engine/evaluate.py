@@ -16,7 +16,7 @@ from mambaseg.configs import RunConfig, config_from_dict
 from mambaseg.data.layouts import open_task
 from mambaseg.data.task import DataTask, image_size_of
 from mambaseg.engine.evaluator import EvalContext, evaluator_for
-from mambaseg.runtime import resolve_amp, resolve_device, scan_backend
+from mambaseg.runtime import resolve_amp, resolve_device, resolve_workers, scan_backend
 from mambaseg.utils.files import atomic_write_json
 
 __all__ = ["evaluate_checkpoint", "open_data"]
@@ -88,7 +88,7 @@ def evaluate_checkpoint(
                       RuntimeWarning, stacklevel=2)
         loss_fn = None
     ectx = EvalContext(device=dev, amp_dtype=amp_dtype, batch_size=batch_size or cfg.train.val_batch_size,
-                       num_workers=cfg.data.num_workers, loss_fn=loss_fn)
+                       num_workers=resolve_workers(cfg.data.num_workers, dev), loss_fn=loss_fn)
     with scan_backend(backend):
         metrics = task.evaluator.evaluate(model, task.datasets[split], ectx)
     result = {**metrics, "checkpoint": str(checkpoint), "split": split, "data": str(cfg.data.path),

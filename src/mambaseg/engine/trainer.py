@@ -55,7 +55,15 @@ from mambaseg.engine.evaluator import EvalContext, flatten_metrics, lookup_metri
 from mambaseg.engine.optim import build_optimizer, build_scheduler
 from mambaseg.engine.preflight import check_best_metric, check_label_map, check_resume_config, check_samples
 from mambaseg.engine.run_logger import RunLogger
-from mambaseg.runtime import autocast_for, env_int, resolve_amp, resolve_device, scan_backend, seconds_since_process_start
+from mambaseg.runtime import (
+    autocast_for,
+    env_int,
+    resolve_amp,
+    resolve_device,
+    resolve_workers,
+    scan_backend,
+    seconds_since_process_start,
+)
 from mambaseg.utils.distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from mambaseg.utils.files import atomic_write_json
 from mambaseg.utils.runlock import RunLock, remove_stale_temporaries
@@ -493,13 +501,13 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     _check_image_size(model, cfg)
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(device)
+    workers = resolve_workers(cfg.data.num_workers, device)
     sampler = _EpochSampler(DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                                seed=tc.seed, drop_last=False))
     loader = DataLoader(
-        _EpochDataset(train_ds), batch_size=tc.batch_size // ctx.world_size, sampler=sampler,
-        num_workers=cfg.data.num_workers,
+        _EpochDataset(train_ds), batch_size=tc.batch_size // ctx.world_size, sampler=sampler, num_workers=workers,
         collate_fn=_collate_train, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
-        drop_last=False, persistent_workers=bool(cfg.data.persistent_workers and cfg.data.num_workers > 0),
+        drop_last=False, persistent_workers=bool(cfg.data.persistent_workers and workers > 0),
     )
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, epochs=tc.epochs, steps_per_epoch=len(loader),
@@ -527,7 +535,7 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
         loader=loader, sampler=sampler, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         amp_dtype=amp_dtype, logger=logger, hooks=hooks, console=console,
         eval_ctx=EvalContext(device=device, dist=ctx, amp_dtype=amp_dtype, batch_size=tc.val_batch_size,
-                             num_workers=cfg.data.num_workers, loss_fn=loss_fn, keep_inputs=True),
+                             num_workers=workers, loss_fn=loss_fn, keep_inputs=True),
         base_payload={
             "model": dict(getattr(model, "mambaseg_spec", {}) or {}),
             "normalization": task.normalization.to_dict() if task.normalization is not None else None,
