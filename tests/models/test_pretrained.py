@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import mambaseg
-from mambaseg.engine.checkpoint import save_checkpoint
+from mambaseg.checkpoint import save_checkpoint
 from mambaseg.models._convert import get_converter, list_converters
 from mambaseg.models._convert.vmamba_v0 import collapse_prefixes, normalize_v0_keys
 from mambaseg.models._pretrained import PretrainedError, adapt_input_conv, convert_weights, read_weights
@@ -289,7 +289,7 @@ def test_cli_convert_writes_a_loadable_checkpoint(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(back(x), model(x), atol=1e-6)
-    from mambaseg.engine.checkpoint import build_model, load_checkpoint
+    from mambaseg.checkpoint import build_model, load_checkpoint
 
     ckpt = load_checkpoint(out)  # our self-describing format: the trainer's reader rebuilds it too
     assert ckpt["pretrained"]["format"] == "vmunet" and build_model(ckpt).num_classes == 2
