@@ -439,6 +439,7 @@ class _Run:
     last_write: float | None = None  # perf_counter() of the last checkpoint write
     first_step_s: float | None = None
     epoch_times: dict[str, float] = field(default_factory=dict)
+    startup: dict[str, float] = field(default_factory=dict)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -458,6 +459,7 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     _check_config(cfg, ctx)
     tc = cfg.train
     run_dir = Path(tc.out)
+    startup = {"setup": seconds_since_process_start()}  # seconds from process start at each step of the start-up
     state: dict[str, Any] | None = None
     resume_changes: list[str] = []
     if resume:
@@ -476,6 +478,7 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     # ---- data
     norm = Normalization.from_dict(state["normalization"]) if state and state.get("normalization") else None
     task = hooks.prepare_task(open_data(cfg.data.path, cfg, splits=("train", "val"), normalization=norm))
+    startup["data"] = seconds_since_process_start()
     num_classes = cfg.model.num_classes or task.num_classes
     in_chans = cfg.model.in_chans or task.in_chans
     if num_classes != task.num_classes:
@@ -484,6 +487,7 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     if train_ds is None or len(train_ds) == 0:  # type: ignore[arg-type]
         raise ValueError(f"the training split of {cfg.data.path} is empty")
     preflight_notes = _preflight(cfg, task, num_classes, console)
+    startup["preflight"] = seconds_since_process_start()
 
     # ---- model, loss, optimisation
     seed_everything(tc.seed)
@@ -509,6 +513,7 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
         collate_fn=_collate_train, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
         drop_last=False, persistent_workers=bool(cfg.data.persistent_workers and workers > 0),
     )
+    startup["model"] = seconds_since_process_start()
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, epochs=tc.epochs, steps_per_epoch=len(loader),
                                 max_steps=tc.max_steps, best_mode=tc.best_mode)
@@ -546,6 +551,7 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
             "config": config_to_dict(resolved),
         },
     )
+    run.startup = startup
     if state is not None:
         _restore(run, state)
         preflight_notes += [f"resume: {c} applied" for c in resume_changes]
@@ -836,7 +842,8 @@ def _finish(run: _Run) -> TrainResult:
                   "images_per_second": round(ips, 3), "processes": ctx.world_size, "device": str(run.device),
                   "amp": str(run.amp_dtype) if run.amp_dtype else "off",
                   "stop_reason": run.stop_reason or "completed",
-                  "first_step_s": round(run.first_step_s, 3) if run.first_step_s is not None else None},
+                  "first_step_s": round(run.first_step_s, 3) if run.first_step_s is not None else None,
+                  "startup_s": {k: round(v, 3) for k, v in run.startup.items()}},
         "data": {"path": str(cfg.data.path), "layout": run.task.name, "split": "val", **run.task.info},
         "model": {"name": cfg.model.name, "params": sum(p.numel() for p in run.model.parameters())},
     }
