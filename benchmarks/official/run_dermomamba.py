@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default=None, help="override PARAMS precision (official: 16); CPU smoke: 32")
     ap.add_argument("--result", default=None, help="write the result JSON here")
     ap.add_argument("--cpu-smoke", action="store_true", help="test on the CPU: stand-in scan")
+    ap.add_argument("--cpu-smoke-tiny-model", action="store_true",
+                    help="CPU smoke: replace DermoMamba by a 2-layer conv net (tests the loop, hooks, loss, "
+                         "checkpointing; the real model at 192x256 needs many GB on the CPU)")
     args = ap.parse_args(argv)
 
     clock = H.RunClock(args.t0)
@@ -170,6 +173,23 @@ def main(argv: list[str] | None = None) -> int:
         torch.optim.lr_scheduler.ReduceLROnPlateau = PlateauAcceptingVerbose
         notes.append(f"config/segmentor.py passes verbose=True to ReduceLROnPlateau, which torch {torch.__version__} "
                      "no longer accepts: a subclass drops the argument (no LR-change messages)")
+    if args.cpu_smoke and args.cpu_smoke_tiny_model:
+        net = importlib.import_module("module.model.proposed_net")
+        real = net.DermoMamba()
+        notes.append(f"CPU smoke: DermoMamba built ({sum(p.numel() for p in real.parameters())} params), then "
+                     "replaced by a 2-layer conv net for the training loop")
+        del real
+
+        class TinyNet(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                                torch.nn.Conv2d(8, 1, 3, padding=1))
+
+            def forward(self, x: Any) -> Any:
+                return self.body(x)
+
+        net.DermoMamba = TinyNet
     clock.mark("imports_done")
 
     state: dict[str, Any] = {}
