@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                 "triton_old_fwd_ms": round(of, 4), "triton_old_fwdbwd_ms": round(ofb, 4),
                 "triton_old_fwd_graph_ms": None if ogf is None else round(ogf, 4),
                 "triton_old_fwdbwd_graph_ms": None if ogfb is None else round(ogfb, 4),
-                "rel_diff_vs_old": max(rel(yn.float(), yo.float()), *(rel(a.float(), c.float()) for a, c in zip(gn, go))),
+                "rel_diff_vs_old": max(rel(yn.float(), yo.float()),
+                                       *(rel(a.float(), c.float()) for a, c in zip(gn, go))),
             }  # fmt: skip
             del yo, go, yn, gn
         if args.no_torch:
@@ -295,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         vs = "" if off_fb is None else f"({tfb / off_fb:.2f}x official {off_fb}) "
         if old:
-            vs += (f"| old kernels fwd {old['triton_old_fwd_ms']:.3f} fwd+bwd {old['triton_old_fwdbwd_ms']:.3f} ms, graph "
-                   f"{old['triton_old_fwd_graph_ms']} / {old['triton_old_fwdbwd_graph_ms']}, max rel diff "
+            vs += (f"| old kernels fwd {old['triton_old_fwd_ms']:.3f} fwd+bwd {old['triton_old_fwdbwd_ms']:.3f} ms, "
+                   f"graph {old['triton_old_fwd_graph_ms']} / {old['triton_old_fwdbwd_graph_ms']}, max rel diff "
                    f"{old['rel_diff_vs_old']:.1e} ")  # fmt: skip
         print(
             f"({b},{k},{d},{seqlen},{n}) {inp['u'].dtype} segn={row['segment_parallel']} triton fwd {tf:.3f} "
@@ -310,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out, result, indent=1)  # after every row, so partial runs keep their numbers
 
     print(f"wrote {out}")
-    print("\n| batch, K, d_inner, L, N | triton fwd | triton fwd+bwd | official fwd+bwd | ratio | torch fwd+bwd | rel_err |"
-          " old kernels fwd | old kernels fwd+bwd |")
+    print("\n| batch, K, d_inner, L, N | triton fwd | triton fwd+bwd | official fwd+bwd | ratio | torch fwd+bwd "
+          "| rel_err | old kernels fwd | old kernels fwd+bwd |")
     for r in rows:
         ratio = "-" if r["fwdbwd_vs_official"] is None else f"{r['fwdbwd_vs_official']:.2f}x"
         print(

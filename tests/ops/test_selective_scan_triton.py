@@ -196,8 +196,8 @@ def _run_extra() -> dict[str, float]:
 def _run_compiled() -> dict[str, float]:
     """The torch.compile path (custom operators) under ``fullgraph=True`` (no graph break may occur) vs the float64
     reference, forward and every gradient, for the channel-per-lane kernels (N=4, B and C passed as non-contiguous
-    views) and the segment-parallel ones (N=1 and N=2, 3 segments); then ``torch.library.opcheck`` of the forward operator
-    (runs in the child)."""
+    views) and the segment-parallel ones (N=1 and N=2, 3 segments); then ``torch.library.opcheck`` of the forward
+    operator (runs in the child)."""
     from mambaseg.ops import selective_scan
     from mambaseg.ops import selective_scan_triton as sst
 

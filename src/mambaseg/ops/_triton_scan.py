@@ -641,7 +641,7 @@ def _selective_scanN_seg_fwd_summary_kernel(
     """Map of segment ``program_id(1)`` (of ``cps`` chunks) on the state: h_end = P h_start + H, into ``sums``
     (the last segment's map is never needed: the grid stops before it)."""
     s = tl.program_id(1)
-    _, ch, mask_d, offs_n, mask_n, mask_nd, row, ud_base, bc_base, rn = _segn_setup(
+    _, ch, mask_d, offs_n, mask_n, mask_nd, _, ud_base, bc_base, rn = _segn_setup(
         tl.program_id(0), n_dblocks, G, Dg, KD, L, N, BLOCK_D, BLOCK_N
     )
     offs_c = tl.arange(0, BLOCK_L)
@@ -779,7 +779,7 @@ def _selective_scanN_seg_bwd_summary_kernel(
     x_after the adjoint at the first position after the segment, into ``sums`` as (Q, X) (the first segment's map
     is never needed: the grid starts after it)."""
     s = tl.program_id(1) + 1
-    _, ch, mask_d, offs_n, mask_n, mask_nd, row, ud_base, bc_base, rn = _segn_setup(
+    _, ch, mask_d, offs_n, mask_n, mask_nd, _, ud_base, bc_base, rn = _segn_setup(
         tl.program_id(0), n_dblocks, G, Dg, KD, L, N, BLOCK_D, BLOCK_N
     )
     offs_c = tl.arange(0, BLOCK_L)

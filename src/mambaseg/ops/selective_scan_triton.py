@@ -112,7 +112,7 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
     # whole GPU, and the sequence splits into at least SEGN_MIN_SEGS segments of at least SEGN_MIN positions
     # (their critical path is about two segments long, against the whole sequence for the kernels above).
     cfg.update(SEGN_MAX_ROWS=2048 if block_n >= 2 else 0, SEGN_PROGRAMS=4096, SEGN_MIN=128, SEGN_MIN_SEGS=4, SEGN=0,
-               CARRY_S=16, CARRY_E=128, num_warps_carry=4)
+               CARRY_S=32, CARRY_E=64, num_warps_carry=2)
     cfg["SEG1"] = min(cfg["SEG1"], max(16, _next_pow2(seqlen))) if cfg["SEG1"] else 0
     cfg["BLOCK_L_FWD"] = min(cfg["BLOCK_L_FWD"], max(2, _next_pow2(seqlen)))
     cfg["BLOCK_L_BWD"] = min(cfg["BLOCK_L_BWD"], max(2, _next_pow2(seqlen)))
