@@ -9,9 +9,13 @@ Usage (on a CUDA machine)::
 
     PYTHONUNBUFFERED=1 python benchmarks/scan_gpu.py                 # full table, writes the JSON
     python benchmarks/scan_gpu.py --sweep --no-torch --shapes 0,3    # try tile configurations
+    # DermoMamba's calls (batch 4, 192x256, bf16): the plan's kernels and, in the same process, the
+    # channel-per-lane kernels alone (the N >= 2 segment-parallel ones switched off)
+    python benchmarks/scan_gpu.py --shapes 5,6,7,8,9,10 --dtype bf16 --no-torch --old-kernels-too \\
+        --out benchmarks/results/scan_gpu_h100_dermomamba.json
 
 Anchor shapes (batch, K, d_inner, L, N) and the official CUDA kernel's times on an H100 are in
-``spec/performance-anchors.md``.
+``spec/performance-anchors.md``; shapes 5-10 are DermoMamba's (no official times).
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ ANCHORS = [
     (32, 4, 768, 256, 16, 0.68, 2.91),
     (24, 4, 96, 3136, 1, 0.234, 0.77),
     (24, 4, 192, 784, 1, 0.127, 0.418),
+    # DermoMamba training, batch 4, 192x256 input: the scans of one forward pass with few (batch, channel) rows
+    # (no official times); 5-8 and 10 take the N >= 2 segment-parallel kernels, 9 the channel-per-lane ones
+    (4, 4, 8, 49152, 16, None, None),  # stage 1 (3 calls per forward)
+    (4, 4, 16, 12288, 16, None, None),  # stage 2 (3 calls)
+    (4, 4, 32, 3072, 16, None, None),  # stage 3 (3 calls)
+    (4, 4, 64, 768, 16, None, None),  # stage 4 (3 calls)
+    (4, 4, 128, 192, 16, None, None),  # stage 5 (3 calls)
+    (4, 4, 12, 512, 16, None, None),  # bottleneck sweep (1 call)
 ]
 
 
@@ -150,6 +162,14 @@ def check(inp: dict[str, Any], gy: torch.Tensor, fp64_batch: int) -> dict[str, f
     return out
 
 
+def _uses_segn(inp: dict[str, Any]) -> bool:
+    """Whether the Triton plan of this problem (with gradients) takes the N >= 2 segment-parallel kernels."""
+    from mambaseg.ops import selective_scan_triton as sst
+
+    plan = sst._Plan(inp["u"], inp["A"], inp["B"], inp["C"], inp["D"], inp["delta_bias"], True, inp["u"].dtype, True)
+    return bool(plan.segn)
+
+
 def sweep(shapes: list[int], warmup: int, reps: int) -> list[dict[str, Any]]:
     """Time a grid of tile configurations per shape (fwd, and fwd+bwd) and print the best."""
     from mambaseg.ops import selective_scan_triton as sst
@@ -203,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-torch", action="store_true", help="skip timing the torch backend")
     ap.add_argument("--fp64-batch", type=int, default=2, help="batch slice checked against float64")
     ap.add_argument("--sweep", action="store_true", help="time tile configurations instead of the table")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="dtype of u, delta, B, C")
+    ap.add_argument("--old-kernels-too", action="store_true",
+                    help="also time the Triton scan with the N >= 2 segment-parallel kernels switched off "
+                         "(SEGN_MAX_ROWS=0: the channel-per-lane kernels), in the same process")
     ap.add_argument("--out", default=None, help="output JSON (default benchmarks/results/scan_gpu_<device>.json)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -221,18 +245,37 @@ def main(argv: list[str] | None = None) -> int:
         **environment(),
         "timing": (
             f"CUDA events, median of {args.reps} after {args.warmup} warm-up runs, one eager call per timing "
-            "(host launch overhead included); *_graph_ms: replays of a CUDA graph of the same call; inputs fp32"
+            "(host launch overhead included); *_graph_ms: replays of a CUDA graph of the same call; inputs "
+            f"{args.dtype}; triton_old_*: the same with the N >= 2 segment-parallel kernels switched off"
         ),
         "rows": [],
     }
     rows = result["rows"]
     for i in shapes:
         b, k, d, seqlen, n, off_f, off_fb = ANCHORS[i]
-        inp = make_inputs(b, k, d, seqlen, n, seed=i)
-        gy = torch.randn(b, k * d, seqlen, device="cuda")
+        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+        inp = make_inputs(b, k, d, seqlen, n, dtype=dtype, seed=i)
+        gy = torch.randn(b, k * d, seqlen, device="cuda", dtype=dtype)
         errs = check(inp, gy, args.fp64_batch)
         tf, tfb = time_backend("triton", inp, gy, args.warmup, args.reps)
         gf, gfb = graph_times("triton", inp, gy, args.reps)
+        old = {}
+        if args.old_kernels_too:
+            from mambaseg.ops import selective_scan_triton as sst
+
+            with sst.tile_override({"SEGN_MAX_ROWS": 0}):
+                of, ofb = time_backend("triton", inp, gy, args.warmup, args.reps)
+                ogf, ogfb = graph_times("triton", inp, gy, args.reps)
+                yo, go = fwd_bwd(_fn("triton"), inp, gy)
+            yn, gn = fwd_bwd(_fn("triton"), inp, gy)
+            old = {
+                "triton_old_fwd_ms": round(of, 4), "triton_old_fwdbwd_ms": round(ofb, 4),
+                "triton_old_fwd_graph_ms": None if ogf is None else round(ogf, 4),
+                "triton_old_fwdbwd_graph_ms": None if ogfb is None else round(ogfb, 4),
+                "rel_diff_vs_old": max(rel(yn.float(), yo.float()),
+                                       *(rel(a.float(), c.float()) for a, c in zip(gn, go))),
+            }  # fmt: skip
+            del yo, go, yn, gn
         if args.no_torch:
             pf = pfb = None
         else:
@@ -247,12 +290,18 @@ def main(argv: list[str] | None = None) -> int:
             "rel_err_fp64": errs["rel_err_fp64"], "rel_err_grads_fp64": errs["rel_err_grads_fp64"],
             "rel_err_grads_fp64_each": errs["rel_err_grads_fp64_each"],
             "official_cuda_fwd_ms": off_f, "official_cuda_fwdbwd_ms": off_fb,
-            "fwdbwd_vs_official": round(tfb / off_fb, 3),
+            "fwdbwd_vs_official": None if off_fb is None else round(tfb / off_fb, 3),
+            "segment_parallel": _uses_segn(inp), **old,
         }  # fmt: skip
         rows.append(row)
+        vs = "" if off_fb is None else f"({tfb / off_fb:.2f}x official {off_fb}) "
+        if old:
+            vs += (f"| old kernels fwd {old['triton_old_fwd_ms']:.3f} fwd+bwd {old['triton_old_fwdbwd_ms']:.3f} ms, "
+                   f"graph {old['triton_old_fwd_graph_ms']} / {old['triton_old_fwdbwd_graph_ms']}, max rel diff "
+                   f"{old['rel_diff_vs_old']:.1e} ")  # fmt: skip
         print(
-            f"({b},{k},{d},{seqlen},{n}) triton fwd {tf:.3f} fwd+bwd {tfb:.3f} ms "
-            f"({tfb / off_fb:.2f}x official {off_fb}) | graph fwd {gf} fwd+bwd {gfb} | torch fwd {pf} fwd+bwd {pfb} | "
+            f"({b},{k},{d},{seqlen},{n}) {inp['u'].dtype} segn={row['segment_parallel']} triton fwd {tf:.3f} "
+            f"fwd+bwd {tfb:.3f} ms {vs}| graph fwd {gf} fwd+bwd {gfb} | torch fwd {pf} fwd+bwd {pfb} | "
             f"rel_err {errs['rel_err']:.1e} grads {errs['rel_err_grads']:.1e} | fp64: {errs['rel_err_fp64']:.1e} "
             f"grads {errs['rel_err_grads_fp64']:.1e}",
             flush=True,
@@ -262,12 +311,15 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out, result, indent=1)  # after every row, so partial runs keep their numbers
 
     print(f"wrote {out}")
-    print("\n| batch, K, d_inner, L, N | triton fwd | triton fwd+bwd | official fwd+bwd | ratio | torch fwd+bwd | rel_err |")
+    print("\n| batch, K, d_inner, L, N | triton fwd | triton fwd+bwd | official fwd+bwd | ratio | torch fwd+bwd "
+          "| rel_err | old kernels fwd | old kernels fwd+bwd |")
     for r in rows:
+        ratio = "-" if r["fwdbwd_vs_official"] is None else f"{r['fwdbwd_vs_official']:.2f}x"
         print(
             f"| {r['batch']}, {r['k']}, {r['d_inner']}, {r['seqlen']}, {r['d_state']} | {r['triton_fwd_ms']:.3f} | "
-            f"{r['triton_fwdbwd_ms']:.3f} | {r['official_cuda_fwdbwd_ms']} | {r['fwdbwd_vs_official']:.2f}x | "
-            f"{r['torch_fwdbwd_ms']} | {r['rel_err']:.1e} |"
+            f"{r['triton_fwdbwd_ms']:.3f} | {r['official_cuda_fwdbwd_ms']} | {ratio} | "
+            f"{r['torch_fwdbwd_ms']} | {r['rel_err']:.1e} | {r.get('triton_old_fwd_ms', '-')} | "
+            f"{r.get('triton_old_fwdbwd_ms', '-')} |"
         )
     return 0
 

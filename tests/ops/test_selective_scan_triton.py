@@ -56,6 +56,36 @@ CASES: dict[str, tuple[dict, dict]] = {
         dict(batch=1, groups=2, d_group=3, seqlen=9, n=2, has_d=True, has_bias=False, softplus=True),
         dict(BLOCK_L_FWD=4, BLOCK_L_BWD=4, SEGMENT=4, BLOCK_D_FWD=4, BLOCK_D_BWD=4),
     ),
+    # N >= 2 segment-parallel kernels (forced: SEGN positions per segment, SEGN_MIN_SEGS=2); L not a multiple of
+    # the segment, so the last segment is partial and may hold stored-state sub-segments past L
+    "segn_n2_grouped_all_options": (  # 3 segments x 2 sub-segments x 2 backward chunks; carry in blocks of 2
+        dict(batch=2, groups=2, d_group=3, seqlen=37, n=2),
+        dict(SEGN=16, SEGN_MIN_SEGS=2, BLOCK_L_FWD=2, BLOCK_L_BWD=4, SEGMENT=8, BLOCK_D_FWD=2, BLOCK_D_BWD=4,
+             CARRY_S=2, CARRY_E=16),
+    ),
+    "segn_n16_grouped_all_options": (  # 5 segments of one 8-position sub-segment, forward chunk 4
+        dict(batch=1, groups=2, d_group=2, seqlen=37, n=16),
+        dict(SEGN=8, SEGN_MIN_SEGS=2, BLOCK_L_FWD=4, BLOCK_L_BWD=4, SEGMENT=8, CARRY_S=2, CARRY_E=8),
+    ),
+    "segn_n16_ungrouped_no_options": (
+        dict(batch=1, groups=2, d_group=2, seqlen=29, n=16, grouped=False, has_d=False, has_bias=False,
+             softplus=False),
+        dict(SEGN=8, SEGN_MIN_SEGS=2, BLOCK_L_FWD=8, BLOCK_L_BWD=4, SEGMENT=8, CARRY_S=4, CARRY_E=16),
+    ),
+    "segn_n2_d_only": (
+        dict(batch=1, groups=2, d_group=3, seqlen=27, n=2, has_d=True, has_bias=False, softplus=True),
+        dict(SEGN=8, SEGN_MIN_SEGS=2, BLOCK_L_FWD=4, BLOCK_L_BWD=4, SEGMENT=4, BLOCK_D_FWD=4, BLOCK_D_BWD=4),
+    ),
+    "segn_n4_bias_only_no_softplus": (
+        dict(batch=1, groups=1, d_group=3, seqlen=27, n=4, has_d=False, has_bias=True, softplus=False),
+        dict(SEGN=8, SEGN_MIN_SEGS=2, BLOCK_L_FWD=4, BLOCK_L_BWD=4, SEGMENT=8, BLOCK_D_FWD=4, BLOCK_D_BWD=4),
+    ),
+    # ... and with the GPU tiles (forward chunk 8, backward 8 chunks of 8 per stored state) and the segment length
+    # chosen by the plan (SEGN=0): 3 segments of 64 positions, the last partial
+    "segn_default_tiles_n16": (
+        dict(batch=1, groups=1, d_group=4, seqlen=150, n=16),
+        dict(SEGN_MIN=16, SEGN_PROGRAMS=2, SEGN_MIN_SEGS=2),
+    ),
     "bias_only_no_softplus": (
         dict(batch=1, groups=2, d_group=3, seqlen=9, n=2, has_d=False, has_bias=True, softplus=False),
         dict(BLOCK_L_FWD=4, BLOCK_L_BWD=4, SEGMENT=4, BLOCK_D_FWD=4, BLOCK_D_BWD=4),
@@ -121,6 +151,10 @@ def _run_case(name: str) -> dict[str, float]:
     return out
 
 
+# the N >= 2 segment-parallel kernels forced onto tiny problems (L = 11: 3 segments of 4 positions)
+_SEGN_SMALL = {"SEGN": 4, "SEGN_MIN_SEGS": 2, "BLOCK_L_FWD": 2, "BLOCK_L_BWD": 2, "SEGMENT": 4, "CARRY_S": 2}
+
+
 def _run_extra() -> dict[str, float]:
     """bf16 inputs and dispatch through ``selective_scan(backend="triton")`` (runs in the child)."""
     from mambaseg.ops import selective_scan
@@ -141,7 +175,7 @@ def _run_extra() -> dict[str, float]:
     out["dispatch_rel"] = _rel(y, y_ref)
     # bf16 inputs with an fp32 output (SS2D v0 under autocast): fp32 math on the bf16 values, gradients in the
     # inputs' dtypes; N=4 (channel-per-lane kernels) and N=1 (segment-parallel kernels, 3 segments)
-    for n, tiles in ((4, {}), (1, {"SEG1": 4, "BLOCK_D1": 2})):
+    for n, tiles in ((4, {}), (1, {"SEG1": 4, "BLOCK_D1": 2}), (16, _SEGN_SMALL)):
         u, delta, A, B, C, D, bias = _inputs(1, 2, 3, 11, n, seed=4)
         leaves = [t.bfloat16().requires_grad_(True) for t in (u, delta, B, C)]
         with sst.tile_override(tiles):
@@ -162,8 +196,8 @@ def _run_extra() -> dict[str, float]:
 def _run_compiled() -> dict[str, float]:
     """The torch.compile path (custom operators) under ``fullgraph=True`` (no graph break may occur) vs the float64
     reference, forward and every gradient, for the channel-per-lane kernels (N=4, B and C passed as non-contiguous
-    views) and the segment-parallel ones (N=1, 3 segments); then ``torch.library.opcheck`` of the forward operator
-    (runs in the child)."""
+    views) and the segment-parallel ones (N=1 and N=2, 3 segments); then ``torch.library.opcheck`` of the forward
+    operator (runs in the child)."""
     from mambaseg.ops import selective_scan
     from mambaseg.ops import selective_scan_triton as sst
 
@@ -172,7 +206,8 @@ def _run_compiled() -> dict[str, float]:
 
     out = {}
     compiled = torch.compile(scan, backend="aot_eager", fullgraph=True)
-    for n, tiles in ((4, {"BLOCK_L_FWD": 4, "BLOCK_L_BWD": 4, "SEGMENT": 8}), (1, {"SEG1": 4, "BLOCK_D1": 2})):
+    for n, tiles in ((4, {"BLOCK_L_FWD": 4, "BLOCK_L_BWD": 4, "SEGMENT": 8}), (1, {"SEG1": 4, "BLOCK_D1": 2}),
+                     (2, _SEGN_SMALL)):
         u, delta, A, B, C, D, bias = _inputs(2, 2, 3, 11, n, seed=5)
         if n == 4:  # (batch, G, N, L) views with the L axis not innermost in memory
             B, C = (t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (B, C))
@@ -214,8 +249,9 @@ spec.loader.exec_module(mod)
 from triton.runtime.interpreter import InterpretedFunction
 from mambaseg.ops import _triton_scan
 from mambaseg.ops import selective_scan_triton as sst
-_orig_launch, _bad = sst._launch, []
+_orig_launch, _bad, _names = sst._launch, [], []
 def _checked_launch(kernel, grid, tensors, scalars, *, num_warps, **cx):
+    _names.append(kernel.__name__)
     # the fast launch path fills the arguments after the tensors and ints from the keywords by name
     if set(cx) != set(kernel.arg_names[len(tensors) + len(scalars):]):
         _bad.append([kernel.arg_names[0], sorted(cx), kernel.arg_names[len(tensors) + len(scalars):]])
@@ -224,11 +260,14 @@ sst._launch = _checked_launch
 res = {"interpreted": all(isinstance(f, InterpretedFunction) for f in
                           (_triton_scan._selective_scan_fwd_kernel, _triton_scan._selective_scan_bwd_kernel,
                            _triton_scan._selective_scan1_fwd_kernel, _triton_scan._selective_scan1_bwd_kernel))}
+res["kernels"] = {}
 for name in mod.CASES:
+    _names.clear()
     try:
         res[name] = mod._run_case(name)
     except Exception as exc:
         res[name] = {"error": repr(exc)}
+    res["kernels"][name] = sorted(set(_names))
 try:
     res["extra"] = mod._run_extra()
 except Exception as exc:
@@ -371,6 +410,58 @@ def test_forward_and_gradients_vs_float64_reference(interp, name):
             assert err < 1e-3, f"{key}: rel err {err:.2e}"
 
 
+def test_segment_parallel_cases_ran_the_segment_parallel_kernels(interp):
+    """The ``segn_*`` cases really ran the N >= 2 segment-parallel kernels (and only those); the others did not."""
+    seg = {"_selective_scanN_seg_fwd_summary_kernel", "_selective_scanN_seg_carry_kernel",
+           "_selective_scanN_seg_fwd_kernel", "_selective_scanN_seg_bwd_summary_kernel",
+           "_selective_scanN_seg_bwd_kernel"}  # fmt: skip
+    for name, ran in interp["kernels"].items():
+        if name.startswith("segn_"):
+            assert set(ran) == seg, (name, ran)
+        else:
+            assert not seg & set(ran), (name, ran)
+
+
+def _plan_for(batch, kd, seqlen, n, groups, needs_grad=True):
+    """The plan of a problem shaped like an SS2D call (meta tensors: nothing is allocated or launched)."""
+    from mambaseg.ops import selective_scan_triton as sst
+
+    u = torch.empty(batch, kd, seqlen, device="meta")
+    A = torch.empty(kd, n, device="meta")
+    B = torch.empty(batch, groups, n, seqlen, device="meta")
+    D = torch.empty(kd, device="meta")
+    return sst._Plan(u, A, B, B, D, D, True, torch.float32, needs_grad)
+
+
+@pytest.mark.parametrize("needs_grad", [True, False])
+def test_plan_picks_segment_parallel_kernels_for_few_rows_only(needs_grad):
+    """Few rows and a long sequence (DermoMamba's first stage, (4, 32, 49152), N=16; batch-1 VM-UNet) take the N >= 2
+    segment-parallel kernels; training batches of VM-UNet, short sequences and N=1 keep their kernels."""
+    pytest.importorskip("triton")
+    from mambaseg.ops import _triton_scan as k
+
+    for batch, kd, seqlen, n, groups in ((4, 32, 49152, 16, 4), (4, 128, 3072, 16, 4), (4, 256, 768, 16, 4),
+                                         (1, 768, 4096, 16, 4), (2, 64, 8192, 2, 4), (4, 32, 49152, 8, 1)):
+        plan = _plan_for(batch, kd, seqlen, n, groups, needs_grad)
+        assert plan.segn and not plan.seg1, (batch, kd, seqlen, n)
+        assert [s.kernel for s in plan.fwd] == [k._selective_scanN_seg_fwd_summary_kernel,
+                                               k._selective_scanN_seg_carry_kernel, k._selective_scanN_seg_fwd_kernel]
+        assert [s.kernel for s in plan.bwd] == [k._selective_scanN_seg_bwd_summary_kernel,
+                                               k._selective_scanN_seg_carry_kernel, k._selective_scanN_seg_bwd_kernel]
+        assert plan.fwd[2].grid[1] >= 4 and plan.bwd[2].grid[1] == plan.fwd[2].grid[1]
+    plan = _plan_for(4, 32, 49152, 16, 4, needs_grad)
+    rows, n_seg = plan.fwd[2].grid[:2]
+    assert rows * n_seg >= 2048 and n_seg >= 64  # segments of a few hundred positions, enough programs for an H100
+    for batch, kd, seqlen, n, groups in ((32, 768, 4096, 16, 4), (32, 1536, 1024, 16, 4), (32, 3072, 256, 16, 4),
+                                         (4, 512, 192, 16, 4), (4, 512, 48, 16, 4), (4, 64, 384, 16, 4),
+                                         (24, 384, 3136, 1, 4), (1, 384, 3136, 1, 4)):
+        plan = _plan_for(batch, kd, seqlen, n, groups, needs_grad)
+        assert not plan.segn, (batch, kd, seqlen, n)
+        if n >= 2:
+            assert [s.kernel for s in plan.fwd] == [k._selective_scan_fwd_kernel]
+            assert [s.kernel for s in plan.bwd] == [k._selective_scan_bwd_kernel]
+
+
 def test_bf16_inputs_and_backend_dispatch(interp):
     res = interp["extra"]
     assert "error" not in res, res.get("error")
@@ -378,7 +469,7 @@ def test_bf16_inputs_and_backend_dispatch(interp):
     assert res["bf16_dtype_ok"] == 1.0
     assert res["bf16_rel"] < 1e-2
     assert res["dispatch_rel"] < 1e-4
-    for n in (4, 1):
+    for n in (4, 1, 16):
         assert res[f"f32out_n{n}_dtype_ok"] == 1.0
         assert res[f"f32out_n{n}_rel"] < 1e-5  # fp32 math on exactly the bf16 input values
         assert res[f"f32out_n{n}_grad_rel"] < 1e-2
@@ -410,7 +501,7 @@ def test_pick_config_table():
 def test_torch_compile_path_has_no_graph_break_and_matches_the_reference(interp):
     res = interp["compiled"]
     assert "error" not in res, res.get("error")
-    for case in ("n4", "n1", "dynamic"):
+    for case in ("n4", "n1", "n2", "dynamic"):
         assert res[f"compiled_{case}_y"] < 1e-4, res
         assert res[f"compiled_{case}_grads"] < 1e-3, res
     assert res["opcheck_ok"] == 1.0

@@ -562,3 +562,387 @@ def _selective_scan1_bwd_kernel(
         tl.atomic_add(dA_ptr + 2 * KD + ch, tl.sum(ddt, axis=1), mask=mask_d, sem="relaxed")
     tl.store(du_ptr + ud_off, du.to(du_ptr.dtype.element_ty), mask=m2)
     tl.store(ddelta_ptr + ud_off, ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# N >= 2: the sequence split into segments that run in parallel, for calls with few (batch, channel) rows (e.g.
+# DermoMamba's first stage: 128 rows of 49152 positions), where the kernels above give one warp per (batch, channel
+# block) for the whole sequence and leave most of the GPU idle.
+#
+# The tiles and the chunk loop are those of the kernels above; a program owns (BLOCK_D channels, one segment of
+# ``cps`` chunks) instead of (BLOCK_D channels, the whole sequence). Three launches per pass:
+#
+# 1. summary: every segment's affine map on the state from a zero state (forward: h_end = P h_start + H; backward,
+#    on the adjoint: x_start = X + Q x_after), per (row, state), written to ``sums``;
+# 2. carry: per (row, state) a scan of those maps over the segments, in blocks of CARRY_S segments in registers,
+#    giving the state entering every segment (forward) or the adjoint after every segment (backward);
+# 3. main: the segment run exactly from that state, as in the kernels above (y and the stored states; or every
+#    gradient).
+#
+# ``sums`` is fp32 (3, n_seg, rows * N): [first component of the maps | second component | carried value], with
+# rows = batch * KD and the element (row, n) at row * N + n.
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _segn_setup(pid_rb, n_dblocks, G, Dg, KD, L, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Channels, states, masks and base offsets of row block ``pid_rb`` (one (batch, group) pair, BLOCK_D channels):
+    ud_base (1, BLOCK_D) into u-shaped tensors, bc_base (1, BLOCK_N) into B/C, rn (BLOCK_N, BLOCK_D) the
+    (row, state) element index of ``sums``."""
+    pid_d = pid_rb % n_dblocks
+    pid_bg = pid_rb // n_dblocks
+    g = pid_bg % G
+    offs_d_loc = tl.arange(0, BLOCK_D)
+    offs_d = pid_d * BLOCK_D + offs_d_loc
+    mask_d = offs_d < Dg
+    ch = g * Dg + offs_d
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    row = (pid_bg // G).to(tl.int64) * KD + ch.to(tl.int64)
+    ud_base = row[None, :] * L
+    bc_base = (pid_bg.to(tl.int64) * N + offs_n.to(tl.int64))[None, :] * L
+    rn = row[None, :] * N + offs_n[:, None]
+    return offs_d_loc, ch, mask_d, offs_n, mask_n, mask_nd, row, ud_base, bc_base, rn
+
+
+@triton.jit
+def _load_chunk_state(u_ptr, delta_ptr, B_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, c, BLOCK_L: tl.constexpr):
+    """Raw u, delta (BLOCK_L, BLOCK_D) and B (BLOCK_L, BLOCK_N) tiles of chunk ``c`` (zeros outside [0, L))."""
+    offs_l = c * BLOCK_L + offs_c
+    mask_l = (offs_l < L) & (offs_l >= 0)
+    m2 = mask_l[:, None] & mask_d[None, :]
+    u = tl.load(u_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0)
+    dt = tl.load(delta_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0)
+    Bm = tl.load(B_ptr + bc_base + offs_l[:, None], mask=mask_l[:, None] & mask_n[None, :], other=0.0)
+    return u, dt, Bm
+
+
+@triton.jit
+def _load_chunk_adj(delta_ptr, dy_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, c, BLOCK_L: tl.constexpr):
+    """Raw delta shifted by one position, dy (BLOCK_L, BLOCK_D) and C (BLOCK_L, BLOCK_N) tiles of chunk ``c``
+    (zeros outside [0, L)): what the adjoint recurrence reads."""
+    offs_l = c * BLOCK_L + offs_c
+    mask_l = (offs_l < L) & (offs_l >= 0)
+    m2n = ((offs_l + 1 < L) & (offs_l >= 0))[:, None] & mask_d[None, :]
+    xdt1 = tl.load(delta_ptr + ud_base + offs_l[:, None] + 1, mask=m2n, other=0.0)
+    dy = tl.load(dy_ptr + ud_base + offs_l[:, None], mask=mask_l[:, None] & mask_d[None, :], other=0.0)
+    Cm = tl.load(C_ptr + bc_base + offs_l[:, None], mask=mask_l[:, None] & mask_n[None, :], other=0.0)
+    return xdt1, dy, Cm
+
+
+@triton.jit
+def _selective_scanN_seg_fwd_summary_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, sums_ptr,
+    KD, L, G, Dg, n_dblocks, n_seg, cps, RN,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """Map of segment ``program_id(1)`` (of ``cps`` chunks) on the state: h_end = P h_start + H, into ``sums``
+    (the last segment's map is never needed: the grid stops before it)."""
+    s = tl.program_id(1)
+    _, ch, mask_d, offs_n, mask_n, mask_nd, _, ud_base, bc_base, rn = _segn_setup(
+        tl.program_id(0), n_dblocks, G, Dg, KD, L, N, BLOCK_D, BLOCK_N
+    )
+    offs_c = tl.arange(0, BLOCK_L)
+    A2 = tl.load(A_ptr + ch[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32) * _LOG2E
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+    P = tl.full((BLOCK_N, BLOCK_D), 1.0, dtype=tl.float32)
+    H = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    c0 = s * cps
+    u_n, dt_n, B_n = _load_chunk_state(u_ptr, delta_ptr, B_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, c0,
+                                       BLOCK_L)
+    for c in range(c0, c0 + cps):
+        offs_l = c * BLOCK_L + offs_c
+        m2 = (offs_l < L)[:, None] & mask_d[None, :]
+        u = u_n.to(tl.float32)
+        dt = dt_n.to(tl.float32)
+        Bm = B_n.to(tl.float32)
+        u_n, dt_n, B_n = _load_chunk_state(u_ptr, delta_ptr, B_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L,
+                                           c + 1, BLOCK_L)
+        if HAS_BIAS:
+            dt = dt + bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m2, dt, 0.0)
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+        dBu = (dt * u)[:, None, :] * Bm[:, :, None]
+        a_t, b_t = tl.reduce((dA, dBu), axis=0, combine_fn=_scan_combine)
+        H = a_t * H + b_t
+        P = P * a_t
+    off = s.to(tl.int64) * RN + rn
+    tl.store(sums_ptr + off, P, mask=mask_nd)
+    tl.store(sums_ptr + n_seg.to(tl.int64) * RN + off, H, mask=mask_nd)
+
+
+@triton.jit
+def _selective_scanN_seg_carry_kernel(
+    sums_ptr, n_seg, RN,
+    CARRY_S: tl.constexpr, CARRY_E: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Per (row, state) element: fold the segment maps (first, second) of ``sums`` in segment order (REVERSE: last
+    segment first) and write into the third slab the value entering every segment: forward, the state before
+    segment s (h -> first * h + second per segment, 0 before segment 0); backward, the adjoint at the first position
+    after segment s (x -> second + first * x per segment, 0 after the last one). Segment maps are taken CARRY_S at a
+    time and scanned in registers; the map of the segment processed last is not read (never written)."""
+    offs_e = tl.program_id(0) * CARRY_E + tl.arange(0, CARRY_E)
+    mask_e = offs_e < RN
+    offs_o = tl.arange(0, CARRY_S)
+    out_ptr = sums_ptr + 2 * n_seg.to(tl.int64) * RN
+    first_s = n_seg - 1 if REVERSE else 0
+    tl.store(out_ptr + first_s.to(tl.int64) * RN + offs_e, tl.zeros((CARRY_E,), dtype=tl.float32), mask=mask_e)
+    h = tl.zeros((CARRY_E,), dtype=tl.float32)
+    for o0 in range(0, n_seg - 1, CARRY_S):
+        o = o0 + offs_o  # order of processing
+        if REVERSE:
+            s = n_seg - 1 - o
+            dest = s - 1
+        else:
+            s = o
+            dest = s + 1
+        m = (o < n_seg - 1)[:, None] & mask_e[None, :]
+        off = s.to(tl.int64)[:, None] * RN + offs_e[None, :]
+        a = tl.load(sums_ptr + off, mask=m, other=1.0)
+        b = tl.load(sums_ptr + n_seg.to(tl.int64) * RN + off, mask=m, other=0.0)
+        a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_scan_combine)
+        incl = a_s * h[None, :] + b_s
+        tl.store(out_ptr + dest.to(tl.int64)[:, None] * RN + offs_e[None, :], incl, mask=m)
+        h = tl.sum(tl.where((offs_o == CARRY_S - 1)[:, None], incl, 0.0), axis=0)
+
+
+@triton.jit
+def _selective_scanN_seg_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, sums_ptr, states_ptr,
+    KD, L, G, Dg, n_dblocks, n_chunks, n_sub, n_seg, cps, RN,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    STORE_EVERY: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    STORE_STATES: tl.constexpr,
+):
+    """y of segment ``program_id(1)``: its entering state from the carry slab of ``sums``, then the chunk loop of
+    :func:`_selective_scan_fwd_kernel` over its ``cps`` chunks, storing the state at the end of every
+    ``STORE_EVERY`` chunks (global chunk count) into ``states`` (batch * KD, n_sub, N)."""
+    s = tl.program_id(1)
+    _, ch, mask_d, offs_n, mask_n, mask_nd, row, ud_base, bc_base, rn = _segn_setup(
+        tl.program_id(0), n_dblocks, G, Dg, KD, L, N, BLOCK_D, BLOCK_N
+    )
+    offs_c = tl.arange(0, BLOCK_L)
+    A2 = tl.load(A_ptr + ch[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32) * _LOG2E
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+    st_base = (row[None, :] * n_sub) * N + offs_n[:, None]
+
+    h = tl.load(sums_ptr + (2 * n_seg + s).to(tl.int64) * RN + rn, mask=mask_nd, other=0.0)
+    c0 = s * cps
+    c_end = tl.minimum(c0 + cps, n_chunks)
+    u_n, dt_n, B_n, C_n = _load_chunk_fwd(u_ptr, delta_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L,
+                                          c0, BLOCK_L)
+    for c in range(c0, c_end):
+        offs_l = c * BLOCK_L + offs_c
+        m2 = (offs_l < L)[:, None] & mask_d[None, :]
+        u = u_n.to(tl.float32)
+        dt = dt_n.to(tl.float32)
+        Bm = B_n.to(tl.float32)
+        Cm = C_n.to(tl.float32)
+        u_n, dt_n, B_n, C_n = _load_chunk_fwd(
+            u_ptr, delta_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, c + 1, BLOCK_L
+        )
+        if HAS_BIAS:
+            dt = dt + bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m2, dt, 0.0)
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+        dBu = (dt * u)[:, None, :] * Bm[:, :, None]
+        a_s, b_s = tl.associative_scan((dA, dBu), axis=0, combine_fn=_scan_combine)
+        hs = a_s * h[None, :, :] + b_s
+        y = tl.sum(hs * Cm[:, :, None], axis=1)
+        if HAS_D:
+            y = y + Dv[None, :] * u
+        tl.store(y_ptr + ud_base + offs_l[:, None], y.to(y_ptr.dtype.element_ty), mask=m2)
+        h = tl.sum(tl.where((offs_c == BLOCK_L - 1)[:, None, None], hs, -0.0), axis=0)
+        if STORE_STATES:
+            if (c + 1) % STORE_EVERY == 0:
+                tl.store(states_ptr + st_base + ((c + 1) // STORE_EVERY - 1) * N, h, mask=mask_nd)
+
+
+@triton.jit
+def _selective_scanN_seg_bwd_summary_kernel(
+    delta_ptr, dy_ptr, A_ptr, C_ptr, bias_ptr, sums_ptr,
+    KD, L, G, Dg, n_dblocks, n_seg, cps, RN,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """Map of segment ``program_id(1) + 1`` (of ``cps`` chunks) on the adjoint: x_start = X + Q x_after, with
+    x_after the adjoint at the first position after the segment, into ``sums`` as (Q, X) (the first segment's map
+    is never needed: the grid starts after it)."""
+    s = tl.program_id(1) + 1
+    _, ch, mask_d, offs_n, mask_n, mask_nd, _, ud_base, bc_base, rn = _segn_setup(
+        tl.program_id(0), n_dblocks, G, Dg, KD, L, N, BLOCK_D, BLOCK_N
+    )
+    offs_c = tl.arange(0, BLOCK_L)
+    A2 = tl.load(A_ptr + ch[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32) * _LOG2E
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+    Q = tl.full((BLOCK_N, BLOCK_D), 1.0, dtype=tl.float32)
+    X = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    c_last = (s + 1) * cps - 1
+    xdt1_n, dy_n, C_n = _load_chunk_adj(delta_ptr, dy_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, c_last,
+                                        BLOCK_L)
+    for c_i in range(0, cps):
+        c = c_last - c_i
+        offs_l = c * BLOCK_L + offs_c
+        m2n = (offs_l + 1 < L)[:, None] & mask_d[None, :]
+        xdt1 = xdt1_n.to(tl.float32)
+        dy = dy_n.to(tl.float32)
+        Cm = C_n.to(tl.float32)
+        xdt1_n, dy_n, C_n = _load_chunk_adj(delta_ptr, dy_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L,
+                                            c - 1, BLOCK_L)
+        if HAS_BIAS:
+            xdt1 = xdt1 + bias[None, :]
+        if SOFTPLUS:
+            xdt1 = _softplus(xdt1)
+        dt1 = tl.where(m2n, xdt1, 0.0)
+        # in flipped (reversed-time) order the adjoint is a forward recurrence x' -> alpha' x' + (C dy)'
+        alpha = tl.exp2(tl.flip(dt1, 0)[:, None, :] * A2[None, :, :])
+        cdy = tl.flip(Cm, 0)[:, :, None] * tl.flip(dy, 0)[:, None, :]
+        q_t, x_t = tl.reduce((alpha, cdy), axis=0, combine_fn=_scan_combine)
+        X = q_t * X + x_t
+        Q = Q * q_t
+    off = s.to(tl.int64) * RN + rn
+    tl.store(sums_ptr + off, Q, mask=mask_nd)
+    tl.store(sums_ptr + n_seg.to(tl.int64) * RN + off, X, mask=mask_nd)
+
+
+@triton.jit
+def _selective_scanN_seg_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, sums_ptr, scratch_ptr,
+    du_ptr, ddelta_ptr, grad_ptr,
+    KD, L, G, Dg, n_dblocks, n_sub, n_seg, spg, R, RN, BGNL,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """Every gradient of segment ``program_id(1)``: the sub-segments (``R`` chunks each, ``spg`` per segment, with
+    the stored states ``states`` (batch * KD, n_sub, N) at their ends) of :func:`_selective_scan_bwd_kernel`, last
+    first, starting from the adjoint after the segment (carry slab of ``sums``). Gradient buffer as there."""
+    dB_ptr = grad_ptr
+    dC_ptr = dB_ptr + BGNL
+    dA_ptr = dC_ptr + BGNL
+    s = tl.program_id(1)
+    offs_d_loc, ch, mask_d, offs_n, mask_n, mask_nd, row, ud_base, bc_base, rn = _segn_setup(
+        tl.program_id(0), n_dblocks, G, Dg, KD, L, N, BLOCK_D, BLOCK_N
+    )
+    offs_c = tl.arange(0, BLOCK_L)
+    A = tl.load(A_ptr + ch[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
+    A2 = A * _LOG2E
+    if HAS_D:
+        Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
+    st_base = (row[None, :] * n_sub) * N + offs_n[:, None]
+    pid = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+    scr_base = scratch_ptr + pid * R * (BLOCK_N * BLOCK_D) + offs_n[:, None] * BLOCK_D + offs_d_loc[None, :]
+
+    x_carry = tl.load(sums_ptr + (2 * n_seg + s).to(tl.int64) * RN + rn, mask=mask_nd, other=0.0)
+    dA_acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    j0 = s * spg
+    j_end = tl.minimum(j0 + spg, n_sub)
+    u_n, xdt_n, xdt1_n, dy_n, B_n, C_n = _load_chunk_bwd(
+        u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, j_end * R - 1, BLOCK_L
+    )
+    for j_i in range(0, j_end - j0):
+        j = j_end - 1 - j_i
+        # forward sweep: the state entering every chunk of sub-segment j, from the stored state before it
+        has_prev = (offs_n[:, None] * 0 + j) > 0
+        h = tl.load(states_ptr + st_base + (j - 1) * N, mask=mask_nd & has_prev, other=0.0)
+        tl.store(scr_base, h)
+        for r in range(0, R - 1):
+            offs_l = (j * R + r) * BLOCK_L + offs_c
+            m2 = (offs_l < L)[:, None] & mask_d[None, :]
+            mbc = (offs_l < L)[:, None] & mask_n[None, :]
+            u = tl.load(u_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0).to(tl.float32)
+            dt = tl.load(delta_ptr + ud_base + offs_l[:, None], mask=m2, other=0.0).to(tl.float32)
+            Bm = tl.load(B_ptr + bc_base + offs_l[:, None], mask=mbc, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt = dt + bias[None, :]
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(m2, dt, 0.0)
+            dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+            dBu = (dt * u)[:, None, :] * Bm[:, :, None]
+            a_t, b_t = tl.reduce((dA, dBu), axis=0, combine_fn=_scan_combine)
+            h = a_t * h + b_t
+            tl.store(scr_base + (r + 1) * (BLOCK_N * BLOCK_D), h)
+        tl.debug_barrier()
+
+        for r_i in range(0, R):
+            r = R - 1 - r_i
+            c = j * R + r
+            offs_l = c * BLOCK_L + offs_c
+            mask_l = offs_l < L
+            m2 = mask_l[:, None] & mask_d[None, :]
+            mbc = mask_l[:, None] & mask_n[None, :]
+            m2n = (offs_l + 1 < L)[:, None] & mask_d[None, :]
+            u = u_n.to(tl.float32)
+            xdt = xdt_n.to(tl.float32)
+            xdt1 = xdt1_n.to(tl.float32)
+            dy = dy_n.to(tl.float32)
+            Bm = B_n.to(tl.float32)
+            Cm = C_n.to(tl.float32)
+            h0 = tl.load(scr_base + r * (BLOCK_N * BLOCK_D))
+            u_n, xdt_n, xdt1_n, dy_n, B_n, C_n = _load_chunk_bwd(
+                u_ptr, delta_ptr, dy_ptr, B_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, mask_n, L, c - 1, BLOCK_L
+            )
+            if HAS_BIAS:
+                xdt = xdt + bias[None, :]
+                xdt1 = xdt1 + bias[None, :]
+            if SOFTPLUS:
+                dt = _softplus(xdt)
+                dt1 = _softplus(xdt1)
+            else:
+                dt = xdt
+                dt1 = xdt1
+            dt = tl.where(m2, dt, 0.0)
+            dt1 = tl.where(m2n, dt1, 0.0)
+
+            dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+            dtu = dt * u
+            dBu = dtu[:, None, :] * Bm[:, :, None]
+            a_s, b_s = tl.associative_scan((dA, dBu), axis=0, combine_fn=_scan_combine)
+            hs = a_s * h0[None, :, :] + b_s
+            alpha = tl.exp2(tl.flip(dt1, 0)[:, None, :] * A2[None, :, :])
+            cdy = tl.flip(Cm, 0)[:, :, None] * tl.flip(dy, 0)[:, None, :]
+            ra, rb = tl.associative_scan((alpha, cdy), axis=0, combine_fn=_scan_combine)
+            xs = tl.flip(ra * x_carry[None, :, :] + rb, 0)
+
+            dC_part = tl.sum(hs * dy[:, None, :], axis=2)
+            dB_part = tl.sum(xs * dtu[:, None, :], axis=2)
+            tl.atomic_add(dC_ptr + bc_base + offs_l[:, None], dC_part, mask=mbc, sem="relaxed")
+            tl.atomic_add(dB_ptr + bc_base + offs_l[:, None], dB_part, mask=mbc, sem="relaxed")
+            xdec = xs * (hs - dBu)
+            xB = tl.sum(xs * Bm[:, :, None], axis=1)
+            ddt = xB * u + tl.sum(xdec * A[None, :, :], axis=1)
+            dA_acc += tl.sum(xdec * dt[:, None, :], axis=0)
+            du = xB * dt
+            if HAS_D:
+                du = du + Dv[None, :] * dy
+                dD_acc += tl.sum(dy * u, axis=0)
+            if SOFTPLUS:
+                ddt = ddt * _sigmoid(xdt)
+            ddt = tl.where(m2, ddt, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(du_ptr + ud_base + offs_l[:, None], du.to(du_ptr.dtype.element_ty), mask=m2)
+            tl.store(ddelta_ptr + ud_base + offs_l[:, None], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+            x_carry = tl.sum(tl.where((offs_c == 0)[:, None, None], xs, -0.0), axis=0)
+        tl.debug_barrier()
+
+    tl.atomic_add(dA_ptr + ch[None, :] * N + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
+    if HAS_D:
+        tl.atomic_add(dA_ptr + KD * N + ch, dD_acc, mask=mask_d, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dA_ptr + KD * (N + 1) + ch, dbias_acc, mask=mask_d, sem="relaxed")

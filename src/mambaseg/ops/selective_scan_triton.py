@@ -85,7 +85,13 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
         dict with ``BLOCK_N``, ``BLOCK_D_FWD``, ``BLOCK_L_FWD``, ``BLOCK_D_BWD``, ``BLOCK_L_BWD``, ``SEGMENT``
         (positions between stored states), ``num_warps``; and for N = 1 the segment-parallel kernels' ``SEG1``
         (positions per program, a power of two; 0 = use the kernels above), ``BLOCK_D1`` (channels per program),
-        ``num_warps1`` and ``SEG1_MAX_ROWS`` (the most batch x channels rows for which they are used).
+        ``num_warps1`` and ``SEG1_MAX_ROWS`` (the most batch x channels rows for which they are used); and for
+        N >= 2 the segment-parallel kernels' ``SEGN_MAX_ROWS`` (the most batch x channels rows for which they are
+        used; 0 = never), ``SEGN_PROGRAMS`` (forward programs aimed at when choosing the segment length),
+        ``SEGN_MIN`` (fewest positions per segment), ``SEGN_MIN_SEGS`` (fewest segments worth splitting into),
+        ``SEGN`` (0 = choose the segment length from the above; > 0 = that many positions, rounded up to whole
+        backward sub-segments) and ``CARRY_S`` / ``CARRY_E`` / ``num_warps_carry`` (tile and warps of the kernel
+        that carries states across segments).
     """
     block_n = _next_pow2(d_state)
     # SEGMENT: positions between the states stored by the forward pass (the backward kernel re-runs the
@@ -101,6 +107,12 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
     # e.g. batch-1 inference); with a training batch the channel-per-lane kernels were faster on the H100
     # (benchmarks/results/scan_gpu_h100_n1_sweep.json). SEG1 = 0 never uses them.
     cfg.update(SEG1=128 if block_n == 1 else 0, BLOCK_D1=16, num_warps1=4, SEG1_MAX_ROWS=4096)
+    # N >= 2: the segment-parallel kernels (the tiles above, one program per (channel block, segment)) when
+    # batch * channels <= SEGN_MAX_ROWS, i.e. when the kernels above would run at most 128 warps (forward) on the
+    # whole GPU, and the sequence splits into at least SEGN_MIN_SEGS segments of at least SEGN_MIN positions
+    # (their critical path is about two segments long, against the whole sequence for the kernels above).
+    cfg.update(SEGN_MAX_ROWS=2048 if block_n >= 2 else 0, SEGN_PROGRAMS=4096, SEGN_MIN=128, SEGN_MIN_SEGS=4, SEGN=0,
+               CARRY_S=32, CARRY_E=64, num_warps_carry=2)
     cfg["SEG1"] = min(cfg["SEG1"], max(16, _next_pow2(seqlen))) if cfg["SEG1"] else 0
     cfg["BLOCK_L_FWD"] = min(cfg["BLOCK_L_FWD"], max(2, _next_pow2(seqlen)))
     cfg["BLOCK_L_BWD"] = min(cfg["BLOCK_L_BWD"], max(2, _next_pow2(seqlen)))
@@ -280,15 +292,32 @@ def _fire(step: _Step, tensors: tuple) -> None:
                              **step.constexprs)  # fmt: skip
 
 
+def _segn_block_d(block_d: int, d_group: int, block_n: int) -> int:
+    """Channels per program of the N >= 2 segment-parallel kernels: ``block_d`` halved while the half still covers
+    the group's channels and, with the states, a warp's 32 lanes (no lanes idle on channels that do not exist,
+    e.g. 8 channels per group at N = 16: 8, not 16)."""
+    while block_d > 1 and block_d // 2 >= d_group and (block_d // 2) * block_n >= 32:
+        block_d //= 2
+    return block_d
+
+
+def _segn_length(cfg: dict[str, Any], seqlen: int, row_blocks: int, unit: int) -> int:
+    """Positions per segment of the N >= 2 segment-parallel kernels (a multiple of ``unit``): ``SEGN`` when set,
+    else the length giving about ``SEGN_PROGRAMS`` forward programs over ``row_blocks`` channel blocks, at least
+    ``SEGN_MIN``."""
+    want = cfg["SEGN"] or max(cfg["SEGN_MIN"], -(-seqlen // max(1, cfg["SEGN_PROGRAMS"] // row_blocks)))
+    return -(-want // unit) * unit
+
+
 class _Plan:
     """Everything one call needs besides its tensors, worked out once per problem: (shapes, dtypes, flags, device)
-    and whether gradients are needed. The kernels are the N = 1 segment-parallel pair (``seg1``) or the
-    channel-per-lane forward and backward kernels; ``fwd`` and ``bwd`` are their launches in order, and the
-    backward pass adds dA, dB, dC, dD, dbias into one zeroed fp32 buffer of ``buf_numel`` floats (see
-    :func:`_grad_views`)."""
+    and whether gradients are needed. The kernels are the N = 1 segment-parallel pair (``seg1``), the N >= 2
+    segment-parallel triple (``segn``: summary, carry, main) or the channel-per-lane forward and backward kernels;
+    ``fwd`` and ``bwd`` are their launches in order, and the backward pass adds dA, dB, dC, dD, dbias into one
+    zeroed fp32 buffer of ``buf_numel`` floats (see :func:`_grad_views`)."""
 
-    __slots__ = ("seg1", "n_seg", "out_dtype", "states_shape", "sums_numel", "scratch_numel", "buf_numel", "fwd",
-                 "bwd")  # fmt: skip
+    __slots__ = ("seg1", "segn", "n_seg", "out_dtype", "states_shape", "sums_numel", "scratch_numel", "buf_numel",
+                 "fwd", "bwd")  # fmt: skip
 
     def __init__(self, u, A, B, C, D, bias, softplus: bool, out_dtype: torch.dtype, needs_grad: bool):
         k = _kernels()
@@ -301,6 +330,7 @@ class _Plan:
         cfg = _config(int(d_group), int(seqlen), int(n))
         self.out_dtype = out_dtype
         self.seg1 = n == 1 and bool(cfg.get("SEG1")) and batch * kd <= cfg["SEG1_MAX_ROWS"]
+        self.segn = False
         flags = dict(HAS_BIAS=bias is not None, SOFTPLUS=softplus)
         bgnl = batch * groups * n * seqlen  # floats of dB (and of dC) in the gradient buffer
         if self.seg1:
@@ -330,22 +360,77 @@ class _Plan:
             elif not needs_grad:
                 seg = bl
             self.n_seg = n_seg = -(-seqlen // seg)
-            n_dblocks = -(-d_group // cfg["BLOCK_D_FWD"])
             self.states_shape = (batch, kd, n_seg, n) if needs_grad else (1,)
-            self.sums_numel = 0
             common = dict(N=n, BLOCK_N=cfg["BLOCK_N"], HAS_D=D is not None, num_warps=cfg["num_warps"], **flags)
-            self.fwd = (_Step(k._selective_scan_fwd_kernel, (batch * groups * n_dblocks,),
-                              (kd, seqlen, groups, d_group, n_dblocks, -(-seqlen // bl), n_seg),
-                              BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_L=bl, STORE_EVERY=seg // bl,
-                              STORE_STATES=needs_grad, **common),)  # fmt: skip
-            bd = cfg["BLOCK_D_BWD"]
-            n_dblocks = -(-d_group // bd)
-            n_prog = batch * groups * n_dblocks
-            self.scratch_numel = n_prog * seg_chunks * cfg["BLOCK_N"] * bd
-            self.bwd = (_Step(k._selective_scan_bwd_kernel, (n_prog,),
-                              (kd, seqlen, groups, d_group, n_dblocks, n_seg, seg_chunks, bgnl),
-                              BLOCK_D=bd, BLOCK_L=cfg["BLOCK_L_BWD"], **common),)  # fmt: skip
+            # N >= 2 with few rows: the same tiles, one program per (channel block, segment of ``segl`` positions,
+            # a whole number of the stored-state segments above)
+            bd_f = _segn_block_d(cfg["BLOCK_D_FWD"], d_group, cfg["BLOCK_N"])
+            rb_f = batch * groups * -(-d_group // bd_f)
+            segl = _segn_length(cfg, seqlen, rb_f, seg)
+            n_par = -(-seqlen // segl)
+            self.segn = (n >= 2 and 0 < batch * kd <= cfg["SEGN_MAX_ROWS"] and n_par >= cfg["SEGN_MIN_SEGS"]
+                         and n_par >= 2)  # fmt: skip
+            if self.segn:
+                self._segn_steps(k, cfg, batch, kd, seqlen, n, groups, d_group, bl, seg, seg_chunks, segl, n_par,
+                                 bgnl, common, flags, needs_grad)  # fmt: skip
+            else:
+                n_dblocks = -(-d_group // cfg["BLOCK_D_FWD"])
+                self.sums_numel = 0
+                self.fwd = (_Step(k._selective_scan_fwd_kernel, (batch * groups * n_dblocks,),
+                                  (kd, seqlen, groups, d_group, n_dblocks, -(-seqlen // bl), n_seg),
+                                  BLOCK_D=cfg["BLOCK_D_FWD"], BLOCK_L=bl, STORE_EVERY=seg // bl,
+                                  STORE_STATES=needs_grad, **common),)  # fmt: skip
+                bd = cfg["BLOCK_D_BWD"]
+                n_dblocks = -(-d_group // bd)
+                n_prog = batch * groups * n_dblocks
+                self.scratch_numel = n_prog * seg_chunks * cfg["BLOCK_N"] * bd
+                self.bwd = (_Step(k._selective_scan_bwd_kernel, (n_prog,),
+                                  (kd, seqlen, groups, d_group, n_dblocks, n_seg, seg_chunks, bgnl),
+                                  BLOCK_D=bd, BLOCK_L=cfg["BLOCK_L_BWD"], **common),)  # fmt: skip
         self.buf_numel = 2 * bgnl + kd * (n + 2)
+
+    def _segn_steps(self, k, cfg, batch, kd, seqlen, n, groups, d_group, bl, seg, seg_chunks, segl, n_par, bgnl,
+                    common, flags, needs_grad) -> None:
+        """Launches of the N >= 2 segment-parallel kernels: ``n_par`` segments of ``segl`` positions (a multiple of
+        ``seg``, the positions between stored states, itself a multiple of the forward chunk ``bl``). Each pass is
+        summary (grid: channel blocks x all segments but one), carry (grid: (row, state) elements / CARRY_E), main
+        (channel blocks x segments); ``sums`` (3 x n_par x rows x N fp32) is allocated per pass."""
+        rn = batch * kd * n
+        self.sums_numel = 3 * n_par * rn
+        bn = cfg["BLOCK_N"]
+        carry = dict(CARRY_S=cfg["CARRY_S"], CARRY_E=cfg["CARRY_E"], num_warps=cfg["num_warps_carry"])
+        carry_grid = (-(-rn // cfg["CARRY_E"]),)
+        # forward: the state tiles of the kernel above
+        bd = _segn_block_d(cfg["BLOCK_D_FWD"], d_group, bn)
+        n_db = -(-d_group // bd)
+        rb = batch * groups * n_db
+        cps = segl // bl
+        tiles = dict(N=n, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=bl, num_warps=cfg["num_warps"])
+        base = (kd, seqlen, groups, d_group, n_db)
+        self.fwd = (
+            _Step(k._selective_scanN_seg_fwd_summary_kernel, (rb, n_par - 1), (*base, n_par, cps, rn), **tiles,
+                  **flags),
+            _Step(k._selective_scanN_seg_carry_kernel, carry_grid, (n_par, rn), REVERSE=False, **carry),
+            _Step(k._selective_scanN_seg_fwd_kernel, (rb, n_par),
+                  (*base, -(-seqlen // bl), self.n_seg, n_par, cps, rn), **tiles, STORE_EVERY=seg // bl,
+                  HAS_D=common["HAS_D"], STORE_STATES=needs_grad, **flags),
+        )  # fmt: skip
+        # backward: the backward tiles; sub-segments of ``seg_chunks`` chunks, ``segl // seg`` per segment
+        bd = _segn_block_d(cfg["BLOCK_D_BWD"], d_group, bn)
+        n_db = -(-d_group // bd)
+        rb = batch * groups * n_db
+        blb = cfg["BLOCK_L_BWD"]
+        tiles = dict(N=n, BLOCK_D=bd, BLOCK_N=bn, BLOCK_L=blb, num_warps=cfg["num_warps"])
+        base = (kd, seqlen, groups, d_group, n_db)
+        self.scratch_numel = rb * n_par * seg_chunks * bn * bd
+        self.bwd = (
+            _Step(k._selective_scanN_seg_bwd_summary_kernel, (rb, n_par - 1), (*base, n_par, segl // blb, rn),
+                  **tiles, **flags),
+            _Step(k._selective_scanN_seg_carry_kernel, carry_grid, (n_par, rn), REVERSE=True, **carry),
+            _Step(k._selective_scanN_seg_bwd_kernel, (rb, n_par),
+                  (*base, self.n_seg, n_par, segl // seg, seg_chunks, rn, bgnl), **tiles, HAS_D=common["HAS_D"],
+                  **flags),
+        )  # fmt: skip
 
 
 # plans by (shapes, dtypes, flags, device) of CUDA calls; the shape checks ran when a plan was made
@@ -401,6 +486,12 @@ def _run_forward(plans: dict[bool, _Plan], u, delta, A, B, C, D, bias, softplus:
         if plan.fwd[0] is not None:
             _fire(plan.fwd[0], (u, delta, A, B, bias_arg, sums))
         _fire(plan.fwd[1], (u, delta, A, B, C, D_arg, bias_arg, y, sums, states))
+    elif plan.segn:
+        sums = torch.empty(plan.sums_numel, device=dev, dtype=torch.float32)
+        states = torch.empty(plan.states_shape, device=dev, dtype=torch.float32)
+        _fire(plan.fwd[0], (u, delta, A, B, bias_arg, sums))
+        _fire(plan.fwd[1], (sums,))
+        _fire(plan.fwd[2], (u, delta, A, B, C, D_arg, bias_arg, y, sums, states))
     else:
         states = torch.empty(plan.states_shape, device=dev, dtype=torch.float32)
         _fire(plan.fwd[0], (u, delta, A, B, C, D_arg, bias_arg, y, states))
@@ -421,6 +512,12 @@ def _run_backward(plan: _Plan, u, delta, A, B, C, D, bias, states, dy) -> tuple:
         if plan.bwd[0] is not None:
             _fire(plan.bwd[0], (delta, dy, A, C, bias_arg, sums))
         _fire(plan.bwd[1], (u, delta, A, B, C, D_arg, bias_arg, dy, states, sums, du, ddelta, buf))
+    elif plan.segn:
+        sums = torch.empty(plan.sums_numel, device=dev, dtype=torch.float32)
+        scratch = torch.empty(plan.scratch_numel, device=dev, dtype=torch.float32)
+        _fire(plan.bwd[0], (delta, dy, A, C, bias_arg, sums))
+        _fire(plan.bwd[1], (sums,))
+        _fire(plan.bwd[2], (u, delta, A, B, C, D_arg, bias_arg, dy, states, sums, scratch, du, ddelta, buf))
     else:
         scratch = torch.empty(plan.scratch_numel, device=dev, dtype=torch.float32)
         _fire(plan.bwd[0], (u, delta, A, B, C, D_arg, bias_arg, dy, states, scratch, du, ddelta, buf))
