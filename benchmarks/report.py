@@ -374,6 +374,46 @@ def mustshow_rows(name, d):
     return [{"what": d.get("what", "-"), "headline": "; ".join(metrics + seconds)}]
 
 
+def scan_old_new_rows(name, d):
+    return [{"shape (B,K,D,L,N)": shape(r), "path": "segment-parallel" if r.get("segment_parallel") else "per channel",
+             "fwd ms": fmt(r["triton_fwd_ms"]), "fwd+bwd ms": fmt(r["triton_fwdbwd_ms"]),
+             "old kernels fwd+bwd ms": fmt(r.get("triton_old_fwdbwd_ms")),
+             "speed-up": fmt(r["triton_old_fwdbwd_ms"] / r["triton_fwdbwd_ms"], ".1f") + "x"
+             if r.get("triton_old_fwdbwd_ms") else "-",
+             "max rel. diff vs old": fmt(r.get("rel_diff_vs_old"), ".1e")}
+            for r in d["rows"]]
+
+
+def step_profile_rows(name, d):
+    top = d["top_kernels"][:3]
+    return [{"recipe": d["recipe"], "batch": d["batch"], "step ms (wall)": fmt(d["step_ms_wall"], ".1f"),
+             "GPU kernels ms": fmt(d["gpu_kernel_ms_per_step"], ".1f"),
+             "launches / step": fmt(d["kernel_launches_per_step"], ".0f"),
+             "top kernels (ms/step)": "; ".join(f"{k['kernel'][:40]} {k['ms_per_step']:.1f}" for k in top)}]
+
+
+def recipe_wall_rows(name, d):
+    rows = []
+    for model, m in d["models"].items():
+        for side in ("official", "mambaseg"):
+            r = m.get(side) or {}
+            if not r:
+                continue
+            rows.append({"model": model, "side": side, "epochs": r.get("epochs_run"),
+                         "wall s": fmt(r.get("wall_to_final_metrics_s") or r.get("wall_s"), ".1f"),
+                         "first step s": fmt(r.get("first_step_s"), ".1f"),
+                         "s / epoch (median)": fmt(r.get("epoch_s_median"), ".2f"),
+                         "data / step / val / ckpt share": " / ".join(
+                             fmt(r.get(f"share_{k}"), ".2f") for k in ("data", "step", "val", "ckpt")),
+                         "val pooled DSC": fmt(r.get("pooled_dsc_final"), ".4f")})
+        cmp = m.get("compare") or {}
+        if cmp.get("wall_ratio") is not None:
+            rows.append({"model": model, "side": "mambaseg / official", "wall s": fmt(cmp["wall_ratio"], ".3f") + "x",
+                         "first step s": fmt(cmp.get("first_step_ratio"), ".2f") + "x",
+                         "s / epoch (median)": fmt(cmp.get("epoch_s_ratio"), ".3f") + "x"})
+    return rows
+
+
 # (title, file-name pattern, rows function, what the section shows); a file belongs to the first family it matches
 FAMILIES = [
     ("Selective scan on the CPU", r"scan_cpu.*", scan_cpu_rows,
@@ -381,12 +421,21 @@ FAMILIES = [
     ("Selective scan on the GPU against the official kernel", r"scan_vs_official_.*", scan_vs_official_rows,
      "`benchmarks/scan_vs_official.py`: ours and the official CUDA kernel timed round by round in one process "
      "(eager forward+backward, median over rounds; graph = CUDA-graph replay, GPU time only)."),
+    ("Selective scan on the GPU: segment-parallel kernels against the per-channel ones", r"scan_gpu_.*dermomamba.*",
+     scan_old_new_rows, "`benchmarks/scan_gpu.py --old-kernels-too`: DermoMamba's calls (batch 4, 192x256, bf16) with "
+     "the plan's kernels and, in the same process, the per-channel kernels alone."),
     ("Selective scan on the GPU against the fixed anchor numbers", r"scan_gpu_[^_]+\.json", scan_gpu_rows,
      "`benchmarks/scan_gpu.py`: eager times against the official kernel's fixed anchor numbers, and the relative "
      "error of the gradients against the torch backend."),
     ("Selective scan on the GPU: sweeps, host time and probes", r"scan_gpu_.*", scan_profile_rows,
      "`benchmarks/scan_gpu.py --sweep` and `benchmarks/scan_profile.py`: tile sweeps, host-time breakdowns and A/B "
      "repeats; one row per part of a file that records its own command (best time per shape and mode)."),
+    ("Time to result: whole recipes against the official scripts", r"recipe_wall_.*", recipe_wall_rows,
+     "`benchmarks/recipe_wall.py`: the official training script and `mambaseg train --recipe` on the same data and "
+     "epochs, one after the other on one GPU; wall = process start to final metrics."),
+    ("One training step, profiled", r"step_profile_.*", step_profile_rows,
+     "`benchmarks/step_profile.py`: GPU kernel time and launches of one training step (measured before the "
+     "segment-parallel scan kernels for DermoMamba)."),
     ("Training speed", r"train_speed_.*", train_speed_rows,
      "`benchmarks/train_speed.py`: VM-UNet training and inference throughput and peak memory, next to the official "
      "code's anchor numbers."),
