@@ -39,6 +39,7 @@ __all__ = [
     "make_folds",
     "resolve_folds",
     "select_pool",
+    "take_cases",
 ]
 
 FOLDS_FORMAT = "mambaseg-folds/1"
@@ -158,28 +159,36 @@ def case_pool(path: str | Path, layout: str) -> list[str]:
     return sorted(ids)
 
 
+def take_cases(arrays: dict[str, np.ndarray], ids: list[str], path: str | Path = "") -> dict[str, np.ndarray]:
+    """The arrays (``images``, ``masks``, ``orig_sizes`` when stored, ``ids``) of the cases ``ids`` of an ``npz2d``
+    cache, looked up in its train + val pool, in the order given.
+
+    Raises:
+        DatasetError: an id is not in the pool (names up to five).
+    """
+    pool_splits = [s for s in ("train", "val") if f"{s}_ids" in arrays]
+    where = {i: (s, j) for s in pool_splits for j, i in enumerate(str(x) for x in arrays[f"{s}_ids"])}
+    unknown = [i for i in ids if i not in where]
+    if unknown:
+        raise DatasetError(f"{path}: {len(unknown)} case id(s) not in the cache's train/val splits: {unknown[:5]}")
+    rows = [where[i] for i in ids]
+    part: dict[str, np.ndarray] = {}
+    for key in ("images", "masks", "orig_sizes"):
+        if rows and all(f"{s}_{key}" in arrays for s in pool_splits):
+            part[key] = np.stack([arrays[f"{s}_{key}"][j] for s, j in rows])
+    part["ids"] = np.asarray(list(ids))
+    return part
+
+
 def select_pool(arrays: dict[str, np.ndarray], split_file: str | Path, path: str | Path,
                 splits: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
     """``npz2d`` with a split file: the arrays of each wanted split (``train``/``val``) taken by id from the cache's
-    train + val pool; ``test`` stays as stored. Returns ``{split: {"images", "masks", "ids", "orig_sizes"}}``."""
+    train + val pool (:func:`take_cases`); ``test`` stays as stored. The split file must cover exactly that pool."""
     from mambaseg.data.splits import _load_split_file
 
-    pool_splits = [s for s in ("train", "val") if f"{s}_ids" in arrays]
-    ids = [str(i) for s in pool_splits for i in arrays[f"{s}_ids"]]
-    where = {i: (s, j) for s in pool_splits for j, i in enumerate(str(x) for x in arrays[f"{s}_ids"])}
-    sel = _load_split_file(Path(split_file), ids)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for split in splits:
-        if split not in ("train", "val"):
-            continue
-        rows = [where[i] for i in sel[split]]
-        part: dict[str, np.ndarray] = {}
-        for key in ("images", "masks", "orig_sizes"):
-            if all(f"{s}_{key}" in arrays for s in pool_splits):
-                part[key] = np.stack([arrays[f"{s}_{key}"][j] for s, j in rows]) if rows else np.zeros((0,))
-        part["ids"] = np.asarray(sel[split])
-        out[split] = part
-    return out
+    pool = [str(i) for s in ("train", "val") if f"{s}_ids" in arrays for i in arrays[f"{s}_ids"]]
+    sel = _load_split_file(Path(split_file), pool)
+    return {split: take_cases(arrays, sel[split], path) for split in splits if split in ("train", "val")}
 
 
 def iter_cases(dataset: Any) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:

@@ -128,29 +128,13 @@ def _held_out_dataset(cfg: RunConfig, path: str, layout: str, ids: Sequence[str]
                                ids=list(ids), in_chans=in_chans)
     if layout == "npz2d":
         from mambaseg.data.cache import ArrayDataset2D
-        from mambaseg.data.folds import select_pool
+        from mambaseg.data.folds import take_cases
 
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        tmp = _ids_file(ids)
-        try:
-            part = select_pool(arrays, tmp, path, ("val",))["val"]
-        finally:
-            tmp.unlink()
+            part = take_cases({k: z[k] for k in z.files}, list(ids), path)
         return ArrayDataset2D(part["images"], part["masks"], [str(s) for s in part["ids"]],
                               image_size=tuple(int(s) for s in part["images"].shape[1:3]), augment=False)
     raise ValueError(f"cross-validation supports folder2d and npz2d data, not {layout!r}")
-
-
-def _ids_file(ids: Sequence[str]) -> Path:
-    """A temporary split file holding ``ids`` as ``val`` (``select_pool`` reads split files only)."""
-    import json
-    import tempfile
-
-    fd, name = tempfile.mkstemp(suffix=".json")
-    with open(fd, "w") as f:
-        json.dump({"train": [], "val": list(ids)}, f)
-    return Path(name)
 
 
 def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = None, tta: str | None = None,

@@ -138,7 +138,7 @@ def score_cases(
         "dice": pooled["dsc"], "iou": pooled["iou"], "per_case_dice": per_case["dsc"], "n_cases": len(rows),
         "pooled": pooled, "per_case": per_case,
         "n_below": {"threshold": low_dice, "count": sum(r["dice"] < low_dice for r in ranked)},
-        "worst": [{"id": r["id"], "dice": r["dice"]} for r in ranked[:worst]],
+        "worst": [{"id": r["id"], "dice": _json_num(r["dice"])} for r in ranked[:worst]],
     }
     if surface:
         out["hd95"] = _mean([r["hd95"] for r in rows])
