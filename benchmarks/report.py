@@ -355,6 +355,7 @@ def acdc_rows(name, d):
         "test Dice": fmt(test["dice"], ".3f"),
         "test RV / Myo / LV Dice": " / ".join(f"{test['classes'][c]['dice']:.3f}" for c in ("RV", "Myo", "LV")),
         "test HD95 vox": fmt(test["hd95"], ".1f"),
+        **({"test Dice + flip TTA": fmt(d["test_tta_flip"]["dice"], ".3f")} if "test_tta_flip" in d else {}),
         "train img/s": fmt(d["train_images_per_second"], ".1f"),
         "wall min": fmt(d["wall_s"]["total"] / 60, ".1f"),
     }]
