@@ -111,3 +111,30 @@ def test_cross_validation_on_an_npz2d_cache(tiny_model, cv_data, tmp_path):
         evaluate_cv(root)
     with pytest.raises(ValueError, match="out of range"):
         train_folds(tiny_config(cache, root), folds=2, fold=2)
+
+
+def test_cli_folds_one_at_a_time_then_evaluate_cv(tiny_model, cv_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from mambaseg.cli import app
+    from mambaseg.cli._common import state
+
+    state.debug = False
+    runner = CliRunner()
+    root = tmp_path / "cvroot"
+    base = ["train", "--model", tiny_model, "--data", str(cv_data), "--epochs", "1", "--image-size", "32",
+            "--batch-size", "4", "--device", "cpu", "--out", str(root), "--no-progress", "--folds", "2",
+            "--set", "data.validate=false", "--set", 'train.amp="off"']
+    for fold in ("0", "1"):
+        res = runner.invoke(app, base + ["--fold", fold])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, base + ["--fold", "all"])
+    assert res.exit_code == 0 and "skipped" in res.output
+    res = runner.invoke(app, base + ["--fold", "7"])
+    assert res.exit_code == 1 and "out of range" in res.output
+    res = runner.invoke(app, ["evaluate", "--cv", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_cases"] == 12 and out["k"] == 2 and out["tta"] == "none"
+    res = runner.invoke(app, ["evaluate", "--cv", str(tmp_path)])
+    assert res.exit_code == 1 and "splits_final.json" in res.output

@@ -145,3 +145,18 @@ def test_predict_and_evaluate_with_tta_and_ensemble(tmp_path, synthetic_data_mod
         g = np.asarray(Image.open(synthetic_data_module / "val" / "masks" / f.name)) > 127
         tp += int((m & g).sum()); fp += int((m & ~g).sum()); fn += int((~m & g).sum())
     assert ev["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4)
+
+
+def test_volumes_are_predicted_slice_by_slice_with_tta():
+    from mambaseg.inference import predict_volume
+
+    torch.manual_seed(2)
+    model = _Symmetric(num_classes=3, in_chans=1).eval()
+    vol = np.random.default_rng(0).random((3, 20, 24)).astype(np.float32)
+    plain = predict_volume(model, vol, image_size=16, device="cpu")
+    tta = predict_volume(ProbabilityEnsemble([model], tta="flip"), vol, image_size=16, device="cpu")
+    assert plain.shape == tta.shape == (3, 20, 24)
+    assert np.array_equal(plain, tta)  # equivariant model: mirroring changes nothing, slice by slice
+    other = nn.Conv2d(1, 3, 5, padding=2)
+    diff = predict_volume(ProbabilityEnsemble([other], tta="flip"), vol, image_size=16, device="cpu")
+    assert not np.array_equal(diff, predict_volume(other, vol, image_size=16, device="cpu"))
