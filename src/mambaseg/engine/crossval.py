@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -108,13 +109,16 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
             n_tr, n_va = len(record["folds"][i]["train"]), len(record["folds"][i]["val"])
             console.print(f"fold {i}/{folds - 1}: {n_tr} training cases, {n_va} held out -> {run_dir}",
                           highlight=False)
+        rank = int(os.environ.get("RANK", "0"))  # under torchrun only the main process predicts
         if not finished:
             if has_run and not resume:
                 raise ValueError(f"{run_dir} holds an unfinished fold; pass --resume to continue it")
             results.append(train(fcfg, resume=True if has_run else None, console=console,
                                  show_progress=show_progress))
-        for which in OOF_CHECKPOINTS:
-            predict_oof(run_dir, which, tta=tta, device=device or fcfg.train.device)
+            rank = results[-1].rank
+        if rank == 0:
+            for which in OOF_CHECKPOINTS:
+                predict_oof(run_dir, which, tta=tta, device=device or fcfg.train.device)
     return results
 
 

@@ -734,8 +734,8 @@ def _validate(run: _Run, epoch: int) -> dict[str, Any]:
 
     Returns the epoch record's ``val``/``best`` entries."""
     tc = run.cfg.train
-    run.hooks.before_validation(run.model, epoch)
     evaluated = run.ema.model if run.ema is not None else run.model  # EMA: the average is validated and saved
+    run.hooks.before_validation(evaluated, epoch)
     metrics = run.task.evaluator.evaluate(evaluated, run.task.val, run.eval_ctx)  # type: ignore[arg-type]
     value = lookup_metric(metrics, tc.best_metric)
     if run.plateau:
