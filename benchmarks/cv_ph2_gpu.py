@@ -15,7 +15,8 @@ stop after the epoch that crosses it (a run it cuts has not finished its schedul
 Writes ``<results-dir>/cv_ph2_<recipe>_s<seed>.json``: pooled out-of-fold DSC/IoU (each with its selection rule),
 per-case DSC list, worst cases, number of cases below 80 DSC, per-fold training facts (epochs, stop reason, wall time,
 largest drop of validation Dice between consecutive epochs), environment, command, date. A fold already trained in
-``--runs`` is not trained again (the runs resume), so a stopped job can be restarted with the same command.
+``--runs`` is not trained again and an unfinished one resumes from its ``last.pt`` (written every 5 minutes), so a
+job stopped by a per-command time limit continues when the same command is run again.
 
 Scores are computed at the cache's resolution (256x256, or 192x256 for DermoMamba): the npz2d cache stores the
 ground truth at network size.
@@ -85,7 +86,7 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
                          f"--data ../shared/data/ph2_dev --image-size {size[0]},{size[1]} --out {cache}")
     root = runs / f"cv_ph2_{recipe}_s{seed}"
     sets = [f"data.path={cache}", f"train.seed={seed}", f"data.split_seed={split_seed}", f"train.out={root}",
-            f"train.device={device}", "train.checkpoint_every=1000000"]
+            f"train.device={device}"]  # last.pt every 5 minutes (the default): a killed job resumes its fold
     if epochs is not None:
         sets.append(f"train.epochs={epochs}")
     if minutes_per_fold is not None:

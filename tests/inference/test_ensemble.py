@@ -119,8 +119,8 @@ def test_cv_root_expands_to_its_fold_checkpoints_and_mismatches_are_refused(tmp_
         load_ensemble([a, other], device="cpu")
     with pytest.raises(ValueError, match="--tta"):
         load_ensemble([a], tta="rot90", device="cpu")
-    with pytest.raises(FileNotFoundError, match="fold_"):
-        load_ensemble([tmp_path / "cv" / "fold_0"], which="last")
+    with pytest.raises(FileNotFoundError, match="no fold"):
+        load_ensemble([tmp_path / "cv"], which="last")
 
 
 def test_predict_and_evaluate_with_tta_and_ensemble(tmp_path, synthetic_data_module):

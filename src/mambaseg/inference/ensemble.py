@@ -87,11 +87,12 @@ class ProbabilityEnsemble(nn.Module):
 
 
 def expand_checkpoints(paths: Sequence[str | Path], *, which: str = "best") -> list[Path]:
-    """Checkpoint files from files and cross-validation roots (a folder with ``fold_*/checkpoints/<which>.pt``, or a
-    run folder with ``checkpoints/<which>.pt``).
+    """Checkpoint files from files and cross-validation roots (a folder with ``fold_*/checkpoints/<which>.pt``,
+    expanded in fold order). Any other folder is passed on as it is, so loading it fails with the checkpoint loader's
+    message (which names the file to pass).
 
     Raises:
-        FileNotFoundError: a path does not exist, or a folder holds no such checkpoint.
+        FileNotFoundError: a path does not exist, or a cross-validation root has no fold checkpoint yet.
     """
     out: list[Path] = []
     for raw in paths:
@@ -104,11 +105,11 @@ def expand_checkpoints(paths: Sequence[str | Path], *, which: str = "best") -> l
         folds = sorted(p.glob(f"fold_*/checkpoints/{which}.pt"), key=lambda f: _fold_index(f.parent.parent))
         if folds:
             out += folds
-        elif (p / "checkpoints" / f"{which}.pt").is_file():
-            out.append(p / "checkpoints" / f"{which}.pt")
-        else:
-            raise FileNotFoundError(f"--checkpoint {str(p)!r} is a folder without fold_*/checkpoints/{which}.pt (a "
-                                    f"cross-validation root) or checkpoints/{which}.pt (a run)")
+        elif list(p.glob("fold_*")):
+            raise FileNotFoundError(f"--checkpoint {str(p)!r}: no fold of this cross-validation root has "
+                                    f"checkpoints/{which}.pt yet")
+        else:  # any other folder: the checkpoint loader names it and says which file to pass
+            out.append(p)
     if not out:
         raise FileNotFoundError("no checkpoint given")
     return out
