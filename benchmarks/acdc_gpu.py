@@ -96,7 +96,8 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
     from mambaseg.engine import evaluate_checkpoint, train
 
     t_start = time.perf_counter()
-    cfg = load_recipe(f"{model_name}_acdc")
+    recipe = args.recipe.format(model=model_name)
+    cfg = load_recipe(recipe)
     if args.batch_size:
         cfg = apply_overrides(cfg, [f"train.batch_size={args.batch_size}"])
     n_train = _train_slices(args.cache)
@@ -146,10 +147,12 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
     best = out_dir / "checkpoints" / "best.pt"
     t_eval = time.perf_counter()
     test = evaluate_checkpoint(best, split="test", device=args.device, batch_size=32)
+    test_tta = (evaluate_checkpoint(best, split="test", device=args.device, batch_size=32, tta=args.tta)
+                if args.tta != "none" else None)
     eval_s = time.perf_counter() - t_eval
     return {
         "model": model_name,
-        "recipe": f"{model_name}_acdc",
+        "recipe": recipe,
         "params": res.metrics["model"]["params"],
         "data": {"cache": args.cache, "train": f"train_slices ({n_train} slices of 35 patients)",
                  "selection": "val (20 volumes), mean Dice, transunet policy", "report": "test (40 volumes)"},
@@ -165,6 +168,7 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
         "best_epoch": res.best_epoch,
         "best_val": res.metrics,
         "test": test,
+        **({f"test_tta_{args.tta}": test_tta} if test_tta is not None else {}),
         "history": res.history,
         "wall_s": {"probe_and_setup": t_train - t_start, "train_incl_val": train_s, "test_eval": eval_s,
                    "total": time.perf_counter() - t_start},
@@ -209,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", default=".gpucache/acdc_224.npz")
     ap.add_argument("--models", default="msvmunet,heteromedseg")
+    ap.add_argument("--recipe", default="{model}_acdc", help="recipe name template (e.g. {model}_acdc_best)")
+    ap.add_argument("--tta", default="none", help="also evaluate the test volumes with this TTA (flip)")
     ap.add_argument("--budget-s", type=float, default=330.0, help="training wall-clock budget per model")
     ap.add_argument("--epochs", type=int, default=None, help="fix the epochs instead of the probe")
     ap.add_argument("--max-steps", type=int, default=None)

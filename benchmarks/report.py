@@ -317,6 +317,26 @@ def ph2_rows(name, d):
     }]
 
 
+def cv_ph2_rows(name, d):
+    sc = d["scores"]
+    tta = sc.get("last_tta_flip")
+    epochs = sorted({f["epochs"] for f in d["fold_training"]})
+    drops = [f["max_epoch_drop"] for f in d["fold_training"] if f.get("max_epoch_drop") is not None]
+    return [{
+        "recipe": d["recipe"],
+        "seed": fmt(d["seed"]),
+        "folds / cases": f"{d['folds']} / {len(d['per_case_dsc'])}",
+        "pooled OOF DSC (last weights)": fmt(d["pooled_oof_dsc"], ".4f"),
+        "+ flip TTA": fmt(tta["pooled_dsc"], ".4f") if tta else "-",
+        "per-case mean DSC": fmt(d["per_case_mean_dsc"], ".4f"),
+        "cases < 0.80": fmt(d["n_below_0.8"]),
+        "worst case": f"{d['worst'][0]['id']} {d['worst'][0]['dice']:.3f}" if d["worst"] else "-",
+        "best-on-fold DSC (optimistic)": fmt(sc["best"]["pooled_dsc"], ".4f"),
+        "epochs": "/".join(map(str, epochs)),
+        "max val drop": fmt(max(drops), ".3f") if drops else "-",
+    }]
+
+
 def acdc_rows(name, d):
     if "test" not in d:  # a CPU smoke run (acdc_cpu_smoke_<model>.json): validation metrics only
         m = d["metrics"]
@@ -335,6 +355,7 @@ def acdc_rows(name, d):
         "test Dice": fmt(test["dice"], ".3f"),
         "test RV / Myo / LV Dice": " / ".join(f"{test['classes'][c]['dice']:.3f}" for c in ("RV", "Myo", "LV")),
         "test HD95 vox": fmt(test["hd95"], ".1f"),
+        **({"test Dice + flip TTA": fmt(d["test_tta_flip"]["dice"], ".3f")} if "test_tta_flip" in d else {}),
         "train img/s": fmt(d["train_images_per_second"], ".1f"),
         "wall min": fmt(d["wall_s"]["total"] / 60, ".1f"),
     }]
@@ -447,6 +468,12 @@ FAMILIES = [
     ("PH2 training", r"skin_ph2_.*", ph2_rows,
      "`benchmarks/train_skin_ph2_gpu.py`: full recipes trained from scratch, scored on `ph2_dev/val` (pooled = one "
      "confusion matrix over the split)."),
+    ("PH2 cross-validation", r"cv_ph2_.*", cv_ph2_rows,
+     "`benchmarks/cv_ph2_gpu.py`: 5-fold cross-validation on the 100 ph2_dev train+val cases (fold split seed "
+     "fixed), trained from scratch; headline = pooled out-of-fold DSC of each fold's FINAL weights (no checkpoint "
+     "selection, so no selection on the cases reported), at the cache's resolution; 'best-on-fold' selects each "
+     "fold's checkpoint on its own held-out cases and is optimistic; 'max val drop' = largest fall of validation Dice "
+     "between consecutive epochs over the folds."),
     ("ACDC training", r"acdc_.*", acdc_rows,
      "`benchmarks/acdc_gpu.py` (and a CPU smoke run): mean of per-volume per-class Dice / HD95, selection on 20 val "
      "volumes, report on 40 test volumes."),

@@ -16,7 +16,7 @@ from mambaseg.cli import app
 from mambaseg.cli._common import state
 
 runner = CliRunner()
-VERBS = ("demo", "train", "evaluate", "predict", "models", "doctor")
+VERBS = ("demo", "train", "evaluate", "predict", "models", "doctor", "score")
 SMALL = ["--set", "model.kwargs.dims=8", "--set", "model.kwargs.d_state=2"]
 
 

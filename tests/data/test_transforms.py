@@ -230,3 +230,27 @@ def test_slice_augment_pickles_for_spawned_workers(preset):
     a = aug(image, mask, np.random.default_rng(5))
     b = clone(image, mask, np.random.default_rng(5))
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_strong_2d_pieces():
+    from mambaseg.data.transforms import ColorJitter, ElasticDeform, RandomAffine
+
+    img, mask = _pair(40, 40)
+    # scale 2 about the centre, no rotation: the centre pixel stays, the mask grows, labels stay hard
+    square = np.zeros((41, 41), np.uint8)
+    square[15:26, 15:26] = 2
+    a, m = RandomAffine((2.0, 2.0), (0.0, 0.0), p=1.0)(_pair(41, 41)[0], square, np.random.default_rng(0))
+    assert set(np.unique(m)) == {0, 2} and a.shape == (41, 41, 3)
+    assert m[20, 20] == 2 and 4 * 121 * 0.8 < (m > 0).sum() < 4 * 121 * 1.2
+    # elastic: a deformation with magnitude 0 is the identity; a positive one moves pixels but keeps the labels
+    e0, m0 = ElasticDeform(0.0, p=1.0)(img, mask, np.random.default_rng(1))
+    assert np.array_equal(e0, img) and np.array_equal(m0, mask)
+    e1, m1 = ElasticDeform(0.1, p=1.0)(img, mask, np.random.default_rng(1))
+    assert not np.array_equal(e1, img) and set(np.unique(m1)) <= set(np.unique(mask))
+    # colour jitter: the mask never changes, uint8 stays uint8, float stays in [0, 1], seeded = reproducible
+    c1, cm = ColorJitter(p=1.0)(img, mask, np.random.default_rng(2))
+    c2, _ = ColorJitter(p=1.0)(img, mask, np.random.default_rng(2))
+    assert c1.dtype == np.uint8 and np.array_equal(c1, c2) and np.array_equal(cm, mask) and not np.array_equal(c1, img)
+    f, _ = ColorJitter(p=1.0)(img.astype(np.float32) / 255, mask, np.random.default_rng(2))
+    assert f.dtype == np.float32 and 0 <= f.min() and f.max() <= 1
+    assert np.abs(f * 255 - c1).max() <= 1.0  # same operations on both kinds of input

@@ -45,6 +45,7 @@ from mambaseg.cli import doctor as _doctor  # noqa: E402
 from mambaseg.cli import evaluate as _evaluate  # noqa: E402
 from mambaseg.cli import models as _models  # noqa: E402
 from mambaseg.cli import predict as _predict  # noqa: E402
+from mambaseg.cli import score as _score  # noqa: E402
 from mambaseg.cli import search as _search  # noqa: E402
 from mambaseg.cli import train as _train  # noqa: E402
 
@@ -57,6 +58,7 @@ app.command("cache")(_cache.cache)
 app.command("models")(_models.models)
 app.command("doctor")(_doctor.doctor)
 app.command("convert")(_convert.convert)
+app.command("score")(_score.score)
 
 
 def main(argv: list[str] | None = None) -> None:

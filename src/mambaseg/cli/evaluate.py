@@ -8,27 +8,57 @@ from typing import Optional
 
 import typer
 
-from mambaseg.cli._common import console, handle_errors
+from mambaseg.cli._common import CLIError, console, handle_errors
 
 
 @handle_errors
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-k", help="best.pt / last.pt / best.safetensors of a run."),
+    checkpoint: Optional[list[Path]] = typer.Option(None, "--checkpoint", "-k", help="best.pt / last.pt / "
+                                                    "best.safetensors of a run; repeat it (or name a CV root) to "
+                                                    "average the probabilities of several."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset path (default: the one the run used)."),
     split: str = typer.Option("val", "--split", help="Split to evaluate: val, test or train."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Evaluation batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none or flip (mirrorings averaged in "
+                            "probability space)."),
+    cv: Optional[Path] = typer.Option(None, "--cv", help="Score the pooled out-of-fold predictions of a "
+                                      "cross-validation root (writes ROOT/cv_metrics.json) instead of a checkpoint."),
+    oof: str = typer.Option("last", "--oof", help="With --cv: the fold checkpoint whose predictions are scored: last "
+                            "(no selection) or best (chosen on the held-out fold: optimistic)."),
 ) -> None:
-    """Evaluate a checkpoint (pooled and per-case Dice/IoU/Acc/Sen/Spe; the run's evaluator for other tasks)."""
+    """Evaluate a checkpoint (pooled and per-case Dice/IoU/Acc/Sen/Spe; the run's evaluator for other tasks), an
+    ensemble of checkpoints, or (--cv) the out-of-fold predictions of a cross-validation."""
     from mambaseg.engine import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, data, split=split, out=out, device=device, batch_size=batch_size,
-                                 console=None if as_json else console)
+    if cv is not None:
+        return _evaluate_cv(cv, oof=oof, data=data, out=out, tta=tta, device=device, as_json=as_json)
+    if not checkpoint:
+        raise CLIError("pass --checkpoint CKPT (repeatable) or --cv ROOT")
+    result = evaluate_checkpoint(checkpoint if len(checkpoint) > 1 else checkpoint[0], data, split=split, out=out,
+                                 device=device, batch_size=batch_size, console=None if as_json else console, tta=tta)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
         console.print(f"{split}: dice {result.get('dice', float('nan')):.4f}  iou {result.get('iou', float('nan')):.4f}"
                       f"  per-case dice {result.get('per_case_dice', float('nan')):.4f}  ({result.get('n_images')} images)"
                       + (f"  -> {Path(out) / 'metrics.json'}" if out else ""), highlight=False)
+
+
+def _evaluate_cv(root: Path, *, oof: str, data: Optional[str], out: Optional[Path], tta: str, device: str,
+                 as_json: bool) -> None:
+    """``--cv ROOT``: pooled out-of-fold metrics of every fold, worst cases listed."""
+    from mambaseg.engine.crossval import evaluate_cv
+
+    result = evaluate_cv(root, which=oof, data=data, out=out, tta=tta, device=device)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    worst = ", ".join(f"{w['id']} {w['dice']:.3f}" for w in result["worst"][:5])
+    console.print(f"{result['k']}-fold out-of-fold ({result['n_cases']} cases, {oof} checkpoints, tta {result['tta']}): "
+                  f"pooled dice {result['dice']:.4f}  iou {result['iou']:.4f}  per-case dice "
+                  f"{result['per_case_dice']:.4f}; {result['n_below']['count']} case(s) below "
+                  f"{result['n_below']['threshold']:g}; worst: {worst}\n-> {Path(out or root) / 'cv_metrics.json'}",
+                  highlight=False)

@@ -11,7 +11,8 @@ from mambaseg.cli._common import CLIError, console, handle_errors
 
 @handle_errors
 def predict(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-k", help="best.pt / best.safetensors of a run."),
+    checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-k", help="best.pt / best.safetensors of a run; "
+                                          "repeat it (or name a CV root) to average the probabilities of several."),
     input: Path = typer.Option(..., "--input", "-i", help="An image file or a folder of images."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (masks/ and overlays/ are created)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -21,6 +22,8 @@ def predict(
     intensity: str = typer.Option("auto", "--intensity", help="3-D inputs: intensity mapping to [0, 1] "
                                   "(auto = as the training data, minmax, ct, none)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (refused otherwise)."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none or flip (mirrorings averaged in "
+                            "probability space; volumes slice by slice)."),
 ) -> None:
     """Predict masks; writes OUT/masks/<name>.png (label-map values, e.g. 0/255) and OUT/overlays/<name>.png.
 
@@ -36,9 +39,9 @@ def predict(
     if not input.exists():
         raise CLIError(f"--input {str(input)!r} does not exist")
 
-    from mambaseg.inference import load
+    from mambaseg.inference import load_ensemble
 
-    predictor = load(checkpoint, device=device, threshold=threshold)
+    predictor = load_ensemble(checkpoint, tta=tta, device=device, threshold=threshold)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("predicting", total=None)
         written = predictor.predict_path(input, out, batch_size=batch_size, overlays=overlays, intensity=intensity,

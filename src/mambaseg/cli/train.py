@@ -105,10 +105,19 @@ def train(
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from the weights of a checkpoint "
                                             "(ours or converted; train.init_from): what fits is loaded, another "
                                             "head is re-initialised, a report is printed."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="K-fold cross-validation over the train + val cases: "
+                                        "--out is the CV root (splits_final.json, fold_i/ runs, out-of-fold "
+                                        "predictions); folds drawn with data.split_seed."),
+    fold: str = typer.Option("all", "--fold", help="With --folds: the fold to train (0..K-1) or 'all' (in sequence)."),
 ) -> None:
     """Train a model; writes config.yaml, metrics.json, checkpoints/, progress.png, train.log and TensorBoard events."""
     from mambaseg.engine import train as run_training
 
+    if folds is not None:
+        return _train_cv(folds=folds, fold=fold, resume=resume, no_progress=no_progress, config=config,
+                         recipe=recipe, model=model, data=data, epochs=epochs, max_steps=max_steps,
+                         batch_size=batch_size, image_size=image_size, lr=lr, seed=seed, out=out, device=device,
+                         arch=arch, compile_model=compile_model, init_from=init_from, overrides=overrides)
     resume_from = None
     if resume:
         if out is None:
@@ -134,3 +143,28 @@ def train(
     if result.rank == 0:
         console.print(f"run directory: {result.run_dir}  (best {cfg.train.best_metric} = {result.best_value:.4f} "
                       f"at epoch {result.best_epoch})", highlight=False)
+
+
+def _train_cv(*, folds: int, fold: str, resume: bool, no_progress: bool, config: Optional[Path], out: Optional[str],
+              **options) -> None:
+    """``--folds K [--fold i|all]``: the folds of a cross-validation rooted at ``--out`` (see
+    :mod:`mambaseg.engine.crossval`); ``--resume`` continues from the config the folds were started with."""
+    from mambaseg.engine.crossval import train_folds
+
+    if out is None:
+        raise CLIError("--folds needs --out ROOT (the cross-validation root: splits_final.json and fold_i/)")
+    root = Path(out)
+    if resume and config is None:
+        started = sorted(root.glob("fold_*/config.yaml"))
+        if not started:
+            raise CLIError(f"cannot resume: no fold of {root} has started (no {root}/fold_*/config.yaml)")
+        config, options["recipe"] = started[0], None
+    cfg = build_config(config=config, out=out, **options)
+    cfg.train.out, cfg.data.split_file = str(root), None
+    if cfg.data.path is None:
+        raise CLIError("no dataset given: pass --data PATH")
+    results = train_folds(cfg, folds=folds, fold=fold, resume=resume, console=console,
+                          show_progress=not no_progress)
+    if all(r.rank == 0 for r in results):
+        console.print(f"cross-validation root: {root} ({len(results)} fold(s) trained now); score the out-of-fold "
+                      f"predictions with: mambaseg evaluate --cv {root}", highlight=False)

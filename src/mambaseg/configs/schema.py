@@ -74,7 +74,7 @@ class DataConfig:
         augmentation: training augmentation, a preset of the one table
             :data:`mambaseg.data.transforms.AUGMENTATIONS`, honoured by every layout: ``auto`` (the layout's
             paper default: ``vmunet_isic`` for 2-D images, ``msvmunet`` for slices of volumes), ``vmunet_isic``,
-            ``vmbunet_isic``, ``dermomamba_isic``, ``msvmunet``, ``flips_rotate``, ``flips``, ``none``.
+            ``vmbunet_isic``, ``dermomamba_isic``, ``msvmunet``, ``flips_rotate``, ``strong_2d``, ``flips``, ``none``.
         val_fraction: fraction of ``train`` carved out as ``val`` when the dataset has no ``val`` split.
         split_file: JSON split file to use (or write) when ``val`` is carved from ``train``.
         split_seed: seed of the carved split.
@@ -132,8 +132,10 @@ class ScheduleConfig:
 
     ``name``: ``cosine`` (PyTorch ``CosineAnnealingLR``; periodic beyond ``t_max``, as in VM-UNet),
     ``cosine_restarts`` (``CosineAnnealingWarmRestarts`` with ``t_max`` as T_0 and ``t_mult``),
-    ``poly`` (``(1 - t/total)**power``), ``plateau`` (``ReduceLROnPlateau`` on the selection metric) or
-    ``constant``.
+    ``poly`` (``(1 - t/total)**power``), ``one_cycle`` (PyTorch ``OneCycleLR`` shape: cosine rise from lr/25 over
+    ``warmup``, or 30% of the run when ``warmup`` is 0, then cosine decay to ``eta_min``), ``plateau``
+    (``ReduceLROnPlateau`` on the selection metric) or ``constant``. A linear warm-up (``warmup``) precedes every
+    other schedule; with ``interval: step`` it is counted in optimizer steps, with ``epoch`` in epochs.
 
     Attributes:
         name: schedule name.
@@ -198,6 +200,9 @@ class TrainConfig:
             one, or a ``save_pretrained`` folder) with ``strict=False`` semantics: what fits is loaded, a head of
             another ``num_classes`` is re-initialised, a stem of another ``in_chans`` adapted; the report goes to
             ``train.log`` and the console. Ignored when resuming (the run's own weights are restored).
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.999; ``None`` = off):
+            validation, ``best.pt`` and the ``state_dict`` of every checkpoint are the average
+            (:mod:`mambaseg.engine.ema`); ``last.pt`` also holds the live weights, so ``--resume`` continues exactly.
         scan_backend: selective-scan backend used around the model during training and validation (``auto``,
             ``torch``, ``triton``, ``ref``, ...; see :func:`mambaseg.ops.use_backend`). A runtime choice: it is
             not stored in the model or in its checkpoint's model description.
@@ -224,6 +229,7 @@ class TrainConfig:
     time_limit_s: float | None = None
     compile: bool = False
     init_from: str | None = None
+    ema_decay: float | None = None
     scan_backend: str = "auto"
 
 

@@ -64,6 +64,7 @@ def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
         out: output ``.npz`` (compressed; written atomically).
         splits: splits to store.
     """
+    from mambaseg.data.files import to_uint8
     from mambaseg.data.folder2d import FolderDataset2D
     from mambaseg.data.transforms import Resize
     from mambaseg.utils.files import atomic_path
@@ -79,7 +80,7 @@ def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
             img, mask = ds.load_pair(i)
             sizes.append(img.shape[:2])
             img, mask = resize(img, mask.astype(np.uint8))
-            imgs.append(img)
+            imgs.append(to_uint8(img))  # the cache is 8-bit: 16-bit images are rounded to 256 levels here
             masks.append(mask)
         arrays[f"{split}_images"] = np.stack(imgs).astype(np.uint8)
         arrays[f"{split}_masks"] = np.stack(masks).astype(np.uint8)
@@ -198,7 +199,18 @@ def open_npz2d(path: Path, cfg: Any, *, splits: tuple[str, ...], normalization: 
     label_map = {str(k): int(v) for k, v in meta.get("label_map", binary_label_map()).items()}
     num_classes = int(meta.get("num_classes", 1))
 
+    picked: dict[str, dict[str, np.ndarray]] = {}
+    if cfg.data.split_file:  # e.g. a cross-validation fold: train/val taken by id from the cache's train + val
+        from mambaseg.data.folds import select_pool
+
+        picked = select_pool(arrays, cfg.data.split_file, path, splits)
+
     def make(split: str, augment: bool, norm: Any) -> ArrayDataset2D:
+        if split in picked:
+            part = picked[split]
+            return ArrayDataset2D(part["images"], part["masks"], [str(s) for s in part["ids"]], image_size=size,
+                                  augment=augment, normalization=norm, orig_sizes=part.get("orig_sizes"),
+                                  source=str(path), seed=cfg.train.seed, preset=cfg.data.augmentation)
         if f"{split}_images" not in arrays:
             have = sorted({k.rsplit("_", 1)[0] for k in arrays if k.endswith("_images")})
             raise DataTaskError(f"{path}: no split {split!r} in the cache (it has {have})")
@@ -225,7 +237,8 @@ def open_npz2d(path: Path, cfg: Any, *, splits: tuple[str, ...], normalization: 
         num_classes=num_classes,
         in_chans=in_chans,
         normalization=normalization,
-        info={"root": str(path), "cache_meta": meta, **{f"n_{s}": len(d) for s, d in datasets.items()}},
+        info={"root": str(path), "cache_meta": meta, **{f"n_{s}": len(d) for s, d in datasets.items()},
+              **({"split_file": str(cfg.data.split_file)} if picked else {})},
     )
 
 

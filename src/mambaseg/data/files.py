@@ -24,9 +24,11 @@ __all__ = [
     "Pair",
     "FolderListing",
     "list_split",
+    "match_mask_files",
     "read_image",
     "read_mask",
     "mask_to_labels",
+    "to_uint8",
     "require_finite",
 ]
 
@@ -170,28 +172,42 @@ def require_finite(array: np.ndarray, path: str | Path, what: str = "image") -> 
 
 
 def read_image(path: str | Path, in_chans: int = 3) -> np.ndarray:
-    """Read an image as uint8 (H, W, in_chans).
+    """Read an image as (H, W, in_chans): uint8 for 8-bit files, float32 in [0, 1] for 16-bit ones.
 
     Grey images are replicated to 3 channels when ``in_chans == 3``; colour images are converted to grey
-    (ITU-R 601 luma) when ``in_chans == 1``; 16-bit images are scaled to 8 bits (divided by 257).
+    (ITU-R 601 luma) when ``in_chans == 1``. 16-bit grey images (PNG/TIFF ``I;16*``, or 32-bit integer ``I`` holding
+    values up to 65535) keep every level: they are returned as ``value / 65535`` in float32 (a 12-bit ramp keeps its
+    4096 levels); the training pipeline, the cache writer and the predictor take float32 [0, 1] images like uint8 ones.
     """
     path = Path(path)
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3 for image files, got {in_chans}")
     img = _open(path, "image")
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img).astype(np.float64)
-        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-        if arr.ndim == 3:
-            arr = arr[..., 0]
-        img = Image.fromarray(arr, mode="L")
-    elif img.mode == "F":
+        raw = np.asarray(img)
+        if raw.ndim == 3:
+            raw = raw[..., 0]
+        if raw.size and (int(raw.min()) < 0 or int(raw.max()) > 65535):
+            raise DatasetError(f"{path}: integer image with values in [{int(raw.min())}, {int(raw.max())}]; expected "
+                               "8-bit or 16-bit (0..65535) pixels")
+        arr = (raw.astype(np.float64) / 65535.0).astype(np.float32)[..., None]
+        if in_chans == 3:
+            arr = np.repeat(arr, 3, axis=-1)
+        return np.ascontiguousarray(arr)
+    if img.mode == "F":
         raise DatasetError(f"{path}: floating-point image; expected 8- or 16-bit integer pixels")
     img = img.convert("RGB" if in_chans == 3 else "L")
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[..., None]
     return np.ascontiguousarray(arr)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """An image as uint8: uint8 unchanged, float32 [0, 1] (16-bit files) rounded to 0..255 (caches, overlays)."""
+    if image.dtype == np.uint8:
+        return image
+    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -272,3 +288,51 @@ def mask_to_labels(
     for k, v in enumerate(lv):
         out[raw == v] = k
     return out
+
+
+def _mask_key(stem: str) -> str:
+    for suffix in MASK_SUFFIXES[1:]:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def match_mask_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """Pair predicted and ground-truth mask files by stem (a ``_segmentation``/``_mask`` suffix is ignored on both
+    sides; a folder holding a ``masks/`` sub-folder is read from it).
+
+    Returns:
+        ``[(id, pred_path, gt_path)]`` sorted by id.
+
+    Raises:
+        DatasetError: a folder is missing or empty, a stem occurs twice, or a file has no partner (every unmatched
+            file is named, on both sides).
+    """
+    def listing(d: Path, what: str) -> dict[str, Path]:
+        if not d.is_dir():
+            raise DatasetError(f"{what} folder {d} does not exist")
+        for name in MASK_DIR_NAMES:
+            if (d / name).is_dir():
+                d = d / name
+                break
+        files = _image_files(d)
+        if not files:
+            raise DatasetError(f"{what} folder {d} holds no mask files ({', '.join(IMAGE_EXTENSIONS)})")
+        out: dict[str, Path] = {}
+        for f in files:
+            key = _mask_key(f.stem)
+            if key in out:
+                raise DatasetError(f"{what} folder {d}: {out[key].name} and {f.name} are both case {key!r}")
+            out[key] = f
+        return out
+
+    preds, gts = listing(Path(pred_dir), "prediction"), listing(Path(gt_dir), "ground-truth")
+    only_pred, only_gt = sorted(set(preds) - set(gts)), sorted(set(gts) - set(preds))
+    if only_pred or only_gt:
+        lines = [f"  - prediction without ground truth: {preds[k]}" for k in only_pred[:20]]
+        lines += [f"  - ground truth without prediction: {gts[k]}" for k in only_gt[:20]]
+        more = len(only_pred) + len(only_gt) - len(lines)
+        raise DatasetError(f"{len(only_pred) + len(only_gt)} file(s) of {pred_dir} and {gt_dir} have no partner "
+                           "(files are matched by stem):\n" + "\n".join(lines)
+                           + (f"\n  ... and {more} more" if more > 0 else ""))
+    return [(k, preds[k], gts[k]) for k in sorted(preds)]

@@ -42,6 +42,9 @@ __all__ = [
     "RandomRot90Flip",
     "RandomResizedCrop",
     "Either",
+    "RandomAffine",
+    "ElasticDeform",
+    "ColorJitter",
     "vmunet_isic_transforms",
     "build_transforms",
     "as_size",
@@ -425,6 +428,118 @@ class RangeNoise:
         return f"RangeNoise(fraction={self.fraction}, p={self.p})"
 
 
+def _as_unit(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+
+
+def _like(x: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Float [0, 1] result back to the input's kind (uint8 rounded and clipped, float clipped to [0, 1])."""
+    x = np.clip(x, 0.0, 1.0)
+    return np.rint(x * 255.0).astype(np.uint8) if image.dtype == np.uint8 else x.astype(image.dtype, copy=False)
+
+
+class RandomAffine:
+    """With probability ``p`` scale by a factor drawn uniformly from ``scale`` and rotate by an angle drawn uniformly
+    from ``degrees`` about the image centre, in one warp (image bilinear, mask nearest; new pixels 0 / background)."""
+
+    def __init__(self, scale: tuple[float, float] = (0.75, 1.25), degrees: tuple[float, float] = (-180.0, 180.0),
+                 p: float = 0.5) -> None:
+        lo, hi = (float(v) for v in scale)
+        if not 0 < lo <= hi:
+            raise ValueError(f"RandomAffine: scale must be (low, high) with 0 < low <= high, got {scale}")
+        self.scale, self.degrees = (lo, hi), (float(degrees[0]), float(degrees[1]))
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() >= self.p:
+            return image, mask
+        f = float(rng.uniform(*self.scale))
+        angle = float(rng.uniform(*self.degrees))
+        h, w = mask.shape
+        m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, f)
+        c = image.shape[-1]
+        img = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=(0,) * min(c, 4))
+        msk = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return _keep_channels(img, c), msk
+
+    def __repr__(self) -> str:
+        return f"RandomAffine(scale={self.scale}, degrees={self.degrees}, p={self.p})"
+
+
+class ElasticDeform:
+    """With probability ``p`` a smooth random deformation: displacements drawn uniformly in ``[-1, 1]`` on a coarse
+    ``grid x grid`` lattice, upsampled bicubically to the image and scaled to at most ``magnitude`` of the shorter
+    side (so the strength does not depend on the resolution); image bilinear, mask nearest, borders reflected."""
+
+    def __init__(self, magnitude: float = 0.03, grid: int = 4, p: float = 0.2) -> None:
+        if not 0 <= magnitude < 0.5 or grid < 2:
+            raise ValueError(f"ElasticDeform: magnitude must be in [0, 0.5) and grid >= 2, got {magnitude}, {grid}")
+        self.magnitude, self.grid = float(magnitude), int(grid)
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() >= self.p:
+            return image, mask
+        h, w = mask.shape
+        amp = self.magnitude * min(h, w)
+        coarse = rng.uniform(-1.0, 1.0, size=(2, self.grid, self.grid)).astype(np.float32)
+        dx = cv2.resize(coarse[0], (w, h), interpolation=cv2.INTER_CUBIC) * amp
+        dy = cv2.resize(coarse[1], (w, h), interpolation=cv2.INTER_CUBIC) * amp
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        mx, my = gx + dx, gy + dy
+        c = image.shape[-1]
+        img = cv2.remap(image, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        msk = cv2.remap(mask, mx, my, interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+        return _keep_channels(img, c), msk
+
+    def __repr__(self) -> str:
+        return f"ElasticDeform(magnitude={self.magnitude}, grid={self.grid}, p={self.p})"
+
+
+class ColorJitter:
+    """With probability ``p`` jitter brightness (``x * b``), contrast (about the mean grey), saturation (blend with
+    the luma; colour images only) and gamma (``x ** g``), each factor drawn uniformly, in random order; works on
+    uint8 and float [0, 1] images and returns the same kind. The mask is unchanged."""
+
+    def __init__(self, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2,
+                 gamma: tuple[float, float] = (0.8, 1.25), p: float = 0.8) -> None:
+        for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+            if not 0 <= v < 1:
+                raise ValueError(f"ColorJitter: {name} must be in [0, 1), got {v}")
+        self.brightness, self.contrast, self.saturation = float(brightness), float(contrast), float(saturation)
+        self.gamma = (float(gamma[0]), float(gamma[1]))
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() >= self.p:
+            return image, mask
+        x = _as_unit(image)
+        luma_w = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+        for op in rng.permutation(4):
+            if op == 0:
+                x = x * float(rng.uniform(1 - self.brightness, 1 + self.brightness))
+            elif op == 1:
+                grey = float((x @ luma_w).mean()) if x.shape[-1] == 3 else float(x.mean())
+                x = grey + float(rng.uniform(1 - self.contrast, 1 + self.contrast)) * (x - grey)
+            elif op == 2 and x.shape[-1] == 3:
+                luma = (x @ luma_w)[..., None]
+                x = luma + float(rng.uniform(1 - self.saturation, 1 + self.saturation)) * (x - luma)
+            elif op == 3:
+                x = np.clip(x, 0.0, 1.0) ** float(rng.uniform(*self.gamma))
+            x = np.clip(x, 0.0, 1.0)
+        return _like(x.astype(np.float32), image), mask
+
+    def __repr__(self) -> str:
+        return (f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, "
+                f"gamma={self.gamma}, p={self.p})")
+
+
+def _strong_2d(size: tuple[int, int]) -> Transform:
+    return Compose([HorizontalFlip(0.5), VerticalFlip(0.5), RandomAffine((0.75, 1.25), (-180.0, 180.0), p=0.7),
+                    ElasticDeform(0.03, 4, p=0.2), ColorJitter(0.2, 0.2, 0.2, (0.8, 1.25), p=0.8)])
+
+
 def _dermomamba_isic(size: tuple[int, int]) -> Transform:
     return Compose([RandomResizedCrop(size, scale=(0.8, 0.95), p=0.1), RandomRotation(0.5, (-15.0, 15.0)),
                     HorizontalFlip(0.5), VerticalFlip(0.5)])
@@ -455,6 +570,10 @@ AUGMENTATIONS: dict[str, tuple[str, Callable[[tuple[int, int]], Transform | None
                  "order (the original's affine and piecewise-affine warps are left out)", _msvmunet),
     "flips_rotate": ("SSL4MIS ACDC: with p 0.5 a random 90-degree rotation and flip, else with p 0.5 a rotation in "
                      "+-20 degrees", lambda size: FlipsOrRotate(RotateRange(20.0))),
+    "strong_2d": ("stronger 2-D set (ours, for small dermoscopy/photo datasets): horizontal and vertical flips p 0.5, "
+                  "scale 0.75-1.25 + rotation in [-180, 180) p 0.7, smooth elastic deformation (up to 3% of the "
+                  "shorter side) p 0.2, colour jitter (brightness, contrast, saturation +-20%, gamma 0.8-1.25) p 0.8",
+                  _strong_2d),
     "flips": ("horizontal and vertical flips p 0.5", lambda size: Compose([HorizontalFlip(0.5), VerticalFlip(0.5)])),
     "none": ("no augmentation", lambda size: None),
 }

@@ -41,6 +41,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     console: Any = None,
     backend: str | None = None,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of a dataset with the same preprocessing as training.
 
@@ -53,13 +54,18 @@ def evaluate_checkpoint(
         batch_size: evaluation batch size (default: the run's ``train.val_batch_size``).
         console: optional rich console for a summary table.
         backend: selective-scan backend to run with (``None``: the usual resolution).
+        tta: ``"flip"`` averages the probabilities of the mirrored inputs
+            (:class:`mambaseg.inference.ProbabilityEnsemble`); ``checkpoint`` may also be a list of checkpoints
+            and cross-validation roots, whose probabilities are averaged (the first one's config gives the data).
 
     Returns:
         The evaluator's metrics dict (plus ``checkpoint``, ``split`` and ``data``).
     """
     from mambaseg.data import Normalization
 
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    members = _ensemble_members(checkpoint, tta)
+    checkpoint = members[0] if len(members) == 1 else members
+    ckpt = load_checkpoint(members[0], map_location="cpu")
     if ckpt.get("config"):
         cfg = config_from_dict(ckpt["config"])
     else:  # safetensors export: rebuild a minimal config from the metadata
@@ -76,6 +82,8 @@ def evaluate_checkpoint(
         model = build_model(ckpt).to(dev)
     except CheckpointError as e:
         raise CheckpointError(f"{checkpoint}: {e}") from e
+    if len(members) > 1 or tta not in (None, "", "none"):
+        model = _ensemble_model(model, members, tta).to(dev)
     amp_dtype, _ = resolve_amp(cfg.train.amp, dev)
     loss_fn = None
     try:
@@ -91,14 +99,44 @@ def evaluate_checkpoint(
                        num_workers=resolve_workers(cfg.data.num_workers, dev), loss_fn=loss_fn)
     with scan_backend(backend):
         metrics = task.evaluator.evaluate(model, task.datasets[split], ectx)
-    result = {**metrics, "checkpoint": str(checkpoint), "split": split, "data": str(cfg.data.path),
+    if len(members) > 1 or tta not in (None, "", "none"):
+        metrics = {**metrics, "ensemble": len(members), "tta": tta or "none"}
+    result = {**metrics, "checkpoint": str(checkpoint) if len(members) == 1 else [str(m) for m in members], "split": split, "data": str(cfg.data.path),
               "epoch": ckpt.get("epoch"), "model": (ckpt.get("model") or {}).get("name")}
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out) / "metrics.json", result)
     if console is not None:
         table = task.evaluator.summary_table({**result, "best_epoch": ckpt.get("epoch"), "train": {}},
-                                             Path(str(checkpoint)))
+                                             Path(str(members[0])))
         table.title = f"{split} metrics of {checkpoint} (epoch {ckpt.get('epoch')})"
         console.print(table)
     return result
+
+
+def _ensemble_members(checkpoint: Any, tta: str | None) -> list[Path]:
+    """Checkpoint files of ``checkpoint`` (a file, a list, or cross-validation roots); validates ``tta``."""
+    from mambaseg.inference.ensemble import expand_checkpoints, flip_dims
+
+    flip_dims(tta)
+    items = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+    return expand_checkpoints(items)
+
+
+def _ensemble_model(first: Any, members: list[Path], tta: str | None) -> Any:
+    """:class:`~mambaseg.inference.ProbabilityEnsemble` of ``first`` (built from ``members[0]``) and the others."""
+    from mambaseg.inference.ensemble import ProbabilityEnsemble
+
+    models = [first]
+    ref = load_checkpoint(members[0], map_location="cpu")
+    for m in members[1:]:
+        ck = load_checkpoint(m, map_location="cpu")
+        for key in ("image_size", "normalization", "label_map"):
+            if ck.get(key) != ref.get(key):
+                raise CheckpointError(f"{m}: {key} {ck.get(key)!r} differs from {ref.get(key)!r} of {members[0]}; only "
+                                      "checkpoints of the same task and preprocessing can be ensembled")
+        try:
+            models.append(build_model(ck))
+        except CheckpointError as e:
+            raise CheckpointError(f"{m}: {e}") from e
+    return ProbabilityEnsemble(models, tta=tta)

@@ -7,7 +7,11 @@ plain dicts, so they fit in weights-only checkpoints.
 
 ``cosine`` follows PyTorch's ``CosineAnnealingLR`` closed form
 ``eta_min + (lr - eta_min) * (1 + cos(pi * t / T)) / 2``, which keeps oscillating beyond ``T`` (with VM-UNet's
-T_max 50 over 300 epochs the rate returns to its peak at epochs 100 and 200, as in the original).
+T_max 50 over 300 epochs the rate returns to its peak at epochs 100 and 200, as in the original); ``t_max: null``
+makes it one half-period over the whole run (after the warm-up). ``poly`` is ``(1 - t/total)**power`` after the
+warm-up; ``one_cycle`` is PyTorch's ``OneCycleLR`` shape (cosine rise from lr/25 over ``schedule.warmup`` steps, or
+30% of the run when 0, then cosine decay to ``eta_min``). ``schedule.warmup`` (linear, in ``interval`` units) applies
+to every schedule but ``plateau``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from mambaseg.configs import OptimConfig, ScheduleConfig
 __all__ = ["build_optimizer", "build_scheduler", "schedule_factor", "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "cosine_restarts", "poly", "constant", "plateau")
+SCHEDULES = ("cosine", "cosine_restarts", "poly", "one_cycle", "constant", "plateau")
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -69,6 +73,19 @@ def schedule_factor(cfg: ScheduleConfig, base_lr: float, total: int) -> Callable
     def poly(t: int) -> float:
         span = max(total - warm, 1)
         return max(1.0 - t / span, 0.0) ** cfg.power
+
+    def one_cycle(t: int) -> float:
+        # PyTorch OneCycleLR (anneal_strategy="cos", div_factor=25): cosine rise from base/25 to base over the
+        # warm-up (schedule.warmup, default 30% of the run), then cosine decay to eta_min over the rest
+        rise = warm if warm else max(int(round(0.3 * total)), 1)
+        start = 1.0 / 25.0
+        if t < rise:
+            return start + (1.0 - start) * (1.0 - math.cos(math.pi * t / rise)) / 2.0
+        span = max(total - rise, 1)
+        return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * min(t - rise, span) / span)) / 2.0
+
+    if name == "one_cycle":
+        return one_cycle
 
     shapes: dict[str, Callable[[int], float]] = {
         "cosine": cosine,

@@ -440,6 +440,7 @@ class _Run:
     first_step_s: float | None = None
     epoch_times: dict[str, float] = field(default_factory=dict)
     startup: dict[str, float] = field(default_factory=dict)
+    ema: Any = None  # mambaseg.engine.ema.WeightEMA when train.ema_decay is set
 
     @property
     def ckpt_dir(self) -> Path:
@@ -552,8 +553,14 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
         },
     )
     run.startup = startup
+    if tc.ema_decay is not None:
+        from mambaseg.engine.ema import WeightEMA
+
+        run.ema = WeightEMA(model, tc.ema_decay)
     if state is not None:
         _restore(run, state)
+        if run.ema is not None:
+            run.ema.restore(model, state, rpath)
         preflight_notes += [f"resume: {c} applied" for c in resume_changes]
     if ctx.is_main:
         run.writer = CheckpointWriter(background=tc.async_checkpoints)
@@ -704,6 +711,8 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
             _diverged(run, bar, epoch, "gradient norm")
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.ema is not None:
+            run.ema.update(run.model)
         if not run.plateau and run.cfg.schedule.interval == "step":
             run.scheduler.step()
         run.step += 1
@@ -731,8 +740,9 @@ def _validate(run: _Run, epoch: int) -> dict[str, Any]:
 
     Returns the epoch record's ``val``/``best`` entries."""
     tc = run.cfg.train
-    run.hooks.before_validation(run.model, epoch)
-    metrics = run.task.evaluator.evaluate(run.model, run.task.val, run.eval_ctx)  # type: ignore[arg-type]
+    evaluated = run.ema.model if run.ema is not None else run.model  # EMA: the average is validated and saved
+    run.hooks.before_validation(evaluated, epoch)
+    metrics = run.task.evaluator.evaluate(evaluated, run.task.val, run.eval_ctx)  # type: ignore[arg-type]
     value = lookup_metric(metrics, tc.best_metric)
     if run.plateau:
         run.scheduler.step(value)
@@ -751,7 +761,7 @@ def _payload(run: _Run, epoch_done: int, metrics: dict[str, Any], *, training: b
     tc = run.cfg.train
     payload = dict(run.base_payload)
     payload.update({
-        "state_dict": snapshot(unwrap_model(run.model).state_dict()),
+        "state_dict": snapshot((run.ema.model if run.ema is not None else unwrap_model(run.model)).state_dict()),
         "epoch": epoch_done,
         "step": run.step,
         "metrics": metrics,
@@ -767,6 +777,8 @@ def _payload(run: _Run, epoch_done: int, metrics: dict[str, Any], *, training: b
             "best_metrics": run.best_metrics,
             "hooks": run.hooks.state_dict(),
         })
+        if run.ema is not None:
+            payload["ema"] = snapshot(run.ema.state(unwrap_model(run.model)))
     return payload
 
 

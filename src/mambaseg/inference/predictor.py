@@ -51,6 +51,8 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.45) ->
     """
     if image.ndim == 2:
         image = image[..., None]
+    if image.dtype != np.uint8:  # float32 [0, 1] of a 16-bit file
+        image = np.clip(np.rint(image.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
     out = rgb.astype(np.float32).copy()
     for c in np.unique(mask):
@@ -185,7 +187,7 @@ class Predictor:
         """uint8 (H, W, C) -> normalised float32 (C, h, w) at the network size (as in evaluation)."""
         dummy = np.zeros(image.shape[:2], dtype=np.uint8)
         img, _ = self._transform(image, dummy, np.random.default_rng(0))
-        x = img.astype(np.float32) / 255.0
+        x = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)  # 16-bit: [0, 1]
         if self.normalization is not None:
             x = self.normalization.apply(x)
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))

@@ -1,0 +1,85 @@
+"""``mambaseg score``: score any model's mask files against ground-truth masks (files matched by stem)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mambaseg.cli._common import CLIError, console, handle_errors
+
+
+def _floats(text: Optional[str], what: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"{what} must be a number or comma-separated numbers, got {text!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise CLIError(f"{what} must be positive, got {text!r}")
+    return vals
+
+
+@handle_errors
+def score(
+    pred_dir: Path = typer.Argument(..., help="Folder of predicted masks (or a folder with masks/ inside)."),
+    gt_dir: Path = typer.Argument(..., help="Folder of ground-truth masks (or a dataset split with masks/ inside)."),
+    spacing: Optional[str] = typer.Option(None, "--spacing", help="Pixel size (one number, or H,W) for HD95 and NSD; "
+                                          "default: pixel units."),
+    nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="NSD tolerance, in the units of --spacing "
+                                        "(pixels without it)."),
+    empty_policy: str = typer.Option("nan", "--empty-policy", help="Both masks empty: nan (left out of the means, "
+                                     "nnU-Net/MONAI) or one (a perfect case). One empty: Dice 0, HD95 inf, NSD 0."),
+    label_values: Optional[str] = typer.Option(None, "--label-values", help="Multi-class masks: the pixel value of "
+                                               "each class index, e.g. 0,85,170,255 (default: binary 0/255 or 0/1)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the scores as JSON to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+) -> None:
+    """Pooled and per-case Dice/IoU, HD95 and NSD of predicted masks against ground truth, worst cases listed."""
+    from mambaseg.data.files import mask_to_labels, match_mask_files, read_mask
+    from mambaseg.metrics.score import SCORE_EMPTY_POLICIES, score_cases
+    from mambaseg.utils.files import atomic_write_json
+
+    if empty_policy not in SCORE_EMPTY_POLICIES:
+        raise CLIError(f"--empty-policy must be one of {', '.join(SCORE_EMPTY_POLICIES)}, got {empty_policy!r}")
+    if not nsd_tolerance >= 0:
+        raise CLIError(f"--nsd-tolerance must be >= 0, got {nsd_tolerance}")
+    sp = _floats(spacing, "--spacing")
+    values = None
+    if label_values is not None:
+        try:
+            values = [int(v) for v in label_values.split(",") if v.strip()]
+        except ValueError:
+            raise CLIError(f"--label-values must be comma-separated integers, got {label_values!r}") from None
+        if len(values) < 2:
+            raise CLIError("--label-values needs the value of the background and of at least one class")
+    binary = values is None
+    pairs = match_mask_files(pred_dir, gt_dir)
+
+    def cases():
+        for case, p, g in pairs:
+            pred = mask_to_labels(read_mask(p), binary=binary, label_values=values, path=p,
+                                  lossy=p.suffix.lower() in (".jpg", ".jpeg"))
+            gt = mask_to_labels(read_mask(g), binary=binary, label_values=values, path=g,
+                                lossy=g.suffix.lower() in (".jpg", ".jpeg"))
+            if pred.shape != gt.shape:
+                raise CLIError(f"{p} is {pred.shape[1]}x{pred.shape[0]} (WxH) but its ground truth {g} is "
+                               f"{gt.shape[1]}x{gt.shape[0]}; expected the same size")
+            yield case, pred, gt
+
+    result = score_cases(cases(), num_classes=1 if binary else len(values), spacing=sp if sp is None or len(sp) > 1
+                         else sp[0], nsd_tolerance=nsd_tolerance, empty_policy=empty_policy)
+    result = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), **result}
+    if out is not None:
+        atomic_write_json(out, result)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    worst = ", ".join(f"{w['id']} {w['dice']:.3f}" for w in result["worst"][:5])
+    console.print(f"{result['n_cases']} cases: pooled dice {result['dice']:.4f}  iou {result['iou']:.4f}  per-case "
+                  f"dice {result['per_case_dice']:.4f}  HD95 {result['hd95']}  NSD@{nsd_tolerance:g} {result['nsd']} "
+                  f"({result['conventions']['units']}; empty policy {empty_policy}); worst: {worst}"
+                  + (f"\n-> {out}" if out else ""), highlight=False)

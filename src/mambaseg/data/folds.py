@@ -1,0 +1,208 @@
+"""K-fold case splits for cross-validation, saved once and reused (nnU-Net's ``splits_final.json`` idea).
+
+The pool of cases is every labelled case of the training and validation splits of a 2-D dataset (a folder
+``ROOT/{train,val}`` or an ``npz2d`` cache holding ``train`` and ``val``); ``test`` is never part of it. The pool is
+shuffled with ``numpy.random.default_rng(seed)`` and dealt into ``k`` folds whose sizes differ by at most one; fold
+``i`` validates on its own cases and trains on all the others. The folds are written once to
+``RUN_ROOT/splits_final.json``::
+
+    {"format": "mambaseg-folds/1", "k": 5, "seed": 0, "data": "...", "layout": "folder2d",
+     "folds": [{"train": [...], "val": [...]}, ...]}
+
+and read back by every later fold and by the evaluation, after checking that they still describe the same pool
+(same k, same seed, same case ids). The fold's ``{"train", "val"}`` lists are also written to
+``RUN_ROOT/fold_i/split.json``, the ``data.split_file`` of that fold's run (folder datasets and ``npz2d`` caches
+both accept a split file whose ids cover their train + val pool).
+
+Volumetric layouts (ACDC, Synapse, nnU-Net raw, ``volcache``) are not supported yet: their training split holds
+slices and their validation split volumes, so a case split needs a patient-level mapping that is not written here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from mambaseg.data.files import DatasetError, list_split
+from mambaseg.utils.files import atomic_write_json
+
+__all__ = [
+    "FOLDS_FILE",
+    "FOLDS_FORMAT",
+    "case_pool",
+    "fold_split_file",
+    "iter_cases",
+    "load_folds",
+    "make_folds",
+    "resolve_folds",
+    "select_pool",
+    "take_cases",
+]
+
+FOLDS_FORMAT = "mambaseg-folds/1"
+FOLDS_FILE = "splits_final.json"
+
+
+def make_folds(case_ids: list[str], k: int, seed: int) -> list[dict[str, list[str]]]:
+    """Deal ``case_ids`` into ``k`` folds after a seeded shuffle.
+
+    Args:
+        case_ids: distinct case ids (order does not matter: they are sorted first).
+        k: number of folds, ``2 <= k <= len(case_ids)``.
+        seed: seed of ``numpy.random.default_rng``.
+
+    Returns:
+        ``[{"train": sorted ids, "val": sorted ids}, ...]`` (``k`` entries); every id is in exactly one ``val``.
+    """
+    ids = sorted(str(c) for c in case_ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError("case ids must be distinct for a fold split")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise ValueError(f"the number of folds (--folds) must be an integer >= 2, got {k!r}")
+    if k > len(ids):
+        raise ValueError(f"--folds {k} needs at least {k} cases; the pool has {len(ids)}")
+    perm = np.random.default_rng(int(seed)).permutation(len(ids))
+    held = [sorted(ids[j] for j in perm[i::k]) for i in range(k)]
+    return [{"train": sorted(set(ids) - set(v)), "val": v} for v in held]
+
+
+def load_folds(path: str | Path) -> dict[str, Any]:
+    """Read and check a ``splits_final.json`` (folds disjoint, covering the same pool)."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"fold file {path} cannot be read as JSON ({exc})") from None
+    folds = record.get("folds") if isinstance(record, dict) else None
+    if not isinstance(folds, list) or not folds or not all(
+            isinstance(f, dict) and isinstance(f.get("train"), list) and isinstance(f.get("val"), list) for f in folds):
+        raise DatasetError(f"fold file {path}: expected an object with 'folds': [{{'train': [...], 'val': [...]}}, ...]")
+    held = [str(i) for f in folds for i in f["val"]]
+    if len(set(held)) != len(held):
+        raise DatasetError(f"fold file {path}: a case is held out by two folds")
+    for i, f in enumerate(folds):
+        if set(map(str, f["train"])) | set(map(str, f["val"])) != set(held):
+            raise DatasetError(f"fold file {path}: fold {i} does not cover the pool of cases (train + val)")
+    return record
+
+
+def resolve_folds(root: str | Path, pool: list[str], *, k: int, seed: int, data: str = "",
+                  layout: str = "") -> dict[str, Any]:
+    """The folds of a cross-validation root: read ``ROOT/splits_final.json`` if it exists (checking it matches
+    ``pool``, ``k`` and ``seed``), else make them and write the file.
+
+    Raises:
+        DatasetError: the saved file was made for other cases, another k or another seed (the message says which
+            and how to start over).
+    """
+    path = Path(root) / FOLDS_FILE
+    if path.is_file():
+        record = load_folds(path)
+        have = sorted(str(i) for f in record["folds"] for i in f["val"])
+        problems = []
+        if int(record.get("k", len(record["folds"]))) != k:
+            problems.append(f"k={record.get('k')} (asked: {k})")
+        if int(record.get("seed", seed)) != seed:
+            problems.append(f"seed={record.get('seed')} (asked: {seed})")
+        if have != sorted(pool):
+            new, gone = sorted(set(pool) - set(have)), sorted(set(have) - set(pool))
+            problems.append(f"other cases ({len(new)} not in the file, e.g. {new[:3]}; {len(gone)} in the file but "
+                            f"not in the data, e.g. {gone[:3]})")
+        if problems:
+            raise DatasetError(f"{path} was made with {'; '.join(problems)}; use another --out, or delete the file "
+                               "(and the folds trained on it) to start a new cross-validation")
+        return record
+    record = {"format": FOLDS_FORMAT, "k": k, "seed": seed, "data": str(data), "layout": layout,
+              "n_cases": len(pool), "note": "seeded k-fold split over the train + val cases; test is never used",
+              "folds": make_folds(pool, k, seed)}
+    atomic_write_json(path, record)
+    return record
+
+
+def fold_split_file(root: str | Path, record: dict[str, Any], fold: int) -> Path:
+    """Write (or rewrite, same content) ``ROOT/fold_<fold>/split.json`` = that fold's train/val ids; return it."""
+    folds = record["folds"]
+    if not 0 <= fold < len(folds):
+        raise ValueError(f"--fold {fold} is out of range for {len(folds)} folds (0..{len(folds) - 1})")
+    path = Path(root) / f"fold_{fold}" / "split.json"
+    atomic_write_json(path, {"format": "mambaseg-splits/1", "fold": fold, "k": len(folds),
+                             "train": folds[fold]["train"], "val": folds[fold]["val"]})
+    return path
+
+
+def case_pool(path: str | Path, layout: str) -> list[str]:
+    """Ids of the train + val cases of a 2-D dataset (``folder2d`` root or ``npz2d`` cache), sorted.
+
+    Raises:
+        DatasetError: another layout (volumetric), or duplicated ids across the splits.
+    """
+    p = Path(path)
+    if layout == "folder2d":
+        ids: list[str] = []
+        for split in ("train", "val"):
+            if (p / split).is_dir():
+                ids += list_split(p / split).ids
+    elif layout == "npz2d":
+        with np.load(p, allow_pickle=False) as z:
+            ids = [str(i) for s in ("train", "val") if f"{s}_ids" in z.files for i in z[f"{s}_ids"]]
+    else:
+        raise DatasetError(f"cross-validation (--folds) supports 2-D folder datasets and npz2d caches; {p} is a "
+                           f"{layout!r} dataset (volumetric layouts are not supported yet)")
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise DatasetError(f"{p}: case ids occur in both train and val ({dup[:5]}); a fold split needs unique ids")
+    if not ids:
+        raise DatasetError(f"{p}: no train/val cases to split into folds")
+    return sorted(ids)
+
+
+def take_cases(arrays: dict[str, np.ndarray], ids: list[str], path: str | Path = "") -> dict[str, np.ndarray]:
+    """The arrays (``images``, ``masks``, ``orig_sizes`` when stored, ``ids``) of the cases ``ids`` of an ``npz2d``
+    cache, looked up in its train + val pool, in the order given.
+
+    Raises:
+        DatasetError: an id is not in the pool (names up to five).
+    """
+    pool_splits = [s for s in ("train", "val") if f"{s}_ids" in arrays]
+    where = {i: (s, j) for s in pool_splits for j, i in enumerate(str(x) for x in arrays[f"{s}_ids"])}
+    unknown = [i for i in ids if i not in where]
+    if unknown:
+        raise DatasetError(f"{path}: {len(unknown)} case id(s) not in the cache's train/val splits: {unknown[:5]}")
+    rows = [where[i] for i in ids]
+    part: dict[str, np.ndarray] = {}
+    for key in ("images", "masks", "orig_sizes"):
+        if rows and all(f"{s}_{key}" in arrays for s in pool_splits):
+            part[key] = np.stack([arrays[f"{s}_{key}"][j] for s, j in rows])
+    part["ids"] = np.asarray(list(ids))
+    return part
+
+
+def select_pool(arrays: dict[str, np.ndarray], split_file: str | Path, path: str | Path,
+                splits: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+    """``npz2d`` with a split file: the arrays of each wanted split (``train``/``val``) taken by id from the cache's
+    train + val pool (:func:`take_cases`); ``test`` stays as stored. The split file must cover exactly that pool."""
+    from mambaseg.data.splits import _load_split_file
+
+    pool = [str(i) for s in ("train", "val") if f"{s}_ids" in arrays for i in arrays[f"{s}_ids"]]
+    sel = _load_split_file(Path(split_file), pool)
+    return {split: take_cases(arrays, sel[split], path) for split in splits if split in ("train", "val")}
+
+
+def iter_cases(dataset: Any) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(id, image, mask)`` of every case of a 2-D dataset at the resolution its ground truth is stored at:
+    a :class:`~mambaseg.data.FolderDataset2D` gives the original image (uint8, or float32 in [0, 1] for 16-bit
+    files) and mask; an ``npz2d`` :class:`~mambaseg.data.cache.ArrayDataset2D` the cached (network-size) arrays.
+    Masks are class indices."""
+    if hasattr(dataset, "load_pair"):
+        for i, case in enumerate(dataset.ids):
+            img, mask = dataset.load_pair(i)
+            yield case, img, mask
+    elif hasattr(dataset, "images") and hasattr(dataset, "masks"):
+        for i, case in enumerate(dataset.ids):
+            yield case, dataset.images[i], np.asarray(dataset.masks[i])
+    else:
+        raise TypeError(f"{type(dataset).__name__} is not a 2-D dataset with stored cases (FolderDataset2D or "
+                        "ArrayDataset2D)")

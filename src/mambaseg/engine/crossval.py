@@ -1,0 +1,301 @@
+"""K-fold cross-validation: train the folds, save out-of-fold predictions, score them pooled.
+
+Layout of a cross-validation root ``ROOT`` (``--out``)::
+
+    ROOT/splits_final.json            the folds (mambaseg.data.folds), written once, reused
+    ROOT/fold_i/split.json            fold i's train/val ids (its data.split_file)
+    ROOT/fold_i/...                   a normal run directory (checkpoints/, metrics.json, train.log, ...)
+    ROOT/fold_i/oof/<ckpt>/masks/<id>.png           held-out predictions (label-map pixel values)
+    ROOT/fold_i/oof/<ckpt>/probabilities/<id>.npz   their probabilities, float16 ("probabilities": (C', H, W),
+                                                    C' = 1 foreground probability for binary tasks, else softmax)
+    ROOT/cv_metrics.json              written by evaluate_cv: pooled + per-case metrics of all held-out cases
+
+``<ckpt>`` is ``last`` and ``best``: ``last`` = the final weights (no selection), ``best`` = the checkpoint chosen on
+the fold's validation split, which IS the held-out fold, so its out-of-fold score is optimistically biased (the
+selection used the cases it reports); ``cv_metrics.json`` states which one was scored and this rule. Predictions are
+made at the resolution of the stored ground truth: the original image size for folder datasets, the cached
+(network) size for ``npz2d`` caches.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mambaseg.configs import RunConfig
+from mambaseg.data.folds import (
+    FOLDS_FILE,
+    case_pool,
+    fold_split_file,
+    iter_cases,
+    load_folds,
+    resolve_folds,
+)
+from mambaseg.data.layouts import detect_layout
+from mambaseg.utils.files import atomic_path, atomic_write_json
+
+__all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "evaluate_cv", "fold_config", "predict_oof", "train_folds"]
+
+OOF_CHECKPOINTS = ("last", "best")
+SELECTION_RULES = {
+    "last": "final weights of each fold (no checkpoint selection; every held-out case is unseen by training and "
+            "selection)",
+    "best": "checkpoint of each fold chosen on its validation split = the held-out fold itself (optimistic: the "
+            "selection saw the cases it reports)",
+}
+
+
+def _parse_fold(fold: int | str, k: int) -> list[int]:
+    if str(fold) == "all":
+        return list(range(k))
+    try:
+        i = int(fold)
+    except (TypeError, ValueError):
+        raise ValueError(f"--fold must be an integer in 0..{k - 1} or 'all', got {fold!r}") from None
+    if not 0 <= i < k:
+        raise ValueError(f"--fold {i} is out of range for --folds {k} (0..{k - 1} or 'all')")
+    return [i]
+
+
+def fold_config(cfg: RunConfig, root: str | Path, fold: int, split_file: Path) -> RunConfig:
+    """The config of fold ``fold``: run directory ``ROOT/fold_<fold>``, data split = that fold's split file."""
+    c = copy.deepcopy(cfg)
+    c.train.out = str(Path(root) / f"fold_{fold}")
+    c.data.split_file = str(split_file)
+    return c
+
+
+def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: bool = False, console: Any = None,
+                show_progress: bool = True, tta: str | None = None, device: str | None = None) -> list[Any]:
+    """Train fold(s) of a ``folds``-fold cross-validation rooted at ``cfg.train.out`` and save their out-of-fold
+    predictions.
+
+    The folds come from ``ROOT/splits_final.json`` (made from the train + val cases with ``data.split_seed`` the first
+    time). With ``fold="all"`` the folds run in sequence; a fold that already has its ``metrics.json`` and its
+    out-of-fold predictions is skipped, an unfinished one is continued when ``resume`` (refused otherwise).
+
+    Returns:
+        The :class:`~mambaseg.engine.TrainResult` of each fold trained now.
+    """
+    from mambaseg.engine.trainer import train
+
+    if cfg.data.path is None:
+        raise ValueError("cross-validation needs a dataset: pass --data PATH")
+    root = Path(cfg.train.out)
+    layout = cfg.data.layout or detect_layout(cfg.data.path)
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise ValueError(f"--folds must be an integer >= 2, got {folds!r}")
+    todo = _parse_fold(fold, folds)
+    pool = case_pool(cfg.data.path, layout)
+    record = resolve_folds(root, pool, k=folds, seed=cfg.data.split_seed, data=str(cfg.data.path), layout=layout)
+    results = []
+    for i in todo:
+        fcfg = fold_config(cfg, root, i, fold_split_file(root, record, i))
+        run_dir = Path(fcfg.train.out)
+        done = (run_dir / "metrics.json").is_file() and all(
+            (run_dir / "oof" / w / "oof.json").is_file() for w in OOF_CHECKPOINTS)
+        if done:
+            if console is not None:
+                console.print(f"fold {i}: already trained and predicted ({run_dir}); skipped", highlight=False)
+            continue
+        has_run = (run_dir / "checkpoints" / "last.pt").is_file()
+        finished = (run_dir / "metrics.json").is_file()
+        if console is not None:
+            n_tr, n_va = len(record["folds"][i]["train"]), len(record["folds"][i]["val"])
+            console.print(f"fold {i}/{folds - 1}: {n_tr} training cases, {n_va} held out -> {run_dir}",
+                          highlight=False)
+        rank = int(os.environ.get("RANK", "0"))  # under torchrun only the main process predicts
+        if not finished:
+            if has_run and not resume:
+                raise ValueError(f"{run_dir} holds an unfinished fold; pass --resume to continue it")
+            results.append(train(fcfg, resume=True if has_run else None, console=console,
+                                 show_progress=show_progress))
+            rank = results[-1].rank
+        if rank == 0:
+            for which in OOF_CHECKPOINTS:
+                predict_oof(run_dir, which, tta=tta, device=device or fcfg.train.device)
+    return results
+
+
+def _held_out_dataset(cfg: RunConfig, path: str, layout: str, ids: Sequence[str], in_chans: int = 3) -> Any:
+    """The held-out cases of a fold as a 2-D dataset whose cases are read at their stored resolution."""
+    if layout == "folder2d":
+        from mambaseg.data.folder2d import FolderDataset2D
+
+        return FolderDataset2D(path, "val", image_size=tuple(cfg.data.image_size), augment=False, normalization=None,
+                               binary=cfg.data.binary, label_values=None if cfg.data.binary else cfg.data.label_values,
+                               ids=list(ids), in_chans=in_chans)
+    if layout == "npz2d":
+        from mambaseg.data.cache import ArrayDataset2D
+        from mambaseg.data.folds import take_cases
+
+        with np.load(path, allow_pickle=False) as z:
+            part = take_cases({k: z[k] for k in z.files}, list(ids), path)
+        return ArrayDataset2D(part["images"], part["masks"], [str(s) for s in part["ids"]],
+                              image_size=tuple(int(s) for s in part["images"].shape[1:3]), augment=False)
+    raise ValueError(f"cross-validation supports folder2d and npz2d data, not {layout!r}")
+
+
+def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = None, tta: str | None = None,
+                device: str = "auto", batch_size: int = 4) -> Path:
+    """Predict the held-out cases of one fold with its ``which`` checkpoint and write ``RUN/oof/<which>/``.
+
+    Writes ``masks/<id>.png`` (label-map pixel values), ``probabilities/<id>.npz`` (float16) and ``oof.json`` (ids,
+    checkpoint, epoch, tta, resolution). Returns the ``oof/<which>`` folder.
+    """
+    from PIL import Image
+
+    from mambaseg.checkpoint import load_checkpoint
+    from mambaseg.configs import config_from_dict
+    from mambaseg.data.splits import _load_split_file
+    from mambaseg.inference.ensemble import load_ensemble
+    from mambaseg.metrics import labels_from_logits
+
+    if which not in OOF_CHECKPOINTS:
+        raise ValueError(f"which must be one of {OOF_CHECKPOINTS}, got {which!r}")
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoints" / f"{which}.pt"
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"{ckpt_path} does not exist; train the fold first")
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    cfg = config_from_dict(ckpt.get("config") or {})
+    path = str(data or cfg.data.path)
+    if not cfg.data.split_file:
+        raise ValueError(f"{ckpt_path}: not a cross-validation fold (no data.split_file in its config)")
+    split = Path(cfg.data.split_file)
+    if not split.is_file():
+        split = run_dir / "split.json"
+    layout = (ckpt.get("task") or {}).get("layout") or detect_layout(path)
+    pool = case_pool(path, layout)
+    ids = _load_split_file(split, pool)["val"]
+    dataset = _held_out_dataset(cfg, path, layout, ids, int((ckpt.get("task") or {}).get("in_chans") or 3))
+    predictor = load_ensemble([ckpt_path], tta=tta, device=device)
+    out = run_dir / "oof" / which
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "probabilities").mkdir(parents=True, exist_ok=True)
+    cases = list(iter_cases(dataset))
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start:start + batch_size]
+        logits = predictor.predict_logits([img for _, img, _ in chunk])
+        for (case, _, _), lg in zip(chunk, logits):
+            labels = labels_from_logits(lg[None], predictor.threshold)[0].numpy()
+            prob = torch_probabilities(lg)
+            with atomic_path(out / "masks" / f"{case}.png") as tmp:
+                Image.fromarray(predictor.to_pixel_values(labels)).save(tmp, format="PNG")
+            with atomic_path(out / "probabilities" / f"{case}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, probabilities=prob.astype(np.float16))
+    atomic_write_json(out / "oof.json", {
+        "checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "which": which, "rule": SELECTION_RULES[which],
+        "tta": tta or "none", "ids": list(ids), "data": path, "layout": layout,
+        "resolution": "original image size" if layout == "folder2d" else "cached (network) size",
+        "label_map": predictor.label_map,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    return out
+
+
+def torch_probabilities(logits: Any) -> np.ndarray:
+    """(C, H, W) logits -> probabilities as numpy: (1, H, W) sigmoid for one channel, else softmax."""
+    import torch
+
+    lg = logits.float()
+    p = torch.sigmoid(lg) if lg.shape[0] == 1 else torch.softmax(lg, dim=0)
+    return p.cpu().numpy()
+
+
+def evaluate_cv(root: str | Path, *, which: str = "last", data: str | None = None, out: str | Path | None = None,
+                tta: str | None = None, device: str = "auto", spacing: Any = None,
+                nsd_tolerance: float = 2.0, empty_policy: str = "nan") -> dict[str, Any]:
+    """Score the pooled out-of-fold predictions of every fold of ``root`` against the ground truth.
+
+    Args:
+        root: cross-validation root (holds ``splits_final.json`` and ``fold_*/``).
+        which: ``last`` or ``best`` checkpoint's predictions (see :data:`SELECTION_RULES`).
+        data: the dataset (default: the one recorded in ``splits_final.json``).
+        out: where to write ``cv_metrics.json`` (default ``root``).
+        tta: ``flip`` re-predicts every held-out case with mirroring TTA (in memory; the saved masks are kept);
+            default: score the saved ``oof/<which>/masks``.
+        spacing, nsd_tolerance, empty_policy: see :func:`mambaseg.metrics.score.score_cases`.
+
+    Returns:
+        The ``cv_metrics.json`` content: pooled and per-case metrics, per-fold Dice, worst cases, selection rule.
+    """
+    from mambaseg.data.files import mask_to_labels, read_mask
+    from mambaseg.inference.ensemble import load_ensemble
+    from mambaseg.metrics.score import score_cases
+
+    root = Path(root)
+    if which not in OOF_CHECKPOINTS:
+        raise ValueError(f"--oof must be one of {OOF_CHECKPOINTS}, got {which!r}")
+    if not (root / FOLDS_FILE).is_file():
+        raise FileNotFoundError(f"{root} is not a cross-validation root: no {FOLDS_FILE} (train with --folds K)")
+    record = load_folds(root / FOLDS_FILE)
+    path = str(data or record.get("data") or "")
+    if not path or not Path(path).exists():
+        raise FileNotFoundError(f"the dataset {path!r} of {root / FOLDS_FILE} does not exist; pass --data PATH")
+    layout = record.get("layout") or detect_layout(path)
+    missing = [i for i in range(len(record["folds"]))
+               if not (root / f"fold_{i}" / "checkpoints" / f"{which}.pt").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root}: fold(s) {missing} have no checkpoints/{which}.pt; train them "
+                                f"(mambaseg train --folds {len(record['folds'])} --fold all --out {root}) first")
+    from mambaseg.checkpoint import load_checkpoint
+    from mambaseg.configs import config_from_dict
+
+    ckpt0 = load_checkpoint(root / "fold_0" / "checkpoints" / f"{which}.pt", map_location="cpu")
+    cfg = config_from_dict(ckpt0.get("config") or {})
+    in_chans = int((ckpt0.get("task") or {}).get("in_chans") or 3)
+    label_values = None if cfg.data.binary else cfg.data.label_values
+    num_classes = 1 if cfg.data.binary else len(cfg.data.label_values or [])
+
+    def cases() -> Any:
+        for i, f in enumerate(record["folds"]):
+            run_dir = root / f"fold_{i}"
+            dataset = _held_out_dataset(cfg, path, layout, f["val"], in_chans)
+            if tta not in (None, "", "none"):
+                predictor = load_ensemble([run_dir / "checkpoints" / f"{which}.pt"], tta=tta, device=device)
+                for case, img, gt in iter_cases(dataset):
+                    yield f"{case}", predictor.predict(img), gt, i
+                continue
+            oof = run_dir / "oof" / which / "masks"
+            for case, _, gt in iter_cases(dataset):
+                mp = oof / f"{case}.png"
+                if not mp.is_file():
+                    raise FileNotFoundError(f"{mp} is missing: predict the held-out cases of fold {i} first "
+                                            f"(mambaseg train --folds {len(record['folds'])} --fold {i} --resume "
+                                            f"--out {root})")
+                pred = mask_to_labels(read_mask(mp), binary=cfg.data.binary, label_values=label_values, path=mp)
+                yield case, pred, gt, i
+
+    fold_of: dict[str, int] = {}
+
+    def tagged() -> Any:
+        for case, pred, gt, i in cases():
+            fold_of[case] = i
+            yield case, pred, gt
+
+    result = score_cases(tagged(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
+                         empty_policy=empty_policy)
+    per_fold: dict[int, list[float]] = {}
+    for row in result["cases"]:
+        row["fold"] = fold_of[row["id"]]
+        if isinstance(row["dice"], float):
+            per_fold.setdefault(row["fold"], []).append(row["dice"])
+    for w in result["worst"]:
+        w["fold"] = fold_of[w["id"]]
+    summary = {
+        "root": str(root), "data": path, "layout": layout, "k": len(record["folds"]), "seed": record.get("seed"),
+        "checkpoint": which, "selection_rule": SELECTION_RULES[which], "tta": tta or "none",
+        "resolution": "original image size" if layout == "folder2d" else "cached (network) size",
+        "per_fold_mean_dice": {str(k): float(np.mean(v)) for k, v in sorted(per_fold.items())},
+        **result,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(Path(out or root) / "cv_metrics.json", summary)
+    return summary

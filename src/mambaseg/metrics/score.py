@@ -1,0 +1,161 @@
+"""Scoring label maps against ground truth: Dice/IoU (pooled and per case), HD95 and NSD per case.
+
+Used by ``mambaseg score PRED_DIR GT_DIR`` (any model's masks) and by the cross-validation evaluation (pooled
+out-of-fold predictions). Statistics are separated from reductions as everywhere in :mod:`mambaseg.metrics`:
+
+* Dice/IoU/Acc/Sen/Spe: confusion counts per case (:func:`~mambaseg.metrics.confusion_stats`), reduced
+  ``pooled`` (one confusion matrix over all cases) and ``per_case`` (mean of the per-case values).
+* HD95: :func:`mambaseg.metrics.hd95` (medpy convention: surface = mask minus its connectivity-1 erosion, 95th
+  percentile of the pooled distances of both directions), in units of ``spacing`` (pixels when not given).
+* NSD (normalized surface distance, "surface Dice" of Nikolov et al. 2021) at tolerance ``tau``:
+  ``(#{p in S_P: d(p, S_G) <= tau} + #{g in S_G: d(g, S_P) <= tau}) / (|S_P| + |S_G|)`` with the same surface
+  voxels and distances as HD95 (:func:`mambaseg.metrics.surface_distances`). Surfaces are counted in voxels, not
+  in surfel areas as in DeepMind's ``surface-distance`` package, so values differ slightly from it on curved
+  boundaries. ``tau`` is in the units of ``spacing`` (pixels without spacing).
+* HD95 and NSD have no pooled form: their reduction is the mean over cases (``per_case``).
+
+Empty masks (``empty_policy``), per case and class:
+
+``"nan"`` (nnU-Net / MONAI): both empty -> Dice, IoU, HD95, NSD are NaN and left out of the means; exactly one
+    empty -> Dice 0, IoU 0, HD95 ``inf`` (kept in the mean: an unbounded error stays visible), NSD 0.
+``"one"`` (the default of this library's evaluators): both empty -> Dice 1, IoU 1, HD95 0, NSD 1 (a perfect
+    answer); exactly one empty -> as ``"nan"``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from mambaseg.metrics.confusion import confusion_stats, reduce_stats, scores_from_stats
+from mambaseg.metrics.hd95 import hd95, surface_distances
+
+__all__ = ["SCORE_EMPTY_POLICIES", "nsd", "score_cases"]
+
+SCORE_EMPTY_POLICIES = ("nan", "one")
+
+
+def nsd(pred: np.ndarray, gt: np.ndarray, tolerance: float, spacing: float | Sequence[float] | None = None) -> float:
+    """Normalized surface distance of two non-empty binary masks at ``tolerance`` (units of ``spacing``).
+
+    Raises:
+        ValueError: an empty mask, a negative tolerance or mismatched shapes.
+    """
+    if not tolerance >= 0:
+        raise ValueError(f"the NSD tolerance must be >= 0, got {tolerance}")
+    d_pg, d_gp = surface_distances(pred, gt, spacing=spacing)
+    return float((np.count_nonzero(d_pg <= tolerance) + np.count_nonzero(d_gp <= tolerance))
+                 / (d_pg.size + d_gp.size))
+
+
+def _surface_scores(p: np.ndarray, g: np.ndarray, *, spacing: Any, tolerance: float,
+                    empty_policy: str) -> tuple[float, float]:
+    np_, ng = bool(p.any()), bool(g.any())
+    if np_ and ng:
+        return hd95(p, g, spacing), nsd(p, g, tolerance, spacing)
+    if not np_ and not ng:
+        return (float("nan"), float("nan")) if empty_policy == "nan" else (0.0, 1.0)
+    return float("inf"), 0.0
+
+
+def _mean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
+def _json_num(v: float) -> float | str:
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return None if math.isnan(v) else round(float(v), 6)  # type: ignore[return-value]
+
+
+def score_cases(
+    cases: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    *,
+    num_classes: int,
+    spacing: float | Sequence[float] | None = None,
+    nsd_tolerance: float = 2.0,
+    empty_policy: str = "nan",
+    surface: bool = True,
+    class_names: Sequence[str] | None = None,
+    worst: int = 10,
+    low_dice: float = 0.8,
+) -> dict[str, Any]:
+    """Score ``(id, pred, gt)`` label maps (class indices, same shape per case).
+
+    Args:
+        cases: iterable of ``(case id, predicted labels, ground-truth labels)``; binary tasks use {0, 1}.
+        num_classes: 1 for binary, else the number of classes (class 0 = background, not scored).
+        spacing: pixel/voxel size per axis (or one number) for HD95 and NSD; ``None`` = pixel units.
+        nsd_tolerance: NSD tolerance in the units of ``spacing``.
+        empty_policy: ``"nan"`` or ``"one"`` (module docstring).
+        surface: compute HD95 and NSD (False: only the confusion metrics).
+        class_names: names of the classes for the per-class entries.
+        worst: how many of the lowest per-case Dice values to list.
+        low_dice: the per-case Dice under which a case is counted in ``n_below``.
+
+    Returns:
+        ``{"dice", "iou" (pooled), "per_case_dice", "hd95", "nsd" (per-case means), "n_cases", "pooled",
+        "per_case" (:func:`~mambaseg.metrics.reduce_stats` dicts), "cases": [{"id", "dice", "iou", "hd95", "nsd",
+        "per_class": {...}}], "worst": [...], "n_below", "conventions": {...}}``.
+    """
+    if empty_policy not in SCORE_EMPTY_POLICIES:
+        raise ValueError(f"empty_policy must be one of {SCORE_EMPTY_POLICIES}, got {empty_policy!r}")
+    fg = [1] if num_classes == 1 else list(range(1, num_classes))
+    stats, rows = [], []
+    for case_id, pred, gt in cases:
+        p, g = np.asarray(pred), np.asarray(gt)
+        if p.shape != g.shape:
+            raise ValueError(f"case {case_id!r}: prediction is {p.shape} but the ground truth is {g.shape}; expected "
+                             "the same size")
+        st = confusion_stats(torch.from_numpy(p.astype(np.int64))[None], torch.from_numpy(g.astype(np.int64))[None],
+                             num_classes)
+        stats.append(st)
+        sc = scores_from_stats(st[0], empty="nan" if empty_policy == "nan" else "one")
+        idx = [0] if num_classes == 1 else fg
+        per_class: dict[str, list[float]] = {"dsc": [float(sc["dsc"][i]) for i in idx],
+                                             "iou": [float(sc["iou"][i]) for i in idx]}
+        if surface:
+            hs, ns = zip(*[_surface_scores(p == c, g == c, spacing=spacing, tolerance=nsd_tolerance,
+                                           empty_policy=empty_policy) for c in fg])
+            per_class["hd95"], per_class["nsd"] = list(hs), list(ns)
+        rows.append({"id": str(case_id), **{("dice" if k == "dsc" else k): _mean(v) for k, v in per_class.items()},
+                     "per_class": per_class})
+    if not rows:
+        raise ValueError("no cases to score")
+    all_stats = torch.cat(stats)
+    empty = "nan" if empty_policy == "nan" else "one"
+    names = list(class_names) if class_names is not None else None
+    if names is not None and num_classes == 1 and len(names) == 2:
+        names = names[1:]
+    pooled = reduce_stats(all_stats, "pooled", empty=empty, class_names=names)
+    per_case = reduce_stats(all_stats, "per_case", empty=empty, class_names=names)
+    ranked = sorted((r for r in rows if not math.isnan(r["dice"])), key=lambda r: (r["dice"], r["id"]))
+    out: dict[str, Any] = {
+        "dice": pooled["dsc"], "iou": pooled["iou"], "per_case_dice": per_case["dsc"], "n_cases": len(rows),
+        "pooled": pooled, "per_case": per_case,
+        "n_below": {"threshold": low_dice, "count": sum(r["dice"] < low_dice for r in ranked)},
+        "worst": [{"id": r["id"], "dice": _json_num(r["dice"])} for r in ranked[:worst]],
+    }
+    if surface:
+        out["hd95"] = _mean([r["hd95"] for r in rows])
+        out["nsd"] = _mean([r["nsd"] for r in rows])
+    out["conventions"] = {
+        "dice_iou": "pooled = one confusion matrix over all cases; per_case = mean of per-case values",
+        "hd95": "medpy: 95th percentile of the pooled surface distances of both directions (surface = mask minus "
+                "its connectivity-1 erosion); mean over cases",
+        "nsd": f"normalized surface distance, surface voxels within {nsd_tolerance:g} of the other surface; mean over "
+               "cases",
+        "units": "pixels" if spacing is None else f"spacing {spacing}",
+        "empty_policy": empty_policy,
+        "classes_scored": fg,
+    }
+    out["cases"] = [{**r, **{k: _json_num(r[k]) for k in ("dice", "iou", "hd95", "nsd") if k in r},
+                     "per_class": {k: [_json_num(x) for x in v] for k, v in r["per_class"].items()}} for r in rows]
+    for k in ("hd95", "nsd"):
+        if k in out:
+            out[k] = _json_num(out[k])
+    return out

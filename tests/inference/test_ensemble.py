@@ -1,0 +1,162 @@
+"""Ensembles and flip TTA: probability averaging, equivalences that hold by construction, CLI use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import mambaseg
+from mambaseg.engine import evaluate_checkpoint, save_checkpoint
+from mambaseg.inference import ProbabilityEnsemble, load_ensemble
+from mambaseg.metrics import labels_from_logits
+from mambaseg.models.base import SegmentationModel
+
+
+class _Symmetric(SegmentationModel):
+    """A conv net whose kernels are symmetric under both mirrorings, so f(flip(x)) == flip(f(x)) by construction."""
+
+    stride = 1
+
+    def __init__(self, num_classes: int = 1, in_chans: int = 3) -> None:
+        super().__init__()
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.a = nn.Conv2d(in_chans, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, num_classes, 3, padding=1)
+        with torch.no_grad():
+            for conv in (self.a, self.b):
+                w = conv.weight
+                w.copy_((w + w.flip(-1) + w.flip(-2) + w.flip(-1, -2)) / 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+class _Constant(nn.Module):
+    """Logits log(p / (1 - p)) everywhere: probability p."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.z = float(np.log(p / (1 - p)))
+
+    def forward(self, x):
+        return torch.full((x.shape[0], 1, *x.shape[2:]), self.z)
+
+
+@pytest.fixture(scope="module")
+def synthetic_data_module(tmp_path_factory):
+    from mambaseg.data import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("ens") / "data", n_train=4, n_val=4, size=(32, 32), seed=3)
+
+
+def _ckpt(tmp_path, name="a", seed=0):
+    torch.manual_seed(seed)
+    model = mambaseg.create_model("vmunet_tiny", num_classes=1, dims=8, d_state=2)
+    return save_checkpoint(tmp_path / f"{name}.pt", {
+        "model": model.mambaseg_spec, "state_dict": model.state_dict(), "image_size": [32, 32], "epoch": 1,
+        "normalization": {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]},
+        "label_map": {"background": 0, "foreground": 255}})
+
+
+def test_flip_tta_of_a_flip_equivariant_model_equals_the_plain_prediction():
+    torch.manual_seed(0)
+    model = _Symmetric().eval()
+    x = torch.randn(2, 3, 16, 20)
+    with torch.no_grad():
+        plain = torch.sigmoid(model(x))
+        tta = ProbabilityEnsemble([model], tta="flip").probabilities(x)
+        # a model that is NOT equivariant changes under TTA (the test can fail)
+        other = nn.Conv2d(3, 1, 3, padding=1)
+        assert not torch.allclose(ProbabilityEnsemble([other], tta="flip").probabilities(x), torch.sigmoid(other(x)))
+    assert torch.allclose(tta, plain, atol=1e-6)
+    assert torch.equal(labels_from_logits(ProbabilityEnsemble([model], tta="flip")(x)), (plain >= 0.5).long()[:, 0])
+
+
+def test_probabilities_are_averaged_not_labels_or_logits():
+    members = [_Constant(0.76), _Constant(0.76), _Constant(0.01)]
+    ens = ProbabilityEnsemble(members)
+    x = torch.zeros(1, 3, 4, 4)
+    p = ens.probabilities(x)
+    assert torch.allclose(p, torch.full_like(p, (0.76 + 0.76 + 0.01) / 3))
+    # mean probability 0.51 -> foreground; the mean logit (-0.76) would say background
+    assert labels_from_logits(ens(x)).all()
+    assert np.mean([m.z for m in members]) < 0
+    two = ProbabilityEnsemble([_Constant(0.9), _Constant(0.3), _Constant(0.4)])  # 2 of 3 votes say background
+    assert labels_from_logits(two(x)).all()
+
+
+def test_ensemble_of_two_copies_equals_the_single_checkpoint(tmp_path):
+    a = _ckpt(tmp_path)
+    single = mambaseg.load(a, device="cpu")
+    double = load_ensemble([a, a], device="cpu")
+    assert isinstance(double.model, ProbabilityEnsemble) and len(double.model.members) == 2
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert np.allclose(double.predict_proba(img), single.predict_proba(img), atol=1e-6)
+    assert np.array_equal(double.predict(img), single.predict(img))
+    big = rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)  # resized back to the original size
+    assert np.array_equal(double.predict(big), load_ensemble([a], tta=None, device="cpu").predict(big))
+    # two different checkpoints do change the answer
+    b = _ckpt(tmp_path, "b", seed=1)
+    assert not np.allclose(load_ensemble([a, b], device="cpu").predict_proba(img), single.predict_proba(img))
+
+
+def test_cv_root_expands_to_its_fold_checkpoints_and_mismatches_are_refused(tmp_path):
+    a = _ckpt(tmp_path)
+    for i in (1, 0):
+        (tmp_path / "cv" / f"fold_{i}" / "checkpoints").mkdir(parents=True)
+        (tmp_path / "cv" / f"fold_{i}" / "checkpoints" / "best.pt").write_bytes(a.read_bytes())
+    pred = load_ensemble([tmp_path / "cv"], tta="flip", device="cpu")
+    assert [p.split("/")[-3] for p in pred.info["checkpoint"]] == ["fold_0", "fold_1"]
+    assert pred.info["tta"] == "flip"
+    payload = torch.load(a, weights_only=True)
+    payload["image_size"] = [64, 64]
+    other = save_checkpoint(tmp_path / "other.pt", payload)
+    with pytest.raises(Exception, match="image_size"):
+        load_ensemble([a, other], device="cpu")
+    with pytest.raises(ValueError, match="--tta"):
+        load_ensemble([a], tta="rot90", device="cpu")
+    with pytest.raises(FileNotFoundError, match="no fold"):
+        load_ensemble([tmp_path / "cv"], which="last")
+
+
+def test_predict_and_evaluate_with_tta_and_ensemble(tmp_path, synthetic_data_module):
+    from typer.testing import CliRunner
+
+    from mambaseg.cli import app
+
+    a, b = _ckpt(tmp_path), _ckpt(tmp_path, "b", seed=1)
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", "--checkpoint", str(a), "--checkpoint", str(b), "--tta", "flip", "--input",
+                              str(synthetic_data_module / "val" / "images"), "--out", str(tmp_path / "p"),
+                              "--device", "cpu", "--no-overlays"])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "p" / "masks").glob("*.png"))) == 4
+    ev = evaluate_checkpoint([a, b], synthetic_data_module, device="cpu", tta="flip")
+    assert ev["ensemble"] == 2 and ev["tta"] == "flip" and 0 <= ev["dice"] <= 1
+    # the evaluator's Dice of the ensemble = Dice of the masks the predictor writes (at 32x32 = network size)
+    pred = load_ensemble([a, b], tta="flip", device="cpu")
+    tp = fp = fn = 0
+    for f in sorted((synthetic_data_module / "val" / "images").glob("*.png")):
+        m = pred.predict(f).astype(bool)
+        g = np.asarray(Image.open(synthetic_data_module / "val" / "masks" / f.name)) > 127
+        tp += int((m & g).sum()); fp += int((m & ~g).sum()); fn += int((~m & g).sum())
+    assert ev["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4)
+
+
+def test_volumes_are_predicted_slice_by_slice_with_tta():
+    from mambaseg.inference import predict_volume
+
+    torch.manual_seed(2)
+    model = _Symmetric(num_classes=3, in_chans=1).eval()
+    vol = np.random.default_rng(0).random((3, 20, 24)).astype(np.float32)
+    plain = predict_volume(model, vol, image_size=16, device="cpu")
+    tta = predict_volume(ProbabilityEnsemble([model], tta="flip"), vol, image_size=16, device="cpu")
+    assert plain.shape == tta.shape == (3, 20, 24)
+    assert np.array_equal(plain, tta)  # equivariant model: mirroring changes nothing, slice by slice
+    other = nn.Conv2d(1, 3, 5, padding=2)
+    diff = predict_volume(ProbabilityEnsemble([other], tta="flip"), vol, image_size=16, device="cpu")
+    assert not np.array_equal(diff, predict_volume(other, vol, image_size=16, device="cpu"))

@@ -1,0 +1,104 @@
+"""mambaseg score: NSD and HD95 on a hand-computed case, pooled vs per-case, empty-mask policies, file matching."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mambaseg.cli import app
+from mambaseg.data.files import DatasetError, match_mask_files
+from mambaseg.metrics.score import nsd, score_cases
+
+
+def _squares():
+    gt = np.zeros((10, 10), np.uint8)
+    gt[2:6, 2:6] = 1
+    pred = np.zeros_like(gt)
+    pred[2:6, 4:8] = 1  # the same 4x4 square moved right by 2 pixels
+    return pred, gt
+
+
+def test_nsd_and_hd95_by_hand():
+    # each 4x4 square has 12 surface pixels (16 minus the 2x2 interior). Pred surface -> GT surface: the 4 pixels of
+    # rows 2 and 5 at columns 4-5 lie on the GT surface (0), columns 6 -> 1 and 7 -> 2 (4 pixels), the left column's
+    # inner rows (3, 4) at column 4 -> 1 (column 5 is GT surface), the right column's at column 7 -> 2. So each
+    # direction (symmetric by mirroring) holds {0 x4, 1 x4, 2 x4}: within 0 -> 8/24, within 1 -> 16/24, HD95 = 2
+    pred, gt = _squares()
+    assert nsd(pred, gt, 0) == pytest.approx(8 / 24)
+    assert nsd(pred, gt, 1) == pytest.approx(16 / 24)
+    assert nsd(pred, gt, 2) == pytest.approx(1.0)
+    assert nsd(pred, gt, 1, spacing=0.5) == pytest.approx(1.0)  # half-pixel spacing: all distances <= 1 mm
+    res = score_cases([("a", pred, gt)], num_classes=1, nsd_tolerance=1)
+    case = res["cases"][0]
+    assert case["dice"] == pytest.approx(0.5) and case["iou"] == pytest.approx(1 / 3, abs=1e-6)
+    assert case["hd95"] == pytest.approx(2.0) and case["nsd"] == pytest.approx(2 / 3, abs=1e-6)
+    with pytest.raises(ValueError, match="tolerance"):
+        nsd(pred, gt, -1)
+
+
+def test_pooled_differs_from_per_case_and_empty_policies():
+    pred, gt = _squares()
+    big_gt = np.zeros((10, 10), np.uint8)
+    big_gt[1:9, 1:9] = 1
+    empty = np.zeros((10, 10), np.uint8)
+    cases = [("a", pred, gt), ("b", big_gt, big_gt), ("c", empty, empty)]
+    nan = score_cases(cases, num_classes=1, empty_policy="nan")
+    one = score_cases(cases, num_classes=1, empty_policy="one")
+    # pooled: TP 8 + 64, FP 8, FN 8 -> 144 / 160; per case: mean(0.5, 1) with c left out, or mean(0.5, 1, 1)
+    assert nan["dice"] == pytest.approx(144 / 160) and one["dice"] == pytest.approx(144 / 160)
+    assert nan["per_case_dice"] == pytest.approx(0.75) and one["per_case_dice"] == pytest.approx(2.5 / 3)
+    assert [c["dice"] for c in nan["cases"]][2] is None and one["cases"][2]["dice"] == 1.0
+    assert one["cases"][2]["hd95"] == 0.0 and one["cases"][2]["nsd"] == 1.0
+    assert nan["worst"][0] == {"id": "a", "dice": 0.5} and nan["n_below"]["count"] == 1
+    # exactly one empty: Dice 0, HD95 inf (kept in the mean), NSD 0
+    miss = score_cases([("m", empty, gt)], num_classes=1)
+    assert miss["cases"][0]["dice"] == 0.0 and miss["cases"][0]["hd95"] == "inf" and miss["nsd"] == 0.0
+    assert miss["hd95"] == "inf"
+
+
+def test_multiclass_scores_each_foreground_class():
+    gt = np.zeros((8, 8), np.int64)
+    gt[:4] = 1
+    gt[4:] = 2
+    pred = gt.copy()
+    pred[3] = 2  # one row of class 1 predicted as class 2
+    res = score_cases([("x", pred, gt)], num_classes=3, surface=False)
+    d1, d2 = 2 * 24 / (24 + 32), 2 * 32 / (32 + 40)
+    assert res["cases"][0]["per_class"]["dsc"] == [pytest.approx(d1, abs=1e-6), pytest.approx(d2, abs=1e-6)]
+    assert res["dice"] == pytest.approx((d1 + d2) / 2)
+
+
+def _write(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def test_score_cli_matches_by_stem_and_names_unmatched_files(tmp_path):
+    pred, gt = _squares()
+    _write(tmp_path / "pred" / "a.png", pred * 255)
+    _write(tmp_path / "pred" / "b.png", gt * 255)
+    _write(tmp_path / "gt" / "masks" / "a_segmentation.png", gt * 255)
+    _write(tmp_path / "gt" / "masks" / "b.png", gt * 255)
+    pairs = match_mask_files(tmp_path / "pred", tmp_path / "gt")
+    assert [p[0] for p in pairs] == ["a", "b"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--nsd-tolerance", "1", "--json",
+                              "--out", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert out["dice"] == pytest.approx((16 + 32) / (32 + 32))
+    assert out["nsd"] == pytest.approx((2 / 3 + 1) / 2, abs=1e-6)
+    assert out["conventions"]["units"] == "pixels" and out["conventions"]["empty_policy"] == "nan"
+    _write(tmp_path / "pred" / "z.png", gt * 255)
+    with pytest.raises(DatasetError, match=r"prediction without ground truth: .*z\.png"):
+        match_mask_files(tmp_path / "pred", tmp_path / "gt")
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt")])
+    assert res.exit_code == 1 and "z.png" in res.output
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--empty-policy", "zero"])
+    assert res.exit_code == 1 and "--empty-policy" in res.output
+    assert math.isfinite(out["hd95"])
