@@ -440,8 +440,8 @@ def test_plan_picks_segment_parallel_kernels_for_few_rows_only(needs_grad):
     pytest.importorskip("triton")
     from mambaseg.ops import _triton_scan as k
 
-    for batch, kd, seqlen, n, groups in ((4, 32, 49152, 16, 4), (4, 128, 3072, 16, 4), (4, 256, 768, 16, 4),
-                                         (1, 768, 4096, 16, 4), (2, 64, 8192, 2, 4), (4, 32, 49152, 8, 1)):
+    for batch, kd, seqlen, n, groups in ((4, 32, 49152, 16, 4), (4, 128, 3072, 16, 4), (1, 768, 4096, 16, 4),
+                                         (2, 64, 8192, 2, 4), (4, 32, 49152, 8, 1)):
         plan = _plan_for(batch, kd, seqlen, n, groups, needs_grad)
         assert plan.segn and not plan.seg1, (batch, kd, seqlen, n)
         assert [s.kernel for s in plan.fwd] == [k._selective_scanN_seg_fwd_summary_kernel,
@@ -454,6 +454,7 @@ def test_plan_picks_segment_parallel_kernels_for_few_rows_only(needs_grad):
     assert rows * n_seg >= 2048 and n_seg >= 64  # segments of a few hundred positions, enough programs for an H100
     for batch, kd, seqlen, n, groups in ((32, 768, 4096, 16, 4), (32, 1536, 1024, 16, 4), (32, 3072, 256, 16, 4),
                                          (4, 512, 192, 16, 4), (4, 512, 48, 16, 4), (4, 64, 384, 16, 4),
+                                         (4, 256, 768, 16, 4), (4, 48, 512, 16, 4),
                                          (24, 384, 3136, 1, 4), (1, 384, 3136, 1, 4)):
         plan = _plan_for(batch, kd, seqlen, n, groups, needs_grad)
         assert not plan.segn, (batch, kd, seqlen, n)

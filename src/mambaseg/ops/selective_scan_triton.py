@@ -111,7 +111,11 @@ def pick_config(d_group: int, seqlen: int, d_state: int) -> dict[str, int]:
     # batch * channels <= SEGN_MAX_ROWS, i.e. when the kernels above would run at most 128 warps (forward) on the
     # whole GPU, and the sequence splits into at least SEGN_MIN_SEGS segments of at least SEGN_MIN positions
     # (their critical path is about two segments long, against the whole sequence for the kernels above).
-    cfg.update(SEGN_MAX_ROWS=2048 if block_n >= 2 else 0, SEGN_PROGRAMS=4096, SEGN_MIN=128, SEGN_MIN_SEGS=4, SEGN=0,
+    # SEGN_MIN_SEGS = 8: on the H100 (benchmarks/results/scan_gpu_h100_dermomamba.json) the three launches per
+    # direction cost more host time than they save below that: at (4, 256, 768) and (4, 48, 512) an eager call took
+    # 0.85 / 1.06 ms against 0.70 / 0.55 ms for the kernels above (whose GPU time is longer), and DermoMamba's
+    # steps are bound by launches once its long scans are split.
+    cfg.update(SEGN_MAX_ROWS=2048 if block_n >= 2 else 0, SEGN_PROGRAMS=4096, SEGN_MIN=128, SEGN_MIN_SEGS=8, SEGN=0,
                CARRY_S=32, CARRY_E=64, num_warps_carry=2)
     cfg["SEG1"] = min(cfg["SEG1"], max(16, _next_pow2(seqlen))) if cfg["SEG1"] else 0
     cfg["BLOCK_L_FWD"] = min(cfg["BLOCK_L_FWD"], max(2, _next_pow2(seqlen)))
