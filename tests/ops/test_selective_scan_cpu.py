@@ -123,6 +123,15 @@ def test_fused_out_dtype_and_low_precision_inputs(fused, dtype):
     assert _rel(y32, y_ref) < 1e-5
 
 
+def test_fused_empty_sequence(fused):
+    u, delta, A, B, C, D, bias = _inputs(1, 8, 0, 4, 4, 4, seed=1, dtype=torch.float32)
+    leaves = [t.requires_grad_() for t in (u, delta, A, B, C, D, bias)]
+    y = selective_scan(*leaves[:6], delta_bias=leaves[6], delta_softplus=True, backend="cpu_fused")
+    assert y.shape == (1, 8, 0)
+    grads = torch.autograd.grad(y.sum() + 0 * sum(t.sum() for t in leaves), leaves)
+    assert all(g.abs().sum() == 0 for g in grads)
+
+
 def test_fused_shape_errors_are_clear(fused):
     u, delta, A, B, C, D, bias = _inputs(1, 8, 10, 4, 4, 4, seed=1, dtype=torch.float32)
     with pytest.raises(ValueError, match="A must be"):

@@ -536,7 +536,7 @@ static Problem<T> make_problem(const at::Tensor& u, const at::Tensor& delta, con
   p.N = A.size(1);
   p.GB = B.size(1);
   p.GC = C.size(1);
-  p.seg = gcd64(p.dim / p.GB, p.dim / p.GC);
+  p.seg = std::max<int64_t>(1, gcd64(p.dim / p.GB, p.dim / p.GC));  // 1 for zero channels
   constexpr int W = Vec<T>::W;
   p.blocks_per_seg = (p.seg + W - 1) / W;
   p.nblocks = (p.dim / p.seg) * p.blocks_per_seg;
@@ -605,16 +605,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_inputs(u, delta, A, B, C, D, bias);
   TORCH_CHECK(gy.sizes() == u.sizes() && gy.scalar_type() == u.scalar_type() && gy.is_contiguous(),
               "fused CPU scan: grad of y must match u");
-  at::Tensor du = at::zeros_like(u), ddelta = at::zeros_like(u);
+  // every element of the outputs is written by the kernel (the first state block stores, later ones add)
   const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2), N = A.size(1);
-  at::Tensor dA_part = at::zeros({batch, dim, N}, u.options());
-  at::Tensor dD_part = D.has_value() ? at::zeros({batch, dim}, u.options()) : at::empty({0}, u.options());
+  const bool degenerate = u.numel() == 0 || N == 0;
+  auto make = [&](at::IntArrayRef size) {
+    return degenerate ? at::zeros(size, u.options()) : at::empty(size, u.options());
+  };
+  at::Tensor du = make(u.sizes()), ddelta = make(u.sizes());
+  at::Tensor dA_part = make({batch, dim, N});
+  at::Tensor dD_part = D.has_value() ? make({batch, dim}) : at::empty({0}, u.options());
   at::Tensor dB_part, dC_part;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mambaseg_scan_bwd", [&] {
     Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A, B, C, D, bias, softplus);
-    dB_part = at::zeros({batch, p.nblocks, N, L}, u.options());
-    dC_part = at::zeros({batch, p.nblocks, N, L}, u.options());
-    if (u.numel() == 0 || N == 0) {
+    dB_part = make({batch, p.nblocks, N, L});
+    dC_part = make({batch, p.nblocks, N, L});
+    if (degenerate) {
       if (D.has_value()) {
         du.copy_(gy * D->view({1, -1, 1}));
         dD_part.copy_((gy * u).sum(2));
