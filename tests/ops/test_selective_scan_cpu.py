@@ -179,3 +179,74 @@ def test_vmunet_tiny_same_output_fused_and_torch(fused):
         with use_backend("cpu_fused"):
             out = model(x)
     assert (out - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def _mirrored_reference(u, delta, A, B, C, D, bias, softplus):
+    """The mirrored scan spelled out with flips: second half of the channels scans the flipped sequence."""
+    half = u.shape[1]
+    u_std = torch.cat([u, u.flip(-1)], 1)
+    d_std = torch.cat([delta[:, :half], delta[:, half:].flip(-1)], 1)
+
+    def split(t):
+        if t.dim() == 3:  # shared: the reversed half sees it flipped, as a second group
+            return torch.stack([t, t.flip(-1)], 1)
+        g = t.shape[1] // 2
+        return torch.cat([t[:, :g], t[:, g:].flip(-1)], 1)
+
+    y = selective_scan_ref(u_std, d_std, A, split(B), split(C), D, delta_bias=bias, delta_softplus=softplus)
+    return torch.cat([y[:, :half], y[:, half:].flip(-1)], 1)
+
+
+# batch, channels (both halves), L, N, B/C groups (0 = shared), softplus + bias, D
+MIRRORED = [
+    (2, 32, 100, 16, 4, True, True),  # SS2D: 4 groups, 2 of them reversed
+    (1, 12, 67, 1, 4, True, True),  # N = 1, 3 channels per group
+    (1, 40, 33, 5, 0, False, False),  # shared B/C, N = 5 (state blocks 4 + 1), plain scan
+    (2, 8, 1, 16, 2, True, True),  # L = 1
+]
+
+
+@pytest.mark.parametrize("case", MIRRORED, ids=lambda c: "b{}c{}L{}N{}g{}s{}D{}".format(*c))
+def test_fused_mirrored_matches_flipped_reference(fused, case):
+    from mambaseg.ops.selective_scan_cpu import selective_scan_cpu
+
+    batch, dim, L, N, g, sp, useD = case
+    u, delta, A, B, C, D, bias = _inputs(batch, dim, L, N, g, g, seed=dim + L)
+    u = u[:, : dim // 2].contiguous()
+    if not sp:
+        delta = delta.abs()
+    leaves64 = [t.requires_grad_() for t in (u, delta, A, B, C, D, bias)]
+    leaves32 = [t.detach().float().requires_grad_() for t in leaves64]
+    kw = lambda ls: dict(D=ls[5] if useD else None, delta_bias=ls[6] if sp else None, delta_softplus=sp)  # noqa: E731
+    y_ref = _mirrored_reference(*leaves64[:5], kw(leaves64)["D"], kw(leaves64)["delta_bias"], sp)
+    y = selective_scan_cpu(*leaves32[:5], **kw(leaves32), mirrored=True)
+    assert _rel(y, y_ref) < 1e-5
+    gy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    used = [i for i, n in enumerate(NAMES) if (n != "D" or useD) and (n != "delta_bias" or sp)]
+    g_ref = torch.autograd.grad(y_ref, [leaves64[i] for i in used], gy)
+    g32 = torch.autograd.grad(y, [leaves32[i] for i in used], gy.float())
+    for i, a, b in zip(used, g32, g_ref):
+        assert _rel(a, b) < 1e-5, NAMES[i]
+
+
+@pytest.mark.parametrize("version", ["v0", "v2"])
+def test_ss2d_mirrored_path_matches_torch_backend(fused, version):
+    """SS2D on the fused kernel (mirrored raster orders, no flipped copies) equals SS2D on the torch backend, in
+    float64: output and every parameter and input gradient."""
+    from mambaseg.layers.ss2d import SS2D
+    from mambaseg.layers.ss2d_v2 import SS2Dv2
+
+    torch.manual_seed(0)
+    make = (lambda b: SS2D(8, d_state=4, backend=b)) if version == "v0" else (lambda b: SS2Dv2(8, d_state=1, backend=b))
+    ref = make("torch").double()
+    fus = make("cpu_fused").double()
+    fus.load_state_dict(ref.state_dict())
+    x = torch.randn(*((2, 5, 7, 8) if version == "v0" else (2, 8, 5, 7)), dtype=torch.float64)  # v2: channels first
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yf = ref(xr), fus(xf)
+    assert _rel(yf, yr) < 1e-10
+    gy = torch.randn_like(yr)
+    gr = torch.autograd.grad(yr, [xr, *ref.parameters()], gy)
+    gf = torch.autograd.grad(yf, [xf, *fus.parameters()], gy)
+    for (name, _), a, b in zip([("x", None), *ref.named_parameters()], gf, gr):
+        assert _rel(a, b) < 1e-10, name

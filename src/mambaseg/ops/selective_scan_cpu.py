@@ -114,12 +114,13 @@ def _prepare(u, delta, A, B, C, D, delta_bias):
 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):  # type: ignore[override]
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, mirrored):  # type: ignore[override]
         u_, dl_, A_, B_, C_, D_, bias_, _ = _prepare(u, delta, A, B, C, D, delta_bias)
-        y = torch.ops.mambaseg_scan.fwd(u_, dl_, A_, B_, C_, D_, bias_, bool(delta_softplus))
-        if torch.is_grad_enabled() or any(ctx.needs_input_grad):
+        y = torch.ops.mambaseg_scan.fwd(u_, dl_, A_, B_, C_, D_, bias_, bool(delta_softplus), bool(mirrored))
+        if any(ctx.needs_input_grad):
             ctx.save_for_backward(u_, dl_, A_, B_, C_, D_, bias_)
             ctx.softplus = bool(delta_softplus)
+            ctx.mirrored = bool(mirrored)
             ctx.b_shared = B.dim() == 3
             ctx.c_shared = C.dim() == 3
         return y
@@ -129,8 +130,11 @@ class _FusedScan(torch.autograd.Function):
         u_, dl_, A_, B_, C_, D_, bias_ = ctx.saved_tensors
         gy = gy.to(u_.dtype).contiguous()
         du, ddelta, dA_p, dD_p, dB_p, dC_p = torch.ops.mambaseg_scan.bwd(
-            u_, dl_, A_, B_, C_, D_, bias_, ctx.softplus, gy
+            u_, dl_, A_, B_, C_, D_, bias_, ctx.softplus, ctx.mirrored, gy
         )
+        if ctx.mirrored:  # both halves read the same u rows
+            half = du.shape[1] // 2
+            du = du[:, :half] + du[:, half:]
         batch, nblocks, n, L = dB_p.shape
         gb, gc = B_.shape[1], C_.shape[1]
         # channel blocks are numbered group by group: sum the blocks of each group
@@ -143,7 +147,7 @@ class _FusedScan(torch.autograd.Function):
         dA = dA_p.sum(0)
         dD = dD_p.sum(0) if D_ is not None else None
         dbias = ddelta.sum((0, 2)) if bias_ is not None else None
-        return du, ddelta, dA, dB, dC, dD, dbias, None
+        return du, ddelta, dA, dB, dC, dD, dbias, None, None
 
 
 def selective_scan_cpu(
@@ -156,8 +160,16 @@ def selective_scan_cpu(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     out_dtype: torch.dtype | None = None,
+    mirrored: bool = False,
 ) -> torch.Tensor:
-    """Fused CPU selective scan, differentiable. Shapes as :func:`mambaseg.ops.selective_scan`."""
+    """Fused CPU selective scan, differentiable. Shapes as :func:`mambaseg.ops.selective_scan`.
+
+    ``mirrored=True`` (SS2D's raster orders without flipped copies): ``u`` is (batch, channels/2, L); channel c of
+    the first half reads u row c and scans positions 0 .. L-1, channel c of the second half reads u row
+    c - channels/2 and scans positions L-1 .. 0. delta, B, C (grouped or shared) and y stay in position order.
+    Equals the plain scan of ``cat([u, u.flip(-1)])`` with the second half of delta / B / C flipped in and y
+    flipped back, without making those copies.
+    """
     from mambaseg.ops.backend import BackendUnavailableError
     from mambaseg.ops.selective_scan_ref import check_scan_shapes
 
@@ -167,6 +179,12 @@ def selective_scan_cpu(
         raise BackendUnavailableError(f"scan backend 'cpu_fused' is unavailable: {why}. Fix: {FIX}")
     if u.is_cuda:
         raise BackendUnavailableError("scan backend 'cpu_fused' runs on CPU tensors; use 'triton' on CUDA")
-    check_scan_shapes(u, delta, A, B, C, D, delta_bias)
-    y = _FusedScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if mirrored:
+        if u.dim() != 3 or delta.dim() != 3 or u.shape[1] * 2 != delta.shape[1] or u.shape[::2] != delta.shape[::2]:
+            raise ValueError(f"mirrored scan: u must be (batch, channels/2, L) for delta (batch, channels, L); got u "
+                             f"{tuple(u.shape)}, delta {tuple(delta.shape)}")
+        check_scan_shapes(delta, delta, A, B, C, D, delta_bias)
+    else:
+        check_scan_shapes(u, delta, A, B, C, D, delta_bias)
+    y = _FusedScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, mirrored)
     return y.to(out_dtype)

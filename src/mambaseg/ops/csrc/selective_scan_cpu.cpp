@@ -275,6 +275,10 @@ struct Problem {
   const T* bias;  // nullable
   bool softplus;
   int64_t batch, dim, L, N, GB, GC;
+  // mirrored mode (SS2D's 4 raster orders without flipped copies): channels >= rev_from scan the positions from
+  // last to first and read the u row (c - rev_from); u then has u_dim = dim - rev_from rows. Otherwise
+  // rev_from = u_dim = dim. delta, B, C, y and the gradients are always in position order, one row per channel.
+  int64_t u_dim, rev_from;
   int64_t seg, blocks_per_seg, nblocks;
   // outputs
   T* y;
@@ -292,6 +296,8 @@ struct Block {
   int64_t c0;  // first channel
   int nl;      // active lanes
   int64_t gb, gc;
+  bool rev;       // scans positions L-1 .. 0
+  int64_t urow0;  // u row of the first channel
 };
 
 template <typename T>
@@ -303,6 +309,8 @@ static inline Block block_of(const Problem<T>& p, int64_t j) {
   b.nl = static_cast<int>(std::min<int64_t>(W, p.seg - within * W));
   b.gb = b.c0 / (p.dim / p.GB);
   b.gc = b.c0 / (p.dim / p.GC);
+  b.rev = b.c0 >= p.rev_from;
+  b.urow0 = b.rev ? b.c0 - p.rev_from : b.c0;
   return b;
 }
 
@@ -349,7 +357,7 @@ constexpr double kLog2e = 1.4426950408889634;
 constexpr int kTileFwd = 64;
 constexpr int kTileBwd = 32;
 
-template <typename T, int NB>
+template <typename T, int NB, bool REV>
 static void forward_block(const Problem<T>& p, int64_t b, const Block& blk, int64_t n0, bool first) {
   using VT = typename Vec<T>::type;
   constexpr int TL = kTileFwd;
@@ -361,16 +369,20 @@ static void forward_block(const Problem<T>& p, int64_t b, const Block& blk, int6
   VT h[NB];
   for (int n = 0; n < NB; ++n) h[n] = VT{};
   const int64_t row0 = (b * p.dim + blk.c0) * p.L;
+  const int64_t urow = (b * p.u_dim + blk.urow0) * p.L;
   const T* Bbase = p.B + ((b * p.GB + blk.gb) * p.N + n0) * p.L;
   const T* Cbase = p.C + ((b * p.GC + blk.gc) * p.N + n0) * p.L;
-  for (int64_t t0 = 0; t0 < p.L; t0 += TL) {
+  const int64_t nchunks = (p.L + TL - 1) / TL;
+  for (int64_t i = 0; i < nchunks; ++i) {
+    const int64_t t0 = (REV ? nchunks - 1 - i : i) * TL;
     const int nt = static_cast<int>(std::min<int64_t>(TL, p.L - t0));
     load_tile<T, TL>(p.delta + row0 + t0, p.L, blk.nl, nt, dt);
-    load_tile<T, TL>(p.u + row0 + t0, p.L, blk.nl, nt, uu);
+    load_tile<T, TL>(p.u + urow + t0, p.L, blk.nl, nt, uu);
     make_dt<T, TL>(p, biasv, dt, uu, du, nullptr);
     load_bc<T, NB, TL>(Bbase, p.L, t0, nt, Bs);
     load_bc<T, NB, TL>(Cbase, p.L, t0, nt, Cs);
-    for (int tt = 0; tt < nt; ++tt) {
+    for (int j = 0; j < nt; ++j) {
+      const int tt = REV ? nt - 1 - j : j;
       VT yv = first ? Dv * uu[tt] : VT{};
       const VT dtt = dt[tt], dut = du[tt];
 #pragma GCC unroll 16
@@ -385,7 +397,7 @@ static void forward_block(const Problem<T>& p, int64_t b, const Block& blk, int6
   }
 }
 
-template <typename T, int NB>
+template <typename T, int NB, bool REV>
 static void backward_block(const Problem<T>& p, int64_t b, int64_t j, const Block& blk, int64_t n0, bool first) {
   using VT = typename Vec<T>::type;
   constexpr int TL = kTileBwd;
@@ -398,23 +410,26 @@ static void backward_block(const Problem<T>& p, int64_t b, int64_t j, const Bloc
   alignas(64) VT dt[TL], uu[TL], du[TL], x[TL], gyt[TL], dut[TL], ddt[TL];
   alignas(64) T Bs[TL * NB], Cs[TL * NB], dBs[TL * NB], dCs[TL * NB];
   const int64_t row0 = (b * p.dim + blk.c0) * p.L;
+  const int64_t urow = (b * p.u_dim + blk.urow0) * p.L;
   const T* Bbase = p.B + ((b * p.GB + blk.gb) * p.N + n0) * p.L;
   const T* Cbase = p.C + ((b * p.GC + blk.gc) * p.N + n0) * p.L;
   T* dBbase = p.dB_part + ((b * p.nblocks + j) * p.N + n0) * p.L;
   T* dCbase = p.dC_part + ((b * p.nblocks + j) * p.N + n0) * p.L;
 
-  // sweep 1: the state entering every tile
+  // sweep 1, in scan order (REV: tiles and positions from last to first): the state entering every tile
   VT h[NB];
   for (int n = 0; n < NB; ++n) h[n] = VT{};
-  for (int64_t k = 0; k < nchunks; ++k) {
+  for (int64_t i = 0; i < nchunks; ++i) {
+    const int64_t k = REV ? nchunks - 1 - i : i;
     const int64_t t0 = k * TL;
     const int nt = static_cast<int>(std::min<int64_t>(TL, p.L - t0));
     for (int n = 0; n < NB; ++n) hstart[k * NB + n] = h[n];
     load_tile<T, TL>(p.delta + row0 + t0, p.L, blk.nl, nt, dt);
-    load_tile<T, TL>(p.u + row0 + t0, p.L, blk.nl, nt, uu);
+    load_tile<T, TL>(p.u + urow + t0, p.L, blk.nl, nt, uu);
     make_dt<T, TL>(p, biasv, dt, uu, du, nullptr);
     load_bc<T, NB, TL>(Bbase, p.L, t0, nt, Bs);
-    for (int tt = 0; tt < nt; ++tt) {
+    for (int j = 0; j < nt; ++j) {
+      const int tt = REV ? nt - 1 - j : j;
 #pragma GCC unroll 16
       for (int n = 0; n < NB; ++n) h[n] = vexp2(dt[tt] * A2[n]) * h[n] + du[tt] * Bs[tt * NB + n];
     }
@@ -424,17 +439,19 @@ static void backward_block(const Problem<T>& p, int64_t b, int64_t j, const Bloc
   VT g[NB], dAacc[NB];
   for (int n = 0; n < NB; ++n) g[n] = dAacc[n] = VT{};
   VT dDacc{};
-  for (int64_t k = nchunks - 1; k >= 0; --k) {
+  for (int64_t i = nchunks - 1; i >= 0; --i) {
+    const int64_t k = REV ? nchunks - 1 - i : i;
     const int64_t t0 = k * TL;
     const int nt = static_cast<int>(std::min<int64_t>(TL, p.L - t0));
     load_tile<T, TL>(p.delta + row0 + t0, p.L, blk.nl, nt, dt);
-    load_tile<T, TL>(p.u + row0 + t0, p.L, blk.nl, nt, uu);
+    load_tile<T, TL>(p.u + urow + t0, p.L, blk.nl, nt, uu);
     load_tile<T, TL>(p.gy + row0 + t0, p.L, blk.nl, nt, gyt);
     make_dt<T, TL>(p, biasv, dt, uu, du, x);
     load_bc<T, NB, TL>(Bbase, p.L, t0, nt, Bs);
     load_bc<T, NB, TL>(Cbase, p.L, t0, nt, Cs);
     for (int n = 0; n < NB; ++n) h[n] = hstart[k * NB + n];
-    for (int tt = 0; tt < nt; ++tt) {
+    for (int j = 0; j < nt; ++j) {
+      const int tt = REV ? nt - 1 - j : j;
 #pragma GCC unroll 16
       for (int n = 0; n < NB; ++n) {
         const VT a = vexp2(dt[tt] * A2[n]);
@@ -443,13 +460,15 @@ static void backward_block(const Problem<T>& p, int64_t b, int64_t j, const Bloc
         hbuf[tt * NB + n] = h[n];
       }
     }
-    for (int tt = nt - 1; tt >= 0; --tt) {
+    for (int j = nt - 1; j >= 0; --j) {
+      const int tt = REV ? nt - 1 - j : j;
+      const int tprev = REV ? tt + 1 : tt - 1;  // position scanned just before tt (valid for j > 0)
       VT dsum{}, usum{};
       const VT gy = gyt[tt], dtt = dt[tt], dutt = du[tt], ut = uu[tt];
 #pragma GCC unroll 16
       for (int n = 0; n < NB; ++n) {
         const VT a = abuf[tt * NB + n];
-        const VT hp = tt > 0 ? hbuf[(tt - 1) * NB + n] : hstart[k * NB + n];
+        const VT hp = j > 0 ? hbuf[tprev * NB + n] : hstart[k * NB + n];
         const T Bv = Bs[tt * NB + n], Cv = Cs[tt * NB + n];
         const VT gh = g[n] + gy * Cv;  // adjoint of h_t
         dCs[tt * NB + n] = hsum(gy * hbuf[tt * NB + n]);
@@ -520,7 +539,7 @@ static int64_t gcd64(int64_t a, int64_t b) {
 template <typename T>
 static Problem<T> make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                                const at::Tensor& C, const std::optional<at::Tensor>& D,
-                               const std::optional<at::Tensor>& bias, bool softplus) {
+                               const std::optional<at::Tensor>& bias, bool softplus, bool mirrored) {
   Problem<T> p{};
   p.u = u.data_ptr<T>();
   p.delta = delta.data_ptr<T>();
@@ -530,13 +549,16 @@ static Problem<T> make_problem(const at::Tensor& u, const at::Tensor& delta, con
   p.D = D.has_value() ? D->data_ptr<T>() : nullptr;
   p.bias = bias.has_value() ? bias->data_ptr<T>() : nullptr;
   p.softplus = softplus;
-  p.batch = u.size(0);
-  p.dim = u.size(1);
-  p.L = u.size(2);
+  p.batch = delta.size(0);
+  p.dim = delta.size(1);
+  p.L = delta.size(2);
+  p.u_dim = u.size(1);
+  p.rev_from = mirrored ? p.dim - p.u_dim : p.dim;
   p.N = A.size(1);
   p.GB = B.size(1);
   p.GC = C.size(1);
   p.seg = std::max<int64_t>(1, gcd64(p.dim / p.GB, p.dim / p.GC));  // 1 for zero channels
+  if (mirrored && p.rev_from > 0) p.seg = gcd64(p.seg, p.rev_from);  // no block straddles the reversed half
   constexpr int W = Vec<T>::W;
   p.blocks_per_seg = (p.seg + W - 1) / W;
   p.nblocks = (p.dim / p.seg) * p.blocks_per_seg;
@@ -545,11 +567,17 @@ static Problem<T> make_problem(const at::Tensor& u, const at::Tensor& delta, con
 
 static void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                          const at::Tensor& C, const std::optional<at::Tensor>& D,
-                         const std::optional<at::Tensor>& bias) {
+                         const std::optional<at::Tensor>& bias, bool mirrored) {
   TORCH_CHECK(u.device().is_cpu(), "fused CPU scan: tensors must be on the CPU");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "fused CPU scan: float32 or float64");
-  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes(), "fused CPU scan: u, delta must be (batch, channels, L)");
-  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
+  TORCH_CHECK(u.dim() == 3 && delta.dim() == 3, "fused CPU scan: u, delta must be (batch, channels, L)");
+  const int64_t batch = delta.size(0), dim = delta.size(1), L = delta.size(2);
+  if (mirrored) {
+    TORCH_CHECK(dim % 2 == 0 && u.size(0) == batch && u.size(1) == dim / 2 && u.size(2) == L,
+                "fused CPU scan (mirrored): delta must be (batch, 2 * channels, L) for u (batch, channels, L)");
+  } else {
+    TORCH_CHECK(delta.sizes() == u.sizes(), "fused CPU scan: u, delta must both be (batch, channels, L)");
+  }
   TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, "fused CPU scan: A must be (channels, N)");
   const int64_t N = A.size(1);
   for (const at::Tensor* t : {&B, &C}) {
@@ -575,15 +603,16 @@ static void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at:
 
 at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                     const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& bias,
-                    bool softplus) {
-  check_inputs(u, delta, A, B, C, D, bias);
-  at::Tensor y = at::empty_like(u);
-  if (u.numel() == 0) return y.zero_();
+                    bool softplus, bool mirrored) {
+  check_inputs(u, delta, A, B, C, D, bias, mirrored);
+  at::Tensor y = at::empty_like(delta);
+  if (delta.numel() == 0) return y.zero_();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mambaseg_scan_fwd", [&] {
-    Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A, B, C, D, bias, softplus);
+    Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A, B, C, D, bias, softplus, mirrored);
     p.y = y.data_ptr<scalar_t>();
     if (p.N == 0) {
-      y.copy_(D.has_value() ? u * D->view({1, -1, 1}) : at::zeros_like(u));
+      const at::Tensor uf = mirrored ? at::cat({u, u}, 1) : u;  // reversed channels read u at the same position
+      y.copy_(D.has_value() ? uf * D->view({1, -1, 1}) : at::zeros_like(delta));
       return;
     }
     at::parallel_for(0, p.batch * p.nblocks, 1, [&](int64_t begin, int64_t end) {
@@ -591,7 +620,10 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
         const int64_t b = task / p.nblocks, j = task % p.nblocks;
         const Block blk = block_of(p, j);
         over_state_blocks(p.N, [&](auto nb, int64_t n0, bool first) {
-          forward_block<scalar_t, decltype(nb)::value>(p, b, blk, n0, first);
+          if (blk.rev)
+            forward_block<scalar_t, decltype(nb)::value, true>(p, b, blk, n0, first);
+          else
+            forward_block<scalar_t, decltype(nb)::value, false>(p, b, blk, n0, first);
         });
       }
     });
@@ -601,28 +633,31 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_bwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
-    const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& bias, bool softplus, const at::Tensor& gy) {
-  check_inputs(u, delta, A, B, C, D, bias);
-  TORCH_CHECK(gy.sizes() == u.sizes() && gy.scalar_type() == u.scalar_type() && gy.is_contiguous(),
-              "fused CPU scan: grad of y must match u");
+    const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& bias, bool softplus, bool mirrored,
+    const at::Tensor& gy) {
+  check_inputs(u, delta, A, B, C, D, bias, mirrored);
+  TORCH_CHECK(gy.sizes() == delta.sizes() && gy.scalar_type() == u.scalar_type() && gy.is_contiguous(),
+              "fused CPU scan: grad of y must match delta");
   // every element of the outputs is written by the kernel (the first state block stores, later ones add)
-  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2), N = A.size(1);
-  const bool degenerate = u.numel() == 0 || N == 0;
+  const int64_t batch = delta.size(0), dim = delta.size(1), L = delta.size(2), N = A.size(1);
+  const bool degenerate = delta.numel() == 0 || N == 0;
   auto make = [&](at::IntArrayRef size) {
     return degenerate ? at::zeros(size, u.options()) : at::empty(size, u.options());
   };
-  at::Tensor du = make(u.sizes()), ddelta = make(u.sizes());
+  // du has one row per channel (in mirrored mode the caller adds the two halves)
+  at::Tensor du = make(delta.sizes()), ddelta = make(delta.sizes());
   at::Tensor dA_part = make({batch, dim, N});
   at::Tensor dD_part = D.has_value() ? make({batch, dim}) : at::empty({0}, u.options());
   at::Tensor dB_part, dC_part;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mambaseg_scan_bwd", [&] {
-    Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A, B, C, D, bias, softplus);
+    Problem<scalar_t> p = make_problem<scalar_t>(u, delta, A, B, C, D, bias, softplus, mirrored);
     dB_part = make({batch, p.nblocks, N, L});
     dC_part = make({batch, p.nblocks, N, L});
     if (degenerate) {
       if (D.has_value()) {
+        const at::Tensor uf = mirrored ? at::cat({u, u}, 1) : u;
         du.copy_(gy * D->view({1, -1, 1}));
-        dD_part.copy_((gy * u).sum(2));
+        dD_part.copy_((gy * uf).sum(2));
       }
       return;
     }
@@ -638,7 +673,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         const int64_t b = task / p.nblocks, j = task % p.nblocks;
         const Block blk = block_of(p, j);
         over_state_blocks(p.N, [&](auto nb, int64_t n0, bool first) {
-          backward_block<scalar_t, decltype(nb)::value>(p, b, j, blk, n0, first);
+          if (blk.rev)
+            backward_block<scalar_t, decltype(nb)::value, true>(p, b, j, blk, n0, first);
+          else
+            backward_block<scalar_t, decltype(nb)::value, false>(p, b, j, blk, n0, first);
         });
       }
     });
