@@ -102,7 +102,12 @@ def measure(name: str, threads: list[int], repeats: int, onnx: bool, bf16: bool,
             r["fused_bf16_max_abs_diff"] = float((y_bf.float() - y_fused).abs().max())
             r["fused_bf16_s"] = statistics.median(_time_once(run) for _ in range(repeats))
         if onnx_path:
-            sess = onnxruntime_session(onnx_path, nt)
+            try:
+                sess = onnxruntime_session(onnx_path, nt)
+            except Exception as exc:  # an exported graph onnxruntime refuses: record it, keep the eager numbers
+                rec["onnx_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                onnx_path = None
+        if onnx_path:
             feed = {sess.get_inputs()[0].name: x.numpy()}
             y_ort = torch.from_numpy(sess.run(None, feed)[0])
             r["onnxruntime_max_abs_diff"] = float((y_ort - y_fused).abs().max())
@@ -128,7 +133,8 @@ def table(results: list[dict]) -> str:
             lines.append(
                 f"| {rec['model']} | {'x'.join(map(str, rec['input']))} | {nt} | {f(r.get('torch_s'))} | "
                 f"{f(r.get('fused_s'))} | {f(r.get('ratio_torch_over_fused'), '{:.1f}x')} | {f(r.get('fused_bf16_s'))} | "
-                f"{f(r.get('onnxruntime_s'))} | {rec['load_before'][0]} / {rec['load_after'][0]} |"
+                f"{f(r.get('onnxruntime_s')) if 'onnx_error' not in rec else 'export failed'} | "
+                f"{rec['load_before'][0]} / {rec['load_after'][0]} |"
             )
     return "\n".join(lines)
 
@@ -156,10 +162,17 @@ def main() -> None:
             print("onnxruntime is not installed (pip install 'mambaseg[onnx]'): no onnxruntime column")
             onnx = False
     started = dt.datetime.now().isoformat(timespec="seconds")
-    results = []
+    results: list[dict] = []
+    out = args.out or "cpu_latency.json"
     for name in models:
         print(f"{name} ...", flush=True)
         results.append(measure(name, threads, args.repeats, onnx, not args.no_bf16, not args.no_torch))
+        path = write_json(out if "/" not in out else Path(out), _payload(args, started, results))  # after every model
+    print(table(results))
+    print(f"wrote {path}")
+
+
+def _payload(args, started: str, results: list[dict]) -> dict:
     payload = {
         "benchmark": "cpu_latency",
         "date": started,
@@ -177,10 +190,7 @@ def main() -> None:
         payload["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         payload["onnxruntime"] = None
-    out = args.out or "cpu_latency.json"
-    path = write_json(out if "/" not in out else Path(out), payload)
-    print(table(results))
-    print(f"wrote {path}")
+    return payload
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ def export(
                                              "model's native size or the checkpoint's training size)."),
     in_chans: Optional[int] = typer.Option(None, "--in-chans", help="Input channels for --model (default native)."),
     num_classes: int = typer.Option(1, "--num-classes", help="Output classes for --model."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
-    exporter: str = typer.Option("torchscript", "--exporter", help="torchscript (default) or dynamo (needs "
-                                 "onnxscript)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset."),
+    exporter: str = typer.Option("auto", "--exporter", help="auto (TorchScript, dynamo when onnxruntime cannot load "
+                                 "that graph), torchscript or dynamo (needs onnxscript)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the --check timings."),
     repeats: int = typer.Option(10, "--repeats", help="Timed runs for --check (median after a warm-up)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -50,7 +50,9 @@ def export(
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
     console.print(f"wrote {report.path} ({report.bytes / 2**20:.1f} MiB) from {desc}, input {list(report.input_shape)}, "
-                  f"opset {report.opset}, {report.export_seconds:.1f} s", highlight=False)
+                  f"opset {report.opset}, {report.exporter} exporter, {report.export_seconds:.1f} s", highlight=False)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
     if check:
         console.print(f"onnxruntime parity: max abs diff {report.max_abs_diff:.2e} vs eager (torch scan), "
                       f"{report.max_abs_diff_auto:.2e} vs eager (auto scan backend)", highlight=False)

@@ -1,9 +1,11 @@
 """ONNX export of a registered model or a checkpoint, with an onnxruntime parity check and latency beside eager.
 
 The exported graph is the model with the traceable ``"torch"`` selective-scan backend (the fused CPU kernel and the
-GPU kernels are not ONNX operators), traced at one fixed input shape (batch, channels, H, W) with TorchScript's
-exporter (no extra dependency; ``exporter="dynamo"`` uses torch.export and needs ``onnxscript``). Needs the
-``[onnx]`` extra for the check: ``pip install 'mambaseg[onnx]'``.
+GPU kernels are not ONNX operators), traced at one fixed input shape (batch, channels, H, W). Exporters:
+``"torchscript"`` (torch's tracer, no extra dependency), ``"dynamo"`` (torch.export, needs ``onnxscript``) and
+``"auto"`` (default): TorchScript first; if onnxruntime cannot load that graph (the TorchScript exporter mis-shapes
+some of the torch scan's ops for MSVM-UNet at 224x224) and ``onnxscript`` is installed, the dynamo exporter, with
+a note in the report. Needs the ``[onnx]`` extra for the check: ``pip install 'mambaseg[onnx]'``.
 
 Example:
     >>> report = export_onnx(create_model("vmunet_tiny"), "vmunet_tiny.onnx", (1, 3, 64, 64), check=True)  # doctest: +SKIP
@@ -111,8 +113,8 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequence[int], *, opset: int = 17,
-                exporter: str = "torchscript", check: bool = True, repeats: int = 5, threads: int | None = None,
+def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequence[int], *, opset: int = 18,
+                exporter: str = "auto", check: bool = True, repeats: int = 5, threads: int | None = None,
                 tol: float = PARITY_TOL, seed: int = 0) -> ExportReport:
     """Export ``model`` to ONNX at ``input_shape`` (traced with the torch scan backend); optionally check it.
 
@@ -121,18 +123,30 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequ
     warm-up, on ``threads`` threads (default: torch's current setting). Raises ``RuntimeError`` when the
     difference exceeds ``tol`` and ``ImportError`` (naming the extra) when onnxruntime is missing.
     """
-    if exporter not in ("torchscript", "dynamo"):
-        raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed))
     t0 = time.perf_counter()
-    with use_backend("torch"), torch.no_grad():
-        torch.onnx.export(model, (x,), str(out), input_names=["image"], output_names=["logits"], opset_version=opset,
-                          dynamo=exporter == "dynamo")
+    notes: list[str] = []
+    used = "dynamo" if exporter == "dynamo" else "torchscript"
+    _export(model, x, out, opset, used)
+    if exporter == "auto":
+        problem = _onnxruntime_load_error(out)
+        if problem is not None:
+            import importlib.util
+
+            if importlib.util.find_spec("onnxscript") is None:
+                raise RuntimeError(f"onnxruntime cannot load the TorchScript export ({problem}); install onnxscript "
+                                   "(pip install 'mambaseg[onnx]') for the dynamo exporter")
+            notes.append(f"TorchScript export not loadable by onnxruntime ({problem}); re-exported with dynamo")
+            used = "dynamo"
+            _export(model, x, out, opset, used)
     report = ExportReport(path=str(out), input_shape=tuple(int(v) for v in input_shape), opset=opset,
-                          exporter=exporter, export_seconds=time.perf_counter() - t0, bytes=out.stat().st_size)
+                          exporter=used, export_seconds=time.perf_counter() - t0, bytes=out.stat().st_size,
+                          notes=notes)
     if not check:
         return report
     _require_onnxruntime()
@@ -159,6 +173,25 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequ
     if report.max_abs_diff > tol:
         raise RuntimeError(f"onnxruntime output differs from eager by {report.max_abs_diff:.3g} (> {tol:g}) for {out}")
     return report
+
+
+def _export(model: nn.Module, x: torch.Tensor, out: Path, opset: int, exporter: str) -> None:
+    with use_backend("torch"), torch.no_grad():
+        torch.onnx.export(model, (x,), str(out), input_names=["image"], output_names=["logits"], opset_version=opset,
+                          dynamo=exporter == "dynamo")
+
+
+def _onnxruntime_load_error(path: Path) -> str | None:
+    """Why onnxruntime refuses the file (first line), or None when it loads (or onnxruntime is absent)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return None
 
 
 def _first(y: Any) -> torch.Tensor:
