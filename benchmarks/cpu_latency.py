@@ -1,72 +1,196 @@
-"""CPU inference latency of a model at 1x3xHxW (median of N runs after a warm-up), default VM-UNet at 256.
+"""CPU inference latency of every registered model at its native input size, batch 1, on 1 and 2 threads.
 
-Usage: python benchmarks/cpu_latency.py [--model vmunet] [--size 256] [--repeats 5]
-Writes benchmarks/results/cpu_latency_<model>.json and prints the numbers, including the share of time spent in
-the selective scan (measured with the torch profiler's record_function ranges).
+For each model and thread count: the eager model with the chunked PyTorch scan (``torch`` backend, the old CPU
+path), the same model with the fused C++ scan (``cpu_fused``), the fused scan under bf16 autocast, and the exported
+ONNX graph under onnxruntime. The two eager paths are timed in alternating rounds in the same process (so a change of
+machine load hits both alike); every number is the median of ``--repeats`` runs after a warm-up run.
+
+Usage:
+    python benchmarks/cpu_latency.py                      # all models, 10 runs each (long on a busy 2-core machine)
+    python benchmarks/cpu_latency.py --quick              # vmunet, dermomamba, msvmunet; 10 runs; 2 threads only
+    python benchmarks/cpu_latency.py --models vmunet --threads 2 --repeats 20 --no-onnx
+
+Writes benchmarks/results/cpu_latency.json (``--out`` to change) with device, versions, command, date and the load
+average of the machine before and after every model (other processes share the machine: the numbers are only as
+quiet as that), and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import mambaseg
 from _common import environment, write_json
+from mambaseg.export import export_onnx, native_input_shape
+from mambaseg.export.onnx import onnxruntime_session
+from mambaseg.ops import available_backends, use_backend
+
+QUICK = ["vmunet", "dermomamba", "msvmunet"]
+
+
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def _build(name: str):
+    shape = native_input_shape(name)
+    kwargs = {"img_size": shape[2:]} if name == "dermomamba" else {}
+    torch.manual_seed(0)
+    model = mambaseg.create_model(name, num_classes=1, in_chans=shape[1], **kwargs).eval()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def _time_once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _eager(model, x, backend: str, bf16: bool = False):
+    def run():
+        with torch.inference_mode(), use_backend(backend), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            return model(x)
+
+    return run
+
+
+def measure(name: str, threads: list[int], repeats: int, onnx: bool, bf16: bool, torch_path: bool) -> dict:
+    model, x = _build(name)
+    rec: dict = {"model": name, "input": list(x.shape), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+                 "load_before": _load(), "threads": {}}
+    onnx_path = None
+    if onnx:
+        tmp = Path(tempfile.mkdtemp())
+        try:
+            rep = export_onnx(model, tmp / f"{name}.onnx", tuple(x.shape), check=False)
+            onnx_path = rep.path
+            rec["onnx_export_s"] = round(rep.export_seconds, 1)
+        except Exception as exc:  # report and continue with the eager numbers
+            rec["onnx_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    for nt in threads:
+        torch.set_num_threads(nt)
+        r: dict = {}
+        fused, old = _eager(model, x, "cpu_fused"), _eager(model, x, "torch")
+        with torch.inference_mode():
+            y_fused = fused()
+            if torch_path:
+                y_torch = old()
+                r["max_abs_diff_fused_vs_torch"] = float((y_fused - y_torch).abs().max())
+        tf, tt = [], []
+        for _ in range(repeats):  # alternate the two paths: both see the same machine load
+            tf.append(_time_once(fused))
+            if torch_path:
+                tt.append(_time_once(old))
+        r["fused_s"] = statistics.median(tf)
+        r["fused_runs_s"] = [round(v, 4) for v in tf]
+        if torch_path:
+            r["torch_s"] = statistics.median(tt)
+            r["torch_runs_s"] = [round(v, 4) for v in tt]
+            r["ratio_torch_over_fused"] = r["torch_s"] / r["fused_s"]
+        if bf16:
+            run = _eager(model, x, "cpu_fused", bf16=True)
+            y_bf = run()
+            r["fused_bf16_max_abs_diff"] = float((y_bf.float() - y_fused).abs().max())
+            r["fused_bf16_s"] = statistics.median(_time_once(run) for _ in range(repeats))
+        if onnx_path:
+            try:
+                sess = onnxruntime_session(onnx_path, nt)
+            except Exception as exc:  # an exported graph onnxruntime refuses: record it, keep the eager numbers
+                rec["onnx_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                onnx_path = None
+        if onnx_path:
+            feed = {sess.get_inputs()[0].name: x.numpy()}
+            y_ort = torch.from_numpy(sess.run(None, feed)[0])
+            r["onnxruntime_max_abs_diff"] = float((y_ort - y_fused).abs().max())
+            r["onnxruntime_s"] = statistics.median(_time_once(lambda: sess.run(None, feed)) for _ in range(repeats))
+            del sess
+        rec["threads"][str(nt)] = r
+        print(f"  {name} {nt} thread(s): " + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float)),
+              flush=True)
+    rec["load_after"] = _load()
+    return rec
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | input | threads | torch scan (s) | fused scan (s) | speed-up | fused + bf16 autocast (s) | "
+             "onnxruntime (s) | load avg (1 min) before/after |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v, fmt="{:.3f}"):
+        return fmt.format(v) if isinstance(v, (int, float)) else "-"
+
+    for rec in results:
+        for nt, r in rec["threads"].items():
+            lines.append(
+                f"| {rec['model']} | {'x'.join(map(str, rec['input']))} | {nt} | {f(r.get('torch_s'))} | "
+                f"{f(r.get('fused_s'))} | {f(r.get('ratio_torch_over_fused'), '{:.1f}x')} | {f(r.get('fused_bf16_s'))} | "
+                f"{f(r.get('onnxruntime_s')) if 'onnx_error' not in rec else 'export failed'} | "
+                f"{rec['load_before'][0]} / {rec['load_after'][0]} |"
+            )
+    return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="vmunet")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=None, help="model names (default: every registered model)")
+    ap.add_argument("--quick", action="store_true", help=f"models {QUICK}, 2 threads only")
+    ap.add_argument("--threads", nargs="+", type=int, default=None, help="thread counts (default 1 2)")
+    ap.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (median; default 10)")
+    ap.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime column")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast column")
+    ap.add_argument("--no-torch", action="store_true", help="skip the old torch-scan path (slow)")
+    ap.add_argument("--out", default=None, help="JSON file name under benchmarks/results (default cpu_latency.json)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = mambaseg.create_model(args.model, num_classes=1).eval()
-    x = torch.randn(1, 3, args.size, args.size)
-    times = []
-    with torch.inference_mode():
-        model(x)
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    # time spent in the scan alone: wrap the op and re-run once
-    import mambaseg.layers.ss2d as ss2d_mod
+    if not available_backends()["cpu_fused"].available:
+        raise SystemExit(f"the fused CPU kernel is unavailable: {available_backends()['cpu_fused'].reason}")
+    models = args.models or (QUICK if args.quick else mambaseg.list_models())
+    threads = args.threads or ([2] if args.quick else [1, 2])
+    onnx = not args.no_onnx
+    if onnx:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            print("onnxruntime is not installed (pip install 'mambaseg[onnx]'): no onnxruntime column")
+            onnx = False
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    results: list[dict] = []
+    out = args.out or "cpu_latency.json"
+    for name in models:
+        print(f"{name} ...", flush=True)
+        results.append(measure(name, threads, args.repeats, onnx, not args.no_bf16, not args.no_torch))
+        path = write_json(out if "/" not in out else Path(out), _payload(args, started, results))  # after every model
+    print(table(results))
+    print(f"wrote {path}")
 
-    orig = ss2d_mod.selective_scan
-    scan_time = [0.0]
 
-    def timed(*a, **k):
-        t0 = time.perf_counter()
-        out = orig(*a, **k)
-        scan_time[0] += time.perf_counter() - t0
-        return out
-
-    ss2d_mod.selective_scan = timed
-    try:
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            model(x)
-            total = time.perf_counter() - t0
-    finally:
-        ss2d_mod.selective_scan = orig
-    res = {
+def _payload(args, started: str, results: list[dict]) -> dict:
+    payload = {
         "benchmark": "cpu_latency",
-        "model": args.model,
-        "input": [1, 3, args.size, args.size],
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "runs_s": times,
-        "scan_share": scan_time[0] / total,
+        "date": started,
+        "finished": dt.datetime.now().isoformat(timespec="seconds"),
+        "repeats": args.repeats,
+        "note": "median of `repeats` runs after one warm-up; torch and fused eager paths alternate run by run in "
+                "one process; load_before/after = os.getloadavg() (1, 5, 15 min) of the shared machine",
+        "cpu_backend": available_backends()["cpu_fused"].reason,
+        "results": results,
         **environment(),
     }
-    print(res)
-    print(f"wrote {write_json(f'cpu_latency_{args.model}.json', res)}")
+    try:
+        import onnxruntime
+
+        payload["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        payload["onnxruntime"] = None
+    return payload
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""CPU timing of the selective-scan backends ("ref" sequential vs "torch" chunked) at SS2D shapes.
+"""CPU timing of the selective-scan backends ("ref" sequential, "torch" chunked, "cpu_fused" C++ kernel) at SS2D
+shapes, forward only (no grad); the fused kernel also forward + backward.
 
-Usage: python benchmarks/scan_cpu.py [--repeats 3]
+Usage: python benchmarks/scan_cpu.py [--repeats 3] [--threads 1] [--no-ref]
 Writes benchmarks/results/scan_cpu.json and prints a table.
 """
 
@@ -36,7 +37,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ref-repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--no-ref", action="store_true", help="skip the (slow) sequential reference")
     args = ap.parse_args()
+    from mambaseg.ops import available_backends
+
+    fused = available_backends()["cpu_fused"].available
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -51,27 +56,51 @@ def main() -> None:
         D = torch.randn(dim, generator=g)
         bias = torch.randn(dim, generator=g)
         row = {"batch": batch, "k": K, "d_inner": d, "seqlen": L, "d_state": N}
+        todo = [("torch", args.repeats)] + ([("cpu_fused", args.repeats)] if fused else [])
+        todo += [] if args.no_ref else [("ref", args.ref_repeats)]
         with torch.no_grad():
-            for be, reps in (("torch", args.repeats), ("ref", args.ref_repeats)):
+            for be, reps in todo:
                 row[f"{be}_fwd_ms"] = _time(
                     lambda be=be: selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, backend=be),
                     reps,
                 )
-        row["speedup_torch_vs_ref"] = row["ref_fwd_ms"] / row["torch_fwd_ms"]
+        if "ref_fwd_ms" in row:
+            row["speedup_torch_vs_ref"] = row["ref_fwd_ms"] / row["torch_fwd_ms"]
+        if fused:
+            row["speedup_fused_vs_torch"] = row["torch_fwd_ms"] / row["cpu_fused_fwd_ms"]
+            leaves = [t.clone().requires_grad_() for t in (u, delta, A, B, C, D, bias)]
+
+            def fwd_bwd():
+                y = selective_scan(*leaves[:6], delta_bias=leaves[6], delta_softplus=True, backend="cpu_fused")
+                y.backward(torch.ones_like(y))
+
+            row["cpu_fused_fwd_bwd_ms"] = _time(fwd_bwd, args.repeats)
         rows.append(row)
         print(row, flush=True)
     table = Table(title="selective scan on CPU (forward, no grad, ms)")
-    for col in ("shape (b,K,d,L,N)", "ref", "torch", "speed-up"):
+    for col in ("shape (b,K,d,L,N)", "ref", "torch", "torch vs ref", "cpu_fused", "fused vs torch",
+                "cpu_fused fwd+bwd"):
         table.add_column(col)
+
+    def f(r, key, fmt="{:.1f}"):
+        return fmt.format(r[key]) if key in r else "-"
+
     for r in rows:
         table.add_row(
             str((r["batch"], r["k"], r["d_inner"], r["seqlen"], r["d_state"])),
-            f"{r['ref_fwd_ms']:.1f}",
-            f"{r['torch_fwd_ms']:.1f}",
-            f"{r['speedup_torch_vs_ref']:.1f}x",
+            f(r, "ref_fwd_ms"),
+            f(r, "torch_fwd_ms"),
+            f(r, "speedup_torch_vs_ref", "{:.1f}x"),
+            f(r, "cpu_fused_fwd_ms"),
+            f(r, "speedup_fused_vs_torch", "{:.1f}x"),
+            f(r, "cpu_fused_fwd_bwd_ms"),
         )
     Console().print(table)
-    path = write_json("scan_cpu.json", {"benchmark": "scan_cpu", **environment(), "rows": rows})
+    import os
+
+    out = "scan_cpu.json" if not fused else "scan_cpu_fused.json"
+    path = write_json(out, {"benchmark": "scan_cpu", "load_avg": [round(v, 2) for v in os.getloadavg()],
+                            **environment(), "rows": rows})
     print(f"wrote {path}")
 
 

@@ -75,7 +75,9 @@ def test_doctor_reports_backends():
     info = json.loads(res.output)
     assert info["torch"] == torch.__version__
     assert {"ref", "torch", "triton"} <= set(info["scan_backends"])
-    assert info["auto_backend_cpu"].startswith("torch")
+    assert {"ref", "torch", "cpu_fused", "triton"} <= set(info["scan_backends"])
+    cpu_auto = "cpu_fused" if info["scan_backends"]["cpu_fused"]["available"] else "torch"
+    assert info["auto_backend_cpu"].startswith(cpu_auto)  # the CPU backend that runs, and why
     res = _run("doctor")
     assert res.exit_code == 0 and "scan backend" in res.output
 

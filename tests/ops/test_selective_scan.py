@@ -119,7 +119,9 @@ def test_shape_errors_are_clear():
 
 def test_backend_resolution_order(monkeypatch):
     monkeypatch.delenv("MAMBASEG_SCAN_BACKEND", raising=False)
-    assert resolve_backend(None, is_cuda=False) == "torch"
+    cpu_auto = "cpu_fused" if available_backends()["cpu_fused"].available else "torch"
+    assert resolve_backend(None, is_cuda=False) == cpu_auto
+    assert resolve_backend(None, is_cuda=False, tracing=True) == "torch"  # traced code keeps the traceable scan
     monkeypatch.setenv("MAMBASEG_SCAN_BACKEND", "ref")
     assert resolve_backend(None, is_cuda=False) == "ref"
     with use_backend("torch"):

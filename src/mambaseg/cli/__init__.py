@@ -15,7 +15,7 @@ from mambaseg.cli._common import state
 
 app = typer.Typer(
     name="mambaseg",
-    help="Mamba (state-space) medical image segmentation: train, evaluate, predict, inspect.",
+    help="Mamba (state-space) medical image segmentation: train, evaluate, predict, export, inspect.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -43,6 +43,7 @@ from mambaseg.cli import convert as _convert  # noqa: E402
 from mambaseg.cli import demo as _demo  # noqa: E402
 from mambaseg.cli import doctor as _doctor  # noqa: E402
 from mambaseg.cli import evaluate as _evaluate  # noqa: E402
+from mambaseg.cli import export as _export  # noqa: E402
 from mambaseg.cli import models as _models  # noqa: E402
 from mambaseg.cli import predict as _predict  # noqa: E402
 from mambaseg.cli import score as _score  # noqa: E402
@@ -53,6 +54,7 @@ app.command("demo")(_demo.demo)
 app.command("train")(_train.train)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("predict")(_predict.predict)
+app.command("export")(_export.export)
 app.command("search")(_search.search)
 app.command("cache")(_cache.cache)
 app.command("models")(_models.models)

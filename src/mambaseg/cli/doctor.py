@@ -53,6 +53,8 @@ def collect() -> dict[str, Any]:
         "mamba_ssm": _version("mamba-ssm") or _version("mamba_ssm"),
         "scan_backends": backends,
         "auto_backend_cpu": explain_backend(False),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
         "auto_backend_cuda": explain_backend(True) if cuda_ok else None,
     }
     fixes: list[str] = []
@@ -63,7 +65,12 @@ def collect() -> dict[str, Any]:
         else:
             fixes.append(f"torch has CUDA {torch.version.cuda} but no GPU is visible: check the NVIDIA driver "
                          "(nvidia-smi) and that the process may see a GPU")
-    else:
+    if not backends["cpu_fused"]["available"]:
+        from mambaseg.ops.selective_scan_cpu import FIX as _CPU_FIX
+
+        fixes.append(f"no fused CPU scan kernel ({backends['cpu_fused']['reason']}): CPU inference and training use "
+                     f"the slower PyTorch scan. Fix: {_CPU_FIX}")
+    if cuda_ok:
         if not backends["triton"]["available"]:
             fixes.append(f"no Triton scan kernel ({backends['triton']['reason']}): training on GPU uses the slow "
                          "PyTorch scan. Fix: pip install 'triton>=3.0' (matching your torch build)")
@@ -78,7 +85,7 @@ def collect() -> dict[str, Any]:
 
 @handle_errors
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
-    """Check torch, CUDA, GPUs, Triton and which selective-scan backend is used (and why), with fixes."""
+    """Check torch, CUDA, GPUs, Triton and which selective-scan backend runs on CPU and GPU (and why), with fixes."""
     info = collect()
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -101,6 +108,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
         mark = "[green]ok[/green]" if b["available"] else "[red]no[/red]"
         t.add_row(f"scan backend {name}", f"{mark} - {b['reason']}" + (" (CUDA only)" if b["cuda_only"] else ""))
     t.add_row("auto backend (CPU tensors)", info["auto_backend_cpu"])
+    t.add_row("CPU", f"{info['cpu_capability']}, torch uses {info['cpu_threads']} threads")
     if info["auto_backend_cuda"]:
         t.add_row("auto backend (CUDA tensors)", info["auto_backend_cuda"])
     console.print(t)

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mambaseg.ops import RasterScan, selective_scan
+from mambaseg.ops.selective_scan import _resolve, _tracing
 
 __all__ = ["SS2D", "SSMScanBase", "ScanPattern"]
 
@@ -91,6 +92,8 @@ class SSMScanBase(nn.Module):
         keep their dtype either way (e.g. bf16 under autocast: upcasting them first would give the kernel the same
         numbers but keep fp32 copies alive for the backward pass). Without it (v2) the output has u's dtype.
         """
+        if type(self.scan) is RasterScan and not x.is_cuda and _resolve(self.backend, False, _tracing()) == "cpu_fused":
+            return self._scan_merge_mirrored(x, upcast_inputs)
         b, d, h, w = x.shape
         k = self.scan.k
         xs = self.scan.scan(x)  # (B, K, D, L); L = H*W for permutations, more for padded scan patterns
@@ -112,6 +115,41 @@ class SSMScanBase(nn.Module):
             out_dtype=f if upcast_inputs else None,
         )
         return self.scan.merge(y.view(b, k, d, L), h, w)
+
+
+    def _scan_merge_mirrored(self, x: torch.Tensor, upcast_inputs: bool) -> torch.Tensor:
+        """:meth:`scan_merge` for the 4 raster orders on the fused CPU kernel, without the flipped copies.
+
+        Orders 2 and 3 are orders 0 and 1 read backwards. The projections act position by position, so they are
+        computed on the two unflipped sequences and the kernel scans the last two directions from the end
+        (``mirrored=True``); its output is already in position order, so the merge needs no flips either.
+        The same numbers as the generic path (up to float rounding order).
+        """
+        from mambaseg.ops.selective_scan_cpu import selective_scan_cpu
+
+        b, d, h, w = x.shape
+        L = h * w
+        xs = torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1)  # (B, 2, D, L): orders 0 and 1
+        c = self.x_proj_weight.shape[1]
+        wx = self.x_proj_weight.to(xs.dtype).view(2, 2, c, d)  # direction k = 2 * r + j reads sequence j
+        x_dbl = torch.einsum("bjdl,rjcd->brjcl", xs, wx).reshape(b, 4, c, L)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
+        f = torch.float64 if xs.dtype == torch.float64 else torch.float32
+        y = selective_scan_cpu(
+            xs.reshape(b, 2 * d, L),
+            dts.reshape(b, 4 * d, L),
+            -torch.exp(self.A_logs.to(f)),
+            Bs.contiguous(),
+            Cs.contiguous(),
+            self.Ds.to(f),
+            delta_bias=self.dt_projs_bias.to(f).reshape(-1),
+            delta_softplus=True,
+            out_dtype=f if upcast_inputs else None,
+            mirrored=True,
+        ).view(b, 2, 2, d, L)
+        s = y[:, 0] + y[:, 1]  # (B, 2, D, L): each order plus its reverse, in position order
+        return s[:, 0] + s[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, L)
 
 
 class SS2D(SSMScanBase):

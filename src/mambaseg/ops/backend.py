@@ -6,7 +6,9 @@ Resolution order for ``backend=None``:
 2. the innermost :func:`use_backend` context,
 3. the environment variable ``MAMBASEG_SCAN_BACKEND`` (read, never written, by the library),
 4. the auto rule: on CUDA tensors ``"triton"`` if Triton is importable, else ``"mamba_ssm"`` if installed, else
-   ``"torch"`` with one warning that says how to get a fast kernel; on CPU ``"torch"``.
+   ``"torch"`` with one warning that says how to get a fast kernel; on CPU ``"cpu_fused"`` (the fused C++ kernel,
+   compiled on first use) if it builds here, else ``"torch"`` with one warning that says why and how to fix it.
+   While torch.compile / torch.export / ONNX export trace the model, auto is always ``"torch"`` (traceable).
 
 An explicitly requested backend that is unavailable raises :class:`BackendUnavailableError` naming the fix.
 """
@@ -36,15 +38,18 @@ __all__ = [
 ]
 
 ENV_VAR = "MAMBASEG_SCAN_BACKEND"
-BACKENDS = ("ref", "torch", "triton", "mamba_ssm")
+BACKENDS = ("ref", "torch", "cpu_fused", "triton", "mamba_ssm")
 
 _FIX = {
     "triton": "pip install 'triton>=3.0' (ships with CUDA builds of torch on Linux) and run on a CUDA GPU",
     "mamba_ssm": "pip install mamba-ssm (needs a CUDA toolchain matching your torch build)",
+    "cpu_fused": "install a C++ compiler and ninja (e.g. apt-get install g++ ninja-build, or pip install ninja); "
+    "the kernel then compiles on first use",
 }
 
 _context: contextvars.ContextVar[str | None] = contextvars.ContextVar("mambaseg_scan_backend", default=None)
 _warned_slow_gpu = False
+_warned_slow_cpu = False
 
 
 class BackendUnavailableError(RuntimeError):
@@ -80,6 +85,10 @@ def _check(name: str) -> tuple[bool, str]:
         if not _installed("mamba_ssm"):
             return False, "mamba_ssm is not installed"
         return True, "mamba_ssm selective_scan_fn importable"
+    if name == "cpu_fused":
+        from mambaseg.ops.selective_scan_cpu import is_available
+
+        return is_available()  # compiles the kernel the first time in a process (cached on disk)
     raise ValueError(f"unknown scan backend {name!r}; valid: {', '.join(BACKENDS)}")
 
 
@@ -117,9 +126,14 @@ def get_backend() -> str | None:
     return None
 
 
-def _auto(is_cuda: bool) -> tuple[str, str]:
+def _auto(is_cuda: bool, tracing: bool = False) -> tuple[str, str]:
+    if tracing:
+        return "torch", "the model is being traced (torch.compile / export): the traceable PyTorch scan"
     if not is_cuda:
-        return "torch", "CPU tensors: the chunked PyTorch scan is the CPU/export path"
+        ok, why = _check("cpu_fused")
+        if ok:
+            return "cpu_fused", f"CPU tensors and the fused CPU kernel runs: {why}"
+        return "torch", f"CPU tensors, fused CPU kernel unavailable: {why}"
     ok, why = _check("triton")
     if ok:
         return "triton", "CUDA tensors and Triton importable"
@@ -129,12 +143,24 @@ def _auto(is_cuda: bool) -> tuple[str, str]:
     return "torch", f"CUDA tensors but no fast kernel: triton: {why}; mamba_ssm: {why2}"
 
 
-def resolve_backend(name: str | None, is_cuda: bool) -> str:
-    """Resolve a requested backend (or ``None``) to a concrete, runnable backend name."""
-    global _warned_slow_gpu
+def resolve_backend(name: str | None, is_cuda: bool, tracing: bool = False) -> str:
+    """Resolve a requested backend (or ``None``) to a concrete, runnable backend name.
+
+    ``tracing``: the call is being traced by torch.compile / torch.export / ONNX export; auto then picks the
+    traceable ``"torch"`` backend and an explicit ``"cpu_fused"`` is refused.
+    """
+    global _warned_slow_gpu, _warned_slow_cpu
     requested = name if name is not None else get_backend()
     if requested is None or requested == "auto":
-        chosen, why = _auto(is_cuda)
+        chosen, why = _auto(is_cuda, tracing)
+        if not is_cuda and not tracing and chosen == "torch" and not _warned_slow_cpu:
+            _warned_slow_cpu = True
+            warnings.warn(
+                f"mambaseg: selective scan on CPU uses the slower PyTorch path ({why}). "
+                f"Fix: {_FIX['cpu_fused']}. Set {ENV_VAR}=torch to choose it explicitly.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if is_cuda and chosen == "torch" and not _warned_slow_gpu:
             _warned_slow_gpu = True
             warnings.warn(
@@ -154,6 +180,13 @@ def resolve_backend(name: str | None, is_cuda: bool) -> str:
         if not (requested == "triton" and os.environ.get("TRITON_INTERPRET") == "1"):
             raise BackendUnavailableError(
                 f"scan backend {requested!r} needs CUDA tensors; use backend='torch' on CPU"
+            )
+    if requested == "cpu_fused":
+        if is_cuda:
+            raise BackendUnavailableError("scan backend 'cpu_fused' needs CPU tensors; use 'triton' on CUDA")
+        if tracing:
+            raise BackendUnavailableError(
+                "scan backend 'cpu_fused' cannot be traced (torch.compile / export); use backend='torch' or auto"
             )
     return requested
 
@@ -182,6 +215,10 @@ def load_backend_fn(name: str) -> Callable:
         from mambaseg.ops.selective_scan_torch import selective_scan_torch
 
         return selective_scan_torch
+    if name == "cpu_fused":
+        from mambaseg.ops.selective_scan_cpu import selective_scan_cpu
+
+        return selective_scan_cpu
     if name == "triton":
         from mambaseg.ops.selective_scan_triton import selective_scan_triton
 

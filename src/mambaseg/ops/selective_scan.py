@@ -10,10 +10,15 @@ __all__ = ["selective_scan"]
 
 
 @torch.compiler.assume_constant_result
-def _resolve(backend: str | None, is_cuda: bool) -> str:
+def _resolve(backend: str | None, is_cuda: bool, tracing: bool) -> str:
     """:func:`resolve_backend`; under torch.compile it runs at trace time and its answer is baked into the compiled
     graph (the dispatch code is not traceable; a later change of context or environment does not re-trace)."""
-    return resolve_backend(backend, is_cuda)
+    return resolve_backend(backend, is_cuda, tracing)
+
+
+def _tracing() -> bool:
+    """Whether torch.compile / torch.export (incl. ONNX export) or TorchScript tracing is tracing this call."""
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
 
 
 def selective_scan(
@@ -40,7 +45,9 @@ def selective_scan(
         D: skip weights (K*d_inner,) or None.
         delta_bias: added to ``delta`` before the softplus, (K*d_inner,) or None.
         delta_softplus: apply softplus to ``delta + delta_bias``.
-        backend: "ref", "torch", "triton", "mamba_ssm" or None (context > env ``MAMBASEG_SCAN_BACKEND`` > auto).
+        backend: "ref", "torch", "cpu_fused", "triton", "mamba_ssm" or None (context > env
+            ``MAMBASEG_SCAN_BACKEND`` > auto; auto is "cpu_fused" on CPU when its kernel builds, "torch" while
+            tracing for torch.compile / export).
         out_dtype: dtype of ``y`` (default ``u``'s). With bf16 ``u``/``delta`` and ``out_dtype=torch.float32`` the
             Triton backend reads the bf16 inputs directly (and keeps them, not fp32 copies, for the backward pass)
             and writes an fp32 ``y``: the same numbers as upcasting the inputs first, with half the saved memory.
@@ -51,5 +58,5 @@ def selective_scan(
     Example:
         >>> y = selective_scan(u, dt, A, B, C, D, delta_bias=b, delta_softplus=True, backend="torch")
     """
-    fn = load_backend_fn(_resolve(backend, u.is_cuda))
+    fn = load_backend_fn(_resolve(backend, u.is_cuda, _tracing()))
     return fn(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=delta_softplus, out_dtype=out_dtype)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["selective_scan_ref", "prepare_scan_inputs"]
+__all__ = ["selective_scan_ref", "prepare_scan_inputs", "check_scan_shapes"]
 
 
-def prepare_scan_inputs(
+def check_scan_shapes(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
@@ -26,12 +26,8 @@ def prepare_scan_inputs(
     C: torch.Tensor,
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
-    """Validate shapes, upcast, apply bias/softplus and expand grouped B/C to (batch, groups, N, L).
-
-    Returns (u, delta', A, B, C, compute_dtype) with B and C shaped (batch, G, N, L).
-    """
+) -> None:
+    """Raise ValueError with a clear message unless the shapes are those of :func:`mambaseg.ops.selective_scan`."""
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must both be (batch, channels, L); got u {tuple(u.shape)}, delta {tuple(delta.shape)}")
     batch, dim, seqlen = u.shape
@@ -54,6 +50,23 @@ def prepare_scan_inputs(
         raise ValueError(f"D must be ({dim},), got {tuple(D.shape)}")
     if delta_bias is not None and delta_bias.shape != (dim,):
         raise ValueError(f"delta_bias must be ({dim},), got {tuple(delta_bias.shape)}")
+
+
+def prepare_scan_inputs(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
+    """Validate shapes, upcast, apply bias/softplus and expand grouped B/C to (batch, groups, N, L).
+
+    Returns (u, delta', A, B, C, compute_dtype) with B and C shaped (batch, G, N, L).
+    """
+    check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     delta = delta.to(cdt)
     if delta_bias is not None:

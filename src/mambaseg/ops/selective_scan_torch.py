@@ -71,6 +71,8 @@ def selective_scan_torch(
         C_ = C_.repeat_interleave(dim // cgroups, dim=1)
     dpg = dim // g
     inference = not torch.is_grad_enabled() or not any(t.requires_grad for t in (dt, x_in, B_, C_, A_))
+    if inference and torch.jit.is_tracing():
+        inference = False  # the in-place path writes through out=; TorchScript tracing (ONNX export) needs pure ops
     if inference:
         # time-major, chunk-before-channel layout: the readout C . h is a batched matrix-vector product
         dtc = dt.view(batch, g, dpg, nc, T).permute(4, 0, 1, 3, 2).contiguous()  # (T, b, g, nc, dpg)
