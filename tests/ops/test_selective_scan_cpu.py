@@ -237,13 +237,16 @@ def test_ss2d_mirrored_path_matches_torch_backend(fused, version):
     from mambaseg.layers.ss2d_v2 import SS2Dv2
 
     torch.manual_seed(0)
-    make = (lambda b: SS2D(8, d_state=4, backend=b)) if version == "v0" else (lambda b: SS2Dv2(8, d_state=1, backend=b))
-    ref = make("torch").double()
-    fus = make("cpu_fused").double()
+    make = (lambda: SS2D(8, d_state=4)) if version == "v0" else (lambda: SS2Dv2(8, d_state=1))
+    ref = make().double()
+    fus = make().double()
     fus.load_state_dict(ref.state_dict())
     x = torch.randn(*((2, 5, 7, 8) if version == "v0" else (2, 8, 5, 7)), dtype=torch.float64)  # v2: channels first
     xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yr, yf = ref(xr), fus(xf)
+    with use_backend("torch"):  # the backend is a runtime choice applied around the layer
+        yr = ref(xr)
+    with use_backend("cpu_fused"):
+        yf = fus(xf)
     assert _rel(yf, yr) < 1e-10
     gy = torch.randn_like(yr)
     gr = torch.autograd.grad(yr, [xr, *ref.parameters()], gy)

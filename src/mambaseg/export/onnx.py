@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-# the one import of the checkpoint module in this package (it is moving to ``mambaseg.checkpoint``)
+# the checkpoint format (below this package)
 from mambaseg.checkpoint import build_model, load_checkpoint
 from mambaseg.ops import use_backend
 

@@ -92,7 +92,8 @@ class SSMScanBase(nn.Module):
         keep their dtype either way (e.g. bf16 under autocast: upcasting them first would give the kernel the same
         numbers but keep fp32 copies alive for the backward pass). Without it (v2) the output has u's dtype.
         """
-        if type(self.scan) is RasterScan and not x.is_cuda and _resolve(self.backend, False, _tracing()) == "cpu_fused":
+        on_fused_cpu = not x.is_cuda and _resolve(None, False, _tracing()) == "cpu_fused"  # backend chosen per call
+        if type(self.scan) is RasterScan and on_fused_cpu:
             return self._scan_merge_mirrored(x, upcast_inputs)
         b, d, h, w = x.shape
         k = self.scan.k
@@ -115,7 +116,6 @@ class SSMScanBase(nn.Module):
             out_dtype=f if upcast_inputs else None,
         )
         return self.scan.merge(y.view(b, k, d, L), h, w)
-
 
     def _scan_merge_mirrored(self, x: torch.Tensor, upcast_inputs: bool) -> torch.Tensor:
         """:meth:`scan_merge` for the 4 raster orders on the fused CPU kernel, without the flipped copies.
