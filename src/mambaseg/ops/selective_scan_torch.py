@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from mambaseg.ops.selective_scan_ref import prepare_scan_inputs
+from mambaseg.utils.compile import assume_constant_result
 
 __all__ = ["selective_scan_torch", "default_chunk_size"]
 
 
-@torch.compiler.assume_constant_result  # integer arithmetic on a static size: a constant for torch.compile
+@assume_constant_result  # integer arithmetic on a static size: a constant for torch.compile
 def default_chunk_size(seqlen: int) -> int:
     """Chunk length that balances the two loops (about sqrt(L)), clamped to [4, 64]."""
     return int(min(64, max(4, 2 ** round(math.log2(max(1, math.isqrt(max(1, seqlen))))))))
