@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["autocast_for", "env_int", "resolve_amp", "resolve_device", "scan_backend"]
+__all__ = ["autocast_for", "cpu_threads", "env_int", "resolve_amp", "resolve_device", "scan_backend"]
 
 
 def env_int(name: str, default: int) -> int:
@@ -22,6 +22,34 @@ def env_int(name: str, default: int) -> int:
         return int(os.environ.get(name, default))
     except ValueError:
         return default
+
+
+def cpu_threads(spec: str | int | None = "auto") -> int:
+    """Number of CPU threads to give PyTorch: ``N`` as given, or for ``auto`` the cores the 1-minute load average
+    leaves free (at least 1, at most the cores this process may run on).
+
+    Why: the selective scan issues thousands of tiny operations per training step; with more threads than free
+    cores, every one of them waits at a thread barrier for a core another program holds (a VM-UNet-tiny step on a
+    busy 2-core machine: 2 s with one thread, 13-100 s with two). Nothing is changed here; apply the answer with
+    ``torch.set_num_threads(cpu_threads())``, as the command line does.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "auto")):
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            load = 0.0
+        return max(1, min(cores, int(cores - load + 0.5)))
+    try:
+        n = int(spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"threads must be 'auto' or a positive integer, got {spec!r}") from None
+    if n < 1:
+        raise ValueError(f"threads must be 'auto' or a positive integer, got {spec!r}")
+    return n
 
 
 def resolve_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch.device:

@@ -3,13 +3,21 @@
 Each verb lives in its own module (``cli/<verb>.py``) and is registered below with one line. Commands report
 failures as ONE line on stderr (``error: ...``) and exit with a non-zero status; ``mambaseg --debug <verb> ...``
 (or ``--debug`` anywhere on the command line) shows the full traceback instead.
+
+CPU threads: importing this package sets ``OMP_WAIT_POLICY=PASSIVE`` for the process when the user has not set it
+and PyTorch is not loaded yet, and the long-running verbs take ``--threads`` (default ``auto``); see
+:mod:`mambaseg.cli.threads` for the measurements behind both.
 """
 
 from __future__ import annotations
 
-import sys
+from mambaseg.cli.threads import prefer_passive_waiting
 
-import typer
+prefer_passive_waiting()  # before anything imports torch  # noqa: E402
+
+import sys  # noqa: E402
+
+import typer  # noqa: E402
 
 from mambaseg.cli._common import state
 

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from mambaseg.cli._common import console, handle_errors
+from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 #: files and folders a previous demo run left in DIR (removed before a new run; nothing else is touched)
 _RUN_OUTPUTS = ("checkpoints", "tb", "metrics.json", "history.json", "progress.png", "train.log", "config.yaml")
@@ -26,6 +27,7 @@ def demo(
     target: float = typer.Option(0.85, "--target-dice", help="Stop after the epoch whose validation Dice reaches this."),
     budget: float = typer.Option(250.0, "--budget", help="Stop after the epoch that crosses this many seconds of training."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Train vmunet_tiny on synthetic blobs and report the validation Dice (writes DIR/metrics.json).
 
@@ -36,6 +38,7 @@ def demo(
     from mambaseg.data import make_synthetic_dataset
     from mambaseg.engine import train as run_training
 
+    apply_threads(threads)
     t0 = time.perf_counter()
     cfg = load_recipe("demo")
     size = tuple(cfg.data.image_size)

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from mambaseg.cli._common import console, handle_errors
+from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
 @handle_errors
@@ -20,10 +21,12 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Evaluation batch size."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Evaluate a checkpoint (pooled and per-case Dice/IoU/Acc/Sen/Spe; the run's evaluator for other tasks)."""
     from mambaseg.engine import evaluate_checkpoint
 
+    apply_threads(threads)
     result = evaluate_checkpoint(checkpoint, data, split=split, out=out, device=device, batch_size=batch_size,
                                  console=None if as_json else console)
     if as_json:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mambaseg.cli._common import console, handle_errors
+from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
 @handle_errors
@@ -20,6 +21,7 @@ def predict(
     threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold (binary models)."),
     intensity: str = typer.Option("auto", "--intensity", help="3-D inputs: intensity mapping to [0, 1] "
                                   "(auto = as the training data, minmax, ct, none)."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Predict masks; writes OUT/masks/<name>.png (label-map values, e.g. 0/255) and OUT/overlays/<name>.png.
 
@@ -29,6 +31,7 @@ def predict(
 
     from mambaseg.inference import load
 
+    apply_threads(threads)
     predictor = load(checkpoint, device=device, threshold=threshold)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("predicting", total=None)

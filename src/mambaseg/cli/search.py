@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mambaseg.cli._common import CLIError, console, given_options, handle_errors, parse_image_size
+from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
 @handle_errors
@@ -57,6 +58,7 @@ def search(
         None, "--set", help="Override any config field: section.field=value (repeatable).",
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Search a SliceMamba architecture; writes OUT/arch.json, OUT/search_log.jsonl and the supernet checkpoints.
 
@@ -68,6 +70,7 @@ def search(
     from mambaseg.nas.evolution import EvolutionConfig
     from mambaseg.nas.runner import SearchSettings, run_search
 
+    apply_threads(threads)
     cfg = load_config(config) if config is not None else load_recipe(recipe)
     explicit = given_options({
         "train.out": str(out),

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from mambaseg.cli._common import CLIError, console, given_options, handle_errors, parse_image_size, read_arch
+from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
 def _auto_recipe(model: Optional[str], data: Optional[str]) -> Optional[str]:
@@ -100,10 +101,12 @@ def train(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (per-epoch lines only)."),
     compile_model: bool = typer.Option(False, "--compile", help="Train through torch.compile (train.compile; "
                                        "the first steps compile for minutes)."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Train a model; writes config.yaml, metrics.json, checkpoints/, progress.png, train.log and TensorBoard events."""
     from mambaseg.engine import train as run_training
 
+    apply_threads(threads)
     resume_from = None
     if resume:
         if out is None:
