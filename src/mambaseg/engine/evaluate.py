@@ -76,9 +76,9 @@ def evaluate_checkpoint(
     amp_dtype, _ = resolve_amp(cfg.train.amp, dev)
     loss_fn = None
     try:
-        from mambaseg.losses import create_loss
+        from mambaseg.losses import create_loss, resolve_loss_name
 
-        loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
+        loss_fn = create_loss(resolve_loss_name(cfg.loss.name, task.num_classes), **(cfg.loss.kwargs or {}))
     except (ValueError, KeyError, TypeError, ImportError) as exc:
         # e.g. a loss registered by a plugin that is not importable here: metrics are still exact, say so loudly
         warnings.warn(f"evaluating without a loss value: loss {cfg.loss.name!r} cannot be built here ({exc})",

@@ -353,7 +353,8 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     from mambaseg.models import model_info
 
     model_info(cfg.model.name)
-    loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
+    if cfg.loss.name != "auto":
+        create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
 
     # ---- data
     norm = Normalization.from_dict(state["normalization"]) if state and state.get("normalization") else None
@@ -362,6 +363,8 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     in_chans = cfg.model.in_chans or task.in_chans
     if num_classes != task.num_classes:
         raise ValueError(f"model.num_classes={num_classes} but the data has {task.num_classes} output channel(s)")
+    cfg = _follow_task(cfg, num_classes)
+    loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
     train_ds = task.train
     if train_ds is None or len(train_ds) == 0:  # type: ignore[arg-type]
         raise ValueError(f"the training split of {cfg.data.path} is empty")
@@ -428,6 +431,15 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
         f"global batch {tc.batch_size}, {len(loader)} steps/epoch"
     )
     return run
+
+
+def _follow_task(cfg: RunConfig, num_classes: int) -> RunConfig:
+    """The fields left to the data, resolved once the task is known (``loss.name=auto``)."""
+    from mambaseg.configs import apply_overrides
+    from mambaseg.losses import resolve_loss_name
+
+    name = resolve_loss_name(cfg.loss.name, num_classes)
+    return cfg if name == cfg.loss.name else apply_overrides(cfg, {"loss.name": name})
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
