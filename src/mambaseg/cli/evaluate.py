@@ -32,6 +32,24 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        console.print(f"{split}: dice {result.get('dice', float('nan')):.4f}  iou {result.get('iou', float('nan')):.4f}"
-                      f"  per-case dice {result.get('per_case_dice', float('nan')):.4f}  ({result.get('n_images')} images)"
-                      + (f"  -> {Path(out) / 'metrics.json'}" if out else ""), highlight=False)
+        console.print(summary_line(split, result) + (f"  -> {Path(out) / 'metrics.json'}" if out else ""),
+                      highlight=False)
+
+
+def summary_line(split: str, result: dict) -> str:
+    """One line of the headline numbers the evaluator produced: pooled and per-case Dice/IoU of 2-D images, mean
+    per-volume Dice and HD95 (with each class's Dice) of volumes."""
+
+    def num(key: str, spec: str = ".4f") -> str:
+        v = result.get(key)
+        return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
+
+    if "n_volumes" in result:
+        classes = result.get("classes") or {}
+        per_class = "  ".join(f"{name} {vals['dice']:.4f}" for name, vals in classes.items()
+                              if isinstance(vals.get("dice"), (int, float)))
+        units = f" {result.get('hd95_units')}" if result.get("hd95_units") else ""
+        return (f"{split}: mean dice {num('dice')}  mean hd95 {num('hd95', '.2f')}{units}"
+                + (f"  ({per_class})" if per_class else "") + f"  ({result['n_volumes']} volumes)")
+    return (f"{split}: dice {num('dice')}  iou {num('iou')}  per-case dice {num('per_case_dice')}  "
+            f"({result.get('n_images', 'n/a')} images)")

@@ -27,16 +27,14 @@ def predict(
 
     A 3-D volume (.nii/.nii.gz/.h5/.npz/.npy) is predicted slice by slice and written as OUT/<id>_pred.<ext>
     (NIfTI keeps the source geometry), or to OUT itself when OUT is a volume file name."""
-    from rich.progress import Progress
-
     from mambaseg.inference import load
+    from mambaseg.utils.progress import ProgressReporter
 
     apply_threads(threads)
     predictor = load(checkpoint, device=device, threshold=threshold)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("predicting", total=None)
+    with ProgressReporter(console, "predicting") as bar:
         written = predictor.predict_path(input, out, batch_size=batch_size, overlays=overlays, intensity=intensity,
-                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                         progress=bar)
     if written and written[0].parent.name == "masks":
         console.print(f"wrote {len(written)} mask(s) to {Path(out) / 'masks'}"
                       + (f" and overlays to {Path(out) / 'overlays'}" if overlays else ""), highlight=False)

@@ -18,6 +18,7 @@ from mambaseg.data.task import DataTask, image_size_of
 from mambaseg.engine.evaluator import EvalContext, evaluator_for
 from mambaseg.runtime import resolve_amp, resolve_device, scan_backend
 from mambaseg.utils.files import atomic_write_json
+from mambaseg.utils.progress import ProgressReporter
 
 __all__ = ["evaluate_checkpoint", "open_data"]
 
@@ -41,6 +42,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     console: Any = None,
     backend: str | None = None,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of a dataset with the same preprocessing as training.
 
@@ -51,8 +53,10 @@ def evaluate_checkpoint(
         out: folder for ``metrics.json`` (optional).
         device: ``auto``/``cpu``/``cuda``/...
         batch_size: evaluation batch size (default: the run's ``train.val_batch_size``).
-        console: optional rich console for a summary table.
+        console: optional rich console for the progress (a bar on a terminal, a plain line every 30 s
+            otherwise) and a summary table.
         backend: selective-scan backend to run with (``None``: the usual resolution).
+        show_progress: show the progress on ``console``.
 
     Returns:
         The evaluator's metrics dict (plus ``checkpoint``, ``split`` and ``data``).
@@ -86,8 +90,12 @@ def evaluate_checkpoint(
         loss_fn = None
     ectx = EvalContext(device=dev, amp_dtype=amp_dtype, batch_size=batch_size or cfg.train.val_batch_size,
                        num_workers=cfg.data.num_workers, loss_fn=loss_fn)
-    with scan_backend(backend):
-        metrics = task.evaluator.evaluate(model, task.datasets[split], ectx)
+    ds = task.datasets[split]
+    unit = "volumes" if getattr(task.evaluator, "name", "") == "volume_slicewise" else "images"
+    with scan_backend(backend), ProgressReporter(console, f"evaluating {split} ({unit})",
+                                                 enabled=show_progress) as bar:
+        ectx.progress = bar
+        metrics = task.evaluator.evaluate(model, ds, ectx)
     result = {**metrics, "checkpoint": str(checkpoint), "split": split, "data": str(cfg.data.path),
               "epoch": ckpt.get("epoch"), "model": (ckpt.get("model") or {}).get("name")}
     if out is not None:

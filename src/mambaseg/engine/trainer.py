@@ -48,6 +48,7 @@ from mambaseg.engine.run_logger import RunLogger
 from mambaseg.runtime import autocast_for, env_int, resolve_amp, resolve_device, scan_backend
 from mambaseg.utils.distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from mambaseg.utils.files import atomic_write_json
+from mambaseg.utils.progress import ProgressReporter, is_terminal
 from mambaseg.utils.seed import get_rng_state, seed_everything, seed_worker, set_rng_state
 
 __all__ = [
@@ -171,7 +172,9 @@ class _Progress:
         self.enabled = enabled and console is not None
         self.console = console
         self._p = None
-        if not self.enabled:
+        self._plain: ProgressReporter | None = None  # not a terminal: plain step lines (utils/progress.py)
+        self._plain_on = self.enabled and not is_terminal(console)
+        if not self.enabled or self._plain_on:
             return
         from rich.progress import (
             BarColumn,
@@ -205,10 +208,14 @@ class _Progress:
             self._p.stop()
 
     def new_epoch(self, epoch: int, total_steps: int) -> None:
+        if self._plain_on:
+            self._plain = ProgressReporter(self.console, f"epoch {epoch}", total=total_steps).__enter__()
         if self._p is not None:
             self._p.reset(self.step_task, total=total_steps, description=f"epoch {epoch}", info="")
 
     def step(self, info: str) -> None:
+        if self._plain is not None:
+            self._plain.advance(1, info)
         if self._p is not None:
             self._p.update(self.step_task, advance=1, info=info)
 
@@ -425,12 +432,19 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     if state is not None:
         _restore(run, state)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.log(
+    header = (
         f"{'resume' if state else 'start'}: model {cfg.model.name} ({n_params:,} params), data {cfg.data.path} "
-        f"[{task.name}: {task.info}], device {device}, amp {amp_dtype}, processes {ctx.world_size}, "
-        f"global batch {tc.batch_size}, {len(loader)} steps/epoch"
+        f"[{task.name}: {task.info}], device {device}{_threads_note(device)}, amp {amp_dtype}, processes "
+        f"{ctx.world_size}, global batch {tc.batch_size}, {len(loader)} steps/epoch, loss {cfg.loss.name}"
     )
+    logger.log(header)
+    if console is not None:  # the same header on the console, TTY or not (nohup, SLURM)
+        console.print(header, highlight=False, soft_wrap=True)
     return run
+
+
+def _threads_note(device: torch.device) -> str:
+    return f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
 
 
 def _follow_task(cfg: RunConfig, num_classes: int) -> RunConfig:
