@@ -52,6 +52,7 @@ from mambaseg.cli import doctor as _doctor  # noqa: E402
 from mambaseg.cli import evaluate as _evaluate  # noqa: E402
 from mambaseg.cli import models as _models  # noqa: E402
 from mambaseg.cli import predict as _predict  # noqa: E402
+from mambaseg.cli import recipes as _recipes  # noqa: E402
 from mambaseg.cli import search as _search  # noqa: E402
 from mambaseg.cli import train as _train  # noqa: E402
 
@@ -62,6 +63,7 @@ app.command("predict")(_predict.predict)
 app.command("search")(_search.search)
 app.command("cache")(_cache.cache)
 app.command("models")(_models.models)
+app.command("recipes")(_recipes.recipes)
 app.command("doctor")(_doctor.doctor)
 
 

@@ -14,7 +14,10 @@ from mambaseg.cli.threads import THREADS_HELP, apply_threads
 @handle_errors
 def search(
     data: Optional[str] = typer.Option(
-        None, "--data", "-d", help="Dataset folder (ROOT/{train,val}/{images,masks}) or .npz cache.",
+        None, "--data", "-d", help=(
+            "Dataset: a 2-D folder ROOT/{train,val}/{images,masks}, an ACDC (SSL4MIS h5), Synapse (TransUNet "
+            "npz/h5) or nnU-Net raw folder, or a `mambaseg cache` .npz; the layout is detected (README: Data layouts)."
+        ),
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (an existing one is resumed)."),
     supernet_epochs: int = typer.Option(300, "--supernet-epochs", help="SPOS supernet training epochs."),

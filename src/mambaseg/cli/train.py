@@ -84,7 +84,10 @@ def build_config(
 @handle_errors
 def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (see `mambaseg models`)."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset folder (ROOT/{train,val}/{images,masks}) or .npz cache."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=(
+        "Dataset: a 2-D folder ROOT/{train,val}/{images,masks}, an ACDC (SSL4MIS h5), Synapse (TransUNet "
+        "npz/h5) or nnU-Net raw folder, or a `mambaseg cache` .npz; the layout is detected (README: Data layouts)."
+    )),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Global batch size."),
