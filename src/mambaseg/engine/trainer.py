@@ -79,7 +79,12 @@ class TrainHooks:
     Subclass it to train something other than a registered model through the same loop (same checkpoint format,
     resume, divergence handling and progress output). ``state_dict``/``load_state_dict`` are saved in and
     restored from ``last.pt`` (weights-only-safe content: tensors and primitive containers).
+
+    ``export_safetensors = False`` skips the ``best.safetensors`` export at the end (for models no registry entry
+    rebuilds, e.g. the SliceMamba supernet, whose export would be one more copy of its weights).
     """
+
+    export_safetensors: bool = True
 
     def build_model(self, cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module | None:
         """The model to train (``None``: ``create_model`` from ``cfg.model``). Set ``model.mambaseg_spec``."""
@@ -673,7 +678,7 @@ def _finish(run: _Run) -> TrainResult:
     }
     if ctx.is_main:
         best_pt = run.ckpt_dir / "best.pt"
-        if best_pt.is_file():  # exported once at the end: best.pt changes often early in a run
+        if best_pt.is_file() and run.hooks.export_safetensors:  # once at the end: best.pt changes often early on
             export_safetensors(run.ckpt_dir / "best.safetensors", load_checkpoint(best_pt))
         atomic_write_json(run_dir / "metrics.json", summary)
         run.logger.log(f"done: {len(run.history)} epochs, {run.step} steps, {run.seconds:.1f} s, {ips:.3g} img/s; "
