@@ -59,9 +59,11 @@ def demo(
     console.print(f"training {cfg.model.name} for up to {cfg.train.epochs} epochs at {size[0]}x{size[1]} on "
                   f"{device} (stops early once the validation Dice reaches {target:g})", highlight=False)
 
-    def enough(state: dict) -> bool:
+    def enough(state: dict) -> str:
         dice = (state.get("metrics") or {}).get("dice")
-        return bool(dice is not None and dice >= target and state["history"][-1].get("val") is not None)
+        if dice is not None and dice >= target and state["history"][-1].get("val") is not None:
+            return f"validation Dice {dice:.4f} reached the demo's target {target:g}"
+        return ""
 
     result = run_training(cfg, console=console, callbacks=[enough], show_progress=not no_progress)
     dice = float(result.metrics.get("dice", float("nan")))

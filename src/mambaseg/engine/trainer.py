@@ -255,8 +255,8 @@ def train(
         console: a ``rich.console.Console`` for progress bars, per-epoch lines and the summary table (``None`` =
             silent).
         callbacks: functions called on every process after each epoch with a state dict (``epoch``, ``step``,
-            ``history``, ``model``); returning ``True`` stops the run cleanly after this epoch (``metrics.json`` is
-            written; e.g. a time budget), raising :class:`TrainingInterrupted` aborts it (as a crash would).
+            ``history``, ``model``); returning ``True`` (or a non-empty string, recorded as the stop reason) stops
+            the run cleanly after this epoch (``metrics.json`` is written; e.g. a time budget), raising :class:`TrainingInterrupted` aborts it (as a crash would).
         show_progress: draw rich progress bars (needs ``console``).
         hooks: :class:`TrainHooks` (a different model, a subset of the training split, per-step actions).
 
@@ -645,14 +645,16 @@ def _should_stop(run: _Run, epoch: int, callbacks: Any, t0: float) -> str:
     tc = run.cfg.train
     cb_state = {"epoch": epoch + 1, "step": run.step, "history": run.history, "model": run.model,
                 "metrics": run.last_metrics, "run_dir": Path(tc.out)}
-    want_stop = any([cb(cb_state) is True for cb in callbacks])
+    answers = [cb(cb_state) for cb in callbacks]
+    reasons = [a for a in answers if isinstance(a, str) and a]  # a non-empty string stops too and says why
+    want_stop = any(a is True for a in answers) or bool(reasons)
     over_time = tc.time_limit_s is not None and time.perf_counter() - t0 > tc.time_limit_s
     # every process must take the same decision (a time budget may differ between processes)
     votes = all_reduce_sum(torch.tensor([float(want_stop), float(over_time)]), run.ctx)
     if votes[1] > 0:
         return f"train.time_limit_s={tc.time_limit_s:g} reached"
     if votes[0] > 0:
-        return "stopped by a callback (e.g. a time budget)"
+        return reasons[0] if reasons else "stopped by a callback (e.g. a time budget)"
     return ""
 
 
