@@ -30,8 +30,8 @@ def cpu_threads(spec: str | int | None = "auto") -> int:
 
     Why: the selective scan issues thousands of tiny operations per training step; with more threads than free
     cores, every one of them waits at a thread barrier for a core another program holds (a VM-UNet-tiny step on a
-    busy 2-core machine: 2 s with one thread, 13-100 s with two). Nothing is changed here; apply the answer with
-    ``torch.set_num_threads(cpu_threads())``, as the command line does.
+    busy 2-core machine: 1.5-2.2 s with one thread, 12.6-29.6 s with two; ``benchmarks/cpu_first_hour.py``).
+    Nothing is changed here; apply the answer with ``torch.set_num_threads(cpu_threads())``, as the CLI does.
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "auto")):
         try:

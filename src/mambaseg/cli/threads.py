@@ -5,8 +5,9 @@ Two things, both for the ``mambaseg`` process only:
 * :func:`prefer_passive_waiting` runs when the CLI package is imported, before PyTorch is: when the user has not
   set ``OMP_WAIT_POLICY`` it sets ``PASSIVE``, so OpenMP threads that finished their share of an operation sleep
   instead of spinning. On a busy machine the spinning threads take the cores the others wait for; a VM-UNet-tiny
-  training step with two threads on a loaded 2-core machine took 13-100 s spinning and 1.5-5 s passive. PyTorch
-  reads this variable only when it is loaded, so there is no PyTorch API for it; a user's own value always wins.
+  training step with two threads on a loaded 2-core machine took 12.6-29.6 s spinning and 1.5-2.0 s passive
+  (benchmarks/results/cpu_first_hour.json). PyTorch reads this variable only when it is loaded, so there is no
+  PyTorch API for it; a user's own value always wins.
 * :func:`apply_threads` gives PyTorch ``--threads`` threads (``auto``: the cores the load average leaves free, see
   :func:`mambaseg.runtime.cpu_threads`) through ``torch.set_num_threads``.
 """
