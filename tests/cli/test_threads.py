@@ -61,3 +61,15 @@ def test_threads_option_sets_torch_threads(tmp_path):
         assert bad.exit_code == 1 and "threads must be 'auto' or a positive integer" in bad.output
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_leaves_gpu_runs_alone():
+    from mambaseg.cli.threads import apply_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert apply_threads("auto", "cuda:0") == 2 and torch.get_num_threads() == 2  # the GPU runs the scan
+        assert apply_threads("1", "cuda") == 1 and torch.get_num_threads() == 1  # a number is always applied
+    finally:
+        torch.set_num_threads(before)

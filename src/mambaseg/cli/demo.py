@@ -38,7 +38,7 @@ def demo(
     from mambaseg.data import make_synthetic_dataset
     from mambaseg.engine import train as run_training
 
-    apply_threads(threads)
+    apply_threads(threads, device)
     t0 = time.perf_counter()
     cfg = load_recipe("demo")
     size = tuple(cfg.data.image_size)

@@ -26,7 +26,7 @@ def evaluate(
     """Evaluate a checkpoint (pooled and per-case Dice/IoU/Acc/Sen/Spe; the run's evaluator for other tasks)."""
     from mambaseg.engine import evaluate_checkpoint
 
-    apply_threads(threads)
+    apply_threads(threads, device)
     result = evaluate_checkpoint(checkpoint, data, split=split, out=out, device=device, batch_size=batch_size,
                                  console=None if as_json else console)
     if as_json:

@@ -30,7 +30,7 @@ def predict(
     from mambaseg.inference import load
     from mambaseg.utils.progress import ProgressReporter
 
-    apply_threads(threads)
+    apply_threads(threads, device)
     predictor = load(checkpoint, device=device, threshold=threshold)
     with ProgressReporter(console, "predicting") as bar:
         written = predictor.predict_path(input, out, batch_size=batch_size, overlays=overlays, intensity=intensity,

@@ -73,7 +73,6 @@ def search(
     from mambaseg.nas.evolution import EvolutionConfig
     from mambaseg.nas.runner import SearchSettings, run_search
 
-    apply_threads(threads)
     cfg = load_config(config) if config is not None else load_recipe(recipe)
     explicit = given_options({
         "train.out": str(out),
@@ -92,6 +91,7 @@ def search(
         cfg = apply_overrides(cfg, list(overrides))
     if cfg.data.path is None:
         raise CLIError("no dataset given: pass --data PATH")
+    apply_threads(threads, cfg.train.device)
     if supernet_epochs < 1:
         raise CLIError(f"--supernet-epochs must be >= 1, got {supernet_epochs}")
     evo = EvolutionConfig(generations=generations, population=population, select_num=select_num,

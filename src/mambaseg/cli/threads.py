@@ -28,12 +28,20 @@ def prefer_passive_waiting() -> None:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
-def apply_threads(spec: Optional[str]) -> int:
-    """``torch.set_num_threads`` with ``--threads`` (``auto`` or N); returns the number set."""
+def apply_threads(spec: Optional[str], device: Optional[str] = None) -> int:
+    """``torch.set_num_threads`` with ``--threads`` (``auto`` or N); returns the number in use.
+
+    ``auto`` leaves PyTorch's default alone when ``device`` runs on CUDA (``cuda``, ``cuda:N``, or ``auto`` with a
+    GPU present): the scan then runs on the GPU and the CPU threads serve data loading; a number is always applied.
+    """
     import torch
 
     from mambaseg.runtime import cpu_threads
 
+    auto = spec is None or str(spec).strip().lower() in ("", "auto")
+    dev = (device or "cpu").strip().lower()
+    if auto and (dev.startswith("cuda") or (dev == "auto" and torch.cuda.is_available())):
+        return torch.get_num_threads()
     n = cpu_threads(spec)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

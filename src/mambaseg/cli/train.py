@@ -109,7 +109,6 @@ def train(
     """Train a model; writes config.yaml, metrics.json, checkpoints/, progress.png, train.log and TensorBoard events."""
     from mambaseg.engine import train as run_training
 
-    apply_threads(threads)
     resume_from = None
     if resume:
         if out is None:
@@ -122,6 +121,7 @@ def train(
                        device=device, arch=arch, compile_model=compile_model, overrides=overrides)
     if cfg.data.path is None:
         raise CLIError("no dataset given: pass --data PATH")
+    apply_threads(threads, cfg.train.device)
     if out is None and cfg.train.out == "runs/run":
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg.train.out = f"runs/{cfg.model.name}_{stamp}"
