@@ -18,8 +18,8 @@ import os
 import sys
 from typing import Optional
 
-THREADS_HELP = ("CPU threads: auto (the cores the 1-minute load average leaves free, at least 1) or N. "
-                "A busy machine is much faster with fewer threads.")
+THREADS_HELP = ("CPU threads: auto (on CPU runs, the cores the 1-minute load average leaves free, at least 1) or "
+                "N. A busy machine is much faster with fewer threads.")
 
 
 def prefer_passive_waiting() -> None:
