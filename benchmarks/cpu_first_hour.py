@@ -24,7 +24,7 @@ batch 2, with the new code, and old vs new at 128x128 batch 1 (the old code need
 is OOM-killed at batch 2 on this 24 GiB shared machine, so it is not run there); and the thread settings on a
 ``vmunet_tiny`` forward+backward (batch 16, 64x64) in each condition: 1 thread, all cores with OpenMP's default
 waiting, all cores with passive waiting, 1 intra-op + all-cores inter-op threads, and what ``--threads auto``
-picks.
+picks (the CLI's default).
 
     python benchmarks/cpu_first_hour.py                      # everything (about 40 minutes on a busy 2-core host)
     python benchmarks/cpu_first_hour.py --only ph2_train --conditions loaded
@@ -169,7 +169,7 @@ def threads_probe(src: Path, work: Path, cores: int) -> dict:
     configs = [("1 thread", 1, 0, {}), (f"{cores} threads", cores, 0, {}),
                (f"{cores} threads, OMP_WAIT_POLICY=PASSIVE", cores, 0, {"OMP_WAIT_POLICY": "PASSIVE"}),
                (f"1 intra-op + {cores} inter-op threads", 1, cores, {}),
-               (f"--threads auto ({auto}), passive", auto, 0, {"OMP_WAIT_POLICY": "PASSIVE"})]
+               (f"--threads auto ({auto})", auto, 0, {})]
     out = {}
     for label, intra, inter, extra in configs:
         env = {**child_env(src), **extra}
@@ -252,7 +252,7 @@ def main() -> None:
         "old": {"commit": commits["old"], "how": f"git archive {commits['old'][:7]} src, run as python -m mambaseg "
                 "with its defaults (torch's default threads, OpenMP's default waiting)"},
         "new": {"commit": commits["new"], "how": f"git archive {commits['new'][:7]} src, run as python -m mambaseg "
-                "with its defaults (--threads auto, OMP_WAIT_POLICY=PASSIVE set by the CLI)",
+                "with its defaults (--threads auto)",
                 "uncommitted_changes_in_src_not_measured": bool(dirty)},
         "cleared_environment": list(CLEARED),
         "data": str(DATA),

@@ -4,20 +4,15 @@ Each verb lives in its own module (``cli/<verb>.py``) and is registered below wi
 failures as ONE line on stderr (``error: ...``) and exit with a non-zero status; ``mambaseg --debug <verb> ...``
 (or ``--debug`` anywhere on the command line) shows the full traceback instead.
 
-CPU threads: importing this package sets ``OMP_WAIT_POLICY=PASSIVE`` for the process when the user has not set it
-and PyTorch is not loaded yet, and the long-running verbs take ``--threads`` (default ``auto``); see
-:mod:`mambaseg.cli.threads` for the measurements behind both.
+CPU threads: the long-running verbs take ``--threads`` (default ``auto``); see :mod:`mambaseg.cli.threads` for the
+measurements behind it. The CLI sets no environment variable.
 """
 
 from __future__ import annotations
 
-from mambaseg.cli.threads import prefer_passive_waiting
+import sys
 
-prefer_passive_waiting()  # before anything imports torch  # noqa: E402
-
-import sys  # noqa: E402
-
-import typer  # noqa: E402
+import typer
 
 from mambaseg.cli._common import state
 

@@ -1,31 +1,24 @@
 """CPU threads of the command line (the library itself never changes them).
 
-Two things, both for the ``mambaseg`` process only:
+:func:`apply_threads` gives PyTorch ``--threads`` threads through ``torch.set_num_threads``; ``auto`` (the default)
+is, on CPU runs, the cores the 1-minute load average leaves free, at least one
+(:func:`mambaseg.runtime.cpu_threads`). Measured on a 2-core machine (``benchmarks/results/cpu_first_hour*.json``,
+VM-UNet-tiny forward+backward, batch 16, 64x64): with other work running, one thread took 1.5-2.2 s and two threads
+12.6-29.6 s (each of the scan's thousands of small operations waits at a barrier for a core another program holds);
+at low load two threads took 0.53 s and one 0.98 s. So ``auto`` gives every core to an idle machine (as PyTorch's
+default does) and one thread to a busy one.
 
-* :func:`prefer_passive_waiting` runs when the CLI package is imported, before PyTorch is: when the user has not
-  set ``OMP_WAIT_POLICY`` it sets ``PASSIVE``, so OpenMP threads that finished their share of an operation sleep
-  instead of spinning. On a busy machine the spinning threads take the cores the others wait for; a VM-UNet-tiny
-  training step with two threads on a loaded 2-core machine took 12.6-29.6 s spinning and 1.5-2.0 s passive
-  (benchmarks/results/cpu_first_hour.json). PyTorch reads this variable only when it is loaded, so there is no
-  PyTorch API for it; a user's own value always wins.
-* :func:`apply_threads` gives PyTorch ``--threads`` threads (``auto``: the cores the load average leaves free, see
-  :func:`mambaseg.runtime.cpu_threads`) through ``torch.set_num_threads``.
+``OMP_WAIT_POLICY=PASSIVE`` (set by the user in the shell) also avoids the collapse with two threads on a busy
+machine (1.5-2.0 s) but costs about 40 % on an idle one (0.75 s against 0.53 s), and it can only take effect when
+set before PyTorch loads; the CLI leaves it to the user and sets no environment variable.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Optional
 
 THREADS_HELP = ("CPU threads: auto (on CPU runs, the cores the 1-minute load average leaves free, at least 1) or "
                 "N. A busy machine is much faster with fewer threads.")
-
-
-def prefer_passive_waiting() -> None:
-    """``OMP_WAIT_POLICY=PASSIVE`` for this process when the user has not set it and PyTorch is not loaded yet."""
-    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def apply_threads(spec: Optional[str], device: Optional[str] = None) -> int:
