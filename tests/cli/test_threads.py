@@ -30,7 +30,15 @@ def test_cli_sets_no_environment():
 
 
 def test_cpu_threads_rule(monkeypatch):
+    import mambaseg.runtime as rt
+
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(rt, "_busy_cores", lambda cpus: 3.2)  # sampled now: 3.2 of 4 cores busy
+    assert cpu_threads("auto") == 1
+    monkeypatch.setattr(rt, "_busy_cores", lambda cpus: 0.1)  # idle now (whatever the load average says)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.9, 0.0, 0.0))
+    assert cpu_threads("auto") == 4
+    monkeypatch.setattr(rt, "_busy_cores", lambda cpus: None)  # no /proc/stat: the load average decides
     monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
     assert cpu_threads("auto") == 4
     monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
@@ -72,3 +80,11 @@ def test_auto_leaves_gpu_runs_alone():
         assert apply_threads("1", "cuda") == 1 and torch.get_num_threads() == 1  # a number is always applied
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_cores_sample_is_sane():
+    import mambaseg.runtime as rt
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    busy = rt._busy_cores(cpus, interval=0.05)
+    assert busy is None or -0.01 <= busy <= len(cpus) + 0.01
