@@ -10,7 +10,7 @@ Example:
 ``list_models``, ``model_info`` or ``load``.
 
 CPU threads: the library never changes PyTorch's thread settings or the environment. On a busy CPU machine call
-``torch.set_num_threads(mambaseg.runtime.cpu_threads())`` (the cores the load average leaves free, what the command
+``torch.set_num_threads(mambaseg.runtime.cpu_threads())`` (the cores idle right now, what the command
 line's ``--threads auto`` applies) or simply ``torch.set_num_threads(1)`` before training or evaluating: the
 selective scan runs thousands of tiny operations per step, and with several threads each one waits at a barrier for
 a core another program holds (see README, "CPU: threads and memory").

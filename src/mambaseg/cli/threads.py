@@ -1,7 +1,7 @@
 """CPU threads of the command line (the library itself never changes them).
 
 :func:`apply_threads` gives PyTorch ``--threads`` threads through ``torch.set_num_threads``; ``auto`` (the default)
-is, on CPU runs, the cores the 1-minute load average leaves free, at least one
+is, on CPU runs, the cores idle right now (sampled over 0.2 s), at least one
 (:func:`mambaseg.runtime.cpu_threads`). Measured on a 2-core machine (``benchmarks/results/cpu_first_hour*.json``,
 VM-UNet-tiny forward+backward, batch 16, 64x64): with other work running, one thread took 1.5-2.2 s and two threads
 12.6-29.6 s (each of the scan's thousands of small operations waits at a barrier for a core another program holds);
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-THREADS_HELP = ("CPU threads: auto (on CPU runs, the cores the 1-minute load average leaves free, at least 1) or "
+THREADS_HELP = ("CPU threads: auto (on CPU runs, the cores idle right now, at least 1) or "
                 "N. A busy machine is much faster with fewer threads.")
 
 
