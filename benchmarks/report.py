@@ -435,6 +435,30 @@ def recipe_wall_rows(name, d):
     return rows
 
 
+def first_hour_rows(name, d):
+    """One row per (condition, scenario) of ``cpu_first_hour.py``, then the thread probes and the peak RSS."""
+    rows = []
+
+    def dice(r):
+        return f"{r['dice']:.4f}" if isinstance(r.get("dice"), (int, float)) else "-"
+
+    for cond, part in (d.get("conditions") or {}).items():
+        for scen, row in (part.get("scenarios") or {}).items():
+            o, n = row["old"], row["new"]
+            rows.append({"condition": cond, "what": scen, "old": f"{o['seconds']} s (Dice {dice(o)})",
+                         "new": f"{n['seconds']} s (Dice {dice(n)})", "speedup": f"{row.get('speedup')}x",
+                         "load avg (1 min) old / new": f"{o['load_before'][0]} / {n['load_before'][0]}"})
+        for label, t in (part.get("threads") or {}).items():
+            rows.append({"condition": cond, "what": f"vmunet_tiny fwd+bwd b16 64x64, {label}", "old": "",
+                         "new": f"{t.get('median_s', t.get('error'))} s", "speedup": "",
+                         "load avg (1 min) old / new": str((t.get("load_before") or ["-"])[0])})
+    for key, r in (d.get("rss") or {}).items():
+        rows.append({"condition": "idle", "what": f"vmunet CPU training step peak RSS ({key})", "old": "",
+                     "new": f"{fmt(r.get('peak_rss_gb'))} GB" if "peak_rss_gb" in r else str(r.get("error")),
+                     "speedup": "", "load avg (1 min) old / new": ""})
+    return rows
+
+
 # (title, file-name pattern, rows function, what the section shows); a file belongs to the first family it matches
 FAMILIES = [
     ("Selective scan on the CPU", r"scan_cpu.*", scan_cpu_rows,
@@ -480,6 +504,11 @@ FAMILIES = [
     ("EndoTect: SliceMamba search and retraining", r"slicemamba_.*", endotect_rows,
      "`benchmarks/slicemamba_gpu.py`: supernet, evolutionary search, then the searched model, the all-(4,4) model "
      "and VM-UNet of the same depths retrained on the same budget (160 train / 40 val images, pooled)."),
+    ("A new user's first hour on the CPU", r"cpu_first_hour.*", first_hour_rows,
+     "`benchmarks/cpu_first_hour.py`: the README's ph2 training example, the demo and ACDC test evaluation with the "
+     "old defaults (main before the change, from git) and the new ones, back to back; idle = nothing added (the "
+     "machine is shared: see the load averages), loaded = a second process spinning on one core; thread settings "
+     "and the peak RSS of a vmunet CPU training step."),
     ("CPU must-show runs", r"cpu_mustshow_.*", mustshow_rows,
      "Short end-to-end runs of the command-line interface on the CPU."),
 ]

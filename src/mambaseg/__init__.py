@@ -5,26 +5,35 @@ Example:
     >>> model = mambaseg.create_model("vmunet_tiny", num_classes=1)
     >>> predictor = mambaseg.load("runs/demo/checkpoints/best.pt")  # doctest: +SKIP
     >>> mask = predictor.predict("image.png")  # doctest: +SKIP
+
+``import mambaseg`` is light: the models (and PyTorch) are imported on first use of ``create_model``,
+``list_models``, ``model_info``, ``load`` or the pretrained-weights functions.
+
+CPU threads: the library never changes PyTorch's thread settings or the environment. On a busy CPU machine call
+``torch.set_num_threads(mambaseg.runtime.cpu_threads())`` (the cores idle right now, what the command
+line's ``--threads auto`` applies) or simply ``torch.set_num_threads(1)`` before training or evaluating: the
+selective scan runs thousands of tiny operations per step, and with several threads each one waits at a barrier for
+a core another program holds (see README, "CPU: threads and memory").
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mambaseg.models import (
-    LoadReport,
-    create_model,
-    from_pretrained,
-    init_from,
-    list_models,
-    load_pretrained,
-    model_info,
-    save_pretrained,
-)
 from mambaseg.version import __version__
 
 if TYPE_CHECKING:
     from mambaseg.inference.predictor import Predictor
+    from mambaseg.models import (
+        LoadReport,
+        create_model,
+        from_pretrained,
+        init_from,
+        list_models,
+        load_pretrained,
+        model_info,
+        save_pretrained,
+    )
 
 __all__ = [
     "LoadReport",
@@ -48,9 +57,25 @@ def convert_checkpoint(src: Any, fmt: str, out: Any, partial: bool = False, **op
     ``num_classes``, ``in_chans``, ``stem``, ``key`` and the converter's own (``target``, ``variant``, ``arch``, ...).
     Returns the :class:`LoadReport`. See :func:`mambaseg.cli.convert.convert_checkpoint`.
     """
-    from mambaseg.cli.convert import convert_checkpoint as _convert
+    from mambaseg.convert import convert_checkpoint as _convert
 
     return _convert(src, fmt, out, partial, **opts)
+
+
+_FROM_MODELS = ("LoadReport", "create_model", "from_pretrained", "init_from", "list_models", "load_pretrained",
+                "model_info", "save_pretrained")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_MODELS:
+        from mambaseg import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'mambaseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_FROM_MODELS))
 
 
 def load(checkpoint: Any, *, device: Any = "auto", threshold: float = 0.5) -> Predictor:

@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     "autocast_for",
+    "cpu_threads",
     "env_int",
     "resolve_amp",
     "resolve_device",
@@ -30,6 +31,72 @@ def env_int(name: str, default: int) -> int:
         return int(os.environ.get(name, default))
     except ValueError:
         return default
+
+
+def cpu_threads(spec: str | int | None = "auto") -> int:
+    """Number of CPU threads to give PyTorch: ``N`` as given, or for ``auto`` the cores other programs leave free
+    (at least 1, at most the cores this process may run on).
+
+    ``auto`` samples how busy this process's cores are right now (``/proc/stat`` over 0.2 s, Linux) and falls back to
+    the 1-minute load average elsewhere (which lags: it still counts programs that ended up to a minute ago).
+
+    Why: the selective scan issues thousands of tiny operations per training step; with more threads than free
+    cores, every one of them waits at a thread barrier for a core another program holds (a VM-UNet-tiny step on a
+    busy 2-core machine: 1.5-2.2 s with one thread, 12.6-29.6 s with two; ``benchmarks/cpu_first_hour.py``), while
+    an idle machine is fastest with every core (0.53 s with two, 0.98 s with one). Nothing is changed here; apply
+    the answer with ``torch.set_num_threads(cpu_threads())``, as the CLI does.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "auto")):
+        try:
+            cpus = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = list(range(os.cpu_count() or 1))
+        cores = len(cpus)
+        busy = _busy_cores(cpus)
+        if busy is None:
+            try:
+                busy = os.getloadavg()[0]
+            except (AttributeError, OSError):
+                busy = 0.0
+        return max(1, min(cores, int(cores - busy + 0.5)))
+    try:
+        n = int(spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"threads must be 'auto' or a positive integer, got {spec!r}") from None
+    if n < 1:
+        raise ValueError(f"threads must be 'auto' or a positive integer, got {spec!r}")
+    return n
+
+
+def _cpu_times(cpus: list[int]) -> tuple[int, int] | None:
+    """(total, idle) jiffies summed over ``cpus`` from ``/proc/stat``; ``None`` where it cannot be read."""
+    wanted = {f"cpu{i}" for i in cpus}
+    total = idle = 0
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] in wanted:
+                    vals = [int(v) for v in parts[1:9]]
+                    total += sum(vals)
+                    idle += vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    except (OSError, ValueError):
+        return None
+    return (total, idle) if total > 0 else None
+
+
+def _busy_cores(cpus: list[int], interval: float = 0.2) -> float | None:
+    """How many of ``cpus`` other programs keep busy now (sampled over ``interval`` seconds); ``None`` if unknown."""
+    import time
+
+    first = _cpu_times(cpus)
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = _cpu_times(cpus)
+    if second is None or second[0] <= first[0]:
+        return None
+    return len(cpus) * (1.0 - (second[1] - first[1]) / (second[0] - first[0]))
 
 
 def resolve_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch.device:

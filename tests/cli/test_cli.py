@@ -209,6 +209,17 @@ def test_demo_fast_variant(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= m["dice"] <= 1.0 and (out / "data" / "train" / "images").is_dir()
     assert "validation Dice" in res.output
+    assert m["train"]["stop_reason"] in ("completed",) or "reached the demo's target" in m["train"]["stop_reason"]
+
+
+def test_demo_stops_on_its_target_never_on_time(tmp_path):
+    out = tmp_path / "demo"
+    res = _run("demo", "--out", out, "--epochs", 3, "--n-train", 8, "--n-val", 4, "--no-progress",
+               "--target-dice", 0.0, "--threads", 1)
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train"]["epochs"] == 1 and "reached the demo's target 0" in m["train"]["stop_reason"]
+    assert "--budget" not in _run("demo", "--help").output
 
 
 @pytest.mark.slow

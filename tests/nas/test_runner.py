@@ -53,6 +53,7 @@ def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth):
     best = max(log, key=lambda r: (r["iou"], r["dsc"]))
     assert best["arch"] == arch["arch"] and best["iou"] == arch["fitness"]["iou"]
     assert (out / "supernet" / "best.pt").is_file() and (out / "supernet" / "last.pt").is_file()
+    assert not (out / "supernet" / "best.safetensors").exists()  # no third copy of the supernet's weights
     # a second call resumes: nothing is trained or scored again, same result
     r2 = _search(out, synth)
     assert r2.exit_code == 0, r2.output

@@ -3,6 +3,9 @@
 Each verb lives in its own module (``cli/<verb>.py``) and is registered below with one line. Commands report
 failures as ONE line on stderr (``error: ...``) and exit with a non-zero status; ``mambaseg --debug <verb> ...``
 (or ``--debug`` anywhere on the command line) shows the full traceback instead.
+
+CPU threads: the long-running verbs take ``--threads`` (default ``auto``); see :mod:`mambaseg.cli.threads` for the
+measurements behind it. The CLI sets no environment variable.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from mambaseg.cli import evaluate as _evaluate  # noqa: E402
 from mambaseg.cli import export as _export  # noqa: E402
 from mambaseg.cli import models as _models  # noqa: E402
 from mambaseg.cli import predict as _predict  # noqa: E402
+from mambaseg.cli import recipes as _recipes  # noqa: E402
 from mambaseg.cli import score as _score  # noqa: E402
 from mambaseg.cli import search as _search  # noqa: E402
 from mambaseg.cli import train as _train  # noqa: E402
@@ -58,6 +62,7 @@ app.command("export")(_export.export)
 app.command("search")(_search.search)
 app.command("cache")(_cache.cache)
 app.command("models")(_models.models)
+app.command("recipes")(_recipes.recipes)
 app.command("doctor")(_doctor.doctor)
 app.command("convert")(_convert.convert)
 app.command("score")(_score.score)

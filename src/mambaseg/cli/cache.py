@@ -24,12 +24,27 @@ def cache(
     slices and evaluation volumes, labels of the volumes at their original size). Train and evaluate on it with
     ``--data OUT.npz``."""
     from mambaseg.data.layouts import write_cache
+    from mambaseg.utils.progress import ProgressReporter
 
     size = parse_image_size(image_size)
     if size is None:
         raise CLIError("--image-size is required (S or H,W)")
     names = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
-    path, counts = write_cache(data, size, out, names)
+    bars: dict = {}
+
+    def progress(split: str, done: int, total: int) -> None:
+        if split not in bars:
+            for b in bars.values():
+                b.__exit__(None, None, None)
+            bars.clear()
+            bars[split] = ProgressReporter(console, f"caching {split}", total=total).__enter__()
+        bars[split].update(done, total)
+
+    try:
+        path, counts = write_cache(data, size, out, names, progress=progress)
+    finally:
+        for b in bars.values():
+            b.__exit__(None, None, None)
     mib = path.stat().st_size / 2**20
     console.print(f"wrote {path} ({mib:.1f} MiB): " + ", ".join(f"{k} {v}" for k, v in counts.items()),
                   highlight=False)

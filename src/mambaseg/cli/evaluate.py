@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from mambaseg.cli._common import CLIError, console, handle_errors
+from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
 @handle_errors
@@ -28,11 +29,13 @@ def evaluate(
                                       "cross-validation root (writes ROOT/cv_metrics.json) instead of a checkpoint."),
     oof: str = typer.Option("last", "--oof", help="With --cv: the fold checkpoint whose predictions are scored: last "
                             "(no selection) or best (chosen on the held-out fold: optimistic)."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Evaluate a checkpoint (pooled and per-case Dice/IoU/Acc/Sen/Spe; the run's evaluator for other tasks), an
     ensemble of checkpoints, or (--cv) the out-of-fold predictions of a cross-validation."""
     from mambaseg.engine import evaluate_checkpoint
 
+    apply_threads(threads, device)
     if cv is not None:
         return _evaluate_cv(cv, oof=oof, data=data, out=out, tta=tta, device=device, as_json=as_json)
     if not checkpoint:
@@ -42,9 +45,8 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        console.print(f"{split}: dice {result.get('dice', float('nan')):.4f}  iou {result.get('iou', float('nan')):.4f}"
-                      f"  per-case dice {result.get('per_case_dice', float('nan')):.4f}  ({result.get('n_images')} images)"
-                      + (f"  -> {Path(out) / 'metrics.json'}" if out else ""), highlight=False)
+        console.print(summary_line(split, result) + (f"  -> {Path(out) / 'metrics.json'}" if out else ""),
+                      highlight=False)
 
 
 def _evaluate_cv(root: Path, *, oof: str, data: Optional[str], out: Optional[Path], tta: str, device: str,
@@ -62,3 +64,22 @@ def _evaluate_cv(root: Path, *, oof: str, data: Optional[str], out: Optional[Pat
                   f"{result['per_case_dice']:.4f}; {result['n_below']['count']} case(s) below "
                   f"{result['n_below']['threshold']:g}; worst: {worst}\n-> {Path(out or root) / 'cv_metrics.json'}",
                   highlight=False)
+
+
+def summary_line(split: str, result: dict) -> str:
+    """One line of the headline numbers the evaluator produced: pooled and per-case Dice/IoU of 2-D images, mean
+    per-volume Dice and HD95 (with each class's Dice) of volumes."""
+
+    def num(key: str, spec: str = ".4f") -> str:
+        v = result.get(key)
+        return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
+
+    if "n_volumes" in result:
+        classes = result.get("classes") or {}
+        per_class = "  ".join(f"{name} {vals['dice']:.4f}" for name, vals in classes.items()
+                              if isinstance(vals.get("dice"), (int, float)))
+        units = f" {result.get('hd95_units')}" if result.get("hd95_units") else ""
+        return (f"{split}: mean dice {num('dice')}  mean hd95 {num('hd95', '.2f')}{units}"
+                + (f"  ({per_class})" if per_class else "") + f"  ({result['n_volumes']} volumes)")
+    return (f"{split}: dice {num('dice')}  iou {num('iou')}  per-case dice {num('per_case_dice')}  "
+            f"({result.get('n_images', 'n/a')} images)")

@@ -29,13 +29,14 @@ def models(
     pattern: Optional[str] = typer.Argument(None, help="Shell-style filter, e.g. 'vmunet*'."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {name, params, paper, description}."),
 ) -> None:
-    """List the registered models (name, parameters, paper)."""
+    """List the registered models (name, parameters, paper); counts come from the registry (1 class, 3 channels)."""
     from mambaseg.models import list_models, model_info
 
     rows = []
     for name in list_models(pattern):
         info = model_info(name)
-        rows.append({"name": name, "params": count_params(name), "paper": info.paper, "description": info.description})
+        params = info.params if info.params is not None else count_params(name)  # stated at registration
+        rows.append({"name": name, "params": params, "paper": info.paper, "description": info.description})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

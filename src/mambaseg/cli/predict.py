@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mambaseg.cli._common import CLIError, console, handle_errors
+from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
 @handle_errors
@@ -24,6 +25,7 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (refused otherwise)."),
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none or flip (mirrorings averaged in "
                             "probability space; volumes slice by slice)."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Predict masks; writes OUT/masks/<name>.png (label-map values, e.g. 0/255) and OUT/overlays/<name>.png.
 
@@ -32,7 +34,7 @@ def predict(
 
     Existing output files are never replaced without --overwrite; OUT/masks may not be the input data's own masks
     folder; inputs sharing a name (a.jpg, a.png) are written as a_jpg.png and a_png.png."""
-    from rich.progress import Progress
+    from mambaseg.utils.progress import ProgressReporter
 
     if batch_size < 1:
         raise CLIError(f"--batch-size must be a positive integer, got {batch_size}")
@@ -41,11 +43,11 @@ def predict(
 
     from mambaseg.inference import load_ensemble
 
+    apply_threads(threads, device)
     predictor = load_ensemble(checkpoint, tta=tta, device=device, threshold=threshold)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("predicting", total=None)
+    with ProgressReporter(console, "predicting") as bar:
         written = predictor.predict_path(input, out, batch_size=batch_size, overlays=overlays, intensity=intensity,
-                                         overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                         overwrite=overwrite, progress=bar)
     if written and written[0].parent.name == "masks":
         console.print(f"wrote {len(written)} mask(s) to {Path(out) / 'masks'}"
                       + (f" and overlays to {Path(out) / 'overlays'}" if overlays else ""), highlight=False)

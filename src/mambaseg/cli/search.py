@@ -8,12 +8,16 @@ from typing import Optional
 import typer
 
 from mambaseg.cli._common import CLIError, console, given_options, handle_errors, parse_image_size
+from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
 @handle_errors
 def search(
     data: Optional[str] = typer.Option(
-        None, "--data", "-d", help="Dataset folder (ROOT/{train,val}/{images,masks}) or .npz cache.",
+        None, "--data", "-d", help=(
+            "Dataset: a 2-D folder ROOT/{train,val}/{images,masks}, an ACDC (SSL4MIS h5), Synapse (TransUNet "
+            "npz/h5) or nnU-Net raw folder, or a `mambaseg cache` .npz; the layout is detected (README: Data layouts)."
+        ),
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (an existing one is resumed)."),
     supernet_epochs: int = typer.Option(300, "--supernet-epochs", help="SPOS supernet training epochs."),
@@ -57,6 +61,7 @@ def search(
         None, "--set", help="Override any config field: section.field=value (repeatable).",
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Search a SliceMamba architecture; writes OUT/arch.json, OUT/search_log.jsonl and the supernet checkpoints.
 
@@ -86,6 +91,7 @@ def search(
         cfg = apply_overrides(cfg, list(overrides))
     if cfg.data.path is None:
         raise CLIError("no dataset given: pass --data PATH")
+    apply_threads(threads, cfg.train.device)
     if supernet_epochs < 1:
         raise CLIError(f"--supernet-epochs must be >= 1, got {supernet_epochs}")
     evo = EvolutionConfig(generations=generations, population=population, select_num=select_num,

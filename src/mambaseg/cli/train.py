@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from mambaseg.cli._common import CLIError, console, given_options, handle_errors, parse_image_size, read_arch
+from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
 def _auto_recipe(model: Optional[str], data: Optional[str]) -> Optional[str]:
@@ -85,7 +86,10 @@ def build_config(
 @handle_errors
 def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (see `mambaseg models`)."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset folder (ROOT/{train,val}/{images,masks}) or .npz cache."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=(
+        "Dataset: a 2-D folder ROOT/{train,val}/{images,masks}, an ACDC (SSL4MIS h5), Synapse (TransUNet "
+        "npz/h5) or nnU-Net raw folder, or a `mambaseg cache` .npz; the layout is detected (README: Data layouts)."
+    )),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Global batch size."),
@@ -109,6 +113,7 @@ def train(
                                         "--out is the CV root (splits_final.json, fold_i/ runs, out-of-fold "
                                         "predictions); folds drawn with data.split_seed."),
     fold: str = typer.Option("all", "--fold", help="With --folds: the fold to train (0..K-1) or 'all' (in sequence)."),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Train a model; writes config.yaml, metrics.json, checkpoints/, progress.png, train.log and TensorBoard events."""
     from mambaseg.engine import train as run_training
@@ -131,6 +136,7 @@ def train(
                        overrides=overrides)
     if cfg.data.path is None:
         raise CLIError("no dataset given: pass --data PATH")
+    apply_threads(threads, cfg.train.device)
     if out is None and cfg.train.out == "runs/run":
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg.train.out = f"runs/{cfg.model.name}_{stamp}"

@@ -140,7 +140,8 @@ class ScheduleConfig:
     Attributes:
         name: schedule name.
         interval: ``epoch`` (step the schedule once per epoch) or ``step`` (once per optimizer step).
-        t_max: cosine period in ``interval`` units; ``None`` = the whole run.
+        t_max: cosine period in ``interval`` units; ``None`` (the default) = the whole run, so the cosine follows
+            ``train.epochs`` (and ``train.max_steps``); the paper recipes state their own period.
         eta_min: floor of the cosine schedules.
         t_mult: period multiplier of ``cosine_restarts``.
         power: exponent of ``poly``.
@@ -151,7 +152,7 @@ class ScheduleConfig:
 
     name: str = "cosine"
     interval: str = "epoch"
-    t_max: int | None = 50
+    t_max: int | None = None
     eta_min: float = 1e-5
     t_mult: int = 1
     power: float = 0.9
@@ -235,9 +236,13 @@ class TrainConfig:
 
 @dataclass
 class LossConfig:
-    """Loss: a name from ``mambaseg.losses.list_losses()`` and its keyword arguments."""
+    """Loss: a name from ``mambaseg.losses.list_losses()`` and its keyword arguments.
 
-    name: str = "bce_dice"
+    ``auto`` (the default) follows the data: ``bce_dice`` for a binary task (one output channel), ``ce_dice`` for a
+    multi-class one (ACDC, Synapse, nnU-Net raw, labelled folders); the run's ``config.yaml`` records the choice.
+    """
+
+    name: str = "auto"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 

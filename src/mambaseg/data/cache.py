@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,7 +55,8 @@ VOLCACHE_FORMAT = "mambaseg-volcache/1"
 
 
 def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
-                splits: Sequence[str] = ("train", "val")) -> Path:
+                splits: Sequence[str] = ("train", "val"),
+                progress: Callable[[str, int, int], None] | None = None) -> Path:
     """Write the ``npz2d`` cache of a 2-D folder dataset and return its path.
 
     Args:
@@ -63,6 +64,7 @@ def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
         image_size: stored (H, W).
         out: output ``.npz`` (compressed; written atomically).
         splits: splits to store.
+        progress: optional ``(split, done, total)`` callback after each image.
     """
     from mambaseg.data.files import to_uint8
     from mambaseg.data.folder2d import FolderDataset2D
@@ -82,6 +84,8 @@ def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
             img, mask = resize(img, mask.astype(np.uint8))
             imgs.append(to_uint8(img))  # the cache is 8-bit: 16-bit images are rounded to 256 levels here
             masks.append(mask)
+            if progress is not None:
+                progress(split, i + 1, len(ds))
         arrays[f"{split}_images"] = np.stack(imgs).astype(np.uint8)
         arrays[f"{split}_masks"] = np.stack(masks).astype(np.uint8)
         arrays[f"{split}_ids"] = np.asarray(ds.ids)
@@ -255,6 +259,7 @@ def write_volcache(
     image_size: Sequence[int],
     train: Dataset | None,
     eval_splits: Mapping[str, Dataset],
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Write a compact ``.npz`` cache of a volumetric task (uint8 images at ``image_size``).
 
@@ -271,6 +276,7 @@ def write_volcache(
         image_size: (H, W) of the stored images.
         train: a :class:`~mambaseg.data.volumetric.SliceDataset2D` (or ``None``).
         eval_splits: ``{"val": VolumeDataset, "test": VolumeDataset}``.
+        progress: optional ``(split, done, total)`` callback after each training slice / evaluation volume.
     """
     from mambaseg.data.volumetric import zoom_image, zoom_labels
 
@@ -288,6 +294,8 @@ def write_volcache(
             imgs.append(q(zoom_image(image, size, order=3)[..., 0]))
             labs.append(zoom_labels(label.astype(np.uint8), size))
             ids.append(train.ids[i])  # type: ignore[attr-defined]
+            if progress is not None:
+                progress("train", i + 1, len(train))  # type: ignore[arg-type]
         arrays["train_images"] = np.stack(imgs)
         arrays["train_labels"] = np.stack(labs)
         arrays["train_ids"] = np.asarray(ids)
@@ -301,6 +309,8 @@ def write_volcache(
             flat.append(np.asarray(vol.label, dtype=np.uint8).ravel())
             shapes.append(vol.label_shape)
             ids.append(vol.id)
+            if progress is not None:
+                progress(split, len(ids), len(vols))  # type: ignore[arg-type]
         arrays[f"{split}_images"] = np.stack(imgs)
         arrays[f"{split}_labels_flat"] = np.concatenate(flat)
         arrays[f"{split}_shapes"] = np.asarray(shapes, dtype=np.int64)

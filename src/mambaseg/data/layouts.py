@@ -206,7 +206,8 @@ def dataset_family(path: str | Path) -> str | None:
 
 
 def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
-                splits: Sequence[str] | None = None) -> tuple[Path, dict[str, int]]:
+                splits: Sequence[str] | None = None,
+                progress: Callable[[str, int, int], None] | None = None) -> tuple[Path, dict[str, int]]:
     """Write the cache of any dataset layout: ``npz2d`` for 2-D folders, ``volcache`` for volumetric layouts.
 
     Args:
@@ -214,6 +215,7 @@ def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
         image_size: network input (H, W) the cache is stored at.
         out: output ``.npz``.
         splits: splits to store (default: ``train`` and ``val``, plus ``test`` where the layout has one).
+        progress: optional ``(split, done, total)`` callback as items are written.
 
     Returns:
         ``(path, {split: number of images or volumes})``.
@@ -234,7 +236,7 @@ def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
         have = [s for s in wanted if (root / s).is_dir() or (s == "val" and (root / "train").is_dir())]
         if explicit and have != wanted:
             raise DataTaskError(f"{root}: split(s) {[s for s in wanted if s not in have]} not found")
-        written = write_npz2d(root, size, out, have)
+        written = write_npz2d(root, size, out, have, progress=progress)
         with np.load(written, allow_pickle=False) as z:
             counts = {s: int(z[f"{s}_ids"].shape[0]) for s in have}
         return written, counts
@@ -256,7 +258,7 @@ def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
         raise DataTaskError(f"{root}: none of the splits {wanted} could be opened as layout {layout!r}")
     evals = {s: d for s, d in opened.items() if s != "train"}
     written = write_volcache(out, name=layout, label_names=task.label_names, num_classes=task.num_classes,
-                             image_size=size, train=opened.get("train"), eval_splits=evals)
+                             image_size=size, train=opened.get("train"), eval_splits=evals, progress=progress)
     return written, {s: len(d) for s, d in opened.items()}
 
 

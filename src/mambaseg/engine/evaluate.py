@@ -18,6 +18,7 @@ from mambaseg.data.task import DataTask, image_size_of
 from mambaseg.engine.evaluator import EvalContext, evaluator_for
 from mambaseg.runtime import resolve_amp, resolve_device, resolve_workers, scan_backend
 from mambaseg.utils.files import atomic_write_json
+from mambaseg.utils.progress import ProgressReporter
 
 __all__ = ["evaluate_checkpoint", "open_data"]
 
@@ -42,6 +43,7 @@ def evaluate_checkpoint(
     console: Any = None,
     backend: str | None = None,
     tta: str | None = None,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of a dataset with the same preprocessing as training.
 
@@ -52,11 +54,13 @@ def evaluate_checkpoint(
         out: folder for ``metrics.json`` (optional).
         device: ``auto``/``cpu``/``cuda``/...
         batch_size: evaluation batch size (default: the run's ``train.val_batch_size``).
-        console: optional rich console for a summary table.
+        console: optional rich console for the progress (a bar on a terminal, a plain line every 30 s
+            otherwise) and a summary table.
         backend: selective-scan backend to run with (``None``: the usual resolution).
         tta: ``"flip"`` averages the probabilities of the mirrored inputs
             (:class:`mambaseg.inference.ProbabilityEnsemble`); ``checkpoint`` may also be a list of checkpoints
             and cross-validation roots, whose probabilities are averaged (the first one's config gives the data).
+        show_progress: show the progress on ``console``.
 
     Returns:
         The evaluator's metrics dict (plus ``checkpoint``, ``split`` and ``data``).
@@ -87,9 +91,9 @@ def evaluate_checkpoint(
     amp_dtype, _ = resolve_amp(cfg.train.amp, dev)
     loss_fn = None
     try:
-        from mambaseg.losses import create_loss
+        from mambaseg.losses import create_loss, resolve_loss_name
 
-        loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
+        loss_fn = create_loss(resolve_loss_name(cfg.loss.name, task.num_classes), **(cfg.loss.kwargs or {}))
     except (ValueError, KeyError, TypeError, ImportError) as exc:
         # e.g. a loss registered by a plugin that is not importable here: metrics are still exact, say so loudly
         warnings.warn(f"evaluating without a loss value: loss {cfg.loss.name!r} cannot be built here ({exc})",
@@ -97,11 +101,16 @@ def evaluate_checkpoint(
         loss_fn = None
     ectx = EvalContext(device=dev, amp_dtype=amp_dtype, batch_size=batch_size or cfg.train.val_batch_size,
                        num_workers=resolve_workers(cfg.data.num_workers, dev), loss_fn=loss_fn)
-    with scan_backend(backend):
-        metrics = task.evaluator.evaluate(model, task.datasets[split], ectx)
+    ds = task.datasets[split]
+    unit = "volumes" if getattr(task.evaluator, "name", "") == "volume_slicewise" else "images"
+    with scan_backend(backend), ProgressReporter(console, f"evaluating {split} ({unit})",
+                                                 enabled=show_progress) as bar:
+        ectx.progress = bar
+        metrics = task.evaluator.evaluate(model, ds, ectx)
     if len(members) > 1 or tta not in (None, "", "none"):
         metrics = {**metrics, "ensemble": len(members), "tta": tta or "none"}
-    result = {**metrics, "checkpoint": str(checkpoint) if len(members) == 1 else [str(m) for m in members], "split": split, "data": str(cfg.data.path),
+    result = {**metrics, "checkpoint": str(checkpoint) if len(members) == 1 else [str(m) for m in members],
+              "split": split, "data": str(cfg.data.path),
               "epoch": ckpt.get("epoch"), "model": (ckpt.get("model") or {}).get("name")}
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)

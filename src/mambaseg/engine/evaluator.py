@@ -151,6 +151,17 @@ def _collate_eval(batch: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _per_image_rows(stats: torch.Tensor, ids: list[str]) -> list[dict[str, Any]]:
+    """One row per image: its id and foreground-mean metrics (the foreground channel itself when binary)."""
+    from mambaseg.metrics.confusion import scores_from_stats
+
+    scores = scores_from_stats(stats)  # each (N, C)
+    fg = slice(0, 1) if stats.shape[1] == 1 else slice(1, None)
+    means = {k: torch.nanmean(v[:, fg], dim=1).tolist() for k, v in scores.items()}
+    keys = [k for k in ("acc", "sen", "spe", "dsc", "iou") if k in means]
+    return [{"id": str(i), **{k: round(float(means[k][n]), 6) for k in keys}} for n, i in enumerate(ids)]
+
+
 def _shard(n: int, ctx: DistContext) -> list[int]:
     # contiguous-free strided split without padding: every sample is evaluated exactly once
     return list(range(ctx.rank, n, ctx.world_size))
@@ -251,13 +262,16 @@ class SegmentationEvaluator2D(Evaluator):
         total_loss = sum(g[2] for g in gathered)
         order = sorted(range(len(all_ids)), key=lambda i: (all_ids[i], i))
         all_stats = all_stats[order]
-        return self.summarize(all_stats, loss=total_loss / max(len(all_ids), 1) if ctx.loss_fn else None)
+        return self.summarize(all_stats, loss=total_loss / max(len(all_ids), 1) if ctx.loss_fn else None,
+                              ids=[all_ids[i] for i in order])
 
     def dry_result(self) -> dict[str, Any] | None:
         return self.summarize(torch.zeros(1, self.num_classes, 4, dtype=torch.long), loss=0.0)
 
-    def summarize(self, stats: torch.Tensor, *, loss: float | None = None) -> dict[str, Any]:
-        """Metrics dict from per-image statistics (N, C, 4)."""
+    def summarize(self, stats: torch.Tensor, *, loss: float | None = None,
+                  ids: list[str] | None = None) -> dict[str, Any]:
+        """Metrics dict from per-image statistics (N, C, 4); with ``ids``, also one row per image
+        (``per_image``: id and the image's foreground-mean acc, sen, spe, dsc, iou at the evaluation size)."""
         from mambaseg.metrics import reduce_stats
 
         if stats.shape[0] == 0:
@@ -277,6 +291,8 @@ class SegmentationEvaluator2D(Evaluator):
         }
         if loss is not None:
             out["loss"] = float(loss)
+        if ids is not None:
+            out["per_image"] = _per_image_rows(stats, ids)
         return out
 
     def headline(self, result: dict[str, Any]) -> dict[str, float]:

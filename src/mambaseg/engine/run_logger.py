@@ -14,7 +14,7 @@ from typing import Any
 
 from mambaseg.utils.files import atomic_path, atomic_write_json
 
-__all__ = ["RunLogger", "plot_progress"]
+__all__ = ["RunLogger", "plot_progress", "progress_figure"]
 
 
 class RunLogger:
@@ -102,8 +102,19 @@ def plot_progress(records: list[dict[str, Any]], path: str | Path, metric: str |
         path: output PNG.
         metric: validation metric to plot (default: each record's ``best_metric`` or ``dice``).
     """
+    fig = progress_figure(records, metric)
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        fig.savefig(tmp, format="png")
+    return p
+
+
+def progress_figure(records: list[dict[str, Any]], metric: str | None = None) -> Any:
+    """The figure of :func:`plot_progress`: epochs on integer ticks, the legend above the top panel (outside the
+    axes, so it hides no point, not even a single validation point)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 10), dpi=80)
     FigureCanvasAgg(fig)
@@ -127,14 +138,16 @@ def plot_progress(records: list[dict[str, Any]], path: str | Path, metric: str |
     ax_m.set_ylabel(f"val {name}")
     lines = ax_loss.get_legend_handles_labels()
     lines2 = ax_m.get_legend_handles_labels()
-    ax_loss.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right")
+    ax_loss.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", bbox_to_anchor=(0.0, 1.01),
+                   ncol=3, frameon=False, borderaxespad=0.0)
     ax_time.plot(ep, [r.get("time") for r in records], color="tab:purple", marker=".")
     ax_time.set_ylabel("epoch time [s]")
     ax_lr.plot(ep, [r.get("lr") for r in records], color="tab:orange", marker=".")
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("epoch")
+    for ax in (ax_loss, ax_time, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(ep) == 1:  # one epoch: a symmetric integer range around it instead of fractional ticks
+            ax.set_xlim(ep[0] - 1, ep[0] + 1)
     fig.tight_layout()
-    p = Path(path)
-    with atomic_path(p) as tmp:
-        fig.savefig(tmp, format="png")
-    return p
+    return fig

@@ -67,6 +67,7 @@ from mambaseg.runtime import (
 from mambaseg.utils.distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from mambaseg.utils.files import atomic_write_json
 from mambaseg.utils.runlock import RunLock, remove_stale_temporaries
+from mambaseg.utils.progress import ProgressReporter, is_terminal
 from mambaseg.utils.seed import get_rng_state, seed_everything, seed_worker, set_rng_state
 
 __all__ = [
@@ -97,7 +98,12 @@ class TrainHooks:
     Subclass it to train something other than a registered model through the same loop (same checkpoint format,
     resume, divergence handling and progress output). ``state_dict``/``load_state_dict`` are saved in and
     restored from ``last.pt`` (weights-only-safe content: tensors and primitive containers).
+
+    ``export_safetensors = False`` skips the ``best.safetensors`` export at the end (for models no registry entry
+    rebuilds, e.g. the SliceMamba supernet, whose export would be one more copy of its weights).
     """
+
+    export_safetensors: bool = True
 
     def build_model(self, cfg: RunConfig, num_classes: int, in_chans: int) -> nn.Module | None:
         """The model to train (``None``: ``create_model`` from ``cfg.model``). Set ``model.mambaseg_spec``."""
@@ -229,7 +235,9 @@ class _Progress:
         self.enabled = enabled and console is not None
         self.console = console
         self._p = None
-        if not self.enabled:
+        self._plain: ProgressReporter | None = None  # not a terminal: plain step lines (utils/progress.py)
+        self._plain_on = self.enabled and not is_terminal(console)
+        if not self.enabled or self._plain_on:
             return
         from rich.progress import (
             BarColumn,
@@ -263,10 +271,14 @@ class _Progress:
             self._p.stop()
 
     def new_epoch(self, epoch: int, total_steps: int) -> None:
+        if self._plain_on:
+            self._plain = ProgressReporter(self.console, f"epoch {epoch}", total=total_steps).__enter__()
         if self._p is not None:
             self._p.reset(self.step_task, total=total_steps, description=f"epoch {epoch}", info="")
 
     def step(self, info: str) -> None:
+        if self._plain is not None:
+            self._plain.advance(1, info)
         if self._p is not None:
             self._p.update(self.step_task, advance=1, info=info)
 
@@ -301,8 +313,8 @@ def train(
         console: a ``rich.console.Console`` for progress bars, per-epoch lines and the summary table (``None`` =
             silent).
         callbacks: functions called on every process after each epoch with a state dict (``epoch``, ``step``,
-            ``history``, ``model``); returning ``True`` stops the run cleanly after this epoch (``metrics.json`` is
-            written; e.g. a time budget), raising :class:`TrainingInterrupted` aborts it (as a crash would).
+            ``history``, ``model``); returning ``True`` (or a non-empty string, recorded as the stop reason) stops
+            the run cleanly after this epoch (``metrics.json`` is written; e.g. a time budget), raising :class:`TrainingInterrupted` aborts it (as a crash would).
         show_progress: draw rich progress bars (needs ``console``).
         hooks: :class:`TrainHooks` (a different model, a subset of the training split, per-step actions).
 
@@ -474,7 +486,8 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     from mambaseg.models import model_info
 
     model_info(cfg.model.name)
-    loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
+    if cfg.loss.name != "auto":
+        create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
 
     # ---- data
     norm = Normalization.from_dict(state["normalization"]) if state and state.get("normalization") else None
@@ -484,6 +497,8 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     in_chans = cfg.model.in_chans or task.in_chans
     if num_classes != task.num_classes:
         raise ValueError(f"model.num_classes={num_classes} but the data has {task.num_classes} output channel(s)")
+    cfg = _follow_task(cfg, num_classes)
+    loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
     train_ds = task.train
     if train_ds is None or len(train_ds) == 0:  # type: ignore[arg-type]
         raise ValueError(f"the training split of {cfg.data.path} is empty")
@@ -571,11 +586,14 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     for note in preflight_notes:
         logger.log(note)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.log(
+    header = (
         f"{'resume' if state else 'start'}: model {cfg.model.name} ({n_params:,} params), data {cfg.data.path} "
-        f"[{task.name}: {task.info}], device {device}, amp {amp_dtype}, processes {ctx.world_size}, "
-        f"global batch {tc.batch_size}, {len(loader)} steps/epoch"
+        f"[{task.name}: {task.info}], device {device}{_threads_note(device)}, amp {amp_dtype}, processes "
+        f"{ctx.world_size}, global batch {tc.batch_size}, {len(loader)} steps/epoch, loss {cfg.loss.name}"
     )
+    logger.log(header)
+    if console is not None:  # the same header on the console, TTY or not (nohup, SLURM)
+        console.print(header, highlight=False, soft_wrap=True)
     return run
 
 
@@ -596,6 +614,19 @@ def _preflight(cfg: RunConfig, task: DataTask, num_classes: int, console: Any) -
             console.print(line, highlight=False, markup=False,
                           style="yellow" if line.startswith(("warning", "data.skip_bad")) else None)
     return notes
+
+
+def _threads_note(device: torch.device) -> str:
+    return f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+
+
+def _follow_task(cfg: RunConfig, num_classes: int) -> RunConfig:
+    """The fields left to the data, resolved once the task is known (``loss.name=auto``)."""
+    from mambaseg.configs import apply_overrides
+    from mambaseg.losses import resolve_loss_name
+
+    name = resolve_loss_name(cfg.loss.name, num_classes)
+    return cfg if name == cfg.loss.name else apply_overrides(cfg, {"loss.name": name})
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
@@ -826,14 +857,16 @@ def _should_stop(run: _Run, epoch: int, callbacks: Any, t0: float) -> str:
         run.writer.flush()  # callbacks may read the run directory: let them see the checkpoints of this epoch
     cb_state = {"epoch": epoch + 1, "step": run.step, "history": run.history, "model": run.model,
                 "metrics": run.last_metrics, "run_dir": Path(tc.out)}
-    want_stop = any([cb(cb_state) is True for cb in callbacks])
+    answers = [cb(cb_state) for cb in callbacks]
+    reasons = [a for a in answers if isinstance(a, str) and a]  # a non-empty string stops too and says why
+    want_stop = any(a is True for a in answers) or bool(reasons)
     over_time = tc.time_limit_s is not None and time.perf_counter() - t0 > tc.time_limit_s
     # every process must take the same decision (a time budget may differ between processes)
     votes = all_reduce_sum(torch.tensor([float(want_stop), float(over_time)]), run.ctx)
     if votes[1] > 0:
         return f"train.time_limit_s={tc.time_limit_s:g} reached"
     if votes[0] > 0:
-        return "stopped by a callback (e.g. a time budget)"
+        return reasons[0] if reasons else "stopped by a callback (e.g. a time budget)"
     return ""
 
 
@@ -865,7 +898,7 @@ def _finish(run: _Run) -> TrainResult:
             run.best_payload = None
         run.writer.close()
         best_pt = run.ckpt_dir / "best.pt"
-        if best_pt.is_file():  # exported once at the end: the best weights change often early in a run
+        if best_pt.is_file() and run.hooks.export_safetensors:  # once at the end: best.pt changes often early on
             export_safetensors(run.ckpt_dir / "best.safetensors", load_checkpoint(best_pt))
         atomic_write_json(run_dir / "metrics.json", summary)
         run.logger.log(f"done: {len(run.history)} epochs, {run.step} steps, {run.seconds:.1f} s, {ips:.3g} img/s; "

@@ -15,7 +15,7 @@ from __future__ import annotations
 from mambaseg.losses.bce_dice import BceDiceLoss
 from mambaseg.losses.ce_dice import CeDiceLoss
 from mambaseg.losses.dice import DiceLoss, soft_dice
-from mambaseg.losses.registry import create_loss, list_losses, loss_description, register_loss
+from mambaseg.losses.registry import create_loss, list_losses, loss_description, register_loss, resolve_loss_name
 
 # losses registered by other modules (one import line each)
 from mambaseg.losses import boundary, guide_fusion  # noqa: E402,F401  (VMB-UNet, DermoMamba)
@@ -28,5 +28,6 @@ __all__ = [
     "list_losses",
     "loss_description",
     "register_loss",
+    "resolve_loss_name",
     "soft_dice",
 ]

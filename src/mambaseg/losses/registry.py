@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import torch.nn as nn
 
-__all__ = ["register_loss", "create_loss", "list_losses", "loss_description"]
+__all__ = ["register_loss", "create_loss", "list_losses", "loss_description", "resolve_loss_name"]
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -61,6 +61,13 @@ def loss_description(name: str) -> str:
     if name not in _LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(_LOSSES))}")
     return (inspect.getdoc(_LOSSES[name]) or "").split("\n")[0]
+
+
+def resolve_loss_name(name: str, num_classes: int) -> str:
+    """``auto`` -> ``bce_dice`` for one output channel, ``ce_dice`` for several; any other name unchanged."""
+    if name != "auto":
+        return name
+    return "bce_dice" if int(num_classes) == 1 else "ce_dice"
 
 
 def create_loss(name: str, **kwargs: Any) -> nn.Module:

@@ -26,22 +26,29 @@ class ModelInfo:
     fn: Callable[..., nn.Module]
     paper: str = ""
     description: str = ""
+    #: parameters of ``create_model(name)`` with its defaults (1 class, 3 channels), stated at registration so that
+    #: listing models builds none (``tests/models/test_registry_params.py`` checks every stated count)
+    params: int | None = None
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, paper: str = "", description: str = ""
+    fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, paper: str = "", description: str = "",
+    params: int | None = None,
 ):
-    """Register a model entrypoint (usable as ``@register_model`` or ``@register_model(paper=...)``)."""
+    """Register a model entrypoint (usable as ``@register_model`` or ``@register_model(paper=..., params=...)``).
+
+    ``params``: the parameter count of the entrypoint with its defaults (1 class, 3 channels), shown by
+    ``mambaseg models`` without building the model; ``None`` = counted when listed."""
 
     def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or f.__name__
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is registered twice")
         desc = description or (inspect.getdoc(f) or "").split("\n")[0]
-        _REGISTRY[key] = ModelInfo(name=key, fn=f, paper=paper, description=desc)
+        _REGISTRY[key] = ModelInfo(name=key, fn=f, paper=paper, description=desc, params=params)
         return f
 
     if fn is not None:

@@ -181,7 +181,7 @@ class DermoMamba(SegmentationModel):
         return self.conv_out(x)
 
 
-@register_model(paper="DermoMamba (Hoang et al., Pattern Anal. Appl. 28:128, 2025)")
+@register_model(paper="DermoMamba (Hoang et al., Pattern Anal. Appl. 28:128, 2025)", params=4_953_425)
 def dermomamba(
     num_classes: int = 1, in_chans: int = 3, img_size: int | Sequence[int] | None = (192, 256), **kwargs: Any
 ) -> DermoMamba:

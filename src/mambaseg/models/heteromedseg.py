@@ -181,7 +181,7 @@ class HeteroMedSeg(SegmentationModel):
         return self.output(x.permute(0, 3, 1, 2))
 
 
-@register_model(paper="HeteroMedSeg / Synergistic-Network (Bin et al., PeerJ CS 2025)")
+@register_model(paper="HeteroMedSeg / Synergistic-Network (Bin et al., PeerJ CS 2025)", params=23_437_566)
 def heteromedseg(num_classes: int = 1, in_chans: int = 3, img_size: int | None = None, **kwargs: Any) -> HeteroMedSeg:
     """HeteroMedSeg (VSSD + BRA decoder + SCSA); 23.43 M parameters at 9 classes. ``img_size`` fixes ``n_win``."""
     if img_size is not None and kwargs.get("n_win") is None:

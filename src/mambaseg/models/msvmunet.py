@@ -216,7 +216,7 @@ def convert_vmamba_checkpoint(state_dict: Mapping[str, torch.Tensor],
     return out
 
 
-@register_model(paper="MSVM-UNet (Chen et al., arXiv 2408.13735)")
+@register_model(paper="MSVM-UNet (Chen et al., arXiv 2408.13735)", params=35_924_737)
 def msvmunet(num_classes: int = 1, in_chans: int = 3, img_size: int | Sequence[int] | None = None,
              **kwargs: Any) -> MSVMUNet:
     """MSVM-UNet with the VMamba-v2 tiny encoder (35.93 M parameters at 9 classes).

@@ -153,13 +153,13 @@ class SliceMamba(VMUNet):
         return out + [b for layer in self.layers_up for b in layer.blocks]
 
 
-@register_model(paper="SliceMamba (Fan et al., JBHI 2025, arXiv 2407.08481)")
+@register_model(paper="SliceMamba (Fan et al., JBHI 2025, arXiv 2407.08481)", params=35_797_993)
 def slicemamba(num_classes: int = 1, in_chans: int = 3, arch: Any = None, **kwargs: Any) -> SliceMamba:
     """SliceMamba: VM-UNet (depths 2,2,9,2 / decoder 2,2,2,1, C=96) with searched slicing scans; default all-(4,4)."""
     return SliceMamba(num_classes=num_classes, in_chans=in_chans, arch=arch, **kwargs)
 
 
-@register_model(paper="SliceMamba (small variant for tests and CPU smoke runs)")
+@register_model(paper="SliceMamba (small variant for tests and CPU smoke runs)", params=505_949)
 def slicemamba_tiny(num_classes: int = 1, in_chans: int = 3, arch: Any = None, **kwargs: Any) -> SliceMamba:
     """Small SliceMamba for tests: C=16, one block per stage (8 genes), d_state 8, no drop path."""
     kwargs.setdefault("depths", (1, 1, 1, 1))

@@ -276,7 +276,8 @@ class VMBUNet(SegmentationModel):
         return self.final_conv(x)
 
 
-@register_model(paper="VMB-UNet (jyBieber/vmbu_net; boundary-guided cross-level fusion Mamba-UNet, dermoscopy)")
+@register_model(paper="VMB-UNet (jyBieber/vmbu_net; boundary-guided cross-level fusion Mamba-UNet, dermoscopy)",
+                params=34_246_409)
 def vmbunet(num_classes: int = 1, in_chans: int = 3, **kwargs: Any) -> VMBUNet:
     """VMB-UNet, paper wiring (BSF at up2 and up3, no dead modules); ``variant="official"`` for the released wiring."""
     return VMBUNet(num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -133,13 +133,13 @@ class VMUNet(SegmentationModel):
         return self.final_conv(x)
 
 
-@register_model(paper="VM-UNet (Ruan & Xiang, arXiv 2402.02491)")
+@register_model(paper="VM-UNet (Ruan & Xiang, arXiv 2402.02491)", params=27_427_561)
 def vmunet(num_classes: int = 1, in_chans: int = 3, **kwargs: Any) -> VMUNet:
     """VM-UNet, ISIC configuration: depths [2,2,2,2], decoder [2,2,2,1], C=96, drop path 0.2 (27.43 M params)."""
     return VMUNet(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
-@register_model(paper="VM-UNet (Ruan & Xiang, arXiv 2402.02491)")
+@register_model(paper="VM-UNet (Ruan & Xiang, arXiv 2402.02491)", params=44_273_833)
 def vmunet_code_default(num_classes: int = 1, in_chans: int = 3, **kwargs: Any) -> VMUNet:
     """VM-UNet with the constructor defaults of the released code: depths [2,2,9,2], decoder [2,9,2,2] (44.27 M)."""
     kwargs.setdefault("depths", (2, 2, 9, 2))
@@ -147,7 +147,7 @@ def vmunet_code_default(num_classes: int = 1, in_chans: int = 3, **kwargs: Any) 
     return VMUNet(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
-@register_model(paper="VM-UNet (small variant for tests and the demo)")
+@register_model(paper="VM-UNet (small variant for tests and the demo)", params=1_795_257)
 def vmunet_tiny(num_classes: int = 1, in_chans: int = 3, **kwargs: Any) -> VMUNet:
     """Small VM-UNet for tests and the CPU demo: C=32, one block per stage, d_state 8 (< 2 M params)."""
     kwargs.setdefault("depths", (1, 1, 1, 1))

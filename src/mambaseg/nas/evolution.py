@@ -26,7 +26,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,16 +108,10 @@ class SearchResult:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from mambaseg.utils.files import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f)
 
 
 def _key(g: Genome) -> str:
@@ -322,7 +315,17 @@ class EvolutionSearch:
             self._fill(self.candidates, min(cfg.population, self.space_size), self._random, 1000 * cfg.population)
             self._save()
         bar = None
+        plain = None  # not a terminal: one plain line per 30 s instead of a live bar (utils/progress.py)
         if self.progress and not self.done:
+            from rich.console import Console
+
+            from mambaseg.utils.progress import ProgressReporter, is_terminal
+
+            console = Console()
+            if not is_terminal(console):
+                plain = ProgressReporter(console, "search: candidates scored", total=cfg.generations * cfg.population)
+                plain.__enter__()
+        if self.progress and not self.done and plain is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             bar = Progress(
@@ -364,6 +367,9 @@ class EvolutionSearch:
                     if bar is not None:
                         best = self.top(1)[0][1]
                         bar.update(task, advance=1, best=", ".join(f"{v:.4f}" for v in best))
+                    if plain is not None:
+                        best = self.top(1)[0][1]
+                        plain.update(len(self.scores), info="best " + ", ".join(f"{v:.4f}" for v in best))
                 best_g, best_f = self.top(1)[0]
                 self.history.append({"generation": self.generation, "best_arch": list(best_g),
                                      "best_fitness": list(best_f), "num_evaluated": len(self.scores)})
@@ -382,6 +388,8 @@ class EvolutionSearch:
         finally:
             if bar is not None:
                 bar.stop()
+            if plain is not None:
+                plain.__exit__(None, None, None)
         return self.result()
 
     def result(self) -> SearchResult:

@@ -150,6 +150,9 @@ class SupernetHooks(TrainHooks):
         model_kwargs: extra :class:`~mambaseg.nas.supernet.SliceMambaSupernet` options.
     """
 
+    #: the supernet is no registered model: a safetensors export would only be one more copy of its ~4x weights
+    export_safetensors = False
+
     def __init__(self, sampler_seed: int, train_ids: list[str], model_kwargs: dict[str, Any]) -> None:
         self.sampler_seed = int(sampler_seed)
         self.train_ids = list(train_ids)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from mambaseg.ops.backend import load_backend_fn, resolve_backend
+from mambaseg.utils.compile import assume_constant_result
 
 __all__ = ["selective_scan"]
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def _resolve(backend: str | None, is_cuda: bool, tracing: bool) -> str:
     """:func:`resolve_backend`; under torch.compile it runs at trace time and its answer is baked into the compiled
     graph (the dispatch code is not traceable; a later change of context or environment does not re-trace)."""

@@ -10,7 +10,9 @@ The sequence is cut into ``nc`` chunks of T positions and processed in three vec
 Only non-positive numbers (``delta * A <= 0``) are ever exponentiated, so stiff decays underflow gracefully to zero
 instead of overflowing, and the (batch, channels, L, N) state tensor is never materialised in the forward pass.
 About ``2T + L/T`` Python steps instead of ``L``.
-Differentiable through autograd; float64 inputs keep float64 state math (for tests).
+Differentiable: training goes through a custom autograd function that saves only the inputs and the state entering
+each chunk and recomputes the rest in its backward (exact; memory O(L/T) states instead of O(L) per scan call).
+Float64 inputs keep float64 state math (for tests).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from mambaseg.ops.selective_scan_ref import prepare_scan_inputs
+from mambaseg.utils.compile import assume_constant_result
 
 __all__ = ["selective_scan_torch", "default_chunk_size"]
 
 
-@torch.compiler.assume_constant_result  # integer arithmetic on a static size: a constant for torch.compile
+@assume_constant_result  # integer arithmetic on a static size: a constant for torch.compile
 def default_chunk_size(seqlen: int) -> int:
     """Chunk length that balances the two loops (about sqrt(L)), clamped to [4, 64]."""
     return int(min(64, max(4, 2 ** round(math.log2(max(1, math.isqrt(max(1, seqlen))))))))
@@ -97,29 +100,89 @@ def selective_scan_torch(
 
 
 def _chunked_scan_autograd(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:
-    """Training path (out-of-place, differentiable). Layouts: dtc, xc (T, b, g, dpg, nc); Bc, Cc (T, b, g, 1, nc, n);
-    Ag (1, g, dpg, 1, n). Returns y (b, g, dpg, nc, T)."""
+    """Training path. Layouts: dtc, xc (T, b, g, dpg, nc); Bc, Cc (T, b, g, 1, nc, n); Ag (1, g, dpg, 1, n).
+    Returns y (b, g, dpg, nc, T).
+
+    A custom autograd function with a hand-written backward: the forward keeps only its inputs and the state
+    entering every chunk (``L / T`` states), and the backward recomputes the states of all positions from them and
+    runs the adjoint recurrence in the same chunked way. Autograd through the loops would instead keep several
+    (batch, channels, chunks, N) slabs for each of the ``2T`` steps: about 14 GB for VM-UNet at 256x256, batch 1.
+    """
+    return _ChunkedScan.apply(dtc, xc, Bc, Cc, Ag)
+
+
+def _entering_states(dtc, xc, Bc, Ag) -> torch.Tensor:
+    """State entering every chunk (b, g, dpg, nc, n): a zero-started pass over all chunks, then the carry."""
     T, batch, g, dpg, nc = dtc.shape
     n = Ag.shape[-1]
-    # pass 1: chunk-end states of every chunk started from zero (all chunks at once, T steps)
     h = xc[0, ..., None] * Bc[0]
     for t in range(1, T):
-        h = torch.exp(dtc[t, ..., None] * Ag) * h + xc[t, ..., None] * Bc[t]
-    # carry across chunks: state entering chunk c; chunk decay exp(A * sum dt) <= 1
+        h = torch.exp(dtc[t, ..., None] * Ag).mul_(h).addcmul_(xc[t, ..., None], Bc[t])
+    H = torch.zeros_like(h)
     if nc > 1:
-        chunk_decay = torch.exp(dtc.sum(0)[..., None] * Ag)  # (b, g, dpg, nc, n)
-        carry = [h.new_zeros(batch, g, dpg, n)]
+        chunk_decay = torch.exp(dtc.sum(0)[..., None] * Ag)  # (b, g, dpg, nc, n), every entry <= 1
         for c in range(nc - 1):
-            carry.append(chunk_decay[:, :, :, c] * carry[-1] + h[:, :, :, c])
-        h = torch.stack(carry, dim=3)
-    else:
-        h = torch.zeros_like(h)
-    # pass 2: rerun every chunk from its true entering state and read out y = C . h
-    ys = []
-    for t in range(T):
-        h = torch.exp(dtc[t, ..., None] * Ag) * h + xc[t, ..., None] * Bc[t]
-        ys.append((h * Cc[t]).sum(-1))
-    return torch.stack(ys, dim=-1)
+            torch.addcmul(h[:, :, :, c], chunk_decay[:, :, :, c], H[:, :, :, c], out=H[:, :, :, c + 1])
+    return H
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """Chunked scan whose backward recomputes the states from the chunk-entering ones (exact, O(L/T) saved)."""
+
+    @staticmethod
+    def forward(ctx, dtc, xc, Bc, Cc, Ag):  # type: ignore[override]
+        H = _entering_states(dtc, xc, Bc, Ag)
+        T = dtc.shape[0]
+        y = torch.empty(dtc.shape[1:] + (T,), dtype=H.dtype, device=H.device)  # (b, g, dpg, nc, T)
+        h = H.clone()
+        for t in range(T):
+            h = torch.exp(dtc[t, ..., None] * Ag).mul_(h).addcmul_(xc[t, ..., None], Bc[t])
+            torch.sum(h * Cc[t], -1, out=y[..., t])
+        ctx.save_for_backward(dtc, xc, Bc, Cc, Ag, H)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):  # type: ignore[override]
+        dtc, xc, Bc, Cc, Ag, H = ctx.saved_tensors
+        T, batch, g, dpg, nc = dtc.shape
+        gyt = gy.permute(4, 0, 1, 2, 3)[..., None]  # (T, b, g, dpg, nc, 1)
+        # states of every position, recomputed from the chunk-entering ones
+        hs = torch.empty((T,) + tuple(H.shape), dtype=H.dtype, device=H.device)
+        h = H
+        for t in range(T):
+            h = torch.exp(dtc[t, ..., None] * Ag).mul_(h).addcmul_(xc[t, ..., None], Bc[t])
+            hs[t] = h
+        # adjoint entering the last position of every chunk from the chunk after it:
+        # G[c-1] = a[c, 0] * gh[c, 0] = a[c, 0] * l[c, 0] + chunk_decay[c] * G[c], G[nc-1] = 0, where l is the
+        # adjoint of chunk c started from zero at its end
+        G = torch.zeros_like(H)
+        if nc > 1:
+            l = Cc[T - 1] * gyt[T - 1]
+            for t in range(T - 2, -1, -1):
+                l = torch.exp(dtc[t + 1, ..., None] * Ag).mul_(l).addcmul_(Cc[t], gyt[t])
+            a0l = torch.exp(dtc[0, ..., None] * Ag).mul_(l)
+            chunk_decay = torch.exp(dtc.sum(0)[..., None] * Ag)
+            for c in range(nc - 1, 0, -1):
+                torch.addcmul(a0l[:, :, :, c], chunk_decay[:, :, :, c], G[:, :, :, c], out=G[:, :, :, c - 1])
+        gdt = torch.empty_like(dtc)
+        gx = torch.empty_like(xc)
+        gB = torch.empty_like(Bc)
+        gC = torch.empty_like(Cc)
+        gA = torch.zeros_like(Ag)
+        carry = G
+        for t in range(T - 1, -1, -1):
+            gh = carry.addcmul(Cc[t], gyt[t])  # adjoint of h_t
+            a = torch.exp(dtc[t, ..., None] * Ag)
+            h_prev = hs[t - 1] if t > 0 else H
+            torch.sum(gyt[t] * hs[t], 2, keepdim=True, out=gC[t])
+            torch.sum(gh * Bc[t], -1, out=gx[t])
+            torch.sum(gh * xc[t, ..., None], 2, keepdim=True, out=gB[t])
+            gz = gh * a
+            carry = gz  # a_t * gh_t: the adjoint reaching h_{t-1}
+            gz = gz * h_prev  # gradient of the exponent dt_t * A
+            torch.sum(gz * Ag, -1, out=gdt[t])
+            gA += (gz * dtc[t, ..., None]).sum((0, 3), keepdim=True)
+        return gdt, gx, gB, gC, gA
 
 
 def _chunked_scan_inplace(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:

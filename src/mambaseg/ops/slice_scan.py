@@ -46,6 +46,8 @@ from functools import lru_cache
 
 import torch
 
+from mambaseg.utils.compile import assume_constant_result
+
 __all__ = [
     "SLICE_CHOICES",
     "PAD_MODES",
@@ -137,7 +139,7 @@ def _indices_cpu(h: int, w: int, m: int, n: int, pad_mode: str) -> tuple[torch.T
 _DEVICE_CACHE: dict[tuple[int, int, int, int, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-@torch.compiler.assume_constant_result  # cached index maps of static sizes: constants for torch.compile
+@assume_constant_result  # cached index maps of static sizes: constants for torch.compile
 def slice_scan_indices(
     h: int, w: int, m: int, n: int, device: torch.device | str | None = None, pad_mode: str = "drop"
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,8 @@ class atomic_path:
     """Context manager yielding a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
     On an exception the temporary file is removed and ``path`` is left untouched (a reader never sees a
-    half-written file, and a crash during a save keeps the previous version).
+    half-written file, and a crash during a save keeps the previous version). The file gets the permissions a plain
+    ``open(path, "w")`` would give it (``0o666`` minus the umask), not the private ``0o600`` of a temporary file.
 
     Example:
         >>> with atomic_path("ckpt.pt") as tmp:  # doctest: +SKIP
@@ -40,12 +41,35 @@ class atomic_path:
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
         if exc_type is None:
+            _chmod_as_umask_allows(self.tmp)
             os.replace(self.tmp, self.path)
         else:
             try:
                 self.tmp.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the system tells it (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_as_umask_allows(path: Path) -> None:
+    """``0o666 & ~umask`` on a file made by ``mkstemp`` (which creates it ``0o600`` whatever the umask)."""
+    try:
+        os.chmod(path, 0o666 & ~_current_umask())
+    except OSError:  # e.g. a file system without POSIX modes: keep what it gave
+        pass
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
