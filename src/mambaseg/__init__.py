@@ -55,7 +55,7 @@ def convert_checkpoint(src: Any, fmt: str, out: Any, partial: bool = False, **op
 
     ``partial=True`` accepts the gaps the format documents (e.g. the decoder of an ImageNet encoder). Options:
     ``num_classes``, ``in_chans``, ``stem``, ``key`` and the converter's own (``target``, ``variant``, ``arch``, ...).
-    Returns the :class:`LoadReport`. See :func:`mambaseg.cli.convert.convert_checkpoint`.
+    Returns the :class:`LoadReport`. See :func:`mambaseg.convert.convert_checkpoint`.
     """
     from mambaseg.convert import convert_checkpoint as _convert
 
