@@ -148,8 +148,21 @@ def scan_cpu_rows(name, d):
 
 
 def cpu_latency_rows(name, d):
-    return [{"model": d["model"], "input": dims(d["input"]), "median s": fmt(d["median_s"], ".2f"),
-             "min s": fmt(d["min_s"], ".2f"), "share in the scan": fmt(100 * d["scan_share"], ".0f") + " %"}]
+    if "results" not in d:  # the first version: one model, torch backend only
+        return [{"model": d["model"], "input": dims(d["input"]), "threads": "-", "load avg (1 min)": "-",
+                 "old torch scan s": fmt(d["median_s"], ".2f"), "fused s": "-", "ratio": "-", "fused + bf16 s": "-",
+                 "onnxruntime s": "-", "share in the scan (old)": fmt(100 * d["scan_share"], ".0f") + " %"}]
+    rows = []
+    for r in d["results"]:
+        for threads, t in sorted((r.get("threads") or {}).items(), reverse=True):
+            rows.append({"model": r["model"], "input": dims(r["input"]), "threads": threads,
+                         "load avg (1 min)": fmt((r.get("load_before") or [None])[0], ".2f"),
+                         "old torch scan s": fmt(t.get("torch_s"), ".3f"), "fused s": fmt(t.get("fused_s"), ".3f"),
+                         "ratio": fmt(t.get("ratio_torch_over_fused"), ".2f") + "x" if t.get("ratio_torch_over_fused")
+                         else "-",
+                         "fused + bf16 s": fmt(t.get("fused_bf16_s"), ".3f"),
+                         "onnxruntime s": fmt(t.get("onnxruntime_s"), ".3f"), "share in the scan (old)": "-"})
+    return rows
 
 
 def scan_vs_official_rows(name, d):
@@ -486,8 +499,10 @@ FAMILIES = [
      "code's anchor numbers."),
     ("GPU / CPU parity", r"gpu_cpu_parity.*", parity_rows,
      "`benchmarks/gpu_cpu_parity.py`: logits on the GPU against the CPU (torch backend), same weights, fp32."),
-    ("CPU latency", r"cpu_latency_.*", cpu_latency_rows,
-     "`benchmarks/cpu_latency.py`: forward latency on the CPU and the share of it spent in the selective scan."),
+    ("CPU latency", r"cpu_latency.*", cpu_latency_rows,
+     "`benchmarks/cpu_latency.py`: forward latency at batch 1 (median of the timed runs after a warm-up): the old "
+     "torch-scan path, the fused CPU scan (alternating runs in one process), the fused path under bf16 autocast and "
+     "onnxruntime; the 1-minute load average when the model's runs started."),
     ("Model size (MACs)", r"flops_.*", flops_rows, "`benchmarks/flops_dermomamba.py`: MACs per image."),
     ("PH2 training", r"skin_ph2_.*", ph2_rows,
      "`benchmarks/train_skin_ph2_gpu.py`: full recipes trained from scratch, scored on `ph2_dev/val` (pooled = one "

@@ -15,6 +15,6 @@ def test_recipes_table_and_json():
     res = runner.invoke(app, ["recipes"])
     assert res.exit_code == 0, res.output
     assert all(name in res.output for name in list_recipes())
-    rows = json.loads(runner.invoke(app, ["recipes", "vmunet_p*", "--json"]).output)
+    rows = json.loads(runner.invoke(app, ["recipes", "vmunet_ph?", "--json"]).output)
     assert [r["name"] for r in rows] == ["vmunet_ph2"]
     assert rows[0]["model"] == "vmunet" and rows[0]["schedule"] == "cosine T_max 50 per epoch"

@@ -11,9 +11,7 @@ import typer
 
 from mambaseg.cli._common import CLIError, console, handle_errors
 
-from mambaseg.convert import convert_checkpoint
-
-__all__ = ["convert", "convert_checkpoint"]
+__all__ = ["convert"]
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
@@ -72,6 +70,8 @@ def convert(
             opts["arch"] = json.loads(arch_path.read_text())
         else:
             opts["arch"] = arch
+    from mambaseg.convert import convert_checkpoint
+
     report = convert_checkpoint(src, fmt, out, partial, num_classes=num_classes, in_chans=in_chans, stem=stem,
                                 key=key, **opts)
     if as_json:

@@ -36,6 +36,7 @@ def predict(
     folder; inputs sharing a name (a.jpg, a.png) are written as a_jpg.png and a_png.png."""
     from mambaseg.utils.progress import ProgressReporter
 
+    apply_threads(threads, device)
     if batch_size < 1:
         raise CLIError(f"--batch-size must be a positive integer, got {batch_size}")
     if not input.exists():
@@ -43,7 +44,6 @@ def predict(
 
     from mambaseg.inference import load_ensemble
 
-    apply_threads(threads, device)
     predictor = load_ensemble(checkpoint, tta=tta, device=device, threshold=threshold)
     with ProgressReporter(console, "predicting") as bar:
         written = predictor.predict_path(input, out, batch_size=batch_size, overlays=overlays, intensity=intensity,

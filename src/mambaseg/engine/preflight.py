@@ -29,8 +29,8 @@ __all__ = ["MetricNameError", "RESUME_MUTABLE", "check_best_metric", "check_labe
 RESUME_MUTABLE = frozenset({
     "description",
     "train.epochs", "train.max_steps", "train.time_limit_s", "train.device", "train.out", "train.log_every",
-    "train.checkpoint_every", "train.val_every", "train.val_batch_size", "train.compile", "train.scan_backend",
-    "train.find_unused_parameters",
+    "train.checkpoint_every", "train.checkpoint_interval_s", "train.async_checkpoints", "train.val_every",
+    "train.val_batch_size", "train.compile", "train.scan_backend", "train.find_unused_parameters", "train.init_from",
     "data.path", "data.num_workers", "data.persistent_workers", "data.validate",
 })
 
@@ -40,6 +40,10 @@ class MetricNameError(KeyError, ValueError):
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
+
+#: fields whose value ``auto`` is resolved from the data when a run starts; the resolved value is what a checkpoint
+#: stores, so ``auto`` given on resume means "as stored"
+RESOLVED_FROM_DATA = frozenset({"loss.name"})
 
 #: most problem lines one pre-flight message lists
 MAX_PROBLEMS = 50
@@ -89,6 +93,8 @@ def check_resume_config(stored: dict[str, Any] | None, given: dict[str, Any], wh
     fixed, applied = [], []
     for key in sorted(set(old) & set(new)):
         if _norm(old[key]) == _norm(new[key]):
+            continue
+        if key in RESOLVED_FROM_DATA and new[key] == "auto":
             continue
         line = f"{key} (stored {old[key]!r}, given {new[key]!r})"
         (applied if key in RESUME_MUTABLE else fixed).append(line)

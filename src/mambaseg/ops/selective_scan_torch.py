@@ -74,8 +74,9 @@ def selective_scan_torch(
         C_ = C_.repeat_interleave(dim // cgroups, dim=1)
     dpg = dim // g
     inference = not torch.is_grad_enabled() or not any(t.requires_grad for t in (dt, x_in, B_, C_, A_))
-    if inference and torch.jit.is_tracing():
-        inference = False  # the in-place path writes through out=; TorchScript tracing (ONNX export) needs pure ops
+    tracing = torch.jit.is_tracing()  # TorchScript tracing (ONNX export) needs pure ops: no in-place or out= writes
+    if tracing:
+        inference = False
     if inference:
         # time-major, chunk-before-channel layout: the readout C . h is a batched matrix-vector product
         dtc = dt.view(batch, g, dpg, nc, T).permute(4, 0, 1, 3, 2).contiguous()  # (T, b, g, nc, dpg)
@@ -92,7 +93,8 @@ def selective_scan_torch(
         Bc = B_.view(batch, g, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()  # (T, b, g, 1, nc, n)
         Cc = C_.view(batch, g, n, nc, T).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()
         Ag = A_.view(g, dpg, n)[None, :, :, None, :]  # (1, g, dpg, 1, n)
-        y = _chunked_scan_autograd(dtc, xc, Bc, Cc, Ag)  # (b, g, dpg, nc, T)
+        scan = _chunked_scan_pure if tracing else _chunked_scan_autograd
+        y = scan(dtc, xc, Bc, Cc, Ag)  # (b, g, dpg, nc, T)
     y = y.reshape(batch, dim, nc * T)[:, :, :seqlen]
     if D is not None:
         y = y + D.to(cdt)[None, :, None] * u_
@@ -109,6 +111,32 @@ def _chunked_scan_autograd(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:
     (batch, channels, chunks, N) slabs for each of the ``2T`` steps: about 14 GB for VM-UNet at 256x256, batch 1.
     """
     return _ChunkedScan.apply(dtc, xc, Bc, Cc, Ag)
+
+
+def _chunked_scan_pure(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:
+    """Out-of-place path for TorchScript tracing (ONNX export: no in-place or ``out=`` writes). Layouts: dtc, xc (T, b, g, dpg, nc); Bc, Cc (T, b, g, 1, nc, n);
+    Ag (1, g, dpg, 1, n). Returns y (b, g, dpg, nc, T)."""
+    T, batch, g, dpg, nc = dtc.shape
+    n = Ag.shape[-1]
+    # pass 1: chunk-end states of every chunk started from zero (all chunks at once, T steps)
+    h = xc[0, ..., None] * Bc[0]
+    for t in range(1, T):
+        h = torch.exp(dtc[t, ..., None] * Ag) * h + xc[t, ..., None] * Bc[t]
+    # carry across chunks: state entering chunk c; chunk decay exp(A * sum dt) <= 1
+    if nc > 1:
+        chunk_decay = torch.exp(dtc.sum(0)[..., None] * Ag)  # (b, g, dpg, nc, n)
+        carry = [h.new_zeros(batch, g, dpg, n)]
+        for c in range(nc - 1):
+            carry.append(chunk_decay[:, :, :, c] * carry[-1] + h[:, :, :, c])
+        h = torch.stack(carry, dim=3)
+    else:
+        h = torch.zeros_like(h)
+    # pass 2: rerun every chunk from its true entering state and read out y = C . h
+    ys = []
+    for t in range(T):
+        h = torch.exp(dtc[t, ..., None] * Ag) * h + xc[t, ..., None] * Bc[t]
+        ys.append((h * Cc[t]).sum(-1))
+    return torch.stack(ys, dim=-1)
 
 
 def _entering_states(dtc, xc, Bc, Ag) -> torch.Tensor:
