@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import yaml
@@ -12,6 +13,9 @@ from mambaseg.cli import app
 from mambaseg.configs import RunConfig
 from mambaseg.engine.optim import schedule_factor
 from mambaseg.losses import resolve_loss_name
+
+# the volumetric fixtures of the data tests (tests/ is not a package on CI's path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 
 runner = CliRunner()
 TINY = ["--model", "vmunet_tiny", "--set", "model.kwargs.dims=8", "--set", "model.kwargs.d_state=2",
@@ -32,14 +36,14 @@ def test_loss_auto_resolution():
 
 
 def test_acdc_folder_trains_with_no_set(tmp_path):
-    from tests.data.test_acdc import make_acdc
+    from test_acdc import make_acdc
 
     cfg = _train(tmp_path, make_acdc(tmp_path / "acdc"), "--image-size", "32")
     assert cfg["loss"]["name"] == "ce_dice"
 
 
 def test_nnunet_folder_trains_with_no_set(tmp_path):
-    from tests.data.test_nnunet import make_nnunet
+    from test_nnunet import make_nnunet
 
     root = make_nnunet(tmp_path / "Dataset001_Toy", n_cases=3)
     cfg = _train(tmp_path, root, "--image-size", "32")
