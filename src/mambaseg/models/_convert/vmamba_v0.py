@@ -428,11 +428,7 @@ def _convert_v0_encoder(state_dict: dict[str, torch.Tensor], size: str | None, *
         raise TypeError(f"unknown options for an ImageNet VMamba v0 encoder: {sorted(options)}; valid: target, "
                         "variant (vmbunet), arch (slicemamba), num_classes, in_chans, depths, depths_decoder, "
                         "drop_path_rate, mirror")
-    try:  # only names and shapes are needed: build without memory where the constructor allows it
-        with torch.device("meta"):
-            model = create_model(target, **kwargs)
-    except (NotImplementedError, RuntimeError):
-        model = create_model(target, **kwargs)
+    model = create_model(target, **kwargs)  # only its key names and shapes are used
     model_sd = model.state_dict()
     out, unused, notes = mirror_encoder(sd, model_sd.keys(), mirror=mirror)
     missing = [k for k in model_sd if k not in out]
