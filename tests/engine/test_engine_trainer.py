@@ -140,28 +140,29 @@ def test_checkpoint_every_and_callback_stop(tiny_model, synthetic_data, tmp_path
     assert (out / "progress.png").is_file() and (out / "metrics.json").is_file()
 
 
-def test_persistent_workers_reach_the_loader_and_stay_deterministic(tiny_model, synthetic_data, tmp_path, monkeypatch):
+def test_persistent_workers_draw_the_run_from_one_iterator_with_the_same_batches(tiny_model, synthetic_data, tmp_path,
+                                                                                 monkeypatch):
     import mambaseg.engine.trainer as trainer_mod
 
-    seen = []
-    real = trainer_mod.DataLoader
+    starts = []
 
-    def recording_loader(*args, **kwargs):
-        seen.append(kwargs.get("persistent_workers"))
-        return real(*args, **kwargs)
+    class RecordingLoader(trainer_mod.DataLoader):
+        def __iter__(self):
+            starts.append(self.num_workers)
+            return super().__iter__()
 
-    monkeypatch.setattr(trainer_mod, "DataLoader", recording_loader)
-    sets = {"train.epochs": 3, "data.num_workers": 1, "data.persistent_workers": True}
-    a = train(tiny_config(synthetic_data, tmp_path / "a", **sets))
-    b = train(tiny_config(synthetic_data, tmp_path / "b", **sets))
-    assert seen == [True, True]  # the training loader of both runs; evaluation loaders are built elsewhere
-    assert a.epochs == b.epochs == 3
-    wa, wb = _weights(tmp_path / "a" / "checkpoints" / "last.pt"), _weights(tmp_path / "b" / "checkpoints" / "last.pt")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    # without workers the option is ignored (a DataLoader refuses persistent_workers with num_workers=0)
-    seen.clear()
-    train(tiny_config(synthetic_data, tmp_path / "c", **{"train.epochs": 1, "data.persistent_workers": True}))
-    assert seen == [False]
+    monkeypatch.setattr(trainer_mod, "DataLoader", RecordingLoader)
+    runs = {}
+    for name, persistent in (("a", True), ("b", True), ("c", False)):
+        starts.clear()
+        sets = {"train.epochs": 3, "data.num_workers": 1, "data.persistent_workers": persistent}
+        res = train(tiny_config(synthetic_data, tmp_path / name, **sets))
+        assert res.epochs == 3
+        # the training loader: one iterator for the run (workers live across epoch ends), or one per epoch
+        assert starts == ([1] if persistent else [1, 1, 1]), (name, starts)
+        runs[name] = _weights(tmp_path / name / "checkpoints" / "last.pt")
+    for other in ("b", "c"):  # same batches and augmentation draws whether workers persist or not
+        assert all(torch.equal(runs["a"][k], runs[other][k]) for k in runs["a"]), other
 
 
 def test_time_limit_stops_after_the_epoch_that_crosses_it(tiny_model, synthetic_data, tmp_path):

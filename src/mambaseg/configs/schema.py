@@ -81,10 +81,11 @@ class DataConfig:
         skip_bad: skip (and list) broken samples instead of stopping at the validation pass.
         validate: run the dataset validation pass before training.
         num_workers: DataLoader worker processes (``None`` = auto: up to 8 on a GPU, none on a CPU).
-        persistent_workers: keep the training loader's workers alive between epochs (with ``num_workers > 0``;
-            default on): saves the worker start-up of every epoch, which dominates short epochs on a GPU. The
-            sampler hands every worker the epoch with each index, so augmentation draws (and a ``--resume``-d run)
-            are the same as with fresh workers.
+        persistent_workers: draw every epoch of a run from one loader iterator (default on): the workers live
+            through the run and prepare the next epoch's first batches while the current epoch ends, validates and
+            saves, instead of starting cold every epoch (which dominates short epochs on a GPU). Off: a fresh
+            iterator and workers per epoch. The sampler hands every worker the epoch with each index, so batches,
+            augmentation draws and a ``--resume``-d run are the same either way.
         binary: treat masks as foreground/background (True) or as label indices (False).
         label_values: for multi-class folder masks, the pixel value of each class index.
     """
@@ -197,6 +198,12 @@ class TrainConfig:
         compile: run the training forward and backward through ``torch.compile`` (default mode; the Triton scan
             enters the graph as a custom operator, so VM-UNet compiles to one graph). The first steps compile
             for minutes; evaluation runs the model uncompiled.
+        cuda_graph: replay the model's training forward and backward from a CUDA graph recorded on the first batch
+            (:mod:`mambaseg.engine.cuda_graph`): one launch instead of thousands per step, which is what bounds
+            small models at small batches (DermoMamba at batch 4). ``None`` (auto): on a single CUDA device without
+            ``compile``, for models that do not change before each step; if recording fails the run says why on
+            the console and in ``train.log`` and trains eagerly. ``true``: required (an error if impossible);
+            ``false``: off. Batches of another shape (an epoch's short last batch) run eagerly.
         init_from: start from the weights of this checkpoint (a mambaseg checkpoint, a converted official
             one, or a ``save_pretrained`` folder) with ``strict=False`` semantics: what fits is loaded, a head of
             another ``num_classes`` is re-initialised, a stem of another ``in_chans`` adapted; the report goes to
@@ -229,6 +236,7 @@ class TrainConfig:
     async_checkpoints: bool = True
     time_limit_s: float | None = None
     compile: bool = False
+    cuda_graph: bool | None = None
     init_from: str | None = None
     ema_decay: float | None = None
     scan_backend: str = "auto"

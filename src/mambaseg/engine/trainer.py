@@ -177,22 +177,33 @@ def _collate_train(batch: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class _EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(epoch, index)`` pairs of a ``DistributedSampler`` (the epoch travels with every index)."""
+class _RunBatches(torch.utils.data.Sampler):
+    """Batches of ``(epoch, index)`` keys for the epochs ``[first, last)``: each epoch is one pass of a
+    ``DistributedSampler`` re-shuffled with that epoch, cut into batches (the last one may be short).
 
-    def __init__(self, base: DistributedSampler) -> None:
+    The trainer draws every epoch of a run from one iterator over this sampler (``data.persistent_workers``), so
+    loader workers prepare the next epoch's first batches while the current one ends, validates and saves. The
+    epoch travels with every index, so the batches and augmentation draws are those of one fresh iterator per
+    epoch."""
+
+    def __init__(self, base: DistributedSampler, batch_size: int) -> None:
         self.base = base
-        self.epoch = 0
+        self.batch_size = int(batch_size)
+        self.first, self.last = 0, 1
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.base.set_epoch(epoch)
+    @property
+    def per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.base) / self.batch_size))
 
     def __iter__(self) -> Any:
-        return ((self.epoch, i) for i in self.base)
+        for epoch in range(self.first, self.last):
+            self.base.set_epoch(epoch)
+            indices = list(self.base)
+            for k in range(0, len(indices), self.batch_size):
+                yield [(epoch, i) for i in indices[k:k + self.batch_size]]
 
     def __len__(self) -> int:
-        return len(self.base)
+        return max(0, self.last - self.first) * self.per_epoch
 
 
 class _EpochDataset(torch.utils.data.Dataset):
@@ -425,7 +436,7 @@ class _Run:
     train_model: nn.Module  # model wrapped for training (DDP, torch.compile)
     loss_fn: Any
     loader: DataLoader
-    sampler: _EpochSampler
+    batches: _RunBatches
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -452,6 +463,9 @@ class _Run:
     first_step_s: float | None = None
     epoch_times: dict[str, float] = field(default_factory=dict)
     startup: dict[str, float] = field(default_factory=dict)
+    graph: Any = None  # GraphedTraining once recorded (train.cuda_graph)
+    graph_pending: bool = False  # record on the next training batch
+    batch_iter: Any = None  # the training loader's iterator (one per run, or per epoch without persistent workers)
     ema: Any = None  # mambaseg.engine.ema.WeightEMA when train.ema_decay is set
 
     @property
@@ -522,16 +536,16 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(device)
     workers = resolve_workers(cfg.data.num_workers, device)
-    sampler = _EpochSampler(DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                               seed=tc.seed, drop_last=False))
-    loader = DataLoader(
-        _EpochDataset(train_ds), batch_size=tc.batch_size // ctx.world_size, sampler=sampler, num_workers=workers,
-        collate_fn=_collate_train, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
-        drop_last=False, persistent_workers=bool(cfg.data.persistent_workers and workers > 0),
-    )
+    batches = _RunBatches(DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                             seed=tc.seed, drop_last=False), tc.batch_size // ctx.world_size)
+    # own generator: starting an iterator draws the workers' base seed from it, not from the global RNG (whose
+    # stream the model's dropout follows, identical whether a run was resumed or not)
+    loader = DataLoader(_EpochDataset(train_ds), batch_sampler=batches, num_workers=workers,
+                        collate_fn=_collate_train, worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())
     startup["model"] = seconds_since_process_start()
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, epochs=tc.epochs, steps_per_epoch=len(loader),
+    scheduler = build_scheduler(optimizer, cfg.schedule, epochs=tc.epochs, steps_per_epoch=batches.per_epoch,
                                 max_steps=tc.max_steps, best_mode=tc.best_mode)
     scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=use_scaler)
     train_model: nn.Module = model
@@ -553,7 +567,7 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
         save_config(resolved, run_dir / "config.yaml")
     run = _Run(
         cfg=cfg, ctx=ctx, device=device, task=task, model=model, train_model=train_model, loss_fn=loss_fn,
-        loader=loader, sampler=sampler, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        loader=loader, batches=batches, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         amp_dtype=amp_dtype, logger=logger, hooks=hooks, console=console,
         eval_ctx=EvalContext(device=device, dist=ctx, amp_dtype=amp_dtype, batch_size=tc.val_batch_size,
                              num_workers=workers, loss_fn=loss_fn, keep_inputs=True),
@@ -568,6 +582,13 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
         },
     )
     run.startup = startup
+    from mambaseg.engine.cuda_graph import graphs_wanted
+
+    run.graph_pending, graph_off = graphs_wanted(
+        tc.cuda_graph, device, distributed=ctx.enabled, compiled=tc.compile,
+        static_steps=type(hooks).before_step is TrainHooks.before_step)
+    if tc.cuda_graph is None and graph_off and device.type == "cuda":
+        preflight_notes.append(f"train.cuda_graph (auto): off ({graph_off})")
     if tc.ema_decay is not None:
         from mambaseg.engine.ema import WeightEMA
 
@@ -589,11 +610,12 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     header = (
         f"{'resume' if state else 'start'}: model {cfg.model.name} ({n_params:,} params), data {cfg.data.path} "
         f"[{task.name}: {task.info}], device {device}{_threads_note(device)}, amp {amp_dtype}, processes "
-        f"{ctx.world_size}, global batch {tc.batch_size}, {len(loader)} steps/epoch, loss {cfg.loss.name}"
+        f"{ctx.world_size}, global batch {tc.batch_size}, {batches.per_epoch} steps/epoch, loss {cfg.loss.name}"
     )
     logger.log(header)
     if console is not None:  # the same header on the console, TTY or not (nohup, SLURM)
         console.print(header, highlight=False, soft_wrap=True)
+    startup["ready"] = seconds_since_process_start()
     return run
 
 
@@ -695,6 +717,8 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
             with contextlib.suppress(Exception):  # finish the writes already queued; the original error wins
                 run.writer.close()
         raise
+    finally:
+        run.batch_iter = None  # loader workers end with the loop
     run.seconds = time.perf_counter() - t0
 
 
@@ -702,9 +726,9 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
     """One epoch of optimizer steps; returns (mean training loss, lr used, whether max_steps was reached)."""
     tc, ctx, device = run.cfg.train, run.ctx, run.device
     seed_everything(_epoch_seed(tc.seed, epoch, ctx.rank))
-    run.sampler.set_epoch(epoch)  # every index carries its epoch: per-(seed, epoch, sample) augmentation
+    batches = _epoch_batches(run, epoch)
     run.train_model.train()
-    bar.new_epoch(epoch + 1, len(run.loader))
+    bar.new_epoch(epoch + 1, run.batches.per_epoch)
     clip = float(tc.grad_clip) if tc.grad_clip else math.inf
     params = [p for p in run.model.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -712,18 +736,17 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
     capped = False
     t_data = 0.0
     t_epoch = time.perf_counter()
-    batches = iter(run.loader)
-    while True:
+    for _ in range(run.batches.per_epoch):
         t_wait = time.perf_counter()
-        batch = next(batches, None)
+        batch = next(batches)
         t_data += time.perf_counter() - t_wait
-        if batch is None:
-            break
+        if run.first_step_s is None:
+            run.startup.setdefault("first_batch", seconds_since_process_start())
         x = batch["image"].to(device, non_blocking=True)
         y = batch["mask"].to(device, non_blocking=True).long()
         run.hooks.before_step(run.model, run.step)
         with autocast_for(device, run.amp_dtype):
-            logits = run.train_model(x)
+            logits = _forward(run, x)
         loss = run.loss_fn(logits.float(), y)
         bs = x.shape[0]
         # one small all-reduce per step, on the device: global loss sum, sample count and a non-finite flag;
@@ -764,6 +787,42 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
         run.scheduler.step()
     run.epoch_times = {"time_data": t_data, "time_step": time.perf_counter() - t_epoch - t_data}
     return float(loss_sum / max(count, 1)), lr_used, capped
+
+
+def _forward(run: _Run, x: torch.Tensor) -> Any:
+    """The training forward: replayed from the recorded CUDA graph when there is one (recorded on the first batch
+    when ``train.cuda_graph`` allows it), else the (wrapped) model."""
+    if run.graph_pending:
+        run.graph_pending = False
+        from mambaseg.engine.cuda_graph import GraphedTraining
+
+        try:
+            run.graph = GraphedTraining(run.model, x, run.amp_dtype)
+        except RuntimeError as e:
+            if run.cfg.train.cuda_graph:
+                raise
+            _note(run, f"train.cuda_graph (auto): {e}; training without CUDA graphs")
+    return run.graph(x) if run.graph is not None else run.train_model(x)
+
+
+def _note(run: _Run, line: str) -> None:
+    """A line for ``train.log`` and, on the main process, the console."""
+    run.logger.log(line)
+    if run.console is not None and run.ctx.is_main:
+        run.console.print(line, highlight=False, markup=False, style="yellow")
+
+
+def _epoch_batches(run: _Run, epoch: int) -> Any:
+    """The iterator the batches of ``epoch`` come from: with ``data.persistent_workers`` one iterator over all
+    remaining epochs, started at the first epoch this process trains (workers keep preparing batches across epoch
+    ends); without, a fresh iterator (and workers) per epoch."""
+    persistent = run.cfg.data.persistent_workers
+    if run.batch_iter is None or not persistent:
+        run.batches.first, run.batches.last = epoch, (run.cfg.train.epochs if persistent else epoch + 1)
+        run.loader.generator.manual_seed(_epoch_seed(run.cfg.train.seed, epoch, run.ctx.rank))
+        run.batch_iter = None  # a previous iterator's workers end before new ones start
+        run.batch_iter = iter(run.loader)
+    return run.batch_iter
 
 
 def _validate(run: _Run, epoch: int) -> dict[str, Any]:

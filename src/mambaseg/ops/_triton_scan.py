@@ -21,6 +21,11 @@ Kernel organisation (see ``docs/triton_kernel.md``):
   B/C gradients are reduced over the program's channels and added atomically (fp32) into a
   (batch, groups, N, L) buffer; A, D and delta_bias gradients are per-(batch, channel) partials
   summed on the host side.
+
+Compilation: arguments that only count programs, chunks or segments (``G``, ``n_dblocks``, ``n_seg``, ...) are
+``do_not_specialize``: Triton would otherwise compile one variant per value class (== 1, divisible by 16, other),
+e.g. a separate kernel for VM-UNet's last stage (one segment), which cost about 1 s of cold start each. Lengths and
+channel counts that enter addresses (``L``, ``KD``, ``Dg``) keep their divisibility specialisation (aligned loads).
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ def _load_chunk_bwd(
     return u, xdt, xdt1, dy, Bm, Cm
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['G', 'n_dblocks', 'n_chunks', 'n_seg'])
 def _selective_scan_fwd_kernel(
     u_ptr,
     delta_ptr,
@@ -175,7 +180,7 @@ def _selective_scan_fwd_kernel(
                 tl.store(states_ptr + st_base + ((c + 1) // STORE_EVERY - 1) * N, h, mask=mask_nd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['G', 'n_dblocks', 'n_seg', 'R'])
 def _selective_scan_bwd_kernel(
     u_ptr,
     delta_ptr,
@@ -430,7 +435,7 @@ def _seg1_state_scan(u_ptr, delta_ptr, B_ptr, row, pid_bg, mask_d, offs_l, L, A2
     return mask_l, m2, ud_off, bc_off, u, xdt, dt, Bv, b, a_s, b_s
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['G', 'n_dblocks', 'n_seg'])
 def _selective_scan1_fwd_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, sums_ptr,
     KD, L, G, Dg, n_dblocks, n_seg,
@@ -448,7 +453,7 @@ def _selective_scan1_fwd_summary_kernel(
     tl.store(sums_ptr + (row * n_seg + s) * 2 + 1, H, mask=mask_d)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['G', 'n_dblocks', 'n_seg'])
 def _selective_scan1_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, sums_ptr, states_ptr,
     KD, L, G, Dg, n_dblocks, n_seg,
@@ -492,7 +497,7 @@ def _seg1_adjoint_inputs(delta_ptr, dy_ptr, C_ptr, row, pid_bg, mask_d, offs_l, 
     return alpha, Cv[None, :] * dy, dy, Cv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['G', 'n_dblocks', 'n_seg'])
 def _selective_scan1_bwd_summary_kernel(
     delta_ptr, dy_ptr, A_ptr, C_ptr, bias_ptr, sums_ptr,
     KD, L, G, Dg, n_dblocks, n_seg,
@@ -510,7 +515,7 @@ def _selective_scan1_bwd_summary_kernel(
     tl.store(sums_ptr + (row * n_seg + s) * 2 + 1, tl.sum(tl.where(first, ra, 0.0), axis=1), mask=mask_d)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['G', 'n_dblocks', 'n_seg'])
 def _selective_scan1_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, sums_ptr,
     du_ptr, ddelta_ptr, grad_ptr,
@@ -631,7 +636,7 @@ def _load_chunk_adj(delta_ptr, dy_ptr, C_ptr, ud_base, bc_base, offs_c, mask_d, 
     return xdt1, dy, Cm
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['G', 'n_dblocks', 'n_seg', 'cps'])
 def _selective_scanN_seg_fwd_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, sums_ptr,
     KD, L, G, Dg, n_dblocks, n_seg, cps, RN,
@@ -676,7 +681,7 @@ def _selective_scanN_seg_fwd_summary_kernel(
     tl.store(sums_ptr + n_seg.to(tl.int64) * RN + off, H, mask=mask_nd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['n_seg'])
 def _selective_scanN_seg_carry_kernel(
     sums_ptr, n_seg, RN,
     CARRY_S: tl.constexpr, CARRY_E: tl.constexpr, REVERSE: tl.constexpr,
@@ -711,7 +716,7 @@ def _selective_scanN_seg_carry_kernel(
         h = tl.sum(tl.where((offs_o == CARRY_S - 1)[:, None], incl, 0.0), axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['G', 'n_dblocks', 'n_chunks', 'n_sub', 'n_seg', 'cps'])
 def _selective_scanN_seg_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, sums_ptr, states_ptr,
     KD, L, G, Dg, n_dblocks, n_chunks, n_sub, n_seg, cps, RN,
@@ -768,7 +773,7 @@ def _selective_scanN_seg_fwd_kernel(
                 tl.store(states_ptr + st_base + ((c + 1) // STORE_EVERY - 1) * N, h, mask=mask_nd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['G', 'n_dblocks', 'n_seg', 'cps'])
 def _selective_scanN_seg_bwd_summary_kernel(
     delta_ptr, dy_ptr, A_ptr, C_ptr, bias_ptr, sums_ptr,
     KD, L, G, Dg, n_dblocks, n_seg, cps, RN,
@@ -816,7 +821,7 @@ def _selective_scanN_seg_bwd_summary_kernel(
     tl.store(sums_ptr + n_seg.to(tl.int64) * RN + off, X, mask=mask_nd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['G', 'n_dblocks', 'n_sub', 'n_seg', 'spg', 'R'])
 def _selective_scanN_seg_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, states_ptr, sums_ptr, scratch_ptr,
     du_ptr, ddelta_ptr, grad_ptr,
