@@ -439,6 +439,7 @@ def recipe_wall_rows(name, d):
                          "s / epoch (median)": fmt(r.get("epoch_s_median"), ".2f"),
                          "data / step / val / ckpt share": " / ".join(
                              fmt(r.get(f"share_{k}"), ".2f") for k in ("data", "step", "val", "ckpt")),
+                         "img/s (train incl. val)": fmt(r.get("images_per_second"), ".1f"),
                          "val pooled DSC": fmt(r.get("pooled_dsc_final"), ".4f")})
         cmp = m.get("compare") or {}
         if cmp.get("wall_ratio") is not None:

@@ -67,13 +67,19 @@ def test_replayed_training_step_equals_the_eager_step(name):
         loss.backward()
         return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    # buffers (batch-norm statistics) as they were before the eager reference step
     graphed = GraphedTraining(model, x, None)
     after_recording = model.state_dict()
     for k, v in before.items():  # recording leaves the model as it was
         assert torch.equal(after_recording[k], v), k
+    # two eager steps from the same state: the run-to-run noise of the reference (the scan kernels add some
+    # gradients atomically, in no fixed order)
     loss_e, g_e = grads(model)
     model.load_state_dict(before)
+    _, g_e2 = grads(model)
+
+    def rel(a, b):
+        return float((a - b).double().norm() / b.double().norm().clamp_min(1e-30))
+
     for _ in range(2):  # replays are repeatable
         model.load_state_dict(before)
         loss_g, g_g = grads(graphed)
@@ -81,7 +87,9 @@ def test_replayed_training_step_equals_the_eager_step(name):
         torch.testing.assert_close(loss_g, loss_e, rtol=1e-4, atol=1e-6)
         assert g_g.keys() == g_e.keys()
         for k in g_e:
-            torch.testing.assert_close(g_g[k], g_e[k], rtol=1e-3, atol=1e-5, msg=lambda m, k=k: f"{name} {k}: {m}")
+            noise = rel(g_e2[k], g_e[k])
+            err = rel(g_g[k], g_e[k])
+            assert err <= 1e-4 + 20 * noise, f"{name} {k}: replayed gradient off by {err:.2e} (eager noise {noise:.2e})"
     # another batch size runs eagerly through the same parameters
     small = x[:1]
     eager_before = graphed.eager_steps
