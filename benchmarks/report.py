@@ -472,6 +472,35 @@ def first_hour_rows(name, d):
     return rows
 
 
+def search_checkpoint_rows(name, d):
+    """``search_checkpoints.py``: one row per side (old / new code) of the toy search."""
+    rows = []
+    gb = 1e9
+    sn = d["supernet"]
+    for side in ("old", "new"):
+        r = d[side]
+        files = r.get("supernet_files_bytes") or {}
+        best, last = r.get("best.pt") or {}, r.get("last.pt") or {}
+        phase = r.get("max_sampled_rss_bytes") or {}
+        rows.append({
+            "side": f"{side} ({r['commit'][:7]})",
+            "best.pt GB (weights / optimizer)": f"{fmt(files.get('best.pt', 0) / gb, '.3f')} "
+                                                f"({fmt(best.get('weights_bytes', 0) / gb, '.3f')} / "
+                                                f"{fmt(best.get('optimizer_bytes', 0) / gb, '.3f')})",
+            "last.pt GB (weights / optimizer)": f"{fmt(files.get('last.pt', 0) / gb, '.3f')} "
+                                                f"({fmt(last.get('weights_bytes', 0) / gb, '.3f')} / "
+                                                f"{fmt(last.get('optimizer_bytes', 0) / gb, '.3f')})",
+            "supernet params GB": fmt(sn["param_bytes"] / gb, ".3f"),
+            "peak RSS GB (training / evolution)": f"{fmt(r['peak_rss_bytes'] / gb, '.2f')} "
+                                                  f"({fmt((phase.get('supernet_training') or 0) / gb, '.2f')} / "
+                                                  f"{fmt((phase.get('evolution') or 0) / gb, '.2f')})",
+            "wall s": fmt(r.get("seconds")),
+            "load avg (1 min)": str((r.get("load_before") or ["-"])[0]),
+            "same search result": str(d.get("same_search_result")),
+        })
+    return rows
+
+
 # (title, file-name pattern, rows function, what the section shows); a file belongs to the first family it matches
 FAMILIES = [
     ("Selective scan on the CPU", r"scan_cpu.*", scan_cpu_rows,
@@ -524,6 +553,11 @@ FAMILIES = [
      "old defaults (main before the change, from git) and the new ones, back to back; idle = nothing added (the "
      "machine is shared: see the load averages), loaded = a second process spinning on one core; thread settings "
      "and the peak RSS of a vmunet CPU training step."),
+    ("SliceMamba search on the CPU: checkpoints and memory", r"search_checkpoints_.*", search_checkpoint_rows,
+     "`benchmarks/search_checkpoints.py`: the toy search of the docs (default width, endotect_polyp, 1 supernet "
+     "epoch at 64x64, 2 generations of 4) with the code before and after the change, one after the other: the "
+     "supernet's checkpoint files and what they hold, and the process's peak RSS (largest sample during the supernet "
+     "training / the evolution in brackets)."),
     ("CPU must-show runs", r"cpu_mustshow_.*", mustshow_rows,
      "Short end-to-end runs of the command-line interface on the CPU."),
 ]
