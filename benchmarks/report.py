@@ -465,6 +465,13 @@ def first_hour_rows(name, d):
             rows.append({"condition": cond, "what": f"vmunet_tiny fwd+bwd b16 64x64, {label}", "old": "",
                          "new": f"{t.get('median_s', t.get('error'))} s", "speedup": "",
                          "load avg (1 min) old / new": str((t.get("load_before") or ["-"])[0])})
+    for key, what in (("kernel_build", "fused CPU scan kernel: one-time build (empty extension cache)"),
+                      ("kernel_warm", "fused CPU scan kernel: load from the cache")):
+        r = d.get(key)
+        if isinstance(r, dict):
+            rows.append({"condition": "idle", "what": what, "old": "",
+                         "new": f"{r['seconds']} s" if "seconds" in r else str(r.get("error")), "speedup": "",
+                         "load avg (1 min) old / new": str((r.get("load_before") or ["-"])[0])})
     for key, r in (d.get("rss") or {}).items():
         rows.append({"condition": "idle", "what": f"vmunet CPU training step peak RSS ({key})", "old": "",
                      "new": f"{fmt(r.get('peak_rss_gb'))} GB" if "peak_rss_gb" in r else str(r.get("error")),
