@@ -559,7 +559,9 @@ FAMILIES = [
      "`benchmarks/cpu_first_hour.py`: the README's ph2 training example, the demo and ACDC test evaluation with the "
      "old defaults (main before the change, from git) and the new ones, back to back; idle = nothing added (the "
      "machine is shared: see the load averages), loaded = a second process spinning on one core; thread settings "
-     "and the peak RSS of a vmunet CPU training step."),
+     "and the peak RSS of a vmunet CPU training step. Each file's 'notes' say what else ran on the machine; in "
+     "cpu_first_hour_a4b0ad3_lowload.json the idle ph2_train 'new' time includes a one-time ~20 s rebuild of the "
+     "fused CPU kernel (fixed since; the one-time build is now its own row)."),
     ("SliceMamba search on the CPU: checkpoints and memory", r"search_checkpoints_.*", search_checkpoint_rows,
      "`benchmarks/search_checkpoints.py`: the toy search of the docs (default width, endotect_polyp, 1 supernet "
      "epoch at 64x64, 2 generations of 4) with the code before and after the change, one after the other: the "
