@@ -19,6 +19,11 @@ waiting, torch's default thread count). "New" is ``--new-commit`` (default ``HEA
 with its defaults. The environment of both is the caller's minus ``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``,
 ``MKL_NUM_THREADS`` (so each side's defaults apply).
 
+The new code's fused CPU scan kernel compiles once per install and source (cached in torch's extension folder).
+Before the scenarios the script records that one-time cost (``kernel_build``: a process loading the kernel with an
+empty extension folder) and then loads it once with the normal cache, so the timed runs measure a built install
+(``kernel_warm``: that load's seconds, and whether it had to build).
+
 Also measured: the peak RSS of one ``vmunet`` training step (forward, backward, AdamW step) on CPU at 256x256,
 batch 2, with the new code, and old vs new at 128x128 batch 1 (the old code needs about 14 GB at 256x256 batch 1 and
 is OOM-killed at batch 2 on this 24 GiB shared machine, so it is not run there); and the thread settings on a
@@ -198,6 +203,30 @@ def rss_probe(src: Path, work: Path, size: int, batch: int) -> dict:
         return {"size": size, "batch": batch, "error": (p.stderr or p.stdout).strip().splitlines()[-2:]}
 
 
+KERNEL_PROBE = r"""
+import json, time
+t = time.perf_counter()
+from mambaseg.ops.selective_scan_cpu import load_library
+ok, why = load_library()
+print(json.dumps({"seconds": round(time.perf_counter() - t, 2), "ok": ok, "reason": why}))
+"""
+
+
+def kernel_probe(src: Path, work: Path, extensions_dir: Path | None) -> dict:
+    """Load (building if needed) the new code's fused CPU kernel in a fresh process; ``extensions_dir``: a cache
+    folder to use instead of torch's default (an empty one measures the one-time build)."""
+    env = child_env(src)
+    if extensions_dir is not None:
+        env["TORCH_EXTENSIONS_DIR"] = str(extensions_dir)
+    before = load()
+    p = subprocess.run([sys.executable, "-c", KERNEL_PROBE], env=env, capture_output=True, text=True, timeout=900)
+    try:
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        r = {"error": (p.stderr or p.stdout).strip().splitlines()[-1:]}
+    return {**r, "load_before": before, "load_after": load()}
+
+
 def acdc_checkpoint(src: Path, work: Path, given: Path | None) -> Path:
     if given is not None:
         return given
@@ -258,6 +287,9 @@ def main() -> None:
         "data": str(DATA),
         "conditions": {},
     }
+    result["kernel_build"] = kernel_probe(new_src, work, work / "empty_extension_cache")
+    result["kernel_warm"] = kernel_probe(new_src, work, None)
+    print("kernel", json.dumps({k: result[k] for k in ("kernel_build", "kernel_warm")}), flush=True)
     ckpt = acdc_checkpoint(new_src, work, args.acdc_checkpoint) if "acdc_eval" in only else None
     result["acdc_checkpoint"] = "vmunet_tiny, 128x128, 30 steps of batch 8 (trained by the new code; evaluated by both)"
     for cond in [c for c in args.conditions.split(",") if c]:
@@ -310,6 +342,9 @@ def print_table(result: dict) -> None:
             print(f"{cond:<8} threads    {label}: {t.get('median_s', t.get('error'))} s")
     for key, r in (result.get("rss") or {}).items():
         print(f"rss {key}: {r.get('peak_rss_gb', r.get('error'))} GB")
+    for key in ("kernel_build", "kernel_warm"):
+        r = result.get(key) or {}
+        print(f"{key}: {r.get('seconds', r.get('error'))} s ({r.get('reason', '')})")
 
 
 if __name__ == "__main__":

@@ -466,10 +466,46 @@ def first_hour_rows(name, d):
             rows.append({"condition": cond, "what": f"vmunet_tiny fwd+bwd b16 64x64, {label}", "old": "",
                          "new": f"{t.get('median_s', t.get('error'))} s", "speedup": "",
                          "load avg (1 min) old / new": str((t.get("load_before") or ["-"])[0])})
+    for key, what in (("kernel_build", "fused CPU scan kernel: one-time build (empty extension cache)"),
+                      ("kernel_warm", "fused CPU scan kernel: load from the cache")):
+        r = d.get(key)
+        if isinstance(r, dict):
+            rows.append({"condition": "idle", "what": what, "old": "",
+                         "new": f"{r['seconds']} s" if "seconds" in r else str(r.get("error")), "speedup": "",
+                         "load avg (1 min) old / new": str((r.get("load_before") or ["-"])[0])})
     for key, r in (d.get("rss") or {}).items():
         rows.append({"condition": "idle", "what": f"vmunet CPU training step peak RSS ({key})", "old": "",
                      "new": f"{fmt(r.get('peak_rss_gb'))} GB" if "peak_rss_gb" in r else str(r.get("error")),
                      "speedup": "", "load avg (1 min) old / new": ""})
+    return rows
+
+
+def search_checkpoint_rows(name, d):
+    """``search_checkpoints.py``: one row per side (old / new code) of the toy search."""
+    rows = []
+    gb = 1e9
+    sn = d["supernet"]
+    for side in ("old", "new"):
+        r = d[side]
+        files = r.get("supernet_files_bytes") or {}
+        best, last = r.get("best.pt") or {}, r.get("last.pt") or {}
+        phase = r.get("max_sampled_rss_bytes") or {}
+        rows.append({
+            "side": f"{side} ({r['commit'][:7]})",
+            "best.pt GB (weights / optimizer)": f"{fmt(files.get('best.pt', 0) / gb, '.3f')} "
+                                                f"({fmt(best.get('weights_bytes', 0) / gb, '.3f')} / "
+                                                f"{fmt(best.get('optimizer_bytes', 0) / gb, '.3f')})",
+            "last.pt GB (weights / optimizer)": f"{fmt(files.get('last.pt', 0) / gb, '.3f')} "
+                                                f"({fmt(last.get('weights_bytes', 0) / gb, '.3f')} / "
+                                                f"{fmt(last.get('optimizer_bytes', 0) / gb, '.3f')})",
+            "supernet params GB": fmt(sn["param_bytes"] / gb, ".3f"),
+            "peak RSS GB (training / evolution)": f"{fmt(r['peak_rss_bytes'] / gb, '.2f')} "
+                                                  f"({fmt((phase.get('supernet_training') or 0) / gb, '.2f')} / "
+                                                  f"{fmt((phase.get('evolution') or 0) / gb, '.2f')})",
+            "wall s": fmt(r.get("seconds")),
+            "load avg (1 min)": str((r.get("load_before") or ["-"])[0]),
+            "same search result": str(d.get("same_search_result")),
+        })
     return rows
 
 
@@ -524,7 +560,14 @@ FAMILIES = [
      "`benchmarks/cpu_first_hour.py`: the README's ph2 training example, the demo and ACDC test evaluation with the "
      "old defaults (main before the change, from git) and the new ones, back to back; idle = nothing added (the "
      "machine is shared: see the load averages), loaded = a second process spinning on one core; thread settings "
-     "and the peak RSS of a vmunet CPU training step."),
+     "and the peak RSS of a vmunet CPU training step. Each file's 'notes' say what else ran on the machine; in "
+     "cpu_first_hour_a4b0ad3_lowload.json the idle ph2_train 'new' time includes a one-time ~20 s rebuild of the "
+     "fused CPU kernel (fixed since; the one-time build is now its own row)."),
+    ("SliceMamba search on the CPU: checkpoints and memory", r"search_checkpoints_.*", search_checkpoint_rows,
+     "`benchmarks/search_checkpoints.py`: the toy search of the docs (default width, endotect_polyp, 1 supernet "
+     "epoch at 64x64, 2 generations of 4) with the code before and after the change, one after the other: the "
+     "supernet's checkpoint files and what they hold, and the process's peak RSS (largest sample during the supernet "
+     "training / the evolution in brackets)."),
     ("CPU must-show runs", r"cpu_mustshow_.*", mustshow_rows,
      "Short end-to-end runs of the command-line interface on the CPU."),
 ]

@@ -253,3 +253,25 @@ def test_ss2d_mirrored_path_matches_torch_backend(fused, version):
     gf = torch.autograd.grad(yf, [xf, *fus.parameters()], gy)
     for (name, _), a, b in zip([("x", None), *ref.named_parameters()], gf, gr):
         assert _rel(a, b) < 1e-10, name
+
+
+def test_kernel_source_is_compiled_from_a_path_independent_of_the_install(tmp_path, monkeypatch):
+    # torch writes the source path into build.ninja: two installs of one source sharing a cache must see the same
+    # path, or each would rebuild the library (tens of seconds) after the other loaded it
+    import mambaseg.ops.selective_scan_cpu as sc
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    name = str(sc.build_info()["name"])
+    first = sc._build_source(name)
+    assert first.read_bytes() == sc._SOURCE.read_bytes() and tmp_path / "ext" in first.parents
+    stamp = first.stat().st_mtime_ns
+    other = tmp_path / "elsewhere" / "csrc" / sc._SOURCE.name  # a second install of the same source
+    other.parent.mkdir(parents=True)
+    other.write_bytes(sc._SOURCE.read_bytes())
+    monkeypatch.setattr(sc, "_SOURCE", other)
+    assert sc._build_source(name) == first and first.stat().st_mtime_ns == stamp  # not rewritten: no rebuild
+    # an extension root that cannot be written: the installed file is compiled
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocker))
+    assert sc._build_source(name) == other

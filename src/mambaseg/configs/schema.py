@@ -186,12 +186,15 @@ class TrainConfig:
         find_unused_parameters: passed to DDP.
         checkpoint_every: write ``last.pt`` every N epochs (and always after the last one); ``None`` (default) =
             by time: after the first epoch, then whenever ``checkpoint_interval_s`` has passed since the last write.
-            ``--resume`` restarts from the last one written. ``best.pt`` is kept in memory when validation improves
-            and written just before each ``last.pt`` (so the two always agree) and at the end.
+            ``--resume`` restarts from the last one written. ``best.pt`` is kept in (device) memory when validation
+            improves and written just before each ``last.pt`` (so the two always agree) and at the end; on CPU, where
+            that copy would share the RAM of the run, it is written when validation improves.
         checkpoint_interval_s: the time interval of the default checkpoint policy (at most this much training is
             lost to a crash).
-        async_checkpoints: write checkpoints on a background thread (training goes on while a snapshot of the
-            weights and optimizer state is saved; every write is still atomic and ordered).
+        async_checkpoints: write checkpoints on a background thread (training goes on while a device snapshot of
+            the weights and optimizer state is saved; every write is still atomic and ordered). CUDA runs only: on
+            CPU the snapshot would be a second copy of the weights and optimizer state in RAM, so CPU checkpoints are
+            written synchronously from the live tensors.
         time_limit_s: stop after the first epoch that ends more than this many seconds after training started
             (``None`` = no limit); the run then ends like any early stop: ``last.pt``, ``best.pt`` and
             ``metrics.json`` are written and ``metrics.json`` names the reason.

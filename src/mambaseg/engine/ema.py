@@ -58,10 +58,10 @@ class WeightEMA:
         self.updates += 1
 
     def state(self, model: nn.Module) -> dict[str, Any]:
-        """What ``last.pt`` needs besides the average (held in its ``state_dict``): the live weights and counters."""
-        from mambaseg.checkpoint import snapshot
+        """What ``last.pt`` needs besides the average (held in its ``state_dict``): the live weights and counters.
 
-        return {"live_state_dict": snapshot(model.state_dict()), "updates": self.updates, "decay": self.decay}
+        The tensors are the live ones; the trainer snapshots them when the checkpoint is written in the background."""
+        return {"live_state_dict": model.state_dict(), "updates": self.updates, "decay": self.decay}
 
     def restore(self, model: nn.Module, checkpoint: dict[str, Any], where: Any = "") -> None:
         """Continue from a ``last.pt``: its ``state_dict`` is the average, ``ema.live_state_dict`` the live weights."""

@@ -4,8 +4,8 @@ Read it top to bottom: :func:`train` joins the process group, :func:`_setup` bui
 model, loss, optimizer, schedule, resume state, run directory) into one :class:`_Run`, and the epoch loop in
 :func:`_loop` calls :func:`_train_epoch` (the optimizer steps), :func:`_validate` (the task's evaluator on the
 VALIDATION split; the best weights are kept by ``train.best_metric``) and :func:`_checkpoint` (``best.pt`` then
-``last.pt``, on a background thread, after the first epoch and then every ``train.checkpoint_interval_s`` seconds
-or ``train.checkpoint_every`` epochs, and after the last one); :func:`_finish` writes ``metrics.json``,
+``last.pt``, after the first epoch and then every ``train.checkpoint_interval_s`` seconds or
+``train.checkpoint_every`` epochs, and after the last one); :func:`_finish` writes ``metrics.json``,
 ``best.safetensors`` and the summary. Each epoch record times its parts (``time_data``, ``time_step``,
 ``time_val``, ``time_ckpt``) and ``metrics.json`` the seconds from process start to the first optimizer step.
 
@@ -23,6 +23,11 @@ Details that matter:
   a ``DistributedSampler`` seeded with ``seed`` (also in a single process), so an interrupted run resumed from
   ``last.pt`` ends with the same weights as an uninterrupted one on CPU. Under DDP ``train.batch_size`` is the
   GLOBAL batch (each of the N processes takes ``batch_size / N`` samples).
+* checkpoint memory: on CUDA (with ``train.async_checkpoints``) a background thread writes device snapshots of the
+  weights and optimizer state while training goes on, and the best weights wait in a device snapshot until the next
+  ``last.pt``. On CPU a snapshot would be a second copy of the weights and optimizer state in the same RAM, so the
+  checkpoints are written synchronously from the live tensors and ``best.pt`` is written when validation improves:
+  a CPU run holds one copy of its state (weights, gradients, optimizer moments) at every moment.
 * hooks: :class:`TrainHooks` lets a caller replace the model, the training split, or act before each step and each
   validation, with its own state saved in ``last.pt`` (the SliceMamba supernet search trains through this loop).
 """
@@ -459,6 +464,7 @@ class _Run:
     stop_reason: str = ""
     writer: CheckpointWriter | None = None
     best_payload: dict[str, Any] | None = None  # snapshot of the best weights, written before the next last.pt
+    copies: bool = True  # checkpoints are written in the background from snapshots (False: synchronously, live)
     last_write: float | None = None  # perf_counter() of the last checkpoint write
     first_step_s: float | None = None
     epoch_times: dict[str, float] = field(default_factory=dict)
@@ -599,7 +605,9 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
             run.ema.restore(model, state, rpath)
         preflight_notes += [f"resume: {c} applied" for c in resume_changes]
     if ctx.is_main:
-        run.writer = CheckpointWriter(background=tc.async_checkpoints)
+        # on CPU a snapshot for a background writer would double the RAM of the run (weights + optimizer state)
+        run.copies = bool(tc.async_checkpoints) and device.type != "cpu"
+        run.writer = CheckpointWriter(background=run.copies)
     if preflight_init:
         preflight_notes.append(preflight_init)
         if console is not None:
@@ -826,7 +834,8 @@ def _epoch_batches(run: _Run, epoch: int) -> Any:
 
 
 def _validate(run: _Run, epoch: int) -> dict[str, Any]:
-    """Evaluate on the validation split; a better result keeps a snapshot of the weights for ``best.pt``.
+    """Evaluate on the validation split; a better result keeps a snapshot of the weights for ``best.pt`` (written
+    before the next ``last.pt``) or, with a synchronous writer (CPU), writes ``best.pt`` at once from the live weights.
 
     Returns the epoch record's ``val``/``best`` entries."""
     tc = run.cfg.train
@@ -841,17 +850,23 @@ def _validate(run: _Run, epoch: int) -> dict[str, Any]:
     if _better(value, run.best_value, tc.best_mode):
         run.best_value, run.best_epoch, run.best_metrics = value, epoch + 1, metrics
         out["best"] = True
-        if run.ctx.is_main:
+        if run.ctx.is_main and run.copies:
             run.best_payload = _payload(run, epoch + 1, metrics, training=False)
+        elif run.ctx.is_main and run.writer is not None:
+            run.writer.submit(run.ckpt_dir / "best.pt", _payload(run, epoch + 1, metrics, training=False))
     return out
 
 
 def _payload(run: _Run, epoch_done: int, metrics: dict[str, Any], *, training: bool) -> dict[str, Any]:
-    """Checkpoint content with a snapshot of the weights; ``training`` adds the resume state."""
+    """Checkpoint content; ``training`` adds the resume state.
+
+    The tensors are snapshots when a background writer saves them while training goes on (``run.copies``), else the
+    live tensors (written synchronously before the next step changes them)."""
     tc = run.cfg.train
+    keep = snapshot if run.copies else (lambda obj: obj)
     payload = dict(run.base_payload)
     payload.update({
-        "state_dict": snapshot((run.ema.model if run.ema is not None else unwrap_model(run.model)).state_dict()),
+        "state_dict": keep((run.ema.model if run.ema is not None else unwrap_model(run.model)).state_dict()),
         "epoch": epoch_done,
         "step": run.step,
         "metrics": metrics,
@@ -859,7 +874,7 @@ def _payload(run: _Run, epoch_done: int, metrics: dict[str, Any], *, training: b
     })
     if training:
         payload.update({
-            "optimizer": snapshot(run.optimizer.state_dict()),
+            "optimizer": keep(run.optimizer.state_dict()),
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(),
             "rng": get_rng_state(),
@@ -868,7 +883,7 @@ def _payload(run: _Run, epoch_done: int, metrics: dict[str, Any], *, training: b
             "hooks": run.hooks.state_dict(),
         })
         if run.ema is not None:
-            payload["ema"] = snapshot(run.ema.state(unwrap_model(run.model)))
+            payload["ema"] = keep(run.ema.state(unwrap_model(run.model)))
     return payload
 
 

@@ -11,7 +11,11 @@
    uniformly random path every iteration; only that path runs and is updated) using the run config's
    optimizer, schedule and loss (the SliceMamba recipe: AdamW 1e-3, cosine T_max 50, BCE + Dice), validating
    every epoch on the val split with a random path; ``OUT/supernet/last.pt`` (resumable, same format as any
-   run's) and ``best.pt`` (lowest val loss, as the original) are written as in any run;
+   run's) and ``best.pt`` (lowest val loss, as the original) are written as in any run. What they hold: ``best.pt``
+   the supernet's weights (every parameter once, no optimizer state; no buffers to recompute: the supernet has
+   none); ``last.pt`` the weights plus the optimizer state an exact resume needs (AdamW's two moments and step of
+   every parameter that has been on a sampled path) and the small training state (schedule, RNG, path sampler,
+   history). No safetensors copy is exported, and on CPU no in-memory copy is made to write them;
 4. freezes the best supernet and runs :class:`~mambaseg.nas.evolution.EvolutionSearch` with fitness
    ``(pooled IoU, pooled DSC)`` (lexicographic) on the search split, evaluated with the deterministic
    evaluation transform (resize only); the state is saved after every candidate
@@ -57,8 +61,9 @@ class SearchSettings:
         eval_batch_size: batch size of the fitness evaluation (default: ``train.val_batch_size``).
         model_kwargs: extra supernet options (``dims``, ``depths``, ``d_state``, ... for small test runs).
         progress: show rich progress bars.
-        save_every: write the supernet checkpoints every N epochs (and at the end); the supernet with its
-            optimizer state is 4x a SliceMamba, so writing it every epoch can dominate short epochs.
+        save_every: write the supernet checkpoints every N epochs (and at the end); the supernet holds four
+            candidate blocks per position (3.7x the weights of a SliceMamba) and ``last.pt`` also its AdamW
+            moments (3x the weights), so writing it every epoch can dominate short epochs.
         supernet_time_limit_s: stop supernet training after the first epoch that ends past this budget.
         search_time_limit_s: stop the evolution after the first generation that ends past this budget.
     """
@@ -317,14 +322,19 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
                            "loss; check the data and lower the learning rate")
     from mambaseg.checkpoint import load_checkpoint
 
-    net = SliceMambaSupernet(num_classes=task.num_classes, in_chans=task.in_chans, seed=sampler_seed,
-                             **settings.model_kwargs)
-    net.load_state_dict(load_checkpoint(sn_dir / "best.pt")["state_dict"])
+    device = resolve_device(cfg.train.device)
+    amp_dtype, _ = resolve_amp(cfg.train.amp, device)
+    # the supernet the engine trained takes the best weights in place of its own (assign: no second supernet and
+    # no copy of the loaded tensors stays in memory)
+    net, hooks.net = hooks.net, None
+    if net is None:
+        net = SliceMambaSupernet(num_classes=task.num_classes, in_chans=task.in_chans, seed=sampler_seed,
+                                 **settings.model_kwargs)
+    net.zero_grad(set_to_none=True)
+    net.load_state_dict(load_checkpoint(sn_dir / "best.pt", map_location=device)["state_dict"], assign=True)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    device = resolve_device(cfg.train.device)
-    amp_dtype, _ = resolve_amp(cfg.train.amp, device)
     net.to(device)
     fitness = supernet_fitness(net, search_sub, task.evaluator, device=device, amp_dtype=amp_dtype,
                                batch_size=int(settings.eval_batch_size or cfg.train.val_batch_size))

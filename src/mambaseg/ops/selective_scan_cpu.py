@@ -9,7 +9,11 @@ Building: ``torch.utils.cpp_extension.load`` compiles the source the first time 
 (tens of seconds) and caches the library in torch's extension directory (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``); later processes load it in well under a second. The cache name holds the instruction
 set the kernel was built for (``avx512``, ``avx2`` or ``generic``, from torch's CPU capability) and a hash of the
-source and of torch's version, so a changed machine, source or torch never reuses a stale build. ``pip install``
+source and of torch's version, so a changed machine, source or torch never reuses a stale build. torch writes the
+source's path into the build files, so the source is compiled from a copy named by its content
+(``<extension root>/mambaseg_sources/<name>.cpp``): two installs of the same source sharing one cache (two virtual
+environments, a moved checkout, an editable install beside a wheel) reuse one build instead of rebuilding it each
+time the other one loads it. ``pip install``
 stays compiler-free: without a C++ compiler (or ninja) the build fails once, :func:`is_available` reports why, and
 the auto rule uses the ``"torch"`` backend.
 
@@ -20,11 +24,14 @@ kernel in float64 with libm's exp/log1p (for tests).
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import threading
 from pathlib import Path
 
 import torch
+
+from mambaseg.utils.files import atomic_path
 
 __all__ = ["selective_scan_cpu", "is_available", "load_library", "build_info", "FIX"]
 
@@ -55,13 +62,33 @@ def _isa() -> tuple[str, list[str]]:
 def build_info() -> dict[str, object]:
     """Name, instruction set and flags the kernel is (or would be) built with."""
     isa, flags = _isa()
-    digest = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode() + " ".join(flags).encode())
+    # "copied-source": builds compiled from the installed path (older mambaseg) keep their own cache folders
+    digest = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode() + " ".join(flags).encode()
+                            + b" copied-source")
     return {
         "name": f"mambaseg_scan_cpu_{isa}_{digest.hexdigest()[:12]}",
         "isa": isa,
         "cflags": ["-O3", "-fopenmp", *flags],
         "source": str(_SOURCE),
     }
+
+
+def _build_source(name: str) -> Path:
+    """The kernel source at a path that does not depend on where mambaseg is installed (see the module docstring);
+    the installed file itself when the extension root is not writable."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    dest = root / "mambaseg_sources" / f"{name}.cpp"
+    data = _SOURCE.read_bytes()
+    try:
+        # written once: the name holds the content's hash, and a fresh modification time would make ninja rebuild
+        if not dest.is_file() or dest.read_bytes() != data:
+            with atomic_path(dest) as tmp:
+                tmp.write_bytes(data)
+    except OSError:
+        return _SOURCE
+    return dest
 
 
 def load_library() -> tuple[bool, str]:
@@ -79,7 +106,7 @@ def load_library() -> tuple[bool, str]:
 
             cpp_extension.load(
                 name=str(info["name"]),
-                sources=[str(_SOURCE)],
+                sources=[str(_build_source(str(info["name"])))],
                 extra_cflags=list(info["cflags"]),  # type: ignore[arg-type]
                 extra_ldflags=["-fopenmp"],
                 is_python_module=False,
