@@ -39,7 +39,7 @@ def _search(out, synth, extra=()):
 
 def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth):
     out = tmp_path / "OUT"
-    r = _search(out, synth)
+    r = _search(out, synth, ["--keep-supernet"])
     assert r.exit_code == 0, r.output
     arch = json.loads((out / "arch.json").read_text())
     assert len(arch["arch"]) == 8 and set(arch["arch"]) <= {0, 1, 2, 3}
@@ -54,12 +54,25 @@ def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth):
     assert best["arch"] == arch["arch"] and best["iou"] == arch["fitness"]["iou"]
     assert (out / "supernet" / "best.pt").is_file() and (out / "supernet" / "last.pt").is_file()
     assert not (out / "supernet" / "best.safetensors").exists()  # no third copy of the supernet's weights
-    # a second call resumes: nothing is trained or scored again, same result
+    assert "kept (--keep-supernet)" in r.output
+    # a second call resumes: nothing is trained or scored again, same result; without --keep-supernet the finished
+    # search now removes the supernet's checkpoints
     r2 = _search(out, synth)
     assert r2.exit_code == 0, r2.output
     assert "resuming" in r2.output
-    assert json.loads((out / "arch.json").read_text())["arch"] == arch["arch"]
+    arch2 = json.loads((out / "arch.json").read_text())
+    assert arch2["arch"] == arch["arch"] and arch2["supernet"]["files_removed"]
     assert len((out / "search_log.jsonl").read_text().splitlines()) == 8
+    assert not (out / "supernet" / "best.pt").exists() and not (out / "supernet" / "last.pt").exists()
+    assert (out / "checkpoints" / "best.pt").is_file() and "removed (search finished" in r2.output
+    # a third call finds the finished search: no training, no scoring, same result; other settings are refused
+    r_done = _search(out, synth)
+    assert r_done.exit_code == 0, r_done.output
+    assert "already finished" in r_done.output and "resuming" not in r_done.output
+    assert not (out / "supernet" / "last.pt").exists()
+    assert json.loads((out / "arch.json").read_text()) == arch2
+    r4 = _search(out, synth, ["--generations", "3"])
+    assert r4.exit_code != 0 and "new --out folder" in r4.output and "evolution" in r4.output
 
     # retrain the found architecture through `mambaseg train --arch`
     run = tmp_path / "RUN"

@@ -47,7 +47,7 @@ def test_search_checkpoints_hold_the_weights_once_and_only_the_resume_state(tmp_
     r = CliRunner().invoke(app, [
         "search", "--data", str(synth), "--supernet-epochs", "3", "--generations", "1", "--population", "2",
         "--image-size", "32", "--batch-size", "4", "--out", str(out), "--device", "cpu", "--num-workers", "0",
-        "--seed", "3", "--no-progress", "--set", TINY_SET])
+        "--seed", "3", "--no-progress", "--keep-supernet", "--set", TINY_SET])
     assert r.exit_code == 0, r.output
     ref = SliceMambaSupernet(num_classes=1, in_chans=3, **KW)
     params = dict(ref.named_parameters())

@@ -55,6 +55,10 @@ def search(
     save_every: int = typer.Option(
         1, "--save-every", help="Write the supernet checkpoints every N epochs (and at the end).",
     ),
+    keep_supernet: bool = typer.Option(
+        False, "--keep-supernet", help="Keep the supernet's checkpoints (supernet/last.pt, best.pt: 2.1 GB at the "
+        "default width) after a finished search; by default only the found network (checkpoints/best.pt) remains.",
+    ),
     recipe: str = typer.Option("slicemamba_polyp", "--recipe", "-r", help="Recipe giving optimizer/schedule/loss."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file instead of the recipe."),
     overrides: Optional[list[str]] = typer.Option(
@@ -63,8 +67,11 @@ def search(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
     threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
-    """Search a SliceMamba architecture; writes OUT/arch.json, OUT/search_log.jsonl and the supernet checkpoints.
+    """Search a SliceMamba architecture; writes OUT/arch.json, OUT/search_log.jsonl and the found network.
 
+    The found network (weights inherited from the supernet) is OUT/checkpoints/best.pt, a normal checkpoint for
+    `mambaseg predict/evaluate --checkpoint` and `--init-from`. A finished search deletes the supernet's checkpoints
+    (OUT/supernet/last.pt, best.pt) unless --keep-supernet; an interrupted or time-limited one keeps them to resume.
     Retrain the result with `mambaseg train --model slicemamba --arch OUT/arch.json --data ...`.
     """
     from rich.table import Table
@@ -101,7 +108,8 @@ def search(
     settings = SearchSettings(supernet_epochs=supernet_epochs, evolution=evo, search_fraction=search_fraction,
                               eval_batch_size=eval_batch_size, model_kwargs=dict(cfg.model.kwargs or {}),
                               progress=not no_progress, save_every=save_every,
-                              supernet_time_limit_s=supernet_time_limit, search_time_limit_s=search_time_limit)
+                              supernet_time_limit_s=supernet_time_limit, search_time_limit_s=search_time_limit,
+                              keep_supernet=keep_supernet)
     result = run_search(cfg, settings, out, log=lambda m: console.print(m, highlight=False), console=console)
     table = Table(title="SliceMamba search result", show_header=False)
     table.add_row("architecture", " ".join(str(g) for g in result["arch"]))
@@ -111,6 +119,22 @@ def search(
     table.add_row("candidates scored", str(result["num_evaluated"]))
     table.add_row("search split", f"{split['n_search']} images (seed {split['seed']})")
     table.add_row("written", str(Path(out) / "arch.json"))
+    net_ckpt = Path(out) / result.get("checkpoint", "checkpoints/best.pt")
+    if net_ckpt.is_file():
+        table.add_row("found network", f"{net_ckpt} ({_size(net_ckpt)}, weights inherited from the supernet)")
+    kept = [Path(out) / rel for rel in ("supernet/last.pt", "supernet/best.pt") if (Path(out) / rel).is_file()]
+    if kept:
+        why = "--keep-supernet" if result.get("finished") else "search not finished: run it again to resume"
+        table.add_row("supernet checkpoints", ", ".join(f"{p} ({_size(p)})" for p in kept) + f" kept ({why})")
+    else:
+        table.add_row("supernet checkpoints", "removed (search finished; --keep-supernet keeps them)")
     console.print(table)
     console.print(f"retrain: mambaseg train --model slicemamba --arch {Path(out) / 'arch.json'} --data {cfg.data.path}",
                   highlight=False)
+    if net_ckpt.is_file():
+        console.print(f"use as is: mambaseg predict --checkpoint {net_ckpt} --input IMAGES --out PRED", highlight=False)
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"

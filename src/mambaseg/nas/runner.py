@@ -20,8 +20,25 @@
    ``(pooled IoU, pooled DSC)`` (lexicographic) on the search split, evaluated with the deterministic
    evaluation transform (resize only); the state is saved after every candidate
    (``OUT/search_state.json``) and every score is logged to ``OUT/search_log.jsonl``;
-5. writes ``OUT/arch.json``: the best gene tuple and its slices, its fitness, the top candidates, the search
-   split, the seeds and the settings. ``mambaseg train --model slicemamba --arch OUT/arch.json`` retrains it.
+5. writes the found network as a normal mambaseg checkpoint, ``OUT/checkpoints/best.pt`` (where ``mambaseg train``
+   puts its best weights): a ``slicemamba`` with the searched ``arch`` (the same self-describing model spec
+   ``mambaseg train --model slicemamba --arch OUT/arch.json`` records) holding the supernet's best weights of the
+   chosen candidate of every position (:meth:`SliceMambaSupernet.subnet_state_dict`), plus the input
+   normalisation, label map, image size and task of the supernet run; weights only, sized like the model (no
+   optimizer state, no safetensors copy). ``mambaseg predict``/``evaluate --checkpoint`` and ``--init-from`` load
+   it. Its ``metrics`` are empty (the network itself was never validated); ``search`` holds the fitness;
+6. writes ``OUT/arch.json``: the best gene tuple and its slices, its fitness, the top candidates, the search
+   split, the seeds and the settings. ``mambaseg train --model slicemamba --arch OUT/arch.json`` retrains it;
+7. once the search has **finished** (every supernet epoch trained and every generation scored, no time limit cut
+   it short), deletes the supernet's checkpoints ``OUT/supernet/last.pt`` and ``best.pt`` (1.6 GB + 535 MB at the
+   default width), unless ``SearchSettings.keep_supernet`` (``--keep-supernet``). An interrupted or time-limited
+   search keeps them, so calling it again resumes. Calling a finished search whose supernet files were removed
+   again returns its result (nothing is trained or scored); other settings need the supernet, hence a new folder.
+
+Files a finished search leaves: ``arch.json``, ``checkpoints/best.pt`` (the found network), ``search_log.jsonl``,
+``search_state.json``, ``search_split.json``, ``search_config.json`` and ``supernet/`` with the supernet run's
+``train.log``, ``history.json``, ``metrics.json``, ``config.yaml`` and ``progress.png`` (its checkpoints only with
+``keep_supernet``).
 """
 
 from __future__ import annotations
@@ -45,7 +62,8 @@ from mambaseg.nas.supernet import SliceMambaSupernet
 from mambaseg.runtime import resolve_amp, resolve_device
 from mambaseg.utils.files import atomic_write_json
 
-__all__ = ["SearchSettings", "SupernetHooks", "carve_search_split", "run_search", "supernet_fitness", "train_supernet"]
+__all__ = ["SUBNET_CHECKPOINT", "SearchSettings", "SupernetHooks", "carve_search_split", "run_search", "save_subnet",
+           "supernet_fitness", "train_supernet"]
 
 
 @dataclass
@@ -66,6 +84,8 @@ class SearchSettings:
             moments (3x the weights), so writing it every epoch can dominate short epochs.
         supernet_time_limit_s: stop supernet training after the first epoch that ends past this budget.
         search_time_limit_s: stop the evolution after the first generation that ends past this budget.
+        keep_supernet: keep ``OUT/supernet/last.pt`` and ``best.pt`` after a finished search (by default they are
+            deleted once the found network is written to ``OUT/checkpoints/best.pt``).
     """
 
     supernet_epochs: int = 300
@@ -79,6 +99,13 @@ class SearchSettings:
     save_every: int = 1
     supernet_time_limit_s: float | None = None
     search_time_limit_s: float | None = None
+    keep_supernet: bool = False
+
+
+#: the found network, where ``mambaseg train`` keeps its best weights (relative to the output folder)
+SUBNET_CHECKPOINT = "checkpoints/best.pt"
+#: the supernet's checkpoints (relative to the output folder), deleted after a finished search unless kept
+SUPERNET_CHECKPOINTS = ("supernet/last.pt", "supernet/best.pt")
 
 
 # ----------------------------------------------------------------------------------------------- split
@@ -282,10 +309,108 @@ def supernet_fitness(net: SliceMambaSupernet, dataset: Dataset, evaluator: Any, 
     return fitness
 
 
+# ---------------------------------------------------------------------------------------------- subnet
+def save_subnet(net: SliceMambaSupernet, arch: Any, path: str | Path, *, cfg: RunConfig, model_kwargs: dict[str, Any],
+                supernet_ckpt: dict[str, Any], search: dict[str, Any] | None = None) -> Path:
+    """Write the network of path ``arch`` as a normal mambaseg checkpoint holding the supernet's current weights.
+
+    The model is built as ``mambaseg train --model slicemamba --arch ...`` builds it
+    (:func:`~mambaseg.engine.trainer.build_model_from_config` with ``model.name = "slicemamba"``, ``model.arch`` the
+    genes and ``model.kwargs = model_kwargs``), so the checkpoint's model spec is the one a training run records; its
+    weights are the chosen candidate of every position (:meth:`SliceMambaSupernet.subnet_state_dict`, loaded
+    strictly). The input normalisation, label map, image size, task, epoch and step come from ``supernet_ckpt``
+    (the supernet checkpoint the weights were loaded from, without its ``state_dict``). Weights only: no optimizer
+    state, no safetensors copy. Written with :func:`mambaseg.checkpoint.save_checkpoint` (atomic).
+
+    Args:
+        net: the supernet holding the weights to inherit.
+        arch: the path (anything :func:`~mambaseg.models.slicemamba.parse_arch` accepts).
+        path: destination ``.pt`` file.
+        cfg: the search's run configuration (its model section is replaced).
+        model_kwargs: the supernet's model options (``dims``, ``depths``, ...), also the subnet's.
+        supernet_ckpt: metadata of the supernet checkpoint (``normalization``, ``label_map``, ``image_size``, ...).
+        search: what the checkpoint's ``search`` entry records (architecture, fitness, ...).
+
+    Returns:
+        The path written.
+    """
+    from mambaseg.checkpoint import save_checkpoint
+    from mambaseg.engine.trainer import build_model_from_config
+    from mambaseg.models.slicemamba import parse_arch
+
+    genes = parse_arch(arch, net.num_positions)
+    sub_cfg = copy.deepcopy(cfg)
+    sub_cfg.model.name = "slicemamba"
+    sub_cfg.model.arch = list(genes)
+    sub_cfg.model.kwargs = dict(model_kwargs)
+    model = build_model_from_config(sub_cfg, net.num_classes, net.in_chans)
+    model.load_state_dict({k: v.detach().cpu() for k, v in net.subnet_state_dict(genes).items()})
+    payload = {
+        "model": dict(model.mambaseg_spec),
+        "state_dict": model.state_dict(),
+        "normalization": supernet_ckpt.get("normalization"),
+        "label_map": supernet_ckpt.get("label_map"),
+        "image_size": supernet_ckpt.get("image_size"),
+        "task": supernet_ckpt.get("task"),
+        "config": config_to_dict(sub_cfg),
+        "epoch": supernet_ckpt.get("epoch"),
+        "step": supernet_ckpt.get("step"),
+        "metrics": {},
+        "search": dict(search or {}),
+        "source": "SliceMamba search: the found architecture with the weights inherited from the supernet's best "
+                  "checkpoint (one candidate block per position), not retrained",
+    }
+    return save_checkpoint(path, payload)
+
+
+def _json_roundtrip(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def _finished_search(out: Path, cfg: RunConfig, settings: SearchSettings, evo: EvolutionConfig,
+                     seeds: dict[str, int], log: Any) -> dict[str, Any] | None:
+    """The stored result of a finished search in ``out`` whose supernet checkpoints were removed, else ``None``.
+
+    Raises:
+        ValueError: the settings differ from the finished search's (they would need the removed supernet).
+    """
+    arch_path = out / "arch.json"
+    if not arch_path.is_file() or (out / "supernet" / "last.pt").is_file():
+        return None
+    prev = json.loads(arch_path.read_text())
+    if not (prev.get("supernet") or {}).get("files_removed"):
+        return None
+    want = {
+        "supernet epochs": (prev["supernet"].get("requested_epochs"), int(settings.supernet_epochs)),
+        "evolution": (prev.get("evolution"), _json_roundtrip(asdict(evo))),
+        "model_kwargs": (prev.get("model_kwargs"), _json_roundtrip(dict(settings.model_kwargs))),
+        "seeds": ({k: v for k, v in (prev.get("seeds") or {}).items() if k in seeds}, seeds),
+        "search_fraction": ((prev.get("search_split") or {}).get("fraction"), settings.search_fraction),
+        "data": ((prev.get("data") or {}).get("path"), str(cfg.data.path)),
+    }
+    differ = [name for name, (old, new) in want.items() if old != new]
+    if differ:
+        raise ValueError(
+            f"{out} holds a finished search whose supernet checkpoints were removed; this call changes "
+            f"{', '.join(differ)}, which needs the supernet: use a new --out folder (--keep-supernet keeps the "
+            "supernet of a finished search for such continuations)")
+    if not (out / SUBNET_CHECKPOINT).is_file():
+        raise ValueError(f"{out} holds a finished search, but its network {out / SUBNET_CHECKPOINT} is missing and "
+                         "the supernet checkpoints were removed; run the search again in a new --out folder")
+    log(f"search: already finished in {out} (architecture {prev['arch']}, network {out / SUBNET_CHECKPOINT}); "
+        "nothing to do")
+    return prev
+
+
 # ---------------------------------------------------------------------------------------------- search
 def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log: Any = print,
                console: Any = None) -> dict[str, Any]:
     """Full search (see the module docstring); returns the content written to ``OUT/arch.json``.
+
+    Leaves the found network as ``OUT/checkpoints/best.pt`` (a normal, model-sized checkpoint; see
+    :func:`save_subnet`) and, once the search has finished, deletes the supernet's ``OUT/supernet/last.pt`` and
+    ``best.pt`` unless ``settings.keep_supernet``; a search cut short by a time limit or an interruption keeps them
+    so that calling it again resumes.
 
     Args:
         cfg: run configuration (``data.path``, ``data.image_size``, ``train.batch_size``/``seed``/``device``/
@@ -301,6 +426,10 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
     search_seed = seed if settings.search_seed is None else int(settings.search_seed)
     sampler_seed = seed if settings.sampler_seed is None else int(settings.sampler_seed)
     evo = settings.evolution.resolved()
+    seeds = {"train": seed, "search_split": search_seed, "path_sampler": sampler_seed, "evolution": evo.seed}
+    done = _finished_search(out, cfg, settings, evo, seeds, log)
+    if done is not None:
+        return done
     atomic_write_json(out / "search_config.json", {"run_config": config_to_dict(cfg),
                                                     "settings": {**asdict(settings), "evolution": asdict(evo)}})
     task, train_plain = _open_search_data(cfg)
@@ -331,7 +460,8 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
         net = SliceMambaSupernet(num_classes=task.num_classes, in_chans=task.in_chans, seed=sampler_seed,
                                  **settings.model_kwargs)
     net.zero_grad(set_to_none=True)
-    net.load_state_dict(load_checkpoint(sn_dir / "best.pt", map_location=device)["state_dict"], assign=True)
+    sn_best = load_checkpoint(sn_dir / "best.pt", map_location=device)
+    net.load_state_dict(sn_best.pop("state_dict"), assign=True)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -345,6 +475,8 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
     res = search.run(time_limit_s=settings.search_time_limit_s)
     log(f"search: best {list(res.best)} with pooled IoU {res.fitness[0]:.4f}, DSC {res.fitness[1]:.4f} "
         f"({res.num_evaluated} candidates, {res.generations_done} generations, {time.perf_counter() - t0:.1f} s)")
+    finished = not sn["stopped_early"] and bool(search.done)
+    remove = finished and not settings.keep_supernet
     result = {
         "arch": list(res.best),
         "slices": [list(s) for s in arch_slices(res.best)],
@@ -355,19 +487,37 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
         "num_evaluated": res.num_evaluated,
         "generations": res.generations_done,
         "search_stopped_early": bool(search.stopped_early),
+        "finished": finished,
         "model": "slicemamba",
         "model_kwargs": dict(settings.model_kwargs),
         "search_split": {"file": "search_split.json", "seed": search_seed, "fraction": settings.search_fraction,
                          "n_search": len(split["search"]), "n_supernet_train": len(split["train"]),
                          "search_ids": split["search"]},
-        "seeds": {"train": seed, "search_split": search_seed, "path_sampler": sampler_seed, "evolution": evo.seed},
+        "seeds": seeds,
         "evolution": asdict(evo),
-        "supernet": {"epochs": sn["epochs"], "steps": sn["steps"], "best_epoch": sn["best_epoch"],
-                     "best_val_loss": sn["best_val_loss"], "stopped_early": sn["stopped_early"],
-                     "checkpoint": "supernet/best.pt"},
+        "supernet": {"epochs": sn["epochs"], "requested_epochs": int(settings.supernet_epochs), "steps": sn["steps"],
+                     "best_epoch": sn["best_epoch"], "best_val_loss": sn["best_val_loss"],
+                     "stopped_early": sn["stopped_early"],
+                     "checkpoint": None if remove else "supernet/best.pt",
+                     "resume_checkpoint": None if remove else "supernet/last.pt",
+                     "files_removed": remove},
+        "checkpoint": SUBNET_CHECKPOINT,
         "data": {"path": str(cfg.data.path), "image_size": list(cfg.data.image_size), "layout": task.name,
                  "n_val": len(val_ds)},
         "log": "search_log.jsonl",
     }
+    # the found network first, then arch.json naming it, then (finished search only) the supernet's checkpoints go
+    save_subnet(net, res.best, out / SUBNET_CHECKPOINT, cfg=cfg, model_kwargs=settings.model_kwargs,
+                supernet_ckpt=sn_best, search={k: result[k] for k in ("arch", "slices", "fitness", "fitness_definition",
+                                                                      "num_evaluated", "generations")})
     atomic_write_json(out / "arch.json", result)
+    if remove:
+        for rel in SUPERNET_CHECKPOINTS:
+            (out / rel).unlink(missing_ok=True)
+        log(f"search: finished; removed the supernet checkpoints ({', '.join(SUPERNET_CHECKPOINTS)}; "
+            "--keep-supernet keeps them)")
+    else:
+        why = "--keep-supernet" if finished else "the search stopped early (time limit): calling it again resumes"
+        log(f"search: kept the supernet checkpoints ({', '.join(SUPERNET_CHECKPOINTS)}): {why}")
+    log(f"search: the found network is {out / SUBNET_CHECKPOINT} (weights inherited from the supernet)")
     return result
