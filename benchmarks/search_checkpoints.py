@@ -9,13 +9,18 @@ each, one after the other), and records per side:
   of the optimizer state and of everything else; read with ``torch.load(weights_only=True)``);
 * the process's peak RSS (``wait4``), and the largest RSS sampled every 0.2 s during the supernet training and
   during the evolutionary search;
-* the wall time, the architecture found and its fitness (the change must not alter the search).
+* the wall time, the architecture found and its fitness (the change must not alter the search);
+* every file the search leaves in ``OUT`` and their bytes, the checkpoint files among them (``*.pt``,
+  ``*.safetensors``) and what the found network's checkpoint (``OUT/checkpoints/best.pt``, when written) holds.
 
-The supernet's parameter bytes come from a supernet built here with the new code.
+The supernet's parameter bytes come from a supernet built here with the new code, the found network's from a
+``slicemamba`` built from each side's ``arch.json``.
 
     python benchmarks/search_checkpoints.py     # about 3 minutes on a 2-core machine; needs about 5 GB of RAM
 
-Writes ``benchmarks/results/search_checkpoints_cpu.json`` (or ``--out``).
+Writes ``benchmarks/results/search_checkpoints_cpu.json`` (or ``--out``). Recorded: ``search_checkpoints_cpu.json``
+(81b9d92 vs a4b0ad3: what the supernet's checkpoints hold, peak memory) and ``search_checkpoints_left_cpu.json``
+(00bf46f vs the change that leaves only the found network: the files left after the search).
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ def run_search(src: Path, out: Path, timeout: float) -> dict:
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
+    seen_sizes: dict[str, int] = {}  # largest size of each supernet checkpoint while the search ran
+
     def sample() -> None:
         status = Path(f"/proc/{p.pid}/status")
         while not marks.get("exited"):
@@ -99,6 +106,11 @@ def run_search(src: Path, out: Path, timeout: float) -> dict:
                         samples.append((time.perf_counter() - t0, int(line.split()[1]) * 1024))
             except (OSError, ValueError):
                 pass
+            for name in ("best.pt", "last.pt"):
+                try:
+                    seen_sizes[name] = max(seen_sizes.get(name, 0), (out / "supernet" / name).stat().st_size)
+                except OSError:
+                    pass
             time.sleep(0.2)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -128,21 +140,38 @@ def run_search(src: Path, out: Path, timeout: float) -> dict:
            "peak_rss_bytes": usage.ru_maxrss * 1024,
            "max_sampled_rss_bytes": {"supernet_training": max(train_rss, default=None),
                                      "evolution": max(search_rss, default=None)},
-           "supernet_files_bytes": files, "tail": lines[-3:]}
+           "supernet_files_bytes": files, "supernet_checkpoint_bytes_seen_during_search": seen_sizes,
+           "tail": lines[-3:]}
     for name in ("best.pt", "last.pt"):
         if (out / "supernet" / name).is_file():
             res[name] = contents(out / "supernet" / name)
+    left = {f.relative_to(out).as_posix(): f.stat().st_size for f in sorted(out.rglob("*")) if f.is_file()}
+    res["files_left_bytes"] = left
+    res["checkpoint_files_left_bytes"] = {k: v for k, v in left.items() if k.endswith((".pt", ".safetensors"))}
+    res["checkpoint_bytes_left"] = sum(res["checkpoint_files_left_bytes"].values())
+    res["all_bytes_left"] = sum(left.values())
+    if (out / "checkpoints" / "best.pt").is_file():
+        res["found_network_checkpoint"] = contents(out / "checkpoints" / "best.pt")
     arch = out / "arch.json"
     if arch.is_file():
         a = json.loads(arch.read_text())
         res["search"] = {"arch": a["arch"], "fitness": a["fitness"], "supernet_best_val_loss":
                          a["supernet"]["best_val_loss"]}
+        res["found_network_param_bytes"] = found_param_bytes(a)
     return res
+
+
+def found_param_bytes(arch: dict) -> int:
+    """Parameter bytes of the ``slicemamba`` that ``arch.json`` describes (built with the code on ``sys.path``)."""
+    from mambaseg.models import create_model
+
+    m = create_model("slicemamba", arch=arch["arch"], **(arch.get("model_kwargs") or {}))
+    return sum(p.numel() * p.element_size() for p in m.parameters())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--old-commit", default="81b9d92")
+    ap.add_argument("--old-commit", default="00bf46f")  # main before the search left only the found network
     ap.add_argument("--new-commit", default="HEAD")
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--out", type=Path, default=RESULTS / "search_checkpoints_cpu.json")
@@ -181,12 +210,12 @@ def main() -> None:
     m = create_model("slicemamba")
     result["slicemamba_param_bytes"] = sum(p.numel() * p.element_size() for p in m.parameters())
     del m
-    sys.path.pop(0)
     for side in ("old", "new"):
         out = work / f"search_{side}"
         result[side].update(run_search(srcs[side], out, args.timeout))
         shutil.rmtree(out, ignore_errors=True)
         print(side, json.dumps({k: v for k, v in result[side].items() if k != "tail"}), flush=True)
+    sys.path.pop(0)
     result["same_search_result"] = result["old"].get("search") == result["new"].get("search")
     result["environment"]["load_average_end"] = load()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +227,9 @@ def main() -> None:
         r = result[side]
         print(f"{side}: best.pt {r['supernet_files_bytes'].get('best.pt', 0) / gb:.3f} GB, last.pt "
               f"{r['supernet_files_bytes'].get('last.pt', 0) / gb:.3f} GB, peak RSS {r['peak_rss_bytes'] / gb:.2f} GB, "
-              f"{r['seconds']} s")
+              f"{r['seconds']} s; left after the search: checkpoints {r['checkpoint_bytes_left'] / gb:.3f} GB "
+              f"({', '.join(r['checkpoint_files_left_bytes'])}), all files {r['all_bytes_left'] / gb:.3f} GB; found "
+              f"network's parameters {(r.get('found_network_param_bytes') or 0) / gb:.3f} GB")
     print(f"same search result: {result['same_search_result']}; wrote {args.out}")
 
 
