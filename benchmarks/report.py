@@ -487,21 +487,31 @@ def search_checkpoint_rows(name, d):
     sn = d["supernet"]
     for side in ("old", "new"):
         r = d[side]
-        files = r.get("supernet_files_bytes") or {}
-        best, last = r.get("best.pt") or {}, r.get("last.pt") or {}
+        # sizes seen while the search ran (a finished search deletes the supernet's checkpoints at the end)
+        files = {**(r.get("supernet_files_bytes") or {}),
+                 **(r.get("supernet_checkpoint_bytes_seen_during_search") or {})}
         phase = r.get("max_sampled_rss_bytes") or {}
+
+        def held(name: str) -> str:
+            size = f"{fmt(files.get(name, 0) / gb, '.3f')}"
+            c = r.get(name)
+            if not c:
+                return f"{size} (deleted at the end)" if files.get(name) else size
+            return f"{size} ({fmt(c['weights_bytes'] / gb, '.3f')} / {fmt(c['optimizer_bytes'] / gb, '.3f')})"
+
         rows.append({
             "side": f"{side} ({r['commit'][:7]})",
-            "best.pt GB (weights / optimizer)": f"{fmt(files.get('best.pt', 0) / gb, '.3f')} "
-                                                f"({fmt(best.get('weights_bytes', 0) / gb, '.3f')} / "
-                                                f"{fmt(best.get('optimizer_bytes', 0) / gb, '.3f')})",
-            "last.pt GB (weights / optimizer)": f"{fmt(files.get('last.pt', 0) / gb, '.3f')} "
-                                                f"({fmt(last.get('weights_bytes', 0) / gb, '.3f')} / "
-                                                f"{fmt(last.get('optimizer_bytes', 0) / gb, '.3f')})",
+            "best.pt GB (weights / optimizer)": held("best.pt"),
+            "last.pt GB (weights / optimizer)": held("last.pt"),
             "supernet params GB": fmt(sn["param_bytes"] / gb, ".3f"),
             "peak RSS GB (training / evolution)": f"{fmt(r['peak_rss_bytes'] / gb, '.2f')} "
                                                   f"({fmt((phase.get('supernet_training') or 0) / gb, '.2f')} / "
                                                   f"{fmt((phase.get('evolution') or 0) / gb, '.2f')})",
+            "checkpoints left after the search GB (files)": (
+                f"{fmt(r['checkpoint_bytes_left'] / gb, '.3f')} ({', '.join(r['checkpoint_files_left_bytes']) or '-'})"
+                if "checkpoint_bytes_left" in r else "not recorded"),
+            "found network params GB": (fmt(r["found_network_param_bytes"] / gb, ".3f")
+                                        if r.get("found_network_param_bytes") else "not recorded"),
             "wall s": fmt(r.get("seconds")),
             "load avg (1 min)": str((r.get("load_before") or ["-"])[0]),
             "same search result": str(d.get("same_search_result")),
@@ -566,8 +576,10 @@ FAMILIES = [
     ("SliceMamba search on the CPU: checkpoints and memory", r"search_checkpoints_.*", search_checkpoint_rows,
      "`benchmarks/search_checkpoints.py`: the toy search of the docs (default width, endotect_polyp, 1 supernet "
      "epoch at 64x64, 2 generations of 4) with the code before and after the change, one after the other: the "
-     "supernet's checkpoint files and what they hold, and the process's peak RSS (largest sample during the supernet "
-     "training / the evolution in brackets)."),
+     "supernet's checkpoint files and what they hold (their largest size during the search where the search deletes "
+     "them at the end), the process's peak RSS (largest sample during the supernet training / the evolution in "
+     "brackets), and the checkpoint files left in the output folder after the search beside the found network's "
+     "parameter bytes."),
     ("CPU must-show runs", r"cpu_mustshow_.*", mustshow_rows,
      "Short end-to-end runs of the command-line interface on the CPU."),
 ]
