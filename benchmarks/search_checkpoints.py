@@ -225,8 +225,9 @@ def main() -> None:
     print(f"supernet params: {result['supernet']['param_bytes'] / gb:.3f} GB")
     for side in ("old", "new"):
         r = result[side]
-        print(f"{side}: best.pt {r['supernet_files_bytes'].get('best.pt', 0) / gb:.3f} GB, last.pt "
-              f"{r['supernet_files_bytes'].get('last.pt', 0) / gb:.3f} GB, peak RSS {r['peak_rss_bytes'] / gb:.2f} GB, "
+        seen = r["supernet_checkpoint_bytes_seen_during_search"]
+        print(f"{side}: supernet best.pt {seen.get('best.pt', 0) / gb:.3f} GB, last.pt "
+              f"{seen.get('last.pt', 0) / gb:.3f} GB (largest size during the search), peak RSS {r['peak_rss_bytes'] / gb:.2f} GB, "
               f"{r['seconds']} s; left after the search: checkpoints {r['checkpoint_bytes_left'] / gb:.3f} GB "
               f"({', '.join(r['checkpoint_files_left_bytes'])}), all files {r['all_bytes_left'] / gb:.3f} GB; found "
               f"network's parameters {(r.get('found_network_param_bytes') or 0) / gb:.3f} GB")
