@@ -64,6 +64,7 @@ def _eager(model, x, backend: str, bf16: bool = False):
 
 
 def measure(name: str, threads: list[int], repeats: int, onnx: bool, bf16: bool, torch_path: bool) -> dict:
+    t_start = time.perf_counter()
     model, x = _build(name)
     rec: dict = {"model": name, "input": list(x.shape), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                  "load_before": _load(), "threads": {}}
@@ -74,6 +75,9 @@ def measure(name: str, threads: list[int], repeats: int, onnx: bool, bf16: bool,
             rep = export_onnx(model, tmp / f"{name}.onnx", tuple(x.shape), check=False)
             onnx_path = rep.path
             rec["onnx_export_s"] = round(rep.export_seconds, 1)
+            rec["onnx_exporter"] = rep.exporter
+            if rep.notes:
+                rec["onnx_notes"] = [n[:300] for n in rep.notes]
         except Exception as exc:  # report and continue with the eager numbers
             rec["onnx_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     for nt in threads:
@@ -117,6 +121,7 @@ def measure(name: str, threads: list[int], repeats: int, onnx: bool, bf16: bool,
         print(f"  {name} {nt} thread(s): " + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float)),
               flush=True)
     rec["load_after"] = _load()
+    rec["wall_s"] = round(time.perf_counter() - t_start, 1)  # this model's whole measurement, export included
     return rec
 
 
