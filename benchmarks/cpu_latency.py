@@ -3,7 +3,9 @@
 For each model and thread count: the eager model with the chunked PyTorch scan (``torch`` backend, the old CPU
 path), the same model with the fused C++ scan (``cpu_fused``), the fused scan under bf16 autocast, and the exported
 ONNX graph under onnxruntime. The two eager paths are timed in alternating rounds in the same process (so a change of
-machine load hits both alike); every number is the median of ``--repeats`` runs after a warm-up run.
+machine load hits both alike); every number is the median of ``--repeats`` runs after a warm-up run. The eager paths
+of a model are timed first, for every thread count; the ONNX export then runs in a child process (so the tracer
+never touches the timing process) and onnxruntime is timed last.
 
 Usage:
     python benchmarks/cpu_latency.py                      # all models, 10 runs each (long on a busy 2-core machine)
@@ -19,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,25 +68,42 @@ def _eager(model, x, backend: str, bf16: bool = False):
     return run
 
 
+def _export_subprocess(name: str, out: Path) -> dict:
+    """Export ``name`` (built as :func:`_build` builds it: same seed, same weights) to ONNX in a child process, so the
+    tracer's allocations and state never touch the process that times the eager paths (an export in the timing
+    process made MSVM-UNet's later eager runs about 15 % slower). Returns the child's report (or its error)."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--export-one", name, str(out)],
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"export process failed (exit {proc.returncode}): {tail[:300]}"}
+    return json.loads(lines[-1])
+
+
+def _export_one(name: str, out: str) -> None:
+    model, x = _build(name)
+    try:
+        rep = export_onnx(model, Path(out), tuple(x.shape), check=False)
+        print(json.dumps({"path": rep.path, "export_s": rep.export_seconds, "exporter": rep.exporter,
+                          "notes": rep.notes}))
+    except Exception as exc:  # report it; the parent keeps the eager numbers
+        print(json.dumps({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}))
+
+
 def measure(name: str, threads: list[int], repeats: int, onnx: bool, bf16: bool, torch_path: bool) -> dict:
+    """Eager paths for every thread count first, then (after an export in a child process) onnxruntime."""
+    t_start = time.perf_counter()
     model, x = _build(name)
     rec: dict = {"model": name, "input": list(x.shape), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                  "load_before": _load(), "threads": {}}
-    onnx_path = None
-    if onnx:
-        tmp = Path(tempfile.mkdtemp())
-        try:
-            rep = export_onnx(model, tmp / f"{name}.onnx", tuple(x.shape), check=False)
-            onnx_path = rep.path
-            rec["onnx_export_s"] = round(rep.export_seconds, 1)
-        except Exception as exc:  # report and continue with the eager numbers
-            rec["onnx_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    outputs = {}
     for nt in threads:
         torch.set_num_threads(nt)
         r: dict = {}
         fused, old = _eager(model, x, "cpu_fused"), _eager(model, x, "torch")
         with torch.inference_mode():
-            y_fused = fused()
+            y_fused = outputs[nt] = fused()
             if torch_path:
                 y_torch = old()
                 r["max_abs_diff_fused_vs_torch"] = float((y_fused - y_torch).abs().max())
@@ -100,23 +122,39 @@ def measure(name: str, threads: list[int], repeats: int, onnx: bool, bf16: bool,
             run = _eager(model, x, "cpu_fused", bf16=True)
             y_bf = run()
             r["fused_bf16_max_abs_diff"] = float((y_bf.float() - y_fused).abs().max())
-            r["fused_bf16_s"] = statistics.median(_time_once(run) for _ in range(repeats))
-        if onnx_path:
-            try:
-                sess = onnxruntime_session(onnx_path, nt)
-            except Exception as exc:  # an exported graph onnxruntime refuses: record it, keep the eager numbers
-                rec["onnx_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                onnx_path = None
-        if onnx_path:
-            feed = {sess.get_inputs()[0].name: x.numpy()}
-            y_ort = torch.from_numpy(sess.run(None, feed)[0])
-            r["onnxruntime_max_abs_diff"] = float((y_ort - y_fused).abs().max())
-            r["onnxruntime_s"] = statistics.median(_time_once(lambda: sess.run(None, feed)) for _ in range(repeats))
-            del sess
+            tb = [_time_once(run) for _ in range(repeats)]
+            r["fused_bf16_s"] = statistics.median(tb)
+            r["fused_bf16_runs_s"] = [round(v, 4) for v in tb]
         rec["threads"][str(nt)] = r
         print(f"  {name} {nt} thread(s): " + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if isinstance(v, float)),
               flush=True)
+    if onnx:
+        exp = _export_subprocess(name, Path(tempfile.mkdtemp()) / f"{name}.onnx")
+        if "error" in exp:
+            rec["onnx_error"] = exp["error"]
+        else:
+            rec["onnx_export_s"] = round(exp["export_s"], 1)
+            rec["onnx_exporter"] = exp["exporter"]
+            if exp["notes"]:
+                rec["onnx_notes"] = [n[:300] for n in exp["notes"]]
+            for nt in threads:
+                try:
+                    sess = onnxruntime_session(exp["path"], nt)
+                except Exception as exc:  # an exported graph onnxruntime refuses: record it, keep the eager numbers
+                    rec["onnx_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                    break
+                r = rec["threads"][str(nt)]
+                feed = {sess.get_inputs()[0].name: x.numpy()}
+                y_ort = torch.from_numpy(sess.run(None, feed)[0])
+                r["onnxruntime_max_abs_diff"] = float((y_ort - outputs[nt]).abs().max())
+                to = [_time_once(lambda: sess.run(None, feed)) for _ in range(repeats)]
+                r["onnxruntime_s"] = statistics.median(to)
+                r["onnxruntime_runs_s"] = [round(v, 4) for v in to]
+                del sess
+                print(f"  {name} {nt} thread(s): onnxruntime {r['onnxruntime_s']:.4g} s "
+                      f"(max abs diff to fused {r['onnxruntime_max_abs_diff']:.3g})", flush=True)
     rec["load_after"] = _load()
+    rec["wall_s"] = round(time.perf_counter() - t_start, 1)  # this model's whole measurement, export included
     return rec
 
 
@@ -149,7 +187,11 @@ def main() -> None:
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast column")
     ap.add_argument("--no-torch", action="store_true", help="skip the old torch-scan path (slow)")
     ap.add_argument("--out", default=None, help="JSON file name under benchmarks/results (default cpu_latency.json)")
+    ap.add_argument("--export-one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)  # the export child
     args = ap.parse_args()
+    if args.export_one:
+        _export_one(*args.export_one)
+        return
     if not available_backends()["cpu_fused"].available:
         raise SystemExit(f"the fused CPU kernel is unavailable: {available_backends()['cpu_fused'].reason}")
     models = args.models or (QUICK if args.quick else mambaseg.list_models())

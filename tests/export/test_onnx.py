@@ -56,3 +56,16 @@ def test_export_cli_errors_are_one_line(tmp_path):
     assert res.exit_code != 0 and "only format is onnx" in res.output
     res = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "x.onnx")])
     assert res.exit_code != 0 and "exactly one of --model or --checkpoint" in res.output
+
+
+def test_torchscript_export_of_a_padded_scan_loads_and_matches(tmp_path):
+    """A scan whose length is not a multiple of the chunk (28 x 28 = 784 = 24.5 chunks of 32, as MSVM-UNet's second
+    stage at 224 x 224): the TorchScript graph must pad, not crop (ceil(L / T) recorded as ONNX integer division)."""
+    from mambaseg.layers import SS2Dv2
+
+    torch.manual_seed(0)
+    layer = SS2Dv2(8, d_state=1).eval()
+    report = export_onnx(layer, tmp_path / "s.onnx", (1, 8, 28, 28), exporter="torchscript", check=True, repeats=1,
+                         threads=1)
+    assert report.exporter == "torchscript"
+    assert report.max_abs_diff < 1e-4 and report.max_abs_diff_auto < 1e-4

@@ -275,3 +275,115 @@ def test_kernel_source_is_compiled_from_a_path_independent_of_the_install(tmp_pa
     blocker.write_text("x")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocker))
     assert sc._build_source(name) == other
+
+
+def _ss2d_reference(x, xdbl, wdt, A, D, bias, softplus):
+    """float64 reference of the fused SS2D inference scan, spelled out: cross_scan of the map and of each
+    direction's x_proj values, dt_proj, the sequential reference scan, cross_merge."""
+    from mambaseg.ops import cross_merge, cross_scan
+
+    b, h, w, d = x.shape
+    L, r, n = h * w, wdt.shape[2], A.shape[1]
+    xs = cross_scan(x.permute(0, 3, 1, 2))  # (b, 4, d, L)
+    per_dir = xdbl.reshape(b, h, w, 4, r + 2 * n).permute(0, 3, 4, 1, 2)  # (b, 4, r + 2n, h, w)
+    seq = torch.stack([cross_scan(per_dir[:, k])[:, k] for k in range(4)], 1)  # direction k in its own order
+    dts, Bs, Cs = seq.split([r, n, n], 2)
+    delta = torch.einsum("bkrl,kdr->bkdl", dts, wdt)
+    y = selective_scan_ref(xs.reshape(b, 4 * d, L), delta.reshape(b, 4 * d, L), A, Bs.contiguous(), Cs.contiguous(),
+                           D, delta_bias=bias, delta_softplus=softplus)
+    return cross_merge(y.view(b, 4, d, L), h, w).view(b, d, h, w).permute(0, 2, 3, 1)
+
+
+# batch, H, W, D channels, N, dt rank R, softplus + delta_bias, D skip
+SS2D_CASES = [
+    (2, 5, 7, 20, 16, 3, True, True),  # odd H != W, 16 + 4 lanes
+    (1, 9, 4, 16, 1, 2, True, True),  # N = 1
+    (1, 3, 11, 40, 21, 5, False, False),  # N = 21 (state blocks 16 + 4 + 1), plain scan, no D
+    (1, 1, 1, 3, 4, 1, True, True),  # a single position, 3 channels
+    (3, 6, 1, 48, 16, 4, True, False),  # W = 1 (column order = row order), 3 full lane blocks
+    (1, 17, 13, 64, 16, 6, True, True),  # enough (batch, channel block) tasks for the merged (non-split) mode
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", SS2D_CASES, ids=lambda c: "b{}h{}w{}d{}N{}R{}s{}D{}".format(*c))
+def test_fused_ss2d_inference_matches_float64_reference(fused, case, threads):
+    from mambaseg.ops.selective_scan_cpu import ss2d_scan_cpu
+
+    b, h, w, d, n, r, sp, useD = case
+    g = torch.Generator().manual_seed(h * w + d + n)
+    x = torch.randn(b, h, w, d, generator=g, dtype=torch.float64)
+    xdbl = torch.randn(b, h, w, 4 * (r + 2 * n), generator=g, dtype=torch.float64)
+    wdt = torch.randn(4, d, r, generator=g, dtype=torch.float64) * 0.3
+    A = -torch.rand(4 * d, n, generator=g, dtype=torch.float64) * 2 - 0.1
+    D = torch.randn(4 * d, generator=g, dtype=torch.float64) if useD else None
+    bias = torch.randn(4 * d, generator=g, dtype=torch.float64) * 0.5 if sp else None
+    if not sp:  # without softplus the time steps must be >= 0 for a decaying state
+        xdbl.view(b, h, w, 4, r + 2 * n)[..., :r].abs_()
+        wdt.abs_()
+    y_ref = _ss2d_reference(x, xdbl, wdt, A, D, bias, sp)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y64 = ss2d_scan_cpu(x, xdbl, wdt, A, D, bias, sp)
+        args32 = [t.float() if t is not None else None for t in (x, xdbl, wdt, A, D, bias)]
+        y32 = ss2d_scan_cpu(*args32, sp)
+    finally:
+        torch.set_num_threads(old)
+    assert y64.dtype == torch.float64 and y64.shape == (b, h, w, d)
+    assert _rel(y64, y_ref) < 1e-12
+    assert y32.dtype == torch.float32
+    assert _rel(y32, y_ref) < 1e-5
+
+
+def test_fused_ss2d_inference_refuses_grad_and_bad_shapes(fused):
+    from mambaseg.ops.selective_scan_cpu import ss2d_scan_cpu
+
+    x, xdbl = torch.randn(1, 4, 4, 8), torch.randn(1, 4, 4, 4 * 10)
+    wdt, A = torch.randn(4, 8, 2), -torch.rand(32, 4)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        ss2d_scan_cpu(x.requires_grad_(), xdbl, wdt, A)
+    with torch.no_grad():
+        assert ss2d_scan_cpu(x, xdbl, wdt, A).shape == (1, 4, 4, 8)
+        with pytest.raises(ValueError, match="xdbl must be"):
+            ss2d_scan_cpu(x, xdbl[..., :-1], wdt, A)
+        with pytest.raises(ValueError, match="A must be"):
+            ss2d_scan_cpu(x, xdbl, wdt, A[:16])
+
+
+@pytest.mark.parametrize("version", ["v0", "v2"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ss2d_fused_inference_path_matches_torch_backend(fused, version, dtype):
+    """SS2D / SS2Dv2 under inference mode on the fused backend (channels-last kernel, no cross-scan copies) equals
+    the same layer on the torch backend; with grad enabled the layer takes the differentiable path instead."""
+    from mambaseg.layers.ss2d import SS2D
+    from mambaseg.layers.ss2d_v2 import SS2Dv2
+
+    torch.manual_seed(0)
+    layer = (SS2D(24, d_state=16) if version == "v0" else SS2Dv2(24, d_state=1)).to(dtype).eval()
+    with torch.no_grad():  # non-trivial SSM parameters
+        layer.A_logs.add_(torch.randn_like(layer.A_logs) * 0.3)
+        layer.Ds.add_(torch.randn_like(layer.Ds) * 0.3)
+    x = torch.randn(*((2, 7, 5, 24) if version == "v0" else (2, 24, 7, 5)), dtype=dtype)
+    calls = []
+    real = type(layer).scan_merge_channels_last
+
+    def spy(self, t):
+        calls.append(tuple(t.shape))
+        return real(self, t)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(layer), "scan_merge_channels_last", spy)
+        with torch.inference_mode():
+            with use_backend("torch"):
+                ref = layer(x)
+            with use_backend("cpu_fused"):
+                out = layer(x)
+        assert len(calls) == 1  # only the fused call took the channels-last path
+        with use_backend("cpu_fused"):
+            out_grad = layer(x.clone().requires_grad_())
+        assert len(calls) == 1 and out_grad.requires_grad  # training: the differentiable mirrored path
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert _rel(out, ref.double()) < tol
+    assert _rel(out_grad.detach(), ref.double()) < tol

@@ -117,6 +117,42 @@ class SSMScanBase(nn.Module):
         )
         return self.scan.merge(y.view(b, k, d, L), h, w)
 
+    def fused_inference(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`scan_merge_channels_last` runs this call: the 4 raster orders, CPU tensors, the fused CPU
+        backend chosen for this call, and nothing to differentiate (grad mode off, e.g. ``torch.inference_mode``,
+        or no input or parameter requiring grad)."""
+        if x.is_cuda or type(self.scan) is not RasterScan:
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        return _resolve(None, False, _tracing()) == "cpu_fused"
+
+    def scan_merge_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference-only :meth:`scan_merge` for the 4 raster orders on the fused CPU kernel, channels-last in and out:
+        (B, H, W, D) -> merged scan output (B, H, W, D) in float32 (float64 for float64 inputs).
+
+        x_proj of all 4 directions is one matrix product over the positions of the map (the projection acts
+        position by position, so no scanned copies are needed); the kernel (:func:`ss2d_scan_cpu`) applies dt_proj,
+        reads each direction in its order by index arithmetic and adds the 4 outputs at their positions, so neither
+        the cross-scan, the (4, D, L) delta and output nor the merge is materialised. The same numbers as
+        :meth:`scan_merge` up to float rounding order. Check :meth:`fused_inference` first.
+        """
+        from mambaseg.ops.selective_scan_cpu import ss2d_scan_cpu
+
+        d = x.shape[-1]
+        x = x.contiguous()
+        xdbl = F.linear(x, self.x_proj_weight.to(x.dtype).reshape(-1, d))  # (B, H, W, 4 * (R + 2N))
+        f = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return ss2d_scan_cpu(
+            x,
+            xdbl,
+            self.dt_projs_weight,
+            -torch.exp(self.A_logs.to(f)),
+            self.Ds.to(f),
+            delta_bias=self.dt_projs_bias.to(f).reshape(-1),
+            delta_softplus=True,
+        )
+
     def _scan_merge_mirrored(self, x: torch.Tensor, upcast_inputs: bool) -> torch.Tensor:
         """:meth:`scan_merge` for the 4 raster orders on the fused CPU kernel, without the flipped copies.
 
@@ -204,8 +240,12 @@ class SS2D(SSMScanBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x)
         x, z = xz.chunk(2, dim=-1)
-        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
-        y = self.forward_core(x)
+        if self.fused_inference(x):  # CPU inference on the fused kernel: channels-last end to end
+            x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)))
+            y = self.scan_merge_channels_last(x.permute(0, 2, 3, 1))  # (B, H, W, D) float32
+        else:
+            x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+            y = self.forward_core(x)
         y = self.out_norm(y)
         y = y * F.silu(z).to(y.dtype)
         return self.out_proj(y.to(z.dtype))

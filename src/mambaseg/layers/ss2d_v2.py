@@ -71,8 +71,11 @@ class SS2Dv2(SSMScanBase):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) after conv + SiLU -> merged scan output (B, D, H, W) in float32."""
+        """(B, D, H, W) after conv + SiLU -> merged scan output (B, D, H, W) in x's dtype."""
         b, d, h, w = x.shape
+        if self.fused_inference(x):  # CPU inference on the fused kernel: one channels-last copy, no scanned copies
+            y = self.scan_merge_channels_last(x.permute(0, 2, 3, 1))
+            return y.to(x.dtype).permute(0, 3, 1, 2)  # channels-last memory: LayerNorm2d reads it without a copy
         # inputs keep their dtype (the backend computes in fp32); SSM parameters enter in >= fp32
         return self.scan_merge(x, upcast_inputs=False).view(b, d, h, w)
 

@@ -33,7 +33,7 @@ import torch
 
 from mambaseg.utils.files import atomic_path
 
-__all__ = ["selective_scan_cpu", "is_available", "load_library", "build_info", "FIX"]
+__all__ = ["selective_scan_cpu", "ss2d_scan_cpu", "is_available", "load_library", "build_info", "FIX"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
 FIX = (
@@ -215,3 +215,69 @@ def selective_scan_cpu(
         check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     y = _FusedScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, mirrored)
     return y.to(out_dtype)
+
+
+def ss2d_scan_cpu(
+    x: torch.Tensor,
+    xdbl: torch.Tensor,
+    dt_weight: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+) -> torch.Tensor:
+    """SS2D's scan for inference on the fused CPU kernel: the 4 raster orders and their merge in one call.
+
+    Equals ``cross_merge(selective_scan(cross_scan(x), delta, A, B, C, D, delta_bias, delta_softplus))`` with
+    ``delta = dt_weight[k] @ dts_k`` and ``(dts_k, B_k, C_k)`` read from ``xdbl`` (the per-direction x_proj of each
+    position), but the kernel reads every direction straight from the channels-last map by index arithmetic and adds
+    the four outputs into one channels-last map: no scanned copies, no (4, D, L) delta or output, no merge.
+
+    Args:
+        x: (batch, H, W, D) scan input (after the depthwise conv and SiLU), channels-last.
+        xdbl: (batch, H, W, 4, R + 2N) or (batch, H, W, 4 * (R + 2N)): for each position and direction k, the
+            low-rank dt inputs (R values), B (N) and C (N); i.e. ``F.linear(x, x_proj_weight.reshape(-1, D))``.
+        dt_weight: (4, D, R) dt projection of each direction (SS2D's ``dt_projs_weight``).
+        A: (4 * D, N) state matrix; channel ``k * D + c`` is channel c of direction k.
+        D: (4 * D,) skip weights or None.
+        delta_bias: (4 * D,) or None.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+
+    Returns:
+        y (batch, H, W, D), the merged output, in float32 (float64 for float64 inputs). Forward only: the output
+        does not require grad, so call it under ``torch.no_grad`` / ``torch.inference_mode`` (training uses
+        :func:`selective_scan_cpu`).
+    """
+    from mambaseg.ops.backend import BackendUnavailableError
+
+    ok, why = load_library()
+    if not ok:
+        raise BackendUnavailableError(f"scan backend 'cpu_fused' is unavailable: {why}. Fix: {FIX}")
+    if x.is_cuda:
+        raise BackendUnavailableError("scan backend 'cpu_fused' runs on CPU tensors; use 'triton' on CUDA")
+    if x.dim() != 4:
+        raise ValueError(f"x must be (batch, H, W, D), got {tuple(x.shape)}")
+    b, h, w, d = x.shape
+    if A.dim() != 2 or A.shape[0] != 4 * d:
+        raise ValueError(f"A must be (4 * D, N) = ({4 * d}, N), got {tuple(A.shape)}")
+    if dt_weight.dim() != 3 or dt_weight.shape[:2] != (4, d):
+        raise ValueError(f"dt_weight must be (4, D, R) = (4, {d}, R), got {tuple(dt_weight.shape)}")
+    n, r = A.shape[1], dt_weight.shape[2]
+    if xdbl.numel() != b * h * w * 4 * (r + 2 * n) or xdbl.shape[:3] != (b, h, w):
+        raise ValueError(f"xdbl must be (batch, H, W, 4, R + 2N) = ({b}, {h}, {w}, 4, {r + 2 * n}), got "
+                         f"{tuple(xdbl.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (4 * d,):
+            raise ValueError(f"{name} must be (4 * D,) = ({4 * d},), got {tuple(t.shape)}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, xdbl, dt_weight, A, D, delta_bias)):
+        raise RuntimeError("ss2d_scan_cpu is forward-only and got tensors that require grad with grad mode on: "
+                           "call it under torch.no_grad() / torch.inference_mode(), or use selective_scan_cpu")
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+
+    def c(t):
+        return None if t is None else t.to(cdt).contiguous()
+
+    return torch.ops.mambaseg_scan.ss2d_fwd(
+        c(x), c(xdbl).view(b, h * w, 4, r + 2 * n), c(dt_weight.transpose(1, 2)), c(A), c(D), c(delta_bias),
+        bool(delta_softplus),
+    )

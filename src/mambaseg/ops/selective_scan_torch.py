@@ -56,7 +56,9 @@ def selective_scan_torch(
     groups = B_.shape[1]
     cgroups = C_.shape[1]
     T = int(chunk_size) if chunk_size else default_chunk_size(seqlen)
-    nc = -(-seqlen // T)
+    # ceil(L / T) as a floor division of non-negative numbers: the TorchScript ONNX exporter records size arithmetic
+    # with ONNX's truncating integer Div, which gave -(-L // T) = floor(L / T) in the graph (a negative pad for L = 784)
+    nc = (seqlen + T - 1) // T
     pad = nc * T - seqlen
     x_in = dt * u_  # (b, d, L)
     if pad:

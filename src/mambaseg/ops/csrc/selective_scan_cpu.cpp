@@ -27,6 +27,7 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -83,11 +84,12 @@ static inline VT splat(T a) {
 // callers pass x * log2(e) for exp (the kernels scale A by log2(e) once per block).
 static inline vf vexp2(vf x) {
   const vf lo = splat<vf>(-125.0f);
-  x = x < lo ? lo : x;
 #if defined(__AVX512F__)
+  x = (vf)_mm512_max_ps((__m512)lo, (__m512)x);  // x < lo ? lo : x (NaN stays NaN) in one instruction
   const __m512 k = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const vf r = x - (vf)k;
 #else
+  x = x < lo ? lo : x;
   const vf hi = splat<vf>(127.0f);
   x = x > hi ? hi : x;
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
@@ -160,6 +162,50 @@ static inline vd vsigmoid(vd x) {
   vd out;
   for (int i = 0; i < Vec<double>::W; ++i) out[i] = 1.0 / (1.0 + std::exp(-x[i]));
   return out;
+}
+
+// half-width float vectors (8 lanes with AVX-512, 4 with AVX2): SS2D channel blocks of at most W/2 channels run
+// on them instead of leaving half of the lanes idle. Same polynomials as above, 2^k assembled in the exponent bits.
+typedef int32_t vi32_half __attribute__((vector_size(kVecBytes / 2)));
+
+static inline vf_half vexp2(vf_half x) {
+  const vf_half lo = splat<vf_half>(-125.0f), hi = splat<vf_half>(127.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  const vf_half k = (x + magic) - magic;
+  const vf_half r = x - k;
+  vf_half p = splat<vf_half>(1.535336196e-4f);
+  p = p * r + 1.339887502e-3f;
+  p = p * r + 9.618436918e-3f;
+  p = p * r + 5.550332367e-2f;
+  p = p * r + 2.402264774e-1f;
+  p = p * r + 6.931471825e-1f;
+  p = p * r + 1.0f;
+  const vi32_half bits = (__builtin_convertvector(k, vi32_half) + 127) << 23;
+  return p * (vf_half)bits;
+}
+
+static inline vf_half vsoftplus(vf_half x) {  // as vsoftplus(vf)
+  const vf_half zero{};
+  vf_half ax = x < zero ? -x : x;
+  vf_half y = vexp2(-ax * 1.4426950408889634f);
+  vf_half w = 1.0f + y;
+  auto big = w > splat<vf_half>(1.41421356f);
+  vf_half m = big ? w * 0.5f : w;
+  vf_half e = big ? splat<vf_half>(0.6931471805599453f) : zero;
+  vf_half s = (m - 1.0f) / (m + 1.0f);
+  vf_half s2 = s * s;
+  vf_half p = splat<vf_half>(1.0f / 9.0f);
+  p = p * s2 + (1.0f / 7.0f);
+  p = p * s2 + (1.0f / 5.0f);
+  p = p * s2 + (1.0f / 3.0f);
+  p = p * s2 + 1.0f;
+  vf_half logw = e + 2.0f * s * p;
+  vf_half d = w - 1.0f;
+  vf_half l1p = d == zero ? y : logw * (y / d);
+  vf_half mx = x > zero ? x : zero;
+  return mx + l1p;
 }
 
 static inline float hsum(vf v) {
@@ -684,6 +730,219 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {du, ddelta, dA_part, dD_part, dB_part, dC_part};
 }
 
+// ---- SS2D inference: the 4 raster scan orders read straight from channels-last maps, merged output
+//
+// x (batch, H, W, D) channels-last; xdbl (batch, H*W, 4, R + 2N): per position and direction k the low-rank dt
+// inputs (R), then B (N), then C (N), i.e. x_proj of that position; wdt (4, R, D): dt_proj weights, transposed so
+// the lanes (channels) are contiguous; A (4D, N), D and delta_bias (4D,) with channel index k * D + c.
+// Direction k scans the positions in the order of cross_scan: 0 row-major, 1 column-major, 2 and 3 their reverses.
+// Output y (batch, H, W, D) = the sum over the 4 directions of each direction's scan output at that position (the
+// cross-merge), in position order. One task owns (batch element, block of W channels) and runs the 4 directions one
+// after the other, adding into its own slice of y (no races, no (4, D, L) intermediates); with too few such tasks
+// for the threads, each (task, direction) is its own task writing its own copy of y, summed at the end.
+// Forward only (inference); training keeps the differentiable scan above.
+
+// scan positions of one direction: row order p = h * Wd + w, or column order (h fastest), forwards or backwards
+struct PosIter {
+  int64_t H, Wd, h, w, p;
+  bool col, rev;
+  PosIter(int64_t H_, int64_t Wd_, bool col_, bool rev_) : H(H_), Wd(Wd_), col(col_), rev(rev_) {
+    h = rev ? H - 1 : 0;
+    w = rev ? Wd - 1 : 0;
+    p = h * Wd + w;
+  }
+  inline void next() {
+    if (!col) {
+      p += rev ? -1 : 1;
+      return;
+    }
+    if (!rev) {
+      if (++h == H) {
+        h = 0;
+        ++w;
+      }
+    } else if (--h < 0) {
+      h = H - 1;
+      --w;
+    }
+    p = h * Wd + w;
+  }
+};
+
+template <typename T>
+struct Ss2dProblem {
+  const T* x;
+  const T* xdbl;
+  const T* wdt;
+  const T* A;
+  const T* Dskip;  // nullable
+  const T* bias;   // nullable
+  bool softplus;
+  int64_t batch, H, Wd, L, D, R, N, CD, nblocks;
+  T* y;  // (batch, L, D), or (4, batch, L, D) when split
+  bool split;
+};
+
+template <typename T, typename VT>
+static inline VT load_lanes(const T* src, int nl) {
+  VT v{};
+  std::memcpy(&v, src, sizeof(T) * static_cast<size_t>(nl));
+  return v;
+}
+
+template <typename T, typename VT>
+static inline void store_lanes(T* dst, VT v, int nl, bool add) {
+  if (add) v += load_lanes<T, VT>(dst, nl);
+  std::memcpy(dst, &v, sizeof(T) * static_cast<size_t>(nl));
+}
+
+constexpr int kTileSs2d = 32;
+
+// direction k, channels c0 .. c0 + nl (nl <= lanes of VT), states n0 .. n0 + NB of batch element b; y rows of this
+// batch element at yb
+template <typename T, typename VT, int NB>
+static void ss2d_block(const Ss2dProblem<T>& p, int64_t b, int64_t c0, int nl, int k, int64_t n0, bool store,
+                       T* yb) {
+  constexpr int TL = kTileSs2d;
+  constexpr int WL = static_cast<int>(sizeof(VT) / sizeof(T));
+  VT A2[NB], biasv{}, Dv{};
+  for (int n = 0; n < NB; ++n) A2[n] = VT{};
+  for (int lane = 0; lane < nl; ++lane) {
+    const int64_t ch = k * p.D + c0 + lane;
+    for (int n = 0; n < NB; ++n) A2[n][lane] = p.A[ch * p.N + n0 + n] * T(kLog2e);
+    if (p.bias) biasv[lane] = p.bias[ch];
+    if (p.Dskip) Dv[lane] = p.Dskip[ch];
+  }
+  std::vector<VT> wv(static_cast<size_t>(p.R));
+  for (int64_t r = 0; r < p.R; ++r) wv[r] = load_lanes<T, VT>(p.wdt + (k * p.R + r) * p.D + c0, nl);
+  const bool first = n0 == 0;
+  VT h[NB];
+  for (int n = 0; n < NB; ++n) h[n] = VT{};
+  alignas(64) VT dt[TL], du[TL], uu[TL];
+  int64_t pos[TL];
+  PosIter it(p.H, p.Wd, (k & 1) != 0, k >= 2);
+  const T* xb = p.x + b * p.L * p.D + c0;
+  const T* rb = p.xdbl + (b * p.L * 4 + k) * p.CD;
+  for (int64_t t0 = 0; t0 < p.L; t0 += TL) {
+    const int nt = static_cast<int>(std::min<int64_t>(TL, p.L - t0));
+    for (int tt = 0; tt < nt; ++tt) {
+      pos[tt] = it.p;
+      it.next();
+      const T* row = rb + pos[tt] * 4 * p.CD;
+      uu[tt] = nl == WL ? load_lanes<T, VT>(xb + pos[tt] * p.D, WL) : load_lanes<T, VT>(xb + pos[tt] * p.D, nl);
+      VT v = biasv;
+      for (int64_t r = 0; r < p.R; ++r) v += wv[r] * row[r];
+      dt[tt] = p.softplus ? vsoftplus(v) : v;
+      du[tt] = dt[tt] * uu[tt];
+    }
+    for (int tt = 0; tt < nt; ++tt) {
+      const T* Brow = rb + pos[tt] * 4 * p.CD + p.R + n0;
+      const T* Crow = Brow + p.N;
+      VT yv = first ? Dv * uu[tt] : VT{};
+      const VT dtt = dt[tt], dut = du[tt];
+#pragma GCC unroll 16
+      for (int n = 0; n < NB; ++n) {
+        const VT a = vexp2(dtt * A2[n]);
+        h[n] = a * h[n] + dut * Brow[n];
+        yv += h[n] * Crow[n];
+      }
+      if (nl == WL)
+        store_lanes<T, VT>(yb + pos[tt] * p.D + c0, yv, WL, !(store && first));
+      else
+        store_lanes<T, VT>(yb + pos[tt] * p.D + c0, yv, nl, !(store && first));
+    }
+  }
+}
+
+at::Tensor ss2d_fwd(const at::Tensor& x, const at::Tensor& xdbl, const at::Tensor& wdt, const at::Tensor& A,
+                    const std::optional<at::Tensor>& Dskip, const std::optional<at::Tensor>& bias, bool softplus) {
+  TORCH_CHECK(x.device().is_cpu(), "fused SS2D scan: tensors must be on the CPU");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "fused SS2D scan: float32 or float64");
+  TORCH_CHECK(x.dim() == 4, "fused SS2D scan: x must be (batch, H, W, D)");
+  const int64_t batch = x.size(0), H = x.size(1), Wd = x.size(2), D = x.size(3), L = H * Wd;
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == 4 * D, "fused SS2D scan: A must be (4 * D, N)");
+  const int64_t N = A.size(1);
+  TORCH_CHECK(wdt.dim() == 3 && wdt.size(0) == 4 && wdt.size(2) == D, "fused SS2D scan: dt weights must be (4, R, D)");
+  const int64_t R = wdt.size(1);
+  TORCH_CHECK(xdbl.dim() == 4 && xdbl.size(0) == batch && xdbl.size(1) == L && xdbl.size(2) == 4 &&
+                  xdbl.size(3) == R + 2 * N,
+              "fused SS2D scan: xdbl must be (batch, H * W, 4, R + 2 * N)");
+  std::vector<const at::Tensor*> all = {&x, &xdbl, &wdt, &A};
+  if (Dskip.has_value()) {
+    TORCH_CHECK(Dskip->dim() == 1 && Dskip->size(0) == 4 * D, "fused SS2D scan: D must be (4 * D,)");
+    all.push_back(&*Dskip);
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * D, "fused SS2D scan: delta_bias must be (4 * D,)");
+    all.push_back(&*bias);
+  }
+  for (const at::Tensor* t : all) {
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), "fused SS2D scan: all tensors must share one dtype");
+    TORCH_CHECK(t->is_contiguous(), "fused SS2D scan: tensors must be contiguous");
+    TORCH_CHECK(t->device().is_cpu(), "fused SS2D scan: tensors must be on the CPU");
+  }
+  at::Tensor y = at::empty_like(x);
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mambaseg_ss2d_fwd", [&] {
+    constexpr int W = Vec<scalar_t>::W;
+    Ss2dProblem<scalar_t> p{};
+    p.x = x.data_ptr<scalar_t>();
+    p.xdbl = xdbl.data_ptr<scalar_t>();
+    p.wdt = wdt.data_ptr<scalar_t>();
+    p.A = A.data_ptr<scalar_t>();
+    p.Dskip = Dskip.has_value() ? Dskip->data_ptr<scalar_t>() : nullptr;
+    p.bias = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+    p.softplus = softplus;
+    p.batch = batch;
+    p.H = H;
+    p.Wd = Wd;
+    p.L = L;
+    p.D = D;
+    p.R = R;
+    p.N = N;
+    p.CD = R + 2 * N;
+    p.nblocks = (D + W - 1) / W;
+    if (N == 0) {  // no state: y = sum over directions of D * u
+      const at::Tensor Dsum = Dskip.has_value() ? Dskip->view({4, D}).sum(0) : at::zeros({D}, x.options());
+      y.copy_(x * Dsum);
+      return;
+    }
+    // few (batch, channel block) tasks for the threads: one task per direction, each with its own output copy
+    p.split = p.batch * p.nblocks < 4 * static_cast<int64_t>(at::get_num_threads());
+    at::Tensor y4 = p.split ? at::empty({4, batch, L, D}, x.options()) : at::Tensor();
+    p.y = p.split ? y4.data_ptr<scalar_t>() : y.data_ptr<scalar_t>();
+    const int64_t ndir = p.split ? 4 : 1;
+    at::parallel_for(0, p.batch * p.nblocks * ndir, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t kk = task % ndir, bj = task / ndir;
+        const int64_t b = bj / p.nblocks, j = bj % p.nblocks;
+        const int64_t c0 = j * W;
+        const int nl = static_cast<int>(std::min<int64_t>(W, p.D - c0));
+        for (int k = 0; k < 4; ++k) {
+          if (p.split && k != kk) continue;
+          scalar_t* yb = p.y + ((p.split ? k * p.batch : 0) + b) * p.L * p.D;
+          const bool store = p.split || k == 0;
+          over_state_blocks(p.N, [&](auto nb, int64_t n0, bool) {
+            constexpr int NB = decltype(nb)::value;
+            if constexpr (std::is_same<scalar_t, float>::value) {
+              if (2 * nl <= W) {  // a block of at most W/2 channels: half-width vectors
+                ss2d_block<scalar_t, vf_half, NB>(p, b, c0, nl, k, n0, store, yb);
+                return;
+              }
+            }
+            ss2d_block<scalar_t, typename Vec<scalar_t>::type, NB>(p, b, c0, nl, k, n0, store, yb);
+          });
+        }
+      }
+    });
+    if (p.split) {
+      at::Tensor flat = y.view({batch, L, D});
+      at::sum_out(flat, y4, {0});
+    }
+  });
+  return y;
+}
+
 int64_t simd_lanes_float() { return Vec<float>::W; }
 
 }  // namespace mambaseg_scan
@@ -691,5 +950,6 @@ int64_t simd_lanes_float() { return Vec<float>::W; }
 TORCH_LIBRARY(mambaseg_scan, m) {
   m.def("fwd", &mambaseg_scan::scan_fwd);
   m.def("bwd", &mambaseg_scan::scan_bwd);
+  m.def("ss2d_fwd", &mambaseg_scan::ss2d_fwd);
   m.def("lanes", &mambaseg_scan::simd_lanes_float);
 }
