@@ -26,6 +26,13 @@ def test_vmunet_tiny_onnx_parity(tmp_path):
     onnx.checker.check_model(str(tmp_path / "m.onnx"))
 
 
+def test_slicemamba_tiny_onnx_parity(tmp_path):
+    """SliceMamba's slicing orders trace (the map size enters as a constant of the exported graph)."""
+    model, shape, _ = load_for_export("slicemamba_tiny", num_classes=1, size=(64, 64))
+    report = export_onnx(model, tmp_path / "s.onnx", shape, check=True, repeats=1, threads=1)
+    assert report.max_abs_diff < 1e-4
+
+
 def test_export_cli_checkpoint(tmp_path):
     """``mambaseg export --checkpoint C --format onnx --out F --check`` on a saved checkpoint, JSON report."""
     from typer.testing import CliRunner

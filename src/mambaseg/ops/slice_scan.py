@@ -190,7 +190,8 @@ def slice_scan(x: torch.Tensor, m: int, n: int, pad_mode: str = "drop") -> torch
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"slice_scan expects x of shape (B, D, H, W), got {getattr(x, 'shape', type(x))}")
     b, d, h, w = x.shape
-    gather, _ = slice_scan_indices(h, w, m, n, x.device, pad_mode)
+    # int(): a traced export (TorchScript ONNX) sees sizes as 0-d tensors; the index maps are constants of the graph
+    gather, _ = slice_scan_indices(int(h), int(w), m, n, x.device, pad_mode)
     flat = x.reshape(b, d, h * w)
     if gather.shape[1] != h * w:  # zero-padded sequences: padded positions read the appended zero
         flat = torch.cat([flat, flat.new_zeros(b, d, 1)], dim=-1)
@@ -212,7 +213,7 @@ def slice_merge(y: torch.Tensor, h: int, w: int, m: int, n: int, pad_mode: str =
     """
     if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[1] != 4:
         raise ValueError(f"slice_merge expects y of shape (B, 4, D, L), got {getattr(y, 'shape', type(y))}")
-    gather, inv = slice_scan_indices(h, w, m, n, y.device, pad_mode)
+    gather, inv = slice_scan_indices(int(h), int(w), m, n, y.device, pad_mode)
     b, _, d, length = y.shape
     if length != gather.shape[1]:
         raise ValueError(
