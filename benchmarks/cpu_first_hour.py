@@ -51,11 +51,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-DATA = Path(os.environ.get("MAMBASEG_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _old_vs_new import CLEARED, DATA, REPO, RESULTS, child_env, extract, load  # noqa: E402
+
 SCENARIOS = ("ph2_train", "demo", "acdc_eval")
-CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
 
 THREADS_PROBE = r"""
 import json, os, sys, time
@@ -92,24 +92,10 @@ print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 """
 
 
-def load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
-def extract(commit: str, dest: Path) -> str:
-    """``git archive`` of ``commit``'s ``src`` into ``dest``; returns the full hash."""
-    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", commit], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    dest.mkdir(parents=True, exist_ok=True)
-    arch = subprocess.run(["git", "-C", str(REPO), "archive", full, "src"], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
-    return full
 
 
-def child_env(src: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
-    env["PYTHONPATH"] = str(src)
-    return env
 
 
 def run(cmd: list[str], src: Path, cwd: Path, timeout: float) -> dict:

@@ -38,24 +38,15 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-DATA = Path(os.environ.get("MAMBASEG_DATA", REPO.parent / "shared" / "data"))
-CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _old_vs_new import DATA, REPO, RESULTS, child_env, extract, load  # noqa: E402
+
 TRAINING_DONE = "validation metrics of the best checkpoint"  # the summary the engine prints after the supernet
 
 
-def load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
-def extract(commit: str, dest: Path) -> str:
-    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", commit], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    dest.mkdir(parents=True, exist_ok=True)
-    arch = subprocess.run(["git", "-C", str(REPO), "archive", full, "src"], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
-    return full
 
 
 def tensor_bytes(obj) -> int:
@@ -86,8 +77,7 @@ def run_search(src: Path, out: Path, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "mambaseg", "search", "--data", str(DATA / "endotect_polyp"), "--supernet-epochs",
            "1", "--generations", "2", "--population", "4", "--image-size", "64", "--batch-size", "2", "--out",
            str(out), "--device", "cpu", "--no-progress"]
-    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
-    env["PYTHONPATH"] = str(src)
+    env = child_env(src)
     samples: list[tuple[float, int]] = []
     marks: dict[str, float] = {}
     lines: list[str] = []

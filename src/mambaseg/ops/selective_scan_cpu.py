@@ -177,6 +177,18 @@ class _FusedScan(torch.autograd.Function):
         return du, ddelta, dA, dB, dC, dD, dbias, None, None
 
 
+def _require_library(t: torch.Tensor) -> None:
+    """Raise :class:`~mambaseg.ops.backend.BackendUnavailableError` (with the fix) unless the compiled kernel is
+    loaded and ``t`` is a CPU tensor."""
+    from mambaseg.ops.backend import BackendUnavailableError
+
+    ok, why = load_library()
+    if not ok:
+        raise BackendUnavailableError(f"scan backend 'cpu_fused' is unavailable: {why}. Fix: {FIX}")
+    if t.is_cuda:
+        raise BackendUnavailableError("scan backend 'cpu_fused' runs on CPU tensors; use 'triton' on CUDA")
+
+
 def selective_scan_cpu(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -197,15 +209,10 @@ def selective_scan_cpu(
     Equals the plain scan of ``cat([u, u.flip(-1)])`` with the second half of delta / B / C flipped in and y
     flipped back, without making those copies.
     """
-    from mambaseg.ops.backend import BackendUnavailableError
     from mambaseg.ops.selective_scan_ref import check_scan_shapes
 
     out_dtype = out_dtype or u.dtype
-    ok, why = load_library()
-    if not ok:
-        raise BackendUnavailableError(f"scan backend 'cpu_fused' is unavailable: {why}. Fix: {FIX}")
-    if u.is_cuda:
-        raise BackendUnavailableError("scan backend 'cpu_fused' runs on CPU tensors; use 'triton' on CUDA")
+    _require_library(u)
     if mirrored:
         if u.dim() != 3 or delta.dim() != 3 or u.shape[1] * 2 != delta.shape[1] or u.shape[::2] != delta.shape[::2]:
             raise ValueError(f"mirrored scan: u must be (batch, channels/2, L) for delta (batch, channels, L); got u "
@@ -248,13 +255,7 @@ def ss2d_scan_cpu(
         does not require grad, so call it under ``torch.no_grad`` / ``torch.inference_mode`` (training uses
         :func:`selective_scan_cpu`).
     """
-    from mambaseg.ops.backend import BackendUnavailableError
-
-    ok, why = load_library()
-    if not ok:
-        raise BackendUnavailableError(f"scan backend 'cpu_fused' is unavailable: {why}. Fix: {FIX}")
-    if x.is_cuda:
-        raise BackendUnavailableError("scan backend 'cpu_fused' runs on CPU tensors; use 'triton' on CUDA")
+    _require_library(x)
     if x.dim() != 4:
         raise ValueError(f"x must be (batch, H, W, D), got {tuple(x.shape)}")
     b, h, w, d = x.shape

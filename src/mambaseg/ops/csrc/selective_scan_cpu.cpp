@@ -125,31 +125,6 @@ static inline vd vexp(vd x) {
   return out;
 }
 
-// softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(y), y in (0, 1], from log(w), w = 1 + y in [1, 2], with the
-// correction log1p(y) = log(w) * y / (w - 1) that restores the low bits lost in 1 + y. log(w) by 2 atanh(s),
-// s = (m - 1) / (m + 1), m = w or w / 2 in [0.707, 1.415], |s| <= 0.172, series to s^9.
-static inline vf vsoftplus(vf x) {
-  const vf zero{};
-  vf ax = x < zero ? -x : x;
-  vf y = vexp(-ax);
-  vf w = 1.0f + y;
-  auto big = w > splat<vf>(1.41421356f);
-  vf m = big ? w * 0.5f : w;
-  vf e = big ? splat<vf>(0.6931471805599453f) : zero;
-  vf s = (m - 1.0f) / (m + 1.0f);
-  vf s2 = s * s;
-  vf p = splat<vf>(1.0f / 9.0f);
-  p = p * s2 + (1.0f / 7.0f);
-  p = p * s2 + (1.0f / 5.0f);
-  p = p * s2 + (1.0f / 3.0f);
-  p = p * s2 + 1.0f;
-  vf logw = e + 2.0f * s * p;
-  vf d = w - 1.0f;
-  vf l1p = d == zero ? y : logw * (y / d);
-  vf mx = x > zero ? x : zero;
-  return mx + l1p;
-}
-
 static inline vd vsoftplus(vd x) {
   vd out;
   for (int i = 0; i < Vec<double>::W; ++i) out[i] = std::max(x[i], 0.0) + std::log1p(std::exp(-std::fabs(x[i])));
@@ -186,27 +161,36 @@ static inline vf_half vexp2(vf_half x) {
   return p * (vf_half)bits;
 }
 
-static inline vf_half vsoftplus(vf_half x) {  // as vsoftplus(vf)
-  const vf_half zero{};
-  vf_half ax = x < zero ? -x : x;
-  vf_half y = vexp2(-ax * 1.4426950408889634f);
-  vf_half w = 1.0f + y;
-  auto big = w > splat<vf_half>(1.41421356f);
-  vf_half m = big ? w * 0.5f : w;
-  vf_half e = big ? splat<vf_half>(0.6931471805599453f) : zero;
-  vf_half s = (m - 1.0f) / (m + 1.0f);
-  vf_half s2 = s * s;
-  vf_half p = splat<vf_half>(1.0f / 9.0f);
+static inline vf_half vexp(vf_half x) { return vexp2(x * 1.4426950408889634f); }
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(y), y in (0, 1], from log(w), w = 1 + y in [1, 2], with the
+// correction log1p(y) = log(w) * y / (w - 1) that restores the low bits lost in 1 + y. log(w) by 2 atanh(s),
+// s = (m - 1) / (m + 1), m = w or w / 2 in [0.707, 1.415], |s| <= 0.172, series to s^9.
+template <class V>
+static inline V softplus_f32(V x) {
+  const V zero{};
+  V ax = x < zero ? -x : x;
+  V y = vexp(-ax);
+  V w = 1.0f + y;
+  auto big = w > splat<V>(1.41421356f);
+  V m = big ? w * 0.5f : w;
+  V e = big ? splat<V>(0.6931471805599453f) : zero;
+  V s = (m - 1.0f) / (m + 1.0f);
+  V s2 = s * s;
+  V p = splat<V>(1.0f / 9.0f);
   p = p * s2 + (1.0f / 7.0f);
   p = p * s2 + (1.0f / 5.0f);
   p = p * s2 + (1.0f / 3.0f);
   p = p * s2 + 1.0f;
-  vf_half logw = e + 2.0f * s * p;
-  vf_half d = w - 1.0f;
-  vf_half l1p = d == zero ? y : logw * (y / d);
-  vf_half mx = x > zero ? x : zero;
+  V logw = e + 2.0f * s * p;
+  V d = w - 1.0f;
+  V l1p = d == zero ? y : logw * (y / d);
+  V mx = x > zero ? x : zero;
   return mx + l1p;
 }
+
+static inline vf vsoftplus(vf x) { return softplus_f32(x); }
+static inline vf_half vsoftplus(vf_half x) { return softplus_f32(x); }
 
 static inline float hsum(vf v) {
   vf_half lo, hi;

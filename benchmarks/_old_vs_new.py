@@ -1,0 +1,38 @@
+"""Helpers of the benchmarks that run two commits of the library side by side as child processes (no torch import).
+
+``extract`` unpacks a commit's ``src`` with ``git archive``; ``child_env`` runs a child on that copy with the thread
+variables of this shell cleared (each side then uses its own defaults); ``load`` records the machine's load average.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DATA = Path(os.environ.get("MAMBASEG_DATA", REPO.parent / "shared" / "data"))
+CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+
+
+def load() -> list[float]:
+    """1, 5 and 15-minute load averages, rounded."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def extract(commit: str, dest: Path) -> str:
+    """``git archive`` of ``commit``'s ``src`` into ``dest``; returns the full hash."""
+    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", commit], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dest.mkdir(parents=True, exist_ok=True)
+    arch = subprocess.run(["git", "-C", str(REPO), "archive", full, "src"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
+    return full
+
+
+def child_env(src: Path) -> dict:
+    """This process's environment without the thread variables, importing the library from ``src``."""
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    env["PYTHONPATH"] = str(src)
+    return env
