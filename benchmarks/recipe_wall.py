@@ -14,6 +14,14 @@ For each model and side, a fresh process is started and timed from the parent's 
 - the final val pooled DSC (one confusion matrix over all val pixels): of the checkpoint each side selects (official
   VM-UNet: lowest val loss; official DermoMamba: best ``val_dice``; mambaseg: best val Dice) and of the last epoch.
 
+Warm-up (``--warm-up``, default on): before the timed runs, each side runs once for one epoch. That first process
+meets what only the first run on a machine meets: an empty Triton kernel cache (mambaseg; its ``first_step_s`` is
+reported as ``first_step_cold_s``) and, where the Python environment ships without bytecode (the device's
+site-packages has no ``__pycache__``), the compilation of every imported module; both sides then share a bytecode
+cache (``PYTHONPYCACHEPREFIX=WORK/pycache``, set only in that case and said so in the JSON), as a pip install, which
+writes bytecode, would. The official side's counterpart of a warm kernel cache is its prebuilt extension, whose
+build is not timed either.
+
 The official code is the fetched, git-ignored ``.official/`` (see ``benchmarks/official/README.md``); its
 ``selective_scan_cuda`` extension is built first (``benchmarks/official/build_selective_scan.py``, not part of any
 timed wall). The official runs read PH2 in their own layouts, written from the same caches that mambaseg reads
@@ -81,6 +89,22 @@ def run_child(cmd: list[str], log: Path, env: dict[str, str], timeout: float | N
         return rc, time.time() - t0
 
 
+def child_env(work: Path) -> dict[str, str]:
+    """Environment of every timed child: this one, plus a shared bytecode cache when the installed packages carry no
+    bytecode of their own (see the module docstring)."""
+    env = dict(os.environ)
+    env["TRITON_CACHE_DIR"] = str(work / "triton_cache")  # emptied at the start of a run with --warm-up
+    if bytecode_missing():
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    return env
+
+
+def bytecode_missing() -> bool:
+    import torch
+
+    return not (Path(torch.__file__).parent / "__pycache__").is_dir()
+
+
 def _r(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(float(x), nd)
 
@@ -99,7 +123,7 @@ def run_official(name: str, args: argparse.Namespace, work: Path, scan_build: Pa
     if epochs is not None:
         cmd += ["--epochs", str(epochs)]
     cmd += args.official_arg
-    env = dict(os.environ)
+    env = child_env(work)
     log = work / f"official_{name}.log"
     print(f"[official {name}] {' '.join(cmd)}", flush=True)
     rc, exit_s = run_child(cmd, log, env, args.child_timeout)
@@ -133,7 +157,7 @@ def run_mambaseg(name: str, args: argparse.Namespace, work: Path) -> dict[str, A
         cmd += ["--epochs", str(args.epochs)]
     for s in args.set:
         cmd += ["--set", s]
-    env = dict(os.environ)
+    env = child_env(work)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     log = work / f"mambaseg_{name}.log"
     print(f"[mambaseg {name}] {' '.join(cmd)}", flush=True)
@@ -190,6 +214,21 @@ def run_mambaseg(name: str, args: argparse.Namespace, work: Path) -> dict[str, A
     return res
 
 
+def warm_up(name: str, sides: list[str], args: argparse.Namespace, work: Path,
+            scan_build: Path | None) -> dict[str, Any]:
+    """One epoch of each side (untimed for the comparison): fills the bytecode and kernel caches the timed runs
+    then find. Returns what the first processes measured (mambaseg: start-up with an empty Triton cache)."""
+    short = argparse.Namespace(**{**vars(args), "epochs": 1, "log_tail": 600})
+    out: dict[str, Any] = {}
+    if "official" in sides:
+        r = run_official(name, short, work, scan_build)
+        out["official"] = {k: r.get(k) for k in ("rc", "first_step_s", "process_exit_s")}
+    if "mambaseg" in sides:
+        r = run_mambaseg(name, short, work)
+        out["mambaseg"] = {k: r.get(k) for k in ("rc", "first_step_s", "process_exit_s", "epoch_s_first")}
+    return out
+
+
 def compare(entry: dict[str, Any]) -> dict[str, Any]:
     off, ms = entry.get("official") or {}, entry.get("mambaseg") or {}
     out: dict[str, Any] = {}
@@ -211,6 +250,7 @@ def compare(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 SIDE_COLS = [("wall s", "wall_s", ".1f"), ("first step s", "first_step_s", ".2f"),
+             ("first step s, empty kernel cache", "first_step_cold_s", ".2f"),
              ("s/epoch (median)", "epoch_s_median", ".3f"), ("data", "share_data", ".0%"),
              ("fwd/bwd", "share_step", ".0%"), ("val", "share_val", ".0%"), ("ckpt", "share_ckpt", ".0%"),
              ("other", "share_other", ".0%"), ("epochs", "epochs_run", "d"),
@@ -240,8 +280,8 @@ def table(result: dict[str, Any]) -> str:
         c = entry.get("compare") or {}
         if c.get("wall_ratio") is not None:
             lines.append(f"| {name} | mambaseg / official | {fmt(c['wall_ratio'], '.2f')}x | "
-                         f"{fmt(c.get('first_step_ratio'), '.2f')}x | {fmt(c.get('epoch_s_ratio'), '.2f')}x |"
-                         + " |" * (len(SIDE_COLS) - 3))
+                         f"{fmt(c.get('first_step_ratio'), '.2f')}x | - | {fmt(c.get('epoch_s_ratio'), '.2f')}x |"
+                         + " |" * (len(SIDE_COLS) - 4))
     if any((e.get("official") or {}).get("wall_s_extrapolated_to_epochs") for e in result.get("models", {}).values()):
         lines.append("\n\\* official run shortened; wall extrapolated to the full recipe (see wall_s_note)")
     return "\n".join(lines)
@@ -264,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--official-epochs", default="",
                     help="e.g. dermomamba=60: cut that official run and extrapolate its wall to the full recipe "
                          "(saves device time; marked in the JSON and the table)")
+    ap.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=True,
+                    help="run each side once for one epoch before timing (see the module docstring)")
     ap.add_argument("--set", action="append", default=[], help="passed to mambaseg train --set (repeatable)")
     ap.add_argument("--official-arg", action="append", default=[],
                     help="extra argument for the official drivers (repeatable, e.g. --official-arg=--cpu-smoke)")
@@ -334,14 +376,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(r.stdout[-4000:], flush=True)
                 write_json(out_json, result)
                 return 1
+    if args.warm_up:
+        shutil.rmtree(work / "triton_cache", ignore_errors=True)
+    result["kernel_cache"] = (f"TRITON_CACHE_DIR={work / 'triton_cache'}, "
+                              + ("emptied first, filled by the warm-up" if args.warm_up else "as found"))
+    result["bytecode_cache"] = (f"PYTHONPYCACHEPREFIX={work / 'pycache'} (installed packages carry no bytecode)"
+                                if bytecode_missing() else "the installed packages' own")
     for name in models:
         entry: dict[str, Any] = {"recipe": MODELS[name]["recipe"], "cache": MODELS[name]["cache"]}
         result["models"][name] = entry
+        if args.warm_up:
+            entry["warm_up"] = warm_up(name, sides, args, work, scan_build)
+            write_json(out_json, result)
         if "official" in sides:
             entry["official"] = run_official(name, args, work, scan_build)
             write_json(out_json, result)
         if "mambaseg" in sides:
             entry["mambaseg"] = run_mambaseg(name, args, work)
+            cold = (entry.get("warm_up") or {}).get("mambaseg") or {}
+            entry["mambaseg"]["first_step_cold_s"] = cold.get("first_step_s")
         entry["compare"] = compare(entry)
         write_json(out_json, result)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

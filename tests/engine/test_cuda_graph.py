@@ -45,9 +45,16 @@ def _no_randomness(model: torch.nn.Module) -> None:
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (CUDA graphs)")
+@pytest.mark.parametrize("backend", ["torch", None])
 @pytest.mark.parametrize("name", mambaseg.list_models())
-def test_replayed_training_step_equals_the_eager_step(name):
+def test_replayed_training_step_equals_the_eager_step(name, backend):
+    """``backend="torch"``: the scan in plain torch ops, whose sums run in a fixed order, so a replay must give the
+    eager step's loss and gradients to float rounding. ``None`` (the default backend, Triton on CUDA): its backward
+    adds some gradients atomically in no fixed order, and at small models' cancelling gradients two eager steps differ
+    by up to ~1e-2 relative per tensor; the check there is that a replay is one of those steps (a replay reading
+    stale inputs or parameters is off by order 1)."""
     from mambaseg.engine.cuda_graph import GraphedTraining
+    from mambaseg.runtime import scan_backend
 
     torch.manual_seed(0)
     probe = mambaseg.create_model(name, num_classes=2)
@@ -57,7 +64,8 @@ def test_replayed_training_step_equals_the_eager_step(name):
     model = probe.cuda().train()
     _no_randomness(model)
     x = torch.randn(2, model.in_chans if hasattr(model, "in_chans") else 3, size, size, device="cuda")
-    target = torch.randn_like(model(x).float())
+    with scan_backend(backend):
+        target = torch.randn_like(model(x).float())
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
     def grads(fn):
@@ -67,31 +75,39 @@ def test_replayed_training_step_equals_the_eager_step(name):
         loss.backward()
         return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    graphed = GraphedTraining(model, x, None)
-    after_recording = model.state_dict()
-    for k, v in before.items():  # recording leaves the model as it was
-        assert torch.equal(after_recording[k], v), k
-    # two eager steps from the same state: the run-to-run noise of the reference (the scan kernels add some
-    # gradients atomically, in no fixed order)
-    loss_e, g_e = grads(model)
-    model.load_state_dict(before)
-    _, g_e2 = grads(model)
-
     def rel(a, b):
         return float((a - b).double().norm() / b.double().norm().clamp_min(1e-30))
 
-    for _ in range(2):  # replays are repeatable
+    def flat(g):
+        return torch.cat([v.double().flatten() for v in g.values()])
+
+    with scan_backend(backend):
+        graphed = GraphedTraining(model, x, None)
+        after_recording = model.state_dict()
+        for k, v in before.items():  # recording leaves the model as it was
+            assert torch.equal(after_recording[k], v), k
+        loss_e, g_e = grads(model)
         model.load_state_dict(before)
-        loss_g, g_g = grads(graphed)
-        assert graphed.replays > 0
-        torch.testing.assert_close(loss_g, loss_e, rtol=1e-4, atol=1e-6)
-        assert g_g.keys() == g_e.keys()
-        for k in g_e:
-            noise = rel(g_e2[k], g_e[k])
-            err = rel(g_g[k], g_e[k])
-            assert err <= 1e-4 + 20 * noise, f"{name} {k}: replayed gradient off by {err:.2e} (eager noise {noise:.2e})"
-    # another batch size runs eagerly through the same parameters
-    small = x[:1]
-    eager_before = graphed.eager_steps
-    graphed(small)
-    assert graphed.eager_steps == eager_before + 1
+        _, g_e2 = grads(model)
+        for _ in range(2):  # replays are repeatable
+            model.load_state_dict(before)
+            loss_g, g_g = grads(graphed)
+            assert graphed.replays > 0
+            assert g_g.keys() == g_e.keys()
+            if backend == "torch":
+                torch.testing.assert_close(loss_g, loss_e, rtol=1e-5, atol=1e-7)
+                for k in g_e:
+                    torch.testing.assert_close(g_g[k], g_e[k], rtol=1e-4, atol=1e-6 * float(g_e[k].abs().max()),
+                                               msg=lambda m, k=k: f"{name} {k}: {m}")
+            else:
+                torch.testing.assert_close(loss_g, loss_e, rtol=1e-4, atol=1e-6)
+                noise = rel(flat(g_e2), flat(g_e))
+                assert rel(flat(g_g), flat(g_e)) <= 1e-4 + 20 * noise, f"{name}: replayed gradients (all tensors)"
+                for k in g_e:
+                    err, noise = rel(g_g[k], g_e[k]), rel(g_e2[k], g_e[k])
+                    assert err <= max(2e-2, 20 * noise), f"{name} {k}: replayed gradient off by {err:.2e}"
+        # another batch size runs eagerly through the same parameters
+        small = x[:1]
+        eager_before = graphed.eager_steps
+        graphed(small)
+        assert graphed.eager_steps == eager_before + 1

@@ -49,12 +49,17 @@ class WeightEMA:
         """Move the average towards ``model``'s current weights (call after each optimizer step)."""
         d = self.rate()
         live = model.state_dict()
+        avg, new = [], []
         for name, s in self.model.state_dict().items():
             w = live[name]
             if s.is_floating_point():
-                s.mul_(d).add_(w.detach().to(s.dtype), alpha=1.0 - d)
+                avg.append(s)
+                new.append(w.detach().to(s.dtype))
             else:
                 s.copy_(w)
+        if avg:  # s <- d * s + (1 - d) * w for all tensors at once (a few kernel launches, not two per tensor)
+            torch._foreach_mul_(avg, d)
+            torch._foreach_add_(avg, new, alpha=1.0 - d)
         self.updates += 1
 
     def state(self, model: nn.Module) -> dict[str, Any]:

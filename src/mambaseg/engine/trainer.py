@@ -757,19 +757,21 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
             logits = _forward(run, x)
         loss = run.loss_fn(logits.float(), y)
         bs = x.shape[0]
-        # one small all-reduce per step, on the device: global loss sum, sample count and a non-finite flag;
-        # then one copy to the host
+        # one small all-reduce per step, on the device: global loss sum, sample count and a non-finite flag
         lv = loss.detach().double()
         finite = torch.isfinite(lv)
         red = all_reduce_sum(torch.stack([torch.where(finite, lv * bs, 0.0), torch.full_like(lv, bs),
-                                          (~finite).double()]), ctx).cpu()
-        if red[2] > 0:
-            _diverged(run, bar, epoch, "loss", inputs=x)
+                                          (~finite).double()]), ctx)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(run.optimizer)
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
-        if not run.scaler.is_enabled() and not bool(torch.isfinite(gnorm)):
+        # one copy to the host per step, once the backward pass is queued (the checks come before the weights
+        # change: a non-finite loss or gradient never reaches the optimizer)
+        red = torch.cat([red, gnorm.detach().double().view(1)]).cpu()
+        if red[2] > 0:
+            _diverged(run, bar, epoch, "loss", inputs=x)
+        if not run.scaler.is_enabled() and not math.isfinite(float(red[3])):
             _diverged(run, bar, epoch, "gradient norm")
         run.scaler.step(run.optimizer)
         run.scaler.update()
@@ -785,7 +787,7 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
         run.n_seen += int(red[1])
         if ctx.is_main and run.step % max(tc.log_every, 1) == 0:
             run.logger.scalars({"loss": float(red[0] / red[1]), "lr": run.optimizer.param_groups[0]["lr"],
-                                "grad_norm": float(gnorm)}, run.step, prefix="train_step/")
+                                "grad_norm": float(red[3])}, run.step, prefix="train_step/")
         bar.step(f"loss {float(red[0] / max(red[1], 1)):.4f}")
         if tc.max_steps is not None and run.step >= tc.max_steps:
             capped = True
