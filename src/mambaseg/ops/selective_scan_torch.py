@@ -55,7 +55,7 @@ def selective_scan_torch(
         return u.new_zeros(u.shape)
     groups = B_.shape[1]
     cgroups = C_.shape[1]
-    T = int(chunk_size) if chunk_size else default_chunk_size(seqlen)
+    T = int(chunk_size) if chunk_size else default_chunk_size(int(seqlen))  # int(): a symbolic size, specialised
     # ceil(L / T) as a floor division of non-negative numbers: the TorchScript ONNX exporter records size arithmetic
     # with ONNX's truncating integer Div, which gave -(-L // T) = floor(L / T) in the graph (a negative pad for L = 784)
     nc = (seqlen + T - 1) // T
@@ -76,7 +76,8 @@ def selective_scan_torch(
         C_ = C_.repeat_interleave(dim // cgroups, dim=1)
     dpg = dim // g
     inference = not torch.is_grad_enabled() or not any(t.requires_grad for t in (dt, x_in, B_, C_, A_))
-    tracing = torch.jit.is_tracing()  # TorchScript tracing (ONNX export) needs pure ops: no in-place or out= writes
+    # TorchScript tracing (ONNX export) and torch.compile need pure ops: no in-place or out= writes
+    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
     if tracing:
         inference = False
     if inference:
@@ -116,7 +117,7 @@ def _chunked_scan_autograd(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:
 
 
 def _chunked_scan_pure(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:
-    """Out-of-place path for TorchScript tracing (ONNX export: no in-place or ``out=`` writes). Layouts: dtc, xc (T, b, g, dpg, nc); Bc, Cc (T, b, g, 1, nc, n);
+    """Out-of-place path for TorchScript tracing (ONNX export) and torch.compile (no in-place or ``out=`` writes). Layouts: dtc, xc (T, b, g, dpg, nc); Bc, Cc (T, b, g, 1, nc, n);
     Ag (1, g, dpg, 1, n). Returns y (b, g, dpg, nc, T)."""
     T, batch, g, dpg, nc = dtc.shape
     n = Ag.shape[-1]
@@ -148,12 +149,12 @@ def _entering_states(dtc, xc, Bc, Ag) -> torch.Tensor:
     h = xc[0, ..., None] * Bc[0]
     for t in range(1, T):
         h = torch.exp(dtc[t, ..., None] * Ag).mul_(h).addcmul_(xc[t, ..., None], Bc[t])
-    H = torch.zeros_like(h)
+    entering = [torch.zeros_like(h[:, :, :, 0])]
     if nc > 1:
         chunk_decay = torch.exp(dtc.sum(0)[..., None] * Ag)  # (b, g, dpg, nc, n), every entry <= 1
-        for c in range(nc - 1):
-            torch.addcmul(h[:, :, :, c], chunk_decay[:, :, :, c], H[:, :, :, c], out=H[:, :, :, c + 1])
-    return H
+        for c in range(nc - 1):  # a list, not writes into slices of one buffer: torch.compile traces it
+            entering.append(torch.addcmul(h[:, :, :, c], chunk_decay[:, :, :, c], entering[-1]))
+    return torch.stack(entering, dim=3)
 
 
 class _ChunkedScan(torch.autograd.Function):
