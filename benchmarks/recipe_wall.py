@@ -229,6 +229,28 @@ def warm_up(name: str, sides: list[str], args: argparse.Namespace, work: Path,
     return out
 
 
+def merge(parts: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:
+    """One result from several runs on the same device: each model's sides (and warm-ups) from whichever run has
+    them; the commands of all runs are kept."""
+    devices = {p.get("device") for p in parts}
+    if len(devices) != 1:
+        raise SystemExit(f"--merge: the results come from different devices {sorted(map(str, devices))}")
+    out = {k: v for k, v in parts[0].items() if k != "models"}
+    out["command"] = " ; ".join(p.get("command", "") for p in parts)
+    out["merged_from"] = [str(p) for p in paths]
+    out["models"] = {}
+    for part in parts:
+        for name, entry in part.get("models", {}).items():
+            into = out["models"].setdefault(name, {"recipe": entry.get("recipe"), "cache": entry.get("cache")})
+            for side in ("official", "mambaseg"):
+                if entry.get(side):
+                    into[side] = entry[side]
+                    into.setdefault("warm_up", {}).update({side: (entry.get("warm_up") or {}).get(side)})
+    for entry in out["models"].values():
+        entry["compare"] = compare(entry)
+    return out
+
+
 def compare(entry: dict[str, Any]) -> dict[str, Any]:
     off, ms = entry.get("official") or {}, entry.get("mambaseg") or {}
     out: dict[str, Any] = {}
@@ -312,9 +334,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child-timeout", type=float, default=None, help="kill a run after this many seconds")
     ap.add_argument("--log-tail", type=int, default=1500, help="characters of each run's log kept in the JSON")
     ap.add_argument("--markdown", type=Path, default=None, help="print the table of an existing result JSON, exit")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="join result JSONs of one device (e.g. the two sides of a model run by separate --only "
+                         "calls) into --out-json, recompute the comparisons, exit")
     args = ap.parse_args(argv)
     if args.markdown is not None:
         print(table(json.loads(args.markdown.read_text())))
+        return 0
+    if args.merge:
+        if args.out_json is None:
+            ap.error("--merge needs --out-json")
+        merged = merge([json.loads(p.read_text()) for p in args.merge], args.merge)
+        write_json(args.out_json, merged)
+        print(table(merged))
         return 0
     args.official_epochs = {k: int(v) for k, v in (p.split("=") for p in args.official_epochs.split(",") if p)}
     models = [m.strip() for m in args.models.split(",") if m.strip()]
