@@ -1,6 +1,7 @@
 """Helpers of the benchmarks that run two commits of the library side by side as child processes (no torch import).
 
-``extract`` unpacks a commit's ``src`` with ``git archive``; ``child_env`` runs a child on that copy with the thread
+``extract`` unpacks a commit's ``src`` with ``git archive``; ``src_dirty`` tells whether the checkout's ``src`` has
+uncommitted changes (which such a run does not measure); ``child_env`` runs a child on that copy with the thread
 variables of this shell cleared (each side then uses its own defaults); ``load`` records the machine's load average.
 """
 
@@ -36,3 +37,9 @@ def child_env(src: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in CLEARED}
     env["PYTHONPATH"] = str(src)
     return env
+
+
+def src_dirty() -> bool:
+    """Whether the checkout's ``src`` has uncommitted changes (a commit's archive does not contain them)."""
+    return bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "src"], capture_output=True,
+                               text=True).stdout.strip())

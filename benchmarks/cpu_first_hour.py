@@ -53,7 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _old_vs_new import CLEARED, DATA, REPO, RESULTS, child_env, extract, load  # noqa: E402
+from _old_vs_new import CLEARED, DATA, RESULTS, child_env, extract, load, src_dirty  # noqa: E402
 
 SCENARIOS = ("ph2_train", "demo", "acdc_eval")
 
@@ -90,12 +90,6 @@ loss.backward(); opt.step()
 print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                   "step_s": time.perf_counter() - t, "loss": float(loss)}))
 """
-
-
-
-
-
-
 
 
 def run(cmd: list[str], src: Path, cwd: Path, timeout: float) -> dict:
@@ -248,8 +242,7 @@ def main() -> None:
     old_src, new_src = work / "old", work / "new"
     commits = {"old": extract(args.old_commit, old_src), "new": extract(args.new_commit, new_src)}
     old_src, new_src = old_src / "src", new_src / "src"
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "src"], capture_output=True,
-                           text=True).stdout.strip()
+    dirty = src_dirty()
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -268,7 +261,7 @@ def main() -> None:
                 "with its defaults (torch's default threads, OpenMP's default waiting)"},
         "new": {"commit": commits["new"], "how": f"git archive {commits['new'][:7]} src, run as python -m mambaseg "
                 "with its defaults (--threads auto)",
-                "uncommitted_changes_in_src_not_measured": bool(dirty)},
+                "uncommitted_changes_in_src_not_measured": dirty},
         "cleared_environment": list(CLEARED),
         "data": str(DATA),
         "conditions": {},

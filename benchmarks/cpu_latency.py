@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -34,15 +33,12 @@ import torch
 
 import mambaseg
 from _common import environment, write_json
+from _old_vs_new import load
 from mambaseg.export import export_onnx, native_input_shape
 from mambaseg.export.onnx import onnxruntime_session
 from mambaseg.ops import available_backends, use_backend
 
 QUICK = ["vmunet", "dermomamba", "msvmunet"]
-
-
-def _load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def _build(name: str):
@@ -96,7 +92,7 @@ def measure(name: str, threads: list[int], repeats: int, onnx: bool, bf16: bool,
     t_start = time.perf_counter()
     model, x = _build(name)
     rec: dict = {"model": name, "input": list(x.shape), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-                 "load_before": _load(), "threads": {}}
+                 "load_before": load(), "threads": {}}
     outputs = {}
     for nt in threads:
         torch.set_num_threads(nt)
@@ -153,7 +149,7 @@ def measure(name: str, threads: list[int], repeats: int, onnx: bool, bf16: bool,
                 del sess
                 print(f"  {name} {nt} thread(s): onnxruntime {r['onnxruntime_s']:.4g} s "
                       f"(max abs diff to fused {r['onnxruntime_max_abs_diff']:.3g})", flush=True)
-    rec["load_after"] = _load()
+    rec["load_after"] = load()
     rec["wall_s"] = round(time.perf_counter() - t_start, 1)  # this model's whole measurement, export included
     return rec
 

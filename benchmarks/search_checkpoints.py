@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _old_vs_new import DATA, REPO, RESULTS, child_env, extract, load  # noqa: E402
+from _old_vs_new import DATA, RESULTS, child_env, extract, load, src_dirty  # noqa: E402
 
 TRAINING_DONE = "validation metrics of the best checkpoint"  # the summary the engine prints after the supernet
 
@@ -184,9 +184,8 @@ def main() -> None:
         full = extract(commit, work / side)
         srcs[side] = work / side / "src"
         result[side] = {"commit": full}
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "src"], capture_output=True,
-                           text=True).stdout.strip()
-    result["new"]["uncommitted_changes_in_src_not_measured"] = bool(dirty)
+    dirty = src_dirty()
+    result["new"]["uncommitted_changes_in_src_not_measured"] = dirty
     sys.path.insert(0, str(srcs["new"]))
     from mambaseg.nas.supernet import SliceMambaSupernet
 

@@ -78,7 +78,7 @@ def search(
 
     from mambaseg.configs import apply_overrides, load_config, load_recipe
     from mambaseg.nas.evolution import EvolutionConfig
-    from mambaseg.nas.runner import SearchSettings, run_search
+    from mambaseg.nas.runner import SUBNET_CHECKPOINT, SUPERNET_CHECKPOINTS, SearchSettings, run_search
 
     cfg = load_config(config) if config is not None else load_recipe(recipe)
     explicit = given_options({
@@ -119,10 +119,10 @@ def search(
     table.add_row("candidates scored", str(result["num_evaluated"]))
     table.add_row("search split", f"{split['n_search']} images (seed {split['seed']})")
     table.add_row("written", str(Path(out) / "arch.json"))
-    net_ckpt = Path(out) / result.get("checkpoint", "checkpoints/best.pt")
+    net_ckpt = Path(out) / result.get("checkpoint", SUBNET_CHECKPOINT)
     if net_ckpt.is_file():
         table.add_row("found network", f"{net_ckpt} ({_size(net_ckpt)}, weights inherited from the supernet)")
-    kept = [Path(out) / rel for rel in ("supernet/last.pt", "supernet/best.pt") if (Path(out) / rel).is_file()]
+    kept = [Path(out) / rel for rel in SUPERNET_CHECKPOINTS if (Path(out) / rel).is_file()]
     if kept:
         why = "--keep-supernet" if result.get("finished") else "search not finished: run it again to resume"
         table.add_row("supernet checkpoints", ", ".join(f"{p} ({_size(p)})" for p in kept) + f" kept ({why})")

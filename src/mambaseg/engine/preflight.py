@@ -30,7 +30,8 @@ RESUME_MUTABLE = frozenset({
     "description",
     "train.epochs", "train.max_steps", "train.time_limit_s", "train.device", "train.out", "train.log_every",
     "train.checkpoint_every", "train.checkpoint_interval_s", "train.async_checkpoints", "train.val_every",
-    "train.val_batch_size", "train.compile", "train.cuda_graph", "train.scan_backend", "train.find_unused_parameters", "train.init_from",
+    "train.val_batch_size", "train.compile", "train.cuda_graph", "train.scan_backend", "train.find_unused_parameters",
+    "train.init_from",
     "data.path", "data.num_workers", "data.persistent_workers", "data.validate",
 })
 

@@ -145,7 +145,6 @@ def _chunked_scan_pure(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:
 def _entering_states(dtc, xc, Bc, Ag) -> torch.Tensor:
     """State entering every chunk (b, g, dpg, nc, n): a zero-started pass over all chunks, then the carry."""
     T, batch, g, dpg, nc = dtc.shape
-    n = Ag.shape[-1]
     h = xc[0, ..., None] * Bc[0]
     for t in range(1, T):
         h = torch.exp(dtc[t, ..., None] * Ag).mul_(h).addcmul_(xc[t, ..., None], Bc[t])

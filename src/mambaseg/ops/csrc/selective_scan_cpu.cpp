@@ -46,6 +46,7 @@ typedef float vf __attribute__((vector_size(kVecBytes)));
 typedef float vf_half __attribute__((vector_size(kVecBytes / 2)));
 typedef float vf_quarter __attribute__((vector_size(kVecBytes / 4)));
 typedef int32_t vi32 __attribute__((vector_size(kVecBytes)));
+typedef int32_t vi32_half __attribute__((vector_size(kVecBytes / 2)));
 typedef double vd __attribute__((vector_size(kVecBytes)));
 typedef double vd_half __attribute__((vector_size(kVecBytes / 2)));
 typedef int64_t vi64 __attribute__((vector_size(kVecBytes)));
@@ -82,32 +83,40 @@ static inline VT splat(T a) {
 // maximum relative error on [-1/2, 1/2]: ~2e-9, ~1e-7 after float32 rounding); 2^k applied with scalef (AVX-512) or
 // assembled in the exponent bits. x is clamped below at -125 (results stay normal numbers: no denormal slow paths);
 // callers pass x * log2(e) for exp (the kernels scale A by log2(e) once per block).
-static inline vf vexp2(vf x) {
-  const vf lo = splat<vf>(-125.0f);
-#if defined(__AVX512F__)
-  x = (vf)_mm512_max_ps((__m512)lo, (__m512)x);  // x < lo ? lo : x (NaN stays NaN) in one instruction
-  const __m512 k = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const vf r = x - (vf)k;
-#else
-  x = x < lo ? lo : x;
-  const vf hi = splat<vf>(127.0f);
-  x = x > hi ? hi : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
-  const vf k = (x + magic) - magic;
-  const vf r = x - k;
-#endif
-  vf p = splat<vf>(1.535336196e-4f);
+// 2^r, |r| <= 1/2 (float vectors of any width)
+template <class V>
+static inline V exp2_poly(V r) {
+  V p = splat<V>(1.535336196e-4f);
   p = p * r + 1.339887502e-3f;
   p = p * r + 9.618436918e-3f;
   p = p * r + 5.550332367e-2f;
   p = p * r + 2.402264774e-1f;
   p = p * r + 6.931471825e-1f;
   p = p * r + 1.0f;
+  return p;
+}
+
+// 2^x without AVX-512: x clamped to [-125, 127], rounded by the magic-number trick, 2^k assembled in the exponent
+// bits (VI: the int32 vector of V's width)
+template <class V, class VI>
+static inline V exp2_bits(V x) {
+  const V lo = splat<V>(-125.0f), hi = splat<V>(127.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  const V k = (x + magic) - magic;
+  const VI bits = (__builtin_convertvector(k, VI) + 127) << 23;
+  return exp2_poly(x - k) * (V)bits;
+}
+
+static inline vf vexp2(vf x) {
 #if defined(__AVX512F__)
-  return (vf)_mm512_scalef_ps((__m512)p, k);
+  const vf lo = splat<vf>(-125.0f);
+  x = (vf)_mm512_max_ps((__m512)lo, (__m512)x);  // x < lo ? lo : x (NaN stays NaN) in one instruction
+  const __m512 k = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return (vf)_mm512_scalef_ps((__m512)exp2_poly(x - (vf)k), k);
 #else
-  const vi32 bits = (__builtin_convertvector(k, vi32) + 127) << 23;
-  return p * (vf)bits;
+  return exp2_bits<vf, vi32>(x);
 #endif
 }
 
@@ -140,26 +149,8 @@ static inline vd vsigmoid(vd x) {
 }
 
 // half-width float vectors (8 lanes with AVX-512, 4 with AVX2): SS2D channel blocks of at most W/2 channels run
-// on them instead of leaving half of the lanes idle. Same polynomials as above, 2^k assembled in the exponent bits.
-typedef int32_t vi32_half __attribute__((vector_size(kVecBytes / 2)));
-
-static inline vf_half vexp2(vf_half x) {
-  const vf_half lo = splat<vf_half>(-125.0f), hi = splat<vf_half>(127.0f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
-  const vf_half k = (x + magic) - magic;
-  const vf_half r = x - k;
-  vf_half p = splat<vf_half>(1.535336196e-4f);
-  p = p * r + 1.339887502e-3f;
-  p = p * r + 9.618436918e-3f;
-  p = p * r + 5.550332367e-2f;
-  p = p * r + 2.402264774e-1f;
-  p = p * r + 6.931471825e-1f;
-  p = p * r + 1.0f;
-  const vi32_half bits = (__builtin_convertvector(k, vi32_half) + 127) << 23;
-  return p * (vf_half)bits;
-}
+// on them instead of leaving half of the lanes idle. The same polynomial, 2^k assembled in the exponent bits.
+static inline vf_half vexp2(vf_half x) { return exp2_bits<vf_half, vi32_half>(x); }
 
 static inline vf_half vexp(vf_half x) { return vexp2(x * 1.4426950408889634f); }
 
@@ -813,6 +804,7 @@ static void ss2d_block(const Ss2dProblem<T>& p, int64_t b, int64_t c0, int nl, i
       pos[tt] = it.p;
       it.next();
       const T* row = rb + pos[tt] * 4 * p.CD;
+      // full blocks pass the lane count as a constant: the memcpy then compiles to one vector load / store
       uu[tt] = nl == WL ? load_lanes<T, VT>(xb + pos[tt] * p.D, WL) : load_lanes<T, VT>(xb + pos[tt] * p.D, nl);
       VT v = biasv;
       for (int64_t r = 0; r < p.R; ++r) v += wv[r] * row[r];
