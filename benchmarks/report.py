@@ -426,6 +426,16 @@ def step_profile_rows(name, d):
              "top kernels (ms/step)": "; ".join(f"{k['kernel'][:40]} {k['ms_per_step']:.1f}" for k in top)}]
 
 
+def epoch_profile_rows(name, d):
+    top = (d.get("top_device_kernels") or d.get("top_host_ops") or [])[:3]
+    rec = d.get("epoch_record") or {}
+    return [{"recipe": d["recipe"], "epoch": d["profiled_epoch"],
+             "epoch ms (wall, profiled)": fmt(d["wall_ms_under_profiler"], ".0f"),
+             "device kernels ms": fmt(d.get("device_kernel_ms"), ".0f"), "kernels": fmt(d.get("device_kernels"), ".0f"),
+             "step / val / ckpt s": " / ".join(fmt(rec.get(k), ".3f") for k in ("time_step", "time_val", "time_ckpt")),
+             "top (ms)": "; ".join(f"{k['name'][:40]} {k['ms']:.0f}" for k in top)}]
+
+
 def recipe_wall_rows(name, d):
     rows = []
     for model, m in d["models"].items():
@@ -538,6 +548,10 @@ FAMILIES = [
     ("Time to result: whole recipes against the official scripts", r"recipe_wall_.*", recipe_wall_rows,
      "`benchmarks/recipe_wall.py`: the official training script and `mambaseg train --recipe` on the same data and "
      "epochs, one after the other on one GPU; wall = process start to final metrics."),
+    ("One training epoch, profiled", r"epoch_profile_.*", epoch_profile_rows,
+     "`benchmarks/epoch_profile.py`: one epoch of `mambaseg train` (steps as the run makes them, CUDA graphs "
+     "included, validation, checkpoint) under torch.profiler: summed kernel time, kernels launched, the largest "
+     "items."),
     ("One training step, profiled", r"step_profile_.*", step_profile_rows,
      "`benchmarks/step_profile.py`: GPU kernel time and launches of one training step (measured before the "
      "segment-parallel scan kernels for DermoMamba)."),
