@@ -101,7 +101,9 @@ def pooled(model: Any, loader: Any, amp: bool) -> dict[str, float]:
     """Pooled DSC/IoU over all pixels of ``loader`` (sigmoid > 0.5)."""
     import torch
 
-    dev = next(model.parameters()).device
+    # Lightning moves the module back to the CPU when fit() ends; the official scan runs on CUDA only
+    dev = torch.device("cuda") if torch.cuda.is_available() else next(model.parameters()).device
+    model.to(dev)
     tp = fp = fn = 0
     model.eval()
     with torch.no_grad():
@@ -265,12 +267,18 @@ def main(argv: list[str] | None = None) -> int:
         amp = str(trainer.precision).startswith("16")
         seg = trainer.lightning_module
         if seg is not None and error is None:
-            metrics["pooled_last"] = pooled(seg, ds_mod.test_dataset, amp)
-            if ckpt_cb is not None and ckpt_cb.best_model_path:
-                ck = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)
-                seg.load_state_dict(ck["state_dict"])
-                metrics["pooled_best"] = pooled(seg, ds_mod.test_dataset, amp)
-                metrics["best_epoch"] = int(ck.get("epoch", -1)) + 1
+            try:  # after the timed wall: a failure here must not lose the timing
+                metrics["pooled_last"] = pooled(seg, ds_mod.test_dataset, amp)
+                if ckpt_cb is not None and ckpt_cb.best_model_path:
+                    ck = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)
+                    seg.load_state_dict(ck["state_dict"])
+                    metrics["pooled_best"] = pooled(seg, ds_mod.test_dataset, amp)
+                    metrics["best_epoch"] = int(ck.get("epoch", -1)) + 1
+            except Exception as exc:  # noqa: BLE001 - reported in the result
+                import traceback
+
+                traceback.print_exc()
+                metrics["pooled_error"] = f"{type(exc).__name__}: {exc}"
             metrics["definition_pooled"] = ("computed by this driver after the run: one confusion matrix over all "
                                             "val pixels, sigmoid > 0.5, at the training precision")
     result = {
