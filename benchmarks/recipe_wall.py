@@ -96,7 +96,15 @@ def child_env(work: Path) -> dict[str, str]:
     env["TRITON_CACHE_DIR"] = str(work / "triton_cache")  # emptied at the start of a run with --warm-up
     if bytecode_missing():
         env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        # a cache that is never written is no cache: an environment that also forbids writing bytecode (the device
+        # sets PYTHONDONTWRITEBYTECODE) would compile every imported module again in every timed process
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+def bytecode_cache_files(work: Path) -> int:
+    """Bytecode files in the shared cache (reported after the warm-up: proof the cache was filled)."""
+    return sum(1 for _ in (work / "pycache").rglob("*.pyc")) if (work / "pycache").is_dir() else 0
 
 
 def bytecode_missing() -> bool:
@@ -180,6 +188,7 @@ def run_mambaseg(name: str, args: argparse.Namespace, work: Path) -> dict[str, A
         history = []
     tr = metrics.get("train", {})
     res["first_step_s"] = tr.get("first_step_s")
+    res["startup_s"] = tr.get("startup_s")  # seconds from process start at each start-up mark (trainer)
     res["epochs_run"] = tr.get("epochs", len(history))
     res["steps"] = tr.get("steps")
     res["train_seconds"] = tr.get("seconds")
@@ -226,6 +235,7 @@ def warm_up(name: str, sides: list[str], args: argparse.Namespace, work: Path,
     if "mambaseg" in sides:
         r = run_mambaseg(name, short, work)
         out["mambaseg"] = {k: r.get(k) for k in ("rc", "first_step_s", "process_exit_s", "epoch_s_first")}
+    out["bytecode_files_after"] = bytecode_cache_files(work)
     return out
 
 
@@ -412,7 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / "triton_cache", ignore_errors=True)
     result["kernel_cache"] = (f"TRITON_CACHE_DIR={work / 'triton_cache'}, "
                               + ("emptied first, filled by the warm-up" if args.warm_up else "as found"))
-    result["bytecode_cache"] = (f"PYTHONPYCACHEPREFIX={work / 'pycache'} (installed packages carry no bytecode)"
+    result["bytecode_cache"] = (f"PYTHONPYCACHEPREFIX={work / 'pycache'} (installed packages carry no bytecode; "
+                                "PYTHONDONTWRITEBYTECODE "
+                                + ("was set here, removed for the children)" if os.environ.get("PYTHONDONTWRITEBYTECODE")
+                                   else "not set)")
                                 if bytecode_missing() else "the installed packages' own")
     for name in models:
         entry: dict[str, Any] = {"recipe": MODELS[name]["recipe"], "cache": MODELS[name]["cache"]}

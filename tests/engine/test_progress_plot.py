@@ -25,3 +25,19 @@ def test_integer_ticks_and_legend_outside_the_axes(n, tmp_path):
     assert [t.get_text() for t in legend.get_texts()] == ["train loss", "val loss", "val dice"]
     assert legend.get_window_extent(renderer).y0 >= top.get_window_extent(renderer).y1 - 1  # above the panel
     assert plot_progress(_records(n), tmp_path / "p.png").stat().st_size > 0
+
+
+def test_tensorboard_writer_starts_with_the_first_scalars(tmp_path):
+    """The TensorBoard writer (a slow import) is made when the first scalars arrive, not before the first step;
+    those scalars still reach an event file."""
+    import sys
+
+    from mambaseg.engine.run_logger import RunLogger
+
+    log = RunLogger(tmp_path)
+    assert not (tmp_path / "tb").exists()
+    log.scalars({"train/loss": 0.5, "val/dice": float("nan")}, step=1)
+    log.close()
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert "torch.utils.tensorboard" in sys.modules

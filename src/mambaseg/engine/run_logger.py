@@ -31,17 +31,14 @@ class RunLogger:
         self._last_plot: float | None = None
         self._log = None
         self._tb = None
+        self._tb_wanted = False
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.run_dir / "train.log", "a", encoding="utf-8")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
-            except ImportError as e:  # tensorboard is a declared dependency, but keep training if it is absent
-                self.log(f"TensorBoard disabled: {e}")
+        # the writer is made with the first scalars (end of the first epoch): importing TensorBoard takes ~0.2-0.5 s
+        # that would otherwise delay the first training step
+        self._tb_wanted = tensorboard
 
     @property
     def active(self) -> bool:
@@ -58,6 +55,14 @@ class RunLogger:
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         """Add scalars to TensorBoard (non-finite values are skipped)."""
+        if self._tb is None and self._tb_wanted and self.run_dir is not None:
+            self._tb_wanted = False
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            except ImportError as e:  # tensorboard is a declared dependency, but keep training if it is absent
+                self.log(f"TensorBoard disabled: {e}")
         if self._tb is None:
             return
         for k, v in values.items():

@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "EMPTY_POLICIES",
@@ -98,6 +97,8 @@ def mask_surface(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
         Boolean array of the same shape.
     """
     m = _as_bool(mask, "mask")
+    from scipy import ndimage  # imported on use: keeps scipy out of the start of every training run
+
     structure = ndimage.generate_binary_structure(m.ndim, connectivity)
     return m & ~ndimage.binary_erosion(m, structure=structure, iterations=1, border_value=0)
 
@@ -141,6 +142,8 @@ def surface_distances(
     p, g = p[box], g[box]
     ps = mask_surface(p, connectivity)
     gs = mask_surface(g, connectivity)
+    from scipy import ndimage
+
     # distance from every voxel to the nearest surface voxel of the other mask
     dt_g = ndimage.distance_transform_edt(~gs, sampling=sp)
     dt_p = ndimage.distance_transform_edt(~ps, sampling=sp)
