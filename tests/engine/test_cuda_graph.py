@@ -47,15 +47,24 @@ def _no_randomness(model: torch.nn.Module) -> None:
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (CUDA graphs)")
 @pytest.mark.parametrize("backend", ["torch", None])
 @pytest.mark.parametrize("name", mambaseg.list_models())
-def test_replayed_training_step_equals_the_eager_step(name, backend):
-    """``backend="torch"``: the scan in plain torch ops, whose sums run in a fixed order, so a replay must give the
-    eager step's loss and gradients to float rounding. ``None`` (the default backend, Triton on CUDA): its backward
-    adds some gradients atomically in no fixed order, and at small models' cancelling gradients two eager steps differ
-    by up to ~1e-2 relative per tensor; the check there is that a replay is one of those steps (a replay reading
-    stale inputs or parameters is off by order 1)."""
+def test_replayed_training_step_equals_the_eager_step(name, backend, monkeypatch):
+    """A replay must be one of the eager steps: a replay that reads stale inputs or parameters is off by order 1.
+
+    What "one of the eager steps" allows, per gradient tensor (norms, not elements): its own tolerance relative to
+    the tensor (``torch`` backend 1e-3; ``None``, Triton on CUDA, 2e-2: its backward adds some gradients atomically in
+    no fixed order), 20x the difference between two eager steps, and 1e-5 of the whole gradient's norm. The last is for
+    gradients that cancel to rounding: a conv bias ahead of a batch norm has a true gradient of zero, so its computed
+    value is rounding noise of order 1e-6 of the model's gradient and a replay may give other noise. The first is for
+    the GPU's own choices: cuDNN and cuBLAS may pick another algorithm inside a capture than eagerly (with TF32 on, the
+    torch backend's first-conv weight gradients differed by ~4e-3 in single elements on an H100, torch 2.11; the test
+    runs in full fp32). The whole gradient vector must agree within 1e-3 relative plus 20x the eager noise."""
     from mambaseg.engine.cuda_graph import GraphedTraining
     from mambaseg.runtime import scan_backend
 
+    # TF32 convolutions and matmuls (cuDNN's default) round products to 10 mantissa bits, so a different algorithm
+    # inside the capture would differ by ~1e-3: compared in full fp32, the only differences left are summation order
+    for flag in (torch.backends.cudnn, torch.backends.cuda.matmul):
+        monkeypatch.setattr(flag, "allow_tf32", False)
     torch.manual_seed(0)
     probe = mambaseg.create_model(name, num_classes=2)
     size = max(64, 2 * int(getattr(probe, "stride", 32)))
@@ -94,18 +103,16 @@ def test_replayed_training_step_equals_the_eager_step(name, backend):
             loss_g, g_g = grads(graphed)
             assert graphed.replays > 0
             assert g_g.keys() == g_e.keys()
-            if backend == "torch":
-                torch.testing.assert_close(loss_g, loss_e, rtol=1e-5, atol=1e-7)
-                for k in g_e:
-                    torch.testing.assert_close(g_g[k], g_e[k], rtol=1e-4, atol=1e-6 * float(g_e[k].abs().max()),
-                                               msg=lambda m, k=k: f"{name} {k}: {m}")
-            else:
-                torch.testing.assert_close(loss_g, loss_e, rtol=1e-4, atol=1e-6)
-                noise = rel(flat(g_e2), flat(g_e))
-                assert rel(flat(g_g), flat(g_e)) <= 1e-4 + 20 * noise, f"{name}: replayed gradients (all tensors)"
-                for k in g_e:
-                    err, noise = rel(g_g[k], g_e[k]), rel(g_e2[k], g_e[k])
-                    assert err <= max(2e-2, 20 * noise), f"{name} {k}: replayed gradient off by {err:.2e}"
+            torch.testing.assert_close(loss_g, loss_e, rtol=1e-5 if backend == "torch" else 1e-4, atol=1e-6)
+            noise = rel(flat(g_e2), flat(g_e))
+            assert rel(flat(g_g), flat(g_e)) <= 1e-3 + 20 * noise, f"{name}: replayed gradients (all tensors)"
+            whole = float(flat(g_e).norm())
+            tol = 1e-3 if backend == "torch" else 2e-2
+            for k in g_e:
+                diff = float((g_g[k] - g_e[k]).double().norm())
+                allowed = max(tol * float(g_e[k].double().norm()), 20 * float((g_e2[k] - g_e[k]).double().norm()),
+                              1e-5 * whole)
+                assert diff <= allowed, f"{name} {k}: replayed gradient off by {diff:.3e} (allowed {allowed:.3e})"
         # another batch size runs eagerly through the same parameters
         small = x[:1]
         eager_before = graphed.eager_steps
