@@ -463,6 +463,23 @@ def recipe_wall_rows(name, d):
     return rows
 
 
+def test_suite_rows(name, d):
+    """``cpu_test_suite.py``: per side the whole suite (round 0) and the median over the tests both commits have."""
+    rows = []
+    for side in ("old", "new"):
+        r = d[side]
+        runs = r["runs"]
+        rows.append({"side": side, "commit": r["commit"][:7],
+                     "whole suite (passed, wall s)": f"{runs[0]['counts'].get('passed', '-')}, "
+                                                     f"{fmt(r.get('whole_suite_wall_s'), '.1f')}",
+                     f"{d['tests_in_both']} tests in both: median wall s": fmt(r.get("median_wall_s"), ".1f"),
+                     "rounds 1+ s": " / ".join(fmt(x["wall_s"], ".1f") for x in runs[1:]),
+                     "load avg (1 min) before each round": " / ".join(str(x["load_before"][0]) for x in runs)})
+    rows.append({"side": "new / old", f"{d['tests_in_both']} tests in both: median wall s":
+                 fmt(d.get("new_over_old"), ".3f") + "x"})
+    return rows
+
+
 def first_hour_rows(name, d):
     """One row per (condition, scenario) of ``cpu_first_hour.py``, then the thread probes and the peak RSS."""
     rows = []
@@ -601,6 +618,10 @@ FAMILIES = [
      "them at the end), the process's peak RSS (largest sample during the supernet training / the evolution in "
      "brackets), and the checkpoint files left in the output folder after the search beside the found network's "
      "parameter bytes."),
+    ("The CPU test suite, two commits", r"cpu_test_suite.*", test_suite_rows,
+     "`benchmarks/cpu_test_suite.py`: the README's test command in each commit's own tree on this machine; round 0 "
+     "runs each whole suite (and fills the caches), later rounds alternate the two sides on the tests both commits "
+     "have, compared by their medians."),
     ("CPU must-show runs", r"cpu_mustshow_.*", mustshow_rows,
      "Short end-to-end runs of the command-line interface on the CPU."),
 ]
