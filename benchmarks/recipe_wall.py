@@ -255,7 +255,9 @@ def merge(parts: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:
             for side in ("official", "mambaseg"):
                 if entry.get(side):
                     into[side] = entry[side]
-                    into.setdefault("warm_up", {}).update({side: (entry.get("warm_up") or {}).get(side)})
+                    warm = entry.get("warm_up") or {}
+                    into.setdefault("warm_up", {}).update({side: warm.get(side)})
+                    into["warm_up"].update({k: v for k, v in warm.items() if k not in ("official", "mambaseg")})
     for entry in out["models"].values():
         entry["compare"] = compare(entry)
     return out
