@@ -1,14 +1,18 @@
 """Helpers of the benchmarks that run two commits of the library side by side as child processes (no torch import).
 
-``extract`` unpacks a commit's ``src`` with ``git archive``; ``src_dirty`` tells whether the checkout's ``src`` has
-uncommitted changes (which such a run does not measure); ``child_env`` runs a child on that copy with the thread
-variables of this shell cleared (each side then uses its own defaults); ``load`` records the machine's load average.
+``extract`` unpacks a commit's ``src`` (or other paths, or the whole tree) with ``git archive``; ``src_dirty`` tells
+whether the checkout's ``src`` has uncommitted changes (which such a run does not measure); ``child_env`` runs a child
+on that copy with the thread variables of this shell cleared (each side then uses its own defaults); ``load`` records
+the machine's load average and ``cpu_environment`` the machine, date and command of a result.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,14 +26,32 @@ def load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def extract(commit: str, dest: Path) -> str:
-    """``git archive`` of ``commit``'s ``src`` into ``dest``; returns the full hash."""
+def extract(commit: str, dest: Path, paths: tuple[str, ...] = ("src",)) -> str:
+    """``git archive`` of ``commit``'s ``paths`` (``()``: the whole tree) into ``dest``; returns the full hash."""
     full = subprocess.run(["git", "-C", str(REPO), "rev-parse", commit], capture_output=True, text=True,
                           check=True).stdout.strip()
     dest.mkdir(parents=True, exist_ok=True)
-    arch = subprocess.run(["git", "-C", str(REPO), "archive", full, "src"], capture_output=True, check=True).stdout
+    arch = subprocess.run(["git", "-C", str(REPO), "archive", full, *paths], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
     return full
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_environment() -> dict:
+    """Date (UTC), the CPU this process may use, Python, platform, the command and the load average at the start."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": f"cpu ({cpu_cores()} cores, {platform.processor() or platform.machine()})",
+        "python": platform.python_version(), "platform": platform.platform(),
+        "command": " ".join(["python"] + sys.argv), "load_average_start": load(),
+    }
 
 
 def child_env(src: Path) -> dict:

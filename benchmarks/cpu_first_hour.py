@@ -40,10 +40,7 @@ Writes ``benchmarks/results/cpu_first_hour.json`` (or ``--out``) and prints a ta
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -53,7 +50,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _old_vs_new import CLEARED, DATA, RESULTS, child_env, extract, load, src_dirty  # noqa: E402
+from _old_vs_new import (  # noqa: E402
+    CLEARED, DATA, RESULTS, child_env, cpu_cores, cpu_environment, extract, load, src_dirty,
+)
 
 SCENARIOS = ("ph2_train", "demo", "acdc_eval")
 
@@ -243,20 +242,11 @@ def main() -> None:
     commits = {"old": extract(args.old_commit, old_src), "new": extract(args.new_commit, new_src)}
     old_src, new_src = old_src / "src", new_src / "src"
     dirty = src_dirty()
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = cpu_cores()
     import torch
 
     result: dict = {
-        "environment": {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": f"cpu ({cores} cores, {platform.processor() or platform.machine()})",
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "command": " ".join(["python"] + sys.argv),
-            "load_average_start": load(),
-        },
+        "environment": {**cpu_environment(), "torch": torch.__version__},
         "old": {"commit": commits["old"], "how": f"git archive {commits['old'][:7]} src, run as python -m mambaseg "
                 "with its defaults (torch's default threads, OpenMP's default waiting)"},
         "new": {"commit": commits["new"], "how": f"git archive {commits['new'][:7]} src, run as python -m mambaseg "

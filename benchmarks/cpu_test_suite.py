@@ -19,9 +19,6 @@ Writes ``benchmarks/results/cpu_test_suite.json`` (or ``--out``) and prints a ta
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import re
 import shutil
 import statistics
@@ -34,19 +31,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import write_json  # noqa: E402
-from _old_vs_new import REPO, RESULTS, child_env, load, src_dirty  # noqa: E402
+from _old_vs_new import REPO, RESULTS, child_env, cpu_environment, extract, load, src_dirty  # noqa: E402
 
 SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|deselected|errors?)")
 
 
 def unpack(commit: str, dest: Path) -> str:
     """The whole tree of ``commit`` in ``dest/repo`` with ``dest/shared`` linking to the checkout's ``../shared``."""
-    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", commit], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    repo = dest / "repo"
-    repo.mkdir(parents=True)
-    arch = subprocess.run(["git", "-C", str(REPO), "archive", full], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(repo)], input=arch, check=True)
+    full = extract(commit, dest / "repo", paths=())
     shared = REPO.parent / "shared"
     if shared.exists():
         (dest / "shared").symlink_to(shared.resolve())
@@ -119,12 +111,7 @@ def main() -> int:
     median = {name: (statistics.median(v) if v else None) for name, v in timed.items()}
     ratio = (round(median["new"] / median["old"], 3) if median["old"] and median["new"] else None)
     result = {
-        "environment": {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": f"cpu ({len(os.sched_getaffinity(0))} cores, {platform.processor() or platform.machine()})",
-            "python": platform.python_version(), "platform": platform.platform(),
-            "command": " ".join(["python"] + sys.argv), "uncommitted_src_not_measured": src_dirty(),
-        },
+        "environment": {**cpu_environment(), "uncommitted_src_not_measured": src_dirty()},
         "what": "README test command (pytest -m 'not slow' -q), each commit's own tree; round 0 = each whole suite "
                 "(fills the caches); rounds 1+ = only the tests both commits have, alternating, compared by median",
         "tests_in_both": len(common),

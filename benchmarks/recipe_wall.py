@@ -107,6 +107,15 @@ def bytecode_cache_files(work: Path) -> int:
     return sum(1 for _ in (work / "pycache").rglob("*.pyc")) if (work / "pycache").is_dir() else 0
 
 
+def bytecode_note(work: Path) -> str:
+    """What the timed children use as bytecode (for the JSON): see :func:`child_env`."""
+    if not bytecode_missing():
+        return "the installed packages' own"
+    forbidden = "was set here, removed for the children" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "not set"
+    return (f"PYTHONPYCACHEPREFIX={work / 'pycache'} (installed packages carry no bytecode; PYTHONDONTWRITEBYTECODE "
+            f"{forbidden})")
+
+
 def bytecode_missing() -> bool:
     import torch
 
@@ -255,9 +264,9 @@ def merge(parts: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]:
             for side in ("official", "mambaseg"):
                 if entry.get(side):
                     into[side] = entry[side]
-                    warm = entry.get("warm_up") or {}
-                    into.setdefault("warm_up", {}).update({side: warm.get(side)})
-                    into["warm_up"].update({k: v for k, v in warm.items() if k not in ("official", "mambaseg")})
+                    warm = entry.get("warm_up") or {}  # this side's first process, and the run's cache facts
+                    into.setdefault("warm_up", {}).update(
+                        {k: v for k, v in warm.items() if k == side or k not in ("official", "mambaseg")})
     for entry in out["models"].values():
         entry["compare"] = compare(entry)
     return out
@@ -424,11 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / "triton_cache", ignore_errors=True)
     result["kernel_cache"] = (f"TRITON_CACHE_DIR={work / 'triton_cache'}, "
                               + ("emptied first, filled by the warm-up" if args.warm_up else "as found"))
-    result["bytecode_cache"] = (f"PYTHONPYCACHEPREFIX={work / 'pycache'} (installed packages carry no bytecode; "
-                                "PYTHONDONTWRITEBYTECODE "
-                                + ("was set here, removed for the children)" if os.environ.get("PYTHONDONTWRITEBYTECODE")
-                                   else "not set)")
-                                if bytecode_missing() else "the installed packages' own")
+    result["bytecode_cache"] = bytecode_note(work)
     for name in models:
         entry: dict[str, Any] = {"recipe": MODELS[name]["recipe"], "cache": MODELS[name]["cache"]}
         result["models"][name] = entry

@@ -26,10 +26,8 @@ Writes ``benchmarks/results/search_checkpoints_cpu.json`` (or ``--out``). Record
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -40,13 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _old_vs_new import DATA, RESULTS, child_env, extract, load, src_dirty  # noqa: E402
+from _old_vs_new import DATA, RESULTS, child_env, cpu_environment, extract, load, src_dirty  # noqa: E402
 
 TRAINING_DONE = "validation metrics of the best checkpoint"  # the summary the engine prints after the supernet
-
-
-
-
 
 
 def tensor_bytes(obj) -> int:
@@ -170,13 +164,8 @@ def main() -> None:
     import torch
 
     result: dict = {
-        "environment": {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": f"cpu ({len(os.sched_getaffinity(0))} cores, {platform.processor() or platform.machine()})",
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "command": " ".join(["python"] + sys.argv), "load_average_start": load(),
-            "memory_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-        },
+        "environment": {**cpu_environment(), "torch": torch.__version__,
+                        "memory_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")},
         "data": str(DATA / "endotect_polyp"),
     }
     srcs = {}

@@ -62,8 +62,8 @@ from mambaseg.nas.supernet import SliceMambaSupernet
 from mambaseg.runtime import resolve_amp, resolve_device
 from mambaseg.utils.files import atomic_write_json
 
-__all__ = ["SUBNET_CHECKPOINT", "SUPERNET_CHECKPOINTS", "SearchSettings", "SupernetHooks", "carve_search_split", "run_search", "save_subnet",
-           "supernet_fitness", "train_supernet"]
+__all__ = ["SUBNET_CHECKPOINT", "SUPERNET_CHECKPOINTS", "SearchSettings", "SupernetHooks", "carve_search_split",
+           "run_search", "save_subnet", "supernet_fitness", "train_supernet"]
 
 
 @dataclass

@@ -270,7 +270,8 @@ def ss2d_scan_cpu(
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and t.shape != (4 * d,):
             raise ValueError(f"{name} must be (4 * D,) = ({4 * d},), got {tuple(t.shape)}")
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, xdbl, dt_weight, A, D, delta_bias)):
+    tensors = (x, xdbl, dt_weight, A, D, delta_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         raise RuntimeError("ss2d_scan_cpu is forward-only and got tensors that require grad with grad mode on: "
                            "call it under torch.no_grad() / torch.inference_mode(), or use selective_scan_cpu")
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -117,8 +117,9 @@ def _chunked_scan_autograd(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:
 
 
 def _chunked_scan_pure(dtc, xc, Bc, Cc, Ag) -> torch.Tensor:
-    """Out-of-place path for TorchScript tracing (ONNX export) and torch.compile (no in-place or ``out=`` writes). Layouts: dtc, xc (T, b, g, dpg, nc); Bc, Cc (T, b, g, 1, nc, n);
-    Ag (1, g, dpg, 1, n). Returns y (b, g, dpg, nc, T)."""
+    """Out-of-place path for TorchScript tracing (ONNX export) and torch.compile (no in-place or ``out=`` writes).
+    Layouts: dtc, xc (T, b, g, dpg, nc); Bc, Cc (T, b, g, 1, nc, n); Ag (1, g, dpg, 1, n). Returns y (b, g, dpg, nc, T).
+    """
     T, batch, g, dpg, nc = dtc.shape
     n = Ag.shape[-1]
     # pass 1: chunk-end states of every chunk started from zero (all chunks at once, T steps)
