@@ -30,12 +30,15 @@ import torch
 from _common import RESULTS, device_tag, environment, write_json
 
 
-def _table(events: Any, on_device: bool, top: int) -> list[dict[str, Any]]:
-    """Summed time (ms) and count per event name: device kernels (``on_device``) or host operations (self time)."""
+def _table(events: Any, on_device: bool, top: int | None, annotations: bool = False) -> list[dict[str, Any]]:
+    """Summed time (ms) and count per event name, largest first (``top`` rows, None = all): device kernels
+    (``on_device``) or host operations (self time). On the device, ``record_function`` ranges (e.g.
+    ``Optimizer.step#Adam.step``) span kernels that are counted on their own, so they are kept apart: kernels only,
+    or (``annotations``) the ranges only."""
     acc: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
     for ev in events:
         is_device = ev.device_type != torch.autograd.DeviceType.CPU
-        if is_device != on_device:
+        if is_device != on_device or (on_device and bool(getattr(ev, "is_user_annotation", False)) != annotations):
             continue
         ms = (ev.device_time_total if on_device else ev.self_cpu_time_total) / 1e3
         acc[ev.name[:100]][0] += ms
@@ -89,10 +92,12 @@ def main() -> None:
                            overrides=args.overrides)
         train(cfg, callbacks=[callback], show_progress=False)
     events = state["prof"].events()
-    kernels = _table(events, True, args.top) if cuda else []
+    all_kernels = _table(events, True, None) if cuda else []
+    kernels = all_kernels[:args.top]
+    ranges = _table(events, True, args.top, annotations=True) if cuda else []
     host = _table(events, False, args.top)
-    kernel_ms = sum(r["ms"] for r in _table(events, True, 10**9)) if cuda else None
-    launches = sum(r["count"] for r in _table(events, True, 10**9)) if cuda else None
+    kernel_ms = sum(r["ms"] for r in all_kernels) if cuda else None
+    launches = sum(r["count"] for r in all_kernels) if cuda else None
     rec = state["record"]
     print(f"{args.recipe}, epoch {epoch}: {state['wall_ms']:.1f} ms wall under the profiler"
           + (f", {kernel_ms:.1f} ms summed device time, {launches} kernels" if cuda else "")
@@ -110,13 +115,14 @@ def main() -> None:
         "recipe": args.recipe, "data": args.data, "overrides": args.overrides, "epochs": args.epochs,
         "profiled_epoch": epoch,
         "what": "one epoch of mambaseg train under torch.profiler (started after the previous epoch, stopped after "
-                "this one); device times are summed kernel times (profiler annotations included), host times are "
-                "self CPU times",
+                "this one); device times are summed kernel times (record_function ranges, which span kernels counted "
+                "on their own, are listed apart in top_device_ranges), host times are self CPU times",
         "wall_ms_under_profiler": round(state["wall_ms"], 2),
         "device_kernel_ms": None if kernel_ms is None else round(kernel_ms, 2),
         "device_kernels": launches,
         "epoch_record": {k: v for k, v in rec.items() if k.startswith("time") or k in ("epoch", "step")},
         "top_device_kernels": kernels,
+        "top_device_ranges": ranges,
         "top_host_ops": host,
     })
     print(f"wrote {path}")
