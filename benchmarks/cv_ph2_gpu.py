@@ -16,7 +16,9 @@ Writes ``<results-dir>/cv_ph2_<recipe>_s<seed>.json``: pooled out-of-fold DSC/Io
 per-case DSC list, worst cases, number of cases below 80 DSC, per-fold training facts (epochs, stop reason, wall time,
 largest drop of validation Dice between consecutive epochs), environment, command, date. A fold already trained in
 ``--runs`` is not trained again and an unfinished one resumes from its ``last.pt`` (written every 5 minutes), so a
-job stopped by a per-command time limit continues when the same command is run again.
+job stopped by a per-command time limit continues when the same command is run again. Each fold also saves its
+flip-TTA out-of-fold predictions, so a root copied without its checkpoints (and carried to another machine) is
+scored as it is and only its unfinished folds train.
 
 Scores are computed at the cache's resolution (256x256, or 192x256 for DermoMamba): the npz2d cache stores the
 ground truth at network size.
@@ -29,8 +31,11 @@ Usage (caches built where the data is; ``mambaseg cache`` stores train AND val, 
         --runs /tmp/cvruns --results-dir $OUT
     PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmunet_ph2,vmbunet_ph2,dermomamba_ph2 --seeds 42 \\
         --minutes-per-fold 6 --runs /tmp/cvruns --results-dir $OUT
+    # back here: restore the returned state (finished folds without checkpoints) and score, e.g. the seed ensemble:
+    tar xzf cvstate.tgz -C /tmp && PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmunet_ph2_best \
+        --seeds 0,1,2 --runs /tmp/cvruns --score-only --ensemble
     # CPU smoke test (synthetic 32x32 data, vmunet_tiny, 2 folds of 1 epoch; results to a temporary folder):
-    PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --smoke
+    PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --smoke --ensemble
 """
 
 from __future__ import annotations
@@ -71,8 +76,68 @@ def _fold_facts(root: Path, k: int) -> list[dict]:
     return out
 
 
+def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tta: bool) -> dict:
+    """Score the seeds of one recipe as an ensemble (their saved out-of-fold probabilities averaged per case, the
+    same folds) and summarise the single seeds (mean and standard deviation of their pooled out-of-fold DSC, read
+    from their result files): ``<results>/cv_ph2_<recipe>_ensemble.json``."""
+    import statistics
+
+    from mambaseg.engine.crossval import evaluate_cv
+
+    singles = []
+    for seed in seeds:
+        f = results / f"cv_ph2_{recipe}_s{seed}.json"
+        if not f.is_file():
+            raise SystemExit(f"{f} is missing: run (or score) seed {seed} of {recipe} first")
+        singles.append(json.loads(f.read_text()))
+    roots = [runs / f"cv_ph2_{recipe}_s{seed}" for seed in seeds]
+    out = runs / f"cv_ph2_{recipe}_ensemble"
+    scores = {"last": evaluate_cv(roots, which="last", out=out)}
+    if tta:
+        scores["last_tta_flip"] = evaluate_cv(roots, which="last", tta="flip", out=out / "tta_flip")
+    head = scores["last"]
+
+    def spread(key: str) -> dict:
+        vals = [d[key] for d in singles]
+        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                "values": vals, "std_rule": "sample standard deviation (n-1) over the seeds"}
+
+    tta_singles = [d["scores"].get("last_tta_flip", {}).get("pooled_dsc") for d in singles]
+    record = {
+        "what": f"{singles[0]['folds']}-fold cross-validation of recipe {recipe} with seeds {seeds}: the seeds one by "
+                f"one (mean and std) and as an ensemble (out-of-fold probabilities averaged over the seeds)",
+        "recipe": recipe, "seeds": seeds, "members": len(seeds), "folds": singles[0]["folds"],
+        "split_seed": singles[0]["split_seed"], "cache": singles[0]["cache"],
+        "selection_rule": head["selection_rule"] + "; headline = pooled out-of-fold DSC",
+        "single_seed_pooled_oof_dsc": spread("pooled_oof_dsc"),
+        "single_seed_n_below_0.8": [d["n_below_0.8"] for d in singles],
+        "single_seed_pooled_oof_dsc_tta_flip": (
+            {"mean": statistics.fmean(tta_singles), "std": statistics.stdev(tta_singles) if len(seeds) > 1 else 0.0,
+             "values": tta_singles} if tta and None not in tta_singles else None),
+        "pooled_oof_dsc": head["dice"], "pooled_oof_iou": head["iou"], "per_case_mean_dsc": head["per_case_dice"],
+        "n_below_0.8": head["n_below"]["count"], "worst": head["worst"],
+        "per_case_dsc": {c["id"]: c["dice"] for c in head["cases"]},
+        "scores": {k: {"rule": v["selection_rule"], "tta": v["tta"], "pooled_dsc": v["dice"], "pooled_iou": v["iou"],
+                       "per_case_mean_dsc": v["per_case_dice"], "n_below_0.8": v["n_below"]["count"],
+                       "worst": v["worst"][:5]} for k, v in scores.items()},
+        "resolution": head["resolution"],
+        "members_trained_on": sorted({str((d.get("environment") or {}).get("device")) for d in singles}),
+        "environment": environment(),
+        "note": "'environment' is where the saved predictions were averaged and scored (no model runs then)",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = results / f"cv_ph2_{recipe}_ensemble.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    sd = record["single_seed_pooled_oof_dsc"]
+    print(f"{recipe} seeds {seeds}: single seeds {sd['mean']:.4f} +- {sd['std']:.4f}; ensemble {head['dice']:.4f}"
+          + (f", with flip TTA {scores['last_tta_flip']['dice']:.4f}" if tta else "")
+          + f"; {head['n_below']['count']} case(s) below 0.8 -> {path}", flush=True)
+    return record
+
+
 def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict, runs: Path, results: Path,
-            minutes_per_fold: float | None, epochs: int | None, extra: list[str], device: str, tta: bool) -> dict:
+            minutes_per_fold: float | None, epochs: int | None, extra: list[str], device: str, tta: bool,
+            score_only: bool = False) -> dict:
     from rich.console import Console
 
     from mambaseg.configs import apply_overrides, load_recipe
@@ -85,6 +150,9 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         raise SystemExit(f"no cache for {recipe} at {size[0]}x{size[1]} ({cache}); build it with: mambaseg cache "
                          f"--data ../shared/data/ph2_dev --image-size {size[0]},{size[1]} --out {cache}")
     root = runs / f"cv_ph2_{recipe}_s{seed}"
+    path = results / f"cv_ph2_{recipe}_s{seed}.json"
+    if score_only and path.is_file():  # the device's own record (its environment is where the folds trained)
+        return json.loads(path.read_text())
     sets = [f"data.path={cache}", f"train.seed={seed}", f"data.split_seed={split_seed}", f"train.out={root}",
             f"train.device={device}"]  # last.pt every 5 minutes (the default): a killed job resumes its fold
     if epochs is not None:
@@ -93,7 +161,9 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         sets.append(f"train.time_limit_s={60 * minutes_per_fold}")
     cfg = apply_overrides(cfg, sets + extra)
     t0 = time.perf_counter()
-    train_folds(cfg, folds=folds, fold="all", resume=True, console=Console(), show_progress=False)
+    if not score_only:
+        train_folds(cfg, folds=folds, fold="all", resume=True, console=Console(), show_progress=False,
+                    tta="flip" if tta else None)  # TTA predictions saved per fold: scoring needs no checkpoint
     wall = time.perf_counter() - t0
     scores = {"last": evaluate_cv(root, which="last", device=device)}
     if tta:
@@ -115,13 +185,18 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
                        "per_case_mean_dsc": v["per_case_dice"], "hd95_px": v.get("hd95"), "nsd_2px": v.get("nsd"),
                        "n_below_0.8": v["n_below"]["count"], "worst": v["worst"][:5]} for k, v in scores.items()},
         "resolution": head["resolution"],
-        "fold_training": _fold_facts(root, folds),
+        "fold_training": (facts := _fold_facts(root, folds)),
+        "fold_train_seconds_total": round(sum(f["seconds"] for f in facts), 1),
         "wall_seconds": round(wall, 1),
+        "wall_note": "training + prediction in THIS process; folds finished by an earlier call (the run resumes) "
+                     "count in fold_training[].seconds and fold_train_seconds_total, not here",
         "environment": environment(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if score_only:
+        record["note"] = ("scored with --score-only from predictions restored without checkpoints: 'environment' is "
+                          "the scoring machine, the folds trained elsewhere (fold_training)")
     results.mkdir(parents=True, exist_ok=True)
-    path = results / f"cv_ph2_{recipe}_s{seed}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"{recipe} seed {seed}: pooled OOF DSC {head['dice']:.4f} (last weights)"
           + (f", with flip TTA {scores['last_tta_flip']['dice']:.4f}" if tta else "")
@@ -156,6 +231,11 @@ def main() -> None:
     ap.add_argument("--no-tta", action="store_true", help="skip the flip-TTA scoring")
     ap.add_argument("--runs", default="/tmp/cvruns")
     ap.add_argument("--results-dir", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--ensemble", action="store_true",
+                    help="after the seeds of a recipe, also score them as an ensemble (cv_ph2_<recipe>_ensemble.json)")
+    ap.add_argument("--score-only", action="store_true",
+                    help="train nothing: score the cross-validations already in --runs (e.g. restored from a device "
+                         "run without their checkpoints)")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test on synthetic data (tiny model, 2 folds)")
     args = ap.parse_args()
 
@@ -172,15 +252,18 @@ def main() -> None:
                   "model.kwargs={dims: 8, d_state: 2}", "data.num_workers=0", "train.scan_backend=torch"]
         folds, epochs, results, runs = 2, 1, tmp / "results", tmp / "runs"
         args.device = "cpu"
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     for recipe in [r.strip() for r in args.recipes.split(",") if r.strip()]:
-        for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
+        for seed in seeds:
             if args.smoke:  # the tiny model replaces the recipe's; its image size must follow
                 from mambaseg.configs import load_recipe
 
                 caches[tuple(int(s) for s in load_recipe(recipe).data.image_size)] = caches[(32, 32)]
             run_one(recipe, seed, folds=folds, split_seed=args.split_seed, caches=caches, runs=runs, results=results,
                     minutes_per_fold=args.minutes_per_fold, epochs=epochs, extra=extra, device=args.device,
-                    tta=not args.no_tta)
+                    tta=not args.no_tta, score_only=args.score_only)
+        if args.ensemble and len(seeds) > 1:
+            run_ensemble(recipe, seeds, runs=runs, results=results, tta=not args.no_tta)
 
 
 if __name__ == "__main__":

@@ -332,6 +332,20 @@ def ph2_rows(name, d):
 
 def cv_ph2_rows(name, d):
     sc = d["scores"]
+    if "members" in d:  # cv_ph2_<recipe>_ensemble.json: the seeds one by one and averaged
+        sd, tta = d["single_seed_pooled_oof_dsc"], sc.get("last_tta_flip")
+        return [{
+            "recipe": d["recipe"],
+            "seed": f"{','.join(map(str, d['seeds']))}: ensemble",
+            "folds / cases": f"{d['folds']} / {len(d['per_case_dsc'])}",
+            "pooled OOF DSC (last weights)": fmt(d["pooled_oof_dsc"], ".4f"),
+            "+ flip TTA": fmt(tta["pooled_dsc"], ".4f") if tta else "-",
+            "single seeds: mean ± std": f"{sd['mean']:.4f} ± {sd['std']:.4f}",
+            "per-case mean DSC": fmt(d["per_case_mean_dsc"], ".4f"),
+            "cases < 0.80": fmt(d["n_below_0.8"]),
+            "worst case": f"{d['worst'][0]['id']} {d['worst'][0]['dice']:.3f}" if d["worst"] else "-",
+            "best-on-fold DSC (optimistic)": "-", "epochs": "-", "max val drop": "-",
+        }]
     tta = sc.get("last_tta_flip")
     epochs = sorted({f["epochs"] for f in d["fold_training"]})
     drops = [f["max_epoch_drop"] for f in d["fold_training"] if f.get("max_epoch_drop") is not None]
@@ -341,6 +355,7 @@ def cv_ph2_rows(name, d):
         "folds / cases": f"{d['folds']} / {len(d['per_case_dsc'])}",
         "pooled OOF DSC (last weights)": fmt(d["pooled_oof_dsc"], ".4f"),
         "+ flip TTA": fmt(tta["pooled_dsc"], ".4f") if tta else "-",
+        "single seeds: mean ± std": "-",
         "per-case mean DSC": fmt(d["per_case_mean_dsc"], ".4f"),
         "cases < 0.80": fmt(d["n_below_0.8"]),
         "worst case": f"{d['worst'][0]['id']} {d['worst'][0]['dice']:.3f}" if d["worst"] else "-",
@@ -597,7 +612,8 @@ FAMILIES = [
      "fixed), trained from scratch; headline = pooled out-of-fold DSC of each fold's FINAL weights (no checkpoint "
      "selection, so no selection on the cases reported), at the cache's resolution; 'best-on-fold' selects each "
      "fold's checkpoint on its own held-out cases and is optimistic; 'max val drop' = largest fall of validation Dice "
-     "between consecutive epochs over the folds."),
+     "between consecutive epochs over the folds. An 'ensemble' row averages the saved out-of-fold probabilities of "
+     "a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside it."),
     ("ACDC training", r"acdc_.*", acdc_rows,
      "`benchmarks/acdc_gpu.py` (and a CPU smoke run): mean of per-volume per-class Dice / HD95, selection on 20 val "
      "volumes, report on 40 test volumes."),

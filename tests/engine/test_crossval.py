@@ -132,9 +132,107 @@ def test_cli_folds_one_at_a_time_then_evaluate_cv(tiny_model, cv_data, tmp_path)
     assert res.exit_code == 0 and "skipped" in res.output
     res = runner.invoke(app, base + ["--fold", "7"])
     assert res.exit_code == 1 and "out of range" in res.output
+    k = base.index("--folds")
+    res = runner.invoke(app, base[:k] + base[k + 2:] + ["--tta", "flip"])  # without --folds
+    assert res.exit_code == 1 and "--folds" in res.output
+    res = runner.invoke(app, base + ["--tta", "flip"])  # finished folds: TTA predictions only
+    assert res.exit_code == 0, res.output
+    assert all((root / f"fold_{i}" / "oof" / "last_tta_flip" / "oof.json").is_file() for i in (0, 1))
     res = runner.invoke(app, ["evaluate", "--cv", str(root), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["n_cases"] == 12 and out["k"] == 2 and out["tta"] == "none"
     res = runner.invoke(app, ["evaluate", "--cv", str(tmp_path)])
     assert res.exit_code == 1 and "splits_final.json" in res.output
+
+
+def test_tta_predictions_saved_and_scored_without_checkpoints(tiny_model, cv_data, tmp_path):
+    from mambaseg.data.layouts import write_cache
+
+    cache, _ = write_cache(cv_data, (32, 32), tmp_path / "c.npz")
+    root = tmp_path / "cvt"
+    cfg = tiny_config(cache, root, **{"train.epochs": 1})
+    with pytest.raises(ValueError, match="flip"):
+        train_folds(cfg, folds=2, fold="all", tta="mirror")
+    assert not (root / "fold_0").exists()  # refused before any training
+    assert len(train_folds(cfg, folds=2, fold="all")) == 2
+    assert not (root / "fold_0" / "oof" / "last_tta_flip").exists()
+    # a finished fold gets its TTA predictions without training again
+    assert train_folds(cfg, folds=2, fold="all", tta="flip") == []
+    rec = json.loads((root / "splits_final.json").read_text())
+    for i, fold in enumerate(rec["folds"]):
+        for which in ("last", "best"):
+            d = root / f"fold_{i}" / "oof" / f"{which}_tta_flip"
+            assert sorted(p.stem for p in (d / "masks").glob("*.png")) == sorted(fold["val"])
+            info = json.loads((d / "oof.json").read_text())
+            assert info["tta"] == "flip" and info["in_chans"] == 3
+    # saved TTA masks score exactly like TTA predictions made from the checkpoints
+    remade = evaluate_cv(root, tta="flip", out=tmp_path / "remade")
+    shutil.copytree(root, tmp_path / "copy")
+    for ck in (root / f"fold_{i}" / "checkpoints" for i in range(2)):
+        shutil.rmtree(ck)
+    saved = evaluate_cv(root, tta="flip")
+    assert saved["dice"] == pytest.approx(remade["dice"], abs=1e-12)
+    assert [r["dice"] for r in saved["cases"]] == pytest.approx([r["dice"] for r in remade["cases"]], abs=1e-12)
+    plain = evaluate_cv(root, which="best")  # plain masks need no checkpoint either
+    assert plain["n_cases"] == 12 and plain["tta"] == "none"
+    # without saved TTA masks and without checkpoints the fold is named
+    shutil.rmtree(root / "fold_1" / "oof" / "last_tta_flip")
+    with pytest.raises(FileNotFoundError, match=r"fold\(s\) \[1\].*checkpoints/last.pt"):
+        evaluate_cv(root, tta="flip")
+    # the remade path still needs the checkpoint: the untouched copy re-predicts fold 1 from it
+    shutil.rmtree(tmp_path / "copy" / "fold_1" / "oof" / "last_tta_flip")
+    assert evaluate_cv(tmp_path / "copy", tta="flip")["dice"] == pytest.approx(remade["dice"], abs=1e-12)
+
+
+def test_an_ensemble_of_cross_validations_averages_their_saved_probabilities(tiny_model, cv_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from mambaseg.cli import app
+    from mambaseg.cli._common import state
+
+    roots = [tmp_path / "s0", tmp_path / "s1"]
+    for seed, root in enumerate(roots):
+        train_folds(tiny_config(cv_data, root, **{"train.epochs": 1, "train.seed": seed}), folds=2, fold="all",
+                    tta="flip")
+    for tta in ("none", "flip"):
+        res = evaluate_cv(roots, tta=tta, out=tmp_path / f"ens_{tta}")
+        assert res["members"] == 2 and res["n_cases"] == 12 and res["tta"] == tta
+        assert json.loads((tmp_path / f"ens_{tta}" / "cv_metrics.json").read_text())["dice"] == res["dice"]
+        # by hand: mean of the two members' float16 probabilities, >= 0.5, one confusion matrix over all cases
+        rec = json.loads((roots[0] / "splits_final.json").read_text())
+        tp = fp = fn = 0
+        for i, fold in enumerate(rec["folds"]):
+            for case in fold["val"]:
+                sub = "last" if tta == "none" else "last_tta_flip"
+                p = np.mean([np.load(r / f"fold_{i}" / "oof" / sub / "probabilities" / f"{case}.npz")["probabilities"]
+                             .astype(np.float32) for r in roots], axis=0)[0]
+                pred = p >= 0.5
+                split = "val" if case.startswith("v_") else "train"
+                gt = np.asarray(Image.open(cv_data / split / "masks" / f"{case}.png")) > 127
+                tp += int((pred & gt).sum()); fp += int((pred & ~gt).sum()); fn += int((~pred & gt).sum())
+        assert res["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    # members differ (otherwise the test proves nothing) and one member alone is the plain evaluation
+    singles = [evaluate_cv(r, out=tmp_path / f"single{j}")["dice"] for j, r in enumerate(roots)]
+    assert singles[0] != singles[1]
+    assert evaluate_cv([roots[0]], out=tmp_path / "one")["dice"] == singles[0]
+    with pytest.raises(ValueError, match="--out"):
+        evaluate_cv(roots)
+    with pytest.raises(ValueError, match="twice"):
+        evaluate_cv([roots[0], roots[0]], out=tmp_path / "x")
+    other = tmp_path / "other_split"
+    train_folds(tiny_config(cv_data, other, **{"train.epochs": 1, "data.split_seed": 7}), folds=2, fold=0)
+    with pytest.raises(ValueError, match="other cases"):
+        evaluate_cv([roots[0], other], out=tmp_path / "x")
+    shutil.rmtree(roots[1] / "fold_0" / "oof" / "best")
+    with pytest.raises(FileNotFoundError, match="probabilities"):
+        evaluate_cv(roots, which="best", out=tmp_path / "x")
+    state.debug = False
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", "--cv", str(roots[0]), "--cv", str(roots[1])])
+    assert res.exit_code == 1 and "--out" in res.output
+    res = runner.invoke(app, ["evaluate", "--cv", str(roots[0]), "--cv", str(roots[1]), "--tta", "flip",
+                              "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 0 and "ensemble of 2" in res.output, res.output
+    assert json.loads((tmp_path / "cli" / "cv_metrics.json").read_text())["dice"] == pytest.approx(
+        json.loads((tmp_path / "ens_flip" / "cv_metrics.json").read_text())["dice"])

@@ -25,8 +25,10 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none or flip (mirrorings averaged in "
                             "probability space)."),
-    cv: Optional[Path] = typer.Option(None, "--cv", help="Score the pooled out-of-fold predictions of a "
-                                      "cross-validation root (writes ROOT/cv_metrics.json) instead of a checkpoint."),
+    cv: Optional[list[Path]] = typer.Option(None, "--cv", help="Score the pooled out-of-fold predictions of a "
+                                            "cross-validation root (writes ROOT/cv_metrics.json) instead of a "
+                                            "checkpoint; repeat it (e.g. one recipe's seeds, same folds) to score "
+                                            "their saved probabilities averaged (needs --out)."),
     oof: str = typer.Option("last", "--oof", help="With --cv: the fold checkpoint whose predictions are scored: last "
                             "(no selection) or best (chosen on the held-out fold: optimistic)."),
     threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
@@ -36,8 +38,11 @@ def evaluate(
     from mambaseg.engine import evaluate_checkpoint
 
     apply_threads(threads, device)
-    if cv is not None:
-        return _evaluate_cv(cv, oof=oof, data=data, out=out, tta=tta, device=device, as_json=as_json)
+    if cv:
+        if len(cv) > 1 and out is None:
+            raise CLIError("--cv named more than once scores an ensemble: pass --out FOLDER for its cv_metrics.json")
+        return _evaluate_cv(cv if len(cv) > 1 else cv[0], oof=oof, data=data, out=out, tta=tta, device=device,
+                            as_json=as_json)
     if not checkpoint:
         raise CLIError("pass --checkpoint CKPT (repeatable) or --cv ROOT")
     result = evaluate_checkpoint(checkpoint if len(checkpoint) > 1 else checkpoint[0], data, split=split, out=out,
@@ -49,7 +54,7 @@ def evaluate(
                       highlight=False)
 
 
-def _evaluate_cv(root: Path, *, oof: str, data: Optional[str], out: Optional[Path], tta: str, device: str,
+def _evaluate_cv(root: Path | list[Path], *, oof: str, data: Optional[str], out: Optional[Path], tta: str, device: str,
                  as_json: bool) -> None:
     """``--cv ROOT``: pooled out-of-fold metrics of every fold, worst cases listed."""
     from mambaseg.engine.crossval import evaluate_cv
@@ -59,7 +64,9 @@ def _evaluate_cv(root: Path, *, oof: str, data: Optional[str], out: Optional[Pat
         typer.echo(json.dumps(result, indent=2))
         return
     worst = ", ".join(f"{w['id']} {w['dice']:.3f}" for w in result["worst"][:5])
-    console.print(f"{result['k']}-fold out-of-fold ({result['n_cases']} cases, {oof} checkpoints, tta {result['tta']}): "
+    members = f", ensemble of {result['members']} cross-validations" if result.get("members") else ""
+    console.print(f"{result['k']}-fold out-of-fold ({result['n_cases']} cases, {oof} checkpoints, tta {result['tta']}"
+                  f"{members}): "
                   f"pooled dice {result['dice']:.4f}  iou {result['iou']:.4f}  per-case dice "
                   f"{result['per_case_dice']:.4f}; {result['n_below']['count']} case(s) below "
                   f"{result['n_below']['threshold']:g}; worst: {worst}\n-> {Path(out or root) / 'cv_metrics.json'}",

@@ -113,13 +113,18 @@ def train(
                                         "--out is the CV root (splits_final.json, fold_i/ runs, out-of-fold "
                                         "predictions); folds drawn with data.split_seed."),
     fold: str = typer.Option("all", "--fold", help="With --folds: the fold to train (0..K-1) or 'all' (in sequence)."),
+    tta: str = typer.Option("none", "--tta", help="With --folds: also predict the held-out cases with this test-time "
+                            "augmentation (none or flip), saved as oof/<ckpt>_tta_<tta> and scored by evaluate --cv "
+                            "--tta without the checkpoints."),
     threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Train a model; writes config.yaml, metrics.json, checkpoints/, progress.png, train.log and TensorBoard events."""
     from mambaseg.engine import train as run_training
 
+    if folds is None and tta != "none":
+        raise CLIError("--tta applies to cross-validation (--folds K); use it with predict or evaluate otherwise")
     if folds is not None:
-        return _train_cv(folds=folds, fold=fold, resume=resume, no_progress=no_progress, config=config,
+        return _train_cv(folds=folds, fold=fold, tta=tta, resume=resume, no_progress=no_progress, config=config,
                          recipe=recipe, model=model, data=data, epochs=epochs, max_steps=max_steps,
                          batch_size=batch_size, image_size=image_size, lr=lr, seed=seed, out=out, device=device,
                          arch=arch, compile_model=compile_model, init_from=init_from, overrides=overrides)
@@ -151,7 +156,7 @@ def train(
                       f"at epoch {result.best_epoch})", highlight=False)
 
 
-def _train_cv(*, folds: int, fold: str, resume: bool, no_progress: bool, config: Optional[Path], out: Optional[str],
+def _train_cv(*, folds: int, fold: str, tta: str, resume: bool, no_progress: bool, config: Optional[Path], out: Optional[str],
               **options) -> None:
     """``--folds K [--fold i|all]``: the folds of a cross-validation rooted at ``--out`` (see
     :mod:`mambaseg.engine.crossval`); ``--resume`` continues from the config the folds were started with."""
@@ -169,7 +174,7 @@ def _train_cv(*, folds: int, fold: str, resume: bool, no_progress: bool, config:
     cfg.train.out, cfg.data.split_file = str(root), None
     if cfg.data.path is None:
         raise CLIError("no dataset given: pass --data PATH")
-    results = train_folds(cfg, folds=folds, fold=fold, resume=resume, console=console,
+    results = train_folds(cfg, folds=folds, fold=fold, resume=resume, console=console, tta=tta,
                           show_progress=not no_progress)
     if all(r.rank == 0 for r in results):
         console.print(f"cross-validation root: {root} ({len(results)} fold(s) trained now); score the out-of-fold "

@@ -8,19 +8,22 @@ Layout of a cross-validation root ``ROOT`` (``--out``)::
     ROOT/fold_i/oof/<ckpt>/masks/<id>.png           held-out predictions (label-map pixel values)
     ROOT/fold_i/oof/<ckpt>/probabilities/<id>.npz   their probabilities, float16 ("probabilities": (C', H, W),
                                                     C' = 1 foreground probability for binary tasks, else softmax)
+    ROOT/fold_i/oof/<ckpt>_tta_<tta>/...            the same made with test-time augmentation (``--tta flip``)
     ROOT/cv_metrics.json              written by evaluate_cv: pooled + per-case metrics of all held-out cases
 
 ``<ckpt>`` is ``last`` and ``best``: ``last`` = the final weights (no selection), ``best`` = the checkpoint chosen on
 the fold's validation split, which IS the held-out fold, so its out-of-fold score is optimistically biased (the
 selection used the cases it reports); ``cv_metrics.json`` states which one was scored and this rule. Predictions are
 made at the resolution of the stored ground truth: the original image size for folder datasets, the cached
-(network) size for ``npz2d`` caches.
+(network) size for ``npz2d`` caches. Scoring reads the saved predictions and each fold's ``config.yaml``, not the
+checkpoints, so a root whose checkpoints were removed (or that was copied without them) can still be scored.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,7 +42,8 @@ from mambaseg.data.folds import (
 from mambaseg.data.layouts import detect_layout
 from mambaseg.utils.files import atomic_path, atomic_write_json
 
-__all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "evaluate_cv", "fold_config", "predict_oof", "train_folds"]
+__all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "evaluate_cv", "fold_config", "oof_dir", "predict_oof",
+           "train_folds"]
 
 OOF_CHECKPOINTS = ("last", "best")
 SELECTION_RULES = {
@@ -48,6 +52,16 @@ SELECTION_RULES = {
     "best": "checkpoint of each fold chosen on its validation split = the held-out fold itself (optimistic: the "
             "selection saw the cases it reports)",
 }
+
+
+def _no_tta(tta: str | None) -> bool:
+    return tta in (None, "", "none")
+
+
+def oof_dir(run_dir: str | Path, which: str, tta: str | None = None) -> Path:
+    """Where fold ``run_dir`` keeps the out-of-fold predictions of its ``which`` checkpoint: ``oof/<which>``, or
+    ``oof/<which>_tta_<tta>`` for predictions made with test-time augmentation."""
+    return Path(run_dir) / "oof" / (which if _no_tta(tta) else f"{which}_tta_{tta}")
 
 
 def _parse_fold(fold: int | str, k: int) -> list[int]:
@@ -77,7 +91,9 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
 
     The folds come from ``ROOT/splits_final.json`` (made from the train + val cases with ``data.split_seed`` the first
     time). With ``fold="all"`` the folds run in sequence; a fold that already has its ``metrics.json`` and its
-    out-of-fold predictions is skipped, an unfinished one is continued when ``resume`` (refused otherwise).
+    out-of-fold predictions is skipped, an unfinished one is continued when ``resume`` (refused otherwise). With
+    ``tta`` (``"flip"``) the held-out cases are also predicted with that test-time augmentation
+    (``oof/<ckpt>_tta_<tta>``); a finished fold that lacks those predictions gets them without training again.
 
     Returns:
         The :class:`~mambaseg.engine.TrainResult` of each fold trained now.
@@ -91,14 +107,19 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise ValueError(f"--folds must be an integer >= 2, got {folds!r}")
     todo = _parse_fold(fold, folds)
+    if not _no_tta(tta):
+        from mambaseg.inference.ensemble import flip_dims
+
+        flip_dims(tta)  # an unknown mode fails before any fold trains
     pool = case_pool(cfg.data.path, layout)
     record = resolve_folds(root, pool, k=folds, seed=cfg.data.split_seed, data=str(cfg.data.path), layout=layout)
     results = []
     for i in todo:
         fcfg = fold_config(cfg, root, i, fold_split_file(root, record, i))
         run_dir = Path(fcfg.train.out)
+        wanted = [(w, t) for w in OOF_CHECKPOINTS for t in ([None] if _no_tta(tta) else [None, tta])]
         done = (run_dir / "metrics.json").is_file() and all(
-            (run_dir / "oof" / w / "oof.json").is_file() for w in OOF_CHECKPOINTS)
+            (oof_dir(run_dir, w, t) / "oof.json").is_file() for w, t in wanted)
         if done:
             if console is not None:
                 console.print(f"fold {i}: already trained and predicted ({run_dir}); skipped", highlight=False)
@@ -117,8 +138,9 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
                                  show_progress=show_progress))
             rank = results[-1].rank
         if rank == 0:
-            for which in OOF_CHECKPOINTS:
-                predict_oof(run_dir, which, tta=tta, device=device or fcfg.train.device)
+            for which, t in wanted:
+                if not (oof_dir(run_dir, which, t) / "oof.json").is_file() or not finished:
+                    predict_oof(run_dir, which, tta=t, device=device or fcfg.train.device)
     return results
 
 
@@ -146,7 +168,7 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
     """Predict the held-out cases of one fold with its ``which`` checkpoint and write ``RUN/oof/<which>/``.
 
     Writes ``masks/<id>.png`` (label-map pixel values), ``probabilities/<id>.npz`` (float16) and ``oof.json`` (ids,
-    checkpoint, epoch, tta, resolution). Returns the ``oof/<which>`` folder.
+    checkpoint, epoch, tta, resolution, input channels) to :func:`oof_dir` and returns that folder.
     """
     from PIL import Image
 
@@ -173,9 +195,10 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
     layout = (ckpt.get("task") or {}).get("layout") or detect_layout(path)
     pool = case_pool(path, layout)
     ids = _load_split_file(split, pool)["val"]
-    dataset = _held_out_dataset(cfg, path, layout, ids, int((ckpt.get("task") or {}).get("in_chans") or 3))
+    in_chans = int((ckpt.get("task") or {}).get("in_chans") or 3)
+    dataset = _held_out_dataset(cfg, path, layout, ids, in_chans)
     predictor = load_ensemble([ckpt_path], tta=tta, device=device)
-    out = run_dir / "oof" / which
+    out = oof_dir(run_dir, which, tta)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "probabilities").mkdir(parents=True, exist_ok=True)
     cases = list(iter_cases(dataset))
@@ -192,8 +215,8 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
                     np.savez_compressed(f, probabilities=prob.astype(np.float16))
     atomic_write_json(out / "oof.json", {
         "checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "which": which, "rule": SELECTION_RULES[which],
-        "tta": tta or "none", "ids": list(ids), "data": path, "layout": layout,
-        "resolution": "original image size" if layout == "folder2d" else "cached (network) size",
+        "tta": tta or "none", "ids": list(ids), "data": path, "layout": layout, "in_chans": in_chans,
+        "resolution": _resolution(layout),
         "label_map": predictor.label_map,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
@@ -209,17 +232,47 @@ def torch_probabilities(logits: Any) -> np.ndarray:
     return p.cpu().numpy()
 
 
-def evaluate_cv(root: str | Path, *, which: str = "last", data: str | None = None, out: str | Path | None = None,
-                tta: str | None = None, device: str = "auto", spacing: Any = None,
+def _fold_setup(run_dir: Path, which: str) -> tuple[RunConfig, int]:
+    """A fold's resolved config (its ``config.yaml``, else its checkpoint's) and input channels (from its saved
+    predictions' ``oof.json``, else the checkpoint's task, else 3)."""
+    from mambaseg.configs import config_from_dict, load_config
+
+    oof_json = oof_dir(run_dir, which) / "oof.json"
+    info = json.loads(oof_json.read_text()) if oof_json.is_file() else {}
+    ckpt: dict = {}
+    if not (run_dir / "config.yaml").is_file() or "in_chans" not in info:
+        ckpt_path = run_dir / "checkpoints" / f"{which}.pt"
+        if ckpt_path.is_file():
+            from mambaseg.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+        elif not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir}: neither config.yaml nor checkpoints/{which}.pt to read the run's "
+                                    f"config from")
+    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else \
+        config_from_dict(ckpt.get("config") or {})
+    in_chans = int(info.get("in_chans") or (ckpt.get("task") or {}).get("in_chans") or 3)
+    return cfg, in_chans
+
+
+def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last", data: str | None = None,
+                out: str | Path | None = None, tta: str | None = None, device: str = "auto", spacing: Any = None,
                 nsd_tolerance: float = 2.0, empty_policy: str = "nan") -> dict[str, Any]:
     """Score the pooled out-of-fold predictions of every fold of ``root`` against the ground truth.
 
+    Several roots (cross-validations of the same cases with the same folds, e.g. one recipe trained with several
+    seeds) are scored as an ensemble: each held-out case's saved probabilities are averaged over the roots and turned
+    into labels by the one rule of :func:`mambaseg.metrics.labels_from_probabilities` (nnU-Net chooses ensembles of
+    configurations the same way). Every member must have saved the predictions scored (``oof/<which>`` or, with
+    ``tta``, ``oof/<which>_tta_<tta>``); ``out`` is then required.
+
     Args:
-        root: cross-validation root (holds ``splits_final.json`` and ``fold_*/``).
+        root: cross-validation root (holds ``splits_final.json`` and ``fold_*/``), or a list of them (ensemble).
         which: ``last`` or ``best`` checkpoint's predictions (see :data:`SELECTION_RULES`).
         data: the dataset (default: the one recorded in ``splits_final.json``).
         out: where to write ``cv_metrics.json`` (default ``root``).
-        tta: ``flip`` re-predicts every held-out case with mirroring TTA (in memory; the saved masks are kept);
+        tta: ``flip``: score the mirroring-TTA predictions, read from ``oof/<which>_tta_flip`` where a fold saved
+            them (``train --folds K --tta flip``), else made now from the fold's checkpoint (in memory);
             default: score the saved ``oof/<which>/masks``.
         spacing, nsd_tolerance, empty_policy: see :func:`mambaseg.metrics.score.score_cases`.
 
@@ -228,55 +281,141 @@ def evaluate_cv(root: str | Path, *, which: str = "last", data: str | None = Non
     """
     from mambaseg.data.files import mask_to_labels, read_mask
     from mambaseg.inference.ensemble import load_ensemble
-    from mambaseg.metrics.score import score_cases
 
-    root = Path(root)
+    roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+    if not roots:
+        raise ValueError("evaluate_cv needs at least one cross-validation root")
+    if len(roots) > 1:
+        return _evaluate_cv_ensemble(roots, which=which, data=data, out=out, tta=tta, spacing=spacing,
+                                     nsd_tolerance=nsd_tolerance, empty_policy=empty_policy)
+    root = roots[0]
     if which not in OOF_CHECKPOINTS:
         raise ValueError(f"--oof must be one of {OOF_CHECKPOINTS}, got {which!r}")
+    record, path, layout = _cv_record(root, data)
+    folds = record["folds"]
+    saved = [(oof_dir(root / f"fold_{i}", which, tta) / "oof.json").is_file() for i in range(len(folds))]
+    ckpts = [root / f"fold_{i}" / "checkpoints" / f"{which}.pt" for i in range(len(folds))]
+    if not _no_tta(tta):
+        missing = [i for i, (ok, c) in enumerate(zip(saved, ckpts)) if not ok and not c.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{root}: fold(s) {missing} have neither saved {tta}-TTA predictions "
+                                    f"({oof_dir('fold_i', which, tta)}) nor checkpoints/{which}.pt to make them")
+    else:
+        missing = [i for i in range(len(folds)) if not (root / f"fold_{i}" / "metrics.json").is_file()]
+        if missing:
+            raise FileNotFoundError(f"{root}: fold(s) {missing} have not finished training (no metrics.json); "
+                                    f"train them (mambaseg train --folds {len(folds)} --fold all --out {root}) first")
+    cfg, in_chans = _fold_setup(root / "fold_0", which)
+    label_values = None if cfg.data.binary else cfg.data.label_values
+    num_classes = 1 if cfg.data.binary else len(cfg.data.label_values or [])
+
+    def cases() -> Any:
+        for i, f in enumerate(folds):
+            run_dir = root / f"fold_{i}"
+            dataset = _held_out_dataset(cfg, path, layout, f["val"], in_chans)
+            if not _no_tta(tta) and not saved[i]:
+                predictor = load_ensemble([ckpts[i]], tta=tta, device=device)
+                for case, img, gt in iter_cases(dataset):
+                    yield f"{case}", predictor.predict(img), gt, i
+                continue
+            oof = oof_dir(run_dir, which, tta) / "masks"
+            for case, _, gt in iter_cases(dataset):
+                mp = oof / f"{case}.png"
+                if not mp.is_file():
+                    raise FileNotFoundError(f"{mp} is missing: predict the held-out cases of fold {i} first "
+                                            f"(mambaseg train --folds {len(folds)} --fold {i} --resume "
+                                            f"--out {root})")
+                pred = mask_to_labels(read_mask(mp), binary=cfg.data.binary, label_values=label_values, path=mp)
+                yield case, pred, gt, i
+
+    summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
+                         empty_policy=empty_policy)
+    summary = {"root": str(root), "data": path, "layout": layout, "k": len(folds), "seed": record.get("seed"),
+               "checkpoint": which, "selection_rule": SELECTION_RULES[which], "tta": tta or "none",
+               "resolution": _resolution(layout), **summary}
+    atomic_write_json(Path(out or root) / "cv_metrics.json", summary)
+    return summary
+
+
+def _resolution(layout: str) -> str:
+    return "original image size" if layout == "folder2d" else "cached (network) size"
+
+
+def _cv_record(root: Path, data: str | None) -> tuple[dict, str, str]:
+    """A root's saved folds, its dataset path (``data`` or the recorded one, which must exist) and layout."""
     if not (root / FOLDS_FILE).is_file():
         raise FileNotFoundError(f"{root} is not a cross-validation root: no {FOLDS_FILE} (train with --folds K)")
     record = load_folds(root / FOLDS_FILE)
     path = str(data or record.get("data") or "")
     if not path or not Path(path).exists():
         raise FileNotFoundError(f"the dataset {path!r} of {root / FOLDS_FILE} does not exist; pass --data PATH")
-    layout = record.get("layout") or detect_layout(path)
-    missing = [i for i in range(len(record["folds"]))
-               if not (root / f"fold_{i}" / "checkpoints" / f"{which}.pt").is_file()]
-    if missing:
-        raise FileNotFoundError(f"{root}: fold(s) {missing} have no checkpoints/{which}.pt; train them "
-                                f"(mambaseg train --folds {len(record['folds'])} --fold all --out {root}) first")
-    from mambaseg.checkpoint import load_checkpoint
-    from mambaseg.configs import config_from_dict
+    return record, path, record.get("layout") or detect_layout(path)
 
-    ckpt0 = load_checkpoint(root / "fold_0" / "checkpoints" / f"{which}.pt", map_location="cpu")
-    cfg = config_from_dict(ckpt0.get("config") or {})
-    in_chans = int((ckpt0.get("task") or {}).get("in_chans") or 3)
-    label_values = None if cfg.data.binary else cfg.data.label_values
+
+def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, out: str | Path | None,
+                          tta: str | None, spacing: Any, nsd_tolerance: float, empty_policy: str) -> dict[str, Any]:
+    """Pooled out-of-fold scores of the probability average of several cross-validations (see evaluate_cv)."""
+    import torch
+
+    from mambaseg.metrics import labels_from_probabilities
+
+    if which not in OOF_CHECKPOINTS:
+        raise ValueError(f"--oof must be one of {OOF_CHECKPOINTS}, got {which!r}")
+    if out is None:
+        raise ValueError("scoring an ensemble of cross-validations needs an output folder (--out)")
+    if len(set(r.resolve() for r in roots)) != len(roots):
+        raise ValueError(f"the same cross-validation root is named twice: {[str(r) for r in roots]}")
+    record, path, layout = _cv_record(roots[0], data)
+    folds = record["folds"]
+    for r in roots[1:]:
+        other = load_folds(r / FOLDS_FILE) if (r / FOLDS_FILE).is_file() else None
+        if other is None:
+            raise FileNotFoundError(f"{r} is not a cross-validation root: no {FOLDS_FILE} (train with --folds K)")
+        if [sorted(f["val"]) for f in other["folds"]] != [sorted(f["val"]) for f in folds]:
+            raise ValueError(f"{r} holds out other cases than {roots[0]} (another split seed or k); an ensemble of "
+                             f"cross-validations needs the same folds")
+    cfg, in_chans = _fold_setup(roots[0] / "fold_0", which)
     num_classes = 1 if cfg.data.binary else len(cfg.data.label_values or [])
 
     def cases() -> Any:
-        for i, f in enumerate(record["folds"]):
-            run_dir = root / f"fold_{i}"
+        for i, f in enumerate(folds):
             dataset = _held_out_dataset(cfg, path, layout, f["val"], in_chans)
-            if tta not in (None, "", "none"):
-                predictor = load_ensemble([run_dir / "checkpoints" / f"{which}.pt"], tta=tta, device=device)
-                for case, img, gt in iter_cases(dataset):
-                    yield f"{case}", predictor.predict(img), gt, i
-                continue
-            oof = run_dir / "oof" / which / "masks"
             for case, _, gt in iter_cases(dataset):
-                mp = oof / f"{case}.png"
-                if not mp.is_file():
-                    raise FileNotFoundError(f"{mp} is missing: predict the held-out cases of fold {i} first "
-                                            f"(mambaseg train --folds {len(record['folds'])} --fold {i} --resume "
-                                            f"--out {root})")
-                pred = mask_to_labels(read_mask(mp), binary=cfg.data.binary, label_values=label_values, path=mp)
-                yield case, pred, gt, i
+                total = None
+                for r in roots:
+                    fp = oof_dir(r / f"fold_{i}", which, tta) / "probabilities" / f"{case}.npz"
+                    if not fp.is_file():
+                        raise FileNotFoundError(f"{fp} is missing: an ensemble scores the saved probabilities of "
+                                                f"every member (train the folds with --tta {tta or 'none'})")
+                    with np.load(fp, allow_pickle=False) as z:
+                        p = z["probabilities"].astype(np.float32)
+                    if total is not None and p.shape != total.shape:
+                        raise ValueError(f"{fp}: probabilities of shape {p.shape}, the other members' are "
+                                         f"{total.shape}")
+                    total = p if total is None else total + p
+                probs = torch.from_numpy(total / len(roots))[None]
+                yield case, labels_from_probabilities(probs)[0].numpy(), gt, i  # the members' 0.5 threshold
+
+    summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
+                         empty_policy=empty_policy)
+    summary = {"root": [str(r) for r in roots], "members": len(roots), "data": path, "layout": layout,
+               "k": len(folds), "seed": record.get("seed"), "checkpoint": which,
+               "selection_rule": SELECTION_RULES[which] + f"; probabilities averaged over {len(roots)} "
+                                                          f"cross-validations",
+               "tta": tta or "none", "resolution": _resolution(layout), **summary}
+    atomic_write_json(Path(out) / "cv_metrics.json", summary)
+    return summary
+
+
+def _score_oof(cases: Any, *, num_classes: int, spacing: Any, nsd_tolerance: float,
+               empty_policy: str) -> dict[str, Any]:
+    """score_cases over ``(case, pred, gt, fold)`` items, each case and worst case tagged with its fold."""
+    from mambaseg.metrics.score import score_cases
 
     fold_of: dict[str, int] = {}
 
     def tagged() -> Any:
-        for case, pred, gt, i in cases():
+        for case, pred, gt, i in cases:
             fold_of[case] = i
             yield case, pred, gt
 
@@ -289,13 +428,8 @@ def evaluate_cv(root: str | Path, *, which: str = "last", data: str | None = Non
             per_fold.setdefault(row["fold"], []).append(row["dice"])
     for w in result["worst"]:
         w["fold"] = fold_of[w["id"]]
-    summary = {
-        "root": str(root), "data": path, "layout": layout, "k": len(record["folds"]), "seed": record.get("seed"),
-        "checkpoint": which, "selection_rule": SELECTION_RULES[which], "tta": tta or "none",
-        "resolution": "original image size" if layout == "folder2d" else "cached (network) size",
+    return {
         "per_fold_mean_dice": {str(k): float(np.mean(v)) for k, v in sorted(per_fold.items())},
         **result,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_json(Path(out or root) / "cv_metrics.json", summary)
-    return summary
