@@ -16,6 +16,16 @@ Usage (GPU machine, cache carried in ``.gpucache``)::
     PYTHONUNBUFFERED=1 python benchmarks/acdc_gpu.py --cache .gpucache/acdc_224.npz --budget-s 330 --copy-to $OUT
 
 Smoke test on CPU (tiny batch, two steps): ``--device cpu --batch-size 2 --max-steps 2 --workers 0``.
+
+A budget longer than one command may run (the device machine allows 600 s a command): ``--call-limit-s 540`` stops
+the training cleanly after the epoch that crosses 540 s of this process (``last.pt`` written, exit status 3, nothing
+evaluated) and the same command with ``--resume`` continues it from its saved config and plan (``acdc_plan.json`` in
+the run folder: the probe's epochs are kept) until it is done; then ``best.pt`` is evaluated on the test volumes::
+
+    python benchmarks/acdc_gpu.py --models heteromedseg --recipe '{model}_acdc_best' --tta flip --warmup 500 \
+        --budget-s 800 --call-limit-s 540 --resume --runs /tmp/acdc_runs --copy-to $OUT   # again until it exits 0
+
+(``--warmup`` replaces the recipe's warm-up: 500 is what ``heteromedseg_acdc_best`` states.)
 """
 
 from __future__ import annotations
@@ -90,20 +100,21 @@ def _train_slices(cache: str) -> int:
 
 
 def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> dict[str, Any]:
-    import torch
-
     from mambaseg.configs import apply_overrides, load_recipe
-    from mambaseg.engine import evaluate_checkpoint, train
 
     t_start = time.perf_counter()
     recipe = args.recipe.format(model=model_name)
+    out_dir = Path(args.runs) / f"acdc_{model_name}"
+    plan_file = out_dir / "acdc_plan.json"
+    if args.resume and (out_dir / "checkpoints" / "last.pt").is_file() and plan_file.is_file():
+        return _continue(model_name, args, out_dir, plan_file, t_start)
     cfg = load_recipe(recipe)
     if args.batch_size:
         cfg = apply_overrides(cfg, [f"train.batch_size={args.batch_size}"])
     n_train = _train_slices(args.cache)
     steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
     n_val = max(1, args.validations)
-    from mambaseg.ops import ENV_VAR, resolve_backend
+    from mambaseg.ops import ENV_VAR
 
     backend_note = ""
     if args.epochs is None:
@@ -123,7 +134,6 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
     else:
         step_s, epochs = float("nan"), args.epochs
     val_every = max(1, epochs // n_val)
-    out_dir = Path(args.runs) / f"acdc_{model_name}"
     overrides = [
         f"data.path={args.cache}", f"train.out={out_dir}", f"train.epochs={epochs}", f"train.val_every={val_every}",
         f"train.device={args.device}", f"data.num_workers={args.workers}", "schedule.name=cosine",
@@ -131,19 +141,59 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
         f"schedule.eta_min={args.eta_min}", "train.log_every=50",
         # short GPU epochs: keep the loader workers, write last.pt only at the end (best.pt as it improves)
         "data.persistent_workers=true", "train.checkpoint_every=1000000",
-        # a hard stop in case the GPU gets slower than at the probe (other jobs sharing it): best.pt stays valid
-        f"train.time_limit_s={args.budget_s * args.hard_stop}",
     ]
+    if not args.call_limit_s:
+        # a hard stop in case the GPU gets slower than at the probe (other jobs sharing it): best.pt stays valid.
+        # With --call-limit-s the run spans several processes and this per-process limit would end it early.
+        overrides.append(f"train.time_limit_s={args.budget_s * args.hard_stop}")
     if args.max_steps:
         overrides.append(f"train.max_steps={args.max_steps}")
     cfg = apply_overrides(cfg, overrides)
     print(f"[{model_name}] probe {step_s * 1000:.0f} ms/step (batch {cfg.train.batch_size}) -> {epochs} epochs, "
           f"validation every {val_every}", flush=True)
+    plan = {"recipe": recipe, "overrides": overrides, "probe_ms_per_step": step_s * 1000, "epochs": epochs,
+            "n_train": n_train, "scan_backend_note": backend_note, "calls": []}
+    return _train_and_test(model_name, args, cfg, out_dir, plan, t_start, resume=False)
+
+
+def _continue(model_name: str, args: argparse.Namespace, out_dir: Path, plan_file: Path, t_start: float) -> dict:
+    """``--resume``: continue an ACDC run stopped by ``--call-limit-s`` with its own saved config and plan."""
+    import json
+
+    from mambaseg.configs import load_config
+
+    plan = json.loads(plan_file.read_text())
+    cfg = load_config(out_dir / "config.yaml")
+    print(f"[{model_name}] resuming {out_dir} (planned {plan['epochs']} epochs)", flush=True)
+    return _train_and_test(model_name, args, cfg, out_dir, plan, t_start, resume=True)
+
+
+def _train_and_test(model_name: str, args: argparse.Namespace, cfg: Any, out_dir: Path, plan: dict, t_start: float,
+                    resume: bool) -> dict[str, Any]:
+    """Train (or continue) one model; unless the call limit stopped it, evaluate best.pt on the test volumes."""
+    import json
+
+    import torch
+
+    from mambaseg.engine import evaluate_checkpoint, train
+    from mambaseg.ops import resolve_backend
+
+    stop_note = "call limit reached: run the same command again with --resume"
+    callbacks = []
+    if args.call_limit_s:
+        callbacks.append(lambda state: stop_note if time.perf_counter() - t_start > args.call_limit_s else False)
     t_train = time.perf_counter()
     from rich.console import Console
 
-    res = train(cfg, console=Console(width=200, force_terminal=False, log_path=False), show_progress=False)
+    res = train(cfg, resume=True if resume else None, callbacks=callbacks,
+                console=Console(width=200, force_terminal=False, log_path=False), show_progress=False)
     train_s = time.perf_counter() - t_train
+    stop_reason = (res.metrics.get("train") or {}).get("stop_reason")
+    plan["calls"].append({"train_s": round(train_s, 1), "epochs_done": res.epochs, "stop_reason": stop_reason})
+    (out_dir / "acdc_plan.json").write_text(json.dumps(plan, indent=1) + "\n")
+    if stop_reason == stop_note and res.epochs < plan["epochs"]:
+        return {"model": model_name, "unfinished": True, "epochs_done": res.epochs, "epochs": plan["epochs"],
+                "calls": plan["calls"], "note": stop_note}
     best = out_dir / "checkpoints" / "best.pt"
     t_eval = time.perf_counter()
     test = evaluate_checkpoint(best, split="test", device=args.device, batch_size=32)
@@ -152,17 +202,18 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
     eval_s = time.perf_counter() - t_eval
     return {
         "model": model_name,
-        "recipe": recipe,
+        "recipe": plan["recipe"],
         "params": res.metrics["model"]["params"],
-        "data": {"cache": args.cache, "train": f"train_slices ({n_train} slices of 35 patients)",
+        "data": {"cache": args.cache, "train": f"train_slices ({plan['n_train']} slices of 35 patients)",
                  "selection": "val (20 volumes), mean Dice, transunet policy", "report": "test (40 volumes)"},
-        "overrides": overrides,
-        "probe_ms_per_step": step_s * 1000,
+        "overrides": plan["overrides"],
+        "probe_ms_per_step": plan["probe_ms_per_step"],
         "scan_backend": resolve_backend(None, args.device.startswith("cuda")),
-        "scan_backend_note": backend_note,
-        "epochs": epochs,
+        "scan_backend_note": plan["scan_backend_note"],
+        "epochs": plan["epochs"],
         "epochs_done": res.epochs,
-        "stop_reason": (res.metrics.get("train") or {}).get("stop_reason"),
+        "stop_reason": stop_reason,
+        "calls": plan["calls"],
         "steps": res.steps,
         "train_images_per_second": res.images_per_second,
         "best_epoch": res.best_epoch,
@@ -171,7 +222,9 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
         **({f"test_tta_{args.tta}": test_tta} if test_tta is not None else {}),
         "history": res.history,
         "wall_s": {"probe_and_setup": t_train - t_start, "train_incl_val": train_s, "test_eval": eval_s,
-                   "total": time.perf_counter() - t_start},
+                   "total": time.perf_counter() - t_start,
+                   "train_incl_val_all_calls": round(sum(c["train_s"] for c in plan["calls"]), 1),
+                   "note": "this call's times; a resumed run's earlier calls are in 'calls'"},
         "gpu_shared_with": [m for m in args.models.split(",") if m != model_name] if args.parallel else [],
         "environment": environment(),
         "torch_cuda_max_mem_gib": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None,
@@ -232,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
                     help="train the models at the same time on the one GPU (separate processes)")
     ap.add_argument("--tag", default="", help="suffix of the result file names")
+    ap.add_argument("--call-limit-s", type=float, default=None,
+                    help="stop cleanly (last.pt written) after the epoch that ends this many seconds after the start "
+                         "of this process, so that a run longer than one command's time limit continues with --resume")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a run that --call-limit-s stopped (same --runs; its saved config and plan are used)")
     ap.add_argument("--copy-to", default=None, help="also copy each result JSON and the run logs here")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
@@ -257,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in res:
             rc = 1
             print(f"[{m}] FAILED:\n{res['error']}")
+            continue
+        if res.get("unfinished"):
+            rc = 3
+            print(f"[{m}] UNFINISHED: {res['epochs_done']}/{res['epochs']} epochs; {res['note']}")
             continue
         t = res["test"]
         per = {c: (round(v.get("dice", float("nan")), 4), round(v.get("hd95", float("nan")), 2))

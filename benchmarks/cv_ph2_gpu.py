@@ -77,19 +77,23 @@ def _fold_facts(root: Path, k: int) -> list[dict]:
 
 
 def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tta: bool) -> dict:
-    """Score the seeds of one recipe as an ensemble (their saved out-of-fold probabilities averaged per case, the
-    same folds) and summarise the single seeds (mean and standard deviation of their pooled out-of-fold DSC, read
-    from their result files): ``<results>/cv_ph2_<recipe>_ensemble.json``."""
+    """Score the seeds ``seeds`` of one recipe as an ensemble (their saved out-of-fold probabilities averaged per
+    case, the same folds) and summarise the single seeds: mean and standard deviation of the pooled out-of-fold DSC
+    of EVERY seed with a result file ``<results>/cv_ph2_<recipe>_s<seed>.json`` (a seed whose predictions are gone
+    still counts there). Writes ``<results>/cv_ph2_<recipe>_ensemble.json``."""
+    import re
     import statistics
 
     from mambaseg.engine.crossval import evaluate_cv
 
-    singles = []
     for seed in seeds:
-        f = results / f"cv_ph2_{recipe}_s{seed}.json"
-        if not f.is_file():
-            raise SystemExit(f"{f} is missing: run (or score) seed {seed} of {recipe} first")
-        singles.append(json.loads(f.read_text()))
+        if not (results / f"cv_ph2_{recipe}_s{seed}.json").is_file():
+            raise SystemExit(f"{results / f'cv_ph2_{recipe}_s{seed}.json'} is missing: run (or score) seed {seed} of "
+                             f"{recipe} first")
+    pattern = re.compile(rf"cv_ph2_{re.escape(recipe)}_s(\d+)\.json")
+    files = sorted((int(m.group(1)), f) for f in results.iterdir() if (m := pattern.fullmatch(f.name)))
+    singles = [json.loads(f.read_text()) for _, f in files]
+    summary_seeds = [seed for seed, _ in files]
     roots = [runs / f"cv_ph2_{recipe}_s{seed}" for seed in seeds]
     out = runs / f"cv_ph2_{recipe}_ensemble"
     scores = {"last": evaluate_cv(roots, which="last", out=out)}
@@ -104,15 +108,16 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
 
     tta_singles = [d["scores"].get("last_tta_flip", {}).get("pooled_dsc") for d in singles]
     record = {
-        "what": f"{singles[0]['folds']}-fold cross-validation of recipe {recipe} with seeds {seeds}: the seeds one by "
-                f"one (mean and std) and as an ensemble (out-of-fold probabilities averaged over the seeds)",
-        "recipe": recipe, "seeds": seeds, "members": len(seeds), "folds": singles[0]["folds"],
+        "what": f"{singles[0]['folds']}-fold cross-validation of recipe {recipe}: seeds {summary_seeds} one by one "
+                f"(mean and std) and seeds {seeds} as an ensemble (out-of-fold probabilities averaged over them)",
+        "recipe": recipe, "seeds": seeds, "members": len(seeds), "summary_seeds": summary_seeds,
+        "folds": singles[0]["folds"],
         "split_seed": singles[0]["split_seed"], "cache": singles[0]["cache"],
         "selection_rule": head["selection_rule"] + "; headline = pooled out-of-fold DSC",
         "single_seed_pooled_oof_dsc": spread("pooled_oof_dsc"),
         "single_seed_n_below_0.8": [d["n_below_0.8"] for d in singles],
         "single_seed_pooled_oof_dsc_tta_flip": (
-            {"mean": statistics.fmean(tta_singles), "std": statistics.stdev(tta_singles) if len(seeds) > 1 else 0.0,
+            {"mean": statistics.fmean(tta_singles), "std": statistics.stdev(tta_singles) if len(singles) > 1 else 0.0,
              "values": tta_singles} if tta and None not in tta_singles else None),
         "pooled_oof_dsc": head["dice"], "pooled_oof_iou": head["iou"], "per_case_mean_dsc": head["per_case_dice"],
         "n_below_0.8": head["n_below"]["count"], "worst": head["worst"],
@@ -129,7 +134,8 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
     path = results / f"cv_ph2_{recipe}_ensemble.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     sd = record["single_seed_pooled_oof_dsc"]
-    print(f"{recipe} seeds {seeds}: single seeds {sd['mean']:.4f} +- {sd['std']:.4f}; ensemble {head['dice']:.4f}"
+    print(f"{recipe}: seeds {summary_seeds} one by one {sd['mean']:.4f} +- {sd['std']:.4f}; seeds {seeds} as an "
+          f"ensemble {head['dice']:.4f}"
           + (f", with flip TTA {scores['last_tta_flip']['dice']:.4f}" if tta else "")
           + f"; {head['n_below']['count']} case(s) below 0.8 -> {path}", flush=True)
     return record

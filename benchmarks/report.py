@@ -336,7 +336,7 @@ def cv_ph2_rows(name, d):
         sd, tta = d["single_seed_pooled_oof_dsc"], sc.get("last_tta_flip")
         return [{
             "recipe": d["recipe"],
-            "seed": f"{','.join(map(str, d['seeds']))}: ensemble",
+            "seed": f"{','.join(map(str, d['seeds']))}: ensemble; single seeds {','.join(map(str, d['summary_seeds']))}",
             "folds / cases": f"{d['folds']} / {len(d['per_case_dsc'])}",
             "pooled OOF DSC (last weights)": fmt(d["pooled_oof_dsc"], ".4f"),
             "+ flip TTA": fmt(tta["pooled_dsc"], ".4f") if tta else "-",
