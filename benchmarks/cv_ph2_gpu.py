@@ -55,10 +55,17 @@ from _common import environment  # noqa: E402
 DEFAULT_CACHES = {(256, 256): ".gpucache/ph2_256.npz", (192, 256): ".gpucache/ph2_192x256.npz"}
 
 
-def _max_drop(history: list[dict]) -> float | None:
-    """Largest fall of validation Dice between two consecutive validated epochs (None with fewer than two)."""
-    vals = [r["val"]["dice"] for r in history if isinstance(r.get("val"), dict) and "dice" in r["val"]]
-    drops = [a - b for a, b in zip(vals, vals[1:])]
+def _drops(history: list[dict]) -> list[tuple[float, int]]:
+    """(fall of validation Dice, epoch it fell at) for every pair of consecutive validated epochs."""
+    vals = [(r["val"]["dice"], int(r.get("epoch", i + 1))) for i, r in enumerate(history)
+            if isinstance(r.get("val"), dict) and "dice" in r["val"]]
+    return [(a - b, e) for (a, _), (b, e) in zip(vals, vals[1:])]
+
+
+def _max_drop(history: list[dict], after_epoch: int = 0) -> tuple[float, int] | None:
+    """Largest fall of validation Dice between two consecutive validated epochs ending after ``after_epoch``, with
+    the epoch it fell at (None with fewer than two)."""
+    drops = [d for d in _drops(history) if d[1] > after_epoch]
     return max(drops) if drops else None
 
 
@@ -72,8 +79,17 @@ def _fold_facts(root: Path, k: int) -> list[dict]:
                     "stop_reason": m["train"]["stop_reason"], "seconds": m["train"]["seconds"],
                     "best_epoch": m["best_epoch"], "val_dice_best": m["dice"],
                     "val_dice_last": (m.get("last") or {}).get("dice"),
-                    "max_epoch_drop": _max_drop(hist)})
+                    **_drop_facts(hist, m["train"]["epochs"])})
     return out
+
+
+def _drop_facts(hist: list[dict], epochs: int) -> dict:
+    """The largest epoch-to-epoch fall of validation Dice over the run and after its first tenth (the first epochs
+    of a run from scratch swing most), each with the epoch it happened at."""
+    every, late = _max_drop(hist), _max_drop(hist, after_epoch=epochs // 10)
+    return {"max_epoch_drop": every[0] if every else None, "max_epoch_drop_epoch": every[1] if every else None,
+            "max_epoch_drop_after_first_tenth": late[0] if late else None,
+            "max_epoch_drop_after_first_tenth_epoch": late[1] if late else None}
 
 
 def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tta: bool) -> dict:

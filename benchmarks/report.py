@@ -344,11 +344,18 @@ def cv_ph2_rows(name, d):
             "per-case mean DSC": fmt(d["per_case_mean_dsc"], ".4f"),
             "cases < 0.80": fmt(d["n_below_0.8"]),
             "worst case": f"{d['worst'][0]['id']} {d['worst'][0]['dice']:.3f}" if d["worst"] else "-",
-            "best-on-fold DSC (optimistic)": "-", "epochs": "-", "max val drop": "-",
+            "best-on-fold DSC (optimistic)": "-", "epochs": "-", "max val drop": "-", "after the first tenth": "-",
         }]
     tta = sc.get("last_tta_flip")
     epochs = sorted({f["epochs"] for f in d["fold_training"]})
-    drops = [f["max_epoch_drop"] for f in d["fold_training"] if f.get("max_epoch_drop") is not None]
+    drops = [(f["max_epoch_drop"], f.get("max_epoch_drop_epoch")) for f in d["fold_training"]
+             if f.get("max_epoch_drop") is not None]
+    late = [(f["max_epoch_drop_after_first_tenth"], f["max_epoch_drop_after_first_tenth_epoch"])
+            for f in d["fold_training"] if f.get("max_epoch_drop_after_first_tenth") is not None]
+
+    def drop(pairs):
+        v, e = max(pairs)
+        return f"{v:.3f}" + (f" (ep {e})" if e is not None else "")
     return [{
         "recipe": d["recipe"],
         "seed": fmt(d["seed"]),
@@ -361,7 +368,8 @@ def cv_ph2_rows(name, d):
         "worst case": f"{d['worst'][0]['id']} {d['worst'][0]['dice']:.3f}" if d["worst"] else "-",
         "best-on-fold DSC (optimistic)": fmt(sc["best"]["pooled_dsc"], ".4f"),
         "epochs": "/".join(map(str, epochs)),
-        "max val drop": fmt(max(drops), ".3f") if drops else "-",
+        "max val drop": drop(drops) if drops else "-",
+        "after the first tenth": drop(late) if late else "-",
     }]
 
 
@@ -612,7 +620,8 @@ FAMILIES = [
      "fixed), trained from scratch; headline = pooled out-of-fold DSC of each fold's FINAL weights (no checkpoint "
      "selection, so no selection on the cases reported), at the cache's resolution; 'best-on-fold' selects each "
      "fold's checkpoint on its own held-out cases and is optimistic; 'max val drop' = largest fall of validation Dice "
-     "between consecutive epochs over the folds. An 'ensemble' row averages the saved out-of-fold probabilities of "
+     "between consecutive epochs over the folds (and the epoch), also over the epochs after the first tenth of the "
+     "run where the file has it. An 'ensemble' row averages the saved out-of-fold probabilities of "
      "a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside it."),
     ("ACDC training", r"acdc_.*", acdc_rows,
      "`benchmarks/acdc_gpu.py` (and a CPU smoke run): mean of per-volume per-class Dice / HD95, selection on 20 val "
