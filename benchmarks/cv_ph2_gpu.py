@@ -157,9 +157,46 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
     return record
 
 
+def _fold_worker(cfg_dict: dict, folds: int, fold_ids: list[int], tta: str | None) -> None:
+    """One process of --parallel-folds: train (or resume) its folds in sequence."""
+    from rich.console import Console
+
+    from mambaseg.configs import config_from_dict
+    from mambaseg.engine.crossval import train_folds
+
+    cfg = config_from_dict(cfg_dict)
+    for i in fold_ids:
+        train_folds(cfg, folds=folds, fold=i, resume=True, console=Console(), show_progress=False, tta=tta)
+
+
+def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None) -> None:
+    """The folds in ``n`` processes sharing the GPU (fold i in process i mod n); the split file is written first,
+    by this process alone."""
+    import multiprocessing as mp
+
+    from mambaseg.configs import config_to_dict
+    from mambaseg.data.folds import case_pool, resolve_folds
+    from mambaseg.data.layouts import detect_layout
+
+    layout = cfg.data.layout or detect_layout(cfg.data.path)
+    resolve_folds(cfg.train.out, case_pool(cfg.data.path, layout), k=folds, seed=cfg.data.split_seed,
+                  data=str(cfg.data.path), layout=layout)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_fold_worker, args=(config_to_dict(cfg), folds, list(range(j, folds, n)), tta))
+             for j in range(min(n, folds))]
+    for pr in procs:
+        pr.start()
+    for pr in procs:
+        pr.join()
+    failed = [j for j, pr in enumerate(procs) if pr.exitcode != 0]
+    if failed:
+        raise SystemExit(f"--parallel-folds: fold process(es) {failed} failed (exit codes "
+                         f"{[procs[j].exitcode for j in failed]}); the log above says why; run again to resume")
+
+
 def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict, runs: Path, results: Path,
             minutes_per_fold: float | None, epochs: int | None, extra: list[str], device: str, tta: bool,
-            score_only: bool = False) -> dict:
+            score_only: bool = False, parallel_folds: int = 1) -> dict:
     from rich.console import Console
 
     from mambaseg.configs import apply_overrides, load_recipe
@@ -183,7 +220,9 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         sets.append(f"train.time_limit_s={60 * minutes_per_fold}")
     cfg = apply_overrides(cfg, sets + extra)
     t0 = time.perf_counter()
-    if not score_only:
+    if not score_only and parallel_folds > 1:
+        _train_folds_parallel(cfg, folds, parallel_folds, "flip" if tta else None)
+    elif not score_only:
         train_folds(cfg, folds=folds, fold="all", resume=True, console=Console(), show_progress=False,
                     tta="flip" if tta else None)  # TTA predictions saved per fold: scoring needs no checkpoint
     wall = time.perf_counter() - t0
@@ -209,6 +248,9 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         "resolution": head["resolution"],
         "fold_training": (facts := _fold_facts(root, folds)),
         "fold_train_seconds_total": round(sum(f["seconds"] for f in facts), 1),
+        "parallel_folds": parallel_folds,
+        "parallel_note": (f"folds trained {parallel_folds} at a time on the one GPU: per-fold seconds include the "
+                          f"sharing" if parallel_folds > 1 else "folds trained one after the other"),
         "wall_seconds": round(wall, 1),
         "wall_note": "training + prediction in THIS process; folds finished by an earlier call (the run resumes) "
                      "count in fold_training[].seconds and fold_train_seconds_total, not here",
@@ -258,6 +300,9 @@ def main() -> None:
     ap.add_argument("--score-only", action="store_true",
                     help="train nothing: score the cross-validations already in --runs (e.g. restored from a device "
                          "run without their checkpoints)")
+    ap.add_argument("--parallel-folds", type=int, default=1,
+                    help="train this many folds at a time, each in its own process on the one GPU (small batches "
+                         "leave the GPU idle between kernels)")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test on synthetic data (tiny model, 2 folds)")
     args = ap.parse_args()
 
@@ -283,7 +328,7 @@ def main() -> None:
                 caches[tuple(int(s) for s in load_recipe(recipe).data.image_size)] = caches[(32, 32)]
             run_one(recipe, seed, folds=folds, split_seed=args.split_seed, caches=caches, runs=runs, results=results,
                     minutes_per_fold=args.minutes_per_fold, epochs=epochs, extra=extra, device=args.device,
-                    tta=not args.no_tta, score_only=args.score_only)
+                    tta=not args.no_tta, score_only=args.score_only, parallel_folds=args.parallel_folds)
         if args.ensemble and len(seeds) > 1:
             run_ensemble(recipe, seeds, runs=runs, results=results, tta=not args.no_tta)
 
