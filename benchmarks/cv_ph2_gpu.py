@@ -31,8 +31,10 @@ Usage (caches built where the data is; ``mambaseg cache`` stores train AND val, 
         --runs /tmp/cvruns --results-dir $OUT
     PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmunet_ph2,vmbunet_ph2,dermomamba_ph2 --seeds 42 \\
         --minutes-per-fold 6 --runs /tmp/cvruns --results-dir $OUT
+    # small-batch recipes (DermoMamba batch 4, VMB-UNet batch 8) leave the GPU idle between kernels: folds side by side
+    PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes dermomamba_ph2 --seeds 0 --parallel-folds 3 ...
     # back here: restore the returned state (finished folds without checkpoints) and score, e.g. the seed ensemble:
-    tar xzf cvstate.tgz -C /tmp && PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmunet_ph2_best \
+    tar xzf cvstate.tgz -C /tmp && PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmunet_ph2_best \\
         --seeds 0,1,2 --runs /tmp/cvruns --score-only --ensemble
     # CPU smoke test (synthetic 32x32 data, vmunet_tiny, 2 folds of 1 epoch; results to a temporary folder):
     PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --smoke --ensemble
