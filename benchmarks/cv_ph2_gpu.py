@@ -7,7 +7,10 @@ pooled out-of-fold scores (:func:`mambaseg.engine.crossval.evaluate_cv`):
 * ``last``: the final weights of each fold (no checkpoint selection: the headline, no selection on the cases it
   reports);
 * ``last`` + flip TTA (``--tta flip``), same weights;
-* ``best``: the checkpoint each fold selected on its own held-out cases (reported for comparison only; optimistic).
+* ``best``: the checkpoint each fold selected on its own held-out cases (reported for comparison only; optimistic);
+* ``last_pp`` (and ``last_tta_flip_pp``): the same final weights with the one-lesion post-processing
+  (largest connected component, holes filled), shown beside the plain scores; picking it by these numbers would be
+  a selection on the reported cases.
 
 ``--epochs`` sets the run length (the per-step cosine of our recipes follows it); ``--minutes-per-fold`` is a safety
 stop after the epoch that crosses it (a run it cuts has not finished its schedule: ``stop_reason`` says so per fold).
@@ -55,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment  # noqa: E402
 
 DEFAULT_CACHES = {(256, 256): ".gpucache/ph2_256.npz", (192, 256): ".gpucache/ph2_192x256.npz"}
+PP = "largest_component,fill_holes"  # scored as extra rows (``*_pp``), never the headline
 
 
 def _drops(history: list[dict]) -> list[tuple[float, int]]:
@@ -114,9 +118,12 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
     summary_seeds = [seed for seed, _ in files]
     roots = [runs / f"cv_ph2_{recipe}_s{seed}" for seed in seeds]
     out = runs / f"cv_ph2_{recipe}_ensemble"
-    scores = {"last": evaluate_cv(roots, which="last", out=out)}
+    scores = {"last": evaluate_cv(roots, which="last", out=out),
+              "last_pp": evaluate_cv(roots, which="last", postprocess=PP, out=out / "pp")}
     if tta:
         scores["last_tta_flip"] = evaluate_cv(roots, which="last", tta="flip", out=out / "tta_flip")
+        scores["last_tta_flip_pp"] = evaluate_cv(roots, which="last", tta="flip", postprocess=PP,
+                                                 out=out / "tta_flip_pp")
     head = scores["last"]
 
     def spread(key: str) -> dict:
@@ -140,7 +147,8 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
         "pooled_oof_dsc": head["dice"], "pooled_oof_iou": head["iou"], "per_case_mean_dsc": head["per_case_dice"],
         "n_below_0.8": head["n_below"]["count"], "worst": head["worst"],
         "per_case_dsc": {c["id"]: c["dice"] for c in head["cases"]},
-        "scores": {k: {"rule": v["selection_rule"], "tta": v["tta"], "pooled_dsc": v["dice"], "pooled_iou": v["iou"],
+        "scores": {k: {"rule": v["selection_rule"], "tta": v["tta"], "postprocess": v.get("postprocess", []),
+                       "pooled_dsc": v["dice"], "pooled_iou": v["iou"],
                        "per_case_mean_dsc": v["per_case_dice"], "n_below_0.8": v["n_below"]["count"],
                        "worst": v["worst"][:5]} for k, v in scores.items()},
         "resolution": head["resolution"],
@@ -233,6 +241,11 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         scores["last_tta_flip"] = evaluate_cv(root, which="last", tta="flip", device=device,
                                               out=root / "tta_flip")
     scores["best"] = evaluate_cv(root, which="best", device=device, out=root / "best")
+    # the dermoscopy post-processing (one lesion per image), shown beside the plain scores, not chosen by them
+    scores["last_pp"] = evaluate_cv(root, which="last", postprocess=PP, out=root / "pp")
+    if tta:
+        scores["last_tta_flip_pp"] = evaluate_cv(root, which="last", tta="flip", postprocess=PP, device=device,
+                                                 out=root / "tta_flip_pp")
     head = scores["last"]
     record = {
         "what": f"{folds}-fold cross-validation on the {head['n_cases']} train+val cases of {Path(cache).name}, recipe "
@@ -244,7 +257,8 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         "n_below_0.8": head["n_below"]["count"], "worst": head["worst"],
         "per_case_dsc": {c["id"]: c["dice"] for c in head["cases"]},
         "per_fold_mean_dsc": head["per_fold_mean_dice"],
-        "scores": {k: {"rule": v["selection_rule"], "tta": v["tta"], "pooled_dsc": v["dice"], "pooled_iou": v["iou"],
+        "scores": {k: {"rule": v["selection_rule"], "tta": v["tta"], "postprocess": v.get("postprocess", []),
+                       "pooled_dsc": v["dice"], "pooled_iou": v["iou"],
                        "per_case_mean_dsc": v["per_case_dice"], "hd95_px": v.get("hd95"), "nsd_2px": v.get("nsd"),
                        "n_below_0.8": v["n_below"]["count"], "worst": v["worst"][:5]} for k, v in scores.items()},
         "resolution": head["resolution"],

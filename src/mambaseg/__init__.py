@@ -78,13 +78,14 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_FROM_MODELS))
 
 
-def load(checkpoint: Any, *, device: Any = "auto", threshold: float = 0.5) -> Predictor:
+def load(checkpoint: Any, *, device: Any = "auto", threshold: float = 0.5, postprocess: Any = None) -> Predictor:
     """Load a checkpoint written by ``mambaseg train`` (``.pt`` or ``.safetensors``) as a 2-D predictor.
 
     Args:
         checkpoint: path of ``best.pt``, ``last.pt`` or ``best.safetensors``.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         threshold: probability threshold of binary models.
+        postprocess: ``"largest_component"``, ``"fill_holes"`` or both (:mod:`mambaseg.inference.postprocess`).
 
     Returns:
         :class:`mambaseg.inference.Predictor`; ``predictor.predict(image_or_path)`` returns a mask at the input's
@@ -92,4 +93,4 @@ def load(checkpoint: Any, *, device: Any = "auto", threshold: float = 0.5) -> Pr
     """
     from mambaseg.inference.predictor import load as _load
 
-    return _load(checkpoint, device=device, threshold=threshold)
+    return _load(checkpoint, device=device, threshold=threshold, postprocess=postprocess)

@@ -93,6 +93,22 @@ def test_cross_validation_end_to_end(tiny_model, cv_data, tmp_path):
         tp += int((pred & gt).sum()); fp += int((pred & ~gt).sum()); fn += int((~pred & gt).sum())
     assert res["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert res["worst"][0]["dice"] == min(r["dice"] for r in res["cases"])
+    # post-processed before scoring: the same count over the post-processed saved masks
+    from mambaseg.inference.postprocess import postprocess_labels
+
+    steps = "largest_component,fill_holes"
+    pp = evaluate_cv(root, postprocess=steps, out=tmp_path / "pp")
+    assert pp["postprocess"] == ["largest_component", "fill_holes"] and res["postprocess"] == []
+    tp = fp = fn = changed = 0
+    for r in res["cases"]:
+        raw = np.asarray(Image.open(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.png")) > 127
+        pred = postprocess_labels(raw.astype(np.int64), steps) == 1
+        changed += int((pred != raw).sum())
+        split = "val" if r["id"].startswith("v_") else "train"
+        gt = np.asarray(Image.open(cv_data / split / "masks" / f"{r['id']}.png")) > 127
+        tp += int((pred & gt).sum()); fp += int((pred & ~gt).sum()); fn += int((~pred & gt).sum())
+    assert pp["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert changed > 0  # the tiny model's masks have stray components, so this comparison can fail
     # missing predictions are named
     shutil.rmtree(root / "fold_1" / "oof" / "last" / "masks")
     with pytest.raises(FileNotFoundError, match="fold 1"):
@@ -212,6 +228,8 @@ def test_an_ensemble_of_cross_validations_averages_their_saved_probabilities(tin
                 gt = np.asarray(Image.open(cv_data / split / "masks" / f"{case}.png")) > 127
                 tp += int((pred & gt).sum()); fp += int((pred & ~gt).sum()); fn += int((~pred & gt).sum())
         assert res["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    ens_pp = evaluate_cv(roots, postprocess="largest_component", out=tmp_path / "ens_pp")
+    assert ens_pp["postprocess"] == ["largest_component"] and ens_pp["members"] == 2
     # members differ (otherwise the test proves nothing) and one member alone is the plain evaluation
     singles = [evaluate_cv(r, out=tmp_path / f"single{j}")["dice"] for j, r in enumerate(roots)]
     assert singles[0] != singles[1]

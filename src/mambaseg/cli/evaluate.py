@@ -31,6 +31,9 @@ def evaluate(
                                             "their saved probabilities averaged (needs --out)."),
     oof: str = typer.Option("last", "--oof", help="With --cv: the fold checkpoint whose predictions are scored: last "
                             "(no selection) or best (chosen on the held-out fold: optimistic)."),
+    postprocess: str = typer.Option("none", "--postprocess", help="With --cv: post-process the out-of-fold masks "
+                                    "before scoring (none, or a comma-separated list of largest_component and "
+                                    "fill_holes); choosing it by the result selects on the scored cases."),
     threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Evaluate a checkpoint (pooled and per-case Dice/IoU/Acc/Sen/Spe; the run's evaluator for other tasks), an
@@ -42,7 +45,9 @@ def evaluate(
         if len(cv) > 1 and out is None:
             raise CLIError("--cv named more than once scores an ensemble: pass --out FOLDER for its cv_metrics.json")
         return _evaluate_cv(cv if len(cv) > 1 else cv[0], oof=oof, data=data, out=out, tta=tta, device=device,
-                            as_json=as_json)
+                            as_json=as_json, postprocess=postprocess)
+    if postprocess != "none":
+        raise CLIError("--postprocess applies to --cv; for images use predict --postprocess, then score")
     if not checkpoint:
         raise CLIError("pass --checkpoint CKPT (repeatable) or --cv ROOT")
     result = evaluate_checkpoint(checkpoint if len(checkpoint) > 1 else checkpoint[0], data, split=split, out=out,
@@ -55,16 +60,17 @@ def evaluate(
 
 
 def _evaluate_cv(root: Path | list[Path], *, oof: str, data: Optional[str], out: Optional[Path], tta: str, device: str,
-                 as_json: bool) -> None:
+                 as_json: bool, postprocess: str = "none") -> None:
     """``--cv ROOT``: pooled out-of-fold metrics of every fold, worst cases listed."""
     from mambaseg.engine.crossval import evaluate_cv
 
-    result = evaluate_cv(root, which=oof, data=data, out=out, tta=tta, device=device)
+    result = evaluate_cv(root, which=oof, data=data, out=out, tta=tta, device=device, postprocess=postprocess)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
     worst = ", ".join(f"{w['id']} {w['dice']:.3f}" for w in result["worst"][:5])
     members = f", ensemble of {result['members']} cross-validations" if result.get("members") else ""
+    members += f", post-processed: {'+'.join(result['postprocess'])}" if result.get("postprocess") else ""
     console.print(f"{result['k']}-fold out-of-fold ({result['n_cases']} cases, {oof} checkpoints, tta {result['tta']}"
                   f"{members}): "
                   f"pooled dice {result['dice']:.4f}  iou {result['iou']:.4f}  per-case dice "

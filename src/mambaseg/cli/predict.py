@@ -25,6 +25,9 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (refused otherwise)."),
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none or flip (mirrorings averaged in "
                             "probability space; volumes slice by slice)."),
+    postprocess: str = typer.Option("none", "--postprocess", help="Post-processing of each mask / whole volume: "
+                                    "none, or a comma-separated list of largest_component (keep each class's "
+                                    "largest connected component) and fill_holes."),
     threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Predict masks; writes OUT/masks/<name>.png (label-map values, e.g. 0/255) and OUT/overlays/<name>.png.
@@ -44,7 +47,7 @@ def predict(
 
     from mambaseg.inference import load_ensemble
 
-    predictor = load_ensemble(checkpoint, tta=tta, device=device, threshold=threshold)
+    predictor = load_ensemble(checkpoint, tta=tta, device=device, threshold=threshold, postprocess=postprocess)
     with ProgressReporter(console, "predicting") as bar:
         written = predictor.predict_path(input, out, batch_size=batch_size, overlays=overlays, intensity=intensity,
                                          overwrite=overwrite, progress=bar)

@@ -257,7 +257,8 @@ def _fold_setup(run_dir: Path, which: str) -> tuple[RunConfig, int]:
 
 def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last", data: str | None = None,
                 out: str | Path | None = None, tta: str | None = None, device: str = "auto", spacing: Any = None,
-                nsd_tolerance: float = 2.0, empty_policy: str = "nan") -> dict[str, Any]:
+                nsd_tolerance: float = 2.0, empty_policy: str = "nan",
+                postprocess: str | Sequence[str] | None = None) -> dict[str, Any]:
     """Score the pooled out-of-fold predictions of every fold of ``root`` against the ground truth.
 
     Several roots (cross-validations of the same cases with the same folds, e.g. one recipe trained with several
@@ -275,6 +276,9 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
             them (``train --folds K --tta flip``), else made now from the fold's checkpoint (in memory);
             default: score the saved ``oof/<which>/masks``.
         spacing, nsd_tolerance, empty_policy: see :func:`mambaseg.metrics.score.score_cases`.
+        postprocess: post-processing of every predicted mask before scoring
+            (:func:`mambaseg.inference.postprocess.postprocess_labels`; recorded in the result). Choosing it by this
+            score is a selection on the scored cases.
 
     Returns:
         The ``cv_metrics.json`` content: pooled and per-case metrics, per-fold Dice, worst cases, selection rule.
@@ -282,12 +286,15 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
     from mambaseg.data.files import mask_to_labels, read_mask
     from mambaseg.inference.ensemble import load_ensemble
 
+    from mambaseg.inference.postprocess import parse_postprocess
+
+    steps = parse_postprocess(postprocess)
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     if not roots:
         raise ValueError("evaluate_cv needs at least one cross-validation root")
     if len(roots) > 1:
         return _evaluate_cv_ensemble(roots, which=which, data=data, out=out, tta=tta, spacing=spacing,
-                                     nsd_tolerance=nsd_tolerance, empty_policy=empty_policy)
+                                     nsd_tolerance=nsd_tolerance, empty_policy=empty_policy, steps=steps)
     root = roots[0]
     if which not in OOF_CHECKPOINTS:
         raise ValueError(f"--oof must be one of {OOF_CHECKPOINTS}, got {which!r}")
@@ -329,7 +336,7 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
                 yield case, pred, gt, i
 
     summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
-                         empty_policy=empty_policy)
+                         empty_policy=empty_policy, steps=steps)
     summary = {"root": str(root), "data": path, "layout": layout, "k": len(folds), "seed": record.get("seed"),
                "checkpoint": which, "selection_rule": SELECTION_RULES[which], "tta": tta or "none",
                "resolution": _resolution(layout), **summary}
@@ -353,7 +360,8 @@ def _cv_record(root: Path, data: str | None) -> tuple[dict, str, str]:
 
 
 def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, out: str | Path | None,
-                          tta: str | None, spacing: Any, nsd_tolerance: float, empty_policy: str) -> dict[str, Any]:
+                          tta: str | None, spacing: Any, nsd_tolerance: float, empty_policy: str,
+                          steps: tuple[str, ...]) -> dict[str, Any]:
     """Pooled out-of-fold scores of the probability average of several cross-validations (see evaluate_cv)."""
     import torch
 
@@ -397,7 +405,7 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
                 yield case, labels_from_probabilities(probs)[0].numpy(), gt, i  # the members' 0.5 threshold
 
     summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
-                         empty_policy=empty_policy)
+                         empty_policy=empty_policy, steps=steps)
     summary = {"root": [str(r) for r in roots], "members": len(roots), "data": path, "layout": layout,
                "k": len(folds), "seed": record.get("seed"), "checkpoint": which,
                "selection_rule": SELECTION_RULES[which] + f"; probabilities averaged over {len(roots)} "
@@ -408,8 +416,10 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
 
 
 def _score_oof(cases: Any, *, num_classes: int, spacing: Any, nsd_tolerance: float,
-               empty_policy: str) -> dict[str, Any]:
-    """score_cases over ``(case, pred, gt, fold)`` items, each case and worst case tagged with its fold."""
+               empty_policy: str, steps: tuple[str, ...] = ()) -> dict[str, Any]:
+    """score_cases over ``(case, pred, gt, fold)`` items (predictions post-processed by ``steps``), each case and
+    worst case tagged with its fold."""
+    from mambaseg.inference.postprocess import postprocess_labels
     from mambaseg.metrics.score import score_cases
 
     fold_of: dict[str, int] = {}
@@ -417,7 +427,7 @@ def _score_oof(cases: Any, *, num_classes: int, spacing: Any, nsd_tolerance: flo
     def tagged() -> Any:
         for case, pred, gt, i in cases:
             fold_of[case] = i
-            yield case, pred, gt
+            yield case, postprocess_labels(np.asarray(pred), steps), gt
 
     result = score_cases(tagged(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
                          empty_policy=empty_policy)
@@ -429,6 +439,7 @@ def _score_oof(cases: Any, *, num_classes: int, spacing: Any, nsd_tolerance: flo
     for w in result["worst"]:
         w["fold"] = fold_of[w["id"]]
     return {
+        "postprocess": list(steps),
         "per_fold_mean_dice": {str(k): float(np.mean(v)) for k, v in sorted(per_fold.items())},
         **result,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

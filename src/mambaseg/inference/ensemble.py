@@ -127,7 +127,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def load_ensemble(checkpoints: Sequence[str | Path], *, tta: str | None = "none", device: str | torch.device = "auto",
-                  threshold: float = 0.5, which: str = "best") -> Any:
+                  threshold: float = 0.5, which: str = "best", postprocess: Any = None) -> Any:
     """A :class:`~mambaseg.inference.Predictor` over one or several checkpoints (files or CV roots) with ``tta``.
 
     One checkpoint without TTA gives exactly :func:`mambaseg.load`'s predictor (the plain model, no wrapper).
@@ -135,10 +135,13 @@ def load_ensemble(checkpoints: Sequence[str | Path], *, tta: str | None = "none"
     from mambaseg.checkpoint import CheckpointError, build_model, load_checkpoint
     from mambaseg.inference.predictor import Predictor
 
+    from mambaseg.inference.postprocess import parse_postprocess
+
+    flip_dims(tta)  # validate the mode and the post-processing before looking for or loading anything
+    parse_postprocess(postprocess)
     files = expand_checkpoints(checkpoints, which=which)
-    flip_dims(tta)  # validate the mode before loading anything
     if len(files) == 1 and tta in (None, "", "none"):
-        return Predictor.from_checkpoint(files[0], device=device, threshold=threshold)
+        return Predictor.from_checkpoint(files[0], device=device, threshold=threshold, postprocess=postprocess)
     first = Predictor.from_checkpoint(files[0], device="cpu", threshold=threshold)
     models = [first.model]
     ref = load_checkpoint(files[0], map_location="cpu")
@@ -157,4 +160,5 @@ def load_ensemble(checkpoints: Sequence[str | Path], *, tta: str | None = "none"
     info = dict(first.info)
     info.update({"checkpoint": [str(f) for f in files], "ensemble": len(files), "tta": ens.tta})
     return Predictor(ens, image_size=first.image_size, normalization=first.normalization,
-                     label_map=first.label_map, device=device, threshold=threshold, info=info)
+                     label_map=first.label_map, device=device, threshold=threshold, info=info,
+                     postprocess=postprocess)

@@ -77,6 +77,9 @@ class Predictor:
         label_map: class name -> pixel value written in mask files (class-index order).
         device: ``auto``/``cpu``/``cuda``/``cuda:N`` or a ``torch.device``.
         threshold: probability threshold of binary models.
+        postprocess: post-processing of the predicted labels (:mod:`mambaseg.inference.postprocess`:
+            ``"largest_component"``, ``"fill_holes"`` or both, comma-separated or a list; default none), applied to
+            each 2-D mask and to each whole volume.
         amp_dtype: optional autocast dtype on CUDA (e.g. ``torch.bfloat16``).
         info: free-form facts about the checkpoint (shown by ``repr``).
     """
@@ -92,8 +95,10 @@ class Predictor:
         threshold: float = 0.5,
         amp_dtype: torch.dtype | None = None,
         info: dict[str, Any] | None = None,
+        postprocess: str | Sequence[str] | None = None,
     ) -> None:
         from mambaseg.data.transforms import as_size, build_transforms
+        from mambaseg.inference.postprocess import parse_postprocess
 
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
         self.model = model.to(self.device).eval()
@@ -106,6 +111,7 @@ class Predictor:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.threshold = threshold
+        self.postprocess = parse_postprocess(postprocess)
         self.amp_dtype = amp_dtype
         self.info = dict(info or {})
         self._transform = build_transforms(self.image_size, augment=False)
@@ -113,7 +119,7 @@ class Predictor:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, *, device: str | torch.device = "auto",
-                        threshold: float = 0.5) -> Predictor:
+                        threshold: float = 0.5, postprocess: str | Sequence[str] | None = None) -> Predictor:
         """Load a ``.pt`` or ``.safetensors`` checkpoint written by ``mambaseg train``."""
         from mambaseg.data import Normalization
         from mambaseg.checkpoint import CheckpointError, build_model, load_checkpoint
@@ -131,7 +137,7 @@ class Predictor:
                 # the training data's description (layout, config), e.g. for the intensity mapping of volumes
                 "training": {"task": ckpt.get("task"), "config": ckpt.get("config")}}
         return cls(model, image_size=ckpt["image_size"], normalization=norm, label_map=ckpt.get("label_map"),
-                   device=device, threshold=threshold, info=info)
+                   device=device, threshold=threshold, info=info, postprocess=postprocess)
 
     def __repr__(self) -> str:
         return (f"Predictor(model={self.info.get('model', type(self.model).__name__)!r}, "
@@ -214,8 +220,12 @@ class Predictor:
         return out
 
     def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
-        """Masks (H, W) int64 of class indices, one per image, each at its image's original size."""
-        return [self._labels(lg[None])[0].numpy() for lg in self.predict_logits(images)]
+        """Masks (H, W) int64 of class indices, one per image, each at its image's original size (post-processed
+        when the predictor has steps)."""
+        from mambaseg.inference.postprocess import postprocess_labels
+
+        return [postprocess_labels(self._labels(lg[None])[0].numpy(), self.postprocess)
+                for lg in self.predict_logits(images)]
 
     def predict(self, image: ImageInput) -> np.ndarray:
         """Mask (H, W) int64 of class indices (0/1 for binary) at the input's original size.
@@ -352,7 +362,7 @@ class Predictor:
             written.append(predict_volume_file(
                 self.model, v, target, image_size=self.image_size, normalization=self.normalization,
                 batch_size=batch_size, device=self.device, label_values=list(self.label_map.values()),
-                scale=intensity,
+                scale=intensity, postprocess=self.postprocess,
             ))
             if progress is not None:
                 progress(len(written), len(vols))
@@ -455,11 +465,12 @@ def list_images(path: str | Path) -> list[Path]:
     return files
 
 
-def load(checkpoint: str | Path, *, device: str | torch.device = "auto", threshold: float = 0.5) -> Predictor:
+def load(checkpoint: str | Path, *, device: str | torch.device = "auto", threshold: float = 0.5,
+         postprocess: str | Sequence[str] | None = None) -> Predictor:
     """Load a checkpoint (``.pt`` or ``.safetensors``) as a :class:`Predictor`.
 
     Example:
         >>> predictor = load("runs/ph2/checkpoints/best.pt")  # doctest: +SKIP
         >>> mask = predictor.predict("image.jpg")  # doctest: +SKIP
     """
-    return Predictor.from_checkpoint(checkpoint, device=device, threshold=threshold)
+    return Predictor.from_checkpoint(checkpoint, device=device, threshold=threshold, postprocess=postprocess)

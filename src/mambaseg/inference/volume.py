@@ -324,6 +324,7 @@ def predict_volume_file(
     device: torch.device | str | None = None,
     label_values: Sequence[int] | None = None,
     scale: str = "auto",
+    postprocess: str | Sequence[str] | None = None,
 ) -> Path:
     """Predict one volume file and write the label volume.
 
@@ -337,6 +338,7 @@ def predict_volume_file(
         device: where to run.
         label_values: value written for each class index (default: the index itself).
         scale: intensity mapping, see :func:`read_volume`.
+        postprocess: post-processing of the whole label volume (:mod:`mambaseg.inference.postprocess`).
 
     Returns:
         The written path.
@@ -345,6 +347,10 @@ def predict_volume_file(
     labels = predict_volume(
         model, vol, image_size=image_size, normalization=normalization, batch_size=batch_size, device=device
     )
+    if postprocess:
+        from mambaseg.inference.postprocess import postprocess_labels
+
+        labels = postprocess_labels(labels, postprocess)
     if label_values is not None:
         lut = np.asarray(list(label_values), dtype=np.int64)
         if int(labels.max(initial=0)) >= lut.size:
