@@ -285,7 +285,6 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
     """
     from mambaseg.data.files import mask_to_labels, read_mask
     from mambaseg.inference.ensemble import load_ensemble
-
     from mambaseg.inference.postprocess import parse_postprocess
 
     steps = parse_postprocess(postprocess)
@@ -393,8 +392,10 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
                 for r in roots:
                     fp = oof_dir(r / f"fold_{i}", which, tta) / "probabilities" / f"{case}.npz"
                     if not fp.is_file():
+                        how = ("every finished fold saves them" if _no_tta(tta) else
+                               f"train --folds K --tta {tta} saves them, also for finished folds")
                         raise FileNotFoundError(f"{fp} is missing: an ensemble scores the saved probabilities of "
-                                                f"every member (train the folds with --tta {tta or 'none'})")
+                                                f"every member ({how})")
                     with np.load(fp, allow_pickle=False) as z:
                         p = z["probabilities"].astype(np.float32)
                     if total is not None and p.shape != total.shape:
