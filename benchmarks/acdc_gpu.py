@@ -199,6 +199,9 @@ def _train_and_test(model_name: str, args: argparse.Namespace, cfg: Any, out_dir
     test = evaluate_checkpoint(best, split="test", device=args.device, batch_size=32)
     test_tta = (evaluate_checkpoint(best, split="test", device=args.device, batch_size=32, tta=args.tta)
                 if args.tta != "none" else None)
+    # the same weights with post-processed volumes (an extra number beside the plain ones, not a selection)
+    test_pp = (evaluate_checkpoint(best, split="test", device=args.device, batch_size=32, tta=args.tta,
+                                   postprocess=args.postprocess) if args.postprocess != "none" else None)
     eval_s = time.perf_counter() - t_eval
     return {
         "model": model_name,
@@ -220,6 +223,7 @@ def _train_and_test(model_name: str, args: argparse.Namespace, cfg: Any, out_dir
         "best_val": res.metrics,
         "test": test,
         **({f"test_tta_{args.tta}": test_tta} if test_tta is not None else {}),
+        **({f"test_tta_{args.tta}_pp": test_pp} if test_pp is not None else {}),
         "history": res.history,
         "wall_s": {"probe_and_setup": t_train - t_start, "train_incl_val": train_s, "test_eval": eval_s,
                    "total": time.perf_counter() - t_start,
@@ -285,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
                     help="train the models at the same time on the one GPU (separate processes)")
     ap.add_argument("--tag", default="", help="suffix of the result file names")
+    ap.add_argument("--postprocess", default="none",
+                    help="also evaluate the test volumes post-processed (e.g. largest_component), with --tta")
     ap.add_argument("--call-limit-s", type=float, default=None,
                     help="stop cleanly (last.pt written) after the epoch that ends this many seconds after the start "
                          "of this process, so that a run longer than one command's time limit continues with --resume")

@@ -400,8 +400,11 @@ def acdc_rows(name, d):
         "test RV / Myo / LV Dice": " / ".join(f"{test['classes'][c]['dice']:.3f}" for c in ("RV", "Myo", "LV")),
         "test HD95 vox": fmt(test["hd95"], ".1f"),
         **({"test Dice + flip TTA": fmt(d["test_tta_flip"]["dice"], ".3f")} if "test_tta_flip" in d else {}),
+        **({"+ TTA + largest component: Dice / HD95 vox": f"{d['test_tta_flip_pp']['dice']:.3f} / "
+            f"{d['test_tta_flip_pp']['hd95']:.1f}"} if "test_tta_flip_pp" in d else {}),
         "train img/s": fmt(d["train_images_per_second"], ".1f"),
-        "wall min": fmt(d["wall_s"]["total"] / 60, ".1f"),
+        "wall min": (f"{d['wall_s']['train_incl_val_all_calls'] / 60:.1f} training over {len(d['calls'])} calls"
+                     if len(d.get("calls") or []) > 1 else fmt(d["wall_s"]["total"] / 60, ".1f")),
     }]
 
 

@@ -137,5 +137,5 @@ def test_cli_postprocess_option(tmp_path):
     res = runner.invoke(app, ["predict", "--checkpoint", str(tmp_path / "missing.pt"), "--input", str(tmp_path),
                               "--out", str(tmp_path / "o"), "--postprocess", "lcc"])
     assert res.exit_code == 1 and "post-processing" in res.output
-    res = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--postprocess", "fill_holes"])
-    assert res.exit_code == 1 and "--cv" in res.output
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--postprocess", "holes"])
+    assert res.exit_code == 1 and "post-processing" in res.output

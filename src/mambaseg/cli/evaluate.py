@@ -31,9 +31,9 @@ def evaluate(
                                             "their saved probabilities averaged (needs --out)."),
     oof: str = typer.Option("last", "--oof", help="With --cv: the fold checkpoint whose predictions are scored: last "
                             "(no selection) or best (chosen on the held-out fold: optimistic)."),
-    postprocess: str = typer.Option("none", "--postprocess", help="With --cv: post-process the out-of-fold masks "
-                                    "before scoring (none, or a comma-separated list of largest_component and "
-                                    "fill_holes); choosing it by the result selects on the scored cases."),
+    postprocess: str = typer.Option("none", "--postprocess", help="Post-process each predicted mask (whole volume) "
+                                    "before the metrics: none, or a comma-separated list of largest_component and "
+                                    "fill_holes; choosing it by the result selects on the scored cases."),
     threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Evaluate a checkpoint (pooled and per-case Dice/IoU/Acc/Sen/Spe; the run's evaluator for other tasks), an
@@ -46,12 +46,11 @@ def evaluate(
             raise CLIError("--cv named more than once scores an ensemble: pass --out FOLDER for its cv_metrics.json")
         return _evaluate_cv(cv if len(cv) > 1 else cv[0], oof=oof, data=data, out=out, tta=tta, device=device,
                             as_json=as_json, postprocess=postprocess)
-    if postprocess != "none":
-        raise CLIError("--postprocess applies to --cv; for images use predict --postprocess, then score")
     if not checkpoint:
         raise CLIError("pass --checkpoint CKPT (repeatable) or --cv ROOT")
     result = evaluate_checkpoint(checkpoint if len(checkpoint) > 1 else checkpoint[0], data, split=split, out=out,
-                                 device=device, batch_size=batch_size, console=None if as_json else console, tta=tta)
+                                 device=device, batch_size=batch_size, console=None if as_json else console, tta=tta,
+                                 postprocess=postprocess)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

@@ -44,6 +44,7 @@ def evaluate_checkpoint(
     backend: str | None = None,
     tta: str | None = None,
     show_progress: bool = True,
+    postprocess: Any = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of a dataset with the same preprocessing as training.
 
@@ -61,12 +62,17 @@ def evaluate_checkpoint(
             (:class:`mambaseg.inference.ProbabilityEnsemble`); ``checkpoint`` may also be a list of checkpoints
             and cross-validation roots, whose probabilities are averaged (the first one's config gives the data).
         show_progress: show the progress on ``console``.
+        postprocess: post-processing of each predicted mask (whole volume for volumetric data) before the metrics:
+            ``"largest_component"``, ``"fill_holes"`` or both (:mod:`mambaseg.inference.postprocess`).
 
     Returns:
         The evaluator's metrics dict (plus ``checkpoint``, ``split`` and ``data``).
     """
     from mambaseg.data import Normalization
 
+    from mambaseg.inference.postprocess import parse_postprocess
+
+    steps = parse_postprocess(postprocess)
     members = _ensemble_members(checkpoint, tta)
     checkpoint = members[0] if len(members) == 1 else members
     ckpt = load_checkpoint(members[0], map_location="cpu")
@@ -100,7 +106,7 @@ def evaluate_checkpoint(
                       RuntimeWarning, stacklevel=2)
         loss_fn = None
     ectx = EvalContext(device=dev, amp_dtype=amp_dtype, batch_size=batch_size or cfg.train.val_batch_size,
-                       num_workers=resolve_workers(cfg.data.num_workers, dev), loss_fn=loss_fn)
+                       num_workers=resolve_workers(cfg.data.num_workers, dev), loss_fn=loss_fn, postprocess=steps)
     ds = task.datasets[split]
     unit = "volumes" if getattr(task.evaluator, "name", "") == "volume_slicewise" else "images"
     with scan_backend(backend), ProgressReporter(console, f"evaluating {split} ({unit})",
@@ -109,6 +115,8 @@ def evaluate_checkpoint(
         metrics = task.evaluator.evaluate(model, ds, ectx)
     if len(members) > 1 or tta not in (None, "", "none"):
         metrics = {**metrics, "ensemble": len(members), "tta": tta or "none"}
+    if steps:
+        metrics = {**metrics, "postprocess": list(steps)}
     result = {**metrics, "checkpoint": str(checkpoint) if len(members) == 1 else [str(m) for m in members],
               "split": split, "data": str(cfg.data.path),
               "epoch": ckpt.get("epoch"), "model": (ckpt.get("model") or {}).get("name")}

@@ -63,6 +63,8 @@ class EvalContext:
             reuse them (the trainer validates the same split every epoch); only when they fit in
             ``keep_inputs_bytes``.
         keep_inputs_bytes: memory budget of the kept inputs.
+        postprocess: post-processing steps applied to each predicted 2-D mask / whole volume before the statistics
+            (:mod:`mambaseg.inference.postprocess`); empty during training.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -74,6 +76,7 @@ class EvalContext:
     progress: Callable[[int, int], None] | None = None
     keep_inputs: bool = False
     keep_inputs_bytes: int = 1 << 30
+    postprocess: tuple[str, ...] = ()
 
 
 class Evaluator(abc.ABC):
@@ -167,6 +170,14 @@ def _shard(n: int, ctx: DistContext) -> list[int]:
     return list(range(ctx.rank, n, ctx.world_size))
 
 
+def _postprocessed(labels: torch.Tensor, steps: tuple[str, ...]) -> torch.Tensor:
+    """(B, H, W) labels post-processed image by image, back on their device."""
+    from mambaseg.inference.postprocess import postprocess_labels
+
+    host = labels.cpu().numpy()
+    return torch.from_numpy(np.stack([postprocess_labels(m, steps) for m in host])).to(labels.device)
+
+
 def _round(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _round(x) for k, x in v.items()}
@@ -248,7 +259,10 @@ class SegmentationEvaluator2D(Evaluator):
                     logits = logits.float()
                     if ctx.loss_fn is not None:
                         loss_sum += ctx.loss_fn(logits, y).detach().double() * x.shape[0]
-                    stats.append(confusion_stats(self.predict_labels(logits), y, self.num_classes, check=False))
+                    labels = self.predict_labels(logits)
+                    if ctx.postprocess:  # per image on the host (connected components)
+                        labels = _postprocessed(labels, ctx.postprocess)
+                    stats.append(confusion_stats(labels, y, self.num_classes, check=False))
                     ids.extend(batch_ids)
                     done += x.shape[0]
                     if ctx.progress is not None:
@@ -394,6 +408,10 @@ class SlicewiseVolumeEvaluator(Evaluator):
                 model, vol, image_size=self.image_size, normalization=self.normalization,
                 batch_size=max(1, ctx.batch_size), device=ctx.device, amp_dtype=ctx.amp_dtype, on_batch=on_batch,
             )
+            if ctx.postprocess:
+                from mambaseg.inference.postprocess import postprocess_labels
+
+                pred = postprocess_labels(pred, ctx.postprocess)
             local.add(vol.id, pred, label, vol.spacing)
             if ctx.progress is not None:
                 ctx.progress(done, len(indices))
