@@ -98,15 +98,42 @@ def _drop_facts(hist: list[dict], epochs: int) -> dict:
             "max_epoch_drop_after_first_tenth_epoch": late[1] if late else None}
 
 
+def _scores(target, out: Path, tta: bool, device: str = "auto") -> dict[str, dict]:
+    """The final weights' pooled out-of-fold scores of ``target`` (a root, or a list of roots = their ensemble): plain,
+    post-processed, and the same two with flip TTA; each written under ``out``."""
+    from mambaseg.engine.crossval import evaluate_cv
+
+    scores = {"last": evaluate_cv(target, which="last", device=device, out=out),
+              "last_pp": evaluate_cv(target, which="last", postprocess=PP, device=device, out=out / "pp")}
+    if tta:
+        scores["last_tta_flip"] = evaluate_cv(target, which="last", tta="flip", device=device, out=out / "tta_flip")
+        scores["last_tta_flip_pp"] = evaluate_cv(target, which="last", tta="flip", postprocess=PP, device=device,
+                                                 out=out / "tta_flip_pp")
+    return scores
+
+
+def _score_rows(scores: dict[str, dict]) -> dict[str, dict]:
+    """The JSON summary of each score: rule, TTA, post-processing, pooled and per-case DSC, failed and worst cases."""
+    return {k: {"rule": v["selection_rule"], "tta": v["tta"], "postprocess": v.get("postprocess", []),
+                "pooled_dsc": v["dice"], "pooled_iou": v["iou"], "per_case_mean_dsc": v["per_case_dice"],
+                "hd95_px": v.get("hd95"), "nsd_2px": v.get("nsd"), "n_below_0.8": v["n_below"]["count"],
+                "worst": v["worst"][:5]} for k, v in scores.items()}
+
+
+def _spread(vals: list[float]) -> dict:
+    """Mean and sample standard deviation (n-1; 0 for one value) of the seeds' values."""
+    import statistics
+
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals,
+            "std_rule": "sample standard deviation (n-1) over the seeds"}
+
+
 def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tta: bool) -> dict:
     """Score the seeds ``seeds`` of one recipe as an ensemble (their saved out-of-fold probabilities averaged per
     case, the same folds) and summarise the single seeds: mean and standard deviation of the pooled out-of-fold DSC
     of EVERY seed with a result file ``<results>/cv_ph2_<recipe>_s<seed>.json`` (a seed whose predictions are gone
     still counts there). Writes ``<results>/cv_ph2_<recipe>_ensemble.json``."""
     import re
-    import statistics
-
-    from mambaseg.engine.crossval import evaluate_cv
 
     for seed in seeds:
         if not (results / f"cv_ph2_{recipe}_s{seed}.json").is_file():
@@ -117,20 +144,8 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
     singles = [json.loads(f.read_text()) for _, f in files]
     summary_seeds = [seed for seed, _ in files]
     roots = [runs / f"cv_ph2_{recipe}_s{seed}" for seed in seeds]
-    out = runs / f"cv_ph2_{recipe}_ensemble"
-    scores = {"last": evaluate_cv(roots, which="last", out=out),
-              "last_pp": evaluate_cv(roots, which="last", postprocess=PP, out=out / "pp")}
-    if tta:
-        scores["last_tta_flip"] = evaluate_cv(roots, which="last", tta="flip", out=out / "tta_flip")
-        scores["last_tta_flip_pp"] = evaluate_cv(roots, which="last", tta="flip", postprocess=PP,
-                                                 out=out / "tta_flip_pp")
+    scores = _scores(roots, runs / f"cv_ph2_{recipe}_ensemble", tta)
     head = scores["last"]
-
-    def spread(key: str) -> dict:
-        vals = [d[key] for d in singles]
-        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                "values": vals, "std_rule": "sample standard deviation (n-1) over the seeds"}
-
     tta_singles = [d["scores"].get("last_tta_flip", {}).get("pooled_dsc") for d in singles]
     record = {
         "what": f"{singles[0]['folds']}-fold cross-validation of recipe {recipe}: seeds {summary_seeds} one by one "
@@ -139,18 +154,13 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
         "folds": singles[0]["folds"],
         "split_seed": singles[0]["split_seed"], "cache": singles[0]["cache"],
         "selection_rule": head["selection_rule"] + "; headline = pooled out-of-fold DSC",
-        "single_seed_pooled_oof_dsc": spread("pooled_oof_dsc"),
+        "single_seed_pooled_oof_dsc": _spread([d["pooled_oof_dsc"] for d in singles]),
         "single_seed_n_below_0.8": [d["n_below_0.8"] for d in singles],
-        "single_seed_pooled_oof_dsc_tta_flip": (
-            {"mean": statistics.fmean(tta_singles), "std": statistics.stdev(tta_singles) if len(singles) > 1 else 0.0,
-             "values": tta_singles} if tta and None not in tta_singles else None),
+        "single_seed_pooled_oof_dsc_tta_flip": _spread(tta_singles) if tta and None not in tta_singles else None,
         "pooled_oof_dsc": head["dice"], "pooled_oof_iou": head["iou"], "per_case_mean_dsc": head["per_case_dice"],
         "n_below_0.8": head["n_below"]["count"], "worst": head["worst"],
         "per_case_dsc": {c["id"]: c["dice"] for c in head["cases"]},
-        "scores": {k: {"rule": v["selection_rule"], "tta": v["tta"], "postprocess": v.get("postprocess", []),
-                       "pooled_dsc": v["dice"], "pooled_iou": v["iou"],
-                       "per_case_mean_dsc": v["per_case_dice"], "n_below_0.8": v["n_below"]["count"],
-                       "worst": v["worst"][:5]} for k, v in scores.items()},
+        "scores": _score_rows(scores),
         "resolution": head["resolution"],
         "members_trained_on": sorted({str((d.get("environment") or {}).get("device")) for d in singles}),
         "environment": environment(),
@@ -185,12 +195,9 @@ def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None) -> None:
     import multiprocessing as mp
 
     from mambaseg.configs import config_to_dict
-    from mambaseg.data.folds import case_pool, resolve_folds
-    from mambaseg.data.layouts import detect_layout
+    from mambaseg.engine.crossval import resolve_cv_folds
 
-    layout = cfg.data.layout or detect_layout(cfg.data.path)
-    resolve_folds(cfg.train.out, case_pool(cfg.data.path, layout), k=folds, seed=cfg.data.split_seed,
-                  data=str(cfg.data.path), layout=layout)
+    resolve_cv_folds(cfg, folds)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_fold_worker, args=(config_to_dict(cfg), folds, list(range(j, folds, n)), tta))
              for j in range(min(n, folds))]
@@ -236,16 +243,8 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         train_folds(cfg, folds=folds, fold="all", resume=True, console=Console(), show_progress=False,
                     tta="flip" if tta else None)  # TTA predictions saved per fold: scoring needs no checkpoint
     wall = time.perf_counter() - t0
-    scores = {"last": evaluate_cv(root, which="last", device=device)}
-    if tta:
-        scores["last_tta_flip"] = evaluate_cv(root, which="last", tta="flip", device=device,
-                                              out=root / "tta_flip")
+    scores = _scores(root, root, tta, device)
     scores["best"] = evaluate_cv(root, which="best", device=device, out=root / "best")
-    # the dermoscopy post-processing (one lesion per image), shown beside the plain scores, not chosen by them
-    scores["last_pp"] = evaluate_cv(root, which="last", postprocess=PP, out=root / "pp")
-    if tta:
-        scores["last_tta_flip_pp"] = evaluate_cv(root, which="last", tta="flip", postprocess=PP, device=device,
-                                                 out=root / "tta_flip_pp")
     head = scores["last"]
     record = {
         "what": f"{folds}-fold cross-validation on the {head['n_cases']} train+val cases of {Path(cache).name}, recipe "
@@ -257,10 +256,7 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         "n_below_0.8": head["n_below"]["count"], "worst": head["worst"],
         "per_case_dsc": {c["id"]: c["dice"] for c in head["cases"]},
         "per_fold_mean_dsc": head["per_fold_mean_dice"],
-        "scores": {k: {"rule": v["selection_rule"], "tta": v["tta"], "postprocess": v.get("postprocess", []),
-                       "pooled_dsc": v["dice"], "pooled_iou": v["iou"],
-                       "per_case_mean_dsc": v["per_case_dice"], "hd95_px": v.get("hd95"), "nsd_2px": v.get("nsd"),
-                       "n_below_0.8": v["n_below"]["count"], "worst": v["worst"][:5]} for k, v in scores.items()},
+        "scores": _score_rows(scores),
         "resolution": head["resolution"],
         "fold_training": (facts := _fold_facts(root, folds)),
         "fold_train_seconds_total": round(sum(f["seconds"] for f in facts), 1),

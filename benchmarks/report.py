@@ -338,34 +338,10 @@ def _pp(scores):
 
 def cv_ph2_rows(name, d):
     sc = d["scores"]
-    if "members" in d:  # cv_ph2_<recipe>_ensemble.json: the seeds one by one and averaged
-        sd, tta = d["single_seed_pooled_oof_dsc"], sc.get("last_tta_flip")
-        return [{
-            "recipe": d["recipe"],
-            "seed": f"{','.join(map(str, d['seeds']))}: ensemble; single seeds {','.join(map(str, d['summary_seeds']))}",
-            "folds / cases": f"{d['folds']} / {len(d['per_case_dsc'])}",
-            "pooled OOF DSC (last weights)": fmt(d["pooled_oof_dsc"], ".4f"),
-            "+ flip TTA": fmt(tta["pooled_dsc"], ".4f") if tta else "-",
-            "+ LCC + fill (cases < 0.80)": _pp(sc),
-            "single seeds: mean ± std": f"{sd['mean']:.4f} ± {sd['std']:.4f}",
-            "per-case mean DSC": fmt(d["per_case_mean_dsc"], ".4f"),
-            "cases < 0.80": fmt(d["n_below_0.8"]),
-            "worst case": f"{d['worst'][0]['id']} {d['worst'][0]['dice']:.3f}" if d["worst"] else "-",
-            "best-on-fold DSC (optimistic)": "-", "epochs": "-", "max val drop": "-", "after the first tenth": "-",
-        }]
     tta = sc.get("last_tta_flip")
-    epochs = sorted({f["epochs"] for f in d["fold_training"]})
-    drops = [(f["max_epoch_drop"], f.get("max_epoch_drop_epoch")) for f in d["fold_training"]
-             if f.get("max_epoch_drop") is not None]
-    late = [(f["max_epoch_drop_after_first_tenth"], f["max_epoch_drop_after_first_tenth_epoch"])
-            for f in d["fold_training"] if f.get("max_epoch_drop_after_first_tenth") is not None]
-
-    def drop(pairs):
-        v, e = max(pairs)
-        return f"{v:.3f}" + (f" (ep {e})" if e is not None else "")
-    return [{
+    row = {  # the columns a single seed and an ensemble of seeds (cv_ph2_<recipe>_ensemble.json) share
         "recipe": d["recipe"],
-        "seed": fmt(d["seed"]),
+        "seed": "",
         "folds / cases": f"{d['folds']} / {len(d['per_case_dsc'])}",
         "pooled OOF DSC (last weights)": fmt(d["pooled_oof_dsc"], ".4f"),
         "+ flip TTA": fmt(tta["pooled_dsc"], ".4f") if tta else "-",
@@ -374,11 +350,30 @@ def cv_ph2_rows(name, d):
         "per-case mean DSC": fmt(d["per_case_mean_dsc"], ".4f"),
         "cases < 0.80": fmt(d["n_below_0.8"]),
         "worst case": f"{d['worst'][0]['id']} {d['worst'][0]['dice']:.3f}" if d["worst"] else "-",
+        "best-on-fold DSC (optimistic)": "-", "epochs": "-", "max val drop": "-", "after the first tenth": "-",
+    }
+    if "members" in d:  # the seeds one by one and averaged
+        sd = d["single_seed_pooled_oof_dsc"]
+        row["seed"] = (f"{','.join(map(str, d['seeds']))}: ensemble; "
+                       f"single seeds {','.join(map(str, d['summary_seeds']))}")
+        row["single seeds: mean ± std"] = f"{sd['mean']:.4f} ± {sd['std']:.4f}"
+        return [row]
+    drops = [(f["max_epoch_drop"], f.get("max_epoch_drop_epoch")) for f in d["fold_training"]
+             if f.get("max_epoch_drop") is not None]
+    late = [(f["max_epoch_drop_after_first_tenth"], f["max_epoch_drop_after_first_tenth_epoch"])
+            for f in d["fold_training"] if f.get("max_epoch_drop_after_first_tenth") is not None]
+
+    def drop(pairs):
+        v, e = max(pairs)
+        return f"{v:.3f}" + (f" (ep {e})" if e is not None else "")
+    row.update({
+        "seed": fmt(d["seed"]),
         "best-on-fold DSC (optimistic)": fmt(sc["best"]["pooled_dsc"], ".4f"),
-        "epochs": "/".join(map(str, epochs)),
+        "epochs": "/".join(map(str, sorted({f["epochs"] for f in d["fold_training"]}))),
         "max val drop": drop(drops) if drops else "-",
         "after the first tenth": drop(late) if late else "-",
-    }]
+    })
+    return [row]
 
 
 def acdc_rows(name, d):
@@ -633,8 +628,9 @@ FAMILIES = [
      "fold's checkpoint on its own held-out cases and is optimistic; 'max val drop' = largest fall of validation Dice "
      "between consecutive epochs over the folds (and the epoch), also over the epochs after the first tenth of the "
      "run where the file has it. 'LCC + fill' = the same final weights, each mask reduced to its largest connected "
-     "component with holes filled (shown beside, not chosen by these numbers). An 'ensemble' row averages the saved out-of-fold probabilities of "
-     "a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside it."),
+     "component with holes filled (shown beside, not chosen by these numbers). An 'ensemble' row averages the saved "
+     "out-of-fold probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside "
+     "it."),
     ("ACDC training", r"acdc_.*", acdc_rows,
      "`benchmarks/acdc_gpu.py` (and a CPU smoke run): mean of per-volume per-class Dice / HD95, selection on 20 val "
      "volumes, report on 40 test volumes."),

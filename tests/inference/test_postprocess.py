@@ -96,7 +96,8 @@ def test_predictor_images_and_volumes_are_post_processed(tmp_path):
     torch.manual_seed(0)
     model = mambaseg.create_model("vmunet_tiny", num_classes=1, dims=8, d_state=2)
     ckpt = save_checkpoint(tmp_path / "c.pt", {
-        "model": model.mambaseg_spec, "state_dict": model.state_dict(), "label_map": {"background": 0, "foreground": 255},
+        "model": model.mambaseg_spec, "state_dict": model.state_dict(),
+        "label_map": {"background": 0, "foreground": 255},
         "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}, "image_size": [32, 32], "epoch": 1})
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)

@@ -156,8 +156,8 @@ def train(
                       f"at epoch {result.best_epoch})", highlight=False)
 
 
-def _train_cv(*, folds: int, fold: str, tta: str, resume: bool, no_progress: bool, config: Optional[Path], out: Optional[str],
-              **options) -> None:
+def _train_cv(*, folds: int, fold: str, tta: str, resume: bool, no_progress: bool, config: Optional[Path],
+              out: Optional[str], **options) -> None:
     """``--folds K [--fold i|all]``: the folds of a cross-validation rooted at ``--out`` (see
     :mod:`mambaseg.engine.crossval`); ``--resume`` continues from the config the folds were started with."""
     from mambaseg.engine.crossval import train_folds

@@ -40,10 +40,11 @@ from mambaseg.data.folds import (
     resolve_folds,
 )
 from mambaseg.data.layouts import detect_layout
+from mambaseg.inference.ensemble import flip_dims, tta_mode
 from mambaseg.utils.files import atomic_path, atomic_write_json
 
 __all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "evaluate_cv", "fold_config", "oof_dir", "predict_oof",
-           "train_folds"]
+           "resolve_cv_folds", "train_folds"]
 
 OOF_CHECKPOINTS = ("last", "best")
 SELECTION_RULES = {
@@ -54,14 +55,10 @@ SELECTION_RULES = {
 }
 
 
-def _no_tta(tta: str | None) -> bool:
-    return tta in (None, "", "none")
-
-
 def oof_dir(run_dir: str | Path, which: str, tta: str | None = None) -> Path:
     """Where fold ``run_dir`` keeps the out-of-fold predictions of its ``which`` checkpoint: ``oof/<which>``, or
     ``oof/<which>_tta_<tta>`` for predictions made with test-time augmentation."""
-    return Path(run_dir) / "oof" / (which if _no_tta(tta) else f"{which}_tta_{tta}")
+    return Path(run_dir) / "oof" / (which if tta_mode(tta) == "none" else f"{which}_tta_{tta}")
 
 
 def _parse_fold(fold: int | str, k: int) -> list[int]:
@@ -84,6 +81,16 @@ def fold_config(cfg: RunConfig, root: str | Path, fold: int, split_file: Path) -
     return c
 
 
+def resolve_cv_folds(cfg: RunConfig, folds: int) -> dict[str, Any]:
+    """The folds of the cross-validation rooted at ``cfg.train.out`` over the train + val cases of ``cfg.data``:
+    ``ROOT/splits_final.json`` read and checked, or drawn with ``data.split_seed`` and written."""
+    if cfg.data.path is None:
+        raise ValueError("cross-validation needs a dataset: pass --data PATH")
+    layout = cfg.data.layout or detect_layout(cfg.data.path)
+    return resolve_folds(cfg.train.out, case_pool(cfg.data.path, layout), k=folds, seed=cfg.data.split_seed,
+                         data=str(cfg.data.path), layout=layout)
+
+
 def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: bool = False, console: Any = None,
                 show_progress: bool = True, tta: str | None = None, device: str | None = None) -> list[Any]:
     """Train fold(s) of a ``folds``-fold cross-validation rooted at ``cfg.train.out`` and save their out-of-fold
@@ -100,24 +107,17 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
     """
     from mambaseg.engine.trainer import train
 
-    if cfg.data.path is None:
-        raise ValueError("cross-validation needs a dataset: pass --data PATH")
-    root = Path(cfg.train.out)
-    layout = cfg.data.layout or detect_layout(cfg.data.path)
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise ValueError(f"--folds must be an integer >= 2, got {folds!r}")
     todo = _parse_fold(fold, folds)
-    if not _no_tta(tta):
-        from mambaseg.inference.ensemble import flip_dims
-
-        flip_dims(tta)  # an unknown mode fails before any fold trains
-    pool = case_pool(cfg.data.path, layout)
-    record = resolve_folds(root, pool, k=folds, seed=cfg.data.split_seed, data=str(cfg.data.path), layout=layout)
+    flip_dims(tta)  # an unknown mode fails before any fold trains
+    root = Path(cfg.train.out)
+    record = resolve_cv_folds(cfg, folds)
+    wanted = [(w, t) for w in OOF_CHECKPOINTS for t in ([None] if tta_mode(tta) == "none" else [None, tta])]
     results = []
     for i in todo:
         fcfg = fold_config(cfg, root, i, fold_split_file(root, record, i))
         run_dir = Path(fcfg.train.out)
-        wanted = [(w, t) for w in OOF_CHECKPOINTS for t in ([None] if _no_tta(tta) else [None, tta])]
         done = (run_dir / "metrics.json").is_file() and all(
             (oof_dir(run_dir, w, t) / "oof.json").is_file() for w, t in wanted)
         if done:
@@ -233,26 +233,20 @@ def torch_probabilities(logits: Any) -> np.ndarray:
 
 
 def _fold_setup(run_dir: Path, which: str) -> tuple[RunConfig, int]:
-    """A fold's resolved config (its ``config.yaml``, else its checkpoint's) and input channels (from its saved
-    predictions' ``oof.json``, else the checkpoint's task, else 3)."""
-    from mambaseg.configs import config_from_dict, load_config
+    """A fold's resolved config (its ``config.yaml``, written by the trainer before the first step) and input channels
+    (from its saved predictions' ``oof.json``, else the checkpoint's task, else 3)."""
+    from mambaseg.configs import load_config
 
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir / 'config.yaml'} does not exist: {run_dir} is not a fold's run directory")
     oof_json = oof_dir(run_dir, which) / "oof.json"
-    info = json.loads(oof_json.read_text()) if oof_json.is_file() else {}
-    ckpt: dict = {}
-    if not (run_dir / "config.yaml").is_file() or "in_chans" not in info:
-        ckpt_path = run_dir / "checkpoints" / f"{which}.pt"
-        if ckpt_path.is_file():
-            from mambaseg.checkpoint import load_checkpoint
+    in_chans = (json.loads(oof_json.read_text()) if oof_json.is_file() else {}).get("in_chans")
+    ckpt_path = run_dir / "checkpoints" / f"{which}.pt"
+    if in_chans is None and ckpt_path.is_file():  # predictions saved before oof.json recorded it
+        from mambaseg.checkpoint import load_checkpoint
 
-            ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-        elif not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run_dir}: neither config.yaml nor checkpoints/{which}.pt to read the run's "
-                                    f"config from")
-    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else \
-        config_from_dict(ckpt.get("config") or {})
-    in_chans = int(info.get("in_chans") or (ckpt.get("task") or {}).get("in_chans") or 3)
-    return cfg, in_chans
+        in_chans = (load_checkpoint(ckpt_path, map_location="cpu").get("task") or {}).get("in_chans")
+    return load_config(run_dir / "config.yaml"), int(in_chans or 3)
 
 
 def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last", data: str | None = None,
@@ -291,17 +285,17 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     if not roots:
         raise ValueError("evaluate_cv needs at least one cross-validation root")
+    if which not in OOF_CHECKPOINTS:
+        raise ValueError(f"--oof must be one of {OOF_CHECKPOINTS}, got {which!r}")
     if len(roots) > 1:
         return _evaluate_cv_ensemble(roots, which=which, data=data, out=out, tta=tta, spacing=spacing,
                                      nsd_tolerance=nsd_tolerance, empty_policy=empty_policy, steps=steps)
     root = roots[0]
-    if which not in OOF_CHECKPOINTS:
-        raise ValueError(f"--oof must be one of {OOF_CHECKPOINTS}, got {which!r}")
     record, path, layout = _cv_record(root, data)
     folds = record["folds"]
     saved = [(oof_dir(root / f"fold_{i}", which, tta) / "oof.json").is_file() for i in range(len(folds))]
     ckpts = [root / f"fold_{i}" / "checkpoints" / f"{which}.pt" for i in range(len(folds))]
-    if not _no_tta(tta):
+    if tta_mode(tta) != "none":
         missing = [i for i, (ok, c) in enumerate(zip(saved, ckpts)) if not ok and not c.is_file()]
         if missing:
             raise FileNotFoundError(f"{root}: fold(s) {missing} have neither saved {tta}-TTA predictions "
@@ -319,7 +313,7 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
         for i, f in enumerate(folds):
             run_dir = root / f"fold_{i}"
             dataset = _held_out_dataset(cfg, path, layout, f["val"], in_chans)
-            if not _no_tta(tta) and not saved[i]:
+            if tta_mode(tta) != "none" and not saved[i]:
                 predictor = load_ensemble([ckpts[i]], tta=tta, device=device)
                 for case, img, gt in iter_cases(dataset):
                     yield f"{case}", predictor.predict(img), gt, i
@@ -366,8 +360,6 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
 
     from mambaseg.metrics import labels_from_probabilities
 
-    if which not in OOF_CHECKPOINTS:
-        raise ValueError(f"--oof must be one of {OOF_CHECKPOINTS}, got {which!r}")
     if out is None:
         raise ValueError("scoring an ensemble of cross-validations needs an output folder (--out)")
     if len(set(r.resolve() for r in roots)) != len(roots):
@@ -375,9 +367,7 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
     record, path, layout = _cv_record(roots[0], data)
     folds = record["folds"]
     for r in roots[1:]:
-        other = load_folds(r / FOLDS_FILE) if (r / FOLDS_FILE).is_file() else None
-        if other is None:
-            raise FileNotFoundError(f"{r} is not a cross-validation root: no {FOLDS_FILE} (train with --folds K)")
+        other = _cv_record(r, data)[0]
         if [sorted(f["val"]) for f in other["folds"]] != [sorted(f["val"]) for f in folds]:
             raise ValueError(f"{r} holds out other cases than {roots[0]} (another split seed or k); an ensemble of "
                              f"cross-validations needs the same folds")
@@ -392,7 +382,7 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
                 for r in roots:
                     fp = oof_dir(r / f"fold_{i}", which, tta) / "probabilities" / f"{case}.npz"
                     if not fp.is_file():
-                        how = ("every finished fold saves them" if _no_tta(tta) else
+                        how = ("every finished fold saves them" if tta_mode(tta) == "none" else
                                f"train --folds K --tta {tta} saves them, also for finished folds")
                         raise FileNotFoundError(f"{fp} is missing: an ensemble scores the saved probabilities of "
                                                 f"every member ({how})")

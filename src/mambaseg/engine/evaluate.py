@@ -69,7 +69,7 @@ def evaluate_checkpoint(
         The evaluator's metrics dict (plus ``checkpoint``, ``split`` and ``data``).
     """
     from mambaseg.data import Normalization
-
+    from mambaseg.inference.ensemble import tta_mode
     from mambaseg.inference.postprocess import parse_postprocess
 
     steps = parse_postprocess(postprocess)
@@ -92,7 +92,7 @@ def evaluate_checkpoint(
         model = build_model(ckpt).to(dev)
     except CheckpointError as e:
         raise CheckpointError(f"{checkpoint}: {e}") from e
-    if len(members) > 1 or tta not in (None, "", "none"):
+    if len(members) > 1 or tta_mode(tta) != "none":
         model = _ensemble_model(model, members, tta).to(dev)
     amp_dtype, _ = resolve_amp(cfg.train.amp, dev)
     loss_fn = None
@@ -113,7 +113,7 @@ def evaluate_checkpoint(
                                                  enabled=show_progress) as bar:
         ectx.progress = bar
         metrics = task.evaluator.evaluate(model, ds, ectx)
-    if len(members) > 1 or tta not in (None, "", "none"):
+    if len(members) > 1 or tta_mode(tta) != "none":
         metrics = {**metrics, "ensemble": len(members), "tta": tta or "none"}
     if steps:
         metrics = {**metrics, "postprocess": list(steps)}

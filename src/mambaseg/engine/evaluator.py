@@ -380,6 +380,7 @@ class SlicewiseVolumeEvaluator(Evaluator):
 
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: EvalContext) -> dict[str, Any]:
         from mambaseg.data.volumetric import zoom_labels
+        from mambaseg.inference.postprocess import postprocess_labels
         from mambaseg.inference.volume import predict_volume
         from mambaseg.metrics.volume import VolumeEvaluator
 
@@ -408,10 +409,7 @@ class SlicewiseVolumeEvaluator(Evaluator):
                 model, vol, image_size=self.image_size, normalization=self.normalization,
                 batch_size=max(1, ctx.batch_size), device=ctx.device, amp_dtype=ctx.amp_dtype, on_batch=on_batch,
             )
-            if ctx.postprocess:
-                from mambaseg.inference.postprocess import postprocess_labels
-
-                pred = postprocess_labels(pred, ctx.postprocess)
+            pred = postprocess_labels(pred, ctx.postprocess)  # no steps: the array itself
             local.add(vol.id, pred, label, vol.spacing)
             if ctx.progress is not None:
                 ctx.progress(done, len(indices))

@@ -22,16 +22,24 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["TTA_MODES", "ProbabilityEnsemble", "expand_checkpoints", "flip_dims", "load_ensemble"]
+from mambaseg.inference.postprocess import parse_postprocess
+
+__all__ = ["TTA_MODES", "ProbabilityEnsemble", "expand_checkpoints", "flip_dims", "load_ensemble", "tta_mode"]
 
 TTA_MODES = ("none", "flip")
 _EPS = 1e-7
 
 
+def tta_mode(tta: str | None) -> str:
+    """The TTA mode a ``tta`` argument names: ``None``, ``""`` and ``"none"`` are ``"none"`` (validated by
+    :func:`flip_dims`)."""
+    return "none" if tta in (None, "", "none") else str(tta)
+
+
 def flip_dims(tta: str | None, ndim: int = 2) -> list[tuple[int, ...]]:
     """The mirrorings of a TTA mode as ``torch.flip`` dims of an (B, C, H, W) tensor: ``none`` -> ``[()]``;
     ``flip`` -> identity, horizontal (W), vertical (H), both."""
-    mode = "none" if tta in (None, "", "none") else str(tta)
+    mode = tta_mode(tta)
     if mode not in TTA_MODES:
         raise ValueError(f"unknown test-time augmentation {tta!r} (--tta); valid: {', '.join(TTA_MODES)}")
     if mode == "none":
@@ -54,7 +62,7 @@ class ProbabilityEnsemble(nn.Module):
         if not models:
             raise ValueError("an ensemble needs at least one model")
         self.members = nn.ModuleList(models)
-        self.tta = "none" if tta in (None, "", "none") else str(tta)
+        self.tta = tta_mode(tta)
         self.flips = flip_dims(self.tta)
         specs = [dict(getattr(m, "mambaseg_spec", None) or {}) for m in models]
         self.mambaseg_spec = specs[0]
@@ -135,12 +143,10 @@ def load_ensemble(checkpoints: Sequence[str | Path], *, tta: str | None = "none"
     from mambaseg.checkpoint import CheckpointError, build_model, load_checkpoint
     from mambaseg.inference.predictor import Predictor
 
-    from mambaseg.inference.postprocess import parse_postprocess
-
     flip_dims(tta)  # validate the mode and the post-processing before looking for or loading anything
     parse_postprocess(postprocess)
     files = expand_checkpoints(checkpoints, which=which)
-    if len(files) == 1 and tta in (None, "", "none"):
+    if len(files) == 1 and tta_mode(tta) == "none":
         return Predictor.from_checkpoint(files[0], device=device, threshold=threshold, postprocess=postprocess)
     first = Predictor.from_checkpoint(files[0], device="cpu", threshold=threshold)
     models = [first.model]

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mambaseg.inference.postprocess import parse_postprocess, postprocess_labels
 from mambaseg.metrics import labels_from_logits
 from mambaseg.runtime import autocast_for, resolve_device
 
@@ -98,7 +99,6 @@ class Predictor:
         postprocess: str | Sequence[str] | None = None,
     ) -> None:
         from mambaseg.data.transforms import as_size, build_transforms
-        from mambaseg.inference.postprocess import parse_postprocess
 
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
         self.model = model.to(self.device).eval()
@@ -222,8 +222,6 @@ class Predictor:
     def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """Masks (H, W) int64 of class indices, one per image, each at its image's original size (post-processed
         when the predictor has steps)."""
-        from mambaseg.inference.postprocess import postprocess_labels
-
         return [postprocess_labels(self._labels(lg[None])[0].numpy(), self.postprocess)
                 for lg in self.predict_logits(images)]
 

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from mambaseg.data.normalization import Normalization
 from mambaseg.data.volumetric import Volume, zoom_image, zoom_labels
+from mambaseg.inference.postprocess import postprocess_labels
 from mambaseg.metrics import labels_from_logits
 from mambaseg.runtime import autocast_for
 
@@ -347,10 +348,7 @@ def predict_volume_file(
     labels = predict_volume(
         model, vol, image_size=image_size, normalization=normalization, batch_size=batch_size, device=device
     )
-    if postprocess:
-        from mambaseg.inference.postprocess import postprocess_labels
-
-        labels = postprocess_labels(labels, postprocess)
+    labels = postprocess_labels(labels, postprocess)  # no steps: the array itself
     if label_values is not None:
         lut = np.asarray(list(label_values), dtype=np.int64)
         if int(labels.max(initial=0)) >= lut.size:
