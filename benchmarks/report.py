@@ -351,6 +351,7 @@ def cv_ph2_rows(name, d):
         "cases < 0.80": fmt(d["n_below_0.8"]),
         "worst case": f"{d['worst'][0]['id']} {d['worst'][0]['dice']:.3f}" if d["worst"] else "-",
         "best-on-fold DSC (optimistic)": "-", "epochs": "-", "max val drop": "-", "after the first tenth": "-",
+        "fold training": "-",
     }
     if "members" in d:  # the seeds one by one and averaged
         sd = d["single_seed_pooled_oof_dsc"]
@@ -372,8 +373,20 @@ def cv_ph2_rows(name, d):
         "epochs": "/".join(map(str, sorted({f["epochs"] for f in d["fold_training"]}))),
         "max val drop": drop(drops) if drops else "-",
         "after the first tenth": drop(late) if late else "-",
+        "fold training": _fold_training(d),
     })
     return [row]
+
+
+def _fold_training(d):
+    """Training seconds of the folds: their sum when trained one after the other; with --parallel-folds N, fold i
+    ran in process i mod N, so the wall time is the longest process's sum (per-fold seconds include the sharing)."""
+    secs = [f["seconds"] for f in d["fold_training"]]
+    n = d.get("parallel_folds") or 1
+    if n <= 1:
+        return f"{sum(secs):.0f} s"
+    wall = max(sum(secs[j::n]) for j in range(n))
+    return f"{wall:.0f} s ({n} at a time)"
 
 
 def acdc_rows(name, d):
@@ -627,7 +640,8 @@ FAMILIES = [
      "selection, so no selection on the cases reported), at the cache's resolution; 'best-on-fold' selects each "
      "fold's checkpoint on its own held-out cases and is optimistic; 'max val drop' = largest fall of validation Dice "
      "between consecutive epochs over the folds (and the epoch), also over the epochs after the first tenth of the "
-     "run where the file has it. 'LCC + fill' = the same final weights, each mask reduced to its largest connected "
+     "run where the file has it. 'fold training' = the folds' training seconds: their sum, or with N folds at a time "
+     "on the one GPU the longest process's sum (fold i runs in process i mod N). 'LCC + fill' = the same final weights, each mask reduced to its largest connected "
      "component with holes filled (shown beside, not chosen by these numbers). An 'ensemble' row averages the saved "
      "out-of-fold probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside "
      "it."),
