@@ -177,7 +177,7 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
     return record
 
 
-def _fold_worker(cfg_dict: dict, folds: int, fold_ids: list[int], tta: str | None) -> None:
+def _fold_worker(cfg_dict: dict, folds: int, fold_ids: list[int], tta: str | None, checkpoints: tuple) -> None:
     """One process of --parallel-folds: train (or resume) its folds in sequence."""
     from rich.console import Console
 
@@ -186,10 +186,11 @@ def _fold_worker(cfg_dict: dict, folds: int, fold_ids: list[int], tta: str | Non
 
     cfg = config_from_dict(cfg_dict)
     for i in fold_ids:
-        train_folds(cfg, folds=folds, fold=i, resume=True, console=Console(), show_progress=False, tta=tta)
+        train_folds(cfg, folds=folds, fold=i, resume=True, console=Console(), show_progress=False, tta=tta,
+                    checkpoints=checkpoints)
 
 
-def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None) -> None:
+def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None, checkpoints: tuple) -> None:
     """The folds in ``n`` processes sharing the GPU (fold i in process i mod n); the split file is written first,
     by this process alone."""
     import multiprocessing as mp
@@ -199,7 +200,8 @@ def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None) -> None:
 
     resolve_cv_folds(cfg, folds)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_fold_worker, args=(config_to_dict(cfg), folds, list(range(j, folds, n)), tta))
+    procs = [ctx.Process(target=_fold_worker, args=(config_to_dict(cfg), folds, list(range(j, folds, n)), tta,
+                                                         checkpoints))
              for j in range(min(n, folds))]
     for pr in procs:
         pr.start()
@@ -213,7 +215,7 @@ def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None) -> None:
 
 def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict, runs: Path, results: Path,
             minutes_per_fold: float | None, epochs: int | None, extra: list[str], device: str, tta: bool,
-            score_only: bool = False, parallel_folds: int = 1) -> dict:
+            score_only: bool = False, parallel_folds: int = 1, checkpoints: tuple = ("last", "best")) -> dict:
     from rich.console import Console
 
     from mambaseg.configs import apply_overrides, load_recipe
@@ -238,13 +240,14 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
     cfg = apply_overrides(cfg, sets + extra)
     t0 = time.perf_counter()
     if not score_only and parallel_folds > 1:
-        _train_folds_parallel(cfg, folds, parallel_folds, "flip" if tta else None)
+        _train_folds_parallel(cfg, folds, parallel_folds, "flip" if tta else None, checkpoints)
     elif not score_only:
         train_folds(cfg, folds=folds, fold="all", resume=True, console=Console(), show_progress=False,
-                    tta="flip" if tta else None)  # TTA predictions saved per fold: scoring needs no checkpoint
+                    tta="flip" if tta else None, checkpoints=checkpoints)  # TTA predictions saved per fold: scoring needs no checkpoint
     wall = time.perf_counter() - t0
     scores = _scores(root, root, tta, device)
-    scores["best"] = evaluate_cv(root, which="best", device=device, out=root / "best")
+    if "best" in checkpoints:
+        scores["best"] = evaluate_cv(root, which="best", device=device, out=root / "best")
     head = scores["last"]
     record = {
         "what": f"{folds}-fold cross-validation on the {head['n_cases']} train+val cases of {Path(cache).name}, recipe "
@@ -258,6 +261,7 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         "per_fold_mean_dsc": head["per_fold_mean_dice"],
         "scores": _score_rows(scores),
         "resolution": head["resolution"],
+        "oof_checkpoints": list(checkpoints),
         "fold_training": (facts := _fold_facts(root, folds)),
         "fold_train_seconds_total": round(sum(f["seconds"] for f in facts), 1),
         "parallel_folds": parallel_folds,
@@ -315,8 +319,15 @@ def main() -> None:
     ap.add_argument("--parallel-folds", type=int, default=1,
                     help="train this many folds at a time, each in its own process on the one GPU (small batches "
                          "leave the GPU idle between kernels)")
+    ap.add_argument("--checkpoints", default="last,best",
+                    help="whose out-of-fold predictions to make and score: 'last' (the headline) and 'best' (the "
+                         "optimistic comparison); 'last' alone for a root whose finished folds came back without "
+                         "their checkpoints before 'best' was predicted")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test on synthetic data (tiny model, 2 folds)")
     args = ap.parse_args()
+    checkpoints = tuple(c.strip() for c in args.checkpoints.split(",") if c.strip())
+    if not checkpoints or any(c not in ("last", "best") for c in checkpoints) or "last" not in checkpoints:
+        ap.error(f"--checkpoints: 'last' or 'last,best' (the headline needs 'last'), got {args.checkpoints!r}")
 
     caches = dict(DEFAULT_CACHES)
     for item in args.cache:
@@ -340,7 +351,8 @@ def main() -> None:
                 caches[tuple(int(s) for s in load_recipe(recipe).data.image_size)] = caches[(32, 32)]
             run_one(recipe, seed, folds=folds, split_seed=args.split_seed, caches=caches, runs=runs, results=results,
                     minutes_per_fold=args.minutes_per_fold, epochs=epochs, extra=extra, device=args.device,
-                    tta=not args.no_tta, score_only=args.score_only, parallel_folds=args.parallel_folds)
+                    tta=not args.no_tta, score_only=args.score_only, parallel_folds=args.parallel_folds,
+                    checkpoints=checkpoints)
         if args.ensemble and len(seeds) > 1:
             run_ensemble(recipe, seeds, runs=runs, results=results, tta=not args.no_tta)
 

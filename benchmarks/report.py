@@ -369,7 +369,7 @@ def cv_ph2_rows(name, d):
         return f"{v:.3f}" + (f" (ep {e})" if e is not None else "")
     row.update({
         "seed": fmt(d["seed"]),
-        "best-on-fold DSC (optimistic)": fmt(sc["best"]["pooled_dsc"], ".4f"),
+        "best-on-fold DSC (optimistic)": fmt(sc["best"]["pooled_dsc"], ".4f") if "best" in sc else "-",
         "epochs": "/".join(map(str, sorted({f["epochs"] for f in d["fold_training"]}))),
         "max val drop": drop(drops) if drops else "-",
         "after the first tenth": drop(late) if late else "-",

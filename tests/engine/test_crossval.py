@@ -254,3 +254,27 @@ def test_an_ensemble_of_cross_validations_averages_their_saved_probabilities(tin
     assert res.exit_code == 0 and "ensemble of 2" in res.output, res.output
     assert json.loads((tmp_path / "cli" / "cv_metrics.json").read_text())["dice"] == pytest.approx(
         json.loads((tmp_path / "ens_flip" / "cv_metrics.json").read_text())["dice"])
+
+
+def test_a_fold_copied_without_checkpoints_before_best_was_predicted(tiny_model, cv_data, tmp_path):
+    """A device job packs a finished fold without its checkpoints; if it stopped after metrics.json but before the
+    'best' predictions, those can never be made: the default run says so by name, checkpoints=("last",) goes on."""
+    from mambaseg.data.layouts import write_cache
+
+    cache, _ = write_cache(cv_data, (32, 32), tmp_path / "c.npz")
+    root = tmp_path / "cvc"
+    cfg = tiny_config(cache, root, **{"train.epochs": 1})
+    with pytest.raises(ValueError, match="checkpoints must be"):
+        train_folds(cfg, folds=2, fold="all", checkpoints=("middle",))
+    assert not (root / "fold_0").exists()  # refused before any training
+    assert len(train_folds(cfg, folds=2, fold=0, tta="flip")) == 1
+    shutil.rmtree(root / "fold_0" / "checkpoints")
+    for which in ("best", "best_tta_flip"):
+        shutil.rmtree(root / "fold_0" / "oof" / which)
+    with pytest.raises(FileNotFoundError, match=r"fold_0 is trained.*checkpoints/best.pt.*leave 'best' out"):
+        train_folds(cfg, folds=2, fold="all", tta="flip")
+    assert not (root / "fold_1").exists()  # the error came before fold 1 trained
+    assert len(train_folds(cfg, folds=2, fold="all", tta="flip", checkpoints=("last",))) == 1  # fold 1 only
+    assert sorted(p.name for p in (root / "fold_1" / "oof").iterdir()) == ["last", "last_tta_flip"]
+    scored = evaluate_cv(root, tta="flip")  # every fold's final weights, from saved predictions only
+    assert scored["n_cases"] == 12 and set(scored["per_fold_mean_dice"]) == {"0", "1"}

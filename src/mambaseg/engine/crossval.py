@@ -92,7 +92,8 @@ def resolve_cv_folds(cfg: RunConfig, folds: int) -> dict[str, Any]:
 
 
 def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: bool = False, console: Any = None,
-                show_progress: bool = True, tta: str | None = None, device: str | None = None) -> list[Any]:
+                show_progress: bool = True, tta: str | None = None, device: str | None = None,
+                checkpoints: Sequence[str] = OOF_CHECKPOINTS) -> list[Any]:
     """Train fold(s) of a ``folds``-fold cross-validation rooted at ``cfg.train.out`` and save their out-of-fold
     predictions.
 
@@ -101,6 +102,9 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
     out-of-fold predictions is skipped, an unfinished one is continued when ``resume`` (refused otherwise). With
     ``tta`` (``"flip"``) the held-out cases are also predicted with that test-time augmentation
     (``oof/<ckpt>_tta_<tta>``); a finished fold that lacks those predictions gets them without training again.
+    ``checkpoints`` names the checkpoints whose out-of-fold predictions are made (default both ``last`` and ``best``;
+    ``("last",)`` for a root whose finished folds were copied without their checkpoints before every prediction of
+    ``best`` was written: those cannot be made any more, and only ``last`` is the unselected result).
 
     Returns:
         The :class:`~mambaseg.engine.TrainResult` of each fold trained now.
@@ -113,7 +117,10 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
     flip_dims(tta)  # an unknown mode fails before any fold trains
     root = Path(cfg.train.out)
     record = resolve_cv_folds(cfg, folds)
-    wanted = [(w, t) for w in OOF_CHECKPOINTS for t in ([None] if tta_mode(tta) == "none" else [None, tta])]
+    checkpoints = tuple(checkpoints)
+    if not checkpoints or any(c not in OOF_CHECKPOINTS for c in checkpoints):
+        raise ValueError(f"checkpoints must be a non-empty selection of {OOF_CHECKPOINTS}, got {checkpoints!r}")
+    wanted = [(w, t) for w in checkpoints for t in ([None] if tta_mode(tta) == "none" else [None, tta])]
     results = []
     for i in todo:
         fcfg = fold_config(cfg, root, i, fold_split_file(root, record, i))
@@ -140,6 +147,11 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
         if rank == 0:
             for which, t in wanted:
                 if not (oof_dir(run_dir, which, t) / "oof.json").is_file() or not finished:
+                    if finished and not (run_dir / "checkpoints" / f"{which}.pt").is_file():
+                        raise FileNotFoundError(
+                            f"{run_dir} is trained (metrics.json) but neither {oof_dir(run_dir, which, t)}/oof.json "
+                            f"nor checkpoints/{which}.pt exists (copied without its checkpoints?): leave {which!r} "
+                            f"out of the checkpoints to predict, or delete {run_dir} to train the fold again")
                     predict_oof(run_dir, which, tta=t, device=device or fcfg.train.device)
     return results
 
