@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import sys
 import tempfile
 import time
@@ -177,9 +178,14 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
     return record
 
 
-def _fold_worker(cfg_dict: dict, folds: int, fold_ids: list[int], tta: str | None, checkpoints: tuple) -> None:
-    """One process of --parallel-folds: train (or resume) its folds in sequence."""
+def _fold_worker(cfg_dict: dict, folds: int, fold_ids: list[int], tta: str | None, checkpoints: tuple,
+                 threads: int) -> None:
+    """One process of --parallel-folds: train (or resume) its folds in sequence, with its share of the CPU threads
+    (N processes of all-core thread pools would fight over the cores that launch their kernels)."""
+    import torch
     from rich.console import Console
+
+    torch.set_num_threads(threads)
 
     from mambaseg.configs import config_from_dict
     from mambaseg.engine.crossval import train_folds
@@ -199,9 +205,10 @@ def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None, checkpoints:
     from mambaseg.engine.crossval import resolve_cv_folds
 
     resolve_cv_folds(cfg, folds)
+    threads = max(1, (os.cpu_count() or 1) // n)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_fold_worker, args=(config_to_dict(cfg), folds, list(range(j, folds, n)), tta,
-                                                         checkpoints))
+                                                         checkpoints, threads))
              for j in range(min(n, folds))]
     for pr in procs:
         pr.start()
@@ -266,7 +273,8 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         "fold_train_seconds_total": round(sum(f["seconds"] for f in facts), 1),
         "parallel_folds": parallel_folds,
         "parallel_note": (f"folds trained {parallel_folds} at a time on the one GPU: per-fold seconds include the "
-                          f"sharing" if parallel_folds > 1 else "folds trained one after the other"),
+                          f"sharing; each process has cpu_count // N torch threads" if parallel_folds > 1
+                          else "folds trained one after the other"),
         "wall_seconds": round(wall, 1),
         "wall_note": "training + prediction in THIS process; folds finished by an earlier call (the run resumes) "
                      "count in fold_training[].seconds and fold_train_seconds_total, not here",
