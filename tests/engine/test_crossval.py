@@ -271,10 +271,16 @@ def test_a_fold_copied_without_checkpoints_before_best_was_predicted(tiny_model,
     shutil.rmtree(root / "fold_0" / "checkpoints")
     for which in ("best", "best_tta_flip"):
         shutil.rmtree(root / "fold_0" / "oof" / which)
-    with pytest.raises(FileNotFoundError, match=r"fold_0 is trained.*checkpoints/best.pt.*leave 'best' out"):
+    with pytest.raises(FileNotFoundError, match=r"fold_0 is trained.*oof/best/oof.json.*checkpoints/best.pt.*leave "
+                                                r"'best' out"):
         train_folds(cfg, folds=2, fold="all", tta="flip")
     assert not (root / "fold_1").exists()  # the error came before fold 1 trained
     assert len(train_folds(cfg, folds=2, fold="all", tta="flip", checkpoints=("last",))) == 1  # fold 1 only
     assert sorted(p.name for p in (root / "fold_1" / "oof").iterdir()) == ["last", "last_tta_flip"]
-    scored = evaluate_cv(root, tta="flip")  # every fold's final weights, from saved predictions only
+    shutil.rmtree(root / "fold_1" / "checkpoints")
+    shutil.rmtree(root / "fold_1" / "oof" / "last_tta_flip")
+    with pytest.raises(FileNotFoundError, match=r"fold_1 is trained.*run without tta='flip' or leave 'last' out"):
+        train_folds(cfg, folds=2, fold="all", tta="flip", checkpoints=("last",))
+    assert train_folds(cfg, folds=2, fold="all", checkpoints=("last",)) == []  # no TTA wanted: nothing to do
+    scored = evaluate_cv(root)  # every fold's final weights, from saved predictions only
     assert scored["n_cases"] == 12 and set(scored["per_fold_mean_dice"]) == {"0", "1"}

@@ -150,8 +150,10 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
                     if finished and not (run_dir / "checkpoints" / f"{which}.pt").is_file():
                         raise FileNotFoundError(
                             f"{run_dir} is trained (metrics.json) but neither {oof_dir(run_dir, which, t)}/oof.json "
-                            f"nor checkpoints/{which}.pt exists (copied without its checkpoints?): leave {which!r} "
-                            f"out of the checkpoints to predict, or delete {run_dir} to train the fold again")
+                            f"nor checkpoints/{which}.pt exists (copied without its checkpoints?): "
+                            + (f"run without tta={t!r} or " if t else "")
+                            + f"leave {which!r} out of the checkpoints to predict, or delete {run_dir} to train the "
+                              f"fold again")
                     predict_oof(run_dir, which, tta=t, device=device or fcfg.train.device)
     return results
 
