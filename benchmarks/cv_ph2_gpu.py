@@ -39,6 +39,9 @@ Usage (caches built where the data is; ``mambaseg cache`` stores train AND val, 
     # back here: restore the returned state (finished folds without checkpoints) and score, e.g. the seed ensemble:
     tar xzf cvstate.tgz -C /tmp && PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmunet_ph2_best \\
         --seeds 0,1,2 --runs /tmp/cvruns --score-only --ensemble
+    # on the GPU machine, after (or when a time limit stopped) the training: the finished folds, to bring back
+    PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmunet_ph2_best --seeds 0 --runs /tmp/cvruns \
+        --pack $OUT --pack-part-mib 15
     # CPU smoke test (synthetic 32x32 data, vmunet_tiny, 2 folds of 1 epoch; results to a temporary folder):
     PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --smoke --ensemble
 """
@@ -292,6 +295,56 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
     return record
 
 
+def pack_state(root: Path, out_dir: Path, *, checkpoints: tuple = ("last", "best"), tta: bool = True,
+               part_mib: float | None = None) -> list[Path]:
+    """Pack the finished folds of the cross-validation ``root`` into ``out_dir/cvstate_<root>.tgz`` for a machine
+    that will not keep them (a lent GPU): the root's JSON files (split, summary) and every fold that has its
+    ``metrics.json`` AND all its wanted out-of-fold predictions (``checkpoints`` x plain/flip TTA). Left out:
+    checkpoints, TensorBoard, ``progress.png`` and the probabilities of ``best`` (it is scored by its masks; only
+    the final weights are ensembled). A fold stopped between its ``metrics.json`` and its last prediction is NOT
+    packed: without its checkpoints it could never be completed. Members are ``<runs folder>/<root>/...``: restore
+    with ``tar xzf FILE -C <parent of --runs>``. An archive over ``part_mib`` MiB is split into ``.tgz.partaa``,
+    ``.tgz.partab``, ... (``cat FILE.tgz.part* | tar xz -C ...``). Returns the files written (none if no fold is
+    finished)."""
+    import tarfile
+
+    from mambaseg.engine.crossval import oof_dir
+
+    wanted = [(c, t) for c in checkpoints for t in ((None, "flip") if tta else (None,))]
+    folds = [f for f in sorted(root.glob("fold_*"))
+             if (f / "metrics.json").is_file() and all((oof_dir(f, c, t) / "oof.json").is_file() for c, t in wanted)]
+    if not folds:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"cvstate_{root.name}.tgz"
+    for old in [path, *out_dir.glob(f"{path.name}.part*")]:
+        old.unlink(missing_ok=True)
+    base = root.parent.parent
+
+    def keep(f: Path) -> bool:
+        parts = set(f.relative_to(root).parts)
+        return (f.is_file() and not {"checkpoints", "tb"} & parts and f.name != "progress.png"
+                and not ({"best", "best_tta_flip"} & parts and "probabilities" in parts))
+    with tarfile.open(path, "w:gz") as tar:
+        for f in sorted(root.glob("*.json")):
+            tar.add(f, arcname=str(f.relative_to(base)))
+        for fold in folds:
+            for f in sorted(fold.rglob("*")):
+                if keep(f):
+                    tar.add(f, arcname=str(f.relative_to(base)))
+    limit = None if part_mib is None else int(part_mib * 2**20)
+    if limit is None or path.stat().st_size <= limit:
+        return [path]
+    parts, data = [], path.read_bytes()
+    for k in range(0, len(data), limit):
+        n = k // limit
+        part = out_dir / f"{path.name}.part{chr(97 + n // 26)}{chr(97 + n % 26)}"  # split(1)'s aa, ab, ...
+        part.write_bytes(data[k:k + limit])
+        parts.append(part)
+    path.unlink()
+    return parts
+
+
 def _smoke_cache(tmp: Path) -> Path:
     """A 12-case synthetic cache with distinct ids (the synthetic val files are renamed) at 32x32."""
     from mambaseg.data import make_synthetic_dataset
@@ -331,6 +384,11 @@ def main() -> None:
                     help="whose out-of-fold predictions to make and score: 'last' (the headline) and 'best' (the "
                          "optimistic comparison); 'last' alone for a root whose finished folds came back without "
                          "their checkpoints before 'best' was predicted")
+    ap.add_argument("--pack", metavar="DIR", default=None,
+                    help="train and score nothing: pack each (recipe, seed) root's finished folds (with all the "
+                         "predictions --checkpoints and the TTA want) into DIR/cvstate_<root>.tgz, without "
+                         "checkpoints (see pack_state)")
+    ap.add_argument("--pack-part-mib", type=float, default=None, help="with --pack: split archives over this size")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test on synthetic data (tiny model, 2 folds)")
     args = ap.parse_args()
     checkpoints = tuple(c.strip() for c in args.checkpoints.split(",") if c.strip())
@@ -351,7 +409,17 @@ def main() -> None:
         folds, epochs, results, runs = 2, 1, tmp / "results", tmp / "runs"
         args.device = "cpu"
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    for recipe in [r.strip() for r in args.recipes.split(",") if r.strip()]:
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if args.pack:
+        for recipe in recipes:
+            for seed in seeds:
+                root = runs / f"cv_ph2_{recipe}_s{seed}"
+                files = pack_state(root, Path(args.pack), checkpoints=checkpoints, tta=not args.no_tta,
+                                   part_mib=args.pack_part_mib)
+                print(f"{root.name}: " + (", ".join(f"{f.name} {f.stat().st_size // 1024} KiB" for f in files)
+                                          if files else "no finished fold to pack"), flush=True)
+        return
+    for recipe in recipes:
         for seed in seeds:
             if args.smoke:  # the tiny model replaces the recipe's; its image size must follow
                 from mambaseg.configs import load_recipe
