@@ -52,6 +52,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -136,9 +137,8 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
     """Score the seeds ``seeds`` of one recipe as an ensemble (their saved out-of-fold probabilities averaged per
     case, the same folds) and summarise the single seeds: mean and standard deviation of the pooled out-of-fold DSC
     of EVERY seed with a result file ``<results>/cv_ph2_<recipe>_s<seed>.json`` (a seed whose predictions are gone
-    still counts there). Writes ``<results>/cv_ph2_<recipe>_ensemble.json``."""
-    import re
-
+    still counts there). Writes ``<results>/cv_ph2_<recipe>_ensemble.json``. ``recipe`` is the run name (with a
+    variant's tag: :func:`run_name`)."""
     for seed in seeds:
         if not (results / f"cv_ph2_{recipe}_s{seed}.json").is_file():
             raise SystemExit(f"{results / f'cv_ph2_{recipe}_s{seed}.json'} is missing: run (or score) seed {seed} of "
@@ -225,7 +225,8 @@ def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None, checkpoints:
 
 def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict, runs: Path, results: Path,
             minutes_per_fold: float | None, epochs: int | None, extra: list[str], device: str, tta: bool,
-            score_only: bool = False, parallel_folds: int = 1, checkpoints: tuple = ("last", "best")) -> dict:
+            score_only: bool = False, parallel_folds: int = 1, checkpoints: tuple = ("last", "best"),
+            tag: str | None = None) -> dict:
     from rich.console import Console
 
     from mambaseg.configs import apply_overrides, load_recipe
@@ -237,8 +238,9 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
     if cache is None or not Path(cache).is_file():
         raise SystemExit(f"no cache for {recipe} at {size[0]}x{size[1]} ({cache}); build it with: mambaseg cache "
                          f"--data ../shared/data/ph2_dev --image-size {size[0]},{size[1]} --out {cache}")
-    root = runs / f"cv_ph2_{recipe}_s{seed}"
-    path = results / f"cv_ph2_{recipe}_s{seed}.json"
+    name = run_name(recipe, tag)
+    root = runs / f"cv_ph2_{name}_s{seed}"
+    path = results / f"cv_ph2_{name}_s{seed}.json"
     if score_only and path.is_file():  # the device's own record (its environment is where the folds trained)
         return json.loads(path.read_text())
     sets = [f"data.path={cache}", f"train.seed={seed}", f"data.split_seed={split_seed}", f"train.out={root}",
@@ -261,8 +263,8 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
     head = scores["last"]
     record = {
         "what": f"{folds}-fold cross-validation on the {head['n_cases']} train+val cases of {Path(cache).name}, recipe "
-                f"{recipe}, seed {seed}, from scratch",
-        "recipe": recipe, "seed": seed, "folds": folds, "split_seed": split_seed, "cache": str(cache),
+                f"{recipe}" + (f" (variant {tag!r}: {extra})" if tag else "") + f", seed {seed}, from scratch",
+        "recipe": recipe, "variant": tag, "seed": seed, "folds": folds, "split_seed": split_seed, "cache": str(cache),
         "image_size": [int(v) for v in cfg.data.image_size], "overrides": sets + extra,
         "selection_rule": SELECTION_RULES["last"] + "; headline = pooled out-of-fold DSC of these weights",
         "pooled_oof_dsc": head["dice"], "pooled_oof_iou": head["iou"], "per_case_mean_dsc": head["per_case_dice"],
@@ -289,10 +291,15 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
                           "the scoring machine, the folds trained elsewhere (fold_training)")
     results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"{recipe} seed {seed}: pooled OOF DSC {head['dice']:.4f} (last weights)"
+    print(f"{name} seed {seed}: pooled OOF DSC {head['dice']:.4f} (last weights)"
           + (f", with flip TTA {scores['last_tta_flip']['dice']:.4f}" if tta else "")
           + f"; {head['n_below']['count']} case(s) below 0.8 -> {path}", flush=True)
     return record
+
+
+def run_name(recipe: str, tag: str | None) -> str:
+    """The name of a recipe's cross-validations: the recipe, or ``<recipe>-<tag>`` for a variant (--tag)."""
+    return f"{recipe}-{tag}" if tag else recipe
 
 
 def pack_state(root: Path, out_dir: Path, *, checkpoints: tuple = ("last", "best"), tta: bool = True,
@@ -389,8 +396,13 @@ def main() -> None:
                          "predictions --checkpoints and the TTA want) into DIR/cvstate_<root>.tgz, without "
                          "checkpoints (see pack_state)")
     ap.add_argument("--pack-part-mib", type=float, default=None, help="with --pack: split archives over this size")
+    ap.add_argument("--tag", default=None,
+                    help="a variant of the recipes made by --set overrides: its runs and results are named "
+                         "cv_ph2_<recipe>-<tag>_s<seed> so they never mix with the recipe's own")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test on synthetic data (tiny model, 2 folds)")
     args = ap.parse_args()
+    if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.]*", args.tag):
+        ap.error(f"--tag: letters, digits, '_' and '.' only (it names files), got {args.tag!r}")
     checkpoints = tuple(c.strip() for c in args.checkpoints.split(",") if c.strip())
     if not checkpoints or any(c not in ("last", "best") for c in checkpoints) or "last" not in checkpoints:
         ap.error(f"--checkpoints: 'last' or 'last,best' (the headline needs 'last'), got {args.checkpoints!r}")
@@ -413,7 +425,7 @@ def main() -> None:
     if args.pack:
         for recipe in recipes:
             for seed in seeds:
-                root = runs / f"cv_ph2_{recipe}_s{seed}"
+                root = runs / f"cv_ph2_{run_name(recipe, args.tag)}_s{seed}"
                 files = pack_state(root, Path(args.pack), checkpoints=checkpoints, tta=not args.no_tta,
                                    part_mib=args.pack_part_mib)
                 print(f"{root.name}: " + (", ".join(f"{f.name} {f.stat().st_size // 1024} KiB" for f in files)
@@ -428,9 +440,9 @@ def main() -> None:
             run_one(recipe, seed, folds=folds, split_seed=args.split_seed, caches=caches, runs=runs, results=results,
                     minutes_per_fold=args.minutes_per_fold, epochs=epochs, extra=extra, device=args.device,
                     tta=not args.no_tta, score_only=args.score_only, parallel_folds=args.parallel_folds,
-                    checkpoints=checkpoints)
+                    checkpoints=checkpoints, tag=args.tag)
         if args.ensemble and len(seeds) > 1:
-            run_ensemble(recipe, seeds, runs=runs, results=results, tta=not args.no_tta)
+            run_ensemble(run_name(recipe, args.tag), seeds, runs=runs, results=results, tta=not args.no_tta)
 
 
 if __name__ == "__main__":

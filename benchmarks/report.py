@@ -340,7 +340,7 @@ def cv_ph2_rows(name, d):
     sc = d["scores"]
     tta = sc.get("last_tta_flip")
     row = {  # the columns a single seed and an ensemble of seeds (cv_ph2_<recipe>_ensemble.json) share
-        "recipe": d["recipe"],
+        "recipe": d["recipe"] + (f" ({d['variant']})" if d.get("variant") else ""),
         "seed": "",
         "folds / cases": f"{d['folds']} / {len(d['per_case_dsc'])}",
         "pooled OOF DSC (last weights)": fmt(d["pooled_oof_dsc"], ".4f"),

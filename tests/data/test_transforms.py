@@ -254,3 +254,41 @@ def test_strong_2d_pieces():
     f, _ = ColorJitter(p=1.0)(img.astype(np.float32) / 255, mask, np.random.default_rng(2))
     assert f.dtype == np.float32 and 0 <= f.min() and f.max() <= 1
     assert np.abs(f * 255 - c1).max() <= 1.0  # same operations on both kinds of input
+
+
+def test_hair_augment_draws_dark_curves_on_the_image_only():
+    from mambaseg.data.transforms import HairAugment, build_augmentation
+
+    white = np.full((128, 128, 3), 255, np.uint8)
+    mask = (np.arange(128 * 128).reshape(128, 128) % 2).astype(np.uint8)
+    out, m = HairAugment(p=1.0)(white, mask, np.random.default_rng(0))
+    assert m is mask and out.dtype == np.uint8 and out.shape == white.shape
+    hair = (out < 255).any(-1)
+    assert 0.005 < hair.mean() < 0.4  # thin curves, not a wash over the image
+    assert out.min() < 160  # opaque centres come close to the (dark) hair colour
+    r, g, b = (out[..., i].astype(int) for i in range(3))
+    assert ((r >= g) & (g >= b))[hair].all()  # blended towards black .. brown, never towards another hue
+    # seeded = reproducible, another seed = other hairs; p=0 = untouched (the same object back)
+    again, _ = HairAugment(p=1.0)(white, mask, np.random.default_rng(0))
+    other, _ = HairAugment(p=1.0)(white, mask, np.random.default_rng(1))
+    assert np.array_equal(out, again) and not np.array_equal(out, other)
+    assert HairAugment(p=0.0)(white, mask, np.random.default_rng(0))[0] is white
+    # float [0, 1] input: the same hairs; grey input: one channel back
+    f, _ = HairAugment(p=1.0)(white.astype(np.float32) / 255, mask, np.random.default_rng(0))
+    assert f.dtype == np.float32 and 0 <= f.min() and f.max() <= 1 and np.abs(f * 255 - out).max() <= 1.0
+    grey, _ = HairAugment(p=1.0)(white[..., :1], mask, np.random.default_rng(0))
+    assert grey.shape == (128, 128, 1) and np.array_equal(grey[..., 0] < 255, hair)
+    # the widths scale with the image: the covered fraction stays in the same range at 512 px
+    big = np.full((512, 512, 3), 255, np.uint8)
+    cover = [(HairAugment(p=1.0)(img, img[..., 0], np.random.default_rng(s))[0] < 255).any(-1).mean()
+             for img in (white, big) for s in range(20)]
+    assert 0.5 < np.mean(cover[20:]) / np.mean(cover[:20]) < 2.0
+    for bad in ({"count": (0, 3)}, {"width": (2.0, 1.0)}, {"opacity": (0.5, 1.5)}):
+        with pytest.raises(ValueError, match="HairAugment"):
+            HairAugment(**bad)
+    # the preset: strong_2d's geometry and colour, then hairs, mask labels unchanged in kind
+    aug = build_augmentation("strong_2d_hair", 128)
+    img, msk = _pair(128, 128)
+    for s in range(10):
+        a, b = aug(img, msk, np.random.default_rng(s))
+        assert a.shape == img.shape and set(np.unique(b)) <= set(np.unique(msk))

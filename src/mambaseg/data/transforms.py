@@ -45,6 +45,7 @@ __all__ = [
     "RandomAffine",
     "ElasticDeform",
     "ColorJitter",
+    "HairAugment",
     "vmunet_isic_transforms",
     "build_transforms",
     "as_size",
@@ -535,6 +536,65 @@ class ColorJitter:
                 f"gamma={self.gamma}, p={self.p})")
 
 
+class HairAugment:
+    """With probability ``p`` draw synthetic hairs on the image; the mask is unchanged (hair is not lesion).
+
+    Dermoscopy photos are often crossed by hairs, which a model trained on a few dozen mostly hairless images reads
+    as lesion texture or border (our worst PH2 case, IMD003, is covered in them). Each call draws ``count`` hairs
+    (an integer drawn uniformly from the range): smooth curves (quadratic Bezier) from a random point, 0.3 to 1.2
+    image sides long, bent by up to a quarter of their length, in a direction scattered (sd 0.5 rad) about one
+    direction per image (hair lies in a flow), ``width`` pixels wide at 256 pixels (scaled with the shorter side, at
+    least 1), anti-aliased, each blended with an opacity drawn from ``opacity``. One colour per image (one person's
+    hair), drawn between near-black and mid brown. Works on uint8 and float [0, 1] images with 1 or 3 channels and
+    returns the same kind.
+    """
+
+    def __init__(self, count: tuple[int, int] = (5, 30), width: tuple[float, float] = (0.6, 1.6),
+                 opacity: tuple[float, float] = (0.4, 0.85), p: float = 0.3) -> None:
+        lo, hi = int(count[0]), int(count[1])
+        if not 1 <= lo <= hi:
+            raise ValueError(f"HairAugment: count must be (low, high) with 1 <= low <= high, got {count}")
+        if not 0 < width[0] <= width[1]:
+            raise ValueError(f"HairAugment: width must be (low, high) with 0 < low <= high, got {width}")
+        if not 0 < opacity[0] <= opacity[1] <= 1:
+            raise ValueError(f"HairAugment: opacity must be (low, high) within (0, 1], got {opacity}")
+        self.count, self.width = (lo, hi), (float(width[0]), float(width[1]))
+        self.opacity = (float(opacity[0]), float(opacity[1]))
+        self.p = _check_p(p)
+
+    def __call__(self, image, mask, rng):
+        if rng.random() >= self.p:
+            return image, mask
+        h, w = mask.shape
+        scale = min(h, w) / 256.0
+        alpha = np.zeros((h, w), np.uint8)  # 255 = opaque hair
+        shift = 4  # cv2 fixed-point: coordinates in 1/16 pixel
+        t = np.linspace(0.0, 1.0, 33)[:, None]
+        flow = rng.uniform(0.0, 2 * np.pi)
+        for _ in range(int(rng.integers(self.count[0], self.count[1] + 1))):
+            start = rng.uniform((0.0, 0.0), (w, h))
+            angle = flow + rng.normal(0.0, 0.5)
+            length = rng.uniform(0.3, 1.2) * max(h, w)
+            end = start + length * np.array([np.cos(angle), np.sin(angle)])
+            bend = rng.uniform(-0.25, 0.25) * length * np.array([-np.sin(angle), np.cos(angle)])
+            ctrl = (start + end) / 2 + bend
+            pts = (1 - t) ** 2 * start + 2 * (1 - t) * t * ctrl + t ** 2 * end
+            layer = np.zeros_like(alpha)
+            cv2.polylines(layer, [np.rint(pts * (1 << shift)).astype(np.int32)], False,
+                          int(round(255 * rng.uniform(*self.opacity))),
+                          max(1, int(round(rng.uniform(*self.width) * scale))), cv2.LINE_AA, shift)
+            np.maximum(alpha, layer, out=alpha)
+        colour = rng.uniform(0.05, 0.45) * np.array([1.0, 0.8, 0.65], np.float32)  # near-black .. mid brown
+        x = _as_unit(image)
+        if x.shape[-1] != 3:
+            colour = np.full(x.shape[-1], colour.mean(), np.float32)
+        a = (alpha.astype(np.float32) / 255.0)[..., None]
+        return _like(x * (1 - a) + colour * a, image), mask
+
+    def __repr__(self) -> str:
+        return f"HairAugment(count={self.count}, width={self.width}, opacity={self.opacity}, p={self.p})"
+
+
 def _strong_2d(size: tuple[int, int]) -> Transform:
     return Compose([HorizontalFlip(0.5), VerticalFlip(0.5), RandomAffine((0.75, 1.25), (-180.0, 180.0), p=0.7),
                     ElasticDeform(0.03, 4, p=0.2), ColorJitter(0.2, 0.2, 0.2, (0.8, 1.25), p=0.8)])
@@ -574,6 +634,10 @@ AUGMENTATIONS: dict[str, tuple[str, Callable[[tuple[int, int]], Transform | None
                   "scale 0.75-1.25 + rotation in [-180, 180) p 0.7, smooth elastic deformation (up to 3% of the "
                   "shorter side) p 0.2, colour jitter (brightness, contrast, saturation +-20%, gamma 0.8-1.25) p 0.8",
                   _strong_2d),
+    "strong_2d_hair": ("strong_2d, then with p 0.3 synthetic hairs (5-30 dark curves about one direction, 1-2 px "
+                       "at 256 px) drawn on the image, mask unchanged: for dermoscopy, where hair over a lesion is a "
+                       "failure case",
+                       lambda size: Compose([_strong_2d(size), HairAugment(p=0.3)])),
     "flips": ("horizontal and vertical flips p 0.5", lambda size: Compose([HorizontalFlip(0.5), VerticalFlip(0.5)])),
     "none": ("no augmentation", lambda size: None),
 }
