@@ -140,14 +140,14 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
     still counts there). Writes ``<results>/cv_ph2_<recipe>_ensemble.json``. ``recipe`` is the run name (with a
     variant's tag: :func:`run_name`)."""
     for seed in seeds:
-        if not (results / f"cv_ph2_{recipe}_s{seed}.json").is_file():
-            raise SystemExit(f"{results / f'cv_ph2_{recipe}_s{seed}.json'} is missing: run (or score) seed {seed} of "
+        if not (results / f"{seed_name(recipe, seed)}.json").is_file():
+            raise SystemExit(f"{results / seed_name(recipe, seed)}.json is missing: run (or score) seed {seed} of "
                              f"{recipe} first")
     pattern = re.compile(rf"cv_ph2_{re.escape(recipe)}_s(\d+)\.json")
     files = sorted((int(m.group(1)), f) for f in results.iterdir() if (m := pattern.fullmatch(f.name)))
     singles = [json.loads(f.read_text()) for _, f in files]
     summary_seeds = [seed for seed, _ in files]
-    roots = [runs / f"cv_ph2_{recipe}_s{seed}" for seed in seeds]
+    roots = [runs / seed_name(recipe, seed) for seed in seeds]
     scores = _scores(roots, runs / f"cv_ph2_{recipe}_ensemble", tta)
     head = scores["last"]
     tta_singles = [d["scores"].get("last_tta_flip", {}).get("pooled_dsc") for d in singles]
@@ -239,8 +239,8 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         raise SystemExit(f"no cache for {recipe} at {size[0]}x{size[1]} ({cache}); build it with: mambaseg cache "
                          f"--data ../shared/data/ph2_dev --image-size {size[0]},{size[1]} --out {cache}")
     name = run_name(recipe, tag)
-    root = runs / f"cv_ph2_{name}_s{seed}"
-    path = results / f"cv_ph2_{name}_s{seed}.json"
+    root = runs / seed_name(name, seed)
+    path = results / f"{seed_name(name, seed)}.json"
     if score_only and path.is_file():  # the device's own record (its environment is where the folds trained)
         return json.loads(path.read_text())
     sets = [f"data.path={cache}", f"train.seed={seed}", f"data.split_seed={split_seed}", f"train.out={root}",
@@ -254,8 +254,9 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
     if not score_only and parallel_folds > 1:
         _train_folds_parallel(cfg, folds, parallel_folds, "flip" if tta else None, checkpoints)
     elif not score_only:
+        # TTA predictions saved per fold: scoring needs no checkpoint
         train_folds(cfg, folds=folds, fold="all", resume=True, console=Console(), show_progress=False,
-                    tta="flip" if tta else None, checkpoints=checkpoints)  # TTA predictions saved per fold: scoring needs no checkpoint
+                    tta="flip" if tta else None, checkpoints=checkpoints)
     wall = time.perf_counter() - t0
     scores = _scores(root, root, tta, device)
     if "best" in checkpoints:
@@ -302,6 +303,11 @@ def run_name(recipe: str, tag: str | None) -> str:
     return f"{recipe}-{tag}" if tag else recipe
 
 
+def seed_name(name: str, seed: int) -> str:
+    """The name of one seed's cross-validation root and result file (``.json``): ``cv_ph2_<name>_s<seed>``."""
+    return f"cv_ph2_{name}_s{seed}"
+
+
 def pack_state(root: Path, out_dir: Path, *, checkpoints: tuple = ("last", "best"), tta: bool = True,
                part_mib: float | None = None) -> list[Path]:
     """Pack the finished folds of the cross-validation ``root`` into ``out_dir/cvstate_<root>.tgz`` for a machine
@@ -315,11 +321,9 @@ def pack_state(root: Path, out_dir: Path, *, checkpoints: tuple = ("last", "best
     finished)."""
     import tarfile
 
-    from mambaseg.engine.crossval import oof_dir
+    from mambaseg.engine.crossval import fold_complete
 
-    wanted = [(c, t) for c in checkpoints for t in ((None, "flip") if tta else (None,))]
-    folds = [f for f in sorted(root.glob("fold_*"))
-             if (f / "metrics.json").is_file() and all((oof_dir(f, c, t) / "oof.json").is_file() for c, t in wanted)]
+    folds = [f for f in sorted(root.glob("fold_*")) if fold_complete(f, checkpoints, "flip" if tta else None)]
     if not folds:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -425,7 +429,7 @@ def main() -> None:
     if args.pack:
         for recipe in recipes:
             for seed in seeds:
-                root = runs / f"cv_ph2_{run_name(recipe, args.tag)}_s{seed}"
+                root = runs / seed_name(run_name(recipe, args.tag), seed)
                 files = pack_state(root, Path(args.pack), checkpoints=checkpoints, tta=not args.no_tta,
                                    part_mib=args.pack_part_mib)
                 print(f"{root.name}: " + (", ".join(f"{f.name} {f.stat().st_size // 1024} KiB" for f in files)

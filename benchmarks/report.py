@@ -359,20 +359,18 @@ def cv_ph2_rows(name, d):
                        f"single seeds {','.join(map(str, d['summary_seeds']))}")
         row["single seeds: mean ± std"] = f"{sd['mean']:.4f} ± {sd['std']:.4f}"
         return [row]
-    drops = [(f["max_epoch_drop"], f.get("max_epoch_drop_epoch")) for f in d["fold_training"]
-             if f.get("max_epoch_drop") is not None]
-    late = [(f["max_epoch_drop_after_first_tenth"], f["max_epoch_drop_after_first_tenth_epoch"])
-            for f in d["fold_training"] if f.get("max_epoch_drop_after_first_tenth") is not None]
-
-    def drop(pairs):
+    def drop(key):  # the largest of the folds' falls (and its epoch, where the file has it)
+        pairs = [(f[key], f.get(f"{key}_epoch")) for f in d["fold_training"] if f.get(key) is not None]
+        if not pairs:
+            return "-"
         v, e = max(pairs)
         return f"{v:.3f}" + (f" (ep {e})" if e is not None else "")
     row.update({
         "seed": fmt(d["seed"]),
         "best-on-fold DSC (optimistic)": fmt(sc["best"]["pooled_dsc"], ".4f") if "best" in sc else "-",
         "epochs": "/".join(map(str, sorted({f["epochs"] for f in d["fold_training"]}))),
-        "max val drop": drop(drops) if drops else "-",
-        "after the first tenth": drop(late) if late else "-",
+        "max val drop": drop("max_epoch_drop"),
+        "after the first tenth": drop("max_epoch_drop_after_first_tenth"),
         "fold training": _fold_training(d),
     })
     return [row]
@@ -641,8 +639,9 @@ FAMILIES = [
      "fold's checkpoint on its own held-out cases and is optimistic; 'max val drop' = largest fall of validation Dice "
      "between consecutive epochs over the folds (and the epoch), also over the epochs after the first tenth of the "
      "run where the file has it. 'fold training' = the folds' training seconds: their sum, or with N folds at a time "
-     "on the one GPU the longest process's sum (fold i runs in process i mod N). 'LCC + fill' = the same final weights, each mask reduced to its largest connected "
-     "component with holes filled (shown beside, not chosen by these numbers). An 'ensemble' row averages the saved "
+     "on the one GPU the longest process's sum (fold i runs in process i mod N). 'LCC + fill' = the same final "
+     "weights, each mask reduced to its largest connected component with holes filled (shown beside, not chosen by "
+     "these numbers). An 'ensemble' row averages the saved "
      "out-of-fold probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside "
      "it."),
     ("ACDC training", r"acdc_.*", acdc_rows,

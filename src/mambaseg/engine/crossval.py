@@ -43,8 +43,8 @@ from mambaseg.data.layouts import detect_layout
 from mambaseg.inference.ensemble import flip_dims, tta_mode
 from mambaseg.utils.files import atomic_path, atomic_write_json
 
-__all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "evaluate_cv", "fold_config", "oof_dir", "predict_oof",
-           "resolve_cv_folds", "train_folds"]
+__all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "evaluate_cv", "fold_complete", "fold_config", "oof_dir",
+           "predict_oof", "resolve_cv_folds", "train_folds"]
 
 OOF_CHECKPOINTS = ("last", "best")
 SELECTION_RULES = {
@@ -59,6 +59,23 @@ def oof_dir(run_dir: str | Path, which: str, tta: str | None = None) -> Path:
     """Where fold ``run_dir`` keeps the out-of-fold predictions of its ``which`` checkpoint: ``oof/<which>``, or
     ``oof/<which>_tta_<tta>`` for predictions made with test-time augmentation."""
     return Path(run_dir) / "oof" / (which if tta_mode(tta) == "none" else f"{which}_tta_{tta}")
+
+
+def _wanted(checkpoints: Sequence[str], tta: str | None) -> list[tuple[str, str | None]]:
+    """(checkpoint, tta) of every out-of-fold prediction a fold must have: each checkpoint plain and, with a TTA
+    mode, also with it."""
+    checkpoints = tuple(checkpoints)
+    if not checkpoints or any(c not in OOF_CHECKPOINTS for c in checkpoints):
+        raise ValueError(f"checkpoints must be a non-empty selection of {OOF_CHECKPOINTS}, got {checkpoints!r}")
+    return [(w, t) for w in checkpoints for t in ([None] if tta_mode(tta) == "none" else [None, tta])]
+
+
+def fold_complete(run_dir: str | Path, checkpoints: Sequence[str] = OOF_CHECKPOINTS, tta: str | None = None) -> bool:
+    """Whether fold ``run_dir`` finished training (``metrics.json``) and saved every wanted out-of-fold prediction
+    (``oof.json`` of each of ``checkpoints``, plain and, with ``tta``, with that TTA)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "metrics.json").is_file() and all(
+        (oof_dir(run_dir, w, t) / "oof.json").is_file() for w, t in _wanted(checkpoints, tta))
 
 
 def _parse_fold(fold: int | str, k: int) -> list[int]:
@@ -117,17 +134,12 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
     flip_dims(tta)  # an unknown mode fails before any fold trains
     root = Path(cfg.train.out)
     record = resolve_cv_folds(cfg, folds)
-    checkpoints = tuple(checkpoints)
-    if not checkpoints or any(c not in OOF_CHECKPOINTS for c in checkpoints):
-        raise ValueError(f"checkpoints must be a non-empty selection of {OOF_CHECKPOINTS}, got {checkpoints!r}")
-    wanted = [(w, t) for w in checkpoints for t in ([None] if tta_mode(tta) == "none" else [None, tta])]
+    wanted = _wanted(checkpoints, tta)
     results = []
     for i in todo:
         fcfg = fold_config(cfg, root, i, fold_split_file(root, record, i))
         run_dir = Path(fcfg.train.out)
-        done = (run_dir / "metrics.json").is_file() and all(
-            (oof_dir(run_dir, w, t) / "oof.json").is_file() for w, t in wanted)
-        if done:
+        if fold_complete(run_dir, checkpoints, tta):
             if console is not None:
                 console.print(f"fold {i}: already trained and predicted ({run_dir}); skipped", highlight=False)
             continue
@@ -147,13 +159,6 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: 
         if rank == 0:
             for which, t in wanted:
                 if not (oof_dir(run_dir, which, t) / "oof.json").is_file() or not finished:
-                    if finished and not (run_dir / "checkpoints" / f"{which}.pt").is_file():
-                        raise FileNotFoundError(
-                            f"{run_dir} is trained (metrics.json) but neither {oof_dir(run_dir, which, t)}/oof.json "
-                            f"nor checkpoints/{which}.pt exists (copied without its checkpoints?): "
-                            + (f"run without tta={t!r} or " if t else "")
-                            + f"leave {which!r} out of the checkpoints to predict, or delete {run_dir} to train the "
-                              f"fold again")
                     predict_oof(run_dir, which, tta=t, device=device or fcfg.train.device)
     return results
 
@@ -196,7 +201,14 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
         raise ValueError(f"which must be one of {OOF_CHECKPOINTS}, got {which!r}")
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / f"{which}.pt"
+    out = oof_dir(run_dir, which, tta)
     if not ckpt_path.is_file():
+        if (run_dir / "metrics.json").is_file() and not (out / "oof.json").is_file():
+            hint = f"run without tta={tta!r} or " if tta_mode(tta) != "none" else ""
+            raise FileNotFoundError(
+                f"{run_dir} is trained (metrics.json) but neither {out}/oof.json nor checkpoints/{which}.pt exists "
+                f"(copied without its checkpoints?): {hint}leave {which!r} out of the checkpoints to predict, or "
+                f"delete {run_dir} to train the fold again")
         raise FileNotFoundError(f"{ckpt_path} does not exist; train the fold first")
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     cfg = config_from_dict(ckpt.get("config") or {})
@@ -212,7 +224,6 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
     in_chans = int((ckpt.get("task") or {}).get("in_chans") or 3)
     dataset = _held_out_dataset(cfg, path, layout, ids, in_chans)
     predictor = load_ensemble([ckpt_path], tta=tta, device=device)
-    out = oof_dir(run_dir, which, tta)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "probabilities").mkdir(parents=True, exist_ok=True)
     cases = list(iter_cases(dataset))
