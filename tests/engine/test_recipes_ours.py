@@ -78,5 +78,12 @@ def test_a_validated_recipe_quotes_its_results_file():
     description = load_recipe("vmunet_ph2_best").description
     for seed in seeds:  # every measured seed, not only the best, is in the one-line description
         best = json.loads((results / f"cv_ph2_vmunet_ph2_best_s{seed}.json").read_text())
-        assert f"{100 * best['scores']['last_tta_flip']['pooled_dsc']:.2f}" in text
+        if "last_tta_flip" in best["scores"]:  # a seed run without TTA (--no-tta) has no TTA number to quote
+            assert f"{100 * best['scores']['last_tta_flip']['pooled_dsc']:.2f}" in text
         assert f"{100 * best['pooled_oof_dsc']:.2f} seed {seed}" in description
+    if "cv_ph2_vmunet_ph2_best_ensemble.json" in text:  # the seeds' spread and their ensemble, as the file has them
+        ens = json.loads((results / "cv_ph2_vmunet_ph2_best_ensemble.json").read_text())
+        spread = ens["single_seed_pooled_oof_dsc"]
+        assert sorted(ens["summary_seeds"]) == sorted(int(s) for s in seeds)
+        assert f"{100 * spread['mean']:.2f} +- {100 * spread['std']:.2f}" in text
+        assert f"ensemble: {100 * ens['pooled_oof_dsc']:.2f}, {ens['n_below_0.8']} cases below 80" in text
