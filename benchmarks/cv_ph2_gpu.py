@@ -80,14 +80,23 @@ def _max_drop(history: list[dict], after_epoch: int = 0) -> tuple[float, int] | 
     return max(drops) if drops else None
 
 
+FOLD_SECONDS_RULE = ("fold_training[].seconds = the sum of the per-epoch times (training, validation, checkpoint "
+                     "writes) in the fold's history.json: every call of a fold resumed across calls, without "
+                     "process start-up")
+
+
 def _fold_facts(root: Path, k: int) -> list[dict]:
     out = []
     for i in range(k):
         m = json.loads((root / f"fold_{i}" / "metrics.json").read_text())
         hist = json.loads((root / f"fold_{i}" / "history.json").read_text())
         hist = hist.get("history", hist) if isinstance(hist, dict) else hist
+        # seconds: the per-epoch times of ALL the fold's epochs (history.json keeps those done before a resume; the
+        # trainer's own 'seconds' is its last process's loop only, too low for a fold resumed in a later call)
         out.append({"fold": i, "epochs": m["train"]["epochs"], "steps": m["train"]["steps"],
-                    "stop_reason": m["train"]["stop_reason"], "seconds": m["train"]["seconds"],
+                    "stop_reason": m["train"]["stop_reason"],
+                    "seconds": round(sum(r.get("time", 0.0) for r in hist), 1),
+                    "seconds_last_process": m["train"]["seconds"],
                     "best_epoch": m["best_epoch"], "val_dice_best": m["dice"],
                     "val_dice_last": (m.get("last") or {}).get("dice"),
                     **_drop_facts(hist, m["train"]["epochs"])})
@@ -277,6 +286,7 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         "oof_checkpoints": list(checkpoints),
         "fold_training": (facts := _fold_facts(root, folds)),
         "fold_train_seconds_total": round(sum(f["seconds"] for f in facts), 1),
+        "fold_seconds_rule": FOLD_SECONDS_RULE,
         "parallel_folds": parallel_folds,
         "parallel_note": (f"folds trained {parallel_folds} at a time on the one GPU: per-fold seconds include the "
                           f"sharing; each process has cpu_count // N torch threads" if parallel_folds > 1

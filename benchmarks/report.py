@@ -381,10 +381,12 @@ def _fold_training(d):
     ran in process i mod N, so the wall time is the longest process's sum (per-fold seconds include the sharing)."""
     secs = [f["seconds"] for f in d["fold_training"]]
     n = d.get("parallel_folds") or 1
+    # files written before fold_seconds_rule counted only the last call of a fold resumed across calls: a lower bound
+    bound = "" if d.get("fold_seconds_rule") else ">= "
     if n <= 1:
-        return f"{sum(secs):.0f} s"
+        return f"{bound}{sum(secs):.0f} s"
     wall = max(sum(secs[j::n]) for j in range(n))
-    return f"{wall:.0f} s ({n} at a time)"
+    return f"{bound}{wall:.0f} s ({n} at a time)"
 
 
 def acdc_rows(name, d):
@@ -639,7 +641,9 @@ FAMILIES = [
      "fold's checkpoint on its own held-out cases and is optimistic; 'max val drop' = largest fall of validation Dice "
      "between consecutive epochs over the folds (and the epoch), also over the epochs after the first tenth of the "
      "run where the file has it. 'fold training' = the folds' training seconds: their sum, or with N folds at a time "
-     "on the one GPU the longest process's sum (fold i runs in process i mod N). 'LCC + fill' = the same final "
+     "on the one GPU the longest process's sum (fold i runs in process i mod N), each fold's seconds summed over its "
+     "epochs in every call ('>=': an older file counted only the last call of a fold resumed across calls, a lower "
+     "bound). 'LCC + fill' = the same final "
      "weights, each mask reduced to its largest connected component with holes filled (shown beside, not chosen by "
      "these numbers). An 'ensemble' row averages the saved "
      "out-of-fold probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside "

@@ -146,7 +146,8 @@ class TrainResult:
         best_value: its ``best_metric`` value.
         epochs: epochs completed.
         steps: optimizer steps done.
-        seconds: wall time of the training loop.
+        seconds: wall time of the training loop in this process (after a resume: since the resume; metrics.json
+            also has ``epoch_seconds_total``, the per-epoch times of the whole run).
         images_per_second: training throughput over all processes.
         history: per-epoch records.
         rank: this process's rank (0 in a single process).
@@ -703,6 +704,9 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
                 run.history.append(record)
                 saved = _checkpoint_due(run, epoch + 1, last_epoch)
                 tc0 = time.perf_counter()
+                # the checkpoint's copy of this record gets its time so far (a resumed run keeps every epoch's time);
+                # the in-memory record is updated below with the checkpoint write
+                record["time_ckpt"], record["time"] = 0.0, tc0 - te
                 if saved:
                     _checkpoint(run, epoch + 1)
                 record["time_ckpt"] = time.perf_counter() - tc0
@@ -959,8 +963,11 @@ def _finish(run: _Run) -> TrainResult:
         "best_value": run.best_value,
         "best_epoch": run.best_epoch,
         "last": run.last_metrics,
+        # seconds / images_per_second: this process's loop; epoch_seconds_total: every epoch of the run, those done
+        # before a resume included (their per-epoch 'time' comes back with the history), without process start-up
         "train": {"epochs": len(run.history), "steps": run.step, "seconds": round(run.seconds, 3),
-                  "images_per_second": round(ips, 3), "processes": ctx.world_size, "device": str(run.device),
+                  "epoch_seconds_total": round(sum(r.get("time", 0.0) for r in run.history), 3),
+                  "resumed": run.resumed, "images_per_second": round(ips, 3), "processes": ctx.world_size, "device": str(run.device),
                   "amp": str(run.amp_dtype) if run.amp_dtype else "off",
                   "stop_reason": run.stop_reason or "completed",
                   "first_step_s": round(run.first_step_s, 3) if run.first_step_s is not None else None,

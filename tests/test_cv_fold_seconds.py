@@ -1,0 +1,53 @@
+"""The training seconds benchmarks/cv_ph2_gpu.py records per fold, and how the report shows them, for folds resumed
+across device calls (the trainer's own ``seconds`` covers only the last process)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+if not BENCH.is_dir():
+    pytest.skip("benchmarks/ is not beside the tests (installed package)", allow_module_level=True)
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fold(root: Path, i: int, times: list[float], last_process_seconds: float) -> None:
+    f = root / f"fold_{i}"
+    f.mkdir(parents=True)
+    history = [{"epoch": e + 1, "time": t, "val": {"dice": 0.5 + 0.1 * e}} for e, t in enumerate(times)]
+    (f / "history.json").write_text(json.dumps(history))
+    (f / "metrics.json").write_text(json.dumps({
+        "dice": 0.7, "best_epoch": len(times), "last": {"dice": 0.7},
+        "train": {"epochs": len(times), "steps": 10 * len(times), "stop_reason": "completed",
+                  "seconds": last_process_seconds}}))
+
+
+def test_a_resumed_fold_counts_the_epochs_of_every_call(tmp_path):
+    cv = _module("cv_ph2_gpu")
+    _fold(tmp_path, 0, [10.0, 11.0, 12.0, 13.0], last_process_seconds=26.5)  # epochs 3-4 after a resume
+    _fold(tmp_path, 1, [9.0, 9.0], last_process_seconds=18.4)  # one call
+    facts = cv._fold_facts(tmp_path, 2)
+    assert [f["seconds"] for f in facts] == [46.0, 18.0]
+    assert [f["seconds_last_process"] for f in facts] == [26.5, 18.4]
+    assert facts[0]["epochs"] == 4 and facts[1]["stop_reason"] == "completed"
+
+
+def test_the_report_marks_fold_seconds_of_older_files_as_a_lower_bound():
+    report = _module("report")
+    folds = [{"seconds": s} for s in (100.0, 110.0, 120.0, 60.0, 70.0)]
+    new = {"fold_training": folds, "fold_seconds_rule": "history"}
+    assert report._fold_training(new) == "460 s"
+    # three at a time: process 0 ran folds 0 and 3 (160 s), process 1 folds 1 and 4 (180 s), process 2 fold 2
+    assert report._fold_training({**new, "parallel_folds": 3}) == "180 s (3 at a time)"
+    assert report._fold_training({"fold_training": folds}) == ">= 460 s"
+    assert report._fold_training({"fold_training": folds, "parallel_folds": 3}) == ">= 180 s (3 at a time)"
