@@ -90,7 +90,6 @@ def _fold_facts(root: Path, k: int) -> list[dict]:
     for i in range(k):
         m = json.loads((root / f"fold_{i}" / "metrics.json").read_text())
         hist = json.loads((root / f"fold_{i}" / "history.json").read_text())
-        hist = hist.get("history", hist) if isinstance(hist, dict) else hist
         # seconds: the per-epoch times of ALL the fold's epochs (history.json keeps those done before a resume; the
         # trainer's own 'seconds' is its last process's loop only, too low for a fold resumed in a later call)
         out.append({"fold": i, "epochs": m["train"]["epochs"], "steps": m["train"]["steps"],

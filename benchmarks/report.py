@@ -643,11 +643,9 @@ FAMILIES = [
      "run where the file has it. 'fold training' = the folds' training seconds: their sum, or with N folds at a time "
      "on the one GPU the longest process's sum (fold i runs in process i mod N), each fold's seconds summed over its "
      "epochs in every call ('>=': an older file counted only the last call of a fold resumed across calls, a lower "
-     "bound). 'LCC + fill' = the same final "
-     "weights, each mask reduced to its largest connected component with holes filled (shown beside, not chosen by "
-     "these numbers). An 'ensemble' row averages the saved "
-     "out-of-fold probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside "
-     "it."),
+     "bound). 'LCC + fill' = the same final weights, each mask reduced to its largest connected component with holes "
+     "filled (shown beside, not chosen by these numbers). An 'ensemble' row averages the saved out-of-fold "
+     "probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside it."),
     ("ACDC training", r"acdc_.*", acdc_rows,
      "`benchmarks/acdc_gpu.py` (and a CPU smoke run): mean of per-volume per-class Dice / HD95, selection on 20 val "
      "volumes, report on 40 test volumes."),

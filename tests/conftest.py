@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def benchmark_module():
+    """``load(name)`` imports ``benchmarks/<name>.py`` (the scripts are not a package); skips the test cleanly when
+    ``benchmarks/`` is not beside the tests (installed package)."""
+    def load(name: str):
+        path = REPO / "benchmarks" / f"{name}.py"
+        if not path.is_file():
+            pytest.skip(f"{path} not found (benchmarks/ is not beside the tests)")
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
 
 
 @pytest.fixture(autouse=True)

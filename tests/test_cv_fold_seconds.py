@@ -3,22 +3,8 @@ across device calls (the trainer's own ``seconds`` covers only the last process)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-
-import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-if not BENCH.is_dir():
-    pytest.skip("benchmarks/ is not beside the tests (installed package)", allow_module_level=True)
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _fold(root: Path, i: int, times: list[float], last_process_seconds: float) -> None:
@@ -32,8 +18,8 @@ def _fold(root: Path, i: int, times: list[float], last_process_seconds: float) -
                   "seconds": last_process_seconds}}))
 
 
-def test_a_resumed_fold_counts_the_epochs_of_every_call(tmp_path):
-    cv = _module("cv_ph2_gpu")
+def test_a_resumed_fold_counts_the_epochs_of_every_call(tmp_path, benchmark_module):
+    cv = benchmark_module("cv_ph2_gpu")
     _fold(tmp_path, 0, [10.0, 11.0, 12.0, 13.0], last_process_seconds=26.5)  # epochs 3-4 after a resume
     _fold(tmp_path, 1, [9.0, 9.0], last_process_seconds=18.4)  # one call
     facts = cv._fold_facts(tmp_path, 2)
@@ -42,8 +28,8 @@ def test_a_resumed_fold_counts_the_epochs_of_every_call(tmp_path):
     assert facts[0]["epochs"] == 4 and facts[1]["stop_reason"] == "completed"
 
 
-def test_the_report_marks_fold_seconds_of_older_files_as_a_lower_bound():
-    report = _module("report")
+def test_the_report_marks_fold_seconds_of_older_files_as_a_lower_bound(benchmark_module):
+    report = benchmark_module("report")
     folds = [{"seconds": s} for s in (100.0, 110.0, 120.0, 60.0, 70.0)]
     new = {"fold_training": folds, "fold_seconds_rule": "history"}
     assert report._fold_training(new) == "460 s"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -16,13 +15,6 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cv_ph2_gpu.py"
 if not SCRIPT.is_file():
     pytest.skip("benchmarks/ is not beside the tests (installed package)", allow_module_level=True)
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("cv_ph2_gpu", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _write(path: Path, text: str = "x") -> None:
@@ -61,8 +53,8 @@ def _members(path: Path) -> set[str]:
         return set(t.getnames())
 
 
-def test_only_completely_predicted_folds_are_packed_without_checkpoints(root, tmp_path):
-    mod = _module()
+def test_only_completely_predicted_folds_are_packed_without_checkpoints(root, tmp_path, benchmark_module):
+    mod = benchmark_module("cv_ph2_gpu")
     (path,) = mod.pack_state(root, tmp_path / "out")
     names = _members(path)
     assert path.name == "cvstate_cv_ph2_r_s1.tgz"
@@ -78,8 +70,8 @@ def test_only_completely_predicted_folds_are_packed_without_checkpoints(root, tm
     assert {n.split("/")[2] for n in _members(path) if "/fold_" in n} == {"fold_0", "fold_1"}
 
 
-def test_packed_state_restores_and_a_large_archive_comes_in_parts(root, tmp_path):
-    mod = _module()
+def test_packed_state_restores_and_a_large_archive_comes_in_parts(root, tmp_path, benchmark_module):
+    mod = benchmark_module("cv_ph2_gpu")
     (whole,) = mod.pack_state(root, tmp_path / "a")
     parts = mod.pack_state(root, tmp_path / "b", part_mib=600 / 2**20)  # 600-byte parts
     assert len(parts) > 1 and [p.name[-2:] for p in parts][:2] == ["aa", "ab"]
@@ -96,10 +88,10 @@ def test_packed_state_restores_and_a_large_archive_comes_in_parts(root, tmp_path
     assert [p.name for p in again] == [whole.name] and not list((tmp_path / "b").glob("*.part*"))
 
 
-def test_nothing_finished_packs_nothing_and_the_cli_says_so(tmp_path):
+def test_nothing_finished_packs_nothing_and_the_cli_says_so(tmp_path, benchmark_module):
     runs = tmp_path / "cvruns"
     _fold(runs / "cv_ph2_r_s3", 0, ["last"], finished=False)
-    assert _module().pack_state(runs / "cv_ph2_r_s3", tmp_path / "out") == []
+    assert benchmark_module("cv_ph2_gpu").pack_state(runs / "cv_ph2_r_s3", tmp_path / "out") == []
     src = Path(__file__).resolve().parents[1] / "src"
     res = subprocess.run([sys.executable, str(SCRIPT), "--recipes", "r", "--seeds", "3", "--runs", str(runs),
                           "--pack", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,

@@ -76,7 +76,6 @@ def test_resume_equals_uninterrupted(tiny_model, synthetic_data, tmp_path):
     # the time of the whole run survives the resume: epoch_seconds_total sums all 3 epochs' times (the one done
     # before the interruption, restored from its checkpoint, included); 'seconds' is the resumed process's loop
     hist = json.loads((part / "history.json").read_text())
-    hist = hist.get("history", hist) if isinstance(hist, dict) else hist
     times = [r["time"] for r in hist]
     assert len(times) == 3 and all(s > 0 for s in times)
     assert mb["train"]["epoch_seconds_total"] == pytest.approx(sum(times), abs=2e-3)

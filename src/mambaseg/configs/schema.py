@@ -74,8 +74,8 @@ class DataConfig:
         augmentation: training augmentation, a preset of the one table
             :data:`mambaseg.data.transforms.AUGMENTATIONS`, honoured by every layout: ``auto`` (the layout's
             paper default: ``vmunet_isic`` for 2-D images, ``msvmunet`` for slices of volumes), ``vmunet_isic``,
-            ``vmbunet_isic``, ``dermomamba_isic``, ``msvmunet``, ``flips_rotate``, ``strong_2d``, ``strong_2d_hair``, ``flips``,
-            ``none``.
+            ``vmbunet_isic``, ``dermomamba_isic``, ``msvmunet``, ``flips_rotate``, ``strong_2d``, ``strong_2d_hair``,
+            ``flips``, ``none``.
         val_fraction: fraction of ``train`` carved out as ``val`` when the dataset has no ``val`` split.
         split_file: JSON split file to use (or write) when ``val`` is carved from ``train``.
         split_seed: seed of the carved split.

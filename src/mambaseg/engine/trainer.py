@@ -967,7 +967,8 @@ def _finish(run: _Run) -> TrainResult:
         # before a resume included (their per-epoch 'time' comes back with the history), without process start-up
         "train": {"epochs": len(run.history), "steps": run.step, "seconds": round(run.seconds, 3),
                   "epoch_seconds_total": round(sum(r.get("time", 0.0) for r in run.history), 3),
-                  "resumed": run.resumed, "images_per_second": round(ips, 3), "processes": ctx.world_size, "device": str(run.device),
+                  "resumed": run.resumed, "images_per_second": round(ips, 3), "processes": ctx.world_size,
+                  "device": str(run.device),
                   "amp": str(run.amp_dtype) if run.amp_dtype else "off",
                   "stop_reason": run.stop_reason or "completed",
                   "first_step_s": round(run.first_step_s, 3) if run.first_step_s is not None else None,
