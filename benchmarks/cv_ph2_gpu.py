@@ -207,20 +207,21 @@ def _fold_worker(cfg_dict: dict, folds: int, fold_ids: list[int], tta: str | Non
                     checkpoints=checkpoints)
 
 
-def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None, checkpoints: tuple) -> None:
-    """The folds in ``n`` processes sharing the GPU (fold i in process i mod n); the split file is written first,
-    by this process alone."""
+def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None, checkpoints: tuple,
+                          todo: list[int] | None = None) -> None:
+    """The folds ``todo`` (default all) in ``n`` processes sharing the GPU (the j-th of them in process j mod n); the
+    split file is written first, by this process alone."""
     import multiprocessing as mp
 
     from mambaseg.configs import config_to_dict
     from mambaseg.engine.crossval import resolve_cv_folds
 
     resolve_cv_folds(cfg, folds)
+    todo = list(range(folds)) if todo is None else todo
     threads = max(1, (os.cpu_count() or 1) // n)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_fold_worker, args=(config_to_dict(cfg), folds, list(range(j, folds, n)), tta,
-                                                         checkpoints, threads))
-             for j in range(min(n, folds))]
+    procs = [ctx.Process(target=_fold_worker, args=(config_to_dict(cfg), folds, todo[j::n], tta, checkpoints, threads))
+             for j in range(min(n, len(todo)))]
     for pr in procs:
         pr.start()
     for pr in procs:
@@ -234,11 +235,15 @@ def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None, checkpoints:
 def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict, runs: Path, results: Path,
             minutes_per_fold: float | None, epochs: int | None, extra: list[str], device: str, tta: bool,
             score_only: bool = False, parallel_folds: int = 1, checkpoints: tuple = ("last", "best"),
-            tag: str | None = None) -> dict:
+            tag: str | None = None, only_folds: list[int] | None = None) -> dict | None:
+    """Train (or resume) the folds of one (recipe, seed) cross-validation, then score it and write its result file.
+    With ``only_folds`` just those folds train (e.g. the rest trained on another machine, to be merged later); the
+    scoring follows only when every fold of the root is then complete, otherwise nothing is written and ``None`` is
+    returned."""
     from rich.console import Console
 
     from mambaseg.configs import apply_overrides, load_recipe
-    from mambaseg.engine.crossval import SELECTION_RULES, evaluate_cv, train_folds
+    from mambaseg.engine.crossval import SELECTION_RULES, evaluate_cv, fold_complete, train_folds
 
     cfg = load_recipe(recipe)
     size = tuple(int(s) for s in cfg.data.image_size)
@@ -259,13 +264,23 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         sets.append(f"train.time_limit_s={60 * minutes_per_fold}")
     cfg = apply_overrides(cfg, sets + extra)
     t0 = time.perf_counter()
+    todo = list(range(folds)) if only_folds is None else only_folds
     if not score_only and parallel_folds > 1:
-        _train_folds_parallel(cfg, folds, parallel_folds, "flip" if tta else None, checkpoints)
+        _train_folds_parallel(cfg, folds, parallel_folds, "flip" if tta else None, checkpoints, todo)
     elif not score_only:
         # TTA predictions saved per fold: scoring needs no checkpoint
-        train_folds(cfg, folds=folds, fold="all", resume=True, console=Console(), show_progress=False,
-                    tta="flip" if tta else None, checkpoints=checkpoints)
+        for i in todo if only_folds is not None else ["all"]:
+            train_folds(cfg, folds=folds, fold=i, resume=True, console=Console(), show_progress=False,
+                        tta="flip" if tta else None, checkpoints=checkpoints)
     wall = time.perf_counter() - t0
+    missing = [i for i in range(folds) if not fold_complete(root / f"fold_{i}", checkpoints, "flip" if tta else None)]
+    if missing:
+        if only_folds is None:
+            raise SystemExit(f"{root}: fold(s) {missing} have no complete out-of-fold predictions: train them (or "
+                             f"restore them) before scoring")
+        print(f"{root.name}: folds {only_folds} done; fold(s) {missing} are not in {root}: nothing scored (merge "
+              f"the roots, then --score-only)", flush=True)
+        return None
     scores = _scores(root, root, tta, device)
     if "best" in checkpoints:
         scores["best"] = evaluate_cv(root, which="best", device=device, out=root / "best")
@@ -365,6 +380,11 @@ def pack_state(root: Path, out_dir: Path, *, checkpoints: tuple = ("last", "best
     return parts
 
 
+#: --smoke: a tiny model at 32x32 on the CPU, one epoch per fold
+SMOKE_SETS = ["model.name=vmunet_tiny", "data.image_size=[32,32]", "train.batch_size=4", 'train.amp="off"',
+              "model.kwargs={dims: 8, d_state: 2}", "data.num_workers=0", "train.scan_backend=torch"]
+
+
 def _smoke_cache(tmp: Path) -> Path:
     """A 12-case synthetic cache with distinct ids (the synthetic val files are renamed) at 32x32."""
     from mambaseg.data import make_synthetic_dataset
@@ -382,6 +402,9 @@ def main() -> None:
     ap.add_argument("--recipes", default="vmunet_ph2_best")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--only-folds", default=None, metavar="I,J",
+                    help="train only these folds (e.g. 3,4 when 0-2 were trained elsewhere): the scoring follows "
+                         "only once every fold is in --runs; merge the packed roots, then --score-only")
     ap.add_argument("--split-seed", type=int, default=0, help="seed of the fold split (same for every run)")
     ap.add_argument("--cache", action="append", default=[], metavar="HxW=FILE",
                     help="cache per image size (default 256x256=.gpucache/ph2_256.npz, 192x256=.gpucache/ph2_192x256.npz)")
@@ -429,11 +452,18 @@ def main() -> None:
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="cv_smoke_"))
         caches = {(32, 32): str(_smoke_cache(tmp))}
-        extra += ["model.name=vmunet_tiny", "data.image_size=[32,32]", "train.batch_size=4", 'train.amp="off"',
-                  "model.kwargs={dims: 8, d_state: 2}", "data.num_workers=0", "train.scan_backend=torch"]
+        extra += SMOKE_SETS
         folds, epochs, results, runs = 2, 1, tmp / "results", tmp / "runs"
         args.device = "cpu"
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    only_folds = None
+    if args.only_folds is not None:
+        try:
+            only_folds = sorted({int(s) for s in args.only_folds.split(",") if s.strip()})
+        except ValueError:
+            ap.error(f"--only-folds: fold numbers separated by commas, got {args.only_folds!r}")
+        if not only_folds or not all(0 <= i < folds for i in only_folds):
+            ap.error(f"--only-folds: fold numbers in 0..{folds - 1} (--folds {folds}), got {args.only_folds!r}")
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if args.pack:
         for recipe in recipes:
@@ -453,7 +483,7 @@ def main() -> None:
             run_one(recipe, seed, folds=folds, split_seed=args.split_seed, caches=caches, runs=runs, results=results,
                     minutes_per_fold=args.minutes_per_fold, epochs=epochs, extra=extra, device=args.device,
                     tta=not args.no_tta, score_only=args.score_only, parallel_folds=args.parallel_folds,
-                    checkpoints=checkpoints, tag=args.tag)
+                    checkpoints=checkpoints, tag=args.tag, only_folds=only_folds)
         if args.ensemble and len(seeds) > 1:
             run_ensemble(run_name(recipe, args.tag), seeds, runs=runs, results=results, tta=not args.no_tta)
 
