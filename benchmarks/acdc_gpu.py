@@ -26,6 +26,17 @@ the run folder: the probe's epochs are kept) until it is done; then ``best.pt`` 
         --budget-s 800 --call-limit-s 540 --resume --runs /tmp/acdc_runs --copy-to $OUT   # again until it exits 0
 
 (``--warmup`` replaces the recipe's warm-up: 500 is what ``heteromedseg_acdc_best`` states.)
+
+An ensemble: ``--member NAME=OVERRIDES`` (repeatable) trains runs of the one ``--models`` entry that differ by config
+overrides (``;``-separated), side by side, named ``<model>-NAME``; ``--ensemble`` then evaluates their ``best.pt``
+together (softmax probabilities averaged) on the val and test volumes -> ``acdc_<model>_ensemble<tag>.json``::
+
+    python benchmarks/acdc_gpu.py --models heteromedseg --recipe '{model}_acdc_best' --warmup 500 --epochs 100 \
+        --member 'a=train.seed=1' --member 'b=data.augmentation=msvmunet;train.seed=2' --ensemble --tta flip \
+        --call-limit-s 400 --resume --runs /tmp/acdc_runs --copy-to $OUT --tag _ens   # again until it exits 0
+
+With ``--resume``, a run this machine already finished and tested (its result file names its ``best.pt``) is not
+trained or tested again.
 """
 
 from __future__ import annotations
@@ -99,16 +110,58 @@ def _train_slices(cache: str) -> int:
         return len(z["train_ids"])
 
 
-def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> dict[str, Any]:
+Unit = tuple[str, str, list[str]]  # (run name, model, member overrides): see units()
+
+
+def units(args: argparse.Namespace) -> list[Unit]:
+    """The runs of this command as (name, model, extra overrides): one per ``--models`` entry, or with ``--member``
+    one per member of the (single) model, named ``<model>-<member>``."""
+    models = [m for m in args.models.split(",") if m]
+    if not args.member:
+        return [(m, m, []) for m in models]
+    if len(models) != 1:
+        raise SystemExit(f"--member needs exactly one --models entry, got {models}")
+    out = []
+    for spec in args.member:
+        name, sep, sets = spec.partition("=")
+        if not sep or not name.isidentifier():
+            raise SystemExit(f"--member {spec!r}: expected NAME=OVERRIDES (NAME letters, digits and _; OVERRIDES "
+                             f"key=value items separated by ';', or empty)")
+        out.append((f"{models[0]}-{name}", models[0], [x.strip() for x in sets.split(";") if x.strip()]))
+    if len({n for n, _, _ in out}) != len(out):
+        raise SystemExit(f"--member: names must differ, got {[n for n, _, _ in out]}")
+    return out
+
+
+def _finished(name: str, out_dir: Path, args: argparse.Namespace) -> dict | None:
+    """The result of a run this machine already finished and tested (an earlier call of a ``--resume``-d job): its
+    result file names ``out_dir``'s ``best.pt``, which exists and is not newer than it; else ``None``."""
+    import json
+
+    path, best = RESULTS / f"acdc_{name}{args.tag}.json", out_dir / "checkpoints" / "best.pt"
+    if not (path.is_file() and best.is_file()):
+        return None
+    res = json.loads(path.read_text())
+    same = (res.get("test") or {}).get("checkpoint") == str(best)
+    return res if same and best.stat().st_mtime <= path.stat().st_mtime else None
+
+
+def run_one(unit: Unit, args: argparse.Namespace, barrier: Any = None) -> dict[str, Any]:
     from mambaseg.configs import apply_overrides, load_recipe
 
+    name, model_name, member_sets = unit
     t_start = time.perf_counter()
     recipe = args.recipe.format(model=model_name)
-    out_dir = Path(args.runs) / f"acdc_{model_name}"
+    out_dir = Path(args.runs) / f"acdc_{name}"
     plan_file = out_dir / "acdc_plan.json"
+    if args.resume and (done := _finished(name, out_dir, args)) is not None:
+        print(f"[{name}] already trained and tested in an earlier call ({out_dir})", flush=True)
+        return done
     if args.resume and (out_dir / "checkpoints" / "last.pt").is_file() and plan_file.is_file():
-        return _continue(model_name, args, out_dir, plan_file, t_start)
+        return _continue(unit, args, out_dir, plan_file, t_start)
     cfg = load_recipe(recipe)
+    if member_sets:  # before the probe: a member may change the model or the batch
+        cfg = apply_overrides(cfg, member_sets)
     if args.batch_size:
         cfg = apply_overrides(cfg, [f"train.batch_size={args.batch_size}"])
     n_train = _train_slices(args.cache)
@@ -125,7 +178,7 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
             if os.environ.get(ENV_VAR) == "torch":
                 raise
             backend_note = f"default scan backend failed in the probe ({type(exc).__name__}: {exc}); used 'torch'"
-            print(f"[{model_name}] {backend_note}", flush=True)
+            print(f"[{name}] {backend_note}", flush=True)
             os.environ[ENV_VAR] = "torch"  # this benchmark process only
             step_s = probe_step_time(*probe_args)
         # data loading, logging and checkpointing add to the compute: keep a margin; validations budgeted apart
@@ -149,14 +202,15 @@ def run_one(model_name: str, args: argparse.Namespace, barrier: Any = None) -> d
     if args.max_steps:
         overrides.append(f"train.max_steps={args.max_steps}")
     cfg = apply_overrides(cfg, overrides)
-    print(f"[{model_name}] probe {step_s * 1000:.0f} ms/step (batch {cfg.train.batch_size}) -> {epochs} epochs, "
+    print(f"[{name}] probe {step_s * 1000:.0f} ms/step (batch {cfg.train.batch_size}) -> {epochs} epochs, "
           f"validation every {val_every}", flush=True)
-    plan = {"recipe": recipe, "overrides": overrides, "probe_ms_per_step": step_s * 1000, "epochs": epochs,
+    plan = {"recipe": recipe, "member_overrides": member_sets, "overrides": overrides,
+            "probe_ms_per_step": step_s * 1000, "epochs": epochs,
             "n_train": n_train, "scan_backend_note": backend_note, "calls": []}
-    return _train_and_test(model_name, args, cfg, out_dir, plan, t_start, resume=False)
+    return _train_and_test(unit, args, cfg, out_dir, plan, t_start, resume=False)
 
 
-def _continue(model_name: str, args: argparse.Namespace, out_dir: Path, plan_file: Path, t_start: float) -> dict:
+def _continue(unit: Unit, args: argparse.Namespace, out_dir: Path, plan_file: Path, t_start: float) -> dict:
     """``--resume``: continue an ACDC run stopped by ``--call-limit-s`` with its own saved config and plan."""
     import json
 
@@ -164,13 +218,14 @@ def _continue(model_name: str, args: argparse.Namespace, out_dir: Path, plan_fil
 
     plan = json.loads(plan_file.read_text())
     cfg = load_config(out_dir / "config.yaml")
-    print(f"[{model_name}] resuming {out_dir} (planned {plan['epochs']} epochs)", flush=True)
-    return _train_and_test(model_name, args, cfg, out_dir, plan, t_start, resume=True)
+    print(f"[{unit[0]}] resuming {out_dir} (planned {plan['epochs']} epochs)", flush=True)
+    return _train_and_test(unit, args, cfg, out_dir, plan, t_start, resume=True)
 
 
-def _train_and_test(model_name: str, args: argparse.Namespace, cfg: Any, out_dir: Path, plan: dict, t_start: float,
+def _train_and_test(unit: Unit, args: argparse.Namespace, cfg: Any, out_dir: Path, plan: dict, t_start: float,
                     resume: bool) -> dict[str, Any]:
     """Train (or continue) one model; unless the call limit stopped it, evaluate best.pt on the test volumes."""
+    name, model_name, _ = unit
     import json
 
     import torch
@@ -192,7 +247,8 @@ def _train_and_test(model_name: str, args: argparse.Namespace, cfg: Any, out_dir
     plan["calls"].append({"train_s": round(train_s, 1), "epochs_done": res.epochs, "stop_reason": stop_reason})
     (out_dir / "acdc_plan.json").write_text(json.dumps(plan, indent=1) + "\n")
     if stop_reason == stop_note and res.epochs < plan["epochs"]:
-        return {"model": model_name, "unfinished": True, "epochs_done": res.epochs, "epochs": plan["epochs"],
+        return {"model": model_name, "run": name, "unfinished": True, "epochs_done": res.epochs,
+                "epochs": plan["epochs"],
                 "calls": plan["calls"], "note": stop_note}
     best = out_dir / "checkpoints" / "best.pt"
     t_eval = time.perf_counter()
@@ -205,7 +261,9 @@ def _train_and_test(model_name: str, args: argparse.Namespace, cfg: Any, out_dir
     eval_s = time.perf_counter() - t_eval
     return {
         "model": model_name,
+        "run": name,
         "recipe": plan["recipe"],
+        "member_overrides": plan.get("member_overrides", []),
         "params": res.metrics["model"]["params"],
         "data": {"cache": args.cache, "train": f"train_slices ({plan['n_train']} slices of 35 patients)",
                  "selection": "val (20 volumes), mean Dice, transunet policy", "report": "test (40 volumes)"},
@@ -229,41 +287,41 @@ def _train_and_test(model_name: str, args: argparse.Namespace, cfg: Any, out_dir
                    "total": time.perf_counter() - t_start,
                    "train_incl_val_all_calls": round(sum(c["train_s"] for c in plan["calls"]), 1),
                    "note": "this call's times; a resumed run's earlier calls are in 'calls'"},
-        "gpu_shared_with": [m for m in args.models.split(",") if m != model_name] if args.parallel else [],
+        "gpu_shared_with": [n for n, _, _ in units(args) if n != name] if args.parallel else [],
         "environment": environment(),
         "torch_cuda_max_mem_gib": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None,
     }
 
 
-def _save(model_name: str, res: dict[str, Any], args: argparse.Namespace) -> Path:
+def _save(name: str, res: dict[str, Any], args: argparse.Namespace) -> Path:
     """Write the result JSON (and copy it with the run's logs to ``--copy-to``) as soon as a model is done."""
     import shutil
 
-    path = write_json(f"acdc_{model_name}{args.tag}.json", res)
+    path = write_json(f"acdc_{name}{args.tag}.json", res)
     if args.copy_to:
         dst = Path(args.copy_to)
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dst / path.name)
-        run = Path(args.runs) / f"acdc_{model_name}"
+        run = Path(args.runs) / f"acdc_{name}"
         for f in ("train.log", "history.json", "metrics.json", "config.yaml", "progress.png"):
             if (run / f).is_file():
-                shutil.copy2(run / f, dst / f"acdc_{model_name}{args.tag}_{f}")
+                shutil.copy2(run / f, dst / f"acdc_{name}{args.tag}_{f}")
     return path
 
 
-def _run_and_save(model_name: str, args: argparse.Namespace, barrier: Any = None) -> dict[str, Any]:
+def _run_and_save(unit: Unit, args: argparse.Namespace, barrier: Any = None) -> dict[str, Any]:
     try:
-        res = run_one(model_name, args, barrier)
+        res = run_one(unit, args, barrier)
     except Exception:
         if barrier is not None:
             barrier.abort()  # do not leave the other process waiting
-        res = {"model": model_name, "error": traceback.format_exc()}
-    res["result_file"] = str(_save(model_name, res, args))
+        res = {"model": unit[1], "run": unit[0], "error": traceback.format_exc()}
+    res["result_file"] = str(_save(unit[0], res, args))
     return res
 
 
-def _worker(model_name: str, args: argparse.Namespace, barrier: Any, q: Any) -> None:
-    q.put((model_name, _run_and_save(model_name, args, barrier)))
+def _worker(unit: Unit, args: argparse.Namespace, barrier: Any, q: Any) -> None:
+    q.put((unit[0], _run_and_save(unit, args, barrier)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,14 +355,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true",
                     help="continue a run that --call-limit-s stopped (same --runs; its saved config and plan are used)")
     ap.add_argument("--copy-to", default=None, help="also copy each result JSON and the run logs here")
+    ap.add_argument("--member", action="append", default=[], metavar="NAME=OVERRIDES",
+                    help="one run of the (single) --models entry with extra overrides, e.g. "
+                         "'msvm=data.augmentation=msvmunet;train.seed=2' (repeatable; ';' separates overrides; "
+                         "the run is named <model>-NAME)")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="when every run is done, also evaluate them together (probabilities averaged) on the val "
+                         "and test volumes")
     args = ap.parse_args(argv)
-    models = [m for m in args.models.split(",") if m]
+    todo = units(args)
+    if args.ensemble and len(todo) < 2:
+        raise SystemExit("--ensemble needs two or more runs (--member ... or several --models)")
     results: dict[str, Any] = {}
-    if args.parallel and len(models) > 1:
+    if args.parallel and len(todo) > 1:
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
-        barrier = ctx.Barrier(len(models)) if args.epochs is None else None
-        procs = [ctx.Process(target=_worker, args=(m, args, barrier, q)) for m in models]
+        barrier = ctx.Barrier(len(todo)) if args.epochs is None else None
+        procs = [ctx.Process(target=_worker, args=(u, args, barrier, q)) for u in todo]
         for p in procs:
             p.start()
         for _ in procs:
@@ -313,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         for p in procs:
             p.join()
     else:
-        for m in models:
-            results[m] = _run_and_save(m, args)
+        for u in todo:
+            results[u[0]] = _run_and_save(u, args)
     rc = 0
     for m, res in results.items():
         path = res["result_file"]
@@ -333,8 +400,62 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{m}] test mean Dice {t.get('dice'):.4f} HD95 {t.get('hd95'):.2f} ({t.get('empty_policy')}); "
               f"nan-policy Dice {nan_pol.get('mean_dice')} HD95 {nan_pol.get('mean_hd95')}; per class {per}; "
               f"best epoch {res['best_epoch']}/{res['epochs']}; wall {res['wall_s']['total']:.0f} s -> {path}")
+    if args.ensemble and rc == 0:
+        ens = ensemble(results, args)
+        print(f"[ensemble of {len(results)}] test mean Dice {ens['test']['dice']:.4f} HD95 {ens['test']['hd95']:.2f}"
+              + (f"; flip TTA {ens[f'test_tta_{args.tta}']['dice']:.4f}" if args.tta != "none" else "")
+              + "; members " + ", ".join(f"{m['run']} {m['test_dice']:.4f}" for m in ens["members"])
+              + f" -> {ens['result_file']}")
     print(f"results in {RESULTS}")
     return rc
+
+
+def ensemble(results: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate the finished runs together: each run's ``best.pt`` (selected on the VALIDATION volumes), their
+    softmax probabilities averaged per slice (:func:`mambaseg.engine.evaluate_checkpoint` with a list), on the val
+    and test volumes; no choice is made on the test volumes. Writes ``acdc_<model>_ensemble<tag>.json``."""
+    from mambaseg.engine import evaluate_checkpoint
+
+    names = list(results)
+    ckpts = [str(Path(args.runs) / f"acdc_{n}" / "checkpoints" / "best.pt") for n in names]
+    t0 = time.perf_counter()
+    ev = {"val": evaluate_checkpoint(ckpts, split="val", device=args.device, batch_size=32),
+          "test": evaluate_checkpoint(ckpts, split="test", device=args.device, batch_size=32)}
+    if args.tta != "none":
+        ev[f"test_tta_{args.tta}"] = evaluate_checkpoint(ckpts, split="test", device=args.device, batch_size=32,
+                                                         tta=args.tta)
+    models = sorted({results[n]["model"] for n in names})
+    record = {
+        "what": f"ensemble of {len(names)} ACDC runs ({', '.join(names)}): softmax probabilities of their best.pt "
+                f"averaged per slice",
+        "model": "+".join(models),
+        "ensemble": True,
+        "recipe": results[names[0]]["recipe"],
+        "selection_rule": "each member's best.pt chosen on the 20 validation volumes (mean Dice); all members "
+                          "averaged, none chosen or weighted on the test volumes",
+        "members": [{"run": n, "member_overrides": results[n].get("member_overrides", []),
+                     "best_epoch": results[n]["best_epoch"], "epochs": results[n]["epochs"],
+                     "val_dice": results[n]["best_val"]["dice"], "test_dice": results[n]["test"]["dice"],
+                     **({f"test_tta_{args.tta}_dice": results[n][f"test_tta_{args.tta}"]["dice"]}
+                        if f"test_tta_{args.tta}" in results[n] else {}),
+                     "result_file": Path(results[n]["result_file"]).name} for n in names],
+        **ev,
+        "eval_s": round(time.perf_counter() - t0, 1),
+        "environment": environment(),
+    }
+    tag = "+".join(models)
+    record["result_file"] = str(_save_json(f"acdc_{tag}_ensemble{args.tag}.json", record, args))
+    return record
+
+
+def _save_json(name: str, record: dict, args: argparse.Namespace) -> Path:
+    import shutil
+
+    path = write_json(name, record)
+    if args.copy_to:
+        Path(args.copy_to).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, Path(args.copy_to) / path.name)
+    return path
 
 
 if __name__ == "__main__":

@@ -398,6 +398,20 @@ def acdc_rows(name, d):
             "val Dice": fmt(m["dice"], ".3f"),
             "val HD95 vox": fmt(m["hd95"], ".1f"),
         }]
+    if d.get("ensemble"):  # acdc_gpu.py --ensemble: the members' best.pt averaged
+        val, test = d["val"], d["test"]
+        members = ", ".join(f"{m['run']} {m['test_dice']:.3f}" for m in d["members"])
+        return [{
+            "model": d["model"],
+            "run": f"ensemble of {len(d['members'])} (recipe {d['recipe']}; members' test Dice: {members})",
+            "val Dice": fmt(val["dice"], ".3f"),
+            "val HD95 vox": fmt(val["hd95"], ".1f"),
+            "test Dice": fmt(test["dice"], ".3f"),
+            "test RV / Myo / LV Dice": " / ".join(f"{test['classes'][c]['dice']:.3f}" for c in ("RV", "Myo", "LV")),
+            "test HD95 vox": fmt(test["hd95"], ".1f"),
+            **{f"test Dice + {k[len('test_tta_'):]} TTA": fmt(v["dice"], ".3f") for k, v in d.items()
+               if k.startswith("test_tta_") and not k.endswith("_pp")},
+        }]
     val, test = d["best_val"], d["test"]
     return [{
         "model": d["model"],
@@ -648,7 +662,8 @@ FAMILIES = [
      "probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside it."),
     ("ACDC training", r"acdc_.*", acdc_rows,
      "`benchmarks/acdc_gpu.py` (and a CPU smoke run): mean of per-volume per-class Dice / HD95, selection on 20 val "
-     "volumes, report on 40 test volumes."),
+     "volumes, report on 40 test volumes. An 'ensemble' row averages the probabilities of several runs' best.pt "
+     "(each selected on val; none chosen on test)."),
     ("EndoTect: SliceMamba search and retraining", r"slicemamba_.*", endotect_rows,
      "`benchmarks/slicemamba_gpu.py`: supernet, evolutionary search, then the searched model, the all-(4,4) model "
      "and VM-UNet of the same depths retrained on the same budget (160 train / 40 val images, pooled)."),
