@@ -389,6 +389,17 @@ def _fold_training(d):
     return f"{bound}{wall:.0f} s ({n} at a time)"
 
 
+def _acdc_scores(val, test):
+    """The val and test columns of an ACDC row (one run or an ensemble)."""
+    return {
+        "val Dice": fmt(val["dice"], ".3f"),
+        "val HD95 vox": fmt(val["hd95"], ".1f"),
+        "test Dice": fmt(test["dice"], ".3f"),
+        "test RV / Myo / LV Dice": " / ".join(f"{test['classes'][c]['dice']:.3f}" for c in ("RV", "Myo", "LV")),
+        "test HD95 vox": fmt(test["hd95"], ".1f"),
+    }
+
+
 def acdc_rows(name, d):
     if "test" not in d:  # a CPU smoke run (acdc_cpu_smoke_<model>.json): validation metrics only
         m = d["metrics"]
@@ -399,28 +410,18 @@ def acdc_rows(name, d):
             "val HD95 vox": fmt(m["hd95"], ".1f"),
         }]
     if d.get("ensemble"):  # acdc_gpu.py --ensemble: the members' best.pt averaged
-        val, test = d["val"], d["test"]
         members = ", ".join(f"{m['run']} {m['test_dice']:.3f}" for m in d["members"])
         return [{
             "model": d["model"],
             "run": f"ensemble of {len(d['members'])} (recipe {d['recipe']}; members' test Dice: {members})",
-            "val Dice": fmt(val["dice"], ".3f"),
-            "val HD95 vox": fmt(val["hd95"], ".1f"),
-            "test Dice": fmt(test["dice"], ".3f"),
-            "test RV / Myo / LV Dice": " / ".join(f"{test['classes'][c]['dice']:.3f}" for c in ("RV", "Myo", "LV")),
-            "test HD95 vox": fmt(test["hd95"], ".1f"),
+            **_acdc_scores(d["val"], d["test"]),
             **{f"test Dice + {k[len('test_tta_'):]} TTA": fmt(v["dice"], ".3f") for k, v in d.items()
                if k.startswith("test_tta_") and not k.endswith("_pp")},
         }]
-    val, test = d["best_val"], d["test"]
     return [{
         "model": d["model"],
         "run": f"recipe {d['recipe']}, {d['epochs_done']} epochs (best {d['best_epoch']})",
-        "val Dice": fmt(val["dice"], ".3f"),
-        "val HD95 vox": fmt(val["hd95"], ".1f"),
-        "test Dice": fmt(test["dice"], ".3f"),
-        "test RV / Myo / LV Dice": " / ".join(f"{test['classes'][c]['dice']:.3f}" for c in ("RV", "Myo", "LV")),
-        "test HD95 vox": fmt(test["hd95"], ".1f"),
+        **_acdc_scores(d["best_val"], d["test"]),
         **({"test Dice + flip TTA": fmt(d["test_tta_flip"]["dice"], ".3f")} if "test_tta_flip" in d else {}),
         **({"+ TTA + largest component: Dice / HD95 vox": f"{d['test_tta_flip_pp']['dice']:.3f} / "
             f"{d['test_tta_flip_pp']['hd95']:.1f}"} if "test_tta_flip_pp" in d else {}),
