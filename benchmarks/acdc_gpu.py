@@ -127,7 +127,11 @@ def units(args: argparse.Namespace) -> list[Unit]:
         if not sep or not name.isidentifier():
             raise SystemExit(f"--member {spec!r}: expected NAME=OVERRIDES (NAME letters, digits and _; OVERRIDES "
                              f"key=value items separated by ';', or empty)")
-        out.append((f"{models[0]}-{name}", models[0], [x.strip() for x in sets.split(";") if x.strip()]))
+        sets = [x.strip() for x in sets.split(";") if x.strip()]
+        if any(x.replace(" ", "").startswith("model.name=") for x in sets):
+            raise SystemExit(f"--member {spec!r}: a member cannot change model.name (the probe, the run names and "
+                             f"the ensemble are per --models entry); use several --models entries instead")
+        out.append((f"{models[0]}-{name}", models[0], sets))
     if len({n for n, _, _ in out}) != len(out):
         raise SystemExit(f"--member: names must differ, got {[n for n, _, _ in out]}")
     return out
@@ -160,7 +164,7 @@ def run_one(unit: Unit, args: argparse.Namespace, barrier: Any = None) -> dict[s
     if args.resume and (out_dir / "checkpoints" / "last.pt").is_file() and plan_file.is_file():
         return _continue(unit, args, out_dir, plan_file, t_start)
     cfg = load_recipe(recipe)
-    if member_sets:  # before the probe: a member may change the model or the batch
+    if member_sets:  # before the probe: a member may change the batch, the model's kwargs or the augmentation
         cfg = apply_overrides(cfg, member_sets)
     if args.batch_size:
         cfg = apply_overrides(cfg, [f"train.batch_size={args.batch_size}"])
@@ -225,13 +229,14 @@ def _continue(unit: Unit, args: argparse.Namespace, out_dir: Path, plan_file: Pa
 def _train_and_test(unit: Unit, args: argparse.Namespace, cfg: Any, out_dir: Path, plan: dict, t_start: float,
                     resume: bool) -> dict[str, Any]:
     """Train (or continue) one model; unless the call limit stopped it, evaluate best.pt on the test volumes."""
-    name, model_name, _ = unit
     import json
 
     import torch
 
     from mambaseg.engine import evaluate_checkpoint, train
     from mambaseg.ops import resolve_backend
+
+    name, model_name, _ = unit
 
     stop_note = "call limit reached: run the same command again with --resume"
     callbacks = []

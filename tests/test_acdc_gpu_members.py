@@ -29,6 +29,7 @@ def test_members_are_named_runs_of_one_model_with_their_overrides(benchmark_modu
     ({"member": ["no-equals-sign"]}, "expected NAME=OVERRIDES"),
     ({"member": ["bad name=train.seed=1"]}, "expected NAME=OVERRIDES"),
     ({"member": ["a=train.seed=1", "a=train.seed=2"]}, "names must differ"),
+    ({"member": ["a=train.seed=1;model.name=msvmunet"]}, "cannot change model.name"),
 ])
 def test_bad_members_are_refused_by_name(benchmark_module, kw, message):
     with pytest.raises(SystemExit, match=message):
