@@ -42,6 +42,10 @@ Usage (caches built where the data is; ``mambaseg cache`` stores train AND val, 
     # on the GPU machine, after (or when a time limit stopped) the training: the finished folds, to bring back
     PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmunet_ph2_best --seeds 0 --runs /tmp/cvruns \
         --pack $OUT --pack-part-mib 15
+    # folds trained on different machines or calls: only the missing ones there, then merge the packed roots here
+    PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmbunet_ph2 --seeds 0 --only-folds 3,4 --runs /tmp/cvruns
+    tar xzf cvstate_folds_0-2.tgz -C /tmp && tar xzf cvstate_folds_3-4.tgz -C /tmp && PYTHONPATH=src python \
+        benchmarks/cv_ph2_gpu.py --recipes vmbunet_ph2 --seeds 0 --runs /tmp/cvruns --score-only
     # CPU smoke test (synthetic 32x32 data, vmunet_tiny, 2 folds of 1 epoch; results to a temporary folder):
     PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --smoke --ensemble
 """
