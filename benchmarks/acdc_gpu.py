@@ -137,6 +137,11 @@ def units(args: argparse.Namespace) -> list[Unit]:
     return out
 
 
+def _run_dir(name: str, args: argparse.Namespace) -> Path:
+    """The training folder of run ``name`` (``--runs``/acdc_<name>)."""
+    return Path(args.runs) / f"acdc_{name}"
+
+
 def _finished(name: str, out_dir: Path, args: argparse.Namespace) -> dict | None:
     """The result of a run this machine already finished and tested (an earlier call of a ``--resume``-d job): its
     result file names ``out_dir``'s ``best.pt``, which exists and is not newer than it; else ``None``."""
@@ -156,7 +161,7 @@ def run_one(unit: Unit, args: argparse.Namespace, barrier: Any = None) -> dict[s
     name, model_name, member_sets = unit
     t_start = time.perf_counter()
     recipe = args.recipe.format(model=model_name)
-    out_dir = Path(args.runs) / f"acdc_{name}"
+    out_dir = _run_dir(name, args)
     plan_file = out_dir / "acdc_plan.json"
     if args.resume and (done := _finished(name, out_dir, args)) is not None:
         print(f"[{name}] already trained and tested in an earlier call ({out_dir})", flush=True)
@@ -302,15 +307,12 @@ def _save(name: str, res: dict[str, Any], args: argparse.Namespace) -> Path:
     """Write the result JSON (and copy it with the run's logs to ``--copy-to``) as soon as a model is done."""
     import shutil
 
-    path = write_json(f"acdc_{name}{args.tag}.json", res)
+    path = _save_json(f"acdc_{name}{args.tag}.json", res, args)
     if args.copy_to:
-        dst = Path(args.copy_to)
-        dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dst / path.name)
-        run = Path(args.runs) / f"acdc_{name}"
+        run = _run_dir(name, args)
         for f in ("train.log", "history.json", "metrics.json", "config.yaml", "progress.png"):
             if (run / f).is_file():
-                shutil.copy2(run / f, dst / f"acdc_{name}{args.tag}_{f}")
+                shutil.copy2(run / f, Path(args.copy_to) / f"acdc_{name}{args.tag}_{f}")
     return path
 
 
@@ -422,18 +424,18 @@ def ensemble(results: dict[str, dict], args: argparse.Namespace) -> dict[str, An
     from mambaseg.engine import evaluate_checkpoint
 
     names = list(results)
-    ckpts = [str(Path(args.runs) / f"acdc_{n}" / "checkpoints" / "best.pt") for n in names]
+    ckpts = [results[n]["test"]["checkpoint"] for n in names]  # the best.pt each run was tested with
     t0 = time.perf_counter()
     ev = {"val": evaluate_checkpoint(ckpts, split="val", device=args.device, batch_size=32),
           "test": evaluate_checkpoint(ckpts, split="test", device=args.device, batch_size=32)}
     if args.tta != "none":
         ev[f"test_tta_{args.tta}"] = evaluate_checkpoint(ckpts, split="test", device=args.device, batch_size=32,
                                                          tta=args.tta)
-    models = sorted({results[n]["model"] for n in names})
+    model = "+".join(sorted({results[n]["model"] for n in names}))
     record = {
         "what": f"ensemble of {len(names)} ACDC runs ({', '.join(names)}): softmax probabilities of their best.pt "
                 f"averaged per slice",
-        "model": "+".join(models),
+        "model": model,
         "ensemble": True,
         "recipe": results[names[0]]["recipe"],
         "selection_rule": "each member's best.pt chosen on the 20 validation volumes (mean Dice); all members "
@@ -448,12 +450,12 @@ def ensemble(results: dict[str, dict], args: argparse.Namespace) -> dict[str, An
         "eval_s": round(time.perf_counter() - t0, 1),
         "environment": environment(),
     }
-    tag = "+".join(models)
-    record["result_file"] = str(_save_json(f"acdc_{tag}_ensemble{args.tag}.json", record, args))
+    record["result_file"] = str(_save_json(f"acdc_{model}_ensemble{args.tag}.json", record, args))
     return record
 
 
 def _save_json(name: str, record: dict, args: argparse.Namespace) -> Path:
+    """Write a result JSON to the results folder, and a copy to ``--copy-to``."""
     import shutil
 
     path = write_json(name, record)

@@ -205,10 +205,8 @@ def _fold_worker(cfg_dict: dict, folds: int, fold_ids: list[int], tta: str | Non
     from mambaseg.configs import config_from_dict
     from mambaseg.engine.crossval import train_folds
 
-    cfg = config_from_dict(cfg_dict)
-    for i in fold_ids:
-        train_folds(cfg, folds=folds, fold=i, resume=True, console=Console(), show_progress=False, tta=tta,
-                    checkpoints=checkpoints)
+    train_folds(config_from_dict(cfg_dict), folds=folds, fold=fold_ids, resume=True, console=Console(),
+                show_progress=False, tta=tta, checkpoints=checkpoints)
 
 
 def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None, checkpoints: tuple,
@@ -273,9 +271,8 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         _train_folds_parallel(cfg, folds, parallel_folds, "flip" if tta else None, checkpoints, todo)
     elif not score_only:
         # TTA predictions saved per fold: scoring needs no checkpoint
-        for i in todo if only_folds is not None else ["all"]:
-            train_folds(cfg, folds=folds, fold=i, resume=True, console=Console(), show_progress=False,
-                        tta="flip" if tta else None, checkpoints=checkpoints)
+        train_folds(cfg, folds=folds, fold=todo, resume=True, console=Console(), show_progress=False,
+                    tta="flip" if tta else None, checkpoints=checkpoints)
     wall = time.perf_counter() - t0
     missing = [i for i in range(folds) if not fold_complete(root / f"fold_{i}", checkpoints, "flip" if tta else None)]
     if missing:

@@ -400,6 +400,12 @@ def _acdc_scores(val, test):
     }
 
 
+def _acdc_tta(d):
+    """A ``test Dice + <mode> TTA`` column per TTA evaluation in the file (``test_tta_<mode>``)."""
+    return {f"test Dice + {k[len('test_tta_'):]} TTA": fmt(v["dice"], ".3f") for k, v in d.items()
+            if k.startswith("test_tta_") and not k.endswith("_pp")}
+
+
 def acdc_rows(name, d):
     if "test" not in d:  # a CPU smoke run (acdc_cpu_smoke_<model>.json): validation metrics only
         m = d["metrics"]
@@ -415,14 +421,13 @@ def acdc_rows(name, d):
             "model": d["model"],
             "run": f"ensemble of {len(d['members'])} (recipe {d['recipe']}; members' test Dice: {members})",
             **_acdc_scores(d["val"], d["test"]),
-            **{f"test Dice + {k[len('test_tta_'):]} TTA": fmt(v["dice"], ".3f") for k, v in d.items()
-               if k.startswith("test_tta_") and not k.endswith("_pp")},
+            **_acdc_tta(d),
         }]
     return [{
         "model": d["model"],
         "run": f"recipe {d['recipe']}, {d['epochs_done']} epochs (best {d['best_epoch']})",
         **_acdc_scores(d["best_val"], d["test"]),
-        **({"test Dice + flip TTA": fmt(d["test_tta_flip"]["dice"], ".3f")} if "test_tta_flip" in d else {}),
+        **_acdc_tta(d),
         **({"+ TTA + largest component: Dice / HD95 vox": f"{d['test_tta_flip_pp']['dice']:.3f} / "
             f"{d['test_tta_flip_pp']['hd95']:.1f}"} if "test_tta_flip_pp" in d else {}),
         "train img/s": fmt(d["train_images_per_second"], ".1f"),

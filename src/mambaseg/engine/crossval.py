@@ -78,7 +78,9 @@ def fold_complete(run_dir: str | Path, checkpoints: Sequence[str] = OOF_CHECKPOI
         (oof_dir(run_dir, w, t) / "oof.json").is_file() for w, t in _wanted(checkpoints, tta))
 
 
-def _parse_fold(fold: int | str, k: int) -> list[int]:
+def _parse_fold(fold: int | str | Sequence[int], k: int) -> list[int]:
+    if isinstance(fold, (list, tuple)):  # several folds, in this order
+        return [i for f in fold for i in _parse_fold(f, k)]
     if str(fold) == "all":
         return list(range(k))
     try:
@@ -108,20 +110,20 @@ def resolve_cv_folds(cfg: RunConfig, folds: int) -> dict[str, Any]:
                          data=str(cfg.data.path), layout=layout)
 
 
-def train_folds(cfg: RunConfig, *, folds: int, fold: int | str = "all", resume: bool = False, console: Any = None,
-                show_progress: bool = True, tta: str | None = None, device: str | None = None,
+def train_folds(cfg: RunConfig, *, folds: int, fold: int | str | Sequence[int] = "all", resume: bool = False,
+                console: Any = None, show_progress: bool = True, tta: str | None = None, device: str | None = None,
                 checkpoints: Sequence[str] = OOF_CHECKPOINTS) -> list[Any]:
     """Train fold(s) of a ``folds``-fold cross-validation rooted at ``cfg.train.out`` and save their out-of-fold
     predictions.
 
     The folds come from ``ROOT/splits_final.json`` (made from the train + val cases with ``data.split_seed`` the first
-    time). With ``fold="all"`` the folds run in sequence; a fold that already has its ``metrics.json`` and its
-    out-of-fold predictions is skipped, an unfinished one is continued when ``resume`` (refused otherwise). With
-    ``tta`` (``"flip"``) the held-out cases are also predicted with that test-time augmentation
-    (``oof/<ckpt>_tta_<tta>``); a finished fold that lacks those predictions gets them without training again.
-    ``checkpoints`` names the checkpoints whose out-of-fold predictions are made (default both ``last`` and ``best``;
-    ``("last",)`` for a root whose finished folds were copied without their checkpoints before every prediction of
-    ``best`` was written: those cannot be made any more, and only ``last`` is the unselected result).
+    time). With ``fold="all"`` (or a list of folds) the folds run in sequence; a fold that already has its
+    ``metrics.json`` and its out-of-fold predictions is skipped, an unfinished one is continued when ``resume``
+    (refused otherwise). With ``tta`` (``"flip"``) the held-out cases are also predicted with that test-time
+    augmentation (``oof/<ckpt>_tta_<tta>``); a finished fold that lacks those predictions gets them without training
+    again. ``checkpoints`` names the checkpoints whose out-of-fold predictions are made (default both ``last`` and
+    ``best``; ``("last",)`` for a root whose finished folds were copied without their checkpoints before every
+    prediction of ``best`` was written: those cannot be made any more, and only ``last`` is the unselected result).
 
     Returns:
         The :class:`~mambaseg.engine.TrainResult` of each fold trained now.
