@@ -102,8 +102,16 @@ def _fold_facts(root: Path, k: int) -> list[dict]:
                     "seconds_last_process": m["train"]["seconds"],
                     "best_epoch": m["best_epoch"], "val_dice_best": m["dice"],
                     "val_dice_last": (m.get("last") or {}).get("dice"),
-                    **_drop_facts(hist, m["train"]["epochs"])})
+                    **_lr_facts(hist), **_drop_facts(hist, m["train"]["epochs"])})
     return out
+
+
+def _lr_facts(hist: list[dict]) -> dict:
+    """The learning rate of the last epoch and the highest of the run: the headline scores the final weights, so a
+    schedule that ends near its peak (a cosine restarted every 2 * T_max epochs) is scored at its least settled
+    point."""
+    lrs = [r["lr"] for r in hist if r.get("lr") is not None]
+    return {"lr_last": lrs[-1], "lr_peak": max(lrs)} if lrs else {"lr_last": None, "lr_peak": None}
 
 
 def _drop_facts(hist: list[dict], epochs: int) -> dict:

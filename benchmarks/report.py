@@ -351,7 +351,7 @@ def cv_ph2_rows(name, d):
         "cases < 0.80": fmt(d["n_below_0.8"]),
         "worst case": f"{d['worst'][0]['id']} {d['worst'][0]['dice']:.3f}" if d["worst"] else "-",
         "best-on-fold DSC (optimistic)": "-", "epochs": "-", "max val drop": "-", "after the first tenth": "-",
-        "fold training": "-",
+        "final lr / peak lr": "-", "fold training": "-",
     }
     if "members" in d:  # the seeds one by one and averaged
         sd = d["single_seed_pooled_oof_dsc"]
@@ -371,9 +371,18 @@ def cv_ph2_rows(name, d):
         "epochs": "/".join(map(str, sorted({f["epochs"] for f in d["fold_training"]}))),
         "max val drop": drop("max_epoch_drop"),
         "after the first tenth": drop("max_epoch_drop_after_first_tenth"),
+        "final lr / peak lr": _final_lr(d),
         "fold training": _fold_training(d),
     })
     return [row]
+
+
+def _final_lr(d):
+    """How far the schedule had decayed when the scored (final) weights were taken: the largest last-epoch / peak
+    learning-rate ratio of the folds ("-" for files written before the folds recorded it)."""
+    ratios = [f["lr_last"] / f["lr_peak"] for f in d["fold_training"]
+              if f.get("lr_last") is not None and f.get("lr_peak")]
+    return f"{max(ratios):.2f}" if ratios else "-"
 
 
 def _fold_training(d):

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 
-def _fold(root: Path, i: int, times: list[float], last_process_seconds: float) -> None:
+def _fold(root: Path, i: int, times: list[float], last_process_seconds: float, lrs: list[float] | None = None) -> None:
     f = root / f"fold_{i}"
     f.mkdir(parents=True)
     history = [{"epoch": e + 1, "time": t, "val": {"dice": 0.5 + 0.1 * e}} for e, t in enumerate(times)]
+    for row, lr in zip(history, lrs or []):
+        row["lr"] = lr
     (f / "history.json").write_text(json.dumps(history))
     (f / "metrics.json").write_text(json.dumps({
         "dice": 0.7, "best_epoch": len(times), "last": {"dice": 0.7},
@@ -37,3 +39,17 @@ def test_the_report_marks_fold_seconds_of_older_files_as_a_lower_bound(benchmark
     assert report._fold_training({**new, "parallel_folds": 3}) == "180 s (3 at a time)"
     assert report._fold_training({"fold_training": folds}) == ">= 460 s"
     assert report._fold_training({"fold_training": folds, "parallel_folds": 3}) == ">= 180 s (3 at a time)"
+
+
+def test_the_folds_record_how_far_the_schedule_had_decayed_at_the_scored_weights(tmp_path, benchmark_module):
+    cv, report = benchmark_module("cv_ph2_gpu"), benchmark_module("report")
+    # fold 0: a cosine restarted every 2 * T_max epochs, back near its peak at the end; fold 1: decayed to near zero
+    _fold(tmp_path, 0, [1.0] * 4, last_process_seconds=4.0, lrs=[1e-3, 5e-4, 1e-4, 9e-4])
+    _fold(tmp_path, 1, [1.0] * 3, last_process_seconds=3.0, lrs=[2e-3, 1e-3, 2e-5])
+    facts = cv._fold_facts(tmp_path, 2)
+    assert [(f["lr_last"], f["lr_peak"]) for f in facts] == [(9e-4, 1e-3), (2e-5, 2e-3)]
+    assert report._final_lr({"fold_training": facts}) == "0.90"  # the largest of the folds' ratios
+    assert report._final_lr({"fold_training": facts[1:]}) == "0.01"
+    _fold(tmp_path / "old", 0, [1.0, 1.0], last_process_seconds=2.0)  # a history without lr (older files)
+    old = cv._fold_facts(tmp_path / "old", 1)
+    assert old[0]["lr_last"] is None and report._final_lr({"fold_training": old}) == "-"
