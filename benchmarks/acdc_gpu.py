@@ -102,12 +102,30 @@ def probe_step_time(model_name: str, num_classes: int, batch: int, size: int, de
     return times[len(times) // 2]
 
 
-def _train_slices(cache: str) -> int:
-    """Number of training slices in a volcache ``.npz`` (read from its id array only)."""
+def _train_slices(cache: str, with_val: bool = False) -> int:
+    """Number of training slices in a volcache ``.npz`` (from its arrays' shapes), plus every slice of the val
+    volumes with ``with_val`` (``--train-on-val``)."""
     import numpy as np
 
     with np.load(cache, allow_pickle=False) as z:
-        return len(z["train_ids"])
+        return len(z["train_ids"]) + (int(z["val_shapes"][:, 0].sum()) if with_val else 0)
+
+
+def _ckpt_name(args: argparse.Namespace) -> str:
+    """The checkpoint a run is tested with: ``best.pt`` (chosen on val), or with ``--train-on-val`` the final
+    weights ``last.pt`` (val trains, so nothing can be chosen on it)."""
+    return "last.pt" if args.train_on_val else "best.pt"
+
+
+def _data_facts(plan: dict, args: argparse.Namespace) -> dict[str, str]:
+    """What trained, what selected and what is reported, for the result file."""
+    if args.train_on_val:
+        return {"cache": args.cache, "train": f"train_slices + every slice of the 20 val volumes ({plan['n_train']} "
+                "slices of 45 patients; data.train_splits=[train,val])",
+                "selection": "none: the final weights (last.pt) of the fixed schedule; val also trains, so its "
+                "scores are in-sample", "report": "test (40 volumes)"}
+    return {"cache": args.cache, "train": f"train_slices ({plan['n_train']} slices of 35 patients)",
+            "selection": "val (20 volumes), mean Dice, transunet policy", "report": "test (40 volumes)"}
 
 
 Unit = tuple[str, str, list[str]]  # (run name, model, member overrides): see units()
@@ -144,10 +162,11 @@ def _run_dir(name: str, args: argparse.Namespace) -> Path:
 
 def _finished(name: str, out_dir: Path, args: argparse.Namespace) -> dict | None:
     """The result of a run this machine already finished and tested (an earlier call of a ``--resume``-d job): its
-    result file names ``out_dir``'s ``best.pt``, which exists and is not newer than it; else ``None``."""
+    result file names ``out_dir``'s tested checkpoint (:func:`_ckpt_name`), which exists and is not newer than it;
+    else ``None``."""
     import json
 
-    path, best = RESULTS / f"acdc_{name}{args.tag}.json", out_dir / "checkpoints" / "best.pt"
+    path, best = RESULTS / f"acdc_{name}{args.tag}.json", out_dir / "checkpoints" / _ckpt_name(args)
     if not (path.is_file() and best.is_file()):
         return None
     res = json.loads(path.read_text())
@@ -173,7 +192,7 @@ def run_one(unit: Unit, args: argparse.Namespace, barrier: Any = None) -> dict[s
         cfg = apply_overrides(cfg, member_sets)
     if args.batch_size:
         cfg = apply_overrides(cfg, [f"train.batch_size={args.batch_size}"])
-    n_train = _train_slices(args.cache)
+    n_train = _train_slices(args.cache, with_val=args.train_on_val)
     steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
     n_val = max(1, args.validations)
     from mambaseg.ops import ENV_VAR
@@ -204,6 +223,8 @@ def run_one(unit: Unit, args: argparse.Namespace, barrier: Any = None) -> dict[s
         # short GPU epochs: keep the loader workers, write last.pt only at the end (best.pt as it improves)
         "data.persistent_workers=true", "train.checkpoint_every=1000000",
     ]
+    if args.train_on_val:
+        overrides.append("data.train_splits=[train,val]")
     if not args.call_limit_s:
         # a hard stop in case the GPU gets slower than at the probe (other jobs sharing it): best.pt stays valid.
         # With --call-limit-s the run spans several processes and this per-process limit would end it early.
@@ -233,7 +254,8 @@ def _continue(unit: Unit, args: argparse.Namespace, out_dir: Path, plan_file: Pa
 
 def _train_and_test(unit: Unit, args: argparse.Namespace, cfg: Any, out_dir: Path, plan: dict, t_start: float,
                     resume: bool) -> dict[str, Any]:
-    """Train (or continue) one model; unless the call limit stopped it, evaluate best.pt on the test volumes."""
+    """Train (or continue) one model; unless the call limit stopped it, evaluate its tested checkpoint
+    (:func:`_ckpt_name`) on the test volumes."""
     import json
 
     import torch
@@ -260,7 +282,7 @@ def _train_and_test(unit: Unit, args: argparse.Namespace, cfg: Any, out_dir: Pat
         return {"model": model_name, "run": name, "unfinished": True, "epochs_done": res.epochs,
                 "epochs": plan["epochs"],
                 "calls": plan["calls"], "note": stop_note}
-    best = out_dir / "checkpoints" / "best.pt"
+    best = out_dir / "checkpoints" / _ckpt_name(args)
     t_eval = time.perf_counter()
     test = evaluate_checkpoint(best, split="test", device=args.device, batch_size=32)
     test_tta = (evaluate_checkpoint(best, split="test", device=args.device, batch_size=32, tta=args.tta)
@@ -275,8 +297,7 @@ def _train_and_test(unit: Unit, args: argparse.Namespace, cfg: Any, out_dir: Pat
         "recipe": plan["recipe"],
         "member_overrides": plan.get("member_overrides", []),
         "params": res.metrics["model"]["params"],
-        "data": {"cache": args.cache, "train": f"train_slices ({plan['n_train']} slices of 35 patients)",
-                 "selection": "val (20 volumes), mean Dice, transunet policy", "report": "test (40 volumes)"},
+        "data": _data_facts(plan, args),
         "overrides": plan["overrides"],
         "probe_ms_per_step": plan["probe_ms_per_step"],
         "scan_backend": resolve_backend(None, args.device.startswith("cuda")),
@@ -366,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="one run of the (single) --models entry with extra overrides, e.g. "
                          "'msvm=data.augmentation=msvmunet;train.seed=2' (repeatable; ';' separates overrides; "
                          "the run is named <model>-NAME)")
+    ap.add_argument("--train-on-val", action="store_true",
+                    help="train on the training slices AND every slice of the 20 val volumes (data.train_splits="
+                         "[train,val]), test the final weights (last.pt): nothing is selected, val scores are "
+                         "in-sample")
     ap.add_argument("--ensemble", action="store_true",
                     help="when every run is done, also evaluate them together (probabilities averaged) on the val "
                          "and test volumes")
@@ -418,13 +443,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ensemble(results: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate the finished runs together: each run's ``best.pt`` (selected on the VALIDATION volumes), their
-    softmax probabilities averaged per slice (:func:`mambaseg.engine.evaluate_checkpoint` with a list), on the val
-    and test volumes; no choice is made on the test volumes. Writes ``acdc_<model>_ensemble<tag>.json``."""
+    """Evaluate the finished runs together: each run's tested checkpoint (``best.pt`` selected on the VALIDATION
+    volumes, or ``last.pt`` with ``--train-on-val``), their softmax probabilities averaged per slice
+    (:func:`mambaseg.engine.evaluate_checkpoint` with a list), on the val and test volumes; no choice is made on
+    the test volumes. Writes ``acdc_<model>_ensemble<tag>.json``."""
     from mambaseg.engine import evaluate_checkpoint
 
     names = list(results)
-    ckpts = [results[n]["test"]["checkpoint"] for n in names]  # the best.pt each run was tested with
+    ckpts = [results[n]["test"]["checkpoint"] for n in names]  # the checkpoint each run was tested with
     t0 = time.perf_counter()
     ev = {"val": evaluate_checkpoint(ckpts, split="val", device=args.device, batch_size=32),
           "test": evaluate_checkpoint(ckpts, split="test", device=args.device, batch_size=32)}
@@ -433,13 +459,15 @@ def ensemble(results: dict[str, dict], args: argparse.Namespace) -> dict[str, An
                                                          tta=args.tta)
     model = "+".join(sorted({results[n]["model"] for n in names}))
     record = {
-        "what": f"ensemble of {len(names)} ACDC runs ({', '.join(names)}): softmax probabilities of their best.pt "
-                f"averaged per slice",
+        "what": f"ensemble of {len(names)} ACDC runs ({', '.join(names)}): softmax probabilities of their "
+                f"{_ckpt_name(args)} averaged per slice",
         "model": model,
         "ensemble": True,
         "recipe": results[names[0]]["recipe"],
-        "selection_rule": "each member's best.pt chosen on the 20 validation volumes (mean Dice); all members "
-                          "averaged, none chosen or weighted on the test volumes",
+        "selection_rule": (("each member's final weights (last.pt; val also trained them, so the val scores "
+                            "here are in-sample)") if args.train_on_val else
+                           "each member's best.pt chosen on the 20 validation volumes (mean Dice)")
+        + "; all members averaged, none chosen or weighted on the test volumes",
         "members": [{"run": n, "member_overrides": results[n].get("member_overrides", []),
                      "best_epoch": results[n]["best_epoch"], "epochs": results[n]["epochs"],
                      "val_dice": results[n]["best_val"]["dice"], "test_dice": results[n]["test"]["dice"],

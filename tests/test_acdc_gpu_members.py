@@ -11,7 +11,8 @@ import pytest
 
 
 def _args(**kw):
-    base = {"models": "heteromedseg", "member": [], "tag": "", "runs": "runs", "ensemble": False, "parallel": True}
+    base = {"models": "heteromedseg", "member": [], "tag": "", "runs": "runs", "ensemble": False, "parallel": True,
+            "train_on_val": False}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -72,3 +73,41 @@ def test_the_report_shows_an_ensemble_with_its_members(benchmark_module):
     assert row["test Dice"] == "0.903" and row["test Dice + flip TTA"] == "0.901"
     assert "ensemble of 2" in row["run"] and "heteromedseg-b 0.891" in row["run"]
     assert row["test RV / Myo / LV Dice"] == "0.900 / 0.880 / 0.930"
+
+
+def test_train_on_val_trains_on_the_val_slices_and_tests_the_final_weights(tmp_path, benchmark_module, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+    from test_acdc import make_acdc
+
+    from mambaseg.data import ACDC_LABELS, acdc_slices, acdc_volumes
+    from mambaseg.data.cache import write_volcache
+
+    acdc = benchmark_module("acdc_gpu")
+    monkeypatch.setattr(acdc, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(acdc, "write_json", lambda name, rec: _write(tmp_path / "results" / name, rec))
+    root = make_acdc(tmp_path / "acdc", n_train=3)  # 3 training slices; val = 2 volumes of 5 slices
+    cache = write_volcache(tmp_path / "c.npz", name="acdc", label_names=ACDC_LABELS, num_classes=4,
+                           image_size=(32, 32), train=acdc_slices(root, image_size=32, augment=False, normalization=None),
+                           eval_splits={"val": acdc_volumes(root, "val"), "test": acdc_volumes(root, "test")})
+    assert acdc._train_slices(str(cache)) == 3 and acdc._train_slices(str(cache), with_val=True) == 13
+    argv = ["--cache", str(cache), "--models", "heteromedseg", "--recipe", "{model}_acdc_best", "--epochs", "1",
+            "--max-steps", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--validations", "1",
+            "--no-parallel", "--runs", str(tmp_path / "runs"), "--tag", "_tov", "--train-on-val"]
+    assert acdc.main(argv) == 0
+    res = json.loads((tmp_path / "results" / "acdc_heteromedseg_tov.json").read_text())
+    assert res["test"]["checkpoint"].endswith("checkpoints/last.pt")
+    assert "13 slices of 45 patients" in res["data"]["train"] and res["data"]["selection"].startswith("none")
+    assert "data.train_splits=[train,val]" in res["overrides"]
+    cfg = (tmp_path / "runs" / "acdc_heteromedseg" / "config.yaml").read_text()
+    assert "train_splits: [train, val]" in cfg  # the resolved config saved with the run names both splits
+    # without the flag: best.pt (chosen on val), 3 training slices
+    assert acdc._ckpt_name(_args(train_on_val=False)) == "best.pt"
+
+
+def _write(path, record):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, default=str))
+    return path

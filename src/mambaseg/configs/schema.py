@@ -89,6 +89,10 @@ class DataConfig:
             augmentation draws and a ``--resume``-d run are the same either way.
         binary: treat masks as foreground/background (True) or as label indices (False).
         label_values: for multi-class folder masks, the pixel value of each class index.
+        train_splits: the splits whose cases train the model (default ``[train]``). Volumetric layouts (volcache,
+            acdc, synapse, nnunet) accept evaluation splits here too: ``[train, val]`` adds every axial slice of
+            the ``val`` volumes to the training slices (nnU-Net's "train on all" after a recipe is fixed). The
+            ``val`` validation is then in-sample, so report the final weights (``last.pt``), not ``best.pt``.
     """
 
     path: str | None = None
@@ -105,6 +109,7 @@ class DataConfig:
     persistent_workers: bool = True
     binary: bool = True
     label_values: list[int] | None = None
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
 
 
 @dataclass

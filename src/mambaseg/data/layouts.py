@@ -184,11 +184,48 @@ def open_task(
     name = layout or cfg.data.layout or detect_layout(p)
     if name not in table:
         raise DataTaskError(f"unknown data layout {name!r}; registered layouts: {', '.join(list_layouts())}")
-    task = table[name].open(p, cfg, splits=tuple(splits), normalization=normalization)
-    missing = [s for s in splits if s not in task.datasets]
+    extra = _extra_training_splits(cfg) if "train" in splits else []
+    opened = tuple(splits) + tuple(s for s in extra if s not in splits)
+    task = table[name].open(p, cfg, splits=opened, normalization=normalization)
+    missing = [s for s in opened if s not in task.datasets]
     if missing:
         raise DataTaskError(f"layout {name!r} did not provide the split(s) {missing} for {str(p)!r}")
+    if extra:
+        _train_on_extra_splits(task, name, extra, splits)
     return task
+
+
+def _extra_training_splits(cfg: RunConfig) -> list[str]:
+    """The splits of ``data.train_splits`` besides ``train``, checked."""
+    wanted = [str(s) for s in cfg.data.train_splits]
+    if "train" not in wanted or len(set(wanted)) != len(wanted):
+        raise DataTaskError(f"data.train_splits must name 'train' and each split once (e.g. [train, val]), "
+                            f"got {wanted}")
+    return [s for s in wanted if s != "train"]
+
+
+def _train_on_extra_splits(task: DataTask, layout: str, extra: list[str], asked: Sequence[str]) -> None:
+    """Add the slices of the ``extra`` splits' volumes to the training slices of ``task`` (volumetric layouts)."""
+    from mambaseg.data.volumetric import SliceDataset2D, VolumeDataset, join_volume_slices
+
+    train = task.datasets["train"]
+    if not isinstance(train, SliceDataset2D) or not all(isinstance(task.datasets[s], VolumeDataset) for s in extra):
+        raise DataTaskError(
+            f"data.train_splits={['train', *extra]}: layout {layout!r} is not volumetric; only volumetric layouts "
+            "(slices of volumes) add an evaluation split to training. For 2-D images, use cross-validation "
+            "(mambaseg train --folds K) or move the images into train/")
+    n = len(train)
+    task.datasets["train"] = join_volume_slices(train, {s: task.datasets[s] for s in extra})
+    for s in extra:
+        if s not in asked:
+            del task.datasets[s]
+    task.info.update({"train_splits": ["train", *extra], "n_train": len(task.datasets["train"]),
+                      "n_train_slices_added": len(task.datasets["train"]) - n})
+    in_sample = [s for s in extra if s in asked and s != "train"]
+    if in_sample:
+        task.info["in_sample_validation"] = (
+            f"{', '.join(in_sample)} also trains (data.train_splits): its scores are in-sample, so select nothing "
+            "on them (use the final weights)")
 
 
 def dataset_family(path: str | Path) -> str | None:

@@ -18,6 +18,7 @@ Training slices are augmented with a preset of the one table :data:`mambaseg.dat
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ __all__ = [
     "SliceAugment",
     "Volume",
     "VolumeDataset",
+    "VolumeSlices",
     "check_labels",
+    "join_volume_slices",
     "paper_normalization",
     "zoom_image",
     "zoom_labels",
@@ -358,3 +361,69 @@ class SliceDataset2D(Dataset):
             f"SliceDataset2D(n={len(self)}, image_size={self.image_size}, augment={self.augment}, "
             f"classes={self.label_names})"
         )
+
+
+class VolumeSlices:
+    """Picklable ``loader(i) -> (image, label)`` over every axial slice of the volumes of a :class:`VolumeDataset`
+    (slice ``i`` = volume ``index[i][0]``, depth ``index[i][1]``), for :class:`SliceDataset2D`.
+
+    A volume stored at network size with labels at its original size (``Volume.target_hw``, the volcache) gets
+    its label slice zoomed to the image's size with nearest neighbours, as the cache's own training slices were.
+    The last two volumes read stay in memory (slices are drawn in random order, volumes are small).
+    """
+
+    def __init__(self, volumes: VolumeDataset, index: Sequence[tuple[int, int]]) -> None:
+        self.volumes, self.index = volumes, [(int(v), int(z)) for v, z in index]
+        self._cache = _LRU(2)
+
+    def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        v, z = self.index[i]
+        vol = self._cache.get(v, lambda: self.volumes[v])
+        image = vol.slice_image(z)
+        label = np.asarray(vol.label[z])
+        if label.shape != image.shape[:2]:
+            label = zoom_labels(label.astype(np.uint8), (int(image.shape[0]), int(image.shape[1])))
+        return image, label
+
+    def __getstate__(self) -> dict[str, Any]:  # workers start with an empty cache
+        return {"volumes": self.volumes, "index": self.index}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.volumes, self.index, self._cache = state["volumes"], state["index"], _LRU(2)
+
+
+class _Chain:
+    """Picklable ``loader(i)`` over several loaders one after the other (``sizes[k]`` items each)."""
+
+    def __init__(self, loaders: Sequence[Callable[[int], Any]], sizes: Sequence[int]) -> None:
+        self.loaders, self.offsets = list(loaders), np.cumsum([0, *sizes])
+
+    def __call__(self, i: int) -> Any:
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self.loaders[k](i - int(self.offsets[k]))
+
+
+def join_volume_slices(train: SliceDataset2D, extra: Mapping[str, VolumeDataset]) -> SliceDataset2D:
+    """``train`` with every axial slice of each ``extra`` split's volumes appended (same size, augmentation,
+    normalisation and seed); the new slices are named ``<split>/<case>#<z>``.
+
+    Raises:
+        ValueError: an extra volume without labels (it cannot train), naming the split and case.
+    """
+    ids, paths, loaders, sizes = list(train.ids), list(train.paths), [train._loader], [len(train)]
+    for split, volumes in extra.items():
+        index = []
+        for v in range(len(volumes)):
+            vol = volumes[v]
+            if vol.label is None:
+                raise ValueError(f"data.train_splits: {split!r} case {vol.id!r} ({vol.path}) has no labels to "
+                                 "train on")
+            for z in range(vol.spatial_shape[0]):
+                index.append((v, z))
+                ids.append(f"{split}/{vol.id}#{z}")
+                paths.append(f"{vol.path or vol.id}#z={z}")
+        loaders.append(VolumeSlices(volumes, index))
+        sizes.append(len(index))
+    out = copy.copy(train)
+    out.ids, out.paths, out._loader = ids, paths, _Chain(loaders, sizes)
+    return out
