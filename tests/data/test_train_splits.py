@@ -102,3 +102,18 @@ def test_real_acdc_train_plus_val(shared_data):
     assert len(task.train) == 658 + n_val_slices and task.info["n_train_slices_added"] == n_val_slices
     item = task.train[len(task.train) - 1]
     assert item["image"].shape == (1, 32, 32) and set(item["mask"].unique().tolist()) <= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("layout, extra", [("synapse", "test"), ("nnunet", "val")])
+def test_other_volumetric_layouts_add_their_evaluation_volumes_too(tmp_path, layout, extra):
+    if layout == "nnunet":
+        pytest.importorskip("nibabel")
+        from test_nnunet import make_nnunet as make
+    else:
+        from test_synapse import make_synapse as make
+    root = make(tmp_path / layout)
+    plain = open_task(root, _cfg(), splits=("train", extra))
+    both = open_task(root, _cfg(f"data.train_splits=[train,{extra}]"), splits=("train",))
+    n_added = sum(v.spatial_shape[0] for v in plain.datasets[extra])
+    assert len(both.train) == len(plain.train) + n_added and both.info["n_train_slices_added"] == n_added
+    assert both.train.ids[-1].startswith(f"{extra}/") and both.train[len(both.train) - 1]["mask"].shape == (32, 32)
