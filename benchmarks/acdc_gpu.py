@@ -298,6 +298,7 @@ def _train_and_test(unit: Unit, args: argparse.Namespace, cfg: Any, out_dir: Pat
         "member_overrides": plan.get("member_overrides", []),
         "params": res.metrics["model"]["params"],
         "data": _data_facts(plan, args),
+        "train_on_val": bool(args.train_on_val),
         "overrides": plan["overrides"],
         "probe_ms_per_step": plan["probe_ms_per_step"],
         "scan_backend": resolve_backend(None, args.device.startswith("cuda")),
@@ -464,6 +465,7 @@ def ensemble(results: dict[str, dict], args: argparse.Namespace) -> dict[str, An
         "model": model,
         "ensemble": True,
         "recipe": results[names[0]]["recipe"],
+        "train_on_val": bool(args.train_on_val),
         "selection_rule": (("each member's final weights (last.pt; val also trained them, so the val scores "
                             "here are in-sample)") if args.train_on_val else
                            "each member's best.pt chosen on the 20 validation volumes (mean Dice)")

@@ -398,10 +398,11 @@ def _fold_training(d):
     return f"{bound}{wall:.0f} s ({n} at a time)"
 
 
-def _acdc_scores(val, test):
-    """The val and test columns of an ACDC row (one run or an ensemble)."""
+def _acdc_scores(val, test, in_sample=False):
+    """The val and test columns of an ACDC row (one run or an ensemble); ``in_sample``: val also trained the
+    weights (``acdc_gpu.py --train-on-val``), so its Dice is marked as such."""
     return {
-        "val Dice": fmt(val["dice"], ".3f"),
+        "val Dice": fmt(val["dice"], ".3f") + (" (in-sample)" if in_sample else ""),
         "val HD95 vox": fmt(val["hd95"], ".1f"),
         "test Dice": fmt(test["dice"], ".3f"),
         "test RV / Myo / LV Dice": " / ".join(f"{test['classes'][c]['dice']:.3f}" for c in ("RV", "Myo", "LV")),
@@ -424,18 +425,21 @@ def acdc_rows(name, d):
             "val Dice": fmt(m["dice"], ".3f"),
             "val HD95 vox": fmt(m["hd95"], ".1f"),
         }]
-    if d.get("ensemble"):  # acdc_gpu.py --ensemble: the members' best.pt averaged
+    tov = bool(d.get("train_on_val"))
+    trained = "trained on train + val slices, final weights; " if tov else ""
+    if d.get("ensemble"):  # acdc_gpu.py --ensemble: the members' tested checkpoints averaged
         members = ", ".join(f"{m['run']} {m['test_dice']:.3f}" for m in d["members"])
         return [{
             "model": d["model"],
-            "run": f"ensemble of {len(d['members'])} (recipe {d['recipe']}; members' test Dice: {members})",
-            **_acdc_scores(d["val"], d["test"]),
+            "run": f"ensemble of {len(d['members'])} ({trained}recipe {d['recipe']}; members' test Dice: {members})",
+            **_acdc_scores(d["val"], d["test"], tov),
             **_acdc_tta(d),
         }]
     return [{
         "model": d["model"],
-        "run": f"recipe {d['recipe']}, {d['epochs_done']} epochs (best {d['best_epoch']})",
-        **_acdc_scores(d["best_val"], d["test"]),
+        "run": (f"recipe {d['recipe']}, {d['epochs_done']} epochs "
+                + ("(trained on train + val slices, final weights)" if tov else f"(best {d['best_epoch']})")),
+        **_acdc_scores(d["best_val"], d["test"], tov),
         **_acdc_tta(d),
         **({"+ TTA + largest component: Dice / HD95 vox": f"{d['test_tta_flip_pp']['dice']:.3f} / "
             f"{d['test_tta_flip_pp']['hd95']:.1f}"} if "test_tta_flip_pp" in d else {}),

@@ -73,6 +73,9 @@ def test_the_report_shows_an_ensemble_with_its_members(benchmark_module):
     assert row["test Dice"] == "0.903" and row["test Dice + flip TTA"] == "0.901"
     assert "ensemble of 2" in row["run"] and "heteromedseg-b 0.891" in row["run"]
     assert row["test RV / Myo / LV Dice"] == "0.900 / 0.880 / 0.930"
+    assert row["val Dice"] == "0.900"
+    (tov,) = report.acdc_rows("acdc_heteromedseg_ensemble_ens_tov.json", {**d, "train_on_val": True})
+    assert tov["val Dice"] == "0.900 (in-sample)" and "trained on train + val slices, final weights" in tov["run"]
 
 
 def test_train_on_val_trains_on_the_val_slices_and_tests_the_final_weights(tmp_path, benchmark_module, monkeypatch):
@@ -100,7 +103,10 @@ def test_train_on_val_trains_on_the_val_slices_and_tests_the_final_weights(tmp_p
     res = json.loads((tmp_path / "results" / "acdc_heteromedseg_tov.json").read_text())
     assert res["test"]["checkpoint"].endswith("checkpoints/last.pt")
     assert "13 slices of 45 patients" in res["data"]["train"] and res["data"]["selection"].startswith("none")
-    assert "data.train_splits=[train,val]" in res["overrides"]
+    assert "data.train_splits=[train,val]" in res["overrides"] and res["train_on_val"] is True
+    report = benchmark_module("report")
+    (row,) = report.acdc_rows("acdc_heteromedseg_tov.json", res)
+    assert row["val Dice"].endswith("(in-sample)") and "final weights" in row["run"]
     cfg = (tmp_path / "runs" / "acdc_heteromedseg" / "config.yaml").read_text()
     assert "train_splits: [train, val]" in cfg  # the resolved config saved with the run names both splits
     # without the flag: best.pt (chosen on val), 3 training slices
