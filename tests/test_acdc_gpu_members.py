@@ -109,6 +109,8 @@ def test_train_on_val_trains_on_the_val_slices_and_tests_the_final_weights(tmp_p
     assert row["val Dice"].endswith("(in-sample)") and "final weights" in row["run"]
     cfg = (tmp_path / "runs" / "acdc_heteromedseg" / "config.yaml").read_text()
     assert "train_splits: [train, val]" in cfg  # the resolved config saved with the run names both splits
+    log = (tmp_path / "runs" / "acdc_heteromedseg" / "train.log").read_text()
+    assert "warning: val also trains (data.train_splits): its scores are in-sample" in log
     # without the flag: best.pt (chosen on val), 3 training slices
     assert acdc._ckpt_name(_args(train_on_val=False)) == "best.pt"
 

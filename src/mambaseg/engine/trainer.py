@@ -640,6 +640,8 @@ def _preflight(cfg: RunConfig, task: DataTask, num_classes: int, console: Any) -
         notes += [f"  - {s}" for s in skipped]
     if cfg.data.validate:
         notes += check_samples({"train": task.train, "val": task.val}, cfg.data.path)
+    if task.info.get("in_sample_validation"):  # data.train_splits names the validation split too
+        notes.append(f"warning: {task.info['in_sample_validation']}")
     if console is not None:
         for line in notes:
             console.print(line, highlight=False, markup=False,
