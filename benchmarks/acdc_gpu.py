@@ -35,6 +35,10 @@ together (softmax probabilities averaged) on the val and test volumes -> ``acdc_
         --member 'a=train.seed=1' --member 'b=data.augmentation=msvmunet;train.seed=2' --ensemble --tta flip \
         --call-limit-s 400 --resume --runs /tmp/acdc_runs --copy-to $OUT --tag _ens   # again until it exits 0
 
+``--train-on-val`` trains on the training slices AND every slice of the 20 val volumes (``data.train_splits=[train,
+val]``, 45 patients) and tests each run's final weights (``last.pt``): nothing is selected, and the val scores in
+the result are in-sample (the report marks them). With ``--epochs`` the schedule is fixed in advance.
+
 With ``--resume``, a run this machine already finished and tested (its result file names its ``best.pt``) is not
 trained or tested again.
 """
