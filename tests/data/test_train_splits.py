@@ -117,3 +117,15 @@ def test_other_volumetric_layouts_add_their_evaluation_volumes_too(tmp_path, lay
     n_added = sum(v.spatial_shape[0] for v in plain.datasets[extra])
     assert len(both.train) == len(plain.train) + n_added and both.info["n_train_slices_added"] == n_added
     assert both.train.ids[-1].startswith(f"{extra}/") and both.train[len(both.train) - 1]["mask"].shape == (32, 32)
+
+
+def test_an_extra_volume_without_labels_is_refused_by_name(tmp_path):
+    from mambaseg.data.volumetric import Volume, VolumeDataset, join_volume_slices
+
+    root = make_acdc(tmp_path / "acdc")
+    train = open_task(root, _cfg(), splits=("train",)).train
+    unlabelled = VolumeDataset(["case9"], lambda i: Volume(id="case9", image=np.zeros((3, 8, 8), np.float32),
+                                                           path="/data/case9.nii.gz"),
+                               label_names=ACDC_LABELS, num_classes=4)
+    with pytest.raises(ValueError, match=r"'test' case 'case9' \(/data/case9.nii.gz\) has no labels"):
+        join_volume_slices(train, {"test": unlabelled})
