@@ -121,15 +121,20 @@ def _ckpt_name(args: argparse.Namespace) -> str:
     return "last.pt" if args.train_on_val else "best.pt"
 
 
+def _selection(args: argparse.Namespace) -> str:
+    """How the tested checkpoint of a run (:func:`_ckpt_name`) was chosen; the result file and the ensemble state
+    it."""
+    if args.train_on_val:
+        return "none: the final weights (last.pt) of the fixed schedule; val also trains, so its scores are in-sample"
+    return "val (20 volumes), mean Dice, transunet policy"
+
+
 def _data_facts(plan: dict, args: argparse.Namespace) -> dict[str, str]:
     """What trained, what selected and what is reported, for the result file."""
-    if args.train_on_val:
-        return {"cache": args.cache, "train": f"train_slices + every slice of the 20 val volumes ({plan['n_train']} "
-                "slices of 45 patients; data.train_splits=[train,val])",
-                "selection": "none: the final weights (last.pt) of the fixed schedule; val also trains, so its "
-                "scores are in-sample", "report": "test (40 volumes)"}
-    return {"cache": args.cache, "train": f"train_slices ({plan['n_train']} slices of 35 patients)",
-            "selection": "val (20 volumes), mean Dice, transunet policy", "report": "test (40 volumes)"}
+    train = (f"train_slices + every slice of the 20 val volumes ({plan['n_train']} slices of 45 patients; "
+             "data.train_splits=[train,val])" if args.train_on_val
+             else f"train_slices ({plan['n_train']} slices of 35 patients)")
+    return {"cache": args.cache, "train": train, "selection": _selection(args), "report": "test (40 volumes)"}
 
 
 Unit = tuple[str, str, list[str]]  # (run name, model, member overrides): see units()
@@ -170,12 +175,12 @@ def _finished(name: str, out_dir: Path, args: argparse.Namespace) -> dict | None
     else ``None``."""
     import json
 
-    path, best = RESULTS / f"acdc_{name}{args.tag}.json", out_dir / "checkpoints" / _ckpt_name(args)
-    if not (path.is_file() and best.is_file()):
+    path, ckpt = RESULTS / f"acdc_{name}{args.tag}.json", out_dir / "checkpoints" / _ckpt_name(args)
+    if not (path.is_file() and ckpt.is_file()):
         return None
     res = json.loads(path.read_text())
-    same = (res.get("test") or {}).get("checkpoint") == str(best)
-    return res if same and best.stat().st_mtime <= path.stat().st_mtime else None
+    same = (res.get("test") or {}).get("checkpoint") == str(ckpt)
+    return res if same and ckpt.stat().st_mtime <= path.stat().st_mtime else None
 
 
 def run_one(unit: Unit, args: argparse.Namespace, barrier: Any = None) -> dict[str, Any]:
@@ -286,13 +291,13 @@ def _train_and_test(unit: Unit, args: argparse.Namespace, cfg: Any, out_dir: Pat
         return {"model": model_name, "run": name, "unfinished": True, "epochs_done": res.epochs,
                 "epochs": plan["epochs"],
                 "calls": plan["calls"], "note": stop_note}
-    best = out_dir / "checkpoints" / _ckpt_name(args)
+    tested = out_dir / "checkpoints" / _ckpt_name(args)
     t_eval = time.perf_counter()
-    test = evaluate_checkpoint(best, split="test", device=args.device, batch_size=32)
-    test_tta = (evaluate_checkpoint(best, split="test", device=args.device, batch_size=32, tta=args.tta)
+    test = evaluate_checkpoint(tested, split="test", device=args.device, batch_size=32)
+    test_tta = (evaluate_checkpoint(tested, split="test", device=args.device, batch_size=32, tta=args.tta)
                 if args.tta != "none" else None)
     # the same weights with post-processed volumes (an extra number beside the plain ones, not a selection)
-    test_pp = (evaluate_checkpoint(best, split="test", device=args.device, batch_size=32, tta=args.tta,
+    test_pp = (evaluate_checkpoint(tested, split="test", device=args.device, batch_size=32, tta=args.tta,
                                    postprocess=args.postprocess) if args.postprocess != "none" else None)
     eval_s = time.perf_counter() - t_eval
     return {
@@ -470,10 +475,8 @@ def ensemble(results: dict[str, dict], args: argparse.Namespace) -> dict[str, An
         "ensemble": True,
         "recipe": results[names[0]]["recipe"],
         "train_on_val": bool(args.train_on_val),
-        "selection_rule": (("each member's final weights (last.pt; val also trained them, so the val scores "
-                            "here are in-sample)") if args.train_on_val else
-                           "each member's best.pt chosen on the 20 validation volumes (mean Dice)")
-        + "; all members averaged, none chosen or weighted on the test volumes",
+        "selection_rule": f"each member's {_ckpt_name(args)}, selected by: {_selection(args)}; all members "
+                          "averaged, none chosen or weighted on the test volumes",
         "members": [{"run": n, "member_overrides": results[n].get("member_overrides", []),
                      "best_epoch": results[n]["best_epoch"], "epochs": results[n]["epochs"],
                      "val_dice": results[n]["best_val"]["dice"], "test_dice": results[n]["test"]["dice"],

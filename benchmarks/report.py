@@ -682,7 +682,8 @@ FAMILIES = [
     ("ACDC training", r"acdc_.*", acdc_rows,
      "`benchmarks/acdc_gpu.py` (and a CPU smoke run): mean of per-volume per-class Dice / HD95, selection on 20 val "
      "volumes, report on 40 test volumes. An 'ensemble' row averages the probabilities of several runs' best.pt "
-     "(each selected on val; none chosen on test)."),
+     "(each selected on val; none chosen on test). Runs trained on train + val slices (--train-on-val) are tested "
+     "with their final weights and their val Dice is marked in-sample."),
     ("EndoTect: SliceMamba search and retraining", r"slicemamba_.*", endotect_rows,
      "`benchmarks/slicemamba_gpu.py`: supernet, evolutionary search, then the searched model, the all-(4,4) model "
      "and VM-UNet of the same depths retrained on the same budget (160 train / 40 val images, pooled)."),

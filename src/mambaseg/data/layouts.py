@@ -221,7 +221,7 @@ def _train_on_extra_splits(task: DataTask, layout: str, extra: list[str], asked:
             del task.datasets[s]
     task.info.update({"train_splits": ["train", *extra], "n_train": len(task.datasets["train"]),
                       "n_train_slices_added": len(task.datasets["train"]) - n})
-    in_sample = [s for s in extra if s in asked and s != "train"]
+    in_sample = [s for s in extra if s in asked]
     if in_sample:
         task.info["in_sample_validation"] = (
             f"{', '.join(in_sample)} also trains (data.train_splits): its scores are in-sample, so select nothing "
