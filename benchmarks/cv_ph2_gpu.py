@@ -89,10 +89,14 @@ FOLD_SECONDS_RULE = ("fold_training[].seconds = the sum of the per-epoch times (
                      "process start-up")
 
 
-def _fold_facts(root: Path, k: int) -> list[dict]:
+def _fold_facts(root: Path, k: int, stated_devices: dict[int, str] | None = None) -> list[dict]:
     out = []
     for i in range(k):
         m = json.loads((root / f"fold_{i}" / "metrics.json").read_text())
+        # the GPU that trained the fold: its own record (metrics.json since 2026-12-07), else what --fold-device states
+        device, source = m["train"].get("device_name"), "metrics.json"
+        if device is None and (stated_devices or {}).get(i):
+            device, source = stated_devices[i], "stated when scoring (--fold-device)"
         hist = json.loads((root / f"fold_{i}" / "history.json").read_text())
         # seconds: the per-epoch times of ALL the fold's epochs (history.json keeps those done before a resume; the
         # trainer's own 'seconds' is its last process's loop only, too low for a fold resumed in a later call)
@@ -100,6 +104,7 @@ def _fold_facts(root: Path, k: int) -> list[dict]:
                     "stop_reason": m["train"]["stop_reason"],
                     "seconds": round(sum(r.get("time", 0.0) for r in hist), 1),
                     "seconds_last_process": m["train"]["seconds"],
+                    "device": device, "device_source": source if device is not None else None,
                     "best_epoch": m["best_epoch"], "val_dice_best": m["dice"],
                     "val_dice_last": (m.get("last") or {}).get("dice"),
                     **_lr_facts(hist), **_drop_facts(hist, m["train"]["epochs"])})
@@ -245,7 +250,8 @@ def _train_folds_parallel(cfg, folds: int, n: int, tta: str | None, checkpoints:
 def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict, runs: Path, results: Path,
             minutes_per_fold: float | None, epochs: int | None, extra: list[str], device: str, tta: bool,
             score_only: bool = False, parallel_folds: int = 1, checkpoints: tuple = ("last", "best"),
-            tag: str | None = None, only_folds: list[int] | None = None) -> dict | None:
+            tag: str | None = None, only_folds: list[int] | None = None,
+            fold_devices: dict[int, str] | None = None) -> dict | None:
     """Train (or resume) the folds of one (recipe, seed) cross-validation, then score it and write its result file.
     With ``only_folds`` just those folds train (e.g. the rest trained on another machine, to be merged later); the
     scoring follows only when every fold of the root is then complete, otherwise nothing is written and ``None`` is
@@ -307,7 +313,7 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         "scores": _score_rows(scores),
         "resolution": head["resolution"],
         "oof_checkpoints": list(checkpoints),
-        "fold_training": (facts := _fold_facts(root, folds)),
+        "fold_training": (facts := _fold_facts(root, folds, fold_devices)),
         "fold_train_seconds_total": round(sum(f["seconds"] for f in facts), 1),
         "fold_seconds_rule": FOLD_SECONDS_RULE,
         "parallel_folds": parallel_folds,
@@ -444,6 +450,9 @@ def main() -> None:
     ap.add_argument("--tag", default=None,
                     help="a variant of the recipes made by --set overrides: its runs and results are named "
                          "cv_ph2_<recipe>-<tag>_s<seed> so they never mix with the recipe's own")
+    ap.add_argument("--fold-device", action="append", default=[], metavar="I[-J]=NAME",
+                    help="with --score-only: the GPU that trained folds I..J, for folds whose metrics.json predates "
+                         "its device_name (recorded as stated, e.g. 0-2='NVIDIA H200')")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test on synthetic data (tiny model, 2 folds)")
     args = ap.parse_args()
     if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.]*", args.tag):
@@ -473,6 +482,13 @@ def main() -> None:
             ap.error(f"--only-folds: fold numbers separated by commas, got {args.only_folds!r}")
         if not only_folds or not all(0 <= i < folds for i in only_folds):
             ap.error(f"--only-folds: fold numbers in 0..{folds - 1} (--folds {folds}), got {args.only_folds!r}")
+    fold_devices = {}
+    for item in args.fold_device:
+        span, _, name = item.partition("=")
+        first, _, last = span.partition("-")
+        if not (name.strip() and first.isdigit() and (not last or last.isdigit())):
+            ap.error(f"--fold-device: I=NAME or I-J=NAME (e.g. 0-2='NVIDIA H200'), got {item!r}")
+        fold_devices.update({i: name.strip() for i in range(int(first), int(last or first) + 1)})
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if args.pack:
         for recipe in recipes:
@@ -492,7 +508,7 @@ def main() -> None:
             run_one(recipe, seed, folds=folds, split_seed=args.split_seed, caches=caches, runs=runs, results=results,
                     minutes_per_fold=args.minutes_per_fold, epochs=epochs, extra=extra, device=args.device,
                     tta=not args.no_tta, score_only=args.score_only, parallel_folds=args.parallel_folds,
-                    checkpoints=checkpoints, tag=args.tag, only_folds=only_folds)
+                    checkpoints=checkpoints, tag=args.tag, only_folds=only_folds, fold_devices=fold_devices)
         if args.ensemble and len(seeds) > 1:
             run_ensemble(run_name(recipe, args.tag), seeds, runs=runs, results=results, tta=not args.no_tta)
 

@@ -120,10 +120,31 @@ def command_of(d: dict) -> str:
 
 def device_of(d: dict) -> str:
     device = d.get("device") or _env(d).get("device")
+    trained = _fold_devices(d)
+    if trained:  # folds trained on the device(s), scored later where the restored predictions were
+        device = f"folds trained on {trained}; scored on {device or NOT_RECORDED}"
     if not device:
         return NOT_RECORDED
     # a few files add a machine-pool label after the GPU name, e.g. "NVIDIA H100 80GB HBM3 (pool-x1)": drop it
     return re.sub(r" \([a-z0-9-]+\)$", "", str(device))
+
+
+def _fold_devices(d: dict) -> str:
+    """Which GPU trained which folds of a cross-validation scored elsewhere (--score-only), e.g. "NVIDIA H200 (folds
+    0-2), NVIDIA H100 80GB HBM3 (folds 3-4)"; '' for other files and folds that did not record it."""
+    if not str(d.get("note", "")).startswith("scored with --score-only"):
+        return ""
+    by: dict[str, list[int]] = {}
+    for f in d.get("fold_training") or []:
+        name = f.get("device") or NOT_RECORDED
+        by.setdefault(re.sub(r" \([a-z0-9-]+\)$", "", str(name)), []).append(int(f["fold"]))
+    if set(by) <= {NOT_RECORDED}:
+        return ""
+    def span(ix):
+        return f"fold {ix[0]}" if len(ix) == 1 else (f"folds {ix[0]}-{ix[-1]}" if ix == list(range(ix[0], ix[-1] + 1))
+                                                    else "folds " + ",".join(map(str, ix)))
+    stated = any((f.get("device_source") or "").startswith("stated") for f in d["fold_training"] if f.get("device"))
+    return ", ".join(f"{name} ({span(sorted(ix))})" for name, ix in by.items()) + (" (as stated)" if stated else "")
 
 
 def date_of(d: dict) -> str:

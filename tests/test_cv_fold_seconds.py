@@ -53,3 +53,34 @@ def test_the_folds_record_how_far_the_schedule_had_decayed_at_the_scored_weights
     _fold(tmp_path / "old", 0, [1.0, 1.0], last_process_seconds=2.0)  # a history without lr (older files)
     old = cv._fold_facts(tmp_path / "old", 1)
     assert old[0]["lr_last"] is None and report._final_lr({"fold_training": old}) == "-"
+
+
+def test_the_folds_say_which_gpu_trained_them_and_the_report_shows_it(tmp_path, benchmark_module):
+    cv, report = benchmark_module("cv_ph2_gpu"), benchmark_module("report")
+    for i in range(5):
+        _fold(tmp_path, i, [1.0], last_process_seconds=1.0)
+    m = json.loads((tmp_path / "fold_4" / "metrics.json").read_text())
+    m["train"]["device_name"] = "NVIDIA H100 80GB HBM3"  # recorded by the trainer since 2026-12-07
+    (tmp_path / "fold_4" / "metrics.json").write_text(json.dumps(m))
+    facts = cv._fold_facts(tmp_path, 5, {0: "NVIDIA H200", 1: "NVIDIA H200", 2: "NVIDIA H200", 4: "stated, ignored"})
+    assert [f["device"] for f in facts] == ["NVIDIA H200"] * 3 + [None, "NVIDIA H100 80GB HBM3"]
+    assert facts[0]["device_source"].startswith("stated") and facts[3]["device_source"] is None
+    assert facts[4]["device_source"] == "metrics.json"  # the fold's own record wins over a stated name
+    scored = {"note": "scored with --score-only from predictions restored without checkpoints",
+              "fold_training": facts, "environment": {"device": "cpu (2 cores)"}}
+    assert report.device_of(scored) == ("folds trained on NVIDIA H200 (folds 0-2), not recorded (fold 3), "
+                                        "NVIDIA H100 80GB HBM3 (fold 4) (as stated); scored on cpu (2 cores)")
+    # a file trained and scored in one run keeps its environment's device; unrecorded folds add nothing
+    assert report.device_of({**scored, "note": ""}) == "cpu (2 cores)"
+    bare = [{**f, "device": None, "device_source": None} for f in facts]
+    assert report.device_of({**scored, "fold_training": bare}) == "cpu (2 cores)"
+
+
+def test_fold_device_arguments_are_checked():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cv_ph2_gpu.py"
+    r = subprocess.run([sys.executable, str(script), "--score-only", "--fold-device", "x-2=H200"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--fold-device: I=NAME or I-J=NAME" in r.stderr

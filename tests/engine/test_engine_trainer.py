@@ -28,6 +28,7 @@ def test_run_directory_outputs(tiny_model, synthetic_data, tmp_path):
     assert metrics["dice"] == pytest.approx(metrics["pooled"]["dsc"])
     assert {"pooled", "per_case", "best_epoch", "train"} <= set(metrics)
     assert metrics["per_case"]["reduction"] == "per_case"
+    assert metrics["train"]["device"] == "cpu" and metrics["train"]["device_name"] == "cpu"
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["model"]["name"] == tiny_model and cfg["train"]["epochs"] == 2
     ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)

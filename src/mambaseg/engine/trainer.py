@@ -970,7 +970,7 @@ def _finish(run: _Run) -> TrainResult:
         "train": {"epochs": len(run.history), "steps": run.step, "seconds": round(run.seconds, 3),
                   "epoch_seconds_total": round(sum(r.get("time", 0.0) for r in run.history), 3),
                   "resumed": run.resumed, "images_per_second": round(ips, 3), "processes": ctx.world_size,
-                  "device": str(run.device),
+                  "device": str(run.device), "device_name": _device_name(run.device),
                   "amp": str(run.amp_dtype) if run.amp_dtype else "off",
                   "stop_reason": run.stop_reason or "completed",
                   "first_step_s": round(run.first_step_s, 3) if run.first_step_s is not None else None,
@@ -998,6 +998,12 @@ def _finish(run: _Run) -> TrainResult:
                        best_value=float(best) if best is not None else float("nan"), epochs=len(run.history),
                        steps=run.step, seconds=run.seconds, images_per_second=ips, history=run.history,
                        rank=ctx.rank)
+
+
+def _device_name(device: torch.device) -> str:
+    """The accelerator's model name (``NVIDIA H100 80GB HBM3``) or the device type: results merged from runs made on
+    different machines say which machine trained what."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def _check_image_size(model: nn.Module, cfg: RunConfig) -> None:
