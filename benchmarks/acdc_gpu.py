@@ -362,6 +362,33 @@ def _worker(unit: Unit, args: argparse.Namespace, barrier: Any, q: Any) -> None:
     q.put((unit[0], _run_and_save(unit, args, barrier)))
 
 
+def _lost_run(name: str, model: str, exitcode: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The failed record (saved like any result) of a run whose process ended without reporting."""
+    why = (f"killed by signal {-exitcode}" + (" (SIGKILL: out of memory?)" if exitcode == -9 else "")
+           if exitcode < 0 else f"exit code {exitcode}")
+    res = {"model": model, "run": name, "error": f"the process of run {name!r} ended without a result: {why}"}
+    res["result_file"] = str(_save(name, res, args))
+    return res
+
+
+def _collect(procs: dict[str, Any], q: Any, on_dead: Any, poll_s: float = 2.0) -> dict[str, Any]:
+    """The result of every process in ``procs`` (run name -> started process) as it arrives on ``q``. A process that
+    ends with a non-zero exit code without reporting (killed: -9 is SIGKILL, e.g. the out-of-memory killer) gets
+    ``on_dead(name, exitcode)`` instead, so the others' results are kept and the job does not wait forever."""
+    import queue
+
+    results: dict[str, Any] = {}
+    while len(results) < len(procs):
+        try:
+            name, res = q.get(timeout=poll_s)
+            results[name] = res
+        except queue.Empty:
+            for name, p in procs.items():  # exit code 0 always reported first (the queue is flushed at exit)
+                if name not in results and p.exitcode not in (None, 0):
+                    results[name] = on_dead(name, p.exitcode)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", default=".gpucache/acdc_224.npz")
@@ -413,13 +440,18 @@ def main(argv: list[str] | None = None) -> int:
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
         barrier = ctx.Barrier(len(todo)) if args.epochs is None else None
-        procs = [ctx.Process(target=_worker, args=(u, args, barrier, q)) for u in todo]
-        for p in procs:
+        procs = {u[0]: ctx.Process(target=_worker, args=(u, args, barrier, q)) for u in todo}
+        for p in procs.values():
             p.start()
-        for _ in procs:
-            name, res = q.get()
-            results[name] = res
-        for p in procs:
+        model_of = {u[0]: u[1] for u in todo}
+
+        def dead(name: str, code: int) -> dict[str, Any]:
+            if barrier is not None:
+                barrier.abort()  # a survivor waiting at the shared start must not wait for it
+            return _lost_run(name, model_of[name], code, args)
+
+        results = _collect(procs, q, dead)
+        for p in procs.values():
             p.join()
     else:
         for u in todo:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,41 @@ def _write(path, record):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, default=str))
     return path
+
+
+def test_a_member_killed_without_reporting_fails_by_name_and_the_others_are_kept(benchmark_module):
+    """A member process that dies before putting its result (the out-of-memory killer's SIGKILL) used to leave the
+    job waiting on the queue forever; now it is reported as failed and the members that finished keep their results."""
+    import multiprocessing as mp
+    import os
+    import signal
+
+    acdc = benchmark_module("acdc_gpu")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = {"ok": ctx.Process(target=q.put, args=(("ok", {"test": {"dice": 0.9}}),)),
+             "exit": ctx.Process(target=os._exit, args=(3,)),
+             "killed": ctx.Process(target=os.abort)}  # dies by a signal (SIGABRT), as under the OOM killer's SIGKILL
+    for p in procs.values():
+        p.start()
+    seen = []
+    results = acdc._collect(procs, q, lambda name, code: seen.append((name, code)) or {"error": f"{name} {code}"},
+                            poll_s=0.2)
+    for p in procs.values():
+        p.join()
+    assert results["ok"] == {"test": {"dice": 0.9}}
+    assert sorted(seen) == [("exit", 3), ("killed", -signal.SIGABRT)]
+    assert results["exit"] == {"error": "exit 3"} and results["killed"] == {"error": f"killed {-signal.SIGABRT}"}
+
+
+def test_a_lost_run_is_saved_as_failed_with_the_reason(tmp_path, benchmark_module, monkeypatch):
+    acdc = benchmark_module("acdc_gpu")
+    monkeypatch.setattr(acdc, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path / "results")
+    res = acdc._lost_run("heteromedseg-a", "heteromedseg", -9, _args(tag="_ens", copy_to=None))
+    saved = json.loads(Path(res["result_file"]).read_text())
+    assert saved["error"] == ("the process of run 'heteromedseg-a' ended without a result: killed by signal 9 "
+                              "(SIGKILL: out of memory?)") and saved["model"] == "heteromedseg"
+    assert Path(res["result_file"]).parent == tmp_path / "results"
+    other = acdc._lost_run("heteromedseg-b", "heteromedseg", 2, _args(tag="_ens", copy_to=None))
+    assert other["error"].endswith("ended without a result: exit code 2")
