@@ -125,6 +125,10 @@ def device_of(d: dict) -> str:
         device = f"folds trained on {trained}; scored on {device or NOT_RECORDED}"
     if not device:
         return NOT_RECORDED
+    return _gpu_label(device)
+
+
+def _gpu_label(device) -> str:
     # a few files add a machine-pool label after the GPU name, e.g. "NVIDIA H100 80GB HBM3 (pool-x1)": drop it
     return re.sub(r" \([a-z0-9-]+\)$", "", str(device))
 
@@ -137,9 +141,10 @@ def _fold_devices(d: dict) -> str:
     by: dict[str, list[int]] = {}
     for f in d.get("fold_training") or []:
         name = f.get("device") or NOT_RECORDED
-        by.setdefault(re.sub(r" \([a-z0-9-]+\)$", "", str(name)), []).append(int(f["fold"]))
+        by.setdefault(_gpu_label(name), []).append(int(f["fold"]))
     if set(by) <= {NOT_RECORDED}:
         return ""
+
     def span(ix):
         return f"fold {ix[0]}" if len(ix) == 1 else (f"folds {ix[0]}-{ix[-1]}" if ix == list(range(ix[0], ix[-1] + 1))
                                                     else "folds " + ",".join(map(str, ix)))
