@@ -94,7 +94,8 @@ def _fold_facts(root: Path, k: int, stated_devices: dict[int, str] | None = None
     for i in range(k):
         m = json.loads((root / f"fold_{i}" / "metrics.json").read_text())
         # the GPU that trained the fold: its own record (metrics.json since 2026-12-07), else what --fold-device states
-        device, source = m["train"].get("device_name"), "metrics.json"
+        device = m["train"].get("device_name")
+        source = "metrics.json" if device is not None else None
         if device is None and (stated_devices or {}).get(i):
             device, source = stated_devices[i], "stated when scoring (--fold-device)"
         hist = json.loads((root / f"fold_{i}" / "history.json").read_text())
@@ -104,7 +105,7 @@ def _fold_facts(root: Path, k: int, stated_devices: dict[int, str] | None = None
                     "stop_reason": m["train"]["stop_reason"],
                     "seconds": round(sum(r.get("time", 0.0) for r in hist), 1),
                     "seconds_last_process": m["train"]["seconds"],
-                    "device": device, "device_source": source if device is not None else None,
+                    "device": device, "device_source": source,
                     "best_epoch": m["best_epoch"], "val_dice_best": m["dice"],
                     "val_dice_last": (m.get("last") or {}).get("dice"),
                     **_lr_facts(hist), **_drop_facts(hist, m["train"]["epochs"])})

@@ -139,17 +139,21 @@ def _fold_devices(d: dict) -> str:
     if not str(d.get("note", "")).startswith("scored with --score-only"):
         return ""
     by: dict[str, list[int]] = {}
+    stated = False
     for f in d.get("fold_training") or []:
-        name = f.get("device") or NOT_RECORDED
-        by.setdefault(_gpu_label(name), []).append(int(f["fold"]))
+        by.setdefault(_gpu_label(f.get("device") or NOT_RECORDED), []).append(int(f["fold"]))
+        stated = stated or str(f.get("device_source")).startswith("stated")
     if set(by) <= {NOT_RECORDED}:
         return ""
+    trained = ", ".join(f"{name} ({_fold_span(sorted(ix))})" for name, ix in by.items())
+    return trained + (" (as stated)" if stated else "")
 
-    def span(ix):
-        return f"fold {ix[0]}" if len(ix) == 1 else (f"folds {ix[0]}-{ix[-1]}" if ix == list(range(ix[0], ix[-1] + 1))
-                                                    else "folds " + ",".join(map(str, ix)))
-    stated = any((f.get("device_source") or "").startswith("stated") for f in d["fold_training"] if f.get("device"))
-    return ", ".join(f"{name} ({span(sorted(ix))})" for name, ix in by.items()) + (" (as stated)" if stated else "")
+
+def _fold_span(ix: list[int]) -> str:
+    """``fold 3``, ``folds 0-2`` (consecutive) or ``folds 0,2,4``."""
+    if len(ix) == 1:
+        return f"fold {ix[0]}"
+    return f"folds {ix[0]}-{ix[-1]}" if ix == list(range(ix[0], ix[-1] + 1)) else "folds " + ",".join(map(str, ix))
 
 
 def date_of(d: dict) -> str:
