@@ -54,10 +54,15 @@ def test_n_win_from_img_size_or_given():
     assert mambaseg.create_model("heteromedseg", img_size=256, **TINY).n_win == 8
     assert mambaseg.create_model("heteromedseg", img_size=224, **TINY).n_win == 7
     m = mambaseg.create_model("heteromedseg", n_win=3, **TINY)
-    assert m.stride == 48
-    with pytest.raises(ValueError, match="divisible by 48"):
-        m(torch.randn(1, 3, 64, 64))
+    assert m.stride == 96  # lcm(32, 16 * n_win): a whole H/32 map and an H/16 map divisible by n_win
+    for bad in (48, 64, 144):  # 48 and 144 are multiples of 16 * n_win but not of 32: clear error, not a crash inside
+        with pytest.raises(ValueError, match="divisible by 96"):
+            m(torch.randn(1, 3, bad, bad))
     assert m(torch.randn(1, 3, 96, 96)).shape == (1, 1, 96, 96)
+    seven = mambaseg.create_model("heteromedseg", n_win=7, **TINY).eval()
+    assert seven.stride == 224 and seven.valid_size(112, 112) == (224, 224)
+    with pytest.raises(ValueError, match="divisible by 224"):
+        seven(torch.randn(1, 3, 112, 112))
     with pytest.raises(ValueError, match="img_size"):
         mambaseg.create_model("heteromedseg", img_size=100, **TINY)
 
@@ -97,7 +102,7 @@ def test_recipes(name, classes):
         "cosine_restarts", "step", 50, 2)
     assert cfg.loss.name == "ce_dice" and cfg.loss.kwargs == {"ce_weight": 0.4, "dice_weight": 0.6}
     m = mambaseg.create_model(cfg.model.name, num_classes=classes, in_chans=1, **dict(cfg.model.kwargs, **TINY))
-    assert m.n_win == 7 and m.stride == 112
+    assert m.n_win == 7 and m.stride == 224
 
 
 def test_vmunet_synapse_recipe():

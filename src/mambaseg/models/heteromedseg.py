@@ -20,6 +20,8 @@ Layout (following the released code):
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,7 +123,9 @@ class HeteroMedSeg(SegmentationModel):
         self.n_win = n_win
         self.mixer = mixer
         self.bottleneck = bottleneck
-        self.stride = 32 if n_win is None else 16 * n_win
+        # H/32 must be whole (encoder) and H/16 divisible by n_win (the deepest routing step): lcm(32, 16 n_win);
+        # 16 * n_win alone let 112 through for n_win 7, which then failed deep in the decoder
+        self.stride = 32 if n_win is None else math.lcm(32, 16 * n_win)
         dims = list(embed_dim)
         c_in = 3 if in_chans == 1 else in_chans
 
