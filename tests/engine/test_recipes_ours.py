@@ -116,3 +116,43 @@ def test_the_acdc_recipe_quotes_its_measured_run():
     assert f"train+val {ens}" in description and e["test_tta_flip"]["dice"] < 0.90
     assert all(f"{m['test_dice']:.3f}" in text for m in e["members"])
     assert all(m["epochs"] == 60 for m in e["members"]) and "for 60 epochs" in text
+
+
+def test_the_acdc_trainval_recipe_is_the_measured_ensembles_member_recipe():
+    """heteromedseg_acdc_trainval, with each member's own overrides, resolves to the config its measured runs trained
+    with (benchmarks/acdc_gpu.py: heteromedseg_acdc_best + its --epochs/--warmup/--train-on-val overrides), apart from
+    where the run wrote and read; and it quotes the ensemble's test numbers from the results file."""
+    import json
+    from importlib import resources
+    from pathlib import Path
+
+    from mambaseg.configs import apply_overrides
+
+    cfg = load_recipe("heteromedseg_acdc_trainval")
+    assert cfg.data.train_splits == ["train", "val"] and cfg.train.epochs == 100 and cfg.schedule.warmup == 300
+    assert _diff(load_recipe("heteromedseg_acdc_best"), cfg) == {"data.train_splits", "train.epochs",
+                                                                  "schedule.warmup"}
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    if not results.is_dir():
+        pytest.skip("benchmarks/results is not beside the tests (installed package)")
+    e = json.loads((results / "acdc_heteromedseg_ensemble_ens_tov100.json").read_text())
+    assert e["train_on_val"] and len(e["members"]) == 3 and "none" in e["selection_rule"]
+    runtime = {"data.path", "train.out", "train.device", "data.num_workers", "train.log_every",
+               "data.persistent_workers", "train.checkpoint_every"}
+    for m in e["members"]:
+        run = json.loads((results / m["result_file"]).read_text())
+        assert run["epochs_done"] == run["epochs"] == 100 and run["train_on_val"]
+        measured = apply_overrides(apply_overrides(load_recipe(run["recipe"]), run["member_overrides"]),
+                                   run["overrides"])
+        ours = apply_overrides(cfg, m["member_overrides"])
+        assert _diff(measured, ours) <= runtime, _diff(measured, ours) - runtime
+    text = resources.files("mambaseg.configs").joinpath("recipes", "heteromedseg_acdc_trainval.yaml").read_text()
+    ens, tta = f"{e['test']['dice']:.3f}", f"{e['test_tta_flip']['dice']:.3f}"
+    assert f"test mean Dice {ens}" in text and f"{tta} with flip TTA" in text
+    assert f"test Dice {ens}, {tta} with flip TTA" in cfg.description
+    assert all(f"{m['test_dice']:.3f}" in text for m in e["members"])
+    assert all(f"{name} {e['test']['classes'][name]['dice']:.3f}" in text for name in ("RV", "Myo", "LV"))
+    # the procedure the comment gives names every member's overrides and evaluates the final weights
+    for m in e["members"]:
+        assert all(f"--set {o}" in text for o in m["member_overrides"] if o != "data.augmentation=flips_rotate")
+    assert text.count("checkpoints/last.pt") == 3 and "--tta flip" in text and "best.pt" not in text
