@@ -145,6 +145,13 @@ def test_predict_and_evaluate_with_tta_and_ensemble(tmp_path, synthetic_data_mod
         g = np.asarray(Image.open(synthetic_data_module / "val" / "masks" / f.name)) > 127
         tp += int((m & g).sum()); fp += int((m & ~g).sum()); fn += int((~m & g).sum())
     assert ev["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4)
+    # the CLI's table says what was evaluated in words (not a list of paths)
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(a), "--checkpoint", str(b), "--tta", "flip", "--data",
+                              str(synthetic_data_module), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    words = " ".join(res.output.split())  # rich wraps the title to the table's width
+    assert "val metrics of an ensemble of 2 checkpoints (probabilities averaged), flip TTA" in words
+    assert "PosixPath" not in res.output
 
 
 def test_volumes_are_predicted_slice_by_slice_with_tta():

@@ -126,9 +126,19 @@ def evaluate_checkpoint(
     if console is not None:
         table = task.evaluator.summary_table({**result, "best_epoch": ckpt.get("epoch"), "train": {}},
                                              Path(str(members[0])))
-        table.title = f"{split} metrics of {checkpoint} (epoch {ckpt.get('epoch')})"
+        table.title = _table_title(split, members, tta, ckpt.get("epoch"))
         console.print(table)
     return result
+
+
+def _table_title(split: str, members: list[Path], tta: str | None, epoch: Any) -> str:
+    """What was evaluated, in words: one checkpoint with its epoch, or an ensemble by its size; TTA if any."""
+    from mambaseg.inference.ensemble import tta_mode
+
+    what = (f"{members[0]} (epoch {epoch})" if len(members) == 1
+            else f"an ensemble of {len(members)} checkpoints (probabilities averaged)")
+    mode = tta_mode(tta)
+    return f"{split} metrics of {what}" + ("" if mode == "none" else f", {mode} TTA")
 
 
 def _ensemble_members(checkpoint: Any, tta: str | None) -> list[Path]:
