@@ -34,3 +34,38 @@ def test_readme_api_and_verbs_exist():
     verbs = {c.name for c in app.registered_commands}
     for verb in re.findall(r"`mambaseg (\w+)", text):
         assert verb in verbs, verb
+
+
+def _numbers(obj, out: list[float]) -> list[float]:
+    """The floats and ints of a parsed JSON document outside its lists (per-case rows and histories hold so many
+    values that nearly any number would be found among them)."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _numbers(v, out)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out.append(float(obj))
+    return out
+
+
+def test_the_measured_table_quotes_its_results_files():
+    """Each row of README's "Measured on the bundled data" table names a results file; every decimal number in the
+    row's result cell must be a value of that file at the precision shown (no number typed in by hand)."""
+    import json
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Measured on the bundled data", 1)[1].split("\n\n", 3)[2]
+    rows = [r for r in section.splitlines() if r.startswith("| `")]
+    assert len(rows) >= 8, rows
+    checked = 0
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        name = cells[-1].strip("`")
+        path = REPO / "benchmarks" / "results" / name
+        assert path.is_file(), f"README row names {name}, which is not in benchmarks/results"
+        values = _numbers(json.loads(path.read_text()), [])
+        for num in re.findall(r"(?<![\w.])\d+\.\d+", cells[3]):
+            places = len(num.split(".")[1])
+            shown = {f"{v:.{places}f}" for v in values}
+            assert num in shown, f"README: {num} in the row of {name} is not a value of that file"
+            checked += 1
+    assert checked >= 20
