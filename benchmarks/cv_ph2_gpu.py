@@ -413,12 +413,26 @@ def _smoke_cache(tmp: Path) -> Path:
     return write_cache(root, (32, 32), tmp / "smoke_32.npz")[0]
 
 
+def _fold_list(spec: str, folds: int) -> list[int]:
+    """The folds a command-line list names: ``3``, ``0-2`` or several joined by commas (``0-2,4``), each in
+    ``0..folds-1``; ``ValueError`` otherwise."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        first, _, last = part.partition("-")
+        if not (first.strip().isdigit() and (not last or last.strip().isdigit())):
+            raise ValueError(part)
+        out.update(range(int(first), int(last or first) + 1))
+    if not out or not all(0 <= i < folds for i in out):
+        raise ValueError(spec)
+    return sorted(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", default="vmunet_ph2_best")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--only-folds", default=None, metavar="I,J",
+    ap.add_argument("--only-folds", default=None, metavar="I,J-K",
                     help="train only these folds (e.g. 3,4 when 0-2 were trained elsewhere): the scoring follows "
                          "only once every fold is in --runs; merge the packed roots, then --score-only")
     ap.add_argument("--split-seed", type=int, default=0, help="seed of the fold split (same for every run)")
@@ -478,18 +492,20 @@ def main() -> None:
     only_folds = None
     if args.only_folds is not None:
         try:
-            only_folds = sorted({int(s) for s in args.only_folds.split(",") if s.strip()})
+            only_folds = _fold_list(args.only_folds, folds)
         except ValueError:
-            ap.error(f"--only-folds: fold numbers separated by commas, got {args.only_folds!r}")
-        if not only_folds or not all(0 <= i < folds for i in only_folds):
-            ap.error(f"--only-folds: fold numbers in 0..{folds - 1} (--folds {folds}), got {args.only_folds!r}")
+            ap.error(f"--only-folds: fold numbers in 0..{folds - 1} (--folds {folds}) separated by commas, got "
+                     f"{args.only_folds!r}")
     fold_devices = {}
     for item in args.fold_device:
         span, _, name = item.partition("=")
-        first, _, last = span.partition("-")
-        if not (name.strip() and first.isdigit() and (not last or last.isdigit())):
-            ap.error(f"--fold-device: I=NAME or I-J=NAME (e.g. 0-2='NVIDIA H200'), got {item!r}")
-        fold_devices.update({i: name.strip() for i in range(int(first), int(last or first) + 1)})
+        try:
+            if not name.strip():
+                raise ValueError(item)
+            fold_devices.update(dict.fromkeys(_fold_list(span, folds), name.strip()))
+        except ValueError:
+            ap.error(f"--fold-device: I=NAME or I-J=NAME with folds in 0..{folds - 1} (e.g. 0-2='NVIDIA H200'), "
+                     f"got {item!r}")
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if args.pack:
         for recipe in recipes:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import tarfile
 
+import pytest
+
 
 def _run(cv, cache, runs, results, **kw):
     return cv.run_one("vmunet_ph2_best", 0, folds=2, split_seed=0, caches={(256, 256): str(cache)}, runs=runs,
@@ -60,3 +62,13 @@ def test_only_folds_out_of_range_is_refused_by_name(tmp_path):
     res = subprocess.run([sys.executable, str(script), "--only-folds", "3,7", "--runs", str(tmp_path)],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": "src"})
     assert res.returncode == 2 and "--only-folds: fold numbers in 0..4" in res.stderr
+
+
+def test_one_fold_list_syntax_for_only_folds_and_fold_device(benchmark_module):
+    """--only-folds and --fold-device read their folds with one parser: single folds, I-J spans, commas, in range."""
+    cv = benchmark_module("cv_ph2_gpu")
+    assert cv._fold_list("3,4", 5) == [3, 4] and cv._fold_list("0-2,4", 5) == [0, 1, 2, 4]
+    assert cv._fold_list(" 2 , 2-3 ", 5) == [2, 3]
+    for bad in ("", "x", "1-x", "3,7", "0-5", "-1"):
+        with pytest.raises(ValueError):
+            cv._fold_list(bad, 5)

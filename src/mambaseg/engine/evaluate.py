@@ -74,6 +74,8 @@ def evaluate_checkpoint(
 
     steps = parse_postprocess(postprocess)
     members = _ensemble_members(checkpoint, tta)
+    mode = tta_mode(tta)
+    ensembled = len(members) > 1 or mode != "none"
     checkpoint = members[0] if len(members) == 1 else members
     ckpt = load_checkpoint(members[0], map_location="cpu")
     if ckpt.get("config"):
@@ -92,7 +94,7 @@ def evaluate_checkpoint(
         model = build_model(ckpt).to(dev)
     except CheckpointError as e:
         raise CheckpointError(f"{checkpoint}: {e}") from e
-    if len(members) > 1 or tta_mode(tta) != "none":
+    if ensembled:
         model = _ensemble_model(model, members, tta).to(dev)
     amp_dtype, _ = resolve_amp(cfg.train.amp, dev)
     loss_fn = None
@@ -113,7 +115,7 @@ def evaluate_checkpoint(
                                                  enabled=show_progress) as bar:
         ectx.progress = bar
         metrics = task.evaluator.evaluate(model, ds, ectx)
-    if len(members) > 1 or tta_mode(tta) != "none":
+    if ensembled:
         metrics = {**metrics, "ensemble": len(members), "tta": tta or "none"}
     if steps:
         metrics = {**metrics, "postprocess": list(steps)}
@@ -126,18 +128,15 @@ def evaluate_checkpoint(
     if console is not None:
         table = task.evaluator.summary_table({**result, "best_epoch": ckpt.get("epoch"), "train": {}},
                                              Path(str(members[0])))
-        table.title = _table_title(split, members, tta, ckpt.get("epoch"))
+        table.title = _table_title(split, members, mode, ckpt.get("epoch"))
         console.print(table)
     return result
 
 
-def _table_title(split: str, members: list[Path], tta: str | None, epoch: Any) -> str:
-    """What was evaluated, in words: one checkpoint with its epoch, or an ensemble by its size; TTA if any."""
-    from mambaseg.inference.ensemble import tta_mode
-
+def _table_title(split: str, members: list[Path], mode: str, epoch: Any) -> str:
+    """What was evaluated, in words: one checkpoint with its epoch, or an ensemble by its size; the TTA ``mode``."""
     what = (f"{members[0]} (epoch {epoch})" if len(members) == 1
             else f"an ensemble of {len(members)} checkpoints (probabilities averaged)")
-    mode = tta_mode(tta)
     return f"{split} metrics of {what}" + ("" if mode == "none" else f", {mode} TTA")
 
 
