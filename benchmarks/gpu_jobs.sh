@@ -5,12 +5,20 @@
 #   bash benchmarks/gpu_jobs.sh start JOB...   # snapshot src/ + benchmarks/ + the caches, start each JOB (setsid)
 #   bash benchmarks/gpu_jobs.sh status         # one line per job: running/exit code, last log line
 #   bash benchmarks/gpu_jobs.sh wait SECONDS   # wait until no job runs (or SECONDS pass), then status
-#   bash benchmarks/gpu_jobs.sh collect DEST   # DEST/gpujobs.tgz: result JSONs, run logs/histories, job logs
+#   bash benchmarks/gpu_jobs.sh collect DEST   # DEST/gpujobs.tgz: result JSONs, run logs/histories, job logs;
+#                                              # + each cv_* job's finished folds (cvstate_*.tgz, no checkpoints)
 #
 # Jobs (each reads its cache from .gpucache/, built here beforehand, see the scripts' docstrings):
 #   ph2_vmunet ph2_vmbunet ph2_dermomamba  full-length PH2 recipes  (train_skin_ph2_gpu.py --full)
 #   slicemamba                             supernet + search + 3 retrainings on EndoTect (slicemamba_gpu.py run)
 #   acdc                                   MSVM-UNet and HeteroMedSeg on ACDC, side by side (acdc_gpu.py)
+#   cv_NAME                                PH2 5-fold cross-validation (cv_ph2_gpu.py) with the arguments in the
+#                                          variable CV_NAME (the job name upper-cased), e.g.
+#     CV_EMA='--recipes vmbunet_ph2_stable --tag ema --set train.ema_decay=0.999 --seeds 0 --parallel-folds 5' \
+#         bash benchmarks/gpu_jobs.sh start cv_ema
+#   (all cv_* jobs share runs/cv, so a job started again on the same machine resumes its unfinished folds);
+#   back here: cat DEST/cvstate_<root>.tgz* | tar xz -C /tmp/r, then cv_ph2_gpu.py with the job's arguments and
+#   --runs /tmp/r/cv --score-only (tests/test_gpu_jobs.py does exactly this)
 # Budgets (seconds) via the environment: SM_BUDGET (default 1200), ACDC_BUDGET (900, per model; more acdc_gpu.py
 # options in ACDC_ARGS, e.g. ACDC_ARGS='--validations 15 --hard-stop 1.04 --tag _full'),
 # PH2_SAFETY_MIN (26, a stop for runs that would not finish).
@@ -40,7 +48,15 @@ start_job() {
       cp .gpucache/acdc_224.npz "$snap/.gpucache/"
       cmd="${PYTHON:-python} benchmarks/acdc_gpu.py --cache .gpucache/acdc_224.npz --budget-s ${ACDC_BUDGET:-900} --workers 3 \
 --runs $ROOT/runs --copy-to $ROOT/results/acdc ${ACDC_ARGS:-}" ;;
-    *) echo "unknown job '$job' (ph2_vmunet ph2_vmbunet ph2_dermomamba slicemamba acdc)" >&2; return 2 ;;
+    cv_*)
+      local var args
+      var=$(echo "$job" | tr '[:lower:]' '[:upper:]')
+      args=${!var:-}
+      if [ -z "$args" ]; then echo "job $job: set $var to its cv_ph2_gpu.py arguments (see the header)" >&2; return 2; fi
+      for c in .gpucache/ph2_256.npz .gpucache/ph2_192x256.npz; do [ -f "$c" ] && cp "$c" "$snap/.gpucache/"; done
+      echo "$args" > "$ROOT/logs/$job.args"
+      cmd="${PYTHON:-python} benchmarks/cv_ph2_gpu.py $args --runs $ROOT/runs/cv --results-dir $ROOT/results" ;;
+    *) echo "unknown job '$job' (ph2_vmunet ph2_vmbunet ph2_dermomamba slicemamba acdc cv_NAME)" >&2; return 2 ;;
   esac
   echo "$cmd" > "$ROOT/logs/$job.cmd"
   rm -f "$ROOT/logs/$job.rc"
@@ -79,7 +95,12 @@ case ${1:-status} in
   collect)
     dest=${2:?collect needs a destination folder}
     mkdir -p "$dest"
-    ( cd "$ROOT" && find runs -maxdepth 3 \( -name 'history.json' -o -name 'metrics.json' -o -name 'train.log' \
+    for f in "$ROOT"/logs/cv_*.args; do  # finished folds of the cross-validations, packed as cv_ph2_gpu.py does
+      [ -e "$f" ] || continue
+      ( cd "$ROOT/snap_$(basename "$f" .args)" && PYTHONPATH=src bash -c "${PYTHON:-python} benchmarks/cv_ph2_gpu.py \
+          $(cat "$f") --runs $ROOT/runs/cv --pack $dest --pack-part-mib ${PACK_PART_MIB:-15}" ) || true
+    done
+    ( cd "$ROOT" && find runs -maxdepth 4 \( -name 'history.json' -o -name 'metrics.json' -o -name 'train.log' \
         -o -name 'config.yaml' -o -name '*.jsonl' -o -name 'arch.json' \) -print0 \
       | tar czf "$dest/gpujobs.tgz" --null -T - results logs )
     ls -la "$dest" ;;

@@ -1,0 +1,93 @@
+"""benchmarks/gpu_jobs.sh, cv_* jobs: a cross-validation started in the background, then collected as the packed
+finished folds that score back here exactly as they scored there."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_jobs.sh"
+if not SCRIPT.is_file():
+    pytest.skip("benchmarks/ is not beside the tests (installed package)", allow_module_level=True)
+if shutil.which("bash") is None or shutil.which("setsid") is None:
+    pytest.skip("needs bash and setsid", allow_module_level=True)
+
+TINY = ("--recipes vmunet_ph2_best --tag t --seeds 0 --folds 2 --epochs 1 --device cpu --no-tta --checkpoints last "
+        "--cache 32x32=.gpucache/ph2_256.npz --set data.image_size=[32,32] --set model.name=vmunet_tiny "
+        "--set 'model.kwargs={dims: 8, d_state: 2}' --set train.scan_backend=torch --set data.num_workers=0 "
+        "--set train.batch_size=4")
+
+
+def _jobs(work: Path, root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, "GPUJOBS_DIR": str(root), "PYTHON": sys.executable, **(env or {})}
+    return subprocess.run(["bash", str(work / "benchmarks" / "gpu_jobs.sh"), *args], cwd=work, env=e,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture()
+def work(tmp_path):
+    """A checkout-like folder: src/ and benchmarks/ and a tiny synthetic cache where the PH2 cache would be."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import cv_ph2_gpu
+    finally:
+        sys.path.pop(0)
+    w = tmp_path / "w"
+    (w / ".gpucache").mkdir(parents=True)
+    shutil.copytree(REPO / "benchmarks", w / "benchmarks", ignore=shutil.ignore_patterns("results", "official"))
+    shutil.copytree(REPO / "src", w / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    shutil.copy(cv_ph2_gpu._smoke_cache(tmp_path), w / ".gpucache" / "ph2_256.npz")
+    return w
+
+
+def test_a_cv_job_without_its_arguments_is_refused_naming_the_variable(work, tmp_path):
+    r = _jobs(work, tmp_path / "jobs", "start", "cv_ema", env={"CV_EMA": ""})
+    assert r.returncode != 0 and "set CV_EMA" in r.stderr
+
+
+def test_cv_job_runs_in_the_background_and_collects_restorable_folds(work, tmp_path):
+    root = tmp_path / "jobs"
+    r = _jobs(work, root, "start", "cv_t", env={"CV_T": TINY})
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 1800  # a generous bound against a hang, not a speed check
+    while not (root / "logs" / "cv_t.rc").exists():
+        assert time.monotonic() < deadline, (root / "logs" / "cv_t.log").read_text()[-2000:]
+        time.sleep(2)
+    log = (root / "logs" / "cv_t.log").read_text()
+    assert (root / "logs" / "cv_t.rc").read_text().strip() == "0", log[-2000:]
+    there = json.loads((root / "results" / "cv_ph2_vmunet_ph2_best-t_s0.json").read_text())
+
+    dest = tmp_path / "out"
+    r = _jobs(work, root, "collect", str(dest))
+    assert r.returncode == 0, r.stderr
+    packed = sorted(dest.glob("cvstate_cv_ph2_vmunet_ph2_best-t_s0.tgz*"))
+    assert packed and (dest / "gpujobs.tgz").is_file()
+    with tarfile.open(dest / "gpujobs.tgz") as t:
+        names = t.getnames()
+    assert any(n.endswith("fold_1/history.json") for n in names) and "logs/cv_t.args" in names
+
+    # back here: unpack the folds (no checkpoints travel) and score them without training
+    here = tmp_path / "here"
+    here.mkdir()
+    blob = b"".join(p.read_bytes() for p in packed)
+    (here / "state.tgz").write_bytes(blob)
+    with tarfile.open(here / "state.tgz") as t:
+        assert not any(n.endswith(".pt") for n in t.getnames())
+        t.extractall(here, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    cmd = [sys.executable, "benchmarks/cv_ph2_gpu.py", *shlex.split(TINY)]  # the job's arguments, unquoted
+    r = subprocess.run(cmd + ["--runs", str(here / "cv"), "--results-dir", str(here / "res"), "--score-only"],
+                       cwd=work, env={**os.environ, "PYTHONPATH": str(work / "src")}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    back = json.loads((here / "res" / "cv_ph2_vmunet_ph2_best-t_s0.json").read_text())
+    assert back["pooled_oof_dsc"] == pytest.approx(there["pooled_oof_dsc"], abs=1e-12)
+    assert back["n_below_0.8"] == there["n_below_0.8"]
