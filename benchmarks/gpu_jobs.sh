@@ -50,6 +50,9 @@ start_job() {
 --runs $ROOT/runs --copy-to $ROOT/results/acdc ${ACDC_ARGS:-}" ;;
     cv_*)
       local var args
+      if [[ ! $job =~ ^cv_[A-Za-z0-9_]+$ ]]; then
+        echo "job $job: a cv job is named cv_ and letters, digits and '_' (its arguments are in \$CV_...)" >&2; return 2
+      fi
       var=$(echo "$job" | tr '[:lower:]' '[:upper:]')
       args=${!var:-}
       if [ -z "$args" ]; then echo "job $job: set $var to its cv_ph2_gpu.py arguments (see the header)" >&2; return 2; fi
@@ -95,14 +98,20 @@ case ${1:-status} in
   collect)
     dest=${2:?collect needs a destination folder}
     mkdir -p "$dest"
+    failed=""
     for f in "$ROOT"/logs/cv_*.args; do  # finished folds of the cross-validations, packed as cv_ph2_gpu.py does
       [ -e "$f" ] || continue
-      ( cd "$ROOT/snap_$(basename "$f" .args)" && PYTHONPATH=src bash -c "${PYTHON:-python} benchmarks/cv_ph2_gpu.py \
-          $(cat "$f") --runs $ROOT/runs/cv --pack $dest --pack-part-mib ${PACK_PART_MIB:-15}" ) || true
+      job=$(basename "$f" .args)
+      ( cd "$ROOT/snap_$job" && PYTHONPATH=src bash -c "${PYTHON:-python} benchmarks/cv_ph2_gpu.py \
+          $(cat "$f") --runs $ROOT/runs/cv --pack $dest --pack-part-mib ${PACK_PART_MIB:-15}" ) || failed="$failed $job"
     done
     ( cd "$ROOT" && find runs -maxdepth 4 \( -name 'history.json' -o -name 'metrics.json' -o -name 'train.log' \
         -o -name 'config.yaml' -o -name '*.jsonl' -o -name 'arch.json' \) -print0 \
       | tar czf "$dest/gpujobs.tgz" --null -T - results logs )
-    ls -la "$dest" ;;
+    ls -la "$dest"
+    if [ -n "$failed" ]; then  # the rest is collected; say what is missing and fail
+      echo "collect: could not pack the folds of:$failed (see the messages above); gpujobs.tgz holds their logs" >&2
+      exit 1
+    fi ;;
   *) echo "usage: $0 start JOB... | status | wait SECONDS | collect DEST" >&2; exit 2 ;;
 esac

@@ -35,13 +35,9 @@ def _jobs(work: Path, root: Path, *args: str, env: dict | None = None) -> subpro
 
 
 @pytest.fixture()
-def work(tmp_path):
+def work(tmp_path, benchmark_module):
     """A checkout-like folder: src/ and benchmarks/ and a tiny synthetic cache where the PH2 cache would be."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import cv_ph2_gpu
-    finally:
-        sys.path.pop(0)
+    cv_ph2_gpu = benchmark_module("cv_ph2_gpu")
     w = tmp_path / "w"
     (w / ".gpucache").mkdir(parents=True)
     shutil.copytree(REPO / "benchmarks", w / "benchmarks", ignore=shutil.ignore_patterns("results", "official"))
@@ -53,6 +49,17 @@ def work(tmp_path):
 def test_a_cv_job_without_its_arguments_is_refused_naming_the_variable(work, tmp_path):
     r = _jobs(work, tmp_path / "jobs", "start", "cv_ema", env={"CV_EMA": ""})
     assert r.returncode != 0 and "set CV_EMA" in r.stderr
+    r = _jobs(work, tmp_path / "jobs", "start", "cv_a-b")
+    assert r.returncode != 0 and "letters, digits and '_'" in r.stderr
+
+
+def test_collect_says_which_cv_job_could_not_be_packed_and_fails(work, tmp_path):
+    root = tmp_path / "jobs"
+    (root / "logs").mkdir(parents=True)
+    (root / "logs" / "cv_x.args").write_text("--recipes vmunet_ph2_best --no-such-option")
+    (root / "snap_cv_x").symlink_to(work, target_is_directory=True)
+    r = _jobs(work, root, "collect", str(tmp_path / "out"))
+    assert r.returncode != 0 and "cv_x" in r.stderr and (tmp_path / "out" / "gpujobs.tgz").is_file()
 
 
 def test_cv_job_runs_in_the_background_and_collects_restorable_folds(work, tmp_path):
