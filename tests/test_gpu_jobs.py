@@ -22,10 +22,12 @@ if not SCRIPT.is_file():
 if shutil.which("bash") is None or shutil.which("setsid") is None:
     pytest.skip("needs bash and setsid", allow_module_level=True)
 
-TINY = ("--recipes vmunet_ph2_best --tag t --seeds 0 --folds 2 --epochs 1 --device cpu --no-tta --checkpoints last "
-        "--cache 32x32=.gpucache/ph2_256.npz --set data.image_size=[32,32] --set model.name=vmunet_tiny "
-        "--set 'model.kwargs={dims: 8, d_state: 2}' --set train.scan_backend=torch --set data.num_workers=0 "
-        "--set train.batch_size=4")
+
+def _tiny(cv) -> str:
+    """A cv job's arguments for the CPU: cv_ph2_gpu's own --smoke model settings, 2 folds of one epoch."""
+    sets = " ".join(f"--set {shlex.quote(s)}" for s in cv.SMOKE_SETS)
+    return ("--recipes vmunet_ph2_best --tag t --seeds 0 --folds 2 --epochs 1 --device cpu --no-tta --checkpoints last "
+            f"--cache 32x32=.gpucache/ph2_256.npz {sets}")
 
 
 def _jobs(work: Path, root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -62,9 +64,10 @@ def test_collect_says_which_cv_job_could_not_be_packed_and_fails(work, tmp_path)
     assert r.returncode != 0 and "cv_x" in r.stderr and (tmp_path / "out" / "gpujobs.tgz").is_file()
 
 
-def test_cv_job_runs_in_the_background_and_collects_restorable_folds(work, tmp_path):
+def test_cv_job_runs_in_the_background_and_collects_restorable_folds(work, tmp_path, benchmark_module):
+    tiny = _tiny(benchmark_module("cv_ph2_gpu"))
     root = tmp_path / "jobs"
-    r = _jobs(work, root, "start", "cv_t", env={"CV_T": TINY})
+    r = _jobs(work, root, "start", "cv_t", env={"CV_T": tiny})
     assert r.returncode == 0, r.stderr
     deadline = time.monotonic() + 1800  # a generous bound against a hang, not a speed check
     while not (root / "logs" / "cv_t.rc").exists():
@@ -91,7 +94,7 @@ def test_cv_job_runs_in_the_background_and_collects_restorable_folds(work, tmp_p
     with tarfile.open(here / "state.tgz") as t:
         assert not any(n.endswith(".pt") for n in t.getnames())
         t.extractall(here, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    cmd = [sys.executable, "benchmarks/cv_ph2_gpu.py", *shlex.split(TINY)]  # the job's arguments, unquoted
+    cmd = [sys.executable, "benchmarks/cv_ph2_gpu.py", *shlex.split(tiny)]  # the job's arguments, unquoted
     r = subprocess.run(cmd + ["--runs", str(here / "cv"), "--results-dir", str(here / "res"), "--score-only"],
                        cwd=work, env={**os.environ, "PYTHONPATH": str(work / "src")}, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -26,6 +26,16 @@ def _lrs(cfg, steps_per_epoch=10):
     return out
 
 
+def _results():
+    """benchmarks/results beside the tests; the test is skipped where it is not (installed package)."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    if not results.is_dir():
+        pytest.skip("benchmarks/results is not beside the tests (installed package)")
+    return results
+
+
 def _diff(a, b):
     fa, fb = config_to_dict(a), config_to_dict(b)
     return {f"{s}.{k}" for s in fa if isinstance(fa[s], dict) for k in fa[s] if fa[s][k] != fb[s][k]}
@@ -62,13 +72,10 @@ def test_a_validated_recipe_quotes_its_results_file():
     import json
     import re
     from importlib import resources
-    from pathlib import Path
 
     text = resources.files("mambaseg.configs").joinpath("recipes", "vmunet_ph2_best.yaml").read_text()
     assert "NOT YET VALIDATED" not in text and "not yet" not in load_recipe("vmunet_ph2_best").description
-    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-    if not results.is_dir():
-        pytest.skip("benchmarks/results is not beside the tests (installed package)")
+    results = _results()
     for name in re.findall(r"cv_ph2_\w+\.json", text):
         d = json.loads((results / name).read_text())
         assert d["folds"] == 5 and len(d["per_case_dsc"]) == 100
@@ -93,14 +100,11 @@ def test_the_acdc_recipe_quotes_its_measured_run():
     """heteromedseg_acdc_best states the test Dice of its device run (below the 0.90 aim) from the results file."""
     import json
     from importlib import resources
-    from pathlib import Path
 
     text = resources.files("mambaseg.configs").joinpath("recipes", "heteromedseg_acdc_best.yaml").read_text()
     description = load_recipe("heteromedseg_acdc_best").description
     assert "NOT YET VALIDATED" not in text and "not yet validated" not in description
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "acdc_heteromedseg_best.json"
-    if not path.is_file():
-        pytest.skip("benchmarks/results is not beside the tests (installed package)")
+    path = _results() / "acdc_heteromedseg_best.json"
     d = json.loads(path.read_text())
     assert d["recipe"] == "heteromedseg_acdc_best" and d["epochs_done"] == d["epochs"]
     dice = f"{d['test']['dice']:.3f}"
@@ -124,7 +128,6 @@ def test_the_acdc_trainval_recipe_is_the_measured_ensembles_member_recipe():
     where the run wrote and read; and it quotes the ensemble's test numbers from the results file."""
     import json
     from importlib import resources
-    from pathlib import Path
 
     from mambaseg.configs import apply_overrides
 
@@ -132,9 +135,7 @@ def test_the_acdc_trainval_recipe_is_the_measured_ensembles_member_recipe():
     assert cfg.data.train_splits == ["train", "val"] and cfg.train.epochs == 100 and cfg.schedule.warmup == 300
     assert _diff(load_recipe("heteromedseg_acdc_best"), cfg) == {"data.train_splits", "train.epochs",
                                                                   "schedule.warmup"}
-    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-    if not results.is_dir():
-        pytest.skip("benchmarks/results is not beside the tests (installed package)")
+    results = _results()
     e = json.loads((results / "acdc_heteromedseg_ensemble_ens_tov100.json").read_text())
     assert e["train_on_val"] and len(e["members"]) == 3 and "none" in e["selection_rule"]
     runtime = {"data.path", "train.out", "train.device", "data.num_workers", "train.log_every",

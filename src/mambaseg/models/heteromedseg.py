@@ -21,7 +21,6 @@ Layout (following the released code):
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from typing import Any
 
