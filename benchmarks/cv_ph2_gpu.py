@@ -46,6 +46,10 @@ Usage (caches built where the data is; ``mambaseg cache`` stores train AND val, 
     PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmbunet_ph2 --seeds 0 --only-folds 3,4 --runs /tmp/cvruns
     tar xzf cvstate_folds_0-2.tgz -C /tmp && tar xzf cvstate_folds_3-4.tgz -C /tmp && PYTHONPATH=src python \
         benchmarks/cv_ph2_gpu.py --recipes vmbunet_ph2 --seeds 0 --runs /tmp/cvruns --score-only
+    # the training stability of folds stopped before their end (only their history.json is needed), beside the paper
+    # recipe's finished cross-validation: stability_ph2_vmbunet_ph2_stable-ema_s0.json
+    PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmbunet_ph2_stable --tag ema --set train.ema_decay=0.999 \
+        --seeds 0 --runs /tmp/r/cv --stability-only --anchor vmbunet_ph2 --fold-device 0-4='NVIDIA H100 80GB HBM3'
     # CPU smoke test (synthetic 32x32 data, vmunet_tiny, 2 folds of 1 epoch; results to a temporary folder):
     PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --smoke --ensemble
 """
@@ -338,6 +342,91 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
     return record
 
 
+DROP_BOUND = 0.05  # the issue's bound: no fall of 5 Dice points between consecutive epochs
+DROP_LISTED = 0.02  # falls listed one by one in a stability record
+
+
+def run_stability(recipe: str, seed: int, *, folds: int, runs: Path, results: Path, epochs: int | None,
+                  extra: list[str], tag: str | None = None, anchor: str | None = None,
+                  fold_devices: dict[int, str] | None = None, note: str | None = None) -> dict:
+    """The training stability of one (recipe, seed) cross-validation from its folds' ``history.json`` alone, finished
+    or not (e.g. folds a device budget stopped): per fold the epochs done of those planned, the largest fall of
+    validation Dice between consecutive epochs over all of them and after the first tenth of the planned run, every
+    fall over ``DROP_LISTED``, the training loss after the first tenth, the learning rates. Beside it (``anchor``,
+    a recipe) the same facts of that recipe's finished cross-validation with the same seed, from its result file.
+    Writes ``<results>/stability_ph2_<name>_s<seed>.json``; scores nothing (unfinished folds have no out-of-fold
+    predictions)."""
+    from mambaseg.configs import apply_overrides, load_recipe
+
+    cfg = apply_overrides(load_recipe(recipe), extra + ([f"train.epochs={epochs}"] if epochs is not None else []))
+    planned = int(cfg.train.epochs)
+    tenth = planned // 10
+    name = run_name(recipe, tag)
+    root = runs / seed_name(name, seed)
+    rows = []
+    for i in range(folds):
+        f = root / f"fold_{i}" / "history.json"
+        if not f.is_file():
+            raise SystemExit(f"{f} is missing: fold {i} of {root} has no history (restore it, or use --folds)")
+        hist = json.loads(f.read_text())
+        if not isinstance(hist, list) or not hist:
+            raise SystemExit(f"{f}: expected a non-empty list of per-epoch records")
+        late = [r["train_loss"] for r in hist if r.get("epoch", 0) > tenth and r.get("train_loss") is not None]
+        vals = [r["val"]["dice"] for r in hist if isinstance(r.get("val"), dict) and "dice" in r["val"]]
+        seconds = sum(r.get("time", 0.0) for r in hist)
+        rows.append({
+            "fold": i, "epochs_done": int(hist[-1].get("epoch", len(hist))), "epochs_planned": planned,
+            "finished": (root / f"fold_{i}" / "metrics.json").is_file(),
+            "device": (fold_devices or {}).get(i), "device_source": "stated (--fold-device)" if (fold_devices or {})
+            .get(i) else None,
+            **_drop_facts(hist, planned),
+            "drops_over_listed": [[e, round(d, 4)] for d, e in _drops(hist) if d > DROP_LISTED],
+            "val_dice_last": vals[-1] if vals else None,
+            "train_loss_max_after_first_tenth": max(late) if late else None,
+            **_lr_facts(hist),
+            "seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / len(hist), 2),
+        })
+    worst_late = max((r["max_epoch_drop_after_first_tenth"] for r in rows
+                      if r["max_epoch_drop_after_first_tenth"] is not None), default=None)
+    worst = max((r["max_epoch_drop"] for r in rows if r["max_epoch_drop"] is not None), default=None)
+    record = {
+        "what": f"training stability of the {folds}-fold cross-validation of recipe {recipe}"
+                + (f" (variant {tag!r}: {extra})" if tag else "") + f", seed {seed}, from its folds' histories",
+        "recipe": recipe, "variant": tag, "seed": seed, "folds": folds, "overrides": extra,
+        "selection_rule": "none: no weights are selected or scored here (validation Dice of each epoch as logged)",
+        "bound": DROP_BOUND, "first_tenth_epochs": tenth, "listed_drops_over": DROP_LISTED,
+        "epochs_done": [r["epochs_done"] for r in rows], "epochs_planned": planned,
+        "all_folds_finished": all(r["finished"] for r in rows),
+        "max_epoch_drop": worst, "max_epoch_drop_after_first_tenth": worst_late,
+        "bound_met": worst is not None and worst < DROP_BOUND,
+        "bound_met_after_first_tenth": worst_late is not None and worst_late < DROP_BOUND,
+        "fold_training": rows,
+        "environment": environment(),
+        "folds_trained_elsewhere": True,
+        "environment_note": "'environment' is where the histories were read; the folds trained on fold_training[]"
+                            ".device",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if note:
+        record["note"] = note
+    if anchor:
+        a_path = results / f"{seed_name(anchor, seed)}.json"
+        if not a_path.is_file():
+            raise SystemExit(f"--anchor {anchor}: {a_path} is missing (the anchor's cross-validation result file)")
+        a = json.loads(a_path.read_text())
+        keys = ("epochs", "max_epoch_drop", "max_epoch_drop_epoch", "max_epoch_drop_after_first_tenth",
+                "max_epoch_drop_after_first_tenth_epoch", "val_dice_last", "lr_last")
+        record["anchor"] = {"recipe": anchor, "file": a_path.name,
+                            "fold_training": [{k: f.get(k) for k in ("fold", *keys)} for f in a["fold_training"]]}
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"stability_ph2_{name}_s{seed}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"{name} seed {seed}: epochs {min(record['epochs_done'])}-{max(record['epochs_done'])} of {planned}; "
+          f"largest fall of val Dice {100 * (worst or 0):.2f} points, after epoch {tenth} "
+          f"{100 * (worst_late or 0):.2f} -> {path}", flush=True)
+    return record
+
+
 def run_name(recipe: str, tag: str | None) -> str:
     """The name of a recipe's cross-validations: the recipe, or ``<recipe>-<tag>`` for a variant (--tag)."""
     return f"{recipe}-{tag}" if tag else recipe
@@ -467,7 +556,15 @@ def main() -> None:
                          "cv_ph2_<recipe>-<tag>_s<seed> so they never mix with the recipe's own")
     ap.add_argument("--fold-device", action="append", default=[], metavar="I[-J]=NAME",
                     help="with --score-only: the GPU that trained folds I..J, for folds whose metrics.json predates "
-                         "its device_name (recorded as stated, e.g. 0-2='NVIDIA H200')")
+                         "its device_name; with --stability-only: the GPU that trained them (histories do not "
+                         "name it); recorded as stated, e.g. 0-2='NVIDIA H200'")
+    ap.add_argument("--stability-only", action="store_true",
+                    help="train and score nothing: write each (recipe, seed) root's training stability from its "
+                         "folds' history.json, finished or not (stability_ph2_<name>_s<seed>.json, run_stability)")
+    ap.add_argument("--anchor", default=None, metavar="RECIPE",
+                    help="with --stability-only: the recipe whose cross-validation result file (same seed) is "
+                         "recorded beside, e.g. the paper recipe the variant fixes")
+    ap.add_argument("--note", default=None, help="with --stability-only: how the folds were trained, recorded as is")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test on synthetic data (tiny model, 2 folds)")
     args = ap.parse_args()
     if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.]*", args.tag):
@@ -507,6 +604,12 @@ def main() -> None:
             ap.error(f"--fold-device: I=NAME or I-J=NAME with folds in 0..{folds - 1} (e.g. 0-2='NVIDIA H200'), "
                      f"got {item!r}")
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if args.stability_only:
+        for recipe in recipes:
+            for seed in seeds:
+                run_stability(recipe, seed, folds=folds, runs=runs, results=results, epochs=epochs, extra=extra,
+                              tag=args.tag, anchor=args.anchor, fold_devices=fold_devices, note=args.note)
+        return
     if args.pack:
         for recipe in recipes:
             for seed in seeds:

@@ -14,11 +14,14 @@
 #   acdc                                   MSVM-UNet and HeteroMedSeg on ACDC, side by side (acdc_gpu.py)
 #   cv_NAME                                PH2 5-fold cross-validation (cv_ph2_gpu.py) with the arguments in the
 #                                          variable CV_NAME (the job name upper-cased), e.g.
-#     CV_EMA='--recipes vmbunet_ph2_stable --tag ema --set train.ema_decay=0.999 --seeds 0 --parallel-folds 5' \
-#         bash benchmarks/gpu_jobs.sh start cv_ema
+#     CV_STABLE='--recipes vmbunet_ph2_stable --seeds 0 --parallel-folds 5' bash benchmarks/gpu_jobs.sh start cv_stable
+#   (one cv job at a time: ten folds side by side ran at 6.8 s per epoch each, the paper recipe's folds alone at
+#   0.70-0.81 s, so two jobs take as long as one after the other, and a 5-fold VMB-UNet job alone ~18 minutes of an
+#   H100)
 #   (all cv_* jobs share runs/cv, so a job started again on the same machine resumes its unfinished folds);
 #   back here: cat DEST/cvstate_<root>.tgz* | tar xz -C /tmp/r, then cv_ph2_gpu.py with the job's arguments and
-#   --runs /tmp/r/cv --score-only (tests/test_gpu_jobs.py does exactly this)
+#   --runs /tmp/r/cv --score-only (tests/test_gpu_jobs.py does exactly this); folds that did not finish come back
+#   as their history.json in gpujobs.tgz (runs/cv/...), which cv_ph2_gpu.py --stability-only reads
 # Budgets (seconds) via the environment: SM_BUDGET (default 1200), ACDC_BUDGET (900, per model; more acdc_gpu.py
 # options in ACDC_ARGS, e.g. ACDC_ARGS='--validations 15 --hard-stop 1.04 --tag _full'),
 # PH2_SAFETY_MIN (26, a stop for runs that would not finish).

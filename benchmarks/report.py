@@ -121,8 +121,9 @@ def command_of(d: dict) -> str:
 def device_of(d: dict) -> str:
     device = d.get("device") or _env(d).get("device")
     trained = _fold_devices(d)
-    if trained:  # folds trained on the device(s), scored later where the restored predictions were
-        device = f"folds trained on {trained}; scored on {device or NOT_RECORDED}"
+    if trained:  # folds trained on the device(s), scored (or their histories read) later elsewhere
+        done = "histories read" if d.get("folds_trained_elsewhere") else "scored"
+        device = f"folds trained on {trained}; {done} on {device or NOT_RECORDED}"
     if not device:
         return NOT_RECORDED
     return _gpu_label(device)
@@ -134,9 +135,10 @@ def _gpu_label(device) -> str:
 
 
 def _fold_devices(d: dict) -> str:
-    """Which GPU trained which folds of a cross-validation scored elsewhere (--score-only), e.g. "NVIDIA H200 (folds
-    0-2), NVIDIA H100 80GB HBM3 (folds 3-4)"; '' for other files and folds that did not record it."""
-    if not str(d.get("note", "")).startswith("scored with --score-only"):
+    """Which GPU trained which folds of a cross-validation scored (--score-only) or read (--stability-only)
+    elsewhere, e.g. "NVIDIA H200 (folds 0-2), NVIDIA H100 80GB HBM3 (folds 3-4)"; '' for other files and folds that
+    did not record it."""
+    if not (str(d.get("note", "")).startswith("scored with --score-only") or d.get("folds_trained_elsewhere")):
         return ""
     by: dict[str, list[int]] = {}
     stated = False
@@ -405,6 +407,33 @@ def cv_ph2_rows(name, d):
         "fold training": _fold_training(d),
     })
     return [row]
+
+
+def stability_rows(name, d):
+    def pts(v, e=None):  # a fall of validation Dice in points, with its epoch
+        return "-" if v is None else f"{100 * v:.1f}" + (f" (ep {e})" if e is not None else "")
+
+    folds = d["fold_training"]
+    anchor = d.get("anchor") or {}
+    done = sorted(set(d["epochs_done"]))
+    return [{
+        "recipe": d["recipe"] + (f" ({d['variant']}: {' '.join(d['overrides'])})" if d.get("variant") else ""),
+        "seed": fmt(d["seed"]),
+        "epochs done / planned": f"{done[0]}-{done[-1]} / {d['epochs_planned']}" if len(done) > 1
+        else f"{done[0]} / {d['epochs_planned']}",
+        "finished": "yes" if d["all_folds_finished"] else "no (nothing scored)",
+        "largest fall (points), all epochs": pts(*max((f["max_epoch_drop"], f["max_epoch_drop_epoch"]) for f in folds
+                                                   if f["max_epoch_drop"] is not None)),
+        f"per fold after epoch {d['first_tenth_epochs']}": ", ".join(
+            pts(f["max_epoch_drop_after_first_tenth"], f["max_epoch_drop_after_first_tenth_epoch"]) for f in folds),
+        f"< {100 * d['bound']:.0f} points after epoch {d['first_tenth_epochs']}":
+            "yes" if d["bound_met_after_first_tenth"] else "no",
+        "anchor per fold after the first tenth": (f"{anchor['recipe']}: " + ", ".join(
+            pts(f["max_epoch_drop_after_first_tenth"], f["max_epoch_drop_after_first_tenth_epoch"])
+            for f in anchor["fold_training"]) + f" (of {max(f['epochs'] for f in anchor['fold_training'])} epochs)")
+        if anchor else "-",
+        "s / epoch": fmt(max(f["seconds_per_epoch"] for f in folds), ".3g"),
+    }]
 
 
 def _final_lr(d):
@@ -709,6 +738,13 @@ FAMILIES = [
      "bound). 'LCC + fill' = the same final weights, each mask reduced to its largest connected component with holes "
      "filled (shown beside, not chosen by these numbers). An 'ensemble' row averages the saved out-of-fold "
      "probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside it."),
+    ("PH2 training stability", r"stability_ph2_.*", stability_rows,
+     "`benchmarks/cv_ph2_gpu.py --stability-only`: the folds' logged validation Dice per epoch (20 held-out cases "
+     "per fold), finished or not; 'largest fall' = the largest drop between two consecutive epochs (Dice points) "
+     "over all folds, then each fold's largest after the first tenth of the planned epochs (the first epochs of a "
+     "run from scratch, still climbing, swing most); the bound is the one the stability fix must meet. The anchor "
+     "is the recipe being fixed, from its finished cross-validation (same split and seed), over all its epochs. "
+     "'s / epoch' includes the sharing of the GPU with the other processes named in the file's note."),
     ("ACDC training", r"acdc_.*", acdc_rows,
      "`benchmarks/acdc_gpu.py` (and a CPU smoke run): mean of per-volume per-class Dice / HD95, selection on 20 val "
      "volumes, report on 40 test volumes. An 'ensemble' row averages the probabilities of several runs' best.pt "

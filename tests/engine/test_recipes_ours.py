@@ -44,8 +44,9 @@ def _diff(a, b):
 def test_vmbunet_stable_is_the_paper_recipe_plus_the_fix_only():
     paper, stable = load_recipe("vmbunet_ph2"), load_recipe("vmbunet_ph2_stable")
     assert _diff(paper, stable) == {"schedule.interval", "schedule.t_max", "schedule.warmup", "schedule.eta_min",
-                                    "train.grad_clip"}
+                                    "train.grad_clip", "train.ema_decay"}
     assert stable.train.grad_clip == 1.0 and paper.train.grad_clip is None
+    assert stable.train.ema_decay == 0.999 and paper.train.ema_decay is None
     warm = stable.schedule.warmup
     fixed, orig = _lrs(stable), _lrs(paper)
     # the paper schedule returns to its peak (epochs 100 and 200); the fixed one never rises after the warm-up
