@@ -374,11 +374,11 @@ def run_stability(recipe: str, seed: int, *, folds: int, runs: Path, results: Pa
         late = [r["train_loss"] for r in hist if r.get("epoch", 0) > tenth and r.get("train_loss") is not None]
         vals = [r["val"]["dice"] for r in hist if isinstance(r.get("val"), dict) and "dice" in r["val"]]
         seconds = sum(r.get("time", 0.0) for r in hist)
+        stated = (fold_devices or {}).get(i)
         rows.append({
             "fold": i, "epochs_done": int(hist[-1].get("epoch", len(hist))), "epochs_planned": planned,
             "finished": (root / f"fold_{i}" / "metrics.json").is_file(),
-            "device": (fold_devices or {}).get(i), "device_source": "stated (--fold-device)" if (fold_devices or {})
-            .get(i) else None,
+            "device": stated, "device_source": "stated (--fold-device)" if stated else None,
             **_drop_facts(hist, planned),
             "drops_over_listed": [[e, round(d, 4)] for d, e in _drops(hist) if d > DROP_LISTED],
             "val_dice_last": vals[-1] if vals else None,
