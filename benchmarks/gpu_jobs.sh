@@ -5,6 +5,9 @@
 #   bash benchmarks/gpu_jobs.sh start JOB...   # snapshot src/ + benchmarks/ + the caches, start each JOB (setsid)
 #   bash benchmarks/gpu_jobs.sh status         # one line per job: running/exit code, last log line
 #   bash benchmarks/gpu_jobs.sh wait SECONDS   # wait until no job runs (or SECONDS pass), then status
+#   bash benchmarks/gpu_jobs.sh stop JOB...    # end a running job with every process it started (its process
+#                                              # group: a cv job's --parallel-folds workers do not name the job in
+#                                              # their command line, so pkill -f misses them); its finished folds stay
 #   bash benchmarks/gpu_jobs.sh collect DEST   # DEST/gpujobs.tgz: result JSONs, run logs/histories, job logs;
 #                                              # + each cv_* job's finished folds (cvstate_*.tgz, no checkpoints)
 #
@@ -65,10 +68,13 @@ start_job() {
     *) echo "unknown job '$job' (ph2_vmunet ph2_vmbunet ph2_dermomamba slicemamba acdc cv_NAME)" >&2; return 2 ;;
   esac
   echo "$cmd" > "$ROOT/logs/$job.cmd"
-  rm -f "$ROOT/logs/$job.rc"
-  # own session (setsid): the job survives the end of the device call that started it
+  rm -f "$ROOT/logs/$job.rc" "$ROOT/logs/$job.pgid"
+  # own session (setsid): the job survives the end of the device call that started it; the session's first shell
+  # leads its process group, whose id (its pid) 'stop' signals. The subshell becomes that shell (exec), so no
+  # process is left holding this script's output open (a caller reading it to the end would wait for the job)
   ( cd "$snap" && PYTHONPATH="$snap/src" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 \
-      setsid nohup bash -c "$cmd; echo \$? > $ROOT/logs/$job.rc" > "$ROOT/logs/$job.log" 2>&1 < /dev/null & )
+      exec setsid nohup bash -c "echo \$\$ > $ROOT/logs/$job.pgid; $cmd; echo \$? > $ROOT/logs/$job.rc" ) \
+      > "$ROOT/logs/$job.log" 2>&1 < /dev/null &
   echo "started $job: $cmd"
 }
 
@@ -78,6 +84,7 @@ status() {
     local job; job=$(basename "$f" .cmd)
     local st="running"
     [ -f "$ROOT/logs/$job.rc" ] && st="exit $(cat "$ROOT/logs/$job.rc")"
+    [ "$st" = "exit stopped" ] && st="stopped"
     echo "== $job [$st] $(tail -c 300 "$ROOT/logs/$job.log" | tr '\n' ' ' | tail -c 240)"
   done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true
@@ -91,8 +98,34 @@ running() {
   return 1
 }
 
+group_alive() {  # any process of group $1 that is not a zombie (an unreaped zombie cannot be signalled away)
+  ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {found = 1} END {exit !found}'
+}
+
+stop_job() {
+  local job=$1 pgid i
+  if [ ! -f "$ROOT/logs/$job.cmd" ]; then echo "stop: no job '$job' was started here" >&2; return 2; fi
+  if [ -f "$ROOT/logs/$job.rc" ]; then
+    echo "stop: $job has already ended (exit $(cat "$ROOT/logs/$job.rc"))"; return 0
+  fi
+  for i in $(seq 1 10); do [ -s "$ROOT/logs/$job.pgid" ] && break; sleep 1; done  # a job started a moment ago
+  pgid=$(cat "$ROOT/logs/$job.pgid" 2>/dev/null || true)
+  if [[ ! $pgid =~ ^[0-9]+$ ]]; then
+    echo "stop: $job has no process group on record ($ROOT/logs/$job.pgid; started by an older gpu_jobs.sh?)" >&2
+    return 1
+  fi
+  kill -TERM -- "-$pgid" 2>/dev/null || true
+  for i in $(seq 1 30); do group_alive "$pgid" || break; sleep 1; done
+  if group_alive "$pgid"; then kill -KILL -- "-$pgid" 2>/dev/null || true; fi
+  for i in $(seq 1 10); do group_alive "$pgid" || break; sleep 1; done
+  if group_alive "$pgid"; then echo "stop: processes of $job (group $pgid) are still there" >&2; return 1; fi
+  echo stopped > "$ROOT/logs/$job.rc"
+  echo "stopped $job (process group $pgid)"
+}
+
 case ${1:-status} in
   start) shift; for j in "$@"; do start_job "$j"; done ;;
+  stop) shift; rc=0; for j in "$@"; do stop_job "$j" || rc=$?; done; exit $rc ;;
   status) status ;;
   wait)
     end=$(( $(date +%s) + ${2:-540} ))
@@ -116,5 +149,5 @@ case ${1:-status} in
       echo "collect: could not pack the folds of:$failed (see the messages above); gpujobs.tgz holds their logs" >&2
       exit 1
     fi ;;
-  *) echo "usage: $0 start JOB... | status | wait SECONDS | collect DEST" >&2; exit 2 ;;
+  *) echo "usage: $0 start JOB... | stop JOB... | status | wait SECONDS | collect DEST" >&2; exit 2 ;;
 esac

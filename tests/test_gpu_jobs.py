@@ -32,8 +32,9 @@ def _tiny(cv) -> str:
 
 def _jobs(work: Path, root: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     e = {**os.environ, "GPUJOBS_DIR": str(root), "PYTHON": sys.executable, **(env or {})}
+    # timeout: a generous bound against a hang (e.g. a job holding the script's output open), not a speed check
     return subprocess.run(["bash", str(work / "benchmarks" / "gpu_jobs.sh"), *args], cwd=work, env=e,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture()
@@ -101,3 +102,33 @@ def test_cv_job_runs_in_the_background_and_collects_restorable_folds(work, tmp_p
     back = json.loads((here / "res" / "cv_ph2_vmunet_ph2_best-t_s0.json").read_text())
     assert back["pooled_oof_dsc"] == pytest.approx(there["pooled_oof_dsc"], abs=1e-12)
     assert back["n_below_0.8"] == there["n_below_0.8"]
+
+
+def _live(pgid: int) -> list[str]:
+    """The processes of group ``pgid`` that are not zombies (``ps`` lines)."""
+    out = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if ln.split()[0] == str(pgid) and not ln.split()[1].startswith("Z")]
+
+
+def test_stop_ends_a_job_with_the_fold_processes_it_spawned(work, tmp_path, benchmark_module):
+    # two folds side by side, far too long to end by themselves: the fold workers are spawned processes whose command
+    # lines do not name the job
+    long = _tiny(benchmark_module("cv_ph2_gpu")).replace("--epochs 1 ", "--epochs 100000 ") + " --parallel-folds 2"
+    root = tmp_path / "jobs"
+    # start returns at once: _jobs reads its output to the end, which no process of the job may hold open
+    r = _jobs(work, root, "start", "cv_long", env={"CV_LONG": long})
+    assert r.returncode == 0, r.stderr
+    log = root / "logs" / "cv_long.log"
+    deadline = time.monotonic() + 1800  # a generous bound against a hang, not a speed check
+    while log.read_text().count("epoch 2/100000 ") < 2:  # both fold workers are training
+        assert time.monotonic() < deadline and not (root / "logs" / "cv_long.rc").exists(), log.read_text()[-2000:]
+        time.sleep(2)
+    pgid = int((root / "logs" / "cv_long.pgid").read_text())
+    assert len(_live(pgid)) >= 4  # the job's shell, cv_ph2_gpu.py and its two fold workers
+    r = _jobs(work, root, "stop", "cv_long")
+    assert r.returncode == 0 and f"stopped cv_long (process group {pgid})" in r.stdout, r.stderr
+    assert _live(pgid) == []
+    assert "[stopped]" in _jobs(work, root, "status").stdout
+    assert "already ended" in _jobs(work, root, "stop", "cv_long").stdout
+    r = _jobs(work, root, "stop", "cv_nothing")
+    assert r.returncode == 2 and "no job 'cv_nothing'" in r.stderr
