@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import time
-from typing import Any
 
 import torch
 
