@@ -74,10 +74,15 @@ DEFAULT_CACHES = {(256, 256): ".gpucache/ph2_256.npz", (192, 256): ".gpucache/ph
 PP = "largest_component,fill_holes"  # scored as extra rows (``*_pp``), never the headline
 
 
+def _val_dice(history: list[dict]) -> list[tuple[float, int]]:
+    """(validation Dice, epoch) of every validated epoch of a history."""
+    return [(r["val"]["dice"], int(r.get("epoch", i + 1))) for i, r in enumerate(history)
+            if isinstance(r.get("val"), dict) and "dice" in r["val"]]
+
+
 def _drops(history: list[dict]) -> list[tuple[float, int]]:
     """(fall of validation Dice, epoch it fell at) for every pair of consecutive validated epochs."""
-    vals = [(r["val"]["dice"], int(r.get("epoch", i + 1))) for i, r in enumerate(history)
-            if isinstance(r.get("val"), dict) and "dice" in r["val"]]
+    vals = _val_dice(history)
     return [(a - b, e) for (a, _), (b, e) in zip(vals, vals[1:])]
 
 
@@ -332,6 +337,7 @@ def run_one(recipe: str, seed: int, *, folds: int, split_seed: int, caches: dict
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if score_only:
+        record["done_here"] = "scored"  # the folds trained elsewhere (fold_training[].device)
         record["note"] = ("scored with --score-only from predictions restored without checkpoints: 'environment' is "
                           "the scoring machine, the folds trained elsewhere (fold_training)")
     results.mkdir(parents=True, exist_ok=True)
@@ -372,7 +378,7 @@ def run_stability(recipe: str, seed: int, *, folds: int, runs: Path, results: Pa
         if not isinstance(hist, list) or not hist:
             raise SystemExit(f"{f}: expected a non-empty list of per-epoch records")
         late = [r["train_loss"] for r in hist if r.get("epoch", 0) > tenth and r.get("train_loss") is not None]
-        vals = [r["val"]["dice"] for r in hist if isinstance(r.get("val"), dict) and "dice" in r["val"]]
+        vals = _val_dice(hist)
         seconds = sum(r.get("time", 0.0) for r in hist)
         stated = (fold_devices or {}).get(i)
         rows.append({
@@ -381,7 +387,7 @@ def run_stability(recipe: str, seed: int, *, folds: int, runs: Path, results: Pa
             "device": stated, "device_source": "stated (--fold-device)" if stated else None,
             **_drop_facts(hist, planned),
             "drops_over_listed": [[e, round(d, 4)] for d, e in _drops(hist) if d > DROP_LISTED],
-            "val_dice_last": vals[-1] if vals else None,
+            "val_dice_last": vals[-1][0] if vals else None,
             "train_loss_max_after_first_tenth": max(late) if late else None,
             **_lr_facts(hist),
             "seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / len(hist), 2),
@@ -402,7 +408,7 @@ def run_stability(recipe: str, seed: int, *, folds: int, runs: Path, results: Pa
         "bound_met_after_first_tenth": worst_late is not None and worst_late < DROP_BOUND,
         "fold_training": rows,
         "environment": environment(),
-        "folds_trained_elsewhere": True,
+        "done_here": "histories read",  # the folds trained elsewhere (fold_training[].device)
         "environment_note": "'environment' is where the histories were read; the folds trained on fold_training[]"
                             ".device",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -78,14 +78,18 @@ start_job() {
   echo "started $job: $cmd"
 }
 
+job_state() {  # running, exit N, or stopped (by 'stop')
+  local rc
+  [ -f "$ROOT/logs/$1.rc" ] || { echo running; return; }
+  rc=$(cat "$ROOT/logs/$1.rc")
+  if [ "$rc" = stopped ]; then echo stopped; else echo "exit $rc"; fi
+}
+
 status() {
   for f in "$ROOT"/logs/*.cmd; do
     [ -e "$f" ] || continue
     local job; job=$(basename "$f" .cmd)
-    local st="running"
-    [ -f "$ROOT/logs/$job.rc" ] && st="exit $(cat "$ROOT/logs/$job.rc")"
-    [ "$st" = "exit stopped" ] && st="stopped"
-    echo "== $job [$st] $(tail -c 300 "$ROOT/logs/$job.log" | tr '\n' ' ' | tail -c 240)"
+    echo "== $job [$(job_state "$job")] $(tail -c 300 "$ROOT/logs/$job.log" | tr '\n' ' ' | tail -c 240)"
   done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true
 }
@@ -93,7 +97,7 @@ status() {
 running() {
   for f in "$ROOT"/logs/*.cmd; do
     [ -e "$f" ] || continue
-    [ -f "${f%.cmd}.rc" ] || return 0
+    [ "$(job_state "$(basename "$f" .cmd)")" = running ] && return 0
   done
   return 1
 }
@@ -105,9 +109,7 @@ group_alive() {  # any process of group $1 that is not a zombie (an unreaped zom
 stop_job() {
   local job=$1 pgid i
   if [ ! -f "$ROOT/logs/$job.cmd" ]; then echo "stop: no job '$job' was started here" >&2; return 2; fi
-  if [ -f "$ROOT/logs/$job.rc" ]; then
-    echo "stop: $job has already ended (exit $(cat "$ROOT/logs/$job.rc"))"; return 0
-  fi
+  if [ "$(job_state "$job")" != running ]; then echo "stop: $job has already ended ($(job_state "$job"))"; return 0; fi
   for i in $(seq 1 10); do [ -s "$ROOT/logs/$job.pgid" ] && break; sleep 1; done  # a job started a moment ago
   pgid=$(cat "$ROOT/logs/$job.pgid" 2>/dev/null || true)
   if [[ ! $pgid =~ ^[0-9]+$ ]]; then

@@ -121,9 +121,8 @@ def command_of(d: dict) -> str:
 def device_of(d: dict) -> str:
     device = d.get("device") or _env(d).get("device")
     trained = _fold_devices(d)
-    if trained:  # folds trained on the device(s), scored (or their histories read) later elsewhere
-        done = "histories read" if d.get("folds_trained_elsewhere") else "scored"
-        device = f"folds trained on {trained}; {done} on {device or NOT_RECORDED}"
+    if trained:  # folds trained on the device(s), then scored (or their histories read) on this file's machine
+        device = f"folds trained on {trained}; {_done_here(d)} on {device or NOT_RECORDED}"
     if not device:
         return NOT_RECORDED
     return _gpu_label(device)
@@ -134,11 +133,19 @@ def _gpu_label(device) -> str:
     return re.sub(r" \([a-z0-9-]+\)$", "", str(device))
 
 
+def _done_here(d: dict) -> str | None:
+    """What the machine of a cross-validation file did with folds trained elsewhere ("scored", "histories read"), as
+    the file says ('done_here'; files scored before it say so only in their note); None for folds trained there."""
+    if d.get("done_here"):
+        return str(d["done_here"])
+    return "scored" if str(d.get("note", "")).startswith("scored with --score-only") else None
+
+
 def _fold_devices(d: dict) -> str:
     """Which GPU trained which folds of a cross-validation scored (--score-only) or read (--stability-only)
     elsewhere, e.g. "NVIDIA H200 (folds 0-2), NVIDIA H100 80GB HBM3 (folds 3-4)"; '' for other files and folds that
     did not record it."""
-    if not (str(d.get("note", "")).startswith("scored with --score-only") or d.get("folds_trained_elsewhere")):
+    if not _done_here(d):
         return ""
     by: dict[str, list[int]] = {}
     stated = False
@@ -392,11 +399,8 @@ def cv_ph2_rows(name, d):
         row["single seeds: mean ± std"] = f"{sd['mean']:.4f} ± {sd['std']:.4f}"
         return [row]
     def drop(key):  # the largest of the folds' falls (and its epoch, where the file has it)
-        pairs = [(f[key], f.get(f"{key}_epoch")) for f in d["fold_training"] if f.get(key) is not None]
-        if not pairs:
-            return "-"
-        v, e = max(pairs)
-        return f"{v:.3f}" + (f" (ep {e})" if e is not None else "")
+        v, e = _largest(d["fold_training"], key)
+        return "-" if v is None else f"{v:.3f}" + (f" (ep {e})" if e is not None else "")
     row.update({
         "seed": fmt(d["seed"]),
         "best-on-fold DSC (optimistic)": fmt(sc["best"]["pooled_dsc"], ".4f") if "best" in sc else "-",
@@ -407,6 +411,13 @@ def cv_ph2_rows(name, d):
         "fold training": _fold_training(d),
     })
     return [row]
+
+
+def _largest(folds: list[dict], key: str) -> tuple:
+    """The largest value of ``key`` over the folds with the epoch beside it (``<key>_epoch``, None where the file has
+    none), or (None, None) when no fold has it."""
+    pairs = [(f[key], f.get(f"{key}_epoch")) for f in folds if f.get(key) is not None]
+    return max(pairs) if pairs else (None, None)
 
 
 def stability_rows(name, d):
@@ -422,8 +433,7 @@ def stability_rows(name, d):
         "epochs done / planned": f"{done[0]}-{done[-1]} / {d['epochs_planned']}" if len(done) > 1
         else f"{done[0]} / {d['epochs_planned']}",
         "finished": "yes" if d["all_folds_finished"] else "no (nothing scored)",
-        "largest fall (points), all epochs": pts(*max((f["max_epoch_drop"], f["max_epoch_drop_epoch"]) for f in folds
-                                                   if f["max_epoch_drop"] is not None)),
+        "largest fall (points), all epochs": pts(*_largest(folds, "max_epoch_drop")),
         f"per fold after epoch {d['first_tenth_epochs']}": ", ".join(
             pts(f["max_epoch_drop_after_first_tenth"], f["max_epoch_drop_after_first_tenth_epoch"]) for f in folds),
         f"< {100 * d['bound']:.0f} points after epoch {d['first_tenth_epochs']}":
