@@ -55,17 +55,38 @@ def test_vmbunet_stable_is_the_paper_recipe_plus_the_fix_only():
     assert fixed[warm] == max(fixed) and fixed[0] < 0.02 * stable.optim.lr
 
 
-def test_our_recipes_state_that_they_are_not_yet_validated():
-    from importlib import resources
-
-    for name in ("vmbunet_ph2_stable",):
-        text = resources.files("mambaseg.configs").joinpath("recipes", f"{name}.yaml").read_text()
-        assert "NOT YET VALIDATED ON THE DEVICE" in text and "not yet validated on the device" in load_recipe(
-            name).description
+def test_our_recipes_change_what_they_say():
     best = load_recipe("vmunet_ph2_best")
     assert best.train.ema_decay == 0.999 and best.data.augmentation == "strong_2d" and best.model.name == "vmunet"
     acdc = load_recipe("heteromedseg_acdc_best")
     assert acdc.train.ema_decay == 0.999 and acdc.model.num_classes == 4
+
+
+def test_the_stability_fix_quotes_its_whole_run():
+    """vmbunet_ph2_stable states the stability and out-of-fold DSC of its finished cross-validation, as the two result
+    files have them, beside the paper recipe's on the same folds."""
+    import json
+    from importlib import resources
+
+    text = resources.files("mambaseg.configs").joinpath("recipes", "vmbunet_ph2_stable.yaml").read_text()
+    description = load_recipe("vmbunet_ph2_stable").description
+    assert "NOT YET VALIDATED" not in text and "not yet validated" not in description
+    results = _results()
+    stab = json.loads((results / "stability_ph2_vmbunet_ph2_stable_s0.json").read_text())
+    cv = json.loads((results / "cv_ph2_vmbunet_ph2_stable_s0.json").read_text())
+    paper = json.loads((results / "cv_ph2_vmbunet_ph2_s0.json").read_text())
+    assert stab["all_folds_finished"] and stab["epochs_done"] == [300] * 5 and stab["bound_met"]
+    assert cv["recipe"] == stab["recipe"] == "vmbunet_ph2_stable" and len(cv["per_case_dsc"]) == 100
+    drop, after = 100 * stab["max_epoch_drop"], 100 * stab["max_epoch_drop_after_first_tenth"]
+    dsc, ref = f"{100 * cv['pooled_oof_dsc']:.2f}", f"{100 * paper['pooled_oof_dsc']:.2f}"
+    for s in (f"{drop:.2f} points", f"{after:.2f}", dsc, f"{cv['n_below_0.8']} cases below 80", ref,
+              f"{100 * cv['scores']['last_tta_flip']['pooled_dsc']:.2f} with flip TTA"):
+        assert s in text, s
+    assert f"pooled OOF DSC {dsc} (paper recipe {ref})" in description
+    assert f"{drop:.2f} points ({after:.2f} after epoch 30)" in description
+    # the bound after epoch 30 in the other folds, as quoted
+    others = sorted(f["max_epoch_drop_after_first_tenth"] for f in stab["fold_training"])[:-1]
+    assert f"at most {100 * others[-1]:.2f} in the other four folds" in text
 
 
 def test_a_validated_recipe_quotes_its_results_file():
