@@ -50,6 +50,9 @@ Usage (caches built where the data is; ``mambaseg cache`` stores train AND val, 
     # recipe's finished cross-validation: stability_ph2_vmbunet_ph2_stable-ema_s0.json
     PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --recipes vmbunet_ph2_stable --tag ema --set train.ema_decay=0.999 \
         --seeds 0 --runs /tmp/r/cv --stability-only --anchor vmbunet_ph2 --fold-device 0-4='NVIDIA H100 80GB HBM3'
+    # two recipes' cross-validations on the same folds as one ensemble (members fixed before they are scored):
+    PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --mix vmunet_ph2_best-hair_s0,vmbunet_ph2_stable_s0 \
+        --mix-name mix-vmunet-hair-vmbunet-stable_s0 --runs /tmp/r/cv
     # CPU smoke test (synthetic 32x32 data, vmunet_tiny, 2 folds of 1 epoch; results to a temporary folder):
     PYTHONPATH=src python benchmarks/cv_ph2_gpu.py --smoke --ensemble
 """
@@ -168,51 +171,93 @@ def _spread(vals: list[float]) -> dict:
             "std_rule": "sample standard deviation (n-1) over the seeds"}
 
 
+def _ensemble_record(stems: list[str], *, runs: Path, results: Path, out_name: str, tta: bool) -> tuple[dict, dict]:
+    """Score the cross-validations ``stems`` (``cv_ph2_<name>_s<seed>``, each with its result file in ``results`` and
+    its root in ``runs``) as one ensemble: their saved out-of-fold probabilities averaged per case, the same folds.
+    Returns the fields every ensemble file has, and the scores."""
+    for stem in stems:
+        if not (results / f"{stem}.json").is_file():
+            raise SystemExit(f"{results / stem}.json is missing: run (or score) {stem} first")
+        if not (runs / stem).is_dir():
+            raise SystemExit(f"{runs / stem} is missing: an ensemble averages the members' saved out-of-fold "
+                             f"probabilities (restore the member's root there)")
+    members = [json.loads((results / f"{stem}.json").read_text()) for stem in stems]
+    scores = _scores([runs / stem for stem in stems], runs / out_name, tta)
+    head = scores["last"]
+    return {
+        "folds": members[0]["folds"], "split_seed": members[0]["split_seed"], "cache": members[0]["cache"],
+        "selection_rule": head["selection_rule"] + "; headline = pooled out-of-fold DSC",
+        "pooled_oof_dsc": head["dice"], "pooled_oof_iou": head["iou"], "per_case_mean_dsc": head["per_case_dice"],
+        "n_below_0.8": head["n_below"]["count"], "worst": head["worst"],
+        "per_case_dsc": {c["id"]: c["dice"] for c in head["cases"]},
+        "scores": _score_rows(scores),
+        "resolution": head["resolution"],
+        "members_trained_on": sorted({str((d.get("environment") or {}).get("device")) for d in members}),
+        "environment": environment(),
+        "note": "'environment' is where the saved predictions were averaged and scored (no model runs then)",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }, scores
+
+
+def _write_ensemble(path: Path, record: dict, scores: dict, tta: bool, what: str) -> None:
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    head = scores["last"]
+    print(f"{what}: pooled out-of-fold DSC {head['dice']:.4f}"
+          + (f", with flip TTA {scores['last_tta_flip']['dice']:.4f}" if tta else "")
+          + f"; {head['n_below']['count']} case(s) below 0.8 -> {path}", flush=True)
+
+
 def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tta: bool) -> dict:
     """Score the seeds ``seeds`` of one recipe as an ensemble (their saved out-of-fold probabilities averaged per
     case, the same folds) and summarise the single seeds: mean and standard deviation of the pooled out-of-fold DSC
     of EVERY seed with a result file ``<results>/cv_ph2_<recipe>_s<seed>.json`` (a seed whose predictions are gone
     still counts there). Writes ``<results>/cv_ph2_<recipe>_ensemble.json``. ``recipe`` is the run name (with a
     variant's tag: :func:`run_name`)."""
-    for seed in seeds:
-        if not (results / f"{seed_name(recipe, seed)}.json").is_file():
-            raise SystemExit(f"{results / seed_name(recipe, seed)}.json is missing: run (or score) seed {seed} of "
-                             f"{recipe} first")
+    stems = [seed_name(recipe, seed) for seed in seeds]
+    common, scores = _ensemble_record(stems, runs=runs, results=results, out_name=f"cv_ph2_{recipe}_ensemble",
+                                      tta=tta)
     pattern = re.compile(rf"cv_ph2_{re.escape(recipe)}_s(\d+)\.json")
     files = sorted((int(m.group(1)), f) for f in results.iterdir() if (m := pattern.fullmatch(f.name)))
     singles = [json.loads(f.read_text()) for _, f in files]
     summary_seeds = [seed for seed, _ in files]
-    roots = [runs / seed_name(recipe, seed) for seed in seeds]
-    scores = _scores(roots, runs / f"cv_ph2_{recipe}_ensemble", tta)
-    head = scores["last"]
     tta_singles = [d["scores"].get("last_tta_flip", {}).get("pooled_dsc") for d in singles]
     record = {
-        "what": f"{singles[0]['folds']}-fold cross-validation of recipe {recipe}: seeds {summary_seeds} one by one "
+        "what": f"{common['folds']}-fold cross-validation of recipe {recipe}: seeds {summary_seeds} one by one "
                 f"(mean and std) and seeds {seeds} as an ensemble (out-of-fold probabilities averaged over them)",
         "recipe": recipe, "seeds": seeds, "members": len(seeds), "summary_seeds": summary_seeds,
-        "folds": singles[0]["folds"],
-        "split_seed": singles[0]["split_seed"], "cache": singles[0]["cache"],
-        "selection_rule": head["selection_rule"] + "; headline = pooled out-of-fold DSC",
         "single_seed_pooled_oof_dsc": _spread([d["pooled_oof_dsc"] for d in singles]),
         "single_seed_n_below_0.8": [d["n_below_0.8"] for d in singles],
         "single_seed_pooled_oof_dsc_tta_flip": _spread(tta_singles) if tta and None not in tta_singles else None,
-        "pooled_oof_dsc": head["dice"], "pooled_oof_iou": head["iou"], "per_case_mean_dsc": head["per_case_dice"],
-        "n_below_0.8": head["n_below"]["count"], "worst": head["worst"],
-        "per_case_dsc": {c["id"]: c["dice"] for c in head["cases"]},
-        "scores": _score_rows(scores),
-        "resolution": head["resolution"],
-        "members_trained_on": sorted({str((d.get("environment") or {}).get("device")) for d in singles}),
-        "environment": environment(),
-        "note": "'environment' is where the saved predictions were averaged and scored (no model runs then)",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **common,
     }
-    path = results / f"cv_ph2_{recipe}_ensemble.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
     sd = record["single_seed_pooled_oof_dsc"]
-    print(f"{recipe}: seeds {summary_seeds} one by one {sd['mean']:.4f} +- {sd['std']:.4f}; seeds {seeds} as an "
-          f"ensemble {head['dice']:.4f}"
-          + (f", with flip TTA {scores['last_tta_flip']['dice']:.4f}" if tta else "")
-          + f"; {head['n_below']['count']} case(s) below 0.8 -> {path}", flush=True)
+    _write_ensemble(results / f"cv_ph2_{recipe}_ensemble.json", record, scores, tta,
+                    f"{recipe}: seeds {summary_seeds} one by one {sd['mean']:.4f} +- {sd['std']:.4f}; seeds {seeds} "
+                    f"as an ensemble")
+    return record
+
+
+def run_mix(name: str, stems: list[str], *, runs: Path, results: Path, tta: bool) -> dict:
+    """Score cross-validations of DIFFERENT recipes (or variants) on the same folds as one ensemble, e.g. two
+    architectures: ``stems`` are their result names (``cv_ph2_<run name>_s<seed>``, a prefix ``cv_ph2_`` may be left
+    out). Each member's own pooled out-of-fold DSC is recorded beside. Writes ``<results>/cv_ph2_<name>_ensemble.json``.
+    Which members make the ensemble is a choice: fix it before the members are scored, or it is a selection on the
+    reported cases."""
+    stems = [s if s.startswith("cv_ph2_") else f"cv_ph2_{s}" for s in stems]
+    if len(stems) < 2 or len(set(stems)) != len(stems):
+        raise SystemExit(f"--mix: two or more different cross-validations, got {stems}")
+    common, scores = _ensemble_record(stems, runs=runs, results=results, out_name=f"cv_ph2_{name}_ensemble", tta=tta)
+    members = {stem: json.loads((results / f"{stem}.json").read_text()) for stem in stems}
+    record = {
+        "what": f"{common['folds']}-fold cross-validation: an ensemble of {len(stems)} cross-validations of different "
+                f"recipes on the same folds (out-of-fold probabilities averaged): {', '.join(stems)}",
+        "recipe": name, "members": len(stems), "member_runs": stems,
+        "member_pooled_oof_dsc": {s: d["pooled_oof_dsc"] for s, d in members.items()},
+        "member_n_below_0.8": {s: d["n_below_0.8"] for s, d in members.items()},
+        **common,
+    }
+    _write_ensemble(results / f"cv_ph2_{name}_ensemble.json", record, scores, tta,
+                    f"{name}: {len(stems)} cross-validations as an ensemble")
     return record
 
 
@@ -542,6 +587,11 @@ def main() -> None:
     ap.add_argument("--results-dir", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--ensemble", action="store_true",
                     help="after the seeds of a recipe, also score them as an ensemble (cv_ph2_<recipe>_ensemble.json)")
+    ap.add_argument("--mix", default=None, metavar="RUN_S,RUN_S",
+                    help="train nothing: score these finished cross-validations of different recipes (result names "
+                         "<recipe>[-<tag>]_s<seed>, roots in --runs) as one ensemble, written as "
+                         "cv_ph2_<--mix-name>_ensemble.json")
+    ap.add_argument("--mix-name", default=None, help="with --mix: the ensemble's name (letters, digits, '_', '-', '.')")
     ap.add_argument("--score-only", action="store_true",
                     help="train nothing: score the cross-validations already in --runs (e.g. restored from a device "
                          "run without their checkpoints)")
@@ -610,6 +660,13 @@ def main() -> None:
             ap.error(f"--fold-device: I=NAME or I-J=NAME with folds in 0..{folds - 1} (e.g. 0-2='NVIDIA H200'), "
                      f"got {item!r}")
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if args.mix is not None:
+        if not args.mix_name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.mix_name):
+            ap.error(f"--mix needs --mix-name: letters, digits, '_', '-' and '.' (it names the file), got "
+                     f"{args.mix_name!r}")
+        run_mix(args.mix_name, [s.strip() for s in args.mix.split(",") if s.strip()], runs=runs, results=results,
+                tta=not args.no_tta)
+        return
     if args.stability_only:
         for recipe in recipes:
             for seed in seeds:

@@ -392,6 +392,10 @@ def cv_ph2_rows(name, d):
         "best-on-fold DSC (optimistic)": "-", "epochs": "-", "max val drop": "-", "after the first tenth": "-",
         "final lr / peak lr": "-", "fold training": "-",
     }
+    if "member_runs" in d:  # cross-validations of different recipes averaged (cv_ph2_gpu.py --mix)
+        row["seed"] = "ensemble of " + " + ".join(
+            f"{s.removeprefix('cv_ph2_')} ({d['member_pooled_oof_dsc'][s]:.4f})" for s in d["member_runs"])
+        return [row]
     if "members" in d:  # the seeds one by one and averaged
         sd = d["single_seed_pooled_oof_dsc"]
         row["seed"] = (f"{','.join(map(str, d['seeds']))}: ensemble; "
@@ -747,7 +751,9 @@ FAMILIES = [
      "epochs in every call ('>=': an older file counted only the last call of a fold resumed across calls, a lower "
      "bound). 'LCC + fill' = the same final weights, each mask reduced to its largest connected component with holes "
      "filled (shown beside, not chosen by these numbers). An 'ensemble' row averages the saved out-of-fold "
-     "probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside it."),
+     "probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside it; an "
+     "'ensemble of A + B' row averages cross-validations of different recipes on the same folds (`--mix`), each "
+     "member's own pooled out-of-fold DSC in brackets."),
     ("PH2 training stability", r"stability_ph2_.*", stability_rows,
      "`benchmarks/cv_ph2_gpu.py --stability-only`: the folds' logged validation Dice per epoch (20 held-out cases "
      "per fold), finished or not; 'largest fall' = the largest drop between two consecutive epochs (Dice points) "
