@@ -96,6 +96,11 @@ def _max_drop(history: list[dict], after_epoch: int = 0) -> tuple[float, int] | 
     return max(drops) if drops else None
 
 
+def _seconds(history: list[dict]) -> float:
+    """The summed per-epoch times (training, validation, checkpoint writes) of a history."""
+    return sum(r.get("time", 0.0) for r in history)
+
+
 FOLD_SECONDS_RULE = ("fold_training[].seconds = the sum of the per-epoch times (training, validation, checkpoint "
                      "writes) in the fold's history.json: every call of a fold resumed across calls, without "
                      "process start-up")
@@ -115,7 +120,7 @@ def _fold_facts(root: Path, k: int, stated_devices: dict[int, str] | None = None
         # trainer's own 'seconds' is its last process's loop only, too low for a fold resumed in a later call)
         out.append({"fold": i, "epochs": m["train"]["epochs"], "steps": m["train"]["steps"],
                     "stop_reason": m["train"]["stop_reason"],
-                    "seconds": round(sum(r.get("time", 0.0) for r in hist), 1),
+                    "seconds": round(_seconds(hist), 1),
                     "seconds_last_process": m["train"]["seconds"],
                     "device": device, "device_source": source,
                     "best_epoch": m["best_epoch"], "val_dice_best": m["dice"],
@@ -171,32 +176,34 @@ def _spread(vals: list[float]) -> dict:
             "std_rule": "sample standard deviation (n-1) over the seeds"}
 
 
-def _ensemble_record(stems: list[str], *, runs: Path, results: Path, out_name: str, tta: bool) -> tuple[dict, dict]:
+def _ensemble_record(stems: list[str], *, runs: Path, results: Path, out_name: str,
+                     tta: bool) -> tuple[dict, dict, dict]:
     """Score the cross-validations ``stems`` (``cv_ph2_<name>_s<seed>``, each with its result file in ``results`` and
     its root in ``runs``) as one ensemble: their saved out-of-fold probabilities averaged per case, the same folds.
-    Returns the fields every ensemble file has, and the scores."""
+    Returns the fields every ensemble file has, the scores, and the members' result files by stem."""
     for stem in stems:
         if not (results / f"{stem}.json").is_file():
             raise SystemExit(f"{results / stem}.json is missing: run (or score) {stem} first")
         if not (runs / stem).is_dir():
             raise SystemExit(f"{runs / stem} is missing: an ensemble averages the members' saved out-of-fold "
                              f"probabilities (restore the member's root there)")
-    members = [json.loads((results / f"{stem}.json").read_text()) for stem in stems]
+    members = {stem: json.loads((results / f"{stem}.json").read_text()) for stem in stems}
+    first = members[stems[0]]
     scores = _scores([runs / stem for stem in stems], runs / out_name, tta)
     head = scores["last"]
     return {
-        "folds": members[0]["folds"], "split_seed": members[0]["split_seed"], "cache": members[0]["cache"],
+        "folds": first["folds"], "split_seed": first["split_seed"], "cache": first["cache"],
         "selection_rule": head["selection_rule"] + "; headline = pooled out-of-fold DSC",
         "pooled_oof_dsc": head["dice"], "pooled_oof_iou": head["iou"], "per_case_mean_dsc": head["per_case_dice"],
         "n_below_0.8": head["n_below"]["count"], "worst": head["worst"],
         "per_case_dsc": {c["id"]: c["dice"] for c in head["cases"]},
         "scores": _score_rows(scores),
         "resolution": head["resolution"],
-        "members_trained_on": sorted({str((d.get("environment") or {}).get("device")) for d in members}),
+        "members_trained_on": sorted({str((d.get("environment") or {}).get("device")) for d in members.values()}),
         "environment": environment(),
         "note": "'environment' is where the saved predictions were averaged and scored (no model runs then)",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }, scores
+    }, scores, members
 
 
 def _write_ensemble(path: Path, record: dict, scores: dict, tta: bool, what: str) -> None:
@@ -214,8 +221,8 @@ def run_ensemble(recipe: str, seeds: list[int], *, runs: Path, results: Path, tt
     still counts there). Writes ``<results>/cv_ph2_<recipe>_ensemble.json``. ``recipe`` is the run name (with a
     variant's tag: :func:`run_name`)."""
     stems = [seed_name(recipe, seed) for seed in seeds]
-    common, scores = _ensemble_record(stems, runs=runs, results=results, out_name=f"cv_ph2_{recipe}_ensemble",
-                                      tta=tta)
+    common, scores, _ = _ensemble_record(stems, runs=runs, results=results, out_name=f"cv_ph2_{recipe}_ensemble",
+                                         tta=tta)
     pattern = re.compile(rf"cv_ph2_{re.escape(recipe)}_s(\d+)\.json")
     files = sorted((int(m.group(1)), f) for f in results.iterdir() if (m := pattern.fullmatch(f.name)))
     singles = [json.loads(f.read_text()) for _, f in files]
@@ -246,8 +253,8 @@ def run_mix(name: str, stems: list[str], *, runs: Path, results: Path, tta: bool
     stems = [s if s.startswith("cv_ph2_") else f"cv_ph2_{s}" for s in stems]
     if len(stems) < 2 or len(set(stems)) != len(stems):
         raise SystemExit(f"--mix: two or more different cross-validations, got {stems}")
-    common, scores = _ensemble_record(stems, runs=runs, results=results, out_name=f"cv_ph2_{name}_ensemble", tta=tta)
-    members = {stem: json.loads((results / f"{stem}.json").read_text()) for stem in stems}
+    common, scores, members = _ensemble_record(stems, runs=runs, results=results, out_name=f"cv_ph2_{name}_ensemble",
+                                               tta=tta)
     record = {
         "what": f"{common['folds']}-fold cross-validation: an ensemble of {len(stems)} cross-validations of different "
                 f"recipes on the same folds (out-of-fold probabilities averaged): {', '.join(stems)}",
@@ -424,7 +431,7 @@ def run_stability(recipe: str, seed: int, *, folds: int, runs: Path, results: Pa
             raise SystemExit(f"{f}: expected a non-empty list of per-epoch records")
         late = [r["train_loss"] for r in hist if r.get("epoch", 0) > tenth and r.get("train_loss") is not None]
         vals = _val_dice(hist)
-        seconds = sum(r.get("time", 0.0) for r in hist)
+        seconds = _seconds(hist)
         stated = (fold_devices or {}).get(i)
         rows.append({
             "fold": i, "epochs_done": int(hist[-1].get("epoch", len(hist))), "epochs_planned": planned,

@@ -106,10 +106,17 @@ group_alive() {  # any process of group $1 that is not a zombie (an unreaped zom
   ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {found = 1} END {exit !found}'
 }
 
+wait_gone() {  # wait up to $2 seconds for group $1 to end; true once it has
+  local i
+  for i in $(seq 1 "$2"); do group_alive "$1" || return 0; sleep 1; done
+  ! group_alive "$1"
+}
+
 stop_job() {
-  local job=$1 pgid i
+  local job=$1 pgid i state
   if [ ! -f "$ROOT/logs/$job.cmd" ]; then echo "stop: no job '$job' was started here" >&2; return 2; fi
-  if [ "$(job_state "$job")" != running ]; then echo "stop: $job has already ended ($(job_state "$job"))"; return 0; fi
+  state=$(job_state "$job")
+  if [ "$state" != running ]; then echo "stop: $job has already ended ($state)"; return 0; fi
   for i in $(seq 1 10); do [ -s "$ROOT/logs/$job.pgid" ] && break; sleep 1; done  # a job started a moment ago
   pgid=$(cat "$ROOT/logs/$job.pgid" 2>/dev/null || true)
   if [[ ! $pgid =~ ^[0-9]+$ ]]; then
@@ -117,10 +124,8 @@ stop_job() {
     return 1
   fi
   kill -TERM -- "-$pgid" 2>/dev/null || true
-  for i in $(seq 1 30); do group_alive "$pgid" || break; sleep 1; done
-  if group_alive "$pgid"; then kill -KILL -- "-$pgid" 2>/dev/null || true; fi
-  for i in $(seq 1 10); do group_alive "$pgid" || break; sleep 1; done
-  if group_alive "$pgid"; then echo "stop: processes of $job (group $pgid) are still there" >&2; return 1; fi
+  wait_gone "$pgid" 30 || kill -KILL -- "-$pgid" 2>/dev/null || true
+  if ! wait_gone "$pgid" 10; then echo "stop: processes of $job (group $pgid) are still there" >&2; return 1; fi
   echo stopped > "$ROOT/logs/$job.rc"
   echo "stopped $job (process group $pgid)"
 }

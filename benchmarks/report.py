@@ -428,6 +428,10 @@ def stability_rows(name, d):
     def pts(v, e=None):  # a fall of validation Dice in points, with its epoch
         return "-" if v is None else f"{100 * v:.1f}" + (f" (ep {e})" if e is not None else "")
 
+    def late(folds):  # each fold's largest fall after the first tenth of the run
+        return ", ".join(pts(f["max_epoch_drop_after_first_tenth"], f["max_epoch_drop_after_first_tenth_epoch"])
+                         for f in folds)
+
     folds = d["fold_training"]
     anchor = d.get("anchor") or {}
     done = sorted(set(d["epochs_done"]))
@@ -438,13 +442,11 @@ def stability_rows(name, d):
         else f"{done[0]} / {d['epochs_planned']}",
         "finished": "yes" if d["all_folds_finished"] else "no (nothing scored)",
         "largest fall (points), all epochs": pts(*_largest(folds, "max_epoch_drop")),
-        f"per fold after epoch {d['first_tenth_epochs']}": ", ".join(
-            pts(f["max_epoch_drop_after_first_tenth"], f["max_epoch_drop_after_first_tenth_epoch"]) for f in folds),
+        f"per fold after epoch {d['first_tenth_epochs']}": late(folds),
         f"< {100 * d['bound']:.0f} points after epoch {d['first_tenth_epochs']}":
             "yes" if d["bound_met_after_first_tenth"] else "no",
-        "anchor per fold after the first tenth": (f"{anchor['recipe']}: " + ", ".join(
-            pts(f["max_epoch_drop_after_first_tenth"], f["max_epoch_drop_after_first_tenth_epoch"])
-            for f in anchor["fold_training"]) + f" (of {max(f['epochs'] for f in anchor['fold_training'])} epochs)")
+        "anchor per fold after the first tenth": (f"{anchor['recipe']}: {late(anchor['fold_training'])} (of "
+                                                  f"{max(f['epochs'] for f in anchor['fold_training'])} epochs)")
         if anchor else "-",
         "s / epoch": fmt(max(f["seconds_per_epoch"] for f in folds), ".3g"),
     }]

@@ -76,11 +76,6 @@ def test_the_folds_say_which_gpu_trained_them_and_the_report_shows_it(tmp_path, 
     assert report.device_of({**scored, "fold_training": bare}) == "cpu (2 cores)"
 
 
-def test_fold_device_arguments_are_checked():
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cv_ph2_gpu.py"
-    r = subprocess.run([sys.executable, str(script), "--score-only", "--fold-device", "x-2=H200"], capture_output=True,
-                       text=True)
+def test_fold_device_arguments_are_checked(cv_script):
+    r = cv_script("--score-only", "--fold-device", "x-2=H200")
     assert r.returncode == 2 and "--fold-device: I=NAME or I-J=NAME" in r.stderr

@@ -4,28 +4,18 @@ cross-validations of different recipes on the same folds (--mix, run_mix)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 
-def _run(cv, cache, runs, results, recipe, seed):
-    return cv.run_one(recipe, seed, folds=2, split_seed=0, caches={(256, 256): str(cache)}, runs=runs,
-                      results=results, minutes_per_fold=None, epochs=1, extra=list(cv.SMOKE_SETS), device="cpu",
-                      tta=True, checkpoints=("last",))
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, benchmark_module):
+def trained(tmp_path_factory, benchmark_module, cv_smoke_run):
     """Three smoke cross-validations on one split: vmunet_ph2_best seeds 0 and 1, vmunet_ph2 seed 0."""
     cv = benchmark_module("cv_ph2_gpu")
     tmp = tmp_path_factory.mktemp("cvmix")
     cache = cv._smoke_cache(tmp)
     runs, results = tmp / "cvruns", tmp / "results"
-    singles = {(r, s): _run(cv, cache, runs, results, r, s)
+    singles = {(r, s): cv_smoke_run(cache, runs, results, r, s)
                for r, s in (("vmunet_ph2_best", 0), ("vmunet_ph2_best", 1), ("vmunet_ph2", 0))}
     return cv, runs, results, singles
 
@@ -76,9 +66,7 @@ def test_a_mix_names_what_is_missing(trained):
                    results=results, tta=False)
 
 
-def test_mix_without_a_name_is_refused_by_argument():
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cv_ph2_gpu.py"
-    res = subprocess.run([sys.executable, str(script), "--mix", "a_s0,b_s0"], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": "src"})
+def test_mix_without_a_name_is_refused_by_argument(cv_script):
+    res = cv_script("--mix", "a_s0,b_s0")
     assert res.returncode == 2 and "--mix needs --mix-name" in res.stderr
 

@@ -9,30 +9,25 @@ import tarfile
 import pytest
 
 
-def _run(cv, cache, runs, results, **kw):
-    return cv.run_one("vmunet_ph2_best", 0, folds=2, split_seed=0, caches={(256, 256): str(cache)}, runs=runs,
-                      results=results, minutes_per_fold=None, epochs=1, extra=list(cv.SMOKE_SETS), device="cpu",
-                      tta=True, checkpoints=("last",), **kw)
-
-
-def test_folds_trained_apart_are_merged_and_scored_as_one_cross_validation(tmp_path, benchmark_module):
-    cv = benchmark_module("cv_ph2_gpu")
+def test_folds_trained_apart_are_merged_and_scored_as_one_cross_validation(tmp_path, benchmark_module,
+                                                                            cv_smoke_run):
+    cv, _run = benchmark_module("cv_ph2_gpu"), cv_smoke_run
     cache = cv._smoke_cache(tmp_path)
     a, b, results = tmp_path / "a" / "cvruns", tmp_path / "b" / "cvruns", tmp_path / "results"
     # machine A trains fold 1 only: nothing is scored or written, the other fold is not started
-    assert _run(cv, cache, a, results, only_folds=[1]) is None
+    assert _run(cache, a, results, only_folds=[1]) is None
     root_a = a / "cv_ph2_vmunet_ph2_best_s0"
     assert (root_a / "fold_1" / "metrics.json").is_file() and not (root_a / "fold_0").exists()
     assert not results.exists() or not list(results.iterdir())
     # machine B trains fold 0 from the same seeded split
-    assert _run(cv, cache, b, results, only_folds=[0]) is None
+    assert _run(cache, b, results, only_folds=[0]) is None
     root_b = b / "cv_ph2_vmunet_ph2_best_s0"
     assert (root_a / "splits_final.json").read_text() == (root_b / "splits_final.json").read_text()
     # A's finished fold travels packed (no checkpoints) and is merged into B's root, which is then scored
     (packed,) = cv.pack_state(root_a, tmp_path / "packed", checkpoints=("last",))
     with tarfile.open(packed) as t:
         t.extractall(b.parent, filter="data")
-    rec = _run(cv, cache, b, results, score_only=True)
+    rec = _run(cache, b, results, score_only=True)
     assert rec is not None and (results / "cv_ph2_vmunet_ph2_best_s0.json").is_file()
     # every case of the split is scored once, by the fold that held it out
     held_out = sorted(c for f in json.loads((root_b / "splits_final.json").read_text())["folds"] for c in f["val"])
@@ -41,26 +36,19 @@ def test_folds_trained_apart_are_merged_and_scored_as_one_cross_validation(tmp_p
     assert 0.0 <= rec["pooled_oof_dsc"] <= 1.0 and "last_tta_flip" in rec["scores"]
 
 
-def test_scoring_a_root_with_a_missing_fold_stops_with_a_clear_message(tmp_path, benchmark_module):
-    cv = benchmark_module("cv_ph2_gpu")
+def test_scoring_a_root_with_a_missing_fold_stops_with_a_clear_message(tmp_path, benchmark_module, cv_smoke_run):
+    cv, _run = benchmark_module("cv_ph2_gpu"), cv_smoke_run
     cache = cv._smoke_cache(tmp_path)
     runs = tmp_path / "cvruns"
-    assert _run(cv, cache, runs, tmp_path / "results", only_folds=[0]) is None
+    assert _run(cache, runs, tmp_path / "results", only_folds=[0]) is None
     import pytest
 
     with pytest.raises(SystemExit, match=r"fold\(s\) \[1\] have no complete out-of-fold predictions"):
-        _run(cv, cache, runs, tmp_path / "results", score_only=True)
+        _run(cache, runs, tmp_path / "results", score_only=True)
 
 
-def test_only_folds_out_of_range_is_refused_by_name(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cv_ph2_gpu.py"
-    res = subprocess.run([sys.executable, str(script), "--only-folds", "3,7", "--runs", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": "src"})
+def test_only_folds_out_of_range_is_refused_by_name(tmp_path, cv_script):
+    res = cv_script("--only-folds", "3,7", "--runs", str(tmp_path))
     assert res.returncode == 2 and "--only-folds: fold numbers in 0..4" in res.stderr
 
 

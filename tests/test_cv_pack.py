@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -88,14 +85,11 @@ def test_packed_state_restores_and_a_large_archive_comes_in_parts(root, tmp_path
     assert [p.name for p in again] == [whole.name] and not list((tmp_path / "b").glob("*.part*"))
 
 
-def test_nothing_finished_packs_nothing_and_the_cli_says_so(tmp_path, benchmark_module):
+def test_nothing_finished_packs_nothing_and_the_cli_says_so(tmp_path, benchmark_module, cv_script):
     runs = tmp_path / "cvruns"
     _fold(runs / "cv_ph2_r_s3", 0, ["last"], finished=False)
     assert benchmark_module("cv_ph2_gpu").pack_state(runs / "cv_ph2_r_s3", tmp_path / "out") == []
-    src = Path(__file__).resolve().parents[1] / "src"
-    res = subprocess.run([sys.executable, str(SCRIPT), "--recipes", "r", "--seeds", "3", "--runs", str(runs),
-                          "--pack", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(src)})
+    res = cv_script("--recipes", "r", "--seeds", "3", "--runs", str(runs), "--pack", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr
     assert "cv_ph2_r_s3: no finished fold to pack" in res.stdout
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

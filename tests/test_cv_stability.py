@@ -5,8 +5,6 @@ docs/RESULTS.md."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -104,15 +102,11 @@ def test_the_report_shows_a_stability_record(tmp_path, cv, benchmark_module):
     assert "## PH2 training stability" in text and "stability_ph2_vmbunet_ph2_stable-t_s0.json" in text
 
 
-def test_stability_only_from_the_command_line(tmp_path):
+def test_stability_only_from_the_command_line(tmp_path, cv_script):
     runs, results = tmp_path / "runs", tmp_path / "results"
     _fold(runs, 0, [0.5, 0.6, 0.7])
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cv_ph2_gpu.py"
-    src = Path(__file__).resolve().parents[1] / "src"
-    r = subprocess.run([sys.executable, str(script), "--recipes", "vmbunet_ph2_stable", "--tag", "t", "--seeds", "0",
-                        "--folds", "1", "--epochs", "30", "--runs", str(runs), "--results-dir", str(results),
-                        "--stability-only", "--fold-device", "0=GPU B"], capture_output=True, text=True,
-                       env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
+    r = cv_script("--recipes", "vmbunet_ph2_stable", "--tag", "t", "--seeds", "0", "--folds", "1", "--epochs", "30",
+                  "--runs", str(runs), "--results-dir", str(results), "--stability-only", "--fold-device", "0=GPU B")
     assert r.returncode == 0, r.stderr
     d = json.loads((results / "stability_ph2_vmbunet_ph2_stable-t_s0.json").read_text())
     assert d["epochs_planned"] == 30 and d["fold_training"][0]["device"] == "GPU B"
