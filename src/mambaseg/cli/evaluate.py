@@ -70,10 +70,18 @@ def _evaluate_cv(root: Path | list[Path], *, oof: str, data: Optional[str], out:
     worst = ", ".join(f"{w['id']} {w['dice']:.3f}" for w in result["worst"][:5])
     members = f", ensemble of {result['members']} cross-validations" if result.get("members") else ""
     members += f", post-processed: {'+'.join(result['postprocess'])}" if result.get("postprocess") else ""
+    if result.get("unit"):  # volumes: the per-volume mean first, as evaluate reports a volumetric split
+        per_class = result["per_case"]
+        classes = "  ".join(f"{n} {v:.4f}" for n, v in zip(per_class["classes"], per_class["per_class"]["dsc"])
+                            if n in per_class["foreground_classes"])
+        hd = f"{result['hd95']:.2f}" if isinstance(result["hd95"], float) else str(result["hd95"])
+        scores = (f"mean per-volume dice {result['per_case_dice']:.4f} ({classes})  hd95 {hd} "
+                  f"({result['conventions']['units']})  pooled dice {result['dice']:.4f}")
+    else:
+        scores = (f"pooled dice {result['dice']:.4f}  iou {result['iou']:.4f}  per-case dice "
+                  f"{result['per_case_dice']:.4f}")
     console.print(f"{result['k']}-fold out-of-fold ({result['n_cases']} cases, {oof} checkpoints, tta {result['tta']}"
-                  f"{members}): "
-                  f"pooled dice {result['dice']:.4f}  iou {result['iou']:.4f}  per-case dice "
-                  f"{result['per_case_dice']:.4f}; {result['n_below']['count']} case(s) below "
+                  f"{members}): {scores}; {result['n_below']['count']} case(s) below "
                   f"{result['n_below']['threshold']:g}; worst: {worst}\n-> {Path(out or root) / 'cv_metrics.json'}",
                   highlight=False)
 

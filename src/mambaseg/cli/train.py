@@ -109,9 +109,10 @@ def train(
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from the weights of a checkpoint "
                                             "(ours or converted; train.init_from): what fits is loaded, another "
                                             "head is re-initialised, a report is printed."),
-    folds: Optional[int] = typer.Option(None, "--folds", help="K-fold cross-validation over the train + val cases: "
-                                        "--out is the CV root (splits_final.json, fold_i/ runs, out-of-fold "
-                                        "predictions); folds drawn with data.split_seed."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="K-fold cross-validation over the train + val cases "
+                                        "(images, or volumes of a volumetric layout; one patient's _frameNN phases "
+                                        "in one fold): --out is the CV root (splits_final.json, fold_i/ runs, "
+                                        "out-of-fold predictions); folds drawn with data.split_seed."),
     fold: str = typer.Option("all", "--fold", help="With --folds: the fold to train (0..K-1) or 'all' (in sequence)."),
     tta: str = typer.Option("none", "--tta", help="With --folds: also predict the held-out cases with this test-time "
                             "augmentation (none or flip), saved as oof/<ckpt>_tta_<tta> and scored by evaluate --cv "

@@ -27,6 +27,7 @@ from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset
 
 __all__ = [
     "ACDC_LABELS",
+    "acdc_cases",
     "acdc_slices",
     "acdc_volumes",
     "is_acdc_root",
@@ -168,22 +169,49 @@ def acdc_volumes(root: str | Path, split: str = "val") -> VolumeDataset:
 
 
 
+def acdc_cases(root: str | Path) -> list[str]:
+    """The cross-validation pool: the volumes of the training slices (``patient003_frame01`` of
+    ``patient003_frame01_slice_5``) and the ``val.list`` volumes (``test`` is never in it)."""
+    from mambaseg.data.volumetric import slice_case
+
+    root = Path(root)
+    cases = list(dict.fromkeys(slice_case(n)[0] for n in read_list_file(root / "train_slices.list")))
+    return cases + (read_list_file(root / "val.list") if (root / "val.list").is_file() else [])
+
+
 def open_acdc(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
-    """ACDC (SSL4MIS h5) layout opener: slices for training, volumes for val/test."""
+    """ACDC (SSL4MIS h5) layout opener: slices for training, volumes for val/test; with ``data.split_file`` (a
+    cross-validation fold over :func:`acdc_cases`) train and val are the fold's cases
+    (:func:`mambaseg.data.volumetric.fold_datasets`)."""
     from mambaseg.data.task import DataTask, DataTaskError, image_size_of, volume_label_map
     from mambaseg.data.transforms import resolve_augmentation
-    from mambaseg.data.volumetric import paper_normalization
+    from mambaseg.data.volumetric import fold_datasets, paper_normalization
 
     norm = normalization if normalization is not None else paper_normalization(1)
+
+    def slices() -> SliceDataset2D:
+        return acdc_slices(root, image_size=image_size_of(cfg), augment=cfg.data.augment,
+                           preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"), normalization=norm)
+
     ds: dict[str, Any] = {}
+    if cfg.data.split_file and any(s in ("train", "val") for s in splits):
+        from mambaseg.data.folds import read_fold_split
+
+        fold = read_fold_split(cfg.data.split_file, acdc_cases(root))
+        extra = {"val": acdc_volumes(root, "val")} if (root / "val.list").is_file() else {}
+        train, val = fold_datasets(slices(), extra, fold, where=str(cfg.data.split_file))
+        ds.update({s: d for s, d in (("train", train), ("val", val)) if s in splits})
     for s in splits:
+        if s in ds:
+            continue
         if s == "train":
-            ds[s] = acdc_slices(root, image_size=image_size_of(cfg), augment=cfg.data.augment,
-                                preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"), normalization=norm)
+            ds[s] = slices()
         elif s in ("val", "test"):
             ds[s] = acdc_volumes(root, s)
         else:
             raise DataTaskError(f"ACDC has splits train, val and test; got {s!r}")
+    info = {"root": str(root), **{f"n_{s}": len(d) for s, d in ds.items()}}
+    if cfg.data.split_file:
+        info["split_file"] = str(cfg.data.split_file)
     return DataTask(name="acdc", datasets=ds, evaluation="volume_slicewise", label_map=volume_label_map(ACDC_LABELS),
-                    num_classes=4, in_chans=1, normalization=norm,
-                    info={"root": str(root), **{f"n_{s}": len(d) for s, d in ds.items()}})
+                    num_classes=4, in_chans=1, normalization=norm, info=info)

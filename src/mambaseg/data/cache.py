@@ -41,8 +41,10 @@ __all__ = [
     "VOLCACHE_FORMAT",
     "is_npz2d",
     "is_volcache",
+    "npz2d_cases",
     "open_npz2d",
     "open_volcache",
+    "volcache_cases",
     "write_npz2d",
     "write_volcache",
 ]
@@ -69,7 +71,7 @@ def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
     from mambaseg.data.files import to_uint8
     from mambaseg.data.folder2d import FolderDataset2D
     from mambaseg.data.transforms import Resize
-    from mambaseg.utils.files import atomic_path
+    from mambaseg.utils.files import atomic_write_npz
 
     data, size = Path(data), (int(image_size[0]), int(image_size[-1]))
     arrays: dict[str, np.ndarray] = {}
@@ -100,10 +102,7 @@ def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     arrays["meta"] = np.asarray(json.dumps(meta))
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-    return Path(out)
+    return atomic_write_npz(out, **arrays)
 
 
 class ArrayDataset2D(Dataset):
@@ -187,6 +186,12 @@ class ArrayDataset2D(Dataset):
             "orig_size": tuple(int(v) for v in self.orig_sizes[i]),
             "path": f"{self.source}#{self.ids[i]}",
         }
+
+
+def npz2d_cases(path: Path) -> list[str]:
+    """Ids of the cached ``train`` and ``val`` images (the cross-validation pool)."""
+    with np.load(path, allow_pickle=False) as z:
+        return [str(i) for s in ("train", "val") if f"{s}_ids" in z.files for i in z[f"{s}_ids"]]
 
 
 def is_npz2d(path: Path) -> bool:
@@ -326,12 +331,9 @@ def write_volcache(
         "image_encoding": "uint8 = round(255 * intensity in [0, 1])",
     }
     arrays["vol_meta"] = np.asarray(json.dumps(meta))
-    from mambaseg.utils.files import atomic_path
+    from mambaseg.utils.files import atomic_write_npz
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-    return Path(path)
+    return atomic_write_npz(path, **arrays)
 
 
 class _CacheSliceLoader:
@@ -362,6 +364,17 @@ class _CacheVolumeLoader:
         )
 
 
+def volcache_cases(path: Path) -> list[str]:
+    """The cached volumes of ``val`` and the volumes of the cached training slices (``<case>_slice<z>``): the
+    cross-validation pool (``test`` is never in it)."""
+    from mambaseg.data.volumetric import slice_case
+
+    with np.load(path, allow_pickle=False) as z:
+        slices = [str(i) for i in z["train_ids"]] if "train_ids" in z.files else []
+        vols = [str(i) for i in z["val_ids"]] if "val_ids" in z.files else []
+    return list(dict.fromkeys(slice_case(n)[0] for n in slices)) + vols
+
+
 def is_volcache(path: Path) -> bool:
     """Whether ``path`` is a ``.npz`` holding a ``vol_meta`` entry."""
     if not (path.is_file() and path.suffix == ".npz"):
@@ -375,7 +388,7 @@ def is_volcache(path: Path) -> bool:
 
 def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> DataTask:
     """``volcache`` layout opener: training slices and evaluation volumes stored at the network size."""
-    from mambaseg.data.volumetric import SliceDataset2D, VolumeDataset, paper_normalization
+    from mambaseg.data.volumetric import SliceDataset2D, VolumeDataset, fold_datasets, paper_normalization
 
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -386,27 +399,35 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
     num_classes = int(meta["num_classes"])
     stored = tuple(int(s) for s in meta["image_size"])
     norm = normalization if normalization is not None else paper_normalization(1)
-    ds: dict[str, Dataset] = {}
-    for s in splits:
-        if s == "train":
-            if "train_images" not in arrays:
-                raise DataTaskError(f"{path}: the cache has no training slices")
-            imgs, labs = arrays["train_images"], arrays["train_labels"]
-            ids = [str(i) for i in arrays["train_ids"]]
+    fold = _volcache_fold(path, cfg, arrays, splits)
 
-            ds[s] = SliceDataset2D(ids, _CacheSliceLoader(imgs, labs), image_size=image_size_of(cfg),
-                                   augment=cfg.data.augment,
-                                   preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"),
-                                   num_classes=num_classes, label_names=label_names, normalization=norm,
-                                   paths=[f"{path}#{i}" for i in ids])
-        else:
-            if f"{s}_images" not in arrays:
-                have = sorted(k[: -len("_shapes")] for k in arrays if k.endswith("_shapes"))
-                raise DataTaskError(f"{path}: no split {s!r} in the cache (it has {have})")
-            imgs, flat, shapes = arrays[f"{s}_images"], arrays[f"{s}_labels_flat"], arrays[f"{s}_shapes"]
-            ids = [str(i) for i in arrays[f"{s}_ids"]]
-            loader = _CacheVolumeLoader(imgs, flat, shapes, ids, str(path))
-            ds[s] = VolumeDataset(ids, loader, label_names=label_names, num_classes=num_classes)
+    def slices() -> SliceDataset2D:
+        if "train_images" not in arrays:
+            raise DataTaskError(f"{path}: the cache has no training slices")
+        ids = [str(i) for i in arrays["train_ids"]]
+        return SliceDataset2D(ids, _CacheSliceLoader(arrays["train_images"], arrays["train_labels"]),
+                              image_size=image_size_of(cfg), augment=cfg.data.augment,
+                              preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"),
+                              num_classes=num_classes, label_names=label_names, normalization=norm,
+                              paths=[f"{path}#{i}" for i in ids])
+
+    def volumes(s: str) -> VolumeDataset:
+        if f"{s}_images" not in arrays:
+            have = sorted(k[: -len("_shapes")] for k in arrays if k.endswith("_shapes"))
+            raise DataTaskError(f"{path}: no split {s!r} in the cache (it has {have})")
+        ids = [str(i) for i in arrays[f"{s}_ids"]]
+        loader = _CacheVolumeLoader(arrays[f"{s}_images"], arrays[f"{s}_labels_flat"], arrays[f"{s}_shapes"], ids,
+                                    str(path))
+        return VolumeDataset(ids, loader, label_names=label_names, num_classes=num_classes)
+
+    ds: dict[str, Dataset] = {}
+    if fold is not None:  # a cross-validation fold: its cases' slices train, its held-out cases' volumes validate
+        train, val = fold_datasets(slices(), {"val": volumes("val")} if "val_ids" in arrays else {}, fold,
+                                   where=str(cfg.data.split_file))
+        ds.update({s: d for s, d in (("train", train), ("val", val)) if s in splits})
+    for s in splits:
+        if s not in ds:
+            ds[s] = slices() if s == "train" else volumes(s)
     if image_size_of(cfg) != stored:
         info_size = f"cache stored at {stored}, resized to {image_size_of(cfg)}"
     else:
@@ -414,4 +435,15 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
     return DataTask(name="volcache", datasets=ds, evaluation="volume_slicewise",
                     label_map=volume_label_map(label_names), num_classes=num_classes, in_chans=1, normalization=norm,
                     info={"root": str(path), "cache": meta.get("name"), "cache_image_size": info_size,
-                          **{f"n_{s}": len(d) for s, d in ds.items()}})
+                          **{f"n_{s}": len(d) for s, d in ds.items()},
+                          **({"split_file": str(cfg.data.split_file)} if fold is not None else {})})
+
+
+def _volcache_fold(path: Path, cfg: Any, arrays: Mapping[str, np.ndarray],
+                   splits: tuple[str, ...]) -> dict[str, list[str]] | None:
+    """The fold's ``{"train", "val"}`` cases when ``data.split_file`` is set and train or val is opened."""
+    if not cfg.data.split_file or not any(s in ("train", "val") for s in splits):
+        return None
+    from mambaseg.data.folds import read_fold_split
+
+    return read_fold_split(cfg.data.split_file, volcache_cases(path))

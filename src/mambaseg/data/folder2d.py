@@ -16,7 +16,7 @@ from mambaseg.data.splits import resolve_splits
 from mambaseg.data.transforms import Transform, as_size, build_transforms
 from mambaseg.data.validation import Problem, check_pair
 
-__all__ = ["FolderDataset2D"]
+__all__ = ["FolderDataset2D", "folder2d_cases"]
 
 
 class FolderDataset2D(Dataset):
@@ -280,6 +280,11 @@ def folder_label_map(cfg: Any) -> tuple[dict[str, int], int]:
             "e.g. --set data.label_values=[0,1,2,3])"
         )
     return {("background" if i == 0 else f"class_{i}"): int(v) for i, v in enumerate(values)}, len(values)
+
+
+def folder2d_cases(root: Path) -> list[str]:
+    """Ids of the images of ``ROOT/train`` and ``ROOT/val`` (the cross-validation pool; ``test`` is never in it)."""
+    return [i for split in ("train", "val") if (root / split).is_dir() for i in list_split(root / split).ids]
 
 
 def open_folder2d(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:

@@ -14,29 +14,42 @@ and read back by every later fold and by the evaluation, after checking that the
 ``RUN_ROOT/fold_i/split.json``, the ``data.split_file`` of that fold's run (folder datasets and ``npz2d`` caches
 both accept a split file whose ids cover their train + val pool).
 
-Volumetric layouts (ACDC, Synapse, nnU-Net raw, ``volcache``) are not supported yet: their training split holds
-slices and their validation split volumes, so a case split needs a patient-level mapping that is not written here.
+Volumetric layouts (ACDC, Synapse, nnU-Net raw, ``volcache``): a case is a volume. The pool is every labelled volume
+of the training and validation splits, whether stored as a volume (ACDC ``val.list``, nnU-Net ``imagesTr``) or as
+training slices named ``<case>_slice<z>`` (ACDC ``train_slices.list``, Synapse ``train_npz``), which are stacked back
+into their volume when the case is held out (:func:`mambaseg.data.volumetric.fold_datasets`). Cases that differ only
+by a ``_frame<NN>`` suffix (the cardiac phases of one ACDC patient, ``patient003_frame01`` and ``..._frame02``) are one
+group and are always held out together (:func:`case_group`), as nnU-Net's ACDC folds do: a fold never trains on one
+phase of a patient whose other phase it reports. Out-of-fold volumes are scored per volume
+(:func:`mambaseg.engine.crossval.evaluate_cv`).
+
+Each layout says what its pool is (``cases`` of :class:`mambaseg.data.layouts.DataLayout`); its opener honours a
+fold's split file (``data.split_file``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from mambaseg.data.files import DatasetError, list_split
+from mambaseg.data.files import DatasetError
 from mambaseg.utils.files import atomic_write_json
 
 __all__ = [
     "FOLDS_FILE",
     "FOLDS_FORMAT",
+    "case_group",
     "case_pool",
     "fold_split_file",
+    "read_fold_split",
     "iter_cases",
     "load_folds",
     "make_folds",
+    "pool_groups",
     "resolve_folds",
     "select_pool",
     "take_cases",
@@ -46,13 +59,21 @@ FOLDS_FORMAT = "mambaseg-folds/1"
 FOLDS_FILE = "splits_final.json"
 
 
-def make_folds(case_ids: list[str], k: int, seed: int) -> list[dict[str, list[str]]]:
+def case_group(case: str) -> str:
+    """The group a case is held out with: its id without a trailing ``_frame<NN>`` (the phases of one patient)."""
+    return re.sub(r"_frame\d+$", "", str(case))
+
+
+def make_folds(case_ids: list[str], k: int, seed: int,
+               groups: Mapping[str, str] | None = None) -> list[dict[str, list[str]]]:
     """Deal ``case_ids`` into ``k`` folds after a seeded shuffle.
 
     Args:
         case_ids: distinct case ids (order does not matter: they are sorted first).
-        k: number of folds, ``2 <= k <= len(case_ids)``.
+        k: number of folds, ``2 <= k <= len(case_ids)`` (``<=`` the number of groups with ``groups``).
         seed: seed of ``numpy.random.default_rng``.
+        groups: ``{case: group}``; cases of one group go to the same fold (the sorted groups are shuffled and
+            dealt instead of the cases). ``None``: every case is its own group.
 
     Returns:
         ``[{"train": sorted ids, "val": sorted ids}, ...]`` (``k`` entries); every id is in exactly one ``val``.
@@ -62,10 +83,13 @@ def make_folds(case_ids: list[str], k: int, seed: int) -> list[dict[str, list[st
         raise ValueError("case ids must be distinct for a fold split")
     if not isinstance(k, int) or isinstance(k, bool) or k < 2:
         raise ValueError(f"the number of folds (--folds) must be an integer >= 2, got {k!r}")
-    if k > len(ids):
-        raise ValueError(f"--folds {k} needs at least {k} cases; the pool has {len(ids)}")
-    perm = np.random.default_rng(int(seed)).permutation(len(ids))
-    held = [sorted(ids[j] for j in perm[i::k]) for i in range(k)]
+    units = sorted({groups[i] for i in ids}) if groups is not None else ids
+    if k > len(units):
+        what = "groups of cases (patients)" if groups is not None else "cases"
+        raise ValueError(f"--folds {k} needs at least {k} {what}; the pool has {len(units)}")
+    perm = np.random.default_rng(int(seed)).permutation(len(units))
+    dealt = [{units[j] for j in perm[i::k]} for i in range(k)]
+    held = [sorted(i for i in ids if (groups[i] if groups is not None else i) in d) for d in dealt]
     return [{"train": sorted(set(ids) - set(v)), "val": v} for v in held]
 
 
@@ -90,9 +114,9 @@ def load_folds(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_folds(root: str | Path, pool: list[str], *, k: int, seed: int, data: str = "",
-                  layout: str = "") -> dict[str, Any]:
+                  layout: str = "", groups: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The folds of a cross-validation root: read ``ROOT/splits_final.json`` if it exists (checking it matches
-    ``pool``, ``k`` and ``seed``), else make them and write the file.
+    ``pool``, ``k`` and ``seed``), else make them (cases of one of ``groups`` in one fold) and write the file.
 
     Raises:
         DatasetError: the saved file was made for other cases, another k or another seed (the message says which
@@ -117,7 +141,11 @@ def resolve_folds(root: str | Path, pool: list[str], *, k: int, seed: int, data:
         return record
     record = {"format": FOLDS_FORMAT, "k": k, "seed": seed, "data": str(data), "layout": layout,
               "n_cases": len(pool), "note": "seeded k-fold split over the train + val cases; test is never used",
-              "folds": make_folds(pool, k, seed)}
+              "folds": make_folds(pool, k, seed, groups)}
+    if groups is not None:
+        record["n_groups"] = len(set(groups.values()))
+        record["grouping"] = ("cases differing only by a _frame<NN> suffix (one patient's phases) are one group, "
+                              "held out together")
     atomic_write_json(path, record)
     return record
 
@@ -134,29 +162,41 @@ def fold_split_file(root: str | Path, record: dict[str, Any], fold: int) -> Path
 
 
 def case_pool(path: str | Path, layout: str) -> list[str]:
-    """Ids of the train + val cases of a 2-D dataset (``folder2d`` root or ``npz2d`` cache), sorted.
+    """Ids of the train + val cases of a dataset (images of a 2-D layout, volumes of a volumetric one), sorted.
 
     Raises:
-        DatasetError: another layout (volumetric), or duplicated ids across the splits.
+        DatasetError: the layout names no pool of cases (``cases`` of its
+            :class:`~mambaseg.data.layouts.DataLayout`), duplicated ids across the splits, or no case.
     """
+    from mambaseg.data.layouts import LAYOUTS, list_layouts
+
+    list_layouts()  # fills the table of shipped layouts
     p = Path(path)
-    if layout == "folder2d":
-        ids: list[str] = []
-        for split in ("train", "val"):
-            if (p / split).is_dir():
-                ids += list_split(p / split).ids
-    elif layout == "npz2d":
-        with np.load(p, allow_pickle=False) as z:
-            ids = [str(i) for s in ("train", "val") if f"{s}_ids" in z.files for i in z[f"{s}_ids"]]
-    else:
-        raise DatasetError(f"cross-validation (--folds) supports 2-D folder datasets and npz2d caches; {p} is a "
-                           f"{layout!r} dataset (volumetric layouts are not supported yet)")
+    entry = LAYOUTS.get(layout)
+    if entry is None or entry.cases is None:
+        have = [n for n in list_layouts() if LAYOUTS[n].cases is not None]
+        raise DatasetError(f"cross-validation (--folds) needs the pool of cases of the dataset; layout {layout!r} of "
+                           f"{p} does not list one (layouts that do: {', '.join(have)})")
+    ids = [str(i) for i in entry.cases(p)]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise DatasetError(f"{p}: case ids occur in both train and val ({dup[:5]}); a fold split needs unique ids")
     if not ids:
         raise DatasetError(f"{p}: no train/val cases to split into folds")
     return sorted(ids)
+
+
+def pool_groups(pool: list[str]) -> dict[str, str] | None:
+    """``{case: case_group(case)}`` when some cases share a group (e.g. ACDC phases), else ``None``."""
+    groups = {c: case_group(c) for c in pool}
+    return groups if len(set(groups.values())) < len(pool) else None
+
+
+def read_fold_split(split_file: str | Path, pool: list[str]) -> dict[str, list[str]]:
+    """The ``{"train", "val"}`` case lists of a fold's split file, checked to cover exactly ``pool``."""
+    from mambaseg.data.splits import _load_split_file
+
+    return _load_split_file(Path(split_file), pool)
 
 
 def take_cases(arrays: dict[str, np.ndarray], ids: list[str], path: str | Path = "") -> dict[str, np.ndarray]:
@@ -184,10 +224,8 @@ def select_pool(arrays: dict[str, np.ndarray], split_file: str | Path, path: str
                 splits: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
     """``npz2d`` with a split file: the arrays of each wanted split (``train``/``val``) taken by id from the cache's
     train + val pool (:func:`take_cases`); ``test`` stays as stored. The split file must cover exactly that pool."""
-    from mambaseg.data.splits import _load_split_file
-
     pool = [str(i) for s in ("train", "val") if f"{s}_ids" in arrays for i in arrays[f"{s}_ids"]]
-    sel = _load_split_file(Path(split_file), pool)
+    sel = read_fold_split(split_file, pool)
     return {split: take_cases(arrays, sel[split], path) for split in splits if split in ("train", "val")}
 
 

@@ -68,13 +68,17 @@ Opener = Callable[..., DataTask]
 
 @dataclass(frozen=True)
 class DataLayout:
-    """A layout: ``detect(root) -> bool`` and ``open(root, cfg, *, splits, normalization) -> DataTask``."""
+    """A layout: ``detect(root) -> bool`` and ``open(root, cfg, *, splits, normalization) -> DataTask``; optionally
+    ``cases(root) -> ids``, the labelled cases of its training and validation splits (the pool that
+    cross-validation deals into folds, :mod:`mambaseg.data.folds`). A layout with ``cases`` has an opener that
+    honours ``cfg.data.split_file`` (a fold's ``{"train": ids, "val": ids}`` over that pool)."""
 
     name: str
     detect: Callable[[Path], bool]
     open: Opener
     priority: int = 0
     description: str = ""
+    cases: Callable[[Path], list[str]] | None = None
 
 
 def _shipped() -> tuple[DataLayout, ...]:
@@ -82,17 +86,22 @@ def _shipped() -> tuple[DataLayout, ...]:
 
     return (
         DataLayout("acdc", acdc.is_acdc_root, acdc.open_acdc, 20,
-                   "ACDC SSL4MIS h5 layout: train_slices.list + data/slices/*.h5, val.list/test.list + data/*.h5"),
+                   "ACDC SSL4MIS h5 layout: train_slices.list + data/slices/*.h5, val.list/test.list + data/*.h5",
+                   acdc.acdc_cases),
         DataLayout("synapse", synapse.is_synapse_root, synapse.open_synapse, 20,
-                   "TransUNet Synapse layout: train_npz/*.npz, test_vol_h5/*.npy.h5, lists/{train,test_vol}.txt"),
+                   "TransUNet Synapse layout: train_npz/*.npz, test_vol_h5/*.npy.h5, lists/{train,test_vol}.txt",
+                   synapse.synapse_cases),
         DataLayout("nnunet", nnunet.is_nnunet_root, nnunet.open_nnunet, 20,
-                   "nnU-Net raw dataset: dataset.json, imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz"),
+                   "nnU-Net raw dataset: dataset.json, imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz",
+                   nnunet.nnunet_cases),
         DataLayout("volcache", cache.is_volcache, cache.open_volcache, 20,
-                   "a .npz volumetric cache with vol_meta (mambaseg cache)"),
+                   "a .npz volumetric cache with vol_meta (mambaseg cache)", cache.volcache_cases),
         DataLayout("npz2d", cache.is_npz2d, cache.open_npz2d, 10,
-                   "a .npz cache with {split}_images (N,H,W,C) uint8, {split}_masks (N,H,W) uint8, {split}_ids"),
+                   "a .npz cache with {split}_images (N,H,W,C) uint8, {split}_masks (N,H,W) uint8, {split}_ids",
+                   cache.npz2d_cases),
         DataLayout("folder2d", folder2d.is_folder2d_root, folder2d.open_folder2d, 0,
-                   "a folder ROOT/{train,val[,test]}/{images,masks}/ of 2-D images and masks matched by file stem"),
+                   "a folder ROOT/{train,val[,test]}/{images,masks}/ of 2-D images and masks matched by file stem",
+                   folder2d.folder2d_cases),
     )
 
 
@@ -109,7 +118,8 @@ def _table() -> dict[str, DataLayout]:
 
 
 def register_layout(
-    name: str, *, detect: Callable[[Path], bool], priority: int = 0, description: str = ""
+    name: str, *, detect: Callable[[Path], bool], priority: int = 0, description: str = "",
+    cases: Callable[[Path], list[str]] | None = None,
 ) -> Callable[[Opener], Opener]:
     """Decorator adding a layout of your own to the table (see the module docstring).
 
@@ -118,6 +128,8 @@ def register_layout(
         detect: returns True when a path looks like this layout (must not raise; should be cheap).
         priority: detectors with a higher priority are tried first (specific layouts > generic folders).
         description: one line shown in error messages.
+        cases: ``cases(root) -> ids`` of the labelled train + val cases, for cross-validation (the opener must
+            then honour ``cfg.data.split_file``); ``None``: ``--folds`` is refused for this layout.
     """
 
     def deco(fn: Opener) -> Opener:
@@ -125,7 +137,7 @@ def register_layout(
         if name in table:
             raise ValueError(f"data layout {name!r} is registered twice")
         desc = description or (fn.__doc__ or "").strip().split("\n")[0]
-        table[name] = DataLayout(name=name, detect=detect, open=fn, priority=priority, description=desc)
+        table[name] = DataLayout(name=name, detect=detect, open=fn, priority=priority, description=desc, cases=cases)
         return fn
 
     return deco
@@ -185,6 +197,10 @@ def open_task(
     if name not in table:
         raise DataTaskError(f"unknown data layout {name!r}; registered layouts: {', '.join(list_layouts())}")
     extra = _extra_training_splits(cfg) if "train" in splits else []
+    if extra and cfg.data.split_file:
+        raise DataTaskError(f"data.train_splits={cfg.data.train_splits} with data.split_file={cfg.data.split_file}: "
+                            "a split file (e.g. a cross-validation fold) already says which cases train; leave "
+                            "data.train_splits at [train]")
     opened = tuple(splits) + tuple(s for s in extra if s not in splits)
     task = table[name].open(p, cfg, splits=opened, normalization=normalization)
     missing = [s for s in opened if s not in task.datasets]

@@ -40,6 +40,7 @@ __all__ = [
     "CT_WINDOW",
     "NnUNetRaw",
     "is_nnunet_root",
+    "nnunet_cases",
     "nnunet_slices",
     "nnunet_volumes",
     "read_nifti",
@@ -371,14 +372,26 @@ def nnunet_slices(
     )
 
 
+def nnunet_cases(root: str | Path) -> list[str]:
+    """The cross-validation pool: every labelled case of ``imagesTr``/``labelsTr``."""
+    return list(NnUNetRaw(root).cases)
+
+
 def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
-    """nnU-Net raw (NIfTI) layout opener: slices of the training cases, volumes of the validation cases."""
+    """nnU-Net raw (NIfTI) layout opener: slices of the training cases, volumes of the validation cases (fold 0 of
+    the dataset's ``splits_final.json``, a seeded carve, or with ``data.split_file`` that file's train/val cases: a
+    cross-validation fold)."""
     from mambaseg.data.task import DataTask, DataTaskError, image_size_of, volume_label_map
     from mambaseg.data.transforms import resolve_augmentation
     from mambaseg.data.volumetric import paper_normalization
 
     raw = NnUNetRaw(root)
-    sp = raw.splits(val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
+    if cfg.data.split_file:
+        from mambaseg.data.folds import read_fold_split
+
+        sp = read_fold_split(cfg.data.split_file, list(raw.cases))
+    else:
+        sp = raw.splits(val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
     in_chans = len(raw.channel_names)
     norm = normalization if normalization is not None else paper_normalization(in_chans)
     ds: dict[str, Any] = {}

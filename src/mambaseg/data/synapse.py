@@ -33,6 +33,7 @@ __all__ = [
     "SYNAPSE_LABELS",
     "is_synapse_root",
     "read_npz_pair",
+    "synapse_cases",
     "synapse_list",
     "synapse_slices",
     "synapse_volumes",
@@ -223,27 +224,53 @@ def _held_out_cases(root: Path, cfg: Any) -> list[str]:
     return sorted(cases[i] for i in rng.permutation(len(cases))[:n_val])
 
 
+def synapse_cases(root: str | Path) -> list[str]:
+    """The cross-validation pool: the cases of the training slices (``lists/train.txt``) and, where the dataset
+    has ``lists/val_vol.txt``, its volumes (``test_vol.txt`` is never in it)."""
+    root = Path(root)
+    try:
+        vols = read_list_file(synapse_list(root, "val_vol.txt"))
+    except DatasetError:
+        vols = []
+    return synapse_train_cases(root) + vols
+
+
 def open_synapse(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:
-    """Synapse (TransUNet npz/h5) layout opener: slices for training, volumes for val (held out) and test."""
+    """Synapse (TransUNet npz/h5) layout opener: slices for training, volumes for val (held out) and test; with
+    ``data.split_file`` (a cross-validation fold over :func:`synapse_cases`) train and val are the fold's cases."""
     from mambaseg.data.task import DataTask, DataTaskError, image_size_of, volume_label_map
     from mambaseg.data.transforms import resolve_augmentation
-    from mambaseg.data.volumetric import paper_normalization
+    from mambaseg.data.volumetric import fold_datasets, paper_normalization
 
     norm = normalization if normalization is not None else paper_normalization(1)
     try:
         synapse_list(root, "val_vol.txt")
         val_from_list = True
-    except ValueError:
+    except DatasetError:
         val_from_list = False
-    val_cases: list[str] = [] if val_from_list else _held_out_cases(root, cfg)
-    info: dict[str, Any] = {"root": str(root), "val": "lists/val_vol.txt" if val_from_list else
-                            f"held-out training cases {val_cases}"}
+    fold = None
+    if cfg.data.split_file and any(s in ("train", "val") for s in splits):
+        from mambaseg.data.folds import read_fold_split
+
+        fold = read_fold_split(cfg.data.split_file, synapse_cases(root))
+    val_cases: list[str] = [] if val_from_list or fold is not None else _held_out_cases(root, cfg)
+
+    def slices() -> SliceDataset2D:
+        return synapse_slices(root, exclude_cases=val_cases, image_size=image_size_of(cfg), augment=cfg.data.augment,
+                              preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"), normalization=norm)
+
+    info: dict[str, Any] = {"root": str(root), "val": f"the fold's cases ({cfg.data.split_file})" if fold else
+                            "lists/val_vol.txt" if val_from_list else f"held-out training cases {val_cases}"}
     ds: dict[str, Any] = {}
+    if fold is not None:
+        extra = {"val": synapse_volumes(root, "val_vol.txt")} if val_from_list else {}
+        train, val = fold_datasets(slices(), extra, fold, where=str(cfg.data.split_file))
+        ds.update({s: d for s, d in (("train", train), ("val", val)) if s in splits})
     for s in splits:
+        if s in ds:
+            continue
         if s == "train":
-            ds[s] = synapse_slices(root, exclude_cases=val_cases, image_size=image_size_of(cfg),
-                                   augment=cfg.data.augment,
-                                   preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"), normalization=norm)
+            ds[s] = slices()
         elif s == "val":
             ds[s] = (synapse_volumes(root, "val_vol.txt") if val_from_list
                      else synapse_volumes_from_slices(root, val_cases))

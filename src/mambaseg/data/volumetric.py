@@ -19,6 +19,8 @@ Training slices are augmented with a preset of the one table :data:`mambaseg.dat
 from __future__ import annotations
 
 import copy
+import functools
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +40,9 @@ __all__ = [
     "VolumeDataset",
     "VolumeSlices",
     "check_labels",
+    "fold_datasets",
     "join_volume_slices",
+    "slice_case",
     "paper_normalization",
     "zoom_image",
     "zoom_labels",
@@ -427,3 +431,120 @@ def join_volume_slices(train: SliceDataset2D, extra: Mapping[str, VolumeDataset]
     out = copy.copy(train)
     out.ids, out.paths, out._loader = ids, paths, _Chain(loaders, sizes)
     return out
+
+
+_SLICE_NAME = re.compile(r"^(?P<case>.+?)_slice_?(?P<z>\d+)$")
+
+
+def slice_case(name: str) -> tuple[str, int]:
+    """``(case, z)`` of a training slice name ``<case>_slice<z>`` or ``<case>_slice_<z>`` (the names of the Synapse
+    and nnU-Net slices, and of ACDC's ``patient003_frame01_slice_5``).
+
+    Raises:
+        ValueError: a name of another form.
+    """
+    m = _SLICE_NAME.match(str(name))
+    if m is None:
+        raise ValueError(f"slice name {name!r} does not look like '<case>_slice<z>' or '<case>_slice_<z>', so its "
+                         "volume is unknown")
+    return m.group("case"), int(m.group("z"))
+
+
+class _Pick:
+    """Picklable ``loader(i) = base(index[i])``: a subset of another loader's items."""
+
+    def __init__(self, base: Callable[[int], Any], index: Sequence[int]) -> None:
+        self.base, self.index = base, [int(i) for i in index]
+
+    def __call__(self, i: int) -> Any:
+        return self.base(self.index[i])
+
+
+class _StackedSlices:
+    """Picklable ``loader() -> Volume``: the slices of one case of a :class:`SliceDataset2D` stacked in ``z`` order
+    (images and labels at the resolution the slices are stored at)."""
+
+    def __init__(self, slices: SliceDataset2D, case: str, items: Sequence[tuple[int, int]]) -> None:
+        self.slices, self.case, self.items = slices, case, sorted((int(z), int(i)) for z, i in items)
+
+    def __call__(self) -> Volume:
+        pairs = [self.slices.load(i) for _, i in self.items]
+        first = pairs[0][0].shape
+        for (z, i), (image, _) in zip(self.items, pairs):
+            if image.shape != first:
+                raise ValueError(f"{self.slices.paths[i] or self.slices.ids[i]}: slice {z} of case {self.case!r} is "
+                                 f"{image.shape}, its first slice {first}; the slices do not make one volume")
+        image = np.stack([im for im, _ in pairs])  # (D, H, W, C)
+        image = image[..., 0] if image.shape[-1] == 1 else np.moveaxis(image, -1, 0)
+        path = self.slices.paths[self.items[0][1]] or self.slices.ids[self.items[0][1]]
+        return Volume(id=self.case, image=image, label=np.stack([lb for _, lb in pairs]), spacing=None, path=path,
+                      source_format="slices")
+
+
+class _Cases:
+    """Picklable ``loader(i) -> Volume`` over one zero-argument loader per case."""
+
+    def __init__(self, loaders: Sequence[Callable[[], Volume]]) -> None:
+        self.loaders = list(loaders)
+
+    def __call__(self, i: int) -> Volume:
+        return self.loaders[i]()
+
+
+def fold_datasets(slices: SliceDataset2D, volumes: Mapping[str, VolumeDataset],
+                  split: Mapping[str, Sequence[str]], *, where: str = "") -> tuple[SliceDataset2D, VolumeDataset]:
+    """The training slices and held-out volumes of one cross-validation fold over the cases of a volumetric layout.
+
+    A case is a volume: either a volume of one of the ``volumes`` splits (e.g. ``{"val": ...}``) or the training
+    slices of ``slices`` named ``<case>_slice<z>`` (:func:`slice_case`). The fold trains on every slice of its
+    ``split["train"]`` cases (a volume's slices are named ``<split>/<case>#<z>`` as in :func:`join_volume_slices`)
+    and holds out the volumes of its ``split["val"]`` cases; a case known only by its slices becomes the volume of
+    its slices stacked in ``z`` order (consecutive numbers, one size), at the resolution they are stored at.
+
+    Raises:
+        ValueError: a case of the split is in neither source or in two, the slices of a held-out case are not
+            consecutive, or no slice is left to train on; ``where`` (the split file) starts the message.
+    """
+    where = f"{where}: " if where else ""
+    by_case: dict[str, list[tuple[int, int]]] = {}
+    for i, name in enumerate(slices.ids):
+        case, z = slice_case(name)
+        by_case.setdefault(case, []).append((z, i))
+    vol_of: dict[str, tuple[VolumeDataset, int]] = {}
+    for name, vd in volumes.items():
+        for j, vid in enumerate(vd.ids):
+            if vid in by_case or vid in vol_of:
+                raise ValueError(f"{where}case {vid!r} of {name!r} is also a set of training slices or another "
+                                 "volume; a fold split needs each case once")
+            vol_of[vid] = (vd, j)
+    unknown = [c for c in (*split["train"], *split["val"]) if c not in by_case and c not in vol_of]
+    if unknown:
+        raise ValueError(f"{where}{len(unknown)} case(s) are neither volumes nor slices of this dataset: {unknown[:5]}")
+    for case in split["val"]:
+        zs = sorted(z for z, _ in by_case.get(case, []))
+        if zs and zs != list(range(zs[0], zs[0] + len(zs))):
+            raise ValueError(f"{where}the slices of case {case!r} are not consecutive ({zs[:3]}...{zs[-3:]}), so they "
+                             "do not make one volume to hold out")
+    train_cases = set(split["train"])
+    keep = [i for case in sorted(train_cases & set(by_case)) for _, i in sorted(by_case[case])]
+    train = copy.copy(slices)
+    train.ids, train.paths = [slices.ids[i] for i in keep], [slices.paths[i] for i in keep]
+    train._loader = _Pick(slices._loader, keep)
+    extra = {}
+    for name, vd in volumes.items():
+        picked = [j for j, vid in enumerate(vd.ids) if vid in train_cases]
+        if picked:
+            extra[name] = VolumeDataset([vd.ids[j] for j in picked], _Pick(vd.__getitem__, picked),
+                                        label_names=vd.label_names, num_classes=vd.num_classes,
+                                        paths=[vd.paths[j] for j in picked])
+    train = join_volume_slices(train, extra) if extra else train
+    if not train.ids:
+        raise ValueError(f"{where}no training slices are left for this fold")
+    held = list(split["val"])
+    loaders: list[Callable[[], Volume]] = [
+        functools.partial(vol_of[c][0].__getitem__, vol_of[c][1]) if c in vol_of
+        else _StackedSlices(slices, c, by_case[c]) for c in held]
+    paths = [vol_of[c][0].paths[vol_of[c][1]] if c in vol_of else slices.paths[min(by_case[c])[1]] for c in held]
+    val = VolumeDataset(held, _Cases(loaders), label_names=slices.label_names, num_classes=slices.num_classes,
+                        paths=paths)
+    return train, val

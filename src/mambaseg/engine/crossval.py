@@ -11,6 +11,18 @@ Layout of a cross-validation root ``ROOT`` (``--out``)::
     ROOT/fold_i/oof/<ckpt>_tta_<tta>/...            the same made with test-time augmentation (``--tta flip``)
     ROOT/cv_metrics.json              written by evaluate_cv: pooled + per-case metrics of all held-out cases
 
+Volumetric layouts (ACDC, Synapse, nnU-Net raw, ``volcache``; a case is a volume, one patient's ``_frameNN`` phases
+are held out together, see :mod:`mambaseg.data.folds`) keep instead::
+
+    ROOT/fold_i/oof/<ckpt>/masks/<id>.npz           "labels": uint8 (D, H, W) class indices at the size of the
+                                                    volume's ground truth
+    ROOT/fold_i/oof/<ckpt>/probabilities/<id>.npz   "probabilities": float16 (C, D, h, w) softmax at the network
+                                                    size (labels = argmax per slice, then nearest-neighbour zoom, as
+                                                    :func:`mambaseg.inference.volume.predict_volume` does)
+
+and are scored per volume: per-class Dice/IoU/HD95/NSD of each volume; ``per_case_dice`` (the mean over volumes
+of each class, then over classes) is the number ``mambaseg evaluate`` reports for a volumetric split.
+
 ``<ckpt>`` is ``last`` and ``best``: ``last`` = the final weights (no selection), ``best`` = the checkpoint chosen on
 the fold's validation split, which IS the held-out fold, so its out-of-fold score is optimistically biased (the
 selection used the cases it reports); ``cv_metrics.json`` states which one was scored and this rule. Predictions are
@@ -37,11 +49,12 @@ from mambaseg.data.folds import (
     fold_split_file,
     iter_cases,
     load_folds,
+    pool_groups,
     resolve_folds,
 )
 from mambaseg.data.layouts import detect_layout
 from mambaseg.inference.ensemble import flip_dims, tta_mode
-from mambaseg.utils.files import atomic_path, atomic_write_json
+from mambaseg.utils.files import atomic_path, atomic_write_json, atomic_write_npz
 
 __all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "evaluate_cv", "fold_complete", "fold_config", "oof_dir",
            "predict_oof", "resolve_cv_folds", "train_folds"]
@@ -93,10 +106,13 @@ def _parse_fold(fold: int | str | Sequence[int], k: int) -> list[int]:
 
 
 def fold_config(cfg: RunConfig, root: str | Path, fold: int, split_file: Path) -> RunConfig:
-    """The config of fold ``fold``: run directory ``ROOT/fold_<fold>``, data split = that fold's split file."""
+    """The config of fold ``fold``: run directory ``ROOT/fold_<fold>``, data split = that fold's split file, and
+    ``data.train_splits`` = ``[train]`` (the fold's training cases already include those of every split in the
+    pool; ``train_folds`` says so when a recipe asked for more)."""
     c = copy.deepcopy(cfg)
     c.train.out = str(Path(root) / f"fold_{fold}")
     c.data.split_file = str(split_file)
+    c.data.train_splits = ["train"]
     return c
 
 
@@ -106,8 +122,9 @@ def resolve_cv_folds(cfg: RunConfig, folds: int) -> dict[str, Any]:
     if cfg.data.path is None:
         raise ValueError("cross-validation needs a dataset: pass --data PATH")
     layout = cfg.data.layout or detect_layout(cfg.data.path)
-    return resolve_folds(cfg.train.out, case_pool(cfg.data.path, layout), k=folds, seed=cfg.data.split_seed,
-                         data=str(cfg.data.path), layout=layout)
+    pool = case_pool(cfg.data.path, layout)
+    return resolve_folds(cfg.train.out, pool, k=folds, seed=cfg.data.split_seed, data=str(cfg.data.path),
+                         layout=layout, groups=pool_groups(pool))
 
 
 def train_folds(cfg: RunConfig, *, folds: int, fold: int | str | Sequence[int] = "all", resume: bool = False,
@@ -137,6 +154,9 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str | Sequence[int] =
     root = Path(cfg.train.out)
     record = resolve_cv_folds(cfg, folds)
     wanted = _wanted(checkpoints, tta)
+    if list(cfg.data.train_splits) != ["train"] and console is not None:
+        console.print(f"data.train_splits={list(cfg.data.train_splits)}: each fold trains on every case of the pool "
+                      "that it does not hold out (train_splits=[train] in the folds)", highlight=False)
     results = []
     for i in todo:
         fcfg = fold_config(cfg, root, i, fold_split_file(root, record, i))
@@ -165,8 +185,11 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str | Sequence[int] =
     return results
 
 
-def _held_out_dataset(cfg: RunConfig, path: str, layout: str, ids: Sequence[str], in_chans: int = 3) -> Any:
-    """The held-out cases of a fold as a 2-D dataset whose cases are read at their stored resolution."""
+def _held_out_dataset(cfg: RunConfig, path: str, layout: str, ids: Sequence[str], in_chans: int = 3,
+                      split_file: str | Path | None = None) -> Any:
+    """The held-out cases of a fold, read at their stored resolution: a 2-D dataset for ``folder2d``/``npz2d``,
+    else (volumetric layouts) the fold's ``val`` :class:`~mambaseg.data.volumetric.VolumeDataset`, opened by the
+    layout with the fold's ``split_file``."""
     if layout == "folder2d":
         from mambaseg.data.folder2d import FolderDataset2D
 
@@ -181,7 +204,19 @@ def _held_out_dataset(cfg: RunConfig, path: str, layout: str, ids: Sequence[str]
             part = take_cases({k: z[k] for k in z.files}, list(ids), path)
         return ArrayDataset2D(part["images"], part["masks"], [str(s) for s in part["ids"]],
                               image_size=tuple(int(s) for s in part["images"].shape[1:3]), augment=False)
-    raise ValueError(f"cross-validation supports folder2d and npz2d data, not {layout!r}")
+    from mambaseg.data.layouts import open_task
+    from mambaseg.data.volumetric import VolumeDataset
+
+    if split_file is None:
+        raise ValueError(f"the held-out volumes of a {layout!r} fold need its split file")
+    c = copy.deepcopy(cfg)
+    c.data.split_file, c.data.augment, c.data.train_splits = str(split_file), False, ["train"]
+    volumes = open_task(path, c, splits=("val",), layout=layout).datasets["val"]
+    if not isinstance(volumes, VolumeDataset):
+        raise ValueError(f"cross-validation supports folder2d, npz2d and volumetric layouts, not {layout!r}")
+    if sorted(volumes.ids) != sorted(ids):
+        raise ValueError(f"{split_file}: its held-out cases differ from the fold's in {FOLDS_FILE}")
+    return volumes
 
 
 def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = None, tta: str | None = None,
@@ -224,30 +259,70 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
     pool = case_pool(path, layout)
     ids = _load_split_file(split, pool)["val"]
     in_chans = int((ckpt.get("task") or {}).get("in_chans") or 3)
-    dataset = _held_out_dataset(cfg, path, layout, ids, in_chans)
+    dataset = _held_out_dataset(cfg, path, layout, ids, in_chans, split)
     predictor = load_ensemble([ckpt_path], tta=tta, device=device)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "probabilities").mkdir(parents=True, exist_ok=True)
-    cases = list(iter_cases(dataset))
+    volumetric = _is_volumes(dataset)
+    if volumetric:
+        for vol in dataset:
+            labels, prob = predict_volume_oof(predictor, vol, batch_size=batch_size)
+            atomic_write_npz(out / "masks" / f"{vol.id}.npz", labels=labels.astype(np.uint8))
+            atomic_write_npz(out / "probabilities" / f"{vol.id}.npz", probabilities=prob)
+    cases = [] if volumetric else list(iter_cases(dataset))
     for start in range(0, len(cases), batch_size):
         chunk = cases[start:start + batch_size]
         logits = predictor.predict_logits([img for _, img, _ in chunk])
         for (case, _, _), lg in zip(chunk, logits):
             labels = labels_from_logits(lg[None], predictor.threshold)[0].numpy()
-            prob = torch_probabilities(lg)
             with atomic_path(out / "masks" / f"{case}.png") as tmp:
                 Image.fromarray(predictor.to_pixel_values(labels)).save(tmp, format="PNG")
-            with atomic_path(out / "probabilities" / f"{case}.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez_compressed(f, probabilities=prob.astype(np.float16))
+            atomic_write_npz(out / "probabilities" / f"{case}.npz", probabilities=torch_probabilities(lg).astype(np.float16))
     atomic_write_json(out / "oof.json", {
         "checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "which": which, "rule": SELECTION_RULES[which],
         "tta": tta or "none", "ids": list(ids), "data": path, "layout": layout, "in_chans": in_chans,
-        "resolution": _resolution(layout),
+        "resolution": _resolution(layout, volumetric),
         "label_map": predictor.label_map,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
     return out
+
+
+def _is_volumes(dataset: Any) -> bool:
+    from mambaseg.data.volumetric import VolumeDataset
+
+    return isinstance(dataset, VolumeDataset)
+
+
+def predict_volume_oof(predictor: Any, vol: Any, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """A volume's labels (D, H, W) at its ground truth's size (:func:`~mambaseg.inference.volume.predict_volume`
+    with the predictor's model, size and normalisation) and its probabilities, float16 (C, D, h, w) at the network
+    size."""
+    from mambaseg.inference.volume import predict_volume
+
+    slices: dict[int, np.ndarray] = {}
+
+    def keep(idx: list[int], x: Any, logits: Any) -> None:
+        for j, z in enumerate(idx):
+            slices[z] = torch_probabilities(logits[j]).astype(np.float16)
+
+    labels = predict_volume(predictor.model, vol, image_size=predictor.image_size,
+                            normalization=predictor.normalization, batch_size=batch_size, device=predictor.device,
+                            amp_dtype=predictor.amp_dtype, on_batch=keep)
+    return labels, np.stack([slices[z] for z in range(len(slices))], axis=1)
+
+
+def volume_labels_from_probabilities(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, D, h, w) probabilities at the network size -> (D, H, W) labels at ``size``: the one labelling rule
+    (:func:`mambaseg.metrics.labels_from_probabilities`) per slice, then a nearest-neighbour zoom, as
+    :func:`~mambaseg.inference.volume.predict_volume` does with logits."""
+    import torch
+
+    from mambaseg.data.volumetric import zoom_labels
+    from mambaseg.metrics import labels_from_probabilities
+
+    lab = labels_from_probabilities(torch.from_numpy(np.moveaxis(probs, 1, 0).astype(np.float32))).numpy()
+    return np.stack([zoom_labels(s, size) for s in lab])
 
 
 def torch_probabilities(logits: Any) -> np.ndarray:
@@ -334,37 +409,82 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
                                     f"train them (mambaseg train --folds {len(folds)} --fold all --out {root}) first")
     cfg, in_chans = _fold_setup(root / "fold_0", which)
     label_values = None if cfg.data.binary else cfg.data.label_values
-    num_classes = 1 if cfg.data.binary else len(cfg.data.label_values or [])
+
+    def held_out(i: int) -> Any:
+        return _held_out_dataset(cfg, path, layout, folds[i]["val"], in_chans, fold_split_file(root, record, i))
+
+    first = held_out(0)
+    volumetric = _is_volumes(first)
+    num_classes, class_names = _classes(cfg, first)
 
     def cases() -> Any:
-        for i, f in enumerate(folds):
-            run_dir = root / f"fold_{i}"
-            dataset = _held_out_dataset(cfg, path, layout, f["val"], in_chans)
-            if tta_mode(tta) != "none" and not saved[i]:
-                predictor = load_ensemble([ckpts[i]], tta=tta, device=device)
-                for case, img, gt in iter_cases(dataset):
-                    yield f"{case}", predictor.predict(img), gt, i
-                continue
-            oof = oof_dir(run_dir, which, tta) / "masks"
-            for case, _, gt in iter_cases(dataset):
-                mp = oof / f"{case}.png"
+        for i in range(len(folds)):
+            dataset = first if i == 0 else held_out(i)
+            predictor = (load_ensemble([ckpts[i]], tta=tta, device=device)
+                         if tta_mode(tta) != "none" and not saved[i] else None)
+            oof = oof_dir(root / f"fold_{i}", which, tta) / "masks"
+            for j, (case, gt, image, spacing) in enumerate(_truths(dataset)):
+                if predictor is not None:  # TTA predictions not saved: made now
+                    pred = predict_volume_oof(predictor, dataset[j])[0] if volumetric else predictor.predict(image)
+                    yield case, pred, gt, i, spacing
+                    continue
+                mp = oof / (f"{case}.npz" if volumetric else f"{case}.png")
                 if not mp.is_file():
                     raise FileNotFoundError(f"{mp} is missing: predict the held-out cases of fold {i} first "
                                             f"(mambaseg train --folds {len(folds)} --fold {i} --resume "
                                             f"--out {root})")
-                pred = mask_to_labels(read_mask(mp), binary=cfg.data.binary, label_values=label_values, path=mp)
-                yield case, pred, gt, i
+                if volumetric:
+                    with np.load(mp, allow_pickle=False) as z:
+                        pred = z["labels"].astype(np.int64)
+                else:
+                    pred = mask_to_labels(read_mask(mp), binary=cfg.data.binary, label_values=label_values, path=mp)
+                yield case, pred, gt, i, spacing
 
     summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
-                         empty_policy=empty_policy, steps=steps)
+                         empty_policy=empty_policy, steps=steps, class_names=class_names)
     summary = {"root": str(root), "data": path, "layout": layout, "k": len(folds), "seed": record.get("seed"),
                "checkpoint": which, "selection_rule": SELECTION_RULES[which], "tta": tta or "none",
-               "resolution": _resolution(layout), **summary}
+               **_unit(layout, volumetric), **summary}
     atomic_write_json(Path(out or root) / "cv_metrics.json", summary)
     return summary
 
 
-def _resolution(layout: str) -> str:
+def _truths(dataset: Any) -> Any:
+    """``(case, ground truth, image, spacing)`` of every held-out case: a 2-D image's mask and the image, or a
+    volume's labels, no image (a volume is read again to be predicted) and its voxel spacing."""
+    if _is_volumes(dataset):
+        for vol in dataset:
+            if vol.label is None:
+                raise ValueError(f"{vol.path or vol.id}: a held-out volume without labels cannot be scored")
+            yield vol.id, np.asarray(vol.label), None, vol.spacing
+        return
+    for case, img, gt in iter_cases(dataset):
+        yield case, gt, img, None
+
+
+def _classes(cfg: RunConfig, dataset: Any) -> tuple[int, list[str] | None]:
+    """The class count scored (1 for binary tasks) and the class names (background first) of the held-out cases:
+    a volume dataset's label names, else the config's binary flag and label values (no names)."""
+    if _is_volumes(dataset):
+        names = {0: "background", **dataset.label_names}
+        return dataset.num_classes, [names.get(c, f"class_{c}") for c in range(dataset.num_classes)]
+    return (1 if cfg.data.binary else len(cfg.data.label_values or [])), None
+
+
+def _unit(layout: str, volumetric: bool) -> dict[str, str]:
+    out = {"resolution": _resolution(layout, volumetric)}
+    if volumetric:
+        out["unit"] = ("volume: per-class Dice/IoU/HD95/NSD per volume; per_case_dice = mean over volumes per class, "
+                       "then over classes (the number mambaseg evaluate reports for volumes); dice = pooled over all "
+                       "voxels")
+    return out
+
+
+def _resolution(layout: str, volumetric: bool = False) -> str:
+    if volumetric:
+        return ("labels at the size of each volume's ground truth (the source volume's; a volcache's val volumes at "
+                "their original size, volumes rebuilt from its training slices at the cached size); probabilities "
+                "at the network size")
     return "original image size" if layout == "folder2d" else "cached (network) size"
 
 
@@ -399,12 +519,18 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
             raise ValueError(f"{r} holds out other cases than {roots[0]} (another split seed or k); an ensemble of "
                              f"cross-validations needs the same folds")
     cfg, in_chans = _fold_setup(roots[0] / "fold_0", which)
-    num_classes = 1 if cfg.data.binary else len(cfg.data.label_values or [])
+
+    def held_out(i: int) -> Any:
+        return _held_out_dataset(cfg, path, layout, folds[i]["val"], in_chans, fold_split_file(roots[0], record, i))
+
+    first = held_out(0)
+    volumetric = _is_volumes(first)
+    num_classes, class_names = _classes(cfg, first)
 
     def cases() -> Any:
-        for i, f in enumerate(folds):
-            dataset = _held_out_dataset(cfg, path, layout, f["val"], in_chans)
-            for case, _, gt in iter_cases(dataset):
+        for i in range(len(folds)):
+            dataset = first if i == 0 else held_out(i)
+            for case, gt, _, spacing in _truths(dataset):
                 total = None
                 for r in roots:
                     fp = oof_dir(r / f"fold_{i}", which, tta) / "probabilities" / f"{case}.npz"
@@ -419,36 +545,40 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
                         raise ValueError(f"{fp}: probabilities of shape {p.shape}, the other members' are "
                                          f"{total.shape}")
                     total = p if total is None else total + p
-                probs = torch.from_numpy(total / len(roots))[None]
-                yield case, labels_from_probabilities(probs)[0].numpy(), gt, i  # the members' 0.5 threshold
+                mean = total / len(roots)
+                if volumetric:
+                    pred = volume_labels_from_probabilities(mean, gt.shape[1:])
+                else:
+                    pred = labels_from_probabilities(torch.from_numpy(mean)[None])[0].numpy()  # members' 0.5
+                yield case, pred, gt, i, spacing
 
     summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
-                         empty_policy=empty_policy, steps=steps)
+                         empty_policy=empty_policy, steps=steps, class_names=class_names)
     summary = {"root": [str(r) for r in roots], "members": len(roots), "data": path, "layout": layout,
                "k": len(folds), "seed": record.get("seed"), "checkpoint": which,
                "selection_rule": SELECTION_RULES[which] + f"; probabilities averaged over {len(roots)} "
                                                           f"cross-validations",
-               "tta": tta or "none", "resolution": _resolution(layout), **summary}
+               "tta": tta or "none", **_unit(layout, volumetric), **summary}
     atomic_write_json(Path(out) / "cv_metrics.json", summary)
     return summary
 
 
 def _score_oof(cases: Any, *, num_classes: int, spacing: Any, nsd_tolerance: float,
-               empty_policy: str, steps: tuple[str, ...] = ()) -> dict[str, Any]:
-    """score_cases over ``(case, pred, gt, fold)`` items (predictions post-processed by ``steps``), each case and
-    worst case tagged with its fold."""
+               empty_policy: str, steps: tuple[str, ...] = (), class_names: Any = None) -> dict[str, Any]:
+    """score_cases over ``(case, pred, gt, fold, spacing)`` items (predictions post-processed by ``steps``; a case's
+    own voxel spacing, where it has one, replaces ``spacing``), each case and worst case tagged with its fold."""
     from mambaseg.inference.postprocess import postprocess_labels
     from mambaseg.metrics.score import score_cases
 
     fold_of: dict[str, int] = {}
 
     def tagged() -> Any:
-        for case, pred, gt, i in cases:
+        for case, pred, gt, i, own in cases:
             fold_of[case] = i
-            yield case, postprocess_labels(np.asarray(pred), steps), gt
+            yield case, postprocess_labels(np.asarray(pred), steps), gt, own if own is not None else spacing
 
     result = score_cases(tagged(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
-                         empty_policy=empty_policy)
+                         empty_policy=empty_policy, class_names=class_names)
     per_fold: dict[int, list[float]] = {}
     for row in result["cases"]:
         row["fold"] = fold_of[row["id"]]

@@ -61,6 +61,10 @@ def _surface_scores(p: np.ndarray, g: np.ndarray, *, spacing: Any, tolerance: fl
     return float("inf"), 0.0
 
 
+def _units(spacing: Any) -> str:
+    return "pixels" if spacing is None else f"spacing {spacing}"
+
+
 def _mean(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return float(np.mean(kept)) if kept else float("nan")
@@ -73,7 +77,7 @@ def _json_num(v: float) -> float | str:
 
 
 def score_cases(
-    cases: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    cases: Iterable[tuple[str, np.ndarray, np.ndarray] | tuple[str, np.ndarray, np.ndarray, Any]],
     *,
     num_classes: int,
     spacing: float | Sequence[float] | None = None,
@@ -84,12 +88,14 @@ def score_cases(
     worst: int = 10,
     low_dice: float = 0.8,
 ) -> dict[str, Any]:
-    """Score ``(id, pred, gt)`` label maps (class indices, same shape per case).
+    """Score ``(id, pred, gt)`` label maps (class indices, same shape per case; 2-D images or 3-D volumes).
 
     Args:
-        cases: iterable of ``(case id, predicted labels, ground-truth labels)``; binary tasks use {0, 1}.
+        cases: iterable of ``(case id, predicted labels, ground-truth labels)`` or ``(..., spacing)`` with the
+            case's own pixel/voxel size (``None``: ``spacing``); binary tasks use {0, 1}.
         num_classes: 1 for binary, else the number of classes (class 0 = background, not scored).
-        spacing: pixel/voxel size per axis (or one number) for HD95 and NSD; ``None`` = pixel units.
+        spacing: pixel/voxel size per axis (or one number) for HD95 and NSD of the cases without their own;
+            ``None`` = pixel units.
         nsd_tolerance: NSD tolerance in the units of ``spacing``.
         empty_policy: ``"nan"`` or ``"one"`` (module docstring).
         surface: compute HD95 and NSD (False: only the confusion metrics).
@@ -105,8 +111,11 @@ def score_cases(
     if empty_policy not in SCORE_EMPTY_POLICIES:
         raise ValueError(f"empty_policy must be one of {SCORE_EMPTY_POLICIES}, got {empty_policy!r}")
     fg = [1] if num_classes == 1 else list(range(1, num_classes))
-    stats, rows = [], []
-    for case_id, pred, gt in cases:
+    stats, rows, own = [], [], []
+    for item in cases:
+        case_id, pred, gt = item[:3]
+        sp = item[3] if len(item) > 3 and item[3] is not None else spacing
+        own.append(len(item) > 3 and item[3] is not None)
         p, g = np.asarray(pred), np.asarray(gt)
         if p.shape != g.shape:
             raise ValueError(f"case {case_id!r}: prediction is {p.shape} but the ground truth is {g.shape}; expected "
@@ -119,7 +128,7 @@ def score_cases(
         per_class: dict[str, list[float]] = {"dsc": [float(sc["dsc"][i]) for i in idx],
                                              "iou": [float(sc["iou"][i]) for i in idx]}
         if surface:
-            hs, ns = zip(*[_surface_scores(p == c, g == c, spacing=spacing, tolerance=nsd_tolerance,
+            hs, ns = zip(*[_surface_scores(p == c, g == c, spacing=sp, tolerance=nsd_tolerance,
                                            empty_policy=empty_policy) for c in fg])
             per_class["hd95"], per_class["nsd"] = list(hs), list(ns)
         rows.append({"id": str(case_id), **{("dice" if k == "dsc" else k): _mean(v) for k, v in per_class.items()},
@@ -149,7 +158,9 @@ def score_cases(
                 "its connectivity-1 erosion); mean over cases",
         "nsd": f"normalized surface distance, surface voxels within {nsd_tolerance:g} of the other surface; mean over "
                "cases",
-        "units": "pixels" if spacing is None else f"spacing {spacing}",
+        "units": ("each case's own voxel spacing (mm)" if all(own) else
+                  f"each case's own voxel spacing where it has one, else {_units(spacing)}" if any(own) else
+                  _units(spacing)),
         "empty_policy": empty_policy,
         "classes_scored": fg,
     }

@@ -72,6 +72,16 @@ def _chmod_as_umask_allows(path: Path) -> None:
         pass
 
 
+def atomic_write_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
+    """Write ``arrays`` as a compressed ``.npz`` to ``path`` through :class:`atomic_path`."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return Path(path)
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` through :class:`atomic_path` (flushed and synced first)."""
     with atomic_path(path) as tmp:

@@ -1,0 +1,306 @@
+"""Cross-validation of volumetric layouts: a case is a volume (stored as one, or as training slices stacked back),
+one patient's phases are held out together, out-of-fold volumes are saved and scored per volume."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from engine_helpers import tiny_config
+from mambaseg.configs import RunConfig, apply_overrides, load_config
+from mambaseg.data import ACDC_LABELS, acdc_slices, acdc_volumes
+from mambaseg.data.cache import write_volcache
+from mambaseg.data.files import DatasetError
+from mambaseg.data.folds import case_group, case_pool, make_folds, pool_groups
+from mambaseg.data.layouts import open_task
+from mambaseg.engine.crossval import evaluate_cv, train_folds
+from mambaseg.metrics.score import score_cases
+
+SHAPE = (20, 18)
+
+
+def _volume(rng: np.random.Generator, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (D, H, W) image in [0, 1] whose three structures are brighter than the background, and its labels."""
+    lab = np.zeros((depth, *SHAPE), np.uint8)
+    cy, cx = rng.integers(7, 12), rng.integers(6, 11)
+    lab[:, cy - 5:cy + 5, cx - 5:cx + 5] = 2
+    lab[:, cy - 3:cy + 3, cx - 3:cx + 3] = 3
+    lab[:, cy + 5:cy + 8, cx - 4:cx + 2] = 1
+    img = (0.25 * lab + 0.15 * rng.random(lab.shape)).astype(np.float32)
+    return img, lab
+
+
+def make_acdc_cv(root, *, train_patients=(3, 4, 5), val_patients=(7, 8), depth=4, seed=0):
+    """A small ACDC tree: two phases per patient, the training patients as slices (numbered from 1, as the SSL4MIS
+    files are), the validation patients as volumes, one test volume."""
+    rng = np.random.default_rng(seed)
+    (root / "data" / "slices").mkdir(parents=True)
+    names = []
+    for p in train_patients:
+        for fr in (1, 2):
+            img, lab = _volume(rng, depth)
+            for z in range(depth):
+                name = f"patient{p:03d}_frame{fr:02d}_slice_{z + 1}"
+                with h5py.File(root / "data" / "slices" / f"{name}.h5", "w") as f:
+                    f["image"], f["label"] = img[z], lab[z]
+                names.append(name)
+    (root / "train_slices.list").write_text("\n".join(names) + "\n")
+    for split, patients in (("val", val_patients), ("test", (9,))):
+        vols = [f"patient{p:03d}_frame{fr:02d}" for p in patients for fr in (1, 2)]
+        for v in vols:
+            img, lab = _volume(rng, depth)
+            with h5py.File(root / "data" / f"{v}.h5", "w") as f:
+                f["image"], f["label"] = img, lab
+        (root / f"{split}.list").write_text("\n".join(vols) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def acdc_cv(tmp_path_factory):
+    return make_acdc_cv(tmp_path_factory.mktemp("acdccv") / "acdc")
+
+
+def _volume_cfg(data, out, **kw):
+    return tiny_config(data, out, **{"model.num_classes": 4, "model.in_chans": 1, "data.binary": False,
+                                     "train.epochs": 1, "train.batch_size": 8, **kw})
+
+
+def test_the_pool_is_every_train_and_val_volume_and_phases_stay_together(acdc_cv):
+    pool = case_pool(acdc_cv, "acdc")
+    assert pool == sorted(f"patient{p:03d}_frame{fr:02d}" for p in (3, 4, 5, 7, 8) for fr in (1, 2))  # no test
+    groups = pool_groups(pool)
+    assert groups["patient004_frame02"] == "patient004" == case_group("patient004_frame01")
+    folds = make_folds(pool, 5, seed=0, groups=groups)
+    for f in folds:  # each fold holds out both phases of one patient
+        assert len(f["val"]) == 2 and len({case_group(c) for c in f["val"]}) == 1
+    assert sorted(c for f in folds for c in f["val"]) == pool
+    with pytest.raises(ValueError, match="at least 6 groups"):
+        make_folds(pool, 6, seed=0, groups=groups)
+    assert make_folds(pool, 6, seed=0)  # without groups there are ten cases to deal
+    assert pool_groups(["IMD003", "IMD004"]) is None  # 2-D ids: nothing to group, the folds are the plain deal
+
+
+def test_a_fold_trains_on_its_cases_slices_and_holds_out_their_volumes(acdc_cv, tmp_path):
+    split = {"train": ["patient003_frame01", "patient003_frame02", "patient004_frame01", "patient004_frame02",
+                       "patient007_frame01", "patient007_frame02"],
+             "val": ["patient005_frame01", "patient005_frame02", "patient008_frame01", "patient008_frame02"]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    cfg = apply_overrides(RunConfig(), ["data.image_size=[32,32]", "data.augment=false",
+                                        f"data.split_file={tmp_path / 'split.json'}"])
+    task = open_task(acdc_cv, cfg, splits=("train", "val", "test"))
+    train, val, test = task.datasets["train"], task.datasets["val"], task.datasets["test"]
+    # training: the slices of patients 3 and 4, then every slice of patient 7's two volumes
+    assert len(train) == 4 * 4 + 2 * 4
+    cases = {re.sub(r"^val/", "", i).split("#")[0].rsplit("_slice", 1)[0] for i in train.ids}
+    assert cases == set(split["train"])
+    assert "val/patient007_frame02#3" in train.ids
+    assert val.ids == split["val"] and len(test) == 2
+    # a held-out case known by its slices is the stack of those slices, in slice order
+    vol = val[0]
+    want_img, want_lab = zip(*[(f["image"][()], f["label"][()]) for f in
+                              (h5py.File(acdc_cv / "data" / "slices" / f"patient005_frame01_slice_{z}.h5")
+                               for z in (1, 2, 3, 4))])
+    np.testing.assert_array_equal(vol.image, np.stack(want_img))
+    np.testing.assert_array_equal(vol.label, np.stack(want_lab))
+    # a held-out case stored as a volume is that volume
+    with h5py.File(acdc_cv / "data" / "patient008_frame02.h5") as f:
+        np.testing.assert_array_equal(val[3].image, f["image"][()])
+    # the split must cover exactly the pool
+    (tmp_path / "bad.json").write_text(json.dumps({"train": split["train"][:-1], "val": split["val"]}))
+    with pytest.raises(DatasetError, match="bad.json"):
+        open_task(acdc_cv, apply_overrides(cfg, [f"data.split_file={tmp_path / 'bad.json'}"]), splits=("train",))
+    with pytest.raises(Exception, match="train_splits"):
+        open_task(acdc_cv, apply_overrides(cfg, ["data.train_splits=[train,val]"]), splits=("train", "val"))
+
+
+def test_the_volcache_gives_the_same_folds(acdc_cv, tmp_path):
+    cache = write_volcache(
+        tmp_path / "c.npz", name="acdc", label_names=ACDC_LABELS, num_classes=4, image_size=(32, 32),
+        train=acdc_slices(acdc_cv, image_size=32, augment=False, normalization=None),
+        eval_splits={"val": acdc_volumes(acdc_cv, "val"), "test": acdc_volumes(acdc_cv, "test")})
+    assert case_pool(cache, "volcache") == case_pool(acdc_cv, "acdc")
+    pool = case_pool(cache, "volcache")
+    fold = make_folds(pool, 5, seed=1, groups=pool_groups(pool))[2]
+    (tmp_path / "split.json").write_text(json.dumps(fold))
+    cfg = apply_overrides(RunConfig(), ["data.image_size=[32,32]", "data.augment=false",
+                                        f"data.split_file={tmp_path / 'split.json'}"])
+    src, cached = (open_task(p, cfg, splits=("train", "val")) for p in (acdc_cv, cache))
+    assert src.datasets["train"].ids == cached.datasets["train"].ids
+    assert src.datasets["val"].ids == cached.datasets["val"].ids == fold["val"]
+    for a, b in zip(src.datasets["val"], cached.datasets["val"]):
+        # rebuilt from cached slices: stored at the cache size; a cached val volume: labels at the original size
+        assert b.label_shape == ((a.label.shape[0], 32, 32) if a.source_format == "slices" else a.label.shape)
+
+
+def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
+    root = tmp_path / "cv"
+    cfg = _volume_cfg(acdc_cv, root, **{"data.train_splits": ["train", "val"]})
+    assert len(train_folds(cfg, folds=5, fold=[0, 3], tta="flip")) == 2
+    rec = json.loads((root / "splits_final.json").read_text())
+    assert rec["n_cases"] == 10 and rec["n_groups"] == 5 and "frame" in rec["grouping"]
+    for i in (0, 3):
+        run = root / f"fold_{i}"
+        held = rec["folds"][i]["val"]
+        assert load_config(run / "config.yaml").data.train_splits == ["train"]  # the fold already has val's cases
+        m = json.loads((run / "metrics.json").read_text())  # validated per volume on the held-out cases only
+        assert sorted(v["id"] for v in m["per_volume"]) == sorted(held)
+        for sub in ("last", "best", "last_tta_flip"):
+            oof = run / "oof" / sub
+            assert sorted(p.stem for p in (oof / "masks").glob("*.npz")) == sorted(held)
+            lab = np.load(oof / "masks" / f"{held[0]}.npz")["labels"]
+            prob = np.load(oof / "probabilities" / f"{held[0]}.npz")["probabilities"]
+            assert lab.dtype == np.uint8 and lab.shape == (4, *SHAPE)
+            assert prob.dtype == np.float16 and prob.shape == (4, 4, 32, 32)
+            np.testing.assert_allclose(prob.astype(np.float32).sum(0), 1.0, atol=3e-3)
+            assert json.loads((oof / "oof.json").read_text())["ids"] == held
+    with pytest.raises(FileNotFoundError, match=r"fold\(s\) \[1, 2, 4\]"):
+        evaluate_cv(root)
+    train_folds(cfg, folds=5, fold="all", tta="flip")
+    res = evaluate_cv(root)
+    assert res["n_cases"] == 10 and "volume" in res["unit"] and res["conventions"]["units"] == "pixels"
+    assert res["pooled"]["classes"] == ["background", "RV", "Myo", "LV"]
+    # per_case_dice, recomputed from the saved label volumes and the ground truth read here
+    truth = {}
+    for c in case_pool(acdc_cv, "acdc"):
+        f = acdc_cv / "data" / f"{c}.h5"
+        if f.is_file():
+            with h5py.File(f) as h:
+                truth[c] = h["label"][()]
+        else:
+            zs = []
+            for z in range(1, 5):
+                with h5py.File(acdc_cv / "data" / "slices" / f"{c}_slice_{z}.h5") as h:
+                    zs.append(h["label"][()])
+            truth[c] = np.stack(zs)
+    per_class = {k: [] for k in (1, 2, 3)}
+    for r in res["cases"]:
+        pred = np.load(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")["labels"]
+        for k in per_class:
+            p, g = pred == k, truth[r["id"]] == k
+            per_class[k].append(2 * (p & g).sum() / (p.sum() + g.sum()))
+    assert res["per_case_dice"] == pytest.approx(np.mean([np.mean(v) for v in per_class.values()]), abs=1e-6)
+    # TTA predictions were saved by the folds and are scored from the files
+    tta = evaluate_cv(root, tta="flip", out=tmp_path / "tta")
+    assert tta["tta"] == "flip" and tta["n_cases"] == 10
+    # an ensemble of a root with itself is refused; of two roots with the same folds, averaged per voxel
+    root2 = tmp_path / "cv2"
+    train_folds(_volume_cfg(acdc_cv, root2, **{"train.seed": 11}), folds=5, fold="all")
+    ens = evaluate_cv([root, root2], out=tmp_path / "ens")
+    assert ens["members"] == 2 and ens["n_cases"] == 10
+    from mambaseg.engine.crossval import volume_labels_from_probabilities
+
+    r = ens["cases"][0]
+    probs = sum(np.load(rt / f"fold_{r['fold']}" / "oof" / "last" / "probabilities" / f"{r['id']}.npz")
+                ["probabilities"].astype(np.float32) for rt in (root, root2)) / 2
+    want = volume_labels_from_probabilities(probs, SHAPE)
+    got = score_cases([(r["id"], want, truth[r["id"]])], num_classes=4)["cases"][0]["dice"]
+    assert r["dice"] == pytest.approx(got)
+
+
+def test_cli_cross_validates_a_volumetric_dataset(tiny_model, acdc_cv, tmp_path):
+    from typer.testing import CliRunner
+
+    from mambaseg.cli import app
+    from mambaseg.cli._common import state
+
+    state.debug = False
+    runner = CliRunner()
+    root = tmp_path / "cvroot"
+
+    def train(folds: str, out) -> list[str]:
+        return ["train", "--model", tiny_model, "--data", str(acdc_cv), "--epochs", "1", "--image-size", "32",
+                "--batch-size", "8", "--device", "cpu", "--out", str(out), "--no-progress", "--folds", folds,
+                "--fold", "all", "--set", "model.num_classes=4", "--set", "model.in_chans=1",
+                "--set", "data.binary=false", "--set", "data.validate=false", "--set", 'train.amp="off"']
+
+    res = runner.invoke(app, train("5", root))
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", "--cv", str(root)])
+    assert res.exit_code == 0, res.output
+    assert "10 cases" in res.output and "mean per-volume dice" in res.output and "RV" in res.output
+    saved = json.loads((root / "cv_metrics.json").read_text())
+    assert f"{saved['per_case_dice']:.4f}" in res.output
+    res = runner.invoke(app, train("6", tmp_path / "six"))  # 5 patients: six folds cannot keep phases together
+    assert res.exit_code == 1 and "at least 6 groups" in res.output
+
+
+def test_synapse_folds_hold_out_cases_rebuilt_from_their_slices(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from test_synapse import make_synapse
+
+    root = make_synapse(tmp_path / "syn")
+    assert case_pool(root, "synapse") == ["case0005", "case0006", "case0007"]  # test volumes are never in it
+    split = {"train": ["case0005", "case0007"], "val": ["case0006"]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    cfg = apply_overrides(RunConfig(), ["data.image_size=[32,32]", "data.augment=false",
+                                        f"data.split_file={tmp_path / 'split.json'}"])
+    task = open_task(root, cfg, splits=("train", "val"))
+    assert task.datasets["train"].ids == [f"case{c}_slice{k:03d}" for c in ("0005", "0007") for k in range(3)]
+    vol = task.datasets["val"][0]
+    assert vol.id == "case0006" and vol.label.shape == (3, 20, 24)
+    assert [int(vol.label[k].max()) for k in range(3)] == [8, 8, 8] and vol.label[2, 4, 4] == 3  # slice order
+
+
+def test_nnunet_folds_score_each_volume_with_its_own_spacing(tiny_model, tmp_path):
+    pytest.importorskip("nibabel")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from test_nnunet import make_nnunet
+
+    data = make_nnunet(tmp_path / "raw", n_cases=4)
+    assert case_pool(data, "nnunet") == [f"case_{i:03d}" for i in range(4)]
+    root = tmp_path / "cv"
+    train_folds(_volume_cfg(data, root, **{"model.num_classes": 3}), folds=2, fold="all")
+    res = evaluate_cv(root)
+    assert res["n_cases"] == 4 and res["conventions"]["units"] == "each case's own voxel spacing (mm)"
+    # one case's HD95, recomputed in mm from its saved prediction and its NIfTI label
+    from mambaseg.data.nnunet import NnUNetRaw
+    from mambaseg.metrics import hd95
+
+    r = next(c for c in res["cases"] if c["per_class"]["hd95"][0] not in (None, "inf"))
+    vol = NnUNetRaw(data).load_case(r["id"])
+    assert vol.spacing == pytest.approx((2.5, 0.9, 0.8))
+    pred = np.load(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")["labels"]
+    assert r["per_class"]["hd95"][0] == pytest.approx(hd95(pred == 1, vol.label == 1, vol.spacing), rel=1e-5)
+
+
+def test_real_acdc_folds_keep_patients_whole_and_rebuild_their_volumes(shared_data, tmp_path):
+    acdc = shared_data / "acdc"
+    if not acdc.is_dir():
+        pytest.skip("../shared/data/acdc is not available")
+    from mambaseg.data.folds import fold_split_file, resolve_folds
+
+    pool = case_pool(acdc, "acdc")
+    assert len(pool) == 90  # 35 training patients (as slices) + 10 val patients, two phases each; test left out
+    rec = resolve_folds(tmp_path, pool, k=5, seed=0, groups=pool_groups(pool))
+    assert rec["n_groups"] == 45 and [len(f["val"]) for f in rec["folds"]] == [18] * 5
+    for f in rec["folds"]:
+        assert not {case_group(c) for c in f["val"]} & {case_group(c) for c in f["train"]}
+    cfg = apply_overrides(RunConfig(), [f"data.split_file={fold_split_file(tmp_path, rec, 1)}"])
+    task = open_task(acdc, cfg, splits=("train", "val"))
+    held = task.datasets["val"]
+    assert held.ids == rec["folds"][1]["val"]
+    rebuilt = 0
+    for vol in held:
+        # the SSL4MIS files are min-max normalised per volume, so a correctly rebuilt volume spans exactly [0, 1]
+        assert float(vol.image.min()) == 0.0 and float(vol.image.max()) == 1.0
+        assert set(np.unique(vol.label)) <= {0, 1, 2, 3} and vol.label.shape == vol.image.shape
+        rebuilt += vol.source_format == "slices"
+    assert rebuilt >= 10
+    n_slices = sum(1 for i in task.datasets["train"].ids if case_group(slice_or_volume(i)) in
+                   {case_group(c) for c in rec["folds"][1]["val"]})
+    assert n_slices == 0
+
+
+def slice_or_volume(train_id: str) -> str:
+    """The case of a training slice id: ``patient003_frame01_slice_5`` or ``val/patient002_frame01#3``."""
+    return train_id.split("/", 1)[-1].split("#")[0].rsplit("_slice", 1)[0]
