@@ -304,3 +304,27 @@ def test_real_acdc_folds_keep_patients_whole_and_rebuild_their_volumes(shared_da
 def slice_or_volume(train_id: str) -> str:
     """The case of a training slice id: ``patient003_frame01_slice_5`` or ``val/patient002_frame01#3``."""
     return train_id.split("/", 1)[-1].split("#")[0].rsplit("_slice", 1)[0]
+
+
+def test_an_nnunet_folder_with_its_own_folds_is_cross_validated_on_them(tmp_path):
+    pytest.importorskip("nibabel")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from test_nnunet import make_nnunet
+
+    from mambaseg.engine.crossval import resolve_cv_folds
+
+    data = make_nnunet(tmp_path / "raw", n_cases=4)
+    cases = [f"case_{i:03d}" for i in range(4)]
+    theirs = [{"train": cases[1:3], "val": [cases[0], cases[3]]}, {"train": [cases[0], cases[3]], "val": cases[1:3]}]
+    (data / "splits_final.json").write_text(json.dumps(theirs))
+    rec = resolve_cv_folds(_volume_cfg(data, tmp_path / "cv"), 2)
+    assert rec["folds"] == theirs and "own folds" in rec["note"]
+    assert make_folds(cases, 2, seed=0) != theirs  # a seeded deal would have given other folds
+    with pytest.raises(DatasetError, match="holds 2 folds; pass --folds 2"):
+        resolve_cv_folds(_volume_cfg(data, tmp_path / "cv3"), 3)
+    (data / "splits_final.json").write_text(json.dumps([{"train": cases[1:], "val": cases[:1]}] * 2))
+    with pytest.raises(DatasetError, match="exactly once"):
+        resolve_cv_folds(_volume_cfg(data, tmp_path / "cv4"), 2)

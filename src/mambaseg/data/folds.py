@@ -23,6 +23,9 @@ group and are always held out together (:func:`case_group`), as nnU-Net's ACDC f
 phase of a patient whose other phase it reports. Out-of-fold volumes are scored per volume
 (:func:`mambaseg.engine.crossval.evaluate_cv`).
 
+An nnU-Net raw folder that brings its own ``splits_final.json`` (nnU-Net's list of ``{"train", "val"}``) is
+cross-validated on those folds, as nnU-Net would (``--folds`` must then equal their number).
+
 Each layout says what its pool is (``cases`` of :class:`mambaseg.data.layouts.DataLayout`); its opener honours a
 fold's split file (``data.split_file``).
 """
@@ -44,6 +47,7 @@ __all__ = [
     "FOLDS_FORMAT",
     "case_group",
     "case_pool",
+    "dataset_folds",
     "fold_split_file",
     "read_fold_split",
     "iter_cases",
@@ -114,9 +118,11 @@ def load_folds(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_folds(root: str | Path, pool: list[str], *, k: int, seed: int, data: str = "",
-                  layout: str = "", groups: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  layout: str = "", groups: Mapping[str, str] | None = None,
+                  given: list[dict[str, list[str]]] | None = None) -> dict[str, Any]:
     """The folds of a cross-validation root: read ``ROOT/splits_final.json`` if it exists (checking it matches
-    ``pool``, ``k`` and ``seed``), else make them (cases of one of ``groups`` in one fold) and write the file.
+    ``pool``, ``k`` and ``seed``), else take the dataset's own folds ``given`` (:func:`dataset_folds`; they must
+    be ``k`` and partition ``pool``) or make them (cases of one of ``groups`` in one fold), and write the file.
 
     Raises:
         DatasetError: the saved file was made for other cases, another k or another seed (the message says which
@@ -141,13 +147,39 @@ def resolve_folds(root: str | Path, pool: list[str], *, k: int, seed: int, data:
         return record
     record = {"format": FOLDS_FORMAT, "k": k, "seed": seed, "data": str(data), "layout": layout,
               "n_cases": len(pool), "note": "seeded k-fold split over the train + val cases; test is never used",
-              "folds": make_folds(pool, k, seed, groups)}
-    if groups is not None:
+              "folds": make_folds(pool, k, seed, groups) if given is None else _check_given(given, pool, k, data)}
+    if given is not None:
+        record["note"] = "the dataset's own folds (its splits_final.json), taken as they are; test is never used"
+    elif groups is not None:
         record["n_groups"] = len(set(groups.values()))
         record["grouping"] = ("cases differing only by a _frame<NN> suffix (one patient's phases) are one group, "
                               "held out together")
     atomic_write_json(path, record)
     return record
+
+
+def _check_given(given: list[dict[str, list[str]]], pool: list[str], k: int, data: str) -> list[dict[str, list[str]]]:
+    where = f"{data}/splits_final.json" if data else "the dataset's splits_final.json"
+    if len(given) != k:
+        raise DatasetError(f"{where} holds {len(given)} folds; pass --folds {len(given)} to use them (or move the "
+                           f"file away to draw {k} folds)")
+    held = [c for f in given for c in f["val"]]
+    if sorted(held) != sorted(pool) or len(set(held)) != len(held):
+        raise DatasetError(f"{where}: its val lists must hold out every labelled case exactly once "
+                           f"({len(held)} held out, {len(set(held))} distinct, {len(pool)} cases)")
+    for i, f in enumerate(given):
+        if sorted(f["train"]) != sorted(set(pool) - set(f["val"])):
+            raise DatasetError(f"{where}: fold {i} does not train on every case it does not hold out")
+    return [{"train": sorted(f["train"]), "val": sorted(f["val"])} for f in given]
+
+
+def dataset_folds(path: str | Path, layout: str) -> list[dict[str, list[str]]] | None:
+    """Folds a dataset brings with it: an nnU-Net raw folder's ``splits_final.json``; else ``None``."""
+    if layout != "nnunet":
+        return None
+    from mambaseg.data.nnunet import NnUNetRaw
+
+    return NnUNetRaw(path).given_folds()
 
 
 def fold_split_file(root: str | Path, record: dict[str, Any], fold: int) -> Path:

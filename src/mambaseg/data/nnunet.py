@@ -276,17 +276,30 @@ class NnUNetRaw:
             header=header, source_format="nifti",
         )
 
+    def given_folds(self) -> list[dict[str, list[str]]] | None:
+        """The folds of the dataset's own ``splits_final.json`` (nnU-Net's list of ``{"train", "val"}``), checked to
+        name only labelled cases; ``None`` when the file is absent."""
+        sf = self.root / "splits_final.json"
+        if not sf.is_file():
+            return None
+        try:
+            folds = json.loads(sf.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"{sf} cannot be read as JSON ({exc})") from None
+        if not isinstance(folds, list) or not folds or not all(
+                isinstance(f, dict) and isinstance(f.get("train"), list) and isinstance(f.get("val"), list)
+                for f in folds):
+            raise DatasetError(f"{sf}: expected a list of {{'train': [...], 'val': [...]}} folds")
+        unknown = sorted({str(c) for f in folds for c in (*f["train"], *f["val"])} - set(self.cases))
+        if unknown:
+            raise DatasetError(f"{sf}: cases {unknown[:5]} are not in imagesTr/labelsTr")
+        return [{"train": [str(c) for c in f["train"]], "val": [str(c) for c in f["val"]]} for f in folds]
+
     def splits(self, *, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
         """Train/val case lists: fold 0 of ``splits_final.json`` when present, else a seeded carve of the cases."""
-        sf = self.root / "splits_final.json"
-        if sf.is_file():
-            folds = json.loads(sf.read_text())
-            if not isinstance(folds, list) or not folds or not {"train", "val"} <= set(folds[0]):
-                raise DatasetError(f"{sf}: expected a list of {{'train': [...], 'val': [...]}} folds")
-            unknown = sorted((set(folds[0]["train"]) | set(folds[0]["val"])) - set(self.cases))
-            if unknown:
-                raise DatasetError(f"{sf}: cases {unknown[:5]} are not in imagesTr/labelsTr")
-            return {"train": list(folds[0]["train"]), "val": list(folds[0]["val"])}
+        given = self.given_folds()
+        if given is not None:
+            return given[0]
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if len(self.cases) < 2:

@@ -46,6 +46,7 @@ from mambaseg.configs import RunConfig
 from mambaseg.data.folds import (
     FOLDS_FILE,
     case_pool,
+    dataset_folds,
     fold_split_file,
     iter_cases,
     load_folds,
@@ -124,7 +125,7 @@ def resolve_cv_folds(cfg: RunConfig, folds: int) -> dict[str, Any]:
     layout = cfg.data.layout or detect_layout(cfg.data.path)
     pool = case_pool(cfg.data.path, layout)
     return resolve_folds(cfg.train.out, pool, k=folds, seed=cfg.data.split_seed, data=str(cfg.data.path),
-                         layout=layout, groups=pool_groups(pool))
+                         layout=layout, groups=pool_groups(pool), given=dataset_folds(cfg.data.path, layout))
 
 
 def train_folds(cfg: RunConfig, *, folds: int, fold: int | str | Sequence[int] = "all", resume: bool = False,
