@@ -109,6 +109,13 @@ def test_a_fold_trains_on_its_cases_slices_and_holds_out_their_volumes(acdc_cv, 
     # a held-out case stored as a volume is that volume
     with h5py.File(acdc_cv / "data" / "patient008_frame02.h5") as f:
         np.testing.assert_array_equal(val[3].image, f["image"][()])
+    # both travel to DataLoader workers (spawn pickles them) and read the same items there
+    import pickle
+
+    train2, val2 = pickle.loads(pickle.dumps((train, val)))
+    for i in (0, len(train) - 1):
+        assert train2[i]["id"] == train.ids[i] and np.array_equal(train2[i]["mask"], train[i]["mask"])
+    np.testing.assert_array_equal(val2[0].label, vol.label)
     # the split must cover exactly the pool
     (tmp_path / "bad.json").write_text(json.dumps({"train": split["train"][:-1], "val": split["val"]}))
     with pytest.raises(DatasetError, match="bad.json"):
