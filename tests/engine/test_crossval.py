@@ -11,7 +11,8 @@ from PIL import Image
 
 from engine_helpers import tiny_config
 from mambaseg.data.files import DatasetError
-from mambaseg.data.folds import case_pool, make_folds, resolve_folds
+from mambaseg.data.folds import make_folds, resolve_folds
+from mambaseg.data.layouts import case_pool
 from mambaseg.engine.crossval import evaluate_cv, train_folds
 
 

@@ -15,7 +15,8 @@ from mambaseg.configs import RunConfig, apply_overrides, load_config
 from mambaseg.data import ACDC_LABELS, acdc_slices, acdc_volumes
 from mambaseg.data.cache import write_volcache
 from mambaseg.data.files import DatasetError
-from mambaseg.data.folds import case_group, case_pool, make_folds, pool_groups
+from mambaseg.data.folds import case_group, make_folds, pool_groups
+from mambaseg.data.layouts import case_pool
 from mambaseg.data.layouts import open_task
 from mambaseg.engine.crossval import evaluate_cv, train_folds
 from mambaseg.metrics.score import score_cases

@@ -195,9 +195,9 @@ def open_acdc(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: A
 
     ds: dict[str, Any] = {}
     if cfg.data.split_file and any(s in ("train", "val") for s in splits):
-        from mambaseg.data.folds import read_fold_split
+        from mambaseg.data.splits import read_split_file
 
-        fold = read_fold_split(cfg.data.split_file, acdc_cases(root))
+        fold = read_split_file(cfg.data.split_file, acdc_cases(root))
         extra = {"val": acdc_volumes(root, "val")} if (root / "val.list").is_file() else {}
         train, val = fold_datasets(slices(), extra, fold, where=str(cfg.data.split_file))
         ds.update({s: d for s, d in (("train", train), ("val", val)) if s in splits})

@@ -444,6 +444,6 @@ def _volcache_fold(path: Path, cfg: Any, arrays: Mapping[str, np.ndarray],
     """The fold's ``{"train", "val"}`` cases when ``data.split_file`` is set and train or val is opened."""
     if not cfg.data.split_file or not any(s in ("train", "val") for s in splits):
         return None
-    from mambaseg.data.folds import read_fold_split
+    from mambaseg.data.splits import read_split_file
 
-    return read_fold_split(cfg.data.split_file, volcache_cases(path))
+    return read_split_file(cfg.data.split_file, volcache_cases(path))

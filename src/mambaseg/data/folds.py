@@ -26,8 +26,9 @@ phase of a patient whose other phase it reports. Out-of-fold volumes are scored 
 An nnU-Net raw folder that brings its own ``splits_final.json`` (nnU-Net's list of ``{"train", "val"}``) is
 cross-validated on those folds, as nnU-Net would (``--folds`` must then equal their number).
 
-Each layout says what its pool is (``cases`` of :class:`mambaseg.data.layouts.DataLayout`); its opener honours a
-fold's split file (``data.split_file``).
+Each layout says what its pool is (``cases`` of :class:`mambaseg.data.layouts.DataLayout`, read by
+:func:`mambaseg.data.layouts.case_pool`); its opener honours a fold's split file (``data.split_file``, read by
+:func:`mambaseg.data.splits.read_split_file`).
 """
 
 from __future__ import annotations
@@ -40,16 +41,14 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from mambaseg.data.files import DatasetError
+from mambaseg.data.splits import read_split_file
 from mambaseg.utils.files import atomic_write_json
 
 __all__ = [
     "FOLDS_FILE",
     "FOLDS_FORMAT",
     "case_group",
-    "case_pool",
-    "dataset_folds",
     "fold_split_file",
-    "read_fold_split",
     "iter_cases",
     "load_folds",
     "make_folds",
@@ -121,7 +120,7 @@ def resolve_folds(root: str | Path, pool: list[str], *, k: int, seed: int, data:
                   layout: str = "", groups: Mapping[str, str] | None = None,
                   given: list[dict[str, list[str]]] | None = None) -> dict[str, Any]:
     """The folds of a cross-validation root: read ``ROOT/splits_final.json`` if it exists (checking it matches
-    ``pool``, ``k`` and ``seed``), else take the dataset's own folds ``given`` (:func:`dataset_folds`; they must
+    ``pool``, ``k`` and ``seed``), else take the dataset's own folds ``given`` (:func:`mambaseg.data.layouts.dataset_folds`; they must
     be ``k`` and partition ``pool``) or make them (cases of one of ``groups`` in one fold), and write the file.
 
     Raises:
@@ -173,15 +172,6 @@ def _check_given(given: list[dict[str, list[str]]], pool: list[str], k: int, dat
     return [{"train": sorted(f["train"]), "val": sorted(f["val"])} for f in given]
 
 
-def dataset_folds(path: str | Path, layout: str) -> list[dict[str, list[str]]] | None:
-    """Folds a dataset brings with it: an nnU-Net raw folder's ``splits_final.json``; else ``None``."""
-    if layout != "nnunet":
-        return None
-    from mambaseg.data.nnunet import NnUNetRaw
-
-    return NnUNetRaw(path).given_folds()
-
-
 def fold_split_file(root: str | Path, record: dict[str, Any], fold: int) -> Path:
     """Write (or rewrite, same content) ``ROOT/fold_<fold>/split.json`` = that fold's train/val ids; return it."""
     folds = record["folds"]
@@ -193,42 +183,10 @@ def fold_split_file(root: str | Path, record: dict[str, Any], fold: int) -> Path
     return path
 
 
-def case_pool(path: str | Path, layout: str) -> list[str]:
-    """Ids of the train + val cases of a dataset (images of a 2-D layout, volumes of a volumetric one), sorted.
-
-    Raises:
-        DatasetError: the layout names no pool of cases (``cases`` of its
-            :class:`~mambaseg.data.layouts.DataLayout`), duplicated ids across the splits, or no case.
-    """
-    from mambaseg.data.layouts import LAYOUTS, list_layouts
-
-    list_layouts()  # fills the table of shipped layouts
-    p = Path(path)
-    entry = LAYOUTS.get(layout)
-    if entry is None or entry.cases is None:
-        have = [n for n in list_layouts() if LAYOUTS[n].cases is not None]
-        raise DatasetError(f"cross-validation (--folds) needs the pool of cases of the dataset; layout {layout!r} of "
-                           f"{p} does not list one (layouts that do: {', '.join(have)})")
-    ids = [str(i) for i in entry.cases(p)]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise DatasetError(f"{p}: case ids occur in both train and val ({dup[:5]}); a fold split needs unique ids")
-    if not ids:
-        raise DatasetError(f"{p}: no train/val cases to split into folds")
-    return sorted(ids)
-
-
 def pool_groups(pool: list[str]) -> dict[str, str] | None:
     """``{case: case_group(case)}`` when some cases share a group (e.g. ACDC phases), else ``None``."""
     groups = {c: case_group(c) for c in pool}
     return groups if len(set(groups.values())) < len(pool) else None
-
-
-def read_fold_split(split_file: str | Path, pool: list[str]) -> dict[str, list[str]]:
-    """The ``{"train", "val"}`` case lists of a fold's split file, checked to cover exactly ``pool``."""
-    from mambaseg.data.splits import _load_split_file
-
-    return _load_split_file(Path(split_file), pool)
 
 
 def take_cases(arrays: dict[str, np.ndarray], ids: list[str], path: str | Path = "") -> dict[str, np.ndarray]:
@@ -257,7 +215,7 @@ def select_pool(arrays: dict[str, np.ndarray], split_file: str | Path, path: str
     """``npz2d`` with a split file: the arrays of each wanted split (``train``/``val``) taken by id from the cache's
     train + val pool (:func:`take_cases`); ``test`` stays as stored. The split file must cover exactly that pool."""
     pool = [str(i) for s in ("train", "val") if f"{s}_ids" in arrays for i in arrays[f"{s}_ids"]]
-    sel = read_fold_split(split_file, pool)
+    sel = read_split_file(split_file, pool)
     return {split: take_cases(arrays, sel[split], path) for split in splits if split in ("train", "val")}
 
 

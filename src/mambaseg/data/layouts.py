@@ -55,7 +55,9 @@ __all__ = [
     "DataTaskError",
     "LAYOUTS",
     "binary_label_map",
+    "case_pool",
     "dataset_family",
+    "dataset_folds",
     "detect_layout",
     "list_layouts",
     "open_task",
@@ -242,6 +244,40 @@ def _train_on_extra_splits(task: DataTask, layout: str, extra: list[str], asked:
         task.info["in_sample_validation"] = (
             f"{', '.join(in_sample)} also trains (data.train_splits): its scores are in-sample, so select nothing "
             "on them (use the final weights)")
+
+
+def case_pool(path: str | Path, layout: str) -> list[str]:
+    """Ids of the train + val cases of a dataset (images of a 2-D layout, volumes of a volumetric one), sorted.
+
+    Raises:
+        DatasetError: the layout names no pool of cases (``cases`` of its
+            :class:`~mambaseg.data.layouts.DataLayout`), duplicated ids across the splits, or no case.
+    """
+    from mambaseg.data.files import DatasetError
+
+    table = _table()
+    p = Path(path)
+    entry = table.get(layout)
+    if entry is None or entry.cases is None:
+        have = [n for n in list_layouts() if table[n].cases is not None]
+        raise DatasetError(f"cross-validation (--folds) needs the pool of cases of the dataset; layout {layout!r} of "
+                           f"{p} does not list one (layouts that do: {', '.join(have)})")
+    ids = [str(i) for i in entry.cases(p)]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise DatasetError(f"{p}: case ids occur in both train and val ({dup[:5]}); a fold split needs unique ids")
+    if not ids:
+        raise DatasetError(f"{p}: no train/val cases to split into folds")
+    return sorted(ids)
+
+
+def dataset_folds(path: str | Path, layout: str) -> list[dict[str, list[str]]] | None:
+    """Folds a dataset brings with it: an nnU-Net raw folder's ``splits_final.json``; else ``None``."""
+    if layout != "nnunet":
+        return None
+    from mambaseg.data.nnunet import NnUNetRaw
+
+    return NnUNetRaw(path).given_folds()
 
 
 def dataset_family(path: str | Path) -> str | None:

@@ -400,9 +400,9 @@ def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization:
 
     raw = NnUNetRaw(root)
     if cfg.data.split_file:
-        from mambaseg.data.folds import read_fold_split
+        from mambaseg.data.splits import read_split_file
 
-        sp = read_fold_split(cfg.data.split_file, list(raw.cases))
+        sp = read_split_file(cfg.data.split_file, list(raw.cases))
     else:
         sp = raw.splits(val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
     in_chans = len(raw.channel_names)

@@ -15,7 +15,7 @@ import numpy as np
 
 from mambaseg.data.files import DatasetError, list_split
 
-__all__ = ["Splits", "resolve_splits", "default_split_file", "SPLIT_FORMAT"]
+__all__ = ["Splits", "resolve_splits", "default_split_file", "read_split_file", "SPLIT_FORMAT"]
 
 SPLIT_FORMAT = "mambaseg-splits/1"
 
@@ -70,6 +70,12 @@ def _load_split_file(path: Path, train_ids: list[str]) -> dict[str, list[str]]:
             "carve a new split or pass another split_file"
         )
     return {"train": train, "val": val}
+
+
+def read_split_file(path: str | Path, pool: list[str]) -> dict[str, list[str]]:
+    """The ``{"train", "val"}`` ids of a split file (e.g. a cross-validation fold's ``split.json``), checked to be
+    disjoint and to cover exactly ``pool`` (the dataset's train + val cases); ``DatasetError`` naming the file."""
+    return _load_split_file(Path(path), [str(i) for i in pool])
 
 
 def _carve(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -250,9 +250,9 @@ def open_synapse(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization
         val_from_list = False
     fold = None
     if cfg.data.split_file and any(s in ("train", "val") for s in splits):
-        from mambaseg.data.folds import read_fold_split
+        from mambaseg.data.splits import read_split_file
 
-        fold = read_fold_split(cfg.data.split_file, synapse_cases(root))
+        fold = read_split_file(cfg.data.split_file, synapse_cases(root))
     val_cases: list[str] = [] if val_from_list or fold is not None else _held_out_cases(root, cfg)
 
     def slices() -> SliceDataset2D:

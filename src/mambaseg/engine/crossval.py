@@ -45,15 +45,13 @@ import numpy as np
 from mambaseg.configs import RunConfig
 from mambaseg.data.folds import (
     FOLDS_FILE,
-    case_pool,
-    dataset_folds,
     fold_split_file,
     iter_cases,
     load_folds,
     pool_groups,
     resolve_folds,
 )
-from mambaseg.data.layouts import detect_layout
+from mambaseg.data.layouts import case_pool, dataset_folds, detect_layout
 from mambaseg.inference.ensemble import flip_dims, tta_mode
 from mambaseg.utils.files import atomic_path, atomic_write_json, atomic_write_npz
 
@@ -231,7 +229,7 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
 
     from mambaseg.checkpoint import load_checkpoint
     from mambaseg.configs import config_from_dict
-    from mambaseg.data.splits import _load_split_file
+    from mambaseg.data.splits import read_split_file
     from mambaseg.inference.ensemble import load_ensemble
     from mambaseg.metrics import labels_from_logits
 
@@ -258,7 +256,7 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
         split = run_dir / "split.json"
     layout = (ckpt.get("task") or {}).get("layout") or detect_layout(path)
     pool = case_pool(path, layout)
-    ids = _load_split_file(split, pool)["val"]
+    ids = read_split_file(split, pool)["val"]
     in_chans = int((ckpt.get("task") or {}).get("in_chans") or 3)
     dataset = _held_out_dataset(cfg, path, layout, ids, in_chans, split)
     predictor = load_ensemble([ckpt_path], tta=tta, device=device)
