@@ -191,6 +191,15 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
             p, g = pred == k, truth[r["id"]] == k
             per_class[k].append(2 * (p & g).sum() / (p.sum() + g.sum()))
     assert res["per_case_dice"] == pytest.approx(np.mean([np.mean(v) for v in per_class.values()]), abs=1e-6)
+    # post-processed in 3-D (26-connected largest component per class) before scoring
+    from mambaseg.inference.postprocess import postprocess_labels
+
+    pp = evaluate_cv(root, postprocess="largest_component", out=tmp_path / "pp")
+    r = pp["cases"][0]
+    raw = np.load(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")["labels"]
+    want = score_cases([(r["id"], postprocess_labels(raw.astype(np.int64), "largest_component"), truth[r["id"]])],
+                       num_classes=4)["cases"][0]["dice"]
+    assert pp["postprocess"] == ["largest_component"] and r["dice"] == pytest.approx(want)
     # TTA predictions were saved by the folds and are scored from the files
     tta = evaluate_cv(root, tta="flip", out=tmp_path / "tta")
     assert tta["tta"] == "flip" and tta["n_cases"] == 10
