@@ -102,3 +102,73 @@ def test_score_cli_matches_by_stem_and_names_unmatched_files(tmp_path):
     res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--empty-policy", "zero"])
     assert res.exit_code == 1 and "--empty-policy" in res.output
     assert math.isfinite(out["hd95"])
+
+
+def _label_volumes(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (6, 20, 24) ground truth with classes 1 and 2 and a prediction that shifts and trims them."""
+    gt = np.zeros((6, 20, 24), np.uint8)
+    gt[1:5, 4:12, 5:15] = 1
+    gt[2:6, 14:18, 8:20] = 2
+    pred = np.roll(gt, seed + 1, axis=2)
+    pred[0] = 0
+    return pred, gt
+
+
+def test_score_cli_scores_label_volumes_in_their_own_spacing(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from mambaseg.metrics import hd95
+
+    spacing = {"c1": (2.5, 0.9, 0.8), "c2": (3.0, 1.25, 1.25)}  # (D, H, W); NIfTI stores (X, Y, Z)
+    want = {}
+    for i, case in enumerate(("c1", "c2")):
+        pred, gt = _label_volumes(i)
+        d, h, w = spacing[case]
+        for arr, path in ((pred, tmp_path / "pred" / f"{case}_pred.nii.gz"), (gt, tmp_path / "gt" / f"{case}.nii.gz")):
+            path.parent.mkdir(exist_ok=True)
+            img = nib.Nifti1Image(arr.transpose(2, 1, 0), np.diag([w, h, d, 1.0]))
+            img.header.set_zooms((w, h, d))
+            nib.save(img, str(path))
+        want[case] = [(2 * ((pred == c) & (gt == c)).sum() / ((pred == c).sum() + (gt == c).sum()),
+                       hd95(pred == c, gt == c, spacing[case])) for c in (1, 2)]
+    runner = CliRunner()
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_cases"] == 2 and out["conventions"]["units"] == "each case's own voxel spacing (mm)"
+    assert out["conventions"]["label_values"]["values"] == [0, 1, 2]
+    for row in out["cases"]:
+        assert row["per_class"]["dsc"] == pytest.approx([d for d, _ in want[row["id"]]])
+        assert row["per_class"]["hd95"] == pytest.approx([h for _, h in want[row["id"]]], rel=1e-5)
+    # one spacing for every volume, named on the command line, replaces the headers'
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--spacing", "1", "--json"])
+    fixed = json.loads(res.output)
+    assert fixed["conventions"]["units"] == "spacing 1.0" and fixed["dice"] == pytest.approx(out["dice"])
+    assert fixed["cases"][0]["hd95"] != pytest.approx(out["cases"][0]["hd95"])
+    # a prediction in another geometry is refused, naming both files
+    pred, _ = _label_volumes(0)
+    img = nib.Nifti1Image(pred.transpose(2, 1, 0), np.eye(4))
+    img.header.set_zooms((1.0, 1.0, 1.0))
+    nib.save(img, str(tmp_path / "pred" / "c1_pred.nii.gz"))
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt")])
+    assert res.exit_code == 1 and "c1_pred.nii.gz" in res.output and "geometry" in res.output
+
+
+def test_score_cli_pairs_saved_out_of_fold_volumes_with_h5_ground_truth(tmp_path):
+    import h5py
+
+    pred, gt = _label_volumes(0)
+    (tmp_path / "oof" / "masks").mkdir(parents=True)
+    np.savez_compressed(tmp_path / "oof" / "masks" / "patient001_frame01.npz", labels=pred)
+    (tmp_path / "gt").mkdir()
+    with h5py.File(tmp_path / "gt" / "patient001_frame01.h5", "w") as f:
+        f["image"], f["label"] = np.zeros(gt.shape, np.float32), gt
+    res = CliRunner().invoke(app, ["score", str(tmp_path / "oof"), str(tmp_path / "gt"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["conventions"]["units"] == "pixels"  # h5 stores no spacing: voxels
+    dice = [2 * ((pred == c) & (gt == c)).sum() / ((pred == c).sum() + (gt == c).sum()) for c in (1, 2)]
+    assert out["cases"][0]["per_class"]["dsc"] == pytest.approx(dice)
+    # a predicted class the ground truth's label values do not have is refused, naming the file
+    np.savez_compressed(tmp_path / "oof" / "masks" / "patient001_frame01.npz", labels=np.full(gt.shape, 5, np.uint8))
+    res = CliRunner().invoke(app, ["score", str(tmp_path / "oof"), str(tmp_path / "gt")])
+    assert res.exit_code == 1 and "patient001_frame01.npz" in res.output

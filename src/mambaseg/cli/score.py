@@ -25,23 +25,26 @@ def _floats(text: Optional[str], what: str) -> Optional[list[float]]:
 
 @handle_errors
 def score(
-    pred_dir: Path = typer.Argument(..., help="Folder of predicted masks (or a folder with masks/ inside)."),
-    gt_dir: Path = typer.Argument(..., help="Folder of ground-truth masks (or a dataset split with masks/ inside)."),
-    spacing: Optional[str] = typer.Option(None, "--spacing", help="Pixel size (one number, or H,W) for HD95 and NSD; "
-                                          "default: pixel units."),
+    pred_dir: Path = typer.Argument(..., help="Folder of predicted masks or label volumes (NIfTI, h5, npz, npy), "
+                                    "or a folder with masks/ inside."),
+    gt_dir: Path = typer.Argument(..., help="Folder of ground-truth masks or label volumes (or a dataset split with "
+                                  "masks/ inside)."),
+    spacing: Optional[str] = typer.Option(None, "--spacing", help="Pixel size (one number, or H,W; volumes: D,H,W) "
+                                          "for HD95 and NSD; default: pixel units, for volumes each ground truth's "
+                                          "own voxel spacing where its file has one (NIfTI header)."),
     nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="NSD tolerance, in the units of --spacing "
                                         "(pixels without it)."),
     empty_policy: str = typer.Option("nan", "--empty-policy", help="Both masks empty: nan (left out of the means, "
                                      "nnU-Net/MONAI) or one (a perfect case). One empty: Dice 0, HD95 inf, NSD 0."),
     label_values: Optional[str] = typer.Option(None, "--label-values", help="Multi-class masks: the pixel value of "
-                                               "each class index, e.g. 0,85,170,255 (default: binary 0/255 or 0/1)."),
+                                               "each class index, e.g. 0,85,170,255 (default: binary 0/255 or 0/1; "
+                                               "volumes: class indices 0 .. the largest in the ground truth)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the scores as JSON to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
     """Pooled and per-case Dice/IoU, HD95 and NSD of predicted masks against ground truth, worst cases listed."""
-    from mambaseg.data.files import mask_to_labels, match_mask_files, read_mask
+    from mambaseg.data.files import holds_volumes, mask_to_labels, match_mask_files, read_mask
     from mambaseg.metrics.score import SCORE_EMPTY_POLICIES, score_cases
-    from mambaseg.utils.files import atomic_write_json
 
     if empty_policy not in SCORE_EMPTY_POLICIES:
         raise CLIError(f"--empty-policy must be one of {', '.join(SCORE_EMPTY_POLICIES)}, got {empty_policy!r}")
@@ -57,6 +60,10 @@ def score(
         if len(values) < 2:
             raise CLIError("--label-values needs the value of the background and of at least one class")
     binary = values is None
+    if holds_volumes(gt_dir) or holds_volumes(pred_dir):
+        result = _score_volumes(pred_dir, gt_dir, spacing=sp, nsd_tolerance=nsd_tolerance, empty_policy=empty_policy,
+                                values=values)
+        return _report(result, pred_dir, gt_dir, out, as_json, nsd_tolerance, empty_policy)
     pairs = match_mask_files(pred_dir, gt_dir)
 
     def cases():
@@ -72,6 +79,13 @@ def score(
 
     result = score_cases(cases(), num_classes=1 if binary else len(values), spacing=sp if sp is None or len(sp) > 1
                          else sp[0], nsd_tolerance=nsd_tolerance, empty_policy=empty_policy)
+    _report(result, pred_dir, gt_dir, out, as_json, nsd_tolerance, empty_policy)
+
+
+def _report(result: dict, pred_dir: Path, gt_dir: Path, out: Optional[Path], as_json: bool, nsd_tolerance: float,
+            empty_policy: str) -> None:
+    from mambaseg.utils.files import atomic_write_json
+
     result = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), **result}
     if out is not None:
         atomic_write_json(out, result)
@@ -83,3 +97,44 @@ def score(
                   f"dice {result['per_case_dice']:.4f}  HD95 {result['hd95']}  NSD@{nsd_tolerance:g} {result['nsd']} "
                   f"({result['conventions']['units']}; empty policy {empty_policy}); worst: {worst}"
                   + (f"\n-> {out}" if out else ""), highlight=False)
+
+
+def _score_volumes(pred_dir: Path, gt_dir: Path, *, spacing: Optional[list[float]], nsd_tolerance: float,
+                   empty_policy: str, values: Optional[list[int]]) -> dict:
+    """Label volumes (NIfTI, h5, npz, npy) paired by case id, scored per volume: each ground truth's own voxel
+    spacing (NIfTI header, npz ``spacing``) unless ``--spacing`` is given; classes = ``--label-values`` or
+    0 .. the largest value of the ground truth (read once before scoring)."""
+    from mambaseg.data.files import mask_to_labels, match_mask_files
+    from mambaseg.inference.volume import read_label_volume
+    from mambaseg.metrics.score import score_cases
+
+    if spacing is not None and len(spacing) not in (1, 3):
+        raise CLIError(f"--spacing for volumes is one number or three (D,H,W), got {len(spacing)}")
+    pairs = match_mask_files(pred_dir, gt_dir, volumes=True)
+    rule = "--label-values"
+    if values is None:
+        top = max(int(read_label_volume(g)[0].max(initial=0)) for _, _, g in pairs)
+        values = list(range(max(top, 1) + 1))
+        rule = "class indices 0 .. the largest value in the ground truth"
+    fixed = None if spacing is None else spacing[0] if len(spacing) == 1 else tuple(spacing)
+
+    def labels(path: Path) -> tuple:
+        arr, sp = read_label_volume(path)
+        return mask_to_labels(arr, binary=False, label_values=values, path=path), sp
+
+    def cases():
+        for case, p, g in pairs:
+            (pred, p_sp), (gt, g_sp) = labels(p), labels(g)
+            if pred.shape != gt.shape:
+                raise CLIError(f"{p} is {pred.shape} (D, H, W) but its ground truth {g} is {gt.shape}; expected "
+                               "the same size")
+            if p_sp is not None and g_sp is not None and not all(abs(a - b) <= 1e-3 * max(abs(b), 1e-6)
+                                                                  for a, b in zip(p_sp, g_sp)):
+                raise CLIError(f"{p} has voxel spacing {p_sp} but its ground truth {g} has {g_sp}; expected the same "
+                               "geometry")
+            yield case, pred, gt, None if fixed is not None else g_sp
+
+    result = score_cases(cases(), num_classes=len(values), spacing=fixed, nsd_tolerance=nsd_tolerance,
+                         empty_policy=empty_policy)
+    result["conventions"]["label_values"] = {"values": values, "rule": rule}
+    return result

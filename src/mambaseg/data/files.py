@@ -21,8 +21,11 @@ __all__ = [
     "IMAGE_DIR_NAMES",
     "MASK_DIR_NAMES",
     "MASK_SUFFIXES",
+    "VOLUME_SUFFIXES",
     "Pair",
     "FolderListing",
+    "holds_volumes",
+    "is_volume_path",
     "list_split",
     "match_mask_files",
     "read_image",
@@ -30,6 +33,8 @@ __all__ = [
     "mask_to_labels",
     "to_uint8",
     "require_finite",
+    "volume_id",
+    "volume_suffix",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -37,6 +42,7 @@ LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img")
 MASK_DIR_NAMES = ("masks", "mask", "labels", "label", "gt", "annotations")
 MASK_SUFFIXES = ("", "_segmentation", "_Segmentation", "_mask")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".h5", ".npz", ".npy")
 
 
 class DatasetError(ValueError):
@@ -78,6 +84,29 @@ def _find_subdir(split_dir: Path, names: tuple[str, ...], what: str) -> Path:
     raise DatasetError(
         f"{split_dir}: no {what} folder; expected one of {'/'.join(names)} (found folders: {found or 'none'})"
     )
+
+
+def volume_suffix(path: str | Path) -> str:
+    """The volume file type of ``path`` (``.nii.gz`` counts as one suffix), else its plain suffix, lower case."""
+    name = Path(path).name.lower()
+    for s in VOLUME_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return Path(path).suffix.lower()
+
+
+def is_volume_path(path: str | Path) -> bool:
+    """True when ``path`` names a volume file type (NIfTI, h5, npz, npy)."""
+    return volume_suffix(path) in VOLUME_SUFFIXES
+
+
+def volume_id(path: str | Path) -> str:
+    """The case id of a volume file: its name without the volume suffix (``.npy.h5`` of TransUNet included)."""
+    name = Path(path).name
+    for s in (".nii.gz", ".npy.h5", ".npz.h5", ".nii", ".h5", ".npz", ".npy"):
+        if name.lower().endswith(s):
+            return name[: -len(s)]
+    return Path(path).stem
 
 
 def _image_files(d: Path) -> list[Path]:
@@ -297,9 +326,12 @@ def _mask_key(stem: str) -> str:
     return stem
 
 
-def match_mask_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path, Path]]:
+def match_mask_files(pred_dir: str | Path, gt_dir: str | Path, *,
+                     volumes: bool = False) -> list[tuple[str, Path, Path]]:
     """Pair predicted and ground-truth mask files by stem (a ``_segmentation``/``_mask`` suffix is ignored on both
-    sides; a folder holding a ``masks/`` sub-folder is read from it).
+    sides; a folder holding a ``masks/`` sub-folder is read from it). With ``volumes`` the files are label volumes
+    (:data:`VOLUME_SUFFIXES`) paired by :func:`volume_id`, a trailing ``_pred`` (the name ``mambaseg predict``
+    gives) ignored as well.
 
     Returns:
         ``[(id, pred_path, gt_path)]`` sorted by id.
@@ -308,6 +340,14 @@ def match_mask_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str
         DatasetError: a folder is missing or empty, a stem occurs twice, or a file has no partner (every unmatched
             file is named, on both sides).
     """
+    kinds = ", ".join(VOLUME_SUFFIXES if volumes else IMAGE_EXTENSIONS)
+
+    def key(f: Path) -> str:
+        if not volumes:
+            return _mask_key(f.stem)
+        k = volume_id(f)
+        return _mask_key(k[: -len("_pred")] if k.endswith("_pred") else k)
+
     def listing(d: Path, what: str) -> dict[str, Path]:
         if not d.is_dir():
             raise DatasetError(f"{what} folder {d} does not exist")
@@ -315,15 +355,15 @@ def match_mask_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str
             if (d / name).is_dir():
                 d = d / name
                 break
-        files = _image_files(d)
+        files = (sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".") and is_volume_path(f))
+                 if volumes else _image_files(d))
         if not files:
-            raise DatasetError(f"{what} folder {d} holds no mask files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DatasetError(f"{what} folder {d} holds no {'volume' if volumes else 'mask'} files ({kinds})")
         out: dict[str, Path] = {}
         for f in files:
-            key = _mask_key(f.stem)
-            if key in out:
-                raise DatasetError(f"{what} folder {d}: {out[key].name} and {f.name} are both case {key!r}")
-            out[key] = f
+            if key(f) in out:
+                raise DatasetError(f"{what} folder {d}: {out[key(f)].name} and {f.name} are both case {key(f)!r}")
+            out[key(f)] = f
         return out
 
     preds, gts = listing(Path(pred_dir), "prediction"), listing(Path(gt_dir), "ground-truth")
@@ -336,3 +376,10 @@ def match_mask_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str
                            "(files are matched by stem):\n" + "\n".join(lines)
                            + (f"\n  ... and {more} more" if more > 0 else ""))
     return [(k, preds[k], gts[k]) for k in sorted(preds)]
+
+
+def holds_volumes(folder: str | Path) -> bool:
+    """Whether ``folder`` (or its mask sub-folder, as :func:`match_mask_files` reads it) holds label volumes."""
+    d = Path(folder)
+    subs = [d / n for n in MASK_DIR_NAMES if (d / n).is_dir()][:1]
+    return any(f.is_file() and is_volume_path(f) for c in (subs or [d]) if c.is_dir() for f in c.iterdir())

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from mambaseg.data.files import VOLUME_SUFFIXES, is_volume_path, volume_id, volume_suffix
 from mambaseg.data.normalization import Normalization
 from mambaseg.data.volumetric import Volume, zoom_image, zoom_labels
 from mambaseg.inference.postprocess import postprocess_labels
@@ -38,34 +39,11 @@ __all__ = [
     "iter_slice_batches",
     "predict_volume",
     "predict_volume_file",
+    "read_label_volume",
     "read_volume",
     "volume_output_path",
     "write_prediction",
 ]
-
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".h5", ".npz", ".npy")
-
-
-def _suffix(path: str | Path) -> str:
-    name = Path(path).name.lower()
-    for s in VOLUME_SUFFIXES:
-        if name.endswith(s):
-            return s
-    return Path(path).suffix.lower()
-
-
-def is_volume_path(path: str | Path) -> bool:
-    """True when ``path`` names a volume file type handled here (NIfTI, h5, npz, npy)."""
-    return _suffix(path) in VOLUME_SUFFIXES
-
-
-def _volume_id(path: Path) -> str:
-    name = path.name
-    for s in (".nii.gz", ".npy.h5", ".npz.h5", ".nii", ".h5", ".npz", ".npy"):
-        if name.lower().endswith(s):
-            return name[: -len(s)]
-    return path.stem
-
 
 def read_volume(
     path: str | Path, *, image_key: str | None = None, label_key: str | None = None, scale: str = "auto"
@@ -90,7 +68,7 @@ def read_volume(
     p = Path(path)
     if not p.is_file():
         raise DatasetError(f"{p}: volume file not found")
-    suf = _suffix(p)
+    suf = volume_suffix(p)
     spacing = affine = header = None
     label = None
     if suf in (".nii", ".nii.gz"):
@@ -150,9 +128,74 @@ def read_volume(
     elif scale != "none":
         raise ValueError(f"scale must be 'auto', 'minmax', 'ct' or 'none', got {scale!r}")
     return Volume(
-        id=_volume_id(p), image=image, label=label, spacing=spacing, affine=affine, path=str(p), header=header,
+        id=volume_id(p), image=image, label=label, spacing=spacing, affine=affine, path=str(p), header=header,
         source_format=fmt,
     )
+
+
+LABEL_KEYS = ("label", "labels", "seg", "mask")
+
+
+def read_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float] | None]:
+    """A label volume file as int64 (D, H, W) class values and its voxel spacing (``None`` where the file has none).
+
+    Reads what :func:`write_prediction` writes and what segmentation tools hand over: NIfTI (spacing from the header,
+    (X, Y, Z) turned into (D, H, W)), h5 and npz (the first of the keys ``label``, ``labels``, ``seg``, ``mask``;
+    an npz ``spacing`` entry is read too) and npy.
+
+    Raises:
+        DatasetError: unreadable file, no label key, not 3-D, or values that are not non-negative integers (the
+            message names the file).
+    """
+    from mambaseg.data.files import DatasetError, require_finite
+
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: label volume not found")
+    suf = volume_suffix(p)
+    spacing = None
+    if suf in (".nii", ".nii.gz"):
+        from mambaseg.data.nnunet import read_nifti
+
+        arr, spacing, _, _ = read_nifti(p)
+    elif suf in (".h5", ".npz"):
+        try:
+            if suf == ".h5":
+                import h5py
+
+                with h5py.File(p, "r") as f:
+                    have = list(f.keys())
+                    key = next((k for k in LABEL_KEYS if k in f), None)
+                    arr = np.asarray(f[key][()]) if key else None
+            else:
+                with np.load(p, allow_pickle=False) as z:
+                    have = list(z.files)
+                    key = next((k for k in LABEL_KEYS if k in z.files), None)
+                    arr = np.asarray(z[key]) if key else None
+                    if "spacing" in z.files:
+                        spacing = tuple(float(v) for v in np.asarray(z["spacing"]).ravel())
+        except (OSError, ValueError, EOFError) as e:
+            raise DatasetError(f"{p}: cannot read as {suf[1:]} ({e})") from None
+        if arr is None:
+            raise DatasetError(f"{p}: no label volume (keys {have}; expected one of {', '.join(LABEL_KEYS)})")
+    elif suf == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DatasetError(f"{p}: cannot read as npy ({e})") from None
+    else:
+        raise DatasetError(f"{p}: unsupported volume file type {suf!r}; expected one of {', '.join(VOLUME_SUFFIXES)}")
+    if arr.ndim != 3:
+        raise DatasetError(f"{p}: expected a 3-D (D, H, W) label volume, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise DatasetError(f"{p}: labels of dtype {arr.dtype}; expected integers")
+    require_finite(arr, p, "the labels")
+    if arr.size and (float(arr.min()) < 0 or not np.array_equal(arr, np.round(arr))):
+        raise DatasetError(f"{p}: label values must be non-negative integers (found min {arr.min()}, "
+                           f"e.g. {arr.ravel()[arr.ravel() != np.round(arr.ravel())][:3].tolist()})")
+    if spacing is not None and len(spacing) != 3:
+        raise DatasetError(f"{p}: spacing {spacing} has {len(spacing)} values; expected 3 (D, H, W)")
+    return arr.astype(np.int64), spacing
 
 
 def intensity_for_checkpoint(ckpt: dict[str, Any]) -> str:
@@ -194,7 +237,7 @@ def write_prediction(path: str | Path, labels: np.ndarray, reference: Volume | N
     dtype = np.uint8 if lab.size == 0 or int(lab.max()) < 256 else np.uint16
     lab = lab.astype(dtype)
     p.parent.mkdir(parents=True, exist_ok=True)
-    suf = _suffix(p)
+    suf = volume_suffix(p)
     if suf in (".nii", ".nii.gz"):
         return write_nifti(
             p,
@@ -363,4 +406,4 @@ def volume_output_path(input_path: str | Path, out: str | Path) -> Path:
     o = Path(out)
     if is_volume_path(o):
         return o
-    return o / f"{_volume_id(Path(input_path))}_pred{_suffix(input_path)}"
+    return o / f"{volume_id(Path(input_path))}_pred{volume_suffix(input_path)}"
