@@ -200,6 +200,11 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
     want = score_cases([(r["id"], postprocess_labels(raw.astype(np.int64), "largest_component"), truth[r["id"]])],
                        num_classes=4)["cases"][0]["dice"]
     assert pp["postprocess"] == ["largest_component"] and r["dice"] == pytest.approx(want)
+    # scoring reads each fold's split.json and does not rewrite it (a root may be read-only)
+    before = {f: f.stat().st_ino for f in root.glob("fold_*/split.json")}
+    again = evaluate_cv(root, out=tmp_path / "again")
+    assert {f: f.stat().st_ino for f in root.glob("fold_*/split.json")} == before and len(before) == 5
+    assert again["per_case_dice"] == res["per_case_dice"]
     # TTA predictions were saved by the folds and are scored from the files
     tta = evaluate_cv(root, tta="flip", out=tmp_path / "tta")
     assert tta["tta"] == "flip" and tta["n_cases"] == 10

@@ -410,7 +410,7 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
     label_values = None if cfg.data.binary else cfg.data.label_values
 
     def held_out(i: int) -> Any:
-        return _held_out_dataset(cfg, path, layout, folds[i]["val"], in_chans, fold_split_file(root, record, i))
+        return _held_out_dataset(cfg, path, layout, folds[i]["val"], in_chans, _split_of(root, record, i))
 
     first = held_out(0)
     volumetric = _is_volumes(first)
@@ -446,6 +446,18 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
                **_unit(layout, volumetric), **summary}
     atomic_write_json(Path(out or root) / "cv_metrics.json", summary)
     return summary
+
+
+def _split_of(root: Path, record: dict[str, Any], i: int) -> Path:
+    """Fold ``i``'s split file for scoring: the one in its run directory when it holds out the fold's cases (a root
+    may be read-only), else written from ``splits_final.json``."""
+    path = root / f"fold_{i}" / "split.json"
+    try:
+        if sorted(json.loads(path.read_text())["val"]) == sorted(record["folds"][i]["val"]):
+            return path
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return fold_split_file(root, record, i)
 
 
 def _truths(dataset: Any) -> Any:
@@ -520,7 +532,7 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
     cfg, in_chans = _fold_setup(roots[0] / "fold_0", which)
 
     def held_out(i: int) -> Any:
-        return _held_out_dataset(cfg, path, layout, folds[i]["val"], in_chans, fold_split_file(roots[0], record, i))
+        return _held_out_dataset(cfg, path, layout, folds[i]["val"], in_chans, _split_of(roots[0], record, i))
 
     first = held_out(0)
     volumetric = _is_volumes(first)
