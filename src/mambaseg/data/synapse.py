@@ -18,7 +18,6 @@ from ``train.txt``: their slices are removed from training and stacked (by slice
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 from mambaseg.data.acdc import H5VolumeLoader, read_list_file
 from mambaseg.data.files import DatasetError, require_finite
 from mambaseg.data.normalization import Normalization
-from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset
+from mambaseg.data.volumetric import SliceDataset2D, VolumeDataset, slice_case, volumes_from_slices
 
 __all__ = [
     "SYNAPSE_LABELS",
@@ -51,9 +50,6 @@ SYNAPSE_LABELS: dict[int, str] = {
     7: "spleen",
     8: "stomach",
 }
-
-_SLICE_RE = re.compile(r"^(?P<case>.+?)_slice(?P<k>\d+)$")
-
 
 def is_synapse_root(path: str | Path) -> bool:
     """True when ``path`` has ``train_npz/`` or ``test_vol_h5/`` and a ``lists`` folder."""
@@ -103,33 +99,6 @@ class _NpzSliceLoader:
         return read_npz_pair(self.paths[i])
 
 
-class _StackedSliceLoader:
-    """Picklable ``loader(i) -> Volume`` stacking a case's npz slices in slice order."""
-
-    def __init__(self, cases: list[str], by_case: dict[str, list[tuple[int, Path]]]) -> None:
-        self.cases = list(cases)
-        self.by_case = {c: sorted(v) for c, v in by_case.items()}
-
-    def __call__(self, i: int) -> Volume:
-        case = self.cases[i]
-        imgs, labs = [], []
-        for _, p in self.by_case[case]:
-            im, lb = read_npz_pair(p)
-            if imgs and im.shape != imgs[0].shape:
-                raise DatasetError(f"{p}: slice shape {im.shape} differs from the case's first slice {imgs[0].shape}")
-            imgs.append(im)
-            labs.append(lb)
-        return Volume(id=case, image=np.stack(imgs), label=np.stack(labs), spacing=None,
-                      path=str(self.by_case[case][0][1]), source_format="npz")
-
-
-def _slice_case(name: str) -> tuple[str, int]:
-    m = _SLICE_RE.match(name)
-    if m is None:
-        raise DatasetError(f"slice name {name!r} does not look like '<case>_slice<k>'")
-    return m.group("case"), int(m.group("k"))
-
-
 def synapse_slices(
     root: str | Path,
     list_name: str = "train.txt",
@@ -147,7 +116,7 @@ def synapse_slices(
     names = read_list_file(lf)
     excl = set(exclude_cases)
     if excl:
-        names = [n for n in names if _slice_case(n)[0] not in excl]
+        names = [n for n in names if slice_case(n)[0] not in excl]
     paths = [root / "train_npz" / f"{n}.npz" for n in names]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -187,28 +156,15 @@ def synapse_volumes(root: str | Path, list_name: str = "test_vol.txt") -> Volume
 
 def synapse_volumes_from_slices(root: str | Path, cases: list[str], list_name: str = "train.txt") -> VolumeDataset:
     """Volumes rebuilt from the ``train_npz`` slices of ``cases`` (stacked by slice number; gaps are an error)."""
-    root = Path(root)
-    lf = synapse_list(root, list_name)
-    by_case: dict[str, list[tuple[int, Path]]] = {c: [] for c in cases}
-    for n in read_list_file(lf):
-        case, k = _slice_case(n)
-        if case in by_case:
-            by_case[case].append((k, root / "train_npz" / f"{n}.npz"))
-    for case, items in by_case.items():
-        if not items:
-            raise DatasetError(f"{lf}: no slices of case {case!r}")
-        ks = sorted(k for k, _ in items)
-        if ks != list(range(ks[0], ks[0] + len(ks))):
-            raise DatasetError(f"{lf}: slices of case {case!r} are not consecutive ({ks[:3]}...{ks[-3:]})")
-
-    return VolumeDataset(cases, _StackedSliceLoader(cases, by_case), label_names=SYNAPSE_LABELS, num_classes=9)
+    slices = synapse_slices(root, list_name, augment=False, normalization=None)
+    return volumes_from_slices(slices, cases, where=str(synapse_list(root, list_name)))
 
 
 def synapse_train_cases(root: str | Path, list_name: str = "train.txt") -> list[str]:
     """Training case names in order of first appearance in ``list_name``."""
     seen: dict[str, None] = {}
     for n in read_list_file(synapse_list(root, list_name)):
-        seen.setdefault(_slice_case(n)[0], None)
+        seen.setdefault(slice_case(n)[0], None)
     return list(seen)
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "fold_datasets",
     "join_volume_slices",
     "slice_case",
+    "volumes_from_slices",
     "paper_normalization",
     "zoom_image",
     "zoom_labels",
@@ -107,7 +108,7 @@ class Volume:
         affine: 4x4 voxel-to-world matrix of the source NIfTI (in the file's own axis order), or ``None``.
         path: source file (the first channel file for multi-file NIfTI cases).
         header: source NIfTI header (used to write predictions with the same geometry), or ``None``.
-        source_format: ``"nifti"``, ``"h5"``, ``"npz"`` or ``"npy"``.
+        source_format: ``"nifti"``, ``"h5"``, ``"npz"``, ``"npy"``, or ``"slices"`` (rebuilt from training slices).
         target_hw: in-plane size of labels and predictions when the image was stored already resized (caches);
             ``None`` = the image's own (H, W).
     """
@@ -441,11 +442,13 @@ def slice_case(name: str) -> tuple[str, int]:
     and nnU-Net slices, and of ACDC's ``patient003_frame01_slice_5``).
 
     Raises:
-        ValueError: a name of another form.
+        DatasetError: a name of another form.
     """
+    from mambaseg.data.files import DatasetError
+
     m = _SLICE_NAME.match(str(name))
     if m is None:
-        raise ValueError(f"slice name {name!r} does not look like '<case>_slice<z>' or '<case>_slice_<z>', so its "
+        raise DatasetError(f"slice name {name!r} does not look like '<case>_slice<z>' or '<case>_slice_<z>', so its "
                          "volume is unknown")
     return m.group("case"), int(m.group("z"))
 
@@ -464,8 +467,14 @@ class _StackedSlices:
     """Picklable ``loader() -> Volume``: the slices of one case of a :class:`SliceDataset2D` stacked in ``z`` order
     (images and labels at the resolution the slices are stored at)."""
 
-    def __init__(self, slices: SliceDataset2D, case: str, items: Sequence[tuple[int, int]]) -> None:
+    def __init__(self, slices: SliceDataset2D, case: str, items: Sequence[tuple[int, int]], where: str = "") -> None:
         self.slices, self.case, self.items = slices, case, sorted((int(z), int(i)) for z, i in items)
+        zs = [z for z, _ in self.items]
+        if not zs:
+            raise ValueError(f"{where}no slices of case {case!r}")
+        if zs != list(range(zs[0], zs[0] + len(zs))):
+            raise ValueError(f"{where}the slices of case {case!r} are not consecutive ({zs[:3]}...{zs[-3:]}), so "
+                             "they do not make one volume")
 
     def __call__(self) -> Volume:
         pairs = [self.slices.load(i) for _, i in self.items]
@@ -476,9 +485,12 @@ class _StackedSlices:
                                  f"{image.shape}, its first slice {first}; the slices do not make one volume")
         image = np.stack([im for im, _ in pairs])  # (D, H, W, C)
         image = image[..., 0] if image.shape[-1] == 1 else np.moveaxis(image, -1, 0)
-        path = self.slices.paths[self.items[0][1]] or self.slices.ids[self.items[0][1]]
-        return Volume(id=self.case, image=image, label=np.stack([lb for _, lb in pairs]), spacing=None, path=path,
-                      source_format="slices")
+        return Volume(id=self.case, image=image, label=np.stack([lb for _, lb in pairs]), spacing=None,
+                      path=self.path, source_format="slices")
+
+    @property
+    def path(self) -> str:
+        return self.slices.paths[self.items[0][1]] or self.slices.ids[self.items[0][1]]
 
 
 class _Cases:
@@ -491,6 +503,28 @@ class _Cases:
         return self.loaders[i]()
 
 
+def _slices_by_case(slices: SliceDataset2D) -> dict[str, list[tuple[int, int]]]:
+    by_case: dict[str, list[tuple[int, int]]] = {}
+    for i, name in enumerate(slices.ids):
+        case, z = slice_case(name)
+        by_case.setdefault(case, []).append((z, i))
+    return by_case
+
+
+def volumes_from_slices(slices: SliceDataset2D, cases: Sequence[str], *, where: str = "") -> VolumeDataset:
+    """The volumes of ``cases`` rebuilt from the training slices ``<case>_slice<z>`` of ``slices``: each case's
+    slices stacked in ``z`` order (consecutive numbers, one size), at the resolution they are stored at.
+
+    Raises:
+        ValueError: a case without slices, or whose slices are not consecutive (``where`` starts the message).
+    """
+    where = f"{where}: " if where else ""
+    by_case = _slices_by_case(slices)
+    loaders = [_StackedSlices(slices, c, by_case.get(c, []), where) for c in cases]
+    return VolumeDataset(list(cases), _Cases(loaders), label_names=slices.label_names, num_classes=slices.num_classes,
+                         paths=[ld.path for ld in loaders])
+
+
 def fold_datasets(slices: SliceDataset2D, volumes: Mapping[str, VolumeDataset],
                   split: Mapping[str, Sequence[str]], *, where: str = "") -> tuple[SliceDataset2D, VolumeDataset]:
     """The training slices and held-out volumes of one cross-validation fold over the cases of a volumetric layout.
@@ -499,32 +533,25 @@ def fold_datasets(slices: SliceDataset2D, volumes: Mapping[str, VolumeDataset],
     slices of ``slices`` named ``<case>_slice<z>`` (:func:`slice_case`). The fold trains on every slice of its
     ``split["train"]`` cases (a volume's slices are named ``<split>/<case>#<z>`` as in :func:`join_volume_slices`)
     and holds out the volumes of its ``split["val"]`` cases; a case known only by its slices becomes the volume of
-    its slices stacked in ``z`` order (consecutive numbers, one size), at the resolution they are stored at.
+    its slices (:func:`volumes_from_slices`).
 
     Raises:
         ValueError: a case of the split is in neither source or in two, the slices of a held-out case are not
             consecutive, or no slice is left to train on; ``where`` (the split file) starts the message.
     """
-    where = f"{where}: " if where else ""
-    by_case: dict[str, list[tuple[int, int]]] = {}
-    for i, name in enumerate(slices.ids):
-        case, z = slice_case(name)
-        by_case.setdefault(case, []).append((z, i))
+    prefix = f"{where}: " if where else ""
+    by_case = _slices_by_case(slices)
     vol_of: dict[str, tuple[VolumeDataset, int]] = {}
     for name, vd in volumes.items():
         for j, vid in enumerate(vd.ids):
             if vid in by_case or vid in vol_of:
-                raise ValueError(f"{where}case {vid!r} of {name!r} is also a set of training slices or another "
+                raise ValueError(f"{prefix}case {vid!r} of {name!r} is also a set of training slices or another "
                                  "volume; a fold split needs each case once")
             vol_of[vid] = (vd, j)
     unknown = [c for c in (*split["train"], *split["val"]) if c not in by_case and c not in vol_of]
     if unknown:
-        raise ValueError(f"{where}{len(unknown)} case(s) are neither volumes nor slices of this dataset: {unknown[:5]}")
-    for case in split["val"]:
-        zs = sorted(z for z, _ in by_case.get(case, []))
-        if zs and zs != list(range(zs[0], zs[0] + len(zs))):
-            raise ValueError(f"{where}the slices of case {case!r} are not consecutive ({zs[:3]}...{zs[-3:]}), so they "
-                             "do not make one volume to hold out")
+        raise ValueError(f"{prefix}{len(unknown)} case(s) are neither volumes nor slices of this dataset: "
+                         f"{unknown[:5]}")
     train_cases = set(split["train"])
     keep = [i for case in sorted(train_cases & set(by_case)) for _, i in sorted(by_case[case])]
     train = copy.copy(slices)
@@ -539,12 +566,13 @@ def fold_datasets(slices: SliceDataset2D, volumes: Mapping[str, VolumeDataset],
                                         paths=[vd.paths[j] for j in picked])
     train = join_volume_slices(train, extra) if extra else train
     if not train.ids:
-        raise ValueError(f"{where}no training slices are left for this fold")
+        raise ValueError(f"{prefix}no training slices are left for this fold")
     held = list(split["val"])
+    rebuilt = volumes_from_slices(slices, [c for c in held if c not in vol_of], where=where)
     loaders: list[Callable[[], Volume]] = [
         functools.partial(vol_of[c][0].__getitem__, vol_of[c][1]) if c in vol_of
-        else _StackedSlices(slices, c, by_case[c]) for c in held]
-    paths = [vol_of[c][0].paths[vol_of[c][1]] if c in vol_of else slices.paths[min(by_case[c])[1]] for c in held]
+        else functools.partial(rebuilt.__getitem__, rebuilt.ids.index(c)) for c in held]
+    paths = [vol_of[c][0].paths[vol_of[c][1]] if c in vol_of else rebuilt.paths[rebuilt.ids.index(c)] for c in held]
     val = VolumeDataset(held, _Cases(loaders), label_names=slices.label_names, num_classes=slices.num_classes,
                         paths=paths)
     return train, val
