@@ -422,10 +422,10 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
             predictor = (load_ensemble([ckpts[i]], tta=tta, device=device)
                          if tta_mode(tta) != "none" and not saved[i] else None)
             oof = oof_dir(root / f"fold_{i}", which, tta) / "masks"
-            for j, (case, gt, image, spacing) in enumerate(_truths(dataset)):
+            for j, (case, gt, image, own) in enumerate(_truths(dataset)):  # own: the case's voxel spacing
                 if predictor is not None:  # TTA predictions not saved: made now
                     pred = predict_volume_oof(predictor, dataset[j])[0] if volumetric else predictor.predict(image)
-                    yield case, pred, gt, i, spacing
+                    yield case, pred, gt, i, own
                     continue
                 mp = oof / (f"{case}.npz" if volumetric else f"{case}.png")
                 if not mp.is_file():
@@ -437,7 +437,7 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
                         pred = z["labels"].astype(np.int64)
                 else:
                     pred = mask_to_labels(read_mask(mp), binary=cfg.data.binary, label_values=label_values, path=mp)
-                yield case, pred, gt, i, spacing
+                yield case, pred, gt, i, own
 
     summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
                          empty_policy=empty_policy, steps=steps, class_names=class_names)
@@ -541,7 +541,7 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
     def cases() -> Any:
         for i in range(len(folds)):
             dataset = first if i == 0 else held_out(i)
-            for case, gt, _, spacing in _truths(dataset):
+            for case, gt, _, own in _truths(dataset):  # own: the case's voxel spacing
                 total = None
                 for r in roots:
                     fp = oof_dir(r / f"fold_{i}", which, tta) / "probabilities" / f"{case}.npz"
@@ -561,7 +561,7 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
                     pred = volume_labels_from_probabilities(mean, gt.shape[1:])
                 else:
                     pred = labels_from_probabilities(torch.from_numpy(mean)[None])[0].numpy()  # members' 0.5
-                yield case, pred, gt, i, spacing
+                yield case, pred, gt, i, own
 
     summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
                          empty_policy=empty_policy, steps=steps, class_names=class_names)
