@@ -169,7 +169,7 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
         evaluate_cv(root)
     train_folds(cfg, folds=5, fold="all", tta="flip")
     res = evaluate_cv(root)
-    assert res["n_cases"] == 10 and "volume" in res["unit"] and res["conventions"]["units"] == "pixels"
+    assert res["n_cases"] == 10 and "volume" in res["unit"] and res["conventions"]["units"] == "voxels"
     assert res["pooled"]["classes"] == ["background", "RV", "Myo", "LV"]
     # per_case_dice, recomputed from the saved label volumes and the ground truth read here
     truth = {}

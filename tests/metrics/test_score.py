@@ -165,7 +165,7 @@ def test_score_cli_pairs_saved_out_of_fold_volumes_with_h5_ground_truth(tmp_path
     res = CliRunner().invoke(app, ["score", str(tmp_path / "oof"), str(tmp_path / "gt"), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    assert out["conventions"]["units"] == "pixels"  # h5 stores no spacing: voxels
+    assert out["conventions"]["units"] == "voxels"  # h5 stores no spacing
     dice = [2 * ((pred == c) & (gt == c)).sum() / ((pred == c).sum() + (gt == c).sum()) for c in (1, 2)]
     assert out["cases"][0]["per_class"]["dsc"] == pytest.approx(dice)
     # a predicted class the ground truth's label values do not have is refused, naming the file

@@ -6,12 +6,12 @@ out-of-fold predictions). Statistics are separated from reductions as everywhere
 * Dice/IoU/Acc/Sen/Spe: confusion counts per case (:func:`~mambaseg.metrics.confusion_stats`), reduced
   ``pooled`` (one confusion matrix over all cases) and ``per_case`` (mean of the per-case values).
 * HD95: :func:`mambaseg.metrics.hd95` (medpy convention: surface = mask minus its connectivity-1 erosion, 95th
-  percentile of the pooled distances of both directions), in units of ``spacing`` (pixels when not given).
+  percentile of the pooled distances of both directions), in units of ``spacing`` (pixels, or voxels of 3-D cases, when not given).
 * NSD (normalized surface distance, "surface Dice" of Nikolov et al. 2021) at tolerance ``tau``:
   ``(#{p in S_P: d(p, S_G) <= tau} + #{g in S_G: d(g, S_P) <= tau}) / (|S_P| + |S_G|)`` with the same surface
   voxels and distances as HD95 (:func:`mambaseg.metrics.surface_distances`). Surfaces are counted in voxels, not
   in surfel areas as in DeepMind's ``surface-distance`` package, so values differ slightly from it on curved
-  boundaries. ``tau`` is in the units of ``spacing`` (pixels without spacing).
+  boundaries. ``tau`` is in the units of ``spacing`` (pixels or voxels without spacing).
 * HD95 and NSD have no pooled form: their reduction is the mean over cases (``per_case``).
 
 Empty masks (``empty_policy``), per case and class:
@@ -61,8 +61,8 @@ def _surface_scores(p: np.ndarray, g: np.ndarray, *, spacing: Any, tolerance: fl
     return float("inf"), 0.0
 
 
-def _units(spacing: Any) -> str:
-    return "pixels" if spacing is None else f"spacing {spacing}"
+def _units(spacing: Any, ndim: int = 2) -> str:
+    return ("pixels" if ndim == 2 else "voxels") if spacing is None else f"spacing {spacing}"
 
 
 def _mean(values: list[float]) -> float:
@@ -111,12 +111,13 @@ def score_cases(
     if empty_policy not in SCORE_EMPTY_POLICIES:
         raise ValueError(f"empty_policy must be one of {SCORE_EMPTY_POLICIES}, got {empty_policy!r}")
     fg = [1] if num_classes == 1 else list(range(1, num_classes))
-    stats, rows, own = [], [], []
+    stats, rows, own, ndim = [], [], [], 2
     for item in cases:
         case_id, pred, gt = item[:3]
         sp = item[3] if len(item) > 3 and item[3] is not None else spacing
         own.append(len(item) > 3 and item[3] is not None)
         p, g = np.asarray(pred), np.asarray(gt)
+        ndim = p.ndim
         if p.shape != g.shape:
             raise ValueError(f"case {case_id!r}: prediction is {p.shape} but the ground truth is {g.shape}; expected "
                              "the same size")
@@ -159,8 +160,8 @@ def score_cases(
         "nsd": f"normalized surface distance, surface voxels within {nsd_tolerance:g} of the other surface; mean over "
                "cases",
         "units": ("each case's own voxel spacing (mm)" if all(own) else
-                  f"each case's own voxel spacing where it has one, else {_units(spacing)}" if any(own) else
-                  _units(spacing)),
+                  f"each case's own voxel spacing where it has one, else {_units(spacing, ndim)}" if any(own) else
+                  _units(spacing, ndim)),
         "empty_policy": empty_policy,
         "classes_scored": fg,
     }
