@@ -120,8 +120,9 @@ def resolve_folds(root: str | Path, pool: list[str], *, k: int, seed: int, data:
                   layout: str = "", groups: Mapping[str, str] | None = None,
                   given: list[dict[str, list[str]]] | None = None) -> dict[str, Any]:
     """The folds of a cross-validation root: read ``ROOT/splits_final.json`` if it exists (checking it matches
-    ``pool``, ``k`` and ``seed``), else take the dataset's own folds ``given`` (:func:`mambaseg.data.layouts.dataset_folds`; they must
-    be ``k`` and partition ``pool``) or make them (cases of one of ``groups`` in one fold), and write the file.
+    ``pool``, ``k`` and ``seed``), else take the dataset's own folds ``given``
+    (:func:`mambaseg.data.layouts.dataset_folds`; they must be ``k`` and partition ``pool``) or make them (cases of
+    one of ``groups`` in one fold), and write the file.
 
     Raises:
         DatasetError: the saved file was made for other cases, another k or another seed (the message says which

@@ -276,7 +276,8 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
             labels = labels_from_logits(lg[None], predictor.threshold)[0].numpy()
             with atomic_path(out / "masks" / f"{case}.png") as tmp:
                 Image.fromarray(predictor.to_pixel_values(labels)).save(tmp, format="PNG")
-            atomic_write_npz(out / "probabilities" / f"{case}.npz", probabilities=torch_probabilities(lg).astype(np.float16))
+            prob = torch_probabilities(lg).astype(np.float16)
+            atomic_write_npz(out / "probabilities" / f"{case}.npz", probabilities=prob)
     atomic_write_json(out / "oof.json", {
         "checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "which": which, "rule": SELECTION_RULES[which],
         "tta": tta or "none", "ids": list(ids), "data": path, "layout": layout, "in_chans": in_chans,

@@ -6,7 +6,8 @@ out-of-fold predictions). Statistics are separated from reductions as everywhere
 * Dice/IoU/Acc/Sen/Spe: confusion counts per case (:func:`~mambaseg.metrics.confusion_stats`), reduced
   ``pooled`` (one confusion matrix over all cases) and ``per_case`` (mean of the per-case values).
 * HD95: :func:`mambaseg.metrics.hd95` (medpy convention: surface = mask minus its connectivity-1 erosion, 95th
-  percentile of the pooled distances of both directions), in units of ``spacing`` (pixels, or voxels of 3-D cases, when not given).
+  percentile of the pooled distances of both directions), in units of ``spacing`` (pixels, or voxels of 3-D cases,
+  when not given).
 * NSD (normalized surface distance, "surface Dice" of Nikolov et al. 2021) at tolerance ``tau``:
   ``(#{p in S_P: d(p, S_G) <= tau} + #{g in S_G: d(g, S_P) <= tau}) / (|S_P| + |S_G|)`` with the same surface
   voxels and distances as HD95 (:func:`mambaseg.metrics.surface_distances`). Surfaces are counted in voxels, not
