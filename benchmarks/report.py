@@ -417,6 +417,14 @@ def cv_ph2_rows(name, d):
     return [row]
 
 
+def hard_case_rows(name, d):
+    t = d["threshold"]
+    return [{"case": r["case"],
+             **{run: "-" if v is None else f"{v:.3f}" + (" <" if v < t else "") for run, v in r["dsc"].items()},
+             f"runs < {t:g}": f"{r['runs_below']} / {r['runs']}",
+             "best run": f"{r['best_run']} {r['best_dsc']:.3f}"} for r in d["cases"]]
+
+
 def _largest(folds: list[dict], key: str) -> tuple:
     """The largest value of ``key`` over the folds with the epoch beside it (``<key>_epoch``, None where the file has
     none), or (None, None) when no fold has it."""
@@ -756,6 +764,11 @@ FAMILIES = [
      "probabilities of a recipe's seeds (same folds) and gives the single seeds' mean ± sample std beside it; an "
      "'ensemble of A + B' row averages cross-validations of different recipes on the same folds (`--mix`), each "
      "member's own pooled out-of-fold DSC in brackets."),
+    ("PH2 cases below 0.80", r"hard_cases_ph2.*", hard_case_rows,
+     "`benchmarks/ph2_hard_cases.py`: every case that some PH2 cross-validation above scores below the threshold "
+     "(per-case DSC of the folds' final weights, as each file records it; '<' marks a value below), with every "
+     "run's DSC beside, how many runs put it below and its best run. Derived from those files, nothing trained; "
+     "choosing a recipe or an ensemble by this table is a selection on the cases it shows."),
     ("PH2 training stability", r"stability_ph2_.*", stability_rows,
      "`benchmarks/cv_ph2_gpu.py --stability-only`: the folds' logged validation Dice per epoch (20 held-out cases "
      "per fold), finished or not; 'largest fall' = the largest drop between two consecutive epochs (Dice points) "
