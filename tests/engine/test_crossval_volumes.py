@@ -16,8 +16,8 @@ from mambaseg.data import ACDC_LABELS, acdc_slices, acdc_volumes
 from mambaseg.data.cache import write_volcache
 from mambaseg.data.files import DatasetError
 from mambaseg.data.folds import case_group, make_folds, pool_groups
-from mambaseg.data.layouts import case_pool
-from mambaseg.data.layouts import open_task
+from mambaseg.data.layouts import case_pool, open_task
+from mambaseg.data.task import DataTaskError
 from mambaseg.engine.crossval import evaluate_cv, train_folds
 from mambaseg.metrics.score import score_cases
 
@@ -121,7 +121,7 @@ def test_a_fold_trains_on_its_cases_slices_and_holds_out_their_volumes(acdc_cv, 
     (tmp_path / "bad.json").write_text(json.dumps({"train": split["train"][:-1], "val": split["val"]}))
     with pytest.raises(DatasetError, match="bad.json"):
         open_task(acdc_cv, apply_overrides(cfg, [f"data.split_file={tmp_path / 'bad.json'}"]), splits=("train",))
-    with pytest.raises(Exception, match="train_splits"):
+    with pytest.raises(DataTaskError, match="train_splits"):
         open_task(acdc_cv, apply_overrides(cfg, ["data.train_splits=[train,val]"]), splits=("train", "val"))
 
 
