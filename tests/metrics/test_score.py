@@ -172,3 +172,14 @@ def test_score_cli_pairs_saved_out_of_fold_volumes_with_h5_ground_truth(tmp_path
     np.savez_compressed(tmp_path / "oof" / "masks" / "patient001_frame01.npz", labels=np.full(gt.shape, 5, np.uint8))
     res = CliRunner().invoke(app, ["score", str(tmp_path / "oof"), str(tmp_path / "gt")])
     assert res.exit_code == 1 and "patient001_frame01.npz" in res.output
+    # ground-truth values that are not class indices (a 0/255 mask volume) need --label-values
+    with h5py.File(tmp_path / "gt" / "patient001_frame01.h5", "w") as f:
+        f["image"], f["label"] = np.zeros(gt.shape, np.float32), (gt > 0).astype(np.uint8) * 255
+    res = CliRunner().invoke(app, ["score", str(tmp_path / "oof"), str(tmp_path / "gt")])
+    assert res.exit_code == 1 and "--label-values" in res.output and "[0, 255]" in res.output
+    np.savez_compressed(tmp_path / "oof" / "masks" / "patient001_frame01.npz", labels=(pred > 0).astype(np.uint8) * 255)
+    res = CliRunner().invoke(app, ["score", str(tmp_path / "oof"), str(tmp_path / "gt"), "--label-values", "0,255",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    both = json.loads(res.output)["cases"][0]["dice"]
+    assert both == pytest.approx(2 * ((pred > 0) & (gt > 0)).sum() / ((pred > 0).sum() + (gt > 0).sum()))

@@ -104,6 +104,8 @@ def _score_volumes(pred_dir: Path, gt_dir: Path, *, spacing: Optional[list[float
     """Label volumes (NIfTI, h5, npz, npy) paired by case id, scored per volume: each ground truth's own voxel
     spacing (NIfTI header, npz ``spacing``) unless ``--spacing`` is given; classes = ``--label-values`` or
     0 .. the largest value of the ground truth (read once before scoring)."""
+    import numpy as np
+
     from mambaseg.data.files import mask_to_labels, match_mask_files
     from mambaseg.inference.volume import read_label_volume
     from mambaseg.metrics.score import score_cases
@@ -113,8 +115,11 @@ def _score_volumes(pred_dir: Path, gt_dir: Path, *, spacing: Optional[list[float
     pairs = match_mask_files(pred_dir, gt_dir, volumes=True)
     rule = "--label-values"
     if values is None:
-        top = max(int(read_label_volume(g)[0].max(initial=0)) for _, _, g in pairs)
-        values = list(range(max(top, 1) + 1))
+        seen = sorted(set().union(*(np.unique(read_label_volume(g)[0]).tolist() for _, _, g in pairs)))
+        values = list(range(max(seen[-1], 1) + 1))
+        if set(seen) != set(values[: len(seen)]) or len(seen) < 2:
+            raise CLIError(f"the ground-truth volumes hold the values {seen[:10]}, not class indices 0..K-1; name "
+                           f"the value of each class with --label-values (e.g. {','.join(map(str, seen[:4]))})")
         rule = "class indices 0 .. the largest value in the ground truth"
     fixed = None if spacing is None else spacing[0] if len(spacing) == 1 else tuple(spacing)
 
