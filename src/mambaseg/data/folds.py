@@ -20,8 +20,8 @@ training slices named ``<case>_slice<z>`` (ACDC ``train_slices.list``, Synapse `
 into their volume when the case is held out (:func:`mambaseg.data.volumetric.fold_datasets`). Cases that differ only
 by a ``_frame<NN>`` suffix (the cardiac phases of one ACDC patient, ``patient003_frame01`` and ``..._frame02``) are one
 group and are always held out together (:func:`case_group`), as nnU-Net's ACDC folds do: a fold never trains on one
-phase of a patient whose other phase it reports. Out-of-fold volumes are scored per volume
-(:func:`mambaseg.engine.crossval.evaluate_cv`).
+phase of a patient whose other phase it reports. Out-of-fold volumes are scored per volume (``mambaseg evaluate
+--cv``; the training loop, a higher tier, reads these folds, never the other way round).
 
 An nnU-Net raw folder that brings its own ``splits_final.json`` (nnU-Net's list of ``{"train", "val"}``) is
 cross-validated on those folds, as nnU-Net would (``--folds`` must then equal their number).
