@@ -45,6 +45,27 @@ __all__ = [
     "write_prediction",
 ]
 
+def _read_arrays(p: Path, suf: str, wanted: Callable[[list[str]], list[str]]) -> tuple[list[str], dict]:
+    """The keys of an h5 or npz file and the arrays of those of them ``wanted(keys)`` names; for npy ``[""]`` and
+    the array under ``""``. ``DatasetError`` naming the file when it cannot be read."""
+    from mambaseg.data.files import DatasetError
+
+    try:
+        if suf == ".h5":
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                keys = list(f.keys())
+                return keys, {k: np.asarray(f[k][()]) for k in wanted(keys) if k in f}
+        if suf == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                keys = list(z.files)
+                return keys, {k: np.asarray(z[k]) for k in wanted(keys) if k in keys}
+        return [""], {"": np.load(p, allow_pickle=False)}
+    except (OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"{p}: cannot read as {'HDF5' if suf == '.h5' else suf[1:]} ({e})") from None
+
+
 def read_volume(
     path: str | Path, *, image_key: str | None = None, label_key: str | None = None, scale: str = "auto"
 ) -> Volume:
@@ -76,40 +97,22 @@ def read_volume(
         fmt = "nifti"
         if scale == "auto":
             scale = "minmax"
-    elif suf == ".h5":
-        import h5py
+    elif suf in (".h5", ".npz", ".npy"):
+        word = "dataset" if suf == ".h5" else "key"
 
-        try:
-            with h5py.File(p, "r") as f:
-                key = image_key or "image"
-                if key not in f:
-                    raise DatasetError(f"{p}: no dataset {key!r} (found {list(f.keys())}); pass image_key=")
-                image = np.asarray(f[key][()])
-                if label_key:
-                    if label_key not in f:
-                        raise DatasetError(f"{p}: no dataset {label_key!r} (found {list(f.keys())})")
-                    label = np.asarray(f[label_key][()])
-        except OSError as e:
-            raise DatasetError(f"{p}: cannot read as HDF5 ({e})") from None
-        fmt = "h5"
-    elif suf in (".npz", ".npy"):
-        try:
-            if suf == ".npz":
-                with np.load(p, allow_pickle=False) as z:
-                    key = image_key or ("image" if "image" in z.files else "img")
-                    if key not in z.files:
-                        raise DatasetError(f"{p}: no key {key!r} (found {z.files}); pass image_key=")
-                    image = np.asarray(z[key])
-                    if label_key:
-                        if label_key not in z.files:
-                            raise DatasetError(f"{p}: no key {label_key!r} (found {z.files})")
-                        label = np.asarray(z[label_key])
-            else:
-                image = np.load(p, allow_pickle=False)
-        except DatasetError:
-            raise
-        except (OSError, ValueError, EOFError) as e:
-            raise DatasetError(f"{p}: cannot read as {suf[1:]} ({e})") from None
+        def wanted(keys: list[str]) -> list[str]:  # the image's key, then the label's
+            image = image_key or ("image" if suf == ".h5" or "image" in keys else "img")
+            return [image, label_key] if label_key else [image]
+
+        keys, got = _read_arrays(p, suf, wanted)
+        key = "" if suf == ".npy" else wanted(keys)[0]
+        if key not in got:
+            raise DatasetError(f"{p}: no {word} {key!r} (found {keys}); pass image_key=")
+        image = got[key]
+        if label_key and suf != ".npy":
+            if label_key not in got:
+                raise DatasetError(f"{p}: no {word} {label_key!r} (found {keys})")
+            label = got[label_key]
         fmt = suf[1:]
     else:
         raise ValueError(f"{p}: unsupported volume file type {suf!r}; expected one of {', '.join(VOLUME_SUFFIXES)}")
@@ -141,7 +144,7 @@ def read_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float,
 
     Reads what :func:`write_prediction` writes and what segmentation tools hand over: NIfTI (spacing from the header,
     (X, Y, Z) turned into (D, H, W)), h5 and npz (the first of the keys ``label``, ``labels``, ``seg``, ``mask``;
-    an npz ``spacing`` entry is read too) and npy.
+    a ``spacing`` entry is read too) and npy.
 
     Raises:
         DatasetError: unreadable file, no label key, not 3-D, or values that are not non-negative integers (the
@@ -158,31 +161,13 @@ def read_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float,
         from mambaseg.data.nnunet import read_nifti
 
         arr, spacing, _, _ = read_nifti(p)
-    elif suf in (".h5", ".npz"):
-        try:
-            if suf == ".h5":
-                import h5py
-
-                with h5py.File(p, "r") as f:
-                    have = list(f.keys())
-                    key = next((k for k in LABEL_KEYS if k in f), None)
-                    arr = np.asarray(f[key][()]) if key else None
-            else:
-                with np.load(p, allow_pickle=False) as z:
-                    have = list(z.files)
-                    key = next((k for k in LABEL_KEYS if k in z.files), None)
-                    arr = np.asarray(z[key]) if key else None
-                    if "spacing" in z.files:
-                        spacing = tuple(float(v) for v in np.asarray(z["spacing"]).ravel())
-        except (OSError, ValueError, EOFError) as e:
-            raise DatasetError(f"{p}: cannot read as {suf[1:]} ({e})") from None
+    elif suf in (".h5", ".npz", ".npy"):
+        keys, got = _read_arrays(p, suf, lambda keys: [k for k in LABEL_KEYS if k in keys][:1] + ["spacing"])
+        arr = got.get("") if suf == ".npy" else next((got[k] for k in LABEL_KEYS if k in got), None)
         if arr is None:
-            raise DatasetError(f"{p}: no label volume (keys {have}; expected one of {', '.join(LABEL_KEYS)})")
-    elif suf == ".npy":
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise DatasetError(f"{p}: cannot read as npy ({e})") from None
+            raise DatasetError(f"{p}: no label volume (keys {keys}; expected one of {', '.join(LABEL_KEYS)})")
+        if "spacing" in got:
+            spacing = tuple(float(v) for v in np.asarray(got["spacing"]).ravel())
     else:
         raise DatasetError(f"{p}: unsupported volume file type {suf!r}; expected one of {', '.join(VOLUME_SUFFIXES)}")
     if arr.ndim != 3:
