@@ -185,7 +185,7 @@ def open_acdc(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: A
     (:func:`mambaseg.data.volumetric.fold_datasets`)."""
     from mambaseg.data.task import DataTask, DataTaskError, image_size_of, volume_label_map
     from mambaseg.data.transforms import resolve_augmentation
-    from mambaseg.data.volumetric import fold_datasets, paper_normalization
+    from mambaseg.data.volumetric import fold_split_datasets, paper_normalization
 
     norm = normalization if normalization is not None else paper_normalization(1)
 
@@ -193,14 +193,9 @@ def open_acdc(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: A
         return acdc_slices(root, image_size=image_size_of(cfg), augment=cfg.data.augment,
                            preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"), normalization=norm)
 
-    ds: dict[str, Any] = {}
-    if cfg.data.split_file and any(s in ("train", "val") for s in splits):
-        from mambaseg.data.splits import read_split_file
-
-        fold = read_split_file(cfg.data.split_file, acdc_cases(root))
-        extra = {"val": acdc_volumes(root, "val")} if (root / "val.list").is_file() else {}
-        train, val = fold_datasets(slices(), extra, fold, where=str(cfg.data.split_file))
-        ds.update({s: d for s, d in (("train", train), ("val", val)) if s in splits})
+    ds: dict[str, Any] = fold_split_datasets(
+        cfg.data.split_file, splits, pool=lambda: acdc_cases(root), slices=slices,
+        volumes=lambda: {"val": acdc_volumes(root, "val")} if (root / "val.list").is_file() else {})
     for s in splits:
         if s in ds:
             continue

@@ -190,8 +190,10 @@ class ArrayDataset2D(Dataset):
 
 def npz2d_cases(path: Path) -> list[str]:
     """Ids of the cached ``train`` and ``val`` images (the cross-validation pool)."""
+    from mambaseg.data.folds import npz_pool
+
     with np.load(path, allow_pickle=False) as z:
-        return [str(i) for s in ("train", "val") if f"{s}_ids" in z.files for i in z[f"{s}_ids"]]
+        return npz_pool(z)
 
 
 def is_npz2d(path: Path) -> bool:
@@ -388,7 +390,7 @@ def is_volcache(path: Path) -> bool:
 
 def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> DataTask:
     """``volcache`` layout opener: training slices and evaluation volumes stored at the network size."""
-    from mambaseg.data.volumetric import SliceDataset2D, VolumeDataset, fold_datasets, paper_normalization
+    from mambaseg.data.volumetric import SliceDataset2D, VolumeDataset, fold_split_datasets, paper_normalization
 
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -399,7 +401,6 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
     num_classes = int(meta["num_classes"])
     stored = tuple(int(s) for s in meta["image_size"])
     norm = normalization if normalization is not None else paper_normalization(1)
-    fold = _volcache_fold(path, cfg, arrays, splits)
 
     def slices() -> SliceDataset2D:
         if "train_images" not in arrays:
@@ -420,11 +421,9 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
                                     str(path))
         return VolumeDataset(ids, loader, label_names=label_names, num_classes=num_classes)
 
-    ds: dict[str, Dataset] = {}
-    if fold is not None:  # a cross-validation fold: its cases' slices train, its held-out cases' volumes validate
-        train, val = fold_datasets(slices(), {"val": volumes("val")} if "val_ids" in arrays else {}, fold,
-                                   where=str(cfg.data.split_file))
-        ds.update({s: d for s, d in (("train", train), ("val", val)) if s in splits})
+    ds: dict[str, Dataset] = fold_split_datasets(  # a cross-validation fold's train slices and held-out volumes
+        cfg.data.split_file, splits, pool=lambda: volcache_cases(path), slices=slices,
+        volumes=lambda: {"val": volumes("val")} if "val_ids" in arrays else {})
     for s in splits:
         if s not in ds:
             ds[s] = slices() if s == "train" else volumes(s)
@@ -436,14 +435,5 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
                     label_map=volume_label_map(label_names), num_classes=num_classes, in_chans=1, normalization=norm,
                     info={"root": str(path), "cache": meta.get("name"), "cache_image_size": info_size,
                           **{f"n_{s}": len(d) for s, d in ds.items()},
-                          **({"split_file": str(cfg.data.split_file)} if fold is not None else {})})
+                          **({"split_file": str(cfg.data.split_file)} if cfg.data.split_file else {})})
 
-
-def _volcache_fold(path: Path, cfg: Any, arrays: Mapping[str, np.ndarray],
-                   splits: tuple[str, ...]) -> dict[str, list[str]] | None:
-    """The fold's ``{"train", "val"}`` cases when ``data.split_file`` is set and train or val is opened."""
-    if not cfg.data.split_file or not any(s in ("train", "val") for s in splits):
-        return None
-    from mambaseg.data.splits import read_split_file
-
-    return read_split_file(cfg.data.split_file, volcache_cases(path))

@@ -52,6 +52,7 @@ __all__ = [
     "iter_cases",
     "load_folds",
     "make_folds",
+    "npz_pool",
     "pool_groups",
     "resolve_folds",
     "select_pool",
@@ -211,12 +212,17 @@ def take_cases(arrays: dict[str, np.ndarray], ids: list[str], path: str | Path =
     return part
 
 
+def npz_pool(arrays: Any) -> list[str]:
+    """The ids of an ``npz2d`` cache's ``train`` then ``val`` cases (its cross-validation pool), from its arrays or
+    the open file."""
+    return [str(i) for s in ("train", "val") if f"{s}_ids" in arrays for i in arrays[f"{s}_ids"]]
+
+
 def select_pool(arrays: dict[str, np.ndarray], split_file: str | Path, path: str | Path,
                 splits: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
     """``npz2d`` with a split file: the arrays of each wanted split (``train``/``val``) taken by id from the cache's
     train + val pool (:func:`take_cases`); ``test`` stays as stored. The split file must cover exactly that pool."""
-    pool = [str(i) for s in ("train", "val") if f"{s}_ids" in arrays for i in arrays[f"{s}_ids"]]
-    sel = read_split_file(split_file, pool)
+    sel = read_split_file(split_file, npz_pool(arrays))
     return {split: take_cases(arrays, sel[split], path) for split in splits if split in ("train", "val")}
 
 

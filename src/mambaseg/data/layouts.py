@@ -72,8 +72,9 @@ Opener = Callable[..., DataTask]
 class DataLayout:
     """A layout: ``detect(root) -> bool`` and ``open(root, cfg, *, splits, normalization) -> DataTask``; optionally
     ``cases(root) -> ids``, the labelled cases of its training and validation splits (the pool that
-    cross-validation deals into folds, :mod:`mambaseg.data.folds`). A layout with ``cases`` has an opener that
-    honours ``cfg.data.split_file`` (a fold's ``{"train": ids, "val": ids}`` over that pool)."""
+    cross-validation deals into folds, :mod:`mambaseg.data.folds`), and ``folds(root) -> [{"train", "val"}, ...] |
+    None``, folds the dataset brings with it. A layout with ``cases`` has an opener that honours
+    ``cfg.data.split_file`` (a fold's ``{"train": ids, "val": ids}`` over that pool)."""
 
     name: str
     detect: Callable[[Path], bool]
@@ -81,6 +82,7 @@ class DataLayout:
     priority: int = 0
     description: str = ""
     cases: Callable[[Path], list[str]] | None = None
+    folds: Callable[[Path], list[dict[str, list[str]]] | None] | None = None
 
 
 def _shipped() -> tuple[DataLayout, ...]:
@@ -95,7 +97,7 @@ def _shipped() -> tuple[DataLayout, ...]:
                    synapse.synapse_cases),
         DataLayout("nnunet", nnunet.is_nnunet_root, nnunet.open_nnunet, 20,
                    "nnU-Net raw dataset: dataset.json, imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz",
-                   nnunet.nnunet_cases),
+                   nnunet.nnunet_cases, nnunet.nnunet_folds),
         DataLayout("volcache", cache.is_volcache, cache.open_volcache, 20,
                    "a .npz volumetric cache with vol_meta (mambaseg cache)", cache.volcache_cases),
         DataLayout("npz2d", cache.is_npz2d, cache.open_npz2d, 10,
@@ -122,6 +124,7 @@ def _table() -> dict[str, DataLayout]:
 def register_layout(
     name: str, *, detect: Callable[[Path], bool], priority: int = 0, description: str = "",
     cases: Callable[[Path], list[str]] | None = None,
+    folds: Callable[[Path], list[dict[str, list[str]]] | None] | None = None,
 ) -> Callable[[Opener], Opener]:
     """Decorator adding a layout of your own to the table (see the module docstring).
 
@@ -132,6 +135,8 @@ def register_layout(
         description: one line shown in error messages.
         cases: ``cases(root) -> ids`` of the labelled train + val cases, for cross-validation (the opener must
             then honour ``cfg.data.split_file``); ``None``: ``--folds`` is refused for this layout.
+        folds: ``folds(root)``: the folds a dataset of this layout brings with it (``None`` when it has none),
+            used by ``--folds`` instead of a seeded deal.
     """
 
     def deco(fn: Opener) -> Opener:
@@ -139,7 +144,8 @@ def register_layout(
         if name in table:
             raise ValueError(f"data layout {name!r} is registered twice")
         desc = description or (fn.__doc__ or "").strip().split("\n")[0]
-        table[name] = DataLayout(name=name, detect=detect, open=fn, priority=priority, description=desc, cases=cases)
+        table[name] = DataLayout(name=name, detect=detect, open=fn, priority=priority, description=desc, cases=cases,
+                                 folds=folds)
         return fn
 
     return deco
@@ -272,12 +278,10 @@ def case_pool(path: str | Path, layout: str) -> list[str]:
 
 
 def dataset_folds(path: str | Path, layout: str) -> list[dict[str, list[str]]] | None:
-    """Folds a dataset brings with it: an nnU-Net raw folder's ``splits_final.json``; else ``None``."""
-    if layout != "nnunet":
-        return None
-    from mambaseg.data.nnunet import NnUNetRaw
-
-    return NnUNetRaw(path).given_folds()
+    """Folds a dataset brings with it (``folds`` of its layout, e.g. an nnU-Net raw folder's
+    ``splits_final.json``); else ``None``."""
+    entry = _table().get(layout)
+    return entry.folds(Path(path)) if entry is not None and entry.folds is not None else None
 
 
 def dataset_family(path: str | Path) -> str | None:

@@ -41,6 +41,7 @@ __all__ = [
     "NnUNetRaw",
     "is_nnunet_root",
     "nnunet_cases",
+    "nnunet_folds",
     "nnunet_slices",
     "nnunet_volumes",
     "read_nifti",
@@ -388,6 +389,11 @@ def nnunet_slices(
 def nnunet_cases(root: str | Path) -> list[str]:
     """The cross-validation pool: every labelled case of ``imagesTr``/``labelsTr``."""
     return list(NnUNetRaw(root).cases)
+
+
+def nnunet_folds(root: str | Path) -> list[dict[str, list[str]]] | None:
+    """The folds of the dataset's own ``splits_final.json`` (:meth:`NnUNetRaw.given_folds`), ``None`` without it."""
+    return NnUNetRaw(root).given_folds()
 
 
 def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> Any:

@@ -196,7 +196,7 @@ def open_synapse(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization
     ``data.split_file`` (a cross-validation fold over :func:`synapse_cases`) train and val are the fold's cases."""
     from mambaseg.data.task import DataTask, DataTaskError, image_size_of, volume_label_map
     from mambaseg.data.transforms import resolve_augmentation
-    from mambaseg.data.volumetric import fold_datasets, paper_normalization
+    from mambaseg.data.volumetric import fold_split_datasets, paper_normalization
 
     norm = normalization if normalization is not None else paper_normalization(1)
     try:
@@ -204,24 +204,17 @@ def open_synapse(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization
         val_from_list = True
     except DatasetError:
         val_from_list = False
-    fold = None
-    if cfg.data.split_file and any(s in ("train", "val") for s in splits):
-        from mambaseg.data.splits import read_split_file
-
-        fold = read_split_file(cfg.data.split_file, synapse_cases(root))
-    val_cases: list[str] = [] if val_from_list or fold is not None else _held_out_cases(root, cfg)
+    val_cases: list[str] = [] if val_from_list or cfg.data.split_file else _held_out_cases(root, cfg)
 
     def slices() -> SliceDataset2D:
         return synapse_slices(root, exclude_cases=val_cases, image_size=image_size_of(cfg), augment=cfg.data.augment,
                               preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"), normalization=norm)
 
-    info: dict[str, Any] = {"root": str(root), "val": f"the fold's cases ({cfg.data.split_file})" if fold else
+    ds: dict[str, Any] = fold_split_datasets(
+        cfg.data.split_file, splits, pool=lambda: synapse_cases(root), slices=slices,
+        volumes=lambda: {"val": synapse_volumes(root, "val_vol.txt")} if val_from_list else {})
+    info: dict[str, Any] = {"root": str(root), "val": f"the fold's cases ({cfg.data.split_file})" if ds else
                             "lists/val_vol.txt" if val_from_list else f"held-out training cases {val_cases}"}
-    ds: dict[str, Any] = {}
-    if fold is not None:
-        extra = {"val": synapse_volumes(root, "val_vol.txt")} if val_from_list else {}
-        train, val = fold_datasets(slices(), extra, fold, where=str(cfg.data.split_file))
-        ds.update({s: d for s, d in (("train", train), ("val", val)) if s in splits})
     for s in splits:
         if s in ds:
             continue

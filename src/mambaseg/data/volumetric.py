@@ -41,6 +41,7 @@ __all__ = [
     "VolumeSlices",
     "check_labels",
     "fold_datasets",
+    "fold_split_datasets",
     "join_volume_slices",
     "slice_case",
     "volumes_from_slices",
@@ -576,3 +577,18 @@ def fold_datasets(slices: SliceDataset2D, volumes: Mapping[str, VolumeDataset],
     val = VolumeDataset(held, _Cases(loaders), label_names=slices.label_names, num_classes=slices.num_classes,
                         paths=paths)
     return train, val
+
+
+def fold_split_datasets(split_file: Any, splits: Sequence[str], *, pool: Callable[[], list[str]],
+                        slices: Callable[[], SliceDataset2D],
+                        volumes: Callable[[], Mapping[str, VolumeDataset]]) -> dict[str, Any]:
+    """What a volumetric layout's opener takes for ``train`` and ``val`` under a cross-validation fold: with a
+    ``split_file`` (``data.split_file``: ``{"train", "val"}`` over the layout's ``pool()`` of cases) and ``train`` or
+    ``val`` asked for, those of :func:`fold_datasets` among ``splits``; else ``{}`` (the opener's own splits).
+    ``pool``, ``slices`` and ``volumes`` are called only then."""
+    if not split_file or not any(s in ("train", "val") for s in splits):
+        return {}
+    from mambaseg.data.splits import read_split_file
+
+    train, val = fold_datasets(slices(), volumes(), read_split_file(split_file, pool()), where=str(split_file))
+    return {s: d for s, d in (("train", train), ("val", val)) if s in splits}
