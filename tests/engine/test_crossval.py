@@ -83,6 +83,9 @@ def test_cross_validation_end_to_end(tiny_model, cv_data, tmp_path):
     res = evaluate_cv(root)
     assert res["n_cases"] == 12 and res["k"] == 3 and res["checkpoint"] == "last"
     assert (root / "cv_metrics.json").is_file()
+    # one spacing for every image is named as such (the cases have no spacing of their own)
+    mm = evaluate_cv(root, spacing=0.5, out=tmp_path / "mm")
+    assert mm["conventions"]["units"] == "spacing 0.5" and mm["dice"] == res["dice"]
     assert sorted(r["id"] for r in res["cases"]) == sorted(i for f in rec["folds"] for i in f["val"])
     # pooled Dice = one confusion matrix over all held-out cases, recomputed here from the files
     tp = fp = fn = 0

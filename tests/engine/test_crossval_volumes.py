@@ -208,6 +208,12 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
     # TTA predictions were saved by the folds and are scored from the files
     tta = evaluate_cv(root, tta="flip", out=tmp_path / "tta")
     assert tta["tta"] == "flip" and tta["n_cases"] == 10
+    # a fold without its saved TTA volumes has them made from its checkpoint while scoring: the same numbers
+    import shutil
+
+    shutil.rmtree(root / "fold_2" / "oof" / "last_tta_flip")
+    remade = evaluate_cv(root, tta="flip", out=tmp_path / "tta_remade")
+    assert remade["per_case_dice"] == pytest.approx(tta["per_case_dice"], abs=1e-6)
     # an ensemble of a root with itself is refused; of two roots with the same folds, averaged per voxel
     root2 = tmp_path / "cv2"
     train_folds(_volume_cfg(acdc_cv, root2, **{"train.seed": 11}), folds=5, fold="all")

@@ -409,23 +409,16 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
                                     f"train them (mambaseg train --folds {len(folds)} --fold all --out {root}) first")
     cfg, in_chans = _fold_setup(root / "fold_0", which)
     label_values = None if cfg.data.binary else cfg.data.label_values
-
-    def held_out(i: int) -> Any:
-        return _held_out_dataset(cfg, path, layout, folds[i]["val"], in_chans, _split_of(root, record, i))
-
-    first = held_out(0)
-    volumetric = _is_volumes(first)
-    num_classes, class_names = _classes(cfg, first)
+    held_out, volumetric, num_classes, class_names = _held_out_folds(cfg, path, layout, record, in_chans, root)
 
     def cases() -> Any:
         for i in range(len(folds)):
-            dataset = first if i == 0 else held_out(i)
             predictor = (load_ensemble([ckpts[i]], tta=tta, device=device)
                          if tta_mode(tta) != "none" and not saved[i] else None)
             oof = oof_dir(root / f"fold_{i}", which, tta) / "masks"
-            for j, (case, gt, image, own) in enumerate(_truths(dataset)):  # own: the case's voxel spacing
+            for case, gt, image, own in _truths(held_out(i)):  # own: the case's voxel spacing
                 if predictor is not None:  # TTA predictions not saved: made now
-                    pred = predict_volume_oof(predictor, dataset[j])[0] if volumetric else predictor.predict(image)
+                    pred = predict_volume_oof(predictor, image)[0] if volumetric else predictor.predict(image)
                     yield case, pred, gt, i, own
                     continue
                 mp = oof / (f"{case}.npz" if volumetric else f"{case}.png")
@@ -461,14 +454,27 @@ def _split_of(root: Path, record: dict[str, Any], i: int) -> Path:
     return fold_split_file(root, record, i)
 
 
+def _held_out_folds(cfg: RunConfig, path: str, layout: str, record: dict[str, Any], in_chans: int,
+                    root: Path) -> tuple[Any, bool, int, list[str] | None]:
+    """``held_out(i)``, fold ``i``'s held-out dataset (fold 0's opened once, here), whether its cases are volumes,
+    and the class count and names scored."""
+    folds = record["folds"]
+
+    def open_fold(i: int) -> Any:
+        return _held_out_dataset(cfg, path, layout, folds[i]["val"], in_chans, _split_of(root, record, i))
+
+    first = open_fold(0)
+    return (lambda i: first if i == 0 else open_fold(i)), _is_volumes(first), *_classes(cfg, first)
+
+
 def _truths(dataset: Any) -> Any:
     """``(case, ground truth, image, spacing)`` of every held-out case: a 2-D image's mask and the image, or a
-    volume's labels, no image (a volume is read again to be predicted) and its voxel spacing."""
+    volume's labels, the volume itself (to be predicted without reading it again) and its voxel spacing."""
     if _is_volumes(dataset):
         for vol in dataset:
             if vol.label is None:
                 raise ValueError(f"{vol.path or vol.id}: a held-out volume without labels cannot be scored")
-            yield vol.id, np.asarray(vol.label), None, vol.spacing
+            yield vol.id, np.asarray(vol.label), vol, vol.spacing
         return
     for case, img, gt in iter_cases(dataset):
         yield case, gt, img, None
@@ -531,18 +537,11 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
             raise ValueError(f"{r} holds out other cases than {roots[0]} (another split seed or k); an ensemble of "
                              f"cross-validations needs the same folds")
     cfg, in_chans = _fold_setup(roots[0] / "fold_0", which)
-
-    def held_out(i: int) -> Any:
-        return _held_out_dataset(cfg, path, layout, folds[i]["val"], in_chans, _split_of(roots[0], record, i))
-
-    first = held_out(0)
-    volumetric = _is_volumes(first)
-    num_classes, class_names = _classes(cfg, first)
+    held_out, volumetric, num_classes, class_names = _held_out_folds(cfg, path, layout, record, in_chans, roots[0])
 
     def cases() -> Any:
         for i in range(len(folds)):
-            dataset = first if i == 0 else held_out(i)
-            for case, gt, _, own in _truths(dataset):  # own: the case's voxel spacing
+            for case, gt, _, own in _truths(held_out(i)):  # own: the case's voxel spacing
                 total = None
                 for r in roots:
                     fp = oof_dir(r / f"fold_{i}", which, tta) / "probabilities" / f"{case}.npz"
@@ -587,7 +586,7 @@ def _score_oof(cases: Any, *, num_classes: int, spacing: Any, nsd_tolerance: flo
     def tagged() -> Any:
         for case, pred, gt, i, own in cases:
             fold_of[case] = i
-            yield case, postprocess_labels(np.asarray(pred), steps), gt, own if own is not None else spacing
+            yield case, postprocess_labels(np.asarray(pred), steps), gt, own  # None: score_cases takes spacing
 
     result = score_cases(tagged(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
                          empty_policy=empty_policy, class_names=class_names)
