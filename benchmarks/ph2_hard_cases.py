@@ -63,7 +63,7 @@ def hard_cases(runs: dict[str, dict], threshold: float) -> dict:
                      "n_below": sum(v < threshold for v in d["per_case_dsc"].values())} for n, d in runs.items()},
         "split_seed": next(iter(runs.values())).get("split_seed"),
         "folds": next(iter(runs.values())).get("folds"),
-        "n_cases": len({c for d in runs.values() for c in d["per_case_dsc"]}),
+        "n_cases": len(cases),
         "cases": rows,
         "below_in_every_run": [r["case"] for r in rows if r["runs_below"] == r["runs"]],
     }

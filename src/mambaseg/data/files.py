@@ -361,9 +361,10 @@ def match_mask_files(pred_dir: str | Path, gt_dir: str | Path, *,
             raise DatasetError(f"{what} folder {d} holds no {'volume' if volumes else 'mask'} files ({kinds})")
         out: dict[str, Path] = {}
         for f in files:
-            if key(f) in out:
-                raise DatasetError(f"{what} folder {d}: {out[key(f)].name} and {f.name} are both case {key(f)!r}")
-            out[key(f)] = f
+            k = key(f)
+            if k in out:
+                raise DatasetError(f"{what} folder {d}: {out[k].name} and {f.name} are both case {k!r}")
+            out[k] = f
         return out
 
     preds, gts = listing(Path(pred_dir), "prediction"), listing(Path(gt_dir), "ground-truth")
