@@ -80,6 +80,33 @@ def test_cross_validation_end_to_end(tiny_model, cv_data, tmp_path):
             assert np.array_equal((mask > 127)[sure], (p >= 0.5)[sure])
     # a second call finds every fold done and trains nothing
     assert train_folds(cfg, folds=3, fold="all") == []
+    # each fold measured its input normalisation on its own training cases; the root's fold ensemble gives each
+    # fold its own input: the mean of the folds' own predictors (at network size, so no resampling in between)
+    import torch
+
+    from mambaseg.inference import load_ensemble
+
+    ckpts = [root / f"fold_{i}" / "checkpoints" / "best.pt" for i in range(3)]
+    norms = [torch.load(c, weights_only=True)["normalization"] for c in ckpts]
+    assert norms[0] != norms[1] and norms[1] != norms[2]
+    image = cv_data / "train" / "images" / sorted(p.name for p in (cv_data / "train" / "images").iterdir())[0]
+    mean = np.mean([load_ensemble([c], tta="flip", device="cpu").predict_proba(image) for c in ckpts], axis=0)
+    assert np.allclose(load_ensemble([root], tta="flip", device="cpu").predict_proba(image), mean, atol=1e-5)
+    # the fold ensemble evaluated on 'val' (fold 0's config opens fold 0's held-out cases) is in-sample for the
+    # other folds: said in a warning and in the result; one fold on its own held-out cases is not
+    from mambaseg.engine import evaluate_checkpoint
+
+    with pytest.warns(RuntimeWarning, match=r"4 of the 4 val case\(s\) were training cases of 2 of the 3"):
+        ens = evaluate_checkpoint([root], device="cpu")
+    assert ens["seen_in_training"]["cases"] == ens["seen_in_training"]["of"] == len(rec["folds"][0]["val"]) == 4
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        own = evaluate_checkpoint(ckpts[1], device="cpu")
+    assert own["seen_in_training"] == {**own["seen_in_training"], "cases": 0, "of": 4, "checkpoints": 0}
+    with pytest.warns(RuntimeWarning, match="in-sample"):
+        assert evaluate_checkpoint(ckpts[1], split="train", device="cpu")["seen_in_training"]["cases"] == 8
     res = evaluate_cv(root)
     assert res["n_cases"] == 12 and res["k"] == 3 and res["checkpoint"] == "last"
     assert (root / "cv_metrics.json").is_file()
@@ -164,6 +191,12 @@ def test_cli_folds_one_at_a_time_then_evaluate_cv(tiny_model, cv_data, tmp_path)
     assert out["n_cases"] == 12 and out["k"] == 2 and out["tta"] == "none"
     res = runner.invoke(app, ["evaluate", "--cv", str(tmp_path)])
     assert res.exit_code == 1 and "splits_final.json" in res.output
+    # the fold ensemble on fold 0's held-out cases: the in-sample warning as one line of the CLI's, not Python's
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(root), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    words = " ".join(res.output.split())
+    assert "warning: 6 of the 6 val case(s) were training cases of 1 of the 2 checkpoint(s)" in words
+    assert "in-sample" in words and "RuntimeWarning" not in words
 
 
 def test_tta_predictions_saved_and_scored_without_checkpoints(tiny_model, cv_data, tmp_path):

@@ -52,13 +52,15 @@ def synthetic_data_module(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("ens") / "data", n_train=4, n_val=4, size=(32, 32), seed=3)
 
 
-def _ckpt(tmp_path, name="a", seed=0):
+_NORM = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+
+
+def _ckpt(tmp_path, name="a", seed=0, normalization=_NORM):
     torch.manual_seed(seed)
     model = mambaseg.create_model("vmunet_tiny", num_classes=1, dims=8, d_state=2)
     return save_checkpoint(tmp_path / f"{name}.pt", {
         "model": model.mambaseg_spec, "state_dict": model.state_dict(), "image_size": [32, 32], "epoch": 1,
-        "normalization": {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]},
-        "label_map": {"background": 0, "foreground": 255}})
+        "normalization": normalization, "label_map": {"background": 0, "foreground": 255}})
 
 
 def test_flip_tta_of_a_flip_equivariant_model_equals_the_plain_prediction():
@@ -121,6 +123,72 @@ def test_cv_root_expands_to_its_fold_checkpoints_and_mismatches_are_refused(tmp_
         load_ensemble([a], tta="rot90", device="cpu")
     with pytest.raises(FileNotFoundError, match="no fold"):
         load_ensemble([tmp_path / "cv"], which="last")
+
+
+def test_renormalize_against_a_float64_reference():
+    from mambaseg.data import Normalization
+    from mambaseg.inference import Renormalize
+
+    rng = np.random.default_rng(4)
+    raw = rng.random((2, 3, 5, 6))  # a [0, 1] image, float64
+    src = Normalization(mean=(0.41, 0.52, 0.63), std=(0.21, 0.27, 0.33))
+    dst = {"mean": [0.7, 0.1, 0.45], "std": [0.15, 0.4, 0.2]}
+    x_src = (raw - np.array(src.mean)[:, None, None]) / np.array(src.std)[:, None, None]
+    x_dst = (raw - np.array(dst["mean"])[:, None, None]) / np.array(dst["std"])[:, None, None]
+    out = Renormalize(src, dst)(torch.from_numpy(x_src).float()).double().numpy()
+    assert np.allclose(out, x_dst, atol=1e-5)
+    # None is the [0, 1] image itself, both ways, and any number of spatial axes
+    assert np.allclose(Renormalize(None, dst)(torch.from_numpy(raw).float()).numpy(), x_dst, atol=1e-5)
+    vol = torch.from_numpy(x_src[:, :, None].repeat(4, axis=2)).float()
+    assert np.allclose(Renormalize(src, None)(vol).double().numpy(), raw[:, :, None].repeat(4, axis=2), atol=1e-5)
+    with pytest.raises(ValueError, match="channel"):
+        Renormalize(src, {"mean": [0.5], "std": [0.2]})
+    with pytest.raises(ValueError, match="3 channel"):
+        Renormalize(src, dst)(torch.zeros(1, 1, 4, 4))
+
+
+def test_members_trained_with_other_normalizations_each_see_their_own_input(tmp_path):
+    """The folds of a cross-validation each measure mean/std on their own training cases: the ensemble's
+    probabilities are the mean of each checkpoint's own predictor (its own normalisation), in prediction and in
+    evaluation."""
+    a = _ckpt(tmp_path)
+    b = _ckpt(tmp_path, "b", seed=1, normalization={"mean": [0.3, 0.55, 0.5], "std": [0.22, 0.2, 0.35]})
+    c = _ckpt(tmp_path, "c", seed=2, normalization=None)  # trained on [0, 1] inputs
+    rng = np.random.default_rng(5)
+    imgs = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]  # network size: no resampling
+    ens = load_ensemble([a, b, c], tta="flip", device="cpu")
+    for img in imgs:
+        ref = np.mean([load_ensemble([f], tta="flip", device="cpu").predict_proba(img) for f in (a, b, c)], axis=0)
+        assert np.allclose(ens.predict_proba(img), ref, atol=1e-5)
+    # without the per-member normalisation the answer differs (the test can fail)
+    same = load_ensemble([a, _ckpt(tmp_path, "b2", seed=1), _ckpt(tmp_path, "c2", seed=2)], tta="flip", device="cpu")
+    assert not np.allclose(same.predict_proba(imgs[0]), ens.predict_proba(imgs[0]), atol=1e-3)
+
+
+def test_a_cv_root_whose_folds_differ_in_normalization_predicts_and_evaluates(tmp_path, synthetic_data_module):
+    from typer.testing import CliRunner
+
+    from mambaseg.cli import app
+
+    for i, norm in enumerate([_NORM, {"mean": [0.3, 0.55, 0.5], "std": [0.22, 0.2, 0.35]}]):
+        f = _ckpt(tmp_path, f"f{i}", seed=i, normalization=norm)
+        (tmp_path / "cv" / f"fold_{i}" / "checkpoints").mkdir(parents=True)
+        f.rename(tmp_path / "cv" / f"fold_{i}" / "checkpoints" / "best.pt")
+    root = tmp_path / "cv"
+    res = CliRunner().invoke(app, ["predict", "--checkpoint", str(root), "--input",
+                                   str(synthetic_data_module / "val" / "images"), "--out", str(tmp_path / "p"),
+                                   "--device", "cpu", "--no-overlays"])
+    assert res.exit_code == 0, res.output
+    pred = load_ensemble([root], device="cpu")
+    tp = fp = fn = 0
+    for f in sorted((synthetic_data_module / "val" / "images").glob("*.png")):
+        m = pred.predict(f).astype(bool)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "p" / "masks" / f.name)) > 0, m)
+        g = np.asarray(Image.open(synthetic_data_module / "val" / "masks" / f.name)) > 127
+        tp += int((m & g).sum()); fp += int((m & ~g).sum()); fn += int((~m & g).sum())
+    ev = evaluate_checkpoint([root], synthetic_data_module, device="cpu")
+    assert ev["ensemble"] == 2
+    assert ev["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4)
 
 
 def test_predict_and_evaluate_with_tta_and_ensemble(tmp_path, synthetic_data_module):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +28,19 @@ err_console = Console(stderr=True)
 
 class CLIError(Exception):
     """An error with a message meant for the user as is."""
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Show the warnings raised inside as ``warning: <message>`` lines on stderr (each once, in the CLI's style)
+    instead of Python's ``file:line: Category: message`` plus a source line. Nothing is hidden: every warning the
+    filters let through is printed, also when the body fails."""
+    with warnings.catch_warnings(record=True) as caught:  # the filters in force stay as they are
+        try:
+            yield
+        finally:
+            for w in caught:
+                err_console.print(f"warning: {w.message}", style="yellow", highlight=False, markup=False)
 
 
 #: most lines of one error message the CLI prints; the rest is counted

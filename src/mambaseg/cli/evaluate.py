@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from mambaseg.cli._common import CLIError, console, handle_errors
+from mambaseg.cli._common import CLIError, console, handle_errors, warnings_as_lines
 from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
@@ -48,9 +48,10 @@ def evaluate(
                             as_json=as_json, postprocess=postprocess)
     if not checkpoint:
         raise CLIError("pass --checkpoint CKPT (repeatable) or --cv ROOT")
-    result = evaluate_checkpoint(checkpoint if len(checkpoint) > 1 else checkpoint[0], data, split=split, out=out,
-                                 device=device, batch_size=batch_size, console=None if as_json else console, tta=tta,
-                                 postprocess=postprocess)
+    with warnings_as_lines():
+        result = evaluate_checkpoint(checkpoint if len(checkpoint) > 1 else checkpoint[0], data, split=split,
+                                     out=out, device=device, batch_size=batch_size,
+                                     console=None if as_json else console, tta=tta, postprocess=postprocess)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

@@ -74,6 +74,7 @@ def evaluate_checkpoint(
 
     steps = parse_postprocess(postprocess)
     members = _ensemble_members(checkpoint, tta)
+    named = ", ".join(str(c) for c in (checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint]))
     mode = tta_mode(tta)
     ensembled = len(members) > 1 or mode != "none"
     checkpoint = members[0] if len(members) == 1 else members
@@ -110,6 +111,11 @@ def evaluate_checkpoint(
     ectx = EvalContext(device=dev, amp_dtype=amp_dtype, batch_size=batch_size or cfg.train.val_batch_size,
                        num_workers=resolve_workers(cfg.data.num_workers, dev), loss_fn=loss_fn, postprocess=steps)
     ds = task.datasets[split]
+    seen = _seen_in_training(members, split, getattr(ds, "ids", None))
+    if seen["cases"]:
+        warnings.warn(f"{seen['cases']} of the {seen['of']} {split} case(s) were training cases of "
+                      f"{seen['checkpoints']} of the {len(members)} checkpoint(s) evaluated (by case id): these "
+                      f"metrics are in-sample, not held-out", RuntimeWarning, stacklevel=2)
     unit = "volumes" if getattr(task.evaluator, "name", "") == "volume_slicewise" else "images"
     with scan_backend(backend), ProgressReporter(console, f"evaluating {split} ({unit})",
                                                  enabled=show_progress) as bar:
@@ -119,6 +125,7 @@ def evaluate_checkpoint(
         metrics = {**metrics, "ensemble": len(members), "tta": tta or "none"}
     if steps:
         metrics = {**metrics, "postprocess": list(steps)}
+    metrics = {**metrics, "seen_in_training": seen}
     result = {**metrics, "checkpoint": str(checkpoint) if len(members) == 1 else [str(m) for m in members],
               "split": split, "data": str(cfg.data.path),
               "epoch": ckpt.get("epoch"), "model": (ckpt.get("model") or {}).get("name")}
@@ -127,7 +134,7 @@ def evaluate_checkpoint(
         atomic_write_json(Path(out) / "metrics.json", result)
     if console is not None:
         table = task.evaluator.summary_table({**result, "best_epoch": ckpt.get("epoch"), "train": {}},
-                                             Path(str(members[0])))
+                                             members[0] if len(members) == 1 else named)
         table.title = _table_title(split, members, mode, ckpt.get("epoch"))
         console.print(table)
     return result
@@ -138,6 +145,41 @@ def _table_title(split: str, members: list[Path], mode: str, epoch: Any) -> str:
     what = (f"{members[0]} (epoch {epoch})" if len(members) == 1
             else f"an ensemble of {len(members)} checkpoints (probabilities averaged)")
     return f"{split} metrics of {what}" + ("" if mode == "none" else f", {mode} TTA")
+
+
+def _seen_in_training(members: list[Path], split: str, ids: Any) -> dict[str, Any]:
+    """How many cases of the evaluated ``split`` (its ``ids``) some checkpoint of ``members`` trained on.
+
+    A checkpoint's training cases are the ``train`` ids of its run's split file (a cross-validation fold's
+    ``split.json``, or the ``data.split_file`` of its config) when it has one; otherwise it trained on the whole
+    splits named in its ``data.train_splits``. A fold ensemble evaluated on the dataset's ``val`` split (each fold's
+    config opens its own held-out cases as ``val``) is the usual way to get ``cases > 0``.
+    """
+    import json
+
+    ids = [str(i) for i in ids] if ids is not None else []
+    seen: set[str] = set()
+    checkpoints = 0
+    for m in members:
+        ck = load_checkpoint(m, map_location="cpu")
+        data = ((ck.get("config") or {}).get("data") or {})
+        candidates = [Path(m).parent.parent / "split.json"]
+        if data.get("split_file"):
+            candidates.append(Path(str(data["split_file"])))
+        split_file = next((c for c in candidates if c.is_file()), None)
+        if split_file is not None:
+            try:
+                trained = {str(i) for i in json.loads(split_file.read_text()).get("train", [])}
+            except (OSError, ValueError, AttributeError):
+                trained = set()
+            hit = {i for i in ids if i in trained}
+        else:
+            hit = set(ids) if split in (data.get("train_splits") or ["train"]) else set()
+        seen |= hit
+        checkpoints += bool(hit)
+    return {"cases": len(seen), "of": len(ids), "checkpoints": checkpoints,
+            "rule": "a case counts when some checkpoint's training cases (its split file's train ids, else its "
+                    "data.train_splits) include its id"}
 
 
 def _ensemble_members(checkpoint: Any, tta: str | None) -> list[Path]:
@@ -151,18 +193,6 @@ def _ensemble_members(checkpoint: Any, tta: str | None) -> list[Path]:
 
 def _ensemble_model(first: Any, members: list[Path], tta: str | None) -> Any:
     """:class:`~mambaseg.inference.ProbabilityEnsemble` of ``first`` (built from ``members[0]``) and the others."""
-    from mambaseg.inference.ensemble import ProbabilityEnsemble
+    from mambaseg.inference.ensemble import ensemble_of_checkpoints
 
-    models = [first]
-    ref = load_checkpoint(members[0], map_location="cpu")
-    for m in members[1:]:
-        ck = load_checkpoint(m, map_location="cpu")
-        for key in ("image_size", "normalization", "label_map"):
-            if ck.get(key) != ref.get(key):
-                raise CheckpointError(f"{m}: {key} {ck.get(key)!r} differs from {ref.get(key)!r} of {members[0]}; only "
-                                      "checkpoints of the same task and preprocessing can be ensembled")
-        try:
-            models.append(build_model(ck))
-        except CheckpointError as e:
-            raise CheckpointError(f"{m}: {e}") from e
-    return ProbabilityEnsemble(models, tta=tta)
+    return ensemble_of_checkpoints(members, first, tta=tta)

@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from mambaseg.inference.ensemble import TTA_MODES, ProbabilityEnsemble, expand_checkpoints, load_ensemble
+from mambaseg.inference.ensemble import TTA_MODES, ProbabilityEnsemble, Renormalize, expand_checkpoints, load_ensemble
 from mambaseg.inference.predictor import IMAGE_EXTENSIONS, Predictor, list_images, load, overlay_mask
 from mambaseg.inference.volume import predict_volume, predict_volume_file, read_volume, write_prediction
 
@@ -16,6 +16,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "TTA_MODES",
     "ProbabilityEnsemble",
+    "Renormalize",
     "expand_checkpoints",
     "load_ensemble",
     "Predictor",

@@ -11,7 +11,11 @@ the argmax of ``p``. Probabilities are clamped to ``[eps, 1 - eps]`` (``eps = 1e
 
 :func:`load_ensemble` builds a :class:`~mambaseg.inference.Predictor` from several checkpoints and/or
 cross-validation roots (every ``ROOT/fold_*/checkpoints/best.pt``); the checkpoints must agree on the input size,
-normalisation, channels and label map (the message names the first that differs).
+channels and label map (the message names the first that differs). They may differ in their input normalisation: the
+folds of a cross-validation each measure their mean/std on their own training cases. The predictor (and any
+evaluator) normalises the input as the first member was trained; every other member first maps that input to its own
+normalisation (:class:`Renormalize`, exact: both are per-channel affine maps of the same ``[0, 1]`` image), so each
+member sees what it saw in training.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import torch.nn as nn
 
 from mambaseg.inference.postprocess import parse_postprocess
 
-__all__ = ["TTA_MODES", "ProbabilityEnsemble", "expand_checkpoints", "flip_dims", "load_ensemble", "tta_mode"]
+__all__ = ["TTA_MODES", "ProbabilityEnsemble", "Renormalize", "ensemble_of_checkpoints", "expand_checkpoints",
+           "flip_dims", "load_ensemble", "tta_mode"]
 
 TTA_MODES = ("none", "flip")
 _EPS = 1e-7
@@ -49,19 +54,67 @@ def flip_dims(tta: str | None, ndim: int = 2) -> list[tuple[int, ...]]:
     return [(), (-1,), (-2,), (-2, -1)]
 
 
+class Renormalize(nn.Module):
+    """Maps an input normalised as ``source`` to the same image normalised as ``target`` (per channel, exact).
+
+    ``x_target = (x_source * std_s + mean_s - mean_t) / std_t``; ``None`` stands for the ``[0, 1]`` image itself
+    (mean 0, std 1). Works on (B, C, ...) tensors of any number of spatial axes.
+
+    Args:
+        source: the :class:`~mambaseg.data.Normalization` (or its dict, or ``None``) the input arrives in.
+        target: the one the wrapped model was trained with.
+    """
+
+    def __init__(self, source: Any, target: Any) -> None:
+        super().__init__()
+        ms, ss = _mean_std(source)
+        mt, st = _mean_std(target)
+        channels = {len(v) for v in (ms, mt) if v is not None}
+        if len(channels) > 1:
+            raise ValueError(f"Renormalize: the normalisations have {sorted(channels)} channels")
+        c = channels.pop() if channels else 1
+        ms, ss = (ms or [0.0] * c), (ss or [1.0] * c)
+        mt, st = (mt or [0.0] * c), (st or [1.0] * c)
+        scale = [a / b for a, b in zip(ss, st)]  # computed in float64 (Python floats), stored as float32
+        shift = [(a - b) / d for a, b, d in zip(ms, mt, st)]
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.scale.numel():
+            raise ValueError(f"Renormalize: expected {self.scale.numel()} channel(s), got input of shape "
+                             f"{tuple(x.shape)}")
+        view = (1, -1) + (1,) * (x.ndim - 2)
+        return x * self.scale.view(view).to(x.dtype) + self.shift.view(view).to(x.dtype)
+
+
+def _mean_std(norm: Any) -> tuple[list[float] | None, list[float] | None]:
+    if norm is None:
+        return None, None
+    if isinstance(norm, dict):
+        return [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
+    return [float(v) for v in norm.mean], [float(v) for v in norm.std]
+
+
 class ProbabilityEnsemble(nn.Module):
     """Average of the probabilities of ``models`` over the mirrorings of ``tta``; returns logits of the average.
 
     Args:
         models: trained networks returning logits (B, C, H, W), all with the same C.
         tta: ``"none"`` or ``"flip"``.
+        inputs: optional, one module (or ``None`` for the input as it is) per model, applied to the input before
+            that model: a :class:`Renormalize` where a member was trained with another normalisation.
     """
 
-    def __init__(self, models: Sequence[nn.Module], tta: str | None = "none") -> None:
+    def __init__(self, models: Sequence[nn.Module], tta: str | None = "none",
+                 inputs: Sequence[nn.Module | None] | None = None) -> None:
         super().__init__()
         if not models:
             raise ValueError("an ensemble needs at least one model")
+        if inputs is not None and len(inputs) != len(models):
+            raise ValueError(f"an ensemble of {len(models)} models got {len(inputs)} input maps")
         self.members = nn.ModuleList(models)
+        self.inputs = nn.ModuleList([m if m is not None else nn.Identity() for m in (inputs or [None] * len(models))])
         self.tta = tta_mode(tta)
         self.flips = flip_dims(self.tta)
         specs = [dict(getattr(m, "mambaseg_spec", None) or {}) for m in models]
@@ -75,9 +128,10 @@ class ProbabilityEnsemble(nn.Module):
         """Mean probabilities (B, C, H, W) over members and mirrorings (sigmoid if C == 1, else softmax)."""
         total: torch.Tensor | None = None
         n = 0
-        for model in self.members:
+        for model, to_input in zip(self.members, self.inputs):
+            xm = to_input(x)
             for dims in self.flips:
-                xi = torch.flip(x, dims) if dims else x
+                xi = torch.flip(xm, dims) if dims else xm
                 logits = model(xi).float()
                 if dims:
                     logits = torch.flip(logits, dims)
@@ -130,6 +184,36 @@ def _fold_index(d: Path) -> int:
         return 1 << 30
 
 
+def ensemble_of_checkpoints(files: Sequence[Path], first: nn.Module, *, tta: str | None = "none") -> ProbabilityEnsemble:
+    """:class:`ProbabilityEnsemble` of ``first`` (already built from ``files[0]``) and the models of ``files[1:]``.
+
+    The members must agree with ``files[0]`` on the input size and the label map; a member trained with another
+    normalisation gets a :class:`Renormalize` from the first's to its own (its input as in its training).
+
+    Raises:
+        CheckpointError: naming the file that differs (or cannot be built) and what differs.
+    """
+    from mambaseg.checkpoint import CheckpointError, build_model, load_checkpoint
+
+    ref = load_checkpoint(files[0], map_location="cpu")
+    models: list[nn.Module] = [first]
+    inputs: list[nn.Module | None] = [None]
+    for f in files[1:]:
+        ck = load_checkpoint(f, map_location="cpu")
+        for key in ("image_size", "label_map"):
+            if not _same(ck.get(key), ref.get(key)):
+                raise CheckpointError(f"{f}: {key} {ck.get(key)!r} differs from {ref.get(key)!r} of {files[0]}; "
+                                      "only checkpoints trained on the same task with the same input size can be "
+                                      "ensembled")
+        try:
+            models.append(build_model(ck))
+            same_norm = _same(ck.get("normalization"), ref.get("normalization"))
+            inputs.append(None if same_norm else Renormalize(ref.get("normalization"), ck.get("normalization")))
+        except (CheckpointError, ValueError) as e:
+            raise CheckpointError(f"{f}: {e}") from e
+    return ProbabilityEnsemble(models, tta=tta, inputs=inputs)
+
+
 def _same(a: Any, b: Any) -> bool:
     return a == b or (a is None and b is None)
 
@@ -140,7 +224,6 @@ def load_ensemble(checkpoints: Sequence[str | Path], *, tta: str | None = "none"
 
     One checkpoint without TTA gives exactly :func:`mambaseg.load`'s predictor (the plain model, no wrapper).
     """
-    from mambaseg.checkpoint import CheckpointError, build_model, load_checkpoint
     from mambaseg.inference.predictor import Predictor
 
     flip_dims(tta)  # validate the mode and the post-processing before looking for or loading anything
@@ -149,20 +232,7 @@ def load_ensemble(checkpoints: Sequence[str | Path], *, tta: str | None = "none"
     if len(files) == 1 and tta_mode(tta) == "none":
         return Predictor.from_checkpoint(files[0], device=device, threshold=threshold, postprocess=postprocess)
     first = Predictor.from_checkpoint(files[0], device="cpu", threshold=threshold)
-    models = [first.model]
-    ref = load_checkpoint(files[0], map_location="cpu")
-    for f in files[1:]:
-        ck = load_checkpoint(f, map_location="cpu")
-        for key in ("image_size", "normalization", "label_map"):
-            if not _same(ck.get(key), ref.get(key)):
-                raise CheckpointError(f"{f}: {key} {ck.get(key)!r} differs from {ref.get(key)!r} of {files[0]}; "
-                                      "only checkpoints trained on the same task with the same preprocessing can be "
-                                      "ensembled")
-        try:
-            models.append(build_model(ck))
-        except CheckpointError as e:
-            raise CheckpointError(f"{f}: {e}") from e
-    ens = ProbabilityEnsemble(models, tta=tta)
+    ens = ensemble_of_checkpoints(files, first.model, tta=tta)
     info = dict(first.info)
     info.update({"checkpoint": [str(f) for f in files], "ensemble": len(files), "tta": ens.tta})
     return Predictor(ens, image_size=first.image_size, normalization=first.normalization,
