@@ -115,9 +115,9 @@ def test_cv_root_expands_to_its_fold_checkpoints_and_mismatches_are_refused(tmp_
     assert [p.split("/")[-3] for p in pred.info["checkpoint"]] == ["fold_0", "fold_1"]
     assert pred.info["tta"] == "flip"
     payload = torch.load(a, weights_only=True)
-    payload["image_size"] = [64, 64]
+    payload["label_map"] = {"background": 0, "lesion": 1}
     other = save_checkpoint(tmp_path / "other.pt", payload)
-    with pytest.raises(Exception, match="image_size"):
+    with pytest.raises(Exception, match="label_map"):
         load_ensemble([a, other], device="cpu")
     with pytest.raises(ValueError, match="--tta"):
         load_ensemble([a], tta="rot90", device="cpu")
@@ -163,6 +163,47 @@ def test_members_trained_with_other_normalizations_each_see_their_own_input(tmp_
     # without the per-member normalisation the answer differs (the test can fail)
     same = load_ensemble([a, _ckpt(tmp_path, "b2", seed=1), _ckpt(tmp_path, "c2", seed=2)], tta="flip", device="cpu")
     assert not np.allclose(same.predict_proba(imgs[0]), ens.predict_proba(imgs[0]), atol=1e-3)
+
+
+def _ckpt_at(tmp_path, name, seed, size):
+    path = _ckpt(tmp_path, name, seed=seed)
+    payload = torch.load(path, weights_only=True)
+    payload["image_size"] = list(size)
+    return save_checkpoint(path, payload)
+
+
+def test_members_trained_at_other_sizes_against_a_plain_reference(tmp_path):
+    """A mix of recipes (e.g. 256x256 with 192x256): the ensemble takes the largest size; a smaller member gets the
+    input area-resized to its own size and its logits resized back (bilinear) before the mean of probabilities."""
+    import torch.nn.functional as F
+
+    a = _ckpt_at(tmp_path, "s", 0, (32, 32))
+    b = _ckpt_at(tmp_path, "l", 1, (64, 96))
+    ens = load_ensemble([a, b], device="cpu")
+    assert ens.image_size == (64, 96)
+    img = np.random.default_rng(6).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    x = ens.preprocess(img)[None]
+    assert x.shape[-2:] == (64, 96)
+    ma, mb = (mambaseg.load(f, device="cpu").model for f in (a, b))
+    with torch.no_grad():
+        small = F.adaptive_avg_pool2d(x.double(), (32, 32)).float()  # area resize, done in float64
+        la = F.interpolate(ma(small).double(), size=(64, 96), mode="bilinear", align_corners=False)
+        ref = (torch.sigmoid(la) + torch.sigmoid(mb(x).double())) / 2
+        got = ens.model.probabilities(x)
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+    # the member at the ensemble's size sees exactly its own predictor's input
+    assert torch.equal(x, mambaseg.load(b, device="cpu").preprocess(img)[None])
+    # masks come out at the image's size; the order of the members only changes the reference normalisation
+    assert ens.predict(img).shape == (64, 96)
+    assert load_ensemble([b, a], device="cpu").image_size == (64, 96)
+
+
+def test_evaluate_an_ensemble_of_two_sizes(tmp_path, synthetic_data_module):
+    a = _ckpt_at(tmp_path, "s", 0, (32, 32))
+    b = _ckpt_at(tmp_path, "l", 1, (64, 96))
+    ev = evaluate_checkpoint([a, b], synthetic_data_module, device="cpu")
+    assert ev["ensemble"] == 2 and ev["image_size"] == [64, 96] and 0 <= ev["dice"] <= 1
+    assert ev["n_images"] == 4
 
 
 def test_a_cv_root_whose_folds_differ_in_normalization_predicts_and_evaluates(tmp_path, synthetic_data_module):

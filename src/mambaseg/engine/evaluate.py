@@ -90,13 +90,15 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     norm = Normalization.from_dict(ckpt["normalization"]) if ckpt.get("normalization") else None
     layout = (ckpt.get("task") or {}).get("layout")
-    task = open_data(cfg.data.path, cfg, splits=(split,), normalization=norm, layout=layout)
     try:
-        model = build_model(ckpt).to(dev)
+        model = build_model(ckpt)
     except CheckpointError as e:
         raise CheckpointError(f"{checkpoint}: {e}") from e
-    if ensembled:
-        model = _ensemble_model(model, members, tta).to(dev)
+    if ensembled:  # the data is opened at the ensemble's input size (the members' largest)
+        model, size = _ensemble_model(model, members, tta)
+        cfg.data.image_size = list(size)
+    model = model.to(dev)
+    task = open_data(cfg.data.path, cfg, splits=(split,), normalization=norm, layout=layout)
     amp_dtype, _ = resolve_amp(cfg.train.amp, dev)
     loss_fn = None
     try:
@@ -122,7 +124,8 @@ def evaluate_checkpoint(
         ectx.progress = bar
         metrics = task.evaluator.evaluate(model, ds, ectx)
     if ensembled:
-        metrics = {**metrics, "ensemble": len(members), "tta": tta or "none"}
+        metrics = {**metrics, "ensemble": len(members), "tta": tta or "none",
+                   "image_size": list(cfg.data.image_size)}
     if steps:
         metrics = {**metrics, "postprocess": list(steps)}
     metrics = {**metrics, "seen_in_training": seen}
@@ -192,7 +195,8 @@ def _ensemble_members(checkpoint: Any, tta: str | None) -> list[Path]:
 
 
 def _ensemble_model(first: Any, members: list[Path], tta: str | None) -> Any:
-    """:class:`~mambaseg.inference.ProbabilityEnsemble` of ``first`` (built from ``members[0]``) and the others."""
+    """:class:`~mambaseg.inference.ProbabilityEnsemble` of ``first`` (built from ``members[0]``) and the others, and
+    its input size."""
     from mambaseg.inference.ensemble import ensemble_of_checkpoints
 
     return ensemble_of_checkpoints(members, first, tta=tta)

@@ -10,12 +10,20 @@ probabilities without a second code path: ``sigmoid(logit(p)) >= t`` is ``p >= t
 the argmax of ``p``. Probabilities are clamped to ``[eps, 1 - eps]`` (``eps = 1e-7``) before the logarithm.
 
 :func:`load_ensemble` builds a :class:`~mambaseg.inference.Predictor` from several checkpoints and/or
-cross-validation roots (every ``ROOT/fold_*/checkpoints/best.pt``); the checkpoints must agree on the input size,
-channels and label map (the message names the first that differs). They may differ in their input normalisation: the
-folds of a cross-validation each measure their mean/std on their own training cases. The predictor (and any
-evaluator) normalises the input as the first member was trained; every other member first maps that input to its own
-normalisation (:class:`Renormalize`, exact: both are per-channel affine maps of the same ``[0, 1]`` image), so each
-member sees what it saw in training.
+cross-validation roots (every ``ROOT/fold_*/checkpoints/best.pt``); the checkpoints must agree on the channels and
+label map (the message names the first that differs). They may differ in their input normalisation (the folds of a
+cross-validation each measure their mean/std on their own training cases) and in their input size (a mix of
+recipes, e.g. VM-UNet at 256x256 with DermoMamba at 192x256):
+
+- the predictor (and any evaluator) resizes the input to the ensemble's input size, the largest height and width of
+  the members (:func:`ensemble_input_size`), and normalises it as the first member was trained;
+- a member trained at another size gets the input resized to its own (area when shrinking, as training resizes;
+  bilinear otherwise) and its logits resized back (bilinear) before the probabilities are averaged;
+- a member trained with another normalisation maps the input to its own (:class:`Renormalize`, exact: both are
+  per-channel affine maps of the same ``[0, 1]`` image).
+
+So a member of the ensemble's size sees exactly its training input; a smaller one sees the image resampled twice
+(to the ensemble's size, then to its own).
 """
 
 from __future__ import annotations
@@ -25,11 +33,12 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mambaseg.inference.postprocess import parse_postprocess
 
-__all__ = ["TTA_MODES", "ProbabilityEnsemble", "Renormalize", "ensemble_of_checkpoints", "expand_checkpoints",
-           "flip_dims", "load_ensemble", "tta_mode"]
+__all__ = ["TTA_MODES", "ProbabilityEnsemble", "Renormalize", "Resize", "ensemble_input_size",
+           "ensemble_of_checkpoints", "expand_checkpoints", "flip_dims", "load_ensemble", "tta_mode"]
 
 TTA_MODES = ("none", "flip")
 _EPS = 1e-7
@@ -88,6 +97,25 @@ class Renormalize(nn.Module):
         return x * self.scale.view(view).to(x.dtype) + self.shift.view(view).to(x.dtype)
 
 
+class Resize(nn.Module):
+    """Resizes (B, C, H, W) inputs to ``size`` (h, w): area averaging when both sides shrink (as the training
+    transforms do with OpenCV's INTER_AREA), bilinear with half-pixel centres otherwise (INTER_LINEAR)."""
+
+    def __init__(self, size: Sequence[int]) -> None:
+        super().__init__()
+        self.size = (int(size[0]), int(size[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        if x.shape[-2] >= self.size[0] and x.shape[-1] >= self.size[1]:
+            return F.interpolate(x, size=self.size, mode="area")
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
 def _mean_std(norm: Any) -> tuple[list[float] | None, list[float] | None]:
     if norm is None:
         return None, None
@@ -103,7 +131,9 @@ class ProbabilityEnsemble(nn.Module):
         models: trained networks returning logits (B, C, H, W), all with the same C.
         tta: ``"none"`` or ``"flip"``.
         inputs: optional, one module (or ``None`` for the input as it is) per model, applied to the input before
-            that model: a :class:`Renormalize` where a member was trained with another normalisation.
+            that model: a :class:`Resize` and/or a :class:`Renormalize` where a member was trained at another size
+            or with another normalisation. A member whose logits come out at another size than the input's is
+            resized back (bilinear) before its probabilities enter the mean.
     """
 
     def __init__(self, models: Sequence[nn.Module], tta: str | None = "none",
@@ -135,6 +165,8 @@ class ProbabilityEnsemble(nn.Module):
                 logits = model(xi).float()
                 if dims:
                     logits = torch.flip(logits, dims)
+                if logits.shape[-2:] != x.shape[-2:]:
+                    logits = F.interpolate(logits, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
                 p = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
                 total = p if total is None else total + p
                 n += 1
@@ -184,34 +216,50 @@ def _fold_index(d: Path) -> int:
         return 1 << 30
 
 
-def ensemble_of_checkpoints(files: Sequence[Path], first: nn.Module, *, tta: str | None = "none") -> ProbabilityEnsemble:
-    """:class:`ProbabilityEnsemble` of ``first`` (already built from ``files[0]``) and the models of ``files[1:]``.
+def ensemble_input_size(checkpoints: Sequence[Any]) -> tuple[int, int]:
+    """The input size of an ensemble: the largest height and the largest width of the checkpoints' ``image_size``
+    (loaded checkpoint dicts)."""
+    sizes = [tuple(int(v) for v in ck["image_size"]) for ck in checkpoints]
+    return max(h for h, _ in sizes), max(w for _, w in sizes)
 
-    The members must agree with ``files[0]`` on the input size and the label map; a member trained with another
-    normalisation gets a :class:`Renormalize` from the first's to its own (its input as in its training).
+
+def ensemble_of_checkpoints(files: Sequence[Path], first: nn.Module, *,
+                            tta: str | None = "none") -> tuple[ProbabilityEnsemble, tuple[int, int]]:
+    """:class:`ProbabilityEnsemble` of ``first`` (already built from ``files[0]``) and the models of ``files[1:]``,
+    and the input size it takes (:func:`ensemble_input_size`; inputs normalised as ``files[0]`` was trained).
+
+    The members must agree with ``files[0]`` on the label map. A member trained at another size than the ensemble's
+    gets a :class:`Resize` to its own; one trained with another normalisation a :class:`Renormalize` from the
+    first's to its own (see the module docstring).
 
     Raises:
         CheckpointError: naming the file that differs (or cannot be built) and what differs.
     """
     from mambaseg.checkpoint import CheckpointError, build_model, load_checkpoint
 
-    ref = load_checkpoint(files[0], map_location="cpu")
-    models: list[nn.Module] = [first]
-    inputs: list[nn.Module | None] = [None]
-    for f in files[1:]:
-        ck = load_checkpoint(f, map_location="cpu")
-        for key in ("image_size", "label_map"):
-            if not _same(ck.get(key), ref.get(key)):
-                raise CheckpointError(f"{f}: {key} {ck.get(key)!r} differs from {ref.get(key)!r} of {files[0]}; "
-                                      "only checkpoints trained on the same task with the same input size can be "
-                                      "ensembled")
+    ckpts = [load_checkpoint(f, map_location="cpu") for f in files]
+    for f, ck in zip(files, ckpts):
+        if not ck.get("image_size"):
+            raise CheckpointError(f"{f}: no 'image_size' entry; cannot preprocess inputs")
+    ref = ckpts[0]
+    size = ensemble_input_size(ckpts)
+    models: list[nn.Module] = []
+    inputs: list[nn.Module | None] = []
+    for f, ck in zip(files, ckpts):
+        if not _same(ck.get("label_map"), ref.get("label_map")):
+            raise CheckpointError(f"{f}: label_map {ck.get('label_map')!r} differs from {ref.get('label_map')!r} of "
+                                  f"{files[0]}; only checkpoints trained on the same task can be ensembled")
         try:
-            models.append(build_model(ck))
-            same_norm = _same(ck.get("normalization"), ref.get("normalization"))
-            inputs.append(None if same_norm else Renormalize(ref.get("normalization"), ck.get("normalization")))
+            models.append(first if f is files[0] else build_model(ck))
+            maps: list[nn.Module] = []
+            if tuple(int(v) for v in ck["image_size"]) != size:
+                maps.append(Resize(ck["image_size"]))
+            if not _same(ck.get("normalization"), ref.get("normalization")):
+                maps.append(Renormalize(ref.get("normalization"), ck.get("normalization")))
+            inputs.append(None if not maps else maps[0] if len(maps) == 1 else nn.Sequential(*maps))
         except (CheckpointError, ValueError) as e:
             raise CheckpointError(f"{f}: {e}") from e
-    return ProbabilityEnsemble(models, tta=tta, inputs=inputs)
+    return ProbabilityEnsemble(models, tta=tta, inputs=inputs), size
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -232,9 +280,9 @@ def load_ensemble(checkpoints: Sequence[str | Path], *, tta: str | None = "none"
     if len(files) == 1 and tta_mode(tta) == "none":
         return Predictor.from_checkpoint(files[0], device=device, threshold=threshold, postprocess=postprocess)
     first = Predictor.from_checkpoint(files[0], device="cpu", threshold=threshold)
-    ens = ensemble_of_checkpoints(files, first.model, tta=tta)
+    ens, size = ensemble_of_checkpoints(files, first.model, tta=tta)
     info = dict(first.info)
     info.update({"checkpoint": [str(f) for f in files], "ensemble": len(files), "tta": ens.tta})
-    return Predictor(ens, image_size=first.image_size, normalization=first.normalization,
+    return Predictor(ens, image_size=size, normalization=first.normalization,
                      label_map=first.label_map, device=device, threshold=threshold, info=info,
                      postprocess=postprocess)
