@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_cross_validation_end_to_end(tiny_model, cv_data, tmp_path):
 
     from mambaseg.inference import load_ensemble
 
-    ckpts = [root / f"fold_{i}" / "checkpoints" / "best.pt" for i in range(3)]
+    ckpts = [root / f"fold_{i}" / "checkpoints" / "last.pt" for i in range(3)]
     norms = [torch.load(c, weights_only=True)["normalization"] for c in ckpts]
     assert norms[0] != norms[1] and norms[1] != norms[2]
     image = cv_data / "train" / "images" / sorted(p.name for p in (cv_data / "train" / "images").iterdir())[0]
@@ -197,6 +198,15 @@ def test_cli_folds_one_at_a_time_then_evaluate_cv(tiny_model, cv_data, tmp_path)
     words = " ".join(res.output.split())
     assert "warning: 6 of the 6 val case(s) were training cases of 1 of the 2 checkpoint(s)" in words
     assert "in-sample" in words and "RuntimeWarning" not in words
+    # the root stands for its folds' last.pt (what evaluate --cv scored) unless --fold-checkpoint best
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(root), "--device", "cpu", "--json"])
+    assert [Path(c).name for c in json.loads(res.output[res.output.index("{"):])["checkpoint"]] == ["last.pt"] * 2
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(root), "--device", "cpu", "--json",
+                              "--fold-checkpoint", "best"])
+    assert [Path(c).name for c in json.loads(res.output[res.output.index("{"):])["checkpoint"]] == ["best.pt"] * 2
+    res = runner.invoke(app, ["predict", "--checkpoint", str(root), "--fold-checkpoint", "final", "--input",
+                              str(cv_data / "val" / "images"), "--out", str(tmp_path / "p"), "--device", "cpu"])
+    assert res.exit_code == 1 and "--fold-checkpoint must be one of last, best" in res.output
 
 
 def test_tta_predictions_saved_and_scored_without_checkpoints(tiny_model, cv_data, tmp_path):

@@ -111,8 +111,18 @@ def test_cv_root_expands_to_its_fold_checkpoints_and_mismatches_are_refused(tmp_
     for i in (1, 0):
         (tmp_path / "cv" / f"fold_{i}" / "checkpoints").mkdir(parents=True)
         (tmp_path / "cv" / f"fold_{i}" / "checkpoints" / "best.pt").write_bytes(a.read_bytes())
+    # a root stands for its folds' final weights by default (what evaluate --cv scores), best.pt on request
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        load_ensemble([tmp_path / "cv"], device="cpu")
+    for i in (0, 1):
+        (tmp_path / "cv" / f"fold_{i}" / "checkpoints" / "last.pt").write_bytes(a.read_bytes())
     pred = load_ensemble([tmp_path / "cv"], tta="flip", device="cpu")
-    assert [p.split("/")[-3] for p in pred.info["checkpoint"]] == ["fold_0", "fold_1"]
+    assert [p.split("/")[-3:] for p in pred.info["checkpoint"]] == [["fold_0", "checkpoints", "last.pt"],
+                                                                     ["fold_1", "checkpoints", "last.pt"]]
+    best = load_ensemble([tmp_path / "cv"], which="best", device="cpu")
+    assert [p.split("/")[-1] for p in best.info["checkpoint"]] == ["best.pt", "best.pt"]
+    with pytest.raises(ValueError, match="--fold-checkpoint"):
+        load_ensemble([tmp_path / "cv"], which="final", device="cpu")
     assert pred.info["tta"] == "flip"
     payload = torch.load(a, weights_only=True)
     payload["label_map"] = {"background": 0, "lesion": 1}
@@ -121,8 +131,10 @@ def test_cv_root_expands_to_its_fold_checkpoints_and_mismatches_are_refused(tmp_
         load_ensemble([a, other], device="cpu")
     with pytest.raises(ValueError, match="--tta"):
         load_ensemble([a], tta="rot90", device="cpu")
+    (tmp_path / "cv" / "fold_0" / "checkpoints" / "best.pt").unlink()
+    (tmp_path / "cv" / "fold_1" / "checkpoints" / "best.pt").unlink()
     with pytest.raises(FileNotFoundError, match="no fold"):
-        load_ensemble([tmp_path / "cv"], which="last")
+        load_ensemble([tmp_path / "cv"], which="best")
 
 
 def test_renormalize_against_a_float64_reference():
@@ -214,7 +226,7 @@ def test_a_cv_root_whose_folds_differ_in_normalization_predicts_and_evaluates(tm
     for i, norm in enumerate([_NORM, {"mean": [0.3, 0.55, 0.5], "std": [0.22, 0.2, 0.35]}]):
         f = _ckpt(tmp_path, f"f{i}", seed=i, normalization=norm)
         (tmp_path / "cv" / f"fold_{i}" / "checkpoints").mkdir(parents=True)
-        f.rename(tmp_path / "cv" / f"fold_{i}" / "checkpoints" / "best.pt")
+        f.rename(tmp_path / "cv" / f"fold_{i}" / "checkpoints" / "last.pt")
     root = tmp_path / "cv"
     res = CliRunner().invoke(app, ["predict", "--checkpoint", str(root), "--input",
                                    str(synthetic_data_module / "val" / "images"), "--out", str(tmp_path / "p"),

@@ -34,6 +34,9 @@ def evaluate(
     postprocess: str = typer.Option("none", "--postprocess", help="Post-process each predicted mask (whole volume) "
                                     "before the metrics: none, or a comma-separated list of largest_component and "
                                     "fill_holes; choosing it by the result selects on the scored cases."),
+    fold_checkpoint: str = typer.Option("last", "--fold-checkpoint", help="The checkpoint of each fold a "
+                                        "cross-validation root stands for: last (final weights, what evaluate --cv "
+                                        "scores) or best (chosen on the fold's own held-out cases)."),
     threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Evaluate a checkpoint (pooled and per-case Dice/IoU/Acc/Sen/Spe; the run's evaluator for other tasks), an
@@ -51,7 +54,8 @@ def evaluate(
     with warnings_as_lines():
         result = evaluate_checkpoint(checkpoint if len(checkpoint) > 1 else checkpoint[0], data, split=split,
                                      out=out, device=device, batch_size=batch_size,
-                                     console=None if as_json else console, tta=tta, postprocess=postprocess)
+                                     console=None if as_json else console, tta=tta, postprocess=postprocess,
+                                     fold_checkpoint=fold_checkpoint)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

@@ -13,7 +13,8 @@ from mambaseg.cli.threads import THREADS_HELP, apply_threads
 @handle_errors
 def predict(
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-k", help="best.pt / best.safetensors of a run; "
-                                          "repeat it (or name a CV root) to average the probabilities of several."),
+                                          "repeat it (or name a CV root: its folds' --fold-checkpoint) to average "
+                                          "the probabilities of several."),
     input: Path = typer.Option(..., "--input", "-i", help="An image file or a folder of images."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (masks/ and overlays/ are created)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -28,6 +29,9 @@ def predict(
     postprocess: str = typer.Option("none", "--postprocess", help="Post-processing of each mask / whole volume: "
                                     "none, or a comma-separated list of largest_component (keep each class's "
                                     "largest connected component) and fill_holes."),
+    fold_checkpoint: str = typer.Option("last", "--fold-checkpoint", help="The checkpoint of each fold a "
+                                        "cross-validation root stands for: last (final weights, what evaluate --cv "
+                                        "scores) or best (chosen on the fold's own held-out cases)."),
     threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Predict masks; writes OUT/masks/<name>.png (label-map values, e.g. 0/255) and OUT/overlays/<name>.png.
@@ -47,7 +51,8 @@ def predict(
 
     from mambaseg.inference import load_ensemble
 
-    predictor = load_ensemble(checkpoint, tta=tta, device=device, threshold=threshold, postprocess=postprocess)
+    predictor = load_ensemble(checkpoint, tta=tta, device=device, threshold=threshold, postprocess=postprocess,
+                              which=fold_checkpoint)
     with ProgressReporter(console, "predicting") as bar:
         written = predictor.predict_path(input, out, batch_size=batch_size, overlays=overlays, intensity=intensity,
                                          overwrite=overwrite, progress=bar)

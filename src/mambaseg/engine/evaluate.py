@@ -45,6 +45,7 @@ def evaluate_checkpoint(
     tta: str | None = None,
     show_progress: bool = True,
     postprocess: Any = None,
+    fold_checkpoint: str = "last",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of a dataset with the same preprocessing as training.
 
@@ -64,6 +65,8 @@ def evaluate_checkpoint(
         show_progress: show the progress on ``console``.
         postprocess: post-processing of each predicted mask (whole volume for volumetric data) before the metrics:
             ``"largest_component"``, ``"fill_holes"`` or both (:mod:`mambaseg.inference.postprocess`).
+        fold_checkpoint: the checkpoint of each fold a cross-validation root stands for: ``last`` or ``best``
+            (:data:`mambaseg.inference.ensemble.FOLD_CHECKPOINTS`).
 
     Returns:
         The evaluator's metrics dict (plus ``checkpoint``, ``split`` and ``data``).
@@ -73,7 +76,7 @@ def evaluate_checkpoint(
     from mambaseg.inference.postprocess import parse_postprocess
 
     steps = parse_postprocess(postprocess)
-    members = _ensemble_members(checkpoint, tta)
+    members = _ensemble_members(checkpoint, tta, fold_checkpoint)
     named = ", ".join(str(c) for c in (checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint]))
     mode = tta_mode(tta)
     ensembled = len(members) > 1 or mode != "none"
@@ -185,13 +188,13 @@ def _seen_in_training(members: list[Path], split: str, ids: Any) -> dict[str, An
                     "data.train_splits) include its id"}
 
 
-def _ensemble_members(checkpoint: Any, tta: str | None) -> list[Path]:
+def _ensemble_members(checkpoint: Any, tta: str | None, fold_checkpoint: str = "last") -> list[Path]:
     """Checkpoint files of ``checkpoint`` (a file, a list, or cross-validation roots); validates ``tta``."""
     from mambaseg.inference.ensemble import expand_checkpoints, flip_dims
 
     flip_dims(tta)
     items = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
-    return expand_checkpoints(items)
+    return expand_checkpoints(items, which=fold_checkpoint)
 
 
 def _ensemble_model(first: Any, members: list[Path], tta: str | None) -> Any:

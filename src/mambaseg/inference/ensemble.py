@@ -10,7 +10,7 @@ probabilities without a second code path: ``sigmoid(logit(p)) >= t`` is ``p >= t
 the argmax of ``p``. Probabilities are clamped to ``[eps, 1 - eps]`` (``eps = 1e-7``) before the logarithm.
 
 :func:`load_ensemble` builds a :class:`~mambaseg.inference.Predictor` from several checkpoints and/or
-cross-validation roots (every ``ROOT/fold_*/checkpoints/best.pt``); the checkpoints must agree on the channels and
+cross-validation roots (every ``ROOT/fold_*/checkpoints/last.pt``, or ``best.pt``); the checkpoints must agree on the channels and
 label map (the message names the first that differs). They may differ in their input normalisation (the folds of a
 cross-validation each measure their mean/std on their own training cases) and in their input size (a mix of
 recipes, e.g. VM-UNet at 256x256 with DermoMamba at 192x256):
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from mambaseg.inference.postprocess import parse_postprocess
 
-__all__ = ["TTA_MODES", "ProbabilityEnsemble", "Renormalize", "Resize", "ensemble_input_size",
+__all__ = ["FOLD_CHECKPOINTS", "TTA_MODES", "ProbabilityEnsemble", "Renormalize", "Resize", "ensemble_input_size",
            "ensemble_of_checkpoints", "expand_checkpoints", "flip_dims", "load_ensemble", "tta_mode"]
 
 TTA_MODES = ("none", "flip")
@@ -180,14 +180,23 @@ class ProbabilityEnsemble(nn.Module):
         return torch.log(p.clamp_min(_EPS))
 
 
-def expand_checkpoints(paths: Sequence[str | Path], *, which: str = "best") -> list[Path]:
+#: which checkpoint of each fold a cross-validation root stands for: ``last`` (the final weights: what
+#: ``evaluate --cv`` scores by default, and nnU-Net's ``checkpoint_final``) or ``best`` (chosen on the fold's own
+#: held-out cases, so its cross-validation score is optimistic)
+FOLD_CHECKPOINTS = ("last", "best")
+
+
+def expand_checkpoints(paths: Sequence[str | Path], *, which: str = "last") -> list[Path]:
     """Checkpoint files from files and cross-validation roots (a folder with ``fold_*/checkpoints/<which>.pt``,
-    expanded in fold order). Any other folder is passed on as it is, so loading it fails with the checkpoint loader's
-    message (which names the file to pass).
+    expanded in fold order; ``which`` in :data:`FOLD_CHECKPOINTS`). Any other folder is passed on as it is, so
+    loading it fails with the checkpoint loader's message (which names the file to pass).
 
     Raises:
         FileNotFoundError: a path does not exist, or a cross-validation root has no fold checkpoint yet.
+        ValueError: ``which`` is not one of :data:`FOLD_CHECKPOINTS`.
     """
+    if which not in FOLD_CHECKPOINTS:
+        raise ValueError(f"--fold-checkpoint must be one of {', '.join(FOLD_CHECKPOINTS)}, got {which!r}")
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
@@ -267,8 +276,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def load_ensemble(checkpoints: Sequence[str | Path], *, tta: str | None = "none", device: str | torch.device = "auto",
-                  threshold: float = 0.5, which: str = "best", postprocess: Any = None) -> Any:
-    """A :class:`~mambaseg.inference.Predictor` over one or several checkpoints (files or CV roots) with ``tta``.
+                  threshold: float = 0.5, which: str = "last", postprocess: Any = None) -> Any:
+    """A :class:`~mambaseg.inference.Predictor` over one or several checkpoints (files or CV roots, each standing
+    for its folds' ``which`` checkpoints) with ``tta``.
 
     One checkpoint without TTA gives exactly :func:`mambaseg.load`'s predictor (the plain model, no wrapper).
     """
