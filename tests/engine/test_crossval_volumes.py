@@ -227,6 +227,30 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
     want = volume_labels_from_probabilities(probs, SHAPE)
     got = score_cases([(r["id"], want, truth[r["id"]])], num_classes=4)["cases"][0]["dice"]
     assert r["dice"] == pytest.approx(got)
+    # a member trained at another size (a mix of recipes): its (C, D, h, w) probabilities are resized to the largest
+    # h, w (bilinear per slice) before the mean; recomputed here in float64
+    import torch
+    import torch.nn.functional as F
+
+    root3 = tmp_path / "cv3"
+    train_folds(_volume_cfg(acdc_cv, root3, **{"data.image_size": [64, 64]}), folds=5, fold="all")
+    mix = evaluate_cv([root, root3], out=tmp_path / "mix")
+    assert mix["members"] == 2 and mix["n_cases"] == 10
+    r = mix["cases"][0]
+    small, big = (np.load(rt / f"fold_{r['fold']}" / "oof" / "last" / "probabilities" / f"{r['id']}.npz")
+                  ["probabilities"].astype(np.float64) for rt in (root, root3))
+    assert small.shape == (4, 4, 32, 32) and big.shape == (4, 4, 64, 64)
+    up = F.interpolate(torch.from_numpy(np.moveaxis(small, 1, 0)), size=(64, 64), mode="bilinear",
+                       align_corners=False).numpy()
+    want = volume_labels_from_probabilities((np.moveaxis(up, 0, 1) + big) / 2, SHAPE)
+    got = score_cases([(r["id"], want, truth[r["id"]])], num_classes=4)["cases"][0]["dice"]
+    assert r["dice"] == pytest.approx(got)
+    from mambaseg.engine.crossval import mean_probabilities
+
+    with pytest.raises(ValueError, match="classes and slices must agree"):
+        mean_probabilities({"a.npz": small, "b.npz": big[:, :3]}, volumetric=True)
+    with pytest.raises(ValueError, match="b.npz"):
+        mean_probabilities({"a.npz": small[0, 0], "b.npz": big[0, 0]}, volumetric=False)
 
 
 def test_cli_cross_validates_a_volumetric_dataset(tiny_model, acdc_cv, tmp_path):

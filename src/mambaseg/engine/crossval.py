@@ -312,6 +312,38 @@ def predict_volume_oof(predictor: Any, vol: Any, batch_size: int = 4) -> tuple[n
     return labels, np.stack([slices[z] for z in range(len(slices))], axis=1)
 
 
+def mean_probabilities(members: dict[Any, np.ndarray], volumetric: bool) -> np.ndarray:
+    """The mean of one case's saved probabilities over an ensemble's members (keyed by their file, for messages).
+
+    2-D cases are saved at the image's own size, so every member's array has one shape. Volumes are saved at each
+    member's network size, (C, D, h, w): members trained at different sizes (a mix of recipes) are resized to the
+    largest h and w (bilinear, per slice) before the mean, as :class:`~mambaseg.inference.ProbabilityEnsemble`
+    resizes a smaller member's logits to the ensemble's size.
+
+    Raises:
+        ValueError: naming the file whose array cannot be averaged with the first member's (another number of
+            classes or slices, or another 2-D shape).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    (first, ref), *_ = members.items()
+    for fp, p in members.items():
+        same = p.shape[:-2] == ref.shape[:-2] if volumetric else p.shape == ref.shape
+        if not same or p.ndim != ref.ndim:
+            raise ValueError(f"{fp}: probabilities of shape {p.shape} cannot be averaged with {first}'s "
+                             f"{ref.shape}" + (" (classes and slices must agree)" if volumetric else ""))
+    size = (max(p.shape[-2] for p in members.values()), max(p.shape[-1] for p in members.values()))
+    total = np.zeros(ref.shape[:-2] + size, dtype=np.float32)
+    for p in members.values():
+        if p.shape[-2:] != size:  # (C, D, h, w) -> (D, C, h, w) slices, resized, and back
+            t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(p, 1, 0)))
+            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+            p = np.moveaxis(t.numpy(), 0, 1)
+        total += p
+    return total / len(members)
+
+
 def volume_labels_from_probabilities(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(C, D, h, w) probabilities at the network size -> (D, H, W) labels at ``size``: the one labelling rule
     (:func:`mambaseg.metrics.labels_from_probabilities`) per slice, then a nearest-neighbour zoom, as
@@ -542,7 +574,7 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
     def cases() -> Any:
         for i in range(len(folds)):
             for case, gt, _, own in _truths(held_out(i)):  # own: the case's voxel spacing
-                total = None
+                members = {}
                 for r in roots:
                     fp = oof_dir(r / f"fold_{i}", which, tta) / "probabilities" / f"{case}.npz"
                     if not fp.is_file():
@@ -551,12 +583,8 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
                         raise FileNotFoundError(f"{fp} is missing: an ensemble scores the saved probabilities of "
                                                 f"every member ({how})")
                     with np.load(fp, allow_pickle=False) as z:
-                        p = z["probabilities"].astype(np.float32)
-                    if total is not None and p.shape != total.shape:
-                        raise ValueError(f"{fp}: probabilities of shape {p.shape}, the other members' are "
-                                         f"{total.shape}")
-                    total = p if total is None else total + p
-                mean = total / len(roots)
+                        members[fp] = z["probabilities"].astype(np.float32)
+                mean = mean_probabilities(members, volumetric)
                 if volumetric:
                     pred = volume_labels_from_probabilities(mean, gt.shape[1:])
                 else:
