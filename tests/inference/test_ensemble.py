@@ -116,6 +116,16 @@ def test_cv_root_expands_to_its_fold_checkpoints_and_mismatches_are_refused(tmp_
         load_ensemble([tmp_path / "cv"], device="cpu")
     for i in (0, 1):
         (tmp_path / "cv" / f"fold_{i}" / "checkpoints" / "last.pt").write_bytes(a.read_bytes())
+    # a fold still training (a last.pt, no metrics.json yet) is not silently ensembled with the finished ones
+    (tmp_path / "cv" / "fold_0" / "metrics.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"fold\(s\) \[1\] .*not finished"):
+        load_ensemble([tmp_path / "cv"], device="cpu")
+    (tmp_path / "cv" / "fold_1" / "metrics.json").write_text("{}")
+    # nor is a root whose splits_final.json has more folds than are there
+    (tmp_path / "cv" / "splits_final.json").write_text('{"k": 3}')
+    with pytest.raises(FileNotFoundError, match=r"fold\(s\) \[2\]"):
+        load_ensemble([tmp_path / "cv"], device="cpu")
+    (tmp_path / "cv" / "splits_final.json").write_text('{"k": 2}')
     pred = load_ensemble([tmp_path / "cv"], tta="flip", device="cpu")
     assert [p.split("/")[-3:] for p in pred.info["checkpoint"]] == [["fold_0", "checkpoints", "last.pt"],
                                                                      ["fold_1", "checkpoints", "last.pt"]]
@@ -227,6 +237,7 @@ def test_a_cv_root_whose_folds_differ_in_normalization_predicts_and_evaluates(tm
         f = _ckpt(tmp_path, f"f{i}", seed=i, normalization=norm)
         (tmp_path / "cv" / f"fold_{i}" / "checkpoints").mkdir(parents=True)
         f.rename(tmp_path / "cv" / f"fold_{i}" / "checkpoints" / "last.pt")
+        (tmp_path / "cv" / f"fold_{i}" / "metrics.json").write_text("{}")  # a finished fold
     root = tmp_path / "cv"
     res = CliRunner().invoke(app, ["predict", "--checkpoint", str(root), "--input",
                                    str(synthetic_data_module / "val" / "images"), "--out", str(tmp_path / "p"),

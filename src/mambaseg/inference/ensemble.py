@@ -207,6 +207,14 @@ def expand_checkpoints(paths: Sequence[str | Path], *, which: str = "last") -> l
             raise FileNotFoundError(f"--checkpoint {str(p)!r} does not exist")
         folds = sorted(p.glob(f"fold_*/checkpoints/{which}.pt"), key=lambda f: _fold_index(f.parent.parent))
         if folds:
+            # a fold is finished when its run wrote metrics.json (a running fold already has a last.pt)
+            done = {_fold_index(f.parent.parent) for f in folds if (f.parent.parent / "metrics.json").is_file()}
+            missing = _missing_folds(p, done)
+            if missing:  # an ensemble of the folds that happen to be there would not be the root's
+                raise FileNotFoundError(
+                    f"--checkpoint {str(p)!r}: fold(s) {missing} of this cross-validation root have not finished "
+                    f"(no metrics.json) or have no checkpoints/{which}.pt; to ensemble the others, name their "
+                    f"checkpoints one by one (--checkpoint {p / 'fold_0' / 'checkpoints' / (which + '.pt')} ...)")
             out += folds
         elif list(p.glob("fold_*")):
             raise FileNotFoundError(f"--checkpoint {str(p)!r}: no fold of this cross-validation root has "
@@ -216,6 +224,20 @@ def expand_checkpoints(paths: Sequence[str | Path], *, which: str = "last") -> l
     if not out:
         raise FileNotFoundError("no checkpoint given")
     return out
+
+
+def _missing_folds(root: Path, present: set[int]) -> list[int]:
+    """Fold indices of ``root`` without a checkpoint: 0..k-1 by its ``splits_final.json`` (every fold folder when
+    the file is absent or unreadable), minus ``present``."""
+    import json
+
+    k = None
+    try:
+        k = int(json.loads((root / "splits_final.json").read_text())["k"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    expected = set(range(k)) if k else {_fold_index(d) for d in root.glob("fold_*") if d.is_dir()}
+    return sorted(expected - present)
 
 
 def _fold_index(d: Path) -> int:
