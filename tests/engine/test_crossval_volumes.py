@@ -245,6 +245,15 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
     want = volume_labels_from_probabilities((np.moveaxis(up, 0, 1) + big) / 2, SHAPE)
     got = score_cases([(r["id"], want, truth[r["id"]])], num_classes=4)["cases"][0]["dice"]
     assert r["dice"] == pytest.approx(got)
+    # ranked by the mean per-volume Dice (nnU-Net's criterion), each candidate as scored on its own
+    from mambaseg.engine.compare import compare_cv
+
+    cmp = compare_cv([root, root2, root3], tmp_path / "cmp")
+    assert cmp["criterion"] == "per_case_dice" and len(cmp["ranking"]) == 7
+    by = {r["candidate"]: r["value"] for r in cmp["ranking"]}
+    assert by["cv+cv2"] == ens["per_case_dice"] and by["cv+cv3"] == mix["per_case_dice"]
+    assert by["cv"] == again["per_case_dice"]
+    assert cmp["ranking"][0]["value"] == max(by.values())
     from mambaseg.engine.crossval import mean_probabilities
 
     with pytest.raises(ValueError, match="classes and slices must agree"):

@@ -29,6 +29,9 @@ def evaluate(
                                             "cross-validation root (writes ROOT/cv_metrics.json) instead of a "
                                             "checkpoint; repeat it (e.g. one recipe's seeds, same folds) to score "
                                             "their saved probabilities averaged (needs --out)."),
+    compare: bool = typer.Option(False, "--compare", help="With --cv named two or more times: score each root, "
+                                 "each pair and all of them as ensembles, and rank them (OUT/compare.json; needs "
+                                 "--out). The best is chosen on the scored cases: its number is optimistic."),
     oof: str = typer.Option("last", "--oof", help="With --cv: the fold checkpoint whose predictions are scored: last "
                             "(no selection) or best (chosen on the held-out fold: optimistic)."),
     postprocess: str = typer.Option("none", "--postprocess", help="Post-process each predicted mask (whole volume) "
@@ -44,6 +47,11 @@ def evaluate(
     from mambaseg.engine import evaluate_checkpoint
 
     apply_threads(threads, device)
+    if compare:
+        if not cv or len(cv) < 2 or out is None:
+            raise CLIError("--compare ranks two or more cross-validations: name each with --cv and pass --out FOLDER")
+        return _compare(cv, oof=oof, data=data, out=out, tta=tta, device=device, as_json=as_json,
+                        postprocess=postprocess)
     if cv:
         if len(cv) > 1 and out is None:
             raise CLIError("--cv named more than once scores an ensemble: pass --out FOLDER for its cv_metrics.json")
@@ -89,6 +97,33 @@ def _evaluate_cv(root: Path | list[Path], *, oof: str, data: Optional[str], out:
                   f"{members}): {scores}; {result['n_below']['count']} case(s) below "
                   f"{result['n_below']['threshold']:g}; worst: {worst}\n-> {Path(out or root) / 'cv_metrics.json'}",
                   highlight=False)
+
+
+def _compare(roots: list[Path], *, oof: str, data: Optional[str], out: Path, tta: str, device: str, as_json: bool,
+             postprocess: str) -> None:
+    """``--cv A --cv B ... --compare``: every root, pair and all of them, ranked by one criterion."""
+    from rich.table import Table
+
+    from mambaseg.engine.compare import compare_cv
+
+    result = compare_cv(roots, out, which=oof, tta=tta, data=data, postprocess=postprocess, device=device)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"out-of-fold, ranked by {result['criterion_described']}")
+    threshold = result["ranking"][0]["below_threshold"]
+    table.add_column("rank", justify="right")
+    table.add_column("candidate", overflow="fold")
+    for col in ("pooled dice", "per-case dice", f"< {threshold:g}"):
+        table.add_column(col, justify="right")
+    table.add_column("worst")
+    for rank, r in enumerate(result["ranking"], 1):
+        worst = f"{r['worst']['id']} {r['worst']['dice']:.3f}" if r["worst"] else "-"
+        table.add_row(str(rank), r["candidate"], f"{r['pooled_dice']:.4f}", f"{r['per_case_dice']:.4f}",
+                      str(r["n_below"]), worst)
+    table.caption = result["selection_note"]
+    console.print(table)
+    console.print(f"-> {out / 'compare.json'}", highlight=False)
 
 
 def summary_line(split: str, result: dict) -> str:

@@ -1,0 +1,83 @@
+"""Ranking cross-validations and their ensembles out of fold (evaluate --cv A --cv B --compare)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine_helpers import tiny_config
+from mambaseg.engine.compare import candidates, compare_cv
+from mambaseg.engine.crossval import evaluate_cv, train_folds
+
+
+@pytest.fixture(scope="module")
+def two_roots(tmp_path_factory):
+    from mambaseg.data import make_synthetic_dataset
+    from mambaseg.models import _registry
+
+    from engine_helpers import TINY, register_tiny
+
+    register_tiny()
+    try:
+        base = tmp_path_factory.mktemp("cmp")
+        data = make_synthetic_dataset(base / "data", n_train=8, n_val=4, size=(32, 32), seed=2)
+        for sub in ("images", "masks"):  # distinct ids across train and val
+            for f in sorted((data / "val" / sub).iterdir()):
+                f.rename(f.parent / f"v_{f.name}")
+        roots = []
+        for name, seed in (("a", 0), ("b", 11)):
+            root = base / name
+            train_folds(tiny_config(data, root, **{"train.epochs": 1, "train.seed": seed}), folds=3, fold="all")
+            roots.append(root)
+        yield roots
+    finally:
+        _registry._REGISTRY.pop(TINY, None)
+
+
+def test_candidates_are_each_root_each_pair_and_all():
+    assert candidates(2) == [(0,), (1,), (0, 1)]
+    assert candidates(3) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    with pytest.raises(ValueError, match="at least two"):
+        candidates(1)
+
+
+def test_compare_ranks_each_candidate_by_its_own_scores(two_roots, tmp_path):
+    a, b = two_roots
+    res = compare_cv([a, b], tmp_path / "cmp")
+    assert res["criterion"] == "dice" and "pooled" in res["criterion_described"]
+    assert [r["candidate"] for r in res["ranking"]] != [] and len(res["ranking"]) == 3
+    # each row is what evaluate_cv gives that candidate on its own
+    want = {"a": evaluate_cv(a, out=tmp_path / "a"), "b": evaluate_cv(b, out=tmp_path / "b"),
+            "a+b": evaluate_cv([a, b], out=tmp_path / "ab")}
+    for r in res["ranking"]:
+        w = want[r["candidate"]]
+        assert r["value"] == r["pooled_dice"] == w["dice"] and r["per_case_dice"] == w["per_case_dice"]
+        assert r["n_below"] == w["n_below"]["count"]
+        assert json.loads((tmp_path / "cmp" / r["candidate"] / "cv_metrics.json").read_text())["dice"] == w["dice"]
+    values = [r["value"] for r in res["ranking"]]
+    assert values == sorted(values, reverse=True) and res["best"] == res["ranking"][0]["candidate"]
+    assert "optimistic" in res["selection_note"]
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["best"] == res["best"]
+    # the roots themselves are not written to
+    assert not (a / "cv_metrics.json").exists()
+    with pytest.raises(ValueError, match="once"):
+        compare_cv([a, a], tmp_path / "dup")
+
+
+def test_cli_compare(two_roots, tmp_path):
+    from typer.testing import CliRunner
+
+    from mambaseg.cli import app
+
+    a, b = two_roots
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", "--cv", str(a), "--cv", str(b), "--compare"])
+    assert res.exit_code == 1 and "--out" in res.output
+    res = runner.invoke(app, ["evaluate", "--cv", str(a), "--compare", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "two or more" in res.output
+    res = runner.invoke(app, ["evaluate", "--cv", str(a), "--cv", str(b), "--compare", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    words = " ".join(res.output.split())
+    assert "ranked by pooled Dice" in words and "a+b" in words and "optimistic" in words
+    assert (tmp_path / "c" / "compare.json").is_file()
