@@ -183,3 +183,43 @@ def test_score_cli_pairs_saved_out_of_fold_volumes_with_h5_ground_truth(tmp_path
     assert res.exit_code == 0, res.output
     both = json.loads(res.output)["cases"][0]["dice"]
     assert both == pytest.approx(2 * ((pred > 0) & (gt > 0)).sum() / ((pred > 0).sum() + (gt > 0).sum()))
+
+
+def test_only_predicted_scores_the_predicted_cases_and_lists_the_others(tmp_path):
+    import h5py
+
+    pred, gt = _squares()
+    for d in ("pred", "gt"):
+        (tmp_path / d).mkdir()
+    for c in ("a", "b"):
+        _write(tmp_path / "pred" / f"{c}.png", pred * 255)
+    for c in ("a", "b", "c", "d"):
+        _write(tmp_path / "gt" / f"{c}.png", gt * 255)
+    runner = CliRunner()
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt")])
+    assert res.exit_code == 1 and "ground truth without prediction" in res.output  # the default: all or nothing
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--only-predicted", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_cases"] == 2 and sorted(c["id"] for c in out["cases"]) == ["a", "b"]
+    assert out["dice"] == pytest.approx(0.5)  # two 4x4 squares overlapping by half, in both cases
+    assert out["unpredicted_ground_truth"] == {"count": 2, "files": [str(tmp_path / "gt" / "c.png"),
+                                                                    str(tmp_path / "gt" / "d.png")]}
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--only-predicted"])
+    assert "2 ground truth(s) without a prediction not scored" in " ".join(res.output.split())
+    # a prediction without ground truth stays an error
+    _write(tmp_path / "pred" / "z.png", pred * 255)
+    with pytest.raises(DatasetError, match="prediction without ground truth"):
+        match_mask_files(tmp_path / "pred", tmp_path / "gt", unpredicted=[])
+    # volumes the same way
+    vp, vg = _label_volumes(0)
+    (tmp_path / "vp").mkdir()
+    (tmp_path / "vg").mkdir()
+    np.savez_compressed(tmp_path / "vp" / "case1.npz", labels=vp)
+    for c in ("case1", "case2"):
+        with h5py.File(tmp_path / "vg" / f"{c}.h5", "w") as f:
+            f["image"], f["label"] = np.zeros(vg.shape, np.float32), vg
+    res = runner.invoke(app, ["score", str(tmp_path / "vp"), str(tmp_path / "vg"), "--only-predicted", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_cases"] == 1 and out["unpredicted_ground_truth"]["count"] == 1

@@ -39,6 +39,9 @@ def score(
     label_values: Optional[str] = typer.Option(None, "--label-values", help="Multi-class masks: the pixel value of "
                                                "each class index, e.g. 0,85,170,255 (default: binary 0/255 or 0/1; "
                                                "volumes: class indices 0 .. the largest in the ground truth)."),
+    only_predicted: bool = typer.Option(False, "--only-predicted", help="Score only the cases that have a "
+                                        "prediction (ground truths without one are counted and listed in the "
+                                        "result, not scored); default: every ground truth needs a prediction."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the scores as JSON to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
@@ -60,11 +63,12 @@ def score(
         if len(values) < 2:
             raise CLIError("--label-values needs the value of the background and of at least one class")
     binary = values is None
+    unpredicted: Optional[list[Path]] = [] if only_predicted else None
     if holds_volumes(gt_dir) or holds_volumes(pred_dir):
         result = _score_volumes(pred_dir, gt_dir, spacing=sp, nsd_tolerance=nsd_tolerance, empty_policy=empty_policy,
-                                values=values)
-        return _report(result, pred_dir, gt_dir, out, as_json, nsd_tolerance, empty_policy)
-    pairs = match_mask_files(pred_dir, gt_dir)
+                                values=values, unpredicted=unpredicted)
+        return _report(result, pred_dir, gt_dir, out, as_json, nsd_tolerance, empty_policy, unpredicted)
+    pairs = match_mask_files(pred_dir, gt_dir, unpredicted=unpredicted)
 
     def cases():
         for case, p, g in pairs:
@@ -79,14 +83,16 @@ def score(
 
     result = score_cases(cases(), num_classes=1 if binary else len(values), spacing=sp if sp is None or len(sp) > 1
                          else sp[0], nsd_tolerance=nsd_tolerance, empty_policy=empty_policy)
-    _report(result, pred_dir, gt_dir, out, as_json, nsd_tolerance, empty_policy)
+    _report(result, pred_dir, gt_dir, out, as_json, nsd_tolerance, empty_policy, unpredicted)
 
 
 def _report(result: dict, pred_dir: Path, gt_dir: Path, out: Optional[Path], as_json: bool, nsd_tolerance: float,
-            empty_policy: str) -> None:
+            empty_policy: str, unpredicted: Optional[list[Path]] = None) -> None:
     from mambaseg.utils.files import atomic_write_json
 
     result = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), **result}
+    if unpredicted is not None:  # --only-predicted: what was left out is part of the result
+        result["unpredicted_ground_truth"] = {"count": len(unpredicted), "files": [str(f) for f in unpredicted]}
     if out is not None:
         atomic_write_json(out, result)
     if as_json:
@@ -96,11 +102,13 @@ def _report(result: dict, pred_dir: Path, gt_dir: Path, out: Optional[Path], as_
     console.print(f"{result['n_cases']} cases: pooled dice {result['dice']:.4f}  iou {result['iou']:.4f}  per-case "
                   f"dice {result['per_case_dice']:.4f}  HD95 {result['hd95']}  NSD@{nsd_tolerance:g} {result['nsd']} "
                   f"({result['conventions']['units']}; empty policy {empty_policy}); worst: {worst}"
+                  + (f"\n{len(unpredicted)} ground truth(s) without a prediction not scored (--only-predicted)"
+                     if unpredicted else "")
                   + (f"\n-> {out}" if out else ""), highlight=False)
 
 
 def _score_volumes(pred_dir: Path, gt_dir: Path, *, spacing: Optional[list[float]], nsd_tolerance: float,
-                   empty_policy: str, values: Optional[list[int]]) -> dict:
+                   empty_policy: str, values: Optional[list[int]], unpredicted: Optional[list[Path]] = None) -> dict:
     """Label volumes (NIfTI, h5, npz, npy) paired by case id, scored per volume: each ground truth's own voxel
     spacing (NIfTI header, npz ``spacing``) unless ``--spacing`` is given; classes = ``--label-values`` or
     0 .. the largest value of the ground truth (read once before scoring)."""
@@ -112,7 +120,7 @@ def _score_volumes(pred_dir: Path, gt_dir: Path, *, spacing: Optional[list[float
 
     if spacing is not None and len(spacing) not in (1, 3):
         raise CLIError(f"--spacing for volumes is one number or three (D,H,W), got {len(spacing)}")
-    pairs = match_mask_files(pred_dir, gt_dir, volumes=True)
+    pairs = match_mask_files(pred_dir, gt_dir, volumes=True, unpredicted=unpredicted)
     rule = "--label-values"
     if values is None:
         seen = sorted(set().union(*(np.unique(read_label_volume(g)[0]).tolist() for _, _, g in pairs)))

@@ -326,12 +326,17 @@ def _mask_key(stem: str) -> str:
     return stem
 
 
-def match_mask_files(pred_dir: str | Path, gt_dir: str | Path, *,
-                     volumes: bool = False) -> list[tuple[str, Path, Path]]:
+def match_mask_files(pred_dir: str | Path, gt_dir: str | Path, *, volumes: bool = False,
+                     unpredicted: list[Path] | None = None) -> list[tuple[str, Path, Path]]:
     """Pair predicted and ground-truth mask files by stem (a ``_segmentation``/``_mask`` suffix is ignored on both
     sides; a folder holding a ``masks/`` sub-folder is read from it). With ``volumes`` the files are label volumes
     (:data:`VOLUME_SUFFIXES`) paired by :func:`volume_id`, a trailing ``_pred`` (the name ``mambaseg predict``
     gives) ignored as well.
+
+    Args:
+        unpredicted: when a list is given, ground-truth files without a prediction are appended to it (sorted by
+            id) and left out of the pairs instead of being an error (nnU-Net's ``--chill``); a prediction without
+            ground truth is an error either way.
 
     Returns:
         ``[(id, pred_path, gt_path)]`` sorted by id.
@@ -369,6 +374,9 @@ def match_mask_files(pred_dir: str | Path, gt_dir: str | Path, *,
 
     preds, gts = listing(Path(pred_dir), "prediction"), listing(Path(gt_dir), "ground-truth")
     only_pred, only_gt = sorted(set(preds) - set(gts)), sorted(set(gts) - set(preds))
+    if unpredicted is not None:
+        unpredicted.extend(gts[k] for k in only_gt)
+        only_gt = []
     if only_pred or only_gt:
         lines = [f"  - prediction without ground truth: {preds[k]}" for k in only_pred[:20]]
         lines += [f"  - ground truth without prediction: {gts[k]}" for k in only_gt[:20]]
