@@ -331,3 +331,18 @@ def test_a_fold_copied_without_checkpoints_before_best_was_predicted(tiny_model,
     assert train_folds(cfg, folds=2, fold="all", checkpoints=("last",)) == []  # no TTA wanted: nothing to do
     scored = evaluate_cv(root)  # every fold's final weights, from saved predictions only
     assert scored["n_cases"] == 12 and set(scored["per_fold_mean_dice"]) == {"0", "1"}
+
+
+def test_a_plain_run_is_in_sample_on_the_splits_it_trained_on(tiny_model, cv_data, tmp_path):
+    """Without a split file, a run trained on its data.train_splits: evaluating one of them says so."""
+    import warnings
+
+    from mambaseg.engine import evaluate_checkpoint, train
+
+    train(tiny_config(cv_data, tmp_path / "run", **{"train.epochs": 1}))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    with pytest.warns(RuntimeWarning, match="8 of the 8 train case"):
+        assert evaluate_checkpoint(ckpt, split="train", device="cpu")["seen_in_training"]["cases"] == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert evaluate_checkpoint(ckpt, split="val", device="cpu")["seen_in_training"]["cases"] == 0

@@ -161,23 +161,17 @@ def _seen_in_training(members: list[Path], split: str, ids: Any) -> dict[str, An
     splits named in its ``data.train_splits``. A fold ensemble evaluated on the dataset's ``val`` split (each fold's
     config opens its own held-out cases as ``val``) is the usual way to get ``cases > 0``.
     """
-    import json
-
     ids = [str(i) for i in ids] if ids is not None else []
     seen: set[str] = set()
     checkpoints = 0
     for m in members:
-        ck = load_checkpoint(m, map_location="cpu")
-        data = ((ck.get("config") or {}).get("data") or {})
-        candidates = [Path(m).parent.parent / "split.json"]
-        if data.get("split_file"):
-            candidates.append(Path(str(data["split_file"])))
-        split_file = next((c for c in candidates if c.is_file()), None)
-        if split_file is not None:
-            try:
-                trained = {str(i) for i in json.loads(split_file.read_text()).get("train", [])}
-            except (OSError, ValueError, AttributeError):
-                trained = set()
+        trained = _split_train_ids(Path(m).parent.parent / "split.json")  # a fold: no checkpoint to read
+        data: dict[str, Any] = {}
+        if trained is None:
+            data = (load_checkpoint(m, map_location="cpu").get("config") or {}).get("data") or {}
+            if data.get("split_file"):
+                trained = _split_train_ids(Path(str(data["split_file"])))
+        if trained is not None:
             hit = {i for i in ids if i in trained}
         else:
             hit = set(ids) if split in (data.get("train_splits") or ["train"]) else set()
@@ -186,6 +180,16 @@ def _seen_in_training(members: list[Path], split: str, ids: Any) -> dict[str, An
     return {"cases": len(seen), "of": len(ids), "checkpoints": checkpoints,
             "rule": "a case counts when some checkpoint's training cases (its split file's train ids, else its "
                     "data.train_splits) include its id"}
+
+
+def _split_train_ids(path: Path) -> set[str] | None:
+    """The ``train`` ids of a split file, or ``None`` when there is none (or it cannot be read as one)."""
+    import json
+
+    try:
+        return {str(i) for i in json.loads(path.read_text())["train"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _ensemble_members(checkpoint: Any, tta: str | None, fold_checkpoint: str = "last") -> list[Path]:
