@@ -32,9 +32,9 @@ class CLIError(Exception):
 
 @contextlib.contextmanager
 def warnings_as_lines() -> Iterator[None]:
-    """Show the warnings raised inside as ``warning: <message>`` lines on stderr (each once, in the CLI's style)
-    instead of Python's ``file:line: Category: message`` plus a source line. Nothing is hidden: every warning the
-    filters let through is printed, also when the body fails."""
+    """Show the warnings raised inside as ``warning: <message>`` lines on stderr, in the CLI's style, instead of
+    Python's ``file:line: Category: message`` plus a source line. Nothing is hidden: every warning the filters in
+    force let through is printed, also when the body fails."""
     with warnings.catch_warnings(record=True) as caught:  # the filters in force stay as they are
         try:
             yield

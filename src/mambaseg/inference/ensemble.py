@@ -10,10 +10,10 @@ probabilities without a second code path: ``sigmoid(logit(p)) >= t`` is ``p >= t
 the argmax of ``p``. Probabilities are clamped to ``[eps, 1 - eps]`` (``eps = 1e-7``) before the logarithm.
 
 :func:`load_ensemble` builds a :class:`~mambaseg.inference.Predictor` from several checkpoints and/or
-cross-validation roots (every ``ROOT/fold_*/checkpoints/last.pt``, or ``best.pt``); the checkpoints must agree on the channels and
-label map (the message names the first that differs). They may differ in their input normalisation (the folds of a
-cross-validation each measure their mean/std on their own training cases) and in their input size (a mix of
-recipes, e.g. VM-UNet at 256x256 with DermoMamba at 192x256):
+cross-validation roots (every ``ROOT/fold_*/checkpoints/last.pt``, or ``best.pt``); the checkpoints must agree on
+the channels and label map (the message names the first that differs). They may differ in their input normalisation
+(the folds of a cross-validation each measure their mean/std on their own training cases) and in their input size
+(a mix of recipes, e.g. VM-UNet at 256x256 with DermoMamba at 192x256):
 
 - the predictor (and any evaluator) resizes the input to the ensemble's input size, the largest height and width of
   the members (:func:`ensemble_input_size`), and normalises it as the first member was trained;
@@ -249,7 +249,7 @@ def _fold_index(d: Path) -> int:
 
 def ensemble_input_size(checkpoints: Sequence[Any]) -> tuple[int, int]:
     """The input size of an ensemble: the largest height and the largest width of the checkpoints' ``image_size``
-    (loaded checkpoint dicts)."""
+    (checkpoint dicts, or any dicts with an ``image_size``)."""
     sizes = [tuple(int(v) for v in ck["image_size"]) for ck in checkpoints]
     return max(h for h, _ in sizes), max(w for _, w in sizes)
 
@@ -268,28 +268,33 @@ def ensemble_of_checkpoints(files: Sequence[Path], first: nn.Module, *,
     """
     from mambaseg.checkpoint import CheckpointError, build_model, load_checkpoint
 
-    ckpts = [load_checkpoint(f, map_location="cpu") for f in files]
-    for f, ck in zip(files, ckpts):
+    models: list[nn.Module] = []
+    meta: list[dict[str, Any]] = []  # what each member needs besides its weights (one state dict in memory at a time)
+    for f in files:
+        ck = load_checkpoint(f, map_location="cpu")
         if not ck.get("image_size"):
             raise CheckpointError(f"{f}: no 'image_size' entry; cannot preprocess inputs")
-    ref = ckpts[0]
-    size = ensemble_input_size(ckpts)
-    models: list[nn.Module] = []
-    inputs: list[nn.Module | None] = []
-    for f, ck in zip(files, ckpts):
-        if not _same(ck.get("label_map"), ref.get("label_map")):
-            raise CheckpointError(f"{f}: label_map {ck.get('label_map')!r} differs from {ref.get('label_map')!r} of "
+        if meta and not _same(ck.get("label_map"), meta[0]["label_map"]):
+            raise CheckpointError(f"{f}: label_map {ck.get('label_map')!r} differs from {meta[0]['label_map']!r} of "
                                   f"{files[0]}; only checkpoints trained on the same task can be ensembled")
         try:
-            models.append(first if f is files[0] else build_model(ck))
-            maps: list[nn.Module] = []
-            if tuple(int(v) for v in ck["image_size"]) != size:
-                maps.append(Resize(ck["image_size"]))
-            if not _same(ck.get("normalization"), ref.get("normalization")):
-                maps.append(Renormalize(ref.get("normalization"), ck.get("normalization")))
-            inputs.append(None if not maps else maps[0] if len(maps) == 1 else nn.Sequential(*maps))
-        except (CheckpointError, ValueError) as e:
+            models.append(first if not meta else build_model(ck))
+        except CheckpointError as e:
             raise CheckpointError(f"{f}: {e}") from e
+        meta.append({k: ck.get(k) for k in ("image_size", "label_map", "normalization")})
+        del ck
+    size = ensemble_input_size(meta)
+    inputs: list[nn.Module | None] = []
+    for f, m in zip(files, meta):
+        maps: list[nn.Module] = []
+        if tuple(int(v) for v in m["image_size"]) != size:
+            maps.append(Resize(m["image_size"]))
+        if not _same(m["normalization"], meta[0]["normalization"]):
+            try:
+                maps.append(Renormalize(meta[0]["normalization"], m["normalization"]))
+            except ValueError as e:
+                raise CheckpointError(f"{f}: {e}") from e
+        inputs.append(None if not maps else maps[0] if len(maps) == 1 else nn.Sequential(*maps))
     return ProbabilityEnsemble(models, tta=tta, inputs=inputs), size
 
 
