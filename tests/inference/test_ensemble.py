@@ -299,3 +299,31 @@ def test_volumes_are_predicted_slice_by_slice_with_tta():
     other = nn.Conv2d(1, 3, 5, padding=2)
     diff = predict_volume(ProbabilityEnsemble([other], tta="flip"), vol, image_size=16, device="cpu")
     assert not np.array_equal(diff, predict_volume(other, vol, image_size=16, device="cpu"))
+
+
+def test_predict_saves_the_probabilities_its_masks_come_from(tmp_path, synthetic_data_module):
+    from typer.testing import CliRunner
+
+    from mambaseg.cli import app
+
+    a, b = _ckpt(tmp_path), _ckpt(tmp_path, "b", seed=1)
+    images = synthetic_data_module / "val" / "images"
+    args = ["predict", "--checkpoint", str(a), "--checkpoint", str(b), "--tta", "flip", "--input", str(images),
+            "--out", str(tmp_path / "p"), "--device", "cpu", "--no-overlays", "--save-probabilities"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    pred = load_ensemble([a, b], tta="flip", device="cpu")
+    files = sorted(images.glob("*.png"))
+    assert sorted(p.name for p in (tmp_path / "p" / "probabilities").iterdir()) == [f.stem + ".npz" for f in files]
+    for f in files:
+        p = np.load(tmp_path / "p" / "probabilities" / f"{f.stem}.npz")["probabilities"]
+        assert p.dtype == np.float16 and p.shape == (1, 32, 32)
+        np.testing.assert_allclose(p[0].astype(np.float32), pred.predict_proba(f), atol=1e-3)
+        mask = np.asarray(Image.open(tmp_path / "p" / "masks" / f.name)) > 0
+        sure = np.abs(p[0].astype(np.float32) - 0.5) > 2e-3  # float16 rounding near the threshold
+        assert np.array_equal(mask[sure], (p[0].astype(np.float32) >= 0.5)[sure])
+    # existing probability files are refused like masks, before anything is written
+    (tmp_path / "p" / "masks" / files[0].name).unlink()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "probabilities" in res.output
+    assert not (tmp_path / "p" / "masks" / files[0].name).exists()

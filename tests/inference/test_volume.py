@@ -165,3 +165,30 @@ def test_intensity_for_checkpoint(tmp_path: Path) -> None:
     assert intensity_for_checkpoint({"task": {"layout": "nnunet"}, "config": {"data": {"path": str(mr)}}}) == "minmax"
     assert intensity_for_checkpoint({"task": {"layout": "nnunet"}, "config": {"data": {"path": "/gone"}}}) == "minmax"
     assert intensity_for_checkpoint({"task": {"layout": "acdc"}}) == "auto"
+
+
+def test_saved_probabilities_are_the_softmax_the_labels_come_from(tmp_path: Path) -> None:
+    """predict_volume_file(save_probabilities=True): probabilities/<id>.npz beside the label volume, (C, D, h, w)
+    float16 at the network size; the saved labels are these probabilities by the one rule, zoomed back."""
+    img, lab = _volume(5)
+    src = tmp_path / "vol.npy"
+    np.save(src, img)
+    model = NearestCentre()
+    out = predict_volume_file(model, src, tmp_path / "o", image_size=32, scale="none", save_probabilities=True)
+    saved = np.load(tmp_path / "o" / "probabilities" / "vol.npz")
+    probs, shape = saved["probabilities"], tuple(saved["shape"])
+    assert probs.dtype == np.float16 and probs.shape == (3, 5, 32, 32) and shape == img.shape
+    # each slice's softmax of the model's logits, computed here directly
+    x = torch.from_numpy(np.stack([ndimage.zoom(s, (32 / 37, 32 / 29), order=3) for s in img])[:, None])
+    with torch.no_grad():
+        want = torch.softmax(model(x), dim=1).numpy()
+    np.testing.assert_allclose(probs.astype(np.float32), np.moveaxis(want, 0, 1), atol=2e-3)
+    from mambaseg.data.volumetric import zoom_labels
+
+    labels = np.stack([zoom_labels(z, img.shape[1:]) for z in probs.astype(np.float32).argmax(0)])
+    sure = np.sort(probs.astype(np.float32), axis=0)
+    margin = np.stack([zoom_labels(((sure[-1] - sure[-2]) > 2e-3).astype(np.int64)[z], img.shape[1:])
+                       for z in range(5)]).astype(bool)  # float16 ties aside
+    assert np.array_equal(np.load(out)[margin], labels[margin])
+    # the label folder keeps only label volumes (what mambaseg score reads)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_file()) == ["vol_pred.npy"]

@@ -32,6 +32,9 @@ def predict(
     fold_checkpoint: str = typer.Option("last", "--fold-checkpoint", help="The checkpoint of each fold a "
                                         "cross-validation root stands for: last (final weights, what evaluate --cv "
                                         "scores) or best (chosen on the fold's own held-out cases)."),
+    save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write each prediction's "
+                                            "probabilities, float16 .npz: OUT/probabilities/<name>.npz (images, at "
+                                            "their size), OUT/probabilities/<id>.npz (volumes, at the network size)."),
     threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Predict masks; writes OUT/masks/<name>.png (label-map values, e.g. 0/255) and OUT/overlays/<name>.png.
@@ -55,7 +58,7 @@ def predict(
                               which=fold_checkpoint)
     with ProgressReporter(console, "predicting") as bar:
         written = predictor.predict_path(input, out, batch_size=batch_size, overlays=overlays, intensity=intensity,
-                                         overwrite=overwrite, progress=bar)
+                                         overwrite=overwrite, progress=bar, save_probabilities=save_probabilities)
     if written and written[0].parent.name == "masks":
         console.print(f"wrote {len(written)} mask(s) to {Path(out) / 'masks'}"
                       + (f" and overlays to {Path(out) / 'overlays'}" if overlays else ""), highlight=False)

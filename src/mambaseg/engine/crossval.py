@@ -231,6 +231,7 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
     from mambaseg.configs import config_from_dict
     from mambaseg.data.splits import read_split_file
     from mambaseg.inference.ensemble import load_ensemble
+    from mambaseg.inference.volume import probabilities_of
     from mambaseg.metrics import labels_from_logits
 
     if which not in OOF_CHECKPOINTS:
@@ -265,7 +266,7 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
     volumetric = _is_volumes(dataset)
     if volumetric:
         for vol in dataset:
-            labels, prob = predict_volume_oof(predictor, vol, batch_size=batch_size)
+            labels, prob = _volume_oof(predictor, vol, batch_size=batch_size)
             atomic_write_npz(out / "masks" / f"{vol.id}.npz", labels=labels.astype(np.uint8))
             atomic_write_npz(out / "probabilities" / f"{vol.id}.npz", probabilities=prob)
     cases = [] if volumetric else list(iter_cases(dataset))
@@ -276,7 +277,7 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
             labels = labels_from_logits(lg[None], predictor.threshold)[0].numpy()
             with atomic_path(out / "masks" / f"{case}.png") as tmp:
                 Image.fromarray(predictor.to_pixel_values(labels)).save(tmp, format="PNG")
-            prob = torch_probabilities(lg).astype(np.float16)
+            prob = probabilities_of(lg).astype(np.float16)
             atomic_write_npz(out / "probabilities" / f"{case}.npz", probabilities=prob)
     atomic_write_json(out / "oof.json", {
         "checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "which": which, "rule": SELECTION_RULES[which],
@@ -294,22 +295,14 @@ def _is_volumes(dataset: Any) -> bool:
     return isinstance(dataset, VolumeDataset)
 
 
-def predict_volume_oof(predictor: Any, vol: Any, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """A volume's labels (D, H, W) at its ground truth's size (:func:`~mambaseg.inference.volume.predict_volume`
-    with the predictor's model, size and normalisation) and its probabilities, float16 (C, D, h, w) at the network
-    size."""
-    from mambaseg.inference.volume import predict_volume
+def _volume_oof(predictor: Any, vol: Any, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """A held-out volume's labels at its own size and float16 probabilities at the network size, by the fold's
+    predictor (:func:`mambaseg.inference.volume.predict_volume_probabilities`)."""
+    from mambaseg.inference.volume import predict_volume_probabilities
 
-    slices: dict[int, np.ndarray] = {}
-
-    def keep(idx: list[int], x: Any, logits: Any) -> None:
-        for j, z in enumerate(idx):
-            slices[z] = torch_probabilities(logits[j]).astype(np.float16)
-
-    labels = predict_volume(predictor.model, vol, image_size=predictor.image_size,
-                            normalization=predictor.normalization, batch_size=batch_size, device=predictor.device,
-                            amp_dtype=predictor.amp_dtype, on_batch=keep)
-    return labels, np.stack([slices[z] for z in range(len(slices))], axis=1)
+    return predict_volume_probabilities(predictor.model, vol, image_size=predictor.image_size,
+                                        normalization=predictor.normalization, batch_size=batch_size,
+                                        device=predictor.device, amp_dtype=predictor.amp_dtype)
 
 
 def mean_probabilities(members: dict[Any, np.ndarray], volumetric: bool) -> np.ndarray:
@@ -355,15 +348,6 @@ def volume_labels_from_probabilities(probs: np.ndarray, size: tuple[int, int]) -
 
     lab = labels_from_probabilities(torch.from_numpy(np.moveaxis(probs, 1, 0).astype(np.float32))).numpy()
     return np.stack([zoom_labels(s, size) for s in lab])
-
-
-def torch_probabilities(logits: Any) -> np.ndarray:
-    """(C, H, W) logits -> probabilities as numpy: (1, H, W) sigmoid for one channel, else softmax."""
-    import torch
-
-    lg = logits.float()
-    p = torch.sigmoid(lg) if lg.shape[0] == 1 else torch.softmax(lg, dim=0)
-    return p.cpu().numpy()
 
 
 def _fold_setup(run_dir: Path, which: str) -> tuple[RunConfig, int]:
@@ -450,7 +434,7 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
             oof = oof_dir(root / f"fold_{i}", which, tta) / "masks"
             for case, gt, image, own in _truths(held_out(i)):  # own: the case's voxel spacing
                 if predictor is not None:  # TTA predictions not saved: made now
-                    pred = predict_volume_oof(predictor, image)[0] if volumetric else predictor.predict(image)
+                    pred = _volume_oof(predictor, image)[0] if volumetric else predictor.predict(image)
                     yield case, pred, gt, i, own
                     continue
                 mp = oof / (f"{case}.npz" if volumetric else f"{case}.png")

@@ -222,8 +222,11 @@ class Predictor:
     def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """Masks (H, W) int64 of class indices, one per image, each at its image's original size (post-processed
         when the predictor has steps)."""
-        return [postprocess_labels(self._labels(lg[None])[0].numpy(), self.postprocess)
-                for lg in self.predict_logits(images)]
+        return [self._mask(lg) for lg in self.predict_logits(images)]
+
+    def _mask(self, logits: torch.Tensor) -> np.ndarray:
+        """(C, H, W) logits -> the post-processed mask by the one labels rule."""
+        return postprocess_labels(self._labels(logits[None])[0].numpy(), self.postprocess)
 
     def predict(self, image: ImageInput) -> np.ndarray:
         """Mask (H, W) int64 of class indices (0/1 for binary) at the input's original size.
@@ -257,11 +260,15 @@ class Predictor:
         overlays: bool = True,
         progress: Callable[[int, int], None] | None = None,
         overwrite: bool = False,
+        save_probabilities: bool = False,
     ) -> list[Path]:
         """Predict every image of a folder (or one image file) and write PNGs.
 
         Writes ``OUT/masks/<stem>.png`` (pixel values from the label map, e.g. 0/255 for binary, at the image's
         original size) and, with ``overlays``, ``OUT/overlays/<stem>.png`` (colours blended over the image).
+        With ``save_probabilities``, ``OUT/probabilities/<stem>.npz`` too: ``probabilities``, float16 (C', H, W) at
+        the image's size, the foreground probability (C' = 1) of a binary model, else the softmax (the form of a
+        cross-validation's out-of-fold files); the mask is these probabilities by the one labels rule.
         A folder holding an ``images/`` sub-folder (a dataset split) is read from that sub-folder.
 
         Nothing is lost: images sharing a stem (``a.jpg`` and ``a.png``) get ``<stem>_<ext>.png``; existing
@@ -274,7 +281,8 @@ class Predictor:
         """
         from PIL import Image
 
-        from mambaseg.utils.files import atomic_path
+        from mambaseg.inference.volume import probabilities_of
+        from mambaseg.utils.files import atomic_path, atomic_write_npz
 
         _check_batch_size(batch_size)
         files = list_images(input_path)
@@ -282,21 +290,27 @@ class Predictor:
         _refuse_input_folders(Path(input_path), files, out / "masks")
         names = output_names(files)
         targets = [out / "masks" / n for n in names] + ([out / "overlays" / n for n in names] if overlays else [])
+        targets += [out / "probabilities" / Path(n).with_suffix(".npz").name for n in names] if save_probabilities \
+            else []
         if not overwrite:
             _refuse_existing(targets)
-        (out / "masks").mkdir(parents=True, exist_ok=True)
-        if overlays:
-            (out / "overlays").mkdir(parents=True, exist_ok=True)
+        for sub, wanted in (("masks", True), ("overlays", overlays), ("probabilities", save_probabilities)):
+            if wanted:
+                (out / sub).mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
         for i in range(0, len(files), batch_size):
             chunk = files[i : i + batch_size]
             arrays = [self.read(f) for f in chunk]
-            masks = self.predict_batch(arrays)
-            for name, a, m in zip(names[i : i + batch_size], arrays, masks):
+            logits = self.predict_logits(arrays)
+            masks = [self._mask(lg) for lg in logits]
+            for name, a, m, lg in zip(names[i : i + batch_size], arrays, masks, logits):
                 mp = out / "masks" / name
                 with atomic_path(mp) as tmp:
                     Image.fromarray(self.to_pixel_values(m)).save(tmp, format="PNG")
                 written.append(mp)
+                if save_probabilities:
+                    atomic_write_npz(out / "probabilities" / Path(name).with_suffix(".npz").name,
+                                     probabilities=probabilities_of(lg).astype(np.float16))
                 if overlays:
                     with atomic_path(out / "overlays" / name) as tmp:
                         Image.fromarray(overlay_mask(a, m)).save(tmp, format="PNG")
@@ -314,6 +328,7 @@ class Predictor:
         intensity: str = "auto",
         progress: Callable[[int, int], None] | None = None,
         overwrite: bool = False,
+        save_probabilities: bool = False,
     ) -> list[Path]:
         """Predict whatever ``input_path`` holds: one image, a folder of images, one volume or a folder of volumes.
 
@@ -326,14 +341,18 @@ class Predictor:
             intensity: 3-D inputs: intensity mapping to [0, 1] (``auto`` = as the training data, ``minmax``,
                 ``ct``, ``none``).
             overwrite: replace existing output files (otherwise they are refused before anything is written).
+            save_probabilities: also write the probabilities: ``OUT/probabilities/<stem>.npz`` of each image
+                (:meth:`predict_folder`), ``probabilities/<id>.npz`` beside each label volume
+                (:func:`mambaseg.inference.volume.predict_volume_file`).
 
         Returns:
-            The written files.
+            The written files (masks and label volumes).
         """
         from mambaseg.inference.volume import (
             intensity_for_checkpoint,
             is_volume_path,
             predict_volume_file,
+            probabilities_path,
             volume_output_path,
         )
 
@@ -341,7 +360,7 @@ class Predictor:
         vols = _volume_inputs(Path(input_path))
         if not vols:
             return self.predict_folder(input_path, out_dir, batch_size=batch_size, overlays=overlays,
-                                       progress=progress, overwrite=overwrite)
+                                       progress=progress, overwrite=overwrite, save_probabilities=save_probabilities)
         if intensity == "auto":
             intensity = intensity_for_checkpoint(self.info.get("training") or {})
         out = Path(out_dir)
@@ -354,13 +373,13 @@ class Predictor:
         if any(t.resolve() == v.resolve() for t, v in zip(targets, vols)):
             raise ValueError(f"--out {out} would overwrite an input volume; choose another output path")
         if not overwrite:
-            _refuse_existing(targets)
+            _refuse_existing(targets + ([probabilities_path(t) for t in targets] if save_probabilities else []))
         written = []
         for v, target in zip(vols, targets):
             written.append(predict_volume_file(
                 self.model, v, target, image_size=self.image_size, normalization=self.normalization,
                 batch_size=batch_size, device=self.device, label_values=list(self.label_map.values()),
-                scale=intensity, postprocess=self.postprocess,
+                scale=intensity, postprocess=self.postprocess, save_probabilities=save_probabilities,
             ))
             if progress is not None:
                 progress(len(written), len(vols))

@@ -31,6 +31,7 @@ from mambaseg.data.volumetric import Volume, zoom_image, zoom_labels
 from mambaseg.inference.postprocess import postprocess_labels
 from mambaseg.metrics import labels_from_logits
 from mambaseg.runtime import autocast_for
+from mambaseg.utils.files import atomic_write_npz
 
 __all__ = [
     "VOLUME_SUFFIXES",
@@ -39,6 +40,8 @@ __all__ = [
     "iter_slice_batches",
     "predict_volume",
     "predict_volume_file",
+    "predict_volume_probabilities",
+    "probabilities_of",
     "read_label_volume",
     "read_volume",
     "volume_output_path",
@@ -342,6 +345,31 @@ def predict_volume(
     return out
 
 
+def probabilities_of(logits: torch.Tensor) -> np.ndarray:
+    """(C, H, W) logits -> probabilities as numpy: (1, H, W) sigmoid for one channel, else softmax over C (the form
+    saved by ``predict --save-probabilities`` and a cross-validation's out-of-fold files)."""
+    lg = logits.float()
+    p = torch.sigmoid(lg) if lg.shape[0] == 1 else torch.softmax(lg, dim=0)
+    return p.cpu().numpy()
+
+
+def predict_volume_probabilities(model: nn.Module, volume: Volume, *, image_size: int | Sequence[int] = 224,
+                                 normalization: Normalization | None = None, batch_size: int = 8,
+                                 device: torch.device | str | None = None,
+                                 amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A volume's labels (D, H, W) at its own size (:func:`predict_volume`) and its probabilities, float16
+    (C', D, h, w) at the network size (:func:`probabilities_of` of each slice's logits)."""
+    slices: dict[int, np.ndarray] = {}
+
+    def keep(idx: list[int], x: torch.Tensor, logits: torch.Tensor) -> None:
+        for j, z in enumerate(idx):
+            slices[z] = probabilities_of(logits[j]).astype(np.float16)
+
+    labels = predict_volume(model, volume, image_size=image_size, normalization=normalization, batch_size=batch_size,
+                            device=device, amp_dtype=amp_dtype, on_batch=keep)
+    return labels, np.stack([slices[z] for z in range(len(slices))], axis=1)
+
+
 def predict_volume_file(
     model: nn.Module,
     input_path: str | Path,
@@ -354,8 +382,11 @@ def predict_volume_file(
     label_values: Sequence[int] | None = None,
     scale: str = "auto",
     postprocess: str | Sequence[str] | None = None,
+    save_probabilities: bool = False,
 ) -> Path:
-    """Predict one volume file and write the label volume.
+    """Predict one volume file and write the label volume (and, with ``save_probabilities``,
+    :func:`probabilities_path`: ``probabilities`` float16 (C', D, h, w) at the network size, as
+    :func:`predict_volume_probabilities` gives them, and ``shape``, the volume's (D, H, W)).
 
     Args:
         model: 2-D model.
@@ -373,16 +404,32 @@ def predict_volume_file(
         The written path.
     """
     vol = read_volume(input_path, scale=scale)
-    labels = predict_volume(
-        model, vol, image_size=image_size, normalization=normalization, batch_size=batch_size, device=device
-    )
+    target = volume_output_path(input_path, out)
+    if save_probabilities:
+        labels, probs = predict_volume_probabilities(model, vol, image_size=image_size, normalization=normalization,
+                                                     batch_size=batch_size, device=device)
+        probabilities_path(target).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_npz(probabilities_path(target), probabilities=probs, shape=np.asarray(vol.label_shape))
+    else:
+        labels = predict_volume(model, vol, image_size=image_size, normalization=normalization,
+                                batch_size=batch_size, device=device)
     labels = postprocess_labels(labels, postprocess)  # no steps: the array itself
     if label_values is not None:
         lut = np.asarray(list(label_values), dtype=np.int64)
         if int(labels.max(initial=0)) >= lut.size:
             raise ValueError(f"the model predicted class {int(labels.max())} but label_values has {lut.size} entries")
         labels = lut[labels]
-    return write_prediction(volume_output_path(input_path, out), labels, vol)
+    return write_prediction(target, labels, vol)
+
+
+def probabilities_path(prediction: str | Path) -> Path:
+    """Where the probabilities of the label volume ``prediction`` go: ``probabilities/<id>.npz`` in its folder
+    (``<id>_pred`` loses its ``_pred``; a sub-folder, so the folder still holds label volumes only, as
+    ``mambaseg score`` reads it)."""
+    p = Path(prediction)
+    stem = volume_id(p)
+    stem = stem[: -len("_pred")] if stem.endswith("_pred") else stem
+    return p.parent / "probabilities" / f"{stem}.npz"
 
 
 def volume_output_path(input_path: str | Path, out: str | Path) -> Path:
