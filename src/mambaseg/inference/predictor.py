@@ -290,8 +290,8 @@ class Predictor:
         _refuse_input_folders(Path(input_path), files, out / "masks")
         names = output_names(files)
         targets = [out / "masks" / n for n in names] + ([out / "overlays" / n for n in names] if overlays else [])
-        targets += [out / "probabilities" / Path(n).with_suffix(".npz").name for n in names] if save_probabilities \
-            else []
+        prob_files = [out / "probabilities" / Path(n).with_suffix(".npz").name for n in names]
+        targets += prob_files if save_probabilities else []
         if not overwrite:
             _refuse_existing(targets)
         for sub, wanted in (("masks", True), ("overlays", overlays), ("probabilities", save_probabilities)):
@@ -303,14 +303,14 @@ class Predictor:
             arrays = [self.read(f) for f in chunk]
             logits = self.predict_logits(arrays)
             masks = [self._mask(lg) for lg in logits]
-            for name, a, m, lg in zip(names[i : i + batch_size], arrays, masks, logits):
+            for name, pf, a, m, lg in zip(names[i : i + batch_size], prob_files[i : i + batch_size], arrays, masks,
+                                          logits):
                 mp = out / "masks" / name
                 with atomic_path(mp) as tmp:
                     Image.fromarray(self.to_pixel_values(m)).save(tmp, format="PNG")
                 written.append(mp)
                 if save_probabilities:
-                    atomic_write_npz(out / "probabilities" / Path(name).with_suffix(".npz").name,
-                                     probabilities=probabilities_of(lg).astype(np.float16))
+                    atomic_write_npz(pf, probabilities=probabilities_of(lg).astype(np.float16))
                 if overlays:
                     with atomic_path(out / "overlays" / name) as tmp:
                         Image.fromarray(overlay_mask(a, m)).save(tmp, format="PNG")
