@@ -65,6 +65,16 @@ def test_compare_ranks_each_candidate_by_its_own_scores(two_roots, tmp_path):
         compare_cv([a, a], tmp_path / "dup")
 
 
+def test_missing_saved_predictions_are_named_before_anything_is_scored(two_roots, tmp_path):
+    a, b = two_roots
+    # the folds saved no flip-TTA predictions: a pair's ensemble could not be scored, so nothing is
+    with pytest.raises(FileNotFoundError, match=r"6 fold\(s\) .*--tta flip"):
+        compare_cv([a, b], tmp_path / "tta", tta="flip")
+    assert not (tmp_path / "tta").exists()
+    with pytest.raises(FileNotFoundError, match="not a cross-validation root"):
+        compare_cv([a, tmp_path], tmp_path / "x")
+
+
 def test_cli_compare(two_roots, tmp_path):
     from typer.testing import CliRunner
 

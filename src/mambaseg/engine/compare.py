@@ -37,6 +37,26 @@ def _names(roots: Sequence[Path]) -> list[str]:
     return names
 
 
+def _check_saved(roots: Sequence[Path], which: str, tta: str | None) -> None:
+    """Before anything is scored: every fold of every root has saved the predictions its ensembles average
+    (``oof/<which>[_tta_<tta>]``; a lone root could make missing TTA predictions from its checkpoints, an ensemble
+    cannot)."""
+    from mambaseg.data.folds import FOLDS_FILE, load_folds
+    from mambaseg.engine.crossval import oof_dir
+
+    missing = []
+    for r in roots:
+        if not (r / FOLDS_FILE).is_file():
+            raise FileNotFoundError(f"{r} is not a cross-validation root: no {FOLDS_FILE} (train with --folds K)")
+        k = len(load_folds(r / FOLDS_FILE)["folds"])
+        missing += [str(oof_dir(r / f"fold_{i}", which, tta)) for i in range(k)
+                    if not (oof_dir(r / f"fold_{i}", which, tta) / "oof.json").is_file()]
+    if missing:
+        hint = "" if tta in (None, "", "none") else f" (train --folds K --tta {tta} saves them, also for finished folds)"
+        raise FileNotFoundError(f"{len(missing)} fold(s) have not saved the predictions the ensembles average"
+                                f"{hint}: " + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+
+
 def compare_cv(roots: Sequence[str | Path], out: str | Path, *, which: str = "last", tta: str | None = None,
                data: str | None = None, postprocess: Any = None, device: str = "auto") -> dict[str, Any]:
     """Score every candidate of :func:`candidates` over ``roots`` and rank them; writes ``OUT/compare.json``.
@@ -56,6 +76,7 @@ def compare_cv(roots: Sequence[str | Path], out: str | Path, *, which: str = "la
     paths = [Path(r) for r in roots]
     if len({p.resolve() for p in paths}) != len(paths):
         raise ValueError("a comparison names each cross-validation root once")
+    _check_saved(paths, which, tta)
     names = _names(paths)
     out = Path(out)
     rows = []
