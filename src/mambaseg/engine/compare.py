@@ -52,7 +52,8 @@ def _check_saved(roots: Sequence[Path], which: str, tta: str | None) -> None:
         missing += [str(oof_dir(r / f"fold_{i}", which, tta)) for i in range(k)
                     if not (oof_dir(r / f"fold_{i}", which, tta) / "oof.json").is_file()]
     if missing:
-        hint = "" if tta in (None, "", "none") else f" (train --folds K --tta {tta} saves them, also for finished folds)"
+        hint = ("" if tta in (None, "", "none")
+                else f" (train --folds K --tta {tta} saves them, also for finished folds)")
         raise FileNotFoundError(f"{len(missing)} fold(s) have not saved the predictions the ensembles average"
                                 f"{hint}: " + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
 
