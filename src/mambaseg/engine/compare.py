@@ -43,6 +43,7 @@ def _check_saved(roots: Sequence[Path], which: str, tta: str | None) -> None:
     cannot)."""
     from mambaseg.data.folds import FOLDS_FILE, load_folds
     from mambaseg.engine.crossval import oof_dir
+    from mambaseg.inference.ensemble import tta_mode
 
     missing = []
     for r in roots:
@@ -52,7 +53,7 @@ def _check_saved(roots: Sequence[Path], which: str, tta: str | None) -> None:
         missing += [str(oof_dir(r / f"fold_{i}", which, tta)) for i in range(k)
                     if not (oof_dir(r / f"fold_{i}", which, tta) / "oof.json").is_file()]
     if missing:
-        hint = ("" if tta in (None, "", "none")
+        hint = ("" if tta_mode(tta) == "none"
                 else f" (train --folds K --tta {tta} saves them, also for finished folds)")
         raise FileNotFoundError(f"{len(missing)} fold(s) have not saved the predictions the ensembles average"
                                 f"{hint}: " + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
