@@ -73,6 +73,10 @@ def test_missing_saved_predictions_are_named_before_anything_is_scored(two_roots
     assert not (tmp_path / "tta").exists()
     with pytest.raises(FileNotFoundError, match="not a cross-validation root"):
         compare_cv([a, tmp_path], tmp_path / "x")
+    for bad, match in (({"which": "final"}, "--oof"), ({"tta": "rot90"}, "--tta"),
+                       ({"postprocess": "smooth"}, "smooth")):
+        with pytest.raises(ValueError, match=match):
+            compare_cv([a, b], tmp_path / "bad", **bad)
 
 
 def test_cli_compare(two_roots, tmp_path):

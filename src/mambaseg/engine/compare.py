@@ -72,9 +72,14 @@ def compare_cv(roots: Sequence[str | Path], out: str | Path, *, which: str = "la
         ``compare.json``'s content: the criterion, the candidates ranked best first (members, criterion value,
         pooled and per-case Dice, cases below the threshold, worst case), the best one and the selection caveat.
     """
-    from mambaseg.engine.crossval import evaluate_cv
+    from mambaseg.engine.crossval import OOF_CHECKPOINTS, evaluate_cv
+    from mambaseg.inference.ensemble import flip_dims
     from mambaseg.inference.postprocess import parse_postprocess
 
+    if which not in OOF_CHECKPOINTS:  # the options first, then the files, then the scoring
+        raise ValueError(f"--oof must be one of {OOF_CHECKPOINTS}, got {which!r}")
+    flip_dims(tta)
+    steps = list(parse_postprocess(postprocess))
     paths = [Path(r) for r in roots]
     if len({p.resolve() for p in paths}) != len(paths):
         raise ValueError("a comparison names each cross-validation root once")
@@ -104,7 +109,7 @@ def compare_cv(roots: Sequence[str | Path], out: str | Path, *, which: str = "la
         "what": "out-of-fold scores of each cross-validation, each pair and all of them as probability-averaged "
                 "ensembles, ranked",
         "criterion": criterion, "criterion_described": described, "oof": which, "tta": tta or "none",
-        "postprocess": list(parse_postprocess(postprocess)),
+        "postprocess": steps,
         "ranking": rows, "best": rows[0]["candidate"],
         "selection_note": f"the best of {len(rows)} candidates chosen on the same out-of-fold cases it is scored on: "
                           "its number is optimistic; confirm the choice on a test split or with new seeds",
