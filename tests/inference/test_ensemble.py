@@ -122,10 +122,17 @@ def test_cv_root_expands_to_its_fold_checkpoints_and_mismatches_are_refused(tmp_
         load_ensemble([tmp_path / "cv"], device="cpu")
     (tmp_path / "cv" / "fold_1" / "metrics.json").write_text("{}")
     # nor is a root whose splits_final.json has more folds than are there
-    (tmp_path / "cv" / "splits_final.json").write_text('{"k": 3}')
+    import json
+
+    from mambaseg.data.folds import make_folds
+
+    def fold_file(k):  # a root's splits_final.json with k folds
+        return json.dumps({"k": k, "folds": make_folds([f"c{i}" for i in range(6)], k, seed=0)})
+
+    (tmp_path / "cv" / "splits_final.json").write_text(fold_file(3))
     with pytest.raises(FileNotFoundError, match=r"fold\(s\) \[2\]"):
         load_ensemble([tmp_path / "cv"], device="cpu")
-    (tmp_path / "cv" / "splits_final.json").write_text('{"k": 2}')
+    (tmp_path / "cv" / "splits_final.json").write_text(fold_file(2))
     pred = load_ensemble([tmp_path / "cv"], tta="flip", device="cpu")
     assert [p.split("/")[-3:] for p in pred.info["checkpoint"]] == [["fold_0", "checkpoints", "last.pt"],
                                                                      ["fold_1", "checkpoints", "last.pt"]]

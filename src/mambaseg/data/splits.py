@@ -15,7 +15,7 @@ import numpy as np
 
 from mambaseg.data.files import DatasetError, list_split
 
-__all__ = ["Splits", "resolve_splits", "default_split_file", "read_split_file", "SPLIT_FORMAT"]
+__all__ = ["Splits", "resolve_splits", "default_split_file", "read_split_file", "read_split_ids", "SPLIT_FORMAT"]
 
 SPLIT_FORMAT = "mambaseg-splits/1"
 
@@ -49,7 +49,10 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
         f.write("\n")
 
 
-def _load_split_file(path: Path, train_ids: list[str]) -> dict[str, list[str]]:
+def read_split_ids(path: str | Path) -> dict[str, list[str]]:
+    """The ``{"train", "val"}`` ids of a split file, checked to be lists of ids with none in both, but not against a
+    dataset (:func:`read_split_file` does that too); ``DatasetError`` naming the file."""
+    path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -60,6 +63,12 @@ def _load_split_file(path: Path, train_ids: list[str]) -> dict[str, list[str]]:
     overlap = sorted(set(train) & set(val))
     if overlap:
         raise DatasetError(f"split file {path}: ids in both train and val: {overlap[:5]}")
+    return {"train": train, "val": val}
+
+
+def _load_split_file(path: Path, train_ids: list[str]) -> dict[str, list[str]]:
+    ids = read_split_ids(path)
+    train, val = ids["train"], ids["val"]
     have = set(train_ids)
     listed = set(train) | set(val)
     if listed != have:

@@ -461,11 +461,14 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
 def _split_of(root: Path, record: dict[str, Any], i: int) -> Path:
     """Fold ``i``'s split file for scoring: the one in its run directory when it holds out the fold's cases (a root
     may be read-only), else written from ``splits_final.json``."""
+    from mambaseg.data.files import DatasetError
+    from mambaseg.data.splits import read_split_ids
+
     path = root / f"fold_{i}" / "split.json"
     try:
-        if sorted(json.loads(path.read_text())["val"]) == sorted(record["folds"][i]["val"]):
+        if sorted(read_split_ids(path)["val"]) == sorted(map(str, record["folds"][i]["val"])):
             return path
-    except (OSError, ValueError, KeyError, TypeError):
+    except DatasetError:
         pass
     return fold_split_file(root, record, i)
 

@@ -184,11 +184,12 @@ def _seen_in_training(members: list[Path], split: str, ids: Any) -> dict[str, An
 
 def _split_train_ids(path: Path) -> set[str] | None:
     """The ``train`` ids of a split file, or ``None`` when there is none (or it cannot be read as one)."""
-    import json
+    from mambaseg.data.files import DatasetError
+    from mambaseg.data.splits import read_split_ids
 
     try:
-        return {str(i) for i in json.loads(path.read_text())["train"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        return set(read_split_ids(path)["train"])
+    except DatasetError:
         return None
 
 

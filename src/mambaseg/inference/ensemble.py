@@ -227,16 +227,15 @@ def expand_checkpoints(paths: Sequence[str | Path], *, which: str = "last") -> l
 
 
 def _missing_folds(root: Path, present: set[int]) -> list[int]:
-    """Fold indices of ``root`` without a checkpoint: 0..k-1 by its ``splits_final.json`` (every fold folder when
-    the file is absent or unreadable), minus ``present``."""
-    import json
+    """Fold indices of ``root`` without a checkpoint: 0..k-1 by its ``splits_final.json`` (:func:`load_folds`;
+    every fold folder when the file is absent or not a valid fold file), minus ``present``."""
+    from mambaseg.data.files import DatasetError
+    from mambaseg.data.folds import FOLDS_FILE, load_folds
 
-    k = None
     try:
-        k = int(json.loads((root / "splits_final.json").read_text())["k"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    expected = set(range(k)) if k else {_fold_index(d) for d in root.glob("fold_*") if d.is_dir()}
+        expected = set(range(len(load_folds(root / FOLDS_FILE)["folds"])))
+    except DatasetError:
+        expected = {_fold_index(d) for d in root.glob("fold_*") if d.is_dir()}
     return sorted(expected - present)
 
 
