@@ -53,7 +53,7 @@ from mambaseg.data.folds import (
 )
 from mambaseg.data.layouts import case_pool, dataset_folds, detect_layout
 from mambaseg.inference.ensemble import flip_dims, tta_mode
-from mambaseg.utils.files import atomic_path, atomic_write_json, atomic_write_npz
+from mambaseg.utils.files import atomic_write_json, atomic_write_npz
 
 __all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "evaluate_cv", "fold_complete", "fold_config", "oof_dir",
            "predict_oof", "resolve_cv_folds", "train_folds"]
@@ -225,14 +225,10 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
     Writes ``masks/<id>.png`` (label-map pixel values), ``probabilities/<id>.npz`` (float16) and ``oof.json`` (ids,
     checkpoint, epoch, tta, resolution, input channels) to :func:`oof_dir` and returns that folder.
     """
-    from PIL import Image
-
     from mambaseg.checkpoint import load_checkpoint
     from mambaseg.configs import config_from_dict
     from mambaseg.data.splits import read_split_file
     from mambaseg.inference.ensemble import load_ensemble
-    from mambaseg.inference.volume import probabilities_of
-    from mambaseg.metrics import labels_from_logits
 
     if which not in OOF_CHECKPOINTS:
         raise ValueError(f"which must be one of {OOF_CHECKPOINTS}, got {which!r}")
@@ -274,11 +270,7 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
         chunk = cases[start:start + batch_size]
         logits = predictor.predict_logits([img for _, img, _ in chunk])
         for (case, _, _), lg in zip(chunk, logits):
-            labels = labels_from_logits(lg[None], predictor.threshold)[0].numpy()
-            with atomic_path(out / "masks" / f"{case}.png") as tmp:
-                Image.fromarray(predictor.to_pixel_values(labels)).save(tmp, format="PNG")
-            prob = probabilities_of(lg).astype(np.float16)
-            atomic_write_npz(out / "probabilities" / f"{case}.npz", probabilities=prob)
+            predictor.write_mask(lg, out / "masks" / f"{case}.png", out / "probabilities" / f"{case}.npz")
     atomic_write_json(out / "oof.json", {
         "checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "which": which, "rule": SELECTION_RULES[which],
         "tta": tta or "none", "ids": list(ids), "data": path, "layout": layout, "in_chans": in_chans,

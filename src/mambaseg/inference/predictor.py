@@ -228,6 +228,23 @@ class Predictor:
         """(C, H, W) logits -> the post-processed mask by the one labels rule."""
         return postprocess_labels(self._labels(logits[None])[0].numpy(), self.postprocess)
 
+    def write_mask(self, logits: torch.Tensor, mask_path: str | Path,
+                   probabilities_path: str | Path | None = None) -> np.ndarray:
+        """Write the mask of one image's (C, H, W) logits as a PNG of label-map values and, with
+        ``probabilities_path``, its probabilities as a float16 ``.npz`` (``probabilities``: (1, H, W) foreground
+        probability or (C, H, W) softmax); both atomically. Returns the mask (class indices)."""
+        from PIL import Image
+
+        from mambaseg.inference.volume import probabilities_of
+        from mambaseg.utils.files import atomic_path, atomic_write_npz
+
+        mask = self._mask(logits)
+        with atomic_path(mask_path) as tmp:
+            Image.fromarray(self.to_pixel_values(mask)).save(tmp, format="PNG")
+        if probabilities_path is not None:
+            atomic_write_npz(probabilities_path, probabilities=probabilities_of(logits).astype(np.float16))
+        return mask
+
     def predict(self, image: ImageInput) -> np.ndarray:
         """Mask (H, W) int64 of class indices (0/1 for binary) at the input's original size.
 
@@ -281,8 +298,7 @@ class Predictor:
         """
         from PIL import Image
 
-        from mambaseg.inference.volume import probabilities_of
-        from mambaseg.utils.files import atomic_path, atomic_write_npz
+        from mambaseg.utils.files import atomic_path
 
         _check_batch_size(batch_size)
         files = list_images(input_path)
@@ -302,15 +318,10 @@ class Predictor:
             chunk = files[i : i + batch_size]
             arrays = [self.read(f) for f in chunk]
             logits = self.predict_logits(arrays)
-            masks = [self._mask(lg) for lg in logits]
-            for name, pf, a, m, lg in zip(names[i : i + batch_size], prob_files[i : i + batch_size], arrays, masks,
-                                          logits):
+            for name, pf, a, lg in zip(names[i : i + batch_size], prob_files[i : i + batch_size], arrays, logits):
                 mp = out / "masks" / name
-                with atomic_path(mp) as tmp:
-                    Image.fromarray(self.to_pixel_values(m)).save(tmp, format="PNG")
+                m = self.write_mask(lg, mp, pf if save_probabilities else None)
                 written.append(mp)
-                if save_probabilities:
-                    atomic_write_npz(pf, probabilities=probabilities_of(lg).astype(np.float16))
                 if overlays:
                     with atomic_path(out / "overlays" / name) as tmp:
                         Image.fromarray(overlay_mask(a, m)).save(tmp, format="PNG")

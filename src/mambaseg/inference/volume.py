@@ -408,8 +408,9 @@ def predict_volume_file(
     if save_probabilities:
         labels, probs = predict_volume_probabilities(model, vol, image_size=image_size, normalization=normalization,
                                                      batch_size=batch_size, device=device)
-        probabilities_path(target).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_npz(probabilities_path(target), probabilities=probs, shape=np.asarray(vol.label_shape))
+        prob_file = probabilities_path(target)
+        prob_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_npz(prob_file, probabilities=probs, shape=np.asarray(vol.label_shape))
     else:
         labels = predict_volume(model, vol, image_size=image_size, normalization=normalization,
                                 batch_size=batch_size, device=device)
