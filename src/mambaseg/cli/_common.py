@@ -43,6 +43,11 @@ def warnings_as_lines() -> Iterator[None]:
                 err_console.print(f"warning: {w.message}", style="yellow", highlight=False, markup=False)
 
 
+#: help of ``--fold-checkpoint`` (predict, evaluate): which checkpoint of each fold a cross-validation root names
+FOLD_CHECKPOINT_HELP = ("The checkpoint of each fold a cross-validation root stands for: last (final weights, what "
+                        "evaluate --cv scores) or best (chosen on the fold's own held-out cases).")
+
+
 #: most lines of one error message the CLI prints; the rest is counted
 MAX_ERROR_LINES = 40
 

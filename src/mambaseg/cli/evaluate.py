@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from mambaseg.cli._common import CLIError, console, handle_errors, warnings_as_lines
+from mambaseg.cli._common import FOLD_CHECKPOINT_HELP, CLIError, console, handle_errors, warnings_as_lines
 from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
@@ -37,9 +37,7 @@ def evaluate(
     postprocess: str = typer.Option("none", "--postprocess", help="Post-process each predicted mask (whole volume) "
                                     "before the metrics: none, or a comma-separated list of largest_component and "
                                     "fill_holes; choosing it by the result selects on the scored cases."),
-    fold_checkpoint: str = typer.Option("last", "--fold-checkpoint", help="The checkpoint of each fold a "
-                                        "cross-validation root stands for: last (final weights, what evaluate --cv "
-                                        "scores) or best (chosen on the fold's own held-out cases)."),
+    fold_checkpoint: str = typer.Option("last", "--fold-checkpoint", help=FOLD_CHECKPOINT_HELP),
     threads: str = typer.Option("auto", "--threads", help=THREADS_HELP),
 ) -> None:
     """Evaluate a checkpoint (pooled and per-case Dice/IoU/Acc/Sen/Spe; the run's evaluator for other tasks), an

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mambaseg.cli._common import CLIError, console, handle_errors
+from mambaseg.cli._common import FOLD_CHECKPOINT_HELP, CLIError, console, handle_errors
 from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
@@ -29,9 +29,7 @@ def predict(
     postprocess: str = typer.Option("none", "--postprocess", help="Post-processing of each mask / whole volume: "
                                     "none, or a comma-separated list of largest_component (keep each class's "
                                     "largest connected component) and fill_holes."),
-    fold_checkpoint: str = typer.Option("last", "--fold-checkpoint", help="The checkpoint of each fold a "
-                                        "cross-validation root stands for: last (final weights, what evaluate --cv "
-                                        "scores) or best (chosen on the fold's own held-out cases)."),
+    fold_checkpoint: str = typer.Option("last", "--fold-checkpoint", help=FOLD_CHECKPOINT_HELP),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write each prediction's "
                                             "probabilities, float16 .npz: OUT/probabilities/<name>.npz (images, at "
                                             "their size), OUT/probabilities/<id>.npz (volumes, at the network size)."),
