@@ -116,7 +116,7 @@ def evaluate_checkpoint(
     ectx = EvalContext(device=dev, amp_dtype=amp_dtype, batch_size=batch_size or cfg.train.val_batch_size,
                        num_workers=resolve_workers(cfg.data.num_workers, dev), loss_fn=loss_fn, postprocess=steps)
     ds = task.datasets[split]
-    seen = _seen_in_training(members, split, getattr(ds, "ids", None))
+    seen = _seen_in_training(members, split, getattr(ds, "ids", None), first_config=ckpt.get("config"))
     if seen["cases"]:
         warnings.warn(f"{seen['cases']} of the {seen['of']} {split} case(s) were training cases of "
                       f"{seen['checkpoints']} of the {len(members)} checkpoint(s) evaluated (by case id): these "
@@ -153,13 +153,14 @@ def _table_title(split: str, members: list[Path], mode: str, epoch: Any) -> str:
     return f"{split} metrics of {what}" + ("" if mode == "none" else f", {mode} TTA")
 
 
-def _seen_in_training(members: list[Path], split: str, ids: Any) -> dict[str, Any]:
+def _seen_in_training(members: list[Path], split: str, ids: Any, first_config: Any = None) -> dict[str, Any]:
     """How many cases of the evaluated ``split`` (its ``ids``) some checkpoint of ``members`` trained on.
 
     A checkpoint's training cases are the ``train`` ids of its run's split file (a cross-validation fold's
     ``split.json``, or the ``data.split_file`` of its config) when it has one; otherwise it trained on the whole
     splits named in its ``data.train_splits``. A fold ensemble evaluated on the dataset's ``val`` split (each fold's
-    config opens its own held-out cases as ``val``) is the usual way to get ``cases > 0``.
+    config opens its own held-out cases as ``val``) is the usual way to get ``cases > 0``. ``first_config``: the
+    config of ``members[0]``, whose checkpoint the caller has read already.
     """
     ids = [str(i) for i in ids] if ids is not None else []
     seen: set[str] = set()
@@ -168,7 +169,9 @@ def _seen_in_training(members: list[Path], split: str, ids: Any) -> dict[str, An
         trained = _split_train_ids(Path(m).parent.parent / "split.json")  # a fold: no checkpoint to read
         data: dict[str, Any] = {}
         if trained is None:
-            data = (load_checkpoint(m, map_location="cpu").get("config") or {}).get("data") or {}
+            config = first_config if m == members[0] and first_config is not None else \
+                load_checkpoint(m, map_location="cpu").get("config")  # the first one is loaded already
+            data = (config or {}).get("data") or {}
             if data.get("split_file"):
                 trained = _split_train_ids(Path(str(data["split_file"])))
         if trained is not None:
