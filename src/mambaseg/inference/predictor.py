@@ -255,10 +255,10 @@ class Predictor:
 
     def predict_proba(self, image: ImageInput) -> np.ndarray:
         """Probabilities at the original size: (H, W) foreground probability (binary) or (C, H, W) softmax."""
-        lg = self.predict_logits([image])[0]
-        if lg.shape[0] == 1:
-            return torch.sigmoid(lg[0]).numpy()
-        return torch.softmax(lg, dim=0).numpy()
+        from mambaseg.inference.volume import probabilities_of
+
+        p = probabilities_of(self.predict_logits([image])[0])
+        return p[0] if p.shape[0] == 1 else p
 
     def to_pixel_values(self, mask: np.ndarray) -> np.ndarray:
         """Class indices -> the label map's pixel values (binary: 0/255), as uint8 (or uint16 if needed)."""
