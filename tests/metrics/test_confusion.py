@@ -191,3 +191,17 @@ def test_labels_from_logits_and_probabilities():
         labels_from_logits(z, threshold=1.0)
     with pytest.raises(ValueError, match=r"\(B, C"):
         labels_from_logits(torch.zeros(2, 2))
+
+
+def test_probabilities_from_logits_against_float64_and_the_labels_rule():
+    from mambaseg.metrics import labels_from_logits, labels_from_probabilities, probabilities_from_logits
+
+    g = torch.Generator().manual_seed(0)
+    for c in (1, 4):
+        z = torch.randn(2, c, 5, 6, generator=g, dtype=torch.float64) * 4
+        want = 1 / (1 + torch.exp(-z)) if c == 1 else torch.exp(z) / torch.exp(z).sum(1, keepdim=True)
+        got = probabilities_from_logits(z.float())
+        assert got.dtype == torch.float32 and torch.allclose(got.double(), want, atol=1e-6)
+        assert torch.equal(labels_from_probabilities(got), labels_from_logits(z))
+    with pytest.raises(ValueError, match="logits must be"):
+        probabilities_from_logits(torch.zeros(3, 4))

@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mambaseg.inference.postprocess import parse_postprocess
+from mambaseg.metrics import probabilities_from_logits
 
 __all__ = ["FOLD_CHECKPOINTS", "TTA_MODES", "ProbabilityEnsemble", "Renormalize", "Resize", "ensemble_input_size",
            "ensemble_of_checkpoints", "expand_checkpoints", "flip_dims", "load_ensemble", "tta_mode"]
@@ -167,7 +168,7 @@ class ProbabilityEnsemble(nn.Module):
                     logits = torch.flip(logits, dims)
                 if logits.shape[-2:] != x.shape[-2:]:
                     logits = F.interpolate(logits, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
-                p = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+                p = probabilities_from_logits(logits)
                 total = p if total is None else total + p
                 n += 1
         assert total is not None

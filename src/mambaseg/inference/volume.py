@@ -29,7 +29,7 @@ from mambaseg.data.files import VOLUME_SUFFIXES, is_volume_path, volume_id, volu
 from mambaseg.data.normalization import Normalization
 from mambaseg.data.volumetric import Volume, zoom_image, zoom_labels
 from mambaseg.inference.postprocess import postprocess_labels
-from mambaseg.metrics import labels_from_logits
+from mambaseg.metrics import labels_from_logits, probabilities_from_logits
 from mambaseg.runtime import autocast_for
 from mambaseg.utils.files import atomic_write_npz
 
@@ -348,9 +348,7 @@ def predict_volume(
 def probabilities_of(logits: torch.Tensor) -> np.ndarray:
     """(C, H, W) logits -> probabilities as numpy: (1, H, W) sigmoid for one channel, else softmax over C (the form
     saved by ``predict --save-probabilities`` and a cross-validation's out-of-fold files)."""
-    lg = logits.float()
-    p = torch.sigmoid(lg) if lg.shape[0] == 1 else torch.softmax(lg, dim=0)
-    return p.cpu().numpy()
+    return probabilities_from_logits(logits[None])[0].cpu().numpy()
 
 
 def predict_volume_probabilities(model: nn.Module, volume: Volume, *, image_size: int | Sequence[int] = 224,

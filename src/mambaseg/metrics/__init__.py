@@ -12,7 +12,12 @@ Example:
 
 from __future__ import annotations
 
-from mambaseg.metrics.binary import binary_scores, labels_from_logits, labels_from_probabilities
+from mambaseg.metrics.binary import (
+    binary_scores,
+    labels_from_logits,
+    labels_from_probabilities,
+    probabilities_from_logits,
+)
 from mambaseg.metrics.confusion import (
     METRIC_NAMES,
     MetricAccumulator,
@@ -37,6 +42,7 @@ __all__ = [
     "json_safe",
     "labels_from_logits",
     "labels_from_probabilities",
+    "probabilities_from_logits",
     "reduce_stats",
     "scores_from_stats",
     "surface_distances",

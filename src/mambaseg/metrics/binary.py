@@ -13,7 +13,7 @@ import torch
 
 from mambaseg.metrics.confusion import confusion_stats, reduce_stats
 
-__all__ = ["labels_from_logits", "labels_from_probabilities", "binary_scores"]
+__all__ = ["labels_from_logits", "labels_from_probabilities", "probabilities_from_logits", "binary_scores"]
 
 
 def _check_threshold(threshold: float) -> float:
@@ -39,6 +39,15 @@ def labels_from_logits(logits: torch.Tensor, threshold: float = 0.5) -> torch.Te
         t = _check_threshold(threshold)
         return (logits[:, 0] >= math.log(t / (1.0 - t))).long()
     return logits.argmax(dim=1)
+
+
+def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities from logits (B, C, *spatial): the sigmoid for C == 1, else the softmax over C (float32), the
+    outputs :func:`labels_from_probabilities` turns into the labels :func:`labels_from_logits` gives."""
+    if logits.dim() < 3:
+        raise ValueError(f"logits must be (B, C, *spatial), got shape {tuple(logits.shape)}")
+    z = logits.float()
+    return torch.sigmoid(z) if z.shape[1] == 1 else torch.softmax(z, dim=1)
 
 
 def labels_from_probabilities(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
