@@ -346,3 +346,48 @@ def test_a_plain_run_is_in_sample_on_the_splits_it_trained_on(tiny_model, cv_dat
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert evaluate_checkpoint(ckpt, split="val", device="cpu")["seen_in_training"]["cases"] == 0
+
+
+def test_folds_trained_on_a_cache_are_scored_against_the_original_masks(tiny_model, cv_data, tmp_path):
+    """Folds trained on a network-size npz cache (the GPU path) scored with --data the folder it was built from:
+    each case's saved probabilities resized (bilinear) to its original mask, then the one 0.5 rule; single root
+    and ensemble. Before, the folder was opened as an npz file (IsADirectoryError)."""
+    import torch
+    import torch.nn.functional as F
+
+    from mambaseg.data.layouts import write_cache
+
+    cache, _ = write_cache(cv_data, (16, 16), tmp_path / "c16.npz")
+    roots = [tmp_path / "s0", tmp_path / "s1"]
+    for seed, root in enumerate(roots):
+        train_folds(tiny_config(cache, root, **{"train.epochs": 1, "train.seed": seed}), folds=2, fold="all")
+    rec = json.loads((roots[0] / "splits_final.json").read_text())
+
+    def by_hand(members):
+        tp = fp = fn = 0
+        for i, fold in enumerate(rec["folds"]):
+            for case in fold["val"]:
+                p = np.mean([np.load(r / f"fold_{i}" / "oof" / "last" / "probabilities" / f"{case}.npz")
+                             ["probabilities"].astype(np.float64) for r in members], axis=0)
+                assert p.shape[-2:] == (16, 16)
+                split = "val" if case.startswith("v_") else "train"
+                gt = np.asarray(Image.open(cv_data / split / "masks" / f"{case}.png")) > 127
+                assert gt.shape == (32, 32)
+                up = F.interpolate(torch.from_numpy(p)[None], size=gt.shape, mode="bilinear", align_corners=False)
+                pred = up[0, 0].numpy() >= 0.5
+                tp += int((pred & gt).sum()); fp += int((pred & ~gt).sum()); fn += int((~pred & gt).sum())
+        return 2 * tp / (2 * tp + fp + fn)
+
+    at_cache = evaluate_cv(roots[0], out=tmp_path / "cache")
+    single = evaluate_cv(roots[0], data=str(cv_data), out=tmp_path / "orig")
+    assert single["layout"] == "folder2d" and single["resolution"] == "original image size"
+    assert single["n_cases"] == at_cache["n_cases"] == 12
+    assert single["dice"] == pytest.approx(by_hand(roots[:1]), abs=1e-6)
+    ens = evaluate_cv(roots, data=str(cv_data), out=tmp_path / "ens")
+    assert ens["dice"] == pytest.approx(by_hand(roots), abs=1e-6)
+    with pytest.raises(FileNotFoundError, match="--data"):
+        evaluate_cv(roots[0], data=str(tmp_path / "nowhere"), out=tmp_path / "x")
+    shutil.rmtree(roots[0] / "fold_1" / "oof" / "last" / "probabilities")
+    with pytest.raises(FileNotFoundError, match="probabilities"):
+        evaluate_cv(roots[0], data=str(cv_data), out=tmp_path / "x")
+    assert evaluate_cv(roots[0], out=tmp_path / "cache2")["dice"] == at_cache["dice"]  # at the cache's size: masks

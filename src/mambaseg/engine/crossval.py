@@ -297,6 +297,30 @@ def _volume_oof(predictor: Any, vol: Any, batch_size: int = 4) -> tuple[np.ndarr
                                         device=predictor.device, amp_dtype=predictor.amp_dtype)
 
 
+def resize_probabilities(prob: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """A 2-D case's probabilities (C, h, w) resized to ``size`` (H, W), bilinear, as the predictor resizes logits
+    back to an image's own size: folds trained on a cache (network size), scored against the original masks."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None]
+    return F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[0].numpy()
+
+
+def _labels_at_truth_size(path: Path, size: Sequence[int]) -> np.ndarray:
+    """The labels of a fold's saved out-of-fold probabilities (``path``) at a ground truth's ``size``."""
+    import torch
+
+    from mambaseg.metrics import labels_from_probabilities
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the fold's saved mask has another size than the ground truth "
+                                f"{tuple(size)}, and scoring it at that size needs the saved probabilities")
+    with np.load(path, allow_pickle=False) as z:
+        prob = resize_probabilities(z["probabilities"].astype(np.float32), size)
+    return labels_from_probabilities(torch.from_numpy(prob)[None])[0].numpy()
+
+
 def mean_probabilities(members: dict[Any, np.ndarray], volumetric: bool) -> np.ndarray:
     """The mean of one case's saved probabilities over an ensemble's members (keyed by their file, for messages).
 
@@ -374,7 +398,10 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
     Args:
         root: cross-validation root (holds ``splits_final.json`` and ``fold_*/``), or a list of them (ensemble).
         which: ``last`` or ``best`` checkpoint's predictions (see :data:`SELECTION_RULES`).
-        data: the dataset (default: the one recorded in ``splits_final.json``).
+        data: the dataset (default: the one recorded in ``splits_final.json``), read by its own layout: e.g. the
+            image folder a cache the folds trained on was built from. 2-D predictions saved at another size than
+            a ground truth (the cache's) are scored at the ground truth's: their saved probabilities resized
+            bilinearly, then the one 0.5/argmax rule.
         out: where to write ``cv_metrics.json`` (default ``root``).
         tta: ``flip``: score the mirroring-TTA predictions, read from ``oof/<which>_tta_flip`` where a fold saved
             them (``train --folds K --tta flip``), else made now from the fold's checkpoint (in memory);
@@ -439,6 +466,8 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
                         pred = z["labels"].astype(np.int64)
                 else:
                     pred = mask_to_labels(read_mask(mp), binary=cfg.data.binary, label_values=label_values, path=mp)
+                    if pred.shape != gt.shape:  # predicted at the cached size, scored at the truth's
+                        pred = _labels_at_truth_size(oof.parent / "probabilities" / f"{case}.npz", gt.shape)
                 yield case, pred, gt, i, own
 
     summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
@@ -522,7 +551,11 @@ def _cv_record(root: Path, data: str | None) -> tuple[dict, str, str]:
     if not (root / FOLDS_FILE).is_file():
         raise FileNotFoundError(f"{root} is not a cross-validation root: no {FOLDS_FILE} (train with --folds K)")
     record = load_folds(root / FOLDS_FILE)
-    path = str(data or record.get("data") or "")
+    if data:  # another copy or form of the cases (e.g. the folder a cache was built from): its own layout
+        if not Path(data).exists():
+            raise FileNotFoundError(f"--data {str(data)!r} does not exist (the dataset to score {root} against)")
+        return record, str(data), detect_layout(str(data))
+    path = str(record.get("data") or "")
     if not path or not Path(path).exists():
         raise FileNotFoundError(f"the dataset {path!r} of {root / FOLDS_FILE} does not exist; pass --data PATH")
     return record, path, record.get("layout") or detect_layout(path)
@@ -567,6 +600,8 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
                 if volumetric:
                     pred = volume_labels_from_probabilities(mean, gt.shape[1:])
                 else:
+                    if mean.shape[-2:] != gt.shape:  # predicted at the cached size, scored at the truth's
+                        mean = resize_probabilities(mean, gt.shape)
                     pred = labels_from_probabilities(torch.from_numpy(mean)[None])[0].numpy()  # members' 0.5
                 yield case, pred, gt, i, own
 
