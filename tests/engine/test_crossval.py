@@ -391,3 +391,35 @@ def test_folds_trained_on_a_cache_are_scored_against_the_original_masks(tiny_mod
     with pytest.raises(FileNotFoundError, match="probabilities"):
         evaluate_cv(roots[0], data=str(cv_data), out=tmp_path / "x")
     assert evaluate_cv(roots[0], out=tmp_path / "cache2")["dice"] == at_cache["dice"]  # at the cache's size: masks
+
+
+def test_a_cache_trained_checkpoint_evaluates_and_predicts_on_the_folder_it_was_built_from(tiny_model, cv_data,
+                                                                                             tmp_path):
+    """The same cases in two forms give the same numbers: a fold trained on an npz cache at the images' own size
+    (32x32, so no resizing anywhere) evaluated and predicted with data= the image folder equals the same on the
+    cache. Before, the folder was opened with the checkpoint's recorded layout (npz2d): IsADirectoryError."""
+    from mambaseg.data.layouts import layout_of, write_cache
+    from mambaseg.engine import DataTaskError, evaluate_checkpoint
+    from mambaseg.engine.crossval import predict_oof
+
+    cache, _ = write_cache(cv_data, (32, 32), tmp_path / "c32.npz")
+    assert layout_of(cache, "npz2d") == "npz2d" and layout_of(cv_data, "npz2d") == "folder2d"
+    assert layout_of(cv_data, None) == "folder2d" and layout_of(cv_data, "no_such_layout") == "folder2d"
+    with pytest.raises(DataTaskError, match="cannot recognise"):
+        layout_of(tmp_path, "npz2d")
+    root = tmp_path / "cv"
+    train_folds(tiny_config(cache, root, **{"train.epochs": 1}), folds=2, fold=0)
+    ckpt = root / "fold_0" / "checkpoints" / "last.pt"
+    on_cache = evaluate_checkpoint(ckpt, data=str(cache), device="cpu")
+    on_folder = evaluate_checkpoint(ckpt, data=str(cv_data), device="cpu")
+    assert on_folder["data"] == str(cv_data) and on_cache["data"] == str(cache)
+    for key in ("dice", "iou", "per_case_dice"):
+        assert on_folder[key] == pytest.approx(on_cache[key], abs=1e-6), key
+    saved = root / "fold_0" / "oof" / "last"
+    from_cache = {p.name: np.asarray(Image.open(p)) for p in (saved / "masks").glob("*.png")}
+    assert len(from_cache) == 6
+    assert predict_oof(root / "fold_0", "last", data=str(cv_data), device="cpu") == saved
+    from_folder = {p.name: np.asarray(Image.open(p)) for p in (saved / "masks").glob("*.png")}
+    assert from_folder.keys() == from_cache.keys()
+    for name, mask in from_cache.items():
+        assert np.array_equal(from_folder[name], mask), name

@@ -59,6 +59,7 @@ __all__ = [
     "dataset_family",
     "dataset_folds",
     "detect_layout",
+    "layout_of",
     "list_layouts",
     "open_task",
     "register_layout",
@@ -172,6 +173,24 @@ def detect_layout(path: str | Path) -> str:
             continue
     expected = "; ".join(f"{n}: {table[n].description}" for n in list_layouts())
     raise DataTaskError(f"cannot recognise the dataset layout of {str(p)!r}; expected one of — {expected}")
+
+
+def layout_of(path: str | Path, recorded: str | None = None) -> str:
+    """The layout to open ``path`` with when a run recorded ``recorded`` for its own data: that layout if it accepts
+    ``path`` (the same data, or another copy of it), else the detected one (another form of the cases, e.g. the
+    image folder a cache was built from).
+
+    Raises:
+        DataTaskError: neither accepts ``path`` (the message lists what each layout expects).
+    """
+    table = _table()
+    if recorded in table:
+        try:
+            if table[recorded].detect(Path(path)):
+                return recorded
+        except OSError:
+            pass
+    return detect_layout(path)
 
 
 def open_task(

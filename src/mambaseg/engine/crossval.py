@@ -51,7 +51,7 @@ from mambaseg.data.folds import (
     pool_groups,
     resolve_folds,
 )
-from mambaseg.data.layouts import case_pool, dataset_folds, detect_layout
+from mambaseg.data.layouts import case_pool, dataset_folds, detect_layout, layout_of
 from mambaseg.inference.ensemble import flip_dims, tta_mode
 from mambaseg.utils.files import atomic_write_json, atomic_write_npz
 
@@ -251,7 +251,8 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
     split = Path(cfg.data.split_file)
     if not split.is_file():
         split = run_dir / "split.json"
-    layout = (ckpt.get("task") or {}).get("layout") or detect_layout(path)
+    recorded = (ckpt.get("task") or {}).get("layout")
+    layout = layout_of(path, recorded) if data else recorded or detect_layout(path)
     pool = case_pool(path, layout)
     ids = read_split_file(split, pool)["val"]
     in_chans = int((ckpt.get("task") or {}).get("in_chans") or 3)
@@ -554,7 +555,7 @@ def _cv_record(root: Path, data: str | None) -> tuple[dict, str, str]:
     if data:  # another copy or form of the cases (e.g. the folder a cache was built from): its own layout
         if not Path(data).exists():
             raise FileNotFoundError(f"--data {str(data)!r} does not exist (the dataset to score {root} against)")
-        return record, str(data), detect_layout(str(data))
+        return record, str(data), layout_of(str(data), record.get("layout"))
     path = str(record.get("data") or "")
     if not path or not Path(path).exists():
         raise FileNotFoundError(f"the dataset {path!r} of {root / FOLDS_FILE} does not exist; pass --data PATH")

@@ -13,7 +13,7 @@ from typing import Any
 
 from mambaseg.checkpoint import CheckpointError, build_model, load_checkpoint
 from mambaseg.configs import RunConfig, config_from_dict
-from mambaseg.data.layouts import open_task
+from mambaseg.data.layouts import layout_of, open_task
 from mambaseg.data.task import DataTask, image_size_of
 from mambaseg.engine.evaluator import EvalContext, evaluator_for
 from mambaseg.runtime import resolve_amp, resolve_device, resolve_workers, scan_backend
@@ -93,6 +93,8 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     norm = Normalization.from_dict(ckpt["normalization"]) if ckpt.get("normalization") else None
     layout = (ckpt.get("task") or {}).get("layout")
+    if data is not None:  # another copy or form of the cases (e.g. the folder a cache was built from)
+        layout = layout_of(data, layout)
     try:
         model = build_model(ckpt)
     except CheckpointError as e:
