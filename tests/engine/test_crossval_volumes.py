@@ -60,6 +60,23 @@ def make_acdc_cv(root, *, train_patients=(3, 4, 5), val_patients=(7, 8), depth=4
     return root
 
 
+def _truths_of(acdc_root) -> dict[str, np.ndarray]:
+    """Every case's (D, H, W) labels read here from the ACDC tree (volumes, or training slices stacked)."""
+    truth = {}
+    for c in case_pool(acdc_root, "acdc"):
+        f = acdc_root / "data" / f"{c}.h5"
+        if f.is_file():
+            with h5py.File(f) as h:
+                truth[c] = h["label"][()]
+            continue
+        zs = []
+        for z in range(1, 5):
+            with h5py.File(acdc_root / "data" / "slices" / f"{c}_slice_{z}.h5") as h:
+                zs.append(h["label"][()])
+        truth[c] = np.stack(zs)
+    return truth
+
+
 @pytest.fixture(scope="module")
 def acdc_cv(tmp_path_factory):
     return make_acdc_cv(tmp_path_factory.mktemp("acdccv") / "acdc")
@@ -172,18 +189,7 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
     assert res["n_cases"] == 10 and "volume" in res["unit"] and res["conventions"]["units"] == "voxels"
     assert res["pooled"]["classes"] == ["background", "RV", "Myo", "LV"]
     # per_case_dice, recomputed from the saved label volumes and the ground truth read here
-    truth = {}
-    for c in case_pool(acdc_cv, "acdc"):
-        f = acdc_cv / "data" / f"{c}.h5"
-        if f.is_file():
-            with h5py.File(f) as h:
-                truth[c] = h["label"][()]
-        else:
-            zs = []
-            for z in range(1, 5):
-                with h5py.File(acdc_cv / "data" / "slices" / f"{c}_slice_{z}.h5") as h:
-                    zs.append(h["label"][()])
-            truth[c] = np.stack(zs)
+    truth = _truths_of(acdc_cv)
     per_class = {k: [] for k in (1, 2, 3)}
     for r in res["cases"]:
         pred = np.load(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")["labels"]
@@ -389,3 +395,36 @@ def test_an_nnunet_folder_with_its_own_folds_is_cross_validated_on_them(tmp_path
     (data / "splits_final.json").write_text(json.dumps([{"train": cases[1:], "val": cases[:1]}] * 2))
     with pytest.raises(DatasetError, match="exactly once"):
         resolve_cv_folds(_volume_cfg(data, tmp_path / "cv4"), 2)
+
+
+def test_folds_trained_on_a_volcache_are_scored_against_the_source_volumes(tiny_model, acdc_cv, tmp_path):
+    """--data the ACDC tree a volcache was built from: every held-out volume is scored at its source size, its saved
+    (C, D, h, w) probabilities labelled per slice and zoomed (as an ensemble of volumes is). On the cache, the
+    volumes rebuilt from training slices are at the cached size (32x32), so the saved labels did not fit."""
+    from mambaseg.engine.crossval import volume_labels_from_probabilities
+
+    cache = write_volcache(
+        tmp_path / "c.npz", name="acdc", label_names=ACDC_LABELS, num_classes=4, image_size=(32, 32),
+        train=acdc_slices(acdc_cv, image_size=32, augment=False, normalization=None),
+        eval_splits={"val": acdc_volumes(acdc_cv, "val")})
+    root = tmp_path / "cv"
+    train_folds(_volume_cfg(cache, root), folds=5, fold="all")
+    on_cache = evaluate_cv(root, out=tmp_path / "on_cache")
+    res = evaluate_cv(root, data=str(acdc_cv), out=tmp_path / "orig")
+    assert res["layout"] == "acdc" and res["n_cases"] == on_cache["n_cases"] == 10
+    truth = _truths_of(acdc_cv)
+    per_class = {k: [] for k in (1, 2, 3)}
+    resized = 0
+    for r in res["cases"]:
+        oof = root / f"fold_{r['fold']}" / "oof" / "last"
+        pred = np.load(oof / "masks" / f"{r['id']}.npz")["labels"]
+        if pred.shape != truth[r["id"]].shape:  # rebuilt from cached slices: 32x32, not the source's 20x18
+            assert pred.shape == (4, 32, 32)
+            resized += 1
+            probs = np.load(oof / "probabilities" / f"{r['id']}.npz")["probabilities"].astype(np.float32)
+            pred = volume_labels_from_probabilities(probs, SHAPE)
+        for k in per_class:
+            p, g = pred == k, truth[r["id"]] == k
+            per_class[k].append(2 * (p & g).sum() / (p.sum() + g.sum()))
+    assert resized == 6  # the training patients' 6 phases; the 4 val volumes were cached at their own size
+    assert res["per_case_dice"] == pytest.approx(np.mean([np.mean(v) for v in per_class.values()]), abs=1e-6)

@@ -308,17 +308,22 @@ def resize_probabilities(prob: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[0].numpy()
 
 
-def _labels_at_truth_size(path: Path, size: Sequence[int]) -> np.ndarray:
-    """The labels of a fold's saved out-of-fold probabilities (``path``) at a ground truth's ``size``."""
+def _labels_at_truth_size(path: Path, shape: Sequence[int], volumetric: bool) -> np.ndarray:
+    """The labels of a fold's saved out-of-fold probabilities (``path``) at a ground truth's ``shape``: a 2-D case's
+    (C, h, w) resized bilinearly, then the one labelling rule; a volume's (C, D, h, w) labelled per slice and zoomed
+    (:func:`volume_labels_from_probabilities`, as an ensemble of volumes is)."""
     import torch
 
     from mambaseg.metrics import labels_from_probabilities
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the fold's saved mask has another size than the ground truth "
-                                f"{tuple(size)}, and scoring it at that size needs the saved probabilities")
+        raise FileNotFoundError(f"{path} is missing: the fold's saved prediction has another size than the ground "
+                                f"truth {tuple(shape)}, and scoring it at that size needs the saved probabilities")
     with np.load(path, allow_pickle=False) as z:
-        prob = resize_probabilities(z["probabilities"].astype(np.float32), size)
+        prob = z["probabilities"].astype(np.float32)
+    if volumetric:
+        return volume_labels_from_probabilities(prob, tuple(shape[1:]))
+    prob = resize_probabilities(prob, shape)
     return labels_from_probabilities(torch.from_numpy(prob)[None])[0].numpy()
 
 
@@ -467,8 +472,8 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
                         pred = z["labels"].astype(np.int64)
                 else:
                     pred = mask_to_labels(read_mask(mp), binary=cfg.data.binary, label_values=label_values, path=mp)
-                    if pred.shape != gt.shape:  # predicted at the cached size, scored at the truth's
-                        pred = _labels_at_truth_size(oof.parent / "probabilities" / f"{case}.npz", gt.shape)
+                if pred.shape != gt.shape:  # predicted at the cached size, scored at the truth's
+                    pred = _labels_at_truth_size(oof.parent / "probabilities" / f"{case}.npz", gt.shape, volumetric)
                 yield case, pred, gt, i, own
 
     summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
