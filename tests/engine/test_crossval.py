@@ -391,6 +391,32 @@ def test_folds_trained_on_a_cache_are_scored_against_the_original_masks(tiny_mod
     with pytest.raises(FileNotFoundError, match="probabilities"):
         evaluate_cv(roots[0], data=str(cv_data), out=tmp_path / "x")
     assert evaluate_cv(roots[0], out=tmp_path / "cache2")["dice"] == at_cache["dice"]  # at the cache's size: masks
+    # a mix of caches at two sizes (e.g. two recipes' input sizes): each member's probabilities resized to the
+    # larger (32x32) before the mean, then to each ground truth (here also 32x32)
+    cache32, _ = write_cache(cv_data, (32, 32), tmp_path / "c32.npz")
+    big = tmp_path / "s32"
+    train_folds(tiny_config(cache32, big, **{"train.epochs": 1}), folds=2, fold="all")
+    with np.load(cache) as z:  # the 16x16 cache's own masks, the truth when scored without --data
+        cached = {str(c): m for sp in ("train", "val") for c, m in zip(z[f"{sp}_ids"], z[f"{sp}_masks"])}
+    counts = {"folder": [0, 0, 0], "cache": [0, 0, 0]}
+    for i, fold in enumerate(rec["folds"]):
+        for case in fold["val"]:
+            small, large = (np.load(r / f"fold_{i}" / "oof" / "last" / "probabilities" / f"{case}.npz")
+                            ["probabilities"].astype(np.float64) for r in (roots[1], big))
+            assert small.shape == (1, 16, 16) and large.shape == (1, 32, 32)
+            up = F.interpolate(torch.from_numpy(small)[None], size=(32, 32), mode="bilinear", align_corners=False)
+            mean = (up[0].numpy() + large) / 2
+            down = F.interpolate(torch.from_numpy(mean)[None], size=(16, 16), mode="bilinear", align_corners=False)
+            split = "val" if case.startswith("v_") else "train"
+            for key, pred, gt in (
+                    ("folder", mean[0] >= 0.5, np.asarray(Image.open(cv_data / split / "masks" / f"{case}.png")) > 127),
+                    ("cache", down[0, 0].numpy() >= 0.5, cached[case] > 0)):
+                c = counts[key]
+                c[0] += int((pred & gt).sum()); c[1] += int((pred & ~gt).sum()); c[2] += int((~pred & gt).sum())
+    for key, data in (("folder", str(cv_data)), ("cache", None)):  # None: the first root's 16x16 cache
+        mix = evaluate_cv([roots[1], big], data=data, out=tmp_path / f"mix_{key}")
+        tp, fp, fn = counts[key]
+        assert mix["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6), key
 
 
 def test_a_cache_trained_checkpoint_evaluates_and_predicts_on_the_folder_it_was_built_from(tiny_model, cv_data,

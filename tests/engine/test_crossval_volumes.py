@@ -264,8 +264,13 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
 
     with pytest.raises(ValueError, match="classes and slices must agree"):
         mean_probabilities({"a.npz": small, "b.npz": big[:, :3]}, volumetric=True)
-    with pytest.raises(ValueError, match="b.npz"):
-        mean_probabilities({"a.npz": small[0, 0], "b.npz": big[0, 0]}, volumetric=False)
+    # 2-D members saved at different sizes (cross-validations on caches of two sizes): the same resize, per class
+    a2, b2 = small[:, 0], big[:, 0]  # (C, h, w)
+    up2 = F.interpolate(torch.from_numpy(a2)[None], size=(64, 64), mode="bilinear", align_corners=False)[0].numpy()
+    np.testing.assert_allclose(mean_probabilities({"a.npz": a2.astype(np.float32), "b.npz": b2.astype(np.float32)},
+                                                  volumetric=False), (up2 + b2) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="b.npz.*classes must agree"):
+        mean_probabilities({"a.npz": a2, "b.npz": b2[:3]}, volumetric=False)
 
 
 def test_cli_cross_validates_a_volumetric_dataset(tiny_model, acdc_cv, tmp_path):

@@ -299,13 +299,15 @@ def _volume_oof(predictor: Any, vol: Any, batch_size: int = 4) -> tuple[np.ndarr
 
 
 def resize_probabilities(prob: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """A 2-D case's probabilities (C, h, w) resized to ``size`` (H, W), bilinear, as the predictor resizes logits
-    back to an image's own size: folds trained on a cache (network size), scored against the original masks."""
+    """Probabilities ``(..., h, w)`` (a 2-D case's (C, h, w), a volume's (C, D, h, w)) resized to ``size`` (H, W),
+    each plane bilinearly, as the predictor resizes logits back to an image's own size."""
     import torch
     import torch.nn.functional as F
 
-    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None]
-    return F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[0].numpy()
+    size = tuple(int(s) for s in size)
+    flat = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32)).reshape(1, -1, *prob.shape[-2:])
+    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return out.reshape(*prob.shape[:-2], *size).numpy()
 
 
 def _labels_at_truth_size(path: Path, shape: Sequence[int], volumetric: bool) -> np.ndarray:
@@ -330,32 +332,25 @@ def _labels_at_truth_size(path: Path, shape: Sequence[int], volumetric: bool) ->
 def mean_probabilities(members: dict[Any, np.ndarray], volumetric: bool) -> np.ndarray:
     """The mean of one case's saved probabilities over an ensemble's members (keyed by their file, for messages).
 
-    2-D cases are saved at the image's own size, so every member's array has one shape. Volumes are saved at each
-    member's network size, (C, D, h, w): members trained at different sizes (a mix of recipes) are resized to the
-    largest h and w (bilinear, per slice) before the mean, as :class:`~mambaseg.inference.ProbabilityEnsemble`
-    resizes a smaller member's logits to the ensemble's size.
+    Members trained at different sizes (a mix of recipes, or of caches) saved theirs at different sizes: a 2-D case's
+    (C, h, w) at its cache's size (at the image's own size when trained on image files), a volume's (C, D, h, w) at
+    the network size. Each is resized to the largest h and w (bilinear, per plane) before the mean, as
+    :class:`~mambaseg.inference.ProbabilityEnsemble` resizes a smaller member's logits to the ensemble's size.
 
     Raises:
         ValueError: naming the file whose array cannot be averaged with the first member's (another number of
-            classes or slices, or another 2-D shape).
+            classes, or of slices).
     """
-    import torch
-    import torch.nn.functional as F
-
     (first, ref), *_ = members.items()
     for fp, p in members.items():
-        same = p.shape[:-2] == ref.shape[:-2] if volumetric else p.shape == ref.shape
-        if not same or p.ndim != ref.ndim:
+        if p.shape[:-2] != ref.shape[:-2] or p.ndim != ref.ndim:
             raise ValueError(f"{fp}: probabilities of shape {p.shape} cannot be averaged with {first}'s "
-                             f"{ref.shape}" + (" (classes and slices must agree)" if volumetric else ""))
+                             f"{ref.shape}" + (" (classes and slices must agree)" if volumetric else
+                                               " (classes must agree)"))
     size = (max(p.shape[-2] for p in members.values()), max(p.shape[-1] for p in members.values()))
     total = np.zeros(ref.shape[:-2] + size, dtype=np.float32)
     for p in members.values():
-        if p.shape[-2:] != size:  # (C, D, h, w) -> (D, C, h, w) slices, resized, and back
-            t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(p, 1, 0)))
-            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-            p = np.moveaxis(t.numpy(), 0, 1)
-        total += p
+        total += p if p.shape[-2:] == size else resize_probabilities(p, size)
     return total / len(members)
 
 
