@@ -449,3 +449,16 @@ def test_a_cache_trained_checkpoint_evaluates_and_predicts_on_the_folder_it_was_
     assert from_folder.keys() == from_cache.keys()
     for name, mask in from_cache.items():
         assert np.array_equal(from_folder[name], mask), name
+    # the same through the CLI: evaluate --checkpoint/--cv with --data the folder
+    from typer.testing import CliRunner
+
+    from mambaseg.cli import app
+    from mambaseg.cli._common import state
+
+    state.debug = False
+    res = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(ckpt), "--data", str(cv_data), "--device", "cpu",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["dice"] == pytest.approx(on_cache["dice"], abs=1e-6)
+    res = CliRunner().invoke(app, ["evaluate", "--cv", str(root), "--data", str(tmp_path / "nowhere")])
+    assert res.exit_code == 1 and "--data" in res.output and "Traceback" not in res.output
