@@ -223,3 +223,25 @@ def test_only_predicted_scores_the_predicted_cases_and_lists_the_others(tmp_path
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["n_cases"] == 1 and out["unpredicted_ground_truth"]["count"] == 1
+
+
+def test_score_cli_names_label_values_for_multi_class_png_masks(tmp_path):
+    """16-bit label-map PNGs (class indices 0, 1, 2) scored without --label-values: the error names the file, the
+    values found and the option (not the Python argument); with it, each class is scored."""
+    gt = np.zeros((32, 32), np.uint16)
+    gt[5:20, 5:20], gt[22:30, 22:30] = 1, 2
+    pred = gt.copy()
+    pred[5:8, 5:20] = 0
+    for folder, arr in (("pred", pred), ("gt", gt)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(arr).save(tmp_path / folder / "a.png")
+    runner = CliRunner()
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    text = " ".join(res.output.split())
+    assert "a.png" in text and "{0, 1, 2}" in text and "--label-values" in text and "binary=False" not in text
+    res = runner.invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--label-values", "0,1,2",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert out["dice"] == pytest.approx((2 * 180 / (180 + 225) + 1.0) / 2, abs=1e-6)  # class 1 trimmed, 2 exact

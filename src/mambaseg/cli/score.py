@@ -46,7 +46,9 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
     """Pooled and per-case Dice/IoU, HD95 and NSD of predicted masks against ground truth, worst cases listed."""
-    from mambaseg.data.files import holds_volumes, mask_to_labels, match_mask_files, read_mask
+    import numpy as np
+
+    from mambaseg.data.files import DatasetError, holds_volumes, mask_to_labels, match_mask_files, read_mask
     from mambaseg.metrics.score import SCORE_EMPTY_POLICIES, score_cases
 
     if empty_policy not in SCORE_EMPTY_POLICIES:
@@ -70,12 +72,23 @@ def score(
         return _report(result, pred_dir, gt_dir, out, as_json, nsd_tolerance, empty_policy, unpredicted)
     pairs = match_mask_files(pred_dir, gt_dir, unpredicted=unpredicted)
 
+    def labels(f: Path) -> "np.ndarray":
+        raw = read_mask(f)
+        try:
+            return mask_to_labels(raw, binary=binary, label_values=values, path=f,
+                                  lossy=f.suffix.lower() in (".jpg", ".jpeg"))
+        except DatasetError:
+            if not binary:
+                raise
+            found = np.unique(raw)
+            shown = ", ".join(str(v) for v in found[:8]) + (", ..." if found.size > 8 else "")
+            raise CLIError(f"{f}: mask values {{{shown}}} are not binary ({{0, 255}} or {{0, 1}}); masks of several "
+                           f"classes are scored with --label-values, the pixel value of each class index from the "
+                           f"background on (e.g. --label-values 0,1,2)") from None
+
     def cases():
         for case, p, g in pairs:
-            pred = mask_to_labels(read_mask(p), binary=binary, label_values=values, path=p,
-                                  lossy=p.suffix.lower() in (".jpg", ".jpeg"))
-            gt = mask_to_labels(read_mask(g), binary=binary, label_values=values, path=g,
-                                lossy=g.suffix.lower() in (".jpg", ".jpeg"))
+            pred, gt = labels(p), labels(g)
             if pred.shape != gt.shape:
                 raise CLIError(f"{p} is {pred.shape[1]}x{pred.shape[0]} (WxH) but its ground truth {g} is "
                                f"{gt.shape[1]}x{gt.shape[0]}; expected the same size")
