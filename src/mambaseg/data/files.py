@@ -298,7 +298,8 @@ def mask_to_labels(
             return (raw > 127).astype(np.uint8)
         raise DatasetError(
             f"{path}: unexpected mask values {_fmt_values(vals)}; a binary mask must hold {{0, 255}} or {{0, 1}} "
-            "(for a label-indexed multi-class mask use binary=False)"
+            "(masks of several classes: data.binary=false with data.label_values, e.g. --set data.binary=false "
+            "--set data.label_values=[0,1,2]; in Python binary=False)"
         )
     if label_values is None:
         if vals.size and vals.min() < 0:
