@@ -66,13 +66,14 @@ def compare_cv(roots: Sequence[str | Path], out: str | Path, *, which: str = "la
     Args:
         roots: cross-validations of the same cases on the same folds (two or more).
         out: folder for ``compare.json`` and each candidate's ``cv_metrics.json`` (``OUT/<name>/``).
-        which, tta, data, postprocess, device: as :func:`mambaseg.engine.crossval.evaluate_cv`, for every candidate.
+        which, tta, data, postprocess, device: as :func:`mambaseg.engine.crossval.evaluate_cv`, for every candidate;
+            ``data`` defaults to the first root's dataset, so every candidate is scored against one ground truth.
 
     Returns:
         ``compare.json``'s content: the criterion, the candidates ranked best first (members, criterion value,
         pooled and per-case Dice, cases below the threshold, worst case), the best one and the selection caveat.
     """
-    from mambaseg.engine.crossval import OOF_CHECKPOINTS, evaluate_cv
+    from mambaseg.engine.crossval import OOF_CHECKPOINTS, cv_record, evaluate_cv
     from mambaseg.inference.ensemble import flip_dims
     from mambaseg.inference.postprocess import parse_postprocess
 
@@ -84,6 +85,8 @@ def compare_cv(roots: Sequence[str | Path], out: str | Path, *, which: str = "la
     if len({p.resolve() for p in paths}) != len(paths):
         raise ValueError("a comparison names each cross-validation root once")
     _check_saved(paths, which, tta)
+    if data is None:  # one ground truth for every candidate: the first root's dataset (each candidate would
+        data = cv_record(paths[0], None)[1]  # otherwise be scored on its first member's, e.g. a cache of its size)
     names = _names(paths)
     out = Path(out)
     rows = []

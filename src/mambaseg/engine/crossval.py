@@ -55,7 +55,7 @@ from mambaseg.data.layouts import case_pool, dataset_folds, detect_layout, layou
 from mambaseg.inference.ensemble import flip_dims, tta_mode
 from mambaseg.utils.files import atomic_write_json, atomic_write_npz
 
-__all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "evaluate_cv", "fold_complete", "fold_config", "oof_dir",
+__all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "cv_record", "evaluate_cv", "fold_complete", "fold_config", "oof_dir",
            "predict_oof", "resolve_cv_folds", "train_folds"]
 
 OOF_CHECKPOINTS = ("last", "best")
@@ -429,7 +429,7 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
         return _evaluate_cv_ensemble(roots, which=which, data=data, out=out, tta=tta, spacing=spacing,
                                      nsd_tolerance=nsd_tolerance, empty_policy=empty_policy, steps=steps)
     root = roots[0]
-    record, path, layout = _cv_record(root, data)
+    record, path, layout = cv_record(root, data)
     folds = record["folds"]
     saved = [(oof_dir(root / f"fold_{i}", which, tta) / "oof.json").is_file() for i in range(len(folds))]
     ckpts = [root / f"fold_{i}" / "checkpoints" / f"{which}.pt" for i in range(len(folds))]
@@ -547,7 +547,7 @@ def _resolution(layout: str, volumetric: bool = False) -> str:
     return "original image size" if layout == "folder2d" else "cached (network) size"
 
 
-def _cv_record(root: Path, data: str | None) -> tuple[dict, str, str]:
+def cv_record(root: Path, data: str | None) -> tuple[dict, str, str]:
     """A root's saved folds, its dataset path (``data`` or the recorded one, which must exist) and layout."""
     if not (root / FOLDS_FILE).is_file():
         raise FileNotFoundError(f"{root} is not a cross-validation root: no {FOLDS_FILE} (train with --folds K)")
@@ -574,10 +574,10 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
         raise ValueError("scoring an ensemble of cross-validations needs an output folder (--out)")
     if len(set(r.resolve() for r in roots)) != len(roots):
         raise ValueError(f"the same cross-validation root is named twice: {[str(r) for r in roots]}")
-    record, path, layout = _cv_record(roots[0], data)
+    record, path, layout = cv_record(roots[0], data)
     folds = record["folds"]
     for r in roots[1:]:
-        other = _cv_record(r, data)[0]
+        other = cv_record(r, data)[0]
         if [sorted(f["val"]) for f in other["folds"]] != [sorted(f["val"]) for f in folds]:
             raise ValueError(f"{r} holds out other cases than {roots[0]} (another split seed or k); an ensemble of "
                              f"cross-validations needs the same folds")
