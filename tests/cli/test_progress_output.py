@@ -34,7 +34,9 @@ def test_train_and_evaluate_print_header_and_progress_lines(tmp_path):
 
     data = make_synthetic_dataset(tmp_path / "syn", n_train=4, n_val=2, size=(32, 32), seed=0)
     out = tmp_path / "run"
-    res = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--epochs", "1", *TINY])
+    # on the CPU on every machine: the header line below is the CPU one (on a GPU machine auto would pick CUDA)
+    res = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--epochs", "1", *TINY,
+                              "--device", "cpu"])
     assert res.exit_code == 0, res.output
     text = res.output
     assert "start: model vmunet_tiny (" in text and "params" in text and "steps/epoch" in text
@@ -42,7 +44,7 @@ def test_train_and_evaluate_print_header_and_progress_lines(tmp_path):
     assert "epoch 1: 1/2 (50%)" in text and "epoch 1: 2/2 (100%)" in text  # plain step lines
     assert text.index("start: model") < text.index("epoch 1: 1/2")
     ev = runner.invoke(app, ["evaluate", "--checkpoint", str(out / "checkpoints" / "best.pt"), "--out",
-                             str(tmp_path / "ev"), "--threads", "1"])
+                             str(tmp_path / "ev"), "--threads", "1", "--device", "cpu"])
     assert ev.exit_code == 0, ev.output
     assert "evaluating val (images): 2/2 (100%)" in ev.output
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
