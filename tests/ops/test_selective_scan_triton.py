@@ -45,6 +45,9 @@ CASES: dict[str, tuple[dict, dict]] = {
     ),
     # the GPU tile table itself: N=16 (forward chunk 8 inside a multi-chunk backward segment) ...
     "default_tiles_n16": (dict(batch=1, groups=1, d_group=8, seqlen=37, n=16), {}),
+    # ... and N=2, whose backward (8 channels x 2 states: 16 of a warp's 32 lanes) splits the positions over lanes:
+    # the chunk maps are composed by an order-keeping scan there (compiled with tl.reduce, wrong on an H100)
+    "default_tiles_n2": (dict(batch=1, groups=2, d_group=3, seqlen=37, n=2), {}),
     # ... and N=1 (the segment-parallel kernels with their default tiles: one segment)
     "default_tiles_n1": (dict(batch=1, groups=2, d_group=3, seqlen=40, n=1), {}),
     # ... and the channel-per-lane kernels' N=1 tiles (one chunk per segment, three segments, partial last chunk)
