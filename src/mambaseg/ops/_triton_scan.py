@@ -57,8 +57,8 @@ def _chunk_map(a, b, L_IN_THREAD: tl.constexpr, BLOCK_L: tl.constexpr):
     else:
         a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_scan_combine)
         last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[:, None, None]
-        a_t = tl.sum(tl.where(last, a_s, 0.0), axis=0)
-        b_t = tl.sum(tl.where(last, b_s, 0.0), axis=0)
+        a_t = tl.sum(tl.where(last, a_s, -0.0), axis=0)  # -0.0: the sums fold away (x + -0.0 == x)
+        b_t = tl.sum(tl.where(last, b_s, -0.0), axis=0)
     return a_t, b_t
 
 
