@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from mambaseg.cli._common import CLIError, console, handle_errors
+
+#: how ``score`` reads masks of several classes (named when a mask read as binary holds other values)
+_MULTICLASS_HINT = ("masks of several classes are scored with --label-values, the pixel value of each class index "
+                    "from the background on, e.g. --label-values 0,1,2")
 
 
 def _floats(text: Optional[str], what: str) -> Optional[list[float]]:
@@ -46,9 +50,7 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
     """Pooled and per-case Dice/IoU, HD95 and NSD of predicted masks against ground truth, worst cases listed."""
-    import numpy as np
-
-    from mambaseg.data.files import DatasetError, holds_volumes, mask_to_labels, match_mask_files, read_mask
+    from mambaseg.data.files import holds_volumes, mask_to_labels, match_mask_files, read_mask
     from mambaseg.metrics.score import SCORE_EMPTY_POLICIES, score_cases
 
     if empty_policy not in SCORE_EMPTY_POLICIES:
@@ -72,19 +74,9 @@ def score(
         return _report(result, pred_dir, gt_dir, out, as_json, nsd_tolerance, empty_policy, unpredicted)
     pairs = match_mask_files(pred_dir, gt_dir, unpredicted=unpredicted)
 
-    def labels(f: Path) -> "np.ndarray":
-        raw = read_mask(f)
-        try:
-            return mask_to_labels(raw, binary=binary, label_values=values, path=f,
-                                  lossy=f.suffix.lower() in (".jpg", ".jpeg"))
-        except DatasetError:
-            if not binary:
-                raise
-            found = np.unique(raw)
-            shown = ", ".join(str(v) for v in found[:8]) + (", ..." if found.size > 8 else "")
-            raise CLIError(f"{f}: mask values {{{shown}}} are not binary ({{0, 255}} or {{0, 1}}); masks of several "
-                           f"classes are scored with --label-values, the pixel value of each class index from the "
-                           f"background on (e.g. --label-values 0,1,2)") from None
+    def labels(f: Path) -> Any:
+        return mask_to_labels(read_mask(f), binary=binary, label_values=values, path=f,
+                              lossy=f.suffix.lower() in (".jpg", ".jpeg"), multiclass_hint=_MULTICLASS_HINT)
 
     def cases():
         for case, p, g in pairs:

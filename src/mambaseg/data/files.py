@@ -271,6 +271,11 @@ def _fmt_values(vals: np.ndarray, limit: int = 8) -> str:
     return "{" + ", ".join(map(str, v)) + more + "}"
 
 
+#: how a run reads masks of several classes (the default hint of :func:`mask_to_labels`' binary-mask error)
+MULTICLASS_HINT = ("masks of several classes: data.binary=false with data.label_values, e.g. --set data.binary=false "
+                   "--set data.label_values=[0,1,2]; in Python binary=False")
+
+
 def mask_to_labels(
     raw: np.ndarray,
     *,
@@ -278,12 +283,14 @@ def mask_to_labels(
     label_values: list[int] | tuple[int, ...] | None = None,
     lossy: bool = False,
     path: str | Path = "<mask>",
+    multiclass_hint: str = MULTICLASS_HINT,
 ) -> np.ndarray:
     """Convert raw mask values to class indices (uint8 (H, W), or int64 if there are > 256 classes).
 
     Binary (``binary=True``): values in {0, 1} are used as they are; values in {0, 255} become ``> 127``.
     Other values are accepted only for lossy files (``lossy=True``, JPEG masks carry compression noise),
-    which are thresholded at ``> 127``; otherwise a :class:`DatasetError` names the file and the values.
+    which are thresholded at ``> 127``; otherwise a :class:`DatasetError` names the file and the values, and says
+    how the caller reads masks of several classes (``multiclass_hint``: a run's config keys by default).
 
     Multi-class (``binary=False``): with ``label_values`` the raw value ``label_values[k]`` becomes class
     ``k`` and any other value is an error; without it the raw values are the class indices.
@@ -298,8 +305,7 @@ def mask_to_labels(
             return (raw > 127).astype(np.uint8)
         raise DatasetError(
             f"{path}: unexpected mask values {_fmt_values(vals)}; a binary mask must hold {{0, 255}} or {{0, 1}} "
-            "(masks of several classes: data.binary=false with data.label_values, e.g. --set data.binary=false "
-            "--set data.label_values=[0,1,2]; in Python binary=False)"
+            f"({multiclass_hint})"
         )
     if label_values is None:
         if vals.size and vals.min() < 0:
