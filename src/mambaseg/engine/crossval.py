@@ -310,23 +310,28 @@ def resize_probabilities(prob: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return out.reshape(*prob.shape[:-2], *size).numpy()
 
 
-def _labels_at_truth_size(path: Path, shape: Sequence[int], volumetric: bool) -> np.ndarray:
-    """The labels of a fold's saved out-of-fold probabilities (``path``) at a ground truth's ``shape``: a 2-D case's
-    (C, h, w) resized bilinearly, then the one labelling rule; a volume's (C, D, h, w) labelled per slice and zoomed
-    (:func:`volume_labels_from_probabilities`, as an ensemble of volumes is)."""
+def _labels_for_truth(prob: np.ndarray, shape: Sequence[int], volumetric: bool) -> np.ndarray:
+    """Labels of one case's probabilities at its ground truth's ``shape``: a 2-D case's (C, h, w) resized bilinearly
+    when its size differs, then the one labelling rule; a volume's (C, D, h, w) labelled per slice and zoomed
+    (:func:`volume_labels_from_probabilities`)."""
     import torch
 
     from mambaseg.metrics import labels_from_probabilities
 
+    if volumetric:
+        return volume_labels_from_probabilities(prob, tuple(shape[1:]))
+    if tuple(prob.shape[-2:]) != tuple(shape):
+        prob = resize_probabilities(prob, shape)
+    return labels_from_probabilities(torch.from_numpy(prob)[None])[0].numpy()
+
+
+def _labels_at_truth_size(path: Path, shape: Sequence[int], volumetric: bool) -> np.ndarray:
+    """:func:`_labels_for_truth` of a fold's saved out-of-fold probabilities (``path``)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the fold's saved prediction has another size than the ground "
                                 f"truth {tuple(shape)}, and scoring it at that size needs the saved probabilities")
     with np.load(path, allow_pickle=False) as z:
-        prob = z["probabilities"].astype(np.float32)
-    if volumetric:
-        return volume_labels_from_probabilities(prob, tuple(shape[1:]))
-    prob = resize_probabilities(prob, shape)
-    return labels_from_probabilities(torch.from_numpy(prob)[None])[0].numpy()
+        return _labels_for_truth(z["probabilities"].astype(np.float32), shape, volumetric)
 
 
 def mean_probabilities(members: dict[Any, np.ndarray], volumetric: bool) -> np.ndarray:
@@ -566,10 +571,6 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
                           tta: str | None, spacing: Any, nsd_tolerance: float, empty_policy: str,
                           steps: tuple[str, ...]) -> dict[str, Any]:
     """Pooled out-of-fold scores of the probability average of several cross-validations (see evaluate_cv)."""
-    import torch
-
-    from mambaseg.metrics import labels_from_probabilities
-
     if out is None:
         raise ValueError("scoring an ensemble of cross-validations needs an output folder (--out)")
     if len(set(r.resolve() for r in roots)) != len(roots):
@@ -597,13 +598,7 @@ def _evaluate_cv_ensemble(roots: list[Path], *, which: str, data: str | None, ou
                                                 f"every member ({how})")
                     with np.load(fp, allow_pickle=False) as z:
                         members[fp] = z["probabilities"].astype(np.float32)
-                mean = mean_probabilities(members, volumetric)
-                if volumetric:
-                    pred = volume_labels_from_probabilities(mean, gt.shape[1:])
-                else:
-                    if mean.shape[-2:] != gt.shape:  # predicted at the cached size, scored at the truth's
-                        mean = resize_probabilities(mean, gt.shape)
-                    pred = labels_from_probabilities(torch.from_numpy(mean)[None])[0].numpy()  # members' 0.5
+                pred = _labels_for_truth(mean_probabilities(members, volumetric), gt.shape, volumetric)
                 yield case, pred, gt, i, own
 
     summary = _score_oof(cases(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
