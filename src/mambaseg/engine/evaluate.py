@@ -72,7 +72,7 @@ def evaluate_checkpoint(
         The evaluator's metrics dict (plus ``checkpoint``, ``split`` and ``data``).
     """
     from mambaseg.data import Normalization
-    from mambaseg.inference.ensemble import tta_mode
+    from mambaseg.inference.ensemble import ensemble_of_checkpoints, tta_mode
     from mambaseg.inference.postprocess import parse_postprocess
 
     steps = parse_postprocess(postprocess)
@@ -100,7 +100,7 @@ def evaluate_checkpoint(
     except CheckpointError as e:
         raise CheckpointError(f"{checkpoint}: {e}") from e
     if ensembled:  # the data is opened at the ensemble's input size (the members' largest)
-        model, size = _ensemble_model(model, members, tta)
+        model, size = ensemble_of_checkpoints(members, model, tta=tta)
         cfg.data.image_size = list(size)
     model = model.to(dev)
     task = open_data(cfg.data.path, cfg, splits=(split,), normalization=norm, layout=layout)
@@ -205,11 +205,3 @@ def _ensemble_members(checkpoint: Any, tta: str | None, fold_checkpoint: str = "
     flip_dims(tta)
     items = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
     return expand_checkpoints(items, which=fold_checkpoint)
-
-
-def _ensemble_model(first: Any, members: list[Path], tta: str | None) -> Any:
-    """:class:`~mambaseg.inference.ProbabilityEnsemble` of ``first`` (built from ``members[0]``) and the others, and
-    its input size."""
-    from mambaseg.inference.ensemble import ensemble_of_checkpoints
-
-    return ensemble_of_checkpoints(members, first, tta=tta)
