@@ -43,16 +43,16 @@ def _scan_combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _chunk_map(a, b, L_IN_THREAD: tl.constexpr, BLOCK_L: tl.constexpr):
+def _chunk_map(a, b, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """The composition, in position order along axis 0, of a chunk's maps h -> a_t h + b_t: ``(a, b)`` of the map
     from the state entering the chunk to the state leaving it.
 
     ``tl.reduce`` composes in any order (it needs a commutative combine, triton-lang/triton#4962), and
-    :func:`_scan_combine` is not commutative: it is exact only while the whole axis 0 sits in each thread
-    (``L_IN_THREAD``: the warp's 32 lanes taken by BLOCK_N x BLOCK_D >= 32 states and channels). Otherwise lanes
+    :func:`_scan_combine` is not commutative: it is exact only while the whole axis 0 sits in each thread (the
+    one-warp program's 32 lanes taken by BLOCK_N x BLOCK_D >= 32 states and channels). Otherwise lanes
     split the positions and the compiled reduction mixed their order (wrong states on an H100, e.g. N = 2 with the
     backward's 8 channels); then the order-keeping scan's last row is taken instead."""
-    if L_IN_THREAD:
+    if BLOCK_N * BLOCK_D >= 32:
         a_t, b_t = tl.reduce((a, b), axis=0, combine_fn=_scan_combine)
     else:
         a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_scan_combine)
@@ -297,7 +297,7 @@ def _selective_scan_bwd_kernel(
             dt = tl.where(m2, dt, 0.0)
             dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
             dBu = (dt * u)[:, None, :] * Bm[:, :, None]
-            a_t, b_t = _chunk_map(dA, dBu, BLOCK_N * BLOCK_D >= 32, BLOCK_L)
+            a_t, b_t = _chunk_map(dA, dBu, BLOCK_L, BLOCK_N, BLOCK_D)
             h = a_t * h + b_t
             tl.store(scr_base + (r + 1) * (BLOCK_N * BLOCK_D), h)
         tl.debug_barrier()  # scratch written by the sweep is read back in other threads' layout
@@ -693,7 +693,7 @@ def _selective_scanN_seg_fwd_summary_kernel(
         dt = tl.where(m2, dt, 0.0)
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
         dBu = (dt * u)[:, None, :] * Bm[:, :, None]
-        a_t, b_t = _chunk_map(dA, dBu, BLOCK_N * BLOCK_D >= 32, BLOCK_L)
+        a_t, b_t = _chunk_map(dA, dBu, BLOCK_L, BLOCK_N, BLOCK_D)
         H = a_t * H + b_t
         P = P * a_t
     off = s.to(tl.int64) * RN + rn
@@ -833,7 +833,7 @@ def _selective_scanN_seg_bwd_summary_kernel(
         # in flipped (reversed-time) order the adjoint is a forward recurrence x' -> alpha' x' + (C dy)'
         alpha = tl.exp2(tl.flip(dt1, 0)[:, None, :] * A2[None, :, :])
         cdy = tl.flip(Cm, 0)[:, :, None] * tl.flip(dy, 0)[:, None, :]
-        q_t, x_t = _chunk_map(alpha, cdy, BLOCK_N * BLOCK_D >= 32, BLOCK_L)
+        q_t, x_t = _chunk_map(alpha, cdy, BLOCK_L, BLOCK_N, BLOCK_D)
         X = q_t * X + x_t
         Q = Q * q_t
     off = s.to(tl.int64) * RN + rn
@@ -899,7 +899,7 @@ def _selective_scanN_seg_bwd_kernel(
             dt = tl.where(m2, dt, 0.0)
             dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
             dBu = (dt * u)[:, None, :] * Bm[:, :, None]
-            a_t, b_t = _chunk_map(dA, dBu, BLOCK_N * BLOCK_D >= 32, BLOCK_L)
+            a_t, b_t = _chunk_map(dA, dBu, BLOCK_L, BLOCK_N, BLOCK_D)
             h = a_t * h + b_t
             tl.store(scr_base + (r + 1) * (BLOCK_N * BLOCK_D), h)
         tl.debug_barrier()
