@@ -73,3 +73,15 @@ def tiny_config(data: Path, out: Path, **overrides: Any) -> RunConfig:
     }
     sets.update(overrides)
     return apply_overrides(RunConfig(), sets)
+
+
+def distinct_id_cases(root: Path, seed: int) -> Path:
+    """8 train + 4 val synthetic 32x32 cases whose ids differ across train and val (val files renamed v_*), as a
+    cross-validation's pool needs."""
+    from mambaseg.data import make_synthetic_dataset
+
+    data = make_synthetic_dataset(root, n_train=8, n_val=4, size=(32, 32), seed=seed)
+    for sub in ("images", "masks"):
+        for f in sorted((data / "val" / sub).iterdir()):
+            f.rename(f.parent / f"v_{f.name}")
+    return data

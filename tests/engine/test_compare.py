@@ -6,20 +6,9 @@ import json
 
 import pytest
 
-from engine_helpers import tiny_config
+from engine_helpers import distinct_id_cases, tiny_config
 from mambaseg.engine.compare import candidates, compare_cv
 from mambaseg.engine.crossval import evaluate_cv, train_folds
-
-
-def _cases(root, seed):
-    """8 train + 4 val synthetic 32x32 cases with distinct ids across train and val (val files renamed v_*)."""
-    from mambaseg.data import make_synthetic_dataset
-
-    data = make_synthetic_dataset(root, n_train=8, n_val=4, size=(32, 32), seed=seed)
-    for sub in ("images", "masks"):
-        for f in sorted((data / "val" / sub).iterdir()):
-            f.rename(f.parent / f"v_{f.name}")
-    return data
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +20,7 @@ def two_roots(tmp_path_factory):
     register_tiny()
     try:
         base = tmp_path_factory.mktemp("cmp")
-        data = _cases(base / "data", seed=2)
+        data = distinct_id_cases(base / "data", seed=2)
         roots = []
         for name, seed in (("a", 0), ("b", 11)):
             root = base / name
@@ -104,31 +93,24 @@ def test_cli_compare(two_roots, tmp_path):
     assert (tmp_path / "c" / "compare.json").is_file()
 
 
-def test_roots_trained_on_caches_of_two_sizes_are_all_scored_against_the_first_roots_data(tmp_path):
+def test_roots_trained_on_caches_of_two_sizes_are_all_scored_against_the_first_roots_data(tiny_model, tmp_path):
     """Root a trained on a 32x32 cache, root b on a 16x16 cache of the same cases: every candidate, b alone
     included, is scored against a's ground truth (b's probabilities resized), so the ranking compares like with
     like; before, b alone was scored against its own 16x16 masks."""
     from mambaseg.data.layouts import write_cache
-    from mambaseg.models import _registry
 
-    from engine_helpers import TINY, register_tiny
-
-    register_tiny()
-    try:
-        data = _cases(tmp_path / "data", seed=3)
-        roots = []
-        for name, size in (("a", 32), ("b", 16)):
-            cache, _ = write_cache(data, (size, size), tmp_path / f"c{size}.npz")
-            roots.append(tmp_path / name)
-            train_folds(tiny_config(cache, roots[-1], **{"train.epochs": 1}), folds=3, fold="all")
-        a, b = roots
-        res = compare_cv([a, b], tmp_path / "cmp")
-        by = {r["candidate"]: r for r in res["ranking"]}
-        cache32 = str(tmp_path / "c32.npz")
-        b_on_a = evaluate_cv(b, data=cache32, out=tmp_path / "b_on_a")
-        assert by["b"]["value"] == b_on_a["dice"]
-        assert by["b"]["value"] != evaluate_cv(b, out=tmp_path / "b_own")["dice"]  # its own 16x16 masks
-        assert by["a+b"]["value"] == evaluate_cv([a, b], out=tmp_path / "ab")["dice"]
-        assert json.loads((tmp_path / "cmp" / "b" / "cv_metrics.json").read_text())["data"] == cache32
-    finally:
-        _registry._REGISTRY.pop(TINY, None)
+    data = distinct_id_cases(tmp_path / "data", seed=3)
+    roots = []
+    for name, size in (("a", 32), ("b", 16)):
+        cache, _ = write_cache(data, (size, size), tmp_path / f"c{size}.npz")
+        roots.append(tmp_path / name)
+        train_folds(tiny_config(cache, roots[-1], **{"train.epochs": 1}), folds=3, fold="all")
+    a, b = roots
+    res = compare_cv([a, b], tmp_path / "cmp")
+    by = {r["candidate"]: r for r in res["ranking"]}
+    cache32 = str(tmp_path / "c32.npz")
+    b_on_a = evaluate_cv(b, data=cache32, out=tmp_path / "b_on_a")
+    assert by["b"]["value"] == b_on_a["dice"]
+    assert by["b"]["value"] != evaluate_cv(b, out=tmp_path / "b_own")["dice"]  # its own 16x16 masks
+    assert by["a+b"]["value"] == evaluate_cv([a, b], out=tmp_path / "ab")["dice"]
+    assert json.loads((tmp_path / "cmp" / "b" / "cv_metrics.json").read_text())["data"] == cache32

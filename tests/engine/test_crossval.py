@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine_helpers import tiny_config
+from engine_helpers import distinct_id_cases, tiny_config
 from mambaseg.data.files import DatasetError
 from mambaseg.data.folds import make_folds, resolve_folds
 from mambaseg.data.layouts import case_pool
@@ -20,14 +20,7 @@ from mambaseg.engine.crossval import evaluate_cv, train_folds
 @pytest.fixture(scope="module")
 def cv_data(tmp_path_factory):
     """8 train + 4 val synthetic 32x32 cases with distinct ids (val files renamed v_*)."""
-    from mambaseg.data import make_synthetic_dataset
-
-    root = make_synthetic_dataset(tmp_path_factory.mktemp("cv") / "data", n_train=8, n_val=4, size=(32, 32), seed=2)
-    for sub in ("images", "masks"):
-        d = root / "val" / sub
-        for f in sorted(d.iterdir()):
-            f.rename(d / f"v_{f.name}")
-    return root
+    return distinct_id_cases(tmp_path_factory.mktemp("cv") / "data", seed=2)
 
 
 def test_make_folds_partition_and_seed():
