@@ -99,11 +99,6 @@ CASES: dict[str, tuple[dict, dict]] = {
 
 def _inputs(batch, groups, d_group, seqlen, n, *, grouped=True, has_d=True, has_bias=True, seed=0, device="cpu"):
     """Drawn on the CPU (the same values on every machine), then moved to ``device``."""
-    out = _draw(batch, groups, d_group, seqlen, n, grouped=grouped, has_d=has_d, has_bias=has_bias, seed=seed)
-    return tuple(None if t is None else t.to(device) for t in out)
-
-
-def _draw(batch, groups, d_group, seqlen, n, *, grouped, has_d, has_bias, seed):
     g = torch.Generator().manual_seed(seed)
     kd = groups * d_group
     u = torch.randn(batch, kd, seqlen, generator=g)
@@ -114,7 +109,7 @@ def _draw(batch, groups, d_group, seqlen, n, *, grouped, has_d, has_bias, seed):
     C = torch.randn(*shape_bc, generator=g)
     D = torch.randn(kd, generator=g) if has_d else None
     bias = 0.3 * torch.randn(kd, generator=g) if has_bias else None
-    return u, delta, A, B, C, D, bias
+    return tuple(None if t is None else t.to(device) for t in (u, delta, A, B, C, D, bias))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
