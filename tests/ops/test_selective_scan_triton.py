@@ -271,6 +271,28 @@ def _interpreter_unusable() -> str | None:
     return None if x.tolist() == [4.0] * 4 else f"the probe kernel computed {x.tolist()}, not [4.0] * 4"
 
 
+def _run_all(device: str, case_done=None) -> dict:
+    """Every case of ``CASES``, then :func:`_run_extra` and :func:`_run_compiled`, on ``device`` (in the interpreter
+    child on the CPU, or compiled on CUDA); an exception becomes the item's ``error``, which the tests assert on.
+    ``case_done(name)`` is called after each case (the child records the kernels it launched)."""
+    import traceback
+
+    res: dict = {}
+    for name in CASES:
+        try:
+            res[name] = _run_case(name, device)
+        except Exception as exc:  # noqa: BLE001 - asserted on by the tests
+            res[name] = {"error": repr(exc)}
+        if case_done is not None:
+            case_done(name)
+    for key, fn in (("extra", _run_extra), ("compiled", _run_compiled)):
+        try:
+            res[key] = fn(device)
+        except Exception:  # noqa: BLE001
+            res[key] = {"error": traceback.format_exc()[-3000:]}
+    return res
+
+
 _CHILD = """
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("_sst_interp_cases", sys.argv[1])
@@ -295,22 +317,10 @@ res = {"interpreted": all(isinstance(f, InterpretedFunction) for f in
                           (_triton_scan._selective_scan_fwd_kernel, _triton_scan._selective_scan_bwd_kernel,
                            _triton_scan._selective_scan1_fwd_kernel, _triton_scan._selective_scan1_bwd_kernel))}
 res["kernels"] = {}
-for name in mod.CASES:
-    _names.clear()
-    try:
-        res[name] = mod._run_case(name)
-    except Exception as exc:
-        res[name] = {"error": repr(exc)}
+def _case_done(name):
     res["kernels"][name] = sorted(set(_names))
-try:
-    res["extra"] = mod._run_extra()
-except Exception as exc:
-    res["extra"] = {"error": repr(exc)}
-try:
-    res["compiled"] = mod._run_compiled()
-except Exception as exc:
-    import traceback
-    res["compiled"] = {"error": traceback.format_exc()[-3000:]}
+    _names.clear()
+res.update(mod._run_all("cpu", case_done=_case_done))
 res["launch_arg_mismatches"] = _bad
 print("RESULTS" + json.dumps(res))
 """
@@ -363,22 +373,9 @@ def interp() -> dict:
 @pytest.fixture(scope="module")
 def on_cuda() -> dict:
     """The interpreter child's results, computed by the compiled kernels on a CUDA device (in this process)."""
-    import traceback
-
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (the compiled kernels)")
-    res: dict = {}
-    for name in CASES:
-        try:
-            res[name] = _run_case(name, "cuda")
-        except Exception as exc:  # noqa: BLE001 - asserted on by the tests, as in the child
-            res[name] = {"error": repr(exc)}
-    for key, fn in (("extra", _run_extra), ("compiled", _run_compiled)):
-        try:
-            res[key] = fn("cuda")
-        except Exception:  # noqa: BLE001
-            res[key] = {"error": traceback.format_exc()[-3000:]}
-    return res
+    return _run_all("cuda")
 
 
 @pytest.fixture(scope="module", params=["interpreter", "cuda"])
