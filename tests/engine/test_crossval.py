@@ -166,9 +166,20 @@ def test_cli_folds_one_at_a_time_then_evaluate_cv(tiny_model, cv_data, tmp_path)
     base = ["train", "--model", tiny_model, "--data", str(cv_data), "--epochs", "1", "--image-size", "32",
             "--batch-size", "4", "--device", "cpu", "--out", str(root), "--no-progress", "--folds", "2",
             "--set", "data.validate=false", "--set", 'train.amp="off"']
-    for fold in ("0", "1"):
-        res = runner.invoke(app, base + ["--fold", fold])
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # --threads applies to cross-validation too; the next step names the folds still to train
+        res = runner.invoke(app, base + ["--fold", "0", "--threads", "1"])
         assert res.exit_code == 0, res.output
+        assert "(1 threads)" in res.output
+    finally:
+        torch.set_num_threads(threads)
+    words = " ".join(res.output.split())
+    assert "train the other fold(s) 1" in words and "score the out-of-fold" in words
+    res = runner.invoke(app, base + ["--fold", "1"])
+    assert res.exit_code == 0, res.output
+    assert "other fold(s)" not in res.output and "score the out-of-fold predictions with" in " ".join(res.output.split())
     res = runner.invoke(app, base + ["--fold", "all"])
     assert res.exit_code == 0 and "skipped" in res.output
     res = runner.invoke(app, base + ["--fold", "7"])
@@ -191,9 +202,12 @@ def test_cli_folds_one_at_a_time_then_evaluate_cv(tiny_model, cv_data, tmp_path)
     words = " ".join(res.output.split())
     assert "warning: 6 of the 6 val case(s) were training cases of 1 of the 2 checkpoint(s)" in words
     assert "in-sample" in words and "RuntimeWarning" not in words
+    assert "val = the val ids of" in words and "not the dataset's own val folder" in words
     # the root stands for its folds' last.pt (what evaluate --cv scored) unless --fold-checkpoint best
     res = runner.invoke(app, ["evaluate", "--checkpoint", str(root), "--device", "cpu", "--json"])
-    assert [Path(c).name for c in json.loads(res.output[res.output.index("{"):])["checkpoint"]] == ["last.pt"] * 2
+    out = json.loads(res.output[res.output.index("{"):])
+    assert [Path(c).name for c in out["checkpoint"]] == ["last.pt"] * 2
+    assert Path(out["split_file"]) == root / "fold_0" / "split.json"  # the first member's held-out cases
     res = runner.invoke(app, ["evaluate", "--checkpoint", str(root), "--device", "cpu", "--json",
                               "--fold-checkpoint", "best"])
     assert [Path(c).name for c in json.loads(res.output[res.output.index("{"):])["checkpoint"]] == ["best.pt"] * 2

@@ -126,6 +126,7 @@ def train(
         raise CLIError("--tta applies to cross-validation (--folds K); use it with predict or evaluate otherwise")
     if folds is not None:
         return _train_cv(folds=folds, fold=fold, tta=tta, resume=resume, no_progress=no_progress, config=config,
+                         threads=threads,
                          recipe=recipe, model=model, data=data, epochs=epochs, max_steps=max_steps,
                          batch_size=batch_size, image_size=image_size, lr=lr, seed=seed, out=out, device=device,
                          arch=arch, compile_model=compile_model, init_from=init_from, overrides=overrides)
@@ -158,10 +159,10 @@ def train(
 
 
 def _train_cv(*, folds: int, fold: str, tta: str, resume: bool, no_progress: bool, config: Optional[Path],
-              out: Optional[str], **options) -> None:
+              threads: str, out: Optional[str], **options) -> None:
     """``--folds K [--fold i|all]``: the folds of a cross-validation rooted at ``--out`` (see
     :mod:`mambaseg.engine.crossval`); ``--resume`` continues from the config the folds were started with."""
-    from mambaseg.engine.crossval import train_folds
+    from mambaseg.engine.crossval import fold_complete, train_folds
 
     if out is None:
         raise CLIError("--folds needs --out ROOT (the cross-validation root: splits_final.json and fold_i/)")
@@ -175,8 +176,14 @@ def _train_cv(*, folds: int, fold: str, tta: str, resume: bool, no_progress: boo
     cfg.train.out, cfg.data.split_file = str(root), None
     if cfg.data.path is None:
         raise CLIError("no dataset given: pass --data PATH")
+    apply_threads(threads, cfg.train.device)
     results = train_folds(cfg, folds=folds, fold=fold, resume=resume, console=console, tta=tta,
                           show_progress=not no_progress)
     if all(r.rank == 0 for r in results):
-        console.print(f"cross-validation root: {root} ({len(results)} fold(s) trained now); score the out-of-fold "
-                      f"predictions with: mambaseg evaluate --cv {root}", highlight=False)
+        left = [i for i in range(folds) if not fold_complete(root / f"fold_{i}", ("last",))]
+        if left:
+            nxt = (f"train the other fold(s) {','.join(map(str, left))} (--fold all skips finished ones), then score "
+                   f"the out-of-fold predictions with: mambaseg evaluate --cv {root}")
+        else:
+            nxt = f"score the out-of-fold predictions with: mambaseg evaluate --cv {root}"
+        console.print(f"cross-validation root: {root} ({len(results)} fold(s) trained now); {nxt}", highlight=False)

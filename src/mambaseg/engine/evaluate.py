@@ -137,6 +137,10 @@ def evaluate_checkpoint(
     result = {**metrics, "checkpoint": str(checkpoint) if len(members) == 1 else [str(m) for m in members],
               "split": split, "data": str(cfg.data.path),
               "epoch": ckpt.get("epoch"), "model": (ckpt.get("model") or {}).get("name")}
+    if cfg.data.split_file and split in ("train", "val"):
+        # e.g. a cross-validation fold: its train/val are the ids of its split file (val = its held-out cases),
+        # taken from the dataset's train + val pool, not the dataset's own train/val folders
+        result["split_file"] = str(cfg.data.split_file)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out) / "metrics.json", result)
@@ -145,6 +149,10 @@ def evaluate_checkpoint(
                                              members[0] if len(members) == 1 else named)
         table.title = _table_title(split, members, mode, ckpt.get("epoch"))
         console.print(table)
+        if "split_file" in result:
+            console.print(f"{split} = the {split} ids of {result['split_file']} (the checkpoint's split file, e.g. a "
+                          f"cross-validation fold's held-out cases), not the dataset's own {split} folder",
+                          highlight=False)
     return result
 
 
