@@ -25,5 +25,5 @@ def test_array_dataset_uses_the_preset():
     ds = ArrayDataset2D(imgs, masks, ["a", "b"], image_size=(8, 8), augment=True, preset="dermomamba_isic")
     expected = build_transforms((8, 8), augment=True, preset="dermomamba_isic")
     assert [type(t).__name__ for t in ds.transform.transforms] == [type(t).__name__ for t in expected.transforms]
-    with pytest.raises(ValueError, match="unknown transform preset"):
+    with pytest.raises(ValueError, match=r"unknown data\.augmentation 'bogus'; valid: vmunet_isic, .* or auto"):
         ArrayDataset2D(imgs, masks, ["a", "b"], image_size=(8, 8), augment=True, preset="bogus")

@@ -102,3 +102,15 @@ def test_optimizer_from_config():
         build_optimizer(m, apply_overrides(RunConfig(), ["optim.name=lion"]).optim)
     assert math.isclose(build_optimizer(m, apply_overrides(RunConfig(), ["optim.name=sgd"]).optim)
                         .param_groups[0]["momentum"], 0.9)
+
+
+def test_bare_yaml_off_on_in_a_string_field():
+    """YAML reads a bare off/on as a boolean: a string field takes it back as the word ('train.amp=off')."""
+    import yaml
+
+    assert apply_overrides(RunConfig(), ["train.amp=off"]).train.amp == "off"
+    assert apply_overrides(RunConfig(), ["train.amp=on"]).train.amp == "on"
+    assert config_from_dict(yaml.safe_load("train: {amp: off}")).train.amp == "off"
+    # boolean fields are unchanged
+    cfg = apply_overrides(RunConfig(), ["train.deterministic=on", "train.cuda_graph=off"])
+    assert cfg.train.deterministic is True and cfg.train.cuda_graph is False

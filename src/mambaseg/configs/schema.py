@@ -152,7 +152,9 @@ class ScheduleConfig:
         eta_min: floor of the cosine schedules.
         t_mult: period multiplier of ``cosine_restarts``.
         power: exponent of ``poly``.
-        warmup: linear warm-up length in ``interval`` units (0 = none).
+        warmup: linear warm-up length ``W`` in ``interval`` units (0 = none): from ``lr/W`` up to the peak at its
+            last unit; >= 0, and a warm-up not shorter than the run's schedule gets a warning; for ``one_cycle``
+            the length of its rise; ignored (with a warning) by ``plateau``. See :mod:`mambaseg.engine.optim`.
         factor: ``plateau`` decay factor.
         patience: ``plateau`` patience (in validations).
     """
@@ -285,7 +287,13 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert ``value`` (from YAML or a CLI string already parsed by YAML) to the annotated type ``tp``."""
+    """Convert ``value`` (from YAML or a CLI string already parsed by YAML) to the annotated type ``tp``.
+
+    YAML 1.1 reads the bare words ``off``/``no``/``false`` as ``False`` and ``on``/``yes``/``true`` as ``True``, so
+    ``--set train.amp=off`` (or ``amp: off`` in a file) arrives as a boolean. A string field takes a boolean back as
+    the word ``"off"`` (``False``) or ``"on"`` (``True``), for every string field: the field's own check then accepts
+    it (``train.amp=off``) or names the valid values; quote the value (``'no'``) to keep another word.
+    """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -337,7 +345,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                     pass
         raise ConfigError(f"{where}: expected {word}, got {value!r}")
     if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # a bare YAML off/on (no/yes, false/true): see the docstring
+            return "on" if value else "off"
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value

@@ -654,7 +654,7 @@ def build_augmentation(preset: str, image_size: int | Sequence[int] = 256) -> Tr
     """
     if preset not in AUGMENTATIONS:
         valid = ", ".join(AUGMENTATIONS)
-        raise ValueError(f"unknown transform preset {preset!r}; valid augmentation presets: {valid} or auto")
+        raise ValueError(f"unknown data.augmentation {preset!r}; valid: {valid} or auto")
     return AUGMENTATIONS[preset][1](as_size(image_size))
 
 

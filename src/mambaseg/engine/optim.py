@@ -5,18 +5,32 @@ stepped once per epoch or once per optimizer step (``schedule.interval``); ``pla
 ``ReduceLROnPlateau`` and is stepped with the selection metric after each validation. All scheduler states are
 plain dicts, so they fit in weights-only checkpoints.
 
-``cosine`` follows PyTorch's ``CosineAnnealingLR`` closed form
-``eta_min + (lr - eta_min) * (1 + cos(pi * t / T)) / 2``, which keeps oscillating beyond ``T`` (with VM-UNet's
-T_max 50 over 300 epochs the rate returns to its peak at epochs 100 and 200, as in the original); ``t_max: null``
-makes it one half-period over the whole run (after the warm-up). ``poly`` is ``(1 - t/total)**power`` after the
-warm-up; ``one_cycle`` is PyTorch's ``OneCycleLR`` shape (cosine rise from lr/25 over ``schedule.warmup`` steps, or
-30% of the run when 0, then cosine decay to ``eta_min``). ``schedule.warmup`` (linear, in ``interval`` units) applies
-to every schedule but ``plateau``.
+Precisely, with ``lr`` the peak (``optim.lr``), ``T`` the schedule length (``train.epochs``, or epochs x steps per
+epoch with ``interval: step``, either capped by ``train.max_steps``) and ``W`` = ``schedule.warmup``:
+
+* warm-up: schedule step ``t < W`` trains at ``lr * (t + 1) / W``: linear, starting at ``lr / W`` and reaching the
+  peak at its last unit (``t = W - 1``). It precedes ``cosine``, ``cosine_restarts``, ``poly`` and ``constant``.
+* ``cosine`` follows PyTorch's ``CosineAnnealingLR`` closed form
+  ``eta_min + (lr - eta_min) * (1 + cos(pi * t / P)) / 2`` with ``t`` counted from the end of the warm-up, which
+  keeps oscillating beyond ``P`` (with VM-UNet's T_max 50 over 300 epochs the rate returns to its peak at epochs 100
+  and 200, as in the original). ``t_max: null`` makes ``P = T - W``, one half-period over the rest of the run: the
+  first step after the warm-up trains at the peak again, and ``eta_min`` is the value reached AFTER the final step
+  (the last step trains slightly above it).
+* ``poly`` is ``lr * (1 - t/(T - W))**power`` after the warm-up (0 after the final step).
+* ``one_cycle`` is PyTorch's ``OneCycleLR`` shape: a cosine rise from lr/25 to the peak over ``W`` steps (30% of the
+  run when ``W`` is 0) -- here ``warmup`` is the length of that rise, not an extra linear warm-up -- then a cosine
+  decay over the remaining ``T - W`` steps to ``eta_min``, again the value after the final step.
+* ``plateau`` ignores ``warmup`` (a warm-up set with it is reported when the run starts).
+
+``warmup`` must be ``>= 0``. One that is not shorter than ``T`` is kept as configured (a smoke run of a long
+recipe with ``--epochs 1``) but the run warns on the console and in ``train.log``, with the numbers: the
+rate then only climbs and never decays (:func:`warmup_note`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -24,7 +38,15 @@ import torch.nn as nn
 
 from mambaseg.configs import OptimConfig, ScheduleConfig
 
-__all__ = ["build_optimizer", "build_scheduler", "schedule_factor", "OPTIMIZERS", "SCHEDULES"]
+__all__ = [
+    "build_optimizer",
+    "build_scheduler",
+        "schedule_factor",
+    "schedule_length",
+    "warmup_note",
+    "OPTIMIZERS",
+    "SCHEDULES",
+]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "cosine_restarts", "poly", "one_cycle", "constant", "plateau")
@@ -105,9 +127,45 @@ def schedule_factor(cfg: ScheduleConfig, base_lr: float, total: int) -> Callable
     return factor
 
 
+def schedule_length(cfg: ScheduleConfig, *, epochs: int, steps_per_epoch: int, max_steps: int | None = None) -> int:
+    """Schedule steps of the run (``T`` of the module docstring): epochs (``interval: epoch``) or optimizer steps
+    (``interval: step``), capped by ``max_steps``; at least 1."""
+    if cfg.interval == "epoch":
+        total = epochs
+        if max_steps:
+            total = min(total, math.ceil(max_steps / max(steps_per_epoch, 1)))
+    else:
+        total = epochs * steps_per_epoch
+        if max_steps:
+            total = min(total, max_steps)
+    return max(int(total), 1)
+
+
+def warmup_note(cfg: ScheduleConfig, total: int) -> str:
+    """A warning about ``schedule.warmup`` for a run of ``total`` schedule steps ("" = none): a warm-up that is not
+    shorter than the schedule (the rate never reaches ``optim.lr`` and never decays), or one ``plateau`` ignores.
+    The run keeps the configured warm-up either way; the trainer prints the note and writes it to ``train.log``.
+
+    Raises:
+        ValueError: a negative warm-up.
+    """
+    warm = int(cfg.warmup)
+    unit = "steps" if cfg.interval == "step" else "epochs"
+    if warm < 0:
+        raise ValueError(f"schedule.warmup must be >= 0 (0 = no warm-up), got {warm}")
+    if cfg.name.lower() == "plateau":
+        return (f"warning: schedule.warmup={warm} is ignored by the plateau schedule (it starts at optim.lr); "
+                "set schedule.warmup=0 to silence this") if warm else ""
+    if warm >= total:
+        return (f"warning: schedule.warmup={warm} {unit} is not shorter than this run's schedule of {total} {unit}: "
+                f"the learning rate only climbs (to {min(warm, total)}/{warm} of optim.lr) and never decays; "
+                f"--set schedule.warmup=N with N < {total} (0 = none) for a short run")
+    return ""
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, epochs: int, steps_per_epoch: int,
-    max_steps: int | None = None, best_mode: str = "max",
+    max_steps: int | None = None, best_mode: str = "max", notes: list[str] | None = None,
 ) -> Any:
     """Scheduler for the run; see the module docstring.
 
@@ -118,20 +176,23 @@ def build_scheduler(
         steps_per_epoch: optimizer steps per epoch.
         max_steps: optional cap on optimizer steps.
         best_mode: ``max``/``min`` direction of the selection metric (for ``plateau``).
+        notes: a list that receives the warnings about the schedule (:func:`warmup_note`); ``None`` = issue them
+            with :func:`warnings.warn`.
+
+    Raises:
+        ValueError: unknown interval or schedule, or a negative warm-up.
     """
     if cfg.interval not in ("epoch", "step"):
         raise ValueError(f"schedule.interval must be 'epoch' or 'step', got {cfg.interval!r}")
+    total = schedule_length(cfg, epochs=epochs, steps_per_epoch=steps_per_epoch, max_steps=max_steps)
+    note = warmup_note(cfg, total)
+    if note and notes is not None:
+        notes.append(note)
+    elif note:
+        warnings.warn(note, stacklevel=2)
     if cfg.name.lower() == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=best_mode, factor=cfg.factor, patience=cfg.patience, min_lr=cfg.eta_min
         )
-    if cfg.interval == "epoch":
-        total = epochs
-        if max_steps:
-            total = min(total, math.ceil(max_steps / max(steps_per_epoch, 1)))
-    else:
-        total = epochs * steps_per_epoch
-        if max_steps:
-            total = min(total, max_steps)
     base = optimizer.param_groups[0]["lr"]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(cfg, base, max(total, 1)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(cfg, base, total))

@@ -428,6 +428,13 @@ def _check_config(cfg: RunConfig, ctx: DistContext) -> None:
         raise ValueError(f"train.val_every must be >= 1, got {tc.val_every}")
     if tc.time_limit_s is not None and tc.time_limit_s <= 0:
         raise ValueError(f"train.time_limit_s must be a positive number of seconds (or null), got {tc.time_limit_s}")
+    if tc.grad_clip is not None and not (math.isfinite(tc.grad_clip) and tc.grad_clip >= 0):
+        # torch's clip_grad_norm_ with a negative max norm flips the gradients' sign (gradient ascent)
+        raise ValueError(f"train.grad_clip must be > 0, or 0/null for no clipping; got {tc.grad_clip}")
+    if tc.ema_decay is not None and not 0.0 < tc.ema_decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in (0, 1) (e.g. 0.999), or null for no EMA; got {tc.ema_decay}")
+    if cfg.schedule.warmup < 0:
+        raise ValueError(f"schedule.warmup must be >= 0 (0 = no warm-up), got {cfg.schedule.warmup}")
 
 
 @dataclass
@@ -552,8 +559,13 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
                         generator=torch.Generator())
     startup["model"] = seconds_since_process_start()
     optimizer = build_optimizer(model, cfg.optim)
+    schedule_notes: list[str] = []
     scheduler = build_scheduler(optimizer, cfg.schedule, epochs=tc.epochs, steps_per_epoch=batches.per_epoch,
-                                max_steps=tc.max_steps, best_mode=tc.best_mode)
+                                max_steps=tc.max_steps, best_mode=tc.best_mode, notes=schedule_notes)
+    for note in schedule_notes:  # a warm-up too long for the run, or one plateau ignores: console and train.log
+        preflight_notes.append(note)
+        if console is not None:
+            console.print(note, highlight=False, markup=False, style="yellow")
     scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=use_scaler)
     train_model: nn.Module = model
     if ctx.enabled:
@@ -668,6 +680,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     if state.get("scheduler"):
         run.scheduler.load_state_dict(state["scheduler"])
+        _reapply_schedule(run.scheduler, run.optimizer)
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.step = int(state["epoch"]), int(state["step"])
@@ -681,6 +694,22 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     if state.get("rng"):
         set_rng_state(state["rng"])
     run.resumed = True
+
+
+def _reapply_schedule(scheduler: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Set the learning rates of a restored run from the REBUILT schedule at the restored position.
+
+    The optimizer's state holds the rate of the schedule the checkpoint was written with; a resume with a raised
+    ``train.epochs``/``train.max_steps`` has another schedule. ``LambdaLR`` computes ``base_lr * lr_lambda(t)``, the
+    same expression as its own step, so an exact resume (same schedule) keeps the same rates bit for bit. The
+    ``plateau`` schedule has no position to follow: its reductions live in the optimizer's rates."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    t = scheduler.last_epoch
+    lrs = [base * fn(t) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
 
 
 def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
@@ -737,7 +766,10 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
 
 
 def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, bool]:
-    """One epoch of optimizer steps; returns (mean training loss, lr used, whether max_steps was reached)."""
+    """One epoch of optimizer steps; returns (mean training loss, lr used, whether max_steps was reached).
+
+    The lr used is the rate the epoch trained at (``interval: epoch``), or with a per-step schedule the rate of its
+    last step; the per-step ``train_step/lr`` scalars are each step's own rate, read before the schedule steps."""
     tc, ctx, device = run.cfg.train, run.ctx, run.device
     seed_everything(_epoch_seed(tc.seed, epoch, ctx.rank))
     batches = _epoch_batches(run, epoch)
@@ -748,6 +780,7 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
     loss_sum = torch.zeros((), dtype=torch.float64)
     count = 0
     capped = False
+    lr_used: float | None = None  # the rate of the epoch's last step (interval=step: the schedule moves per step)
     t_data = 0.0
     t_epoch = time.perf_counter()
     for _ in range(run.batches.per_epoch):
@@ -779,6 +812,7 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
             _diverged(run, bar, epoch, "loss", inputs=x)
         if not run.scaler.is_enabled() and not math.isfinite(float(red[3])):
             _diverged(run, bar, epoch, "gradient norm")
+        lr_used = run.optimizer.param_groups[0]["lr"]  # the rate of this step, read before the schedule moves on
         run.scaler.step(run.optimizer)
         run.scaler.update()
         if run.ema is not None:
@@ -792,13 +826,14 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
         count += int(red[1])
         run.n_seen += int(red[1])
         if ctx.is_main and run.step % max(tc.log_every, 1) == 0:
-            run.logger.scalars({"loss": float(red[0] / red[1]), "lr": run.optimizer.param_groups[0]["lr"],
+            run.logger.scalars({"loss": float(red[0] / red[1]), "lr": lr_used,
                                 "grad_norm": float(red[3])}, run.step, prefix="train_step/")
         bar.step(f"loss {float(red[0] / max(red[1], 1)):.4f}")
         if tc.max_steps is not None and run.step >= tc.max_steps:
             capped = True
             break
-    lr_used = run.optimizer.param_groups[0]["lr"]
+    if run.cfg.schedule.interval == "epoch" or lr_used is None:
+        lr_used = run.optimizer.param_groups[0]["lr"]
     if not run.plateau and run.cfg.schedule.interval == "epoch":
         run.scheduler.step()
     run.epoch_times = {"time_data": t_data, "time_step": time.perf_counter() - t_epoch - t_data}

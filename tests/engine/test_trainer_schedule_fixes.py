@@ -1,0 +1,113 @@
+"""Trainer: early rejection of invalid options (grad_clip, ema_decay, warm-up), the rebuilt schedule after a resume
+with more epochs, the learning rate logged per step, and a warm-up longer than the run (kept, with a warning)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import mambaseg.engine.trainer as trainer_mod
+from engine_helpers import tiny_config
+from mambaseg.engine import TrainingInterrupted, train
+from mambaseg.engine.run_logger import RunLogger
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"train.grad_clip": -1.0}, r"train\.grad_clip must be > 0, or 0/null for no clipping; got -1"),
+    ({"train.grad_clip": float("nan")}, r"train\.grad_clip must be > 0, or 0/null for no clipping"),
+    ({"train.grad_clip": float("inf")}, r"train\.grad_clip must be > 0, or 0/null for no clipping"),
+    ({"train.ema_decay": 1.5}, r"train\.ema_decay must be in \(0, 1\)"),
+    ({"schedule.warmup": -2}, r"schedule\.warmup must be >= 0"),
+])
+def test_invalid_options_fail_before_a_run_folder_is_written(tiny_model, synthetic_data, tmp_path, sets, message):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(synthetic_data, out, **sets), show_progress=False)
+    assert not out.exists()  # no config.yaml / train.log left behind
+
+
+def test_grad_clip_zero_and_null_mean_no_clipping(tiny_model, synthetic_data, tmp_path):
+    for i, clip in enumerate((0.0, None)):
+        train(tiny_config(synthetic_data, tmp_path / f"r{i}", **{"train.grad_clip": clip, "train.epochs": 1}))
+
+
+def _record_lrs(monkeypatch):
+    """The learning rate each training step runs with (read at its forward), and the ``train_step/lr`` scalars."""
+    used, logged = [], []
+    forward = trainer_mod._forward
+
+    def spy(run, x):
+        used.append(run.optimizer.param_groups[0]["lr"])
+        return forward(run, x)
+
+    scalars = RunLogger.scalars
+
+    def spy_scalars(self, values, step, prefix=""):
+        if prefix == "train_step/":
+            logged.append(values["lr"])
+        return scalars(self, values, step, prefix)
+
+    monkeypatch.setattr(trainer_mod, "_forward", spy)
+    monkeypatch.setattr(RunLogger, "scalars", spy_scalars)
+    return used, logged
+
+
+def test_logged_lr_is_the_rate_of_the_step(tiny_model, synthetic_data, tmp_path, monkeypatch):
+    used, logged = _record_lrs(monkeypatch)
+    out = tmp_path / "run"
+    train(tiny_config(synthetic_data, out, **{"schedule.warmup": 2}))  # 3 epochs x 2 steps, per-step cosine
+    assert len(used) == len(logged) == 6 and len(set(used)) > 2
+    assert logged == used
+    hist = json.loads((out / "history.json").read_text())
+    # an epoch's record: the rate of its last step (not the next epoch's first)
+    assert [r["lr"] for r in hist] == [used[1], used[3], used[5]]
+
+
+def test_resume_with_more_epochs_follows_the_rebuilt_schedule(tiny_model, synthetic_data, tmp_path, monkeypatch):
+    used, _ = _record_lrs(monkeypatch)
+    train(tiny_config(synthetic_data, tmp_path / "long", **{"train.epochs": 4}))
+    long_run = list(used)
+    used.clear()
+    part = tmp_path / "part"
+    train(tiny_config(synthetic_data, part, **{"train.epochs": 2}))
+    assert len(used) == 4
+    used.clear()
+    train(tiny_config(synthetic_data, part, **{"train.epochs": 4}), resume=True)
+    # the resumed steps 5-8 run on the 4-epoch schedule, the first one included (not the 2-epoch run's last rate)
+    assert used == long_run[4:]
+
+
+def test_exact_resume_keeps_the_same_rates(tiny_model, synthetic_data, tmp_path, monkeypatch):
+    used, _ = _record_lrs(monkeypatch)
+    train(tiny_config(synthetic_data, tmp_path / "full"))
+    full = list(used)
+    used.clear()
+
+    def kill(state):
+        if state["epoch"] == 1:
+            raise TrainingInterrupted("simulated kill")
+
+    part = tmp_path / "part"
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(synthetic_data, part), callbacks=[kill])
+    train(tiny_config(synthetic_data, part), resume=True)
+    assert used == full  # bit for bit
+
+
+def test_a_warmup_longer_than_the_run_is_kept_with_a_warning(tiny_model, synthetic_data, tmp_path, monkeypatch):
+    used, _ = _record_lrs(monkeypatch)
+    out = tmp_path / "run"
+    # a smoke run of 2 epochs x 2 steps (4 steps) with a 10-step warm-up: kept as configured, said loudly
+    train(tiny_config(synthetic_data, out, **{"schedule.warmup": 10, "train.epochs": 2}))
+    log = " ".join((out / "train.log").read_text().split())
+    assert "schedule.warmup=10 steps is not shorter than this run's schedule of 4 steps" in log
+    assert yaml.safe_load((out / "config.yaml").read_text())["schedule"]["warmup"] == 10
+    assert used == pytest.approx([5e-3 * (t + 1) / 10 for t in range(4)])  # the linear climb, never the peak
+
+
+def test_plateau_with_a_warmup_says_it_is_ignored(tiny_model, synthetic_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(synthetic_data, out, **{"schedule.name": "plateau", "schedule.warmup": 3, "train.epochs": 1}))
+    assert "schedule.warmup=3 is ignored by the plateau schedule" in (out / "train.log").read_text()
