@@ -121,3 +121,22 @@ def test_input_errors(tmp_path, images):
     with pytest.raises(ValueError, match="not an image file"):
         pred.predict_folder(d / "notes.txt", tmp_path / "o")
     assert isinstance(pred, Predictor) and "vmunet_tiny" in repr(pred)
+
+
+def test_sixteen_bit_pil_image_and_float_arrays_keep_their_precision(tmp_path):
+    path, _ = _ckpt(tmp_path)
+    pred = mambaseg.load(path, device="cpu")
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 65536, (40, 52), dtype=np.uint16)
+    Image.fromarray(raw).save(tmp_path / "g16.png")
+    pil = Image.open(tmp_path / "g16.png")
+    assert pil.mode.startswith("I;16")
+    from_path, from_pil = pred.read(tmp_path / "g16.png"), pred.read(pil)
+    assert from_pil.dtype == np.float32 and np.array_equal(from_pil, from_path)  # not clipped to 255 by convert()
+    assert np.array_equal(from_pil[..., 0], (raw / 65535.0).astype(np.float32))
+    np.testing.assert_array_equal(pred.predict(Image.open(tmp_path / "g16.png")), pred.predict(tmp_path / "g16.png"))
+    # float arrays are used at full precision (float32), not rounded to 8 bits
+    f = rng.random((40, 52, 3)).astype(np.float32)
+    assert pred.read(f).dtype == np.float32 and np.array_equal(pred.read(f), f)
+    assert pred.read(f.astype(np.float64)[..., :1]).dtype == np.float32
+    np.testing.assert_array_equal(pred.predict(raw / 65535.0), pred.predict(tmp_path / "g16.png"))

@@ -41,6 +41,19 @@ def test_nsd_and_hd95_by_hand():
         nsd(pred, gt, -1)
 
 
+def test_nsd_at_a_tolerance_that_is_a_multiple_of_the_spacing():
+    # squares 3 pixels apart: the farthest surface points lie exactly 3 pixels (0.30000000000000004 at spacing 0.1)
+    # from the other surface, so tolerance 3 px and 0.3 mm at 0.1 mm pixels are the same question
+    gt = np.zeros((20, 20), np.uint8)
+    gt[3:11, 3:11] = 1
+    pred = np.zeros_like(gt)
+    pred[3:11, 6:14] = 1
+    assert nsd(pred, gt, 3) == pytest.approx(1.0)
+    assert nsd(pred, gt, 0.3, spacing=0.1) == nsd(pred, gt, 3)
+    assert nsd(pred, gt, 0.3, spacing=(0.1, 0.1)) == nsd(pred, gt, 3)
+    assert nsd(pred, gt, 2.9) < 1.0  # the margin is a rounding allowance, not a wider tolerance
+
+
 def test_pooled_differs_from_per_case_and_empty_policies():
     pred, gt = _squares()
     big_gt = np.zeros((10, 10), np.uint8)

@@ -201,14 +201,66 @@ def is_npz2d(path: Path) -> bool:
     return path.is_file() and path.suffix == ".npz"
 
 
+def _check_npz2d(arrays: Mapping[str, np.ndarray], path: Path, num_classes: int) -> None:
+    """Check every split of an ``npz2d`` cache (hand-made ones included) before it is used: ``{split}_images``
+    uint8 (N, H, W, C), ``{split}_masks`` integer (N, H, W) class indices ({0, 1} for binary, else
+    0..num_classes-1), ``{split}_ids`` N ids.
+
+    Raises:
+        DatasetError: naming the ``.npz`` file, the key and, for mask values, the offending values and first cases.
+    """
+    from mambaseg.data.files import DatasetError
+
+    allowed = 2 if num_classes == 1 else num_classes
+    rule = "{0, 1} (binary task)" if num_classes == 1 else f"0..{num_classes - 1} (the label map's class indices)"
+    for key in sorted(k for k in arrays if k.endswith("_images")):
+        split = key[: -len("_images")]
+        images = arrays[key]
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise DatasetError(
+                f"{path}: key {key!r} is {images.dtype} {tuple(images.shape)}; expected uint8 (N, H, W, C) images "
+                "with values 0..255 (a float array in [0, 1]: np.rint(x * 255).astype(np.uint8); grey: x[..., None])")
+        mkey, ikey = f"{split}_masks", f"{split}_ids"
+        if mkey not in arrays:
+            raise DatasetError(f"{path}: key {key!r} has no {mkey!r} beside it; expected (N, H, W) masks per split")
+        masks = arrays[mkey]
+        if masks.dtype.kind not in "biu" or masks.shape != images.shape[:3]:
+            raise DatasetError(
+                f"{path}: key {mkey!r} is {masks.dtype} {tuple(masks.shape)}; expected integer class indices "
+                f"(N, H, W) = {tuple(images.shape[:3])}, e.g. uint8")
+        ids = [str(i) for i in arrays[ikey]] if ikey in arrays else None
+        if ids is None or len(ids) != images.shape[0]:
+            got = "missing" if ids is None else f"{len(ids)} ids"
+            raise DatasetError(f"{path}: key {ikey!r} is {got}; expected one id per image ({images.shape[0]})")
+        vals = (np.flatnonzero(np.bincount(masks.ravel(), minlength=256)) if masks.dtype == np.uint8
+                else np.unique(masks))
+        bad = [int(v) for v in vals if not 0 <= int(v) < allowed]
+        if bad:
+            bad_arr = np.asarray(bad, dtype=masks.dtype)
+            cases = [ids[n] for n in range(len(ids)) if np.isin(masks[n], bad_arr).any()]
+            more = f" and {len(cases) - 5} more" if len(cases) > 5 else ""
+            hint = ""
+            if num_classes == 1:
+                hint = ("; a 0/255 mask? store (mask > 127).astype(np.uint8)" if 255 in bad else
+                        "; a multi-class cache? its JSON 'meta' entry must give num_classes and label_map")
+            raise DatasetError(
+                f"{path}: key {mkey!r} holds values {bad[:8]}{' ...' if len(bad) > 8 else ''} outside {rule} in "
+                f"{len(cases)} case(s): {', '.join(cases[:5])}{more}{hint}")
+
+
 def open_npz2d(path: Path, cfg: Any, *, splits: tuple[str, ...], normalization: Any) -> DataTask:
-    """``npz2d`` layout opener: the training-size uint8 cache written by :func:`write_npz2d`."""
+    """``npz2d`` layout opener: the training-size uint8 cache written by :func:`write_npz2d`.
+
+    Every split of the file is checked first (:func:`_check_npz2d`): a hand-made cache with float images or 0/255
+    masks is refused naming the file and the key, not met later as a loss error.
+    """
     size = image_size_of(cfg)
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
     label_map = {str(k): int(v) for k, v in meta.get("label_map", binary_label_map()).items()}
     num_classes = int(meta.get("num_classes", 1))
+    _check_npz2d(arrays, path, num_classes)
 
     picked: dict[str, dict[str, np.ndarray]] = {}
     if cfg.data.split_file:  # e.g. a cross-validation fold: train/val taken by id from the cache's train + val

@@ -3,7 +3,8 @@
 Layout: ``ROOT/<split>/images/<id>.<ext>`` and ``ROOT/<split>/masks/<id>[_segmentation|_mask].<ext>``.
 Pairs are matched by file stem; a mask stem may carry the ISIC suffix ``_segmentation`` (or ``_mask``).
 Images and masks are read with Pillow, which raises on truncated or corrupt files instead of returning
-partial pixels; the EXIF ``Orientation`` tag is applied on read (images and masks alike).
+partial pixels; the EXIF ``Orientation`` tag is applied on read (images and masks alike). 16-bit colour PNG/TIFF
+images, which Pillow reduces to 8 bits, are decoded with OpenCV (a required dependency) to keep every level.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "is_volume_path",
     "list_split",
     "match_mask_files",
+    "image_from_pil",
     "read_image",
     "read_mask",
     "mask_to_labels",
@@ -165,9 +167,29 @@ def list_split(split_dir: str | Path) -> FolderListing:
 def _open(path: Path, what: str) -> Image.Image:
     """Decode an image file fully, in its DISPLAY orientation (the EXIF ``Orientation`` tag applied), so an image
     and its mask line up whichever of them a camera or editor stored rotated."""
+    return _decode(path, what)[0]
+
+
+def _deep_colour(img: Image.Image) -> bool:
+    """Whether an opened (not yet loaded) colour or grey+alpha file stores more than 8 bits per sample, which
+    Pillow's ``RGB``/``RGBA``/``LA`` modes reduce to 8 (PNG raw modes ``RGB;16B``, TIFF ``BitsPerSample`` 16)."""
+    if img.mode not in ("RGB", "RGBA", "LA"):
+        return False
+    for tile in img.tile:
+        raw = tile.args[0] if isinstance(tile.args, tuple) and tile.args else tile.args
+        if isinstance(raw, str) and ";16" in raw:
+            return True
+    bits = getattr(img, "tag_v2", {}).get(258)  # TIFF BitsPerSample
+    return bits is not None and max(bits if isinstance(bits, tuple) else (bits,)) > 8
+
+
+def _decode(path: Path, what: str) -> tuple[Image.Image, bool, int]:
+    """:func:`_open`, also telling whether the file is deep colour (:func:`_deep_colour`) and its EXIF orientation."""
     try:
         img = Image.open(path)
+        deep = _deep_colour(img)  # before load(), which clears the tile list
         img.load()  # decode fully: truncated/corrupt files raise here
+        orientation = int(img.getexif().get(0x0112, 1) or 1) if deep else 1  # a PNG's eXIf may follow its pixels
         img = ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise DatasetError(f"{path}: {what} file not found") from None
@@ -176,7 +198,55 @@ def _open(path: Path, what: str) -> Image.Image:
                            f"of at most {Image.MAX_IMAGE_PIXELS} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: unreadable or corrupt {what} ({exc}); expected a valid image file") from None
-    return img
+    return img, deep, orientation
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """``arr`` (H, W[, C]) in display orientation: the EXIF ``Orientation`` transform of ``ImageOps.exif_transpose``."""
+    ops = {
+        2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+        3: lambda a: np.rot90(a, 2),  # ROTATE_180
+        4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+        5: lambda a: np.swapaxes(a, 0, 1),  # TRANSPOSE
+        6: lambda a: np.rot90(a, 3),  # ROTATE_270
+        7: lambda a: np.rot90(np.swapaxes(a, 0, 1), 2),  # TRANSVERSE
+        8: lambda a: np.rot90(a, 1),  # ROTATE_90
+    }
+    return ops[orientation](arr) if orientation in ops else arr
+
+
+#: how to turn a 16-bit colour file this library cannot decode into one it reads with every level
+_DEEP_COLOUR_HINT = ("convert it to 16-bit grey (e.g. cv2.imwrite('x.png', cv2.cvtColor(cv2.imread(f, "
+                     "cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2GRAY))) or to an 8-bit RGB PNG")
+
+
+def _read_deep_colour(path: Path, in_chans: int, orientation: int, size: tuple[int, int]) -> np.ndarray:
+    """A 16-bit colour (or grey+alpha) PNG/TIFF as float32 ``value / 65535`` (H, W, in_chans), alpha dropped."""
+    import cv2
+
+    try:
+        raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except (cv2.error, OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: 16-bit colour image that OpenCV cannot decode ({exc}); {_DEEP_COLOUR_HINT}") \
+            from None
+    if raw is None or raw.dtype != np.uint16 or raw.ndim not in (2, 3):
+        got = "nothing" if raw is None else f"{raw.dtype} {raw.shape}"
+        raise DatasetError(f"{path}: 16-bit colour image that OpenCV does not decode to 16-bit samples (got {got}); "
+                           f"16-bit colour is supported for PNG and TIFF files OpenCV reads; {_DEEP_COLOUR_HINT}")
+    if raw.ndim == 3:
+        raw = raw[..., :1] if raw.shape[2] < 3 else raw[..., 2::-1]  # grey+alpha -> grey; BGR(A) -> RGB, no alpha
+    raw = _orient(raw, orientation)
+    if raw.shape[:2] != (size[1], size[0]):
+        raise DatasetError(f"{path}: OpenCV decodes this 16-bit colour image as {raw.shape[1]}x{raw.shape[0]} (WxH) "
+                           f"but Pillow as {size[0]}x{size[1]}; {_DEEP_COLOUR_HINT}")
+    arr = raw.astype(np.float64) / 65535.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[2] == 1 and in_chans == 3:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[2] == 3 and in_chans == 1:
+        arr = (arr @ np.array([0.299, 0.587, 0.114]))[..., None]  # ITU-R 601 luma, as Pillow's convert("L")
+    return np.ascontiguousarray(arr.astype(np.float32))
 
 
 def require_finite(array: np.ndarray, path: str | Path, what: str = "image") -> np.ndarray:
@@ -204,14 +274,38 @@ def read_image(path: str | Path, in_chans: int = 3) -> np.ndarray:
     """Read an image as (H, W, in_chans): uint8 for 8-bit files, float32 in [0, 1] for 16-bit ones.
 
     Grey images are replicated to 3 channels when ``in_chans == 3``; colour images are converted to grey
-    (ITU-R 601 luma) when ``in_chans == 1``. 16-bit grey images (PNG/TIFF ``I;16*``, or 32-bit integer ``I`` holding
-    values up to 65535) keep every level: they are returned as ``value / 65535`` in float32 (a 12-bit ramp keeps its
-    4096 levels); the training pipeline, the cache writer and the predictor take float32 [0, 1] images like uint8 ones.
+    (ITU-R 601 luma) when ``in_chans == 1``. 16-bit images keep every level: they are returned as ``value / 65535``
+    in float32 (a 12-bit ramp keeps its 4096 levels): grey PNG/TIFF (``I;16*``, or 32-bit integer ``I`` holding
+    values up to 65535), and colour or grey+alpha PNG/TIFF of 16 bits per sample (48/64-bit RGB/RGBA), which Pillow
+    would reduce to 8 bits and OpenCV decodes instead. The training pipeline, the cache writer and the predictor
+    take float32 [0, 1] images like uint8 ones. An alpha channel (RGBA, grey+alpha, palette transparency) is
+    dropped: the colour values are read as stored, not composited.
+
+    Raises:
+        DatasetError: an unreadable file, a floating-point image, integer values outside 0..65535, or a 16-bit
+            colour file OpenCV cannot decode (the message says how to convert it).
     """
     path = Path(path)
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3 for image files, got {in_chans}")
-    img = _open(path, "image")
+    img, deep, orientation = _decode(path, "image")
+    if deep:
+        return _read_deep_colour(path, in_chans, orientation, img.size)
+    return image_from_pil(img, in_chans, path)
+
+
+def image_from_pil(img: Image.Image, in_chans: int = 3, path: str | Path = "<image>") -> np.ndarray:
+    """A decoded Pillow image as :func:`read_image` returns a file (its pixel rules; no EXIF step, no OpenCV).
+
+    uint8 (H, W, in_chans) for 8-bit modes (alpha dropped, grey replicated, colour to luma), float32
+    ``value / 65535`` for 16-bit grey (``I;16*``, ``I`` up to 65535). A 16-bit COLOUR file opened with Pillow already
+    holds 8 bits per sample; :func:`read_image` of its path keeps all 16.
+
+    Raises:
+        DatasetError: a floating-point (``F``) image, or integer values outside 0..65535 (the message names ``path``).
+    """
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 or 3 for images, got {in_chans}")
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         raw = np.asarray(img)
         if raw.ndim == 3:
@@ -243,10 +337,23 @@ def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask's raw values as an (H, W) integer array.
 
     Grey (``L``), 1-bit and palette (``P``: the palette indices) masks are returned as stored; 16-bit masks
-    as int32; RGB/RGBA masks are converted to grey luma first.
+    as int32; RGB masks are converted to grey luma first. A mask with an alpha channel (RGBA, grey+alpha) is read
+    only when the alpha is fully opaque everywhere (then it is dropped, as for images); otherwise the mask may be
+    drawn in its alpha channel, which is not read, so it is refused.
+
+    Raises:
+        DatasetError: an unreadable file, a floating-point mask or a mask whose alpha channel is not fully opaque.
     """
     path = Path(path)
     img = _open(path, "mask")
+    if "A" in img.getbands():
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.size and int(alpha.min()) < 255:
+            raise DatasetError(
+                f"{path}: mask with an alpha channel that is not fully opaque (alpha {int(alpha.min())}..."
+                f"{int(alpha.max())}, {int(np.count_nonzero(alpha < 255))} pixel(s) below 255); the alpha channel is "
+                "not read, so a mask drawn in it would be lost: save masks as grey (L), palette (P) or label images "
+                "without an alpha channel")
     if img.mode == "1":
         return np.asarray(img, dtype=np.uint8)
     if img.mode in ("L", "P"):
@@ -289,8 +396,10 @@ def mask_to_labels(
 
     Binary (``binary=True``): values in {0, 1} are used as they are; values in {0, 255} become ``> 127``.
     Other values are accepted only for lossy files (``lossy=True``, JPEG masks carry compression noise),
-    which are thresholded at ``> 127``; otherwise a :class:`DatasetError` names the file and the values, and says
-    how the caller reads masks of several classes (``multiclass_hint``: a run's config keys by default).
+    which are thresholded at ``> 127`` (a lossy mask whose largest value is 2..127, e.g. a 0/1 mask saved as JPEG,
+    is a :class:`DatasetError`: the threshold would empty it); otherwise a :class:`DatasetError` names the file and
+    the values, and says how the caller reads masks of several classes (``multiclass_hint``: a run's config keys by
+    default).
 
     Multi-class (``binary=False``): with ``label_values`` the raw value ``label_values[k]`` becomes class
     ``k`` and any other value is an error; without it the raw values are the class indices.
@@ -301,6 +410,10 @@ def mask_to_labels(
             raise ValueError("label_values is only used for multi-class masks (binary=False)")
         if vals.size == 0 or vals.max() <= 1:
             return (raw > 0).astype(np.uint8)
+        if lossy and vals.max() <= 127:
+            raise DatasetError(
+                f"{path}: lossy (JPEG) mask whose largest value is {int(vals.max())}; lossy masks are thresholded at "
+                "> 127, which would make it empty. A 0/1 mask saved as JPEG? save masks as PNG, or scale to 0/255")
         if set(vals.tolist()) <= {0, 255} or lossy:
             return (raw > 127).astype(np.uint8)
         raise DatasetError(

@@ -155,14 +155,16 @@ def _collate_eval(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _per_image_rows(stats: torch.Tensor, ids: list[str]) -> list[dict[str, Any]]:
-    """One row per image: its id and foreground-mean metrics (the foreground channel itself when binary)."""
+    """One row per image: its id and foreground-mean metrics (the foreground channel itself when binary; ``None``
+    where undefined)."""
     from mambaseg.metrics.confusion import scores_from_stats
 
     scores = scores_from_stats(stats)  # each (N, C)
     fg = slice(0, 1) if stats.shape[1] == 1 else slice(1, None)
     means = {k: torch.nanmean(v[:, fg], dim=1).tolist() for k, v in scores.items()}
     keys = [k for k in ("acc", "sen", "spe", "dsc", "iou") if k in means]
-    return [{"id": str(i), **{k: round(float(means[k][n]), 6) for k in keys}} for n, i in enumerate(ids)]
+    # an undefined value (e.g. sensitivity of an image without ground-truth pixels) is None, as in pooled/per_case
+    return [{"id": str(i), **{k: _round(round(float(means[k][n]), 6)) for k in keys}} for n, i in enumerate(ids)]
 
 
 def _shard(n: int, ctx: DistContext) -> list[int]:

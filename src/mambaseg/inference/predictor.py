@@ -43,7 +43,7 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.45) ->
     """Blend class colours over an image.
 
     Args:
-        image: (H, W, C) uint8 (C = 1 or 3) original image.
+        image: (H, W, C) original image, uint8 or float32 in [0, 1] (C = 1 or 3).
         mask: (H, W) class indices (0 = background, left unchanged).
         alpha: opacity of the colours.
 
@@ -145,16 +145,30 @@ class Predictor:
 
     # ------------------------------------------------------------------ input handling
     def read(self, image: ImageInput) -> np.ndarray:
-        """Any supported input as a uint8 (H, W, in_chans) array (float inputs are taken as [0, 1])."""
+        """Any supported input as an (H, W, in_chans) array: uint8 for 8-bit data, float32 in [0, 1] otherwise.
+
+        Paths are read by :func:`mambaseg.data.read_image` (16-bit files: ``value / 65535`` in float32). PIL images
+        follow the same pixel rules (:func:`mambaseg.data.files.image_from_pil`, their EXIF orientation applied as on
+        read): 16-bit grey (``I;16``) keeps every level as float32, ``F`` images are float arrays. uint8 arrays stay
+        uint8; float arrays (and tensors) must hold values in [0, 1] and stay float32 (not rounded to 8 bits).
+        """
+        from PIL import ImageOps
+
         from mambaseg.data import read_image
+        from mambaseg.data.files import image_from_pil
 
         if isinstance(image, (str, Path)):
             p = Path(image)
             if not p.is_file():
                 raise FileNotFoundError(f"input image {str(p)!r} does not exist")
             return read_image(p, self.in_chans)
-        if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
-            image = np.asarray(image.convert("RGB" if self.in_chans == 3 else "L"))
+        if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image: the pixel rules of read_image
+            name = getattr(image, "filename", None) or "<PIL image>"
+            image = ImageOps.exif_transpose(image)
+            if image.mode == "F":
+                image = np.asarray(image, dtype=np.float32)
+            else:
+                return image_from_pil(image, self.in_chans, name)
         if isinstance(image, torch.Tensor):
             t = image.detach().cpu()
             if t.dim() != 3:
@@ -173,7 +187,7 @@ class Predictor:
                                      "finite values in [0, 1]")
                 if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
                     raise ValueError("float image arrays must hold values in [0, 1]; pass uint8 for 0..255 data")
-                arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+                arr = arr.astype(np.float32)  # kept at full precision, as 16-bit files are read
             else:
                 raise ValueError(f"image arrays must be uint8 or float in [0, 1], got dtype {arr.dtype}")
         c = arr.shape[-1]
@@ -184,13 +198,13 @@ class Predictor:
                 arr = np.repeat(arr, 3, axis=-1)
             elif c == 3 and self.in_chans == 1:
                 luma = arr.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
-                arr = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
+                arr = (np.clip(np.rint(luma), 0, 255).astype(np.uint8) if arr.dtype == np.uint8 else luma)[..., None]
             else:
                 raise ValueError(f"the model expects {self.in_chans} channel(s), the image has {c}")
         return np.ascontiguousarray(arr)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, C) -> normalised float32 (C, h, w) at the network size (as in evaluation)."""
+        """uint8 or float32 [0, 1] (H, W, C) -> normalised float32 (C, h, w) at the network size (as in evaluation)."""
         dummy = np.zeros(image.shape[:2], dtype=np.uint8)
         img, _ = self._transform(image, dummy, np.random.default_rng(0))
         x = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)  # 16-bit: [0, 1]
@@ -249,7 +263,9 @@ class Predictor:
         """Mask (H, W) int64 of class indices (0/1 for binary) at the input's original size.
 
         Args:
-            image: an image path, an (H, W[, C]) uint8 (or [0, 1] float) array, a PIL image or a (C, H, W) tensor.
+            image: an image path, an (H, W[, C]) uint8 array, a float array in [0, 1] (used at full precision, as
+                float32), a PIL image (16-bit grey ``I;16`` keeps every level, as when its file is read) or a
+                (C, H, W) tensor (float in [0, 1] or uint8). See :meth:`read`.
         """
         return self.predict_batch([image])[0]
 

@@ -42,13 +42,19 @@ SCORE_EMPTY_POLICIES = ("nan", "one")
 def nsd(pred: np.ndarray, gt: np.ndarray, tolerance: float, spacing: float | Sequence[float] | None = None) -> float:
     """Normalized surface distance of two non-empty binary masks at ``tolerance`` (units of ``spacing``).
 
+    A distance counts as within the tolerance when ``d <= tolerance * (1 + 1e-9) + 1e-12``: the small relative
+    margin absorbs floating-point rounding of the distance transform, so a tolerance that is a multiple of the
+    spacing (e.g. spacing 0.1, tolerance 0.3, where a distance of 3 pixels is ``0.30000000000000004``) gives the
+    same NSD as the same question in pixel units (spacing 1, tolerance 3).
+
     Raises:
         ValueError: an empty mask, a negative tolerance or mismatched shapes.
     """
     if not tolerance >= 0:
         raise ValueError(f"the NSD tolerance must be >= 0, got {tolerance}")
     d_pg, d_gp = surface_distances(pred, gt, spacing=spacing)
-    return float((np.count_nonzero(d_pg <= tolerance) + np.count_nonzero(d_gp <= tolerance))
+    limit = tolerance * (1 + 1e-9) + 1e-12
+    return float((np.count_nonzero(d_pg <= limit) + np.count_nonzero(d_gp <= limit))
                  / (d_pg.size + d_gp.size))
 
 

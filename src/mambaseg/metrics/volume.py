@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from mambaseg.metrics.hd95 import EMPTY_POLICIES, EMPTY_POLICY_DOC, apply_empty_policy, check_empty_policy, hd95
+from mambaseg.utils.files import json_safe  # re-exported: reports are made JSON-ready here
 
 __all__ = [
     "ClassStats",
@@ -124,26 +125,6 @@ def volume_class_stats(
         out[int(c)] = ClassStats(n_p, n_g, inter, h)
     sp = None if spacing is None else tuple(float(s) for s in np.atleast_1d(spacing))
     return VolumeStats(case_id=case_id, classes=out, spacing=sp)
-
-
-def json_safe(obj: Any) -> Any:
-    """Recursively convert a report to strict JSON: NaN -> ``None``, +-inf -> ``"inf"``/``"-inf"``, numpy -> Python."""
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        if math.isnan(f):
-            return None
-        if math.isinf(f):
-            return "inf" if f > 0 else "-inf"
-        return f
-    return obj
 
 
 def _mean(values: list[float], policy: str) -> float:

@@ -60,7 +60,7 @@ from mambaseg.models.slicemamba import arch_slices
 from mambaseg.nas.evolution import EvolutionConfig, EvolutionSearch
 from mambaseg.nas.supernet import SliceMambaSupernet
 from mambaseg.runtime import resolve_amp, resolve_device
-from mambaseg.utils.files import atomic_write_json
+from mambaseg.utils.files import atomic_write_json, json_safe
 
 __all__ = ["SUBNET_CHECKPOINT", "SUPERNET_CHECKPOINTS", "SearchSettings", "SupernetHooks", "carve_search_split",
            "run_search", "save_subnet", "supernet_fitness", "train_supernet"]
@@ -364,7 +364,8 @@ def save_subnet(net: SliceMambaSupernet, arch: Any, path: str | Path, *, cfg: Ru
 
 
 def _json_roundtrip(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
+    """``obj`` as it reads back from a file written by :func:`atomic_write_json` (which applies :func:`json_safe`)."""
+    return json.loads(json.dumps(json_safe(obj)))
 
 
 def _finished_search(out: Path, cfg: RunConfig, settings: SearchSettings, evo: EvolutionConfig,

@@ -1,18 +1,21 @@
 """The one atomic writer: write to a temporary file in the same folder, then ``os.replace`` it into place.
 
 Every file the library writes (checkpoints, caches, JSON, plots) goes through :class:`atomic_path`;
-:func:`atomic_write_json` is its JSON shorthand.
+:func:`atomic_write_json` is its JSON shorthand, which writes strict JSON only (:func:`json_safe`: NaN -> ``null``,
++-inf -> ``"inf"``/``"-inf"``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_json"]
+__all__ = ["atomic_path", "atomic_write_json", "json_safe"]
 
 
 class atomic_path:
@@ -82,11 +85,39 @@ def atomic_write_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
     return Path(path)
 
 
+def json_safe(obj: Any) -> Any:
+    """Recursively convert a report to strict JSON: NaN -> ``None``, +-inf -> ``"inf"``/``"-inf"``, numpy -> Python."""
+    import numpy as np
+
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        if math.isnan(f):
+            return None
+        if math.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        return f
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` through :class:`atomic_path` (flushed and synced first)."""
+    """Write ``obj`` as indented strict JSON to ``path`` through :class:`atomic_path` (flushed and synced first).
+
+    ``obj`` passes through :func:`json_safe` first: an undefined value (NaN) is written as ``null`` and an infinite
+    one as ``"inf"``/``"-inf"``, so the file never holds the bare ``NaN``/``Infinity`` tokens that strict JSON
+    parsers reject.
+    """
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+            f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())
     return Path(path)
