@@ -306,6 +306,27 @@ def test_volumes_are_predicted_slice_by_slice_with_tta():
     other = nn.Conv2d(1, 3, 5, padding=2)
     diff = predict_volume(ProbabilityEnsemble([other], tta="flip"), vol, image_size=16, device="cpu")
     assert not np.array_equal(diff, predict_volume(other, vol, image_size=16, device="cpu"))
+    # no device: the model's own (a weight tensor's truth value used to raise)
+    for m in (model, ProbabilityEnsemble([other], tta="flip")):
+        assert np.array_equal(predict_volume(m, vol, image_size=16), predict_volume(m, vol, image_size=16, device="cpu"))
+
+
+def test_stored_float16_probabilities_keep_the_label_side_of_the_threshold():
+    from mambaseg.inference.volume import probabilities_of, stored_probabilities
+    from mambaseg.metrics import labels_from_probabilities
+
+    # logits whose float32 sigmoid lies just below / at / above 0.5: float16 rounds the first ones up to 0.5
+    logits = torch.tensor([-1e-4, -3e-5, -1e-6, 0.0, 1e-6, 1e-4], dtype=torch.float32).reshape(1, 1, 6)
+    p32 = probabilities_of(logits)
+    assert (p32.astype(np.float16)[0, 0, :3] == 0.5).all()  # the case being fixed
+    stored = stored_probabilities(logits)
+    assert stored.dtype == np.float16
+    want = labels_from_probabilities(torch.from_numpy(p32)[None]).numpy()
+    got = labels_from_probabilities(torch.from_numpy(stored.astype(np.float32))[None]).numpy()
+    assert np.array_equal(got, want) and want.tolist() == [[[0, 0, 0, 1, 1, 1]]]
+    assert np.abs(stored.astype(np.float32) - p32).max() < 1e-3
+    multi = torch.randn(3, 4, 5)  # softmax: stored as is
+    assert np.array_equal(stored_probabilities(multi), probabilities_of(multi).astype(np.float16))
 
 
 def test_predict_saves_the_probabilities_its_masks_come_from(tmp_path, synthetic_data_module):

@@ -249,14 +249,14 @@ class Predictor:
         probability or (C, H, W) softmax); both atomically. Returns the mask (class indices)."""
         from PIL import Image
 
-        from mambaseg.inference.volume import probabilities_of
+        from mambaseg.inference.volume import stored_probabilities
         from mambaseg.utils.files import atomic_path, atomic_write_npz
 
         mask = self._mask(logits)
         with atomic_path(mask_path) as tmp:
             Image.fromarray(self.to_pixel_values(mask)).save(tmp, format="PNG")
         if probabilities_path is not None:
-            atomic_write_npz(probabilities_path, probabilities=probabilities_of(logits).astype(np.float16))
+            atomic_write_npz(probabilities_path, probabilities=stored_probabilities(logits))
         return mask
 
     def predict(self, image: ImageInput) -> np.ndarray:

@@ -42,6 +42,7 @@ __all__ = [
     "predict_volume_file",
     "predict_volume_probabilities",
     "probabilities_of",
+    "stored_probabilities",
     "read_label_volume",
     "read_volume",
     "volume_output_path",
@@ -320,7 +321,9 @@ def predict_volume(
     if device is not None:
         dev = torch.device(device)
     else:
-        first = next(iter(model.parameters()), None) or next(iter(model.buffers()), None)
+        first = next(iter(model.parameters()), None)  # not `a or b`: the truth value of a tensor is an error
+        if first is None:
+            first = next(iter(model.buffers()), None)
         dev = first.device if first is not None else torch.device("cpu")
     in_chans = int(getattr(model, "in_chans", 0)) or None
     vol = volume if isinstance(volume, Volume) else Volume(id="", image=np.asarray(volume, dtype=np.float32))
@@ -351,17 +354,31 @@ def probabilities_of(logits: torch.Tensor) -> np.ndarray:
     return probabilities_from_logits(logits[None])[0].cpu().numpy()
 
 
+def stored_probabilities(logits: torch.Tensor) -> np.ndarray:
+    """:func:`probabilities_of` in float16, the form written to ``probabilities/*.npz``, kept on the label side of
+    the one rule for one channel: a float32 probability just below 0.5 that float16 would round up to exactly 0.5
+    (foreground under ``>= 0.5``) is stored as the largest float16 below 0.5, so thresholding the file gives the
+    saved mask. (Softmax ties that float16 creates between two classes are not adjusted.)"""
+    probs = probabilities_of(logits)
+    out = probs.astype(np.float16)
+    if probs.shape[0] == 1:
+        flipped = (out >= 0.5) & (probs < 0.5)
+        if flipped.any():
+            out[flipped] = np.nextafter(np.float16(0.5), np.float16(0))
+    return out
+
+
 def predict_volume_probabilities(model: nn.Module, volume: Volume, *, image_size: int | Sequence[int] = 224,
                                  normalization: Normalization | None = None, batch_size: int = 8,
                                  device: torch.device | str | None = None,
                                  amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A volume's labels (D, H, W) at its own size (:func:`predict_volume`) and its probabilities, float16
-    (C', D, h, w) at the network size (:func:`probabilities_of` of each slice's logits)."""
+    (C', D, h, w) at the network size (:func:`stored_probabilities` of each slice's logits)."""
     slices: dict[int, np.ndarray] = {}
 
     def keep(idx: list[int], x: torch.Tensor, logits: torch.Tensor) -> None:
         for j, z in enumerate(idx):
-            slices[z] = probabilities_of(logits[j]).astype(np.float16)
+            slices[z] = stored_probabilities(logits[j])
 
     labels = predict_volume(model, volume, image_size=image_size, normalization=normalization, batch_size=batch_size,
                             device=device, amp_dtype=amp_dtype, on_batch=keep)
