@@ -199,11 +199,22 @@ def _ensemble_record(stems: list[str], *, runs: Path, results: Path, out_name: s
         "per_case_dsc": {c["id"]: c["dice"] for c in head["cases"]},
         "scores": _score_rows(scores),
         "resolution": head["resolution"],
-        "members_trained_on": sorted({str((d.get("environment") or {}).get("device")) for d in members.values()}),
+        "members_trained_on": _trained_on(members.values()),
         "environment": environment(),
         "note": "'environment' is where the saved predictions were averaged and scored (no model runs then)",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }, scores, members
+
+
+def _trained_on(records) -> list[str]:
+    """Devices the members' folds trained on, from each fold's own record (``fold_training[].device``); a member
+    without them falls back to its ``environment`` (the machine that ran it, which is not the training machine
+    when the member was re-scored with --score-only)."""
+    devices: set[str] = set()
+    for d in records:
+        folds = [str(f["device"]) for f in d.get("fold_training") or [] if f.get("device")]
+        devices.update(folds or [str((d.get("environment") or {}).get("device"))])
+    return sorted(devices)
 
 
 def _write_ensemble(path: Path, record: dict, scores: dict, tta: bool, what: str) -> None:

@@ -70,3 +70,12 @@ def test_mix_without_a_name_is_refused_by_argument(cv_script):
     res = cv_script("--mix", "a_s0,b_s0")
     assert res.returncode == 2 and "--mix needs --mix-name" in res.stderr
 
+
+
+def test_members_trained_on_names_the_folds_devices_not_the_scoring_machine(benchmark_module):
+    cv = benchmark_module("cv_ph2_gpu")
+    rescored = {"environment": {"device": "cpu (2 cores)"},
+                "fold_training": [{"device": "NVIDIA H100 80GB HBM3"}, {"device": "NVIDIA H200"}]}
+    unknown_folds = {"environment": {"device": "NVIDIA H200"}, "fold_training": [{"seconds": 1.0}]}
+    assert cv._trained_on([rescored]) == ["NVIDIA H100 80GB HBM3", "NVIDIA H200"]
+    assert cv._trained_on([unknown_folds]) == ["NVIDIA H200"]  # no fold devices: where the member ran
