@@ -81,6 +81,25 @@ def test_torch_disk_full_error_is_translated(tmp_path, monkeypatch):
     assert str(tmp_path / "ck.pt") in str(exc.value) and "no space left on device" in str(exc.value)
 
 
+def test_the_atomic_writer_names_the_target_not_its_temporary_file(tmp_path):
+    from mambaseg.utils.files import atomic_path, atomic_write_json
+
+    target = tmp_path / "out" / "metrics.json"
+    with pytest.raises(OSError) as exc:  # a write failing inside the block (e.g. disk full)
+        with atomic_path(target) as tmp:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+    assert exc.value.filename == str(target) and exc.value.errno == errno.ENOSPC and ".tmp" not in str(exc.value)
+    assert list(target.parent.iterdir()) == []  # the temporary file is gone
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError) as exc:  # the folder cannot be made: a file stands where it should be
+        atomic_write_json(blocker / "metrics.json", {"a": 1})
+    assert exc.value.filename == str(blocker / "metrics.json")
+    with pytest.raises(ValueError, match="boom"):  # other errors pass through unchanged
+        with atomic_path(target):
+            raise ValueError("boom")
+
+
 def test_real_read_only_folder(syn_data, tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root ignores folder permissions")

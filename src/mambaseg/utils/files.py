@@ -35,8 +35,11 @@ class atomic_path:
         self.tmp: Path | None = None
 
     def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as exc:
+            raise self._named(exc) from exc
         os.close(fd)
         self.tmp = Path(name)
         return self.tmp
@@ -45,12 +48,26 @@ class atomic_path:
         assert self.tmp is not None
         if exc_type is None:
             _chmod_as_umask_allows(self.tmp)
-            os.replace(self.tmp, self.path)
-        else:
             try:
-                self.tmp.unlink()
-            except FileNotFoundError:
-                pass
+                os.replace(self.tmp, self.path)
+            except OSError as err:
+                self._discard()
+                raise self._named(err) from err
+            return
+        self._discard()
+        if isinstance(exc, OSError) and exc.filename == str(self.tmp):
+            raise self._named(exc) from exc  # the target, not the temporary file, is what the user asked for
+
+    def _discard(self) -> None:
+        try:
+            self.tmp.unlink()
+        except OSError:
+            pass
+
+    def _named(self, exc: OSError) -> OSError:
+        """``exc`` re-addressed to the target path (same class and errno), so a failed write names the file the
+        caller asked for rather than the temporary one beside it."""
+        return type(exc)(exc.errno, exc.strerror or str(exc), str(self.path))
 
 
 def _current_umask() -> int:
