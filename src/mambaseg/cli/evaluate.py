@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -63,9 +62,9 @@ def evaluate(
                                      console=None if as_json else console, tta=tta, postprocess=postprocess,
                                      fold_checkpoint=fold_checkpoint)
     if as_json:
-        from mambaseg.utils.files import json_safe  # undefined (NaN) -> null: strict JSON
+        from mambaseg.utils.files import json_text
 
-        typer.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))
+        typer.echo(json_text(result))  # strict JSON: undefined (NaN) -> null
     else:
         console.print(summary_line(split, result) + (f"  -> {Path(out) / 'metrics.json'}" if out else ""),
                       highlight=False)
@@ -78,9 +77,9 @@ def _evaluate_cv(root: Path | list[Path], *, oof: str, data: Optional[str], out:
 
     result = evaluate_cv(root, which=oof, data=data, out=out, tta=tta, device=device, postprocess=postprocess)
     if as_json:
-        from mambaseg.utils.files import json_safe  # undefined (NaN) -> null: strict JSON
+        from mambaseg.utils.files import json_text
 
-        typer.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))
+        typer.echo(json_text(result))  # strict JSON: undefined (NaN) -> null
         return
     worst = ", ".join(f"{w['id']} {w['dice']:.3f}" for w in result["worst"][:5])
     members = f", ensemble of {result['members']} cross-validations" if result.get("members") else ""
@@ -110,9 +109,9 @@ def _compare(roots: list[Path], *, oof: str, data: Optional[str], out: Path, tta
 
     result = compare_cv(roots, out, which=oof, tta=tta, data=data, postprocess=postprocess, device=device)
     if as_json:
-        from mambaseg.utils.files import json_safe  # undefined (NaN) -> null: strict JSON
+        from mambaseg.utils.files import json_text
 
-        typer.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))
+        typer.echo(json_text(result))  # strict JSON: undefined (NaN) -> null
         return
     table = Table(title=f"out-of-fold, ranked by {result['criterion_described']}")
     threshold = result["ranking"][0]["below_threshold"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -93,7 +92,7 @@ def score(
 
 def _report(result: dict, pred_dir: Path, gt_dir: Path, out: Optional[Path], as_json: bool, nsd_tolerance: float,
             empty_policy: str, unpredicted: Optional[list[Path]] = None) -> None:
-    from mambaseg.utils.files import atomic_write_json, json_safe
+    from mambaseg.utils.files import atomic_write_json, json_text
 
     result = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), **result}
     if unpredicted is not None:  # --only-predicted: what was left out is part of the result
@@ -101,7 +100,7 @@ def _report(result: dict, pred_dir: Path, gt_dir: Path, out: Optional[Path], as_
     if out is not None:
         atomic_write_json(out, result)
     if as_json:
-        typer.echo(json.dumps(json_safe(result), indent=2, allow_nan=False))  # undefined (NaN) -> null
+        typer.echo(json_text(result))  # strict JSON: undefined (NaN) -> null
         return
     worst = ", ".join(f"{w['id']} {w['dice']:.3f}" for w in result["worst"][:5])
     console.print(f"{result['n_cases']} cases: pooled dice {result['dice']:.4f}  iou {result['iou']:.4f}  per-case "

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_json", "json_safe"]
+__all__ = ["atomic_path", "atomic_write_json", "json_safe", "json_text"]
 
 
 class atomic_path:
@@ -124,6 +124,12 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as indented strict JSON text (:func:`json_safe` first): what :func:`atomic_write_json` writes and
+    the CLI's ``--json`` prints."""
+    return json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented strict JSON to ``path`` through :class:`atomic_path` (flushed and synced first).
 
@@ -131,7 +137,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     one as ``"inf"``/``"-inf"``, so the file never holds the bare ``NaN``/``Infinity`` tokens that strict JSON
     parsers reject.
     """
-    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+    text = json_text(obj)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text + "\n")
