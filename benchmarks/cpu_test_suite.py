@@ -110,8 +110,10 @@ def main() -> int:
     timed = {name: [x["wall_s"] for x in rs[1:] if x["rc"] == 0] for name, rs in runs.items()}
     median = {name: (statistics.median(v) if v else None) for name, v in timed.items()}
     ratio = (round(median["new"] / median["old"], 3) if median["old"] and median["new"] else None)
+    import torch  # the suites ran with this interpreter's torch (cpu_environment() imports none)
+
     result = {
-        "environment": {**cpu_environment(), "uncommitted_src_not_measured": src_dirty()},
+        "environment": {**cpu_environment(), "torch": torch.__version__, "uncommitted_src_not_measured": src_dirty()},
         "what": "README test command (pytest -m 'not slow' -q), each commit's own tree; round 0 = each whole suite "
                 "(fills the caches); rounds 1+ = only the tests both commits have, alternating, compared by median",
         "tests_in_both": len(common),

@@ -502,9 +502,12 @@ def _acdc_tta(d):
 def acdc_rows(name, d):
     if "test" not in d:  # a CPU smoke run (acdc_cpu_smoke_<model>.json): validation metrics only
         m = d["metrics"]
+        run = d.get("what", "-")
+        if d.get("cli_command"):  # cpu_smoke.py: the CLI command it ran (the command column is the script's)
+            run += f"; {fmt(d.get('wall_s_incl_startup'), '.0f')} s wall incl. start-up; CLI: {d['cli_command']}"
         return [{
             "model": name.removesuffix(".json").split("_")[-1],
-            "run": d.get("what", "-"),
+            "run": run,
             "val Dice": fmt(m["dice"], ".3f"),
             "val HD95 vox": fmt(m["hd95"], ".1f"),
         }]
@@ -563,7 +566,10 @@ def mustshow_rows(name, d):
             if picked:
                 metrics.append(f"{k}: {', '.join(picked)}")
     seconds = [f"{k} {fmt(v)}" for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return [{"what": d.get("what", "-"), "headline": "; ".join(metrics + seconds)}]
+    row = {"what": d.get("what", "-"), "headline": "; ".join(metrics + seconds)}
+    if d.get("cli_commands"):  # cpu_smoke.py: the CLI commands it ran (the command column is the script's)
+        row["CLI commands"] = "; ".join(map(str, d["cli_commands"]))
+    return [row]
 
 
 def scan_old_new_rows(name, d):
@@ -803,7 +809,8 @@ FAMILIES = [
      "runs each whole suite (and fills the caches), later rounds alternate the two sides on the tests both commits "
      "have, compared by their medians."),
     ("CPU must-show runs", r"cpu_mustshow_.*", mustshow_rows,
-     "Short end-to-end runs of the command-line interface on the CPU."),
+     "`benchmarks/cpu_smoke.py`: short end-to-end runs of the command-line interface on the CPU, each step a fresh "
+     "process (wall seconds include its start-up); TMP in a CLI command = the script's temporary folder."),
 ]
 
 # -----------------------------------------------------------------------------

@@ -210,6 +210,8 @@ def test_demo_fast_variant(tmp_path):
     assert 0.0 <= m["dice"] <= 1.0 and (out / "data" / "train" / "images").is_dir()
     assert "validation Dice" in res.output
     assert m["train"]["stop_reason"] in ("completed",) or "reached the demo's target" in m["train"]["stop_reason"]
+    verdict = "reached" if m["dice"] >= 0.85 else "below"  # the default --target-dice, not a fixed 0.8
+    assert f"{verdict} the 0.85 target" in " ".join(res.output.split())
 
 
 def test_demo_stops_on_its_target_never_on_time(tmp_path):
@@ -219,6 +221,7 @@ def test_demo_stops_on_its_target_never_on_time(tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["train"]["epochs"] == 1 and "reached the demo's target 0" in m["train"]["stop_reason"]
+    assert "reached the 0 target" in " ".join(res.output.split())  # the verdict names the target it was given
     assert "--budget" not in _run("demo", "--help").output
 
 

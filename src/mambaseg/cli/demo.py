@@ -68,6 +68,6 @@ def demo(
     result = run_training(cfg, console=console, callbacks=[enough], show_progress=not no_progress)
     dice = float(result.metrics.get("dice", float("nan")))
     secs = time.perf_counter() - t0
-    verdict = "[green]reached[/green]" if dice >= 0.8 else "[red]below[/red]"
-    console.print(f"demo done in {secs:.0f} s: validation Dice {dice:.4f} ({verdict} the 0.8 target); "
+    verdict = "[green]reached[/green]" if dice >= target else "[red]below[/red]"
+    console.print(f"demo done in {secs:.0f} s: validation Dice {dice:.4f} ({verdict} the {target:g} target); "
                   f"metrics in {out / 'metrics.json'}, curves in {out / 'progress.png'}")
