@@ -181,8 +181,14 @@ def date_of(d: dict) -> str:
 
 
 def scan_cpu_rows(name, d):
+    def x(r, key):
+        return fmt(r[key], ".1f") + "x" if key in r else "-"
+
     return [{"shape (B,K,D,L,N)": shape(r), "torch fwd ms": fmt(r["torch_fwd_ms"], ".1f"),
-             "ref fwd ms": fmt(r["ref_fwd_ms"], ".0f"), "torch vs ref": fmt(r["speedup_torch_vs_ref"], ".1f") + "x"}
+             "ref fwd ms": fmt(r.get("ref_fwd_ms"), ".0f"), "torch vs ref": x(r, "speedup_torch_vs_ref"),
+             "cpu_fused fwd ms": fmt(r.get("cpu_fused_fwd_ms"), ".1f"),
+             "cpu_fused vs torch": x(r, "speedup_fused_vs_torch"),
+             "cpu_fused fwd+bwd ms": fmt(r.get("cpu_fused_fwd_bwd_ms"), ".1f")}
             for r in d["rows"]]
 
 
@@ -717,7 +723,8 @@ def search_checkpoint_rows(name, d):
 # (title, file-name pattern, rows function, what the section shows); a file belongs to the first family it matches
 FAMILIES = [
     ("Selective scan on the CPU", r"scan_cpu.*", scan_cpu_rows,
-     "`benchmarks/scan_cpu.py`: forward of the torch (chunked) backend against the sequential reference."),
+     "`benchmarks/scan_cpu.py`: forward of the torch (chunked) backend against the sequential reference, and of the "
+     "fused C++ kernel (`cpu_fused`) against the torch backend; the fused kernel also forward + backward."),
     ("Selective scan on the GPU against the official kernel", r"scan_vs_official_.*", scan_vs_official_rows,
      "`benchmarks/scan_vs_official.py`: ours and the official CUDA kernel timed round by round in one process "
      "(eager forward+backward, median over rounds; graph = CUDA-graph replay, GPU time only)."),
