@@ -1,7 +1,8 @@
 """Official checkpoints (ImageNet encoders, the papers' trained networks) -> a self-describing mambaseg checkpoint.
 
-The converters live with the models (:mod:`mambaseg.models._convert`); this module writes their result in the
-checkpoint format (:mod:`mambaseg.checkpoint`). ``mambaseg convert`` is its command line.
+The converters live with the models (:mod:`mambaseg.models._convert`); this module builds the model a converted file
+fills (:func:`convert_weights`) and writes the result in the checkpoint format (:func:`convert_checkpoint`,
+:mod:`mambaseg.checkpoint`). ``mambaseg convert`` is its command line.
 """
 
 from __future__ import annotations
@@ -9,9 +10,56 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mambaseg.checkpoint import save_checkpoint
+import torch.nn as nn
 
-__all__ = ["convert_checkpoint"]
+from mambaseg.checkpoint import save_checkpoint
+from mambaseg.models._pretrained import LoadReport, WeightsFile, load_weights, read_weights, run_converter
+from mambaseg.models._registry import create_model
+
+__all__ = ["convert_weights", "convert_checkpoint"]
+
+
+def convert_weights(
+    src: str | os.PathLike[str] | WeightsFile,
+    fmt: str,
+    *,
+    partial: bool = False,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    stem: str = "auto",
+    key: str | None = None,
+    **options: Any,
+) -> tuple[nn.Module, LoadReport]:
+    """Convert an official weights file with the converter ``fmt`` and load it into a freshly built model.
+
+    Args:
+        src: the weights file (or an already read :class:`WeightsFile`).
+        fmt: a converter name (``mambaseg.models._convert.list_converters()``).
+        partial: accept the converter's documented gaps (e.g. the decoder of an ImageNet encoder).
+        num_classes, in_chans: build the model for another task; the classifier is re-initialised / the stem adapted.
+        stem: stem adaptation mode when ``in_chans`` differs.
+        key: container entry of the file holding the tensors (e.g. ``"model_ema"``).
+        **options: converter options (``target=``, ``arch=``, ``variant=``, ...).
+
+    Returns:
+        (model in eval mode, report). Raises :class:`~mambaseg.models.PretrainedError` when the weights do not fit.
+    """
+    wf = src if isinstance(src, WeightsFile) else read_weights(src, key=key)
+    conv = run_converter(wf, fmt, **options)
+    kwargs = dict(conv.model_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    if in_chans is not None:
+        kwargs["in_chans"] = int(in_chans)
+    model = create_model(conv.model_name, **kwargs)
+    notes = list(conv.notes)
+    if wf.container:
+        notes.insert(0, f"tensors read from the file's {wf.container!r} entry")
+    if wf.placeholders:
+        notes.insert(0, f"non-tensor objects in the file were not executed: {', '.join(wf.placeholders)}")
+    report = load_weights(model, conv.state_dict, strict=True, partial=partial, expected_missing=conv.expected_missing,
+                          stem=stem, source=str(wf.path), fmt=fmt, notes=notes, dropped=conv.dropped)
+    return model.eval(), report
 
 
 def convert_checkpoint(
@@ -47,8 +95,6 @@ def convert_checkpoint(
         >>> report = mambaseg.convert_checkpoint("vmamba_small_e238_ema.pth", "vmamba_v0_small",
         ...                                      "vmunet_vmamba_s.pt", partial=True)  # doctest: +SKIP
     """
-    from mambaseg.models._pretrained import convert_weights
-
     model, report = convert_weights(src, fmt, partial=partial, num_classes=num_classes, in_chans=in_chans, stem=stem,
                                     key=key, **opts)
     payload = {

@@ -16,9 +16,10 @@ import torch
 
 import mambaseg
 from mambaseg.checkpoint import save_checkpoint
+from mambaseg.convert import convert_weights
 from mambaseg.models._convert import get_converter, list_converters
 from mambaseg.models._convert.vmamba_v0 import collapse_prefixes, normalize_v0_keys
-from mambaseg.models._pretrained import PretrainedError, adapt_input_conv, convert_weights, read_weights
+from mambaseg.models._pretrained import PretrainedError, adapt_input_conv, read_weights
 
 from _synth_checkpoint import checksum, decode_tensor, load_fixture, seeded_input, synth_state_dict, synth_tensor
 

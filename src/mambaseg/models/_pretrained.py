@@ -7,7 +7,8 @@ The pieces, used by ``create_model(name, pretrained=...)``, ``mambaseg convert``
   ``torch.load(weights_only=True)``; files that also pickle other objects (VMamba's checkpoints carry a yacs config)
   are read by an unpickler that only rebuilds tensors and plain containers and replaces every other object with an
   inert placeholder, so no code from the file ever runs.
-* :func:`convert_weights` applies a registered converter (:mod:`mambaseg.models._convert`) and builds the model.
+* :func:`mambaseg.convert.convert_weights` (a tier above: it builds the model) applies a registered converter
+  (:mod:`mambaseg.models._convert`) to a file and loads the result with :func:`load_weights`.
 * :func:`load_weights` loads a state dict into a model and returns a :class:`LoadReport` of loaded / missing /
   unexpected / reshaped / re-initialised keys. Strict by default; ``partial=True`` accepts only the gaps the converter
   documents (``expected_missing``). A different ``num_classes`` re-initialises the classifier only; a different
@@ -36,8 +37,8 @@ __all__ = [
     "read_weights",
     "adapt_input_conv",
     "load_weights",
-    "convert_weights",
     "load_pretrained",
+    "run_converter",
     "init_from",
     "stem_and_head",
 ]
@@ -459,54 +460,20 @@ def load_weights(
 # conversion and the user-facing entries
 
 
-def convert_weights(
-    src: str | os.PathLike[str] | WeightsFile,
-    fmt: str,
-    *,
-    partial: bool = False,
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    stem: str = "auto",
-    key: str | None = None,
-    **options: Any,
-) -> tuple[nn.Module, LoadReport]:
-    """Convert an official weights file with the converter ``fmt`` and load it into a freshly built model.
+def run_converter(wf: WeightsFile, fmt: str, **options: Any) -> Any:
+    """The tensors of ``wf`` through the registered converter ``fmt`` (:mod:`mambaseg.models._convert`): its
+    ``Converted`` result (model name and arguments, renamed state dict, documented gaps, notes).
 
-    Args:
-        src: the weights file (or an already read :class:`WeightsFile`).
-        fmt: a converter name (``mambaseg.models._convert.list_converters()``).
-        partial: accept the converter's documented gaps (e.g. the decoder of an ImageNet encoder).
-        num_classes, in_chans: build the model for another task; the classifier is re-initialised / the stem adapted.
-        stem: stem adaptation mode when ``in_chans`` differs.
-        key: container entry of the file holding the tensors (e.g. ``"model_ema"``).
-        **options: converter options (``target=``, ``arch=``, ``variant=``, ...).
-
-    Returns:
-        (model in eval mode, report). Raises :class:`PretrainedError` when the weights do not fit.
+    Raises:
+        PretrainedError: the converter refuses the file (the message names the file and the format).
     """
     from mambaseg.models._convert import get_converter
-    from mambaseg.models._registry import create_model
 
-    wf = src if isinstance(src, WeightsFile) else read_weights(src, key=key)
     convert = get_converter(fmt)
     try:
-        conv = convert(wf.state_dict, **options)
+        return convert(wf.state_dict, **options)
     except (ValueError, TypeError, KeyError) as e:
         raise PretrainedError(f"{str(wf.path)!r} cannot be converted as {fmt!r}: {_first_line(e)}") from e
-    kwargs = dict(conv.model_kwargs)
-    if num_classes is not None:
-        kwargs["num_classes"] = int(num_classes)
-    if in_chans is not None:
-        kwargs["in_chans"] = int(in_chans)
-    model = create_model(conv.model_name, **kwargs)
-    notes = list(conv.notes)
-    if wf.container:
-        notes.insert(0, f"tensors read from the file's {wf.container!r} entry")
-    if wf.placeholders:
-        notes.insert(0, f"non-tensor objects in the file were not executed: {', '.join(wf.placeholders)}")
-    report = load_weights(model, conv.state_dict, strict=True, partial=partial, expected_missing=conv.expected_missing,
-                          stem=stem, source=str(wf.path), fmt=fmt, notes=notes, dropped=conv.dropped)
-    return model.eval(), report
 
 
 def _model_spec(model: nn.Module) -> dict[str, Any] | None:
@@ -537,12 +504,7 @@ def load_pretrained(
     wf = source if isinstance(source, WeightsFile) else read_weights(source, key=key)
     spec = _model_spec(model)
     if fmt is not None:
-        from mambaseg.models._convert import get_converter
-
-        try:
-            conv = get_converter(fmt)(wf.state_dict, **options)
-        except (ValueError, TypeError, KeyError) as e:
-            raise PretrainedError(f"{str(wf.path)!r} cannot be converted as {fmt!r}: {_first_line(e)}") from e
+        conv = run_converter(wf, fmt, **options)
         if spec and spec.get("name") != conv.model_name:
             raise PretrainedError(f"format {fmt!r} converts to model {conv.model_name!r}, but the model is "
                                   f"{spec.get('name')!r}")

@@ -16,13 +16,15 @@ from mambaseg.ops.cross_scan import RasterScan, cross_merge, cross_scan
 from mambaseg.ops.selective_scan import selective_scan
 from mambaseg.ops.selective_scan_ref import selective_scan_ref
 from mambaseg.ops.selective_scan_torch import selective_scan_torch
-from mambaseg.ops.slice_scan import SLICE_CHOICES, SliceScan, slice_merge, slice_scan, slice_scan_indices  # noqa: F401
+from mambaseg.ops.slice_scan import SLICE_CHOICES, SliceScan, slice_merge, slice_scan, slice_scan_indices
 
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
     "BackendUnavailableError",
     "RasterScan",
+    "SLICE_CHOICES",
+    "SliceScan",
     "available_backends",
     "cross_merge",
     "cross_scan",
@@ -32,5 +34,8 @@ __all__ = [
     "selective_scan",
     "selective_scan_ref",
     "selective_scan_torch",
+    "slice_merge",
+    "slice_scan",
+    "slice_scan_indices",
     "use_backend",
 ]

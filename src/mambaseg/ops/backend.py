@@ -25,6 +25,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from mambaseg.ops.errors import BackendUnavailableError
+
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
@@ -50,10 +52,6 @@ _FIX = {
 _context: contextvars.ContextVar[str | None] = contextvars.ContextVar("mambaseg_scan_backend", default=None)
 _warned_slow_gpu = False
 _warned_slow_cpu = False
-
-
-class BackendUnavailableError(RuntimeError):
-    """Raised when a scan backend is requested explicitly but cannot run here."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from mambaseg.ops.errors import BackendUnavailableError
 from mambaseg.utils.files import atomic_path
 
 __all__ = ["selective_scan_cpu", "ss2d_scan_cpu", "is_available", "load_library", "build_info", "FIX"]
@@ -178,10 +179,8 @@ class _FusedScan(torch.autograd.Function):
 
 
 def _require_library(t: torch.Tensor) -> None:
-    """Raise :class:`~mambaseg.ops.backend.BackendUnavailableError` (with the fix) unless the compiled kernel is
+    """Raise :class:`~mambaseg.ops.errors.BackendUnavailableError` (with the fix) unless the compiled kernel is
     loaded and ``t`` is a CPU tensor."""
-    from mambaseg.ops.backend import BackendUnavailableError
-
     ok, why = load_library()
     if not ok:
         raise BackendUnavailableError(f"scan backend 'cpu_fused' is unavailable: {why}. Fix: {FIX}")
