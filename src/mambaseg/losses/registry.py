@@ -4,7 +4,7 @@ A registered loss is a class or factory ``fn(**kwargs) -> nn.Module`` whose modu
 ``loss(logits (B, C, *spatial), target (B, *spatial) int64) -> scalar tensor``. Losses always take
 logits (never probabilities). Other modules register their own losses with ``@register_loss("name")``;
 the file must be imported by ``mambaseg/losses/__init__.py`` so the name exists once the package is
-imported.
+imported (Python runs that ``__init__`` before any of its submodules, this one included, is imported).
 
 Example:
     >>> import mambaseg.losses as L
@@ -44,20 +44,14 @@ def register_loss(name: str | None = None) -> Callable[[F], F]:
     return deco
 
 
-def _ensure_loaded() -> None:
-    import mambaseg.losses  # noqa: F401  (importing the package registers the built-in losses)
-
-
 def list_losses(pattern: str | None = None) -> list[str]:
     """Sorted registered loss names, optionally filtered by a shell-style ``pattern``."""
-    _ensure_loaded()
     names = sorted(_LOSSES)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
 def loss_description(name: str) -> str:
     """First line of the registered loss's docstring."""
-    _ensure_loaded()
     if name not in _LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(_LOSSES))}")
     return (inspect.getdoc(_LOSSES[name]) or "").split("\n")[0]
@@ -80,7 +74,6 @@ def create_loss(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ValueError: unknown name (the message lists the valid ones) or an unknown keyword argument.
     """
-    _ensure_loaded()
     if name not in _LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(_LOSSES))}")
     fn = _LOSSES[name]

@@ -3,6 +3,9 @@
 Every model file ends with entrypoints decorated by :func:`register_model`. An entrypoint is a
 function ``fn(num_classes=1, in_chans=3, **kwargs) -> nn.Module``. The factory records how the model
 was built on ``model.mambaseg_spec`` so checkpoints can rebuild it (name + init kwargs).
+
+The registry is full whenever it can be used: ``mambaseg/models/__init__.py`` imports every model file, and Python
+runs a package's ``__init__`` before any of its submodules is imported.
 """
 
 from __future__ import annotations
@@ -56,14 +59,8 @@ def register_model(
     return deco
 
 
-def _ensure_loaded() -> None:
-    # importing the package registers every model file
-    import mambaseg.models  # noqa: F401
-
-
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted names of the registered models, optionally filtered by a shell-style ``pattern``."""
-    _ensure_loaded()
     names = sorted(_REGISTRY)
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
@@ -71,13 +68,11 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def is_model(name: str) -> bool:
-    _ensure_loaded()
     return name in _REGISTRY
 
 
 def model_info(name: str) -> ModelInfo:
     """Metadata of one model; raises ``ValueError`` listing the valid names if unknown."""
-    _ensure_loaded()
     if name not in _REGISTRY:
         valid = ", ".join(sorted(_REGISTRY))
         raise ValueError(f"unknown model {name!r}; valid names: {valid}")
