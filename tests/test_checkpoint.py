@@ -100,3 +100,21 @@ def test_train_init_from_a_checkpoint_reports_and_keeps_the_weights(trained, tmp
     assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-6) for k in before)
     cfg = (tmp_path / "ft" / "config.yaml").read_text()
     assert "init_from" in cfg and str(src) in cfg
+
+
+def test_train_init_from_another_network_is_refused(tmp_path):
+    """A checkpoint of another network fills next to nothing: ``--init-from`` refuses it instead of training from
+    a fresh initialisation under a fine-tuning label."""
+    from mambaseg.data import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=4, n_val=2, size=(32, 32), seed=4)
+    other = mambaseg.create_model("slicemamba_tiny", num_classes=1)
+    src = save_checkpoint(tmp_path / "slice.pt", {"model": other.mambaseg_spec, "state_dict": other.state_dict()})
+    r = CliRunner().invoke(app, ["train", "--model", "vmunet_tiny", "--data", str(data), "--epochs", "1",
+                                 "--max-steps", "1", "--image-size", "32", "--batch-size", "2",
+                                 "--out", str(tmp_path / "ft"), "--device", "cpu", "--no-progress",
+                                 "--init-from", str(src)])
+    assert r.exit_code != 0, r.output
+    text = " ".join(r.output.split())
+    assert str(src) in text and "not weights of this network" in text and "Traceback" not in text
+    assert not (tmp_path / "ft" / "checkpoints" / "last.pt").exists()

@@ -67,6 +67,10 @@ def test_models_json_and_table():
     assert names["vmunet_tiny"]["params"] < 2_000_000
     assert abs(names["vmunet"]["params"] - 27.43e6) / 27.43e6 < 0.01
     assert "vmunet_tiny" in _run("models", "vmunet_t*").output
+    res = _run("models", "tiny")  # no name equals it: an error with the way out, not an empty table
+    text = " ".join(res.output.split())
+    assert res.exit_code != 0 and "no registered model matches 'tiny'" in text and "'*tiny*'" in text, text
+    assert "vmunet_tiny" in _run("models", "*tiny*").output
 
 
 def test_doctor_reports_backends():
@@ -80,6 +84,20 @@ def test_doctor_reports_backends():
     assert info["auto_backend_cpu"].startswith(cpu_auto)  # the CPU backend that runs, and why
     res = _run("doctor")
     assert res.exit_code == 0 and "scan backend" in res.output
+
+
+def test_doctor_says_when_the_requested_backend_cannot_run(monkeypatch):
+    # mamba_ssm runs on CUDA tensors only: requested on a CPU, every scan call raises; doctor must say so
+    monkeypatch.setenv("MAMBASEG_SCAN_BACKEND", "mamba_ssm")
+    info = json.loads(_run("doctor", "--json").output)
+    assert "CANNOT RUN" in info["auto_backend_cpu"] and "mamba_ssm" in info["auto_backend_cpu"]
+    assert any("cannot run on CPU tensors" in f and "MAMBASEG_SCAN_BACKEND" in f for f in info["fixes"])
+    text = " ".join(_run("doctor").output.split())
+    assert "CANNOT RUN" in text and "cannot run on CPU tensors" in text
+    monkeypatch.setenv("MAMBASEG_SCAN_BACKEND", "torch")  # one that runs: no such fix
+    info = json.loads(_run("doctor", "--json").output)
+    assert info["auto_backend_cpu"].startswith("torch (requested by environment")
+    assert not any("cannot run on" in f for f in info["fixes"])
 
 
 def _train_evaluate_predict(data, tmp_path, *train_args):

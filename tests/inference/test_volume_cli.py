@@ -55,3 +55,22 @@ def test_train_evaluate_predict_volumes(tmp_path: Path) -> None:
     assert out.shape == (26, 30, 3)
     np.testing.assert_allclose(out.affine, aff)
     assert set(np.unique(np.asanyarray(out.dataobj)).tolist()) <= {0, 1, 2, 3}
+
+    # a folder of volumes with a stray text file: the volumes are predicted (other kinds of files are left alone)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    nib.save(nib.Nifti1Image(img, aff), str(mixed / "a.nii.gz"))
+    (mixed / "notes.txt").write_text("not an input")
+    res = runner.invoke(app, ["predict", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--input", str(mixed),
+                              "--out", str(tmp_path / "pred_mixed"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "pred_mixed" / "a_pred.nii.gz").is_file()
+    # volumes and images in one folder: refused naming both (before, the volume was skipped without a word)
+    from PIL import Image
+
+    Image.fromarray((img[..., 0] * 255).astype(np.uint8)).save(mixed / "b.png")
+    res = runner.invoke(app, ["predict", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--input", str(mixed),
+                              "--out", str(tmp_path / "pred_mixed2"), "--device", "cpu"])
+    text = " ".join(res.output.split())
+    assert res.exit_code != 0 and "1 volume file(s) (e.g. a.nii.gz) and 1 image file(s) (e.g. b.png)" in text, text
+    assert not (tmp_path / "pred_mixed2").exists() or not any((tmp_path / "pred_mixed2").rglob("*.png"))

@@ -181,6 +181,27 @@ def test_finetune_1_class_to_3_classes_keeps_every_encoder_weight(tmp_path):
                        src_sd["layers.0.blocks.0.self_attention.A_logs"])
 
 
+def test_init_from_refuses_weights_of_another_network(tmp_path):
+    # a VM-UNet checkpoint into vmunet_tiny: one tensor fits by accident; a fine-tuning start from it is a fresh init
+    torch.manual_seed(4)
+    ckpt = _write_ckpt(mambaseg.create_model("vmunet", num_classes=1), tmp_path / "vmunet.pt")
+    dst = mambaseg.create_model("vmunet_tiny", num_classes=1)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(PretrainedError, match=r"fill only .*% of .*at least 10% needed.*not weights of this network"):
+        mambaseg.init_from(dst, ckpt)
+    assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items())  # nothing copied
+    report = mambaseg.init_from(dst, ckpt, min_loaded=0)  # asked for: loaded as before, every gap reported
+    assert 0 < len(report.loaded) < 5 and report.unexpected and report.missing
+    # the floor counts weights, not tensors: an encoder-only file (the decoder's tensors left out) still loads
+    src = mambaseg.create_model("vmunet_tiny", num_classes=1)
+    enc = {k: v for k, v in src.state_dict().items() if k.startswith(("patch_embed.", "layers."))}
+    share = sum(v.numel() for v in enc.values()) / sum(v.numel() for v in src.state_dict().values())
+    assert 0.1 < share < 0.9
+    path = save_checkpoint(tmp_path / "enc.pt", {"model": src.mambaseg_spec, "state_dict": enc})
+    report = mambaseg.init_from(mambaseg.create_model("vmunet_tiny", num_classes=1), path)
+    assert len(report.loaded) == len(enc) and report.missing
+
+
 def test_one_channel_stem_sum_equals_the_official_grey_repeat(tmp_path):
     torch.manual_seed(3)
     rgb = mambaseg.create_model("vmunet_tiny", num_classes=2).eval()

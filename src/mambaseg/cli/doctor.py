@@ -29,6 +29,7 @@ def collect() -> dict[str, Any]:
     import torch
 
     from mambaseg.ops import available_backends, explain_backend
+    from mambaseg.ops.backend import ENV_VAR, requested_backend_problem
     from mambaseg.version import __version__
 
     cuda_ok = torch.cuda.is_available()
@@ -58,6 +59,11 @@ def collect() -> dict[str, Any]:
         "auto_backend_cuda": explain_backend(True) if cuda_ok else None,
     }
     fixes: list[str] = []
+    for is_cuda, kind in ((False, "CPU"), (True, "CUDA")):
+        problem = requested_backend_problem(is_cuda) if (cuda_ok or not is_cuda) else None
+        if problem:
+            fixes.append(f"the requested scan backend cannot run on {kind} tensors here, so every model run on them "
+                         f"fails: {problem}. Unset {ENV_VAR} (auto picks a backend that runs) or request another")
     if not cuda_ok:
         if torch.version.cuda is None:
             fixes.append(f"torch is a CPU-only build: training runs on CPU (slow for full-size models). For a GPU: "
@@ -107,10 +113,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
     for name, b in info["scan_backends"].items():
         mark = "[green]ok[/green]" if b["available"] else "[red]no[/red]"
         t.add_row(f"scan backend {name}", f"{mark} - {b['reason']}" + (" (CUDA only)" if b["cuda_only"] else ""))
-    t.add_row("auto backend (CPU tensors)", info["auto_backend_cpu"])
+    t.add_row("backend for CPU tensors", info["auto_backend_cpu"])
     t.add_row("CPU", f"{info['cpu_capability']}, torch uses {info['cpu_threads']} threads")
     if info["auto_backend_cuda"]:
-        t.add_row("auto backend (CUDA tensors)", info["auto_backend_cuda"])
+        t.add_row("backend for CUDA tensors", info["auto_backend_cuda"])
     console.print(t)
     if info["fixes"]:
         console.print("[bold yellow]fixes:[/bold yellow]")

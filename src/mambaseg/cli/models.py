@@ -32,8 +32,12 @@ def models(
     """List the registered models (name, parameters, paper); counts come from the registry (1 class, 3 channels)."""
     from mambaseg.models import list_models, model_info
 
+    names = list_models(pattern)
+    if not names:
+        hint = f"; patterns are shell-style: '*{pattern}*' matches names that contain it" if "*" not in pattern else ""
+        raise ValueError(f"no registered model matches {pattern!r}{hint}. Models: {', '.join(list_models())}")
     rows = []
-    for name in list_models(pattern):
+    for name in names:
         info = model_info(name)
         params = info.params if info.params is not None else count_params(name)  # stated at registration
         rows.append({"name": name, "params": params, "paper": info.paper, "description": info.description})

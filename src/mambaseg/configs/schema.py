@@ -218,7 +218,8 @@ class TrainConfig:
         init_from: start from the weights of this checkpoint (a mambaseg checkpoint, a converted official
             one, or a ``save_pretrained`` folder) with ``strict=False`` semantics: what fits is loaded, a head of
             another ``num_classes`` is re-initialised, a stem of another ``in_chans`` adapted; the report goes to
-            ``train.log`` and the console. Ignored when resuming (the run's own weights are restored).
+            ``train.log`` and the console; a file that fills less than 10 % of the model's weights (a checkpoint
+            of another network) is refused. Ignored when resuming (the run's own weights are restored).
         ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.999; ``None`` = off):
             validation, ``best.pt`` and the ``state_dict`` of every checkpoint are the average
             (:mod:`mambaseg.engine.ema`); ``last.pt`` also holds the live weights, so ``--resume`` continues exactly.

@@ -22,13 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mambaseg.data.files import IMAGE_EXTENSIONS
 from mambaseg.inference.postprocess import parse_postprocess, postprocess_labels
 from mambaseg.metrics import labels_from_logits
 from mambaseg.runtime import autocast_for, resolve_device
 
 __all__ = ["Predictor", "load", "list_images", "IMAGE_EXTENSIONS", "overlay_mask", "PALETTE"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 #: overlay colours of classes 1, 2, ... (RGB)
 PALETTE = (
@@ -475,7 +475,12 @@ def _refuse_input_folders(input_path: Path, files: Sequence[Path], mask_out: Pat
 
 
 def _volume_inputs(path: Path) -> list[Path]:
-    """Volume files named by ``path`` (a volume file, or a folder holding only volume files); else ``[]``."""
+    """Volume files named by ``path`` (a volume file, or a folder's volume files); ``[]`` for an image or a folder of
+    images. Files of other kinds in a folder are left alone, as :func:`list_images` leaves them.
+
+    Raises:
+        ValueError: a folder that holds both volumes and images (one kind per call: which one was meant is unknown).
+    """
     from mambaseg.inference.volume import is_volume_path
 
     if path.is_file():
@@ -483,7 +488,12 @@ def _volume_inputs(path: Path) -> list[Path]:
     if path.is_dir():
         entries = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         vols = [p for p in entries if is_volume_path(p)]
-        return vols if vols and len(vols) == len(entries) else []
+        images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if vols and images:
+            raise ValueError(f"input folder {str(path)!r} holds {len(vols)} volume file(s) (e.g. {vols[0].name}) and "
+                             f"{len(images)} image file(s) (e.g. {images[0].name}); predict one kind per call: put "
+                             "them in separate folders")
+        return vols
     return []
 
 

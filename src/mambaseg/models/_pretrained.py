@@ -386,6 +386,7 @@ def load_weights(
     fmt: str = "",
     notes: list[str] | None = None,
     dropped: list[str] | None = None,
+    min_loaded: float = 0.0,
 ) -> LoadReport:
     """Copy ``state_dict`` into ``model`` and report what happened.
 
@@ -403,9 +404,13 @@ def load_weights(
         expected_missing: documented gaps (key prefixes).
         stem: stem adaptation mode (see :func:`adapt_input_conv`).
         source, fmt, notes, dropped: carried into the report.
+        min_loaded: the share of the model's weights (elements of its state dict) that must come from the source,
+            loaded or adapted; below it :class:`PretrainedError` is raised, also when not ``strict`` (a file of
+            another network fills next to nothing: a fine-tuning start from it is a fresh initialisation in
+            disguise).
 
     Returns:
-        The :class:`LoadReport`. Nothing is copied into the model when a strict load fails.
+        The :class:`LoadReport`. Nothing is copied into the model when a load fails.
     """
     report = LoadReport(expected_missing=list(expected_missing or []), notes=list(notes or []),
                         dropped=list(dropped or []), source=source, fmt=fmt)
@@ -442,6 +447,14 @@ def load_weights(
             report.mismatched[key] = f"source {tuple(value.shape)} vs model {tuple(want.shape)}"
     # a head bias without a weight in the source keeps its init too; record it beside the weight
     report.missing = [k for k in target if k not in new and k not in report.reinitialized]
+    share = sum(target[k].numel() for k in new) / max(1, sum(t.numel() for t in target.values()))
+    if share < min_loaded:
+        raise PretrainedError(
+            f"weights from {source or 'the state dict'} fill only {share:.1%} of {type(model).__name__}'s weights "
+            f"({len(new)} of {len(target)} tensors; at least {min_loaded:.0%} needed): they are not weights of this "
+            f"network ({len(report.unexpected)} of the file's tensors have no place in it, "
+            f"{len(report.mismatched)} have another shape). Check the model name and options, or convert the "
+            "file for this model first (mambaseg convert)")
     if strict:
         problems = report.problems(partial)
         if problems:
@@ -490,6 +503,7 @@ def load_pretrained(
     partial: bool = False,
     stem: str = "auto",
     key: str | None = None,
+    min_loaded: float = 0.0,
     **options: Any,
 ) -> LoadReport:
     """Load weights into an existing model: our checkpoints / pretrained folders directly, official files through the
@@ -510,7 +524,7 @@ def load_pretrained(
                                   f"{spec.get('name')!r}")
         return load_weights(model, conv.state_dict, strict=strict, partial=partial,
                             expected_missing=conv.expected_missing, stem=stem, source=str(wf.path), fmt=fmt,
-                            notes=conv.notes, dropped=conv.dropped)
+                            notes=conv.notes, dropped=conv.dropped, min_loaded=min_loaded)
     if options:
         raise PretrainedError(f"options {sorted(options)} need a format (fmt=) to apply to")
     if wf.model is None:
@@ -526,18 +540,21 @@ def load_pretrained(
     documented = list(pre.get("expected_missing") or [])
     return load_weights(model, wf.state_dict, strict=strict, partial=partial or bool(documented),
                         expected_missing=documented, stem=stem, source=str(wf.path), fmt="mambaseg",
-                        notes=notes + list(pre.get("notes") or []))
+                        notes=notes + list(pre.get("notes") or []), min_loaded=min_loaded)
 
 
 def init_from(model: nn.Module, path: str | os.PathLike[str], strict: bool = False, *, stem: str = "auto",
-              fmt: str | None = None, **options: Any) -> LoadReport:
+              fmt: str | None = None, min_loaded: float = 0.1, **options: Any) -> LoadReport:
     """Initialise ``model`` for fine-tuning from a checkpoint (``mambaseg train --init-from``).
 
     ``strict=False``: weights that fit are loaded, a classifier of another ``num_classes`` is re-initialised, a stem of
     another ``in_chans`` adapted, and missing/unexpected keys are reported instead of raised. ``strict=True`` raises on
-    any gap except those documented by a converted checkpoint.
+    any gap except those documented by a converted checkpoint. Either way a file that fills less than ``min_loaded``
+    of the model's weights (10 %: an ImageNet encoder fills most of a VM-UNet, a checkpoint of another network next to
+    nothing) is refused with :class:`PretrainedError` before anything is copied; ``min_loaded=0`` accepts it.
 
     Returns:
         The :class:`LoadReport` (print it: ``print(report)``).
     """
-    return load_pretrained(model, path, fmt=fmt, strict=strict, partial=True, stem=stem, **options)
+    return load_pretrained(model, path, fmt=fmt, strict=strict, partial=True, stem=stem, min_loaded=min_loaded,
+                           **options)

@@ -37,6 +37,7 @@ __all__ = [
     "get_backend",
     "resolve_backend",
     "explain_backend",
+    "requested_backend_problem",
 ]
 
 ENV_VAR = "MAMBASEG_SCAN_BACKEND"
@@ -189,6 +190,19 @@ def resolve_backend(name: str | None, is_cuda: bool, tracing: bool = False) -> s
     return requested
 
 
+def requested_backend_problem(is_cuda: bool) -> str | None:
+    """Why the backend requested by context or environment cannot run on CPU (``is_cuda=False``) or CUDA tensors
+    here (the error every scan call would raise), or ``None`` when it can or none is requested."""
+    req = get_backend()
+    if req is None:
+        return None
+    try:
+        resolve_backend(req, is_cuda)
+    except BackendUnavailableError as e:
+        return str(e)
+    return None
+
+
 def explain_backend(is_cuda: bool | None = None) -> str:
     """Human-readable account of which backend ``backend=None`` resolves to, and why (used by ``mambaseg doctor``)."""
     if is_cuda is None:
@@ -198,6 +212,9 @@ def explain_backend(is_cuda: bool | None = None) -> str:
     req = get_backend()
     if req is not None:
         src = "use_backend() context" if _context.get() is not None else f"environment {ENV_VAR}"
+        problem = requested_backend_problem(is_cuda)
+        if problem:
+            return f"{req} (requested by {src}) CANNOT RUN: {problem}"
         return f"{req} (requested by {src})"
     chosen, why = _auto(is_cuda)
     return f"{chosen} (auto: {why})"
