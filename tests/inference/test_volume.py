@@ -13,7 +13,13 @@ import torch.nn as nn
 from scipy import ndimage
 
 from mambaseg.data import Normalization, Volume
-from mambaseg.inference.volume import predict_volume, predict_volume_file, read_volume, write_prediction
+from mambaseg.inference.volume import (
+    predict_volume,
+    predict_volume_file,
+    read_volume,
+    volume_output_path,
+    write_prediction,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))  # the data tests' fixture builders
 
@@ -102,6 +108,10 @@ def test_nifti_in_nifti_out_keeps_geometry(tmp_path: Path) -> None:
     out = predict_volume_file(NearestCentre(), tmp_path / "ct.nii.gz", tmp_path / "out", image_size=32,
                               label_values=[0, 10, 20])
     assert out == tmp_path / "out" / "ct_pred.nii.gz"
+    # an nnU-Net channel file <case>_0000 is predicted as its case, the name `score` pairs with labelsTr/<case>
+    assert volume_output_path(tmp_path / "patient001_frame01_0000.nii.gz", tmp_path / "o") == \
+        tmp_path / "o" / "patient001_frame01_pred.nii.gz"
+    assert volume_output_path(tmp_path / "_0000.nii.gz", tmp_path / "o") == tmp_path / "o" / "_0000_pred.nii.gz"
     res = nib.load(str(out))
     np.testing.assert_allclose(res.affine, aff)
     assert int(res.header["sform_code"]) == 2 and int(res.header["qform_code"]) == 1

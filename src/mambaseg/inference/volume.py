@@ -450,8 +450,12 @@ def probabilities_path(prediction: str | Path) -> Path:
 
 def volume_output_path(input_path: str | Path, out: str | Path) -> Path:
     """Where :func:`predict_volume_file` writes the prediction of ``input_path``: ``out`` itself when it is a
-    volume file name, else ``out/<id>_pred.<input type>``."""
+    volume file name, else ``out/<case>_pred.<input type>``. The case of an nnU-Net channel file ``<case>_0000``
+    is ``<case>``, as nnU-Net names its predictions, so ``mambaseg score`` pairs the prediction with
+    ``labelsTr/<case>``."""
     o = Path(out)
     if is_volume_path(o):
         return o
-    return o / f"{volume_id(Path(input_path))}_pred{volume_suffix(input_path)}"
+    case = volume_id(Path(input_path))
+    case = case[: -len("_0000")] if case.endswith("_0000") and len(case) > len("_0000") else case
+    return o / f"{case}_pred{volume_suffix(input_path)}"
