@@ -120,6 +120,11 @@ def test_input_errors(tmp_path, images):
         pred.predict(np.zeros((8, 8, 2), np.uint8))
     with pytest.raises(ValueError, match="not an image file"):
         pred.predict_folder(d / "notes.txt", tmp_path / "o")
+    # a broken file among good ones (sorted last): refused, naming it, before any mask is written
+    (d / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ValueError, match=r"(?s)1 of 4 input file\(s\) cannot be read.*nothing was written.*zz_broken"):
+        pred.predict_folder(d, tmp_path / "o2", batch_size=1)
+    assert not list((tmp_path / "o2").rglob("*.png"))
     assert isinstance(pred, Predictor) and "vmunet_tiny" in repr(pred)
 
 

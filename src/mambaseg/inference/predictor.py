@@ -326,6 +326,7 @@ class Predictor:
         targets += prob_files if save_probabilities else []
         if not overwrite:
             _refuse_existing(targets)
+        _refuse_unreadable(files)
         for sub, wanted in (("masks", True), ("overlays", overlays), ("probabilities", save_probabilities)):
             if wanted:
                 (out / sub).mkdir(parents=True, exist_ok=True)
@@ -472,6 +473,25 @@ def _refuse_input_folders(input_path: Path, files: Sequence[Path], mask_out: Pat
             if gt.resolve() == target:
                 raise ValueError(f"--out {mask_out.parent} would write predicted masks into {gt}, the ground-truth "
                                  "masks of the input data; choose another --out")
+
+
+def _refuse_unreadable(files: list[Path]) -> None:
+    """Refuse (naming every one) image files whose header no reader recognises, before anything is written: one
+    broken file must not stop a folder's prediction half-way. Only headers are read here, so a file whose pixel data
+    is cut short is found when it is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for f in files:
+        try:
+            with Image.open(f):
+                pass
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            bad.append(f"  - {f}: {str(e).splitlines()[0] if str(e).strip() else type(e).__name__}")
+    if bad:
+        raise ValueError(f"{len(bad)} of {len(files)} input file(s) cannot be read as images (nothing was written); "
+                         "remove or replace them:\n" + "\n".join(bad[:20])
+                         + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
 
 
 def _volume_inputs(path: Path) -> list[Path]:
