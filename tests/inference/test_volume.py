@@ -16,6 +16,7 @@ from mambaseg.data import Normalization, Volume
 from mambaseg.inference.volume import (
     predict_volume,
     predict_volume_file,
+    read_label_volume,
     read_volume,
     volume_output_path,
     write_prediction,
@@ -144,6 +145,30 @@ def test_array_formats(tmp_path: Path, suffix: str) -> None:
     else:
         got = np.load(out)
     assert got.shape == lab.shape and (got == lab).mean() > 0.97
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz"])
+def test_array_formats_keep_their_spacing(tmp_path: Path, suffix: str) -> None:
+    # a `spacing` entry (D, H, W) is read with the image and written with the prediction, so `score` measures in mm
+    img, _ = _volume(4)
+    src = tmp_path / f"vol{suffix}"
+    if suffix == ".h5":
+        with h5py.File(src, "w") as f:
+            f["image"], f["spacing"] = img, np.array([5.0, 0.8, 0.7])
+    else:
+        np.savez(src, image=img, spacing=np.array([5.0, 0.8, 0.7]))
+    assert read_volume(src).spacing == pytest.approx((5.0, 0.8, 0.7))
+    out = predict_volume_file(NearestCentre(), src, tmp_path / "o", image_size=32, scale="none")
+    lab, spacing = read_label_volume(out)
+    assert lab.shape == img.shape and spacing == pytest.approx((5.0, 0.8, 0.7))
+    bad = tmp_path / f"bad{suffix}"
+    if suffix == ".h5":
+        with h5py.File(bad, "w") as f:
+            f["image"], f["spacing"] = img, np.array([5.0, 0.8])
+    else:
+        np.savez(bad, image=img, spacing=np.array([5.0, 0.8]))
+    with pytest.raises(ValueError, match=r"bad.*'spacing' = \[5\.0, 0\.8\]; expected 3 positive"):
+        read_volume(bad)
 
 
 def test_errors(tmp_path: Path) -> None:

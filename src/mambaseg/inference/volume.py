@@ -104,9 +104,9 @@ def read_volume(
     elif suf in (".h5", ".npz", ".npy"):
         word = "dataset" if suf == ".h5" else "key"
 
-        def wanted(keys: list[str]) -> list[str]:  # the image's key, then the label's
+        def wanted(keys: list[str]) -> list[str]:  # the image's key, then the label's, then the voxel spacing
             image = image_key or ("image" if suf == ".h5" or "image" in keys else "img")
-            return [image, label_key] if label_key else [image]
+            return [image, label_key, "spacing"] if label_key else [image, "spacing"]
 
         keys, got = _read_arrays(p, suf, wanted)
         key = "" if suf == ".npy" else wanted(keys)[0]
@@ -117,6 +117,11 @@ def read_volume(
             if label_key not in got:
                 raise DatasetError(f"{p}: no {word} {label_key!r} (found {keys})")
             label = got[label_key]
+        if "spacing" in got:  # (D, H, W) voxel sizes, as write_prediction and read_label_volume store them
+            spacing = tuple(float(v) for v in np.asarray(got["spacing"]).ravel())
+            if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
+                raise DatasetError(f"{p}: {word} 'spacing' = {list(spacing)}; expected 3 positive voxel sizes "
+                                   "(D, H, W)")
         fmt = suf[1:]
     else:
         raise ValueError(f"{p}: unsupported volume file type {suf!r}; expected one of {', '.join(VOLUME_SUFFIXES)}")
@@ -212,8 +217,8 @@ def intensity_for_checkpoint(ckpt: dict[str, Any]) -> str:
 def write_prediction(path: str | Path, labels: np.ndarray, reference: Volume | None = None) -> Path:
     """Write a (D, H, W) label volume; NIfTI gets the geometry of ``reference`` (affine, orientation, spacing).
 
-    The file type follows ``path``'s suffix: ``.nii``/``.nii.gz`` (needs nibabel), ``.h5`` (dataset ``label``),
-    ``.npz`` (key ``label``, plus ``spacing`` when known) or ``.npy``.
+    The file type follows ``path``'s suffix: ``.nii``/``.nii.gz`` (needs nibabel), ``.h5`` (dataset ``label``) or
+    ``.npz`` (key ``label``), each plus ``spacing`` when known, or ``.npy``.
     """
     from mambaseg.data.nnunet import write_nifti
 
@@ -241,6 +246,8 @@ def write_prediction(path: str | Path, labels: np.ndarray, reference: Volume | N
 
         with h5py.File(p, "w") as f:
             f.create_dataset("label", data=lab, compression="gzip")
+            if reference is not None and reference.spacing is not None:
+                f.create_dataset("spacing", data=np.asarray(reference.spacing, dtype=np.float64))
         return p
     if suf == ".npz":
         extra = {} if reference is None or reference.spacing is None else {"spacing": np.asarray(reference.spacing)}
