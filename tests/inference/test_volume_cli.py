@@ -65,6 +65,13 @@ def test_train_evaluate_predict_volumes(tmp_path: Path) -> None:
                               "--out", str(tmp_path / "pred_mixed"), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "pred_mixed" / "a_pred.nii.gz").is_file()
+    # two volumes and --out naming one file: refused (it was read as the folder holding that name)
+    nib.save(nib.Nifti1Image(img, aff), str(mixed / "c.nii.gz"))
+    res = runner.invoke(app, ["predict", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--input", str(mixed),
+                              "--out", str(tmp_path / "multi" / "out.nii.gz"), "--device", "cpu"])
+    text = " ".join(res.output.split())
+    assert res.exit_code != 0 and "names one volume file, but 2 volumes are predicted" in text, text
+    assert not (tmp_path / "multi").exists()
     # volumes and images in one folder: refused naming both (before, the volume was skipped without a word)
     from PIL import Image
 
@@ -72,5 +79,5 @@ def test_train_evaluate_predict_volumes(tmp_path: Path) -> None:
     res = runner.invoke(app, ["predict", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--input", str(mixed),
                               "--out", str(tmp_path / "pred_mixed2"), "--device", "cpu"])
     text = " ".join(res.output.split())
-    assert res.exit_code != 0 and "1 volume file(s) (e.g. a.nii.gz) and 1 image file(s) (e.g. b.png)" in text, text
+    assert res.exit_code != 0 and "2 volume file(s) (e.g. a.nii.gz) and 1 image file(s) (e.g. b.png)" in text, text
     assert not (tmp_path / "pred_mixed2").exists() or not any((tmp_path / "pred_mixed2").rglob("*.png"))

@@ -392,8 +392,10 @@ class Predictor:
         if intensity == "auto":
             intensity = intensity_for_checkpoint(self.info.get("training") or {})
         out = Path(out_dir)
-        targets = [volume_output_path(v, out if len(vols) == 1 or not is_volume_path(out) else out.parent)
-                   for v in vols]
+        if len(vols) > 1 and is_volume_path(out):
+            raise ValueError(f"--out {out} names one volume file, but {len(vols)} volumes are predicted (e.g. "
+                             f"{vols[0].name}, {vols[1].name}); give a folder for their predictions")
+        targets = [volume_output_path(v, out) for v in vols]
         clashes = _duplicates(zip(targets, vols))
         if clashes:
             raise ValueError("two inputs would be written to the same output file; rename one of them:\n"
