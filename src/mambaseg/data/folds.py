@@ -26,6 +26,10 @@ phase of a patient whose other phase it reports. Out-of-fold volumes are scored 
 An nnU-Net raw folder that brings its own ``splits_final.json`` (nnU-Net's list of ``{"train", "val"}``) is
 cross-validated on those folds, as nnU-Net would (``--folds`` must then equal their number).
 
+Without ``--folds``, the train/val carve of a volumetric dataset that has no validation split of its own (nnU-Net raw
+without ``splits_final.json``, Synapse without ``lists/val_vol.txt``) holds out whole groups by the same rule
+(:func:`carve_groups`).
+
 Each layout says what its pool is (``cases`` of :class:`mambaseg.data.layouts.DataLayout`, read by
 :func:`mambaseg.data.layouts.case_pool`); its opener honours a fold's split file (``data.split_file``, read by
 :func:`mambaseg.data.splits.read_split_file`).
@@ -36,7 +40,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -47,6 +51,7 @@ from mambaseg.utils.files import atomic_write_json
 __all__ = [
     "FOLDS_FILE",
     "FOLDS_FORMAT",
+    "carve_groups",
     "case_group",
     "fold_split_file",
     "iter_cases",
@@ -66,6 +71,43 @@ FOLDS_FILE = "splits_final.json"
 def case_group(case: str) -> str:
     """The group a case is held out with: its id without a trailing ``_frame<NN>`` (the phases of one patient)."""
     return re.sub(r"_frame\d+$", "", str(case))
+
+
+def carve_groups(cases: Sequence[str], val_fraction: float, seed: int, where: str | Path = "") -> list[str]:
+    """The validation cases of a seeded train/val carve that holds out whole groups (:func:`case_group`, the rule of
+    the folds): the phases of one patient land on the same side, never one in train and the other in val.
+
+    The groups, in order of first appearance in ``cases``, are shuffled with ``numpy.random.default_rng(seed)`` and
+    the first ``round(val_fraction * n_groups)`` of them (at least 1, at most ``n_groups - 1``) are held out. When no
+    two cases share a group this is a plain per-case carve of ``cases`` in the order given.
+
+    Args:
+        cases: distinct case ids.
+        val_fraction: share of the groups held out, in (0, 1).
+        seed: seed of the shuffle.
+        where: the dataset, named in the error.
+
+    Returns:
+        the held-out cases, sorted.
+
+    Raises:
+        ValueError: ``val_fraction`` outside (0, 1).
+        DatasetError: fewer than 2 groups (nothing can be held out while keeping a group to train on).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    cases = [str(c) for c in cases]
+    units = list(dict.fromkeys(case_group(c) for c in cases))
+    if len(cases) < 2:
+        raise DatasetError(f"{where or 'the dataset'}: {len(cases)} labelled case(s); need at least 2 to carve a "
+                           "validation split")
+    if len(units) < 2:
+        raise DatasetError(f"{where or 'the dataset'}: the {len(cases)} labelled cases are one patient ({units[0]!r}; "
+                           "cases differing only by a _frame<NN> suffix are held out together); need at least 2 "
+                           "patients to carve a validation split")
+    n_val = min(len(units) - 1, max(1, round(val_fraction * len(units))))
+    held = {units[i] for i in np.random.default_rng(int(seed)).permutation(len(units))[:n_val]}
+    return sorted(c for c in cases if case_group(c) in held)
 
 
 def make_folds(case_ids: list[str], k: int, seed: int,
@@ -107,7 +149,8 @@ def load_folds(path: str | Path) -> dict[str, Any]:
     folds = record.get("folds") if isinstance(record, dict) else None
     if not isinstance(folds, list) or not folds or not all(
             isinstance(f, dict) and isinstance(f.get("train"), list) and isinstance(f.get("val"), list) for f in folds):
-        raise DatasetError(f"fold file {path}: expected an object with 'folds': [{{'train': [...], 'val': [...]}}, ...]")
+        raise DatasetError(f"fold file {path}: expected an object with 'folds': "
+                           "[{'train': [...], 'val': [...]}, ...]")
     held = [str(i) for f in folds for i in f["val"]]
     if len(set(held)) != len(held):
         raise DatasetError(f"fold file {path}: a case is held out by two folds")
@@ -161,9 +204,16 @@ def resolve_folds(root: str | Path, pool: list[str], *, k: int, seed: int, data:
 
 def _check_given(given: list[dict[str, list[str]]], pool: list[str], k: int, data: str) -> list[dict[str, list[str]]]:
     where = f"{data}/splits_final.json" if data else "the dataset's splits_final.json"
+    if len(given) < 2:
+        raise DatasetError(f"{where} holds {len(given)} fold, too few to cross-validate (--folds needs >= 2): train "
+                           f"without --folds to use its train/val split, or move the file away to draw {k} folds")
     if len(given) != k:
         raise DatasetError(f"{where} holds {len(given)} folds; pass --folds {len(given)} to use them (or move the "
                            f"file away to draw {k} folds)")
+    for i, f in enumerate(given):
+        both = sorted(set(f["train"]) & set(f["val"]))
+        if both:
+            raise DatasetError(f"{where}: fold {i} lists {len(both)} case(s) in both train and val: {both[:5]}")
     held = [c for f in given for c in f["val"]]
     if sorted(held) != sorted(pool) or len(set(held)) != len(held):
         raise DatasetError(f"{where}: its val lists must hold out every labelled case exactly once "

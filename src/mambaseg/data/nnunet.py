@@ -10,6 +10,17 @@ read)::
     root/imagesTs/...          (unlabelled test cases, optional)
     root/splits_final.json     (optional, nnU-Net's folds: fold 0's train/val lists are used)
 
+Checks (as nnU-Net's ``verify_dataset_integrity``, each naming the file): every label file has an image and every
+image a label; a label has the shape, voxel spacing and affine (orientation and origin: nnU-Net only warns about
+these, yet a flipped axis misaligns every voxel) of its image, within :data:`GEOMETRY_TOLERANCE`; fold 0 of
+``splits_final.json`` trains on no case it validates on (labelled cases it leaves out are a warning: nnU-Net uses a
+custom split as given). A class of ``dataset.json`` that no label file of the opened split holds is a warning.
+Warnings go through :mod:`warnings` and are kept in :attr:`NnUNetRaw.notes`
+(and in the task's ``info["warnings"]``).
+
+Without ``splits_final.json`` the validation cases are a seeded carve of whole patients
+(:func:`mambaseg.data.folds.carve_groups`: ``patient001_frame01`` and ``..._frame12`` are held out together).
+
 NIfTI files are read with nibabel (optional dependency: ``pip install mambaseg[medical]``); arrays come as
 (X, Y, Z) and are transposed to the library's (D, H, W) = (Z, Y, X) order, with the voxel spacing reordered to
 match. Affine and header are kept so predictions are written back with the source geometry.
@@ -27,17 +38,20 @@ Example:
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from mambaseg.data.files import DatasetError, require_finite
+from mambaseg.data.folds import carve_groups
 from mambaseg.data.normalization import Normalization
 from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset, _LRU, check_labels
 
 __all__ = [
     "CT_WINDOW",
+    "GEOMETRY_TOLERANCE",
     "NnUNetRaw",
     "is_nnunet_root",
     "nnunet_cases",
@@ -52,6 +66,10 @@ __all__ = [
 
 #: TransUNet Synapse preprocessing window (HU)
 CT_WINDOW: tuple[float, float] = (-125.0, 275.0)
+
+#: how far a label's geometry may differ from its image's: relative for the voxel spacing, absolute for the
+#: direction cosines of the affine, in mm for its origin (float32 header rounding passes, a real shift does not)
+GEOMETRY_TOLERANCE: dict[str, float] = {"spacing": 1e-4, "direction": 1e-4, "origin_mm": 1e-3}
 
 
 def require_nibabel() -> Any:
@@ -179,6 +197,30 @@ def _parse_labels(labels: Any, where: Path) -> dict[int, str]:
     return out
 
 
+def _fmt(values: Any) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in np.ravel(values)) + ")"
+
+
+def _geometry_mismatch(image: tuple[tuple[float, ...], np.ndarray], label: tuple[tuple[float, ...], np.ndarray]
+                      ) -> str | None:
+    """What differs between the ``(spacing, affine)`` of an image and of its label beyond
+    :data:`GEOMETRY_TOLERANCE` (spacing, axis directions, origin); ``None`` when they match."""
+    (isp, iaff), (lsp, laff) = image, label
+    iaff, laff = np.asarray(iaff, dtype=np.float64), np.asarray(laff, dtype=np.float64)
+    tol = GEOMETRY_TOLERANCE
+    problems = []
+    if not np.allclose(lsp, isp, rtol=tol["spacing"], atol=0.0):
+        problems.append(f"voxel spacing (D, H, W) {_fmt(lsp)} vs the image's {_fmt(isp)}")
+    idir = iaff[:3, :3] / np.maximum(np.linalg.norm(iaff[:3, :3], axis=0), 1e-12)
+    ldir = laff[:3, :3] / np.maximum(np.linalg.norm(laff[:3, :3], axis=0), 1e-12)
+    if not np.allclose(ldir, idir, rtol=0.0, atol=tol["direction"]):
+        problems.append(f"axis directions (affine columns) {np.round(ldir, 4).T.tolist()} vs the image's "
+                        f"{np.round(idir, 4).T.tolist()} (an axis flipped or permuted: the voxels do not overlay)")
+    if not np.allclose(laff[:3, 3], iaff[:3, 3], rtol=0.0, atol=tol["origin_mm"]):
+        problems.append(f"origin {_fmt(laff[:3, 3])} mm vs the image's {_fmt(iaff[:3, 3])} mm")
+    return "; ".join(problems) or None
+
+
 class NnUNetRaw:
     """An nnU-Net raw dataset folder.
 
@@ -190,10 +232,12 @@ class NnUNetRaw:
         channel_names: one name per input channel (``"CT"``, ``"MRI"``, ...).
         file_ending: e.g. ``".nii.gz"``.
         cases: sorted training case names (with a label file).
+        notes: the warnings this dataset raised so far (each also issued with :func:`warnings.warn`).
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.notes: list[str] = []
         ds_json = self.root / "dataset.json"
         if not ds_json.is_file():
             raise DatasetError(f"{self.root}: no dataset.json (expected an nnU-Net raw dataset folder)")
@@ -223,6 +267,11 @@ class NnUNetRaw:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    def _warn(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
     @property
     def label_names(self) -> dict[int, str]:
         """Foreground classes ``{value: name}``."""
@@ -243,6 +292,15 @@ class NnUNetRaw:
                     raise DatasetError(f"{f}: channel {c} ({self.channel_names[c]}) of case {case!r} not found")
             if not (lab_dir / f"{case}{end}").is_file():
                 raise DatasetError(f"{lab_dir / (case + end)}: label of case {case!r} not found")
+        have = set(first)
+        orphans = sorted(p for p in lab_dir.glob(f"*{end}")
+                         if not p.name.startswith(".") and p.name[: -len(end)] not in have)
+        if orphans:
+            more = f" (and {len(orphans) - 5} more)" if len(orphans) > 5 else ""
+            raise DatasetError(
+                f"{', '.join(map(str, orphans[:5]))}{more}: label file(s) without an image; expected "
+                f"{img_dir / (orphans[0].name[: -len(end)] + '_0000' + end)} (one '<case>_<channel>{end}' file per "
+                "channel in imagesTr)")
         return first
 
     def image_files(self, case: str, folder: str = "imagesTr") -> list[Path]:
@@ -255,7 +313,8 @@ class NnUNetRaw:
     def load_case(self, case: str, *, with_label: bool = True, folder: str = "imagesTr") -> Volume:
         """Read one case: image (D, H, W) or (C, D, H, W) scaled to [0, 1], labels, spacing, affine, header."""
         files = self.image_files(case, folder)
-        chans, spacing, affine, header = [], None, None, None
+        chans: list[np.ndarray] = []
+        spacing, affine, header = None, None, None
         for c, f in enumerate(files):
             arr, sp, aff, hdr = read_nifti(f)
             if chans and arr.shape != chans[0].shape:
@@ -267,9 +326,16 @@ class NnUNetRaw:
         label = None
         if with_label:
             lf = self.label_file(case)
-            lab, _, _, _ = read_nifti(lf)
+            lab, lsp, laff, _ = read_nifti(lf)
             if lab.shape != chans[0].shape:
-                raise DatasetError(f"{lf}: label shape {lab.shape} differs from image shape {chans[0].shape}")
+                raise DatasetError(f"{lf}: label shape {lab.shape} differs from image shape {chans[0].shape} "
+                                   f"of {files[0]}")
+            assert spacing is not None and affine is not None
+            diff = _geometry_mismatch((spacing, affine), (lsp, laff))
+            if diff is not None:
+                raise DatasetError(f"{lf}: label geometry differs from its image {files[0]}: {diff}; expected the "
+                                   "image's spacing and affine (resample the label onto the image grid, or write it "
+                                   "with the image's header)")
             check_labels(lab, self.num_classes, str(lf))
             label = lab.astype(np.int64)
         return Volume(
@@ -297,19 +363,57 @@ class NnUNetRaw:
         return [{"train": [str(c) for c in f["train"]], "val": [str(c) for c in f["val"]]} for f in folds]
 
     def splits(self, *, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
-        """Train/val case lists: fold 0 of ``splits_final.json`` when present, else a seeded carve of the cases."""
+        """Train/val case lists: fold 0 of ``splits_final.json`` when present (checked: no case in both lists, neither
+        list empty; labelled cases in neither list are a warning), else a seeded carve of whole patients
+        (:func:`mambaseg.data.folds.carve_groups`, the grouping of ``--folds``)."""
         given = self.given_folds()
         if given is not None:
-            return given[0]
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        if len(self.cases) < 2:
-            raise DatasetError(f"{self.root}: need at least 2 labelled cases to carve a validation split")
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(self.cases))
-        n_val = min(len(self.cases) - 1, max(1, round(val_fraction * len(self.cases))))
-        val = sorted(self.cases[i] for i in order[:n_val])
-        return {"train": [c for c in self.cases if c not in set(val)], "val": val}
+            return self._check_fold0(given[0])
+        val = set(carve_groups(self.cases, val_fraction, seed, where=self.root))
+        return {"train": [c for c in self.cases if c not in val], "val": sorted(val)}
+
+    def _check_fold0(self, fold: dict[str, list[str]]) -> dict[str, list[str]]:
+        sf = self.root / "splits_final.json"
+        both = sorted(set(fold["train"]) & set(fold["val"]))
+        if both:
+            raise DatasetError(f"{sf}: fold 0 lists {len(both)} case(s) in both 'train' and 'val': {both[:5]}; "
+                               "expected disjoint lists (a validation case must not be trained on)")
+        for key in ("train", "val"):
+            if not fold[key]:
+                raise DatasetError(f"{sf}: fold 0 has an empty {key!r} list; expected at least one case")
+        unused = sorted(set(self.cases) - set(fold["train"]) - set(fold["val"]))
+        if unused:
+            self._warn(f"{sf}: fold 0 leaves {len(unused)} of the {len(self.cases)} labelled cases out of both "
+                       f"'train' and 'val' ({', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''}); they are "
+                       "not used, as nnU-Net uses a custom split as given")
+        return fold
+
+    def absent_classes(self, cases: Sequence[str]) -> dict[int, str]:
+        """The foreground classes of ``dataset.json`` that occur in none of the label files of ``cases``
+        (``{value: name}``). Label files are read until every class has been seen (usually the first few);
+        unreadable files are skipped here (:meth:`load_case` reports them)."""
+        missing = set(self.label_names)
+        for case in cases:
+            if not missing:
+                break
+            try:
+                lab = read_nifti(self.label_file(case))[0]
+            except DatasetError:
+                continue
+            missing = {v for v in missing if not np.any(lab == v)}
+        return {v: self.label_names[v] for v in sorted(missing)}
+
+    def warn_absent_classes(self, cases: Sequence[str], split: str) -> dict[int, str]:
+        """Warn (:attr:`notes`) about each class of ``dataset.json`` that no label of ``cases`` holds; return them."""
+        absent = self.absent_classes(cases)
+        for v, name in absent.items():
+            self._warn(
+                f"{self.root / 'dataset.json'}: class {name!r} (label {v}) occurs in none of the {len(cases)} "
+                f"{split} label file(s) in labelsTr: "
+                + ("it is never learned, and " if split == "train" else "")
+                + "its Dice is meaningless (the TransUNet rule scores 1.0 on every volume where it is predicted at "
+                "all, inflating the mean): remove it from 'labels' or check the label files")
+        return absent
 
 
 class _CaseLoader:
@@ -415,6 +519,8 @@ def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization:
     norm = normalization if normalization is not None else paper_normalization(in_chans)
     ds: dict[str, Any] = {}
     for s in splits:
+        if s in ("train", "val"):
+            raw.warn_absent_classes(sp[s], s)
         if s == "train":
             ds[s] = nnunet_slices(raw, sp["train"], image_size=image_size_of(cfg), augment=cfg.data.augment,
                                   preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"),
@@ -428,4 +534,5 @@ def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization:
     return DataTask(name="nnunet", datasets=ds, evaluation="volume_slicewise",
                     label_map=volume_label_map(raw.label_names), num_classes=raw.num_classes, in_chans=in_chans,
                     normalization=norm, info={"root": str(root), "val_cases": sp["val"],
-                                              **{f"n_{s}": len(d) for s, d in ds.items()}})
+                                              **{f"n_{s}": len(d) for s, d in ds.items()},
+                                              **({"warnings": list(raw.notes)} if raw.notes else {})})

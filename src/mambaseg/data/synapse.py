@@ -151,7 +151,8 @@ def synapse_volumes(root: str | Path, list_name: str = "test_vol.txt") -> Volume
             raise DatasetError(f"{lf}: volume {n!r} not found (looked for {cands[0]})")
         paths.append(found)
 
-    return VolumeDataset(names, H5VolumeLoader(names, paths), label_names=SYNAPSE_LABELS, num_classes=9, paths=[str(p) for p in paths])
+    return VolumeDataset(names, H5VolumeLoader(names, paths), label_names=SYNAPSE_LABELS, num_classes=9,
+                         paths=[str(p) for p in paths])
 
 
 def synapse_volumes_from_slices(root: str | Path, cases: list[str], list_name: str = "train.txt") -> VolumeDataset:
@@ -169,15 +170,15 @@ def synapse_train_cases(root: str | Path, list_name: str = "train.txt") -> list[
 
 
 def _held_out_cases(root: Path, cfg: Any) -> list[str]:
-    """Training cases held out for validation (seeded) when the dataset has no ``lists/val_vol.txt``."""
+    """Training cases held out for validation (seeded) when the dataset has no ``lists/val_vol.txt``: whole groups of
+    cases by the rule of the folds (:func:`mambaseg.data.folds.carve_groups`)."""
+    from mambaseg.data.folds import carve_groups
     from mambaseg.data.task import DataTaskError
 
     cases = synapse_train_cases(root)
     if len(cases) < 2:
         raise DataTaskError(f"{root}: need >= 2 training cases to hold one out for validation (or lists/val_vol.txt)")
-    rng = np.random.default_rng(cfg.data.split_seed)
-    n_val = min(len(cases) - 1, max(1, round(cfg.data.val_fraction * len(cases))))
-    return sorted(cases[i] for i in rng.permutation(len(cases))[:n_val])
+    return carve_groups(cases, cfg.data.val_fraction, cfg.data.split_seed, where=synapse_list(root, "train.txt"))
 
 
 def synapse_cases(root: str | Path) -> list[str]:
