@@ -343,6 +343,14 @@ def test_nnunet_folds_score_each_volume_with_its_own_spacing(tiny_model, tmp_pat
     assert vol.spacing == pytest.approx((2.5, 0.9, 0.8))
     pred = np.load(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")["labels"]
     assert r["per_class"]["hd95"][0] == pytest.approx(hd95(pred == 1, vol.label == 1, vol.spacing), rel=1e-5)
+    # the checkpoint records the channels, so predictions scale inputs as in training wherever the dataset is
+    from mambaseg.checkpoint import load_checkpoint
+    from mambaseg.inference.volume import intensity_for_checkpoint
+
+    ckpt = load_checkpoint(root / "fold_0" / "checkpoints" / "last.pt")
+    assert ckpt["task"]["channel_names"] == ["CT"]
+    ckpt["config"]["data"]["path"] = str(tmp_path / "moved")
+    assert intensity_for_checkpoint(ckpt) == "ct"
 
 
 def test_real_acdc_folds_keep_patients_whole_and_rebuild_their_volumes(shared_data, tmp_path):

@@ -198,7 +198,13 @@ def test_intensity_for_checkpoint(tmp_path: Path) -> None:
     mr = make_nnunet(tmp_path / "mr", channels=("T1",), n_cases=2)
     assert intensity_for_checkpoint({"task": {"layout": "nnunet"}, "config": {"data": {"path": str(ct)}}}) == "ct"
     assert intensity_for_checkpoint({"task": {"layout": "nnunet"}, "config": {"data": {"path": str(mr)}}}) == "minmax"
-    assert intensity_for_checkpoint({"task": {"layout": "nnunet"}, "config": {"data": {"path": "/gone"}}}) == "minmax"
+    # recorded channel names decide, wherever the dataset is (checkpoints written since they are recorded)
+    assert intensity_for_checkpoint({"task": {"layout": "nnunet", "channel_names": ["CT"]},
+                                     "config": {"data": {"path": "/gone"}}}) == "ct"
+    assert intensity_for_checkpoint({"task": {"layout": "nnunet", "channel_names": ["T2", "ADC"]}}) == "minmax"
+    # neither recorded nor readable: an error saying what to pass (it silently min-max scaled, wrong for CT)
+    with pytest.raises(ValueError, match=r"/gone cannot be read.*--intensity ct.*--intensity minmax"):
+        intensity_for_checkpoint({"task": {"layout": "nnunet"}, "config": {"data": {"path": "/gone"}}})
     assert intensity_for_checkpoint({"task": {"layout": "acdc"}}) == "auto"
 
 

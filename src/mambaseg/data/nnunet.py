@@ -534,5 +534,6 @@ def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization:
     return DataTask(name="nnunet", datasets=ds, evaluation="volume_slicewise",
                     label_map=volume_label_map(raw.label_names), num_classes=raw.num_classes, in_chans=in_chans,
                     normalization=norm, info={"root": str(root), "val_cases": sp["val"],
+                                              "channel_names": list(raw.channel_names),
                                               **{f"n_{s}": len(d) for s, d in ds.items()},
                                               **({"warnings": list(raw.notes)} if raw.notes else {})})

@@ -596,7 +596,10 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
             "label_map": dict(task.label_map),
             "image_size": [int(s) for s in cfg.data.image_size],
             "task": {"layout": task.name, "num_classes": num_classes, "in_chans": in_chans,
-                     "evaluator": getattr(task.evaluator, "name", "")},
+                     "evaluator": getattr(task.evaluator, "name", ""),
+                     # how predictions must scale raw volumes (CT window or min-max per channel; nnU-Net layout)
+                     **({"channel_names": list(task.info["channel_names"])} if task.info.get("channel_names")
+                        else {})},
             "config": config_to_dict(resolved),
         },
     )

@@ -195,23 +195,35 @@ def read_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float,
 def intensity_for_checkpoint(ckpt: dict[str, Any]) -> str:
     """The :func:`read_volume` ``scale`` matching a checkpoint's training data.
 
-    Runs trained on an nnU-Net raw dataset scaled CT channels with the CT window and other channels per volume;
-    when that dataset's ``dataset.json`` is still readable the same scheme is returned (``"ct"`` or ``"minmax"``).
-    Everything else gets ``"auto"`` (arrays already in [0, 1] kept, others min-max scaled).
+    Runs trained on an nnU-Net raw dataset scaled CT channels with the CT window and other channels per volume: the
+    same scheme is returned (``"ct"`` or ``"minmax"``), from the channel names the checkpoint records (checkpoints
+    written before they were recorded: from the dataset's ``dataset.json``, while it is readable). Everything else
+    gets ``"auto"`` (arrays already in [0, 1] kept, others min-max scaled).
+
+    Raises:
+        ValueError: an nnU-Net run whose channels are known neither from the checkpoint nor from its dataset: which
+            scaling it needs cannot be told (a CT model fed min-max scaled volumes predicts garbage); the message
+            says to pass the scaling (``--intensity ct`` or ``minmax``).
     """
     task = ckpt.get("task") or {}
     if task.get("layout") != "nnunet":
         return "auto"
-    path = ((ckpt.get("config") or {}).get("data") or {}).get("path")
-    if not path:
-        return "minmax"
-    try:
-        from mambaseg.data.nnunet import NnUNetRaw
+    names = task.get("channel_names")
+    if not names:
+        path = ((ckpt.get("config") or {}).get("data") or {}).get("path")
+        try:
+            from mambaseg.data.nnunet import NnUNetRaw
 
-        names = NnUNetRaw(path).channel_names
-    except (ValueError, OSError):
-        return "minmax"
-    return "ct" if names and all(n.strip().upper() == "CT" for n in names) else "minmax"
+            names = NnUNetRaw(path).channel_names if path else None
+        except (ValueError, OSError) as e:
+            why = f"its dataset {path} cannot be read ({str(e).splitlines()[0]})"
+        else:
+            why = "it names no dataset"
+        if not names:
+            raise ValueError(f"the checkpoint was trained on an nnU-Net dataset but records no channel names, and {why}"
+                             ": the intensity scaling of its inputs is unknown; pass --intensity ct (CT, "
+                             "Hounsfield units) or --intensity minmax (other modalities) (intensity= in Python)")
+    return "ct" if all(str(n).strip().upper() == "CT" for n in names) else "minmax"
 
 
 def write_prediction(path: str | Path, labels: np.ndarray, reference: Volume | None = None) -> Path:
