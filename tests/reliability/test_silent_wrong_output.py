@@ -235,3 +235,23 @@ def test_predict_batch_sizes_lose_no_image(trained, syn_data, tmp_path):
     for bs in (1, 2, 5):
         written = pred.predict_path(syn_data / "val", tmp_path / f"o{bs}", batch_size=bs)
         assert len(written) == n
+
+
+def test_preflight_lists_a_repeated_problem_once_with_its_count(monkeypatch):
+    # a volume-level problem is met once per slice: one line with the count, then the other problems
+    from mambaseg.engine import preflight
+
+    def read(i):
+        if i < 11:
+            raise DatasetError("labelsTr/case_007.nii.gz: label shape (4, 8, 8) differs from image shape (5, 8, 8)")
+        if i == 11:
+            raise DatasetError("imagesTr/case_008_0000.nii.gz: 3 non-finite voxel(s)")
+        return "ok", np.ones((2, 2), np.int64)
+
+    monkeypatch.setattr(preflight, "_readers", lambda ds: ("slice", read))
+    with pytest.raises(DatasetError) as exc:
+        preflight.check_samples({"train": list(range(13))}, "DATA")
+    lines = str(exc.value).splitlines()
+    assert "13 sample(s) read, 12 problem(s) (2 different)" in lines[0]
+    assert lines[1:] == ["  - [train] labelsTr/case_007.nii.gz: label shape (4, 8, 8) differs from image shape "
+                         "(5, 8, 8) (11 samples)", "  - [train] imagesTr/case_008_0000.nii.gz: 3 non-finite voxel(s)"]

@@ -222,10 +222,17 @@ def check_samples(datasets: dict[str, Any], data: Any, *,
                 f"meaningless: check the mask files, data.binary and data.label_values"
             )
     if problems:
+        # one problem of a volume is met once per slice of it: list it once, with its count
+        n_found = len(problems)
+        counts: dict[str, int] = {}
+        for p in problems:
+            counts[p] = counts.get(p, 0) + 1
+        problems = [p if c == 1 else f"{p} ({c} samples)" for p, c in counts.items()]
+        distinct = f" ({len(problems)} different)" if len(problems) < n_found else ""
         shown = problems[:MAX_PROBLEMS]
         more = [f"  ... and {len(problems) - MAX_PROBLEMS} more"] if len(problems) > MAX_PROBLEMS else []
         raise DatasetError(
-            f"pre-flight check of {data}: {checked} sample(s) read, {len(problems)} problem(s); nothing was "
+            f"pre-flight check of {data}: {checked} sample(s) read, {n_found} problem(s){distinct}; nothing was "
             f"trained:\n" + "\n".join(f"  - {p}" for p in shown) + ("\n" + "\n".join(more) if more else "")
         )
     return warnings_
