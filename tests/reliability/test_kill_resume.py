@@ -49,7 +49,7 @@ def _child(args: list[str], env_extra: dict[str, str] | None = None) -> subproce
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "-m", "_engine_test_tinyconv", "-d", str(data), "-o", str(out), "--epochs", "4",
             "--image-size", "32", "--device", "cpu", "--batch-size", "2", "--lr", "0.005", "--seed", "3",
-            "--no-progress", "--set", "data.validate=false", *extra]
+            "--no-progress", "--set", "data.validate=false", "--threads", "1", *extra]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -79,7 +79,10 @@ def test_killed_run_resumes_bit_identically(how, reference, syn_data, tmp_path):
     if how == "during_checkpoint_write":
         # the 3rd torch.save is last.pt after epoch 2 (best.pt, last.pt, [best.pt], last.pt ...): stall inside it
         proc = _child(_args(syn_data, out), {"STALL_SAVE_AT": "3"})
-        _wait_for(lambda: any(p.name.endswith(".tmp") for p in (out / "checkpoints").glob(".*")), proc)
+        # saves 1-2 are done once last.pt exists; a temporary file then is the stalled 3rd (an earlier one, seen
+        # before last.pt, would be killed with no last.pt to resume from)
+        _wait_for(lambda: last.is_file() and any(p.name.endswith(".tmp") for p in (out / "checkpoints").glob(".*")),
+                  proc)
         proc.send_signal(signal.SIGKILL)
     else:
         proc = _child(_args(syn_data, out))
@@ -89,7 +92,8 @@ def test_killed_run_resumes_bit_identically(how, reference, syn_data, tmp_path):
     assert rc != 0
     if how == "SIGINT":
         assert rc == 130 and "interrupted" in proc.stdout.read()
-    resumed = _child(["train", "--resume", "--out", str(out), "--no-progress"])
+    # the same thread count as the reference (--threads auto counts idle cores: another count, another sum order)
+    resumed = _child(["train", "--resume", "--out", str(out), "--no-progress", "--threads", "1"])
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
     got = _weights(last)
     for k, v in reference.items():
