@@ -8,6 +8,7 @@ fills (:func:`convert_weights`) and writes the result in the checkpoint format (
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -15,6 +16,7 @@ import torch.nn as nn
 from mambaseg.checkpoint import save_checkpoint
 from mambaseg.models._pretrained import LoadReport, WeightsFile, load_weights, read_weights, run_converter
 from mambaseg.models._registry import create_model
+from mambaseg.utils.files import check_output_file
 
 __all__ = ["convert_weights", "convert_checkpoint"]
 
@@ -72,6 +74,7 @@ def convert_checkpoint(
     in_chans: int | None = None,
     stem: str = "auto",
     key: str | None = None,
+    overwrite: bool = False,
     **opts: Any,
 ) -> Any:
     """Convert an official weights file into a self-describing mambaseg checkpoint.
@@ -86,6 +89,8 @@ def convert_checkpoint(
         num_classes, in_chans: build for another task (classifier re-initialised / stem adapted, both reported).
         stem: stem adaptation when ``in_chans`` differs: ``auto`` (sum for 1 channel), ``sum``, ``mean``, ``repeat``.
         key: the file's container entry holding the weights (e.g. ``"model_ema"``).
+        overwrite: replace an existing ``out`` (refused otherwise, ``FileExistsError``). ``out`` may never be
+            ``src`` itself (``ValueError``). The checkpoint is written atomically.
         **opts: converter options (``target=``, ``variant=``, ``arch=``, ...).
 
     Returns:
@@ -95,6 +100,8 @@ def convert_checkpoint(
         >>> report = mambaseg.convert_checkpoint("vmamba_small_e238_ema.pth", "vmamba_v0_small",
         ...                                      "vmunet_vmamba_s.pt", partial=True)  # doctest: +SKIP
     """
+    check_output_file(Path(out), overwrite=overwrite, kind="a checkpoint file", example="converted.pt",
+                      source=Path(src))
     model, report = convert_weights(src, fmt, partial=partial, num_classes=num_classes, in_chans=in_chans, stem=stem,
                                     key=key, **opts)
     payload = {

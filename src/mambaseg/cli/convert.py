@@ -33,12 +33,19 @@ def _print_formats() -> None:
     from mambaseg.models._convert import list_converters
 
     table = Table(title="checkpoint formats (--from)")
-    table.add_column("format", style="bold")
-    table.add_column("converts")
-    table.add_column("published at")
+    table.add_column("format", style="bold", no_wrap=True)
+    table.add_column("converts", ratio=1)
+    table.add_column("published at", ratio=1, overflow="fold")  # URLs kept whole, folded over lines
     for info in list_converters():
         table.add_row(info.name, info.description, info.source)
     console.print(table)
+
+
+def _formats_json() -> str:
+    from mambaseg.models._convert import list_converters
+    from mambaseg.utils.files import json_text
+
+    return json_text([{"name": i.name, "description": i.description, "source": i.source} for i in list_converters()])
 
 
 @handle_errors
@@ -55,11 +62,17 @@ def convert(
     option: list[str] = typer.Option([], "--option", "-o", help="Converter option key=value (repeatable), e.g. "
                                       "target=vmbunet."),
     list_formats: bool = typer.Option(False, "--list", help="List the formats and where they are published."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (refused otherwise)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report (with --list: the formats) as JSON."),
 ) -> None:
-    """Convert an official checkpoint into a mambaseg checkpoint, printing loaded/missing/unexpected/reshaped keys."""
+    """Convert an official checkpoint into a mambaseg checkpoint, printing loaded/missing/unexpected/reshaped keys.
+
+    An existing --out is never replaced without --overwrite, and never when it is the input file itself."""
     if list_formats:
-        _print_formats()
+        if as_json:
+            typer.echo(_formats_json())
+        else:
+            _print_formats()
         return
     if src is None or fmt is None or out is None:
         raise CLIError("convert needs IN, --from FORMAT and --out OUT (mambaseg convert --list shows the formats)")
@@ -73,9 +86,11 @@ def convert(
     from mambaseg.convert import convert_checkpoint
 
     report = convert_checkpoint(src, fmt, out, partial, num_classes=num_classes, in_chans=in_chans, stem=stem,
-                                key=key, **opts)
+                                key=key, overwrite=overwrite, **opts)
     if as_json:
-        typer.echo(json.dumps({**report.to_dict(), "out": str(out)}, indent=2))
+        from mambaseg.utils.files import json_text
+
+        typer.echo(json_text({**report.to_dict(), "out": str(out)}))
         return
     console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
     console.print(f"wrote {out}", highlight=False, markup=False, soft_wrap=True)

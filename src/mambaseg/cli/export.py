@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import os
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -28,29 +29,39 @@ def export(
                                  "that graph), torchscript or dynamo (needs onnxscript)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the --check timings."),
     repeats: int = typer.Option(10, "--repeats", help="Timed runs for --check (median after a warm-up)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (refused otherwise)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Export to ONNX (the traceable PyTorch scan graph, fixed input shape); --check verifies it with onnxruntime."""
-    from mambaseg.export import export_onnx, load_for_export
+    """Export to ONNX (the traceable PyTorch scan graph, fixed input shape); --check verifies it with onnxruntime.
+
+    The file carries mambaseg.* metadata (input size, normalisation, labels rule, label map: docs/cpu_inference.md).
+    An existing --out is never replaced without --overwrite, and never when it is the --checkpoint itself."""
+    import importlib.util
+
+    from mambaseg.export import export_metadata, export_onnx, load_for_export
+    from mambaseg.utils.files import json_text
 
     if format.lower() != "onnx":
         raise CLIError(f"--format {format!r} is not supported; the only format is onnx")
     if (model is None) == (checkpoint is None):
         raise CLIError("give exactly one of --model or --checkpoint")
+    if checkpoint is not None:
+        _check_checkpoint(checkpoint, out)
+    if importlib.util.find_spec("onnx") is None:
+        raise CLIError("export needs onnx (it writes the file's metadata): pip install 'mambaseg[onnx]'")
+    if check and importlib.util.find_spec("onnxruntime") is None:
+        raise CLIError("--check needs onnxruntime: pip install 'mambaseg[onnx]'")
     size = parse_image_size(image_size)
     net, shape, desc = load_for_export(model, checkpoint, num_classes=num_classes, in_chans=in_chans, size=size)
-    if check:
-        import importlib.util
-
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise CLIError("--check needs onnxruntime: pip install 'mambaseg[onnx]'")
+    metadata = export_metadata(net, shape, checkpoint)
     report = export_onnx(net, out, shape, opset=opset, exporter=exporter, check=check, repeats=repeats,
-                         threads=threads)
+                         threads=threads, metadata=metadata, overwrite=overwrite)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json_text(report.to_dict()))
         return
-    console.print(f"wrote {report.path} ({report.bytes / 2**20:.1f} MiB) from {desc}, input {list(report.input_shape)}, "
-                  f"opset {report.opset}, {report.exporter} exporter, {report.export_seconds:.1f} s", highlight=False)
+    console.print(f"wrote {report.path} ({report.bytes / 2**20:.1f} MiB) from {desc}, input "
+                  f"{list(report.input_shape)}, opset {report.opset}, {report.exporter} exporter, "
+                  f"{report.export_seconds:.1f} s", highlight=False)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     if check:
@@ -58,3 +69,14 @@ def export(
                       f"{report.max_abs_diff_auto:.2e} vs eager (auto scan backend)", highlight=False)
         console.print(f"latency on {report.threads} thread(s), median of {repeats}: eager {report.eager_ms:.1f} ms, "
                       f"onnxruntime {report.onnxruntime_ms:.1f} ms", highlight=False)
+
+
+def _check_checkpoint(checkpoint: Path, out: Path) -> None:
+    """--checkpoint is a checkpoint file, and --out is not that file (an export would replace the trained weights)."""
+    if out.resolve() == checkpoint.resolve() or (out.exists() and checkpoint.exists()
+                                                   and os.path.samefile(out, checkpoint)):
+        raise CLIError(f"--out {str(out)!r} is the --checkpoint file itself; the export would replace the trained "
+                       "weights: choose another --out (e.g. model.onnx)")
+    if checkpoint.is_file() and checkpoint.suffix != ".safetensors" and not zipfile.is_zipfile(checkpoint):
+        raise CLIError(f"--checkpoint {str(checkpoint)!r} is not a checkpoint (not a torch checkpoint archive); "
+                       "expected best.pt or best.safetensors written by mambaseg train or mambaseg convert")

@@ -6,18 +6,24 @@ FILE.npz`` (:func:`mambaseg.data.layouts.write_cache`) writes one; ``--data FILE
 
 * ``npz2d`` (:func:`write_npz2d` / :func:`open_npz2d`): a 2-D folder dataset. Per split ``{split}_images``
   (N, H, W, C) uint8 resized with the evaluation resize, ``{split}_masks`` (N, H, W) uint8 class indices (nearest),
-  ``{split}_ids``, ``{split}_orig_sizes``, plus a JSON ``meta`` entry (source, size, label map). Augmentation runs on
-  the stored images (:class:`ArrayDataset2D`).
-* ``volcache`` (:func:`write_volcache` / :func:`open_volcache`): a volumetric task (ACDC, Synapse, nnU-Net).
-  Training slices zoomed to the network size; evaluation volumes with every slice zoomed to the network size and
-  the labels at their ORIGINAL size, so per-volume metrics are those of the source data up to the 8-bit
-  quantisation of the intensities.
+  ``{split}_ids``, ``{split}_orig_sizes``, plus a JSON ``meta`` entry (source, size, label map, and how the mask
+  values were read: ``binary``, ``label_values``). Augmentation runs on the stored images (:class:`ArrayDataset2D`).
+* ``volcache`` (:func:`write_volcache` / :func:`open_volcache`): a volumetric task (ACDC, Synapse, nnU-Net) of
+  single-channel images. Training slices zoomed to the network size; evaluation volumes with every slice zoomed to
+  the network size, the labels at their ORIGINAL size and the source's voxel spacing (``{split}_spacing``), so
+  per-volume metrics are those of the source data up to the 8-bit quantisation of the intensities (HD95 in mm
+  where the source has a spacing, e.g. nnU-Net NIfTI; in voxels where it has none, ACDC/Synapse h5).
+
+Caches written before the spacing was stored (no ``{split}_spacing``) still open: their volumes have no spacing, so
+HD95/NSD come in voxels; the run's header (``spacing`` in the data info) and a warning say so.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -58,7 +64,8 @@ VOLCACHE_FORMAT = "mambaseg-volcache/1"
 
 def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
                 splits: Sequence[str] = ("train", "val"),
-                progress: Callable[[str, int, int], None] | None = None) -> Path:
+                progress: Callable[[str, int, int], None] | None = None, *,
+                binary: bool = True, label_values: Sequence[int] | None = None) -> Path:
     """Write the ``npz2d`` cache of a 2-D folder dataset and return its path.
 
     Args:
@@ -67,18 +74,28 @@ def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
         out: output ``.npz`` (compressed; written atomically).
         splits: splits to store.
         progress: optional ``(split, done, total)`` callback after each image.
+        binary, label_values: how the mask files are read, as ``data.binary`` / ``data.label_values`` of a run on
+            the folder (multi-class: ``binary=False`` and the mask pixel value of each class index). The cache
+            stores the class indices, and the folder task's label map and class count in its ``meta``, so a run on
+            the cache gets the labels a run on the folder gets.
     """
+    from types import SimpleNamespace
+
     from mambaseg.data.files import to_uint8
-    from mambaseg.data.folder2d import FolderDataset2D
+    from mambaseg.data.folder2d import FolderDataset2D, folder_label_map
     from mambaseg.data.transforms import Resize
     from mambaseg.utils.files import atomic_write_npz
 
     data, size = Path(data), (int(image_size[0]), int(image_size[-1]))
+    values = None if binary else (None if label_values is None else [int(v) for v in label_values])
+    label_map, num_classes = folder_label_map(SimpleNamespace(data=SimpleNamespace(binary=bool(binary),
+                                                                                   label_values=values)))
     arrays: dict[str, np.ndarray] = {}
     counts = {}
     resize = Resize(size)
     for split in splits:
-        ds = FolderDataset2D(data, split, image_size=size, augment=False, normalization=None)
+        ds = FolderDataset2D(data, split, image_size=size, augment=False, normalization=None, binary=bool(binary),
+                             label_values=values)
         imgs, masks, sizes = [], [], []
         for i in range(len(ds)):
             img, mask = ds.load_pair(i)
@@ -96,13 +113,33 @@ def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
     meta = {
         "source": str(data.resolve()),
         "image_size": list(size),
-        "label_map": binary_label_map(),
-        "num_classes": 1,
+        "label_map": label_map,
+        "num_classes": num_classes,
+        "binary": bool(binary),
+        "label_values": values,
         "counts": counts,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     arrays["meta"] = np.asarray(json.dumps(meta))
     return atomic_write_npz(out, **arrays)
+
+
+def _size_note(path: Path, stored_hw: Sequence[int], size_hw: Sequence[int], source: str = "") -> str:
+    """The ``cache_image_size`` of a run's data info: the stored (H, W), and the (H, W) it is resized to when the
+    run's ``data.image_size`` differs. Upsampling (a larger size than stored) also warns: the network gets no more
+    detail than the cache holds, yet a run records the larger size (its checkpoint's ``image_size``)."""
+    stored, size = (int(stored_hw[0]), int(stored_hw[-1])), (int(size_hw[0]), int(size_hw[-1]))
+    if size == stored:
+        return f"{stored}"
+    if size[0] <= stored[0] and size[1] <= stored[1]:
+        return f"cache stored at {stored}, resized to {size}"
+    arg = f"{size[0]}" if size[0] == size[1] else f"{size[0]},{size[1]}"
+    warnings.warn(
+        f"{path}: the cache is stored at {stored[0]}x{stored[1]}, upsampled to {size[0]}x{size[1]} for "
+        f"data.image_size (--image-size): the network sees no more detail than the stored {stored[0]}x{stored[1]}; "
+        f"for {size[0]}x{size[1]} detail build a cache at that size: mambaseg cache --data {source or 'SOURCE'} "
+        f"--image-size {arg} --out NEW.npz", RuntimeWarning, stacklevel=3)
+    return f"cache stored at {stored}, upsampled to {size} (no more detail than stored)"
 
 
 class ArrayDataset2D(Dataset):
@@ -292,6 +329,8 @@ def open_npz2d(path: Path, cfg: Any, *, splits: tuple[str, ...], normalization: 
 
     normalization, datasets = open_splits(make, splits, normalization, cfg.data.augment)
     in_chans = int(arrays[f"{splits[0]}_images"].shape[-1])
+    stored = next(iter(d.images for d in datasets.values())).shape[1:3]
+    info_size = _size_note(path, stored, size, str(meta.get("source") or ""))
     return DataTask(
         name="npz2d",
         datasets=datasets,
@@ -300,7 +339,8 @@ def open_npz2d(path: Path, cfg: Any, *, splits: tuple[str, ...], normalization: 
         num_classes=num_classes,
         in_chans=in_chans,
         normalization=normalization,
-        info={"root": str(path), "cache_meta": meta, **{f"n_{s}": len(d) for s, d in datasets.items()},
+        info={"root": str(path), "cache_meta": meta, "cache_image_size": info_size,
+              **{f"n_{s}": len(d) for s, d in datasets.items()},
               **({"split_file": str(cfg.data.split_file)} if picked else {})},
     )
 
@@ -319,13 +359,18 @@ def write_volcache(
     train: Dataset | None,
     eval_splits: Mapping[str, Dataset],
     progress: Callable[[str, int, int], None] | None = None,
+    source: str | Path | None = None,
 ) -> Path:
     """Write a compact ``.npz`` cache of a volumetric task (uint8 images at ``image_size``).
 
     Training slices are stored resized (order-3 image zoom, order-0 labels) without augmentation or normalisation;
-    evaluation volumes store each slice zoomed to ``image_size`` and the labels at their ORIGINAL size, so the
-    per-volume evaluation (predict at network size, zoom back, compare) is the one on the source data up to the
-    8-bit quantisation of the intensities.
+    evaluation volumes store each slice zoomed to ``image_size``, the labels at their ORIGINAL size and the voxel
+    spacing of the source (``{split}_spacing``, (N, 3) per (D, H, W) axis in mm, NaN where the source has none), so
+    the per-volume evaluation (predict at network size, zoom back, compare; HD95 in the source's units) is the one
+    on the source data up to the 8-bit quantisation of the intensities.
+
+    Only single-channel images are stored: a dataset of several channels is refused before any slice is read
+    (nothing is written).
 
     Args:
         path: output ``.npz`` (compressed).
@@ -336,11 +381,31 @@ def write_volcache(
         train: a :class:`~mambaseg.data.volumetric.SliceDataset2D` (or ``None``).
         eval_splits: ``{"val": VolumeDataset, "test": VolumeDataset}``.
         progress: optional ``(split, done, total)`` callback after each training slice / evaluation volume.
+        source: the dataset's path, for messages and the metadata (default: messages name the folder of its
+            files, the metadata none).
+
+    Raises:
+        DataTaskError: the images have several channels (naming the dataset and the channel count).
     """
     from mambaseg.data.volumetric import zoom_image, zoom_labels
 
     size = (int(image_size[0]), int(image_size[1]))
     arrays: dict[str, np.ndarray] = {}
+    where = str(source) if source is not None else _files_folder(train, eval_splits)
+
+    def refuse(channels: int) -> None:
+        raise DataTaskError(
+            f"{where}: the {name} dataset has {channels} image channels; the volume cache stores single-channel "
+            f"images only, so nothing was cached (train and evaluate on the dataset folder itself, which reads every "
+            f"channel)")
+
+    # every check before the first slice is read: a refused dataset costs no time and leaves no file
+    if train is not None and int(getattr(train, "in_chans", 1)) != 1:
+        refuse(int(getattr(train, "in_chans")))
+    for vols in eval_splits.values():
+        first: Any = vols[0] if len(vols) else None  # type: ignore[arg-type]
+        if first is not None and first.num_channels != 1:
+            refuse(first.num_channels)
 
     def q(x: np.ndarray) -> np.ndarray:
         return np.clip(np.rint(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
@@ -360,34 +425,49 @@ def write_volcache(
         arrays["train_ids"] = np.asarray(ids)
         splits_meta["train"] = len(ids)
     for split, vols in eval_splits.items():
-        imgs, flat, shapes, ids = [], [], [], []
+        imgs, flat, shapes, ids, spacings = [], [], [], [], []
         for vol in vols:  # type: ignore[attr-defined]
             if vol.num_channels != 1:
-                raise ValueError("write_volcache stores single-channel volumes only")
+                refuse(vol.num_channels)
             imgs.extend(q(zoom_image(vol.slice_image(z), size, order=3)[..., 0]) for z in range(vol.spatial_shape[0]))
             flat.append(np.asarray(vol.label, dtype=np.uint8).ravel())
             shapes.append(vol.label_shape)
             ids.append(vol.id)
+            spacings.append([np.nan] * 3 if vol.spacing is None else [float(v) for v in vol.spacing])
             if progress is not None:
                 progress(split, len(ids), len(vols))  # type: ignore[arg-type]
         arrays[f"{split}_images"] = np.stack(imgs)
         arrays[f"{split}_labels_flat"] = np.concatenate(flat)
         arrays[f"{split}_shapes"] = np.asarray(shapes, dtype=np.int64)
         arrays[f"{split}_ids"] = np.asarray(ids)
+        arrays[f"{split}_spacing"] = np.asarray(spacings, dtype=np.float64).reshape(len(ids), 3)
         splits_meta[split] = len(ids)
     meta = {
         "format": VOLCACHE_FORMAT,
         "name": name,
+        **({"source": str(source)} if source is not None else {}),
         "label_names": {str(k): v for k, v in label_names.items()},
         "num_classes": int(num_classes),
         "image_size": list(size),
         "splits": splits_meta,
         "image_encoding": "uint8 = round(255 * intensity in [0, 1])",
+        "spacing": "{split}_spacing: (N, 3) voxel size per (D, H, W) axis of the labels (mm), NaN: none in the source",
     }
     arrays["vol_meta"] = np.asarray(json.dumps(meta))
     from mambaseg.utils.files import atomic_write_npz
 
     return atomic_write_npz(path, **arrays)
+
+
+def _files_folder(train: Dataset | None, eval_splits: Mapping[str, Dataset]) -> str:
+    """The folder holding a volumetric dataset's files (the common folder of the first file of each split), for
+    messages; ``"the dataset"`` when its datasets name no files."""
+    firsts = [str(ps[0]).split("#", 1)[0] for d in (train, *eval_splits.values())
+              if d is not None and (ps := getattr(d, "paths", None)) and str(ps[0])]
+    if not firsts:
+        return "the dataset"
+    common = os.path.commonpath(firsts)
+    return str(Path(common).parent) if common in firsts else common
 
 
 class _CacheSliceLoader:
@@ -404,16 +484,19 @@ class _CacheVolumeLoader:
     """Picklable ``loader(i) -> Volume`` over cached volumes (images at network size, labels at original size)."""
 
     def __init__(self, images: np.ndarray, labels_flat: np.ndarray, shapes: np.ndarray, ids: list[str],
-                 source: str) -> None:
+                 source: str, spacing: np.ndarray | None = None) -> None:
         self.images, self.flat, self.shapes, self.ids, self.source = images, labels_flat, shapes, ids, source
+        self.spacing = spacing  # (N, 3), NaN rows: none in the source; None: a cache written before it was stored
         self.zoff = np.concatenate([[0], np.cumsum(shapes[:, 0])])
         self.loff = np.concatenate([[0], np.cumsum(np.prod(shapes, axis=1))])
 
     def __call__(self, i: int) -> Volume:
         d, h, w = (int(v) for v in self.shapes[i])
+        row = None if self.spacing is None else self.spacing[i]
+        spacing = None if row is None or not np.all(np.isfinite(row)) else tuple(float(v) for v in row)
         return Volume(
             id=self.ids[i], image=self.images[self.zoff[i]:self.zoff[i + 1]].astype(np.float32) / 255.0,
-            label=self.flat[self.loff[i]:self.loff[i + 1]].reshape(d, h, w), spacing=None,
+            label=self.flat[self.loff[i]:self.loff[i + 1]].reshape(d, h, w), spacing=spacing,
             path=f"{self.source}#{self.ids[i]}", source_format="npz", target_hw=(h, w),
         )
 
@@ -464,13 +547,24 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
                               num_classes=num_classes, label_names=label_names, normalization=norm,
                               paths=[f"{path}#{i}" for i in ids])
 
+    no_spacing: list[str] = []  # evaluation splits of a cache written before the spacing was stored
+
     def volumes(s: str) -> VolumeDataset:
         if f"{s}_images" not in arrays:
             have = sorted(k[: -len("_shapes")] for k in arrays if k.endswith("_shapes"))
             raise DataTaskError(f"{path}: no split {s!r} in the cache (it has {have})")
         ids = [str(i) for i in arrays[f"{s}_ids"]]
+        spacing = arrays.get(f"{s}_spacing")
+        if spacing is not None and spacing.shape != (len(ids), 3):
+            raise DataTaskError(f"{path}: key '{s}_spacing' is {tuple(spacing.shape)}; expected ({len(ids)}, 3)")
+        if spacing is None and s not in no_spacing:
+            no_spacing.append(s)
+            warnings.warn(
+                f"{path}: the cache has no voxel spacing for its {s!r} volumes (written before mambaseg cache stored "
+                f"it): HD95 and NSD are in voxels, not in the source's mm; rebuild it with mambaseg cache to get them "
+                f"in mm", RuntimeWarning, stacklevel=2)
         loader = _CacheVolumeLoader(arrays[f"{s}_images"], arrays[f"{s}_labels_flat"], arrays[f"{s}_shapes"], ids,
-                                    str(path))
+                                    str(path), spacing)
         return VolumeDataset(ids, loader, label_names=label_names, num_classes=num_classes)
 
     ds: dict[str, Dataset] = fold_split_datasets(  # a cross-validation fold's train slices and held-out volumes
@@ -479,13 +573,14 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
     for s in splits:
         if s not in ds:
             ds[s] = slices() if s == "train" else volumes(s)
-    if image_size_of(cfg) != stored:
-        info_size = f"cache stored at {stored}, resized to {image_size_of(cfg)}"
-    else:
-        info_size = f"{stored}"
+    info_size = _size_note(path, stored, image_size_of(cfg), str(meta.get("source") or ""))
+    spacing_note = {}
+    if no_spacing:
+        spacing_note = {"spacing": f"none stored for {', '.join(no_spacing)} (a cache written before mambaseg cache "
+                                   f"stored the voxel spacing): HD95/NSD in voxels; rebuild the cache for mm"}
     return DataTask(name="volcache", datasets=ds, evaluation="volume_slicewise",
                     label_map=volume_label_map(label_names), num_classes=num_classes, in_chans=1, normalization=norm,
                     info={"root": str(path), "cache": meta.get("name"), "cache_image_size": info_size,
-                          **{f"n_{s}": len(d) for s, d in ds.items()},
+                          **spacing_note, **{f"n_{s}": len(d) for s, d in ds.items()},
                           **({"split_file": str(cfg.data.split_file)} if cfg.data.split_file else {})})
 

@@ -319,7 +319,8 @@ def dataset_family(path: str | Path) -> str | None:
 
 def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
                 splits: Sequence[str] | None = None,
-                progress: Callable[[str, int, int], None] | None = None) -> tuple[Path, dict[str, int]]:
+                progress: Callable[[str, int, int], None] | None = None, *,
+                binary: bool = True, label_values: Sequence[int] | None = None) -> tuple[Path, dict[str, int]]:
     """Write the cache of any dataset layout: ``npz2d`` for 2-D folders, ``volcache`` for volumetric layouts.
 
     Args:
@@ -328,6 +329,9 @@ def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
         out: output ``.npz``.
         splits: splits to store (default: ``train`` and ``val``, plus ``test`` where the layout has one).
         progress: optional ``(split, done, total)`` callback as items are written.
+        binary, label_values: how a 2-D folder's mask files map to classes (``data.binary`` /
+            ``data.label_values`` of a run on the folder; :func:`mambaseg.data.cache.write_npz2d`). Volumetric
+            layouts name their classes themselves: anything but the defaults is refused for them.
 
     Returns:
         ``(path, {split: number of images or volumes})``.
@@ -348,10 +352,13 @@ def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
         have = [s for s in wanted if (root / s).is_dir() or (s == "val" and (root / "train").is_dir())]
         if explicit and have != wanted:
             raise DataTaskError(f"{root}: split(s) {[s for s in wanted if s not in have]} not found")
-        written = write_npz2d(root, size, out, have, progress=progress)
+        written = write_npz2d(root, size, out, have, progress=progress, binary=binary, label_values=label_values)
         with np.load(written, allow_pickle=False) as z:
             counts = {s: int(z[f"{s}_ids"].shape[0]) for s in have}
         return written, counts
+    if not binary or label_values is not None:
+        raise DataTaskError(f"{root} is a {layout} dataset, whose classes come from the dataset itself; binary / "
+                            "label_values apply to 2-D folders")
     cfg = RunConfig()
     cfg.data.image_size = list(size)
     cfg.data.augment = False
@@ -370,7 +377,8 @@ def write_cache(data: str | Path, image_size: Sequence[int], out: str | Path,
         raise DataTaskError(f"{root}: none of the splits {wanted} could be opened as layout {layout!r}")
     evals = {s: d for s, d in opened.items() if s != "train"}
     written = write_volcache(out, name=layout, label_names=task.label_names, num_classes=task.num_classes,
-                             image_size=size, train=opened.get("train"), eval_splits=evals, progress=progress)
+                             image_size=size, train=opened.get("train"), eval_splits=evals, progress=progress,
+                             source=root)
     return written, {s: len(d) for s, d in opened.items()}
 
 

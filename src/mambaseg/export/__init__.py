@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from mambaseg.export.onnx import NATIVE_INPUT, ExportReport, export_onnx, load_for_export, native_input_shape
+from mambaseg.export.onnx import (
+    NATIVE_INPUT,
+    ExportReport,
+    export_metadata,
+    export_onnx,
+    load_for_export,
+    native_input_shape,
+)
 
-__all__ = ["NATIVE_INPUT", "ExportReport", "export_onnx", "load_for_export", "native_input_shape"]
+__all__ = ["NATIVE_INPUT", "ExportReport", "export_metadata", "export_onnx", "load_for_export", "native_input_shape"]

@@ -2,24 +2,32 @@
 
 The exported graph is the model with the traceable ``"torch"`` selective-scan backend (the fused CPU kernel and the
 GPU kernels are not ONNX operators), traced at one fixed input shape (batch, channels, H, W). Exporters:
-``"torchscript"`` (torch's tracer, no extra dependency), ``"dynamo"`` (torch.export, needs ``onnxscript``) and
+``"torchscript"`` (torch's tracer), ``"dynamo"`` (torch.export, needs ``onnxscript``) and
 ``"auto"`` (default): TorchScript first; if onnxruntime cannot load that graph and ``onnxscript`` is installed, the
 dynamo exporter (much slower to export: about 12 minutes for MSVM-UNet at 224x224 on 2 cores, against 40 s with
-TorchScript), with a note in the report. Needs the ``[onnx]`` extra for the check: ``pip install 'mambaseg[onnx]'``.
+TorchScript), with a note in the report. Needs the ``[onnx]`` extra: ``pip install 'mambaseg[onnx]'`` (``onnx`` writes
+the file's metadata, ``onnxruntime`` runs the check).
+
+The file carries what a deployment without torch needs as ``metadata_props`` (:func:`export_metadata`; onnxruntime:
+``session.get_modelmeta().custom_metadata_map``): ``mambaseg.*`` keys with JSON values (the model, the input size,
+the preprocessing and normalisation, the logits -> labels rule, the label map). It is written atomically
+(:class:`mambaseg.utils.files.atomic_path`) and never replaces an existing file unless ``overwrite=True``.
 
 Example:
-    >>> report = export_onnx(create_model("vmunet_tiny"), "vmunet_tiny.onnx", (1, 3, 64, 64), check=True)  # doctest: +SKIP
+    >>> model = create_model("vmunet_tiny")  # doctest: +SKIP
+    >>> report = export_onnx(model, "vmunet_tiny.onnx", (1, 3, 64, 64), check=True)  # doctest: +SKIP
     >>> report.max_abs_diff < 1e-4  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -27,8 +35,17 @@ import torch.nn as nn
 # the checkpoint format (below this package)
 from mambaseg.checkpoint import build_model, load_checkpoint
 from mambaseg.ops import use_backend
+from mambaseg.utils.files import atomic_path, check_output_file, json_safe
+from mambaseg.version import __version__
 
-__all__ = ["NATIVE_INPUT", "ExportReport", "export_onnx", "load_for_export", "native_input_shape"]
+__all__ = ["NATIVE_INPUT", "METADATA_FORMAT", "ExportReport", "export_metadata", "export_onnx", "load_for_export",
+           "native_input_shape"]
+
+#: ``mambaseg.format`` / ``mambaseg.format_version`` of the metadata written into the ONNX file
+METADATA_FORMAT = ("mambaseg-onnx", 1)
+
+#: oldest ONNX opset torch's exporters write (``torch.onnx._constants.ONNX_MIN_OPSET``)
+MIN_OPSET = 7
 
 # (channels, H, W) each model is published and benchmarked at
 NATIVE_INPUT: dict[str, tuple[int, int, int]] = {
@@ -62,6 +79,7 @@ class ExportReport:
     onnxruntime_ms: float | None = None  # median onnxruntime latency
     threads: int | None = None
     notes: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)  # the mambaseg.* metadata_props written, JSON-decoded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,10 +131,81 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def export_metadata(model: nn.Module, input_shape: Sequence[int],
+                    checkpoint: str | os.PathLike[str] | Mapping[str, Any] | None = None, *,
+                    threshold: float = 0.5) -> dict[str, Any]:
+    """The ``mambaseg.*`` metadata of an exported file (values as Python objects; written as JSON strings).
+
+    Everything a deployment needs to use the file without torch: the model (``mambaseg.model``,
+    ``mambaseg.num_classes``, ``mambaseg.in_chans``), the input (``mambaseg.image_size`` (H, W),
+    ``mambaseg.input``), the preprocessing of :class:`mambaseg.inference.Predictor` (``mambaseg.preprocessing``,
+    ``mambaseg.normalization``: the checkpoint's mean/std or ``None``), the logits -> labels rule
+    (``mambaseg.labels``), the checkpoint's label map (``mambaseg.label_map`` or ``None``) and where the weights
+    come from (``mambaseg.source``). ``checkpoint`` (a path or a loaded checkpoint) supplies the normalisation, the
+    label map and the source; without it the model is described as freshly initialised. docs/cpu_inference.md
+    lists the keys.
+    """
+    ckpt: Mapping[str, Any] | None
+    if checkpoint is None or isinstance(checkpoint, Mapping):
+        ckpt = checkpoint
+    else:
+        ckpt = load_checkpoint(checkpoint)
+    spec = dict((ckpt or {}).get("model") or getattr(model, "mambaseg_spec", None) or {})
+    n, c, h, w = (int(v) for v in input_shape)
+    num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
+    in_chans = int(spec.get("in_chans", c))
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    norm = (ckpt or {}).get("normalization")
+    label_map = (ckpt or {}).get("label_map")
+    if ckpt is None:
+        source: dict[str, Any] = {"weights": "fresh"}
+    else:
+        name = Path(os.fspath(checkpoint)).name if not isinstance(checkpoint, Mapping) else None
+        source = {"weights": "checkpoint", "file": name, "epoch": ckpt.get("epoch")}
+    preprocessing: dict[str, Any] = {
+        "steps": ["read", "resize", "scale", "normalize", "nchw"],
+        "read": "EXIF orientation applied, alpha dropped",
+        "channels": "rgb" if in_chans == 3 else "grey" if in_chans == 1 else f"{in_chans} channels",
+        "resize": {"to": [h, w], "shrink": "area", "enlarge": "bilinear"},
+        "scale": {"uint8": 255, "uint16": 65535},
+    }
+    if in_chans == 1:
+        preprocessing["grey_from_rgb"] = [0.299, 0.587, 0.114]
+    if num_classes == 1:
+        labels: dict[str, Any] = {"rule": "sigmoid_threshold", "threshold": float(threshold)}
+    else:
+        labels = {"rule": "argmax"}
+    labels["resize_logits"] = "bilinear"
+    return {
+        "mambaseg.format": METADATA_FORMAT[0],
+        "mambaseg.format_version": METADATA_FORMAT[1],
+        "mambaseg.library_version": __version__,
+        "mambaseg.model": spec.get("name", type(model).__name__),
+        "mambaseg.num_classes": num_classes,
+        "mambaseg.in_chans": in_chans,
+        "mambaseg.image_size": [h, w],
+        "mambaseg.input": {"name": "image", "shape": [n, c, h, w], "dtype": "float32", "layout": "NCHW"},
+        "mambaseg.output": {"name": "logits", "shape": [n, num_classes, h, w], "dtype": "float32"},
+        "mambaseg.preprocessing": preprocessing,
+        "mambaseg.normalization": ({"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
+                                   if norm else None),
+        "mambaseg.labels": labels,
+        "mambaseg.label_map": {str(k): int(v) for k, v in label_map.items()} if label_map else None,
+        "mambaseg.source": source,
+    }
+
+
 def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequence[int], *, opset: int = 18,
                 exporter: str = "auto", check: bool = True, repeats: int = 5, threads: int | None = None,
-                tol: float = PARITY_TOL, seed: int = 0) -> ExportReport:
+                tol: float = PARITY_TOL, seed: int = 0, metadata: Mapping[str, Any] | None = None,
+                overwrite: bool = False) -> ExportReport:
     """Export ``model`` to ONNX at ``input_shape`` (traced with the torch scan backend); optionally check it.
+
+    The file is written atomically with ``metadata`` as its ``mambaseg.*`` metadata_props (JSON strings; default
+    :func:`export_metadata` of the model alone: pass ``export_metadata(model, shape, checkpoint)`` for a trained
+    model's normalisation and label map). An existing ``out`` is refused (``FileExistsError``) unless
+    ``overwrite``. Export failures raise ``RuntimeError`` with the exporter's first line and the opset.
 
     With ``check``: runs onnxruntime (CPU) and the eager model on one seeded random input, records the max abs
     difference (torch backend and auto backend) and the median latency of both over ``repeats`` runs after a
@@ -125,28 +214,35 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequ
     """
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(f"--opset {opset!r} is not an ONNX opset torch can export: expected an integer >= "
+                         f"{MIN_OPSET} (default 18)")
+    _require_onnx()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(out, overwrite=overwrite, kind="an ONNX file", example="model.onnx")
+    meta = dict(metadata) if metadata is not None else export_metadata(model, input_shape)
     model = model.eval()
     x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed))
     t0 = time.perf_counter()
     notes: list[str] = []
     used = "dynamo" if exporter == "dynamo" else "torchscript"
-    _export(model, x, out, opset, used)
-    if exporter == "auto":
-        problem = _onnxruntime_load_error(out)
-        if problem is not None:
-            import importlib.util
+    with atomic_path(out) as tmp:
+        _export(model, x, tmp, opset, used)
+        if exporter == "auto":
+            problem = _onnxruntime_load_error(tmp)
+            if problem is not None:
+                import importlib.util
 
-            if importlib.util.find_spec("onnxscript") is None:
-                raise RuntimeError(f"onnxruntime cannot load the TorchScript export ({problem}); install onnxscript "
-                                   "(pip install 'mambaseg[onnx]') for the dynamo exporter")
-            notes.append(f"TorchScript export not loadable by onnxruntime ({problem}); re-exported with dynamo")
-            used = "dynamo"
-            _export(model, x, out, opset, used)
+                if importlib.util.find_spec("onnxscript") is None:
+                    raise RuntimeError(f"onnxruntime cannot load the TorchScript export ({problem}); install "
+                                       "onnxscript (pip install 'mambaseg[onnx]') for the dynamo exporter")
+                notes.append(f"TorchScript export not loadable by onnxruntime ({problem}); re-exported with dynamo")
+                used = "dynamo"
+                _export(model, x, tmp, opset, used)
+        _write_metadata(tmp, meta)
     report = ExportReport(path=str(out), input_shape=tuple(int(v) for v in input_shape), opset=opset,
                           exporter=used, export_seconds=time.perf_counter() - t0, bytes=out.stat().st_size,
-                          notes=notes)
+                          notes=notes, metadata=meta)
     if not check:
         return report
     _require_onnxruntime()
@@ -167,7 +263,6 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequ
     feed = {session.get_inputs()[0].name: x.numpy()}
     y_ort = torch.from_numpy(session.run(None, feed)[0])
     report.onnxruntime_ms = _median_ms(lambda: session.run(None, feed), repeats)
-    del session
     report.max_abs_diff = float((y_ort - y_torch).abs().max())
     report.max_abs_diff_auto = float((y_ort - y_auto).abs().max())
     if report.max_abs_diff > tol:
@@ -176,9 +271,32 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequ
 
 
 def _export(model: nn.Module, x: torch.Tensor, out: Path, opset: int, exporter: str) -> None:
-    with use_backend("torch"), torch.no_grad():
-        torch.onnx.export(model, (x,), str(out), input_names=["image"], output_names=["logits"], opset_version=opset,
-                          dynamo=exporter == "dynamo")
+    try:
+        with use_backend("torch"), torch.no_grad():
+            torch.onnx.export(model, (x,), str(out), input_names=["image"], output_names=["logits"],
+                              opset_version=opset, dynamo=exporter == "dynamo")
+    except ImportError:
+        raise
+    except Exception as exc:  # torch raises its own error types; the first line says what failed
+        text = str(exc).strip()
+        first = text.splitlines()[0][:500] if text else type(exc).__name__
+        raise RuntimeError(f"the {exporter} ONNX exporter failed at opset {opset} (--opset; default 18): "
+                           f"{first}") from exc
+
+
+def _write_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
+    """Set ``metadata`` (JSON-encoded values) as metadata_props of the ONNX file at ``path`` (other keys kept)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    entries = {p.key: p for p in proto.metadata_props}
+    for key, value in metadata.items():
+        entry = entries.get(key)
+        if entry is None:
+            entry = proto.metadata_props.add()
+            entry.key = key
+        entry.value = json.dumps(json_safe(value), allow_nan=False)  # one line: viewers show the values inline
+    onnx.save(proto, str(path))
 
 
 def _onnxruntime_load_error(path: Path) -> str | None:
@@ -197,6 +315,14 @@ def _onnxruntime_load_error(path: Path) -> str | None:
 def _first(y: Any) -> torch.Tensor:
     """The main output (models with auxiliary heads return a tuple or list in eval mode only if built so)."""
     return y[0] if isinstance(y, (tuple, list)) else y
+
+
+def _require_onnx() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise ImportError("onnx is not installed: pip install 'mambaseg[onnx]' (onnx writes the exported file's "
+                          "metadata)")
 
 
 def _require_onnxruntime():

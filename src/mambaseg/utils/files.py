@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_json", "json_safe", "json_text"]
+__all__ = ["atomic_path", "atomic_write_json", "check_output_file", "json_safe", "json_text"]
 
 
 class atomic_path:
@@ -144,3 +144,40 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
             f.flush()
             os.fsync(f.fileno())
     return Path(path)
+
+
+def check_output_file(out: Path, *, overwrite: bool, kind: str, example: str, source: Path | None = None,
+                      option: str = "--out") -> None:
+    """Check a file a command is about to write, before any work: refuse it when it is the ``source`` file itself
+    (even with ``overwrite``), a folder, already there (unless ``overwrite``), or in a folder that cannot be
+    created or written to; then create that folder. The messages name ``option`` (the CLI's name for it) and what was expected.
+
+    Args:
+        out: the file to write.
+        overwrite: an existing file may be replaced.
+        kind: what the file is, for the messages (e.g. ``"an ONNX file"``).
+        example: a file name to suggest inside a folder given as ``out`` (e.g. ``"model.onnx"``).
+        source: the input the output is made from (it must never be replaced by it).
+
+    Raises:
+        ValueError: ``out`` is ``source``. IsADirectoryError / FileExistsError / NotADirectoryError: as above.
+    """
+    if source is not None and (out.resolve() == source.resolve()
+                               or (out.exists() and source.exists() and os.path.samefile(out, source))):
+        raise ValueError(f"{option} {str(out)!r} is the input file {str(source)!r}; writing it would replace it: "
+                         f"choose another {option}")
+    if out.is_dir():
+        raise IsADirectoryError(f"{option} {str(out)!r} is a folder; expected {kind} path (e.g. "
+                                f"{str(out / example)!r}) in an existing or creatable folder")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{option} {str(out)!r} already exists; pass --overwrite (overwrite=True) to replace "
+                              f"it, or choose another {option}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)  # writable?
+    except OSError as exc:
+        raise NotADirectoryError(f"{option} {str(out)!r}: cannot write in its folder {str(out.parent)!r} "
+                                 f"({exc.strerror or exc}); expected {kind} path in a writable or creatable "
+                                 "folder") from None
+    os.close(fd)
+    os.unlink(probe)
