@@ -11,16 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mambaseg.cli import app
-from mambaseg.cli._common import state
 
 runner = CliRunner()
 
-
-@pytest.fixture(autouse=True)
-def _no_debug():
-    state.debug = False
-    yield
-    state.debug = False
 
 
 def _run(*args):

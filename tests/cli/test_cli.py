@@ -13,18 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mambaseg.cli import app
-from mambaseg.cli._common import state
 
 runner = CliRunner()
 VERBS = ("demo", "train", "evaluate", "predict", "models", "doctor", "score")
 SMALL = ["--set", "model.kwargs.dims=8", "--set", "model.kwargs.d_state=2"]
 
-
-@pytest.fixture(autouse=True)
-def _no_debug():
-    state.debug = False
-    yield
-    state.debug = False
 
 
 def _run(*args: str):

@@ -11,17 +11,10 @@ from typer.testing import CliRunner
 
 from mambaseg.checkpoint import load_checkpoint, save_checkpoint
 from mambaseg.cli import app
-from mambaseg.cli._common import state
 from mambaseg.models import create_model
 
 runner = CliRunner()
 
-
-@pytest.fixture(autouse=True)
-def _no_debug():
-    state.debug = False
-    yield
-    state.debug = False
 
 
 def _run(*args):
