@@ -212,3 +212,11 @@ def test_convert_list_json_and_full_sources():
     assert [r[0] for r in rows] == [i.name for i in infos]
     for row, info in zip(rows, infos):
         assert row[2].replace(" ", "") == info.source.replace(" ", ""), (row[2], info.source)
+
+
+def test_export_refuses_model_options_with_a_checkpoint(checkpoint, tmp_path):
+    # --num-classes / --in-chans describe a fresh --model; with a checkpoint they were ignored without a word
+    res = _run("export", "--checkpoint", checkpoint, "--out", tmp_path / "m.onnx", "--num-classes", 3)
+    line = _error_line(res)
+    assert res.exit_code != 0 and "--num-classes apply to --model" in line, line
+    assert not (tmp_path / "m.onnx").exists()

@@ -23,7 +23,7 @@ def export(
     image_size: Optional[str] = typer.Option(None, "--image-size", help="H,W of the exported input (default: the "
                                              "model's native size or the checkpoint's training size)."),
     in_chans: Optional[int] = typer.Option(None, "--in-chans", help="Input channels for --model (default native)."),
-    num_classes: int = typer.Option(1, "--num-classes", help="Output classes for --model."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Output classes for --model (default 1)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     exporter: str = typer.Option("auto", "--exporter", help="auto (TorchScript, dynamo when onnxruntime cannot load "
                                  "that graph), torchscript or dynamo (needs onnxscript)."),
@@ -45,6 +45,10 @@ def export(
         raise CLIError(f"--format {format!r} is not supported; the only format is onnx")
     if (model is None) == (checkpoint is None):
         raise CLIError("give exactly one of --model or --checkpoint")
+    if checkpoint is not None and (num_classes is not None or in_chans is not None):
+        given = " and ".join(o for o, v in (("--num-classes", num_classes), ("--in-chans", in_chans)) if v is not None)
+        raise CLIError(f"{given} apply to --model; a --checkpoint keeps the classes and channels it was trained with")
+    num_classes = 1 if num_classes is None else num_classes
     if checkpoint is not None:
         _check_checkpoint(checkpoint, out)
     if importlib.util.find_spec("onnx") is None:
