@@ -11,8 +11,9 @@ read)::
     root/splits_final.json     (optional, nnU-Net's folds: fold 0's train/val lists are used)
 
 Checks (as nnU-Net's ``verify_dataset_integrity``, each naming the file): every label file has an image and every
-image a label; a label has the shape, voxel spacing and affine (orientation and origin: nnU-Net only warns about
-these, yet a flipped axis misaligns every voxel) of its image, within :data:`GEOMETRY_TOLERANCE`; fold 0 of
+image a label; a label has the shape, voxel spacing and axis directions of its image (nnU-Net only warns about the
+directions, yet a flipped axis misaligns every voxel), within :data:`GEOMETRY_TOLERANCE`, and another origin is a
+warning (voxels are paired by index, as in nnU-Net); fold 0 of
 ``splits_final.json`` trains on no case it validates on (labelled cases it leaves out are a warning: nnU-Net uses a
 custom split as given). A class of ``dataset.json`` that no label file of the opened split holds is a warning.
 Warnings go through :mod:`warnings` and are kept in :attr:`NnUNetRaw.notes`
@@ -204,7 +205,8 @@ def _fmt(values: Any) -> str:
 def _geometry_mismatch(image: tuple[tuple[float, ...], np.ndarray], label: tuple[tuple[float, ...], np.ndarray]
                       ) -> str | None:
     """What differs between the ``(spacing, affine)`` of an image and of its label beyond
-    :data:`GEOMETRY_TOLERANCE` (spacing, axis directions, origin); ``None`` when they match."""
+    :data:`GEOMETRY_TOLERANCE` in the voxel grid (spacing, axis directions); ``None`` when they match. The origin
+    is :func:`_origin_shift`'s."""
     (isp, iaff), (lsp, laff) = image, label
     iaff, laff = np.asarray(iaff, dtype=np.float64), np.asarray(laff, dtype=np.float64)
     tol = GEOMETRY_TOLERANCE
@@ -216,9 +218,17 @@ def _geometry_mismatch(image: tuple[tuple[float, ...], np.ndarray], label: tuple
     if not np.allclose(ldir, idir, rtol=0.0, atol=tol["direction"]):
         problems.append(f"axis directions (affine columns) {np.round(ldir, 4).T.tolist()} vs the image's "
                         f"{np.round(idir, 4).T.tolist()} (an axis flipped or permuted: the voxels do not overlay)")
-    if not np.allclose(laff[:3, 3], iaff[:3, 3], rtol=0.0, atol=tol["origin_mm"]):
-        problems.append(f"origin {_fmt(laff[:3, 3])} mm vs the image's {_fmt(iaff[:3, 3])} mm")
     return "; ".join(problems) or None
+
+
+def _origin_shift(image_affine: np.ndarray, label_affine: np.ndarray) -> str | None:
+    """The label's origin against its image's, when they differ beyond :data:`GEOMETRY_TOLERANCE`; ``None``
+    otherwise. A shifted origin alone leaves voxel (i, j, k) of the label on voxel (i, j, k) of the image, the
+    correspondence training uses; only the placement in the scanner frame disagrees (nnU-Net warns, too)."""
+    lo, io = np.asarray(label_affine, np.float64)[:3, 3], np.asarray(image_affine, np.float64)[:3, 3]
+    if np.allclose(lo, io, rtol=0.0, atol=GEOMETRY_TOLERANCE["origin_mm"]):
+        return None
+    return f"origin {_fmt(lo)} mm vs the image's {_fmt(io)} mm"
 
 
 class NnUNetRaw:
@@ -336,6 +346,10 @@ class NnUNetRaw:
                 raise DatasetError(f"{lf}: label geometry differs from its image {files[0]}: {diff}; expected the "
                                    "image's spacing and affine (resample the label onto the image grid, or write it "
                                    "with the image's header)")
+            shift = _origin_shift(affine, laff)
+            if shift is not None:
+                self._warn(f"{lf}: {shift} of {files[0]}; voxels are paired by index, as nnU-Net does (write the "
+                           "label with the image's header to silence this)")
             check_labels(lab, self.num_classes, str(lf))
             label = lab.astype(np.int64)
         return Volume(
