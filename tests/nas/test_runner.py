@@ -73,6 +73,12 @@ def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth):
     assert json.loads((out / "arch.json").read_text()) == arch2
     r4 = _search(out, synth, ["--generations", "3"])
     assert r4.exit_code != 0 and "new --out folder" in r4.output and "evolution" in r4.output
+    # the run settings that shaped the supernet too (they went through unnoticed: the 32-px result came back)
+    r5 = _search(out, synth, ["--image-size", "64"])
+    assert r5.exit_code != 0 and "data.image_size" in " ".join(r5.output.split()), r5.output
+    r6 = _search(out, synth, ["--set", "optim.lr=0.01"])
+    assert r6.exit_code != 0 and "optim" in r6.output, r6.output
+    assert json.loads((out / "arch.json").read_text()) == arch2
 
     # retrain the found architecture through `mambaseg train --arch`
     run = tmp_path / "RUN"
@@ -83,7 +89,19 @@ def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth):
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0
     ck = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
-    assert ck["model"]["kwargs"]["arch"]["arch"] == arch["arch"]
+    assert list(ck["model"]["kwargs"]["arch"]) == arch["arch"]  # the genes, as the search's own checkpoint has them
+    # the retrain command the search prints works as printed: the supernet's widths and depths come from arch.json
+    # (it failed with "expected 22 genes, got 8" unless the user repeated the search's --set model.kwargs)
+    import re
+
+    hint = re.search(r"retrain: mambaseg (train --model \S+ --arch \S+ --data \S+)", " ".join(r.output.split()))
+    assert hint is not None, r.output
+    r7 = CliRunner().invoke(app, [*hint.group(1).split(), "--epochs", "1", "--image-size", "32", "--batch-size", "4",
+                                  "--out", str(tmp_path / "RUN2"), "--device", "cpu", "--no-progress",
+                                  "--set", "data.num_workers=0"])
+    assert r7.exit_code == 0, r7.output
+    ck = torch.load(tmp_path / "RUN2" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["model"]["name"] == "slicemamba" and ck["model"]["kwargs"]["dims"] == 8
 
 
 def test_search_cli_errors(tmp_path, synth):

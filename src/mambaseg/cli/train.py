@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -73,7 +73,7 @@ def build_config(
         "train.seed": seed,
         "train.out": None if out is None else str(out),
         "train.device": device,
-        "model.arch": None if arch is None else read_arch(arch),
+        **_searched(read_arch(arch)),
         "train.compile": True if compile_model else None,
         "train.init_from": None if init_from is None else str(init_from),
     })
@@ -81,6 +81,21 @@ def build_config(
     if overrides:
         cfg = apply_overrides(cfg, list(overrides))
     return cfg
+
+
+def _searched(found: Any) -> dict[str, Any]:
+    """The options an ``--arch`` file sets: ``model.arch`` (its genes, as the search's own network checkpoint records
+    them; the search's bookkeeping stays in the file) and, for a search's ``arch.json``, ``model.kwargs``: the widths
+    and depths the supernet was built with, without which the genes do not fit the network (``--set
+    model.kwargs...`` still overrides them)."""
+    if found is None:
+        return {}
+    if not isinstance(found, dict) or "arch" not in found:
+        return {"model.arch": found}  # checked, with its message, where the model is built
+    out: dict[str, Any] = {"model.arch": found["arch"]}
+    if found.get("model_kwargs"):
+        out["model.kwargs"] = dict(found["model_kwargs"])
+    return out
 
 
 @handle_errors

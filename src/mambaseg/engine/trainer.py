@@ -524,13 +524,28 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     num_classes = cfg.model.num_classes or task.num_classes
     in_chans = cfg.model.in_chans or task.in_chans
     if num_classes != task.num_classes:
-        raise ValueError(f"model.num_classes={num_classes} but the data has {task.num_classes} output channel(s)")
+        raise ValueError(f"model.num_classes={num_classes} but the data has {task.num_classes} output channel(s) "
+                         f"(--set model.num_classes={task.num_classes})")
     cfg = _follow_task(cfg, num_classes)
     loss_fn = create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
+    if num_classes > 1 and getattr(loss_fn, "binary_only", False):
+        raise ValueError(f"loss.name={cfg.loss.name!r} takes one output channel (a binary task), but "
+                         f"{cfg.data.path} has {num_classes} classes: use --set loss.name=ce_dice (or a recipe for "
+                         "this kind of data)")
     train_ds = task.train
     if train_ds is None or len(train_ds) == 0:  # type: ignore[arg-type]
         raise ValueError(f"the training split of {cfg.data.path} is empty")
     preflight_notes = _preflight(cfg, task, num_classes, console)
+    per_process = tc.batch_size // ctx.world_size
+    if per_process > len(train_ds):  # type: ignore[arg-type]
+        note = (f"warning: train.batch_size (--batch-size) {tc.batch_size} is larger than the {len(train_ds)} "
+                f"training samples of {cfg.data.path}" + (f" ({per_process} per process)" if ctx.world_size > 1
+                                                         else "")
+                + f": every step sees all {len(train_ds)}, not the batch the learning rate is set for (--batch-size "
+                f"{len(train_ds) * ctx.world_size} says what happens)")
+        preflight_notes.append(note)
+        if console is not None:
+            console.print(note, highlight=False, markup=False, style="yellow")
     startup["preflight"] = seconds_since_process_start()
 
     # ---- model, loss, optimisation

@@ -36,6 +36,8 @@ class BceDiceLoss(nn.Module):
         Returns a scalar.
     """
 
+    binary_only = True  # one output channel (B, 1, ...): the trainer refuses it for multi-class data up front
+
     def __init__(
         self,
         bce_weight: float = 1.0,

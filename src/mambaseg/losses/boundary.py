@@ -94,6 +94,8 @@ class BoundaryDistanceLoss(nn.Module):
         ``loss(logits (B, 1, H, W), target (B, H, W) int64 in {0, 1}) -> scalar``.
     """
 
+    binary_only = True  # one output channel (B, 1, ...): the trainer refuses it for multi-class data up front
+
     def __init__(
         self,
         alpha: float = 1.0,

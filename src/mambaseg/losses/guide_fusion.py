@@ -61,6 +61,8 @@ class GuideFusionLoss(nn.Module):
         ``loss(logits (B, 1, H, W), target (B, H, W) int64 in {0, 1}) -> scalar``.
     """
 
+    binary_only = True  # one output channel (B, 1, ...): the trainer refuses it for multi-class data up front
+
     def __init__(self, mode: str = "intent", smooth: float = 1e-3, edt_backend: str = "auto") -> None:
         super().__init__()
         if mode not in _MODES:

@@ -368,6 +368,11 @@ def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(json_safe(obj)))
 
 
+#: run settings a finished search's result depends on: (config section, key; None = the whole section)
+_SEARCH_SHAPING = (("data", "image_size"), ("data", "augmentation"), ("train", "batch_size"), ("model", "name"),
+                   ("optim", None), ("schedule", None), ("loss", None))
+
+
 def _finished_search(out: Path, cfg: RunConfig, settings: SearchSettings, evo: EvolutionConfig,
                      seeds: dict[str, int], log: Any) -> dict[str, Any] | None:
     """The stored result of a finished search in ``out`` whose supernet checkpoints were removed, else ``None``.
@@ -389,6 +394,14 @@ def _finished_search(out: Path, cfg: RunConfig, settings: SearchSettings, evo: E
         "search_fraction": ((prev.get("search_split") or {}).get("fraction"), settings.search_fraction),
         "data": ((prev.get("data") or {}).get("path"), str(cfg.data.path)),
     }
+    # the run settings that shaped the supernet and its scores, as search_config.json recorded them at the start
+    saved = out / "search_config.json"
+    if saved.is_file():
+        before, now = json.loads(saved.read_text()).get("run_config") or {}, _json_roundtrip(config_to_dict(cfg))
+        for section, key in _SEARCH_SHAPING:
+            old = (before.get(section) or {}) if key is None else (before.get(section) or {}).get(key)
+            new = (now.get(section) or {}) if key is None else (now.get(section) or {}).get(key)
+            want[section if key is None else f"{section}.{key}"] = (old, new)
     differ = [name for name, (old, new) in want.items() if old != new]
     if differ:
         raise ValueError(
