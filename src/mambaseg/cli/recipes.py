@@ -36,6 +36,11 @@ def recipes(
 ) -> None:
     """List the shipped recipes (use one with `mambaseg train --recipe NAME --data PATH`)."""
     rows = recipe_rows(pattern)
+    if not rows:
+        from mambaseg.configs import list_recipes
+
+        hint = f"; patterns are shell-style: '*{pattern}*' matches names that contain it" if "*" not in pattern else ""
+        raise ValueError(f"no shipped recipe matches {pattern!r}{hint}. Recipes: {', '.join(list_recipes())}")
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
