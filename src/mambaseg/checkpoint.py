@@ -210,6 +210,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         _check_format_version(data, p)
         _check_finite_weights(data, p)
         return data
+    import zipfile
+
+    if p.is_file() and not zipfile.is_zipfile(p):  # torch.save writes a zip archive; torch's error here is cryptic
+        with open(p, "rb") as f:
+            begins_as_zip = f.read(4) == b"PK\x03\x04"  # a cut archive: torch's error below says what is wrong
+        if not begins_as_zip:
+            raise CheckpointError(f"{str(p)!r} is not a checkpoint (not a torch checkpoint archive); expected a .pt "
+                                  "written by mambaseg train or mambaseg convert, or a .safetensors checkpoint")
     try:
         data = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError/RuntimeError/EOFError for bad files

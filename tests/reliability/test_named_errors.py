@@ -139,6 +139,14 @@ def test_truncated_checkpoint_is_named(keep, trained, tmp_path):
     assert code == 1 and str(path) in text and "corrupt, truncated" in text
 
 
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path):
+    # e.g. a run's train.log given as the checkpoint: the message said "... : pop from empty list"
+    path = tmp_path / "train.log"
+    path.write_text("2026-12-07 start: model vmunet_tiny\n")
+    code, text = cli("evaluate", "-k", path)
+    assert code == 1 and str(path) in text and "is not a checkpoint" in text and "pop from" not in text, text
+
+
 @pytest.mark.parametrize("version", ["x", -3, 99])
 def test_bad_format_version_names_the_file(version, trained, tmp_path):
     ckpt = load_checkpoint(trained / "checkpoints" / "best.pt")
