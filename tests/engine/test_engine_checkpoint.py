@@ -79,8 +79,13 @@ def test_load_errors_are_clear(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="is not a checkpoint .not a torch checkpoint archive"):
         load_checkpoint(bad)
+    cut = tmp_path / "cut.pt"  # a torch archive cut short: torch's reason, as "corrupt, truncated"
+    torch.save({"x": torch.zeros(1000)}, cut)
+    cut.write_bytes(cut.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+        load_checkpoint(cut)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match="not a mambaseg checkpoint"):
