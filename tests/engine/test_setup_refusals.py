@@ -41,3 +41,16 @@ def test_a_binary_loss_on_multiclass_data_is_refused_before_training(tmp_path):
     assert res.exit_code != 0 and "loss.name='bce_dice' takes one output channel" in text, text
     assert "4 classes" in text and "--set loss.name=ce_dice" in text
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_loss_changed_by_set_names_the_recipe_kwargs_that_do_not_fit(tmp_path):
+    # vmunet_ph2's bce_dice kwargs stay when --set loss.name=dice: the error says where they come from and the way out
+    data = make_synthetic_dataset(tmp_path / "data", n_train=4, n_val=2, size=(32, 32), seed=0)
+    res = CliRunner().invoke(app, ["train", "--recipe", "vmunet_ph2", "--model", "vmunet_tiny", "--data", str(data),
+                                   "--epochs", "1", "--max-steps", "1", "--image-size", "32", "--batch-size", "2",
+                                   "--out", str(tmp_path / "run"), "--device", "cpu", "--no-progress",
+                                   "--set", "loss.name=dice"])
+    text = " ".join(res.output.split())
+    assert res.exit_code != 0 and "do not fit loss.name='dice'" in text and "loss.kwargs={}" in text, text
+    assert "bce_weight" in text and not (tmp_path / "run" / "checkpoints").exists()
+

@@ -515,7 +515,14 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
 
     model_info(cfg.model.name)
     if cfg.loss.name != "auto":
-        create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
+        try:
+            create_loss(cfg.loss.name, **(cfg.loss.kwargs or {}))
+        except ValueError as e:
+            if not cfg.loss.kwargs or "unknown argument" not in str(e):
+                raise
+            # the kwargs often come from a recipe written for another loss (--set loss.name=... keeps them)
+            raise ValueError(f"{e}. loss.kwargs = {dict(cfg.loss.kwargs)} (from the recipe or --set) do not fit "
+                             f"loss.name={cfg.loss.name!r}: replace them, e.g. --set 'loss.kwargs={{}}'") from None
 
     # ---- data
     norm = Normalization.from_dict(state["normalization"]) if state and state.get("normalization") else None
