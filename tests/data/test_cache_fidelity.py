@@ -105,18 +105,23 @@ def test_a_multichannel_dataset_is_refused_before_any_slice_is_cached(tmp_path):
 # --------------------------------------------------------------------------------------- npz2d: multi-class
 
 
-def _multiclass_folder(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 3), ("val", 2)):
+def _folder(root: Path, mask: np.ndarray, counts: dict[str, int], seed: int, prefix: str) -> Path:
+    """A 2-D folder dataset of random 20x24 RGB images that all share ``mask``."""
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            raw = np.zeros((20, 24), np.uint8)
-            raw[2:9, 3:12], raw[10:18, 4:10], raw[5:15, 14:22] = 85, 170, 255
-            (root / split / "images").mkdir(parents=True, exist_ok=True)
-            (root / split / "masks").mkdir(parents=True, exist_ok=True)
             image = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
-            Image.fromarray(image).save(root / split / "images" / f"c{i}.png")
-            Image.fromarray(raw).save(root / split / "masks" / f"c{i}.png")
+            Image.fromarray(image).save(root / split / "images" / f"{prefix}{i}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{prefix}{i}.png")
     return root
+
+
+def _multiclass_folder(root: Path) -> Path:
+    raw = np.zeros((20, 24), np.uint8)
+    raw[2:9, 3:12], raw[10:18, 4:10], raw[5:15, 14:22] = 85, 170, 255
+    return _folder(root, raw, {"train": 3, "val": 2}, seed=0, prefix="c")
 
 
 def test_a_multiclass_folder_caches_with_its_label_mapping(tmp_path):
@@ -144,17 +149,9 @@ def test_a_multiclass_folder_caches_with_its_label_mapping(tmp_path):
 
 
 def _binary_folder(root: Path) -> Path:
-    rng = np.random.default_rng(1)
-    for split in ("train", "val"):
-        for i in range(2):
-            mask = np.zeros((20, 24), np.uint8)
-            mask[4:12, 5:15] = 255
-            (root / split / "images").mkdir(parents=True, exist_ok=True)
-            (root / split / "masks").mkdir(parents=True, exist_ok=True)
-            image = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
-            Image.fromarray(image).save(root / split / "images" / f"b{i}.png")
-            Image.fromarray(mask).save(root / split / "masks" / f"b{i}.png")
-    return root
+    mask = np.zeros((20, 24), np.uint8)
+    mask[4:12, 5:15] = 255
+    return _folder(root, mask, {"train": 2, "val": 2}, seed=1, prefix="b")
 
 
 def test_npz2d_used_at_another_size_says_so_and_warns_when_upsampling(tmp_path):

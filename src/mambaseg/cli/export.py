@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -56,7 +55,12 @@ def export(
     if check and importlib.util.find_spec("onnxruntime") is None:
         raise CLIError("--check needs onnxruntime: pip install 'mambaseg[onnx]'")
     size = parse_image_size(image_size)
-    net, shape, desc = load_for_export(model, checkpoint, num_classes=num_classes, in_chans=in_chans, size=size)
+    from mambaseg.checkpoint import CheckpointError
+
+    try:
+        net, shape, desc = load_for_export(model, checkpoint, num_classes=num_classes, in_chans=in_chans, size=size)
+    except CheckpointError as e:
+        raise CLIError(f"--checkpoint: {e}") from None
     metadata = export_metadata(net, shape, checkpoint)
     report = export_onnx(net, out, shape, opset=opset, exporter=exporter, check=check, repeats=repeats,
                          threads=threads, metadata=metadata, overwrite=overwrite)
@@ -76,11 +80,10 @@ def export(
 
 
 def _check_checkpoint(checkpoint: Path, out: Path) -> None:
-    """--checkpoint is a checkpoint file, and --out is not that file (an export would replace the trained weights)."""
+    """--out is not the --checkpoint file (an export would replace the trained weights). Whether it is a checkpoint at
+    all is load_checkpoint's to say (named with --checkpoint below)."""
     if out.resolve() == checkpoint.resolve() or (out.exists() and checkpoint.exists()
                                                    and os.path.samefile(out, checkpoint)):
         raise CLIError(f"--out {str(out)!r} is the --checkpoint file itself; the export would replace the trained "
                        "weights: choose another --out (e.g. model.onnx)")
-    if checkpoint.is_file() and checkpoint.suffix != ".safetensors" and not zipfile.is_zipfile(checkpoint):
-        raise CLIError(f"--checkpoint {str(checkpoint)!r} is not a checkpoint (not a torch checkpoint archive); "
-                       "expected best.pt or best.safetensors written by mambaseg train or mambaseg convert")
+

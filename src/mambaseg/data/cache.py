@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -79,8 +78,6 @@ def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
             stores the class indices, and the folder task's label map and class count in its ``meta``, so a run on
             the cache gets the labels a run on the folder gets.
     """
-    from types import SimpleNamespace
-
     from mambaseg.data.files import to_uint8
     from mambaseg.data.folder2d import FolderDataset2D, folder_label_map
     from mambaseg.data.transforms import Resize
@@ -88,8 +85,7 @@ def write_npz2d(data: str | Path, image_size: Sequence[int], out: str | Path,
 
     data, size = Path(data), (int(image_size[0]), int(image_size[-1]))
     values = None if binary else (None if label_values is None else [int(v) for v in label_values])
-    label_map, num_classes = folder_label_map(SimpleNamespace(data=SimpleNamespace(binary=bool(binary),
-                                                                                   label_values=values)))
+    label_map, num_classes = folder_label_map(bool(binary), values)
     arrays: dict[str, np.ndarray] = {}
     counts = {}
     resize = Resize(size)
@@ -381,8 +377,8 @@ def write_volcache(
         train: a :class:`~mambaseg.data.volumetric.SliceDataset2D` (or ``None``).
         eval_splits: ``{"val": VolumeDataset, "test": VolumeDataset}``.
         progress: optional ``(split, done, total)`` callback after each training slice / evaluation volume.
-        source: the dataset's path, for messages and the metadata (default: messages name the folder of its
-            files, the metadata none).
+        source: the dataset's path, for messages and the metadata (default: messages name ``path``, the metadata
+            none).
 
     Raises:
         DataTaskError: the images have several channels (naming the dataset and the channel count).
@@ -391,7 +387,7 @@ def write_volcache(
 
     size = (int(image_size[0]), int(image_size[1]))
     arrays: dict[str, np.ndarray] = {}
-    where = str(source) if source is not None else _files_folder(train, eval_splits)
+    where = str(source) if source is not None else f"{path} (cache being written)"
 
     def refuse(channels: int) -> None:
         raise DataTaskError(
@@ -457,17 +453,6 @@ def write_volcache(
     from mambaseg.utils.files import atomic_write_npz
 
     return atomic_write_npz(path, **arrays)
-
-
-def _files_folder(train: Dataset | None, eval_splits: Mapping[str, Dataset]) -> str:
-    """The folder holding a volumetric dataset's files (the common folder of the first file of each split), for
-    messages; ``"the dataset"`` when its datasets name no files."""
-    firsts = [str(ps[0]).split("#", 1)[0] for d in (train, *eval_splits.values())
-              if d is not None and (ps := getattr(d, "paths", None)) and str(ps[0])]
-    if not firsts:
-        return "the dataset"
-    common = os.path.commonpath(firsts)
-    return str(Path(common).parent) if common in firsts else common
 
 
 class _CacheSliceLoader:

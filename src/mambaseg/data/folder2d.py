@@ -267,13 +267,13 @@ def is_folder2d_root(root: Path) -> bool:
     return any((root / s / "images").is_dir() or (root / s).is_dir() for s in ("train", "val", "test"))
 
 
-def folder_label_map(cfg: Any) -> tuple[dict[str, int], int]:
+def folder_label_map(binary: bool, label_values: Sequence[int] | None) -> tuple[dict[str, int], int]:
     """``(label map, model output channels)`` of a 2-D folder task from ``data.binary`` / ``data.label_values``."""
     from mambaseg.data.task import DataTaskError, binary_label_map
 
-    if cfg.data.binary:
+    if binary:
         return binary_label_map(), 1
-    values = cfg.data.label_values
+    values = label_values
     if not values:
         raise DataTaskError(
             "multi-class folder data needs data.label_values (the mask pixel value of each class index, "
@@ -293,7 +293,7 @@ def open_folder2d(root: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
     from mambaseg.data.validation import validate_dataset
 
     size = image_size_of(cfg)
-    label_map, num_classes = folder_label_map(cfg)
+    label_map, num_classes = folder_label_map(cfg.data.binary, cfg.data.label_values)
     info: dict[str, Any] = {"root": str(root)}
     ids: dict[str, list[str]] = {}
     if any(s in ("train", "val") for s in splits):
