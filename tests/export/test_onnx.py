@@ -76,3 +76,29 @@ def test_torchscript_export_of_a_padded_scan_loads_and_matches(tmp_path):
                          threads=1)
     assert report.exporter == "torchscript"
     assert report.max_abs_diff < 1e-4 and report.max_abs_diff_auto < 1e-4
+
+
+def test_tracer_warnings_become_one_note_and_other_warnings_pass(tmp_path):
+    """The tracer's shape warnings (hundreds per model) are summed up in one report note, counted by place; any
+    other warning raised during the export still reaches the caller unchanged."""
+    import warnings
+
+    model, shape, _ = load_for_export("vmunet_tiny", num_classes=1, size=(64, 64))
+
+    class Noisy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            warnings.warn("a warning of the model's own", UserWarning)
+            return self.inner(x)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        report = export_onnx(Noisy(model), tmp_path / "n.onnx", shape, check=False, metadata={})
+    assert not [w for w in seen if issubclass(w.category, torch.jit.TracerWarning)]
+    assert any(str(w.message) == "a warning of the model's own" for w in seen)
+    note = next(n for n in report.notes if "tracer warned" in n)
+    count = int(note.split("tracer warned ")[1].split()[0])
+    assert count > 10 and "base.py:" in note and "[1, 3, 64, 64]" in note

@@ -25,6 +25,7 @@ import json
 import os
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -227,7 +228,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequ
     notes: list[str] = []
     used = "dynamo" if exporter == "dynamo" else "torchscript"
     with atomic_path(out) as tmp:
-        _export(model, x, tmp, opset, used)
+        traced = _export(model, x, tmp, opset, used)
         if exporter == "auto":
             problem = _onnxruntime_load_error(tmp)
             if problem is not None:
@@ -238,8 +239,10 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequ
                                        "onnxscript (pip install 'mambaseg[onnx]') for the dynamo exporter")
                 notes.append(f"TorchScript export not loadable by onnxruntime ({problem}); re-exported with dynamo")
                 used = "dynamo"
-                _export(model, x, tmp, opset, used)
+                traced = _export(model, x, tmp, opset, used)
         _write_metadata(tmp, meta)
+    if traced:
+        notes.append(traced)
     report = ExportReport(path=str(out), input_shape=tuple(int(v) for v in input_shape), opset=opset,
                           exporter=used, export_seconds=time.perf_counter() - t0, bytes=out.stat().st_size,
                           notes=notes, metadata=meta)
@@ -270,11 +273,26 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequ
     return report
 
 
-def _export(model: nn.Module, x: torch.Tensor, out: Path, opset: int, exporter: str) -> None:
+def _export(model: nn.Module, x: torch.Tensor, out: Path, opset: int, exporter: str) -> str | None:
+    """Export; return a note summing up torch's TracerWarnings (other warnings are passed on as they came).
+
+    The tracer warns at every Python branch or ``int()`` on a tensor shape (shape checks, padding, reshapes): a few
+    hundred per model, each saying the value becomes a constant of the trace. For an export at one fixed input shape
+    that is what is wanted, so they are counted and named in one note of the report instead of printed one by one.
+    """
+    caught: list[warnings.WarningMessage] = []
     try:
-        with use_backend("torch"), torch.no_grad():
-            torch.onnx.export(model, (x,), str(out), input_names=["image"], output_names=["logits"],
-                              opset_version=opset, dynamo=exporter == "dynamo")
+        try:
+            with use_backend("torch"), torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.onnx.export(model, (x,), str(out), input_names=["image"], output_names=["logits"],
+                                  opset_version=opset, dynamo=exporter == "dynamo")
+        finally:  # outside the recording: the other warnings reach the caller's filters as they came
+            traced = _tracer_warning_sites(caught)
+        return None if not traced else (
+            f"torch's tracer warned {sum(traced.values())} times that a shape becomes a constant of the graph "
+            f"({len(traced)} places, e.g. {', '.join(list(traced)[:3])}): expected, the file takes only the input "
+            f"shape {list(x.shape)}")
     except ImportError:
         raise
     except Exception as exc:  # torch raises its own error types; the first line says what failed
@@ -282,6 +300,18 @@ def _export(model: nn.Module, x: torch.Tensor, out: Path, opset: int, exporter: 
         first = text.splitlines()[0][:500] if text else type(exc).__name__
         raise RuntimeError(f"the {exporter} ONNX exporter failed at opset {opset} (--opset; default 18): "
                            f"{first}") from exc
+
+
+def _tracer_warning_sites(caught: list[warnings.WarningMessage]) -> dict[str, int]:
+    """Count the TracerWarnings among ``caught`` by place (``file:line``); warn the others again, unchanged."""
+    sites: dict[str, int] = {}
+    for w in caught:
+        if issubclass(w.category, torch.jit.TracerWarning):
+            place = f"{Path(w.filename).name}:{w.lineno}"
+            sites[place] = sites.get(place, 0) + 1
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return sites
 
 
 def _write_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
