@@ -81,6 +81,7 @@ def search(
     from mambaseg.nas.runner import SUBNET_CHECKPOINT, SUPERNET_CHECKPOINTS, SearchSettings, run_search
 
     cfg = load_config(config) if config is not None else load_recipe(recipe)
+    _check_slicemamba(cfg.model.name, f"--config {config}" if config is not None else f"--recipe {recipe}")
     explicit = given_options({
         "train.out": str(out),
         "data.path": None if data is None else str(data),
@@ -96,6 +97,7 @@ def search(
     cfg = apply_overrides(cfg, explicit)
     if overrides:
         cfg = apply_overrides(cfg, list(overrides))
+        _check_slicemamba(cfg.model.name, "--set model.name")
     if cfg.data.path is None:
         raise CLIError("no dataset given: pass --data PATH")
     apply_threads(threads, cfg.train.device)
@@ -133,6 +135,19 @@ def search(
                   highlight=False)
     if net_ckpt.is_file():
         console.print(f"use as is: mambaseg predict --checkpoint {net_ckpt} --input IMAGES --out PRED", highlight=False)
+
+
+def _check_slicemamba(model: str, source: str) -> None:
+    """Refuse a run config whose model is not a SliceMamba: the search is over SliceMamba's scan genes."""
+    from mambaseg.models import list_models
+
+    if model in list_models("slicemamba*"):
+        return
+    from mambaseg.cli.recipes import recipe_rows
+
+    valid = [r["name"] for r in recipe_rows() if r["model"] in list_models("slicemamba*")]
+    raise CLIError(f"{source} gives the model {model!r}, but mambaseg search searches SliceMamba's scan genes: "
+                   f"use a SliceMamba recipe, --recipe {' or '.join(valid)}")
 
 
 def _size(path: Path) -> str:

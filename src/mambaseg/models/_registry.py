@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info", "is_model"]
+__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info", "is_model", "check_model_kwargs"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,35 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
+def _unknown_keyword_error(name: str, kwargs: dict[str, Any], exc: TypeError) -> TypeError | None:
+    """A ``TypeError`` naming the model and what it takes when ``exc`` is a refusal of keywords the caller gave
+    (``... got an unexpected keyword argument 'foo'``, or a block's own ``... got unexpected options: ['foo']``);
+    ``None`` for any other ``TypeError``, which then goes on unchanged."""
+    text = str(exc)
+    unknown = [k for k in kwargs if "unexpected" in text and repr(k) in text]
+    if not unknown:
+        return None
+    sig = inspect.signature(model_info(name).fn, eval_str=True)
+    cls = sig.return_annotation if inspect.isclass(sig.return_annotation) else None
+    takes = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if cls is not None:
+        takes += list(inspect.signature(cls).parameters.values())
+    names = sorted({p.name for p in takes if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+                   - {"num_classes", "in_chans"})
+    passes_on = cls is not None and any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
+    owner = cls.__name__ if cls is not None else name
+    return TypeError(
+        f"model {name!r} takes no keyword{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} (model.kwargs of "
+        f"the config, or --set model.kwargs.KEY=VALUE); {owner} takes: {', '.join(names)}"
+        + (f" (and the options of its blocks: help(mambaseg.models.{owner}))" if passes_on else ""))
+
+
+def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Raise :func:`create_model`'s ``TypeError`` if model ``name`` does not take ``kwargs``: for checks before any
+    work is written (it builds the model once and drops it)."""
+    create_model(name, **kwargs)
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
@@ -106,7 +135,7 @@ def create_model(
         **kwargs: model-specific options. ``image_size`` (H, W) (the library's name for the input size, as in
             ``data.image_size``) is mapped to the paper's ``img_size`` of models built for a fixed input size and
             dropped for size-agnostic ones, so generic code may always pass it. Other unknown options raise
-            ``TypeError``.
+            ``TypeError`` naming the model and the options it takes.
 
     Returns:
         The model (``nn.Module``) whose ``forward`` returns logits of shape (B, num_classes, H, W).
@@ -146,7 +175,13 @@ def create_model(
     if "img_size" in kwargs and "img_size" not in sig.parameters:
         # size-agnostic models (any H, W divisible by their stride) take no size: it carries no information here
         kwargs.pop("img_size")
-    model = info.fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    try:
+        model = info.fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as e:
+        error = _unknown_keyword_error(name, kwargs, e)
+        if error is None:
+            raise
+        raise error from e
     model.mambaseg_spec = {"name": name, "num_classes": num_classes, "in_chans": in_chans, "kwargs": dict(kwargs)}
     if pretrained is not None:
         from mambaseg.models._pretrained import load_pretrained

@@ -56,6 +56,7 @@ from torch.utils.data import Dataset, Subset
 
 from mambaseg.configs import RunConfig, config_to_dict
 from mambaseg.engine.trainer import TrainHooks
+from mambaseg.models._registry import check_model_kwargs
 from mambaseg.models.slicemamba import arch_slices
 from mambaseg.nas.evolution import EvolutionConfig, EvolutionSearch
 from mambaseg.nas.supernet import SliceMambaSupernet
@@ -129,6 +130,7 @@ def carve_search_split(ids: list[str], fraction: float, seed: int) -> tuple[list
 
 
 def _load_or_make_split(path: Path, ids: list[str], fraction: float, seed: int) -> dict[str, Any]:
+    """The split stored in ``path`` (checked against ``ids``, ``fraction`` and ``seed``) or a new one, not written."""
     if path.is_file():
         data = json.loads(path.read_text())
         known = set(ids)
@@ -141,10 +143,8 @@ def _load_or_make_split(path: Path, ids: list[str], fraction: float, seed: int) 
                              f"not {seed} / {fraction}; use the same settings or a new --out folder")
         return data
     train, search = carve_search_split(ids, fraction, seed)
-    data = {"seed": seed, "fraction": fraction, "n_train": len(train), "n_search": len(search),
+    return {"seed": seed, "fraction": fraction, "n_train": len(train), "n_search": len(search),
             "train": train, "search": search}
-    atomic_write_json(path, data)
-    return data
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -220,6 +220,17 @@ class SupernetHooks(TrainHooks):
         return run_dir  # OUT/supernet/{last,best}.pt
 
 
+def _supernet_config(cfg: RunConfig, out_dir: Path, epochs: int, save_every: int) -> RunConfig:
+    """The run config of the supernet's engine run (lowest validation loss is best; the search keeps the time)."""
+    sn_cfg = copy.deepcopy(cfg)
+    sn_cfg.train.out = str(out_dir)
+    sn_cfg.train.epochs = int(epochs)
+    sn_cfg.train.best_metric, sn_cfg.train.best_mode = "loss", "min"
+    sn_cfg.train.checkpoint_every = max(1, int(save_every))
+    sn_cfg.train.time_limit_s = None
+    return sn_cfg
+
+
 def train_supernet(
     cfg: RunConfig,
     out_dir: Path,
@@ -249,12 +260,7 @@ def train_supernet(
     """
     from mambaseg.engine import train
 
-    sn_cfg = copy.deepcopy(cfg)
-    sn_cfg.train.out = str(out_dir)
-    sn_cfg.train.epochs = int(epochs)
-    sn_cfg.train.best_metric, sn_cfg.train.best_mode = "loss", "min"
-    sn_cfg.train.checkpoint_every = max(1, int(save_every))
-    sn_cfg.train.time_limit_s = None
+    sn_cfg = _supernet_config(cfg, out_dir, epochs, save_every)
     last = Path(out_dir) / "last.pt"
     resume = last.is_file()
     if resume:
@@ -417,6 +423,32 @@ def _finished_search(out: Path, cfg: RunConfig, settings: SearchSettings, evo: E
 
 
 # ---------------------------------------------------------------------------------------------- search
+def _check_continuation(out: Path, cfg: RunConfig, settings: SearchSettings, evo: EvolutionConfig) -> None:
+    """Refuse, before anything is written, a call that the search state in ``out`` cannot continue with: a supernet
+    checkpoint to resume with changed options (the engine's own check, read from ``supernet/config.yaml``, which
+    matches ``last.pt`` in every option a resume may not change) or an evolution state with other settings."""
+    import yaml
+
+    from mambaseg.engine.preflight import check_resume_config
+
+    sn_dir = out / "supernet"
+    if (sn_dir / "last.pt").is_file() and (sn_dir / "config.yaml").is_file():
+        given = _supernet_config(cfg, sn_dir, settings.supernet_epochs, settings.save_every)
+        check_resume_config(yaml.safe_load((sn_dir / "config.yaml").read_text()), config_to_dict(given),
+                            sn_dir / "last.pt")
+    state = out / "search_state.json"
+    if state.is_file():
+        stored = json.loads(state.read_text()).get("config")
+        if stored != _json_roundtrip(asdict(evo)):
+            raise ValueError(f"{state} was written with the evolution settings {stored}, not {asdict(evo)}; "
+                             "resume with the same settings or use a new --out folder")
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """Identity of a file's current version (written atomically: a new inode each time)."""
+    return (path.stat().st_ino, path.stat().st_mtime_ns) if path.is_file() else None
+
+
 def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log: Any = print,
                console: Any = None) -> dict[str, Any]:
     """Full search (see the module docstring); returns the content written to ``OUT/arch.json``.
@@ -424,7 +456,8 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
     Leaves the found network as ``OUT/checkpoints/best.pt`` (a normal, model-sized checkpoint; see
     :func:`save_subnet`) and, once the search has finished, deletes the supernet's ``OUT/supernet/last.pt`` and
     ``best.pt`` unless ``settings.keep_supernet``; a search cut short by a time limit or an interruption keeps them
-    so that calling it again resumes.
+    so that calling it again resumes. A call refused before its supernet run starts (settings the search in ``out``
+    cannot continue with, unknown model options, options the engine refuses) leaves no new file and changes none.
 
     Args:
         cfg: run configuration (``data.path``, ``data.image_size``, ``train.batch_size``/``seed``/``device``/
@@ -435,7 +468,6 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
         console: optional rich console for the supernet's per-epoch lines and progress bars.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     seed = int(cfg.train.seed)
     search_seed = seed if settings.search_seed is None else int(settings.search_seed)
     sampler_seed = seed if settings.sampler_seed is None else int(settings.sampler_seed)
@@ -444,22 +476,36 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
     done = _finished_search(out, cfg, settings, evo, seeds, log)
     if done is not None:
         return done
-    atomic_write_json(out / "search_config.json", {"run_config": config_to_dict(cfg),
-                                                    "settings": {**asdict(settings), "evolution": asdict(evo)}})
+    # what can refuse this call is checked before anything is written: a refused call leaves no file behind
+    check_model_kwargs("slicemamba", settings.model_kwargs)  # the found network is a slicemamba with these
+    _check_continuation(out, cfg, settings, evo)
     task, train_plain = _open_search_data(cfg)
     val_ds = task.val
     ids = _ids(train_plain)
     split = _load_or_make_split(out / "search_split.json", ids, settings.search_fraction, search_seed)
     index = {i: k for k, i in enumerate(ids)}
     search_sub = Subset(train_plain, [index[i] for i in split["search"]])
-    log(f"data: {len(split['train'])} supernet-training images, {len(search_sub)} search images, "
-        f"{len(val_ds)} validation images ({task.name})")
 
     hooks = SupernetHooks(sampler_seed, split["train"], settings.model_kwargs)
     sn_dir = out / "supernet"
-    sn = train_supernet(cfg, sn_dir, hooks, int(settings.supernet_epochs), progress=settings.progress, log=log,
-                        save_every=settings.save_every, time_limit_s=settings.supernet_time_limit_s,
-                        console=console)
+    log(f"data: {len(split['train'])} supernet-training images, {len(search_sub)} search images, "
+        f"{len(val_ds)} validation images ({task.name})")
+    # the engine's own checks (loss, labels, ...) come at the start of the supernet's run; the search's files are
+    # written once it has accepted the run (it then writes supernet/config.yaml), so a refused call writes nothing
+    accepted = sn_dir / "config.yaml"
+    before, new_out = _stamp(accepted), not out.exists()
+    try:
+        sn = train_supernet(cfg, sn_dir, hooks, int(settings.supernet_epochs), progress=settings.progress, log=log,
+                            save_every=settings.save_every, time_limit_s=settings.supernet_time_limit_s,
+                            console=console)
+    finally:
+        if _stamp(accepted) != before:
+            atomic_write_json(out / "search_config.json", {"run_config": config_to_dict(cfg),
+                                                            "settings": {**asdict(settings), "evolution": asdict(evo)}})
+            if not (out / "search_split.json").is_file():
+                atomic_write_json(out / "search_split.json", split)
+        elif new_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # made for the supernet's run lock (its parent folder), which the engine then refused
     if not (sn_dir / "best.pt").is_file():
         raise RuntimeError(f"{sn_dir / 'best.pt'} was not written: the supernet never reached a finite validation "
                            "loss; check the data and lower the learning rate")
