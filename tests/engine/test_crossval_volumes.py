@@ -19,6 +19,7 @@ from mambaseg.data.folds import case_group, make_folds, pool_groups
 from mambaseg.data.layouts import case_pool, open_task
 from mambaseg.data.task import DataTaskError
 from mambaseg.engine.crossval import evaluate_cv, train_folds
+from mambaseg.inference.volume import read_label_volume
 from mambaseg.metrics.score import score_cases
 
 SHAPE = (20, 18)
@@ -176,7 +177,7 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
         for sub in ("last", "best", "last_tta_flip"):
             oof = run / "oof" / sub
             assert sorted(p.stem for p in (oof / "masks").glob("*.npz")) == sorted(held)
-            lab = np.load(oof / "masks" / f"{held[0]}.npz")["labels"]
+            lab = np.load(oof / "masks" / f"{held[0]}.npz")["label"]
             prob = np.load(oof / "probabilities" / f"{held[0]}.npz")["probabilities"]
             assert lab.dtype == np.uint8 and lab.shape == (4, *SHAPE)
             assert prob.dtype == np.float16 and prob.shape == (4, 4, 32, 32)
@@ -192,7 +193,7 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
     truth = _truths_of(acdc_cv)
     per_class = {k: [] for k in (1, 2, 3)}
     for r in res["cases"]:
-        pred = np.load(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")["labels"]
+        pred = np.load(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")["label"]
         for k in per_class:
             p, g = pred == k, truth[r["id"]] == k
             per_class[k].append(2 * (p & g).sum() / (p.sum() + g.sum()))
@@ -202,7 +203,7 @@ def test_volumetric_cross_validation_end_to_end(tiny_model, acdc_cv, tmp_path):
 
     pp = evaluate_cv(root, postprocess="largest_component", out=tmp_path / "pp")
     r = pp["cases"][0]
-    raw = np.load(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")["labels"]
+    raw = np.load(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")["label"]
     want = score_cases([(r["id"], postprocess_labels(raw.astype(np.int64), "largest_component"), truth[r["id"]])],
                        num_classes=4)["cases"][0]["dice"]
     assert pp["postprocess"] == ["largest_component"] and r["dice"] == pytest.approx(want)
@@ -341,7 +342,7 @@ def test_nnunet_folds_score_each_volume_with_its_own_spacing(tiny_model, tmp_pat
     r = next(c for c in res["cases"] if c["per_class"]["hd95"][0] not in (None, "inf"))
     vol = NnUNetRaw(data).load_case(r["id"])
     assert vol.spacing == pytest.approx((2.5, 0.9, 0.8))
-    pred = np.load(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")["labels"]
+    pred = read_label_volume(root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz")[0]
     assert r["per_class"]["hd95"][0] == pytest.approx(hd95(pred == 1, vol.label == 1, vol.spacing), rel=1e-5)
     # the checkpoint records the channels, so predictions scale inputs as in training wherever the dataset is
     from mambaseg.checkpoint import load_checkpoint
@@ -430,7 +431,7 @@ def test_folds_trained_on_a_volcache_are_scored_against_the_source_volumes(tiny_
     resized = 0
     for r in res["cases"]:
         oof = root / f"fold_{r['fold']}" / "oof" / "last"
-        pred = np.load(oof / "masks" / f"{r['id']}.npz")["labels"]
+        pred = np.load(oof / "masks" / f"{r['id']}.npz")["label"]
         if pred.shape != truth[r["id"]].shape:  # rebuilt from cached slices: 32x32, not the source's 20x18
             assert pred.shape == (4, 32, 32)
             resized += 1
@@ -441,3 +442,135 @@ def test_folds_trained_on_a_volcache_are_scored_against_the_source_volumes(tiny_
             per_class[k].append(2 * (p & g).sum() / (p.sum() + g.sum()))
     assert resized == 6  # the training patients' 6 phases; the 4 val volumes were cached at their own size
     assert res["per_case_dice"] == pytest.approx(np.mean([np.mean(v) for v in per_class.values()]), abs=1e-6)
+
+
+def _nnunet_raw(root, n_cases=4):
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("nibabel")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from test_nnunet import make_nnunet
+
+    return make_nnunet(root, n_cases=n_cases)  # spacing (D, H, W) = (2.5, 0.9, 0.8) mm, an affine with an offset
+
+
+def _same(a, b):
+    """Per-class metric lists equal up to float32 rounding (None and "inf" compared as they are)."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x == y if x is None or isinstance(x, str) else x == pytest.approx(y, rel=1e-5)
+
+
+def test_out_of_fold_volumes_keep_their_geometry_and_score_back(tiny_model, tmp_path):
+    """An out-of-fold volume is written as mambaseg predict writes npz (inference.volume.write_prediction): "label"
+    with the source's "spacing" and, from a NIfTI source, its "affine"; mambaseg score reads the folder against the
+    source labels in mm, evaluate --cv reads it back, and still reads the npz ``labels`` of roots saved before."""
+    import shutil
+
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from mambaseg.cli import app
+
+    data = _nnunet_raw(tmp_path / "raw")
+    root = tmp_path / "cv"
+    train_folds(_volume_cfg(data, root, **{"model.num_classes": 3}), folds=2, fold="all")
+    res = evaluate_cv(root)
+    assert res["n_cases"] == 4 and res["conventions"]["units"] == "each case's own voxel spacing (mm)"
+    flat = tmp_path / "predictions"
+    flat.mkdir()
+    for r in res["cases"]:
+        f = root / f"fold_{r['fold']}" / "oof" / "last" / "masks" / f"{r['id']}.npz"
+        src = nib.load(str(data / "labelsTr" / f"{r['id']}.nii.gz"))
+        with np.load(f) as z:
+            assert z["label"].dtype == np.uint8 and z["label"].shape == src.shape[::-1]
+            assert z["spacing"] == pytest.approx((2.5, 0.9, 0.8))
+            np.testing.assert_allclose(z["affine"], src.affine)
+            assert z["affine"][0, 3] == pytest.approx(10.0)
+        shutil.copy(f, flat)
+    # scored by mambaseg score against the source labels: the same per-class numbers, in mm
+    out = CliRunner().invoke(app, ["score", str(flat), str(data / "labelsTr"), "--json"])
+    assert out.exit_code == 0, out.output
+    scored = json.loads(out.output)
+    assert scored["conventions"]["units"] == "each case's own voxel spacing (mm)"
+    by_id = {c["id"]: c for c in scored["cases"]}
+    for r in res["cases"]:
+        for k in ("dsc", "hd95", "nsd"):
+            _same(by_id[r["id"]]["per_class"][k], r["per_class"][k])
+    # a root saved before (npz with "labels" only, no geometry) is scored as it was
+    for f in (root / "fold_0" / "oof" / "last" / "masks").glob("*.npz"):
+        np.savez_compressed(f, labels=read_label_volume(f)[0].astype(np.uint8))
+    old = evaluate_cv(root, out=tmp_path / "old")
+    assert old["per_case_dice"] == res["per_case_dice"] and old["hd95"] == res["hd95"]
+
+
+def test_folds_on_a_volcache_score_every_held_out_volume_in_mm(tiny_model, tmp_path):
+    """A volcache keeps the spacing of its evaluation volumes and, at the cached grid, of its training cases: the
+    out-of-fold npz of every held-out volume carries it ("spacing", as mambaseg predict writes npz), the volumes
+    rebuilt from training slices included, so the fold validation and the scores are all in mm, with no mixed-units
+    warning, and agree with scoring against the source within the resize. A cache without the training spacing
+    (format /1) still names the volumes it scores in voxels; one without any spacing warns, and scores in voxels."""
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from mambaseg.cli import app
+    from mambaseg.data.layouts import write_cache
+    from mambaseg.data.volumetric import zoom_spacing
+
+    data = _nnunet_raw(tmp_path / "raw")
+    cache, counts = write_cache(data, (32, 32), tmp_path / "nn.npz")
+    assert counts["val"] == 1
+    with np.load(cache) as z:
+        (cached,) = [str(i) for i in z["val_ids"]]
+    root = tmp_path / "cv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        train_folds(_volume_cfg(cache, root, **{"model.num_classes": 3}), folds=2, fold="all")
+    for i in (0, 1):  # each fold's validation during training: every held-out volume in mm
+        assert json.loads((root / f"fold_{i}" / "metrics.json").read_text())["hd95_units"] == "mm"
+    masks = {p.stem: p for p in root.glob("fold_*/oof/last/masks/*.npz")}
+    assert len(masks) == 4
+    at_cache = zoom_spacing((2.5, 0.9, 0.8), (20, 24), (32, 32))  # (2.5, 0.9 * 19 / 31, 0.8 * 23 / 31)
+    for case, f in masks.items():
+        with np.load(f) as z:
+            assert z["label"].dtype == np.uint8 and "affine" not in z.files  # a cache keeps no affine
+            if case == cached:
+                assert z["spacing"] == pytest.approx((2.5, 0.9, 0.8)) and z["label"].shape[1:] == (20, 24)
+            else:  # rebuilt from the cache's training slices: at the cached size, with the spacing of that grid
+                assert z["spacing"] == pytest.approx(at_cache, rel=1e-6) and z["label"].shape[1:] == (32, 32)
+        assert read_label_volume(f)[1] == pytest.approx((2.5, 0.9, 0.8) if case == cached else at_cache, rel=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = evaluate_cv(root)
+        src = evaluate_cv(root, data=str(data), out=tmp_path / "src")
+    for r in (res, src):
+        assert r["n_cases"] == 4 and r["conventions"]["units"] == "each case's own voxel spacing (mm)"
+        assert "spacing" not in r
+    # the same numbers as scored against the source (the rebuilt volumes' predictions zoomed to 20x24 there),
+    # within the resize: HD95 within a source voxel in-plane (in voxels of the cached grid it would be far off)
+    by_id = {c["id"]: c for c in src["cases"]}
+    for c in res["cases"]:
+        theirs = by_id[c["id"]]["per_class"]
+        for k, tol in (("dsc", 0.03), ("hd95", 0.9), ("nsd", 0.05)):
+            assert c["per_class"][k] == pytest.approx(theirs[k], abs=tol), (c["id"], k)
+    assert res["hd95"] == pytest.approx(src["hd95"], abs=0.9)
+    cli = CliRunner().invoke(app, ["evaluate", "--cv", str(root), "--out", str(tmp_path / "cli")])
+    assert cli.exit_code == 0, cli.output
+    assert "no voxel spacing" not in " ".join(cli.output.split())
+    # a cache written before the training spacing was stored (format /1): the rebuilt volumes are in voxels, named
+    with np.load(cache, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("train_case_")}
+    meta = json.loads(str(arrays["vol_meta"]))
+    arrays["vol_meta"] = np.asarray(json.dumps({**meta, "format": "mambaseg-volcache/1"}))
+    np.savez_compressed(tmp_path / "v1.npz", **arrays)
+    with pytest.warns(RuntimeWarning, match=r"3 of 4 held-out volumes have no voxel spacing.*in voxels.*--data"):
+        v1 = evaluate_cv(root, data=str(tmp_path / "v1.npz"), out=tmp_path / "v1")
+    assert "3 of 4" in v1["spacing"] and cached not in v1["spacing"]
+    assert all(c in v1["spacing"] for c in masks if c != cached)
+    # a cache written before any spacing was stored: the cache's warning, all in voxels, nothing mixed
+    np.savez_compressed(tmp_path / "old.npz", **{k: v for k, v in arrays.items() if not k.endswith("_spacing")})
+    with pytest.warns(RuntimeWarning, match=r"old\.npz.*no voxel spacing"):
+        old = evaluate_cv(root, data=str(tmp_path / "old.npz"), out=tmp_path / "old")
+    assert old["conventions"]["units"] == "voxels" and "spacing" not in old

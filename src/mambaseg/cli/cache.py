@@ -29,8 +29,9 @@ def cache(
     """Write a compact cache of a dataset at the network input size (uint8), for machines without the files.
 
     2-D folders become an npz2d cache (images and masks per split, with the label mapping); volumetric datasets of
-    single-channel images a volcache (training slices and evaluation volumes, labels of the volumes at their
-    original size with their voxel spacing). Train and evaluate on it with ``--data OUT.npz``."""
+    single-channel images a volcache (training slices with the voxel spacing of each training case at the cached
+    size, and evaluation volumes, labels of the volumes at their original size with their voxel spacing).
+    Train and evaluate on it with ``--data OUT.npz``."""
     from mambaseg.data.layouts import detect_layout, write_cache
     from mambaseg.utils.progress import ProgressReporter
 

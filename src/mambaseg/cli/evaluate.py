@@ -75,7 +75,8 @@ def _evaluate_cv(root: Path | list[Path], *, oof: str, data: Optional[str], out:
     """``--cv ROOT``: pooled out-of-fold metrics of every fold, worst cases listed."""
     from mambaseg.engine.crossval import evaluate_cv
 
-    result = evaluate_cv(root, which=oof, data=data, out=out, tta=tta, device=device, postprocess=postprocess)
+    with warnings_as_lines():  # e.g. held-out volumes scored in voxels beside others in mm
+        result = evaluate_cv(root, which=oof, data=data, out=out, tta=tta, device=device, postprocess=postprocess)
     if as_json:
         from mambaseg.utils.files import json_text
 

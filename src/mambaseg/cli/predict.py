@@ -15,7 +15,9 @@ def predict(
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-k", help="best.pt / best.safetensors of a run; "
                                           "repeat it (or name a CV root: its folds' --fold-checkpoint) to average "
                                           "the probabilities of several."),
-    input: Path = typer.Option(..., "--input", "-i", help="An image file or a folder of images."),
+    input: Path = typer.Option(..., "--input", "-i", help="An image file or a folder of images, or a volume file or "
+                               "a folder of volumes (nnU-Net channel files <case>_0000, <case>_0001, ... for a "
+                               "checkpoint of several channels)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (masks/ and overlays/ are created)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Images per forward pass."),
@@ -38,7 +40,10 @@ def predict(
     """Predict masks; writes OUT/masks/<name>.png (label-map values, e.g. 0/255) and OUT/overlays/<name>.png.
 
     A 3-D volume (.nii/.nii.gz/.h5/.npz/.npy) is predicted slice by slice and written as OUT/<id>_pred.<ext>
-    (NIfTI keeps the source geometry), or to OUT itself when OUT is a volume file name.
+    (NIfTI keeps the source geometry, qform/sform codes included; h5/npz store its spacing and affine), or to OUT
+    itself when OUT is a volume file name. A 4-D NIfTI (X, Y, Z, 1) gives a 3-D label map. A checkpoint trained on an
+    nnU-Net dataset of several channels reads one file per channel, <case>_0000, <case>_0001, ..., grouped by case
+    and written as OUT/<case>_pred.<ext>.
 
     Existing output files are never replaced without --overwrite; OUT/masks may not be the input data's own masks
     folder; inputs sharing a name (a.jpg, a.png) are written as a_jpg.png and a_png.png."""

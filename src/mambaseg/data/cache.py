@@ -12,10 +12,15 @@ FILE.npz`` (:func:`mambaseg.data.layouts.write_cache`) writes one; ``--data FILE
   single-channel images. Training slices zoomed to the network size; evaluation volumes with every slice zoomed to
   the network size, the labels at their ORIGINAL size and the source's voxel spacing (``{split}_spacing``), so
   per-volume metrics are those of the source data up to the 8-bit quantisation of the intensities (HD95 in mm
-  where the source has a spacing, e.g. nnU-Net NIfTI; in voxels where it has none, ACDC/Synapse h5).
+  where the source has a spacing, e.g. nnU-Net NIfTI; in voxels where it has none, ACDC/Synapse h5). Since format
+  ``mambaseg-volcache/2`` the spacing of every training case (volume) at the cached grid is stored too
+  (``train_case_ids``, ``train_case_spacing``), so a volume rebuilt from the cached training slices (a
+  cross-validation fold's held-out case) is scored in mm like the cached volumes.
 
-Caches written before the spacing was stored (no ``{split}_spacing``) still open: their volumes have no spacing, so
-HD95/NSD come in voxels; the run's header (``spacing`` in the data info) and a warning say so.
+Older caches still open. Format ``mambaseg-volcache/1`` written before the evaluation spacing was stored (no
+``{split}_spacing``): their volumes have no spacing, so HD95/NSD come in voxels; the run's header (``spacing`` in
+the data info) and a warning say so. Format ``/1`` caches (or any without ``train_case_spacing``): the volumes rebuilt
+from their training slices have no spacing (in voxels; scores that mix them with mm say so).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from mambaseg.data.volumetric import Volume
 __all__ = [
     "ArrayDataset2D",
     "VOLCACHE_FORMAT",
+    "VOLCACHE_FORMATS",
     "is_npz2d",
     "is_volcache",
     "npz2d_cases",
@@ -54,7 +60,10 @@ __all__ = [
     "write_volcache",
 ]
 
-VOLCACHE_FORMAT = "mambaseg-volcache/1"
+#: the format :func:`write_volcache` writes (``/2``: with the spacing of the training cases, ``train_case_spacing``)
+VOLCACHE_FORMAT = "mambaseg-volcache/2"
+#: the formats :func:`open_volcache` reads
+VOLCACHE_FORMATS = ("mambaseg-volcache/1", VOLCACHE_FORMAT)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -359,11 +368,14 @@ def write_volcache(
 ) -> Path:
     """Write a compact ``.npz`` cache of a volumetric task (uint8 images at ``image_size``).
 
-    Training slices are stored resized (order-3 image zoom, order-0 labels) without augmentation or normalisation;
-    evaluation volumes store each slice zoomed to ``image_size``, the labels at their ORIGINAL size and the voxel
-    spacing of the source (``{split}_spacing``, (N, 3) per (D, H, W) axis in mm, NaN where the source has none), so
-    the per-volume evaluation (predict at network size, zoom back, compare; HD95 in the source's units) is the one
-    on the source data up to the 8-bit quantisation of the intensities.
+    Training slices are stored resized (order-3 image zoom, order-0 labels) without augmentation or normalisation,
+    with the voxel spacing of each training case (the volume of slices ``<case>_slice<z>``) at the cached grid
+    (``train_case_ids`` (M,), ``train_case_spacing`` (M, 3) per (D, H, W) axis in mm: the source's spacing resized
+    as the slices were, :func:`~mambaseg.data.volumetric.zoom_spacing`; NaN where the source has none or its slices
+    disagree); evaluation volumes store each slice zoomed to ``image_size``, the labels at their ORIGINAL size and the
+    voxel spacing of the source (``{split}_spacing``, (N, 3) per (D, H, W) axis in mm, NaN where the source has
+    none), so the per-volume evaluation (predict at network size, zoom back, compare; HD95 in the source's units) is
+    the one on the source data up to the 8-bit quantisation of the intensities.
 
     Only single-channel images are stored: a dataset of several channels is refused before any slice is read
     (nothing is written).
@@ -374,7 +386,8 @@ def write_volcache(
         label_names: foreground ``{value: name}``.
         num_classes: classes incl. background.
         image_size: (H, W) of the stored images.
-        train: a :class:`~mambaseg.data.volumetric.SliceDataset2D` (or ``None``).
+        train: a :class:`~mambaseg.data.volumetric.SliceDataset2D` (or ``None``); its spacing comes from
+            :meth:`~mambaseg.data.volumetric.SliceDataset2D.spacing_of`.
         eval_splits: ``{"val": VolumeDataset, "test": VolumeDataset}``.
         progress: optional ``(split, done, total)`` callback after each training slice / evaluation volume.
         source: the dataset's path, for messages and the metadata (default: messages name ``path``, the metadata
@@ -409,16 +422,21 @@ def write_volcache(
     splits_meta: dict[str, Any] = {}
     if train is not None:
         imgs, labs, ids = [], [], []
+        case_spacing = _CaseSpacing()
+        spacing_of = getattr(train, "spacing_of", None)
         for i in range(len(train)):  # type: ignore[arg-type]
             image, label = train.load(i)  # type: ignore[attr-defined]
             imgs.append(q(zoom_image(image, size, order=3)[..., 0]))
             labs.append(zoom_labels(label.astype(np.uint8), size))
             ids.append(train.ids[i])  # type: ignore[attr-defined]
+            # the case's spacing at the stored grid: resized from this slice's (h, w) to ``size`` as it was above
+            case_spacing.add(ids[-1], None if spacing_of is None else spacing_of(i), image.shape[:2], size)
             if progress is not None:
                 progress("train", i + 1, len(train))  # type: ignore[arg-type]
         arrays["train_images"] = np.stack(imgs)
         arrays["train_labels"] = np.stack(labs)
         arrays["train_ids"] = np.asarray(ids)
+        arrays["train_case_ids"], arrays["train_case_spacing"] = case_spacing.arrays()
         splits_meta["train"] = len(ids)
     for split, vols in eval_splits.items():
         imgs, flat, shapes, ids, spacings = [], [], [], [], []
@@ -448,6 +466,10 @@ def write_volcache(
         "splits": splits_meta,
         "image_encoding": "uint8 = round(255 * intensity in [0, 1])",
         "spacing": "{split}_spacing: (N, 3) voxel size per (D, H, W) axis of the labels (mm), NaN: none in the source",
+        "train_spacing": ("train_case_spacing: (M, 3) voxel size per (D, H, W) axis of the volume of the training "
+                          "slices <case>_slice<z> of train_case_ids at the stored image_size (mm): the source's, "
+                          "in-plane times (n - 1) / (N - 1) as scipy.ndimage.zoom resized the slices from n to N "
+                          "pixels; NaN: none in the source, or its slices disagree"),
     }
     arrays["vol_meta"] = np.asarray(json.dumps(meta))
     from mambaseg.utils.files import atomic_write_npz
@@ -455,14 +477,47 @@ def write_volcache(
     return atomic_write_npz(path, **arrays)
 
 
-class _CacheSliceLoader:
-    """Picklable ``loader(i) -> (image in [0, 1], label)`` over the cached uint8 training slices."""
+class _CaseSpacing:
+    """The spacing (D, H, W) of each training case at the cached grid, gathered slice by slice while writing."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self) -> None:
+        self.rows: dict[str, list[tuple[float, float, float] | None]] = {}
+
+    def add(self, slice_id: str, spacing: Sequence[float] | None, hw: Sequence[int], size: Sequence[int]) -> None:
+        from mambaseg.data.files import DatasetError
+        from mambaseg.data.volumetric import slice_case, zoom_spacing
+
+        try:
+            case = slice_case(slice_id)[0]
+        except DatasetError:  # not a slice of a named volume: no volume is ever rebuilt from it
+            return
+        self.rows.setdefault(case, []).append(zoom_spacing(spacing, hw, size))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(case ids (M,), spacing (M, 3))``; a NaN row where a slice has none or the slices disagree."""
+        out = []
+        for rows in self.rows.values():
+            first = rows[0]
+            same = first is not None and all(r is not None and np.allclose(r, first, rtol=1e-6, atol=0.0)
+                                             for r in rows)
+            out.append(list(first) if same else [np.nan] * 3)  # type: ignore[arg-type]
+        return np.asarray(list(self.rows), dtype=str), np.asarray(out, dtype=np.float64).reshape(len(out), 3)
+
+
+class _CacheSliceLoader:
+    """Picklable ``loader(i) -> (image in [0, 1], label)`` over the cached uint8 training slices; ``spacing(i)``: the
+    spacing of slice ``i``'s case at the cached grid (``spacing`` (N, 3) per slice, NaN: none; ``None``: a cache that
+    stores none)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, spacing: np.ndarray | None = None) -> None:
+        self.images, self.labels, self.spacing_rows = images, labels, spacing
 
     def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return self.images[i].astype(np.float32) / 255.0, self.labels[i]
+
+    def spacing(self, i: int) -> tuple[float, ...] | None:
+        row = None if self.spacing_rows is None else self.spacing_rows[i]
+        return None if row is None or not np.all(np.isfinite(row)) else tuple(float(v) for v in row)
 
 
 class _CacheVolumeLoader:
@@ -484,6 +539,35 @@ class _CacheVolumeLoader:
             label=self.flat[self.loff[i]:self.loff[i + 1]].reshape(d, h, w), spacing=spacing,
             path=f"{self.source}#{self.ids[i]}", source_format="npz", target_hw=(h, w),
         )
+
+
+def _slice_spacing(arrays: Mapping[str, np.ndarray], ids: list[str], path: Path) -> np.ndarray | None:
+    """(N, 3) spacing of the case of each cached training slice (NaN: none), from ``train_case_ids`` /
+    ``train_case_spacing``; ``None`` for a cache without ``train_case_spacing`` (format ``/1``).
+
+    Raises:
+        DataTaskError: ``train_case_spacing`` without ``train_case_ids``, or of another shape than (M, 3).
+    """
+    from mambaseg.data.files import DatasetError
+    from mambaseg.data.volumetric import slice_case
+
+    if "train_case_spacing" not in arrays:
+        return None
+    if "train_case_ids" not in arrays:
+        raise DataTaskError(f"{path}: key 'train_case_spacing' without 'train_case_ids' (the case of each row)")
+    cases, spacing = [str(c) for c in arrays["train_case_ids"]], np.asarray(arrays["train_case_spacing"], np.float64)
+    if spacing.shape != (len(cases), 3):
+        raise DataTaskError(f"{path}: key 'train_case_spacing' is {tuple(spacing.shape)}; expected ({len(cases)}, 3), "
+                            "one row per train_case_ids")
+    row_of = {c: spacing[k] for k, c in enumerate(cases)}
+    none = np.full(3, np.nan)
+    out = np.empty((len(ids), 3), np.float64)
+    for i, name in enumerate(ids):
+        try:
+            out[i] = row_of.get(slice_case(name)[0], none)
+        except DatasetError:
+            out[i] = none
+    return out
 
 
 def volcache_cases(path: Path) -> list[str]:
@@ -515,8 +599,9 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays["vol_meta"]))
-    if meta.get("format") != VOLCACHE_FORMAT:
-        raise DataTaskError(f"{path}: cache format {meta.get('format')!r}, expected {VOLCACHE_FORMAT!r}")
+    if meta.get("format") not in VOLCACHE_FORMATS:
+        raise DataTaskError(f"{path}: cache format {meta.get('format')!r}, expected one of {list(VOLCACHE_FORMATS)} "
+                            "(a cache written by another mambaseg version: rebuild it with mambaseg cache)")
     label_names = {int(k): str(v) for k, v in meta["label_names"].items()}
     num_classes = int(meta["num_classes"])
     stored = tuple(int(s) for s in meta["image_size"])
@@ -526,7 +611,8 @@ def open_volcache(path: Path, cfg: Any, *, splits: tuple[str, ...], normalizatio
         if "train_images" not in arrays:
             raise DataTaskError(f"{path}: the cache has no training slices")
         ids = [str(i) for i in arrays["train_ids"]]
-        return SliceDataset2D(ids, _CacheSliceLoader(arrays["train_images"], arrays["train_labels"]),
+        loader = _CacheSliceLoader(arrays["train_images"], arrays["train_labels"], _slice_spacing(arrays, ids, path))
+        return SliceDataset2D(ids, loader,
                               image_size=image_size_of(cfg), augment=cfg.data.augment,
                               preset=resolve_augmentation(cfg.data.augmentation, "msvmunet"),
                               num_classes=num_classes, label_names=label_names, normalization=norm,

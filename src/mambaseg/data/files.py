@@ -9,6 +9,8 @@ images, which Pillow reduces to 8 bits, are decoded with OpenCV (a required depe
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,8 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "Pair",
     "FolderListing",
+    "channel_file",
+    "group_channel_files",
     "holds_volumes",
     "is_volume_path",
     "list_split",
@@ -109,6 +113,43 @@ def volume_id(path: str | Path) -> str:
         if name.lower().endswith(s):
             return name[: -len(s)]
     return Path(path).stem
+
+
+def channel_file(path: str | Path) -> tuple[str, int] | None:
+    """``(case, channel)`` of an nnU-Net raw input file ``<case>_<NNNN><ext>`` (four digits), else ``None``."""
+    m = re.fullmatch(r"(.+)_(\d{4})", volume_id(path))
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def group_channel_files(files: Sequence[Path], channels: int) -> list[list[Path]]:
+    """nnU-Net raw inputs grouped by case: the files ``<case>_0000<ext>`` ... ``<case>_<channels - 1><ext>`` of each
+    case in channel order, cases sorted.
+
+    Raises:
+        DatasetError: a file not named ``<case>_<NNNN>``, a channel index of ``channels`` or above, two files of one
+            channel of a case, or a case without the file of a channel (the message names the case and the index).
+    """
+    ends = f"<case>_0000 ... <case>_{channels - 1:04d}"
+    cases: dict[str, dict[int, Path]] = {}
+    for f in files:
+        found = channel_file(f)
+        if found is None:
+            raise DatasetError(f"{f}: not an nnU-Net channel file; a model of {channels} input channels reads one file "
+                               f"per channel of each case, named {ends} (+ the volume suffix)")
+        case, c = found
+        if c >= channels:
+            raise DatasetError(f"{f}: channel {c} of case {case!r}, but the model takes {channels} channels ({ends})")
+        if c in cases.setdefault(case, {}):
+            raise DatasetError(f"{cases[case][c]} and {f} are both channel {c} of case {case!r}; keep one")
+        cases[case][c] = f
+    for case, got in sorted(cases.items()):
+        missing = [c for c in range(channels) if c not in got]
+        if missing:
+            have = got[min(got)]
+            raise DatasetError(f"case {case!r}: channel {missing[0]} is missing ("
+                               f"{have.parent / f'{case}_{missing[0]:04d}{volume_suffix(have)}'} not found; missing "
+                               f"channel(s) {missing}); the model takes {channels} channels, one file each ({ends})")
+    return [[got[c] for c in range(channels)] for _, got in sorted(cases.items())]
 
 
 def _image_files(d: Path) -> list[Path]:

@@ -128,7 +128,8 @@ def write_nifti(
         path: output file (``.nii`` or ``.nii.gz``).
         array: (D, H, W) array.
         affine: 4x4 voxel-to-world matrix (default: diagonal from ``spacing`` or identity).
-        header: source header whose orientation codes and units are copied (never its intensity scaling).
+        header: source header whose qform and sform (each with its code, 0 included: a qform-only source gives a
+            qform-only file) and units are copied (never its intensity scaling).
         spacing: per (D, H, W) axis, used when ``affine`` is None.
         dtype: on-disk data type (uint8 for label maps).
     """
@@ -145,12 +146,10 @@ def write_nifti(
     if header is not None:
         try:
             img.header.set_xyzt_units(*header.get_xyzt_units())
-            sform, scode = header.get_sform(coded=True)
             qform, qcode = header.get_qform(coded=True)
-            if scode:
-                img.set_sform(sform, int(scode))
-            if qcode:
-                img.set_qform(qform, int(qcode))
+            sform, scode = header.get_sform(coded=True)
+            img.set_qform(qform, int(qcode))  # codes 0 too: nibabel's default would add an sform to a qform-only source
+            img.set_sform(sform, int(scode))
         except AttributeError:  # non-NIfTI1 headers: keep the affine only
             pass
     img.header.set_data_dtype(dtype)
@@ -441,17 +440,24 @@ class _CaseLoader:
 
 
 class _CaseSliceLoader:
-    """Picklable ``loader(i) -> (image (H, W, C), label)`` of slice ``z`` of a case, with a small volume cache."""
+    """Picklable ``loader(i) -> (image (H, W, C), label)`` of slice ``z`` of a case, with a small volume cache;
+    ``spacing(i)``: the case's voxel spacing (D, H, W), as :meth:`NnUNetRaw.load_case` reads it."""
 
     def __init__(self, raw: NnUNetRaw, index: list[tuple[str, int]], cache_size: int) -> None:
         self.raw, self.index = raw, list(index)
         self.cache = _LRU(cache_size)
 
+    def _volume(self, i: int) -> Volume:
+        case = self.index[i][0]
+        return self.cache.get(case, lambda: self.raw.load_case(case))
+
     def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        case, z = self.index[i]
-        vol = self.cache.get(case, lambda: self.raw.load_case(case))
+        vol, z = self._volume(i), self.index[i][1]
         assert vol.label is not None
         return vol.slice_image(z), vol.label[z]
+
+    def spacing(self, i: int) -> tuple[float, ...] | None:
+        return self._volume(i).spacing
 
 
 def nnunet_volumes(raw: NnUNetRaw, cases: Sequence[str]) -> VolumeDataset:

@@ -48,6 +48,7 @@ __all__ = [
     "paper_normalization",
     "zoom_image",
     "zoom_labels",
+    "zoom_spacing",
 ]
 
 def paper_normalization(in_chans: int = 1) -> Normalization:
@@ -80,6 +81,29 @@ def zoom_image(image: np.ndarray, size: tuple[int, int], order: int = 3) -> np.n
 def zoom_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour (order 0) zoom of an (H, W) label map to ``size`` (hard labels stay hard)."""
     return zoom_image(labels, size, order=0)
+
+
+def zoom_spacing(spacing: Sequence[float] | None, hw: Sequence[int],
+                 size: Sequence[int]) -> tuple[float, float, float] | None:
+    """The voxel spacing (D, H, W) of slices of in-plane size ``hw`` once :func:`zoom_image` (or
+    :func:`zoom_labels`) has resized them to ``size``; ``None`` for ``None``.
+
+    ``scipy.ndimage.zoom`` (``grid_mode=False``, the default :func:`zoom_image` uses) keeps the centres of the first
+    and last pixels of each axis where they were: output pixel ``o`` of ``N`` samples input ``o * (n - 1) / (N - 1)``
+    of ``n``, so the in-plane spacing becomes ``s * (n - 1) / (N - 1)`` (not ``s * n / N``); an axis zoomed from or
+    to a single pixel keeps its extent, ``s * n / N``. The depth axis is not resized.
+    """
+    if spacing is None:
+        return None
+    sd, sh, sw = (float(v) for v in spacing)
+    (h, w), (th, tw) = (int(v) for v in hw[:2]), (int(v) for v in size[:2])
+
+    def axis(s: float, n: int, m: int) -> float:
+        if n == m:  # zoom_image returns the slice unchanged
+            return s
+        return s * (n - 1) / (m - 1) if n > 1 and m > 1 else s * n / m
+
+    return sd, axis(sh, h, th), axis(sw, w, tw)
 
 
 def check_labels(label: np.ndarray, num_classes: int, where: str) -> None:
@@ -254,7 +278,8 @@ class SliceDataset2D(Dataset):
     Args:
         ids: slice names, in order.
         loader: ``loader(i) -> (image, label)`` with image (H, W) or (H, W, C) float in [0, 1] and label (H, W)
-            integer, at the original resolution.
+            integer, at the original resolution. A loader that knows the voxel spacing of its slices' volumes also
+            has ``loader.spacing(i) -> (D, H, W) spacing or None``, at that resolution (:meth:`spacing_of`).
         image_size: network input (H, W) (an int means square).
         augment: apply ``preset`` augmentation.
         normalization: per-channel mean/std applied after augmentation (default: :func:`paper_normalization`);
@@ -336,6 +361,13 @@ class SliceDataset2D(Dataset):
         check_labels(label, self.num_classes, where)
         return image, label.astype(np.int64)
 
+    def spacing_of(self, index: int) -> tuple[float, float, float] | None:
+        """Voxel spacing (D, H, W) of the volume slice ``index`` was cut from, at the resolution :meth:`load` returns
+        (``loader.spacing(index)``); ``None`` when the loader knows none (ACDC/Synapse slices)."""
+        fn = getattr(self._loader, "spacing", None)
+        sp = None if fn is None else fn(index)
+        return None if sp is None else tuple(float(v) for v in sp)  # type: ignore[return-value]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} slices")
@@ -391,6 +423,12 @@ class VolumeSlices:
             label = zoom_labels(label.astype(np.uint8), (int(image.shape[0]), int(image.shape[1])))
         return image, label
 
+    def spacing(self, i: int) -> tuple[float, float, float] | None:
+        """The spacing of slice ``i``'s volume at the image's size (a cached volume's is its labels')."""
+        v, _ = self.index[i]
+        vol = self._cache.get(v, lambda: self.volumes[v])
+        return zoom_spacing(vol.spacing, vol.label_shape[1:], vol.spatial_shape[1:])
+
     def __getstate__(self) -> dict[str, Any]:  # workers start with an empty cache
         return {"volumes": self.volumes, "index": self.index}
 
@@ -407,6 +445,11 @@ class _Chain:
     def __call__(self, i: int) -> Any:
         k = int(np.searchsorted(self.offsets, i, side="right")) - 1
         return self.loaders[k](i - int(self.offsets[k]))
+
+    def spacing(self, i: int) -> Any:
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        fn = getattr(self.loaders[k], "spacing", None)
+        return None if fn is None else fn(i - int(self.offsets[k]))
 
 
 def join_volume_slices(train: SliceDataset2D, extra: Mapping[str, VolumeDataset]) -> SliceDataset2D:
@@ -463,10 +506,15 @@ class _Pick:
     def __call__(self, i: int) -> Any:
         return self.base(self.index[i])
 
+    def spacing(self, i: int) -> Any:
+        fn = getattr(self.base, "spacing", None)
+        return None if fn is None else fn(self.index[i])
+
 
 class _StackedSlices:
     """Picklable ``loader() -> Volume``: the slices of one case of a :class:`SliceDataset2D` stacked in ``z`` order
-    (images and labels at the resolution the slices are stored at)."""
+    (images and labels at the resolution the slices are stored at), with the spacing of its slices
+    (:meth:`SliceDataset2D.spacing_of`) where every slice has the same one, else none."""
 
     def __init__(self, slices: SliceDataset2D, case: str, items: Sequence[tuple[int, int]], where: str = "") -> None:
         self.slices, self.case, self.items = slices, case, sorted((int(z), int(i)) for z, i in items)
@@ -486,8 +534,16 @@ class _StackedSlices:
                                  f"{image.shape}, its first slice {first}; the slices do not make one volume")
         image = np.stack([im for im, _ in pairs])  # (D, H, W, C)
         image = image[..., 0] if image.shape[-1] == 1 else np.moveaxis(image, -1, 0)
-        return Volume(id=self.case, image=image, label=np.stack([lb for _, lb in pairs]), spacing=None,
+        return Volume(id=self.case, image=image, label=np.stack([lb for _, lb in pairs]), spacing=self.spacing(),
                       path=self.path, source_format="slices")
+
+    def spacing(self) -> tuple[float, float, float] | None:
+        """The one spacing of the case's slices; ``None`` when one has none or they differ."""
+        spacings = [self.slices.spacing_of(i) for _, i in self.items]
+        first = spacings[0]
+        if first is None or any(s is None or not np.allclose(s, first, rtol=1e-6, atol=0.0) for s in spacings):
+            return None
+        return first
 
     @property
     def path(self) -> str:
@@ -514,7 +570,9 @@ def _slices_by_case(slices: SliceDataset2D) -> dict[str, list[tuple[int, int]]]:
 
 def volumes_from_slices(slices: SliceDataset2D, cases: Sequence[str], *, where: str = "") -> VolumeDataset:
     """The volumes of ``cases`` rebuilt from the training slices ``<case>_slice<z>`` of ``slices``: each case's
-    slices stacked in ``z`` order (consecutive numbers, one size), at the resolution they are stored at.
+    slices stacked in ``z`` order (consecutive numbers, one size), at the resolution they are stored at, with their
+    voxel spacing where the slices' loader knows it (:meth:`SliceDataset2D.spacing_of`, e.g. a volcache's training
+    cases, stored at the cached grid), else none.
 
     Raises:
         ValueError: a case without slices, or whose slices are not consecutive (``where`` starts the message).

@@ -14,8 +14,11 @@ Layout of a cross-validation root ``ROOT`` (``--out``)::
 Volumetric layouts (ACDC, Synapse, nnU-Net raw, ``volcache``; a case is a volume, one patient's ``_frameNN`` phases
 are held out together, see :mod:`mambaseg.data.folds`) keep instead::
 
-    ROOT/fold_i/oof/<ckpt>/masks/<id>.npz           "labels": uint8 (D, H, W) class indices at the size of the
-                                                    volume's ground truth
+    ROOT/fold_i/oof/<ckpt>/masks/<id>.npz           "label": uint8 (D, H, W) class indices at the size of the
+                                                    volume's ground truth, with the volume's "spacing" (D, H, W) and
+                                                    "affine" (a NIfTI source's) where it has them, as mambaseg
+                                                    predict writes npz (:func:`mambaseg.inference.volume
+                                                    .write_prediction`); roots saved before hold "labels" only
     ROOT/fold_i/oof/<ckpt>/probabilities/<id>.npz   "probabilities": float16 (C, D, h, w) softmax at the network
                                                     size (labels = argmax per slice, then nearest-neighbour zoom, as
                                                     :func:`mambaseg.inference.volume.predict_volume` does)
@@ -37,6 +40,7 @@ import copy
 import datetime as _dt
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -222,13 +226,15 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
                 device: str = "auto", batch_size: int = 4) -> Path:
     """Predict the held-out cases of one fold with its ``which`` checkpoint and write ``RUN/oof/<which>/``.
 
-    Writes ``masks/<id>.png`` (label-map pixel values), ``probabilities/<id>.npz`` (float16) and ``oof.json`` (ids,
-    checkpoint, epoch, tta, resolution, input channels) to :func:`oof_dir` and returns that folder.
+    Writes ``masks/<id>.png`` (label-map pixel values; a volume's ``masks/<id>.npz`` with its geometry, as
+    ``mambaseg predict`` writes npz), ``probabilities/<id>.npz`` (float16) and ``oof.json`` (ids, checkpoint, epoch,
+    tta, resolution, input channels) to :func:`oof_dir` and returns that folder.
     """
     from mambaseg.checkpoint import load_checkpoint
     from mambaseg.configs import config_from_dict
     from mambaseg.data.splits import read_split_file
     from mambaseg.inference.ensemble import load_ensemble
+    from mambaseg.inference.volume import write_prediction
 
     if which not in OOF_CHECKPOINTS:
         raise ValueError(f"which must be one of {OOF_CHECKPOINTS}, got {which!r}")
@@ -264,7 +270,7 @@ def predict_oof(run_dir: str | Path, which: str = "last", *, data: str | None = 
     if volumetric:
         for vol in dataset:
             labels, prob = _volume_oof(predictor, vol, batch_size=batch_size)
-            atomic_write_npz(out / "masks" / f"{vol.id}.npz", labels=labels.astype(np.uint8))
+            write_prediction(out / "masks" / f"{vol.id}.npz", labels, vol)  # "label" + the volume's geometry
             atomic_write_npz(out / "probabilities" / f"{vol.id}.npz", probabilities=prob)
     cases = [] if volumetric else list(iter_cases(dataset))
     for start in range(0, len(cases), batch_size):
@@ -423,6 +429,7 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
     from mambaseg.data.files import mask_to_labels, read_mask
     from mambaseg.inference.ensemble import load_ensemble
     from mambaseg.inference.postprocess import parse_postprocess
+    from mambaseg.inference.volume import read_label_volume
 
     steps = parse_postprocess(postprocess)
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
@@ -467,9 +474,8 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
                     raise FileNotFoundError(f"{mp} is missing: predict the held-out cases of fold {i} first "
                                             f"(mambaseg train --folds {len(folds)} --fold {i} --resume "
                                             f"--out {root})")
-                if volumetric:
-                    with np.load(mp, allow_pickle=False) as z:
-                        pred = z["labels"].astype(np.int64)
+                if volumetric:  # "label" (or "labels", written before the predict writer was used)
+                    pred = read_label_volume(mp)[0]
                 else:
                     pred = mask_to_labels(read_mask(mp), binary=cfg.data.binary, label_values=label_values, path=mp)
                 if pred.shape != gt.shape:  # predicted at the cached size, scored at the truth's
@@ -620,14 +626,26 @@ def _score_oof(cases: Any, *, num_classes: int, spacing: Any, nsd_tolerance: flo
     from mambaseg.metrics.score import score_cases
 
     fold_of: dict[str, int] = {}
+    no_spacing: list[str] = []  # cases without their own spacing (scored in ``spacing``, or voxels)
 
     def tagged() -> Any:
         for case, pred, gt, i, own in cases:
             fold_of[case] = i
+            if own is None:
+                no_spacing.append(case)
             yield case, postprocess_labels(np.asarray(pred), steps), gt, own  # None: score_cases takes spacing
 
     result = score_cases(tagged(), num_classes=num_classes, spacing=spacing, nsd_tolerance=nsd_tolerance,
                          empty_policy=empty_policy, class_names=class_names)
+    mixed: dict[str, str] = {}
+    if spacing is None and no_spacing and len(no_spacing) < len(fold_of):
+        names = ", ".join(no_spacing[:5]) + (", ..." if len(no_spacing) > 5 else "")
+        mixed["spacing"] = (f"{len(no_spacing)} of {len(fold_of)} held-out volumes have no voxel spacing ({names}; "
+                            "e.g. volumes rebuilt from the training slices of a volcache written before format /2, "
+                            "which stores no spacing for them; rebuild the cache): their HD95/NSD are in voxels, the others' in mm, so the means mix units; score "
+                            "against a dataset with every volume's spacing (--data, e.g. the source of the cache) "
+                            "for mm")
+        warnings.warn(mixed["spacing"], RuntimeWarning, stacklevel=3)
     per_fold: dict[int, list[float]] = {}
     for row in result["cases"]:
         row["fold"] = fold_of[row["id"]]
@@ -639,5 +657,6 @@ def _score_oof(cases: Any, *, num_classes: int, spacing: Any, nsd_tolerance: flo
         "postprocess": list(steps),
         "per_fold_mean_dice": {str(k): float(np.mean(v)) for k, v in sorted(per_fold.items())},
         **result,
+        **mixed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -365,9 +365,16 @@ class Predictor:
         (:func:`mambaseg.inference.volume.predict_volume_file`) and written as label volumes with the source
         geometry, to ``OUT/<id>_pred.<ext>`` (or to ``OUT`` itself when it is a volume file name).
 
+        A checkpoint trained on an nnU-Net dataset of several channels reads nnU-Net's raw inputs, one file per
+        channel: the files ``<case>_0000``, ``<case>_0001``, ... of a folder are grouped by case
+        (:func:`mambaseg.data.files.group_channel_files`; a missing channel file is an error naming the case and the
+        channel), stacked in channel order (their geometry must agree) and each case written to
+        ``OUT/<case>_pred.<ext>``; one channel file given as the input stands for its case (the other channel files
+        are taken from its folder).
+
         Args:
-            intensity: 3-D inputs: intensity mapping to [0, 1] (``auto`` = as the training data, ``minmax``,
-                ``ct``, ``none``).
+            intensity: 3-D inputs: intensity mapping to [0, 1] (``auto`` = as the training data, channel by channel
+                for several channels; ``minmax``, ``ct``, ``none``).
             overwrite: replace existing output files (otherwise they are refused before anything is written).
             save_probabilities: also write the probabilities: ``OUT/probabilities/<stem>.npz`` of each image
                 (:meth:`predict_folder`), ``probabilities/<id>.npz`` beside each label volume
@@ -376,7 +383,9 @@ class Predictor:
         Returns:
             The written files (masks and label volumes).
         """
+        from mambaseg.data.files import group_channel_files
         from mambaseg.inference.volume import (
+            channel_intensities,
             intensity_for_checkpoint,
             is_volume_path,
             predict_volume_file,
@@ -389,30 +398,38 @@ class Predictor:
         if not vols:
             return self.predict_folder(input_path, out_dir, batch_size=batch_size, overlays=overlays,
                                        progress=progress, overwrite=overwrite, save_probabilities=save_probabilities)
+        training = self.info.get("training") or {}
+        task = training.get("task") or {}
+        # nnU-Net channels: one file each (in_chans may repeat one channel for a 3-channel model: not a channel count)
+        channels = len(task.get("channel_names") or []) or (self.in_chans if task.get("layout") == "nnunet" else 1)
         if intensity == "auto":
-            intensity = intensity_for_checkpoint(self.info.get("training") or {})
+            intensity = intensity_for_checkpoint(training) if channels == 1 else channel_intensities(training)
+        cases = [[v] for v in vols] if channels == 1 else group_channel_files(_case_files(Path(input_path), vols),
+                                                                                channels)
+        firsts = [c[0] for c in cases]
         out = Path(out_dir)
-        if len(vols) > 1 and is_volume_path(out):
-            raise ValueError(f"--out {out} names one volume file, but {len(vols)} volumes are predicted (e.g. "
-                             f"{vols[0].name}, {vols[1].name}); give a folder for their predictions")
-        targets = [volume_output_path(v, out) for v in vols]
-        clashes = _duplicates(zip(targets, vols))
+        if len(cases) > 1 and is_volume_path(out):
+            raise ValueError(f"--out {out} names one volume file, but {len(cases)} volumes are predicted (e.g. "
+                             f"{firsts[0].name}, {firsts[1].name}); give a folder for their predictions")
+        targets = [volume_output_path(v, out) for v in firsts]
+        clashes = _duplicates(zip(targets, firsts))
         if clashes:
             raise ValueError("two inputs would be written to the same output file; rename one of them:\n"
                              + "\n".join(f"  - {t}: from {', '.join(map(str, srcs))}" for t, srcs in clashes))
-        if any(t.resolve() == v.resolve() for t, v in zip(targets, vols)):
+        if any(t.resolve() == v.resolve() for t, c in zip(targets, cases) for v in c):
             raise ValueError(f"--out {out} would overwrite an input volume; choose another output path")
         if not overwrite:
             _refuse_existing(targets + ([probabilities_path(t) for t in targets] if save_probabilities else []))
         written = []
-        for v, target in zip(vols, targets):
+        for c, target in zip(cases, targets):
             written.append(predict_volume_file(
-                self.model, v, target, image_size=self.image_size, normalization=self.normalization,
-                batch_size=batch_size, device=self.device, label_values=list(self.label_map.values()),
-                scale=intensity, postprocess=self.postprocess, save_probabilities=save_probabilities,
+                self.model, c[0] if channels == 1 else c, target, image_size=self.image_size,
+                normalization=self.normalization, batch_size=batch_size, device=self.device,
+                label_values=list(self.label_map.values()), scale=intensity, postprocess=self.postprocess,
+                save_probabilities=save_probabilities,
             ))
             if progress is not None:
-                progress(len(written), len(vols))
+                progress(len(written), len(cases))
         return written
 
 
@@ -517,6 +534,18 @@ def _volume_inputs(path: Path) -> list[Path]:
                              "them in separate folders")
         return vols
     return []
+
+
+def _case_files(path: Path, vols: list[Path]) -> list[Path]:
+    """The channel files to group (:func:`mambaseg.data.files.group_channel_files`): ``vols`` of a folder; for one
+    file ``<case>_<NNNN>``, every channel file of that case in its folder."""
+    from mambaseg.data.files import channel_file, is_volume_path
+
+    case = channel_file(path) if path.is_file() else None
+    if case is None:
+        return vols
+    return [f for f in sorted(path.parent.iterdir())
+            if f.is_file() and is_volume_path(f) and (found := channel_file(f)) and found[0] == case[0]]
 
 
 def list_images(path: str | Path) -> list[Path]:

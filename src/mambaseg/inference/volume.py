@@ -7,7 +7,11 @@ label slice is zoomed back to the original in-plane size with nearest neighbour 
 
 Files: ``.nii``/``.nii.gz`` (nibabel, geometry kept: predictions are written with the source affine and
 orientation codes), ``.h5`` (dataset ``image``; predictions written as dataset ``label``), ``.npz`` (key ``image``
-or ``img``; predictions written under ``label``) and ``.npy`` (the array itself).
+or ``img``; predictions written under ``label``) and ``.npy`` (the array itself). h5 and npz files carry the geometry
+as ``spacing`` (D, H, W) and, from a NIfTI source, ``affine`` (its 4x4 matrix), both read back as the input's.
+A 4-D NIfTI of one channel (X, Y, Z, 1) is read as 3-D and predicted as a 3-D (X, Y, Z) label map with its affine
+(as nnU-Net and MONAI write it); one of several channels is refused: several channels come one file per channel,
+nnU-Net's ``<case>_0000``, ``<case>_0001``, ... (:func:`read_channels`).
 
 Example:
     >>> vol = read_volume("case.nii.gz")
@@ -42,6 +46,8 @@ __all__ = [
     "predict_volume_file",
     "predict_volume_probabilities",
     "probabilities_of",
+    "read_channels",
+    "channel_intensities",
     "stored_probabilities",
     "read_label_volume",
     "read_volume",
@@ -70,13 +76,35 @@ def _read_arrays(p: Path, suf: str, wanted: Callable[[list[str]], list[str]]) ->
         raise DatasetError(f"{p}: cannot read as {'HDF5' if suf == '.h5' else suf[1:]} ({e})") from None
 
 
+def _array_geometry(p: Path, got: dict, word: str) -> tuple[tuple[float, ...] | None, np.ndarray | None]:
+    """The ``spacing`` (D, H, W) and ``affine`` (4x4, a NIfTI source's: voxel (x, y, z) = (w, h, d)) of an h5/npz
+    file, as :func:`write_prediction` stores them (``None`` where absent); without ``spacing`` it comes from the affine.
+    """
+    from mambaseg.data.files import DatasetError
+
+    spacing = affine = None
+    if "affine" in got:
+        affine = np.asarray(got["affine"], dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+            raise DatasetError(f"{p}: {word} 'affine' of shape {affine.shape}; expected a finite 4x4 voxel-to-world "
+                               "matrix")
+    if "spacing" in got:
+        spacing = tuple(float(v) for v in np.asarray(got["spacing"]).ravel())
+    elif affine is not None:  # the lengths of its (x, y, z) columns, as (D, H, W)
+        spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)[::-1])
+    if spacing is not None and (len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing)):
+        raise DatasetError(f"{p}: {word} 'spacing' = {list(spacing)}; expected 3 positive voxel sizes (D, H, W)")
+    return spacing, affine
+
+
 def read_volume(
     path: str | Path, *, image_key: str | None = None, label_key: str | None = None, scale: str = "auto"
 ) -> Volume:
     """Read a 3-D volume file into a :class:`~mambaseg.data.volumetric.Volume`.
 
     Args:
-        path: ``.nii``/``.nii.gz``, ``.h5``, ``.npz`` or ``.npy`` file holding a (D, H, W) image (NIfTI: (X, Y, Z)).
+        path: ``.nii``/``.nii.gz``, ``.h5``, ``.npz`` or ``.npy`` file holding a (D, H, W) image (NIfTI: (X, Y, Z),
+            or (X, Y, Z, 1)); h5/npz ``spacing`` and ``affine`` entries are read as its geometry.
         image_key: dataset/key of the image in h5/npz files (default ``image``, or ``img`` in npz).
         label_key: dataset/key of a label volume to read as well (optional).
         scale: intensity mapping to [0, 1]: ``"auto"`` (NIfTI: per-volume min-max; arrays already inside [0, 1]
@@ -104,9 +132,9 @@ def read_volume(
     elif suf in (".h5", ".npz", ".npy"):
         word = "dataset" if suf == ".h5" else "key"
 
-        def wanted(keys: list[str]) -> list[str]:  # the image's key, then the label's, then the voxel spacing
+        def wanted(keys: list[str]) -> list[str]:  # the image's key, then the label's, then the geometry
             image = image_key or ("image" if suf == ".h5" or "image" in keys else "img")
-            return [image, label_key, "spacing"] if label_key else [image, "spacing"]
+            return [image, label_key, "spacing", "affine"] if label_key else [image, "spacing", "affine"]
 
         keys, got = _read_arrays(p, suf, wanted)
         key = "" if suf == ".npy" else wanted(keys)[0]
@@ -117,11 +145,7 @@ def read_volume(
             if label_key not in got:
                 raise DatasetError(f"{p}: no {word} {label_key!r} (found {keys})")
             label = got[label_key]
-        if "spacing" in got:  # (D, H, W) voxel sizes, as write_prediction and read_label_volume store them
-            spacing = tuple(float(v) for v in np.asarray(got["spacing"]).ravel())
-            if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
-                raise DatasetError(f"{p}: {word} 'spacing' = {list(spacing)}; expected 3 positive voxel sizes "
-                                   "(D, H, W)")
+        spacing, affine = _array_geometry(p, got, word)  # as write_prediction stores them
         fmt = suf[1:]
     else:
         raise ValueError(f"{p}: unsupported volume file type {suf!r}; expected one of {', '.join(VOLUME_SUFFIXES)}")
@@ -145,6 +169,44 @@ def read_volume(
     )
 
 
+def read_channels(paths: Sequence[str | Path], *, scale: str | Sequence[str] = "auto") -> Volume:
+    """The channel files of one case (nnU-Net's ``<case>_0000``, ``<case>_0001``, ... in channel order) as one
+    (C, D, H, W) :class:`~mambaseg.data.volumetric.Volume` with the geometry of the first, each read by
+    :func:`read_volume` with its ``scale`` (one for all, or one per channel).
+
+    Raises:
+        DatasetError: a file unreadable, or whose shape, voxel spacing, axis directions or origin differs from the
+            first file's beyond :data:`~mambaseg.data.nnunet.GEOMETRY_TOLERANCE` (the message names both files:
+            voxels are paired by index, so the channels would not overlay).
+    """
+    from mambaseg.data.files import DatasetError, channel_file
+    from mambaseg.data.nnunet import GEOMETRY_TOLERANCE, _geometry_mismatch, _origin_shift
+
+    files = [Path(f) for f in paths]
+    scales = [scale] * len(files) if isinstance(scale, str) else list(scale)
+    if not files or len(scales) != len(files):
+        raise ValueError(f"read_channels: {len(files)} file(s) and {len(scales)} scale(s); expected one or more files "
+                         "and one scale or one per file")
+    vols = [read_volume(f, scale=s) for f, s in zip(files, scales)]
+    first = vols[0]
+    for f, v in zip(files[1:], vols[1:]):
+        diff = None
+        if v.image.shape != first.image.shape:
+            diff = f"shape (D, H, W) {v.image.shape} vs {first.image.shape}"
+        elif first.affine is not None and v.affine is not None:
+            diff = (_geometry_mismatch((first.spacing, first.affine), (v.spacing, v.affine))
+                    or _origin_shift(first.affine, v.affine))
+        elif v.spacing is not None and first.spacing is not None and not np.allclose(
+                v.spacing, first.spacing, rtol=GEOMETRY_TOLERANCE["spacing"], atol=0.0):  # arrays without an affine
+            diff = f"voxel spacing (D, H, W) {v.spacing} vs {first.spacing}"
+        if diff:
+            raise DatasetError(f"{f}: its geometry differs from {files[0]}, another channel of the same case: {diff}; "
+                               "the channels of a case are paired voxel by voxel: resample them onto one grid")
+    case = channel_file(files[0])
+    return Volume(id=case[0] if case else first.id, image=np.stack([v.image for v in vols]), spacing=first.spacing,
+                  affine=first.affine, path=first.path, header=first.header, source_format=first.source_format)
+
+
 LABEL_KEYS = ("label", "labels", "seg", "mask")
 
 
@@ -153,7 +215,7 @@ def read_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float,
 
     Reads what :func:`write_prediction` writes and what segmentation tools hand over: NIfTI (spacing from the header,
     (X, Y, Z) turned into (D, H, W)), h5 and npz (the first of the keys ``label``, ``labels``, ``seg``, ``mask``;
-    a ``spacing`` entry is read too) and npy.
+    the spacing from a ``spacing`` entry, else from an ``affine`` one) and npy.
 
     Raises:
         DatasetError: unreadable file, no label key, not 3-D, or values that are not non-negative integers (the
@@ -171,12 +233,11 @@ def read_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float,
 
         arr, spacing, _, _ = read_nifti(p)
     elif suf in (".h5", ".npz", ".npy"):
-        keys, got = _read_arrays(p, suf, lambda keys: [k for k in LABEL_KEYS if k in keys][:1] + ["spacing"])
+        keys, got = _read_arrays(p, suf, lambda keys: [k for k in LABEL_KEYS if k in keys][:1] + ["spacing", "affine"])
         arr = got.get("") if suf == ".npy" else next((got[k] for k in LABEL_KEYS if k in got), None)
         if arr is None:
             raise DatasetError(f"{p}: no label volume (keys {keys}; expected one of {', '.join(LABEL_KEYS)})")
-        if "spacing" in got:
-            spacing = tuple(float(v) for v in np.asarray(got["spacing"]).ravel())
+        spacing = _array_geometry(p, got, "dataset" if suf == ".h5" else "key")[0]
     else:
         raise DatasetError(f"{p}: unsupported volume file type {suf!r}; expected one of {', '.join(VOLUME_SUFFIXES)}")
     if arr.ndim != 3:
@@ -187,18 +248,28 @@ def read_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float,
     if arr.size and (float(arr.min()) < 0 or not np.array_equal(arr, np.round(arr))):
         raise DatasetError(f"{p}: label values must be non-negative integers (found min {arr.min()}, "
                            f"e.g. {arr.ravel()[arr.ravel() != np.round(arr.ravel())][:3].tolist()})")
-    if spacing is not None and len(spacing) != 3:
-        raise DatasetError(f"{p}: spacing {spacing} has {len(spacing)} values; expected 3 (D, H, W)")
     return arr.astype(np.int64), spacing
 
 
 def intensity_for_checkpoint(ckpt: dict[str, Any]) -> str:
-    """The :func:`read_volume` ``scale`` matching a checkpoint's training data.
+    """The :func:`read_volume` ``scale`` matching a checkpoint's training data: ``"ct"`` when every channel of an
+    nnU-Net run is CT, ``"minmax"`` for other nnU-Net runs (:func:`channel_intensities`), ``"auto"`` for everything
+    else (arrays already in [0, 1] kept, others min-max scaled).
 
-    Runs trained on an nnU-Net raw dataset scaled CT channels with the CT window and other channels per volume: the
-    same scheme is returned (``"ct"`` or ``"minmax"``), from the channel names the checkpoint records (checkpoints
-    written before they were recorded: from the dataset's ``dataset.json``, while it is readable). Everything else
-    gets ``"auto"`` (arrays already in [0, 1] kept, others min-max scaled).
+    Raises:
+        ValueError: see :func:`channel_intensities`.
+    """
+    scales = channel_intensities(ckpt)
+    return "auto" if scales is None else "ct" if all(s == "ct" for s in scales) else "minmax"
+
+
+def channel_intensities(ckpt: dict[str, Any]) -> list[str] | None:
+    """The :func:`read_volume` ``scale`` of each input channel of a checkpoint trained on an nnU-Net raw dataset,
+    ``None`` for other layouts.
+
+    Such runs scaled CT channels with the CT window (``"ct"``) and other channels per volume (``"minmax"``), by the
+    channel names the checkpoint records (checkpoints written before they were recorded: the dataset's
+    ``dataset.json``, while it is readable).
 
     Raises:
         ValueError: an nnU-Net run whose channels are known neither from the checkpoint nor from its dataset: which
@@ -207,7 +278,7 @@ def intensity_for_checkpoint(ckpt: dict[str, Any]) -> str:
     """
     task = ckpt.get("task") or {}
     if task.get("layout") != "nnunet":
-        return "auto"
+        return None
     names = task.get("channel_names")
     if not names:
         path = ((ckpt.get("config") or {}).get("data") or {}).get("path")
@@ -223,14 +294,15 @@ def intensity_for_checkpoint(ckpt: dict[str, Any]) -> str:
             raise ValueError(f"the checkpoint was trained on an nnU-Net dataset but records no channel names, and {why}"
                              ": the intensity scaling of its inputs is unknown; pass --intensity ct (CT, "
                              "Hounsfield units) or --intensity minmax (other modalities) (intensity= in Python)")
-    return "ct" if all(str(n).strip().upper() == "CT" for n in names) else "minmax"
+    return ["ct" if str(n).strip().upper() == "CT" else "minmax" for n in names]
 
 
 def write_prediction(path: str | Path, labels: np.ndarray, reference: Volume | None = None) -> Path:
     """Write a (D, H, W) label volume; NIfTI gets the geometry of ``reference`` (affine, orientation, spacing).
 
     The file type follows ``path``'s suffix: ``.nii``/``.nii.gz`` (needs nibabel), ``.h5`` (dataset ``label``) or
-    ``.npz`` (key ``label``), each plus ``spacing`` when known, or ``.npy``.
+    ``.npz`` (key ``label``), each plus ``spacing`` and ``affine`` (the reference's 4x4 NIfTI matrix) when known, or
+    ``.npy``.
     """
     from mambaseg.data.nnunet import write_nifti
 
@@ -253,17 +325,19 @@ def write_prediction(path: str | Path, labels: np.ndarray, reference: Volume | N
             spacing=None if reference is None else reference.spacing,
             dtype=dtype,
         )
+    geometry = {k: np.asarray(v, dtype=np.float64) for k, v in (("spacing", getattr(reference, "spacing", None)),
+                                                                 ("affine", getattr(reference, "affine", None)))
+                if v is not None}
     if suf == ".h5":
         import h5py
 
         with h5py.File(p, "w") as f:
             f.create_dataset("label", data=lab, compression="gzip")
-            if reference is not None and reference.spacing is not None:
-                f.create_dataset("spacing", data=np.asarray(reference.spacing, dtype=np.float64))
+            for k, v in geometry.items():
+                f.create_dataset(k, data=v)
         return p
     if suf == ".npz":
-        extra = {} if reference is None or reference.spacing is None else {"spacing": np.asarray(reference.spacing)}
-        np.savez_compressed(p, label=lab, **extra)
+        np.savez_compressed(p, label=lab, **geometry)
         return p
     if suf == ".npy":
         np.save(p, lab)
@@ -406,7 +480,7 @@ def predict_volume_probabilities(model: nn.Module, volume: Volume, *, image_size
 
 def predict_volume_file(
     model: nn.Module,
-    input_path: str | Path,
+    input_path: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     image_size: int | Sequence[int] = 224,
@@ -414,7 +488,7 @@ def predict_volume_file(
     batch_size: int = 8,
     device: torch.device | str | None = None,
     label_values: Sequence[int] | None = None,
-    scale: str = "auto",
+    scale: str | Sequence[str] = "auto",
     postprocess: str | Sequence[str] | None = None,
     save_probabilities: bool = False,
 ) -> Path:
@@ -424,21 +498,25 @@ def predict_volume_file(
 
     Args:
         model: 2-D model.
-        input_path: volume file (see :func:`read_volume`).
-        out: output file, or a folder (then ``<id>_pred`` + the input's type; NIfTI stays NIfTI).
+        input_path: volume file (see :func:`read_volume`), or the channel files of one case (:func:`read_channels`:
+            ``<case>_0000``, ``<case>_0001``, ...).
+        out: output file, or a folder (then ``<id>_pred`` + the input's type; NIfTI stays NIfTI; ``<case>_pred`` for
+            nnU-Net channel files, :func:`volume_output_path`).
         image_size: network input size.
         normalization: input normalisation (the checkpoint's).
         batch_size: slices per forward pass.
         device: where to run.
         label_values: value written for each class index (default: the index itself).
-        scale: intensity mapping, see :func:`read_volume`.
+        scale: intensity mapping, see :func:`read_volume` (channel files: one for all, or one per channel).
         postprocess: post-processing of the whole label volume (:mod:`mambaseg.inference.postprocess`).
 
     Returns:
         The written path.
     """
-    vol = read_volume(input_path, scale=scale)
-    target = volume_output_path(input_path, out)
+    if isinstance(input_path, (str, Path)):
+        vol, target = read_volume(input_path, scale=scale), volume_output_path(input_path, out)
+    else:
+        vol, target = read_channels(input_path, scale=scale), volume_output_path(input_path[0], out)
     if save_probabilities:
         labels, probs = predict_volume_probabilities(model, vol, image_size=image_size, normalization=normalization,
                                                      batch_size=batch_size, device=device)
