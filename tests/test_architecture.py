@@ -21,9 +21,9 @@ TIERS = {
     "layers": 2, "runtime": 2,
     "models": 3,
     "checkpoint": 4,
-    "inference": 5, "export": 5, "convert": 5,
+    "inference": 5, "convert": 5,
     "engine": 6,
-    "nas": 7,
+    "nas": 7, "export": 7,
     "cli": 8, "": 8,  # "" = the package's own __init__ (the public facade)
     "__main__": 9,
 }

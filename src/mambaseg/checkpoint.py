@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from mambaseg.utils.modules import unwrap_model  # noqa: F401 (re-exported: the checkpoint API)
 from mambaseg.utils.files import atomic_path
 from mambaseg.version import __version__
 
@@ -65,17 +66,6 @@ _SAFETENSORS_META_KEY = "mambaseg"
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not a mambaseg checkpoint."""
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare model inside DDP / ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def to_primitive(obj: Any, where: str = "checkpoint") -> Any:

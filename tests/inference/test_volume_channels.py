@@ -113,7 +113,6 @@ def test_channel_file_errors_name_the_case_and_the_files(tmp_path: Path, acdc: d
     bad_geometry = [
         (t2[:, :, :200], r"shape \(D, H, W\) \(10, 256, 200\) vs \(10, 256, 216\)"),
         (t2, r"axis directions \(affine columns\)", AFFINE @ np.diag([1.0, -1.0, 1.0, 1.0])),  # flipped, as resampled
-        (t2, r"origin \(30, -4, 12\) mm vs the image's \(30, -4, 7\) mm", AFFINE + np.pad([[5.0]], ((2, 1), (3, 0)))),
     ]
     for k, (arr, message, *affine) in enumerate(bad_geometry):
         _save(missing, arr, *affine)
@@ -121,6 +120,12 @@ def test_channel_file_errors_name_the_case_and_the_files(tmp_path: Path, acdc: d
                                                rf"{CASES[1]}_0000\.nii\.gz, another channel of the same case: "
                                                f"{message}"):
             predictor.predict_path(folder, tmp_path / f"pred{k}")
+    # another origin alone: voxels still pair by index, so a warning naming both files (as training and nnU-Net)
+    _save(missing, t2, AFFINE + np.pad([[5.0]], ((2, 1), (3, 0))))
+    with pytest.warns(UserWarning, match=rf"{CASES[1]}_0001\.nii\.gz: origin \(30, -4, 12\) mm vs channel 0's .* mm of .*"
+                                         rf"{CASES[1]}_0000\.nii\.gz"):
+        written = predictor.predict_path(folder, tmp_path / "pred_origin")
+    assert len(written) == len(CASES)
 
 
 def test_single_channel_checkpoints_predict_each_file_as_before(tmp_path: Path, acdc: dict[str, np.ndarray]) -> None:

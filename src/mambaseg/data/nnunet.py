@@ -13,9 +13,12 @@ read)::
 Checks (as nnU-Net's ``verify_dataset_integrity``, each naming the file): every label file has an image and every
 image a label; a label has the shape, voxel spacing and axis directions of its image (nnU-Net only warns about the
 directions, yet a flipped axis misaligns every voxel), within :data:`GEOMETRY_TOLERANCE`, and another origin is a
-warning (voxels are paired by index, as in nnU-Net); fold 0 of
-``splits_final.json`` trains on no case it validates on (labelled cases it leaves out are a warning: nnU-Net uses a
-custom split as given). A class of ``dataset.json`` that no label file of the opened split holds is a warning.
+warning (voxels are paired by index, as in nnU-Net); every channel file ``<case>_0001``, ... is checked against
+``<case>_0000`` the same way (an error names both files; ``predict`` refuses such files too, another origin
+included); a channel file ``<case>_NNNN`` of a channel that ``channel_names`` does not declare is refused (declare it
+or remove the files); fold 0 of ``splits_final.json`` trains on no case it validates on (labelled cases it leaves out
+are a warning: nnU-Net uses a custom split as given). A class of ``dataset.json`` that no label file of the opened
+split holds is a warning.
 Warnings go through :mod:`warnings` and are kept in :attr:`NnUNetRaw.notes`
 (and in the task's ``info["warnings"]``).
 
@@ -26,8 +29,14 @@ NIfTI files are read with nibabel (optional dependency: ``pip install mambaseg[m
 (X, Y, Z) and are transposed to the library's (D, H, W) = (Z, Y, X) order, with the voxel spacing reordered to
 match. Affine and header are kept so predictions are written back with the source geometry.
 
-Intensities are mapped to [0, 1] like the preprocessed sets the papers used: CT channels are clipped to the
-TransUNet abdomen window [-125, 275] HU and scaled; other channels (MRI, ...) are min-max normalised per volume.
+Intensities are mapped to [0, 1] like the preprocessed sets the papers used, each channel by its name in
+``channel_names`` (compared case-insensitively): ``"CT"`` is clipped to the fixed TransUNet abdomen window
+:data:`CT_WINDOW` = [-125, 275] HU and scaled by 1/400; every other name (``"MRI"``, ``"T2"``, ...) is min-max scaled
+per volume (a constant volume gives zeros). This is not nnU-Net's normalisation (its ``"CT"`` clips to the dataset's
+foreground 0.5/99.5 percentiles and z-scores, any other name is z-scored per case). Of nnU-Net's scheme names,
+``"rescale_to_0_1"`` is the same per-volume min-max scaling; ``"noNorm"``, ``"zscore"`` and ``"rgb_to_0_1"``
+(:data:`NNUNET_SCHEMES`) are not implemented as such: they are min-max scaled, with a warning naming the channel each
+time the dataset is opened. Checkpoints record the channel names and ``predict`` scales by the same rule.
 
 Example:
     >>> raw = NnUNetRaw("Dataset027_ACDC")
@@ -39,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,6 +63,7 @@ from mambaseg.data.volumetric import SliceDataset2D, Volume, VolumeDataset, _LRU
 __all__ = [
     "CT_WINDOW",
     "GEOMETRY_TOLERANCE",
+    "NNUNET_SCHEMES",
     "NnUNetRaw",
     "is_nnunet_root",
     "nnunet_cases",
@@ -67,6 +78,15 @@ __all__ = [
 
 #: TransUNet Synapse preprocessing window (HU)
 CT_WINDOW: tuple[float, float] = (-125.0, 275.0)
+
+#: nnU-Net's normalisation-scheme channel names (matched case-insensitively, as nnU-Net does) that are not
+#: implemented as such: such channels are min-max scaled per volume (with a warning), as every name but "CT" is.
+#: ``rescale_to_0_1`` is not listed: nnU-Net's scheme is the same per-volume min-max scaling.
+NNUNET_SCHEMES: dict[str, tuple[str, str]] = {
+    "nonorm": ("noNorm", "no scaling at all"),
+    "zscore": ("zscore", "per-volume z-scoring"),
+    "rgb_to_0_1": ("rgb_to_0_1", "division by 255"),
+}
 
 #: how far a label's geometry may differ from its image's: relative for the voxel spacing, absolute for the
 #: direction cosines of the affine, in mm for its origin (float32 header rounding passes, a real shift does not)
@@ -201,33 +221,35 @@ def _fmt(values: Any) -> str:
     return "(" + ", ".join(f"{float(v):.6g}" for v in np.ravel(values)) + ")"
 
 
-def _geometry_mismatch(image: tuple[tuple[float, ...], np.ndarray], label: tuple[tuple[float, ...], np.ndarray]
-                      ) -> str | None:
-    """What differs between the ``(spacing, affine)`` of an image and of its label beyond
-    :data:`GEOMETRY_TOLERANCE` in the voxel grid (spacing, axis directions); ``None`` when they match. The origin
-    is :func:`_origin_shift`'s."""
+def _geometry_mismatch(image: tuple[tuple[float, ...], np.ndarray], label: tuple[tuple[float, ...], np.ndarray],
+                       *, ref: str = "the image's") -> str | None:
+    """What differs between the ``(spacing, affine)`` of an image and of its label (or of channel 0 and another
+    channel of a case) beyond :data:`GEOMETRY_TOLERANCE` in the voxel grid (spacing, axis directions); ``None`` when
+    they match. ``ref`` names the first in the message. The origin is :func:`_origin_shift`'s."""
     (isp, iaff), (lsp, laff) = image, label
     iaff, laff = np.asarray(iaff, dtype=np.float64), np.asarray(laff, dtype=np.float64)
     tol = GEOMETRY_TOLERANCE
     problems = []
     if not np.allclose(lsp, isp, rtol=tol["spacing"], atol=0.0):
-        problems.append(f"voxel spacing (D, H, W) {_fmt(lsp)} vs the image's {_fmt(isp)}")
+        problems.append(f"voxel spacing (D, H, W) {_fmt(lsp)} vs {ref} {_fmt(isp)}")
     idir = iaff[:3, :3] / np.maximum(np.linalg.norm(iaff[:3, :3], axis=0), 1e-12)
     ldir = laff[:3, :3] / np.maximum(np.linalg.norm(laff[:3, :3], axis=0), 1e-12)
     if not np.allclose(ldir, idir, rtol=0.0, atol=tol["direction"]):
-        problems.append(f"axis directions (affine columns) {np.round(ldir, 4).T.tolist()} vs the image's "
-                        f"{np.round(idir, 4).T.tolist()} (an axis flipped or permuted: the voxels do not overlay)")
+        problems.append(f"axis directions (affine columns) {(np.round(ldir, 4) + 0.0).T.tolist()} vs {ref} "
+                        f"{(np.round(idir, 4) + 0.0).T.tolist()} (an axis flipped or permuted: the voxels do not "
+                        "overlay)")  # + 0.0: no -0.0
     return "; ".join(problems) or None
 
 
-def _origin_shift(image_affine: np.ndarray, label_affine: np.ndarray) -> str | None:
-    """The label's origin against its image's, when they differ beyond :data:`GEOMETRY_TOLERANCE`; ``None``
-    otherwise. A shifted origin alone leaves voxel (i, j, k) of the label on voxel (i, j, k) of the image, the
-    correspondence training uses; only the placement in the scanner frame disagrees (nnU-Net warns, too)."""
+def _origin_shift(image_affine: np.ndarray, label_affine: np.ndarray, *, ref: str = "the image's") -> str | None:
+    """The label's origin against its image's (or a channel's against channel 0's, ``ref`` naming it), when they
+    differ beyond :data:`GEOMETRY_TOLERANCE`; ``None`` otherwise. A shifted origin alone leaves voxel (i, j, k) of
+    the label on voxel (i, j, k) of the image, the correspondence training uses; only the placement in the scanner
+    frame disagrees (nnU-Net warns, too)."""
     lo, io = np.asarray(label_affine, np.float64)[:3, 3], np.asarray(image_affine, np.float64)[:3, 3]
     if np.allclose(lo, io, rtol=0.0, atol=GEOMETRY_TOLERANCE["origin_mm"]):
         return None
-    return f"origin {_fmt(lo)} mm vs the image's {_fmt(io)} mm"
+    return f"origin {_fmt(lo)} mm vs {ref} {_fmt(io)} mm"
 
 
 class NnUNetRaw:
@@ -238,7 +260,9 @@ class NnUNetRaw:
 
     Attributes:
         labels: ``{value: name}`` of all classes incl. background.
-        channel_names: one name per input channel (``"CT"``, ``"MRI"``, ...).
+        channel_names: one name per input channel (``"CT"``, ``"MRI"``, ...); it sets the channel's intensity scaling
+            (module docstring).
+        channel_key: the ``dataset.json`` key they come from (``"channel_names"``, v1: ``"modality"``).
         file_ending: e.g. ``".nii.gz"``.
         cases: sorted training case names (with a label file).
         notes: the warnings this dataset raised so far (each also issued with :func:`warnings.warn`).
@@ -261,6 +285,7 @@ class NnUNetRaw:
         channels = meta.get("channel_names", meta.get("modality"))
         if not isinstance(channels, dict) or not channels:
             raise DatasetError(f"{ds_json}: missing 'channel_names' (v2) or 'modality' (v1)")
+        self.channel_key = "channel_names" if "channel_names" in meta else "modality"
         self.channel_names = [str(channels[k]) for k in sorted(channels, key=lambda s: int(s))]
         self.file_ending = str(meta.get("file_ending", ".nii.gz"))
         if self.file_ending not in (".nii.gz", ".nii"):
@@ -271,6 +296,14 @@ class NnUNetRaw:
             raise DatasetError(
                 f"{ds_json}: numTraining is {n} but {len(self.cases)} labelled cases were found in imagesTr/labelsTr"
             )
+        for c, name in enumerate(self.channel_names):
+            scheme = NNUNET_SCHEMES.get(name.strip().casefold())
+            if scheme is not None:
+                self._warn(
+                    f"{ds_json}: channel {c} is named {name!r}, nnU-Net's {scheme[0]!r} normalisation ({scheme[1]}), "
+                    "which is not implemented here: the channel is min-max scaled to [0, 1] per volume instead (only "
+                    f"'CT' has a scaling of its own, the fixed window [{CT_WINDOW[0]:g}, {CT_WINDOW[1]:g}] HU; every "
+                    "other name is min-max scaled)")
 
     @property
     def num_classes(self) -> int:
@@ -301,6 +334,7 @@ class NnUNetRaw:
                     raise DatasetError(f"{f}: channel {c} ({self.channel_names[c]}) of case {case!r} not found")
             if not (lab_dir / f"{case}{end}").is_file():
                 raise DatasetError(f"{lab_dir / (case + end)}: label of case {case!r} not found")
+        self._refuse_undeclared_channels(img_dir)
         have = set(first)
         orphans = sorted(p for p in lab_dir.glob(f"*{end}")
                          if not p.name.startswith(".") and p.name[: -len(end)] not in have)
@@ -311,6 +345,24 @@ class NnUNetRaw:
                 f"{img_dir / (orphans[0].name[: -len(end)] + '_0000' + end)} (one '<case>_<channel>{end}' file per "
                 "channel in imagesTr)")
         return first
+
+    def _refuse_undeclared_channels(self, img_dir: Path) -> None:
+        """Refuse channel files ``<case>_NNNN`` of ``imagesTr`` whose channel dataset.json does not declare (nnU-Net's
+        integrity check accepts no file it does not expect; training would silently ignore them)."""
+        end, n = self.file_ending, len(self.channel_names)
+        pattern = re.compile(r"_(\d{4})" + re.escape(end) + "$")
+        extra = sorted(p for p in img_dir.glob(f"*_[0-9][0-9][0-9][0-9]{end}")
+                       if not p.name.startswith(".") and (m := pattern.search(p.name)) and int(m.group(1)) >= n)
+        if not extra:
+            return
+        declared = {str(c): name for c, name in enumerate(self.channel_names)}
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        files = f"'<case>_0000{end}'" + (f" .. '<case>_{n - 1:04d}{end}'" if n > 1 else "")
+        raise DatasetError(
+            f"{extra[0]}{more}: channel file(s) of a channel that {self.root / 'dataset.json'} does not declare: its "
+            f"{self.channel_key!r} is {json.dumps(declared)} ({n} channel(s), files {files} only), so they would be "
+            f"ignored; declare the channel in dataset.json (e.g. \"{self.channel_key}\": "
+            f"{json.dumps({**declared, str(n): '<name>'})}) or remove the file(s) from {img_dir}")
 
     def image_files(self, case: str, folder: str = "imagesTr") -> list[Path]:
         """The channel files of ``case``."""
@@ -326,8 +378,8 @@ class NnUNetRaw:
         spacing, affine, header = None, None, None
         for c, f in enumerate(files):
             arr, sp, aff, hdr = read_nifti(f)
-            if chans and arr.shape != chans[0].shape:
-                raise DatasetError(f"{f}: shape {arr.shape} differs from channel 0 {chans[0].shape} of case {case!r}")
+            if chans:
+                self._check_channel(case, c, f, files[0], (arr.shape, sp, aff), (chans[0].shape, spacing, affine))
             chans.append(scale_intensity(arr, self.channel_names[c]))
             if spacing is None:
                 spacing, affine, header = sp, aff, hdr
@@ -355,6 +407,26 @@ class NnUNetRaw:
             id=case, image=image, label=label, spacing=spacing, affine=affine, path=str(files[0]),
             header=header, source_format="nifti",
         )
+
+    def _check_channel(self, case: str, c: int, f: Path, first: Path, got: tuple[Any, Any, Any],
+                       ref: tuple[Any, Any, Any]) -> None:
+        """Channel ``c`` (file ``f``) of ``case`` against channel 0 (file ``first``), each ``(shape, spacing,
+        affine)``: another shape, spacing or axis direction is an error naming both files, another origin a warning
+        (the tolerances and helpers of the label check, which ``predict`` applies to channel files too)."""
+        (shape, sp, aff), (shape0, sp0, aff0) = got, ref
+        name = f"channel {c} ({self.channel_names[c]})"
+        if shape != shape0:
+            raise DatasetError(f"{f}: shape {shape} of {name} differs from channel 0 {first} {shape0} of case "
+                               f"{case!r}")
+        diff = _geometry_mismatch((sp0, aff0), (sp, aff), ref="channel 0's")
+        if diff is not None:
+            raise DatasetError(f"{f}: geometry of {name} differs from channel 0 {first} of case {case!r}: {diff}; "
+                               "the channels of a case are paired voxel by voxel: resample them onto channel 0's "
+                               "grid, or write them with its header")
+        shift = _origin_shift(aff0, aff, ref="channel 0's")
+        if shift is not None:
+            self._warn(f"{f}: {shift} of {first} ({name} of case {case!r}); voxels are paired by index, as nnU-Net "
+                       "does (write the channel with channel 0's header to silence this)")
 
     def given_folds(self) -> list[dict[str, list[str]]] | None:
         """The folds of the dataset's own ``splits_final.json`` (nnU-Net's list of ``{"train", "val"}``), checked to

@@ -23,7 +23,8 @@ import numpy as np
 
 from mambaseg.data.files import DatasetError
 
-__all__ = ["MetricNameError", "RESUME_MUTABLE", "check_best_metric", "check_label_map", "check_resume_config", "check_samples"]
+__all__ = ["MetricNameError", "RESUME_MUTABLE", "check_best_metric", "check_label_map", "check_resume_config",
+           "check_samples"]
 
 #: config fields a resumed run may change (applied and recorded in config.yaml); every other field is fixed
 RESUME_MUTABLE = frozenset({
@@ -74,6 +75,14 @@ def _norm(v: Any) -> Any:
     return v
 
 
+def _message(exc: BaseException) -> str:
+    """The text of an exception: a ``KeyError``'s own message (``str()`` of one is its repr, in quotes), any other's
+    ``str()``; never cut (a message may end in a quoted name: ``... of case 'patient019_frame01'``)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return exc.args[0].strip()
+    return str(exc).strip()
+
+
 def check_resume_config(stored: dict[str, Any] | None, given: dict[str, Any], where: str | Path) -> list[str]:
     """Compare a resumed run's config with the one stored in its checkpoint.
 
@@ -121,7 +130,7 @@ def check_best_metric(evaluator: Any, name: str) -> None:
     try:
         lookup_metric(dry, name)
     except KeyError as exc:
-        msg = str(exc).strip("'\"")
+        msg = _message(exc)
         raise MetricNameError(f"train.best_metric={name!r}: {msg}; nothing was trained") from None
 
 
@@ -206,7 +215,7 @@ def check_samples(datasets: dict[str, Any], data: Any, *,
             try:
                 _, lab = read(i)
             except (DatasetError, ValueError, OSError, KeyError) as exc:
-                text = str(exc).strip().strip("'\"")
+                text = _message(exc)
                 problems.append(f"[{split}] {text}")
                 continue
             finally:

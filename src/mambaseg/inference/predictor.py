@@ -27,7 +27,8 @@ from mambaseg.inference.postprocess import parse_postprocess, postprocess_labels
 from mambaseg.metrics import labels_from_logits
 from mambaseg.runtime import autocast_for, resolve_device
 
-__all__ = ["Predictor", "load", "list_images", "IMAGE_EXTENSIONS", "overlay_mask", "PALETTE"]
+__all__ = ["Predictor", "load", "list_images", "IMAGE_EXTENSIONS", "overlay_mask", "PALETTE", "default_label_map",
+           "model_label_map"]
 
 
 #: overlay colours of classes 1, 2, ... (RGB)
@@ -37,6 +38,9 @@ PALETTE = (
 )
 
 ImageInput = Any  # path (str/Path), (H, W[, C]) numpy array, PIL image, or (C, H, W) torch tensor
+#: what :meth:`Predictor.read` takes as one image (named in its error messages)
+ACCEPTED_INPUTS = ("a path (str or Path), an (H, W) or (H, W, C) numpy array (uint8, or float in [0, 1]), a PIL image "
+                   "or a (C, H, W) torch tensor")
 
 
 def overlay_mask(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:
@@ -65,6 +69,42 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.45) ->
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def default_label_map(num_classes: int) -> dict[str, int]:
+    """The label map of a model that comes without one: ``{background: 0, foreground: 255}`` for a binary model
+    (one output channel), else the class indices ``{background: 0, class_1: 1, ..., class_<C-1>: C - 1}`` (the
+    names :func:`mambaseg.data.folder2d.folder_label_map` gives the classes of a multi-class folder run)."""
+    from mambaseg.data.task import binary_label_map
+
+    if num_classes <= 1:
+        return binary_label_map()
+    return {("background" if i == 0 else f"class_{i}"): i for i in range(num_classes)}
+
+
+def model_label_map(model: nn.Module, label_map: dict[str, int] | None) -> dict[str, int]:
+    """``label_map`` checked against the classes of ``model``, or :func:`default_label_map` when it is empty.
+
+    The number of classes is the model's ``mambaseg_spec["num_classes"]`` or ``num_classes`` attribute; a model with
+    neither is taken as binary and its label map is not checked (its output channels are known only once it runs).
+
+    Raises:
+        ValueError: a label map whose number of entries differs from the model's classes (two for one output
+            channel); the message names both numbers.
+    """
+    spec = getattr(model, "mambaseg_spec", None) or {}
+    known = "num_classes" in spec or hasattr(model, "num_classes")
+    num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
+    if not label_map:
+        return default_label_map(num_classes)
+    label_map = dict(label_map)
+    expected = 2 if num_classes == 1 else num_classes
+    if known and len(label_map) != expected:
+        what = "1 output channel (binary: background and foreground)" if num_classes == 1 else f"{num_classes} classes"
+        raise ValueError(f"the label map {label_map} has {len(label_map)} entries but the model predicts {what}; "
+                         f"give one pixel value per class ({expected} entries, background first), or no label map "
+                         f"for the default {default_label_map(num_classes)}")
+    return label_map
+
+
 class Predictor:
     """Applies a trained 2-D segmentation model to images of any size.
 
@@ -75,7 +115,11 @@ class Predictor:
         model: network returning logits (B, num_classes, H, W).
         image_size: (H, W) the network runs at.
         normalization: ``mambaseg.data.Normalization`` used in training (or ``None`` for [0, 1] inputs).
-        label_map: class name -> pixel value written in mask files (class-index order).
+        label_map: class name -> pixel value written in mask files (class-index order), one entry per class the
+            model predicts (two for a binary model of one output channel); default: ``{background: 0,
+            foreground: 255}`` for a binary model, the class indices ``{background: 0, class_1: 1, ...}`` (the
+            names a multi-class folder run records) for a model of C > 1 classes. A label map of another size is
+            refused (:func:`model_label_map`).
         device: ``auto``/``cpu``/``cuda``/``cuda:N`` or a ``torch.device``.
         threshold: probability threshold of binary models.
         postprocess: post-processing of the predicted labels (:mod:`mambaseg.inference.postprocess`:
@@ -107,7 +151,7 @@ class Predictor:
         spec = getattr(model, "mambaseg_spec", None) or {}
         self.num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
         self.in_chans = int(spec.get("in_chans", getattr(model, "in_chans", 3)))
-        self.label_map = dict(label_map) if label_map else {"background": 0, "foreground": 255}
+        self.label_map = model_label_map(model, label_map)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.threshold = threshold
@@ -131,6 +175,10 @@ class Predictor:
             model = build_model(ckpt)
         except CheckpointError as e:
             raise CheckpointError(f"{checkpoint}: {e}") from e
+        try:
+            model_label_map(model, ckpt.get("label_map"))
+        except ValueError as e:
+            raise CheckpointError(f"{checkpoint}: {e}") from e
         norm = Normalization.from_dict(ckpt["normalization"]) if ckpt.get("normalization") else None
         info = {"checkpoint": str(checkpoint), "model": (ckpt.get("model") or {}).get("name"),
                 "epoch": ckpt.get("epoch"), "library_version": ckpt.get("library_version"),
@@ -151,6 +199,12 @@ class Predictor:
         follow the same pixel rules (:func:`mambaseg.data.files.image_from_pil`, their EXIF orientation applied as on
         read): 16-bit grey (``I;16``) keeps every level as float32, ``F`` images are float arrays. uint8 arrays stay
         uint8; float arrays (and tensors) must hold values in [0, 1] and stay float32 (not rounded to 8 bits).
+        Arrays are channels last, (H, W) or (H, W, C); tensors channels first, (C, H, W).
+
+        Raises:
+            TypeError: a list or tuple (one image is read here; :meth:`predict_batch` takes several).
+            ValueError: a wrong shape or dtype, or a channel count the model does not take (the message names the
+                shape got and the layout expected).
         """
         from PIL import ImageOps
 
@@ -169,12 +223,18 @@ class Predictor:
                 image = np.asarray(image, dtype=np.float32)
             else:
                 return image_from_pil(image, self.in_chans, name)
+        if isinstance(image, (list, tuple)):
+            raise TypeError(f"one image is {ACCEPTED_INPUTS}; got a {type(image).__name__} of {len(image)} item(s) "
+                            "(predict_batch / predict_logits take a list of images)")
+        tensor_shape = None
         if isinstance(image, torch.Tensor):
             t = image.detach().cpu()
+            tensor_shape = tuple(t.shape)
             if t.dim() != 3:
-                raise ValueError(f"a tensor input must be (C, H, W), got shape {tuple(t.shape)}")
+                raise ValueError(f"a tensor input must be (C, H, W), got shape {tensor_shape}")
             image = t.permute(1, 2, 0).numpy()
         arr = np.asarray(image)
+        image_shape = arr.shape
         if arr.ndim == 2:
             arr = arr[..., None]
         if arr.ndim != 3:
@@ -199,8 +259,14 @@ class Predictor:
             elif c == 3 and self.in_chans == 1:
                 luma = arr.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
                 arr = (np.clip(np.rint(luma), 0, 255).astype(np.uint8) if arr.dtype == np.uint8 else luma)[..., None]
+            elif tensor_shape is not None:
+                raise ValueError(f"the model expects {self.in_chans} channel(s), but the tensor of shape "
+                                 f"{tensor_shape} has {c} along its first axis: tensors must be (C, H, W) (channels "
+                                 "first; an (H, W, C) tensor goes in as tensor.permute(2, 0, 1), or as a numpy array)")
             else:
-                raise ValueError(f"the model expects {self.in_chans} channel(s), the image has {c}")
+                raise ValueError(f"the model expects {self.in_chans} channel(s), but the array of shape {image_shape} "
+                                 f"has {c} along its last axis: numpy arrays must be (H, W) or (H, W, C) (channels "
+                                 "last; a (C, H, W) array goes in as array.transpose(1, 2, 0), or as a torch tensor)")
         return np.ascontiguousarray(arr)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -370,7 +436,9 @@ class Predictor:
         (:func:`mambaseg.data.files.group_channel_files`; a missing channel file is an error naming the case and the
         channel), stacked in channel order (their geometry must agree) and each case written to
         ``OUT/<case>_pred.<ext>``; one channel file given as the input stands for its case (the other channel files
-        are taken from its folder).
+        are taken from its folder). Inputs that are all nnU-Net channel files (``<case>_<NNNN>``) are refused, before
+        anything is written, when some have a channel index the checkpoint does not take (e.g. ``<case>_0001`` for
+        a checkpoint of one channel: it is another channel of ``<case>``, not a case of its own).
 
         Args:
             intensity: 3-D inputs: intensity mapping to [0, 1] (``auto`` = as the training data, channel by channel
@@ -396,12 +464,14 @@ class Predictor:
         _check_batch_size(batch_size)
         vols = _volume_inputs(Path(input_path))
         if not vols:
+            _refuse_no_inputs(Path(input_path))
             return self.predict_folder(input_path, out_dir, batch_size=batch_size, overlays=overlays,
                                        progress=progress, overwrite=overwrite, save_probabilities=save_probabilities)
         training = self.info.get("training") or {}
         task = training.get("task") or {}
         # nnU-Net channels: one file each (in_chans may repeat one channel for a 3-channel model: not a channel count)
         channels = len(task.get("channel_names") or []) or (self.in_chans if task.get("layout") == "nnunet" else 1)
+        _refuse_extra_channels(vols, channels)
         if intensity == "auto":
             intensity = intensity_for_checkpoint(training) if channels == 1 else channel_intensities(training)
         cases = [[v] for v in vols] if channels == 1 else group_channel_files(_case_files(Path(input_path), vols),
@@ -534,6 +604,49 @@ def _volume_inputs(path: Path) -> list[Path]:
                              "them in separate folders")
         return vols
     return []
+
+
+def _refuse_extra_channels(vols: Sequence[Path], channels: int, limit: int = 10) -> None:
+    """Refuse volume inputs named as nnU-Net channel files (``<case>_<NNNN>``, every one of them) of which some have a
+    channel index of ``channels`` or above: those are channels the checkpoint was not trained on (a checkpoint of one
+    channel would otherwise predict ``<case>_0001`` as a case of its own). nnU-Net refuses such inputs too.
+
+    Raises:
+        DatasetError: naming the files, their cases and the checkpoint's channel count.
+    """
+    from mambaseg.data.files import DatasetError, channel_file
+
+    found = [channel_file(v) for v in vols]
+    if not vols or any(f is None for f in found):
+        return
+    extra = [(v, f) for v, f in zip(vols, found) if f is not None and f[1] >= channels]
+    if not extra:
+        return
+    cases = sorted({f[0] for _, f in extra})
+    listed = "\n".join(f"  - {v} (channel {f[1]} of case {f[0]!r})" for v, f in extra[:limit])
+    more = f"\n  ... and {len(extra) - limit} more" if len(extra) > limit else ""
+    files = "<case>_0000" if channels == 1 else f"<case>_0000 ... <case>_{channels - 1:04d}"
+    takes = f"{channels} channel{'s' if channels > 1 else ''} ({files} files only)"
+    raise DatasetError(
+        f"{len(extra)} input file(s) of {len(cases)} case(s) ({', '.join(map(repr, cases[:limit]))}"
+        f"{', ...' if len(cases) > limit else ''}) are nnU-Net channel files of a channel the checkpoint does not "
+        f"take: it was trained on {takes}; nothing was written:\n{listed}{more}\n"
+        f"predict with a checkpoint trained on these channels, or give only the {files} files (if the files are "
+        "separate cases, rename them: a name ending in _NNNN is read as channel NNNN of a case)")
+
+
+def _refuse_no_inputs(path: Path) -> None:
+    """Refuse, naming every file type ``predict_path`` reads, an input that is neither an image nor a volume file, or
+    a folder (or its ``images/`` sub-folder) with neither images nor volumes."""
+    from mambaseg.data.files import VOLUME_SUFFIXES
+
+    kinds = f"image files ({', '.join(IMAGE_EXTENSIONS)}) or volume files ({', '.join(VOLUME_SUFFIXES)})"
+    if path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ValueError(f"input {str(path)!r} is neither an image nor a volume file; expected one of the {kinds}")
+    if path.is_dir():
+        folder = path / "images" if (path / "images").is_dir() else path
+        if not any(f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir()):
+            raise ValueError(f"no {kinds} in folder {str(folder)!r}")
 
 
 def _case_files(path: Path, vols: list[Path]) -> list[Path]:

@@ -13,6 +13,16 @@ A 4-D NIfTI of one channel (X, Y, Z, 1) is read as 3-D and predicted as a 3-D (X
 (as nnU-Net and MONAI write it); one of several channels is refused: several channels come one file per channel,
 nnU-Net's ``<case>_0000``, ``<case>_0001``, ... (:func:`read_channels`).
 
+Axis order of h5/npz predictions: ``label`` and ``spacing`` are in the library's array order (D, H, W), a NIfTI
+source's (Z, Y, X) (its (X, Y, Z) reversed), while ``affine`` is the source's NIfTI voxel-to-world matrix as nibabel
+gives it, which maps voxel indices (x, y, z) = (w, h, d). So ``nib.Nifti1Image(label, affine)`` has the wrong
+geometry (its axes are swapped); the NIfTI image, with the same data and affine as the ``.nii.gz`` prediction of
+that source, is::
+
+    nib.Nifti1Image(label.transpose(2, 1, 0), affine)
+
+(``spacing[::-1]`` is the (x, y, z) voxel size; the source's header codes and units are not stored in h5/npz files.)
+
 Example:
     >>> vol = read_volume("case.nii.gz")
     >>> labels = predict_volume(model, vol.image, image_size=(224, 224), normalization=paper_normalization())
@@ -21,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -175,9 +186,9 @@ def read_channels(paths: Sequence[str | Path], *, scale: str | Sequence[str] = "
     :func:`read_volume` with its ``scale`` (one for all, or one per channel).
 
     Raises:
-        DatasetError: a file unreadable, or whose shape, voxel spacing, axis directions or origin differs from the
-            first file's beyond :data:`~mambaseg.data.nnunet.GEOMETRY_TOLERANCE` (the message names both files:
-            voxels are paired by index, so the channels would not overlay).
+        DatasetError: a file unreadable, or whose shape, voxel spacing or axis directions differ from the first
+            file's beyond :data:`~mambaseg.data.nnunet.GEOMETRY_TOLERANCE` (the message names both files: voxels are
+            paired by index, so the channels would not overlay). Another origin alone is a warning, as in training.
     """
     from mambaseg.data.files import DatasetError, channel_file
     from mambaseg.data.nnunet import GEOMETRY_TOLERANCE, _geometry_mismatch, _origin_shift
@@ -194,8 +205,11 @@ def read_channels(paths: Sequence[str | Path], *, scale: str | Sequence[str] = "
         if v.image.shape != first.image.shape:
             diff = f"shape (D, H, W) {v.image.shape} vs {first.image.shape}"
         elif first.affine is not None and v.affine is not None:
-            diff = (_geometry_mismatch((first.spacing, first.affine), (v.spacing, v.affine))
-                    or _origin_shift(first.affine, v.affine))
+            diff = _geometry_mismatch((first.spacing, first.affine), (v.spacing, v.affine), ref="channel 0's")
+            shift = None if diff else _origin_shift(first.affine, v.affine, ref="channel 0's")
+            if shift:  # voxels still pair by index: a warning, as in training (NnUNetRaw) and nnU-Net
+                warnings.warn(f"{f}: {shift} of {files[0]}; voxels are paired by index, as nnU-Net does (write the "
+                              "channel with channel 0's header to silence this)", UserWarning, stacklevel=2)
         elif v.spacing is not None and first.spacing is not None and not np.allclose(
                 v.spacing, first.spacing, rtol=GEOMETRY_TOLERANCE["spacing"], atol=0.0):  # arrays without an affine
             diff = f"voxel spacing (D, H, W) {v.spacing} vs {first.spacing}"
@@ -303,6 +317,11 @@ def write_prediction(path: str | Path, labels: np.ndarray, reference: Volume | N
     The file type follows ``path``'s suffix: ``.nii``/``.nii.gz`` (needs nibabel), ``.h5`` (dataset ``label``) or
     ``.npz`` (key ``label``), each plus ``spacing`` and ``affine`` (the reference's 4x4 NIfTI matrix) when known, or
     ``.npy``.
+
+    In h5/npz files ``label`` (uint8, or uint16 above 255) and ``spacing`` are stored in (D, H, W) order, a NIfTI
+    source's (Z, Y, X); ``affine`` is the source's NIfTI matrix of voxel indices (x, y, z) = (w, h, d), not of
+    (d, h, w). Rebuild the NIfTI image (the data and affine a ``.nii.gz`` prediction gets) with
+    ``nib.Nifti1Image(label.transpose(2, 1, 0), affine)``; ``nib.Nifti1Image(label, affine)`` swaps the axes.
     """
     from mambaseg.data.nnunet import write_nifti
 

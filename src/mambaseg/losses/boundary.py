@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from mambaseg.losses.dice import upcast
+from mambaseg.losses.dice import check_binary_range, upcast
 from mambaseg.losses.distance_maps import boundary_distance
 from mambaseg.losses.registry import create_loss, register_loss
 
@@ -46,11 +46,10 @@ def _binary_target(logits: torch.Tensor, target: torch.Tensor, name: str) -> tor
             f"{name}: target must be (B, H, W) = {(logits.shape[0],) + tuple(logits.shape[2:])}, "
             f"got {tuple(target.shape)}"
         )
+    check_binary_range(target, name, soft=False)  # names the range (and the /255 fix) before the dtype
     if target.dtype.is_floating_point:
-        raise ValueError(f"{name}: target must hold integer class indices (0/1), got dtype {target.dtype}")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) > 1):
         raise ValueError(
-            f"{name}: binary target values must be 0 or 1, got range [{int(target.min())}, {int(target.max())}]"
+            f"{name}: target must hold integer class indices (0 or 1), got dtype {target.dtype}; pass target.long()"
         )
     return target
 

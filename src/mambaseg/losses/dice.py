@@ -19,7 +19,15 @@ import torch.nn.functional as F
 
 from mambaseg.losses.registry import register_loss
 
-__all__ = ["DiceLoss", "soft_dice", "check_logits_target", "binary_target", "one_hot_target", "upcast"]
+__all__ = [
+    "DiceLoss",
+    "soft_dice",
+    "check_logits_target",
+    "check_binary_range",
+    "binary_target",
+    "one_hot_target",
+    "upcast",
+]
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -53,14 +61,40 @@ def check_logits_target(logits: torch.Tensor, target: torch.Tensor, name: str = 
     return target
 
 
+def check_binary_range(target: torch.Tensor, name: str = "loss", *, soft: bool = True) -> None:
+    """Raise ``ValueError`` unless the values of a binary target lie in [0, 1] (one min/max pass).
+
+    Integer and bool targets must hold 0/1; float targets may hold any value in [0, 1] (soft labels) when ``soft``,
+    for the losses that document them. The message names the range found and, for masks read as 0/255 (8-bit PNG),
+    the fix (divide by 255).
+    """
+    if not target.numel() or target.dtype == torch.bool:
+        return
+    lo, hi = torch.stack(torch.aminmax(target)).tolist()
+    if lo >= 0 and hi <= 1:  # False for NaN too
+        return
+    if target.is_floating_point():
+        want = "float targets in [0, 1] (hard 0/1 or soft labels)" if soft else "targets in {0, 1}"
+        found = f"[{lo:g}, {hi:g}]"
+    else:
+        want, found = "targets in {0, 1}", f"[{int(lo)}, {int(hi)}]"
+    msg = f"{name}: a single-channel (binary) output needs {want}, got values in {found}"
+    if lo >= 0 and hi > 1 and (target.is_floating_point() or hi == 255):
+        if target.is_floating_point():
+            fix = "target / 255" if soft else "(target // 255).long()"
+        else:
+            fix = "target // 255"
+        msg += (f"; masks stored as 0/255 (8-bit images) must be divided by 255 first ({fix}, or (target > 0) "
+                "for any non-zero foreground)")
+    elif lo >= 0 and hi > 1:
+        msg += ("; a label map of several classes needs a multi-class output (num_classes >= 2, loss 'ce_dice'), "
+                "or binarise it first ((target > 0).long())")
+    raise ValueError(msg)
+
+
 def binary_target(target: torch.Tensor, name: str = "loss") -> torch.Tensor:
-    """(B, *spatial) {0, 1} (or soft [0, 1]) target as float."""
-    if not target.is_floating_point():
-        if target.numel() and (target.min() < 0 or target.max() > 1):
-            raise ValueError(
-                f"{name}: a single-channel (binary) output needs targets in {{0, 1}}, got values in "
-                f"[{int(target.min())}, {int(target.max())}]"
-            )
+    """(B, *spatial) {0, 1} (or soft [0, 1]) target as float; ``ValueError`` naming the range for values outside."""
+    check_binary_range(target, name, soft=True)
     return target.to(torch.float64 if target.dtype == torch.float64 else torch.float32)
 
 

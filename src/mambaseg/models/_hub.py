@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from mambaseg.utils.modules import unwrap_model
 from mambaseg.models._pretrained import PRETRAINED_FORMAT, PretrainedError, read_weights
 
 __all__ = ["save_pretrained", "from_pretrained", "model_card"]
@@ -88,7 +89,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike[str], card: M
     """Write ``config.json`` + ``model.safetensors`` + ``README.md`` for a model built by ``create_model``.
 
     Args:
-        model: a model from :func:`mambaseg.create_model` (its ``mambaseg_spec`` names how to rebuild it).
+        model: a model from :func:`mambaseg.create_model` (its ``mambaseg_spec`` names how to rebuild it), also
+            wrapped by ``torch.compile`` (or DDP): the wrapped model's weights are written, under its own key names.
         directory: the folder (created; existing files of the same names are replaced).
         card: model-card fields: ``training_data`` (str), ``metrics`` (dict name -> value), ``command`` (str),
             ``license``, ``notes``, ``base_model``, ``datasets`` (list), ``label_map`` (dict).
@@ -101,6 +103,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike[str], card: M
 
     from mambaseg.version import __version__
 
+    model = unwrap_model(model)  # torch.compile(m).state_dict() prefixes every key with '_orig_mod.'
     spec = getattr(model, "mambaseg_spec", None)
     if not isinstance(spec, dict) or "name" not in spec:
         raise PretrainedError("save_pretrained needs a model built by mambaseg.create_model (no mambaseg_spec found)")

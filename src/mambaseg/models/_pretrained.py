@@ -30,6 +30,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from mambaseg.utils.modules import unwrap_model
+
 __all__ = [
     "WeightsFile",
     "LoadReport",
@@ -396,7 +398,7 @@ def load_weights(
     not fit is reported as mismatched.
 
     Args:
-        model: the target network.
+        model: the target network (a ``torch.compile`` / DDP wrapper is unwrapped: its parameters are the model's).
         state_dict: weights under the model's key names.
         strict: raise :class:`PretrainedError` unless every model key is loaded (or adapted/re-initialised by design)
             and every source key is used.
@@ -412,6 +414,7 @@ def load_weights(
     Returns:
         The :class:`LoadReport`. Nothing is copied into the model when a load fails.
     """
+    model = unwrap_model(model)  # a torch.compile / DDP wrapper's state dict has its own key prefix
     report = LoadReport(expected_missing=list(expected_missing or []), notes=list(notes or []),
                         dropped=list(dropped or []), source=source, fmt=fmt)
     target = model.state_dict()
@@ -515,6 +518,7 @@ def load_pretrained(
     Raises:
         PretrainedError: unreadable file, a model name that does not match, or (strict) weights that do not fit.
     """
+    model = unwrap_model(model)  # torch.compile(m) / DDP: load into m (the wrapper shares its parameters)
     wf = source if isinstance(source, WeightsFile) else read_weights(source, key=key)
     spec = _model_spec(model)
     if fmt is not None:
@@ -552,6 +556,7 @@ def init_from(model: nn.Module, path: str | os.PathLike[str], strict: bool = Fal
     any gap except those documented by a converted checkpoint. Either way a file that fills less than ``min_loaded``
     of the model's weights (10 %: an ImageNet encoder fills most of a VM-UNet, a checkpoint of another network next to
     nothing) is refused with :class:`PretrainedError` before anything is copied; ``min_loaded=0`` accepts it.
+    A ``torch.compile`` (or DDP) wrapper may be passed: the weights go into the model it wraps.
 
     Returns:
         The :class:`LoadReport` (print it: ``print(report)``).

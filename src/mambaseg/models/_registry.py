@@ -36,6 +36,17 @@ class ModelInfo:
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
+#: why ``pretrained=True`` is refused, and what to pass instead
+NO_HOSTED_WEIGHTS = (
+    "mambaseg hosts no weights to download, so there is nothing for pretrained=True to fetch. Pass the path of a "
+    "weights file instead: a checkpoint written by mambaseg train, a save_pretrained folder, or an official paper / "
+    "ImageNet checkpoint converted once with `mambaseg convert --from FORMAT FILE --out OUT.pt` (add --partial for "
+    "an ImageNet encoder; in Python mambaseg.convert_checkpoint(FILE, FORMAT, OUT.pt, partial=True); "
+    "`mambaseg convert --list` names the formats), then pretrained='OUT.pt'; an official file of a whole trained "
+    "network also loads as it is with pretrained=FILE, pretrained_format=FORMAT. pretrained=False or None builds "
+    "the model randomly initialised"
+)
+
 
 def register_model(
     fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, paper: str = "", description: str = "",
@@ -113,7 +124,7 @@ def create_model(
     num_classes: int | None = None,
     in_chans: int | None = None,
     *,
-    pretrained: str | os.PathLike[str] | None = None,
+    pretrained: str | os.PathLike[str] | bool | None = None,
     pretrained_format: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
@@ -130,7 +141,9 @@ def create_model(
             :func:`save_pretrained` folder, or an official file together with ``pretrained_format``. The
             architecture options stored in a mambaseg checkpoint (``depths``, ``arch``, ``variant``, ...) are used
             unless given here. The load is strict except for the gaps a converted checkpoint documents; the
-            report is kept on ``model.pretrained_report``.
+            report is kept on ``model.pretrained_report``. ``None`` or ``False`` (timm's spelling): random
+            initialisation. ``True`` is refused (``PretrainedError``, a ``ValueError``): no weights are hosted for
+            download; the message says which file to pass instead.
         pretrained_format: converter name for an official file (see ``mambaseg convert --help``).
         **kwargs: model-specific options. ``image_size`` (H, W) (the library's name for the input size, as in
             ``data.image_size``) is mapped to the paper's ``img_size`` of models built for a fixed input size and
@@ -145,6 +158,12 @@ def create_model(
         >>> m = create_model("vmunet", num_classes=3, pretrained="vmunet_from_vmamba_small.pt")  # doctest: +SKIP
     """
     info = model_info(name)
+    if pretrained is False:  # timm's pretrained=False: no weights
+        pretrained = None
+    elif pretrained is True:
+        from mambaseg.models._pretrained import PretrainedError
+
+        raise PretrainedError(f"create_model({name!r}, pretrained=True): {NO_HOSTED_WEIGHTS}")
     wf = None
     if pretrained is not None and pretrained_format is None:
         from mambaseg.models._pretrained import read_weights

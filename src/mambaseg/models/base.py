@@ -78,9 +78,13 @@ class SegmentationModel(nn.Module):
     def check_size(self, h: int, w: int) -> None:
         """Raise ``ValueError`` naming a valid size if the model cannot take (h, w) inputs."""
         if self.fixed_size is not None and (h, w) != tuple(self.fixed_size):
+            # the size to rebuild for must itself be one the model takes: the input's, or the nearest multiple
+            rebuild = (nearest_valid_size(h, self.stride), nearest_valid_size(w, self.stride))
+            also = "" if rebuild == (h, w) else f" and resize the input to it (H, W must be multiples of {self.stride})"
             raise ValueError(
                 f"{type(self).__name__} was built for img_size={tuple(self.fixed_size)} (H, W) but got {(h, w)}; "
-                f"resize the input or rebuild with create_model(..., img_size=({h}, {w}))"
+                f"resize the input to {tuple(self.fixed_size)}, or rebuild with create_model(..., img_size={rebuild})"
+                + also
             )
         s = self.stride
         if h % s or w % s:

@@ -36,7 +36,7 @@ from mambaseg.layers.cross_scale_mamba import CrossScaleMambaBlock
 from mambaseg.layers.pcam import PCAM
 from mambaseg.layers.sweep_mamba import SweepMamba
 from mambaseg.models._registry import register_model
-from mambaseg.models.base import SegmentationModel
+from mambaseg.models.base import SegmentationModel, nearest_valid_size
 
 __all__ = ["DecoderBlock", "DermoMamba", "EncoderBlock", "ResMambaBlock"]
 
@@ -146,9 +146,10 @@ class DermoMamba(SegmentationModel):
         n_down = len(channels) - 1
         self.stride = 2**n_down
         if h <= 0 or w <= 0 or h % self.stride or w % self.stride:
+            near = (nearest_valid_size(h, self.stride), nearest_valid_size(w, self.stride))
             raise ValueError(
                 f"DermoMamba: img_size={(h, w)} must be positive multiples of {self.stride} (H, W); "
-                f"e.g. (192, 256) as in the paper"
+                f"the nearest valid size is {near} ((192, 256) in the paper)"
             )
         for c in channels[:-1]:
             if c % 4:
