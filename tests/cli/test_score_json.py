@@ -32,13 +32,19 @@ def test_score_of_all_empty_masks_writes_strict_json_with_null(tmp_path):
         for name in ("a", "b"):
             Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / d / f"{name}.png")
     res = CliRunner().invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--json",
-                                   "--out", str(tmp_path / "s.json")])
+                                   "--out", str(tmp_path / "s.json"), "--empty-policy", "nan"])
     assert res.exit_code == 0, res.output
     for text in ((tmp_path / "s.json").read_text(), _json_part(res.output)):
         out = _strict(text)
         assert out["dice"] is None and out["iou"] is None and out["per_case_dice"] is None
         assert out["pooled"]["sen"] is None and out["pooled"]["per_class"]["sen"] == [None]
         assert out["pooled"]["acc"] == 1.0 and out["cases"][0]["dice"] is None
+    # TransUNet's rule scores empty predictions 0; the pooled Dice (no per-case rule) stays undefined
+    res = CliRunner().invoke(app, ["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--json",
+                                   "--empty-policy", "transunet"])
+    out = _strict(_json_part(res.output))
+    assert out["dice"] is None and out["per_case_dice"] == 0.0 and out["hd95"] == 0.0
+    assert out["empty_masks"]["both_empty"] == 2
 
 
 def test_atomic_write_json_writes_nan_as_null_and_inf_as_a_string(tmp_path):

@@ -176,12 +176,18 @@ def test_cli_folds_one_at_a_time_then_evaluate_cv(tiny_model, cv_data, tmp_path)
     finally:
         torch.set_num_threads(threads)
     words = " ".join(res.output.split())
-    assert "train the other fold(s) 1" in words and "score the out-of-fold" in words
+    assert "train the other fold(s) [1] of 2 (0-based)" in words and "score the out-of-fold" in words
+    # folds are named "fold i of k (0-based)" wherever they are printed, never "fold 0/1"
+    assert "fold 0 of 2 (0-based): 6 training cases, 6 held out" in words and "fold 0/" not in words
     res = runner.invoke(app, base + ["--fold", "1"])
     assert res.exit_code == 0, res.output
-    assert "other fold(s)" not in res.output and "score the out-of-fold predictions with" in " ".join(res.output.split())
+    words = " ".join(res.output.split())
+    assert "other fold(s)" not in res.output and "score the out-of-fold predictions with" in words
+    assert "fold 1 of 2 (0-based):" in words and "fold 1/" not in res.output
     res = runner.invoke(app, base + ["--fold", "all"])
     assert res.exit_code == 0 and "skipped" in res.output
+    words = " ".join(res.output.split())
+    assert "fold 0 of 2 (0-based): already trained" in words and "fold 1 of 2 (0-based): already trained" in words
     res = runner.invoke(app, base + ["--fold", "7"])
     assert res.exit_code == 1 and "out of range" in res.output
     k = base.index("--folds")

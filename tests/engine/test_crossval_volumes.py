@@ -292,11 +292,19 @@ def test_cli_cross_validates_a_volumetric_dataset(tiny_model, acdc_cv, tmp_path)
 
     res = runner.invoke(app, train("5", root))
     assert res.exit_code == 0, res.output
+    words = " ".join(res.output.split())
+    assert all(f"fold {i} of 5 (0-based): " in words for i in range(5)) and "fold 4/4" not in words
     res = runner.invoke(app, ["evaluate", "--cv", str(root)])
     assert res.exit_code == 0, res.output
     assert "10 cases" in res.output and "mean per-volume dice" in res.output and "RV" in res.output
     saved = json.loads((root / "cv_metrics.json").read_text())
     assert f"{saved['per_case_dice']:.4f}" in res.output
+    # the rule of evaluate and training's validation, named with what it decided, in volumes
+    from mambaseg.metrics.hd95 import describe_empty_masks
+
+    assert saved["conventions"]["empty_policy"] == "transunet"
+    note = describe_empty_masks(saved["empty_masks"], "transunet", "volume")
+    assert note.startswith("TransUNet rule") and note in " ".join(res.output.split())
     res = runner.invoke(app, train("6", tmp_path / "six"))  # 5 patients: six folds cannot keep phases together
     assert res.exit_code == 1 and "at least 6 groups" in res.output
 
@@ -333,7 +341,7 @@ def test_nnunet_folds_score_each_volume_with_its_own_spacing(tiny_model, tmp_pat
     assert case_pool(data, "nnunet") == [f"case_{i:03d}" for i in range(4)]
     root = tmp_path / "cv"
     train_folds(_volume_cfg(data, root, **{"model.num_classes": 3}), folds=2, fold="all")
-    res = evaluate_cv(root)
+    res = evaluate_cv(root, empty_policy="nan")  # "inf" / None mark the HD95 values an empty mask decided
     assert res["n_cases"] == 4 and res["conventions"]["units"] == "each case's own voxel spacing (mm)"
     # one case's HD95, recomputed in mm from its saved prediction and its NIfTI label
     from mambaseg.data.nnunet import NnUNetRaw
@@ -476,7 +484,7 @@ def test_out_of_fold_volumes_keep_their_geometry_and_score_back(tiny_model, tmp_
     data = _nnunet_raw(tmp_path / "raw")
     root = tmp_path / "cv"
     train_folds(_volume_cfg(data, root, **{"model.num_classes": 3}), folds=2, fold="all")
-    res = evaluate_cv(root)
+    res = evaluate_cv(root, empty_policy="nan")  # "inf" / None mark the HD95 values an empty mask decided
     assert res["n_cases"] == 4 and res["conventions"]["units"] == "each case's own voxel spacing (mm)"
     flat = tmp_path / "predictions"
     flat.mkdir()

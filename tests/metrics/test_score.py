@@ -68,10 +68,30 @@ def test_pooled_differs_from_per_case_and_empty_policies():
     assert [c["dice"] for c in nan["cases"]][2] is None and one["cases"][2]["dice"] == 1.0
     assert one["cases"][2]["hd95"] == 0.0 and one["cases"][2]["nsd"] == 1.0
     assert nan["worst"][0] == {"id": "a", "dice": 0.5} and nan["n_below"]["count"] == 1
-    # exactly one empty: Dice 0, HD95 inf (kept in the mean), NSD 0
-    miss = score_cases([("m", empty, gt)], num_classes=1)
+    # exactly one empty under nan: Dice 0, HD95 inf (kept in the mean), NSD 0
+    miss = score_cases([("m", empty, gt)], num_classes=1, empty_policy="nan")
     assert miss["cases"][0]["dice"] == 0.0 and miss["cases"][0]["hd95"] == "inf" and miss["nsd"] == 0.0
     assert miss["hd95"] == "inf"
+    assert miss["empty_masks"]["note"] == "nan rule: 1 of 1 cases with an empty prediction counts inf"
+    # the default, TransUNet's rule (evaluate's): an empty prediction scores Dice 0, HD95 0, NSD 0, also when the
+    # ground truth is empty; a prediction without ground truth Dice 1, HD95 0, NSD 1; the pooled Dice has no rule
+    tu = score_cases(cases + [("m", empty, gt), ("x", gt, empty)], num_classes=1, empty_policy="transunet")
+    assert tu["conventions"]["empty_policy"] == "transunet"
+    # the default for 2-D images is the 2-D evaluator's rule ("one"): both empty is a perfect case
+    auto = score_cases(cases + [("m", empty, gt), ("x", gt, empty)], num_classes=1)
+    assert auto["conventions"]["empty_policy"] == "one"
+    rows = {r["id"]: r for r in tu["cases"]}
+    assert (rows["c"]["dice"], rows["c"]["hd95"], rows["c"]["nsd"]) == (0.0, 0.0, 0.0)
+    assert (rows["m"]["dice"], rows["m"]["hd95"], rows["m"]["nsd"], rows["m"]["iou"]) == (0.0, 0.0, 0.0, 0.0)
+    assert (rows["x"]["dice"], rows["x"]["hd95"], rows["x"]["nsd"], rows["x"]["iou"]) == (1.0, 0.0, 1.0, 1.0)
+    assert tu["per_case_dice"] == pytest.approx((0.5 + 1 + 0 + 0 + 1) / 5)
+    assert tu["hd95"] == pytest.approx(2.0 / 5)  # a's 2 px, the others 0 by the rule
+    assert {k: tu["empty_masks"][k] for k in ("empty_pred", "empty_gt", "both_empty", "values", "cases_affected")} \
+        == {"empty_pred": 1, "empty_gt": 1, "both_empty": 1, "values": 5, "cases_affected": 3}
+    assert tu["empty_masks"]["note"] == ("TransUNet rule: 1 of 5 cases with an empty prediction, 1 with an empty "
+                                         "ground truth and 1 with both masks empty count 0")
+    assert tu["dice"] == pytest.approx(score_cases(cases + [("m", empty, gt), ("x", gt, empty)], num_classes=1,
+                                                   empty_policy="nan")["dice"])
 
 
 def test_multiclass_scores_each_foreground_class():
@@ -106,7 +126,7 @@ def test_score_cli_matches_by_stem_and_names_unmatched_files(tmp_path):
     out = json.loads((tmp_path / "s.json").read_text())
     assert out["dice"] == pytest.approx((16 + 32) / (32 + 32))
     assert out["nsd"] == pytest.approx((2 / 3 + 1) / 2, abs=1e-6)
-    assert out["conventions"]["units"] == "pixels" and out["conventions"]["empty_policy"] == "nan"
+    assert out["conventions"]["units"] == "pixels" and out["conventions"]["empty_policy"] == "one"
     _write(tmp_path / "pred" / "z.png", gt * 255)
     with pytest.raises(DatasetError, match=r"prediction without ground truth: .*z\.png"):
         match_mask_files(tmp_path / "pred", tmp_path / "gt")

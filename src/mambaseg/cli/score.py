@@ -37,8 +37,13 @@ def score(
                                           "own voxel spacing where its file has one (NIfTI header)."),
     nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="NSD tolerance, in the units of --spacing "
                                         "(pixels without it)."),
-    empty_policy: str = typer.Option("nan", "--empty-policy", help="Both masks empty: nan (left out of the means, "
-                                     "nnU-Net/MONAI) or one (a perfect case). One empty: Dice 0, HD95 inf, NSD 0."),
+    empty_policy: str = typer.Option("auto", "--empty-policy", help="Empty masks: auto (default: the rule evaluate "
+                                     "uses, transunet for volumes, one for 2-D images), transunet (the papers' rule: "
+                                     "an empty prediction scores Dice 0, HD95 0, NSD 0; a prediction without ground "
+                                     "truth Dice 1, HD95 0, NSD 1), nan (nnU-Net/MONAI: "
+                                     "both empty left out of the means, one empty Dice 0, HD95 inf, NSD 0) or one "
+                                     "(both empty a perfect case, one empty as nan). The summary says how many cases "
+                                     "the rule decided."),
     label_values: Optional[str] = typer.Option(None, "--label-values", help="Multi-class masks: the pixel value of "
                                                "each class index, e.g. 0,85,170,255 (default: binary 0/255 or 0/1; "
                                                "volumes: class indices 0 .. the largest in the ground truth)."),
@@ -102,13 +107,22 @@ def _report(result: dict, pred_dir: Path, gt_dir: Path, out: Optional[Path], as_
     if as_json:
         typer.echo(json_text(result))  # strict JSON: undefined (NaN) -> null
         return
+    from mambaseg.metrics.hd95 import describe_empty_masks
+
     worst = ", ".join(f"{w['id']} {w['dice']:.3f}" for w in result["worst"][:5])
+    rule = (result.get("empty_masks") or {}).get("note") or describe_empty_masks(
+        None, result["conventions"].get("empty_policy", empty_policy))
     console.print(f"{result['n_cases']} cases: pooled dice {result['dice']:.4f}  iou {result['iou']:.4f}  per-case "
-                  f"dice {result['per_case_dice']:.4f}  HD95 {result['hd95']}  NSD@{nsd_tolerance:g} {result['nsd']} "
-                  f"({result['conventions']['units']}; empty policy {empty_policy}); worst: {worst}"
+                  f"dice {result['per_case_dice']:.4f}  HD95 {_num(result['hd95'])}  NSD@{nsd_tolerance:g} "
+                  f"{_num(result['nsd'], '.4f')} ({result['conventions']['units']}; {rule}); worst: {worst}"
                   + (f"\n{len(unpredicted)} ground truth(s) without a prediction not scored (--only-predicted)"
                      if unpredicted else "")
                   + (f"\n-> {out}" if out else ""), highlight=False)
+
+
+def _num(v: Any, spec: str = ".2f") -> str:
+    """A JSON-ready number for a summary line: a float formatted, ``"inf"`` as it is, ``None`` (NaN) as n/a."""
+    return format(v, spec) if isinstance(v, float) else "n/a" if v is None else str(v)
 
 
 def _score_volumes(pred_dir: Path, gt_dir: Path, *, spacing: Optional[list[float]], nsd_tolerance: float,

@@ -117,7 +117,8 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (e.g. a run's config.yaml)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="JSON file whose content is passed to the model as arch=."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Shipped recipe name (e.g. vmunet_ph2)."),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any config field: section.field=value (repeatable)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any config field: "
+                                                  "section.field=value (repeatable)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (per-epoch lines only)."),
     compile_model: bool = typer.Option(False, "--compile", help="Train through torch.compile (train.compile; "
                                        "the first steps compile for minutes)."),
@@ -169,6 +170,10 @@ def train(
     result = run_training(cfg, resume=resume_from if resume else None, console=console,
                           show_progress=not no_progress)
     if result.rank == 0:
+        if "n_volumes" in (result.metrics or {}):  # the best checkpoint's HD95 with its empty-mask rule, in words
+            from mambaseg.cli.evaluate import summary_line
+
+            console.print(summary_line(f"best val (epoch {result.best_epoch})", result.metrics), highlight=False)
         console.print(f"run directory: {result.run_dir}  (best {cfg.train.best_metric} = {result.best_value:.4f} "
                       f"at epoch {result.best_epoch})", highlight=False)
 
@@ -177,7 +182,7 @@ def _train_cv(*, folds: int, fold: str, tta: str, resume: bool, no_progress: boo
               threads: str, out: Optional[str], **options) -> None:
     """``--folds K [--fold i|all]``: the folds of a cross-validation rooted at ``--out`` (see
     :mod:`mambaseg.engine.crossval`); ``--resume`` continues from the config the folds were started with."""
-    from mambaseg.engine.crossval import fold_complete, train_folds
+    from mambaseg.engine.crossval import fold_complete, folds_label, train_folds
 
     if out is None:
         raise CLIError("--folds needs --out ROOT (the cross-validation root: splits_final.json and fold_i/)")
@@ -197,7 +202,7 @@ def _train_cv(*, folds: int, fold: str, tta: str, resume: bool, no_progress: boo
     if all(r.rank == 0 for r in results):
         left = [i for i in range(folds) if not fold_complete(root / f"fold_{i}", ("last",))]
         if left:
-            nxt = (f"train the other fold(s) {','.join(map(str, left))} (--fold all skips finished ones), then score "
+            nxt = (f"train the other {folds_label(left, folds)} (--fold all skips finished ones), then score "
                    f"the out-of-fold predictions with: mambaseg evaluate --cv {root}")
         else:
             nxt = f"score the out-of-fold predictions with: mambaseg evaluate --cv {root}"

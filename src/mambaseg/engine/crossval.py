@@ -59,8 +59,8 @@ from mambaseg.data.layouts import case_pool, dataset_folds, detect_layout, layou
 from mambaseg.inference.ensemble import flip_dims, tta_mode
 from mambaseg.utils.files import atomic_write_json, atomic_write_npz
 
-__all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "cv_record", "evaluate_cv", "fold_complete", "fold_config", "oof_dir",
-           "predict_oof", "resolve_cv_folds", "train_folds"]
+__all__ = ["OOF_CHECKPOINTS", "SELECTION_RULES", "cv_record", "evaluate_cv", "fold_complete", "fold_config",
+           "fold_label", "folds_label", "oof_dir", "predict_oof", "resolve_cv_folds", "train_folds"]
 
 OOF_CHECKPOINTS = ("last", "best")
 SELECTION_RULES = {
@@ -69,6 +69,17 @@ SELECTION_RULES = {
     "best": "checkpoint of each fold chosen on its validation split = the held-out fold itself (optimistic: the "
             "selection saw the cases it reports)",
 }
+
+
+def fold_label(i: int, k: int) -> str:
+    """How console lines and messages name fold ``i`` of ``k``: ``"fold 0 of 3 (0-based)"`` (folds are numbered
+    0..k-1, as ``--fold`` and the ``fold_<i>`` folders are)."""
+    return f"fold {i} of {k} (0-based)"
+
+
+def folds_label(folds: Sequence[int], k: int) -> str:
+    """Several folds of ``k`` in words: ``"fold(s) [1, 2] of 3 (0-based)"``."""
+    return f"fold(s) {list(folds)} of {k} (0-based)"
 
 
 def oof_dir(run_dir: str | Path, which: str, tta: str | None = None) -> Path:
@@ -166,13 +177,14 @@ def train_folds(cfg: RunConfig, *, folds: int, fold: int | str | Sequence[int] =
         run_dir = Path(fcfg.train.out)
         if fold_complete(run_dir, checkpoints, tta):
             if console is not None:
-                console.print(f"fold {i}: already trained and predicted ({run_dir}); skipped", highlight=False)
+                console.print(f"{fold_label(i, folds)}: already trained and predicted ({run_dir}); skipped",
+                              highlight=False)
             continue
         has_run = (run_dir / "checkpoints" / "last.pt").is_file()
         finished = (run_dir / "metrics.json").is_file()
         if console is not None:
             n_tr, n_va = len(record["folds"][i]["train"]), len(record["folds"][i]["val"])
-            console.print(f"fold {i}/{folds - 1}: {n_tr} training cases, {n_va} held out -> {run_dir}",
+            console.print(f"{fold_label(i, folds)}: {n_tr} training cases, {n_va} held out -> {run_dir}",
                           highlight=False)
         rank = int(os.environ.get("RANK", "0"))  # under torchrun only the main process predicts
         if not finished:
@@ -397,7 +409,7 @@ def _fold_setup(run_dir: Path, which: str) -> tuple[RunConfig, int]:
 
 def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last", data: str | None = None,
                 out: str | Path | None = None, tta: str | None = None, device: str = "auto", spacing: Any = None,
-                nsd_tolerance: float = 2.0, empty_policy: str = "nan",
+                nsd_tolerance: float = 2.0, empty_policy: str = "auto",
                 postprocess: str | Sequence[str] | None = None) -> dict[str, Any]:
     """Score the pooled out-of-fold predictions of every fold of ``root`` against the ground truth.
 
@@ -418,7 +430,8 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
         tta: ``flip``: score the mirroring-TTA predictions, read from ``oof/<which>_tta_flip`` where a fold saved
             them (``train --folds K --tta flip``), else made now from the fold's checkpoint (in memory);
             default: score the saved ``oof/<which>/masks``.
-        spacing, nsd_tolerance, empty_policy: see :func:`mambaseg.metrics.score.score_cases`.
+        spacing, nsd_tolerance, empty_policy: see :func:`mambaseg.metrics.score.score_cases` (``empty_policy``:
+            ``"transunet"`` by default, the rule ``evaluate`` and training's validation use; ``"nan"`` or ``"one"``).
         postprocess: post-processing of every predicted mask before scoring
             (:func:`mambaseg.inference.postprocess.postprocess_labels`; recorded in the result). Choosing it by this
             score is a selection on the scored cases.
@@ -448,13 +461,15 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
     if tta_mode(tta) != "none":
         missing = [i for i, (ok, c) in enumerate(zip(saved, ckpts)) if not ok and not c.is_file()]
         if missing:
-            raise FileNotFoundError(f"{root}: fold(s) {missing} have neither saved {tta}-TTA predictions "
-                                    f"({oof_dir('fold_i', which, tta)}) nor checkpoints/{which}.pt to make them")
+            raise FileNotFoundError(f"{root}: {folds_label(missing, len(folds))} have neither saved {tta}-TTA "
+                                    f"predictions ({oof_dir('fold_i', which, tta)}) nor checkpoints/{which}.pt to "
+                                    "make them")
     else:
         missing = [i for i in range(len(folds)) if not (root / f"fold_{i}" / "metrics.json").is_file()]
         if missing:
-            raise FileNotFoundError(f"{root}: fold(s) {missing} have not finished training (no metrics.json); "
-                                    f"train them (mambaseg train --folds {len(folds)} --fold all --out {root}) first")
+            raise FileNotFoundError(f"{root}: {folds_label(missing, len(folds))} have not finished training (no "
+                                    f"metrics.json); train them (mambaseg train --folds {len(folds)} --fold all "
+                                    f"--out {root}) first")
     cfg, in_chans = _fold_setup(root / "fold_0", which)
     label_values = None if cfg.data.binary else cfg.data.label_values
     held_out, volumetric, num_classes, class_names = _held_out_folds(cfg, path, layout, record, in_chans, root)
@@ -471,7 +486,8 @@ def evaluate_cv(root: str | Path | Sequence[str | Path], *, which: str = "last",
                     continue
                 mp = oof / (f"{case}.npz" if volumetric else f"{case}.png")
                 if not mp.is_file():
-                    raise FileNotFoundError(f"{mp} is missing: predict the held-out cases of fold {i} first "
+                    raise FileNotFoundError(f"{mp} is missing: predict the held-out cases of "
+                                            f"{fold_label(i, len(folds))} first "
                                             f"(mambaseg train --folds {len(folds)} --fold {i} --resume "
                                             f"--out {root})")
                 if volumetric:  # "label" (or "labels", written before the predict writer was used)
@@ -642,7 +658,8 @@ def _score_oof(cases: Any, *, num_classes: int, spacing: Any, nsd_tolerance: flo
         names = ", ".join(no_spacing[:5]) + (", ..." if len(no_spacing) > 5 else "")
         mixed["spacing"] = (f"{len(no_spacing)} of {len(fold_of)} held-out volumes have no voxel spacing ({names}; "
                             "e.g. volumes rebuilt from the training slices of a volcache written before format /2, "
-                            "which stores no spacing for them; rebuild the cache): their HD95/NSD are in voxels, the others' in mm, so the means mix units; score "
+                            "which stores no spacing for them; rebuild the cache): their HD95/NSD are in voxels, "
+                            "the others' in mm, so the means mix units; score "
                             "against a dataset with every volume's spacing (--data, e.g. the source of the cache) "
                             "for mm")
         warnings.warn(mixed["spacing"], RuntimeWarning, stacklevel=3)

@@ -118,6 +118,8 @@ def evaluate_checkpoint(
     ectx = EvalContext(device=dev, amp_dtype=amp_dtype, batch_size=batch_size or cfg.train.val_batch_size,
                        num_workers=resolve_workers(cfg.data.num_workers, dev), loss_fn=loss_fn, postprocess=steps)
     ds = task.datasets[split]
+    if task.evaluation == "volume_slicewise":
+        _check_channels(ckpt, members[0], task, ds, split, cfg.data.path)
     seen = _seen_in_training(members, split, getattr(ds, "ids", None), first_config=ckpt.get("config"))
     if seen["cases"]:
         warnings.warn(f"{seen['cases']} of the {seen['of']} {split} case(s) were training cases of "
@@ -154,6 +156,35 @@ def evaluate_checkpoint(
                           f"cross-validation fold's held-out cases), not the dataset's own {split} folder",
                           highlight=False)
     return result
+
+
+def _channel_words(names: Any, count: int) -> str:
+    """``"2 channels: CT, T2"`` or ``"1 channel, no channel names recorded"``."""
+    n = f"{count} channel{'s' if count != 1 else ''}"
+    return f"{n}: {', '.join(map(str, names))}" if names else f"{n}, no channel names recorded"
+
+
+def _check_channels(ckpt: dict[str, Any], checkpoint: Path, task: DataTask, ds: Any, split: str,
+                    data: Any) -> None:
+    """Refuse a volumetric dataset whose channel count the checkpoint's model does not take, naming both sides'
+    channels and the first case of the split with its file (a one-channel dataset is repeated for a three-channel
+    model, as :func:`mambaseg.inference.volume.predict_volume` does)."""
+    tinfo = ckpt.get("task") or {}
+    takes = int((ckpt.get("model") or {}).get("in_chans") or tinfo.get("in_chans") or 0)
+    has = int(task.in_chans)
+    if not takes or has == takes or (has == 1 and takes == 3):
+        return
+    trained_on = ((ckpt.get("config") or {}).get("data") or {}).get("path")
+    ids, paths = list(getattr(ds, "ids", None) or []), list(getattr(ds, "paths", None) or [])
+    case = ""
+    if ids:
+        case = f"; e.g. {split} case {ids[0]!r}" + (f" ({paths[0]})" if paths and paths[0] else "")
+    raise ValueError(
+        f"{checkpoint} takes {_channel_words(tinfo.get('channel_names'), takes)}"
+        + (f" (trained on {trained_on})" if trained_on else "")
+        + f", but the {task.name} dataset {data} has {_channel_words(task.info.get('channel_names'), has)}{case}: "
+        "evaluate the checkpoint on volumes with its channels, in its order (a single-channel volume is repeated "
+        "only for 3-channel models)")
 
 
 def _table_title(split: str, members: list[Path], mode: str, epoch: Any) -> str:

@@ -202,7 +202,8 @@ class SegmentationEvaluator2D(Evaluator):
 
     The result dict holds ``"pooled"`` and ``"per_case"`` (each the output of
     :func:`mambaseg.metrics.reduce_stats`; top-level values = foreground, or mean over foreground classes),
-    ``"dice"``/``"iou"`` (pooled foreground DSC/IoU, the papers' headline numbers), ``"per_case_dice"``, ``"n_images"`` and ``"loss"`` when a loss function is given.
+    ``"dice"``/``"iou"`` (pooled foreground DSC/IoU, the papers' headline numbers), ``"per_case_dice"``,
+    ``"n_images"`` and ``"loss"`` when a loss function is given.
     """
 
     name = "segmentation2d"
@@ -407,6 +408,7 @@ class SlicewiseVolumeEvaluator(Evaluator):
                 loss_sum[0] += float(ctx.loss_fn(logits, yt)) * len(idx)
                 n_slices[0] += len(idx)
 
+            _check_channels(model, vol)
             pred = predict_volume(
                 model, vol, image_size=self.image_size, normalization=self.normalization,
                 batch_size=max(1, ctx.batch_size), device=ctx.device, amp_dtype=ctx.amp_dtype, on_batch=on_batch,
@@ -442,6 +444,7 @@ class SlicewiseVolumeEvaluator(Evaluator):
             "hd95_units": rep["hd95_units"],
             "protocol": rep["protocol"],
             "n_volumes": rep["num_volumes"],
+            "empty_masks": rep["empty_masks"],
             "classes": rep["classes"],
             "per_volume": rep["per_volume"],
             "policies": {p: ev.report(p, per_volume=False) for p in self.policies},
@@ -454,11 +457,17 @@ class SlicewiseVolumeEvaluator(Evaluator):
         return volume_summary_table(summary, run_dir)
 
     def headline(self, result: dict[str, Any]) -> dict[str, float]:
+        """Loss, mean Dice and HD95, and each class's Dice; when the empty-mask rule decided some (volume, class)
+        HD95 values, also ``hd95_n_by_<policy>_rule``: how many (so the epoch line shows that ``hd95`` holds them)."""
         out: dict[str, float] = {}
         for k in ("loss", "dice", "hd95"):
             v = result.get(k)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 out[k] = float(v)
+        counts = result.get("empty_masks") or {}
+        decided = sum(int(counts.get(k) or 0) for k in ("empty_pred", "empty_gt", "both_empty"))
+        if decided and "hd95" in out:
+            out[f"hd95_n_by_{result.get('empty_policy', self.primary)}_rule"] = float(decided)
         for name, vals in (result.get("classes") or {}).items():
             v = vals.get("dice")
             if isinstance(v, (int, float)):
@@ -490,8 +499,21 @@ def volume_summary_table(summary: dict[str, Any], run_dir: Any) -> Any:
                       fmt(rep.get("mean_hd95")))
     tr = summary.get("train") or {}
     cap = f"{tr.get('epochs')} epochs, {tr.get('steps')} steps, {tr.get('seconds')} s — " if tr else ""
-    table.caption = cap + str(run_dir)
+    rules = [rep["empty_masks"]["note"] for rep in policies.values() if (rep.get("empty_masks") or {}).get("note")]
+    table.caption = cap + str(run_dir) + "".join(f"\nHD95 {r}" for r in rules)
+    if rules:
+        table.caption_justify = "left"
     return table
+
+
+def _check_channels(model: nn.Module, vol: Any) -> None:
+    """Refuse, naming the case and its file, a volume whose channel count the model does not take (a one-channel
+    volume is repeated for a three-channel model)."""
+    expected = int(getattr(model, "in_chans", 0) or 0)
+    got = vol.num_channels
+    if expected and got != expected and not (got == 1 and expected == 3):
+        raise ValueError(f"volume {vol.id!r} ({vol.path or 'no file'}) has {got} channel(s) but the model takes "
+                         f"{expected} (a single-channel volume is repeated only for 3-channel models)")
 
 
 def evaluator_for(task: Any, image_size: Sequence[int]) -> Evaluator:

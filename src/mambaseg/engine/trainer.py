@@ -1121,7 +1121,9 @@ def _epoch_line(rec: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {rec['epoch']}/{epochs}", f"step {rec['step']}", f"train loss {rec['train_loss']:.4f}",
              f"lr {rec['lr']:.3g}", f"{rec.get('time', 0):.1f}s"]
     if "val" in rec:
-        parts.append(" ".join(f"val {k} {v:.4f}" for k, v in rec["val"].items()))
+        # counts (hd95_n_by_<rule>_rule: values an empty-mask rule decided) as integers, scores with 4 decimals
+        parts.append(" ".join(f"val {k} {int(v)}" if k.startswith("hd95_n_by_") else f"val {k} {v:.4f}"
+                              for k, v in rec["val"].items()))
     if rec.get("best"):
         parts.append("(best)")
     return " | ".join(parts)

@@ -143,7 +143,10 @@ def export_metadata(model: nn.Module, input_shape: Sequence[int],
     ``mambaseg.normalization``: the checkpoint's mean/std or ``None``), the logits -> labels rule
     (``mambaseg.labels``), the checkpoint's label map (``mambaseg.label_map`` or ``None``) and where the weights
     come from (``mambaseg.source``). ``checkpoint`` (a path or a loaded checkpoint) supplies the normalisation, the
-    label map and the source; without it the model is described as freshly initialised. docs/cpu_inference.md
+    label map and the source; without it the model is described as freshly initialised. A checkpoint trained on
+    volumes (ACDC, Synapse, nnU-Net raw, a volcache) gets the volume pipeline of ``mambaseg predict`` instead of the
+    2-D image one: slices along D, each channel's intensity scaling by its recorded name, the cubic zoom to the network
+    size and the nearest zoom of the labels back (``mambaseg.labels`` then has ``resize_labels``). docs/cpu_inference.md
     lists the keys.
     """
     ckpt: Mapping[str, Any] | None
@@ -177,7 +180,11 @@ def export_metadata(model: nn.Module, input_shape: Sequence[int],
         labels: dict[str, Any] = {"rule": "sigmoid_threshold", "threshold": float(threshold)}
     else:
         labels = {"rule": "argmax"}
-    labels["resize_logits"] = "bilinear"
+    if _volumetric(ckpt):  # slice by slice through volumes: the pipeline of mambaseg.inference.volume
+        preprocessing = _volume_preprocessing(ckpt, in_chans, (h, w))
+        labels["resize_labels"] = "nearest"  # labels at the network size, zoomed back (order 0)
+    else:
+        labels["resize_logits"] = "bilinear"
     return {
         "mambaseg.format": METADATA_FORMAT[0],
         "mambaseg.format_version": METADATA_FORMAT[1],
@@ -195,6 +202,81 @@ def export_metadata(model: nn.Module, input_shape: Sequence[int],
         "mambaseg.label_map": {str(k): int(v) for k, v in label_map.items()} if label_map else None,
         "mambaseg.source": source,
     }
+
+
+#: layouts whose checkpoints predict volumes slice by slice (checkpoints that do not record their evaluator)
+_VOLUME_LAYOUTS = ("acdc", "synapse", "nnunet", "volcache")
+
+
+def _volumetric(ckpt: Mapping[str, Any] | None) -> bool:
+    """Whether a checkpoint was trained on volumes (its task's evaluator, else its layout)."""
+    task = (ckpt or {}).get("task") or {}
+    return task.get("evaluator") == "volume_slicewise" or task.get("layout") in _VOLUME_LAYOUTS
+
+
+def _scale_rule(scale: str) -> dict[str, Any]:
+    """What a :func:`mambaseg.inference.volume.read_volume` ``scale`` does to one channel's whole volume."""
+    from mambaseg.data.nnunet import CT_WINDOW
+
+    minmax = "(x - min) / (max - min) over the whole volume of this channel (a constant volume gives zeros)"
+    if scale == "ct":
+        lo, hi = CT_WINDOW
+        return {"scale": "ct", "window": [lo, hi],
+                "rule": f"clip to the CT window [{lo:g}, {hi:g}] (Hounsfield units), then (x - {lo:g}) / {hi - lo:g}"}
+    if scale == "minmax":
+        return {"scale": "minmax", "rule": minmax}
+    if scale == "auto":
+        return {"scale": "auto", "rule": f"NIfTI files: {minmax}; h5/npz/npy arrays already within [0, 1]: kept as "
+                                         f"they are, others: {minmax}"}
+    return {"scale": scale, "rule": "kept as read"}
+
+
+def _volume_preprocessing(ckpt: Mapping[str, Any], in_chans: int, size: tuple[int, int]) -> dict[str, Any]:
+    """``mambaseg.preprocessing`` of a checkpoint trained on volumes: how ``mambaseg predict`` reads, scales, slices,
+    resizes and normalises a volume, and brings the labels back (:mod:`mambaseg.inference.volume`). Each channel's
+    scaling comes from the checkpoint's recorded channel names by
+    :func:`~mambaseg.inference.volume.channel_intensities` / :func:`~mambaseg.inference.volume
+    .intensity_for_checkpoint`, the functions ``predict`` uses."""
+    from mambaseg.inference.volume import channel_intensities, intensity_for_checkpoint
+
+    task = dict(ckpt.get("task") or {})
+    names = list(task.get("channel_names") or [])
+    # one volume channel per recorded name (nnU-Net), else the layout's single channel (repeated for 3-channel models)
+    channels = len(names) or (in_chans if task.get("layout") == "nnunet" else 1)
+    note = None
+    try:
+        scales = channel_intensities(dict(ckpt)) if channels > 1 else [intensity_for_checkpoint(dict(ckpt))]
+    except ValueError as exc:  # an nnU-Net run that records no channel names: the scaling is unknown
+        scales, note = ["unknown"] * channels, str(exc)
+    entries = []
+    for i, sc in enumerate(scales or ["auto"] * channels):
+        rule = _scale_rule(sc) if sc != "unknown" else {"scale": "unknown", "rule": note}
+        entries.append({"index": i, "name": names[i] if i < len(names) else None, **rule})
+    h, w = size
+    out: dict[str, Any] = {
+        "kind": "volume_slicewise",
+        "steps": ["read", "scale", "slice", "resize", "normalize", "nchw", "labels_back"],
+        "read": "one (D, H, W) float32 array per channel: a NIfTI file's (X, Y, Z) data transposed to (Z, Y, X) = "
+                "(D, H, W) (nibabel: np.asanyarray(img.dataobj).transpose(2, 1, 0)); h5 dataset 'image', npz key "
+                "'image' (or 'img') and npy arrays as stored, (D, H, W); several channels come one file per channel "
+                "(nnU-Net's <case>_0000, <case>_0001, ...), in the order of 'channels'",
+        "channels": entries,
+        "scale": "each channel's whole volume by its 'channels' entry's rule, to [0, 1], before slicing",
+        "slice": {"axis": 0, "rule": "slice by slice along the first (D) axis of the (D, H, W) volume: slice z is one "
+                                     "network input, (H, W, C) with the channels stacked last in channel order"},
+        "resize": {"to": [h, w], "method": "spline", "order": 3,
+                   "rule": f"each channel of the slice zoomed to {h} x {w} with scipy.ndimage.zoom(x, ({h} / H, {w} "
+                           "/ W), order=3) (cubic spline, scipy's defaults)"},
+        "normalize": "(x - mean) / std per channel with mambaseg.normalization, after the resize (none when null)",
+        "labels_back": {"rule": "labels at the network size (mambaseg.labels), each label slice zoomed back to the "
+                                "volume's H x W with scipy.ndimage.zoom(labels, (H / h, W / w), order=0) (nearest), "
+                                "stacked along D into a (D, H, W) label volume (for a NIfTI output transpose it back "
+                                "to (X, Y, Z) and keep the source's affine)",
+                        "method": "nearest", "order": 0},
+    }
+    if channels == 1 and in_chans == 3:
+        out["repeat_channels"] = {"to": 3, "rule": "the single channel repeated 3 times (after the resize)"}
+    return out
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike[str], input_shape: Sequence[int], *, opset: int = 18,

@@ -16,7 +16,10 @@ Sensitivity is the exception: without a ground-truth pixel it is undefined and a
 reported as 1.0); the per-case mean leaves such images out, and a class without any ground-truth pixel in
 the whole split has a NaN pooled sensitivity. ``empty="nan"`` instead gives NaN and the per-case mean skips it
 (MONAI's convention). Under ``"pooled"`` a zero denominator only happens when a class is absent from
-every image and never predicted.
+every image and never predicted. ``empty="transunet"`` applies the TransUNet / VM-UNet / MSVM-UNet rule
+(:mod:`mambaseg.metrics.hd95`) to DSC and IoU: an empty prediction scores 0 (also when the ground truth is empty), a
+non-empty prediction without ground truth scores 1; Acc and Spe are NaN where their denominator is zero, as under
+``"nan"``.
 
 Binary tasks: with ``num_classes == 1`` predictions and targets are {0, 1} masks and the statistics
 have one class, the foreground. With ``num_classes >= 2`` class 0 is the background and the reported
@@ -39,7 +42,7 @@ __all__ = [
 ]
 
 METRIC_NAMES = ("acc", "sen", "spe", "dsc", "iou")
-_EMPTY = ("one", "nan")
+_EMPTY = ("one", "nan", "transunet")
 
 
 def _as_labels(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -108,7 +111,7 @@ def confusion_stats(pred: torch.Tensor, target: torch.Tensor, num_classes: int, 
 
 
 def _div(num: torch.Tensor, den: torch.Tensor, empty: str) -> torch.Tensor:
-    fill = 1.0 if empty == "one" else float("nan")
+    fill = 1.0 if empty == "one" else float("nan")  # "transunet": NaN (its DSC/IoU rule is _transunet's)
     out = torch.full_like(num, fill)
     nz = den != 0
     out[nz] = num[nz] / den[nz]
@@ -123,13 +126,24 @@ def scores_from_stats(stats: torch.Tensor, *, empty: str = "one") -> dict[str, t
         raise ValueError(f"stats must end with an axis of 4 (TP, FP, FN, TN), got shape {tuple(stats.shape)}")
     s = stats.double()
     tp, fp, fn, tn = s.unbind(-1)
-    return {
+    out = {
         "acc": _div(tp + tn, tp + fp + fn + tn, empty),
         "sen": _div(tp, tp + fn, "nan"),  # undefined without ground-truth pixels, under either policy
         "spe": _div(tn, tn + fp, empty),
         "dsc": _div(2 * tp, 2 * tp + fp + fn, empty),
         "iou": _div(tp, tp + fp + fn, empty),
     }
+    if empty == "transunet":
+        for k in ("dsc", "iou"):
+            out[k] = _transunet(out[k], tp + fp, tp + fn)
+    return out
+
+
+def _transunet(score: torch.Tensor, n_pred: torch.Tensor, n_gt: torch.Tensor) -> torch.Tensor:
+    """TransUNet's empty-mask rule on a DSC/IoU tensor: 0 where the prediction is empty, 1 where only the ground
+    truth is."""
+    score = torch.where((n_pred > 0) & (n_gt == 0), torch.ones_like(score), score)
+    return torch.where(n_pred == 0, torch.zeros_like(score), score)
 
 
 def _foreground_classes(num_stat_classes: int) -> list[int]:
@@ -169,7 +183,7 @@ def reduce_stats(
             background).
         reduction: ``"pooled"`` (sum the counts over images, then compute) or ``"per_case"`` (compute per
             image, then average over images).
-        empty: zero-denominator policy, ``"one"`` or ``"nan"`` (see the module docstring).
+        empty: zero-denominator policy, ``"one"``, ``"nan"`` or ``"transunet"`` (see the module docstring).
         class_names: optional names for the C classes (reported in ``"classes"``).
 
     Returns:
@@ -203,7 +217,7 @@ class MetricAccumulator:
 
     Args:
         num_classes: as in :func:`confusion_stats` (1 = binary foreground).
-        empty: zero-denominator policy of the per-case values (``"one"`` or ``"nan"``).
+        empty: zero-denominator policy of the per-case values (``"one"``, ``"nan"`` or ``"transunet"``).
         keep_cases: also keep every image's (C, 4) counts and id in memory (``cases()``); not part of
             :meth:`state`, so not all-reduced.
         class_names: optional class names for the summaries.

@@ -23,6 +23,11 @@ evaluation use :func:`dice_hd95` with ``empty_policy``:
     Dice = 2|P∩G| / (|P| + |G|), NaN when both are empty (nnU-Net), so 0 when exactly one is empty.
     HD95 = NaN when both are empty, ``inf`` when exactly one is empty (MONAI ``compute_hausdorff_distance``).
     Aggregations ignore NaN (case excluded) and keep ``inf`` (an unbounded error stays visible).
+
+``"transunet"`` is the default everywhere (``evaluate``, ``score``, ``evaluate --cv``, training's validation): it is
+the rule the papers' published numbers were computed with. A mean under it can look good when predictions are empty
+(each counts HD95 0), so every summary line names the rule and says how many cases it decided
+(:func:`empty_mask_counts`, :func:`describe_empty_masks`).
 """
 
 from __future__ import annotations
@@ -34,10 +39,13 @@ import numpy as np
 __all__ = [
     "EMPTY_POLICIES",
     "EMPTY_POLICY_DOC",
+    "EMPTY_RULE_NAMES",
     "apply_empty_policy",
     "check_empty_policy",
+    "describe_empty_masks",
     "dice_hd95",
     "dice_score",
+    "empty_mask_counts",
     "hd95",
     "mask_surface",
     "surface_distances",
@@ -55,6 +63,84 @@ EMPTY_POLICY_DOC: dict[str, str] = {
         "is empty; means skip NaN and keep inf"
     ),
 }
+
+
+#: how a summary line names each empty-mask rule (``"one"`` is a rule of :mod:`mambaseg.metrics.score` only)
+EMPTY_RULE_NAMES: dict[str, str] = {"transunet": "TransUNet rule", "nan": "nan rule", "one": "one rule"}
+
+# what each rule makes of the HD95 of a class decided by it: pred empty & GT not, GT empty & pred not, both empty
+_EMPTY_OUTCOMES: dict[str, dict[str, str]] = {
+    "transunet": {"empty_pred": "0", "empty_gt": "0", "both_empty": "0"},
+    "nan": {"empty_pred": "inf", "empty_gt": "inf", "both_empty": "left out"},
+    "one": {"empty_pred": "inf", "empty_gt": "inf", "both_empty": "0"},
+}
+_EMPTY_PHRASES = {"empty_pred": "with an empty prediction", "empty_gt": "with an empty ground truth",
+                  "both_empty": "with both masks empty"}
+
+
+def empty_mask_counts(cases: Sequence[Sequence[tuple[int, int]]]) -> dict[str, int]:
+    """How many (case, class) HD95 values an empty-mask rule decides, from each case's per-class voxel counts.
+
+    Args:
+        cases: per case, one ``(pred_count, gt_count)`` per scored class (foreground voxels of each mask).
+
+    Returns:
+        ``{"empty_pred", "empty_gt", "both_empty"}``: (case, class) values with only the prediction empty, only the
+        ground truth empty, or both; ``"values"``: all (case, class) values; ``"cases"``; ``"cases_affected"``:
+        cases with at least one value decided by the rule; ``"classes"``: classes per case.
+    """
+    out = {"empty_pred": 0, "empty_gt": 0, "both_empty": 0, "values": 0, "cases": 0, "cases_affected": 0,
+           "classes": 0}
+    for per_class in cases:
+        hit = False
+        for n_pred, n_gt in per_class:
+            key = ("both_empty" if not n_gt else "empty_pred") if not n_pred else "empty_gt" if not n_gt else None
+            if key is not None:
+                out[key] += 1
+                hit = True
+            out["values"] += 1
+        out["cases"] += 1
+        out["cases_affected"] += hit
+        out["classes"] = max(out["classes"], len(per_class))
+    return out
+
+
+def describe_empty_masks(counts: dict[str, int] | None, empty_policy: str, unit: str = "case") -> str:
+    """The rule's name and, when it decided any HD95 value, how many and what they count, for a summary line.
+
+    E.g. ``"TransUNet rule: 3 of 10 cases with an empty prediction count 0"``, ``"nan rule: 1 of 10 cases with an
+    empty prediction counts inf; 2 with both masks empty are left out"``; several classes: ``"TransUNet rule: 4 of 30
+    volume-class pairs with an empty prediction count 0 (in 3 of 10 volumes)"``; nothing decided: the name alone.
+
+    Args:
+        counts: :func:`empty_mask_counts` (``None``: the name alone).
+        empty_policy: ``"transunet"``, ``"nan"`` or ``"one"``.
+        unit: what a case is (``"case"``, ``"volume"``).
+    """
+    name = EMPTY_RULE_NAMES.get(empty_policy, f"{empty_policy} rule")
+    if not counts or not any(counts.get(k, 0) for k in _EMPTY_PHRASES):
+        return name
+    outcome = _EMPTY_OUTCOMES.get(empty_policy, {})
+    several = counts.get("classes", 1) > 1
+    noun = f"{unit}-class pairs" if several else f"{unit}s"
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for key, phrase in _EMPTY_PHRASES.items():
+        if counts.get(key, 0):
+            groups.setdefault(outcome.get(key, "?"), []).append((int(counts[key]), phrase))
+    parts, first = [], True
+    for result, items in groups.items():
+        words = []
+        for n, phrase in items:
+            words.append(f"{n} of {counts['values']} {noun} {phrase}" if first else f"{n} {phrase}")
+            first = False
+        plural = sum(n for n, _ in items) > 1
+        verb = (("are" if plural else "is") + " left out") if result == "left out" else \
+            f"{'count' if plural else 'counts'} {result}"
+        parts.append((", ".join(words[:-1]) + " and " if len(words) > 1 else "") + words[-1] + " " + verb)
+    text = f"{name}: " + "; ".join(parts)
+    if several:
+        text += f" (in {counts['cases_affected']} of {counts['cases']} {unit}s)"
+    return text
 
 
 def check_empty_policy(empty_policy: str) -> str:

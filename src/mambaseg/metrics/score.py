@@ -17,14 +17,25 @@ out-of-fold predictions). Statistics are separated from reductions as everywhere
 
 Empty masks (``empty_policy``), per case and class:
 
+``"auto"`` (the default): ``"transunet"`` for volumes, ``"one"`` for 2-D images, the rules this library's evaluators
+    use for each, so ``score`` agrees with ``evaluate`` on the same predictions.
+``"transunet"`` (the volumes' rule everywhere in this library: the rule of the papers' published numbers, TransUNet /
+    VM-UNet / MSVM-UNet / HeteroMedSeg, :mod:`mambaseg.metrics.hd95`): an empty prediction (whatever the ground truth)
+    -> Dice 0, IoU 0, HD95 0, NSD 0; a non-empty prediction without ground truth -> Dice 1, IoU 1, HD95 0, NSD 1.
+    The pooled Dice/IoU (one confusion matrix, no per-case rule) leave out a class absent from every case and never
+    predicted, as under ``"nan"``.
 ``"nan"`` (nnU-Net / MONAI): both empty -> Dice, IoU, HD95, NSD are NaN and left out of the means; exactly one
     empty -> Dice 0, IoU 0, HD95 ``inf`` (kept in the mean: an unbounded error stays visible), NSD 0.
-``"one"`` (the default of this library's evaluators): both empty -> Dice 1, IoU 1, HD95 0, NSD 1 (a perfect
-    answer); exactly one empty -> as ``"nan"``.
+``"one"``: both empty -> Dice 1, IoU 1, HD95 0, NSD 1 (a perfect answer); exactly one empty -> as ``"nan"``.
+
+The result's ``empty_masks`` counts the (case, class) values each rule decides (only the prediction empty, only the
+ground truth, both) and ``empty_masks["note"]`` says it in words for summary lines
+(:func:`mambaseg.metrics.hd95.describe_empty_masks`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Iterable, Sequence
 
@@ -32,11 +43,20 @@ import numpy as np
 import torch
 
 from mambaseg.metrics.confusion import confusion_stats, reduce_stats, scores_from_stats
-from mambaseg.metrics.hd95 import hd95, surface_distances
+from mambaseg.metrics.hd95 import EMPTY_POLICY_DOC, describe_empty_masks, empty_mask_counts, hd95, surface_distances
 
-__all__ = ["SCORE_EMPTY_POLICIES", "nsd", "score_cases"]
+__all__ = ["SCORE_EMPTY_POLICIES", "SCORE_EMPTY_POLICY_DOC", "nsd", "score_cases"]
 
-SCORE_EMPTY_POLICIES = ("nan", "one")
+#: empty-mask rules of :func:`score_cases`; "auto" (the default) is the rule of this library's evaluators for the kind
+#: of data: "transunet" for volumes (the papers' rule), "one" for 2-D images (the 2-D evaluator's)
+SCORE_EMPTY_POLICIES = ("auto", "transunet", "nan", "one")
+
+SCORE_EMPTY_POLICY_DOC: dict[str, str] = {
+    "transunet": EMPTY_POLICY_DOC["transunet"] + "; NSD follows Dice (0 or 1)",
+    "nan": "nnU-Net/MONAI rule: both empty -> Dice, IoU, HD95, NSD NaN (left out of the means); exactly one empty -> "
+           "Dice 0, IoU 0, HD95 inf (kept in the means), NSD 0",
+    "one": "both empty -> Dice 1, IoU 1, HD95 0, NSD 1; exactly one empty -> Dice 0, IoU 0, HD95 inf, NSD 0",
+}
 
 
 def nsd(pred: np.ndarray, gt: np.ndarray, tolerance: float, spacing: float | Sequence[float] | None = None) -> float:
@@ -63,6 +83,8 @@ def _surface_scores(p: np.ndarray, g: np.ndarray, *, spacing: Any, tolerance: fl
     np_, ng = bool(p.any()), bool(g.any())
     if np_ and ng:
         return hd95(p, g, spacing), nsd(p, g, tolerance, spacing)
+    if empty_policy == "transunet":  # HD95 0 either way; NSD as Dice: 0 for an empty prediction, else 1
+        return 0.0, (1.0 if np_ else 0.0)
     if not np_ and not ng:
         return (float("nan"), float("nan")) if empty_policy == "nan" else (0.0, 1.0)
     return float("inf"), 0.0
@@ -89,7 +111,7 @@ def score_cases(
     num_classes: int,
     spacing: float | Sequence[float] | None = None,
     nsd_tolerance: float = 2.0,
-    empty_policy: str = "nan",
+    empty_policy: str = "auto",
     surface: bool = True,
     class_names: Sequence[str] | None = None,
     worst: int = 10,
@@ -104,7 +126,8 @@ def score_cases(
         spacing: pixel/voxel size per axis (or one number) for HD95 and NSD of the cases without their own;
             ``None`` = pixel units.
         nsd_tolerance: NSD tolerance in the units of ``spacing``.
-        empty_policy: ``"nan"`` or ``"one"`` (module docstring).
+        empty_policy: ``"auto"`` (default: ``"transunet"`` for volumes, ``"one"`` for 2-D images, as this library's
+            evaluators score them), ``"transunet"``, ``"nan"`` or ``"one"`` (module docstring).
         surface: compute HD95 and NSD (False: only the confusion metrics).
         class_names: names of the classes for the per-class entries.
         worst: how many of the lowest per-case Dice values to list.
@@ -113,13 +136,19 @@ def score_cases(
     Returns:
         ``{"dice", "iou" (pooled), "per_case_dice", "hd95", "nsd" (per-case means), "n_cases", "pooled",
         "per_case" (:func:`~mambaseg.metrics.reduce_stats` dicts), "cases": [{"id", "dice", "iou", "hd95", "nsd",
-        "per_class": {...}}], "worst": [...], "n_below", "conventions": {...}}``.
+        "per_class": {...}}], "worst": [...], "n_below", "empty_masks": {counts, "note"}, "conventions": {...}}``.
     """
     if empty_policy not in SCORE_EMPTY_POLICIES:
         raise ValueError(f"empty_policy must be one of {SCORE_EMPTY_POLICIES}, got {empty_policy!r}")
     fg = [1] if num_classes == 1 else list(range(1, num_classes))
-    stats, rows, own, ndim = [], [], [], 2
-    for item in cases:
+    stats, rows, own, ndim, sizes = [], [], [], 2, []
+    cases = iter(cases)
+    first = next(cases, None)
+    if first is None:
+        raise ValueError("no cases to score")
+    if empty_policy == "auto":  # the evaluators' rule for this kind of data
+        empty_policy = "transunet" if np.asarray(first[1]).ndim == 3 else "one"
+    for item in itertools.chain([first], cases):
         case_id, pred, gt = item[:3]
         sp = item[3] if len(item) > 3 and item[3] is not None else spacing
         own.append(len(item) > 3 and item[3] is not None)
@@ -131,8 +160,10 @@ def score_cases(
         st = confusion_stats(torch.from_numpy(p.astype(np.int64))[None], torch.from_numpy(g.astype(np.int64))[None],
                              num_classes)
         stats.append(st)
-        sc = scores_from_stats(st[0], empty="nan" if empty_policy == "nan" else "one")
+        sc = scores_from_stats(st[0], empty=empty_policy)
         idx = [0] if num_classes == 1 else fg
+        tp, fp, fn = (st[0, idx, k].tolist() for k in range(3))
+        sizes.append(list(zip((a + b for a, b in zip(tp, fp)), (a + b for a, b in zip(tp, fn)))))  # (pred, gt)
         per_class: dict[str, list[float]] = {"dsc": [float(sc["dsc"][i]) for i in idx],
                                              "iou": [float(sc["iou"][i]) for i in idx]}
         if surface:
@@ -144,12 +175,12 @@ def score_cases(
     if not rows:
         raise ValueError("no cases to score")
     all_stats = torch.cat(stats)
-    empty = "nan" if empty_policy == "nan" else "one"
+    empty = "nan" if empty_policy == "transunet" else empty_policy  # pooled: no per-case rule
     names = list(class_names) if class_names is not None else None
     if names is not None and num_classes == 1 and len(names) == 2:
         names = names[1:]
     pooled = reduce_stats(all_stats, "pooled", empty=empty, class_names=names)
-    per_case = reduce_stats(all_stats, "per_case", empty=empty, class_names=names)
+    per_case = reduce_stats(all_stats, "per_case", empty=empty_policy, class_names=names)
     ranked = sorted((r for r in rows if not math.isnan(r["dice"])), key=lambda r: (r["dice"], r["id"]))
     out: dict[str, Any] = {
         "dice": pooled["dsc"], "iou": pooled["iou"], "per_case_dice": per_case["dsc"], "n_cases": len(rows),
@@ -157,6 +188,8 @@ def score_cases(
         "n_below": {"threshold": low_dice, "count": sum(r["dice"] < low_dice for r in ranked)},
         "worst": [{"id": r["id"], "dice": _json_num(r["dice"])} for r in ranked[:worst]],
     }
+    counts = empty_mask_counts(sizes)
+    out["empty_masks"] = {**counts, "note": describe_empty_masks(counts, empty_policy, "case")}
     if surface:
         out["hd95"] = _mean([r["hd95"] for r in rows])
         out["nsd"] = _mean([r["nsd"] for r in rows])
@@ -170,6 +203,7 @@ def score_cases(
                   f"each case's own voxel spacing where it has one, else {_units(spacing, ndim)}" if any(own) else
                   _units(spacing, ndim)),
         "empty_policy": empty_policy,
+        "empty_policy_rule": SCORE_EMPTY_POLICY_DOC[empty_policy],
         "classes_scored": fg,
     }
     out["cases"] = [{**r, **{k: _json_num(r[k]) for k in ("dice", "iou", "hd95", "nsd") if k in r},

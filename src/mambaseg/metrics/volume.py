@@ -21,7 +21,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mambaseg.metrics.hd95 import EMPTY_POLICIES, EMPTY_POLICY_DOC, apply_empty_policy, check_empty_policy, hd95
+from mambaseg.metrics.hd95 import (
+    EMPTY_POLICIES,
+    EMPTY_POLICY_DOC,
+    apply_empty_policy,
+    check_empty_policy,
+    describe_empty_masks,
+    empty_mask_counts,
+    hd95,
+)
 from mambaseg.utils.files import json_safe  # re-exported: reports are made JSON-ready here
 
 __all__ = [
@@ -226,9 +234,11 @@ class VolumeEvaluator:
 
         Returns:
             A dict with ``empty_policy``, ``empty_policy_rule``, ``hd95_units``, ``protocol``, ``num_volumes``,
-            ``classes`` (``{name: {dice, hd95, n_dice, n_hd95, n_hd95_inf}}``), ``mean_dice``, ``mean_hd95`` and, when
-            ``per_volume``, a list of ``{id, dice: {name: v}, hd95: {name: v}}``. NaN is written as ``null`` and
-            infinity as ``"inf"``.
+            ``classes`` (``{name: {dice, hd95, n_dice, n_hd95, n_hd95_inf}}``), ``mean_dice``, ``mean_hd95``,
+            ``empty_masks`` (how many (volume, class) values the empty-mask rule decided,
+            :func:`~mambaseg.metrics.hd95.empty_mask_counts`, and ``note``, the summary's words for it,
+            :func:`~mambaseg.metrics.hd95.describe_empty_masks`) and, when ``per_volume``, a list of
+            ``{id, dice: {name: v}, hd95: {name: v}}``. NaN is written as ``null`` and infinity as ``"inf"``.
         """
         check_empty_policy(empty_policy)
         st = self.stats()
@@ -260,6 +270,8 @@ class VolumeEvaluator:
                 )
         mean_dice = _mean([v["dice"] for v in per_class.values()], empty_policy)
         mean_hd = _mean([v["hd95"] for v in per_class.values()], empty_policy)
+        counts = empty_mask_counts([[(s.classes[c].pred_count, s.classes[c].gt_count) for c in self.label_names]
+                                    for s in st])
         out: dict[str, Any] = {
             "protocol": "per-volume per-class Dice and HD95 (3-D surfaces, medpy convention); mean over volumes "
             "per class, then mean over classes",
@@ -271,6 +283,7 @@ class VolumeEvaluator:
             "classes": per_class,
             "mean_dice": mean_dice,
             "mean_hd95": mean_hd,
+            "empty_masks": {**counts, "note": describe_empty_masks(counts, empty_policy, "volume")},
         }
         if per_volume:
             out["per_volume"] = rows
