@@ -197,6 +197,17 @@ def test_undeclared_third_channel_of_a_v1_dataset_names_modality(shared_data: Pa
         NnUNetRaw(root)
 
 
+def test_channel_file_of_a_case_without_channel_0_is_refused(acdc2: Path) -> None:
+    # a stray <case>_0001 whose <case>_0000 is missing was ignored silently (cases are found by their _0000 file)
+    src = next((acdc2 / "imagesTr").glob("*_0001.nii.gz"))
+    stray = acdc2 / "imagesTr" / "patient999_frame01_0001.nii.gz"
+    stray.write_bytes(src.read_bytes())
+    with pytest.raises(DatasetError, match=r"patient999_frame01_0001\.nii\.gz: channel file of case "
+                                           r"'patient999_frame01', whose channel 0 file .*patient999_frame01_0000"
+                                           r"\.nii\.gz is not there"):
+        NnUNetRaw(acdc2)
+
+
 # 4. channel names: "CT" has its window, every other name is min-max scaled; unimplemented nnU-Net schemes warn
 
 

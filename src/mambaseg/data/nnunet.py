@@ -336,6 +336,14 @@ class NnUNetRaw:
                 raise DatasetError(f"{lab_dir / (case + end)}: label of case {case!r} not found")
         self._refuse_undeclared_channels(img_dir)
         have = set(first)
+        stray = sorted(p for p in img_dir.glob(f"*_[0-9][0-9][0-9][0-9]{end}")
+                       if not p.name.startswith(".") and p.name[: -len(end)][:-5] not in have)
+        if stray:  # another channel's file of a case without its channel 0 file: nnU-Net refuses it too
+            case = stray[0].name[: -len(end)][:-5]
+            more = f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""
+            raise DatasetError(f"{stray[0]}{more}: channel file of case {case!r}, whose channel 0 file "
+                               f"{img_dir / (case + '_0000' + end)} is not there; every case needs all its channel "
+                               f"files '<case>_0000{end}' .. (add it, or remove the case's files)")
         orphans = sorted(p for p in lab_dir.glob(f"*{end}")
                          if not p.name.startswith(".") and p.name[: -len(end)] not in have)
         if orphans:
