@@ -141,6 +141,10 @@ def test_layout_dispatch(tmp_path: Path) -> None:
     assert len(task.datasets["val"]) == 1 and task.datasets["val"][0].spacing == pytest.approx((2.5, 0.9, 0.8))
     with pytest.raises(DataTaskError, match="imagesTs has no labels"):
         open_data(root, cfg, splits=("test",))
+    (root / "labelsTs").mkdir()  # users add one; the error then says how to score the test cases
+    with pytest.raises(DataTaskError, match=r"labelsTs is not part of nnU-Net's format; score the test cases with "
+                                            r"`mambaseg predict .*imagesTs --out PRED` then `mambaseg score PRED "):
+        open_data(root, cfg, splits=("test",))
 
 
 def test_datasets_pickle(tmp_path: Path) -> None:

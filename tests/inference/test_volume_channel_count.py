@@ -46,18 +46,6 @@ class Brighter(nn.Module):
         return torch.cat([-d, d], dim=1)
 
 
-@pytest.fixture(scope="module")
-def acdc(shared_data: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for case in CASES:
-        src = shared_data / "acdc" / "data" / f"{case}.h5"
-        if not src.is_file():
-            pytest.skip(f"{src} not found")
-        with h5py.File(src) as f:
-            out[case] = f["image"][()]  # (D, H, W) float32
-    return out
-
-
 def _save(path: Path, dhw: np.ndarray) -> Path:
     nib.save(nib.Nifti1Image(np.ascontiguousarray(dhw.transpose(2, 1, 0)), AFFINE), str(path))
     return path

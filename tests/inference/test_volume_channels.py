@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -37,19 +36,6 @@ class FirstBrighter(nn.Module):
 def _predictor(model: nn.Module, channel_names: list[str]) -> Predictor:
     return Predictor(model, image_size=(256, 216), label_map={"background": 0, "fg": 1}, device="cpu",
                      info={"training": {"task": {"layout": "nnunet", "channel_names": channel_names}}})
-
-
-@pytest.fixture(scope="module")
-def acdc(shared_data: Path) -> dict[str, np.ndarray]:
-    """Two ACDC volumes as (D, H, W) float32 in [0, 1]."""
-    out = {}
-    for case in CASES:
-        src = shared_data / "acdc" / "data" / f"{case}.h5"
-        if not src.is_file():
-            pytest.skip(f"{src} not found")
-        with h5py.File(src) as f:
-            out[case] = f["image"][()]
-    return out
 
 
 def _save(path: Path, dhw: np.ndarray, affine: np.ndarray = AFFINE) -> Path:

@@ -628,9 +628,10 @@ def open_nnunet(root: Path, cfg: Any, *, splits: tuple[str, ...], normalization:
         elif s == "val":
             ds[s] = nnunet_volumes(raw, sp["val"])
         else:
-            raise DataTaskError(
-                f"nnU-Net raw datasets have labelled splits train and val only (imagesTs has no labels); got {s!r}"
-            )
+            held = (f"{root / 'labelsTs'} is not part of nnU-Net's format; score the test cases with `mambaseg "
+                    f"predict --checkpoint CKPT --input {root / 'imagesTs'} --out PRED` then `mambaseg score PRED "
+                    f"{root / 'labelsTs'}`" if (root / "labelsTs").is_dir() else "imagesTs has no labels")
+            raise DataTaskError(f"nnU-Net raw datasets have labelled splits train and val only ({held}); got {s!r}")
     return DataTask(name="nnunet", datasets=ds, evaluation="volume_slicewise",
                     label_map=volume_label_map(raw.label_names), num_classes=raw.num_classes, in_chans=in_chans,
                     normalization=norm, info={"root": str(root), "val_cases": sp["val"],
