@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 from mambaseg.cli import app
 from mambaseg.nas.runner import carve_search_split
 
-TINY_SET = "model.kwargs={dims: 8, depths: [1, 1, 1, 1], depths_decoder: [1, 1, 1, 1], d_state: 4, drop_path_rate: 0.0}"
 
 
 def test_carve_search_split_reproducible_and_disjoint():
@@ -23,23 +22,9 @@ def test_carve_search_split_reproducible_and_disjoint():
         carve_search_split(ids, 1.0, 0)
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from mambaseg.data import make_synthetic_dataset
-
-    return make_synthetic_dataset(tmp_path_factory.mktemp("syn") / "data", n_train=12, n_val=4, size=(40, 40), seed=1)
-
-
-def _search(out, synth, extra=()):
-    args = ["search", "--data", str(synth), "--supernet-epochs", "1", "--generations", "2", "--population", "4",
-            "--image-size", "32", "--batch-size", "4", "--out", str(out), "--device", "cpu", "--num-workers", "0",
-            "--seed", "7", "--set", TINY_SET, *extra]
-    return CliRunner().invoke(app, args)
-
-
-def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth):
+def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth, search):
     out = tmp_path / "OUT"
-    r = _search(out, synth, ["--keep-supernet"])
+    r = search(out, ["--keep-supernet"])
     assert r.exit_code == 0, r.output
     arch = json.loads((out / "arch.json").read_text())
     assert len(arch["arch"]) == 8 and set(arch["arch"]) <= {0, 1, 2, 3}
@@ -57,7 +42,7 @@ def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth):
     assert "kept (--keep-supernet)" in r.output
     # a second call resumes: nothing is trained or scored again, same result; without --keep-supernet the finished
     # search now removes the supernet's checkpoints
-    r2 = _search(out, synth)
+    r2 = search(out)
     assert r2.exit_code == 0, r2.output
     assert "resuming" in r2.output
     arch2 = json.loads((out / "arch.json").read_text())
@@ -66,17 +51,17 @@ def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth):
     assert not (out / "supernet" / "best.pt").exists() and not (out / "supernet" / "last.pt").exists()
     assert (out / "checkpoints" / "best.pt").is_file() and "removed (search finished" in r2.output
     # a third call finds the finished search: no training, no scoring, same result; other settings are refused
-    r_done = _search(out, synth)
+    r_done = search(out)
     assert r_done.exit_code == 0, r_done.output
     assert "already finished" in r_done.output and "resuming" not in r_done.output
     assert not (out / "supernet" / "last.pt").exists()
     assert json.loads((out / "arch.json").read_text()) == arch2
-    r4 = _search(out, synth, ["--generations", "3"])
+    r4 = search(out, ["--generations", "3"])
     assert r4.exit_code != 0 and "new --out folder" in r4.output and "evolution" in r4.output
     # the run settings that shaped the supernet too (they went through unnoticed: the 32-px result came back)
-    r5 = _search(out, synth, ["--image-size", "64"])
+    r5 = search(out, ["--image-size", "64"])
     assert r5.exit_code != 0 and "data.image_size" in " ".join(r5.output.split()), r5.output
-    r6 = _search(out, synth, ["--set", "optim.lr=0.01"])
+    r6 = search(out, ["--set", "optim.lr=0.01"])
     assert r6.exit_code != 0 and "optim" in r6.output, r6.output
     assert json.loads((out / "arch.json").read_text()) == arch2
 
@@ -104,16 +89,16 @@ def test_search_cli_writes_arch_and_log_and_resumes(tmp_path, synth):
     assert ck["model"]["name"] == "slicemamba" and ck["model"]["kwargs"]["dims"] == 8
 
 
-def test_search_cli_errors(tmp_path, synth):
-    r = _search(tmp_path / "o", synth, ["--population", "0"])
+def test_search_cli_errors(tmp_path, search):
+    r = search(tmp_path / "o", ["--population", "0"])
     assert r.exit_code != 0 and "population" in r.output
     r = CliRunner().invoke(app, ["search", "--out", str(tmp_path / "o2")])
     assert r.exit_code != 0 and "--data" in r.output
 
 
-def test_search_cli_time_limits(tmp_path, synth):
+def test_search_cli_time_limits(tmp_path, search):
     out = tmp_path / "T"
-    r = _search(out, synth, ["--supernet-epochs", "3", "--supernet-time-limit", "0", "--search-time-limit", "0",
+    r = search(out, ["--supernet-epochs", "3", "--supernet-time-limit", "0", "--search-time-limit", "0",
                              "--generations", "5", "--save-every", "2"])
     assert r.exit_code == 0, r.output
     arch = json.loads((out / "arch.json").read_text())

@@ -4,27 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
-from typer.testing import CliRunner
-
-from mambaseg.cli import app
-
-TINY_SET = "model.kwargs={dims: 8, depths: [1, 1, 1, 1], depths_decoder: [1, 1, 1, 1], d_state: 4, drop_path_rate: 0.0}"
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from mambaseg.data import make_synthetic_dataset
-
-    return make_synthetic_dataset(tmp_path_factory.mktemp("syn") / "data", n_train=12, n_val=4, size=(40, 40), seed=1)
-
-
-def _search(out, synth, extra=()):
-    args = ["search", "--data", str(synth), "--supernet-epochs", "1", "--generations", "2", "--population", "4",
-            "--image-size", "32", "--batch-size", "4", "--out", str(out), "--device", "cpu", "--num-workers", "0",
-            "--seed", "7", "--set", TINY_SET, *extra]
-    return CliRunner().invoke(app, args)
-
 
 def _files(folder):
     """Every file and folder under ``folder`` with its modification time and content hash."""
@@ -32,7 +11,7 @@ def _files(folder):
             for p in sorted(folder.rglob("*"))} | {".": folder.stat().st_mtime_ns}
 
 
-def test_refused_new_search_writes_nothing(tmp_path, synth):
+def test_refused_new_search_writes_nothing(tmp_path, search):
     out = tmp_path / "NEW"
     cases = [
         (["--recipe", "vmunet_isic17"], "--recipe vmunet_isic17 gives the model 'vmunet'"),  # not a SliceMamba recipe
@@ -41,36 +20,36 @@ def test_refused_new_search_writes_nothing(tmp_path, synth):
         (["--search-fraction", "1.5"], "search_fraction"),
     ]
     for extra, says in cases:
-        r = _search(out, synth, extra)
+        r = search(out, extra)
         assert r.exit_code != 0 and says in " ".join(r.output.split()), (extra, r.output)
         assert not out.exists(), (extra, sorted(out.rglob("*")))  # search_config.json, search_split.json were left
 
 
-def test_search_recipe_must_be_slicemamba(tmp_path, synth):
-    r = _search(tmp_path / "o", synth, ["--recipe", "vmunet_isic17"])
+def test_search_recipe_must_be_slicemamba(tmp_path, search):
+    r = search(tmp_path / "o", ["--recipe", "vmunet_isic17"])
     text = " ".join(r.output.split())
     assert r.exit_code != 0 and text.count("error:") == 1
     assert "--recipe vmunet_isic17" in text and "'vmunet'" in text, text
     assert "slicemamba_polyp" in text and "slicemamba_isic" in text and "vmunet_ph2" not in text, text
-    r = _search(tmp_path / "o", synth, ["--set", "model.name=vmunet"])
+    r = search(tmp_path / "o", ["--set", "model.name=vmunet"])
     assert r.exit_code != 0 and "--set model.name gives the model 'vmunet'" in " ".join(r.output.split()), r.output
     assert not (tmp_path / "o").exists()
 
 
-def test_refused_rerun_of_a_search_changes_no_file(tmp_path, synth):
+def test_refused_rerun_of_a_search_changes_no_file(tmp_path, search):
     out = tmp_path / "OUT"
-    assert _search(out, synth, ["--keep-supernet"]).exit_code == 0
+    assert search(out, ["--keep-supernet"]).exit_code == 0
     before = _files(out)
     # the supernet is kept: a changed image size cannot resume it (the engine's check, once made after
     # search_config.json was rewritten with 64 px), nor other evolution settings or another search split
     for extra, says in [(["--image-size", "64"], "data.image_size"), (["--generations", "3"], "evolution settings"),
                         (["--search-fraction", "0.3"], "fraction"), (["--set", "optim.lr=0.01"], "optim.lr")]:
-        r = _search(out, synth, ["--keep-supernet", *extra])
+        r = search(out, ["--keep-supernet", *extra])
         assert r.exit_code != 0 and says in " ".join(r.output.split()), (extra, r.output)
         assert _files(out) == before, extra
     # finished, supernet removed: the settings are compared with search_config.json before anything is written
-    assert _search(out, synth).exit_code == 0
+    assert search(out).exit_code == 0
     before = _files(out)
-    r = _search(out, synth, ["--image-size", "64"])
+    r = search(out, ["--image-size", "64"])
     assert r.exit_code != 0 and "data.image_size" in " ".join(r.output.split()), r.output
     assert _files(out) == before
