@@ -400,7 +400,8 @@ def _finished_search(out: Path, cfg: RunConfig, settings: SearchSettings, evo: E
         "search_fraction": ((prev.get("search_split") or {}).get("fraction"), settings.search_fraction),
         "data": ((prev.get("data") or {}).get("path"), str(cfg.data.path)),
     }
-    # the run settings that shaped the supernet and its scores, as search_config.json recorded them at the start
+    # the run settings that shaped the supernet and its scores, as search_config.json recorded them (written once
+    # the supernet's run was accepted)
     saved = out / "search_config.json"
     if saved.is_file():
         before, now = json.loads(saved.read_text()).get("run_config") or {}, _json_roundtrip(config_to_dict(cfg))
