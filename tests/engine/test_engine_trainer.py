@@ -181,6 +181,9 @@ def test_time_limit_stops_after_the_epoch_that_crosses_it(tiny_model, synthetic_
     assert "time_limit_s" in res.metrics["train"]["stop_reason"]
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
     assert (out / "metrics.json").is_file()
+    log = (out / "train.log").read_text()  # says why it stopped and how to go on
+    assert "stopped after epoch 1 of 4: train.time_limit_s=1e-06 reached; --resume continues the run from last.pt " \
+           "(with a new train.time_limit_s budget)" in log
     with pytest.raises(ValueError, match="time_limit_s"):
         train(tiny_config(synthetic_data, tmp_path / "bad", **{"train.time_limit_s": 0}))
 
@@ -202,3 +205,20 @@ def test_compiled_training_follows_the_eager_run(synthetic_data, tmp_path):
     b = _weights(tmp_path / "compiled" / "checkpoints" / "last.pt")
     for k in a:
         assert float((a[k] - b[k]).norm()) <= 0.1 * float(a[k].norm()) + 1e-6, k
+
+
+def test_an_interrupted_run_says_which_epoch_resume_continues_from(tiny_model, synthetic_data, tmp_path):
+    # Ctrl-C does not write last.pt: the message names the epoch it holds and the epochs a resume trains again
+    out = tmp_path / "int"
+
+    def interrupt(state):
+        if state["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    cfg = tiny_config(synthetic_data, out, **{"train.epochs": 5, "train.checkpoint_interval_s": 1e6})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[interrupt])
+    log = (out / "train.log").read_text()
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert "interrupted in epoch 3 (step " in log and f"{out / 'checkpoints' / 'last.pt'} holds epoch 1, so " \
+           "--resume continues from there and trains epochs 2..3 again" in log

@@ -129,7 +129,8 @@ def train(
                                         "(images, or volumes of a volumetric layout; one patient's _frameNN phases "
                                         "in one fold): --out is the CV root (splits_final.json, fold_i/ runs, "
                                         "out-of-fold predictions); folds drawn with data.split_seed."),
-    fold: str = typer.Option("all", "--fold", help="With --folds: the fold to train (0..K-1) or 'all' (in sequence)."),
+    fold: Optional[str] = typer.Option(None, "--fold", help="With --folds: the fold to train (0..K-1) or 'all' (in "
+                                       "sequence; the default)."),
     tta: str = typer.Option("none", "--tta", help="With --folds: also predict the held-out cases with this test-time "
                             "augmentation (none or flip), saved as oof/<ckpt>_tta_<tta> and scored by evaluate --cv "
                             "--tta without the checkpoints."),
@@ -140,8 +141,11 @@ def train(
 
     if folds is None and tta != "none":
         raise CLIError("--tta applies to cross-validation (--folds K); use it with predict or evaluate otherwise")
+    if folds is None and fold is not None:
+        raise CLIError(f"--fold {fold} applies to cross-validation: give the number of folds too, e.g. --folds 5 "
+                       f"--fold {fold}")
     if folds is not None:
-        return _train_cv(folds=folds, fold=fold, tta=tta, resume=resume, no_progress=no_progress, config=config,
+        return _train_cv(folds=folds, fold=fold or "all", tta=tta, resume=resume, no_progress=no_progress, config=config,
                          threads=threads,
                          recipe=recipe, model=model, data=data, epochs=epochs, max_steps=max_steps,
                          batch_size=batch_size, image_size=image_size, lr=lr, seed=seed, out=out, device=device,

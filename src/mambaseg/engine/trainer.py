@@ -660,7 +660,7 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     )
     logger.log(header)
     if console is not None:  # the same header on the console, TTY or not (nohup, SLURM)
-        console.print(header, highlight=False, soft_wrap=True)
+        console.print(header, highlight=False, soft_wrap=True, markup=False)  # task.info has [brackets]
     startup["ready"] = seconds_since_process_start()
     return run
 
@@ -741,6 +741,7 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
     """The epoch loop: train, validate, save, log; stops on epochs, max_steps, time limit or a callback."""
     tc = run.cfg.train
     t0 = time.perf_counter()
+    saved_epoch, epoch = run.start_epoch, run.start_epoch  # the epoch last.pt holds (a resumed run's start)
     try:
         with _deterministic(tc.deterministic), _Progress(run.console, show_progress, tc.epochs,
                                                           run.start_epoch) as bar:
@@ -765,6 +766,7 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
                 record["time_ckpt"], record["time"] = 0.0, tc0 - te
                 if saved:
                     _checkpoint(run, epoch + 1)
+                    saved_epoch = epoch + 1
                 record["time_ckpt"] = time.perf_counter() - tc0
                 record["time"] = time.perf_counter() - te
                 _log_epoch(run, record, bar, final=last_epoch)
@@ -779,7 +781,9 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
                 if capped:
                     run.stop_reason = f"max_steps={tc.max_steps} reached"
                     break
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):  # say what an interrupted run keeps: last.pt is not written on Ctrl-C
+            _interrupted(run, epoch + 1, saved_epoch)
         run.logger.close()
         if run.writer is not None:
             with contextlib.suppress(Exception):  # finish the writes already queued; the original error wins
@@ -788,6 +792,22 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
     finally:
         run.batch_iter = None  # loader workers end with the loop
     run.seconds = time.perf_counter() - t0
+
+
+def _interrupted(run: _Run, epoch: int, saved_epoch: int) -> None:
+    """The console and ``train.log`` line of a run interrupted in ``epoch``: what ``--resume`` continues from."""
+    tc = run.cfg.train
+    last = run.hooks.checkpoint_dir(Path(tc.out)) / "last.pt"
+    if saved_epoch:
+        msg = (f"interrupted in epoch {epoch} (step {run.step}): {last} holds epoch {saved_epoch}, so --resume "
+               f"continues from there and trains epochs {saved_epoch + 1}..{epoch} again (last.pt is written after "
+               f"the first epoch, then every train.checkpoint_interval_s = {tc.checkpoint_interval_s:g} s or "
+               "train.checkpoint_every epochs, and at the end)")
+    else:
+        msg = f"interrupted in epoch {epoch} (step {run.step}), before the first {last}: there is nothing to resume"
+    run.logger.log(msg)
+    if run.console is not None:
+        run.console.print(msg, highlight=False, markup=False, style="yellow")
 
 
 def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, bool]:
@@ -1049,6 +1069,13 @@ def _finish(run: _Run) -> TrainResult:
         atomic_write_json(run_dir / "metrics.json", summary)
         run.logger.log(f"done: {len(run.history)} epochs, {run.step} steps, {run.seconds:.1f} s, {ips:.3g} img/s; "
                        f"best {tc.best_metric} = {run.best_value} at epoch {run.best_epoch}")
+        if run.stop_reason:  # stopped before train.epochs: say why, and how to go on
+            note = (f"stopped after epoch {len(run.history)} of {tc.epochs}: {run.stop_reason}; --resume continues "
+                    "the run from last.pt" + (" (with a new train.time_limit_s budget)" if "time_limit" in
+                                              run.stop_reason else ""))
+            run.logger.log(note)
+            if run.console is not None:
+                run.console.print(note, highlight=False, markup=False, style="yellow")
         run.logger.close()
         if run.console is not None:
             run.console.print(run.task.evaluator.summary_table(summary, run_dir))
