@@ -1072,7 +1072,8 @@ def _finish(run: _Run) -> TrainResult:
         if run.stop_reason:  # stopped before train.epochs: say why, and how to go on
             note = (f"stopped after epoch {len(run.history)} of {tc.epochs}: {run.stop_reason}; --resume continues "
                     "the run from last.pt" + (" (with a new train.time_limit_s budget)" if "time_limit" in
-                                              run.stop_reason else ""))
+                                              run.stop_reason else " with a larger train.max_steps"
+                                              if "max_steps" in run.stop_reason else ""))
             run.logger.log(note)
             if run.console is not None:
                 run.console.print(note, highlight=False, markup=False, style="yellow")
