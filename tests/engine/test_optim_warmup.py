@@ -66,3 +66,11 @@ def test_shipped_recipes_fit_their_own_runs(name):
         build_scheduler(_opt(), cfg.schedule, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch,
                         max_steps=cfg.train.max_steps, notes=notes)
         assert notes == []
+
+
+def test_one_cycle_too_short_for_its_own_decay_says_so():
+    # 2 epochs: the 30 % rise takes 1, so the last epoch trained at the peak rate without a word (audit)
+    note = warmup_note(ScheduleConfig(name="one_cycle", interval="epoch"), 2)
+    assert "one_cycle over 2 epochs rises for 1 and trains its last epoch at the peak" in note
+    assert warmup_note(ScheduleConfig(name="one_cycle", interval="epoch"), 5) == ""  # 2 epochs of decay inside
+    assert warmup_note(ScheduleConfig(name="cosine", interval="epoch"), 2) == ""

@@ -156,6 +156,11 @@ def warmup_note(cfg: ScheduleConfig, total: int) -> str:
     if cfg.name.lower() == "plateau":
         return (f"warning: schedule.warmup={warm} is ignored by the plateau schedule (it starts at optim.lr); "
                 "set schedule.warmup=0 to silence this") if warm else ""
+    if cfg.name.lower() == "one_cycle" and not warm and total - max(int(round(0.3 * total)), 1) < 2:
+        # its own rise (30 % of the run) leaves fewer than 2 steps of decay: the last epoch/step runs at the peak
+        return (f"warning: schedule one_cycle over {total} {unit} rises for {max(int(round(0.3 * total)), 1)} and "
+                f"trains its last {unit[:-1]} at the peak optim.lr (the decay to eta_min comes after the final step); "
+                "--set schedule.interval=step, or more epochs, for a decay inside the run")
     if warm >= total:
         return (f"warning: schedule.warmup={warm} {unit} is not shorter than this run's schedule of {total} {unit}: "
                 f"the learning rate only climbs (to {min(warm, total)}/{warm} of optim.lr) and never decays; "
