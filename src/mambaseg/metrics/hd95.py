@@ -24,8 +24,9 @@ evaluation use :func:`dice_hd95` with ``empty_policy``:
     HD95 = NaN when both are empty, ``inf`` when exactly one is empty (MONAI ``compute_hausdorff_distance``).
     Aggregations ignore NaN (case excluded) and keep ``inf`` (an unbounded error stays visible).
 
-``"transunet"`` is the default everywhere (``evaluate``, ``score``, ``evaluate --cv``, training's validation): it is
-the rule the papers' published numbers were computed with. A mean under it can look good when predictions are empty
+``"transunet"`` is the default for volumes everywhere (``evaluate``, training's validation, and ``score`` /
+``evaluate --cv`` through their ``"auto"``, which picks the evaluators' rule for the kind of data): it is the rule
+the papers' published numbers were computed with. A mean under it can look good when predictions are empty
 (each counts HD95 0), so every summary line names the rule and says how many cases it decided
 (:func:`empty_mask_counts`, :func:`describe_empty_masks`).
 """
