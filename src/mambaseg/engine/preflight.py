@@ -192,6 +192,35 @@ def _readers(ds: Any) -> tuple[str, Callable[[int], tuple[str, np.ndarray | None
     return None
 
 
+#: Pillow modes of grey images (replicated to 3 channels for an RGB model, :func:`mambaseg.data.files.read_image`)
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+def _grey_among_colour(ds: Any, split: str, data: Any) -> list[str]:
+    """A warning when a 3-channel folder split mixes grey images with colour ones (the grey ones are replicated to
+    3 channels without a word; a grey photo in a colour set is often a file from another source). Reads only the
+    image headers. A split of grey images only is a grey dataset, not a mistake: no warning."""
+    from PIL import Image
+
+    from mambaseg.data.folder2d import FolderDataset2D
+
+    if not isinstance(ds, FolderDataset2D) or ds.in_chans != 3:
+        return []
+    grey = []
+    for pair in ds._pairs:
+        try:
+            with Image.open(pair.image) as im:
+                if im.mode in GREY_MODES:
+                    grey.append(pair.image)
+        except OSError:  # unreadable images are the dataset validation's to report
+            continue
+    if not grey or len(grey) == len(ds._pairs):
+        return []
+    names = ", ".join(p.name for p in grey[:3]) + (", ..." if len(grey) > 3 else "")
+    return [f"warning: {len(grey)} of {len(ds._pairs)} images of the {split} split of {data} are grey ({names}) "
+            "among colour ones; they are repeated to 3 channels. Check that they belong to this dataset"]
+
+
 def check_samples(datasets: dict[str, Any], data: Any, *,
                   progress: Callable[[str, int, int], None] | None = None) -> list[str]:
     """Read every sample of the given splits once; raise one :class:`DatasetError` listing every problem.
@@ -224,6 +253,7 @@ def check_samples(datasets: dict[str, Any], data: Any, *,
                     progress(split, i + 1, n)
             if lab is not None:
                 foreground += int(np.count_nonzero(lab))
+        warnings_ += _grey_among_colour(ds, split, data)
         if n and foreground == 0 and not any(p.startswith(f"[{split}]") for p in problems):
             warnings_.append(
                 f"warning: every {kind} of the {split} split of {data} is background only (no foreground pixel in "
