@@ -34,3 +34,4 @@ def test_fold_without_folds_is_refused_and_the_header_keeps_its_brackets(tmp_pat
     r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "R")])
     assert r.exit_code == 0, r.output
     assert "[folder2d: {" in r.output, r.output
+    assert "(train 4 images, val 2 images)" in " ".join(r.output.split()), r.output  # what the n_* count

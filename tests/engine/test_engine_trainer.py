@@ -222,3 +222,28 @@ def test_an_interrupted_run_says_which_epoch_resume_continues_from(tiny_model, s
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
     assert "interrupted in epoch 3 (step " in log and f"{out / 'checkpoints' / 'last.pt'} holds epoch 1, so " \
            "--resume continues from there and trains epochs 2..3 again" in log
+
+
+def test_the_run_header_says_what_each_split_counts():
+    # the info's n_train / n_val counted slices beside volumes without saying so (audit)
+    from types import SimpleNamespace
+
+    from mambaseg.data.volumetric import SliceDataset2D, VolumeDataset
+    from mambaseg.engine.trainer import _sizes
+
+    class Slices(SliceDataset2D):
+        def __init__(self):
+            pass
+
+        def __len__(self):
+            return 658
+
+    class Volumes(VolumeDataset):
+        def __init__(self):
+            pass
+
+        def __len__(self):
+            return 20
+
+    assert _sizes(SimpleNamespace(datasets={"train": Slices(), "val": Volumes(), "test": None})) == \
+        "train 658 slices, val 20 volumes"

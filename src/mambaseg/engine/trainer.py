@@ -655,8 +655,9 @@ def _setup(cfg: RunConfig, ctx: DistContext, device: torch.device, *, resume: An
     n_params = sum(p.numel() for p in model.parameters())
     header = (
         f"{'resume' if state else 'start'}: model {cfg.model.name} ({n_params:,} params), data {cfg.data.path} "
-        f"[{task.name}: {task.info}], device {device}{_threads_note(device)}, amp {amp_dtype}, processes "
-        f"{ctx.world_size}, global batch {tc.batch_size}, {batches.per_epoch} steps/epoch, loss {cfg.loss.name}"
+        f"[{task.name}: {task.info}] ({_sizes(task)}), device {device}{_threads_note(device)}, amp {amp_dtype}, "
+        f"processes {ctx.world_size}, global batch {tc.batch_size}, {batches.per_epoch} steps/epoch, loss "
+        f"{cfg.loss.name}"
     )
     logger.log(header)
     if console is not None:  # the same header on the console, TTY or not (nohup, SLURM)
@@ -684,6 +685,16 @@ def _preflight(cfg: RunConfig, task: DataTask, num_classes: int, console: Any) -
             console.print(line, highlight=False, markup=False,
                           style="yellow" if line.startswith(("warning", "data.skip_bad")) else None)
     return notes
+
+
+def _sizes(task: DataTask) -> str:
+    """``train 658 slices, val 20 volumes``: each split's size with what it counts (the info's n_* do not say)."""
+    from mambaseg.data.volumetric import SliceDataset2D, VolumeDataset
+
+    def unit(ds: Any) -> str:
+        return "volumes" if isinstance(ds, VolumeDataset) else "slices" if isinstance(ds, SliceDataset2D) else "images"
+
+    return ", ".join(f"{s} {len(d)} {unit(d)}" for s, d in task.datasets.items() if d is not None)
 
 
 def _threads_note(device: torch.device) -> str:
