@@ -95,6 +95,9 @@ def test_ensemble_of_two_copies_equals_the_single_checkpoint(tmp_path):
     single = mambaseg.load(a, device="cpu")
     double = load_ensemble([a, a], device="cpu")
     assert isinstance(double.model, ProbabilityEnsemble) and len(double.model.members) == 2
+    # the repr says it is an ensemble (it read like a single model's)
+    assert "ensemble=2 checkpoints, tta='none')" in repr(double) and "ensemble" not in repr(single)
+    assert "tta='flip'" in repr(load_ensemble([a], tta="flip", device="cpu"))
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     assert np.allclose(double.predict_proba(img), single.predict_proba(img), atol=1e-6)

@@ -188,8 +188,10 @@ class Predictor:
                    device=device, threshold=threshold, info=info, postprocess=postprocess)
 
     def __repr__(self) -> str:
+        ensemble = (f", ensemble={self.info['ensemble']} checkpoints, tta={self.info.get('tta', 'none')!r}"
+                    if self.info.get("ensemble") else "")  # load_ensemble records both
         return (f"Predictor(model={self.info.get('model', type(self.model).__name__)!r}, "
-                f"image_size={self.image_size}, classes={list(self.label_map)}, device={self.device})")
+                f"image_size={self.image_size}, classes={list(self.label_map)}, device={self.device}{ensemble})")
 
     # ------------------------------------------------------------------ input handling
     def read(self, image: ImageInput) -> np.ndarray:
