@@ -200,6 +200,12 @@ def test_cli_folds_one_at_a_time_then_evaluate_cv(tiny_model, cv_data, tmp_path)
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["n_cases"] == 12 and out["k"] == 2 and out["tta"] == "none"
+    # another variant without --out replaces cv_metrics.json: said in a note (it happened without a word)
+    res = runner.invoke(app, ["evaluate", "--cv", str(root), "--tta", "flip"])
+    assert res.exit_code == 0 and "held the scores of another variant (checkpoint last, tta none, postprocess " \
+        "none) and now holds these; pass --out FOLDER" in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["evaluate", "--cv", str(root), "--tta", "flip"])  # the same variant again: no note
+    assert res.exit_code == 0 and "another variant" not in res.output
     res = runner.invoke(app, ["evaluate", "--cv", str(tmp_path)])
     assert res.exit_code == 1 and "splits_final.json" in res.output
     # the fold ensemble on fold 0's held-out cases: the in-sample warning as one line of the CLI's, not Python's

@@ -7,7 +7,14 @@ from typing import Optional
 
 import typer
 
-from mambaseg.cli._common import FOLD_CHECKPOINT_HELP, CLIError, console, handle_errors, warnings_as_lines
+from mambaseg.cli._common import (
+    FOLD_CHECKPOINT_HELP,
+    CLIError,
+    console,
+    err_console,
+    handle_errors,
+    warnings_as_lines,
+)
 from mambaseg.cli.threads import THREADS_HELP, apply_threads
 
 
@@ -73,10 +80,22 @@ def evaluate(
 def _evaluate_cv(root: Path | list[Path], *, oof: str, data: Optional[str], out: Optional[Path], tta: str, device: str,
                  as_json: bool, postprocess: str = "none") -> None:
     """``--cv ROOT``: pooled out-of-fold metrics of every fold, worst cases listed."""
+    import json
+
     from mambaseg.engine.crossval import evaluate_cv
 
+    target = Path(out or root) / "cv_metrics.json"
+    try:  # what the file held, to say so when this call replaces another variant's scores
+        before = json.loads(target.read_text()) if target.is_file() else None
+    except (OSError, ValueError):
+        before = None
     with warnings_as_lines():  # e.g. held-out volumes scored in voxels beside others in mm
         result = evaluate_cv(root, which=oof, data=data, out=out, tta=tta, device=device, postprocess=postprocess)
+    variant = ("checkpoint", "tta", "postprocess")
+    if isinstance(before, dict) and [before.get(k) for k in variant] != [result.get(k) for k in variant]:
+        was = ", ".join(f"{k} {before.get(k) or 'none'}" for k in variant)
+        err_console.print(f"note: {target} held the scores of another variant ({was}) and now holds these; pass "
+                          "--out FOLDER to keep each variant's", highlight=False, markup=False)
     if as_json:
         from mambaseg.utils.files import json_text
 
