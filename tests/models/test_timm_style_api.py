@@ -106,3 +106,14 @@ def test_dermomamba_img_size_error_suggests_the_nearest_valid_size():
     suggested = _suggested_img_size(str(exc.value))
     assert suggested == (192, 256)
     assert mambaseg.create_model("dermomamba", img_size=suggested, **SMALL).img_size == (192, 256)
+
+
+def test_converting_a_mambaseg_state_dict_says_it_needs_no_conversion(tmp_path):
+    # the error suggested the ImageNet-encoder format for a whole network's keys (audit)
+    model = mambaseg.create_model("vmunet_tiny")
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ValueError) as e:
+        mambaseg.convert_checkpoint(tmp_path / "sd.pt", "vmunet", tmp_path / "o.pt")
+    msg = " ".join(str(e.value).split())
+    assert "a mambaseg model's own state_dict needs no conversion (model.load_state_dict(state_dict))" in msg
+    assert "ImageNet encoder" not in msg

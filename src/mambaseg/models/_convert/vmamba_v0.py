@@ -91,7 +91,11 @@ def strip_wrapper(state_dict: Mapping[str, torch.Tensor], prefix: str, what: str
     if foreign or not out:
         sample = ", ".join(repr(k) for k in (foreign or list(state_dict))[:3])
         hint = ""
-        if any(k.startswith(("layers.", "patch_embed.", "classifier.")) for k in state_dict):
+        if any(k.startswith(("final_conv.", "layers_up.")) for k in state_dict):  # a decoder: not an encoder file
+            hint = ("; its keys (layers_up, final_conv) are a whole network's, not an encoder's: a mambaseg model's "
+                    "own state_dict needs no conversion (model.load_state_dict(state_dict)); an official VM-UNet "
+                    "file has every key under 'vmunet.'")
+        elif any(k.startswith(("layers.", "patch_embed.", "classifier.")) for k in state_dict):
             hint = "; its keys look like a VMamba ImageNet encoder: use the format vmamba_v0_tiny/small/base"
         raise ValueError(
             f"expected {what} (every key starting with {prefix!r}), but {len(foreign)} of {len(state_dict)} keys do "
