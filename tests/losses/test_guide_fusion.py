@@ -119,5 +119,7 @@ def test_backends_agree_and_bad_inputs():
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
     with pytest.raises(ValueError, match="mode"):
         GuideFusionLoss(mode="paper")
-    with pytest.raises(ValueError, match="integer"):
-        GuideFusionLoss()(z, m.float())
+    # float masks of hard 0/1 labels are taken as the integer ones; soft labels are refused (distance maps)
+    assert GuideFusionLoss()(z, m.float()).item() == pytest.approx(a.item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"hard labels 0 or 1 .*\(target > 0\.5\)\.long\(\)"):
+        GuideFusionLoss()(z, m.float() * 0.5)

@@ -79,6 +79,9 @@ def test_hard_label_losses_accept_the_suggested_int_fix(shared_data, name):
     with pytest.raises(ValueError, match=r"\(target // 255\)\.long\(\)"):
         create_loss(name)(logits, masks.float())
     assert torch.isfinite(create_loss(name)(logits, (masks.float() // 255).long()))
+    # float masks of hard 0/1 labels (masks / 255) are the same target as the integer ones
+    assert create_loss(name)(logits, masks.float() / 255).item() == pytest.approx(
+        create_loss(name)(logits, (masks // 255).long()).item(), rel=1e-6)
 
 
 def test_several_labels_get_the_multiclass_hint_not_the_255_one():

@@ -46,11 +46,12 @@ def _binary_target(logits: torch.Tensor, target: torch.Tensor, name: str) -> tor
             f"{name}: target must be (B, H, W) = {(logits.shape[0],) + tuple(logits.shape[2:])}, "
             f"got {tuple(target.shape)}"
         )
-    check_binary_range(target, name, soft=False)  # names the range (and the /255 fix) before the dtype
-    if target.dtype.is_floating_point:
-        raise ValueError(
-            f"{name}: target must hold integer class indices (0 or 1), got dtype {target.dtype}; pass target.long()"
-        )
+    check_binary_range(target, name, soft=False)  # names the range (and the /255 fix) before the values
+    if target.dtype.is_floating_point:  # float masks of hard 0/1 labels, as SMP/MONAI users pass them
+        if not bool(((target == 0) | (target == 1)).all()):
+            raise ValueError(f"{name}: target must hold hard labels 0 or 1 (its distance maps need a hard mask), got "
+                             f"soft values of dtype {target.dtype}; threshold them first ((target > 0.5).long())")
+        target = target.long()
     return target
 
 
