@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -82,8 +81,9 @@ def export(
 def _check_checkpoint(checkpoint: Path, out: Path) -> None:
     """--out is not the --checkpoint file (an export would replace the trained weights). Whether it is a checkpoint at
     all is load_checkpoint's to say (named with --checkpoint below)."""
-    if out.resolve() == checkpoint.resolve() or (out.exists() and checkpoint.exists()
-                                                   and os.path.samefile(out, checkpoint)):
+    from mambaseg.utils.files import same_file
+
+    if same_file(out, checkpoint):
         raise CLIError(f"--out {str(out)!r} is the --checkpoint file itself; the export would replace the trained "
                        "weights: choose another --out (e.g. model.onnx)")
 

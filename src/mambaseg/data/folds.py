@@ -45,7 +45,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from mambaseg.data.files import DatasetError
-from mambaseg.data.splits import read_split_file
+from mambaseg.data.splits import _carve, read_split_file
 from mambaseg.utils.files import atomic_write_json
 
 __all__ = [
@@ -105,8 +105,7 @@ def carve_groups(cases: Sequence[str], val_fraction: float, seed: int, where: st
         raise DatasetError(f"{where or 'the dataset'}: the {len(cases)} labelled cases are one patient ({units[0]!r}; "
                            "cases differing only by a _frame<NN> suffix are held out together); need at least 2 "
                            "patients to carve a validation split")
-    n_val = min(len(units) - 1, max(1, round(val_fraction * len(units))))
-    held = {units[i] for i in np.random.default_rng(int(seed)).permutation(len(units))[:n_val]}
+    held = set(_carve(units, val_fraction, int(seed))[1])  # the per-case carve of resolve_splits, over groups
     return sorted(c for c in cases if case_group(c) in held)
 
 

@@ -99,7 +99,7 @@ def schedule_factor(cfg: ScheduleConfig, base_lr: float, total: int) -> Callable
     def one_cycle(t: int) -> float:
         # PyTorch OneCycleLR (anneal_strategy="cos", div_factor=25): cosine rise from base/25 to base over the
         # warm-up (schedule.warmup, default 30% of the run), then cosine decay to eta_min over the rest
-        rise = warm if warm else max(int(round(0.3 * total)), 1)
+        rise = warm if warm else _one_cycle_rise(total)
         start = 1.0 / 25.0
         if t < rise:
             return start + (1.0 - start) * (1.0 - math.cos(math.pi * t / rise)) / 2.0
@@ -141,6 +141,11 @@ def schedule_length(cfg: ScheduleConfig, *, epochs: int, steps_per_epoch: int, m
     return max(int(total), 1)
 
 
+def _one_cycle_rise(total: int) -> int:
+    """Steps of one_cycle's rise without a ``schedule.warmup``: 30 % of the run (OneCycleLR's pct_start), at least 1."""
+    return max(int(round(0.3 * total)), 1)
+
+
 def warmup_note(cfg: ScheduleConfig, total: int) -> str:
     """A warning about ``schedule.warmup`` for a run of ``total`` schedule steps ("" = none): a warm-up that is not
     shorter than the schedule (the rate never reaches ``optim.lr`` and never decays), or one ``plateau`` ignores.
@@ -156,9 +161,9 @@ def warmup_note(cfg: ScheduleConfig, total: int) -> str:
     if cfg.name.lower() == "plateau":
         return (f"warning: schedule.warmup={warm} is ignored by the plateau schedule (it starts at optim.lr); "
                 "set schedule.warmup=0 to silence this") if warm else ""
-    if cfg.name.lower() == "one_cycle" and not warm and total - max(int(round(0.3 * total)), 1) < 2:
+    if cfg.name.lower() == "one_cycle" and not warm and total - _one_cycle_rise(total) < 2:
         # its own rise (30 % of the run) leaves fewer than 2 steps of decay: the last epoch/step runs at the peak
-        return (f"warning: schedule one_cycle over {total} {unit} rises for {max(int(round(0.3 * total)), 1)} and "
+        return (f"warning: schedule one_cycle over {total} {unit} rises for {_one_cycle_rise(total)} and "
                 f"trains its last {unit[:-1]} at the peak optim.lr (the decay to eta_min comes after the final step); "
                 "--set schedule.interval=step, or more epochs, for a decay inside the run")
     if warm >= total:

@@ -808,7 +808,7 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
 def _interrupted(run: _Run, epoch: int, saved_epoch: int) -> None:
     """The console and ``train.log`` line of a run interrupted in ``epoch``: what ``--resume`` continues from."""
     tc = run.cfg.train
-    last = run.hooks.checkpoint_dir(Path(tc.out)) / "last.pt"
+    last = run.ckpt_dir / "last.pt"
     if saved_epoch:
         msg = (f"interrupted in epoch {epoch} (step {run.step}): {last} holds epoch {saved_epoch}, so --resume "
                f"continues from there and trains epochs {saved_epoch + 1}..{epoch} again (last.pt is written after "
@@ -816,9 +816,7 @@ def _interrupted(run: _Run, epoch: int, saved_epoch: int) -> None:
                "train.checkpoint_every epochs, and at the end)")
     else:
         msg = f"interrupted in epoch {epoch} (step {run.step}), before the first {last}: there is nothing to resume"
-    run.logger.log(msg)
-    if run.console is not None:
-        run.console.print(msg, highlight=False, markup=False, style="yellow")
+    _note(run, msg)
 
 
 def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, bool]:
@@ -1085,9 +1083,7 @@ def _finish(run: _Run) -> TrainResult:
                     "the run from last.pt" + (" (with a new train.time_limit_s budget)" if "time_limit" in
                                               run.stop_reason else " with a larger train.max_steps"
                                               if "max_steps" in run.stop_reason else ""))
-            run.logger.log(note)
-            if run.console is not None:
-                run.console.print(note, highlight=False, markup=False, style="yellow")
+            _note(run, note)
         run.logger.close()
         if run.console is not None:
             run.console.print(run.task.evaluator.summary_table(summary, run_dir))

@@ -234,18 +234,16 @@ def _scale_rule(scale: str) -> dict[str, Any]:
 def _volume_preprocessing(ckpt: Mapping[str, Any], in_chans: int, size: tuple[int, int]) -> dict[str, Any]:
     """``mambaseg.preprocessing`` of a checkpoint trained on volumes: how ``mambaseg predict`` reads, scales, slices,
     resizes and normalises a volume, and brings the labels back (:mod:`mambaseg.inference.volume`). Each channel's
-    scaling comes from the checkpoint's recorded channel names by
-    :func:`~mambaseg.inference.volume.channel_intensities` / :func:`~mambaseg.inference.volume
-    .intensity_for_checkpoint`, the functions ``predict`` uses."""
-    from mambaseg.inference.volume import channel_intensities, intensity_for_checkpoint
+    scaling comes from the checkpoint's recorded channel names by :func:`~mambaseg.inference.volume.volume_scales`,
+    the function ``predict`` uses."""
+    from mambaseg.inference.volume import volume_channels, volume_scales
 
-    task = dict(ckpt.get("task") or {})
-    names = list(task.get("channel_names") or [])
-    # one volume channel per recorded name (nnU-Net), else the layout's single channel (repeated for 3-channel models)
-    channels = len(names) or (in_chans if task.get("layout") == "nnunet" else 1)
+    names = list((ckpt.get("task") or {}).get("channel_names") or [])
+    channels = volume_channels(dict(ckpt), in_chans)  # files per case, as predict reads them
     note = None
     try:
-        scales = channel_intensities(dict(ckpt)) if channels > 1 else [intensity_for_checkpoint(dict(ckpt))]
+        scale = volume_scales(dict(ckpt), channels)
+        scales = [scale] if isinstance(scale, str) else scale
     except ValueError as exc:  # an nnU-Net run that records no channel names: the scaling is unknown
         scales, note = ["unknown"] * channels, str(exc)
     entries = []

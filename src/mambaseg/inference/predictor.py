@@ -73,11 +73,9 @@ def default_label_map(num_classes: int) -> dict[str, int]:
     """The label map of a model that comes without one: ``{background: 0, foreground: 255}`` for a binary model
     (one output channel), else the class indices ``{background: 0, class_1: 1, ..., class_<C-1>: C - 1}`` (the
     names :func:`mambaseg.data.folder2d.folder_label_map` gives the classes of a multi-class folder run)."""
-    from mambaseg.data.task import binary_label_map
+    from mambaseg.data.folder2d import folder_label_map
 
-    if num_classes <= 1:
-        return binary_label_map()
-    return {("background" if i == 0 else f"class_{i}"): i for i in range(num_classes)}
+    return folder_label_map(num_classes <= 1, list(range(num_classes)))[0]
 
 
 def model_label_map(model: nn.Module, label_map: dict[str, int] | None) -> dict[str, int]:
@@ -455,12 +453,12 @@ class Predictor:
         """
         from mambaseg.data.files import group_channel_files
         from mambaseg.inference.volume import (
-            channel_intensities,
-            intensity_for_checkpoint,
             is_volume_path,
             predict_volume_file,
             probabilities_path,
+            volume_channels,
             volume_output_path,
+            volume_scales,
         )
 
         _check_batch_size(batch_size)
@@ -470,12 +468,10 @@ class Predictor:
             return self.predict_folder(input_path, out_dir, batch_size=batch_size, overlays=overlays,
                                        progress=progress, overwrite=overwrite, save_probabilities=save_probabilities)
         training = self.info.get("training") or {}
-        task = training.get("task") or {}
-        # nnU-Net channels: one file each (in_chans may repeat one channel for a 3-channel model: not a channel count)
-        channels = len(task.get("channel_names") or []) or (self.in_chans if task.get("layout") == "nnunet" else 1)
+        channels = volume_channels(training, self.in_chans)
         _refuse_extra_channels(vols, channels)
         if intensity == "auto":
-            intensity = intensity_for_checkpoint(training) if channels == 1 else channel_intensities(training)
+            intensity = volume_scales(training, channels)
         cases = [[v] for v in vols] if channels == 1 else group_channel_files(_case_files(Path(input_path), vols),
                                                                                 channels)
         firsts = [c[0] for c in cases]

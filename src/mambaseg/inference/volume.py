@@ -59,6 +59,8 @@ __all__ = [
     "probabilities_of",
     "read_channels",
     "channel_intensities",
+    "volume_channels",
+    "volume_scales",
     "stored_probabilities",
     "read_label_volume",
     "read_volume",
@@ -263,6 +265,24 @@ def read_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float,
         raise DatasetError(f"{p}: label values must be non-negative integers (found min {arr.min()}, "
                            f"e.g. {arr.ravel()[arr.ravel() != np.round(arr.ravel())][:3].tolist()})")
     return arr.astype(np.int64), spacing
+
+
+def volume_channels(ckpt: dict[str, Any], in_chans: int) -> int:
+    """How many volume files a case of a checkpoint's inputs has: one per channel name an nnU-Net run records (an
+    nnU-Net run without names: its ``in_chans``), else 1 (other layouts have one channel, repeated for a 3-channel
+    model, so ``in_chans`` is not a file count there). ``ckpt``: a checkpoint, or any dict with its ``task``."""
+    task = ckpt.get("task") or {}
+    return len(task.get("channel_names") or []) or (in_chans if task.get("layout") == "nnunet" else 1)
+
+
+def volume_scales(ckpt: dict[str, Any], channels: int) -> str | list[str]:
+    """The :func:`read_volume` ``scale`` of a checkpoint's inputs of ``channels`` files per case: one for one file
+    (:func:`intensity_for_checkpoint`), one per channel otherwise (:func:`channel_intensities`).
+
+    Raises:
+        ValueError: see :func:`channel_intensities`.
+    """
+    return intensity_for_checkpoint(ckpt) if channels == 1 else channel_intensities(ckpt)
 
 
 def intensity_for_checkpoint(ckpt: dict[str, Any]) -> str:

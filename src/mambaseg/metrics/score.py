@@ -35,7 +35,6 @@ ground truth, both) and ``empty_masks["note"]`` says it in words for summary lin
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Iterable, Sequence
 
@@ -142,18 +141,14 @@ def score_cases(
         raise ValueError(f"empty_policy must be one of {SCORE_EMPTY_POLICIES}, got {empty_policy!r}")
     fg = [1] if num_classes == 1 else list(range(1, num_classes))
     stats, rows, own, ndim, sizes = [], [], [], 2, []
-    cases = iter(cases)
-    first = next(cases, None)
-    if first is None:
-        raise ValueError("no cases to score")
-    if empty_policy == "auto":  # the evaluators' rule for this kind of data
-        empty_policy = "transunet" if np.asarray(first[1]).ndim == 3 else "one"
-    for item in itertools.chain([first], cases):
+    for item in cases:
         case_id, pred, gt = item[:3]
         sp = item[3] if len(item) > 3 and item[3] is not None else spacing
         own.append(len(item) > 3 and item[3] is not None)
         p, g = np.asarray(pred), np.asarray(gt)
         ndim = p.ndim
+        if empty_policy == "auto":  # the evaluators' rule for this kind of data, from the first case
+            empty_policy = "transunet" if ndim == 3 else "one"
         if p.shape != g.shape:
             raise ValueError(f"case {case_id!r}: prediction is {p.shape} but the ground truth is {g.shape}; expected "
                              "the same size")

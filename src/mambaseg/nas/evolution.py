@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["EvolutionConfig", "EvolutionSearch", "SearchResult", "Genome", "Fitness"]
+__all__ = ["EvolutionConfig", "EvolutionSearch", "SearchResult", "Genome", "Fitness", "check_state_config"]
 
 Genome = tuple[int, ...]
 Fitness = tuple[float, ...]
@@ -122,6 +122,18 @@ def _unkey(s: str) -> Genome:
     return tuple(int(v) for v in s.split(",")) if s else ()
 
 
+def check_state_config(stored: Any, config: EvolutionConfig, where: str = "the search state") -> None:
+    """Refuse a search state written with other evolution settings than ``config`` (compared as JSON stores them).
+
+    Raises:
+        ValueError: naming ``where``, both settings and the way out.
+    """
+    now = json.loads(json.dumps(asdict(config)))
+    if stored != now:
+        raise ValueError(f"{where} was written with the evolution settings (config) {stored}, not {now}; resume "
+                         "with the same settings or use a new --out folder")
+
+
 class EvolutionSearch:
     """Seeded, resumable evolutionary search.
 
@@ -205,11 +217,7 @@ class EvolutionSearch:
                 f"search state is for {state['num_genes']} genes x {state['num_choices']} choices, "
                 f"this search has {self.num_genes} x {self.num_choices}"
             )
-        if state["config"] != asdict(self.config):
-            raise ValueError(
-                f"search state was written with config {state['config']}, which differs from {asdict(self.config)}; "
-                "resume with the same settings or start a new output folder"
-            )
+        check_state_config(state["config"], self.config)
         ver, internal, gauss = state["rng"]
         self.rng.setstate((ver, tuple(internal), gauss))
         self.order = [_unkey(k) for k, _ in state["scores"]]

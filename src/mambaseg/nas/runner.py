@@ -58,7 +58,7 @@ from mambaseg.configs import RunConfig, config_to_dict
 from mambaseg.engine.trainer import TrainHooks
 from mambaseg.models._registry import check_model_kwargs
 from mambaseg.models.slicemamba import arch_slices
-from mambaseg.nas.evolution import EvolutionConfig, EvolutionSearch
+from mambaseg.nas.evolution import EvolutionConfig, EvolutionSearch, check_state_config
 from mambaseg.nas.supernet import SliceMambaSupernet
 from mambaseg.runtime import resolve_amp, resolve_device
 from mambaseg.utils.files import atomic_write_json, json_safe
@@ -439,15 +439,16 @@ def _check_continuation(out: Path, cfg: RunConfig, settings: SearchSettings, evo
                             sn_dir / "last.pt")
     state = out / "search_state.json"
     if state.is_file():
-        stored = json.loads(state.read_text()).get("config")
-        if stored != _json_roundtrip(asdict(evo)):
-            raise ValueError(f"{state} was written with the evolution settings {stored}, not {asdict(evo)}; "
-                             "resume with the same settings or use a new --out folder")
+        check_state_config(json.loads(state.read_text()).get("config"), evo, str(state))
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
     """Identity of a file's current version (written atomically: a new inode each time)."""
-    return (path.stat().st_ino, path.stat().st_mtime_ns) if path.is_file() else None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log: Any = print,
@@ -478,7 +479,8 @@ def run_search(cfg: RunConfig, settings: SearchSettings, out: str | Path, *, log
     if done is not None:
         return done
     # what can refuse this call is checked before anything is written: a refused call leaves no file behind
-    check_model_kwargs("slicemamba", settings.model_kwargs)  # the found network is a slicemamba with these
+    if settings.model_kwargs:  # the found network is a slicemamba with these (none: nothing to refuse)
+        check_model_kwargs("slicemamba", settings.model_kwargs)
     _check_continuation(out, cfg, settings, evo)
     task, train_plain = _open_search_data(cfg)
     val_ds = task.val

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_json", "check_output_file", "json_safe", "json_text"]
+__all__ = ["atomic_path", "atomic_write_json", "check_output_file", "json_safe", "json_text", "same_file"]
 
 
 class atomic_path:
@@ -146,6 +146,11 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return Path(path)
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (the same path resolved, or hard links / one file reached twice)."""
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
 def check_output_file(out: Path, *, overwrite: bool, kind: str, example: str, source: Path | None = None,
                       option: str = "--out") -> None:
     """Check a file a command is about to write, before any work: refuse it when it is the ``source`` file itself
@@ -162,8 +167,7 @@ def check_output_file(out: Path, *, overwrite: bool, kind: str, example: str, so
     Raises:
         ValueError: ``out`` is ``source``. IsADirectoryError / FileExistsError / NotADirectoryError: as above.
     """
-    if source is not None and (out.resolve() == source.resolve()
-                               or (out.exists() and source.exists() and os.path.samefile(out, source))):
+    if source is not None and same_file(out, source):
         raise ValueError(f"{option} {str(out)!r} is the input file {str(source)!r}; writing it would replace it: "
                          f"choose another {option}")
     if out.is_dir():
