@@ -1,5 +1,6 @@
 """Trainer: early rejection of invalid options (grad_clip, ema_decay, warm-up), the rebuilt schedule after a resume
-with more epochs, the learning rate logged per step, and a warm-up longer than the run (kept, with a warning)."""
+with more epochs, the learning rate logged per step, a warm-up longer than the run (kept, with a warning), and the
+TensorBoard curves of a resumed run (no point twice)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,10 @@ def _record_lrs(monkeypatch):
 
     scalars = RunLogger.scalars
 
-    def spy_scalars(self, values, step, prefix=""):
+    def spy_scalars(self, values, step, prefix="", **kw):
         if prefix == "train_step/":
             logged.append(values["lr"])
-        return scalars(self, values, step, prefix)
+        return scalars(self, values, step, prefix, **kw)
 
     monkeypatch.setattr(trainer_mod, "_forward", spy)
     monkeypatch.setattr(RunLogger, "scalars", spy_scalars)
@@ -111,3 +112,44 @@ def test_plateau_with_a_warmup_says_it_is_ignored(tiny_model, synthetic_data, tm
     out = tmp_path / "run"
     train(tiny_config(synthetic_data, out, **{"schedule.name": "plateau", "schedule.warmup": 3, "train.epochs": 1}))
     assert "schedule.warmup=3 is ignored by the plateau schedule" in (out / "train.log").read_text()
+
+
+def _tb_points(folder, tag):
+    """(step, value) of ``tag`` as TensorBoard reads ``folder`` (its purge of orphaned points applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_resumed_run_has_no_tensorboard_point_twice(tiny_model, synthetic_data, tmp_path):
+    """A run killed after its last checkpoint logged an epoch that ``--resume`` trains again: TensorBoard shows
+    that epoch (and its steps) once, with the values of the resumed run, on both axes (epoch and step)."""
+    import shutil
+
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    cfg = {"train.epochs": 2, "train.log_every": 1}
+    train(tiny_config(synthetic_data, out, **cfg))  # epochs 1-2, steps 1-4; last.pt holds epoch 2
+    shutil.copy(out / "checkpoints" / "last.pt", tmp_path / "epoch2.pt")
+    cfg["train.epochs"] = 3
+    train(tiny_config(synthetic_data, out, **cfg), resume=True)  # epoch 3 (steps 5-6) logged ...
+    shutil.copy(tmp_path / "epoch2.pt", out / "checkpoints" / "last.pt")  # ... then lost with its checkpoint
+    train(tiny_config(synthetic_data, out, **cfg), resume=True)  # epoch 3 again
+    hist = json.loads((out / "history.json").read_text())
+    epochs = _tb_points(out / "tb", "train/loss")
+    assert [s for s, _ in epochs] == [1, 2, 3]
+    assert [v for _, v in epochs] == pytest.approx([r["train_loss"] for r in hist], rel=1e-6)
+    steps = _tb_points(out / "tb" / "steps", "train_step/loss")
+    assert [s for s, _ in steps] == [1, 2, 3, 4, 5, 6]
+
+
+def test_run_logger_resume_point_comes_before_the_first_scalars(tmp_path):
+    log = RunLogger(tmp_path)
+    log.scalars({"loss": 1.0}, step=1, prefix="train/")
+    with pytest.raises(RuntimeError, match="before the first scalars"):
+        log.resume_at(epoch=1, step=2)
+    with pytest.raises(ValueError, match="axis must be one of"):
+        log.scalars({"loss": 1.0}, step=1, axis="batch")
+    log.close()

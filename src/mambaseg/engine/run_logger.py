@@ -1,5 +1,11 @@
 """Run-directory logging: a text log, TensorBoard events, ``history.json`` and an nnU-Net-like ``progress.png``.
 
+TensorBoard has two x-axes: per-epoch scalars (``train/``, ``val/``) go to ``tb/`` with the epoch as step, per-step
+scalars (``train_step/``) to ``tb/steps/`` with the optimizer step. A resumed run tells the logger where its
+checkpoint stood (:meth:`RunLogger.resume_at`): each writer then starts with a purge point, so the points an
+interrupted run logged after its last checkpoint are dropped when TensorBoard reads the run (one purge point per
+directory, as the purge applies to every tag of a directory: the two axes cannot share one).
+
 Only the main process (rank 0) creates a :class:`RunLogger` that writes; other ranks use ``RunLogger(None)``,
 whose methods do nothing.
 """
@@ -16,6 +22,8 @@ from mambaseg.utils.files import atomic_path, atomic_write_json
 
 __all__ = ["RunLogger", "plot_progress", "progress_figure"]
 
+_TB_DIRS = {"epoch": "tb", "step": "tb/steps"}
+
 
 class RunLogger:
     """Writes ``train.log``, TensorBoard events (``tb/``), ``history.json`` and ``progress.png`` in ``run_dir``.
@@ -30,8 +38,9 @@ class RunLogger:
         self.plot_interval = 30.0
         self._last_plot: float | None = None
         self._log = None
-        self._tb = None
+        self._tb: dict[str, Any] = {}  # axis -> SummaryWriter, made with that axis's first scalars
         self._tb_wanted = False
+        self._purge: dict[str, int] = {}
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -53,22 +62,34 @@ class RunLogger:
             self._log.write(f"{stamp} {line}\n")
         self._log.flush()
 
-    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
-        """Add scalars to TensorBoard (non-finite values are skipped)."""
-        if self._tb is None and self._tb_wanted and self.run_dir is not None:
-            self._tb_wanted = False
+    def resume_at(self, *, epoch: int, step: int) -> None:
+        """The run continues from a checkpoint written after ``epoch`` epochs and ``step`` optimizer steps: points
+        of a later epoch or step already in ``tb/`` (logged before an interruption) are dropped by TensorBoard."""
+        if self._tb:
+            raise RuntimeError("RunLogger.resume_at must come before the first scalars")
+        self._purge = {"epoch": int(epoch) + 1, "step": int(step) + 1}
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str = "", *, axis: str = "epoch") -> None:
+        """Add scalars to TensorBoard against ``axis`` (``"epoch"``: ``tb/``, ``"step"``: ``tb/steps/``);
+        non-finite values are skipped."""
+        if axis not in _TB_DIRS:
+            raise ValueError(f"axis must be one of {sorted(_TB_DIRS)}, got {axis!r}")
+        writer = self._tb.get(axis)
+        if writer is None and self._tb_wanted and self.run_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
             except ImportError as e:  # tensorboard is a declared dependency, but keep training if it is absent
+                self._tb_wanted = False
                 self.log(f"TensorBoard disabled: {e}")
-        if self._tb is None:
+                return
+            writer = SummaryWriter(log_dir=str(self.run_dir / _TB_DIRS[axis]), purge_step=self._purge.get(axis))
+            self._tb[axis] = writer
+        if writer is None:
             return
         for k, v in values.items():
             if v is None or not math.isfinite(float(v)):
                 continue
-            self._tb.add_scalar(f"{prefix}{k}", float(v), step)
+            writer.add_scalar(f"{prefix}{k}", float(v), step)
 
     def history(self, records: list[dict[str, Any]], *, final: bool = False) -> None:
         """Write ``history.json`` and redraw ``progress.png`` from the per-epoch records.
@@ -83,13 +104,13 @@ class RunLogger:
         if final or self._last_plot is None or now - self._last_plot >= self.plot_interval:
             plot_progress(records, self.run_dir / "progress.png")
             self._last_plot = now
-        if self._tb is not None:
-            self._tb.flush()
+        for writer in self._tb.values():
+            writer.flush()
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        for writer in self._tb.values():
+            writer.close()
+        self._tb = {}
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -720,6 +720,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.step = int(state["epoch"]), int(state["step"])
+    run.logger.resume_at(epoch=run.start_epoch, step=run.step)  # TensorBoard drops what came after the checkpoint
     best = state.get("best") or {}
     run.best_value = best.get("value")
     run.best_epoch = int(best.get("epoch", 0))
@@ -881,7 +882,7 @@ def _train_epoch(run: _Run, epoch: int, bar: _Progress) -> tuple[float, float, b
         run.n_seen += int(red[1])
         if ctx.is_main and run.step % max(tc.log_every, 1) == 0:
             run.logger.scalars({"loss": float(red[0] / red[1]), "lr": lr_used,
-                                "grad_norm": float(red[3])}, run.step, prefix="train_step/")
+                                "grad_norm": float(red[3])}, run.step, prefix="train_step/", axis="step")
         bar.step(f"loss {float(red[0] / max(red[1], 1)):.4f}")
         if tc.max_steps is not None and run.step >= tc.max_steps:
             capped = True
