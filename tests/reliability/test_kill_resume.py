@@ -92,6 +92,9 @@ def test_killed_run_resumes_bit_identically(how, reference, syn_data, tmp_path):
     assert rc != 0
     if how == "SIGINT":
         assert rc == 130 and "interrupted" in proc.stdout.read()
+    if how == "SIGTERM":
+        assert rc == 143 and "error: terminated (SIGTERM)" in proc.stdout.read()
+        assert "terminated (SIGTERM) in epoch" in (out / "train.log").read_text()
     # the same thread count as the reference (--threads auto counts idle cores: another count, another sum order)
     resumed = _child(["train", "--resume", "--out", str(out), "--no-progress", "--threads", "1"])
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()

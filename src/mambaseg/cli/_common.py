@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import typer
 from rich.console import Console
 
+from mambaseg.utils.signals import Terminated, sigterm_raises
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -89,20 +91,26 @@ def _one_line(exc: BaseException) -> str:
 def handle_errors(fn: F) -> F:
     """Run a command; print expected failures as ``error: <message>`` and exit 1 (traceback with ``--debug``).
 
+    Ctrl-C exits with 130, SIGTERM (a scheduler's preemption, ``kill``) with 143: during the command SIGTERM
+    raises :class:`~mambaseg.utils.signals.Terminated`, so a training run says what it keeps as on Ctrl-C.
+
     The whole message is printed (a dataset check lists every problem, a checkpoint mismatch every tensor),
     capped at :data:`MAX_ERROR_LINES` lines."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with sigterm_raises():
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if state.debug:
                 raise
-            err_console.print("error: interrupted", style="bold red", highlight=False, markup=False)
-            raise typer.Exit(130) from None
+            word, code = ("terminated (SIGTERM)", Terminated.exit_code) if isinstance(exc, Terminated) \
+                else ("interrupted", 130)
+            err_console.print(f"error: {word}", style="bold red", highlight=False, markup=False)
+            raise typer.Exit(code) from None
         except Exception as exc:  # the CLI boundary: every error becomes one message
             if state.debug:
                 raise

@@ -74,6 +74,7 @@ from mambaseg.utils.files import atomic_write_json
 from mambaseg.utils.runlock import RunLock, remove_stale_temporaries
 from mambaseg.utils.progress import ProgressReporter, is_terminal
 from mambaseg.utils.seed import get_rng_state, seed_everything, seed_worker, set_rng_state
+from mambaseg.utils.signals import Terminated
 
 __all__ = [
     "train",
@@ -795,7 +796,8 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
                     break
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):  # say what an interrupted run keeps: last.pt is not written on Ctrl-C
-            _interrupted(run, epoch + 1, saved_epoch)
+            _interrupted(run, epoch + 1, saved_epoch, "terminated (SIGTERM)" if isinstance(exc, Terminated)
+                         else "interrupted")
         run.logger.close()
         if run.writer is not None:
             with contextlib.suppress(Exception):  # finish the writes already queued; the original error wins
@@ -806,17 +808,18 @@ def _loop(run: _Run, callbacks: Any, show_progress: bool) -> None:
     run.seconds = time.perf_counter() - t0
 
 
-def _interrupted(run: _Run, epoch: int, saved_epoch: int) -> None:
-    """The console and ``train.log`` line of a run interrupted in ``epoch``: what ``--resume`` continues from."""
+def _interrupted(run: _Run, epoch: int, saved_epoch: int, word: str) -> None:
+    """The console and ``train.log`` line of a run interrupted (Ctrl-C) or terminated (SIGTERM, from the CLI) in
+    ``epoch``: what ``--resume`` continues from."""
     tc = run.cfg.train
     last = run.ckpt_dir / "last.pt"
     if saved_epoch:
-        msg = (f"interrupted in epoch {epoch} (step {run.step}): {last} holds epoch {saved_epoch}, so --resume "
+        msg = (f"{word} in epoch {epoch} (step {run.step}): {last} holds epoch {saved_epoch}, so --resume "
                f"continues from there and trains epochs {saved_epoch + 1}..{epoch} again (last.pt is written after "
                f"the first epoch, then every train.checkpoint_interval_s = {tc.checkpoint_interval_s:g} s or "
                "train.checkpoint_every epochs, and at the end)")
     else:
-        msg = f"interrupted in epoch {epoch} (step {run.step}), before the first {last}: there is nothing to resume"
+        msg = f"{word} in epoch {epoch} (step {run.step}), before the first {last}: there is nothing to resume"
     _note(run, msg)
 
 
