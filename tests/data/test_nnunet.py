@@ -98,7 +98,8 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"case_000\.nii\.gz.*\[9\]"):
         raw.load_case("case_000")
     _save(root / "labelsTr" / "case_001.nii.gz", np.zeros((24, 20, 3), np.uint8))
-    with pytest.raises(DatasetError, match=r"case_001\.nii\.gz.*differs"):
+    with pytest.raises(DatasetError, match=r"case_001\.nii\.gz: label shape \(X, Y, Z\) = \(24, 20, 3\) differs from "
+                                           r"image shape \(X, Y, Z\) = \(24, 20, 5\)"):
         raw.load_case("case_001")
     meta = json.loads((root / "dataset.json").read_text())
     meta["numTraining"] = 7

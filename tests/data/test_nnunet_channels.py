@@ -151,9 +151,11 @@ def test_channel_of_another_shape_names_both_files_and_the_case(acdc2: Path) -> 
     f = acdc2 / "imagesTr" / "patient019_frame01_0001.nii.gz"
     img = nib.load(str(f))
     rewrite(f, img.affine, data=np.asanyarray(img.dataobj)[:200])
-    with pytest.raises(DatasetError, match=r"patient019_frame01_0001\.nii\.gz: shape \(11, 256, 200\) of channel 1 "
-                                           r"\(inverted\) differs from channel 0 .*patient019_frame01_0000\.nii\.gz "
-                                           r"\(11, 256, 216\) of case 'patient019_frame01'$"):
+    # shapes in the files' (X, Y, Z) order, as nibabel shows them (they were the reversed (D, H, W))
+    assert img.shape == (216, 256, 11)
+    with pytest.raises(DatasetError, match=r"patient019_frame01_0001\.nii\.gz: shape \(X, Y, Z\) = \(200, 256, 11\) "
+                                           r"of channel 1 \(inverted\) differs from channel 0 .*patient019_frame01_0000"
+                                           r"\.nii\.gz \(X, Y, Z\) = \(216, 256, 11\) of case 'patient019_frame01'$"):
         NnUNetRaw(acdc2).load_case("patient019_frame01")
 
 

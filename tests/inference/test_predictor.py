@@ -145,3 +145,41 @@ def test_sixteen_bit_pil_image_and_float_arrays_keep_their_precision(tmp_path):
     assert pred.read(f).dtype == np.float32 and np.array_equal(pred.read(f), f)
     assert pred.read(f.astype(np.float64)[..., :1]).dtype == np.float32
     np.testing.assert_array_equal(pred.predict(raw / 65535.0), pred.predict(tmp_path / "g16.png"))
+
+
+class _PlainNet(torch.nn.Module):
+    """A hand-built model that says nothing about its classes (no mambaseg_spec, no num_classes)."""
+
+    def __init__(self, out_channels: int, flat: bool = False) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, out_channels, 1)
+        self.flat = flat
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.flatten(1) if self.flat else y
+
+
+def test_a_model_without_num_classes_is_counted_at_construction():
+    # it was taken as binary: a 3-class model then failed at its first mask ("mask holds class 2 ...")
+    pred = Predictor(_PlainNet(3), image_size=(32, 32), device="cpu")
+    assert pred.num_classes == 3 and list(pred.label_map.values()) == [0, 1, 2]
+    mask = pred.predict(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    assert mask.shape == (40, 50) and mask.max() <= 2
+    with pytest.raises(ValueError, match="has 2 entries but the model predicts 3 classes"):
+        Predictor(_PlainNet(3), image_size=(32, 32), device="cpu", label_map={"bg": 0, "lesion": 255})
+    assert Predictor(_PlainNet(1), image_size=(32, 32), device="cpu").label_map == {"background": 0,
+                                                                                     "foreground": 255}
+    with pytest.raises(ValueError, match=r"must return logits \(B, num_classes, H, W\)"):
+        Predictor(_PlainNet(2, flat=True), image_size=(32, 32), device="cpu")
+    one_channel = torch.nn.Conv2d(1, 2, 1)  # takes 1 channel, does not say so
+    with pytest.raises(ValueError, match=r"no num_classes attribute.*zero image of shape \(1, 3, 32, 32\)"):
+        Predictor(one_channel, image_size=(32, 32), device="cpu")
+
+
+def test_logits_of_another_class_count_than_the_model_says_are_refused():
+    net = _PlainNet(3)
+    net.num_classes = 1  # says binary, returns 3 channels
+    pred = Predictor(net, image_size=(32, 32), device="cpu")
+    with pytest.raises(ValueError, match=r"logits of shape \(1, 3, 32, 32\) but the predictor expects \(B, 1, H, W\)"):
+        pred.predict(np.zeros((32, 32, 3), dtype=np.uint8))

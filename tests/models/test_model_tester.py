@@ -108,6 +108,27 @@ def test_eval_is_deterministic(name):
         assert torch.equal(model(x), model(x))
 
 
+def test_reduced_precision_weights_and_input_dtype_errors(name):
+    """A model converted with .bfloat16() runs on bfloat16 input (on CPU it failed inside layer_norm: the float32
+    scan output met bfloat16 norm weights) close to the float32 model; an input of another dtype, or an integer
+    image, is refused naming both dtypes (it failed inside torch)."""
+    import copy
+
+    model, size = _build(name)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        half = copy.deepcopy(model).bfloat16()
+        y = half(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    rel = float((y.float() - ref).norm() / ref.norm())
+    assert rel < 0.05, rel
+    with pytest.raises(ValueError, match=r"torch\.bfloat16 weights but the input is torch\.float32"):
+        half(x)
+    with pytest.raises(ValueError, match="floating-point input"):
+        model(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+
+
 def test_img_size_goes_only_to_models_that_take_it():
     m = mambaseg.create_model("vmunet_tiny", img_size=(64, 64))
     assert "img_size" not in m.mambaseg_spec["kwargs"]

@@ -133,6 +133,12 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]
     return array, (zooms[2], zooms[1], zooms[0]), np.asarray(img.affine), img.header
 
 
+def file_shape(shape: Sequence[int]) -> str:
+    """A (D, H, W) shape of :func:`read_nifti` as the NIfTI file stores it, for messages: ``(X, Y, Z) = (...)``, the
+    order nibabel, ITK-SNAP and ``fslinfo`` show (a user comparing with them would otherwise see it reversed)."""
+    return f"(X, Y, Z) = {tuple(int(n) for n in reversed(tuple(shape)))}"
+
+
 def write_nifti(
     path: str | Path,
     array: np.ndarray,
@@ -397,8 +403,8 @@ class NnUNetRaw:
             lf = self.label_file(case)
             lab, lsp, laff, _ = read_nifti(lf)
             if lab.shape != chans[0].shape:
-                raise DatasetError(f"{lf}: label shape {lab.shape} differs from image shape {chans[0].shape} "
-                                   f"of {files[0]}")
+                raise DatasetError(f"{lf}: label shape {file_shape(lab.shape)} differs from image shape "
+                                   f"{file_shape(chans[0].shape)} of {files[0]}")
             assert spacing is not None and affine is not None
             diff = _geometry_mismatch((spacing, affine), (lsp, laff))
             if diff is not None:
@@ -424,8 +430,8 @@ class NnUNetRaw:
         (shape, sp, aff), (shape0, sp0, aff0) = got, ref
         name = f"channel {c} ({self.channel_names[c]})"
         if shape != shape0:
-            raise DatasetError(f"{f}: shape {shape} of {name} differs from channel 0 {first} {shape0} of case "
-                               f"{case!r}")
+            raise DatasetError(f"{f}: shape {file_shape(shape)} of {name} differs from channel 0 {first} "
+                               f"{file_shape(shape0)} of case {case!r}")
         diff = _geometry_mismatch((sp0, aff0), (sp, aff), ref="channel 0's")
         if diff is not None:
             raise DatasetError(f"{f}: geometry of {name} differs from channel 0 {first} of case {case!r}: {diff}; "

@@ -78,19 +78,22 @@ def default_label_map(num_classes: int) -> dict[str, int]:
     return folder_label_map(num_classes <= 1, list(range(num_classes)))[0]
 
 
-def model_label_map(model: nn.Module, label_map: dict[str, int] | None) -> dict[str, int]:
+def model_label_map(model: nn.Module, label_map: dict[str, int] | None, num_classes: int | None = None
+                    ) -> dict[str, int]:
     """``label_map`` checked against the classes of ``model``, or :func:`default_label_map` when it is empty.
 
-    The number of classes is the model's ``mambaseg_spec["num_classes"]`` or ``num_classes`` attribute; a model with
-    neither is taken as binary and its label map is not checked (its output channels are known only once it runs).
+    The number of classes is ``num_classes`` when given (the :class:`Predictor` learns it from one forward pass of
+    a model that does not say), else the model's ``mambaseg_spec["num_classes"]`` or ``num_classes`` attribute; a
+    model with neither is taken as binary and its label map is not checked.
 
     Raises:
         ValueError: a label map whose number of entries differs from the model's classes (two for one output
             channel); the message names both numbers.
     """
     spec = getattr(model, "mambaseg_spec", None) or {}
-    known = "num_classes" in spec or hasattr(model, "num_classes")
-    num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
+    known = num_classes is not None or "num_classes" in spec or hasattr(model, "num_classes")
+    if num_classes is None:
+        num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
     if not label_map:
         return default_label_map(num_classes)
     label_map = dict(label_map)
@@ -125,6 +128,11 @@ class Predictor:
             each 2-D mask and to each whole volume.
         amp_dtype: optional autocast dtype on CUDA (e.g. ``torch.bfloat16``).
         info: free-form facts about the checkpoint (shown by ``repr``).
+
+    A model that does not say how many classes it predicts (no ``mambaseg_spec`` and no ``num_classes`` attribute,
+    e.g. a plain ``nn.Module``) is run once on a zero image of ``image_size`` here, and its output channels are its
+    classes: a label map of the wrong size is refused now, not at the first mask written. Every batch's logits are
+    checked against that number.
     """
 
     def __init__(
@@ -147,14 +155,17 @@ class Predictor:
         self.image_size = as_size(tuple(image_size))
         self.normalization = normalization
         spec = getattr(model, "mambaseg_spec", None) or {}
-        self.num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
         self.in_chans = int(spec.get("in_chans", getattr(model, "in_chans", 3)))
-        self.label_map = model_label_map(model, label_map)
+        self.amp_dtype = amp_dtype
+        if "num_classes" in spec or hasattr(model, "num_classes"):
+            self.num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
+        else:
+            self.num_classes = self._probe_classes()
+        self.label_map = model_label_map(model, label_map, self.num_classes)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.threshold = threshold
         self.postprocess = parse_postprocess(postprocess)
-        self.amp_dtype = amp_dtype
         self.info = dict(info or {})
         self._transform = build_transforms(self.image_size, augment=False)
 
@@ -278,10 +289,30 @@ class Predictor:
             x = self.normalization.apply(x)
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
+    def _probe_classes(self) -> int:
+        """Output channels of a model that does not name its classes: one forward pass of a zero image."""
+        shape = (1, self.in_chans, *self.image_size)
+        try:
+            with torch.inference_mode(), autocast_for(self.device, self.amp_dtype):
+                out = self.model(torch.zeros(shape, device=self.device))
+        except Exception as e:
+            raise ValueError(f"the model has no num_classes attribute, and running it on a zero image of shape {shape} "
+                             f"(B, C, H, W) to count its output channels failed: {type(e).__name__}: {e}; give the "
+                             "model num_classes and in_chans attributes (the in_chans default is 3)") from e
+        if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != 1:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the model must return logits (B, num_classes, H, W); on a {shape} input it returned {got}")
+        return int(out.shape[1])
+
     # ------------------------------------------------------------------ prediction
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast_for(self.device, self.amp_dtype):
-            return self.model(batch.to(self.device)).float()
+            logits = self.model(batch.to(self.device)).float()
+        if logits.dim() != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} but the predictor expects "
+                             f"(B, {self.num_classes}, H, W) ({self.num_classes} class channel(s), label map "
+                             f"{self.label_map})")
+        return logits
 
     def _labels(self, logits: torch.Tensor) -> torch.Tensor:
         return labels_from_logits(logits, self.threshold)

@@ -249,7 +249,9 @@ class SS2D(SSMScanBase):
         else:
             x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
             y = self.forward_core(x)
-        y = self.out_norm(y)
+        # the float32 scan output meets the norm's own dtype: float32 for a float32 model (also under autocast,
+        # where layer_norm runs in float32), bfloat16/float16 for a model converted with .bfloat16()/.half()
+        y = self.out_norm(y.to(self.out_norm.weight.dtype))
         y = y * F.silu(z).to(y.dtype)
         return self.out_proj(y.to(z.dtype))
 

@@ -68,6 +68,21 @@ class SegmentationModel(nn.Module):
                 "channels; rebuild with create_model(..., in_chans=...)"
             )
         self.check_size(int(x.shape[-2]), int(x.shape[-1]))
+        self.check_dtype(x)
+
+    def check_dtype(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` if ``x`` cannot meet the weights' dtype: an integer image (not normalised), or a
+        float dtype other than the weights' outside autocast (a model converted with ``.bfloat16()``/``.half()``
+        takes inputs of that dtype; a float32 model under ``torch.autocast`` takes float32)."""
+        if not x.is_floating_point():
+            raise ValueError(f"{type(self).__name__} expects a floating-point input (normalised image), got {x.dtype}; "
+                             "convert and normalise it first (mambaseg.inference.Predictor does both)")
+        weight = next(self.parameters(), None)
+        if weight is None or x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+            return
+        raise ValueError(f"{type(self).__name__} has {weight.dtype} weights but the input is {x.dtype}: pass "
+                         f"x.to({weight.dtype}), or keep the model in float32 and run it under torch.autocast "
+                         "for reduced precision")
 
     def valid_size(self, h: int, w: int) -> tuple[int, int]:
         """The input size nearest to (h, w) that the model takes (its fixed size, if it has one)."""
