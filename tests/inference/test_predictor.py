@@ -183,3 +183,20 @@ def test_logits_of_another_class_count_than_the_model_says_are_refused():
     pred = Predictor(net, image_size=(32, 32), device="cpu")
     with pytest.raises(ValueError, match=r"logits of shape \(1, 3, 32, 32\) but the predictor expects \(B, 1, H, W\)"):
         pred.predict(np.zeros((32, 32, 3), dtype=np.uint8))
+
+
+def test_a_model_in_bfloat16_predicts_like_the_float32_one(images):
+    # a model converted with .bfloat16() gets its input in bfloat16 (float32 input is refused by the model itself)
+    import copy
+
+    model = mambaseg.create_model("vmunet_tiny", num_classes=1, dims=8, d_state=2).eval()
+    p32 = Predictor(model, image_size=(32, 32), device="cpu")
+    p16 = Predictor(copy.deepcopy(model).bfloat16(), image_size=(32, 32), device="cpu")
+    a, b = p32.predict_proba(images[0] / "a.png"), p16.predict_proba(images[0] / "a.png")
+    assert a.shape == b.shape == (45, 70) and np.abs(a - b).max() < 0.05
+    from mambaseg.inference.volume import predict_volume
+
+    vol = np.random.default_rng(1).random((3, 40, 36)).astype(np.float32)
+    la = predict_volume(model, vol, image_size=32)
+    lb = predict_volume(copy.deepcopy(model).bfloat16(), vol, image_size=32)
+    assert la.shape == lb.shape == (3, 40, 36) and (la == lb).mean() > 0.95

@@ -110,7 +110,7 @@ class RunLogger:
     def close(self) -> None:
         for writer in self._tb.values():
             writer.close()
-        self._tb = {}
+        self._tb, self._tb_wanted = {}, False  # closed: later scalars make no new writer
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -157,6 +157,8 @@ class Predictor:
         spec = getattr(model, "mambaseg_spec", None) or {}
         self.in_chans = int(spec.get("in_chans", getattr(model, "in_chans", 3)))
         self.amp_dtype = amp_dtype
+        # inputs go in at the weights' dtype: a model converted with .half()/.bfloat16() takes that dtype
+        self._input_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         if "num_classes" in spec or hasattr(model, "num_classes"):
             self.num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
         else:
@@ -294,7 +296,7 @@ class Predictor:
         shape = (1, self.in_chans, *self.image_size)
         try:
             with torch.inference_mode(), autocast_for(self.device, self.amp_dtype):
-                out = self.model(torch.zeros(shape, device=self.device))
+                out = self.model(torch.zeros(shape, device=self.device, dtype=self._input_dtype))
         except Exception as e:
             raise ValueError(f"the model has no num_classes attribute, and running it on a zero image of shape {shape} "
                              f"(B, C, H, W) to count its output channels failed: {type(e).__name__}: {e}; give the "
@@ -307,7 +309,7 @@ class Predictor:
     # ------------------------------------------------------------------ prediction
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast_for(self.device, self.amp_dtype):
-            logits = self.model(batch.to(self.device)).float()
+            logits = self.model(batch.to(self.device, self._input_dtype)).float()
         if logits.dim() != 4 or logits.shape[1] != self.num_classes:
             raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} but the predictor expects "
                              f"(B, {self.num_classes}, H, W) ({self.num_classes} class channel(s), label map "

@@ -457,6 +457,8 @@ def predict_volume(
         if first is None:
             first = next(iter(model.buffers()), None)
         dev = first.device if first is not None else torch.device("cpu")
+    # slices go in at the weights' dtype: a model converted with .half()/.bfloat16() takes that dtype
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     in_chans = int(getattr(model, "in_chans", 0)) or None
     vol = volume if isinstance(volume, Volume) else Volume(id="", image=np.asarray(volume, dtype=np.float32))
     d, h, w = vol.label_shape
@@ -467,7 +469,7 @@ def predict_volume(
         for idx, x in iter_slice_batches(
             vol, image_size=size, normalization=normalization, batch_size=batch_size, in_chans=in_chans
         ):
-            x = x.to(dev)
+            x = x.to(dev, dtype)
             with autocast_for(dev, amp_dtype):
                 logits = model(x).float()
             if on_batch is not None:
