@@ -428,7 +428,17 @@ def hard_case_rows(name, d):
     return [{"case": r["case"],
              **{run: "-" if v is None else f"{v:.3f}" + (" <" if v < t else "") for run, v in r["dsc"].items()},
              f"runs < {t:g}": f"{r['runs_below']} / {r['runs']}",
-             "best run": f"{r['best_run']} {r['best_dsc']:.3f}"} for r in d["cases"]]
+             "best run": f"{r['best_run']} {r['best_dsc']:.3f}",
+             **({"error (precision / recall per run)": _error_cell(r)} if "errors" in r else {})}
+            for r in d["cases"]]
+
+
+def _error_cell(row):
+    """A hard case's kind of error and each run's precision / recall (the runs whose probabilities were read)."""
+    if not row["errors"]:
+        return "-"
+    per_run = "; ".join(f"{run} {e['precision']:.2f} / {e['recall']:.2f}" for run, e in row["errors"].items())
+    return f"{row['error_kind']}: {per_run}"
 
 
 def _largest(folds: list[dict], key: str) -> tuple:
@@ -781,7 +791,10 @@ FAMILIES = [
      "`benchmarks/ph2_hard_cases.py`: every case that some PH2 cross-validation above scores below the threshold "
      "(per-case DSC of the folds' final weights, as each file records it; '<' marks a value below), with every "
      "run's DSC beside, how many runs put it below and its best run. Derived from those files, nothing trained; "
-     "choosing a recipe or an ensemble by this table is a selection on the cases it shows."),
+     "choosing a recipe or an ensemble by this table is a selection on the cases it shows. The error column (with "
+     "`--runs`/`--cache`: the runs whose restored roots hold out-of-fold probabilities) gives each run's precision / "
+     "recall of the case and the kind of error: false positives = over-segmentation, false negatives = "
+     "under-segmentation, mixed = runs disagree."),
     ("PH2 training stability", r"stability_ph2_.*", stability_rows,
      "`benchmarks/cv_ph2_gpu.py --stability-only`: the folds' logged validation Dice per epoch (20 held-out cases "
      "per fold), finished or not; 'largest fall' = the largest drop between two consecutive epochs (Dice points) "

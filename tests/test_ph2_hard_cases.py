@@ -35,3 +35,37 @@ def test_the_committed_table_is_derived_from_the_committed_cross_validations(ben
     again = hc.hard_cases(hc.runs_of(hc.RESULTS), committed["threshold"])
     committed.pop("environment")
     assert committed == again, "run: python benchmarks/ph2_hard_cases.py"
+
+
+def test_error_kinds_from_out_of_fold_probabilities(tmp_path, benchmark_module):
+    """Precision/recall of each hard case in the runs whose restored roots hold its probabilities: an
+    over-segmented case is 'false positives', an under-segmented one 'false negatives'."""
+    import numpy as np
+
+    hc = benchmark_module("ph2_hard_cases")
+    g = np.zeros((8, 8), np.uint8)
+    g[2:6, 2:6] = 255  # 16 foreground pixels
+    np.savez(tmp_path / "cache.npz", train_ids=np.array(["c1", "c2"]), train_masks=np.stack([g, g]),
+             val_ids=np.array(["c3"]), val_masks=g[None])
+    over = np.zeros((1, 8, 8), np.float16)
+    over[0, 1:7, 1:7] = 0.9  # 36 predicted, all 16 true ones among them: precision 0.444, recall 1
+    under = np.zeros((1, 8, 8), np.float16)
+    under[0, 2:4, 2:6] = 0.7  # 8 predicted, all true: precision 1, recall 0.5
+    for run, fold, case, p in [("a_s0", 0, "c2", over), ("a_s0", 1, "c3", under), ("b_s0", 0, "c2", under)]:
+        d = tmp_path / "cv" / f"cv_ph2_{run}" / f"fold_{fold}" / "oof" / "last" / "probabilities"
+        d.mkdir(parents=True, exist_ok=True)
+        np.savez(d / f"{case}.npz", probabilities=p)
+    _cv(tmp_path / "cv_ph2_a_s0.json", "a", 0, {"c1": 0.95, "c2": 0.62, "c3": 0.67})
+    _cv(tmp_path / "cv_ph2_b_s0.json", "b", 0, {"c1": 0.96, "c2": 0.67, "c3": 0.90})
+    t = hc.add_error_kinds(hc.hard_cases(hc.runs_of(tmp_path), 0.8), tmp_path / "cv", tmp_path / "cache.npz")
+    c2, c3 = t["cases"]
+    assert c2["errors"]["a_s0"] == {"precision": 0.4444, "recall": 1.0, "dominant": "false positives"}
+    assert c2["errors"]["b_s0"] == {"precision": 1.0, "recall": 0.5, "dominant": "false negatives"}
+    assert c2["error_kind"] == "mixed"
+    assert list(c3["errors"]) == ["a_s0"] and c3["error_kind"] == "false negatives"  # b_s0 has no c3 probabilities
+    assert t["runs_with_probabilities"] == ["a_s0", "b_s0"]
+    bad = tmp_path / "cv" / "cv_ph2_b_s0" / "fold_1" / "oof" / "last" / "probabilities"
+    bad.mkdir(parents=True)
+    np.savez(bad / "c2.npz", probabilities=over)  # c2 held out by two folds: a broken root
+    with pytest.raises(SystemExit, match="held out by more than one fold"):
+        hc.add_error_kinds(hc.hard_cases(hc.runs_of(tmp_path), 0.8), tmp_path / "cv", tmp_path / "cache.npz")
