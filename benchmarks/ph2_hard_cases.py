@@ -78,7 +78,7 @@ def hard_cases(runs: dict[str, dict], threshold: float) -> dict:
     }
 
 
-def _ground_truth(cache: Path) -> dict[str, "np.ndarray"]:
+def _ground_truth(cache: Path) -> dict:
     """Case id -> boolean foreground mask of an npz2d cache (train and val: the 100 cases the folds split)."""
     import numpy as np
 
