@@ -34,6 +34,12 @@ def test_the_committed_table_is_derived_from_the_committed_cross_validations(ben
     committed = json.loads((hc.RESULTS / "hard_cases_ph2.json").read_text())
     again = hc.hard_cases(hc.runs_of(hc.RESULTS), committed["threshold"])
     committed.pop("environment")
+    # the error columns come from restored cross-validation roots (--runs/--cache), not from the committed files
+    for key in ("error_rule", "runs_with_probabilities"):
+        committed.pop(key, None)
+    for row in committed["cases"]:
+        row.pop("errors", None)
+        row.pop("error_kind", None)
     assert committed == again, "run: python benchmarks/ph2_hard_cases.py"
 
 

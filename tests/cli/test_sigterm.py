@@ -55,3 +55,39 @@ def test_sigterm_raises_only_inside_the_block():
                 pass
     assert isinstance(info.value, KeyboardInterrupt) and Terminated.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_terminated_survives_pickling():
+    # a process-pool worker (HD95 of volumes) that gets SIGTERM sends it back pickled
+    import pickle
+
+    back = pickle.loads(pickle.dumps(Terminated()))
+    assert isinstance(back, Terminated) and str(back) == "terminated by SIGTERM"
+
+
+def test_a_second_sigterm_while_unwinding_is_ignored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        with sigterm_raises():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):
+                    pass
+            finally:  # the unwinding (queued checkpoint writes) is not cut by another SIGTERM
+                assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):
+                    pass
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_importing_the_library_sets_no_signal_handler():
+    import subprocess
+    import sys
+
+    code = ("import signal, mambaseg, mambaseg.cli, mambaseg.engine.trainer, mambaseg.inference; "
+            "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "
+            "signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]

@@ -153,3 +153,27 @@ def test_run_logger_resume_point_comes_before_the_first_scalars(tmp_path):
     with pytest.raises(ValueError, match="axis must be one of"):
         log.scalars({"loss": 1.0}, step=1, axis="batch")
     log.close()
+
+
+def test_resuming_a_run_of_the_one_folder_layout_keeps_its_step_history(tmp_path):
+    """A run whose tb/ holds per-step points beside the per-epoch ones (written before tb/steps/): the resumed
+    run keeps logging there, with one purge at the step, so no earlier step point disappears."""
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    old = SummaryWriter(log_dir=str(tmp_path / "tb"))
+    for s in range(1, 9):
+        old.add_scalar("train_step/loss", 1.0 / s, s)
+    for e in (1, 2):
+        old.add_scalar("train/loss", 1.0 / e, e)
+    old.close()
+    log = RunLogger(tmp_path)
+    log.resume_at(epoch=2, step=8)
+    for s in (9, 10):
+        log.scalars({"loss": 0.05}, s, prefix="train_step/", axis="step")
+    log.scalars({"loss": 0.3}, 3, prefix="train/")
+    log.close()
+    assert not (tmp_path / "tb" / "steps").exists()
+    assert [s for s, _ in _tb_points(tmp_path / "tb", "train_step/loss")] == list(range(1, 11))
+    assert [s for s, _ in _tb_points(tmp_path / "tb", "train/loss")] == [1, 2, 3]
+    assert "earlier layout" in (tmp_path / "train.log").read_text()

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mambaseg.runtime import autocast_for
 from mambaseg.utils.distributed import DistContext, all_gather_objects
+from mambaseg.utils.modules import weight_dtype
 
 __all__ = [
     "EvalContext",
@@ -249,6 +250,7 @@ class SegmentationEvaluator2D(Evaluator):
         indices = _shard(len(dataset), ctx.dist)  # type: ignore[arg-type]
         was_training = model.training
         model.eval()
+        dtype = weight_dtype(model)
         ids: list[str] = []
         stats: list[torch.Tensor] = []
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
@@ -258,7 +260,7 @@ class SegmentationEvaluator2D(Evaluator):
                 # no host synchronisation inside the loop: statistics and loss stay on the device until the end
                 for x, y, batch_ids in self._batches(dataset, indices, ctx):
                     with autocast_for(ctx.device, ctx.amp_dtype):
-                        logits = model(x)
+                        logits = model(x.to(dtype))  # the weights' dtype: a .bfloat16() model is evaluated too
                     logits = logits.float()
                     if ctx.loss_fn is not None:
                         loss_sum += ctx.loss_fn(logits, y).detach().double() * x.shape[0]

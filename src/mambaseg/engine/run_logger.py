@@ -38,9 +38,10 @@ class RunLogger:
         self.plot_interval = 30.0
         self._last_plot: float | None = None
         self._log = None
-        self._tb: dict[str, Any] = {}  # axis -> SummaryWriter, made with that axis's first scalars
+        self._tb: dict[str, Any] = {}  # folder -> SummaryWriter, made with that folder's first scalars
         self._tb_wanted = False
-        self._purge: dict[str, int] = {}
+        self._dirs = dict(_TB_DIRS)  # axis -> folder
+        self._purge: dict[str, int] = {}  # folder -> purge step
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,14 +68,25 @@ class RunLogger:
         of a later epoch or step already in ``tb/`` (logged before an interruption) are dropped by TensorBoard."""
         if self._tb:
             raise RuntimeError("RunLogger.resume_at must come before the first scalars")
-        self._purge = {"epoch": int(epoch) + 1, "step": int(step) + 1}
+        tb = self.run_dir / "tb" if self.run_dir is not None else None
+        if tb is not None and any(tb.glob("events.out.tfevents.*")) and not (tb / "steps").is_dir():
+            # a run written before tb/steps/ existed: its per-step points are in tb/ beside the per-epoch ones.
+            # One purge there at the step keeps both histories (epoch numbers are below step numbers); the
+            # redone epochs' points may show twice, as they did then
+            self._dirs = {"epoch": "tb", "step": "tb"}
+            self._purge = {"tb": int(step) + 1}
+            self.log("TensorBoard: tb/ holds per-step points of an earlier layout; this run keeps logging there "
+                     "(redone epochs may show twice)")
+            return
+        self._purge = {self._dirs["epoch"]: int(epoch) + 1, self._dirs["step"]: int(step) + 1}
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "", *, axis: str = "epoch") -> None:
         """Add scalars to TensorBoard against ``axis`` (``"epoch"``: ``tb/``, ``"step"``: ``tb/steps/``);
         non-finite values are skipped."""
         if axis not in _TB_DIRS:
             raise ValueError(f"axis must be one of {sorted(_TB_DIRS)}, got {axis!r}")
-        writer = self._tb.get(axis)
+        folder = self._dirs[axis]
+        writer = self._tb.get(folder)
         if writer is None and self._tb_wanted and self.run_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -82,8 +94,8 @@ class RunLogger:
                 self._tb_wanted = False
                 self.log(f"TensorBoard disabled: {e}")
                 return
-            writer = SummaryWriter(log_dir=str(self.run_dir / _TB_DIRS[axis]), purge_step=self._purge.get(axis))
-            self._tb[axis] = writer
+            writer = SummaryWriter(log_dir=str(self.run_dir / folder), purge_step=self._purge.get(folder))
+            self._tb[folder] = writer
         if writer is None:
             return
         for k, v in values.items():

@@ -26,6 +26,7 @@ from mambaseg.data.files import IMAGE_EXTENSIONS
 from mambaseg.inference.postprocess import parse_postprocess, postprocess_labels
 from mambaseg.metrics import labels_from_logits
 from mambaseg.runtime import autocast_for, resolve_device
+from mambaseg.utils.modules import weight_dtype
 
 __all__ = ["Predictor", "load", "list_images", "IMAGE_EXTENSIONS", "overlay_mask", "PALETTE", "default_label_map",
            "model_label_map"]
@@ -158,7 +159,7 @@ class Predictor:
         self.in_chans = int(spec.get("in_chans", getattr(model, "in_chans", 3)))
         self.amp_dtype = amp_dtype
         # inputs go in at the weights' dtype: a model converted with .half()/.bfloat16() takes that dtype
-        self._input_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self._input_dtype = weight_dtype(model)
         if "num_classes" in spec or hasattr(model, "num_classes"):
             self.num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
         else:
@@ -312,8 +313,9 @@ class Predictor:
             logits = self.model(batch.to(self.device, self._input_dtype)).float()
         if logits.dim() != 4 or logits.shape[1] != self.num_classes:
             raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} but the predictor expects "
-                             f"(B, {self.num_classes}, H, W) ({self.num_classes} class channel(s), label map "
-                             f"{self.label_map})")
+                             f"(B, {self.num_classes}, H, W): {self.num_classes} class channel(s), from the model's "
+                             f"num_classes / mambaseg_spec (label map {self.label_map}); set num_classes to what the "
+                             "model returns")
         return logits
 
     def _labels(self, logits: torch.Tensor) -> torch.Tensor:

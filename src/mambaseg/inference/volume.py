@@ -47,6 +47,7 @@ from mambaseg.inference.postprocess import postprocess_labels
 from mambaseg.metrics import labels_from_logits, probabilities_from_logits
 from mambaseg.runtime import autocast_for
 from mambaseg.utils.files import atomic_write_npz
+from mambaseg.utils.modules import weight_dtype
 
 __all__ = [
     "VOLUME_SUFFIXES",
@@ -458,7 +459,7 @@ def predict_volume(
             first = next(iter(model.buffers()), None)
         dev = first.device if first is not None else torch.device("cpu")
     # slices go in at the weights' dtype: a model converted with .half()/.bfloat16() takes that dtype
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = weight_dtype(model)
     in_chans = int(getattr(model, "in_chans", 0)) or None
     vol = volume if isinstance(volume, Volume) else Volume(id="", image=np.asarray(volume, dtype=np.float32))
     d, h, w = vol.label_shape

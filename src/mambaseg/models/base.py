@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from mambaseg.utils.modules import weight_dtype
+
 __all__ = ["SegmentationModel", "nearest_valid_size", "pyramid_dims", "split_per_stage", "stage_drop_rates"]
 
 
@@ -77,12 +79,12 @@ class SegmentationModel(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects a floating-point input (normalised image), got {x.dtype}; "
                              "convert and normalise it first (mambaseg.inference.Predictor does both)")
-        weight = next(self.parameters(), None)
-        if weight is None or x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+        dtype = weight_dtype(self)
+        if x.dtype == dtype or (x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)):
             return
-        raise ValueError(f"{type(self).__name__} has {weight.dtype} weights but the input is {x.dtype}: pass "
-                         f"x.to({weight.dtype}), or keep the model in float32 and run it under torch.autocast "
-                         "for reduced precision")
+        raise ValueError(f"{type(self).__name__} has {dtype} weights but the input is {x.dtype}: pass "
+                         f"x.to({dtype}) (mambaseg.inference.Predictor does), or run a float32 model under "
+                         "torch.autocast(device_type, dtype=...) for reduced precision")
 
     def valid_size(self, h: int, w: int) -> tuple[int, int]:
         """The input size nearest to (h, w) that the model takes (its fixed size, if it has one)."""

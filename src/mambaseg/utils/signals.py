@@ -22,8 +22,8 @@ class Terminated(KeyboardInterrupt):
 
     exit_code = 128 + signal.SIGTERM
 
-    def __init__(self) -> None:
-        super().__init__("terminated by SIGTERM")
+    def __init__(self, *args: object) -> None:  # *args: pickling (a process-pool worker's) passes the message
+        super().__init__(*(args or ("terminated by SIGTERM",)))
 
 
 @contextlib.contextmanager
@@ -35,10 +35,14 @@ def sigterm_raises() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: object) -> None:
+        # a second SIGTERM (a scheduler signals again, or the whole process group) must not cut the unwinding
+        # (queued checkpoint writes); the scheduler's SIGKILL stays the hard stop
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # None: the previous handler was not installed from Python; the default is what it can be restored to
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
