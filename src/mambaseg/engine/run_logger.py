@@ -83,9 +83,9 @@ class RunLogger:
     def scalars(self, values: dict[str, float], step: int, prefix: str = "", *, axis: str = "epoch") -> None:
         """Add scalars to TensorBoard against ``axis`` (``"epoch"``: ``tb/``, ``"step"``: ``tb/steps/``);
         non-finite values are skipped."""
-        if axis not in _TB_DIRS:
+        folder = self._dirs.get(axis)
+        if folder is None:
             raise ValueError(f"axis must be one of {sorted(_TB_DIRS)}, got {axis!r}")
-        folder = self._dirs[axis]
         writer = self._tb.get(folder)
         if writer is None and self._tb_wanted and self.run_dir is not None:
             try:

@@ -79,6 +79,15 @@ def default_label_map(num_classes: int) -> dict[str, int]:
     return folder_label_map(num_classes <= 1, list(range(num_classes)))[0]
 
 
+def declared_classes(model: nn.Module) -> int | None:
+    """The number of classes a model says it predicts (``mambaseg_spec["num_classes"]``, else a ``num_classes``
+    attribute), or ``None`` when it says nothing (a plain ``nn.Module``)."""
+    spec = getattr(model, "mambaseg_spec", None) or {}
+    if "num_classes" in spec:
+        return int(spec["num_classes"])
+    return int(model.num_classes) if hasattr(model, "num_classes") else None
+
+
 def model_label_map(model: nn.Module, label_map: dict[str, int] | None, num_classes: int | None = None
                     ) -> dict[str, int]:
     """``label_map`` checked against the classes of ``model``, or :func:`default_label_map` when it is empty.
@@ -91,10 +100,10 @@ def model_label_map(model: nn.Module, label_map: dict[str, int] | None, num_clas
         ValueError: a label map whose number of entries differs from the model's classes (two for one output
             channel); the message names both numbers.
     """
-    spec = getattr(model, "mambaseg_spec", None) or {}
-    known = num_classes is not None or "num_classes" in spec or hasattr(model, "num_classes")
     if num_classes is None:
-        num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
+        num_classes = declared_classes(model)
+    known = num_classes is not None
+    num_classes = 1 if num_classes is None else num_classes
     if not label_map:
         return default_label_map(num_classes)
     label_map = dict(label_map)
@@ -160,10 +169,8 @@ class Predictor:
         self.amp_dtype = amp_dtype
         # inputs go in at the weights' dtype: a model converted with .half()/.bfloat16() takes that dtype
         self._input_dtype = weight_dtype(model)
-        if "num_classes" in spec or hasattr(model, "num_classes"):
-            self.num_classes = int(spec.get("num_classes", getattr(model, "num_classes", 1)))
-        else:
-            self.num_classes = self._probe_classes()
+        declared = declared_classes(model)
+        self.num_classes = declared if declared is not None else self._probe_classes()
         self.label_map = model_label_map(model, label_map, self.num_classes)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
